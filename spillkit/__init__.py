@@ -1,0 +1,45 @@
+"""spillkit: a policy-driven, instrumented spill-to-disk cache.
+
+``import spillkit`` imports no optional extra (dask, prometheus-client,
+matplotlib); the modules that need one import it themselves.
+"""
+
+from __future__ import annotations
+
+from .chest import Chest
+from .codecs import Codec, FuncCodec, PickleCodec
+from .engine import SpillEngine
+from .errors import CorruptSpillFile, DiskQuotaExceeded, SpillError, SpillWarning
+from .events import Event
+from .memo import memoize
+from .policies import LFU, LRU, CostAware, Policy, SizeAware, make_policy, policy_names, register_policy
+from .sizes import format_bytes, parse_bytes
+from .stats import Stats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LFU",
+    "LRU",
+    "Chest",
+    "Codec",
+    "CorruptSpillFile",
+    "CostAware",
+    "DiskQuotaExceeded",
+    "Event",
+    "FuncCodec",
+    "PickleCodec",
+    "Policy",
+    "SizeAware",
+    "SpillEngine",
+    "SpillError",
+    "SpillWarning",
+    "Stats",
+    "__version__",
+    "format_bytes",
+    "make_policy",
+    "memoize",
+    "parse_bytes",
+    "policy_names",
+    "register_policy",
+]

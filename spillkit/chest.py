@@ -1,0 +1,322 @@
+"""``Chest``: a dict that keeps what fits in memory and spills the rest to disk."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import types
+import warnings
+import weakref
+from collections.abc import Callable, Hashable, Iterator, Mapping, MutableMapping
+from typing import IO, Any
+
+from .codecs import Codec, FuncCodec, PickleCodec
+from .engine import _MISSING, SpillEngine
+from .errors import SpillError, SpillWarning
+from .events import Listener
+from .manifest import MANIFEST_NAME, ManifestEntry, read_manifest, write_manifest
+from .policies import Policy, make_policy
+from .sizeof import default_sizeof
+from .sizes import parse_bytes
+from .stats import Stats
+from .storage import DiskStore
+
+__all__ = ["Chest"]
+
+DEFAULT_AVAILABLE_MEMORY = 10**9  # the original chest's default: 1 GB
+
+
+def _remove_directory(path: str, owner_pid: int) -> None:
+    # Runs at close, garbage collection or exit; a forked child inherits this
+    # finalizer but must never delete its parent's directory.
+    if os.getpid() == owner_pid:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class Chest(MutableMapping[Hashable, Any]):
+    """A ``MutableMapping`` that keeps values in memory up to ``available_memory``
+    bytes and spills the rest to files under ``path``, loading them back on access.
+
+    Parameters
+    ----------
+    data : mapping, optional
+        Initial contents.
+    path : str, optional
+        Directory for spilled values, created (0700) if missing. If it holds a
+        manifest from an earlier ``flush()``, those keys are available again.
+        Without ``path`` a temporary directory is made and removed on close,
+        garbage collection or interpreter exit (never by a forked child).
+    available_memory : int, float or str, optional
+        The memory budget in bytes, e.g. ``1e9`` or ``"512 MiB"`` (default 1 GB).
+    dump, load : callables, optional
+        A ``dump(obj, file)`` / ``load(file)`` pair such as ``json.dump`` /
+        ``json.load``. Default: pickle protocol 5 with out-of-band buffers,
+        cloudpickle for lambdas and closures.
+    policy : Policy or str, optional
+        An eviction policy object or a registered name (``"lru"``, ``"lfu"``,
+        ``"size"``, ``"cost"``). Default: a new ``LRU()``.
+    sizeof : callable, optional
+        Bytes a value holds in memory. Default: ``dask.sizeof`` if dask is
+        installed, else :func:`spillkit.sizeof.deep_sizeof`.
+    available_disk : int, float or str, optional
+        Cap on bytes on disk; a put that would exceed it raises
+        :class:`~spillkit.errors.DiskQuotaExceeded` and stores nothing.
+    codec : Codec, optional
+        A codec object instead of ``dump``/``load``.
+
+    Notes
+    -----
+    Thread-safe: every operation holds the engine's lock. ``len``, ``in`` and
+    iteration never load from disk and never count as hits.
+
+    Failures: a value that cannot be serialized stays in memory (counted and
+    warned about) unless it is larger than the whole budget, in which case the
+    put raises and stores nothing. A failed disk write leaves the value in
+    memory; memory may exceed the budget until writes work. A damaged spill
+    file raises :class:`~spillkit.errors.CorruptSpillFile` naming the key and is
+    never unpickled. No failure loses another key's value.
+
+    Examples
+    --------
+    >>> d = Chest(available_memory=40)    # enough space for one Python integer
+    >>> d['one'] = 1
+    >>> d['two'] = 2
+    >>> d['three'] = 3
+    >>> d['three']
+    3
+    >>> sorted(d.keys())
+    ['one', 'three', 'two']
+    >>> dict(d.inmem)                     # we keep some data in memory
+    {'three': 3}
+    >>> sorted(os.listdir(d.path))        # while the rest lives on disk
+    ['one', 'two']
+    >>> d['one']
+    1
+    >>> d.close()
+    """
+
+    def __init__(
+        self,
+        data: Mapping[Hashable, Any] | None = None,
+        path: str | os.PathLike[str] | None = None,
+        available_memory: int | float | str | None = None,
+        dump: Callable[[Any, IO[Any]], Any] | None = None,
+        load: Callable[[IO[bytes]], Any] | None = None,
+        policy: Policy | str | None = None,
+        sizeof: Callable[[Any], int] | None = None,
+        available_disk: int | float | str | None = None,
+        *,
+        codec: Codec | None = None,
+    ) -> None:
+        budget = DEFAULT_AVAILABLE_MEMORY if available_memory is None else parse_bytes(available_memory)
+        disk_cap = None if available_disk is None else parse_bytes(available_disk)
+        if (dump is None) != (load is None):
+            raise TypeError("give both dump and load, or neither")
+        if codec is None:
+            codec = PickleCodec() if dump is None or load is None else FuncCodec(dump, load)
+        chosen = make_policy(policy)
+        if getattr(chosen, "_spillkit_bound", False):
+            raise ValueError(f"{chosen!r} already serves another Chest; give each Chest its own policy")
+        chosen._spillkit_bound = True  # type: ignore[attr-defined]
+        self._temporary = path is None
+        if path is None:
+            self._path = tempfile.mkdtemp(prefix="spillkit-")
+            self._finalizer: weakref.finalize[Any, Any] | None = weakref.finalize(
+                self, _remove_directory, self._path, os.getpid()
+            )
+        else:
+            self._path = os.path.abspath(os.fspath(path))
+            os.makedirs(self._path, mode=0o700, exist_ok=True)
+            self._finalizer = None
+        self._closed = False
+        self._store = DiskStore(self._path, codec, disk_cap)
+        self._engine = SpillEngine(self._store, chosen, budget, sizeof or default_sizeof())
+        if not self._temporary:
+            self._reopen()
+        if data is not None:
+            self.update(data)
+
+    # ---- the mapping ---------------------------------------------------------------
+    def __getitem__(self, key: Hashable) -> Any:
+        return self._engine.get(key)
+
+    def __setitem__(self, key: Hashable, value: Any) -> None:
+        self._check_open()
+        self._engine.put(key, value)
+
+    def __delitem__(self, key: Hashable) -> None:
+        self._engine.delete(key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._engine
+
+    def __len__(self) -> int:
+        return len(self._engine)
+
+    def __iter__(self) -> Iterator[Hashable]:
+        return self._engine.keys()
+
+    def pop(self, key: Hashable, default: Any = _MISSING) -> Any:
+        """Remove ``key`` and return its value (a spilled value is read, not cached)."""
+        return self._engine.pop(key, default)
+
+    def clear(self) -> None:
+        """Delete every key without loading any value."""
+        self._engine.clear()
+
+    def __repr__(self) -> str:
+        return (
+            f"Chest(path={self._path!r}, available_memory={self._engine.budget}, "
+            f"policy={self._engine.policy!r}, keys={len(self)}, in_memory={len(self._engine.memory)})"
+        )
+
+    # ---- beyond a dict -------------------------------------------------------------
+    def put(self, key: Hashable, value: Any, cost: float | None = None) -> None:
+        """Store ``value`` with its recompute ``cost`` in seconds (for ``CostAware``)."""
+        self._check_open()
+        self._engine.put(key, value, cost)
+
+    def set_cost(self, key: Hashable, seconds: float) -> None:
+        """Record how many seconds ``key``'s value takes to recompute."""
+        self._engine.set_cost(key, seconds)
+
+    @property
+    def inmem(self) -> Mapping[Hashable, Any]:
+        """A read-only live view of the values held in memory."""
+        return types.MappingProxyType(self._engine.memory)
+
+    @property
+    def path(self) -> str:
+        """The directory that holds spilled values."""
+        return self._path
+
+    @property
+    def available_memory(self) -> int:
+        """The memory budget in bytes."""
+        return self._engine.budget
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes of values currently held in memory (shared objects counted once)."""
+        return self._engine.memory_bytes
+
+    @property
+    def disk_bytes(self) -> int:
+        """Bytes of spill files on disk."""
+        return self._store.total_bytes
+
+    @property
+    def policy(self) -> Policy:
+        """The eviction policy in use."""
+        return self._engine.policy
+
+    @property
+    def stats(self) -> Stats:
+        """Cumulative counters (hits, loads, misses, spills, bytes, seconds, failures)."""
+        return self._engine.stats
+
+    @property
+    def engine(self) -> SpillEngine:
+        """The engine behind this Chest (for integrations; not needed for dict use)."""
+        return self._engine
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(event)`` for every event from now on, after earlier listeners."""
+        with self._engine.lock:
+            self._engine.listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        """Stop calling ``listener``; ValueError if it was not added."""
+        with self._engine.lock:
+            self._engine.listeners.remove(listener)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[Chest]:
+        """Let puts exceed the budget until the block ends (or :meth:`settle` is called).
+
+        For integrations that know deletes are coming: dask stores a task's
+        result before deleting the inputs it no longer needs, so settling after
+        the deletes avoids writing values that are about to disappear.
+        """
+        with self._engine.lock:
+            previous, self._engine.deferred = self._engine.deferred, True
+        try:
+            yield self
+        finally:
+            with self._engine.lock:
+                self._engine.deferred = previous
+                if not previous:
+                    self._engine.settle()
+
+    def settle(self) -> None:
+        """Spill until memory is within the budget."""
+        self._engine.settle()
+
+    def flush(self) -> None:
+        """Write every value to disk (keeping memory warm) plus an atomic key manifest.
+
+        After ``flush()`` returns, the files and the manifest are fsynced and
+        ``Chest(path=same)`` gives back every key and value. Raises
+        ``SpillError`` naming the keys whose values could not be written; all
+        other values are flushed.
+        """
+        self._check_open()
+        with self._engine.lock:
+            failures = self._engine.write_all()
+            engine, store = self._engine, self._store
+            entries = [
+                ManifestEntry(key, name, store.file_bytes(key), engine.nbytes(key), engine.given_cost(key))
+                for key, name in store.names().items()
+            ]
+            write_manifest(self._path, entries)
+        if failures:
+            keys = ", ".join(repr(k) for k, _ in failures[:5])
+            raise SpillError(f"flush could not write {len(failures)} value(s), keys {keys}") from failures[0][1]
+
+    def _reopen(self) -> None:
+        for name in os.listdir(self._path):
+            if name.startswith((".tmp-", MANIFEST_NAME + ".tmp-")):
+                os.unlink(os.path.join(self._path, name))  # a write that never completed
+        entries = read_manifest(self._path) or []
+        for entry in entries:
+            if not os.path.exists(os.path.join(self._path, entry.name)):
+                warnings.warn(
+                    f"spill file for key {entry.key!r} is missing; the key is skipped", SpillWarning, stacklevel=3
+                )
+                continue
+            self._store.adopt(entry.key, entry.name, entry.file_bytes)
+            self._engine.restore(entry.key, entry.nbytes, entry.cost)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SpillError(f"the Chest at {self._path!r} is closed")
+
+    def close(self) -> None:
+        """Flush a Chest with a ``path`` of its own; remove a temporary one. Idempotent."""
+        if self._closed:
+            return
+        if self._temporary:
+            self.drop()
+            return
+        self.flush()
+        with self._engine.lock:
+            self._closed = True
+            self._engine.memory.clear()
+
+    def drop(self) -> None:
+        """Delete every value and the directory; the Chest is closed afterwards."""
+        with self._engine.lock:
+            self._engine.clear()
+            self._closed = True
+            if self._finalizer is not None:
+                self._finalizer()
+            else:
+                shutil.rmtree(self._path, ignore_errors=True)
+
+    def __enter__(self) -> Chest:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,72 @@
+"""The events a Chest emits, and the listener type that receives them.
+
+Events are flows (something happened); current state such as resident bytes is
+read from the engine at the time it is needed, never rebuilt from events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = [
+    "DELETE",
+    "EVICT",
+    "HIT",
+    "KINDS",
+    "LOAD",
+    "MISS",
+    "PUT",
+    "SPILL",
+    "SPILL_ERROR",
+    "Event",
+    "Listener",
+]
+
+PUT: Final = "put"  # a value was stored (nbytes = its size in memory)
+HIT: Final = "hit"  # a read served from memory
+LOAD: Final = "load"  # a read served from disk (seconds = read + decode time)
+MISS: Final = "miss"  # a read of a key that is not there
+SPILL: Final = "spill"  # a value was written to disk and left memory
+EVICT: Final = "evict"  # a value left memory; its unchanged file was reused, nothing written
+DELETE: Final = "delete"  # a key was deleted
+SPILL_ERROR: Final = "spill-error"  # a write failed; the value stays in memory
+KINDS: Final = (PUT, HIT, LOAD, MISS, SPILL, EVICT, DELETE, SPILL_ERROR)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One thing that happened to one key.
+
+    Attributes
+    ----------
+    kind : str
+        One of :data:`KINDS`.
+    key : Hashable
+        The key concerned.
+    nbytes : int
+        The value's size in memory (0 for a miss).
+    disk_bytes : int
+        Bytes written or read on disk by this event (0 when none).
+    cost : float
+        The key's recompute cost in seconds as the policy sees it.
+    seconds : float
+        Wall time the event's I/O took (0 for memory-only events).
+    time : float
+        ``time.time()`` when the event was emitted.
+    detail : str
+        Extra context, e.g. the error class of a failed spill.
+    """
+
+    kind: str
+    key: Hashable
+    nbytes: int
+    disk_bytes: int
+    cost: float
+    seconds: float
+    time: float
+    detail: str = ""
+
+
+Listener = Callable[[Event], None]

@@ -1,0 +1,77 @@
+"""The key manifest written by ``Chest.flush()`` and read when a directory is re-opened."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import struct
+import zlib
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+import cloudpickle
+
+from .errors import SpillError
+
+__all__ = ["MANIFEST_NAME", "ManifestEntry", "read_manifest", "write_manifest"]
+
+MANIFEST_NAME = ".spillkit-manifest"
+_HEADER = struct.Struct("<8sQI")
+_MAGIC = b"SPKMAN01"
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestEntry:
+    """One key as the last flush left it: its file, file size, memory size and cost."""
+
+    key: Hashable
+    name: str
+    file_bytes: int
+    nbytes: int
+    cost: float | None
+
+
+def write_manifest(path: str, entries: list[ManifestEntry]) -> None:
+    """Atomically replace the manifest in ``path`` and fsync it and the directory."""
+    rows = [(e.key, e.name, e.file_bytes, e.nbytes, e.cost) for e in entries]
+    try:
+        body = pickle.dumps(rows, protocol=5)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        body = cloudpickle.dumps(rows, protocol=5)
+    temp = os.path.join(path, f"{MANIFEST_NAME}.tmp-{os.getpid()}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        try:
+            os.write(fd, _HEADER.pack(_MAGIC, len(body), zlib.crc32(body)) + body)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, os.path.join(path, MANIFEST_NAME))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    dir_fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def read_manifest(path: str) -> list[ManifestEntry] | None:
+    """Return the manifest's entries, ``None`` when there is none; raise on damage."""
+    full = os.path.join(path, MANIFEST_NAME)
+    try:
+        with open(full, "rb") as file:
+            data = file.read()
+    except FileNotFoundError:
+        return None
+    if len(data) < _HEADER.size:
+        raise SpillError(f"manifest {full!r} is truncated")
+    magic, length, crc = _HEADER.unpack_from(data, 0)
+    body = data[_HEADER.size :]
+    if magic != _MAGIC or len(body) != length or zlib.crc32(body) != crc:
+        raise SpillError(f"manifest {full!r} is damaged; refusing to load it")
+    rows = pickle.loads(body)
+    return [ManifestEntry(*row) for row in rows]

@@ -1,0 +1,61 @@
+"""A priority heap with lazy deletion, shared by the priority-queue policies."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Hashable
+
+__all__ = ["LazyHeap"]
+
+Entry = tuple[float, int, Hashable]
+
+
+class LazyHeap:
+    """Keys with a float priority; the smallest priority (oldest on ties) comes first.
+
+    Re-pushing or discarding a key leaves its old heap entry behind; stale
+    entries are skipped at peek time and the heap is rebuilt when they
+    outnumber live ones, so every operation is O(log n) amortised. Entries
+    compare by (priority, sequence number) and never compare keys, so keys of
+    mixed, unorderable types are fine.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[Entry] = []
+        self._live: dict[Hashable, Entry] = {}
+        self._sequence = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._live
+
+    def push(self, key: Hashable, priority: float) -> None:
+        """Insert ``key`` or change its priority (it becomes the newest on ties)."""
+        entry = (priority, next(self._sequence), key)
+        self._live[key] = entry
+        heapq.heappush(self._heap, entry)
+        if len(self._heap) > 2 * len(self._live) + 64:
+            self._heap = list(self._live.values())
+            heapq.heapify(self._heap)
+
+    def discard(self, key: Hashable) -> None:
+        """Remove ``key``; raise KeyError if it is absent."""
+        del self._live[key]
+
+    def priority(self, key: Hashable) -> float:
+        """The key's current priority."""
+        return self._live[key][0]
+
+    def peek(self) -> tuple[Hashable, float]:
+        """Return (key, priority) of the minimum without removing it; KeyError if empty."""
+        heap = self._heap
+        live = self._live
+        while heap:
+            top = heap[0]
+            if live.get(top[2]) is top:
+                return top[2], top[0]
+            heapq.heappop(heap)
+        raise KeyError("no resident keys")

@@ -1,0 +1,65 @@
+"""The one interface every eviction policy implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Hashable
+from typing import ClassVar
+
+__all__ = ["Policy"]
+
+
+class Policy(ABC):
+    """Orders resident keys; the engine asks it which key to spill next.
+
+    A policy sees keys, sizes and costs: never values, tiers, clocks, locks or
+    listeners. The engine calls it under its own lock, so policies hold none
+    and are not thread-safe on their own. One policy object serves one Chest.
+
+    The engine's calls, in the order of the DESIGN notes:
+
+    ``admitted(key, nbytes, cost)``
+        a key entered memory (a put, or loaded back from disk);
+    ``touched(key)``
+        a resident key was read;
+    ``removed(key)``
+        a resident key was deleted or overwritten (an overwrite is ``removed``
+        then ``admitted``);
+    ``evicted(key)``
+        the engine spilled the key it was offered (default: ``removed``);
+    ``victim() -> key``
+        the key to spill next; a peek that forgets nothing; ``KeyError`` when
+        no key is resident;
+    ``recosted(key, nbytes, cost)``
+        a resident key's cost changed (default: ``removed`` then ``admitted``).
+
+    ``touched``, ``removed`` and ``evicted`` raise ``KeyError`` for a key the
+    policy does not hold.
+    """
+
+    name: ClassVar[str] = "policy"
+
+    @abstractmethod
+    def admitted(self, key: Hashable, nbytes: int, cost: float) -> None: ...
+
+    @abstractmethod
+    def touched(self, key: Hashable) -> None: ...
+
+    @abstractmethod
+    def removed(self, key: Hashable) -> None: ...
+
+    def evicted(self, key: Hashable) -> None:
+        self.removed(key)
+
+    @abstractmethod
+    def victim(self) -> Hashable: ...
+
+    def recosted(self, key: Hashable, nbytes: int, cost: float) -> None:
+        self.removed(key)
+        self.admitted(key, nbytes, cost)
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"

@@ -1,0 +1,49 @@
+"""Least recently used."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Hashable
+
+from .base import Policy
+
+__all__ = ["LRU"]
+
+
+class LRU(Policy):
+    """Spill the key read or written longest ago; a read refreshes recency.
+
+    O(1) per event (an ``OrderedDict``). Not thread-safe on its own: the
+    engine's lock serialises calls. Spills keys in the order
+    ``cachetools.LRUCache`` evicts them.
+
+    Examples
+    --------
+    >>> p = LRU()
+    >>> p.admitted("a", 1, 0.0); p.admitted("b", 1, 0.0); p.touched("a")
+    >>> p.victim()
+    'b'
+    """
+
+    name = "lru"
+
+    def __init__(self) -> None:
+        self._order: OrderedDict[Hashable, None] = OrderedDict()
+
+    def admitted(self, key: Hashable, nbytes: int, cost: float) -> None:
+        self._order[key] = None
+        self._order.move_to_end(key)
+
+    def touched(self, key: Hashable) -> None:
+        self._order.move_to_end(key)
+
+    def removed(self, key: Hashable) -> None:
+        del self._order[key]
+
+    def victim(self) -> Hashable:
+        for key in self._order:
+            return key
+        raise KeyError("no resident keys")
+
+    def __len__(self) -> int:
+        return len(self._order)
