@@ -8,7 +8,7 @@ import warnings
 from collections.abc import Callable, Hashable, Iterator
 from typing import Any, Protocol
 
-from .errors import SpillError, SpillWarning
+from .errors import DiskQuotaExceeded, SpillError, SpillWarning
 from .events import DELETE, EVICT, HIT, LOAD, MISS, PUT, SPILL, SPILL_ERROR, Event, Listener
 from .policies.base import Policy
 from .stats import Stats
@@ -127,7 +127,9 @@ class SpillEngine:
             except KeyError:
                 if key not in self._unspillable:
                     raise
-            self.stats.hits += 1
+            stats = self.stats
+            stats.hits += 1
+            stats.hit_bytes += self._nbytes[key]
             if self.listeners:
                 self._emit(HIT, key, self._nbytes[key])
             return value
@@ -284,10 +286,13 @@ class SpillEngine:
 
     def _timed_write(self, key: Hashable, value: Any) -> tuple[int, float]:
         start = time.perf_counter()
-        written = self.disk.write(key, value)
+        try:
+            written = self.disk.write(key, value)
+        except DiskQuotaExceeded:
+            self.stats.quota_errors += 1
+            raise
         seconds = time.perf_counter() - start
-        self.stats.spill_bytes += written
-        self.stats.spill_seconds += seconds
+        self.stats.observe_write(written, seconds)
         return written, seconds
 
     def _spill_failed(self, key: Hashable, nbytes: int, error: BaseException, what: str) -> None:
@@ -335,9 +340,7 @@ class SpillEngine:
         seconds = time.perf_counter() - start
         read = self.disk.file_bytes(key)
         nbytes = self._nbytes[key]
-        self.stats.loads += 1
-        self.stats.load_bytes += read
-        self.stats.load_seconds += seconds
+        self.stats.observe_read(read, seconds)
         if self.listeners:
             self._emit(LOAD, key, nbytes, read, seconds)
         if nbytes <= self.budget:

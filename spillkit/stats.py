@@ -2,9 +2,28 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import bisect
+from dataclasses import asdict, dataclass, field
 
-__all__ = ["Stats"]
+__all__ = ["LATENCY_BOUNDS", "Stats"]
+
+# Upper bounds (seconds) of the disk latency histogram buckets; the last bucket is +Inf.
+LATENCY_BOUNDS: tuple[float, ...] = (
+    1e-4,
+    2.5e-4,
+    5e-4,
+    1e-3,
+    2.5e-3,
+    5e-3,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
 
 
 @dataclass(slots=True)
@@ -33,14 +52,31 @@ class Stats:
     load_seconds: float = 0.0
     misses: int = 0  # reads of absent keys (KeyError)
     spills: int = 0  # values written to disk while leaving memory
-    spill_bytes: int = 0  # bytes written to disk by spills and direct writes
+    spill_bytes: int = 0  # bytes written to disk by spills, direct writes and flushes
     spill_seconds: float = 0.0
     evictions: int = 0  # values that left memory without a write (file reused)
     direct_writes: int = 0  # values larger than the budget, written straight to disk
     spill_failures: int = 0  # writes that failed (value kept in memory)
     unspillable: int = 0  # values set aside because they cannot be serialized
     load_failures: int = 0  # reads that found a corrupt or missing file
+    quota_errors: int = 0  # puts refused because available_disk would be exceeded
     deletes: int = 0
+    # Disk latency histograms: counts per LATENCY_BOUNDS bucket (last = +Inf), not cumulative.
+    write_latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BOUNDS) + 1))
+    read_latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BOUNDS) + 1))
+
+    def observe_write(self, nbytes: int, seconds: float) -> None:
+        """Count one disk write (called by the engine under its lock)."""
+        self.spill_bytes += nbytes
+        self.spill_seconds += seconds
+        self.write_latency[bisect.bisect_left(LATENCY_BOUNDS, seconds)] += 1
+
+    def observe_read(self, nbytes: int, seconds: float) -> None:
+        """Count one disk read (called by the engine under its lock)."""
+        self.loads += 1
+        self.load_bytes += nbytes
+        self.load_seconds += seconds
+        self.read_latency[bisect.bisect_left(LATENCY_BOUNDS, seconds)] += 1
 
     @property
     def reads(self) -> int:
@@ -53,6 +89,11 @@ class Stats:
         reads = self.hits + self.loads
         return self.hits / reads if reads else 0.0
 
-    def snapshot(self) -> dict[str, float]:
-        """Return every counter as a plain dict (a copy)."""
+    @property
+    def disk_writes(self) -> int:
+        """Every write to disk: spills, direct writes of oversized values, and flushes."""
+        return sum(self.write_latency)
+
+    def snapshot(self) -> dict[str, object]:
+        """Return every counter as a plain dict (a deep copy)."""
         return asdict(self)
