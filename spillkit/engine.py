@@ -9,7 +9,7 @@ from collections.abc import Callable, Hashable, Iterator
 from typing import Any, Protocol
 
 from .errors import DiskQuotaExceeded, SpillError, SpillWarning
-from .events import DELETE, EVICT, HIT, LOAD, MISS, PUT, SPILL, SPILL_ERROR, Event, Listener
+from .events import COST, DELETE, EVICT, GIVEN_COST, HIT, LOAD, MISS, PUT, SPILL, SPILL_ERROR, Event, Listener
 from .policies.base import Policy
 from .stats import Stats
 
@@ -162,7 +162,7 @@ class SpillEngine:
             self._admit(key, value, nbytes)
             self.stats.puts += 1
             if self.listeners:
-                self._emit(PUT, key, nbytes)
+                self._emit(PUT, key, nbytes, detail="" if cost is None else GIVEN_COST, object_id=id(value))
 
     def delete(self, key: Hashable) -> None:
         """Remove the key from memory and disk; KeyError if absent."""
@@ -196,6 +196,8 @@ class SpillEngine:
             self._costs[key] = cost
             if key in self.memory and key not in self._unspillable:
                 self.policy.recosted(key, self._nbytes[key], cost)
+            if self.listeners:
+                self._emit(COST, key, self._nbytes[key])
 
     def settle(self) -> None:
         """Spill until resident bytes are within the budget (ends a deferred stretch)."""
@@ -323,7 +325,7 @@ class SpillEngine:
         self.stats.puts += 1
         self.stats.direct_writes += 1
         if self.listeners:
-            self._emit(PUT, key, nbytes, written, seconds)
+            self._emit(PUT, key, nbytes, written, seconds, detail="" if cost is None else GIVEN_COST)
 
     def _load(self, key: Hashable) -> Any:
         if key not in self._nbytes:
@@ -342,11 +344,12 @@ class SpillEngine:
         nbytes = self._nbytes[key]
         self.stats.observe_read(read, seconds)
         if self.listeners:
-            self._emit(LOAD, key, nbytes, read, seconds)
+            self._emit(LOAD, key, nbytes, read, seconds, object_id=id(value))
         if nbytes <= self.budget:
+            # Loads make room even while puts are deferred: deferral exists so that values
+            # about to be deleted are not written, and a value being read is not one of them.
             try:
-                if not self.deferred:
-                    self._make_room(nbytes)
+                self._make_room(nbytes)
             except SpillError:
                 return value  # no room can be made now; serve it without caching
             self._admit(key, value, nbytes)
@@ -382,10 +385,17 @@ class SpillEngine:
             self.memory_bytes -= entry[1]
 
     def _emit(
-        self, kind: str, key: Hashable, nbytes: int, disk_bytes: int = 0, seconds: float = 0.0, detail: str = ""
+        self,
+        kind: str,
+        key: Hashable,
+        nbytes: int,
+        disk_bytes: int = 0,
+        seconds: float = 0.0,
+        detail: str = "",
+        object_id: int = 0,
     ) -> None:
         cost = self._costs.get(key, self.reload_latency + nbytes / self.reload_bandwidth)
-        event = Event(kind, key, nbytes, disk_bytes, cost, seconds, time.time(), detail)
+        event = Event(kind, key, nbytes, disk_bytes, cost, seconds, time.time(), detail, object_id)
         for listener in self.listeners:
             try:
                 listener(event)

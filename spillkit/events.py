@@ -11,8 +11,10 @@ from dataclasses import dataclass
 from typing import Final
 
 __all__ = [
+    "COST",
     "DELETE",
     "EVICT",
+    "GIVEN_COST",
     "HIT",
     "KINDS",
     "LOAD",
@@ -32,7 +34,9 @@ SPILL: Final = "spill"  # a value was written to disk and left memory
 EVICT: Final = "evict"  # a value left memory; its unchanged file was reused, nothing written
 DELETE: Final = "delete"  # a key was deleted
 SPILL_ERROR: Final = "spill-error"  # a write failed; the value stays in memory
-KINDS: Final = (PUT, HIT, LOAD, MISS, SPILL, EVICT, DELETE, SPILL_ERROR)
+COST: Final = "cost"  # a key's recompute cost was set (cost = the new cost)
+GIVEN_COST: Final = "given-cost"  # detail of a put whose cost the caller gave (not the reload estimate)
+KINDS: Final = (PUT, HIT, LOAD, MISS, SPILL, EVICT, DELETE, SPILL_ERROR, COST)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +61,10 @@ class Event:
         ``time.time()`` when the event was emitted.
     detail : str
         Extra context, e.g. the error class of a failed spill.
+    object_id : int
+        For ``put`` and ``load``: ``id()`` of the value now in memory, so a
+        recorder can tell one object stored under two keys (dask's aliases).
+        0 otherwise.
     """
 
     kind: str
@@ -67,6 +75,7 @@ class Event:
     seconds: float
     time: float
     detail: str = ""
+    object_id: int = 0
 
 
 Listener = Callable[[Event], None]

@@ -8,15 +8,30 @@ from .base import Policy
 from .cost import CostAware
 from .lfu import LFU
 from .lru import LRU
+from .nextuse import LRC, GraphAware, NextUse
 from .size import SizeAware
 
-__all__ = ["LFU", "LRU", "CostAware", "Policy", "SizeAware", "make_policy", "policy_names", "register_policy"]
+__all__ = [
+    "LFU",
+    "LRC",
+    "LRU",
+    "CostAware",
+    "GraphAware",
+    "NextUse",
+    "Policy",
+    "SizeAware",
+    "make_policy",
+    "policy_names",
+    "register_policy",
+]
 
 _REGISTRY: dict[str, Callable[[], Policy]] = {
     "lru": LRU,
     "lfu": LFU,
     "size": SizeAware,
     "cost": CostAware,
+    "nextuse": NextUse,
+    "lrc": LRC,
 }
 
 

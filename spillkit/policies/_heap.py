@@ -5,14 +5,17 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Hashable
+from typing import Any
 
 __all__ = ["LazyHeap"]
 
-Entry = tuple[float, int, Hashable]
+# A priority is a float or a tuple of floats (e.g. (next use, -size)); compared, never added.
+Priority = Any
+Entry = tuple[Priority, int, Hashable]
 
 
 class LazyHeap:
-    """Keys with a float priority; the smallest priority (oldest on ties) comes first.
+    """Keys with a priority; the smallest priority (oldest on ties) comes first.
 
     Re-pushing or discarding a key leaves its old heap entry behind; stale
     entries are skipped at peek time and the heap is rebuilt when they
@@ -32,7 +35,7 @@ class LazyHeap:
     def __contains__(self, key: object) -> bool:
         return key in self._live
 
-    def push(self, key: Hashable, priority: float) -> None:
+    def push(self, key: Hashable, priority: Priority) -> None:
         """Insert ``key`` or change its priority (it becomes the newest on ties)."""
         entry = (priority, next(self._sequence), key)
         self._live[key] = entry
@@ -45,11 +48,11 @@ class LazyHeap:
         """Remove ``key``; raise KeyError if it is absent."""
         del self._live[key]
 
-    def priority(self, key: Hashable) -> float:
+    def priority(self, key: Hashable) -> Priority:
         """The key's current priority."""
         return self._live[key][0]
 
-    def peek(self) -> tuple[Hashable, float]:
+    def peek(self) -> tuple[Hashable, Priority]:
         """Return (key, priority) of the minimum without removing it; KeyError if empty."""
         heap = self._heap
         live = self._live

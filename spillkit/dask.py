@@ -1,0 +1,244 @@
+"""dask integration: a Chest as the local scheduler's cache, task timings as costs, trace recording.
+
+Only this module (and :mod:`spillkit.workloads`) imports dask. dask's local
+schedulers store each task's result in ``cache[key]``, read it once per
+dependent, and ``del`` it right after its last reader ran; but they store a
+result *before* deleting the inputs it was the last reader of, so a budget
+enforced inside ``__setitem__`` writes values that are about to be deleted.
+:class:`ChestCallback` defers making room until dask's releases are done
+(memory overshoots by at most the one result just stored), so no dead value is
+ever written, measures each task's duration as its recompute cost, and gives
+graph-aware policies (``NextUse``, ``LRC``) the graph and dask's planned order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+import warnings
+from collections.abc import Hashable, Iterator, Mapping
+from typing import Any
+
+try:
+    import dask
+    from dask._task_spec import DataNode
+    from dask.callbacks import Callback
+    from dask.core import get_dependencies
+    from dask.order import order as dask_order
+except ImportError as error:  # pragma: no cover - exercised only without the extra
+    raise ImportError('spillkit.dask needs dask: pip install "spillkit[dask]"') from error
+
+from .chest import Chest
+from .policies import GraphAware
+from .policies._graph import GraphPlan
+from .trace import TraceRecorder
+
+__all__ = ["ChestCallback", "costs", "plan_from_dask", "record", "spilling"]
+
+
+def _dask_version() -> str:
+    from importlib.metadata import version
+
+    return version("dask")
+
+
+def plan_from_dask(dsk: Mapping[Any, Any]) -> GraphPlan:
+    """The readers and planned order of a (converted) dask graph."""
+    graph: Any = dsk
+    dependencies = {key: list(get_dependencies(graph, key)) for key in dsk}
+    planned: dict[Hashable, int] = dict(dask_order(graph).items())
+    return GraphPlan(dependencies, planned)
+
+
+def warn_if_distributed() -> bool:
+    """Warn (and return True) when a dask.distributed Client is active: dask then ignores ``cache=``."""
+    distributed = sys.modules.get("distributed")
+    if distributed is None:
+        return False
+    try:
+        distributed.default_client()
+    except ValueError:
+        return False
+    warnings.warn(
+        "a dask.distributed Client is active, so dask ignores cache= and this Chest will not be used; "
+        "use spillkit.distributed.worker_storage as the workers' data= instead",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return True
+
+
+class ChestCallback(Callback):
+    """Makes a Chest a good cache for dask's local schedulers. Use as a context manager.
+
+    While a computation runs, puts do not make room; after each task, once dask
+    has deleted the inputs it no longer needs, the Chest settles back within
+    its budget. With ``costs=True`` each task's duration (from just before it
+    is submitted to just after its result is stored, as dask's own Profiler
+    measures it) becomes its key's recompute cost before the policy first has
+    to rank it. Only the task's own duration is used, not its inputs': the
+    local scheduler reloads a spilled value and never recomputes it, so the
+    cost only has to rank values against each other. Graph-aware policies
+    receive the graph and dask's planned order when the computation starts.
+
+    Thread-safety: dask calls these hooks from its scheduling thread; the
+    Chest's own lock covers the rest.
+    """
+
+    def __init__(self, chest: Chest, costs: bool = True) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.chest = chest
+        self.measure = costs
+        self._starts: dict[Hashable, float] = {}
+        self._previous = False
+
+    def __enter__(self) -> ChestCallback:
+        warn_if_distributed()
+        super().__enter__()  # type: ignore[no-untyped-call]
+        return self
+
+    def _start(self, dsk: Mapping[Any, Any]) -> None:
+        engine = self.chest.engine
+        with engine.lock:
+            self._previous, engine.deferred = engine.deferred, True
+        policy = self.chest.policy
+        if isinstance(policy, GraphAware):
+            with engine.lock:
+                policy.plan(plan_from_dask(dsk))
+
+    def _start_state(self, dsk: Mapping[Any, Any], state: dict[str, Any]) -> None:
+        if state["cache"] is not self.chest:
+            warnings.warn(
+                "this computation's cache= is not the Chest given to ChestCallback", RuntimeWarning, stacklevel=2
+            )
+
+    def _pretask(self, key: Hashable, dsk: Mapping[Any, Any], state: dict[str, Any]) -> None:
+        if self.measure:
+            self._starts[key] = time.perf_counter()
+
+    def _posttask(self, key: Hashable, result: Any, dsk: Mapping[Any, Any], state: dict[str, Any], wid: Any) -> None:
+        start = self._starts.pop(key, None)
+        if start is not None and key in self.chest:
+            self.chest.set_cost(key, time.perf_counter() - start)
+        self.chest.settle()
+
+    def _finish(self, dsk: Mapping[Any, Any], state: dict[str, Any], errored: bool) -> None:
+        self._starts.clear()
+        engine = self.chest.engine
+        with engine.lock:
+            engine.deferred = self._previous
+            engine.settle()
+
+
+def costs(chest: Chest) -> ChestCallback:
+    """``with costs(chest): x.compute(cache=chest)``: task durations become recompute costs."""
+    return ChestCallback(chest, costs=True)
+
+
+@contextlib.contextmanager
+def spilling(
+    chest: Chest | None = None, available_memory: int | float | str | None = None, policy: str = "nextuse"
+) -> Iterator[Chest]:
+    """Make a Chest dask's cache for the block: ``with spilling(available_memory="4 GiB"): x.compute()``.
+
+    Builds a Chest with the graph-aware ``NextUse`` policy unless one is given,
+    sets ``dask.config`` ``cache=`` to it, and applies :class:`ChestCallback`.
+    A temporary Chest made here is closed at the end of the block.
+    """
+    made = chest is None
+    if chest is None:
+        chest = Chest(available_memory=available_memory, policy=policy)
+    try:
+        with dask.config.set(cache=chest), ChestCallback(chest):
+            yield chest
+    finally:
+        if made:
+            chest.close()
+
+
+class record(Callback):
+    """Record every computation in the block to a trace file (see :mod:`spillkit.trace`).
+
+    A computation's trace stays open until the next computation starts or the
+    block ends, so it includes dask's final read of the results (which happens
+    after the scheduler's last callback).
+
+    The first computation writes ``path``; later ones in the same block write
+    ``path`` with ``-1``, ``-2``, ... before the extension. The cache must be a
+    Chest (it can be unlimited, ``Chest(available_memory=float("inf"))`` is not
+    needed: any budget records the same scheduler operations). Paths written
+    are in :attr:`paths`.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], workload: str | None = None, **header: Any) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.path = os.fspath(path)
+        self.workload = workload
+        self.header = header
+        self.paths: list[str] = []
+        self._recorder: TraceRecorder | None = None
+        self._chest: Chest | None = None
+        self._plan: tuple[dict[Hashable, list[Hashable]], dict[Hashable, int]] | None = None
+
+    def _next_path(self) -> str:
+        if not self.paths:
+            return self.path
+        stem, dot, rest = os.path.basename(self.path).partition(".")
+        return os.path.join(os.path.dirname(self.path), f"{stem}-{len(self.paths)}{dot}{rest}")
+
+    def __exit__(self, *args: object) -> None:
+        super().__exit__(*args)  # type: ignore[no-untyped-call]
+        self._detach()
+
+    def _start(self, dsk: Mapping[Any, Any]) -> None:
+        self._detach()  # the previous computation's trace ends where this one starts
+        graph: Any = dsk
+        planned: dict[Hashable, int] = dict(dask_order(graph).items())
+        self._plan = ({key: list(get_dependencies(graph, key)) for key in dsk}, planned)
+        cache = dask.config.get("cache", None)
+        if isinstance(cache, Chest):
+            self._attach(cache)
+
+    def _attach(self, chest: Chest) -> None:
+        if self._recorder is not None:
+            return
+        path = self._next_path()
+        header = {
+            "dask": _dask_version(),
+            "workload": self.workload,
+            "budget": chest.available_memory,
+            "policy": chest.policy.name,
+            **self.header,
+        }
+        self._recorder = TraceRecorder(path, header)
+        self.paths.append(path)
+        if self._plan is not None:
+            self._recorder.graph(*self._plan)
+        self._chest = chest
+        chest.add_listener(self._recorder)
+
+    def _start_state(self, dsk: Mapping[Any, Any], state: dict[str, Any]) -> None:
+        cache = state["cache"]
+        if not isinstance(cache, Chest):
+            raise TypeError(
+                "spillkit.dask.record needs a Chest as the cache: x.compute(cache=Chest(...)) "
+                f"(got {type(cache).__name__}); literal data was already stored before recording could start"
+            )
+        if self._chest is not cache:
+            self._detach()
+            self._attach(cache)
+            # Literal data was stored before any hook ran: record those puts now, in graph order.
+            assert self._recorder is not None
+            for key in dsk:
+                if isinstance(dsk[key], DataNode) and key in cache:
+                    self._recorder.put(key, cache.engine.nbytes(key), id(cache.inmem.get(key)))
+
+    def _detach(self) -> None:
+        if self._recorder is not None and self._chest is not None:
+            self._chest.remove_listener(self._recorder)
+            self._recorder.close()
+        self._recorder = None
+        self._chest = None
+
