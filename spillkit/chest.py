@@ -119,7 +119,6 @@ class Chest(MutableMapping[Hashable, Any]):
         chosen = make_policy(policy)
         if getattr(chosen, "_spillkit_bound", False):
             raise ValueError(f"{chosen!r} already serves another Chest; give each Chest its own policy")
-        chosen._spillkit_bound = True  # type: ignore[attr-defined]
         self._temporary = path is None
         if path is None:
             self._path = tempfile.mkdtemp(prefix="spillkit-")
@@ -130,11 +129,12 @@ class Chest(MutableMapping[Hashable, Any]):
             self._path = os.path.abspath(os.fspath(path))
             os.makedirs(self._path, mode=0o700, exist_ok=True)
             self._finalizer = None
-        self._closed = False
+        self._owner_pid = os.getpid()
         self._store = DiskStore(self._path, codec, disk_cap)
         self._engine = SpillEngine(self._store, chosen, budget, sizeof or default_sizeof())
         if not self._temporary:
             self._reopen()
+        chosen._spillkit_bound = True  # type: ignore[attr-defined]
         if data is not None:
             self.update(data)
 
@@ -186,6 +186,11 @@ class Chest(MutableMapping[Hashable, Any]):
     def inmem(self) -> Mapping[Hashable, Any]:
         """A read-only live view of the values held in memory."""
         return types.MappingProxyType(self._engine.memory)
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close` or :meth:`drop`."""
+        return self._engine.closed
 
     @property
     def path(self) -> str:
@@ -290,26 +295,30 @@ class Chest(MutableMapping[Hashable, Any]):
             self._engine.restore(entry.key, entry.nbytes, entry.cost)
 
     def _check_open(self) -> None:
-        if self._closed:
+        if self._engine.closed:
             raise SpillError(f"the Chest at {self._path!r} is closed")
 
     def close(self) -> None:
         """Flush a Chest with a ``path`` of its own; remove a temporary one. Idempotent."""
-        if self._closed:
+        if self._engine.closed:
             return
         if self._temporary:
             self.drop()
             return
         self.flush()
-        with self._engine.lock:
-            self._closed = True
-            self._engine.memory.clear()
+        self._engine.close()
 
     def drop(self) -> None:
         """Delete every value and the directory; the Chest is closed afterwards."""
         with self._engine.lock:
+            if self._engine.closed:
+                return
+            if os.getpid() != self._owner_pid:
+                # A forked child shares its parent's files: dropping its copy must not delete them.
+                self._engine.close()
+                return
             self._engine.clear()
-            self._closed = True
+            self._engine.close()
             if self._finalizer is not None:
                 self._finalizer()
             else:

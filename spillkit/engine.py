@@ -70,6 +70,7 @@ class SpillEngine:
         self.listeners: list[Listener] = []
         self.memory_bytes = 0
         self.deferred = False
+        self.closed = False
         self.listener_errors = 0
         self._nbytes: dict[Hashable, int] = {}  # every key, resident or not
         self._costs: dict[Hashable, float] = {}  # costs given explicitly
@@ -140,6 +141,7 @@ class SpillEngine:
         if nbytes is None:
             nbytes = int(self.sizeof(value))
         with self.lock:
+            self._check_open()
             if nbytes > self.budget:
                 self._write_through(key, value, nbytes, cost)
                 return
@@ -167,6 +169,7 @@ class SpillEngine:
     def delete(self, key: Hashable) -> None:
         """Remove the key from memory and disk; KeyError if absent."""
         with self.lock:
+            self._check_open()
             if key not in self._nbytes:
                 raise KeyError(key)
             self._pop_resident(key)
@@ -180,6 +183,7 @@ class SpillEngine:
     def pop(self, key: Hashable, default: Any = _MISSING) -> Any:
         """Remove and return the value without caching a disk copy in memory."""
         with self.lock:
+            self._check_open()
             if key not in self._nbytes:
                 if default is _MISSING:
                     raise KeyError(key)
@@ -191,6 +195,7 @@ class SpillEngine:
     def set_cost(self, key: Hashable, cost: float) -> None:
         """Record the key's recompute cost in seconds and let the policy re-rank it."""
         with self.lock:
+            self._check_open()
             if key not in self._nbytes:
                 raise KeyError(key)
             self._costs[key] = cost
@@ -202,6 +207,7 @@ class SpillEngine:
     def settle(self) -> None:
         """Spill until resident bytes are within the budget (ends a deferred stretch)."""
         with self.lock:
+            self._check_open()
             self._make_room(0)
 
     def evict_one(self) -> int:
@@ -242,8 +248,21 @@ class SpillEngine:
     def clear(self) -> None:
         """Delete every key."""
         with self.lock:
+            self._check_open()
             for key in list(self._nbytes):
                 self.delete(key)
+
+    def close(self, forget_memory: bool = True) -> None:
+        """Refuse every later operation; drop resident values (their files stay)."""
+        with self.lock:
+            if forget_memory:
+                for key in list(self.memory):
+                    self._pop_resident(key)
+            self.closed = True
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise SpillError("this Chest is closed")
 
     # ---- the one loop that makes room ----------------------------------------------
     def _make_room(self, incoming: int) -> None:
@@ -328,6 +347,7 @@ class SpillEngine:
             self._emit(PUT, key, nbytes, written, seconds, detail="" if cost is None else GIVEN_COST)
 
     def _load(self, key: Hashable) -> Any:
+        self._check_open()
         if key not in self._nbytes:
             self.stats.misses += 1
             if self.listeners:

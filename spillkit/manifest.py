@@ -73,5 +73,8 @@ def read_manifest(path: str) -> list[ManifestEntry] | None:
     body = data[_HEADER.size :]
     if magic != _MAGIC or len(body) != length or zlib.crc32(body) != crc:
         raise SpillError(f"manifest {full!r} is damaged; refusing to load it")
-    rows = pickle.loads(body)
-    return [ManifestEntry(*row) for row in rows]
+    try:
+        rows = pickle.loads(body)
+        return [ManifestEntry(*row) for row in rows]
+    except Exception as error:  # a key class that no longer imports, or another format
+        raise SpillError(f"manifest {full!r} cannot be decoded ({error!r}); refusing to load it") from error

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["format_bytes", "parse_bytes"]
+__all__ = ["UNLIMITED", "format_bytes", "parse_bytes"]
+
+UNLIMITED = 2**63 - 1  # what float("inf") becomes: more bytes than any machine has
 
 _UNITS = {
     "": 1,
@@ -35,6 +37,8 @@ def parse_bytes(value: int | float | str) -> int:
     536870912
     >>> parse_bytes(1e9)
     1000000000
+    >>> parse_bytes(float("inf")) == UNLIMITED
+    True
     """
     if isinstance(value, bool):
         raise TypeError("a byte count must be a number or a string, not a bool")
@@ -52,6 +56,8 @@ def parse_bytes(value: int | float | str) -> int:
         raise TypeError(f"a byte count must be a number or a string, not {type(value).__name__}")
     if number != number or number < 0:
         raise ValueError(f"a byte count must be a non-negative number, got {value!r}")
+    if number > UNLIMITED:  # float("inf") means no limit
+        return UNLIMITED
     return int(number)
 
 

@@ -1,0 +1,865 @@
+"""Bad input gets a clear error, and nothing is lost.
+
+Every case shows the error a user sees and then checks that every other value
+is still there, correct, and accounted for to the byte. Faults are injected
+with thin wrappers around the real disk store or codec; everything else is the
+real disk under ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+import shutil
+import sys
+import tempfile
+import threading
+import types
+import warnings
+import zlib
+from collections.abc import Callable, Hashable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import spillkit
+import spillkit.storage
+from spillkit import LRU, Chest, CorruptSpillFile, DiskQuotaExceeded, PickleCodec, SpillError, SpillWarning
+from spillkit.manifest import _HEADER as MANIFEST_HEADER
+from spillkit.manifest import _MAGIC as MANIFEST_MAGIC
+from spillkit.manifest import MANIFEST_NAME
+from spillkit.naming import candidate_name
+
+UNIT = 100  # every value weighs this much unless a test says otherwise
+
+
+def unit_sizeof(value: Any) -> int:
+    return UNIT
+
+
+def len_sizeof(value: Any) -> int:
+    """Bytes count by length; everything else weighs UNIT."""
+    return len(value) if isinstance(value, (bytes, bytearray)) else UNIT
+
+
+def payload(i: int, n: int = 50) -> bytes:
+    """A distinct bytes object per ``i`` (literals like b"x" * 40 are shared constants)."""
+    return bytes([i % 256]) * n + str(i).encode()
+
+
+def spill_files(path: str) -> dict[str, int]:
+    return {n: os.path.getsize(os.path.join(path, n)) for n in os.listdir(path) if not n.startswith(".")}
+
+
+def temp_files(path: str) -> list[str]:
+    return [n for n in os.listdir(path) if ".tmp-" in n]
+
+
+def assert_accounting(chest: Chest) -> None:
+    """Byte counters equal what is really held; every key is in memory or on disk, never lost."""
+    sizeof = chest.engine.sizeof
+    by_id = {id(v): int(sizeof(v)) for v in chest.inmem.values()}
+    assert chest.memory_bytes == sum(by_id.values())
+    files = spill_files(chest.path)
+    assert chest.disk_bytes == sum(files.values())
+    on_disk = set(chest._store)
+    assert len(files) == len(on_disk)
+    assert set(chest.inmem) | on_disk == set(chest)
+    assert temp_files(chest.path) == []
+
+
+def assert_values(chest: Chest, expected: dict[Hashable, Any]) -> None:
+    assert len(chest) == len(expected)
+    assert set(chest) == set(expected)
+    for key, value in expected.items():
+        assert chest[key] == value, key
+
+
+@pytest.fixture
+def make_chest(tmp_path: Path) -> Iterator[Callable[..., Chest]]:
+    """Chests in their own directories under tmp_path, closed (dropped) at teardown."""
+    made: list[Chest] = []
+
+    def make(**kwargs: Any) -> Chest:
+        kwargs.setdefault("path", tmp_path / f"chest-{len(made)}")
+        kwargs.setdefault("available_memory", 2.5 * UNIT)
+        kwargs.setdefault("sizeof", unit_sizeof)
+        chest = Chest(**kwargs)
+        made.append(chest)
+        return chest
+
+    yield make
+    for chest in made:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            chest.drop()
+
+
+def spill_warnings(record: list[warnings.WarningMessage]) -> list[str]:
+    return [str(w.message) for w in record if issubclass(w.category, SpillWarning)]
+
+
+# ---- values that cannot be serialized ------------------------------------------------
+
+
+class ReduceRaises:
+    """Pickling this raises from __reduce__ (as a C extension handle or a socket would)."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+
+    def __reduce__(self) -> Any:
+        raise RuntimeError(f"{self.tag} refuses to be pickled")
+
+
+def unserializable(kind: str) -> Any:
+    if kind == "lock":
+        return threading.Lock()
+    if kind == "reduce-raises":
+        return ReduceRaises("bad")
+    if kind == "generator":
+        return (i for i in range(3))
+    raise AssertionError(kind)
+
+
+UNSERIALIZABLE_KINDS = ["lock", "reduce-raises", "generator"]
+EXPECTED_ERROR = {"lock": TypeError, "reduce-raises": RuntimeError, "generator": TypeError}
+
+
+# ---- 1. unhashable keys --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", [[1], {"a": 1}, {1}, bytearray(b"k")], ids=["list", "dict", "set", "bytearray"])
+def test_unhashable_key_raises_type_error_like_a_dict(make_chest: Callable[..., Chest], key: Any) -> None:
+    chest = make_chest()
+    expected = {f"k{i}": payload(i) for i in range(5)}
+    chest.update(expected)
+    files_before = spill_files(chest.path)
+    for operation in (
+        lambda: chest.__setitem__(key, 1),
+        lambda: chest.put(key, 1, cost=1.0),
+        lambda: chest[key],
+        lambda: chest.__delitem__(key),
+        lambda: key in chest,
+        lambda: chest.get(key),
+        lambda: chest.pop(key),
+    ):
+        with pytest.raises(TypeError, match="unhashable"):
+            operation()
+    with pytest.raises(TypeError, match="unhashable"):
+        {}[key] = 1  # the same error a dict gives
+    assert spill_files(chest.path) == files_before
+    assert_values(chest, expected)
+    assert_accounting(chest)
+
+
+# ---- 2. values that cannot be serialized ----------------------------------------------
+
+
+@pytest.mark.timeout(30)  # a set-aside that fails would loop on the same head forever
+@pytest.mark.parametrize("policy", spillkit.policy_names())
+@pytest.mark.parametrize("kind", UNSERIALIZABLE_KINDS)
+def test_unserializable_value_stays_in_memory_and_never_blocks_eviction(
+    make_chest: Callable[..., Chest], kind: str, policy: str
+) -> None:
+    chest = make_chest(policy=policy)
+    bad = unserializable(kind)
+    expected: dict[Hashable, Any] = {}
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        chest["bad"] = bad  # the oldest key: the first one any policy offers
+        for i in range(8):
+            chest[f"k{i}"] = expected[f"k{i}"] = payload(i)
+            assert chest.memory_bytes <= chest.available_memory
+        for key, value in expected.items():  # reads make room again; the bad key is not retried
+            assert chest[key] == value
+        assert chest["bad"] is bad  # a hit on a set-aside key works
+    messages = spill_warnings(record)
+    assert len(messages) == 1, messages
+    assert "'bad'" in messages[0]
+    assert chest.stats.spill_failures == 1
+    assert chest.stats.unspillable == 1
+    assert chest.engine.unspillable_keys == {"bad"}
+    assert chest.inmem["bad"] is bad
+    assert chest.memory_bytes <= chest.available_memory
+    # the engine spilled the others instead: every good key except the resident ones has a file
+    assert chest.stats.spills >= len(expected) - 1
+    assert set(chest._store) | set(chest.inmem) == set(expected) | {"bad"}
+    assert_accounting(chest)
+
+    # Overwriting the key with a good value makes it an ordinary, spillable key again.
+    chest["bad"] = "fine now"
+    for i in range(8, 11):
+        chest[f"k{i}"] = expected[f"k{i}"] = payload(i)
+    assert "bad" in chest._store
+    assert chest.engine.unspillable_keys == frozenset()
+    expected["bad"] = "fine now"
+    assert_values(chest, expected)
+    assert_accounting(chest)
+
+
+@pytest.mark.parametrize("kind", UNSERIALIZABLE_KINDS)
+def test_unserializable_value_can_be_deleted_and_flush_names_it(make_chest: Callable[..., Chest], kind: str) -> None:
+    chest = make_chest()
+    expected = {f"k{i}": payload(i) for i in range(4)}
+    with pytest.warns(SpillWarning):
+        chest["bad"] = unserializable(kind)
+        chest.update(expected)
+    with pytest.raises(SpillError, match="'bad'"):
+        chest.flush()
+    # every other value was flushed: a second Chest on the same directory gets them all back
+    other = Chest(path=chest.path, available_memory=2.5 * UNIT, sizeof=unit_sizeof)
+    assert_values(other, expected)
+    del chest["bad"]
+    assert "bad" not in chest
+    assert chest.engine.unspillable_keys == frozenset()
+    chest.flush()
+    assert_values(chest, expected)
+    assert_accounting(chest)
+
+
+@pytest.mark.parametrize("resident", [True, False], ids=["old-resident", "old-spilled"])
+@pytest.mark.parametrize("kind", UNSERIALIZABLE_KINDS)
+def test_unserializable_value_larger_than_budget_raises_and_stores_nothing(
+    make_chest: Callable[..., Chest], kind: str, resident: bool
+) -> None:
+    bad = unserializable(kind)
+    chest = make_chest(sizeof=lambda v: 10 * UNIT if v is bad else UNIT)
+    expected: dict[Hashable, Any] = {"target": "old value"}
+    chest["target"] = "old value"
+    for i in range(4 if not resident else 0):
+        chest[f"k{i}"] = expected[f"k{i}"] = payload(i)
+    assert ("target" in chest.inmem) is resident
+    files_before = {n: Path(chest.path, n).read_bytes() for n in spill_files(chest.path)}
+    with pytest.raises(EXPECTED_ERROR[kind]) as info:
+        chest["target"] = bad
+    assert "'target'" in str(info.value) + "".join(getattr(info.value, "__notes__", []))
+    with pytest.raises(EXPECTED_ERROR[kind]):
+        chest["new"] = bad
+    assert "new" not in chest
+    assert {n: Path(chest.path, n).read_bytes() for n in spill_files(chest.path)} == files_before
+    assert ("target" in chest.inmem) is resident
+    assert_values(chest, expected)
+    assert_accounting(chest)
+
+
+# ---- 3. lambdas and closures -------------------------------------------------------------
+
+
+def test_lambdas_and_closures_round_trip_through_disk(make_chest: Callable[..., Chest]) -> None:
+    chest = make_chest(available_memory=UNIT)  # one value in memory: everything else is spilled
+    offset = 7
+
+    def make_adder(n: int) -> Callable[[int], int]:
+        def add(x: int) -> int:
+            return x + n + offset
+
+        return add
+
+    class Local:  # a class defined inside a function: plain pickle cannot find it
+        def __init__(self, v: int) -> None:
+            self.v = v
+
+        def double(self) -> int:
+            return 2 * self.v
+
+    chest["square"] = lambda x: x * x
+    chest["adder"] = make_adder(3)
+    chest["local"] = Local(21)
+    chest["pad"] = 0
+    assert {"square", "adder", "local"} <= set(chest._store)  # really spilled
+    assert chest.stats.unspillable == 0
+    assert chest.stats.spill_failures == 0
+    assert chest["square"](9) == 81
+    assert chest["adder"](1) == 11
+    assert chest["local"].double() == 42
+    assert_accounting(chest)
+
+
+# ---- 4. disk write failures ------------------------------------------------------------------
+
+
+class FaultSwitch:
+    """Fails every write from the ``fail_from``-th on (1-based) while armed."""
+
+    def __init__(self, fail_from: int, code: int) -> None:
+        self.fail_from = fail_from
+        self.code = code
+        self.armed = True
+        self.calls = 0
+        self.failures = 0
+
+    def should_fail(self) -> bool:
+        self.calls += 1
+        if self.armed and self.calls >= self.fail_from:
+            self.failures += 1
+            return True
+        return False
+
+    def error(self) -> OSError:
+        return OSError(self.code, os.strerror(self.code))
+
+
+class FailingCodec:
+    """The real PickleCodec, except that encoding raises OSError when the switch says so."""
+
+    name = "pickle"
+
+    def __init__(self, switch: FaultSwitch) -> None:
+        self.switch = switch
+        self.inner = PickleCodec()
+
+    def encode(self, obj: Any) -> list[Any]:
+        if self.switch.should_fail():
+            raise self.switch.error()
+        return self.inner.encode(obj)
+
+    def decode(self, data: memoryview) -> Any:
+        return self.inner.decode(data)
+
+
+def inject(how: str, switch: FaultSwitch, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Return Chest kwargs (and patch the store) so that writes fail as ``switch`` says."""
+    if how == "codec":
+        return {"codec": FailingCodec(switch)}
+    real_write_all = spillkit.storage._write_all
+
+    def write_all_then_fail(fd: int, frames: list[Any]) -> None:
+        if switch.should_fail():
+            real_write_all(fd, frames[:1])  # half a file reaches the disk, then the device fails
+            raise switch.error()
+        real_write_all(fd, frames)
+
+    monkeypatch.setattr(spillkit.storage, "_write_all", write_all_then_fail)
+    return {}
+
+
+@pytest.mark.timeout(30)  # retrying a failing disk inside one put must not loop forever
+@pytest.mark.parametrize("policy", spillkit.policy_names())
+@pytest.mark.parametrize("fail_from", [1, 3])
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO], ids=["ENOSPC", "EIO"])
+@pytest.mark.parametrize("how", ["codec", "mid-write"])
+def test_disk_write_failure_keeps_values_in_memory_until_writes_work(
+    make_chest: Callable[..., Chest],
+    monkeypatch: pytest.MonkeyPatch,
+    how: str,
+    code: int,
+    fail_from: int,
+    policy: str,
+) -> None:
+    switch = FaultSwitch(fail_from, code)
+    chest = make_chest(policy=policy, **inject(how, switch, monkeypatch))
+    expected = {}
+    with pytest.warns(SpillWarning, match=os.strerror(code)):
+        for i in range(8):
+            chest[f"k{i}"] = expected[f"k{i}"] = payload(i)
+        assert_values(chest, expected)
+    assert switch.failures > 0
+    assert chest.stats.spill_failures == switch.failures
+    assert chest.stats.unspillable == 0  # a disk error is not the value's fault: it will be retried
+    assert chest.engine.unspillable_keys == frozenset()
+    assert chest.memory_bytes > chest.available_memory  # allowed while the disk fails
+    assert temp_files(chest.path) == []
+    assert_accounting(chest)
+
+    switch.armed = False
+    chest["after"] = expected["after"] = payload(99)
+    assert chest.memory_bytes <= chest.available_memory
+    assert_accounting(chest)
+    assert_values(chest, expected)
+    assert chest.stats.spill_failures == switch.failures
+    assert temp_files(chest.path) == []
+
+
+@pytest.mark.parametrize("how", ["codec", "mid-write"])
+def test_disk_failure_on_direct_write_raises_and_keeps_the_old_value(
+    make_chest: Callable[..., Chest], monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    switch = FaultSwitch(1, errno.ENOSPC)
+    switch.armed = False
+    chest = make_chest(sizeof=len_sizeof, **inject(how, switch, monkeypatch))
+    expected: dict[Hashable, Any] = {f"k{i}": payload(i, UNIT) for i in range(4)}
+    chest.update(expected)
+    spilled = next(k for k in expected if k not in chest.inmem)
+    resident = next(k for k in expected if k in chest.inmem)
+    switch.armed = True
+    for key in (spilled, resident, "new"):
+        with pytest.raises(OSError) as info:
+            chest[key] = payload(7, 10 * UNIT)  # larger than the budget: must go straight to disk
+        assert info.value.errno == errno.ENOSPC
+    assert chest.stats.spill_failures == 3
+    assert "new" not in chest
+    assert resident in chest.inmem
+    assert temp_files(chest.path) == []
+    with pytest.warns(SpillWarning, match="disk write failed"):  # loading needs room, and spilling fails
+        assert_values(chest, expected)
+    assert_accounting(chest)
+
+
+# ---- 5. available_disk ---------------------------------------------------------------------
+
+
+def test_disk_quota_refuses_the_put_and_keeps_everything_else(make_chest: Callable[..., Chest]) -> None:
+    cap = 1000
+    chest = make_chest(sizeof=len_sizeof, available_disk=cap)
+    expected: dict[Hashable, Any] = {}
+    for i in range(50):
+        key, value = f"k{i}", payload(i, UNIT)
+        try:
+            chest[key] = value
+        except DiskQuotaExceeded as error:
+            assert "available_disk=1000" in str(error)
+            break
+        expected[key] = value
+        assert chest.disk_bytes <= cap
+    else:
+        pytest.fail("available_disk was never reached")
+    assert key not in chest
+    assert len(expected) >= 3
+    assert chest.disk_bytes <= cap
+    assert_accounting(chest)
+    assert_values(chest, expected)
+
+    # A value larger than the budget goes straight to disk; over the quota it is refused,
+    # whether the key is new, resident or spilled, and an old value stays as it was.
+    resident = next(k for k in expected if k in chest.inmem)
+    spilled = next(k for k in expected if k not in chest.inmem)
+    for target in ("huge", resident, spilled):
+        with pytest.raises(DiskQuotaExceeded):
+            chest[target] = payload(5, 10 * UNIT)
+        assert chest.disk_bytes <= cap
+    assert "huge" not in chest
+    assert resident in chest.inmem
+    assert_accounting(chest)
+    assert_values(chest, expected)
+
+    # An overwrite of a resident key with a larger value (still within the budget) needs room
+    # that only a refused spill could make: it raises and the old value stays, in memory.
+    resident = next(k for k in expected if k in chest.inmem)
+    with pytest.raises(DiskQuotaExceeded):
+        chest[resident] = payload(6, 2 * UNIT)
+    assert chest.inmem[resident] == expected[resident]
+    assert_accounting(chest)
+    assert_values(chest, expected)
+
+    # Deleting frees disk: the refused put now succeeds.
+    for k in [k for k in expected if k not in chest.inmem][:2]:
+        del chest[k]
+        del expected[k]
+    chest[key] = expected[key] = payload(77, UNIT)
+    assert chest.disk_bytes <= cap
+    assert_accounting(chest)
+    assert_values(chest, expected)
+
+
+def test_disk_quota_on_read_serves_the_value_without_losing_any(make_chest: Callable[..., Chest]) -> None:
+    chest = make_chest(sizeof=len_sizeof, available_disk=1000)
+    expected: dict[Hashable, Any] = {}
+    with pytest.raises(DiskQuotaExceeded):
+        for i in range(50):
+            chest[f"k{i}"] = payload(i, UNIT)
+            expected[f"k{i}"] = payload(i, UNIT)
+    # Reading a spilled value needs room that only a (refused) spill could make.
+    for key, value in expected.items():
+        assert chest[key] == value
+    assert_accounting(chest)
+    assert_values(chest, expected)
+
+
+# ---- 6. hostile keys -------------------------------------------------------------------------
+
+
+class ConstRepr:
+    """Distinct keys whose repr is identical (and whose hashes differ)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __repr__(self) -> str:
+        return "ConstRepr()"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ConstRepr) and other.n == self.n
+
+    def __hash__(self) -> int:
+        return hash(("ConstRepr", self.n))
+
+
+def hostile_keys() -> list[Hashable]:
+    keys: list[Hashable] = [
+        "../x",
+        "../../../../../../tmp/escaped",
+        "/etc/passwd",
+        "a/b",
+        "a\\b",
+        "\0",
+        "x\0y",
+        "",
+        ".",
+        "..",
+        ".hidden",
+        MANIFEST_NAME,
+        ".tmp-1-1",
+        1,
+        "1",
+        1.5,
+        b"1",
+        -1,
+        2**100,
+        ("x", 0, 1),
+        ("x", (0, 1)),
+        (),
+        None,
+        frozenset({1, 2}),
+        "x" * 10_000,
+        "A",
+        "a",
+        "one",
+        "ONE",
+        "\u212a",  # KELVIN SIGN: casefolds to "k"
+        "k",
+        "\u00df",  # sharp s: casefolds to "ss"
+        "ss",
+        "\udc80",  # a lone surrogate
+        "\n",
+        " ",
+        "con",
+        "nul.txt",
+        ConstRepr(1),
+        ConstRepr(2),
+    ]
+    keys.append(candidate_name(("x", 0, 1)))  # a string equal to another key's file name
+    keys.append(candidate_name(ConstRepr(1), 1))
+    return keys
+
+
+def test_hostile_keys_stay_inside_the_directory_and_never_share_a_file(tmp_path: Path) -> None:
+    keys = hostile_keys()
+    assert len(set(keys)) == len(keys)
+    expected = {key: ("value", i) for i, key in enumerate(keys)}
+    path = tmp_path / "chest"
+    chest = Chest(path=path, available_memory=UNIT, sizeof=unit_sizeof)  # one value in memory at a time
+    for key, value in expected.items():
+        chest[key] = value
+    assert len(chest.inmem) == 1
+    root = os.path.realpath(chest.path)
+
+    def check_files() -> None:
+        names = chest._store.names()
+        spilled = set(chest.engine.spilled_keys)
+        assert spilled <= set(names)
+        assert len(set(names.values())) == len(names)  # injective
+        assert len({n.casefold() for n in names.values()}) == len(names)  # even on a case-insensitive disk
+        assert len(spill_files(chest.path)) == len(names)
+        for key in names:
+            full = chest._store.filename(key)
+            assert os.path.dirname(os.path.realpath(full)) == root, key
+            assert os.path.isfile(full)
+        # nothing was written anywhere else under tmp_path
+        outside = [p for p in tmp_path.rglob("*") if os.path.commonpath([root, p.resolve()]) != root]
+        assert outside == []
+
+    check_files()
+    assert len(spill_files(chest.path)) == len(keys) - 1
+    for key, value in expected.items():  # load each back (which spills another)
+        assert chest[key] == value, key
+    check_files()
+    assert_accounting(chest)
+
+    chest.flush()
+    check_files()
+    assert len(spill_files(chest.path)) == len(keys)
+    chest.close()
+
+    again = Chest(path=path, available_memory=UNIT, sizeof=unit_sizeof)
+    assert len(again) == len(keys)
+    for key, value in expected.items():
+        assert key in again, key
+        assert again[key] == value, key
+    assert again[1] != again["1"] != again[1.5] != again[b"1"]
+    assert again[ConstRepr(1)] != again[ConstRepr(2)]
+    assert again["A"] != again["a"]
+    assert_accounting(again)
+    again.drop()
+    assert not path.exists()
+
+
+# ---- 7. damaged spill files -------------------------------------------------------------------
+
+TRIPPED: list[str] = []
+
+
+def _rebuild_tripwire(tag: str, data: bytes) -> Tripwire:
+    TRIPPED.append(tag)  # proof that these bytes were unpickled
+    return Tripwire(tag, data)
+
+
+class Tripwire:
+    """A value whose unpickling leaves a trace in TRIPPED."""
+
+    def __init__(self, tag: str, data: bytes) -> None:
+        self.tag = tag
+        self.data = data
+
+    def __reduce__(self) -> Any:
+        return (_rebuild_tripwire, (self.tag, self.data))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Tripwire) and (other.tag, other.data) == (self.tag, self.data)
+
+    def __hash__(self) -> int:
+        return hash(self.tag)
+
+
+def _flip(offset_of: Callable[[int], int]) -> Callable[[Path, Path], None]:
+    def damage(file: Path, donor: Path) -> None:
+        data = bytearray(file.read_bytes())
+        data[offset_of(len(data))] ^= 0x10
+        file.write_bytes(bytes(data))
+
+    return damage
+
+
+DAMAGE: dict[str, Callable[[Path, Path], None]] = {
+    "truncated-half": lambda f, d: f.write_bytes(f.read_bytes()[: f.stat().st_size // 2]),
+    "truncated-last-byte": lambda f, d: f.write_bytes(f.read_bytes()[:-1]),
+    "truncated-to-header": lambda f, d: f.write_bytes(f.read_bytes()[:64]),
+    "extended": lambda f, d: f.write_bytes(f.read_bytes() + b"\0"),
+    "bit-flip-magic": _flip(lambda n: 0),
+    "bit-flip-header-length": _flip(lambda n: 8),
+    "bit-flip-header-crc": _flip(lambda n: 16),
+    "bit-flip-body-start": _flip(lambda n: 64),
+    "bit-flip-body-middle": _flip(lambda n: n // 2 + 3),
+    "bit-flip-last-byte": _flip(lambda n: n - 1),
+    "emptied": lambda f, d: f.write_bytes(b""),
+    "deleted": lambda f, d: f.unlink(),
+    "swapped": lambda f, d: shutil.copyfile(d, f),
+    "replaced-by-other-pickle": lambda f, d: f.write_bytes(pickle.dumps(Tripwire("forged", b"x"))),
+}
+
+
+@pytest.mark.parametrize("victim", ["victim", ("victim", 0)], ids=["readable-name", "hashed-name"])
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_damaged_spill_file_raises_naming_the_key_and_is_never_unpickled(
+    make_chest: Callable[..., Chest], damage: str, victim: Hashable
+) -> None:
+    chest = make_chest(available_memory=UNIT)
+    expected: dict[Hashable, Any] = {
+        victim: Tripwire("victim", bytes(range(256)) * 12),
+        "donor": Tripwire("donor", bytes(range(255, -1, -1)) * 12),
+    }
+    for i in range(4):
+        expected[f"k{i}"] = payload(i)
+    chest.update(expected)
+    assert victim in chest._store and "donor" in chest._store
+    TRIPPED.clear()
+    DAMAGE[damage](Path(chest._store.filename(victim)), Path(chest._store.filename("donor")))
+
+    for attempt in range(2):  # the failure is not cached away: a second read fails the same way
+        with pytest.raises(CorruptSpillFile) as info:
+            chest[victim]
+        assert repr(victim) in str(info.value)
+        assert info.value.key == victim
+        assert isinstance(info.value, SpillError)
+        assert chest.stats.load_failures == attempt + 1
+    with pytest.raises(CorruptSpillFile):
+        chest.pop(victim)
+    assert TRIPPED == []  # the damaged bytes never reached the unpickler
+
+    # the key is still listed, so the caller can decide what to do with it
+    assert victim in chest
+    assert victim in list(chest)
+    assert len(chest) == len(expected)
+
+    # every other key reads correctly (and the tripwire does detect a real unpickling)
+    for key, value in expected.items():
+        if key != victim:
+            assert chest[key] == value
+    assert TRIPPED == ["donor"]
+
+    # the caller can overwrite or delete the damaged key
+    chest[victim] = "replacement"
+    assert chest[victim] == "replacement"
+    del chest[victim]
+    del expected[victim]
+    assert_values(chest, expected)
+    assert_accounting(chest)
+
+
+# ---- 8. damaged manifest ---------------------------------------------------------------------
+
+
+def _forged_manifest(body: bytes) -> Callable[[bytes], bytes]:
+    """A manifest whose frame and checksum are right but whose content is not a manifest."""
+    return lambda data: MANIFEST_HEADER.pack(MANIFEST_MAGIC, len(body), zlib.crc32(body)) + body
+
+
+MANIFEST_DAMAGE: dict[str, Callable[[bytes], bytes]] = {
+    "emptied": lambda data: b"",
+    "truncated-header": lambda data: data[:10],
+    "truncated-body": lambda data: data[:-3],
+    "bit-flip-magic": lambda data: bytes([data[0] ^ 1]) + data[1:],
+    "bit-flip-body": lambda data: data[:-1] + bytes([data[-1] ^ 1]),
+    "appended": lambda data: data + b"junk",
+    "garbage": lambda data: b"this is not a spillkit manifest at all" * 3,
+    "checksum-ok-not-a-pickle": _forged_manifest(b"not a pickle"),
+    "checksum-ok-wrong-rows": _forged_manifest(pickle.dumps([("k",), 5])),
+}
+
+
+@pytest.mark.parametrize("damage", list(MANIFEST_DAMAGE))
+def test_damaged_manifest_on_reopen_raises_spill_error_and_loses_nothing(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "chest"
+    expected = {f"k{i}": payload(i) for i in range(5)}
+    chest = Chest(path=path, available_memory=2.5 * UNIT, sizeof=unit_sizeof)
+    chest.update(expected)
+    chest.close()
+    manifest = path / MANIFEST_NAME
+    original = manifest.read_bytes()
+    files = {p.name: p.read_bytes() for p in path.iterdir() if p.name != MANIFEST_NAME}
+    manifest.write_bytes(MANIFEST_DAMAGE[damage](original))
+
+    with pytest.raises(SpillError) as info:
+        Chest(path=path, available_memory=2.5 * UNIT, sizeof=unit_sizeof)
+    message = str(info.value)
+    assert "manifest" in message
+    assert str(manifest) in message
+    # the failed reopen touched no spill file; with the manifest repaired, everything is back
+    assert {p.name: p.read_bytes() for p in path.iterdir() if p.name != MANIFEST_NAME} == files
+    manifest.write_bytes(original)
+    again = Chest(path=path, available_memory=2.5 * UNIT, sizeof=unit_sizeof)
+    assert_values(again, expected)
+    again.drop()
+
+
+def test_manifest_whose_key_class_cannot_be_imported_raises_spill_error(tmp_path: Path) -> None:
+    module = types.ModuleType("spillkit_vanished_keys")
+    exec("class Key(tuple):\n    pass\n", module.__dict__)
+    sys.modules[module.__name__] = module
+    path = tmp_path / "chest"
+    try:
+        chest = Chest(path=path, available_memory=2.5 * UNIT, sizeof=unit_sizeof)
+        chest[module.Key(("a", 1))] = "value"
+        chest["plain"] = "kept"
+        chest.close()
+    finally:
+        del sys.modules[module.__name__]
+    with pytest.raises(SpillError, match="manifest"):
+        Chest(path=path, available_memory=2.5 * UNIT, sizeof=unit_sizeof)
+    sys.modules[module.__name__] = module
+    try:
+        again = Chest(path=path, available_memory=2.5 * UNIT, sizeof=unit_sizeof)
+        assert again["plain"] == "kept"
+        assert again[module.Key(("a", 1))] == "value"
+        again.drop()
+    finally:
+        del sys.modules[module.__name__]
+
+
+# ---- 9. listeners that raise -------------------------------------------------------------
+
+
+def test_a_failing_listener_is_counted_and_breaks_nothing(make_chest: Callable[..., Chest]) -> None:
+    chest = make_chest()
+    seen: list[str] = []
+
+    def broken(event: spillkit.Event) -> None:
+        raise RuntimeError(f"listener bug on {event.kind}")
+
+    chest.add_listener(broken)
+    chest.add_listener(lambda event: seen.append(event.kind))
+    expected = {}
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        for i in range(5):
+            chest[f"k{i}"] = expected[f"k{i}"] = payload(i)  # puts and spills
+        for key, value in expected.items():
+            assert chest[key] == value  # loads
+        assert chest["k4"] == expected["k4"]  # a hit
+        with pytest.raises(KeyError):
+            chest["absent"]  # a miss
+        del chest["k0"]
+        del expected["k0"]
+    messages = spill_warnings(record)
+    assert len(seen) > 0
+    assert {"put", "spill", "hit", "load", "miss", "delete"} <= set(seen)
+    assert chest.engine.listener_errors == len(seen)  # the broken one failed on every event
+    assert len(messages) == len(seen)
+    assert all("listener bug" in m for m in messages)
+    chest.remove_listener(broken)
+    assert_values(chest, expected)
+    assert_accounting(chest)
+
+
+# ---- 10. one policy, two Chests ----------------------------------------------------------------
+
+
+def test_a_policy_object_serves_only_one_chest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    policy = LRU()
+    first = Chest(policy=policy, available_memory=2.5 * UNIT, sizeof=unit_sizeof)
+    expected = {f"k{i}": payload(i) for i in range(4)}
+    first.update(expected)
+    with pytest.raises(ValueError, match="already serves another Chest"):
+        Chest(policy=policy)
+    with pytest.raises(ValueError, match="already serves another Chest"):
+        Chest(path=tmp_path / "second", policy=policy)
+    assert not (tmp_path / "second").exists()
+    assert [p.name for p in tmp_path.iterdir()] == [os.path.basename(first.path)]  # no directory leaked
+    assert first.policy is policy
+    assert_values(first, expected)
+    assert_accounting(first)
+    first.close()
+
+
+# ---- 11. bad constructor arguments --------------------------------------------------------------
+
+
+def _dump_only(obj: Any, file: Any) -> None:
+    raise AssertionError("never called")
+
+
+BAD_ARGUMENTS = [
+    pytest.param({"available_memory": "lots"}, ValueError, "lots", id="memory-lots"),
+    pytest.param({"available_memory": -1}, ValueError, "-1", id="memory-negative"),
+    pytest.param({"available_memory": -0.5}, ValueError, "non-negative", id="memory-negative-float"),
+    pytest.param({"available_memory": "-5 MB"}, ValueError, "-5 MB", id="memory-negative-string"),
+    pytest.param({"available_memory": "5 parsecs"}, ValueError, "parsecs", id="memory-unknown-unit"),
+    pytest.param({"available_memory": float("nan")}, ValueError, "nan", id="memory-nan"),
+    pytest.param({"available_disk": "lots"}, ValueError, "lots", id="disk-lots"),
+    pytest.param({"available_disk": -1}, ValueError, "-1", id="disk-negative"),
+    pytest.param({"dump": _dump_only}, TypeError, "dump and load", id="dump-without-load"),
+    pytest.param({"load": pickle.load}, TypeError, "dump and load", id="load-without-dump"),
+    pytest.param({"policy": "fifo-ish"}, ValueError, "fifo-ish", id="policy-unknown-name"),
+    pytest.param({"policy": 42}, TypeError, "policy", id="policy-wrong-type"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), BAD_ARGUMENTS)
+@pytest.mark.parametrize("with_path", [False, True], ids=["temporary", "path"])
+def test_bad_constructor_arguments_raise_clear_errors_and_create_nothing(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    kwargs: dict[str, Any],
+    error: type[Exception],
+    match: str,
+    with_path: bool,
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    if with_path:
+        kwargs = {**kwargs, "path": tmp_path / "new"}
+    with pytest.raises(error) as info:
+        Chest(**kwargs)
+    assert match in str(info.value)
+    assert list(tmp_path.iterdir()) == []  # no directory made or leaked
+
+
+def test_unknown_policy_name_lists_the_choices() -> None:
+    with pytest.raises(ValueError) as info:
+        Chest(policy="mru")
+    message = str(info.value)
+    assert "'mru'" in message
+    for name in spillkit.policy_names():
+        assert repr(name) in message

@@ -1,0 +1,304 @@
+"""Chest lifecycle: temporary directories go away (close, GC, exit) but never by a forked child;
+persistent directories stay and give every key back; a closed Chest refuses to work."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import weakref
+from collections.abc import Callable, Hashable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import spillkit
+from spillkit import Chest, SpillError
+
+REPO = Path(spillkit.__file__).resolve().parents[1]
+UNIT = 100
+
+
+def unit_sizeof(value: Any) -> int:
+    return UNIT
+
+
+def payload(i: int) -> bytes:
+    return bytes([i]) * 50 + str(i).encode()
+
+
+VALUES: dict[Hashable, Any] = {f"k{i}": payload(i) for i in range(6)}
+
+
+def filled(**kwargs: Any) -> Chest:
+    """A Chest holding VALUES: k4 and k5 in memory, k0..k3 spilled."""
+    kwargs.setdefault("available_memory", 2.5 * UNIT)
+    chest = Chest(sizeof=unit_sizeof, **kwargs)
+    chest.update(VALUES)
+    assert sorted(chest.inmem) == ["k4", "k5"]
+    assert len(os.listdir(chest.path)) == 4
+    return chest
+
+
+def assert_all_values(chest: Chest, expected: dict[Hashable, Any] = VALUES) -> None:
+    assert set(chest) == set(expected)
+    for key, value in expected.items():
+        assert chest[key] == value, key
+
+
+def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+# ---- temporary directories --------------------------------------------------------------
+
+
+def test_a_temporary_directory_is_removed_on_close_and_close_is_idempotent() -> None:
+    chest = filled()
+    path = chest.path
+    assert os.path.isdir(path)
+    chest.close()
+    assert not os.path.exists(path)
+    chest.close()
+    chest.drop()
+    assert not os.path.exists(path)
+
+
+def test_a_temporary_directory_is_removed_when_the_with_block_ends() -> None:
+    with filled() as chest:
+        path = chest.path
+        assert_all_values(chest)
+    assert not os.path.exists(path)
+
+
+@pytest.mark.parametrize("cycle", [False, True], ids=["plain", "reference-cycle"])
+def test_a_temporary_directory_is_removed_on_garbage_collection(cycle: bool) -> None:
+    chest = filled()
+    path = chest.path
+    if cycle:
+        chest.loop = {"chest": chest}  # type: ignore[attr-defined]
+    alive = weakref.ref(chest)
+    del chest
+    gc.collect()
+    assert alive() is None
+    assert not os.path.exists(path)
+
+
+EXIT_SCRIPT = """
+import json, os, sys
+from spillkit import Chest
+chest = Chest(available_memory=250, sizeof=lambda v: 100)
+for i in range(6):
+    chest[f"k{{i}}"] = bytes([i]) * 50
+chest.loop = chest
+print(json.dumps({{"path": chest.path, "files": len(os.listdir(chest.path))}}), flush=True)
+{ending}
+"""
+
+
+@pytest.mark.parametrize(
+    ("ending", "status"),
+    [("pass", 0), ("sys.exit(3)", 3), ("raise RuntimeError('boom')", 1)],
+    ids=["falls-off-the-end", "sys-exit", "uncaught-exception"],
+)
+def test_a_temporary_directory_is_removed_at_interpreter_exit(tmp_path: Path, ending: str, status: int) -> None:
+    result = run_python(EXIT_SCRIPT.format(ending=ending), tmp_path)
+    assert result.returncode == status, result.stderr
+    report = json.loads(result.stdout.splitlines()[0])
+    assert report["files"] == 4  # the directory existed, with spilled values in it
+    assert not os.path.exists(report["path"])
+
+
+# ---- forked children -----------------------------------------------------------------------
+
+FORK_SCRIPT = """
+import gc, json, os, sys
+from spillkit import Chest
+chest = Chest(available_memory=250, sizeof=lambda v: 100)
+values = {{f"k{{i}}": bytes([i]) * 50 for i in range(6)}}
+chest.update(values)
+path = chest.path
+files = sorted(os.listdir(path))
+pid = os.fork()
+if pid == 0:
+    code = 1
+    try:
+        assert chest["k5"] == values["k5"]  # resident: no disk traffic
+        {action}
+        code = 0
+    finally:
+        sys.exit(code)  # a normal interpreter exit: atexit handlers and finalizers run
+_, status = os.waitpid(pid, 0)
+report = {{"path": path, "status": os.waitstatus_to_exitcode(status), "exists": os.path.isdir(path)}}
+report["files_kept"] = report["exists"] and sorted(os.listdir(path)) == files
+try:
+    report["values_ok"] = all(chest[k] == v for k, v in values.items())
+except Exception as error:
+    report["values_ok"] = repr(error)
+print(json.dumps(report), flush=True)
+"""
+
+
+@pytest.mark.parametrize(
+    "action",
+    ["pass", "del chest; gc.collect()", "chest.close()"],
+    ids=["child-exits", "child-drops-its-reference", "child-closes"],
+)
+def test_a_forked_child_never_deletes_the_parents_directory(tmp_path: Path, action: str) -> None:
+    result = run_python(FORK_SCRIPT.format(action=action), tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["status"] == 0, result.stderr
+    assert report["exists"]
+    assert report["files_kept"]
+    assert report["values_ok"] is True
+    assert not os.path.exists(report["path"])  # and the parent's own exit still removes it
+
+
+_INHERITED: dict[str, Chest] = {}
+
+
+def _child_lets_go(how: str) -> None:
+    chest = _INHERITED.pop("chest")
+    assert chest["k5"] == VALUES["k5"]
+    if how == "close":
+        chest.close()
+    alive = weakref.ref(chest)
+    del chest
+    gc.collect()
+    assert alive() is None  # the finalizer ran in this (child) process
+
+
+@pytest.mark.parametrize("how", ["gc", "close"])
+def test_a_child_inheriting_the_chest_through_multiprocessing_fork_leaves_it_alone(how: str) -> None:
+    _INHERITED["chest"] = filled()  # held only here, so the child can really let go of it
+    path = _INHERITED["chest"].path
+    files = sorted(os.listdir(path))
+    process = multiprocessing.get_context("fork").Process(target=_child_lets_go, args=(how,))
+    process.start()
+    process.join(60)
+    chest = _INHERITED.pop("chest")
+    try:
+        assert process.exitcode == 0
+        assert os.path.isdir(path)
+        assert sorted(os.listdir(path)) == files
+        assert_all_values(chest)
+    finally:
+        chest.close()
+    assert not os.path.exists(path)
+
+
+# ---- persistent directories --------------------------------------------------------------------
+
+
+def test_a_persistent_chest_keeps_its_directory_and_gives_every_key_back(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    chest = filled(path=path)
+    chest.put("costly", payload(9), cost=2.5)
+    chest[("tuple", 1)] = {"nested": [1, 2]}
+    expected = {**VALUES, "costly": payload(9), ("tuple", 1): {"nested": [1, 2]}}
+    assert chest.path == str(path)
+    chest.close()
+    assert path.is_dir()
+    chest.close()  # idempotent
+    spill_files = [n for n in os.listdir(path) if not n.startswith(".")]
+    assert len(spill_files) == len(expected)  # memory was written out too
+
+    again = Chest(path=path, available_memory=2.5 * UNIT, sizeof=unit_sizeof)
+    assert len(again) == len(expected)
+    assert dict(again.inmem) == {}  # reopening loads nothing until asked
+    assert again.engine.given_cost("costly") == 2.5
+    assert again.engine.given_cost("k0") is None
+    assert all(again.engine.nbytes(k) == UNIT for k in expected)
+    assert_all_values(again, expected)
+
+    # a second generation: the manifest follows the latest close
+    del again["k0"]
+    again["k1"] = "changed"
+    again["added"] = "new"
+    expected = {**expected, "k1": "changed", "added": "new"}
+    del expected["k0"]
+    again.close()
+    third = Chest(path=path, available_memory=2.5 * UNIT, sizeof=unit_sizeof)
+    assert_all_values(third, expected)
+    assert len([n for n in os.listdir(path) if not n.startswith(".")]) == len(expected)
+    third.close()
+    assert path.is_dir()
+
+
+def test_drop_removes_a_persistent_directory(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    chest = filled(path=path)
+    chest.flush()
+    chest.drop()
+    assert not path.exists()
+    chest.drop()  # idempotent
+    chest.close()
+    with pytest.raises(SpillError):
+        chest["k0"] = 1
+    assert not path.exists()
+    reused = Chest(path=path, sizeof=unit_sizeof)  # the path is free to be used again, and empty
+    assert len(reused) == 0
+    assert path.is_dir()
+    reused.close()
+
+
+def test_drop_removes_a_temporary_directory() -> None:
+    chest = filled()
+    path = chest.path
+    chest.drop()
+    assert not os.path.exists(path)
+    with pytest.raises(SpillError):
+        chest["k0"] = 1
+
+
+# ---- operations on a closed Chest ------------------------------------------------------------------
+
+OPERATIONS: dict[str, Callable[[Chest], Any]] = {
+    "getitem-spilled": lambda c: c["k0"],
+    "getitem-was-resident": lambda c: c["k5"],
+    "get": lambda c: c.get("k0"),
+    "setitem": lambda c: c.__setitem__("new", 1),
+    "put": lambda c: c.put("new", 1, cost=1.0),
+    "update": lambda c: c.update({"new": 1}),
+    "delitem": lambda c: c.__delitem__("k0"),
+    "pop": lambda c: c.pop("k0"),
+    "clear": lambda c: c.clear(),
+    "set_cost": lambda c: c.set_cost("k0", 1.0),
+    "settle": lambda c: c.settle(),
+    "flush": lambda c: c.flush(),
+}
+
+
+def _closed(kind: str, tmp_path: Path) -> Chest:
+    chest = filled(path=tmp_path / "store") if kind == "persistent" else filled()
+    chest.close()
+    return chest
+
+
+@pytest.mark.parametrize("operation", list(OPERATIONS))
+@pytest.mark.parametrize("kind", ["temporary", "persistent"])
+def test_operations_after_close_raise_spill_error(tmp_path: Path, kind: str, operation: str) -> None:
+    chest = _closed(kind, tmp_path)
+    with pytest.raises(SpillError, match="closed"):
+        OPERATIONS[operation](chest)
+
+
+@pytest.mark.parametrize("operation", list(OPERATIONS))
+def test_operations_after_close_leave_a_persistent_directory_intact(tmp_path: Path, operation: str) -> None:
+    chest = _closed("persistent", tmp_path)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "store").iterdir()}
+    with contextlib.suppress(Exception):
+        OPERATIONS[operation](chest)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "store").iterdir()} == before
+    again = Chest(path=tmp_path / "store", available_memory=2.5 * UNIT, sizeof=unit_sizeof)
+    assert_all_values(again)
+    again.close()
