@@ -46,10 +46,16 @@ def _dask_version() -> str:
 
 def plan_from_dask(dsk: Mapping[Any, Any]) -> GraphPlan:
     """The readers and planned order of a (converted) dask graph."""
+    dependencies, planned, data = _graph_facts(dsk)
+    return GraphPlan.for_local_scheduler(dependencies, planned, data)
+
+
+def _graph_facts(dsk: Mapping[Any, Any]) -> tuple[dict[Hashable, list[Hashable]], dict[Hashable, int], list[Hashable]]:
+    """Each key's dependencies, dask's planned order, and the literal data keys."""
     graph: Any = dsk
-    dependencies = {key: list(get_dependencies(graph, key)) for key in dsk}
+    dependencies: dict[Hashable, list[Hashable]] = {key: list(get_dependencies(graph, key)) for key in dsk}
     planned: dict[Hashable, int] = dict(dask_order(graph).items())
-    return GraphPlan(dependencies, planned)
+    return dependencies, planned, [key for key, task in dsk.items() if isinstance(task, DataNode)]
 
 
 def warn_if_distributed() -> bool:
@@ -180,7 +186,7 @@ class record(Callback):
         self.paths: list[str] = []
         self._recorder: TraceRecorder | None = None
         self._chest: Chest | None = None
-        self._plan: tuple[dict[Hashable, list[Hashable]], dict[Hashable, int]] | None = None
+        self._plan: tuple[dict[Hashable, list[Hashable]], dict[Hashable, int], list[Hashable]] | None = None
 
     def _next_path(self) -> str:
         if not self.paths:
@@ -194,9 +200,7 @@ class record(Callback):
 
     def _start(self, dsk: Mapping[Any, Any]) -> None:
         self._detach()  # the previous computation's trace ends where this one starts
-        graph: Any = dsk
-        planned: dict[Hashable, int] = dict(dask_order(graph).items())
-        self._plan = ({key: list(get_dependencies(graph, key)) for key in dsk}, planned)
+        self._plan = _graph_facts(dsk)
         cache = dask.config.get("cache", None)
         if isinstance(cache, Chest):
             self._attach(cache)
@@ -241,4 +245,3 @@ class record(Callback):
             self._recorder.close()
         self._recorder = None
         self._chest = None
-

@@ -9,7 +9,7 @@ from collections.abc import Callable, Hashable, Iterator
 from typing import Any, Protocol
 
 from .errors import DiskQuotaExceeded, SpillError, SpillWarning
-from .events import COST, DELETE, EVICT, GIVEN_COST, HIT, LOAD, MISS, PUT, SPILL, SPILL_ERROR, Event, Listener
+from .events import COST, DELETE, EVICT, GIVEN_COST, HIT, LOAD, MISS, PUT, SETTLE, SPILL, SPILL_ERROR, Event, Listener
 from .policies.base import Policy
 from .stats import Stats
 
@@ -208,6 +208,8 @@ class SpillEngine:
         """Spill until resident bytes are within the budget (ends a deferred stretch)."""
         with self.lock:
             self._check_open()
+            if self.listeners:
+                self._emit(SETTLE, None, 0)
             self._make_room(0)
 
     def evict_one(self) -> int:

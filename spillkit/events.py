@@ -20,6 +20,7 @@ __all__ = [
     "LOAD",
     "MISS",
     "PUT",
+    "SETTLE",
     "SPILL",
     "SPILL_ERROR",
     "Event",
@@ -35,8 +36,9 @@ EVICT: Final = "evict"  # a value left memory; its unchanged file was reused, no
 DELETE: Final = "delete"  # a key was deleted
 SPILL_ERROR: Final = "spill-error"  # a write failed; the value stays in memory
 COST: Final = "cost"  # a key's recompute cost was set (cost = the new cost)
+SETTLE: Final = "settle"  # the caller asked the engine to get back within budget (key is None)
 GIVEN_COST: Final = "given-cost"  # detail of a put whose cost the caller gave (not the reload estimate)
-KINDS: Final = (PUT, HIT, LOAD, MISS, SPILL, EVICT, DELETE, SPILL_ERROR, COST)
+KINDS: Final = (PUT, HIT, LOAD, MISS, SPILL, EVICT, DELETE, SPILL_ERROR, COST, SETTLE)
 
 
 @dataclass(frozen=True, slots=True)

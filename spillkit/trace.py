@@ -10,8 +10,8 @@ operation. Format, version 1 (each line a JSON value):
     defines key ``id`` (a small int) before its first use. Keys are encoded so
     tuples survive: a str or int stays as it is, a tuple is ``{"t": [...]}``,
     a float ``{"f": x}``, bytes ``{"b": "hex"}``, anything else ``{"r": repr}``.
-``["graph", {"deps": [[id, [dep ids]], ...], "order": [[id, position], ...]}]``
-    the computation's graph and dask's planned order (dask.order).
+``["graph", {"deps": [[id, [dep ids]], ...], "order": [[id, position], ...], "data": [ids]}]``
+    the computation's graph, dask's planned order (dask.order) and its literal data keys.
 ``["put", id, nbytes, cost_or_null, t, object]``
     a value was stored; ``object`` is a small int naming the object, equal for
     two keys holding the same object (dask aliases) while both are resident.
@@ -21,6 +21,8 @@ operation. Format, version 1 (each line a JSON value):
     a key was deleted.
 ``["cost", id, cost, t]``
     a key's recompute cost (seconds) was set.
+``["settle", t]``
+    the caller settled the budget here (the dask integration does after each task).
 ``["spill", id, t]`` / ``["evict", id, t]``
     decisions the recorded run took (written / dropped with its file reused);
     replay recomputes these and can compare.
@@ -40,7 +42,7 @@ from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, cast
 
-from .events import COST, DELETE, EVICT, GIVEN_COST, HIT, LOAD, MISS, PUT, SPILL, Event
+from .events import COST, DELETE, EVICT, GIVEN_COST, HIT, LOAD, MISS, PUT, SETTLE, SPILL, Event
 
 __all__ = ["FORMAT", "VERSION", "Trace", "TraceRecorder", "decode_key", "encode_key", "read_trace"]
 
@@ -128,11 +130,21 @@ class TraceRecorder:
             self._line(["k", ident, encode_key(key)])
         return ident
 
-    def graph(self, dependencies: dict[Hashable, list[Hashable]], order: dict[Hashable, int]) -> None:
-        """Record a computation's graph and planned order."""
+    def graph(
+        self,
+        dependencies: dict[Hashable, list[Hashable]],
+        order: dict[Hashable, int],
+        data: list[Hashable] | None = None,
+    ) -> None:
+        """Record a computation's graph, planned order and literal data keys."""
         with self._lock:
             deps = [[self.key_id(k), [self.key_id(d) for d in ds]] for k, ds in dependencies.items()]
-            self._line(["graph", {"deps": deps, "order": [[self.key_id(k), p] for k, p in order.items()]}])
+            graph = {
+                "deps": deps,
+                "order": [[self.key_id(k), p] for k, p in order.items()],
+                "data": [self.key_id(k) for k in data or ()],
+            }
+            self._line(["graph", graph])
 
     def _leave_memory(self, key: Hashable) -> None:
         token = self._key_object.pop(key, None)
@@ -170,6 +182,9 @@ class TraceRecorder:
                 return
             t = round(time.perf_counter() - self._start, 6)
             kind = event.kind
+            if kind == SETTLE:
+                self._line(["settle", t])
+                return
             ident = self.key_id(event.key)
             if kind == PUT:
                 self._put(
@@ -214,6 +229,7 @@ class Trace:
     keys: list[Hashable] = field(default_factory=list)
     dependencies: dict[Hashable, list[Hashable]] = field(default_factory=dict)
     order: dict[Hashable, int] = field(default_factory=dict)
+    data: list[Hashable] = field(default_factory=list)  # literal data keys, present before any task ran
     ops: list[tuple[Any, ...]] = field(default_factory=list)  # op lines with key ids replaced by keys
 
     def peak_bytes(self) -> int:
@@ -242,7 +258,7 @@ class Trace:
 
     def requests(self) -> Iterator[tuple[Any, ...]]:
         """The put/get/del/cost operations only (what a replay drives)."""
-        return (op for op in self.ops if op[0] in ("put", "get", "del", "cost"))
+        return (op for op in self.ops if op[0] in ("put", "get", "del", "cost", "settle"))
 
 
 def read_trace(path: str | os.PathLike[str]) -> Trace:
@@ -263,6 +279,9 @@ def read_trace(path: str | os.PathLike[str]) -> Trace:
             elif tag == "graph":
                 trace.dependencies.update({keys[k]: [keys[d] for d in ds] for k, ds in row[1]["deps"]})
                 trace.order.update({keys[k]: p for k, p in row[1]["order"]})
+                trace.data.extend(keys[k] for k in row[1].get("data", ()))
+            elif tag == "settle":
+                trace.ops.append((tag, None, row[1]))
             else:
                 trace.ops.append((tag, keys[row[1]], *row[2:]))
     return trace

@@ -17,9 +17,10 @@ class GraphAware(Policy):
     The graph comes from the policy's constructor or from :meth:`plan`, which
     the dask integration calls when a computation starts (never from the
     engine). A key's first ``admitted`` marks its task as finished, which
-    takes a reader away from each of its inputs. Keys the graph does not know
-    rank as never needed again; among those, ties go to the least recently
-    used, so without any graph these policies behave like LRU.
+    takes a reader away from each of its inputs (and re-ranks those inputs).
+    Keys with no reader left, or unknown to the graph, go first; among equals
+    the least recently used goes first, so without a graph these policies
+    behave like LRU. O(log n) per event (a heap with lazy deletion).
     Not thread-safe on its own; deterministic.
     """
 
@@ -27,6 +28,11 @@ class GraphAware(Policy):
         self._plan = plan if plan is not None else GraphPlan({}, {})
         self._sizes: dict[Hashable, int] = {}
         self._heap = LazyHeap()
+
+    @property
+    def planned(self) -> bool:
+        """True once the policy has a graph."""
+        return bool(self._plan.order)
 
     def plan(self, plan: GraphPlan) -> None:
         """Use ``plan`` from now on and re-rank every resident key."""
@@ -59,12 +65,15 @@ class GraphAware(Policy):
 
 
 class NextUse(GraphAware):
-    """Spill the key whose next reader comes latest in the planned order (Belady).
+    """Spill the key whose next reader comes latest in dask's planned order (Belady).
 
-    Keys with no remaining reader go first (they are dead but not yet
-    deleted), then keys by next use, furthest first; ties go to the largest.
-    On recorded dask graphs this came within 0-16% of an LP lower bound on
-    I/O once dead keys were never written (see DESIGN.md).
+    Keys with no remaining reader go first (dead but not yet deleted), then
+    keys by next use, furthest first; ties go to the largest. Weighting the
+    distance by size (Belady-Size) was measured too, on the shipped traces:
+    it helped matmul by 7% but doubled the I/O of rechunk and shuffle, because
+    schedulers run tasks out of planned order and a distance measured from an
+    estimated "now" misjudges large values. Plain next use is never worse
+    than LRU by more than matmul's 16% at a 10% budget, and up to 20% better.
 
     Examples
     --------
@@ -79,8 +88,7 @@ class NextUse(GraphAware):
     name = "nextuse"
 
     def _priority(self, key: Hashable) -> Priority:
-        next_use = self._plan.next_use(key)
-        return (-next_use, -self._sizes[key])
+        return (-self._plan.next_use(key), -self._sizes[key])
 
 
 class LRC(GraphAware):
@@ -97,11 +105,11 @@ class LRC(GraphAware):
     >>> p.admitted("a", 10, 0.0); p.admitted("b", 10, 0.0); p.admitted("c", 10, 0.0)
     >>> p.victim()   # c has no readers left
     'c'
+    >>> p.removed("c"); p.victim()   # c has read a: a has one reader left (d), b two (d, e)
+    'a'
     """
 
     name = "lrc"
 
     def _priority(self, key: Hashable) -> Priority:
         return (self._plan.remaining(key), -self._plan.next_use(key), -self._sizes[key])
-
-

@@ -1,0 +1,238 @@
+"""Replay a trace through the same SpillEngine a live Chest uses, with size-only tiers.
+
+Values are stand-in objects that carry only their size, and the disk tier only
+counts bytes, so a replay runs the engine's real eviction loop and every
+policy's real code: its decisions are exactly the ones a live Chest with the
+same policy and budget would take.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .engine import SpillEngine
+from .events import EVICT, LOAD, SPILL, Event
+from .policies import GraphAware, Policy, make_policy
+from .policies._graph import GraphPlan
+from .trace import Trace
+
+__all__ = ["MODES", "DiskModel", "ReplayResult", "SizeOnlyDisk", "replay"]
+
+MODES = ("strict", "settled", "dead-skip")
+
+
+@dataclass(frozen=True)
+class DiskModel:
+    """Seconds of disk I/O: bytes over bandwidth plus a fixed latency per file read or written.
+
+    The defaults are round numbers for a local SSD through the page cache;
+    ``spillkit calibrate`` measures the current disk and saves its own.
+    """
+
+    write_bandwidth: float = 1.0e9  # bytes per second
+    read_bandwidth: float = 2.0e9
+    latency: float = 1.0e-4  # seconds per file operation
+
+    def seconds(self, written: int, writes: int, read: int, reads: int) -> float:
+        """Modelled seconds for that much I/O."""
+        return written / self.write_bandwidth + read / self.read_bandwidth + (writes + reads) * self.latency
+
+
+class _Sized:
+    """A stand-in value: only its size matters."""
+
+    __slots__ = ("nbytes",)
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = nbytes
+
+
+def _size(value: Any) -> int:
+    return int(value.nbytes)
+
+
+class SizeOnlyDisk:
+    """A disk tier that stores sizes, not bytes (it satisfies the engine's DiskTier protocol).
+
+    ``is_dead(key)`` (optional) tells which keys will never be read again; their
+    writes are not counted, as if the integration had skipped them.
+    """
+
+    def __init__(
+        self, is_dead: Callable[[Hashable], bool] | None = None, costs: dict[Hashable, float] | None = None
+    ) -> None:
+        self.total_bytes = 0
+        self._sizes: dict[Hashable, int] = {}
+        self.is_dead = is_dead
+        self.costs = {} if costs is None else costs
+        self.written = 0
+        self.writes = 0
+        self.dead_skipped = 0
+        self.recompute_seconds = 0.0  # what rebuilding each loaded value would have cost instead
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._sizes
+
+    def write(self, key: Hashable, value: Any) -> int:
+        nbytes = _size(value)
+        self.total_bytes += nbytes - self._sizes.get(key, 0)
+        self._sizes[key] = nbytes
+        if self.is_dead is not None and self.is_dead(key):
+            self.dead_skipped += nbytes
+            return 0
+        self.written += nbytes
+        self.writes += 1
+        return nbytes
+
+    def read(self, key: Hashable) -> Any:
+        self.recompute_seconds += self.costs.get(key, 0.0)
+        return _Sized(self._sizes[key])
+
+    def delete(self, key: Hashable) -> None:
+        self.total_bytes -= self._sizes.pop(key, 0)
+
+    def file_bytes(self, key: Hashable) -> int:
+        return self._sizes[key]
+
+    def sync(self) -> None:
+        return None
+
+
+@dataclass
+class ReplayResult:
+    """What one policy did on one trace at one budget."""
+
+    policy: str
+    budget: int
+    mode: str
+    requests: int = 0
+    hits: int = 0
+    loads: int = 0
+    misses: int = 0
+    spills: int = 0
+    evictions: int = 0
+    bytes_written: int = 0
+    bytes_read: int = 0
+    writes: int = 0
+    dead_skipped_bytes: int = 0
+    io_seconds: float = 0.0
+    recompute_seconds: float = 0.0
+    replay_seconds: float = 0.0
+    decisions: list[tuple[str, Hashable]] = field(default_factory=list, repr=False)
+
+    @property
+    def io_bytes(self) -> int:
+        """Bytes written plus bytes read."""
+        return self.bytes_written + self.bytes_read
+
+    def row(self) -> dict[str, Any]:
+        """The result as a flat dict (without the decision list)."""
+        data = asdict(self)
+        data.pop("decisions")
+        data["io_bytes"] = self.io_bytes
+        return data
+
+
+def replay(
+    trace: Trace,
+    policy: Policy | str,
+    budget: int,
+    mode: str = "strict",
+    disk: DiskModel | None = None,
+    keep_decisions: bool = False,
+) -> ReplayResult:
+    """Drive ``trace``'s requests through a SpillEngine with ``policy`` at ``budget`` bytes.
+
+    Modes: ``"strict"`` makes room at every put (a Chest used alone);
+    ``"settled"`` defers puts and settles where the recording settled (the dask
+    integration: after each task's releases), or before the next read or put
+    when the trace has no settle points; ``"dead-skip"`` is strict, but a value
+    never read again costs nothing to spill. Graph-aware policies get the
+    trace's graph. With ``keep_decisions`` the result lists every
+    spill, evict and load in order.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
+    chosen = make_policy(policy)
+    if isinstance(chosen, GraphAware) and trace.dependencies and not chosen.planned:
+        chosen.plan(GraphPlan.for_local_scheduler(trace.dependencies, trace.order, trace.data))
+    requests = list(trace.requests())
+    costs: dict[Hashable, float] = {}
+    is_dead = None
+    if mode == "dead-skip":
+        last_read = _last_reads(requests)
+        position = [0]
+
+        def is_dead(key: Hashable) -> bool:
+            return last_read.get(key, -1) < position[0]
+
+    tier = SizeOnlyDisk(is_dead, costs)
+    engine = SpillEngine(tier, chosen, budget, _size)
+    result = ReplayResult(chosen.name, budget, mode)
+    if keep_decisions:
+
+        def watch(event: Event) -> None:
+            if event.kind in (SPILL, EVICT, LOAD):
+                result.decisions.append((event.kind, event.key))
+
+        engine.listeners.append(watch)
+    settled = mode == "settled"
+    settle_points = any(op[0] == "settle" for op in requests)
+    engine.deferred = settled
+    objects: dict[int, _Sized] = {}
+    pending = False
+    start = time.perf_counter()
+    for index, op in enumerate(requests):
+        tag, key = op[0], op[1]
+        if is_dead is not None:
+            position[0] = index
+        if pending and not settle_points and tag != "del":
+            engine.settle()  # settled mode without recorded settle points: after the releases
+            pending = False
+        if tag == "get":
+            try:  # noqa: SIM105 - contextlib.suppress costs a context manager per request
+                engine.get(key)
+            except KeyError:
+                pass
+        elif tag == "put":
+            token = op[5]
+            value = objects.get(token) if token else None
+            if value is None or value.nbytes != op[2]:
+                value = _Sized(op[2])
+                if token:
+                    objects[token] = value
+            if op[3] is not None:
+                costs[key] = op[3]
+            engine.put(key, value, cost=op[3], nbytes=op[2])
+            pending = settled
+        elif tag == "del":
+            engine.delete(key)
+        elif tag == "cost":
+            costs[key] = op[2]
+            if key in engine:
+                engine.set_cost(key, op[2])
+        elif tag == "settle" and settled:
+            engine.settle()
+    result.replay_seconds = time.perf_counter() - start
+    stats = engine.stats
+    result.requests = len(requests)
+    result.hits, result.loads, result.misses = stats.hits, stats.loads, stats.misses
+    result.spills, result.evictions = stats.spills, stats.evictions
+    result.bytes_written, result.writes = tier.written, tier.writes
+    result.bytes_read = stats.load_bytes
+    result.dead_skipped_bytes = tier.dead_skipped
+    result.recompute_seconds = tier.recompute_seconds
+    result.io_seconds = (disk or DiskModel()).seconds(tier.written, tier.writes, stats.load_bytes, stats.loads)
+    return result
+
+
+def _last_reads(requests: list[tuple[Any, ...]]) -> dict[Hashable, int]:
+    """For each key, the index of its last read: after it, its value is dead."""
+    last: dict[Hashable, int] = {}
+    for index, op in enumerate(requests):
+        if op[0] == "get":
+            last[op[1]] = index
+    return last
