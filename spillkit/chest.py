@@ -299,14 +299,21 @@ class Chest(MutableMapping[Hashable, Any]):
             raise SpillError(f"the Chest at {self._path!r} is closed")
 
     def close(self) -> None:
-        """Flush a Chest with a ``path`` of its own; remove a temporary one. Idempotent."""
+        """Flush a Chest with a ``path`` of its own; remove a temporary one. Idempotent.
+
+        If the flush cannot write some values (e.g. they cannot be serialized),
+        the Chest is closed anyway and the ``SpillError`` names those keys.
+        """
         if self._engine.closed:
             return
         if self._temporary:
             self.drop()
             return
-        self.flush()
-        self._engine.close()
+        try:
+            self.flush()
+        finally:
+            # Closed even when a value could not be written: the flush error names those keys.
+            self._engine.close()
 
     def drop(self) -> None:
         """Delete every value and the directory; the Chest is closed afterwards."""

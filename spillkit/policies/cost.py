@@ -48,8 +48,9 @@ class CostAware(Policy):
         self._heap.push(key, self._clock + count * self._weights[key])
 
     def recosted(self, key: Hashable, nbytes: int, cost: float) -> None:
+        count = self._counts[key]  # KeyError for an unknown key, before anything changes
         self._weights[key] = max(cost, 0.0) / max(nbytes, 1)
-        self._heap.push(key, self._clock + self._counts[key] * self._weights[key])
+        self._heap.push(key, self._clock + count * self._weights[key])
 
     def removed(self, key: Hashable) -> None:
         self._heap.discard(key)

@@ -1,0 +1,75 @@
+"""Shared fixtures: a Chest factory run once per registered policy, and accounting checks."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import spillkit
+from spillkit import Chest
+
+ChestFactory = Callable[..., Chest]
+
+
+def spill_files(path: str) -> dict[str, int]:
+    """Spill files in ``path`` (names not starting with '.') and their sizes on disk."""
+    return {name: os.path.getsize(os.path.join(path, name)) for name in os.listdir(path) if not name.startswith(".")}
+
+
+def resident_bytes(inmem: Mapping[Hashable, Any], size_of: Callable[[Hashable, Any], int]) -> int:
+    """Bytes of the distinct objects held in memory (an object under two keys counts once)."""
+    by_id: dict[int, int] = {}
+    for key, value in inmem.items():
+        by_id[id(value)] = size_of(key, value)
+    return sum(by_id.values())
+
+
+def assert_accounting(chest: Chest) -> None:
+    """Memory and disk byte counters equal what is really held; every key is in memory or on disk."""
+    sizeof = chest.engine.sizeof
+    assert chest.memory_bytes == resident_bytes(chest.inmem, lambda _key, value: sizeof(value))
+    files = spill_files(chest.path)
+    assert chest.disk_bytes == sum(files.values())
+    on_disk = set(chest._store)
+    assert len(files) == len(on_disk)
+    assert set(chest.inmem) | on_disk == set(chest)
+    assert set(chest.engine.spilled_keys).isdisjoint(chest.inmem)
+
+
+@pytest.fixture
+def check_accounting() -> Callable[[Chest], None]:
+    """The :func:`assert_accounting` check, for tests to call at interesting moments."""
+    return assert_accounting
+
+
+@pytest.fixture(params=spillkit.policy_names())
+def policy_name(request: pytest.FixtureRequest) -> str:
+    """Every registered policy name, one test run each."""
+    return str(request.param)
+
+
+@pytest.fixture
+def chest_factory(policy_name: str, tmp_path: Path) -> Iterator[ChestFactory]:
+    """``make(available_memory, **kwargs)`` builds a Chest with this run's policy in its own
+    directory under ``tmp_path``; every Chest made is closed at teardown.
+
+    Teardown closes with ``drop()`` (close and delete): ``close()`` on a Chest with a path
+    flushes and fsyncs every value, which would dominate the suite's run time; the tests
+    that are about ``close()`` call it themselves.
+    """
+    made: list[Chest] = []
+
+    def make(available_memory: int | float | str = 10**9, **kwargs: Any) -> Chest:
+        kwargs.setdefault("path", tmp_path / f"chest-{len(made)}")
+        kwargs.setdefault("policy", policy_name)
+        chest = Chest(available_memory=available_memory, **kwargs)
+        made.append(chest)
+        return chest
+
+    yield make
+    for chest in made:
+        chest.drop()
