@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import random
+import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 from .chest import Chest
 from .policies import policy_names
@@ -20,52 +23,118 @@ def run_demo(
     seed: int = 0,
     policies: list[str] | None = None,
     forever: bool = False,
-    on_chest: object = None,
+    on_chest: Callable[[Chest, str], object] | None = None,
+    seconds: float | None = None,
 ) -> list[dict[str, object]]:
     """Store ``arrays`` arrays in one Chest per policy, read them back, check every value.
 
     Returns one row of statistics per policy (also printed as a table).
-    With ``forever=True`` the workload repeats until interrupted (for dashboards).
+
+    Parameters
+    ----------
+    forever : bool
+        Repeat the workload until Ctrl-C, every policy in its own thread at the
+        same time, so a dashboard can compare the policies live.
+    on_chest : callable, optional
+        ``on_chest(chest, policy_name)`` runs for each Chest before it is used,
+        e.g. to instrument it with :func:`spillkit.metrics.instrument`.
+    seconds : float, optional
+        Stop repeating after this many seconds (implies ``forever``).
+
+    Notes
+    -----
+    Every read is checked; a wrong value raises ``AssertionError`` (from a
+    worker thread it stops the others and is raised here).
     """
     try:
         import numpy as np
     except ImportError as error:  # pragma: no cover - exercised only without numpy
         raise SystemExit('the demo needs numpy: pip install "spillkit[demo]"') from error
     size = parse_bytes(array_bytes)
-    rows: list[dict[str, object]] = []
-    for name in policies or policy_names():
+    names = list(policies or policy_names())
+
+    def one(name: str, stop: threading.Event | None) -> dict[str, object]:
         rng = random.Random(seed)
         with Chest(available_memory=budget, policy=name) as chest:
-            if callable(on_chest):
+            if on_chest is not None:
                 on_chest(chest, name)
             start = time.perf_counter()
-            while True:
+            while stop is None or not stop.is_set():
                 for i in range(arrays):
+                    if stop is not None and stop.is_set():
+                        break  # answer Ctrl-C within one array, not one round
                     chest[f"array-{i}"] = np.full(size // 8, i, dtype="f8")
                 hot = list(range(arrays // 5))
-                for _ in range(reads):
+                for n in range(reads):
+                    if stop is not None and stop.is_set():
+                        break
                     i = rng.choice(hot) if rng.random() < 0.8 else rng.randrange(arrays)
                     if chest[f"array-{i}"][0] != i:
                         raise AssertionError(f"array-{i} came back wrong")
-                if not forever:
+                    if n % 50 == 0 and chest.get("never-stored") is not None:  # a miss now and then
+                        raise AssertionError("a key that was never stored came back")
+                if stop is None:
                     break
-            seconds = time.perf_counter() - start
-            stats = chest.stats
-            rows.append(
-                {
-                    "policy": name,
-                    "hits": stats.hits,
-                    "loads": stats.loads,
-                    "spills": stats.spills,
-                    "written": format_bytes(stats.spill_bytes),
-                    "read": format_bytes(stats.load_bytes),
-                    "in memory": format_bytes(chest.memory_bytes),
-                    "on disk": format_bytes(chest.disk_bytes),
-                    "seconds": f"{seconds:.2f}",
-                }
-            )
+            return _row(name, chest, time.perf_counter() - start)
+
+    if not (forever or seconds is not None):
+        rows = [one(name, None) for name in names]
+    else:
+        rows = _in_threads(one, names, seconds)
     _print_table(rows)
     return rows
+
+
+def _in_threads(
+    one: Callable[[str, threading.Event | None], dict[str, object]], names: list[str], seconds: float | None
+) -> list[dict[str, object]]:
+    """Run ``one(name, stop)`` per name in its own thread until Ctrl-C, ``seconds``, or an error."""
+    stop = threading.Event()
+    results: dict[str, dict[str, object]] = {}
+    errors: list[BaseException] = []
+
+    def work(name: str) -> None:
+        try:
+            results[name] = one(name, stop)
+        except BaseException as error:
+            errors.append(error)
+            stop.set()
+
+    threads = [threading.Thread(target=work, args=(name,), name=f"spillkit-demo-{name}") for name in names]
+    for thread in threads:
+        thread.start()
+    deadline = None if seconds is None else time.monotonic() + seconds
+    try:
+        while not stop.is_set():
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                break
+            stop.wait(1.0 if remaining is None else min(remaining, 1.0))
+    except KeyboardInterrupt:
+        print("\nstopping...", flush=True)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    if errors:
+        raise errors[0]
+    return [results[name] for name in names]
+
+
+def _row(name: str, chest: Chest, seconds: float) -> dict[str, Any]:
+    stats = chest.stats
+    return {
+        "policy": name,
+        "hits": stats.hits,
+        "loads": stats.loads,
+        "misses": stats.misses,
+        "spills": stats.spills,
+        "written": format_bytes(stats.spill_bytes),
+        "read": format_bytes(stats.load_bytes),
+        "in memory": format_bytes(chest.memory_bytes),
+        "on disk": format_bytes(chest.disk_bytes),
+        "seconds": f"{seconds:.2f}",
+    }
 
 
 def _print_table(rows: list[dict[str, object]]) -> None:

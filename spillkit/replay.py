@@ -143,6 +143,7 @@ def replay(
     mode: str = "strict",
     disk: DiskModel | None = None,
     keep_decisions: bool = False,
+    plan: bool = True,
 ) -> ReplayResult:
     """Drive ``trace``'s requests through a SpillEngine with ``policy`` at ``budget`` bytes.
 
@@ -151,13 +152,14 @@ def replay(
     integration: after each task's releases), or before the next read or put
     when the trace has no settle points; ``"dead-skip"`` is strict, but a value
     never read again costs nothing to spill. Graph-aware policies get the
-    trace's graph. With ``keep_decisions`` the result lists every
+    trace's graph (unless ``plan=False``: a live Chest used without the dask
+    integration's callback has no graph either). With ``keep_decisions`` the result lists every
     spill, evict and load in order.
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
     chosen = make_policy(policy)
-    if isinstance(chosen, GraphAware) and trace.dependencies and not chosen.planned:
+    if plan and isinstance(chosen, GraphAware) and trace.dependencies and not chosen.planned:
         chosen.plan(GraphPlan.for_local_scheduler(trace.dependencies, trace.order, trace.data))
     requests = list(trace.requests())
     costs: dict[Hashable, float] = {}

@@ -32,9 +32,9 @@ class Stats:
 
     The engine updates these fields in place under its lock (cheaper than
     building an event object on the hot path); other listeners receive
-    :class:`~spillkit.events.Event` objects. Read them at any time; a consistent
-    snapshot of all fields is :meth:`snapshot` (call it through
-    ``chest.stats_snapshot()`` to hold the lock).
+    :class:`~spillkit.events.Event` objects. Read them at any time; for a
+    consistent snapshot of all fields call :meth:`snapshot` while holding
+    ``chest.engine.lock``. Thread-safe to read; only the engine writes.
 
     Examples
     --------

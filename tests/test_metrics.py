@@ -1,0 +1,369 @@
+"""spillkit.metrics: the Prometheus collector, instrument/uninstrument, serve. A fresh registry per test."""
+
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import urllib.request
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
+import spillkit
+from spillkit import Chest, SpillWarning
+from spillkit.metrics import ChestCollector, instrument, serve, uninstrument
+from spillkit.stats import LATENCY_BOUNDS
+
+REPO = Path(__file__).resolve().parent.parent
+KB = 1000
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+def make_chest(tmp_path: Path, name: str = "c", budget: int = 3 * KB, **kwargs: Any) -> Chest:
+    # sizeof=len makes memory accounting exact: three 1000-byte values fill the budget
+    kwargs.setdefault("sizeof", len)
+    return Chest(path=tmp_path / name, available_memory=budget, **kwargs)
+
+
+def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return registry.get_sample_value(name, labels)
+
+
+def run_sequence(chest: Chest) -> None:
+    """Five puts into room for three (two spills), a hit, a load (one more spill), a miss."""
+    for i in range(5):
+        chest[f"k{i}"] = bytes([i]) * KB
+    assert chest["k4"] == bytes([4]) * KB
+    assert chest["k0"] == bytes([0]) * KB
+    assert chest.get("absent") is None
+
+
+def assert_matches_stats(registry: CollectorRegistry, chest: Chest, name: str) -> None:
+    """Every exported number equals what the Chest and its Stats say now."""
+    s = chest.stats
+    c = {"chest": name}
+    assert value(registry, "spillkit_memory_bytes", **c, tier="memory") == chest.memory_bytes
+    assert value(registry, "spillkit_memory_bytes", **c, tier="disk") == chest.disk_bytes
+    assert value(registry, "spillkit_keys", **c, tier="memory") == len(chest.inmem)
+    assert value(registry, "spillkit_keys", **c, tier="disk") == len(chest) - len(chest.inmem)
+    assert value(registry, "spillkit_memory_budget_bytes", **c) == chest.available_memory
+    expected = {
+        "memory-read": (s.hits, s.hit_bytes, None),
+        "disk-read": (s.loads, s.load_bytes, s.load_seconds),
+        "disk-write": (s.disk_writes, s.spill_bytes, s.spill_seconds),
+    }
+    for activity, (count, nbytes, seconds) in expected.items():
+        assert value(registry, "spillkit_spill_count_total", **c, activity=activity) == count
+        assert value(registry, "spillkit_spill_bytes_total", **c, activity=activity) == nbytes
+        assert value(registry, "spillkit_spill_time_seconds_total", **c, activity=activity) == seconds
+    assert value(registry, "spillkit_misses_total", **c) == s.misses
+    reasons = {
+        "disk": s.spill_failures - s.unspillable,
+        "serialize": s.unspillable,
+        "quota": s.quota_errors,
+        "corrupt": s.load_failures,
+    }
+    for reason, n in reasons.items():
+        assert value(registry, "spillkit_spill_errors_total", **c, reason=reason) == n
+    for activity, buckets, total in (
+        ("disk-write", s.write_latency, s.spill_seconds),
+        ("disk-read", s.read_latency, s.load_seconds),
+    ):
+        h = {**c, "activity": activity}
+        cumulative = [
+            value(registry, "spillkit_disk_latency_seconds_bucket", **h, le=le)
+            for le in [repr(float(b)) for b in LATENCY_BOUNDS] + ["+Inf"]
+        ]
+        assert None not in cumulative
+        per_bucket = [int(b - a) for a, b in zip([0.0, *cumulative[:-1]], cumulative, strict=True)]  # type: ignore[operator]
+        assert per_bucket == buckets
+        assert value(registry, "spillkit_disk_latency_seconds_count", **h) == sum(buckets)
+        assert value(registry, "spillkit_disk_latency_seconds_sum", **h) == total
+
+
+def test_values_equal_stats_after_known_sequence(tmp_path: Path, registry: CollectorRegistry) -> None:
+    chest = make_chest(tmp_path)
+    instrument(chest, registry, name="etl")
+    assert_matches_stats(registry, chest, "etl")  # all zeros, every series present
+    run_sequence(chest)
+    s = chest.stats
+    assert (s.hits, s.loads, s.misses, s.disk_writes) == (1, 1, 1, 3)
+    assert value(registry, "spillkit_keys", chest="etl", tier="memory") == 3
+    assert value(registry, "spillkit_keys", chest="etl", tier="disk") == 2
+    assert value(registry, "spillkit_spill_count_total", chest="etl", activity="disk-write") == 3
+    assert value(registry, "spillkit_memory_bytes", chest="etl", tier="memory") == 3 * KB
+    assert_matches_stats(registry, chest, "etl")
+    chest.close()
+
+
+def test_info_metric(tmp_path: Path, registry: CollectorRegistry) -> None:
+    chest = make_chest(tmp_path, policy="lfu")
+    instrument(chest, registry, name="etl")
+    labels = {"chest": "etl", "version": spillkit.__version__, "policy": "LFU", "codec": "pickle"}
+    assert registry.get_sample_value("spillkit_chest_info", labels) == 1
+    chest.close()
+
+
+def test_error_reasons(tmp_path: Path, registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+    chest = make_chest(tmp_path, available_disk=5 * KB, sizeof=lambda v: KB)
+    instrument(chest, registry, name="e")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SpillWarning)
+        chest["lock"] = threading.Lock()  # cannot be pickled: set aside when offered for spilling
+        for i in range(4):
+            chest[f"k{i}"] = bytes(KB)
+        assert chest.stats.unspillable == 1
+        with pytest.raises(spillkit.DiskQuotaExceeded):
+            for i in range(4, 12):
+                chest[f"k{i}"] = bytes(KB)
+        store = chest.engine.disk
+
+        def full(key: object, value: object) -> int:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(store, "write", full)
+        chest["one-more"] = bytes(KB)
+        monkeypatch.undo()
+        victim = next(k for k in chest if k not in chest.inmem)
+        Path(store.filename(victim)).write_bytes(b"garbage")  # type: ignore[attr-defined]
+        with pytest.raises(spillkit.CorruptSpillFile):
+            chest[victim]
+    for reason in ("disk", "serialize", "quota", "corrupt"):
+        assert value(registry, "spillkit_spill_errors_total", chest="e", reason=reason) == 1, reason
+    assert_matches_stats(registry, chest, "e")
+    chest.drop()
+
+
+def test_two_chests_on_one_registry(tmp_path: Path, registry: CollectorRegistry) -> None:
+    a, b = make_chest(tmp_path, "a"), make_chest(tmp_path, "b", budget=10 * KB, policy="size")
+    assert instrument(a, registry, name="a") is instrument(b, registry, name="b")  # one collector per registry
+    run_sequence(a)
+    b["x"] = bytes(KB)
+    assert_matches_stats(registry, a, "a")
+    assert_matches_stats(registry, b, "b")
+    assert value(registry, "spillkit_keys", chest="b", tier="memory") == 1
+    assert value(registry, "spillkit_chest_info", chest="b", version=spillkit.__version__, policy="SizeAware",
+                 codec="pickle") == 1  # fmt: skip
+    a.close()
+    assert value(registry, "spillkit_keys", chest="a", tier="memory") is None
+    assert value(registry, "spillkit_keys", chest="b", tier="memory") == 1
+    b.close()
+
+
+def test_same_name_twice_is_a_clear_error(tmp_path: Path, registry: CollectorRegistry) -> None:
+    a, b = make_chest(tmp_path, "a"), make_chest(tmp_path, "b")
+    instrument(a, registry, name="etl")
+    with pytest.raises(ValueError, match="'etl' is already instrumented"):
+        instrument(b, registry, name="etl")
+    with pytest.raises(ValueError, match="already instrumented as 'etl'"):
+        instrument(a, registry, name="other")
+    a["x"] = bytes(KB)
+    assert value(registry, "spillkit_keys", chest="etl", tier="memory") == 1  # still the first Chest
+    instrument(b, CollectorRegistry(), name="etl")  # another registry is another namespace of names
+    instrument(b, registry, name="etl", namespace="other")  # and so is another metric namespace
+    assert value(registry, "other_keys", chest="etl", tier="memory") == 0
+    a.close()
+    b.close()
+
+
+def test_clash_with_another_collector_registers_nothing(tmp_path: Path, registry: CollectorRegistry) -> None:
+    Gauge("spillkit_keys", "someone else's", registry=registry)
+    chest = make_chest(tmp_path)
+    with pytest.raises(ValueError, match="Duplicated timeseries"):
+        instrument(chest, registry, name="etl")
+    assert value(registry, "spillkit_memory_bytes", chest="etl", tier="memory") is None
+    chest.close()
+
+
+def families(registry: CollectorRegistry) -> set[str]:
+    return {metric.name for metric in registry.collect()}
+
+
+def test_close_unregisters_and_frees_the_name(tmp_path: Path, registry: CollectorRegistry) -> None:
+    temporary, kept = Chest(available_memory=KB), make_chest(tmp_path)
+    instrument(temporary, registry, name="t")
+    instrument(kept, registry, name="k")
+    temporary.close()  # a temporary Chest is dropped
+    assert value(registry, "spillkit_keys", chest="t", tier="memory") is None
+    assert value(registry, "spillkit_keys", chest="k", tier="memory") == 0
+    kept.close()  # a Chest with a path is flushed
+    assert list(registry.collect()) == []  # not even HELP and TYPE lines
+    again = make_chest(tmp_path, "again")
+    instrument(again, registry, name="k")  # the name is free again
+    assert value(registry, "spillkit_keys", chest="k", tier="memory") == 0
+    again.close()
+
+
+def test_uninstrument_restores_the_registry(tmp_path: Path, registry: CollectorRegistry) -> None:
+    before = families(registry)
+    a, b = make_chest(tmp_path, "a"), make_chest(tmp_path, "b")
+    instrument(a, registry, name="a")
+    instrument(b, registry, name="b")
+    assert uninstrument(a, registry)
+    assert not uninstrument(a, registry)
+    assert value(registry, "spillkit_keys", chest="b", tier="memory") == 0
+    assert uninstrument(b, registry)
+    assert families(registry) == before
+    Gauge("spillkit_keys", "the names are free again", registry=registry)
+    a.close()
+    b.close()
+
+
+def test_garbage_collected_chest_disappears(registry: CollectorRegistry) -> None:
+    chest = Chest(available_memory=KB)
+    instrument(chest, registry, name="gone")
+    del chest
+    gc.collect()
+    assert value(registry, "spillkit_keys", chest="gone", tier="memory") is None
+
+
+def test_nothing_runs_per_operation(tmp_path: Path, registry: CollectorRegistry) -> None:
+    chest = make_chest(tmp_path)
+    instrument(chest, registry, name="etl")
+    assert chest.engine.listeners == []
+    chest.close()
+
+
+def test_scrapes_are_consistent_under_load(tmp_path: Path, registry: CollectorRegistry) -> None:
+    chest = make_chest(tmp_path)
+    instrument(chest, registry, name="busy")
+    stop = threading.Event()
+
+    def hammer() -> None:
+        i = 0
+        while not stop.is_set():
+            chest[f"k{i % 7}"] = bytes(KB)
+            chest.get(f"k{(i * 3) % 7}")
+            i += 1
+
+    thread = threading.Thread(target=hammer)
+    thread.start()
+    try:
+        for _ in range(200):
+            scrape = {(s.name, frozenset(s.labels.items())): s.value for m in registry.collect() for s in m.samples}
+
+            def get(name: str, scrape: dict[Any, float] = scrape, **labels: str) -> float:
+                return scrape[(name, frozenset({"chest": "busy", **labels}.items()))]
+
+            for activity in ("disk-read", "disk-write"):
+                inf = get("spillkit_disk_latency_seconds_bucket", activity=activity, le="+Inf")
+                assert inf == get("spillkit_spill_count_total", activity=activity)
+                assert get("spillkit_disk_latency_seconds_sum", activity=activity) == get(
+                    "spillkit_spill_time_seconds_total", activity=activity
+                )
+            assert get("spillkit_keys", tier="memory") * KB == get("spillkit_memory_bytes", tier="memory")
+    finally:
+        stop.set()
+        thread.join()
+    chest.close()
+
+
+def test_promtool_check_metrics_reports_nothing(tmp_path: Path, registry: CollectorRegistry) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (Debian: apt-get install prometheus)")
+    a, b = make_chest(tmp_path, "a"), make_chest(tmp_path, "b")
+    instrument(a, registry, name="a")
+    instrument(b, registry, name="b")
+    run_sequence(a)
+    text = generate_latest(registry)
+    done = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
+    a.close()
+    b.close()
+
+
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "PYTHONPATH": str(REPO), **env}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=environment)
+
+
+def test_import_registers_nothing() -> None:
+    done = run_python(
+        "from prometheus_client import REGISTRY\n"
+        "before = {m.name for m in REGISTRY.collect()}\n"
+        "import spillkit.metrics\n"
+        "assert {m.name for m in REGISTRY.collect()} == before, 'import registered metrics'\n"
+        "assert not any(m.name.startswith('spillkit') for m in REGISTRY.collect())\n"
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_missing_prometheus_client_names_the_extra() -> None:
+    done = run_python(
+        "import sys\n"
+        "sys.modules['prometheus_client'] = None  # as if not installed\n"
+        "import spillkit\n"
+        "try:\n"
+        "    import spillkit.metrics\n"
+        "except ImportError as error:\n"
+        "    print(error)\n"
+    )
+    assert done.returncode == 0, done.stderr
+    assert 'pip install "spillkit[metrics]"' in done.stdout
+
+
+def test_serve_binds_loopback_and_stops(tmp_path: Path, registry: CollectorRegistry) -> None:
+    chest = make_chest(tmp_path)
+    instrument(chest, registry, name="served")
+    server = serve(0, registry=registry)
+    try:
+        assert server.server_address[0] == "127.0.0.1"
+        url = f"http://127.0.0.1:{server.server_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body = response.read().decode()
+        assert 'spillkit_memory_budget_bytes{chest="served"} 3000.0' in body
+    finally:
+        server.shutdown()
+        server.server_close()
+    chest.close()
+
+
+def test_collector_can_be_registered_by_hand(tmp_path: Path, registry: CollectorRegistry) -> None:
+    collector = ChestCollector(namespace="app_cache")
+    registry.register(collector)
+    chest = make_chest(tmp_path)
+    collector.add("x", chest)
+    assert collector.names() == ["x"]
+    assert value(registry, "app_cache_memory_budget_bytes", chest="x") == 3 * KB
+    assert collector.remove(chest)
+    assert collector.names() == []
+    chest.close()
+
+
+def test_a_dask_worker_metrics_endpoint_serves_instrumented_chests() -> None:
+    """A dask.distributed worker's /metrics serves the global registry, so instrument(chest) shows there."""
+    distributed = pytest.importorskip("distributed")
+    chest = Chest(available_memory=KB, sizeof=len)
+    with distributed.LocalCluster(
+        n_workers=1,
+        processes=False,
+        protocol="tcp://",
+        host="127.0.0.1",
+        scheduler_port=0,
+        dashboard_address="127.0.0.1:0",
+        worker_dashboard_address="127.0.0.1:0",
+    ) as cluster:
+        worker = next(iter(cluster.workers.values()))
+        instrument(chest, name="worker-data")  # the global REGISTRY, as a worker's data= integration would
+        try:
+            chest["x"] = bytes(10)
+            url = f"http://127.0.0.1:{worker.http_server.port}/metrics"
+            with urllib.request.urlopen(url, timeout=10) as response:
+                body = response.read().decode()
+        finally:
+            assert uninstrument(chest)
+    assert 'spillkit_keys{chest="worker-data",tier="memory"} 1.0' in body
+    assert "dask_worker_memory_bytes" in body  # the worker's own metrics, on the same page
+    chest.close()
