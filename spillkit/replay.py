@@ -122,6 +122,10 @@ class ReplayResult:
     recompute_seconds: float = 0.0
     replay_seconds: float = 0.0
     decisions: list[tuple[str, Hashable]] = field(default_factory=list, repr=False)
+    # With timeline=True: (request index, resident bytes, bytes on disk) after every request,
+    # and (request index, "spill" | "evict" | "load", nbytes) for every decision.
+    timeline: list[tuple[int, int, int]] = field(default_factory=list, repr=False)
+    markers: list[tuple[int, str, int]] = field(default_factory=list, repr=False)
 
     @property
     def io_bytes(self) -> int:
@@ -131,7 +135,8 @@ class ReplayResult:
     def row(self) -> dict[str, Any]:
         """The result as a flat dict (without the decision list)."""
         data = asdict(self)
-        data.pop("decisions")
+        for name in ("decisions", "timeline", "markers"):
+            data.pop(name)
         data["io_bytes"] = self.io_bytes
         return data
 
@@ -144,6 +149,7 @@ def replay(
     disk: DiskModel | None = None,
     keep_decisions: bool = False,
     plan: bool = True,
+    timeline: bool = False,
 ) -> ReplayResult:
     """Drive ``trace``'s requests through a SpillEngine with ``policy`` at ``budget`` bytes.
 
@@ -154,7 +160,8 @@ def replay(
     never read again costs nothing to spill. Graph-aware policies get the
     trace's graph (unless ``plan=False``: a live Chest used without the dask
     integration's callback has no graph either). With ``keep_decisions`` the result lists every
-    spill, evict and load in order.
+    spill, evict and load in order; with ``timeline`` it samples resident and
+    disk bytes after every request and marks every decision (for plots).
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
@@ -174,11 +181,15 @@ def replay(
     tier = SizeOnlyDisk(is_dead, costs)
     engine = SpillEngine(tier, chosen, budget, _size)
     result = ReplayResult(chosen.name, budget, mode)
-    if keep_decisions:
+    where = [0]
+    if keep_decisions or timeline:
 
         def watch(event: Event) -> None:
             if event.kind in (SPILL, EVICT, LOAD):
-                result.decisions.append((event.kind, event.key))
+                if keep_decisions:
+                    result.decisions.append((event.kind, event.key))
+                if timeline:
+                    result.markers.append((where[0], event.kind, event.nbytes))
 
         engine.listeners.append(watch)
     settled = mode == "settled"
@@ -189,6 +200,10 @@ def replay(
     start = time.perf_counter()
     for index, op in enumerate(requests):
         tag, key = op[0], op[1]
+        if timeline:
+            where[0] = index
+            if index:
+                result.timeline.append((index - 1, engine.memory_bytes, tier.total_bytes))
         if is_dead is not None:
             position[0] = index
         if pending and not settle_points and tag != "del":
@@ -219,6 +234,8 @@ def replay(
         elif tag == "settle" and settled:
             engine.settle()
     result.replay_seconds = time.perf_counter() - start
+    if timeline and requests:
+        result.timeline.append((len(requests) - 1, engine.memory_bytes, tier.total_bytes))
     stats = engine.stats
     result.requests = len(requests)
     result.hits, result.loads, result.misses = stats.hits, stats.loads, stats.misses

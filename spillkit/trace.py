@@ -44,7 +44,7 @@ from typing import IO, Any, cast
 
 from .events import COST, DELETE, EVICT, GIVEN_COST, HIT, LOAD, MISS, PUT, SETTLE, SPILL, Event
 
-__all__ = ["FORMAT", "VERSION", "Trace", "TraceRecorder", "decode_key", "encode_key", "read_trace"]
+__all__ = ["FORMAT", "VERSION", "Trace", "TraceError", "TraceRecorder", "decode_key", "encode_key", "read_trace"]
 
 FORMAT = "spillkit-trace"
 VERSION = 1
@@ -261,27 +261,55 @@ class Trace:
         return (op for op in self.ops if op[0] in ("put", "get", "del", "cost", "settle"))
 
 
+class TraceError(ValueError):
+    """A trace file is missing, not a trace, of another version, or malformed at a line."""
+
+
 def read_trace(path: str | os.PathLike[str]) -> Trace:
-    """Read a trace file written by :class:`TraceRecorder` (``.gz`` or plain)."""
-    with _open_text(path, "r") as file:
-        header = json.loads(file.readline())
-        if header.get("format") != FORMAT:
-            raise ValueError(f"{os.fspath(path)!r} is not a spillkit trace")
-        if header.get("version") != VERSION:
-            raise ValueError(f"trace version {header.get('version')} is not supported (this is {VERSION})")
-        trace = Trace(header)
-        keys = trace.keys
-        for line in file:
-            row = json.loads(line)
-            tag = row[0]
-            if tag == "k":
-                keys.append(decode_key(row[2]))
-            elif tag == "graph":
-                trace.dependencies.update({keys[k]: [keys[d] for d in ds] for k, ds in row[1]["deps"]})
-                trace.order.update({keys[k]: p for k, p in row[1]["order"]})
-                trace.data.extend(keys[k] for k in row[1].get("data", ()))
-            elif tag == "settle":
-                trace.ops.append((tag, None, row[1]))
-            else:
-                trace.ops.append((tag, keys[row[1]], *row[2:]))
+    """Read a trace file written by :class:`TraceRecorder` (``.gz`` or plain).
+
+    Raises :class:`TraceError` naming the file and line for anything malformed.
+    """
+    name = os.fspath(path)
+    try:
+        file = _open_text(path, "r")
+    except FileNotFoundError:
+        raise TraceError(f"{name}: no such trace file") from None
+    with file:
+        number = 0
+        try:
+            number, line = 1, file.readline()
+            header = json.loads(line)
+            if not isinstance(header, dict) or header.get("format") != FORMAT:
+                raise TraceError(f"{name}:1: not a spillkit trace (the first line has no format {FORMAT!r})")
+            if header.get("version") != VERSION:
+                raise TraceError(
+                    f"{name}:1: trace version {header.get('version')} is not supported (this is {VERSION})"
+                )
+            trace = Trace(header)
+            keys = trace.keys
+            for number, line in enumerate(file, start=2):
+                row = json.loads(line)
+                tag = row[0]
+                if tag == "k":
+                    keys.append(decode_key(row[2]))
+                elif tag == "graph":
+                    trace.dependencies.update({keys[k]: [keys[d] for d in ds] for k, ds in row[1]["deps"]})
+                    trace.order.update({keys[k]: p for k, p in row[1]["order"]})
+                    trace.data.extend(keys[k] for k in row[1].get("data", ()))
+                elif tag == "settle":
+                    trace.ops.append((tag, None, row[1]))
+                elif tag in _ARITY:
+                    if len(row) != _ARITY[tag]:
+                        raise TraceError(f"{name}:{number}: {tag!r} needs {_ARITY[tag]} fields, found {len(row)}")
+                    trace.ops.append((tag, keys[row[1]], *row[2:]))
+                else:
+                    raise TraceError(f"{name}:{number}: unknown record {tag!r}")
+        except TraceError:
+            raise
+        except (ValueError, LookupError, TypeError, EOFError, OSError) as error:
+            raise TraceError(f"{name}:{number}: malformed trace line ({error})") from error
     return trace
+
+
+_ARITY = {"put": 6, "get": 4, "del": 3, "cost": 4, "spill": 3, "evict": 3}

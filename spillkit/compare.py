@@ -1,0 +1,165 @@
+"""Compare policies on traces at many budgets, beside lower bounds: the replay lab's engine room."""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, TextIO
+
+from .policies import policy_names
+from .replay import DiskModel, replay
+from .sizes import format_bytes, parse_bytes
+from .trace import Trace, read_trace
+
+__all__ = ["COLUMNS", "compare", "parse_budgets", "parse_policies", "to_markdown", "write_csv"]
+
+COLUMNS = [
+    "trace", "budget", "budget_fraction", "mode", "policy", "hits", "loads", "bytes_written", "bytes_read",
+    "io_bytes", "io_seconds", "recompute_seconds", "ratio_to_bound",
+]  # fmt: skip
+
+
+def parse_budgets(text: str) -> list[str]:
+    """Split ``"5%,10%,1 GiB"`` into budget specs (checked later against each trace)."""
+    specs = [part.strip() for part in text.split(",") if part.strip()]
+    for spec in specs:
+        if not spec.endswith("%"):
+            parse_bytes(spec)
+        elif not 0 < float(spec[:-1]) <= 1000:
+            raise ValueError(f"budget {spec!r} must be a percentage above 0")
+    return specs
+
+
+def parse_policies(text: str) -> list[str]:
+    """``"all"`` or a comma-separated list of registered policy names."""
+    if text.strip() == "all":
+        return policy_names()
+    names = [part.strip().lower() for part in text.split(",") if part.strip()]
+    unknown = [n for n in names if n not in policy_names()]
+    if unknown:
+        raise ValueError(f"unknown policies {unknown}; choose from {policy_names()} or 'all'")
+    return names
+
+
+class _Progress:
+    """A one-line progress bar on stderr (only when it is a terminal, or when forced)."""
+
+    def __init__(self, total: int, stream: TextIO | None, label: str = "replaying") -> None:
+        self.total, self.done, self.stream, self.label = total, 0, stream, label
+        self.start = time.perf_counter()
+
+    def step(self, what: str) -> None:
+        self.done += 1
+        if self.stream is None:
+            return
+        width = 30
+        filled = width * self.done // max(self.total, 1)
+        elapsed = time.perf_counter() - self.start
+        bar = "#" * filled + "-" * (width - filled)
+        self.stream.write(f"\r{self.label} [{bar}] {self.done}/{self.total} {elapsed:5.1f}s {what[:40]:40s}")
+        if self.done == self.total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def compare(
+    traces: Sequence[str | Trace],
+    budgets: Sequence[str],
+    policies: Sequence[str],
+    modes: Sequence[str] = ("settled",),
+    disk: DiskModel | None = None,
+    bounds: bool = True,
+    progress: TextIO | None = sys.stderr,
+) -> list[dict[str, Any]]:
+    """Replay every trace with every policy at every budget and mode; return one row each.
+
+    Budgets ending in ``%`` are fractions of each trace's peak intermediate
+    bytes. With ``bounds`` (needs SciPy), each (trace, budget) also gets rows
+    for the FOO lower bound, the PFOO-L bound and clairvoyant Belady-Size,
+    and every row's ``ratio_to_bound`` is its I/O over the FOO bound.
+    """
+    loaded = [(t if isinstance(t, Trace) else read_trace(t), _name(t)) for t in traces]
+    work = len(loaded) * len(budgets) * (len(policies) * len(modes) + (3 if bounds else 0))
+    bar = _Progress(work, progress if progress is not None and progress.isatty() else None)
+    rows: list[dict[str, Any]] = []
+    for trace, name in loaded:
+        peak = trace.peak_bytes()
+        for spec in budgets:
+            budget = int(peak * float(spec[:-1]) / 100) if spec.endswith("%") else parse_bytes(spec)
+            fraction = budget / peak if peak else 0.0
+            group: list[dict[str, Any]] = []
+            for mode in modes:
+                for policy in policies:
+                    result = replay(trace, policy, budget, mode=mode, disk=disk)
+                    group.append({"trace": name, "budget": budget, "budget_fraction": fraction, **result.row()})
+                    bar.step(f"{name} {spec} {policy} {mode}")
+            if bounds:
+                group.extend(_bounds(trace, name, budget, fraction, disk, bar))
+            floor = next((r["io_bytes"] for r in group if r["policy"] == "bound:foo"), None)
+            for row in group:
+                row["ratio_to_bound"] = row["io_bytes"] / floor if floor else float("nan")
+            rows.extend(group)
+    return rows
+
+
+def _bounds(
+    trace: Trace, name: str, budget: int, fraction: float, disk: DiskModel | None, bar: _Progress
+) -> list[dict[str, Any]]:
+    from .bounds import belady_size, foo_lower_bound, pfoo_lower_bound
+
+    model = disk or DiskModel()
+    out = []
+    for label, function in (("bound:foo", foo_lower_bound), ("bound:pfoo-l", pfoo_lower_bound)):
+        bound = function(trace, budget)
+        out.append({
+            "trace": name, "budget": budget, "budget_fraction": fraction, "mode": "bound", "policy": label,
+            "io_bytes": bound.io_bytes, "io_seconds": bound.io_bytes / min(model.write_bandwidth, model.read_bandwidth),
+            "solve_seconds": bound.solve_seconds,
+        })  # fmt: skip
+        bar.step(f"{name} {label}")
+    clairvoyant = belady_size(trace, budget)
+    out.append({"trace": name, "budget": budget, "budget_fraction": fraction, **clairvoyant.row(),
+                "policy": "belady-size"})  # fmt: skip
+    bar.step(f"{name} belady-size")
+    return out
+
+
+def _name(trace: str | Trace) -> str:
+    if isinstance(trace, Trace):
+        return str(trace.header.get("workload") or "trace")
+    return os.path.basename(trace).split(".")[0]
+
+
+def write_csv(rows: Iterable[dict[str, Any]], path: str) -> None:
+    """Write rows as CSV with :data:`COLUMNS` first, then any other fields."""
+    rows = list(rows)
+    extra = sorted({k for r in rows for k in r} - set(COLUMNS))
+    with open(path, "w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, fieldnames=COLUMNS + extra, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def to_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """One Markdown table per (trace, budget), policies sorted by I/O."""
+    out: list[str] = []
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["trace"], row["budget"]), []).append(row)
+    header = "| policy | mode | hits | loads | written | read | I/O s | recompute s | x bound |"
+    for (name, budget), group in groups.items():
+        fraction = group[0]["budget_fraction"]
+        out += [f"### {name}, budget {format_bytes(budget)} ({fraction:.0%} of peak)", "", header,
+                "|" + " --- |" * 9]  # fmt: skip
+        for row in sorted(group, key=lambda r: r["io_bytes"]):
+            out.append(
+                f"| {row['policy']} | {row['mode']} | {row.get('hits', '')} | {row.get('loads', '')} | "
+                f"{format_bytes(row.get('bytes_written', 0)) if 'bytes_written' in row else ''} | "
+                f"{format_bytes(row.get('bytes_read', 0)) if 'bytes_read' in row else ''} | "
+                f"{row['io_seconds']:.2f} | {row.get('recompute_seconds', 0):.2f} | {row['ratio_to_bound']:.2f} |"
+            )
+        out.append("")
+    return "\n".join(out)
