@@ -212,6 +212,23 @@ class Chest(MutableMapping[Hashable, Any]):
         """Bytes of spill files on disk."""
         return self._store.total_bytes
 
+    # ---- dask.distributed's manual-eviction protocol ------------------------------
+    @property
+    def fast(self) -> Mapping[Hashable, Any]:
+        """The in-memory values (dask.distributed tests it for emptiness before ``evict``)."""
+        return self.inmem
+
+    def evict(self) -> int:
+        """Spill values until one frees memory; return the bytes freed, or -1. Never raises."""
+        if self._engine.closed:
+            return -1
+        return self._engine.evict_one()
+
+    @property
+    def spilled_total(self) -> tuple[int, int]:
+        """(memory bytes of the values whose only copy is on disk, bytes on disk)."""
+        return self._engine.spilled_bytes(), self._store.total_bytes
+
     @property
     def policy(self) -> Policy:
         """The eviction policy in use."""

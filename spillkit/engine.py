@@ -110,6 +110,12 @@ class SpillEngine:
         with self.lock:
             return [k for k in self._nbytes if k not in self.memory]
 
+    def spilled_bytes(self) -> int:
+        """Memory size of the values whose only copy is on disk (O(number of keys))."""
+        with self.lock:
+            memory = self.memory
+            return sum(n for k, n in self._nbytes.items() if k not in memory)
+
     @property
     def unspillable_keys(self) -> frozenset[Hashable]:
         """Resident keys set aside because they could not be serialized."""
