@@ -35,190 +35,32 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import platform
-import threading
-import time
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, cast
 
-from .events import COST, DELETE, EVICT, GIVEN_COST, HIT, LOAD, MISS, PUT, SETTLE, SPILL, Event
+from .keys import decode_key, encode_key
 
-__all__ = ["FORMAT", "VERSION", "Trace", "TraceError", "TraceRecorder", "decode_key", "encode_key", "read_trace"]
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "Trace",
+    "TraceError",
+    "TraceRecorder",
+    "decode_key",
+    "encode_key",
+    "open_text",
+    "read_trace",
+]
 
 FORMAT = "spillkit-trace"
 VERSION = 1
 
 
-def encode_key(key: Hashable) -> Any:
-    """JSON-able form of a key; :func:`decode_key` inverts it for str, int, float, bytes and tuples."""
-    if isinstance(key, bool) or key is None:
-        return {"r": repr(key)}
-    if isinstance(key, (str, int)):
-        return key
-    if isinstance(key, tuple):
-        return {"t": [encode_key(k) for k in key]}
-    if isinstance(key, float):
-        return {"f": key}
-    if isinstance(key, bytes):
-        return {"b": key.hex()}
-    return {"r": repr(key)}
-
-
-def decode_key(data: Any) -> Hashable:
-    """Rebuild a key from :func:`encode_key`'s output (``{"r": ...}`` stays a repr string)."""
-    if isinstance(data, (str, int)):
-        return data
-    if "t" in data:
-        return tuple(decode_key(k) for k in data["t"])
-    if "f" in data:
-        return float(data["f"])
-    if "b" in data:
-        return bytes.fromhex(data["b"])
-    return f"<{data['r']}>"
-
-
-def _open_text(path: str | os.PathLike[str], mode: str) -> IO[str]:
+def open_text(path: str | os.PathLike[str], mode: str) -> IO[str]:
     if os.fspath(path).endswith(".gz"):
         return cast(IO[str], gzip.open(path, mode + "t", compresslevel=6, encoding="utf-8"))
     return open(path, mode, encoding="utf-8")
-
-
-def machine_info() -> dict[str, Any]:
-    """Facts about this machine worth keeping beside a measurement."""
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "hashseed": os.environ.get("PYTHONHASHSEED"),
-    }
-
-
-class TraceRecorder:
-    """A Chest listener that writes every operation to a trace file.
-
-    ``chest.add_listener(TraceRecorder(path, header))``; call :meth:`close`
-    when done (or use it as a context manager). Thread-safe: the Chest calls
-    listeners under its lock, and the recorder has its own lock for the graph
-    line. Write errors propagate to the listener machinery, which counts and
-    warns; the cache operation itself is unaffected.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], header: dict[str, Any] | None = None) -> None:
-        self.path = os.fspath(path)
-        self._file = _open_text(self.path, "w")
-        self._lock = threading.Lock()
-        self._ids: dict[Hashable, int] = {}
-        self._start = time.perf_counter()
-        self._key_object: dict[Hashable, int] = {}  # resident key -> object token
-        self._resident: dict[int, list[int]] = {}  # id(value) -> [token, resident keys holding it]
-        self._tokens = 0
-        from . import __version__
-
-        first = {"format": FORMAT, "version": VERSION, "spillkit": __version__, "machine": machine_info()}
-        first.update(header or {})
-        self._line(first)
-
-    def _line(self, value: Any) -> None:
-        self._file.write(json.dumps(value, separators=(",", ":")) + "\n")
-
-    def key_id(self, key: Hashable) -> int:
-        """The key's id in this trace, defining it on first use."""
-        ident = self._ids.get(key)
-        if ident is None:
-            ident = self._ids[key] = len(self._ids)
-            self._line(["k", ident, encode_key(key)])
-        return ident
-
-    def graph(
-        self,
-        dependencies: dict[Hashable, list[Hashable]],
-        order: dict[Hashable, int],
-        data: list[Hashable] | None = None,
-    ) -> None:
-        """Record a computation's graph, planned order and literal data keys."""
-        with self._lock:
-            deps = [[self.key_id(k), [self.key_id(d) for d in ds]] for k, ds in dependencies.items()]
-            graph = {
-                "deps": deps,
-                "order": [[self.key_id(k), p] for k, p in order.items()],
-                "data": [self.key_id(k) for k in data or ()],
-            }
-            self._line(["graph", graph])
-
-    def _leave_memory(self, key: Hashable) -> None:
-        token = self._key_object.pop(key, None)
-        if token is None:
-            return
-        for object_id, entry in list(self._resident.items()):
-            if entry[0] == token:
-                entry[1] -= 1
-                if not entry[1]:
-                    del self._resident[object_id]
-                break
-
-    def _enter_memory(self, key: Hashable, object_id: int) -> int:
-        entry = self._resident.get(object_id)
-        if entry is None:
-            self._tokens += 1
-            entry = self._resident[object_id] = [self._tokens, 0]
-        entry[1] += 1
-        self._key_object[key] = entry[0]
-        return entry[0]
-
-    def _put(self, ident: int, key: Hashable, nbytes: int, cost: float | None, t: float, obj: int | None) -> None:
-        self._leave_memory(key)
-        token = 0 if obj is None else self._enter_memory(key, obj)
-        self._line(["put", ident, nbytes, cost, t, token])
-
-    def put(self, key: Hashable, nbytes: int, object_id: int | None, cost: float | None = None) -> None:
-        """Record a put that happened before this recorder was listening (e.g. dask's literal data)."""
-        with self._lock:
-            self._put(self.key_id(key), key, nbytes, cost, round(time.perf_counter() - self._start, 6), object_id)
-
-    def __call__(self, event: Event) -> None:
-        with self._lock:
-            if self._file.closed:
-                return
-            t = round(time.perf_counter() - self._start, 6)
-            kind = event.kind
-            if kind == SETTLE:
-                self._line(["settle", t])
-                return
-            ident = self.key_id(event.key)
-            if kind == PUT:
-                self._put(
-                    ident,
-                    event.key,
-                    event.nbytes,
-                    event.cost if event.detail == GIVEN_COST else None,
-                    t,
-                    event.object_id if event.disk_bytes == 0 else None,
-                )
-            elif kind in (HIT, LOAD, MISS):
-                if kind == LOAD:
-                    self._enter_memory(event.key, event.object_id)
-                self._line(["get", ident, t, kind])
-            elif kind == DELETE:
-                self._leave_memory(event.key)
-                self._line(["del", ident, t])
-            elif kind == COST:
-                self._line(["cost", ident, event.cost, t])
-            elif kind in (SPILL, EVICT):
-                self._leave_memory(event.key)
-                self._line([kind, ident, t])
-
-    def close(self) -> None:
-        """Flush and close the file (idempotent)."""
-        with self._lock:
-            if not self._file.closed:
-                self._file.close()
-
-    def __enter__(self) -> TraceRecorder:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 @dataclass
@@ -272,7 +114,7 @@ def read_trace(path: str | os.PathLike[str]) -> Trace:
     """
     name = os.fspath(path)
     try:
-        file = _open_text(path, "r")
+        file = open_text(path, "r")
     except FileNotFoundError:
         raise TraceError(f"{name}: no such trace file") from None
     with file:
@@ -313,3 +155,6 @@ def read_trace(path: str | os.PathLike[str]) -> Trace:
 
 
 _ARITY = {"put": 6, "get": 4, "del": 3, "cost": 4, "spill": 3, "evict": 3}
+
+
+from .recorder import TraceRecorder  # noqa: E402 - re-exported; recorder needs this module's constants first
