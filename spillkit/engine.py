@@ -62,6 +62,7 @@ class SpillEngine:
         self.memory: dict[Hashable, Any] = {}
         self.disk = disk
         self.policy = policy
+        self._touch = policy.touched  # bound once: the hit path calls it on every read
         self.budget = budget
         self.sizeof = sizeof
         self.reload_latency = reload_latency
@@ -124,13 +125,17 @@ class SpillEngine:
     # ---- operations ----------------------------------------------------------------
     def get(self, key: Hashable) -> Any:
         """Return the value, loading it from disk if needed; KeyError if absent."""
-        with self.lock:
+        # The hot path: explicit acquire/release costs half of a with-statement, and
+        # self._touch is the policy's touched, often a C method (LRU's move_to_end).
+        lock = self.lock
+        lock.acquire()
+        try:
             try:
                 value = self.memory[key]
             except KeyError:
                 return self._load(key)
             try:
-                self.policy.touched(key)
+                self._touch(key)
             except KeyError:
                 if key not in self._unspillable:
                     raise
@@ -140,37 +145,47 @@ class SpillEngine:
             if self.listeners:
                 self._emit(HIT, key, self._nbytes[key])
             return value
+        finally:
+            lock.release()
 
     def put(self, key: Hashable, value: Any, cost: float | None = None, nbytes: int | None = None) -> None:
         """Store ``value``; make room unless deferred. Values over the budget go straight to disk."""
-        hash(key)  # an unhashable key fails before any work, as with a dict
         if nbytes is None:
             nbytes = int(self.sizeof(value))
-        with self.lock:
-            self._check_open()
+        lock = self.lock
+        lock.acquire()
+        try:
+            if self.closed:
+                self._check_open()
             if nbytes > self.budget:
+                hash(key)  # an unhashable key fails before a file is named after it
                 self._write_through(key, value, nbytes, cost)
                 return
-            old = self._pop_resident(key)
+            existed = key in self._nbytes  # TypeError for an unhashable key, before any change
+            old = self._pop_resident(key) if existed else _MISSING
             if not self.deferred:
                 incoming = 0 if id(value) in self._objects else nbytes
-                try:
-                    self._make_room(incoming)
-                except BaseException:
-                    if old is not _MISSING:
-                        self._admit(key, old, self._nbytes[key])
-                    raise
-            if key in self.disk:
+                if self.memory_bytes + incoming > self.budget:
+                    try:
+                        self._make_room(incoming)
+                    except BaseException:
+                        if old is not _MISSING:
+                            self._admit(key, old, self._nbytes[key])
+                        raise
+            if existed and key in self.disk:
                 self.disk.delete(key)
             self._nbytes[key] = nbytes
             if cost is None:
-                self._costs.pop(key, None)
+                if existed:
+                    self._costs.pop(key, None)
             else:
                 self._costs[key] = cost
             self._admit(key, value, nbytes)
             self.stats.puts += 1
             if self.listeners:
                 self._emit(PUT, key, nbytes, detail="" if cost is None else GIVEN_COST, object_id=id(value))
+        finally:
+            lock.release()
 
     def delete(self, key: Hashable) -> None:
         """Remove the key from memory and disk; KeyError if absent."""
@@ -392,7 +407,10 @@ class SpillEngine:
             self.memory_bytes += nbytes
         else:
             entry[0] += 1  # the same object under a second key is counted once
-        self.policy.admitted(key, nbytes, self.cost(key))
+        cost = self._costs.get(key)
+        if cost is None:
+            cost = self.reload_latency + nbytes / self.reload_bandwidth
+        self.policy.admitted(key, nbytes, cost)
 
     def _pop_resident(self, key: Hashable) -> Any:
         value = self.memory.pop(key, _MISSING)
