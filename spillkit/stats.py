@@ -46,7 +46,6 @@ class Stats:
 
     puts: int = 0
     hits: int = 0  # reads served from memory
-    hit_bytes: int = 0
     loads: int = 0  # reads served from disk
     load_bytes: int = 0  # bytes read from disk
     load_seconds: float = 0.0

@@ -59,7 +59,7 @@ def assert_matches_stats(registry: CollectorRegistry, chest: Chest, name: str) -
     assert value(registry, "spillkit_keys", **c, tier="disk") == len(chest) - len(chest.inmem)
     assert value(registry, "spillkit_memory_budget_bytes", **c) == chest.available_memory
     expected = {
-        "memory-read": (s.hits, s.hit_bytes, None),
+        "memory-read": (s.hits, None, None),
         "disk-read": (s.loads, s.load_bytes, s.load_seconds),
         "disk-write": (s.disk_writes, s.spill_bytes, s.spill_seconds),
     }

@@ -134,7 +134,6 @@ def expected_series(chest: Chest) -> dict[str, float]:
         f'spillkit_spill_count_total{{{c},activity="memory-read"}}': s.hits,
         f'spillkit_spill_count_total{{{c},activity="disk-read"}}': s.loads,
         f'spillkit_spill_count_total{{{c},activity="disk-write"}}': s.disk_writes,
-        f'spillkit_spill_bytes_total{{{c},activity="memory-read"}}': s.hit_bytes,
         f'spillkit_spill_bytes_total{{{c},activity="disk-read"}}': s.load_bytes,
         f'spillkit_spill_bytes_total{{{c},activity="disk-write"}}': s.spill_bytes,
         f'spillkit_spill_time_seconds_total{{{c},activity="disk-read"}}': s.load_seconds,

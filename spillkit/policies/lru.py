@@ -33,8 +33,7 @@ class LRU(Policy):
         self.touched = self._order.move_to_end  # type: ignore[method-assign]
 
     def admitted(self, key: Hashable, nbytes: int, cost: float) -> None:
-        self._order[key] = None
-        self._order.move_to_end(key)
+        self._order[key] = None  # the engine admits only keys the policy does not hold: it goes last
 
     def touched(self, key: Hashable) -> None:
         self._order.move_to_end(key)
