@@ -12,15 +12,34 @@ from .engine import SpillEngine
 from .errors import CorruptSpillFile, DiskQuotaExceeded, SpillError, SpillWarning
 from .events import Event
 from .memo import memoize
-from .policies import LFU, LRU, CostAware, Policy, SizeAware, make_policy, policy_names, register_policy
+from .policies import (
+    ARC,
+    FIFO,
+    LFU,
+    LRU,
+    S3FIFO,
+    SIEVE,
+    CacheyScore,
+    CostAware,
+    Policy,
+    SizeAware,
+    make_policy,
+    policy_names,
+    register_policy,
+)
 from .sizes import format_bytes, parse_bytes
 from .stats import Stats
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ARC",
+    "FIFO",
     "LFU",
     "LRU",
+    "S3FIFO",
+    "SIEVE",
+    "CacheyScore",
     "Chest",
     "Codec",
     "CorruptSpillFile",

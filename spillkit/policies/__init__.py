@@ -4,17 +4,27 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .arc import ARC
 from .base import Policy
+from .cachey import CacheyScore
 from .cost import CostAware
+from .fifo import FIFO
 from .lfu import LFU
 from .lru import LRU
 from .nextuse import LRC, GraphAware, NextUse
+from .s3fifo import S3FIFO
+from .sieve import SIEVE
 from .size import SizeAware
 
 __all__ = [
+    "ARC",
+    "FIFO",
     "LFU",
     "LRC",
     "LRU",
+    "S3FIFO",
+    "SIEVE",
+    "CacheyScore",
     "CostAware",
     "GraphAware",
     "NextUse",
@@ -32,6 +42,11 @@ _REGISTRY: dict[str, Callable[[], Policy]] = {
     "cost": CostAware,
     "nextuse": NextUse,
     "lrc": LRC,
+    "fifo": FIFO,
+    "sieve": SIEVE,
+    "s3fifo": S3FIFO,
+    "arc": ARC,
+    "cachey": CacheyScore,
 }
 
 
