@@ -1,0 +1,284 @@
+"""Bounds: no policy beats FOO's LP bound, PFOO-L is looser, clairvoyant Belady lands close above it."""
+
+from __future__ import annotations
+
+import os
+import random
+import statistics
+import sys
+from collections.abc import Hashable
+from typing import Any
+
+import pytest
+
+pytest.importorskip("scipy")
+
+from spillkit import policy_names
+from spillkit.bounds import Bound, Clairvoyant, belady_size, foo_lower_bound, pfoo_lower_bound
+from spillkit.policies import Policy
+from spillkit.replay import MODES, replay
+from spillkit.trace import Trace, read_trace
+
+TRACES = os.path.join(os.path.dirname(__file__), "..", "experiments", "traces")
+VARIANT_OF_MODE = {"strict": "strict", "dead-skip": "strict", "settled": "settled"}
+
+
+def below(bound: float, actual: float) -> bool:
+    """``bound <= actual`` up to the LP solver's tolerance."""
+    return bound <= actual + 1e-6 * max(1.0, abs(actual))
+
+
+def put(key: Hashable, nbytes: int, token: int = 0) -> tuple[Any, ...]:
+    return ("put", key, nbytes, None, 0.0, token)
+
+
+def get(key: Hashable) -> tuple[Any, ...]:
+    return ("get", key, 0.0, "hit")
+
+
+def delete(key: Hashable) -> tuple[Any, ...]:
+    return ("del", key, 0.0)
+
+
+def make(*ops: tuple[Any, ...]) -> Trace:
+    return Trace({}, ops=list(ops))
+
+
+class Scripted(Policy):
+    """Spills the resident key a script names at each victim call (the first one after the script ends)."""
+
+    name = "scripted"
+
+    def __init__(self, script: list[int]) -> None:
+        self.script, self.choices = script, []  # choices: how many keys were resident at each victim call
+        self.keys: dict[Hashable, None] = {}
+
+    def admitted(self, key: Hashable, nbytes: int, cost: float) -> None:
+        self.keys[key] = None
+
+    def touched(self, key: Hashable) -> None:
+        self.keys[key]  # KeyError for a key not held
+
+    def removed(self, key: Hashable) -> None:
+        del self.keys[key]
+
+    def victim(self) -> Hashable:
+        if not self.keys:
+            raise KeyError("no resident keys")
+        number = len(self.choices)
+        self.choices.append(len(self.keys))
+        return list(self.keys)[self.script[number] if number < len(self.script) else 0]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def optimum(trace: Trace, budget: int, mode: str, limit: int = 3000) -> int | None:
+    """The least I/O of any sequence of victims the engine could be given (None past ``limit`` replays)."""
+    best, stack, runs = None, [list[int]()], 0
+    while stack:
+        script = stack.pop()
+        policy = Scripted(script)
+        io = replay(trace, policy, budget, mode=mode).io_bytes
+        best = io if best is None else min(best, io)
+        for call in range(len(script), len(policy.choices)):
+            for choice in range(1, policy.choices[call]):
+                stack.append([*script, *[0] * (call - len(script)), choice])
+        runs += 1
+        if runs > limit:
+            return None
+    return best
+
+
+def random_trace(rng: random.Random, length: int, keys: int, settle_points: bool) -> Trace:
+    """Puts (some sharing another key's object, as dask aliases do), reads, misses, dels, costs, settles."""
+    ops: list[tuple[Any, ...]] = []
+    live: dict[int, tuple[int, int]] = {}  # key -> (nbytes, object token)
+    tokens = 0
+    for _ in range(length):
+        roll, key = rng.random(), rng.randrange(keys)
+        if roll < 0.35 or not live:
+            if live and rng.random() < 0.2:
+                nbytes, token = live[rng.choice(sorted(live))]
+            else:
+                tokens += 1
+                nbytes, token = rng.choice([1, 2, 3, 5, 8]), tokens
+            ops.append(put(key, nbytes, token))
+            live[key] = (nbytes, token)
+        elif roll < 0.75:
+            ops.append(get(rng.choice(sorted(live)) if rng.random() < 0.9 else key))
+        elif roll < 0.88:
+            victim = rng.choice(sorted(live))
+            ops.append(delete(victim))
+            del live[victim]
+        elif roll < 0.94:
+            ops.append(("cost", rng.choice(sorted(live)), rng.random(), 0.0))
+        elif settle_points:
+            ops.append(("settle", None, 0.0))
+    return make(*ops)
+
+
+def bounds_of(trace: Trace, budget: int) -> dict[str, float]:
+    return {variant: foo_lower_bound(trace, budget, mode=variant).io_bytes for variant in ("strict", "settled")}
+
+
+# ---- hand-made traces with known optimal I/O ----------------------------------------------------
+
+SWAP = make(put("a", 10), put("b", 10), get("a"), get("b"))
+CASES = [
+    # (trace, budget, least I/O of any run in strict, dead-skip and settled mode, FOO per variant)
+    pytest.param(SWAP, 20, {"strict": 0, "dead-skip": 0, "settled": 0}, {"strict": 0, "settled": 0}, id="fits"),
+    # strict: a is written when b arrives, read back, b written, read back. Settled: b arrives over the
+    # budget, then spilling b (written, read) beats spilling a; a is then written when b comes back.
+    pytest.param(SWAP, 10, {"strict": 40, "dead-skip": 40, "settled": 30}, {"strict": 40, "settled": 30}, id="swap"),
+    # dask's pattern: a task's result is stored before its dead input is deleted. Strict writes the dead
+    # input (10), dead-skip and settled write nothing.
+    pytest.param(
+        make(put("x", 10), get("x"), put("y", 10), delete("x"), get("y")), 10,
+        {"strict": 10, "dead-skip": 0, "settled": 0}, {"strict": 0, "settled": 0}, id="dead-input",
+    ),
+    # b is read twice while a waits on disk (a written once, read once); then b, dead, makes room for a:
+    # free in dead-skip, a write in the other modes.
+    pytest.param(
+        make(put("a", 6), put("b", 6), get("b"), get("b"), get("a")), 6,
+        {"strict": 18, "dead-skip": 12, "settled": 18}, {"strict": 12, "settled": 18}, id="write-once",
+    ),
+    # Over the budget: written straight to disk and read twice; the dead-skip write is not free.
+    pytest.param(
+        make(put("big", 50), get("big"), get("big")), 10,
+        {"strict": 150, "dead-skip": 150, "settled": 150}, {"strict": 150, "settled": 150}, id="over-budget",
+    ),
+    # The same object under two keys counts once: both fit.
+    pytest.param(
+        make(put("a", 8, token=1), put("b", 8, token=1), get("a"), get("b")), 10,
+        {"strict": 0, "dead-skip": 0, "settled": 0}, {"strict": 0, "settled": 0}, id="alias",
+    ),
+    # Half of each value fits: the LP keeps halves (4), any real run moves whole values (8).
+    pytest.param(
+        make(put("a", 2), put("b", 2), get("a"), get("b")), 3,
+        {"strict": 8, "dead-skip": 8, "settled": 6}, {"strict": 4, "settled": 3}, id="fractional-gap",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("trace", "budget", "least", "foo"), CASES)
+def test_hand_made(trace: Trace, budget: int, least: dict[str, int], foo: dict[str, int]) -> None:
+    for mode in MODES:
+        assert optimum(trace, budget, mode) == least[mode]
+    assert bounds_of(trace, budget) == pytest.approx(foo)
+    assert foo_lower_bound(trace, budget).io_bytes == pytest.approx(min(foo.values()))
+    for mode in MODES:
+        assert below(foo[VARIANT_OF_MODE[mode]], least[mode])
+    assert belady_size(trace, budget).io_bytes == least["dead-skip"]
+
+
+def test_settle_points_let_puts_exceed_the_budget_until_the_settle() -> None:
+    # With recorded settle points both puts are deferred; after b's release the settle finds 10 bytes.
+    trace = make(put("a", 10), put("b", 10), get("b"), delete("b"), ("settle", None, 0.0), get("a"))
+    assert optimum(trace, 10, "settled") == 0
+    assert foo_lower_bound(trace, 10, mode="settled").io_bytes == pytest.approx(0)
+    assert foo_lower_bound(trace, 10, mode="strict").io_bytes == pytest.approx(20)
+
+
+# ---- no run of the engine beats the bound ---------------------------------------------------------
+
+
+def test_no_run_beats_the_bound_exhaustive() -> None:
+    """On tiny random traces, the least I/O over every possible victim sequence is >= the bound."""
+    rng = random.Random(5)
+    checked = gaps = 0
+    while checked < 200:
+        trace = random_trace(rng, rng.randrange(4, 14), rng.randrange(2, 5), settle_points=rng.random() < 0.3)
+        budget = rng.choice([1, 2, 3, 5, 8, 10])
+        least = {mode: optimum(trace, budget, mode, limit=1000) for mode in MODES}
+        if None in least.values():
+            continue
+        checked += 1
+        foo = bounds_of(trace, budget)
+        for mode, io in least.items():
+            assert io is not None and below(foo[VARIANT_OF_MODE[mode]], io), (trace.ops, budget, mode, foo, least)
+        gaps += min(foo.values()) < min(io for io in least.values() if io is not None) - 1e-6
+    assert gaps < checked // 2  # the LP is exact on most tiny traces
+
+
+def test_no_policy_beats_the_bound_random() -> None:
+    rng = random.Random(11)
+    ratios = []
+    for number in range(300):
+        trace = random_trace(rng, rng.randrange(10, 40), rng.randrange(2, 7), settle_points=number % 3 == 0)
+        budget = rng.choice([2, 3, 5, 8, 10, 16, 30])
+        foo = bounds_of(trace, budget)
+        any_mode = foo_lower_bound(trace, budget)
+        assert any_mode.status == "optimal"
+        assert any_mode.io_bytes == pytest.approx(min(foo.values()))
+        for variant, value in foo.items():
+            assert below(pfoo_lower_bound(trace, budget, mode=variant).io_bytes, value)
+        for mode in MODES:
+            for name in policy_names():
+                io = replay(trace, name, budget, mode=mode).io_bytes
+                assert below(foo[VARIANT_OF_MODE[mode]], io), (trace.ops, budget, name, mode, foo)
+            clairvoyant = belady_size(trace, budget, mode=mode).io_bytes
+            assert below(foo[VARIANT_OF_MODE[mode]], clairvoyant)
+        if foo["strict"] > 0:
+            ratios.append(belady_size(trace, budget).io_bytes / foo["strict"])
+    # Typically close; a few tiny caches (a value as large as the budget) show the LP's integrality gap.
+    assert statistics.median(ratios) < 1.1
+
+
+def test_dropped_rows_never_bind() -> None:
+    """Rows dropped as implied by others leave the LP optimum unchanged."""
+    from spillkit.bounds import _Model, _solve
+
+    rng = random.Random(3)
+    for number in range(40):
+        trace = random_trace(rng, rng.randrange(5, 60), rng.randrange(2, 8), settle_points=number % 2 == 0)
+        budget, requests = rng.choice([1, 2, 3, 5, 8, 13, 30]), list(trace.requests())
+        for settled in (False, True):
+            model = _Model(requests, budget, settled, dead_writes=settled)
+            assert len(model.rows()) <= len(model.rows(compress=False))
+            assert _solve(model)[0] == pytest.approx(_solve(model, compress=False)[0], rel=1e-9, abs=1e-9)
+
+
+# ---- shipped traces, the policy, errors ---------------------------------------------------------------
+
+
+def test_shipped_trace_solves() -> None:
+    trace = read_trace(os.path.join(TRACES, "shuffle.trace.gz"))
+    budget = trace.peak_bytes() // 4
+    foo = foo_lower_bound(trace, budget)
+    assert isinstance(foo, Bound) and foo.status == "optimal" and foo.name == "foo"
+    assert foo.solve_seconds < 20
+    assert 0 < pfoo_lower_bound(trace, budget).io_bytes <= foo.io_bytes
+    for name in ("lru", "nextuse"):
+        for mode in MODES:
+            assert below(foo.io_bytes, replay(trace, name, budget, mode=mode).io_bytes)
+    clairvoyant = belady_size(trace, budget)
+    assert below(foo.io_bytes, clairvoyant.io_bytes) and clairvoyant.io_bytes < 1.05 * foo.io_bytes
+
+
+def test_clairvoyant_follows_the_future_through_the_interface() -> None:
+    ops = [put("a", 1), put("b", 1), put("c", 1), get("c"), get("a"), get("b"), delete("c")]
+    policy = Clairvoyant(ops)
+    with pytest.raises(KeyError):
+        policy.victim()
+    for key in "abc":
+        policy.admitted(key, 1, 0.0)
+    assert len(policy) == 3 and policy.victim() == "b"  # read last
+    policy.touched("c")
+    assert policy.victim() == "c"  # never read again
+    policy.evicted("c")
+    assert policy.victim() == "b"
+    with pytest.raises(KeyError):
+        policy.removed("c")
+    with pytest.raises(ValueError, match="rank"):
+        Clairvoyant(ops, rank="nope")
+
+
+def test_bad_mode_and_missing_scipy(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="unknown mode"):
+        foo_lower_bound(SWAP, 10, mode="lazy")
+    monkeypatch.setitem(sys.modules, "scipy.optimize", None)
+    with pytest.raises(ImportError, match=r'pip install "spillkit\[plot\]"'):
+        foo_lower_bound(SWAP, 10)
+    over = make(put("big", 50), get("big"), get("big"))
+    assert pfoo_lower_bound(over, 10).io_bytes == 150  # PFOO-L needs no SciPy
