@@ -163,7 +163,8 @@ def to_markdown(rows: Sequence[dict[str, Any]]) -> str:
                 f"{format_bytes(row.get('bytes_written', 0)) if 'bytes_written' in row else ''} | "
                 f"{format_bytes(row.get('bytes_read', 0)) if 'bytes_read' in row else ''} | "
                 f"{format_bytes(row['io_bytes'])} | {row['io_seconds']:.2f} | "
-                f"{row.get('recompute_seconds', 0):.2f} | {row['ratio_to_bound']:.2f} |"
+                f"{'' if row['mode'] == 'bound' else format(row.get('recompute_seconds', 0), '.2f')} | "
+                f"{row['ratio_to_bound']:.2f} |"
             )
         out.append("")
     return "\n".join(out)

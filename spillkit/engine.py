@@ -187,17 +187,23 @@ class SpillEngine:
 
     def delete(self, key: Hashable) -> None:
         """Remove the key from memory and disk; KeyError if absent."""
-        with self.lock:
-            self._check_open()
+        lock = self.lock
+        lock.acquire()
+        try:
+            if self.closed:
+                self._check_open()
             if key not in self._nbytes:
                 raise KeyError(key)
-            self._pop_resident(key)
+            if key in self.memory:
+                self._pop_resident(key)
             self.disk.delete(key)
             nbytes = self._nbytes.pop(key)
             self.stats.deletes += 1
             if self.listeners:
                 self._emit(DELETE, key, nbytes)
             self._costs.pop(key, None)
+        finally:
+            lock.release()
 
     def pop(self, key: Hashable, default: Any = _MISSING) -> Any:
         """Remove and return the value without caching a disk copy in memory."""

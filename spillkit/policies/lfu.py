@@ -48,6 +48,10 @@ class LFU(Policy):
         self._counts[key] = count
         self._heap.push(key, self._clock + count)
 
+    def recosted(self, key: Hashable, nbytes: int, cost: float) -> None:
+        if key not in self._counts:  # cost does not matter to LFU, and is not a use
+            raise KeyError(key)
+
     def removed(self, key: Hashable) -> None:
         self._heap.discard(key)
         del self._counts[key]

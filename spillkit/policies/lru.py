@@ -38,6 +38,10 @@ class LRU(Policy):
     def touched(self, key: Hashable) -> None:
         self._order.move_to_end(key)
 
+    def recosted(self, key: Hashable, nbytes: int, cost: float) -> None:
+        if key not in self._order:  # cost does not matter to LRU, and is not a use
+            raise KeyError(key)
+
     def removed(self, key: Hashable) -> None:
         del self._order[key]
 

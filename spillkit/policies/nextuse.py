@@ -53,6 +53,10 @@ class GraphAware(Policy):
     def touched(self, key: Hashable) -> None:
         self._heap.push(key, self._priority(key))
 
+    def recosted(self, key: Hashable, nbytes: int, cost: float) -> None:
+        if key not in self._sizes:  # the graph, not cost, ranks keys; and this is not a use
+            raise KeyError(key)
+
     def removed(self, key: Hashable) -> None:
         self._heap.discard(key)
         del self._sizes[key]

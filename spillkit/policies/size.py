@@ -43,6 +43,10 @@ class SizeAware(Policy):
     def touched(self, key: Hashable) -> None:
         self._heap.push(key, self._clock + 1.0 / self._sizes[key])
 
+    def recosted(self, key: Hashable, nbytes: int, cost: float) -> None:
+        if key not in self._sizes:  # GreedyDual-Size with unit cost ignores cost, and this is not a use
+            raise KeyError(key)
+
     def removed(self, key: Hashable) -> None:
         self._heap.discard(key)
         del self._sizes[key]
