@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
-
-from ._heap import LazyHeap
-from .base import Policy
+from ._greedy import GreedyDual
 
 __all__ = ["CostAware"]
 
 
-class CostAware(Policy):
+class CostAware(GreedyDual):
     """Keep what is expensive to rebuild per byte; spill what is cheap.
 
     GreedyDual-Size-Frequency (Cherkasova, 1998): priority is
@@ -31,38 +28,5 @@ class CostAware(Policy):
 
     name = "cost"
 
-    def __init__(self) -> None:
-        self._clock = 0.0
-        self._weights: dict[Hashable, float] = {}  # cost / nbytes
-        self._counts: dict[Hashable, int] = {}
-        self._heap = LazyHeap()
-
-    def admitted(self, key: Hashable, nbytes: int, cost: float) -> None:
-        self._weights[key] = max(cost, 0.0) / max(nbytes, 1)
-        self._counts[key] = 1
-        self._heap.push(key, self._clock + self._weights[key])
-
-    def touched(self, key: Hashable) -> None:
-        count = self._counts[key] + 1
-        self._counts[key] = count
-        self._heap.push(key, self._clock + count * self._weights[key])
-
-    def recosted(self, key: Hashable, nbytes: int, cost: float) -> None:
-        count = self._counts[key]  # KeyError for an unknown key, before anything changes
-        self._weights[key] = max(cost, 0.0) / max(nbytes, 1)
-        self._heap.push(key, self._clock + count * self._weights[key])
-
-    def removed(self, key: Hashable) -> None:
-        self._heap.discard(key)
-        del self._weights[key]
-        del self._counts[key]
-
-    def evicted(self, key: Hashable) -> None:
-        self._clock = max(self._clock, self._heap.priority(key))
-        self.removed(key)
-
-    def victim(self) -> Hashable:
-        return self._heap.peek()[0]
-
-    def __len__(self) -> int:
-        return len(self._weights)
+    def weight(self, nbytes: int, cost: float) -> float:
+        return max(cost, 0.0) / max(nbytes, 1)

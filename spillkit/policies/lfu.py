@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
-
-from ._heap import LazyHeap
-from .base import Policy
+from ._greedy import GreedyDual
 
 __all__ = ["LFU"]
 
 
-class LFU(Policy):
+class LFU(GreedyDual):
     """Spill the key read least often; ties go to the least recently used.
 
     With ``aging=True`` (the default) this is LFU with Dynamic Aging (Arlitt et
@@ -33,39 +30,8 @@ class LFU(Policy):
 
     name = "lfu"
 
-    def __init__(self, aging: bool = True) -> None:
-        self.aging = aging
-        self._clock = 0.0
-        self._counts: dict[Hashable, int] = {}
-        self._heap = LazyHeap()
-
-    def admitted(self, key: Hashable, nbytes: int, cost: float) -> None:
-        self._counts[key] = 1
-        self._heap.push(key, self._clock + 1)
-
-    def touched(self, key: Hashable) -> None:
-        count = self._counts[key] + 1
-        self._counts[key] = count
-        self._heap.push(key, self._clock + count)
-
-    def recosted(self, key: Hashable, nbytes: int, cost: float) -> None:
-        if key not in self._counts:  # cost does not matter to LFU, and is not a use
-            raise KeyError(key)
-
-    def removed(self, key: Hashable) -> None:
-        self._heap.discard(key)
-        del self._counts[key]
-
-    def evicted(self, key: Hashable) -> None:
-        if self.aging:
-            self._clock = max(self._clock, self._heap.priority(key))
-        self.removed(key)
-
-    def victim(self) -> Hashable:
-        return self._heap.peek()[0]
-
-    def __len__(self) -> int:
-        return len(self._counts)
+    def weight(self, nbytes: int, cost: float) -> float:
+        return 1.0
 
     def __repr__(self) -> str:
         return f"LFU(aging={self.aging})"

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
-
-from ._heap import LazyHeap
-from .base import Policy
+from ._greedy import GreedyDual
 
 __all__ = ["SizeAware"]
 
 
-class SizeAware(Policy):
+class SizeAware(GreedyDual):
     """Spill large values first, but let small stale values age out.
 
     GreedyDual-Size with unit cost (Cao and Irani, 1997): priority is
@@ -30,33 +27,7 @@ class SizeAware(Policy):
     """
 
     name = "size"
+    counts_reads = False
 
-    def __init__(self) -> None:
-        self._clock = 0.0
-        self._sizes: dict[Hashable, int] = {}
-        self._heap = LazyHeap()
-
-    def admitted(self, key: Hashable, nbytes: int, cost: float) -> None:
-        self._sizes[key] = max(nbytes, 1)
-        self._heap.push(key, self._clock + 1.0 / self._sizes[key])
-
-    def touched(self, key: Hashable) -> None:
-        self._heap.push(key, self._clock + 1.0 / self._sizes[key])
-
-    def recosted(self, key: Hashable, nbytes: int, cost: float) -> None:
-        if key not in self._sizes:  # GreedyDual-Size with unit cost ignores cost, and this is not a use
-            raise KeyError(key)
-
-    def removed(self, key: Hashable) -> None:
-        self._heap.discard(key)
-        del self._sizes[key]
-
-    def evicted(self, key: Hashable) -> None:
-        self._clock = max(self._clock, self._heap.priority(key))
-        self.removed(key)
-
-    def victim(self) -> Hashable:
-        return self._heap.peek()[0]
-
-    def __len__(self) -> int:
-        return len(self._sizes)
+    def weight(self, nbytes: int, cost: float) -> float:
+        return 1.0 / max(nbytes, 1)
