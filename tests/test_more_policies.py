@@ -540,3 +540,30 @@ def test_miss_counts_match_libcachesim(
         theirs = libcachesim_misses(name, path, cache_size, len(requests))
         assert ours == theirs, (name, cache_size)
         assert 0 < ours < len(requests)
+
+
+@pytest.mark.parametrize("name", ["nextuse", "lrc"])
+def test_graph_aware_policies_without_a_graph_behave_like_lru(name: str) -> None:
+    import random as _random
+
+    from spillkit import make_policy
+
+    rng = _random.Random(7)
+    graph_aware, lru = make_policy(name), make_policy("lru")
+    resident: list[int] = []
+    for step in range(3000):
+        if resident and rng.random() < 0.4:
+            key = rng.choice(resident)
+            graph_aware.touched(key)
+            lru.touched(key)
+        elif resident and rng.random() < 0.3:
+            assert graph_aware.victim() == lru.victim()
+            key = lru.victim()
+            graph_aware.evicted(key)
+            lru.evicted(key)
+            resident.remove(key)
+        else:
+            size = rng.choice([1, 10, 1000, 10**6])  # sizes must not matter without a graph
+            graph_aware.admitted(step, size, 0.0)
+            lru.admitted(step, size, 0.0)
+            resident.append(step)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 
-from ._graph import GraphPlan
+from ._graph import NEVER, GraphPlan
 from ._heap import LazyHeap, Priority
 from .base import Policy
 
@@ -92,7 +92,10 @@ class NextUse(GraphAware):
     name = "nextuse"
 
     def _priority(self, key: Hashable) -> Priority:
-        return (-self._plan.next_use(key), -self._sizes[key])
+        next_use = self._plan.next_use(key)
+        # Keys the graph does not know (or that no reader waits for) tie on purpose, so the
+        # heap's sequence numbers order them least recently used first, not largest first.
+        return (-next_use, 0 if next_use == NEVER else -self._sizes[key])
 
 
 class LRC(GraphAware):
@@ -116,4 +119,5 @@ class LRC(GraphAware):
     name = "lrc"
 
     def _priority(self, key: Hashable) -> Priority:
-        return (self._plan.remaining(key), -self._plan.next_use(key), -self._sizes[key])
+        next_use = self._plan.next_use(key)
+        return (self._plan.remaining(key), -next_use, 0 if next_use == NEVER else -self._sizes[key])
