@@ -58,11 +58,11 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run from a checkout without installing spillkit
 
+from readme_section import write_section  # noqa: E402 - after the sys.path setup above
+
 import spillkit  # noqa: E402
 
 README = Path(__file__).resolve().parent / "README.md"
-START = "<!-- bench_core:start -->"
-END = "<!-- bench_core:end -->"
 MiB = 1 << 20
 POLICIES = ("lru", "lfu", "size", "cost")
 
@@ -684,18 +684,6 @@ def render(
     return "\n".join(parts)
 
 
-def write_readme(block: str) -> None:
-    text = README.read_text() if README.exists() else "# spillkit benchmarks\n\n"
-    new = f"{START}\n{block}\n{END}"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        _, tail = rest.split(END, 1)
-        text = head + new + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + new + "\n"
-    README.write_text(text)
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -737,7 +725,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         block = render(args, base, info, mem, spill)
         print(block)
         if not args.no_readme:
-            write_readme(block)
+            write_section("bench_core", block)
             print(f"\nwrote the table into {README}", file=sys.stderr)
         if args.profile:
             print("\n## Profiles (cProfile, sorted by own time)\n")

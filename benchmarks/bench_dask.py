@@ -77,6 +77,7 @@ import dask  # noqa: E402
 import dask.array  # noqa: E402  (imported once in the parent, before forking)
 import dask.sizeof  # noqa: E402
 import zict  # noqa: E402
+from readme_section import write_section  # noqa: E402 - after the sys.path setup above
 
 import spillkit  # noqa: E402
 from spillkit.dask import costs, record, spilling  # noqa: E402
@@ -84,8 +85,6 @@ from spillkit.trace import read_trace  # noqa: E402
 from spillkit.workloads import build  # noqa: E402
 
 README = Path(__file__).resolve().parent / "README.md"
-START = "<!-- bench_dask:start -->"
-END = "<!-- bench_dask:end -->"
 WORKLOADS = ("anomaly", "rechunk")
 BUDGET_FRACTION = 0.25
 DEFAULT_SCALE = 0.15
@@ -560,19 +559,6 @@ def report(
     return "\n".join(lines).rstrip("\n")
 
 
-def write_readme(block: str) -> None:
-    # Other benchmarks own other sections: re-read right before writing and replace only ours.
-    text = README.read_text() if README.exists() else "# spillkit benchmarks\n\n"
-    new = f"{START}\n{block}\n{END}"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        _, tail = rest.split(END, 1)
-        text = head + new + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + new + "\n"
-    README.write_text(text)
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Profiles
 # ---------------------------------------------------------------------------------------------------------------------
@@ -709,7 +695,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             block += "\n\n" + PROFILE_INTRO + "\n\n" + summary.rstrip("\n")
         print(block)
         if not (args.quick or args.no_readme):
-            write_readme(block)
+            write_section("bench_dask", block)
             print(f"\nwrote the table into {README}", file=sys.stderr)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

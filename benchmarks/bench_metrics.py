@@ -40,13 +40,13 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run from a checkout without installing spillkit
 
+from readme_section import write_section  # noqa: E402 - after the sys.path setup above
+
 import spillkit  # noqa: E402
 from spillkit.metrics import instrument  # noqa: E402
 from spillkit.stats import LATENCY_BOUNDS  # noqa: E402
 
 README = Path(__file__).resolve().parent / "README.md"
-START = "<!-- bench_metrics:start -->"
-END = "<!-- bench_metrics:end -->"
 
 
 Timing = tuple[float, float]  # (wall seconds, CPU seconds of this thread)
@@ -203,19 +203,6 @@ def render(
     )
 
 
-def write_readme(block: str) -> None:
-    """Replace this benchmark's section of README.md (between its markers), leaving the rest alone."""
-    text = README.read_text() if README.exists() else "# spillkit benchmarks\n\n"
-    new = f"{START}\n{block}\n{END}"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        _, tail = rest.split(END, 1)
-        text = head + new + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + new + "\n"
-    README.write_text(text)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short run (fewer keys and repetitions)")
@@ -236,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     block = render(args, loop, scrape, reference)
     print(block)
     if not args.no_readme:
-        write_readme(block)
+        write_section("bench_metrics", block)
         print(f"\nwrote the table into {README}", file=sys.stderr)
     return 0
 

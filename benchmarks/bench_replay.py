@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from readme_section import write_section
+
 from spillkit import policy_names
 from spillkit.replay import replay
 from spillkit.trace import Trace, read_trace
@@ -95,15 +97,7 @@ def main() -> int:
     table = "\n".join(lines)
     print(table)
     if not args.no_readme:
-        readme = REPO / "benchmarks" / "README.md"
-        text = readme.read_text() if readme.exists() else "# spillkit benchmarks\n"
-        start, end = "<!-- bench_replay:start -->", "<!-- bench_replay:end -->"
-        block = f"{start}\n## Replay throughput (`bench_replay.py`)\n\n{table}\n{end}"
-        if start in text:
-            text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
-        else:
-            text = text.rstrip() + "\n\n" + block + "\n"
-        readme.write_text(text)
+        write_section("bench_replay", f"## Replay throughput (`bench_replay.py`)\n\n{table}")
     return 0
 
 
