@@ -51,6 +51,8 @@ class GraphAware(Policy):
                 self._heap.push(dep, self._priority(dep))
 
     def touched(self, key: Hashable) -> None:
+        if key not in self._sizes:
+            raise KeyError(key)
         self._heap.push(key, self._priority(key))
 
     def recosted(self, key: Hashable, nbytes: int, cost: float) -> None:
