@@ -1,0 +1,216 @@
+"""Chest as the storage of dask.distributed workers: ``data=worker_storage``.
+
+A worker keeps every task result in its ``data`` mapping. dask's default is a
+``SpillBuffer`` (zict's LRU over pickle files); :func:`worker_storage` builds a
+:class:`~spillkit.chest.Chest` instead, with any registered eviction policy::
+
+    from distributed import LocalCluster
+    from spillkit.distributed import worker_storage
+
+    cluster = LocalCluster(n_workers=2, memory_limit="1 GiB", data=(worker_storage, {"policy": "cost"}))
+
+The Chest takes part in the worker's memory management as SpillBuffer does:
+it spills by itself when the values it holds pass the budget (dask's
+``target`` fraction of the worker's memory limit), and the worker's memory
+monitor calls ``evict()`` when the whole process passes the ``spill``
+fraction, reads ``fast`` to know whether anything is left to spill, and
+reports ``spilled_total`` to the scheduler. ``dask worker`` has no option for
+``data=``; :mod:`spillkit.distributed_preload` is the command-line form.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from typing import Any
+
+try:
+    import dask.config
+    from dask.system import CPU_COUNT
+    from distributed.sizeof import safe_sizeof
+    from distributed.worker_memory import WorkerMemoryManager, parse_memory_limit, worker_logger
+except ImportError as error:  # pragma: no cover - exercised only without the extra
+    raise ImportError('spillkit.distributed needs dask.distributed: pip install "spillkit[dask]"') from error
+
+from .chest import Chest
+from .errors import SpillWarning
+from .policies import Policy
+
+__all__ = ["SUBDIRECTORY", "worker_budget", "worker_storage"]
+
+SUBDIRECTORY = "spillkit"  # beside dask's own "storage" in the worker's local directory
+_STACK_DEPTH = 12  # frames searched for the WorkerMemoryManager that is building us
+
+
+def worker_storage(
+    worker_local_directory: str,
+    *,
+    policy: Policy | str = "lru",
+    available_memory: int | float | str | None = None,
+    memory_limit: int | float | str | None = None,
+    instrument_metrics: bool = True,
+    name: str | None = None,
+    **chest_kwargs: Any,
+) -> Chest:
+    """Build the Chest a dask.distributed worker stores its data in.
+
+    Give it to a worker, nanny or cluster as ``data=worker_storage`` or
+    ``data=(worker_storage, {"policy": "cost", ...})``; the worker calls it
+    once, with its own local directory, while it starts.
+
+    Parameters
+    ----------
+    worker_local_directory : str
+        The worker's scratch directory (dask passes it). Values spill to its
+        subdirectory ``spillkit``, which dask deletes with the worker.
+    policy : Policy or str
+        A policy name from :func:`spillkit.policy_names` (each worker builds
+        its own policy object; a Policy instance only suits a single worker).
+    available_memory : int, float or str, optional
+        The budget for values held in memory. Default: see :func:`worker_budget`.
+    memory_limit : int, float or str, optional
+        The worker's memory limit, when the budget should be computed from
+        another one than the worker's own (parsed as ``memory_limit=`` is).
+    instrument_metrics : bool
+        Export the Chest into prometheus_client's global registry, which a
+        worker's ``/metrics`` endpoint serves (skipped if prometheus-client is
+        not installed).
+    name : str, optional
+        The ``chest`` label of the metrics. Default: ``dask-worker-<worker
+        name>``, or the basename of ``worker_local_directory`` for a worker
+        without a name; a taken label gets that basename appended.
+    **chest_kwargs
+        Passed to :class:`~spillkit.chest.Chest` (``dump``/``load``, ``codec``,
+        ``available_disk``, ``sizeof``; default ``sizeof`` is
+        ``distributed.sizeof.safe_sizeof``, which never raises).
+
+    Returns
+    -------
+    Chest
+        An empty Chest whose ``fast``, ``evict()`` and ``spilled_total``
+        serve the worker's memory monitor and heartbeat.
+
+    Notes
+    -----
+    Thread-safe, as every Chest is (the worker calls it from its event loop
+    and its memory monitor). Failures: a value that cannot be written stays in
+    memory and ``evict()`` returns -1, so the worker logs it and keeps
+    running, as with SpillBuffer; a put raises only when a value larger than
+    the whole budget cannot be written, which fails that one task. The Chest
+    is never closed by dask: its directory goes when the worker's local
+    directory is removed (at shutdown, or by the nanny after a crash).
+
+    Examples
+    --------
+    Outside a worker, give the memory limit the budget is a fraction of:
+
+    >>> import tempfile
+    >>> chest = worker_storage(tempfile.mkdtemp(), memory_limit="1 GiB", instrument_metrics=False)
+    >>> chest.available_memory == int(2**30 * dask.config.get("distributed.worker.memory.target"))
+    True
+    >>> chest.evict()                      # nothing to spill: -1, never an exception
+    -1
+    >>> chest.drop()
+    """
+    manager, worker = _building_worker()
+    if available_memory is None:
+        available_memory = worker_budget(memory_limit, manager=manager)
+    chest_kwargs.setdefault("sizeof", safe_sizeof)
+    chest = Chest(
+        path=os.path.join(worker_local_directory, SUBDIRECTORY),
+        available_memory=available_memory,
+        policy=policy,
+        **chest_kwargs,
+    )
+    if instrument_metrics:
+        basename = os.path.basename(os.path.normpath(worker_local_directory))
+        worker_name = getattr(worker, "name", None)
+        default = basename if worker_name is None else f"dask-worker-{worker_name}"
+        _instrument(chest, name or default, basename)
+    return chest
+
+
+def worker_budget(memory_limit: int | float | str | None = None, *, manager: WorkerMemoryManager | None = None) -> int:
+    """The bytes of values a worker's Chest holds in memory before it spills.
+
+    The same bytes as dask's SpillBuffer: the worker's memory limit times
+    ``distributed.worker.memory.target`` (0.6 by default). As with SpillBuffer,
+    no ``target`` (False) means no budget of its own (``sys.maxsize``: only
+    the memory monitor's ``evict()`` spills, at ``spill``), and so does a
+    worker without a memory limit.
+
+    Parameters
+    ----------
+    memory_limit : int, float or str, optional
+        The worker's limit, as dask parses ``memory_limit=`` (bytes, ``"4 GiB"``,
+        a fraction of the machine, ``"auto"``). Default: the limit of the
+        worker being built (dask builds ``data`` inside its
+        ``WorkerMemoryManager``, after parsing the limit, so the limit is read
+        from that manager on the call stack); outside a worker, the machine's
+        memory, with a :class:`~spillkit.errors.SpillWarning`.
+    manager : WorkerMemoryManager, optional
+        The memory manager to read the limit and fractions from (default:
+        the one building a worker now, if any).
+
+    Returns
+    -------
+    int
+        The budget in bytes.
+
+    Notes
+    -----
+    Pure apart from reading dask's configuration and the call stack; never
+    raises for a missing worker.
+    """
+    if manager is None:
+        manager, _ = _building_worker()
+    if manager is not None:
+        target = manager.memory_target_fraction
+    else:
+        target = dask.config.get("distributed.worker.memory.target")
+    if memory_limit is not None:
+        limit = parse_memory_limit(memory_limit, CPU_COUNT, logger=worker_logger)
+    elif manager is not None:
+        limit = manager.memory_limit
+    else:
+        warnings.warn(
+            "spillkit.distributed: no dask worker is being built and no memory_limit was given; "
+            "the budget is computed from the whole machine's memory",
+            SpillWarning,
+            stacklevel=3,
+        )
+        limit = parse_memory_limit("auto", CPU_COUNT, logger=worker_logger)
+    if not limit or not target:
+        return sys.maxsize
+    return int(limit * target)
+
+
+def _building_worker() -> tuple[WorkerMemoryManager | None, Any]:
+    """The WorkerMemoryManager calling us from its ``__init__``, and its worker (or Nones)."""
+    frame = sys._getframe(1)
+    for _ in range(_STACK_DEPTH):
+        candidate = frame.f_locals.get("self")
+        # memory_target_fraction is set just before data= is called; checking it makes sure
+        # the manager has parsed its limit (a manager built any other way is left alone).
+        if isinstance(candidate, WorkerMemoryManager) and hasattr(candidate, "memory_target_fraction"):
+            return candidate, frame.f_locals.get("worker")
+        if frame.f_back is None:
+            break
+        frame = frame.f_back
+    return None, None
+
+
+def _instrument(chest: Chest, name: str, fallback_suffix: str) -> None:
+    try:
+        from .metrics import instrument
+    except ImportError:
+        return  # no prometheus-client: a worker then serves no /metrics either
+    for label in (name, f"{name}-{fallback_suffix}"):
+        try:
+            instrument(chest, name=label)
+            return
+        except ValueError:
+            continue  # e.g. two in-process clusters with the same worker names
+    warnings.warn(f"spillkit.distributed: metrics label {name!r} is taken; this Chest is not exported", SpillWarning,
+                  stacklevel=3)  # fmt: skip

@@ -1,0 +1,347 @@
+"""spillkit.distributed on real dask.distributed clusters of worker processes.
+
+Each cluster: 2 worker processes (nannies), 1 thread each, 500 MiB memory limit each, on
+127.0.0.1. The workload persists a 16,000 x 16,000 float64 array (2.05 GB, 250 chunks of
+8 MB): about twice the workers' 1,000 MiB in all, so every worker spills, through its Chest's
+own budget and through the memory monitor's ``evict()``. A weighted sum then reads every chunk
+back and must equal its closed form.
+
+The policy tests share one cluster (built with ``data=worker_storage``) and give its workers a
+fresh Chest per policy, the way ``--preload spillkit.distributed_preload`` does; the ``(callable,
+kwargs)`` form builds the cluster of the killed-worker test, and the command-line forms start
+``dask worker`` processes. Worker processes are forked from a forkserver (dask's own test-suite
+setting) so a cluster starts in about a second."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import cloudpickle
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+from distributed import Client, LocalCluster, wait
+from prometheus_client.parser import text_string_to_metric_families
+
+import spillkit
+from spillkit import Chest, SpillWarning, parse_bytes, policy_names
+from spillkit.distributed import SUBDIRECTORY, worker_budget, worker_storage
+
+# Functions sent to workers (client.run) are pickled by value: worker processes need not
+# be able to import this test module.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+MEMORY_LIMIT = "500 MiB"  # a worker process starts at ~110 MiB; dask's own default storage needs this much too
+N, ROWS = 16_000, 64  # a 16,000 x 16,000 float64 array: 2.05 GB in 250 chunks of 8 MB, ~1.95x the two limits
+M = N * N
+# sum over i, j of (i * N + j) * (i + 1) = N**2 * sum(i * (i + 1)) + sum(j) * sum(i + 1)
+EXPECTED = N * N * (N - 1) * N * (N + 1) / 3 + N * (N - 1) / 2 * N * (N + 1) / 2
+TIMEOUT = 60  # seconds for any one wait; every wait below is bounded
+T = TypeVar("T")
+
+
+def workload() -> tuple[Any, Any]:
+    """(x, a row-weighted sum of x) with x[i, j] = i * N + j.
+
+    Row i is weighted by i + 1 (a second array, other keys), so a chunk that came back from
+    disk under the wrong key, or damaged, changes the sum.
+    """
+    x = da.arange(M, chunks=ROWS * N, dtype=np.float64).reshape(N, N)
+    rows = da.arange(1, N + 1, chunks=ROWS, dtype=np.float64)
+    return x, (x * rows[:, None]).sum()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _forkserver() -> Iterator[None]:
+    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
+        yield
+
+
+def poll(check: Callable[[], T], what: str, timeout: float = TIMEOUT) -> T:
+    """Call ``check`` until it returns something true; fail naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {value!r})")
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def cluster(tmp_path: Path, data: Any = None, n_workers: int = 2, **kwargs: Any) -> Iterator[Client]:
+    with (
+        LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=1,
+            processes=True,
+            memory_limit=MEMORY_LIMIT,
+            host="127.0.0.1",
+            dashboard_address=":0",
+            local_directory=str(tmp_path),
+            silence_logs=logging.ERROR,
+            data=data,
+            **kwargs,
+        ) as local,
+        Client(local, timeout=TIMEOUT) as client,
+    ):
+        if n_workers:
+            client.wait_for_workers(n_workers, timeout=TIMEOUT)
+        yield client
+
+
+def storage_facts(dask_worker: Any) -> dict[str, Any]:
+    data = dask_worker.data
+    return {
+        "type": type(data).__name__,
+        "policy": type(data.policy).__name__,
+        "budget": data.available_memory,
+        "path": data.path,
+        "local_directory": dask_worker.local_directory,
+        "http_port": getattr(getattr(dask_worker, "http_server", None), "port", None),
+        "name": dask_worker.name,
+    }
+
+
+def spill_counters(dask_worker: Any) -> dict[str, Any]:
+    data = dask_worker.data
+    return {
+        "spilled_total": tuple(data.spilled_total),
+        "spills": data.stats.spills,
+        "loads": data.stats.loads,
+        "keys": len(data),
+        "status": dask_worker.status.name,
+    }
+
+
+def contains_never_loads(dask_worker: Any) -> bool:
+    """``key in data`` on every spilled key (and an absent one) answers without a disk read."""
+    data = dask_worker.data
+    spilled = data.engine.spilled_keys
+    loads = data.stats.loads
+    found = all(key in data for key in spilled)
+    absent = ("no-such-key", 0) in data
+    return bool(spilled) and found and not absent and data.stats.loads == loads and not set(spilled) & set(data.fast)
+
+
+def scheduler_spilled(dask_scheduler: Any) -> dict[str, int]:
+    return {address: ws.metrics["spilled_bytes"]["disk"] for address, ws in dask_scheduler.workers.items()}
+
+
+def check_workload(client: Client) -> None:
+    """Persist x (spilling), check what workers and scheduler report, compute the sum, release x."""
+    x, weighted = workload()
+    x = client.persist(x)
+    wait(x, timeout=TIMEOUT)
+    after_persist = client.run(spill_counters)
+    assert all(c["spilled_total"][0] > 0 and c["spilled_total"][1] > 0 for c in after_persist.values()), after_persist
+    # The scheduler hears spilled bytes in the workers' heartbeats.
+    poll(lambda: all(client.run_on_scheduler(scheduler_spilled).values()), "spilled bytes on the scheduler")
+    assert all(client.run(contains_never_loads).values())
+
+    result = client.compute(weighted).result(timeout=TIMEOUT)
+    assert result == pytest.approx(EXPECTED, rel=1e-12)
+
+    # Releasing x deletes every key; workers test membership first, which must never load.
+    loads = {address: c["loads"] for address, c in client.run(spill_counters).items()}
+    del x
+    poll(lambda: all(c["keys"] == 0 for c in client.run(spill_counters).values()), "x to be released")
+    final = client.run(spill_counters)
+    assert {address: c["loads"] for address, c in final.items()} == loads
+    assert all(c["spilled_total"] == (0, 0) for c in final.values())
+    # No worker is left paused: the memory monitor could always evict.
+    poll(lambda: all(c["status"] == "running" for c in client.run(spill_counters).values()), "workers to run")
+
+
+def use_storage(options: dict[str, Any], dask_worker: Any) -> str:
+    """Give the worker a new, empty Chest, as ``--preload spillkit.distributed_preload`` does; its policy."""
+    from spillkit.distributed_preload import dask_setup
+
+    dask_worker.data.drop()  # empty (the last test released everything); frees its metrics label
+    with dask.config.set({"spillkit.worker": options}):
+        dask_setup(dask_worker)
+    return type(dask_worker.data.policy).__name__
+
+
+def metric_samples(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The samples a worker's own /metrics endpoint serves now."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
+    """One cluster for the policy tests (a cluster per policy would take a minute more)."""
+    with cluster(tmp_path_factory.mktemp("shared"), worker_storage) as client:
+        yield client
+
+
+def test_callable_form_finds_the_worker_memory_limit(shared: Client) -> None:
+    target = dask.config.get("distributed.worker.memory.target")
+    for fact in shared.run(storage_facts).values():
+        assert fact["type"] == "Chest"
+        assert fact["policy"] == "LRU"
+        assert fact["budget"] == int(parse_bytes(MEMORY_LIMIT) * target)  # found without memory_limit=
+        assert fact["path"] == os.path.join(fact["local_directory"], SUBDIRECTORY)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("policy", policy_names())
+def test_workload_twice_the_memory_limit(policy: str, shared: Client) -> None:
+    names = set(shared.run(use_storage, {"policy": policy}).values())
+    assert names == {type(spillkit.make_policy(policy)).__name__}
+    pids = shared.run(os.getpid)
+    facts = shared.run(storage_facts)
+    check_workload(shared)
+    assert shared.run(os.getpid) == pids, "a worker was restarted (its nanny kills it over 95% memory)"
+    # Each worker exports its own Chest on its own /metrics endpoint.
+    for fact in facts.values():
+        samples = metric_samples(fact["http_port"])
+        chest = ("chest", f"dask-worker-{fact['name']}")
+        assert samples[("spillkit_memory_budget_bytes", (chest,))] == fact["budget"]
+        assert samples[("spillkit_spill_bytes_total", (("activity", "disk-write"), chest))] > 0
+        assert ("dask_worker_memory_bytes", (("type", "spilled"),)) in samples  # dask's own are still there
+
+
+def test_memory_monitor_alone_keeps_workers_running(shared: Client) -> None:
+    """With a budget far above the limit the Chest never spills by itself: only the worker's memory
+    monitor, through ``fast`` and ``evict()``, keeps memory down. A mapping without them leaves the
+    workers paused and the job hanging; here it must finish."""
+    shared.run(use_storage, {"policy": "lru", "available-memory": "64 GiB"})
+    pids = shared.run(os.getpid)
+    check_workload(shared)
+    assert shared.run(os.getpid) == pids, "a worker was restarted (its nanny kills it over 95% memory)"
+    assert all(spills > 0 for spills in shared.run(lambda dask_worker: dask_worker.data.stats.spills).values())
+
+
+def worker_pid(dask_worker: Any) -> tuple[int, int]:
+    return os.getpid(), dask_worker.data.stats.spills
+
+
+@pytest.mark.timeout(180)
+def test_killed_worker_is_replaced_and_result_correct(tmp_path: Path) -> None:
+    with cluster(tmp_path, (worker_storage, {"policy": "cost"})) as client:
+        before = set(client.scheduler_info()["workers"])
+        victim = sorted(before)[0]
+        x, weighted = workload()
+        x = client.persist(x)
+        # Kill the worker once it has spilled, while the persist is still running.
+        pid, _ = poll(lambda: (info := client.run(worker_pid, workers=[victim])[victim])[1] > 0 and info, "a spill")
+        assert not all(f.status == "finished" for f in client.futures_of(x)), "killed too late to test recovery"
+        os.kill(pid, signal.SIGKILL)
+        # The nanny starts a new worker process; the scheduler recomputes the lost chunks.
+        poll(lambda: len(w := set(client.scheduler_info()["workers"])) == 2 and w != before, "a replacement worker")
+        wait(x, timeout=TIMEOUT)
+        assert client.compute(weighted).result(timeout=TIMEOUT) == pytest.approx(EXPECTED, rel=1e-12)
+        assert {fact["type"] for fact in client.run(storage_facts).values()} == {"Chest"}
+
+
+@pytest.mark.timeout(120)
+def test_dask_worker_command_line_and_config_forms(tmp_path: Path) -> None:
+    """The documented ``dask worker`` forms: --preload-nanny; --no-nanny --preload; only dask's config."""
+    env = dict(os.environ, DASK_SPILLKIT__WORKER__POLICY="size")
+    root = str(Path(spillkit.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    configured = dict(env, DASK_DISTRIBUTED__WORKER__PRELOAD='["spillkit.distributed_preload"]')
+    with cluster(tmp_path, n_workers=0) as client:
+        address = client.scheduler.address
+        common = ["--nthreads", "1", "--memory-limit", "500MiB", "--host", "127.0.0.1", "--no-dashboard"]
+        forms = [
+            (env, ["--preload-nanny", "spillkit.distributed_preload", "--name", "nannied"]),
+            (env, ["--no-nanny", "--preload", "spillkit.distributed_preload", "--name", "bare"]),
+            (configured, ["--name", "configured"]),
+        ]
+        processes = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "distributed.cli.dask_worker",
+                    address,
+                    *common,
+                    "--local-directory",
+                    str(tmp_path / form[-1]),
+                    *form,
+                ],
+                env=form_env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for form_env, form in forms
+        ]
+        try:
+            client.wait_for_workers(len(forms), timeout=TIMEOUT)
+            facts = sorted(client.run(storage_facts).values(), key=lambda fact: str(fact["name"]))
+            assert [(f["name"], f["type"], f["policy"]) for f in facts] == [
+                ("bare", "Chest", "SizeAware"),
+                ("configured", "Chest", "SizeAware"),
+                ("nannied", "Chest", "SizeAware"),
+            ]
+            budget = int(parse_bytes("500MiB") * dask.config.get("distributed.worker.memory.target"))
+            assert {f["budget"] for f in facts} == {budget}
+            assert client.submit(sum, [1, 2, 3], pure=False).result(timeout=TIMEOUT) == 6
+        finally:
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=10)
+
+
+# ---- without a cluster -------------------------------------------------------------------
+
+
+def test_budget_outside_a_worker(tmp_path: Path) -> None:
+    target = dask.config.get("distributed.worker.memory.target")
+    assert worker_budget("1 GiB") == int(2**30 * target)
+    with pytest.warns(SpillWarning, match="no dask worker"):
+        machine = worker_budget()
+    assert 0 < machine < sys.maxsize
+    with dask.config.set({"distributed.worker.memory.target": False}):
+        assert worker_budget("1 GiB") == sys.maxsize  # as SpillBuffer: only evict() spills
+    chest = worker_storage(str(tmp_path), memory_limit="100 MiB", policy="lfu", instrument_metrics=False)
+    try:
+        assert isinstance(chest, Chest)
+        assert chest.available_memory == int(100 * 2**20 * target)
+        assert chest.path == str(tmp_path / SUBDIRECTORY)
+        assert chest.evict() == -1  # nothing to spill: -1, never an exception
+        assert chest.spilled_total == (0, 0)
+    finally:
+        chest.drop()
+
+
+def test_preload_rejects_unknown_options() -> None:
+    from spillkit.distributed_preload import storage_options
+
+    with dask.config.set({"spillkit.worker": {"policy": "cost", "available-memory": "1 GiB"}}):
+        assert storage_options() == {"policy": "cost", "available_memory": "1 GiB"}
+    with dask.config.set({"spillkit.worker": {"polcy": "cost"}}), pytest.raises(ValueError, match="polcy"):
+        storage_options()
+
+
+def test_import_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(sys.modules, "spillkit.distributed")
+    monkeypatch.setitem(sys.modules, "distributed.worker_memory", None)
+    with pytest.raises(ImportError, match=r'pip install "spillkit\[dask\]"'):
+        importlib.import_module("spillkit.distributed")
