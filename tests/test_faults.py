@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hostile import ConstRepr
 
 import spillkit
 import spillkit.storage
@@ -469,22 +470,6 @@ def test_disk_quota_on_read_serves_the_value_without_losing_any(make_chest: Call
 
 
 # ---- 6. hostile keys -------------------------------------------------------------------------
-
-
-class ConstRepr:
-    """Distinct keys whose repr is identical (and whose hashes differ)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __repr__(self) -> str:
-        return "ConstRepr()"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, ConstRepr) and other.n == self.n
-
-    def __hash__(self) -> int:
-        return hash(("ConstRepr", self.n))
 
 
 def hostile_keys() -> list[Hashable]:

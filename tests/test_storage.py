@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hostile import ConstRepr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -398,22 +399,6 @@ def test_reserved_names_are_exactly_the_dot_names() -> None:
     assert is_reserved(MANIFEST_NAME)
     assert not is_reserved("one")
     assert not is_reserved("%abc")
-
-
-class ConstRepr:
-    """Distinct keys whose repr is identical."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __repr__(self) -> str:
-        return "ConstRepr()"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, ConstRepr) and other.n == self.n
-
-    def __hash__(self) -> int:
-        return hash(("ConstRepr", self.n))
 
 
 _scalars = st.one_of(
