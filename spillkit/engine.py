@@ -77,6 +77,7 @@ class SpillEngine:
         self._costs: dict[Hashable, float] = {}  # costs given explicitly
         self._objects: dict[int, list[int]] = {}  # id(value) -> [resident keys holding it, nbytes]
         self._unspillable: set[Hashable] = set()  # resident, set aside after a serialization error
+        self._spilled_nbytes = 0  # memory size of the keys whose only copy is on disk
 
     # ---- reading state -------------------------------------------------------------
     def __contains__(self, key: object) -> bool:
@@ -112,10 +113,8 @@ class SpillEngine:
             return [k for k in self._nbytes if k not in self.memory]
 
     def spilled_bytes(self) -> int:
-        """Memory size of the values whose only copy is on disk (O(number of keys))."""
-        with self.lock:
-            memory = self.memory
-            return sum(n for k, n in self._nbytes.items() if k not in memory)
+        """Memory size of the values whose only copy is on disk (a running count: O(1))."""
+        return self._spilled_nbytes
 
     @property
     def unspillable_keys(self) -> frozenset[Hashable]:
@@ -172,6 +171,8 @@ class SpillEngine:
                         raise
             if existed and key in self.disk:
                 self.disk.delete(key)
+            if existed and old is _MISSING:  # it was spilled; now it is in memory again
+                self._spilled_nbytes -= self._nbytes[key]
             self._nbytes[key] = nbytes
             if cost is None:
                 if existed:
@@ -194,10 +195,13 @@ class SpillEngine:
                 self._check_open()
             if key not in self._nbytes:
                 raise KeyError(key)
-            if key in self.memory:
+            resident = key in self.memory
+            if resident:
                 self._pop_resident(key)
             self.disk.delete(key)
             nbytes = self._nbytes.pop(key)
+            if not resident:
+                self._spilled_nbytes -= nbytes
             self.stats.deletes += 1
             if self.listeners:
                 self._emit(DELETE, key, nbytes)
@@ -254,6 +258,8 @@ class SpillEngine:
     def restore(self, key: Hashable, nbytes: int, cost: float | None) -> None:
         """Register a key whose value is already on disk (re-opening a directory)."""
         with self.lock:
+            if key not in self._nbytes:
+                self._spilled_nbytes += nbytes
             self._nbytes[key] = nbytes
             if cost is not None:
                 self._costs[key] = cost
@@ -285,6 +291,8 @@ class SpillEngine:
             if forget_memory:
                 for key in list(self.memory):
                     self._pop_resident(key)
+                    if key in self.disk:
+                        self._spilled_nbytes += self._nbytes[key]
             self.closed = True
 
     def _check_open(self) -> None:
@@ -326,6 +334,7 @@ class SpillEngine:
             kind = SPILL
             self.stats.spills += 1
         del self.memory[key]
+        self._spilled_nbytes += nbytes
         self._release(value)
         self.policy.evicted(key)
         if self.listeners:
@@ -362,8 +371,10 @@ class SpillEngine:
                     "budget and must go to disk; nothing was stored"
                 )
             raise
-        self._pop_resident(key)
+        if key in self._nbytes and self._pop_resident(key) is _MISSING:
+            self._spilled_nbytes -= self._nbytes[key]  # replaces a spilled value
         self._nbytes[key] = nbytes
+        self._spilled_nbytes += nbytes
         if cost is None:
             self._costs.pop(key, None)
         else:
@@ -399,6 +410,7 @@ class SpillEngine:
                 self._make_room(nbytes)
             except SpillError:
                 return value  # no room can be made now; serve it without caching
+            self._spilled_nbytes -= nbytes
             self._admit(key, value, nbytes)
         return value
 

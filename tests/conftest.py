@@ -38,6 +38,8 @@ def assert_accounting(chest: Chest) -> None:
     assert len(files) == len(on_disk)
     assert set(chest.inmem) | on_disk == set(chest)
     assert set(chest.engine.spilled_keys).isdisjoint(chest.inmem)
+    nbytes = chest.engine.nbytes
+    assert chest.spilled_total[0] == sum(nbytes(key) for key in chest.engine.spilled_keys)
 
 
 @pytest.fixture

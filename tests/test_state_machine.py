@@ -257,6 +257,7 @@ class ChestMachine(RuleBasedStateMachine):
         assert memory | on_disk == model.keys()  # every key is in memory or has a file
         assert spilled.isdisjoint(memory)
         assert spilled == model.keys() - memory
+        assert chest.spilled_total[0] == sum(self.sizes[key] for key in spilled)  # the running count is exact
         assert len(chest) == len(model)
 
         by_id: dict[int, int] = {}
