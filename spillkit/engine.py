@@ -97,9 +97,13 @@ class SpillEngine:
 
     def cost(self, key: Hashable) -> float:
         """The key's recompute cost: as given, else the estimated reload time."""
+        return self._cost(key, self._nbytes[key])
+
+    def _cost(self, key: Hashable, nbytes: int) -> float:
+        # The one place the default cost is defined: the estimated time to reload the value.
         cost = self._costs.get(key)
         if cost is None:
-            return self.reload_latency + self._nbytes[key] / self.reload_bandwidth
+            return self.reload_latency + nbytes / self.reload_bandwidth
         return cost
 
     def given_cost(self, key: Hashable) -> float | None:
@@ -423,10 +427,7 @@ class SpillEngine:
             self.memory_bytes += nbytes
         else:
             entry[0] += 1  # the same object under a second key is counted once
-        cost = self._costs.get(key)
-        if cost is None:
-            cost = self.reload_latency + nbytes / self.reload_bandwidth
-        self.policy.admitted(key, nbytes, cost)
+        self.policy.admitted(key, nbytes, self._cost(key, nbytes))
 
     def _pop_resident(self, key: Hashable) -> Any:
         value = self.memory.pop(key, _MISSING)
@@ -456,7 +457,7 @@ class SpillEngine:
         detail: str = "",
         object_id: int = 0,
     ) -> None:
-        cost = self._costs.get(key, self.reload_latency + nbytes / self.reload_bandwidth)
+        cost = self._cost(key, nbytes)
         event = Event(kind, key, nbytes, disk_bytes, cost, seconds, time.time(), detail, object_id)
         for listener in self.listeners:
             try:

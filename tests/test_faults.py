@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hostile import ConstRepr
+from helpers import ConstRepr
 
 import spillkit
 import spillkit.storage

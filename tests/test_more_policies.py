@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import drain
 
 import spillkit
 from spillkit import ARC, FIFO, S3FIFO, SIEVE, CacheyScore, Policy, make_policy
@@ -27,12 +28,6 @@ else:
     LIBCACHESIM_MISSING = ""
 
 
-def drain(policy: Policy) -> list[Hashable]:
-    order = []
-    while len(policy):
-        order.append(policy.victim())
-        policy.evicted(order[-1])
-    return order
 
 
 def admit(policy: Policy, keys: str | list[str], nbytes: int = 10, cost: float = 0.0) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import cachetools
 import pytest
+from helpers import drain
 
 import spillkit
 from spillkit import LFU, LRU, Chest, CostAware, Event, Policy, SizeAware, make_policy
@@ -230,12 +231,6 @@ class TestPolicyContract:
 # ---- hand-written orderings ---------------------------------------------------------
 
 
-def drain(policy: Policy) -> list[Hashable]:
-    order = []
-    while len(policy):
-        order.append(policy.victim())
-        policy.evicted(order[-1])
-    return order
 
 
 def test_lru_recency() -> None:
@@ -391,26 +386,25 @@ def test_cost_aware_ages_out_stale_expensive_keys() -> None:
 # ---- differential test against cachetools -------------------------------------------
 
 
-class RecordingLRU(cachetools.LRUCache):  # type: ignore[misc]
+class Recording:
+    """Mixin for a cachetools cache: remembers the keys it evicts, in order."""
+
     def __init__(self, maxsize: int) -> None:
-        super().__init__(maxsize)
+        super().__init__(maxsize)  # type: ignore[call-arg]
         self.evicted: list[Hashable] = []
 
     def popitem(self) -> tuple[Hashable, Any]:
-        key, value = super().popitem()
+        key, value = super().popitem()  # type: ignore[misc]
         self.evicted.append(key)
         return key, value
 
 
-class RecordingLFU(cachetools.LFUCache):  # type: ignore[misc]
-    def __init__(self, maxsize: int) -> None:
-        super().__init__(maxsize)
-        self.evicted: list[Hashable] = []
+class RecordingLRU(Recording, cachetools.LRUCache):  # type: ignore[misc]
+    pass
 
-    def popitem(self) -> tuple[Hashable, Any]:
-        key, value = super().popitem()
-        self.evicted.append(key)
-        return key, value
+
+class RecordingLFU(Recording, cachetools.LFUCache):  # type: ignore[misc]
+    pass
 
 
 REFERENCES: dict[str, tuple[Callable[[], Policy], Callable[[int], Any]]] = {

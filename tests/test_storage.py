@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hostile import ConstRepr
+from helpers import ConstRepr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

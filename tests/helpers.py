@@ -1,6 +1,10 @@
-"""Keys that try to break file naming, shared by the fault and storage tests."""
+"""Helpers shared by several test modules: hostile keys, draining a policy."""
 
 from __future__ import annotations
+
+from collections.abc import Hashable
+
+from spillkit.policies import Policy
 
 
 class ConstRepr:
@@ -17,3 +21,12 @@ class ConstRepr:
 
     def __hash__(self) -> int:
         return hash(("ConstRepr", self.n))
+
+
+def drain(policy: Policy) -> list[Hashable]:
+    """Spill every key the policy holds, in the order it offers them."""
+    order = []
+    while len(policy):
+        order.append(policy.victim())
+        policy.evicted(order[-1])
+    return order
