@@ -18,6 +18,7 @@ from .errors import SpillError, SpillWarning
 from .events import Listener
 from .manifest import MANIFEST_NAME, ManifestEntry, read_manifest, write_manifest
 from .policies import Policy, make_policy
+from .security import check_directory, load_or_create_key, process_secret
 from .sizeof import default_sizeof
 from .sizes import parse_bytes
 from .stats import Stats
@@ -65,6 +66,10 @@ class Chest(MutableMapping[Hashable, Any]):
         :class:`~spillkit.errors.DiskQuotaExceeded` and stores nothing.
     codec : Codec, optional
         A codec object instead of ``dump``/``load``.
+    allow_insecure_path : bool, optional
+        Use a ``path`` owned by another user or writable by everyone, and a key
+        file readable by others (refused by default: whoever can write there
+        could make this process load a pickle of their choosing).
 
     Notes
     -----
@@ -76,7 +81,10 @@ class Chest(MutableMapping[Hashable, Any]):
     put raises and stores nothing. A failed disk write leaves the value in
     memory; memory may exceed the budget until writes work. A damaged spill
     file raises :class:`~spillkit.errors.CorruptSpillFile` naming the key and is
-    never unpickled. No failure loses another key's value.
+    never unpickled. Files are authenticated (HMAC-SHA256 of the header and
+    pickle stream): a file written by anyone without this Chest's secret (a
+    per-process secret, or ``path/.spillkit-key`` made 0600 for a persistent
+    Chest) is refused the same way. No failure loses another key's value.
 
     Examples
     --------
@@ -109,6 +117,7 @@ class Chest(MutableMapping[Hashable, Any]):
         available_disk: int | float | str | None = None,
         *,
         codec: Codec | None = None,
+        allow_insecure_path: bool = False,
     ) -> None:
         budget = DEFAULT_AVAILABLE_MEMORY if available_memory is None else parse_bytes(available_memory)
         disk_cap = None if available_disk is None else parse_bytes(available_disk)
@@ -130,7 +139,14 @@ class Chest(MutableMapping[Hashable, Any]):
             os.makedirs(self._path, mode=0o700, exist_ok=True)
             self._finalizer = None
         self._owner_pid = os.getpid()
-        self._store = DiskStore(self._path, codec, disk_cap)
+        if self._temporary:
+            secret = process_secret()
+        else:
+            if not allow_insecure_path:
+                check_directory(self._path)
+            secret = load_or_create_key(self._path, check=not allow_insecure_path)
+        self._secret = secret
+        self._store = DiskStore(self._path, codec, disk_cap, secret)
         self._engine = SpillEngine(self._store, chosen, budget, sizeof or default_sizeof())
         if not self._temporary:
             self._reopen()
@@ -289,10 +305,12 @@ class Chest(MutableMapping[Hashable, Any]):
             failures = self._engine.write_all()
             engine, store = self._engine, self._store
             entries = [
-                ManifestEntry(key, name, store.file_bytes(key), engine.nbytes(key), engine.given_cost(key))
+                ManifestEntry(
+                    key, name, store.file_bytes(key), engine.nbytes(key), engine.given_cost(key), store.tag(key)
+                )
                 for key, name in store.names().items()
             ]
-            write_manifest(self._path, entries)
+            write_manifest(self._path, entries, self._secret)
         if failures:
             keys = ", ".join(repr(k) for k, _ in failures[:5])
             raise SpillError(f"flush could not write {len(failures)} value(s), keys {keys}") from failures[0][1]
@@ -301,14 +319,14 @@ class Chest(MutableMapping[Hashable, Any]):
         for name in os.listdir(self._path):
             if name.startswith((".tmp-", MANIFEST_NAME + ".tmp-")):
                 os.unlink(os.path.join(self._path, name))  # a write that never completed
-        entries = read_manifest(self._path) or []
+        entries = read_manifest(self._path, self._secret) or []
         for entry in entries:
             if not os.path.exists(os.path.join(self._path, entry.name)):
                 warnings.warn(
                     f"spill file for key {entry.key!r} is missing; the key is skipped", SpillWarning, stacklevel=3
                 )
                 continue
-            self._store.adopt(entry.key, entry.name, entry.file_bytes)
+            self._store.adopt(entry.key, entry.name, entry.file_bytes, entry.tag)
             self._engine.restore(entry.key, entry.nbytes, entry.cost)
 
     def _check_open(self) -> None:
