@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import hmac
 import itertools
 import os
-import struct
 import warnings
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
@@ -15,27 +13,11 @@ from typing import Any
 from .codecs import Codec
 from .errors import CorruptSpillFile, DiskQuotaExceeded, SpillWarning
 from .naming import candidate_name
-from .security import process_secret, sign
-
-try:  # the same CRC-32 as zlib's (files are interchangeable), about 13x faster
-    from isal.isal_zlib import crc32
-except ImportError:  # pragma: no cover - depends on the optional "fast" extra
-    from zlib import crc32
+from .security import process_secret
+from .spillfile import RecordError, encode_header, open_record
 
 __all__ = ["DiskStore", "PreparedWrite"]
 
-# magic, version, name length, body length, CRC-32 of the body, length of the body's signed
-# prefix, HMAC-SHA256; then the file name (so a file moved into another key's place is
-# recognised), padded to 64 bytes so that out-of-band array buffers stay aligned. The HMAC covers
-# the fixed fields, the name and the signed prefix: for pickles that is the stream, the part that
-# runs code when loaded. Out-of-band array buffers are data, covered by the CRC only (an HMAC
-# over every byte would cost more than writing them: 1.2 GB/s here against 2.4 GB/s of writes).
-_FIXED = struct.Struct("<4sBxHQIQ")
-_MAC_BYTES = 32
-_HEADER_SIZE = _FIXED.size + _MAC_BYTES
-_MAGIC = b"SPK\x00"
-_VERSION = 2
-_PAD = 64
 _FREE: Any = object()
 
 
@@ -184,21 +166,7 @@ class DiskStore:
         quota is checked here against a possibly stale total and again at commit.
         """
         frames = list(self.codec.encode(value))  # serialization errors surface here, before any I/O
-        signed_frames = getattr(self.codec, "signed_frames", None)
-        signed_count = len(frames) if signed_frames is None else signed_frames(frames)
-        body_len = 0
-        signed_len = 0
-        crc = 0
-        for index, frame in enumerate(frames):
-            crc = crc32(frame, crc)
-            body_len += memoryview(frame).nbytes
-            if index < signed_count:
-                signed_len += memoryview(frame).nbytes
-        encoded_name = name.encode("utf-8")
-        fixed = _FIXED.pack(_MAGIC, _VERSION, len(encoded_name), body_len, crc, signed_len)
-        tag = sign(self.secret, fixed, encoded_name, *frames[:signed_count])
-        header = fixed + tag + encoded_name
-        header += bytes(-len(header) % _PAD)
+        header, body_len, tag = encode_header(name, frames, self.codec, self.secret)
         size = len(header) + body_len
         self._check_quota(key, size)
         temp = os.path.join(self.path, f".tmp-{os.getpid()}-{next(self._temp_counter)}")
@@ -273,32 +241,12 @@ class DiskStore:
                 grew = got == size and bool(file.read(1))  # bytes appended after the write
         except FileNotFoundError:
             raise CorruptSpillFile(key, full, "the file is missing") from None
-        if got < _HEADER_SIZE:
-            raise CorruptSpillFile(key, full, "the file is truncated")
         if grew:
             raise CorruptSpillFile(key, full, "the file is longer than what was written")
-        magic, version, name_len, body_len, crc, signed_len = _FIXED.unpack_from(data, 0)
-        if magic != _MAGIC or version != _VERSION:
-            raise CorruptSpillFile(key, full, "not a spillkit spill file of this version")
-        encoded_name = bytes(data[_HEADER_SIZE : _HEADER_SIZE + name_len])
-        if encoded_name != name.encode("utf-8"):
-            raise CorruptSpillFile(key, full, f"the file belongs to {encoded_name.decode('utf-8', 'replace')!r}")
-        start = _HEADER_SIZE + name_len
-        start += -start % _PAD
-        if got != start + body_len or signed_len > body_len:
-            raise CorruptSpillFile(key, full, f"expected {start + body_len} bytes, found {got}")
-        body = view[start:]
-        if crc32(body) != crc:
-            raise CorruptSpillFile(key, full, "checksum mismatch")
-        tag = bytes(data[_FIXED.size : _HEADER_SIZE])
-        expected = sign(self.secret, view[: _FIXED.size], encoded_name, body[:signed_len])
-        if not hmac.compare_digest(tag, expected):
-            raise CorruptSpillFile(
-                key, full, "authentication failed: the file was not written by this Chest (tampered or foreign)"
-            )
-        known = self._tags.get(key)
-        if known is not None and not hmac.compare_digest(tag, known):
-            raise CorruptSpillFile(key, full, "the file is an older or other version of this key's value")
+        try:
+            body = open_record(view[:got], name, self.secret, self._tags.get(key))
+        except RecordError as error:
+            raise CorruptSpillFile(key, full, str(error)) from None
         return self.codec.decode(body)
 
     def delete(self, key: Hashable) -> None:

@@ -70,8 +70,8 @@ def test_the_signed_prefix_covers_the_pickle_stream_not_the_array_buffers(tmp_pa
     data = bytearray(Path(store.filename("a")).read_bytes())
     # Flip a byte in the pickle stream (after the 64-byte header and the codec's table): the
     # "attacker" fixes up the CRC, the HMAC still refuses it.
-    from spillkit.storage import _FIXED
-    from spillkit.storage import crc32 as file_crc
+    from spillkit.spillfile import _FIXED
+    from spillkit.spillfile import crc32 as file_crc
 
     magic, version, name_len, body_len, _crc, signed_len = _FIXED.unpack_from(data, 0)
     body_start = 64  # 28 fixed bytes, 32 of HMAC, the 1-byte name "a", padding
