@@ -19,10 +19,10 @@ from .events import Listener
 from .manifest import MANIFEST_NAME, ManifestEntry, read_manifest, write_manifest
 from .policies import Policy, make_policy
 from .security import check_directory, load_or_create_key, process_secret
+from .segments import DEFAULT_PACK_THRESHOLD, PackedStore
 from .sizeof import default_sizeof
 from .sizes import parse_bytes
 from .stats import Stats
-from .storage import DiskStore
 
 __all__ = ["Chest"]
 
@@ -70,6 +70,11 @@ class Chest(MutableMapping[Hashable, Any]):
         Use a ``path`` owned by another user or writable by everyone, and a key
         file readable by others (refused by default: whoever can write there
         could make this process load a pickle of their choosing).
+    pack_threshold : int, float or str, optional
+        Values whose spill record is smaller than this (default 64 KiB) are
+        appended to shared segment files instead of getting a file each, so a
+        million small values make a handful of files; ``0`` gives every value
+        its own file. See :class:`~spillkit.segments.PackedStore`.
 
     Notes
     -----
@@ -98,8 +103,8 @@ class Chest(MutableMapping[Hashable, Any]):
     ['one', 'three', 'two']
     >>> dict(d.inmem)                     # we keep some data in memory
     {'three': 3}
-    >>> sorted(os.listdir(d.path))        # while the rest lives on disk
-    ['one', 'two']
+    >>> sorted(os.listdir(d.path))        # the rest is on disk: small values share a segment file
+    ['.spillkit-seg-000001']
     >>> d['one']
     1
     >>> d.close()
@@ -118,6 +123,7 @@ class Chest(MutableMapping[Hashable, Any]):
         *,
         codec: Codec | None = None,
         allow_insecure_path: bool = False,
+        pack_threshold: int | float | str | None = None,
     ) -> None:
         budget = DEFAULT_AVAILABLE_MEMORY if available_memory is None else parse_bytes(available_memory)
         disk_cap = None if available_disk is None else parse_bytes(available_disk)
@@ -146,7 +152,8 @@ class Chest(MutableMapping[Hashable, Any]):
                 check_directory(self._path)
             secret = load_or_create_key(self._path, check=not allow_insecure_path)
         self._secret = secret
-        self._store = DiskStore(self._path, codec, disk_cap, secret)
+        pack = DEFAULT_PACK_THRESHOLD if pack_threshold is None else parse_bytes(pack_threshold)
+        self._store = PackedStore(self._path, codec, disk_cap, secret, pack_threshold=pack)
         self._engine = SpillEngine(self._store, chosen, budget, sizeof or default_sizeof())
         if not self._temporary:
             self._reopen()
@@ -306,11 +313,18 @@ class Chest(MutableMapping[Hashable, Any]):
             engine, store = self._engine, self._store
             entries = [
                 ManifestEntry(
-                    key, name, store.file_bytes(key), engine.nbytes(key), engine.given_cost(key), store.tag(key)
+                    key,
+                    name,
+                    store.file_bytes(key),
+                    engine.nbytes(key),
+                    engine.given_cost(key),
+                    store.tag(key),
+                    *store.location(key),
                 )
                 for key, name in store.names().items()
             ]
             write_manifest(self._path, entries, self._secret)
+            store.checkpoint()  # segments only the previous manifest needed can go now
         if failures:
             keys = ", ".join(repr(k) for k, _ in failures[:5])
             raise SpillError(f"flush could not write {len(failures)} value(s), keys {keys}") from failures[0][1]
@@ -321,13 +335,15 @@ class Chest(MutableMapping[Hashable, Any]):
                 os.unlink(os.path.join(self._path, name))  # a write that never completed
         entries = read_manifest(self._path, self._secret) or []
         for entry in entries:
-            if not os.path.exists(os.path.join(self._path, entry.name)):
+            try:
+                self._store.adopt(entry.key, entry.name, entry.file_bytes, entry.tag, entry.segment, entry.offset)
+            except FileNotFoundError:
                 warnings.warn(
                     f"spill file for key {entry.key!r} is missing; the key is skipped", SpillWarning, stacklevel=3
                 )
                 continue
-            self._store.adopt(entry.key, entry.name, entry.file_bytes, entry.tag)
             self._engine.restore(entry.key, entry.nbytes, entry.cost)
+        self._store.remove_unreferenced()  # segments a crash left after the last flush
 
     def _check_open(self) -> None:
         if self._engine.closed:
@@ -349,6 +365,7 @@ class Chest(MutableMapping[Hashable, Any]):
         finally:
             # Closed even when a value could not be written: the flush error names those keys.
             self._engine.close()
+            self._store.close()
 
     def drop(self) -> None:
         """Delete every value and the directory; the Chest is closed afterwards."""
@@ -361,6 +378,7 @@ class Chest(MutableMapping[Hashable, Any]):
                 return
             self._engine.clear()
             self._engine.close()
+            self._store.close()
             if self._finalizer is not None:
                 self._finalizer()
             else:

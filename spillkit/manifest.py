@@ -27,7 +27,10 @@ _MAGIC = b"SPKMAN02"
 
 @dataclass(frozen=True, slots=True)
 class ManifestEntry:
-    """One key as the last flush left it: its file, file size, memory size and cost."""
+    """One key as the last flush left it: its file (or segment and offset), record size, memory size and cost.
+
+    Rows of older manifests (without segment and offset) still load: they are files.
+    """
 
     key: Hashable
     name: str
@@ -35,11 +38,13 @@ class ManifestEntry:
     nbytes: int
     cost: float | None
     tag: bytes | None = None  # the HMAC of the file's header, so an older file of the key is refused
+    segment: str | None = None  # a packed record: the segment file that holds it (``name`` is the record's)
+    offset: int = 0  # ... and where in that file it starts
 
 
 def write_manifest(path: str, entries: list[ManifestEntry], secret: bytes) -> None:
     """Atomically replace the manifest in ``path`` (signed with ``secret``); fsync it and the directory."""
-    rows = [(e.key, e.name, e.file_bytes, e.nbytes, e.cost, e.tag) for e in entries]
+    rows = [(e.key, e.name, e.file_bytes, e.nbytes, e.cost, e.tag, e.segment, e.offset) for e in entries]
     try:
         body = pickle.dumps(rows, protocol=5)
     except (pickle.PicklingError, AttributeError, TypeError):

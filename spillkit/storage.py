@@ -71,7 +71,7 @@ class DiskStore:
     >>> from spillkit.codecs import PickleCodec
     >>> store = DiskStore(tempfile.mkdtemp(), PickleCodec())
     >>> store.write("one", 1)
-    110
+    81
     >>> store.read("one")
     1
     """
@@ -134,6 +134,10 @@ class DiskStore:
         entry[1] += 1
         return name
 
+    def release(self, name: str) -> None:
+        """Give back a name held by :meth:`reserve` that no write will use (a packed store stored the value)."""
+        self._unreserve(name)
+
     def _unreserve(self, name: str) -> None:
         entry = self._reserved[name.casefold()]
         entry[1] -= 1
@@ -165,7 +169,10 @@ class DiskStore:
         Touches no shared state, so it may run without the engine's lock. The
         quota is checked here against a possibly stale total and again at commit.
         """
-        frames = list(self.codec.encode(value))  # serialization errors surface here, before any I/O
+        return self.prepare_frames(key, list(self.codec.encode(value)), name)  # errors surface before any I/O
+
+    def prepare_frames(self, key: Hashable, frames: list[Any], name: str) -> PreparedWrite:
+        """:meth:`prepare` for a value already encoded into ``frames`` (a packed store decides by size first)."""
         header, body_len, tag = encode_header(name, frames, self.codec, self.secret)
         size = len(header) + body_len
         self._check_quota(key, size)

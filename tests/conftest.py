@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import assert_disk_files
 
 import spillkit
 from spillkit import Chest
 
 ChestFactory = Callable[..., Chest]
-
-
-def spill_files(path: str) -> dict[str, int]:
-    """Spill files in ``path`` (names not starting with '.') and their sizes on disk."""
-    return {name: os.path.getsize(os.path.join(path, name)) for name in os.listdir(path) if not name.startswith(".")}
 
 
 def resident_bytes(inmem: Mapping[Hashable, Any], size_of: Callable[[Hashable, Any], int]) -> int:
@@ -32,10 +27,8 @@ def assert_accounting(chest: Chest) -> None:
     """Memory and disk byte counters equal what is really held; every key is in memory or on disk."""
     sizeof = chest.engine.sizeof
     assert chest.memory_bytes == resident_bytes(chest.inmem, lambda _key, value: sizeof(value))
-    files = spill_files(chest.path)
-    assert chest.disk_bytes == sum(files.values())
+    assert_disk_files(chest)
     on_disk = set(chest._store)
-    assert len(files) == len(on_disk)
     assert set(chest.inmem) | on_disk == set(chest)
     assert set(chest.engine.spilled_keys).isdisjoint(chest.inmem)
     nbytes = chest.engine.nbytes

@@ -1,10 +1,13 @@
-"""Helpers shared by several test modules: hostile keys, draining a policy."""
+"""Helpers shared by several test modules: hostile keys, draining a policy, the files a Chest spilled."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Hashable
 
+from spillkit import Chest
 from spillkit.policies import Policy
+from spillkit.segfiles import is_segment_name
 
 
 class ConstRepr:
@@ -30,3 +33,24 @@ def drain(policy: Policy) -> list[Hashable]:
         order.append(policy.victim())
         policy.evicted(order[-1])
     return order
+
+
+def disk_files(path: str | os.PathLike[str]) -> dict[str, int]:
+    """Every file a Chest spills into under ``path``, with its size: one per value that has a
+    file of its own (names never start with '.'), plus the segment files packed values share."""
+    return {
+        name: os.path.getsize(os.path.join(path, name))
+        for name in os.listdir(path)
+        if not name.startswith(".") or is_segment_name(name)
+    }
+
+
+def assert_disk_files(chest: Chest) -> None:
+    """``disk_bytes`` is exactly the size of those files; each key not packed has a file, and the
+    segment files on disk are exactly the ones the store keeps."""
+    files = disk_files(chest.path)
+    assert chest.disk_bytes == sum(files.values())
+    store = chest._store
+    segments = {name for name in files if is_segment_name(name)}
+    assert segments == set(store.segment_files())
+    assert len(files) - len(segments) == sum(store.location(key)[0] is None for key in store)

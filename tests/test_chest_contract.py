@@ -13,6 +13,7 @@ import cachetools
 import cachetools.keys
 import numpy as np
 import pytest
+from helpers import disk_files
 
 import spillkit
 from spillkit import Chest, Event, SpillError
@@ -34,8 +35,7 @@ def fill(chest: Chest, data: dict[Hashable, Any]) -> None:
         chest[key] = value
 
 
-def spill_files(path: str | os.PathLike[str]) -> dict[str, int]:
-    return {name: os.path.getsize(os.path.join(path, name)) for name in os.listdir(path) if not name.startswith(".")}
+spill_files = disk_files  # files of their own and shared segment files, with their sizes
 
 
 def same(a: Any, b: Any) -> bool:
@@ -274,7 +274,7 @@ class TestMappingContract:
 
 
 def test_seed_example_from_the_original_chest() -> None:
-    d = Chest(available_memory=40)  # room for one Python integer
+    d = Chest(available_memory=40, pack_threshold=0)  # room for one Python integer; a file per value, as then
     try:
         d["one"] = 1
         d["two"] = 2

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import ConstRepr
+from helpers import ConstRepr, assert_disk_files, disk_files
 
 import spillkit
 import spillkit.storage
@@ -52,7 +52,8 @@ def payload(i: int, n: int = 50) -> bytes:
 
 
 def spill_files(path: str) -> dict[str, int]:
-    return {n: os.path.getsize(os.path.join(path, n)) for n in os.listdir(path) if not n.startswith(".")}
+    """Files of their own and shared segment files, with their sizes."""
+    return disk_files(path)
 
 
 def temp_files(path: str) -> list[str]:
@@ -64,10 +65,8 @@ def assert_accounting(chest: Chest) -> None:
     sizeof = chest.engine.sizeof
     by_id = {id(v): int(sizeof(v)) for v in chest.inmem.values()}
     assert chest.memory_bytes == sum(by_id.values())
-    files = spill_files(chest.path)
-    assert chest.disk_bytes == sum(files.values())
+    assert_disk_files(chest)
     on_disk = set(chest._store)
-    assert len(files) == len(on_disk)
     assert set(chest.inmem) | on_disk == set(chest)
     assert temp_files(chest.path) == []
 
@@ -81,11 +80,16 @@ def assert_values(chest: Chest, expected: dict[Hashable, Any]) -> None:
 
 @pytest.fixture
 def make_chest(tmp_path: Path) -> Iterator[Callable[..., Chest]]:
-    """Chests in their own directories under tmp_path, closed (dropped) at teardown."""
+    """Chests in their own directories under tmp_path, closed (dropped) at teardown.
+
+    One file per value unless a test says otherwise: these faults are injected into, and
+    damage, a value's own file; tests/test_segments.py does the same to packed records.
+    """
     made: list[Chest] = []
 
     def make(**kwargs: Any) -> Chest:
         kwargs.setdefault("path", tmp_path / f"chest-{len(made)}")
+        kwargs.setdefault("pack_threshold", 0)
         kwargs.setdefault("available_memory", 2.5 * UNIT)
         kwargs.setdefault("sizeof", unit_sizeof)
         chest = Chest(**kwargs)
@@ -403,9 +407,12 @@ def test_disk_failure_on_direct_write_raises_and_keeps_the_old_value(
 # ---- 5. available_disk ---------------------------------------------------------------------
 
 
-def test_disk_quota_refuses_the_put_and_keeps_everything_else(make_chest: Callable[..., Chest]) -> None:
+@pytest.mark.parametrize("pack_threshold", [0, 64 * 1024], ids=["files", "packed"])
+def test_disk_quota_refuses_the_put_and_keeps_everything_else(
+    make_chest: Callable[..., Chest], pack_threshold: int
+) -> None:
     cap = 1000
-    chest = make_chest(sizeof=len_sizeof, available_disk=cap)
+    chest = make_chest(sizeof=len_sizeof, available_disk=cap, pack_threshold=pack_threshold)
     expected: dict[Hashable, Any] = {}
     for i in range(50):
         key, value = f"k{i}", payload(i, UNIT)
@@ -456,8 +463,11 @@ def test_disk_quota_refuses_the_put_and_keeps_everything_else(make_chest: Callab
     assert_values(chest, expected)
 
 
-def test_disk_quota_on_read_serves_the_value_without_losing_any(make_chest: Callable[..., Chest]) -> None:
-    chest = make_chest(sizeof=len_sizeof, available_disk=1000)
+@pytest.mark.parametrize("pack_threshold", [0, 64 * 1024], ids=["files", "packed"])
+def test_disk_quota_on_read_serves_the_value_without_losing_any(
+    make_chest: Callable[..., Chest], pack_threshold: int
+) -> None:
+    chest = make_chest(sizeof=len_sizeof, available_disk=1000, pack_threshold=pack_threshold)
     expected: dict[Hashable, Any] = {}
     with pytest.raises(DiskQuotaExceeded):
         for i in range(50):
@@ -526,7 +536,7 @@ def test_hostile_keys_stay_inside_the_directory_and_never_share_a_file(tmp_path:
     assert len(set(keys)) == len(keys)
     expected = {key: ("value", i) for i, key in enumerate(keys)}
     path = tmp_path / "chest"
-    chest = Chest(path=path, available_memory=UNIT, sizeof=unit_sizeof)  # one value in memory at a time
+    chest = Chest(path=path, available_memory=UNIT, sizeof=unit_sizeof, pack_threshold=0)  # one value in memory
     for key, value in expected.items():
         chest[key] = value
     assert len(chest.inmem) == 1

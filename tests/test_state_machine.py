@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import assert_disk_files
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -86,13 +87,23 @@ class ChestMachine(RuleBasedStateMachine):
         self.chest: Chest | None = None
         self.policy = ""
         self.budget = 0
+        self.pack_threshold = 0
 
     def open(self) -> Chest:
-        return Chest(path=self.path, available_memory=self.budget, policy=self.policy)
+        chest = Chest(
+            path=self.path, available_memory=self.budget, policy=self.policy, pack_threshold=self.pack_threshold
+        )
+        chest._store.segment_bytes = 2048  # a few records per segment: rotation and compaction happen in a run
+        return chest
 
-    @initialize(policy=st.sampled_from(spillkit.policy_names()), budget=st.sampled_from([40, 100, 200, 400]))
-    def start(self, policy: str, budget: int) -> None:
-        self.policy, self.budget = policy, budget
+    @initialize(
+        policy=st.sampled_from(spillkit.policy_names()),
+        budget=st.sampled_from([40, 100, 200, 400]),
+        # one file per value, or small values packed into segments
+        pack_threshold=st.sampled_from([0, 64 * 1024]),
+    )
+    def start(self, policy: str, budget: int, pack_threshold: int) -> None:
+        self.policy, self.budget, self.pack_threshold = policy, budget, pack_threshold
         self.chest = self.open()
 
     def teardown(self) -> None:
@@ -273,9 +284,7 @@ class ChestMachine(RuleBasedStateMachine):
             assert chest.memory_bytes <= chest.available_memory + sum(unpicklable.values())
         assert all(isinstance(model[key], Unpicklable) for key in chest.engine.unspillable_keys)
 
-        files = [name for name in os.listdir(chest.path) if not name.startswith(".")]
-        assert len(files) == len(on_disk)
-        assert chest.disk_bytes == sum(os.path.getsize(os.path.join(chest.path, name)) for name in files)
+        assert_disk_files(chest)
 
 
 ChestMachine.TestCase.settings = settings(

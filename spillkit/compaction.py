@@ -1,0 +1,213 @@
+"""The segment bookkeeping of a packed store: where each record lives, rotation, compaction.
+
+Separate from :mod:`spillkit.segments` (which encodes, checks and reads
+records) so that each stays small. Everything here runs under the engine's
+lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+from .errors import SpillWarning
+from .segfiles import Segment, append, create_segment, read_at
+
+__all__ = ["Compactor", "Place"]
+
+_WINDOW = 4 * 1024 * 1024  # compaction reads and writes live records in runs of about this many bytes
+
+
+@dataclass(slots=True)
+class Place:
+    """Where one key's record lives: segment, offset, length, HMAC tag and the name inside it."""
+
+    segment: Segment
+    offset: int
+    length: int
+    tag: bytes
+    name: str
+
+
+class Compactor:
+    """Segments, the key -> record index, and the compaction that reclaims dead records.
+
+    Compaction copies a segment's live records, unchanged (a record does not
+    depend on where it lies), to the active segment, repoints the index, and
+    drops the segment: unlinked at once when no manifest points into it,
+    otherwise (pinned) kept until :meth:`checkpoint` says a newer manifest is
+    durable. Not thread-safe.
+    """
+
+    path: str
+
+    def __init__(self, segment_bytes: int, compact_ratio: float) -> None:
+        if segment_bytes <= 0 or not 0 < compact_ratio < 1:
+            raise ValueError(f"need segment_bytes > 0 and 0 < compact_ratio < 1, got {segment_bytes}, {compact_ratio}")
+        self.segment_bytes = segment_bytes
+        self.compact_ratio = compact_ratio
+        self.compactions = 0  # segments compacted so far (for tests and benchmarks)
+        self._places: dict[Hashable, Place] = {}
+        self._segments: dict[str, Segment] = {}  # every segment with live records, and the active one
+        self._retired: list[Segment] = []  # pinned segments with nothing live: unlinked at the next checkpoint
+        self._candidates: dict[str, Segment] = {}  # sealed segments whose dead share grew since last looked at
+        self._active: Segment | None = None
+        self._next_number = 1
+        self._segment_total = 0  # bytes of every segment file kept, dead records and retired files included
+        self._live_bytes = 0  # bytes of the records some key points at
+
+    def _count(self) -> None:
+        raise NotImplementedError
+
+    # ---- the index ------------------------------------------------------------------------
+    def _place(self, key: Hashable, place: Place) -> None:
+        self._places[key] = place
+        segment = place.segment
+        segment.live += place.length
+        segment.keys.add(key)
+        self._live_bytes += place.length
+
+    def _forget(self, key: Hashable) -> None:
+        place = self._places.pop(key, None)
+        if place is None:
+            return
+        segment = place.segment
+        segment.live -= place.length
+        segment.keys.discard(key)
+        self._live_bytes -= place.length
+        if segment is not self._active or not segment.live:  # an empty active segment goes too: no file left
+            self._candidates[segment.name] = segment
+
+    # ---- appending ------------------------------------------------------------------------
+    def _writable(self, size: int) -> Segment:
+        """The active segment, or a new one when it is full, damaged or a forked parent's."""
+        segment = self._active
+        if segment is not None and (
+            not segment.appendable
+            or segment.pid != os.getpid()
+            or (segment.size and segment.size + size > self.segment_bytes)
+        ):
+            self._active = None
+            self._candidates[segment.name] = segment
+            segment = None
+        if segment is None:
+            segment, self._next_number = create_segment(self.path, self._next_number)
+            self._segments[segment.name] = self._active = segment
+        return segment
+
+    def _append(self, segment: Segment, data: bytes) -> int:
+        before = segment.size
+        try:
+            return append(segment, data)
+        finally:
+            self._segment_total += segment.size - before
+
+    # ---- compaction -----------------------------------------------------------------------
+    def _mostly_dead(self, segment: Segment) -> bool:
+        return segment.dead > self.compact_ratio * segment.size
+
+    def _maintain(self) -> None:
+        """Drop segments with nothing live; compact unpinned ones that are mostly dead. Never raises OSError."""
+        try:
+            while self._candidates:
+                name, segment = self._candidates.popitem()
+                if self._segments.get(name) is not segment:
+                    continue
+                if not segment.live:
+                    self._drop(segment)
+                elif segment is not self._active and not segment.pinned and self._mostly_dead(segment):
+                    self._compact(segment)
+        except OSError as error:
+            warnings.warn(f"compaction failed, records stay where they are: {error!r}", SpillWarning, stacklevel=3)
+        finally:
+            self._count()
+
+    def _compact_pinned(self) -> None:
+        """Compact mostly-dead segments the last manifest points into (a flush is about to replace it)."""
+        try:
+            for segment in list(self._segments.values()):
+                if segment.pinned and segment is not self._active and segment.live and self._mostly_dead(segment):
+                    self._compact(segment)
+        except OSError as error:
+            warnings.warn(f"compaction failed, records stay where they are: {error!r}", SpillWarning, stacklevel=3)
+        finally:
+            self._count()
+
+    def _reclaim(self) -> None:
+        """Compact every unpinned segment holding dead records, the active one included (quota pressure)."""
+        active = self._active
+        if active is not None and not active.pinned and active.dead:
+            self._active = None  # sealed, so that it can be compacted like the others
+        try:
+            for segment in sorted(self._segments.values(), key=lambda s: -s.dead):
+                if segment.pinned or not segment.dead or segment is self._active:
+                    continue
+                if segment.name in self._segments:
+                    self._compact(segment)
+        except OSError as error:
+            warnings.warn(f"compaction failed, records stay where they are: {error!r}", SpillWarning, stacklevel=3)
+        finally:
+            self._count()
+
+    def _compact(self, segment: Segment) -> None:
+        """Copy the segment's live records to the active segment, then drop it if nothing live is left."""
+        order = sorted(segment.keys, key=lambda key: self._places[key].offset)
+        start = 0
+        while start < len(order):
+            first = self._places[order[start]].offset
+            stop = start + 1
+            while stop < len(order):
+                place = self._places[order[stop]]
+                if place.offset + place.length - first > _WINDOW:
+                    break
+                stop += 1
+            last = self._places[order[stop - 1]]
+            data = memoryview(read_at(segment, first, last.offset + last.length - first))
+            run = []
+            for key in order[start:stop]:
+                place = self._places[key]
+                record = data[place.offset - first : place.offset - first + place.length]
+                if len(record) == place.length:  # a record cut off by truncation stays (its read will say so)
+                    run.append((key, record))
+            self._move(run)
+            start = stop
+        self.compactions += 1
+        if not segment.live:
+            self._drop(segment)
+
+    def _move(self, run: list[tuple[Hashable, memoryview]]) -> None:
+        """Append records (in as few writes as fit each target segment) and repoint their keys."""
+        index = 0
+        while index < len(run):
+            target = self._writable(len(run[index][1]))
+            room = self.segment_bytes - target.size
+            end, total = index + 1, len(run[index][1])
+            while end < len(run) and total + len(run[end][1]) <= room:
+                total += len(run[end][1])
+                end += 1
+            offset = self._append(target, b"".join(record for _, record in run[index:end]))
+            for key, record in run[index:end]:
+                old = self._places[key]
+                self._forget(key)
+                self._place(key, Place(target, offset, old.length, old.tag, old.name))
+                offset += len(record)
+            index = end
+
+    def _drop(self, segment: Segment) -> None:
+        """Stop using a segment with nothing live: unlink it, or keep it until the next checkpoint if pinned."""
+        if segment.pinned:
+            self._retired.append(segment)
+        elif segment.pid == os.getpid():  # a forked child leaves its parent's files alone
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.path, segment.name))
+            self._segment_total -= segment.size
+        else:
+            self._segment_total -= segment.size
+        del self._segments[segment.name]
+        self._candidates.pop(segment.name, None)
+        if segment is self._active:
+            self._active = None
+        segment.close()
