@@ -127,6 +127,7 @@ class Chest(MutableMapping[Hashable, Any]):
     ) -> None:
         budget = DEFAULT_AVAILABLE_MEMORY if available_memory is None else parse_bytes(available_memory)
         disk_cap = None if available_disk is None else parse_bytes(available_disk)
+        pack = DEFAULT_PACK_THRESHOLD if pack_threshold is None else parse_bytes(pack_threshold)
         if (dump is None) != (load is None):
             raise TypeError("give both dump and load, or neither")
         if codec is None:
@@ -152,7 +153,6 @@ class Chest(MutableMapping[Hashable, Any]):
                 check_directory(self._path)
             secret = load_or_create_key(self._path, check=not allow_insecure_path)
         self._secret = secret
-        pack = DEFAULT_PACK_THRESHOLD if pack_threshold is None else parse_bytes(pack_threshold)
         self._store = PackedStore(self._path, codec, disk_cap, secret, pack_threshold=pack)
         self._engine = SpillEngine(self._store, chosen, budget, sizeof or default_sizeof())
         if not self._temporary:

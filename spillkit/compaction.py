@@ -45,8 +45,6 @@ class Compactor:
     path: str
 
     def __init__(self, segment_bytes: int, compact_ratio: float) -> None:
-        if segment_bytes <= 0 or not 0 < compact_ratio < 1:
-            raise ValueError(f"need segment_bytes > 0 and 0 < compact_ratio < 1, got {segment_bytes}, {compact_ratio}")
         self.segment_bytes = segment_bytes
         self.compact_ratio = compact_ratio
         self.compactions = 0  # segments compacted so far (for tests and benchmarks)
@@ -58,6 +56,8 @@ class Compactor:
         self._next_number = 1
         self._segment_total = 0  # bytes of every segment file kept, dead records and retired files included
         self._live_bytes = 0  # bytes of the records some key points at
+        if segment_bytes <= 0 or not 0 < compact_ratio < 1:
+            raise ValueError(f"need segment_bytes > 0 and 0 < compact_ratio < 1, got {segment_bytes}, {compact_ratio}")
 
     def _count(self) -> None:
         raise NotImplementedError

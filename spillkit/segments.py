@@ -80,6 +80,8 @@ class PackedStore(Compactor):
         compact_ratio: float = 0.5,
     ) -> None:
         super().__init__(segment_bytes, compact_ratio)
+        if pack_threshold < 0:
+            raise ValueError(f"pack_threshold must be 0 (no packing) or more, got {pack_threshold}")
         self.inner = DiskStore(path, codec, None, secret)  # the quota is checked here, over both
         self.path = path
         self.codec = codec
