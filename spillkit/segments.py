@@ -289,14 +289,18 @@ class PackedStore(Compactor):
 
     def checkpoint(self) -> None:
         """A manifest of the current records is durable: unlink the segments it no longer needs."""
+        kept = []
         for segment in self._retired:
             try:
                 os.unlink(os.path.join(self.path, segment.name))
             except FileNotFoundError:
                 pass
-            except OSError as error:
+            except OSError as error:  # still on disk and counted; tried again at the next checkpoint
                 warnings.warn(f"could not remove segment {segment.name!r}: {error!r}", SpillWarning, stacklevel=2)
-        self._retired.clear()
+                kept.append(segment)
+                continue
+            self._segment_total -= segment.size
+        self._retired = kept
         for segment in self._segments.values():
             segment.pinned = segment.live > 0
         self._count()
