@@ -194,7 +194,8 @@ def test_temporary_chests_use_the_process_secret_and_write_no_key_file() -> None
 
 
 def test_a_forged_pickle_in_a_temporary_chest_is_refused(tmp_path: Path) -> None:
-    chest = Chest(available_memory=100, sizeof=lambda v: 60)
+    # a forged file of its own (a forged record inside a segment: tests/test_segments.py)
+    chest = Chest(available_memory=100, sizeof=lambda v: 60, pack_threshold=0)
     chest.update({"a": "value a", "b": "value b", "c": "value c"})
     spilled = chest.engine.spilled_keys[0]
     target = chest._store.filename(spilled)

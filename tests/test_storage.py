@@ -269,12 +269,13 @@ def test_spill_files_are_0600_whatever_the_umask(tmp_path: Path) -> None:
         assert mode(tmp_path / name) == 0o600, name
 
 
+@pytest.mark.parametrize(("pack_threshold", "files"), [(0, 4), (None, 1)], ids=["a-file-each", "packed"])
 def test_a_temporary_chest_directory_is_0700_and_its_files_0600(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pack_threshold: int | None, files: int
 ) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     with umask(0):
-        chest = Chest(available_memory=100, sizeof=lambda v: 100)
+        chest = Chest(available_memory=100, sizeof=lambda v: 100, pack_threshold=pack_threshold)
         for i in range(4):
             chest[f"k{i}"] = i
         chest.flush()
@@ -283,18 +284,21 @@ def test_a_temporary_chest_directory_is_0700_and_its_files_0600(
         assert mode(chest.path) == 0o700
         names = os.listdir(chest.path)
         assert MANIFEST_NAME in names
-        assert len(names) == 5
+        assert len(names) == files + 1
         for name in names:
             assert mode(os.path.join(chest.path, name)) == 0o600, name
     finally:
         chest.close()
 
 
+@pytest.mark.parametrize(("pack_threshold", "files"), [(0, 4), (None, 1)], ids=["a-file-each", "packed"])
 @pytest.mark.parametrize("nested", [False, True])
-def test_a_new_chest_path_is_created_0700_with_0600_files(tmp_path: Path, nested: bool) -> None:
+def test_a_new_chest_path_is_created_0700_with_0600_files(
+    tmp_path: Path, nested: bool, pack_threshold: int | None, files: int
+) -> None:
     path = tmp_path / "a" / "b" / "chest" if nested else tmp_path / "chest"
     with umask(0):
-        chest = Chest(path=path, available_memory=100, sizeof=lambda v: 100)
+        chest = Chest(path=path, available_memory=100, sizeof=lambda v: 100, pack_threshold=pack_threshold)
         for i in range(4):
             chest[f"k{i}"] = i
         chest.close()
@@ -302,7 +306,7 @@ def test_a_new_chest_path_is_created_0700_with_0600_files(tmp_path: Path, nested
     names = os.listdir(path)
     assert MANIFEST_NAME in names
     assert KEY_FILE_NAME in names
-    assert len(names) == 6
+    assert len(names) == files + 2
     for name in names:
         assert mode(path / name) == 0o600, name
 
