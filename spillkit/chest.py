@@ -376,6 +376,7 @@ class Chest(MutableMapping[Hashable, Any]):
                 # A forked child shares its parent's files: dropping its copy must not delete them.
                 self._engine.close()
                 return
+            self._store.clear()  # at once: deleting key by key would compact segments about to go
             self._engine.clear()
             self._engine.close()
             self._store.close()

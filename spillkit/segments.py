@@ -243,6 +243,14 @@ class PackedStore(Compactor):
             self.inner.delete(key)
             self._count()
 
+    def clear(self) -> None:
+        """Forget every record and remove the files, without compacting on the way (pinned ones wait)."""
+        for key in list(self.inner):
+            self.inner.delete(key)
+        for key in list(self._places):
+            self._forget(key)
+        self._maintain()
+
     # ---- durability ----------------------------------------------------------------------
     def adopt(
         self, key: Hashable, name: str, size: int, tag: bytes | None = None, segment: str | None = None, offset: int = 0
