@@ -232,7 +232,7 @@ class Chest(MutableMapping[Hashable, Any]):
 
     @property
     def disk_bytes(self) -> int:
-        """Bytes of spill files on disk."""
+        """Bytes of spill files on disk (segment files whole: records deleted but not yet compacted count)."""
         return self._store.total_bytes
 
     # ---- dask.distributed's manual-eviction protocol ------------------------------

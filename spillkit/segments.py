@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from collections.abc import Hashable, Iterator
@@ -320,7 +321,8 @@ class PackedStore(Compactor):
         self._active = None
 
     def __del__(self) -> None:
-        self.close()
+        with contextlib.suppress(Exception):  # at interpreter exit ``os`` may already be gone
+            self.close()
 
     def _count(self) -> None:
         self.total_bytes = self.inner.total_bytes + self._segment_total
