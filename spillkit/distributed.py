@@ -82,7 +82,7 @@ def worker_storage(
         without a name; a taken label gets that basename appended.
     **chest_kwargs
         Passed to :class:`~spillkit.chest.Chest` (``dump``/``load``, ``codec``,
-        ``available_disk``, ``sizeof``; default ``sizeof`` is
+        ``available_disk``, ``sizeof``, ``pack_threshold``; default ``sizeof`` is
         ``distributed.sizeof.safe_sizeof``, which never raises).
 
     Returns

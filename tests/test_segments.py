@@ -390,3 +390,12 @@ def test_a_closed_chest_refuses_reads_of_packed_values(tmp_path: Path) -> None:
     chest.close()
     with pytest.raises(SpillError):
         chest["k"]
+
+
+def test_dask_workers_pass_pack_threshold_through(tmp_path: Path) -> None:
+    from spillkit.distributed import worker_storage
+
+    for given, used in [({}, 64 * 1024), ({"pack_threshold": 0}, 0), ({"pack_threshold": "1 MiB"}, 2**20)]:
+        chest = worker_storage(str(tmp_path / str(used)), memory_limit="1 GiB", instrument_metrics=False, **given)
+        assert chest._store.pack_threshold == used
+        chest.drop()
