@@ -326,4 +326,3 @@ class PackedStore(Compactor):
 
     def _count(self) -> None:
         self.total_bytes = self.inner.total_bytes + self._segment_total
-
