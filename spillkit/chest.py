@@ -66,6 +66,15 @@ class Chest(MutableMapping[Hashable, Any]):
         :class:`~spillkit.errors.DiskQuotaExceeded` and stores nothing.
     codec : Codec, optional
         A codec object instead of ``dump``/``load``.
+    write_behind : bool, int or str, optional
+        Write spilled values on a background thread so that a put returns
+        without waiting for pickling and disk. ``True`` caps the bytes of
+        evicted values in flight at twice the largest value (at least an
+        eighth of the budget); a number or ``"64 MiB"`` sets the cap. A value
+        stays readable from memory until its write completes, so memory may
+        exceed the budget by up to the cap; callers wait when it is reached.
+        A failed background write keeps the value in memory (counted, warned
+        about) and never raises into another caller. Default: off.
     allow_insecure_path : bool, optional
         Use a ``path`` owned by another user or writable by everyone, and a key
         file readable by others (refused by default: whoever can write there
@@ -118,6 +127,7 @@ class Chest(MutableMapping[Hashable, Any]):
         *,
         codec: Codec | None = None,
         allow_insecure_path: bool = False,
+        write_behind: bool | int | str = False,
     ) -> None:
         budget = DEFAULT_AVAILABLE_MEMORY if available_memory is None else parse_bytes(available_memory)
         disk_cap = None if available_disk is None else parse_bytes(available_disk)
@@ -147,7 +157,9 @@ class Chest(MutableMapping[Hashable, Any]):
             secret = load_or_create_key(self._path, check=not allow_insecure_path)
         self._secret = secret
         self._store = DiskStore(self._path, codec, disk_cap, secret)
-        self._engine = SpillEngine(self._store, chosen, budget, sizeof or default_sizeof())
+        if write_behind is not True and write_behind is not False:
+            write_behind = parse_bytes(write_behind)
+        self._engine = SpillEngine(self._store, chosen, budget, sizeof or default_sizeof(), write_behind=write_behind)
         if not self._temporary:
             self._reopen()
         chosen._spillkit_bound = True  # type: ignore[attr-defined]
@@ -291,6 +303,10 @@ class Chest(MutableMapping[Hashable, Any]):
     def settle(self) -> None:
         """Spill until memory is within the budget."""
         self._engine.settle()
+
+    def wait_for_writes(self) -> None:
+        """Block until every background write in flight has completed (see ``write_behind``)."""
+        self._engine.wait_for_writes()
 
     def flush(self) -> None:
         """Write every value to disk (keeping memory warm) plus an atomic key manifest.

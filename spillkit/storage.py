@@ -134,7 +134,8 @@ class DiskStore:
         entry[1] += 1
         return name
 
-    def _unreserve(self, name: str) -> None:
+    def unreserve(self, name: str) -> None:
+        """Release a name held by :meth:`reserve` when no write follows."""
         entry = self._reserved[name.casefold()]
         entry[1] -= 1
         if not entry[1]:
@@ -195,7 +196,7 @@ class DiskStore:
         except BaseException:
             self.discard(prepared)
             raise
-        self._unreserve(name)
+        self.unreserve(name)
         old_name = self._names.get(key)
         if old_name is not None and old_name != name:  # only if the key's file was deleted meanwhile
             self._owners.pop(old_name.casefold(), None)
@@ -211,7 +212,7 @@ class DiskStore:
         """Drop a prepared write: remove its temporary file and release its name."""
         with contextlib.suppress(OSError):
             os.unlink(prepared.temp)
-        self._unreserve(prepared.name)
+        self.unreserve(prepared.name)
 
     def write(self, key: Hashable, value: Any) -> int:
         """Serialize ``value`` into the key's file; return the bytes written."""
@@ -219,7 +220,7 @@ class DiskStore:
         try:
             prepared = self.prepare(key, value, name)
         except BaseException:
-            self._unreserve(name)
+            self.unreserve(name)
             raise
         return self.commit(prepared)
 
