@@ -16,7 +16,7 @@ from .codecs import Codec, FuncCodec, PickleCodec
 from .engine import _MISSING, SpillEngine
 from .errors import SpillError, SpillWarning
 from .events import Listener
-from .manifest import MANIFEST_NAME, ManifestEntry, read_manifest, write_manifest
+from .manifest import ManifestEntry, read_manifest, remove_leftovers, write_manifest
 from .policies import Policy, make_policy
 from .sizeof import default_sizeof
 from .sizes import parse_bytes
@@ -279,29 +279,34 @@ class Chest(MutableMapping[Hashable, Any]):
     def flush(self) -> None:
         """Write every value to disk (keeping memory warm) plus an atomic key manifest.
 
-        After ``flush()`` returns, the files and the manifest are fsynced and
-        ``Chest(path=same)`` gives back every key and value. Raises
+        After ``flush()`` returns, the files, the manifest and the directory are
+        fsynced, and ``Chest(path=same)`` gives back exactly the keys and values
+        of this flush, even if the process is killed later before the next one:
+        the files this flush names are never overwritten or removed until the
+        next flush has committed its own manifest (copy-on-write). Raises
         ``SpillError`` naming the keys whose values could not be written; all
-        other values are flushed.
+        other values are flushed. A flush that raises or is interrupted leaves
+        the previous flush's state intact on disk.
         """
         self._check_open()
         with self._engine.lock:
-            failures = self._engine.write_all()
+            failures = self._engine.write_all()  # writes and fsyncs the files, then the directory
             engine, store = self._engine, self._store
             entries = [
                 ManifestEntry(key, name, store.file_bytes(key), engine.nbytes(key), engine.given_cost(key))
                 for key, name in store.names().items()
             ]
-            write_manifest(self._path, entries)
+            write_manifest(self._path, entries)  # the commit point
+            store.protect(entry.name for entry in entries)  # and only now drop what it superseded
         if failures:
             keys = ", ".join(repr(k) for k, _ in failures[:5])
             raise SpillError(f"flush could not write {len(failures)} value(s), keys {keys}") from failures[0][1]
 
     def _reopen(self) -> None:
-        for name in os.listdir(self._path):
-            if name.startswith((".tmp-", MANIFEST_NAME + ".tmp-")):
-                os.unlink(os.path.join(self._path, name))  # a write that never completed
+        # The manifest first: if it is damaged, raise before anything is removed.
         entries = read_manifest(self._path) or []
+        remove_leftovers(self._path, {entry.name for entry in entries})
+        adopted = []
         for entry in entries:
             if not os.path.exists(os.path.join(self._path, entry.name)):
                 warnings.warn(
@@ -310,6 +315,8 @@ class Chest(MutableMapping[Hashable, Any]):
                 continue
             self._store.adopt(entry.key, entry.name, entry.file_bytes)
             self._engine.restore(entry.key, entry.nbytes, entry.cost)
+            adopted.append(entry.name)
+        self._store.protect(adopted)
 
     def _check_open(self) -> None:
         if self._engine.closed:

@@ -6,7 +6,7 @@ import contextlib
 import os
 import struct
 import warnings
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from typing import Any
 
 from .codecs import Codec
@@ -18,7 +18,7 @@ try:  # the same CRC-32 as zlib's (files are interchangeable), about 13x faster
 except ImportError:  # pragma: no cover - depends on the optional "fast" extra
     from zlib import crc32
 
-__all__ = ["DiskStore"]
+__all__ = ["DiskStore", "is_spill_file"]
 
 # magic, version, name length, body length, crc32 of body; then the file name
 # (so a file moved into another key's place is recognised), padded to 64 bytes
@@ -32,6 +32,19 @@ _PAD = 64
 def _header(name: bytes, body_len: int, crc: int) -> bytes:
     raw = _HEADER.pack(_MAGIC, _VERSION, len(name), body_len, crc) + name
     return raw + bytes(-len(raw) % _PAD)
+
+
+def is_spill_file(full: str, name: str) -> bool:
+    """True when ``full`` starts like a spill file written under ``name`` (used to clean up after a crash)."""
+    try:
+        with open(full, "rb") as file:
+            head = file.read(_HEADER.size + len(name.encode("utf-8")))
+    except OSError:
+        return False
+    if len(head) < _HEADER.size:
+        return False
+    magic, _version, name_len, _body, _crc = _HEADER.unpack_from(head, 0)
+    return bool(magic == _MAGIC and head[_HEADER.size : _HEADER.size + name_len] == name.encode("utf-8"))
 
 
 def _write_all(fd: int, frames: list[Any]) -> None:
@@ -59,6 +72,11 @@ class DiskStore:
     (serialization error, ``OSError``, quota) the previous file of the key, if
     any, is untouched and no temporary file is left behind.
 
+    Copy-on-write for crash consistency: files named by :meth:`protect` (those
+    of the last committed manifest) are never replaced or unlinked. A new value
+    for such a key goes to a fresh name; a deleted or superseded protected file
+    stays on disk (and in ``total_bytes``) until the next :meth:`protect` call.
+
     Examples
     --------
     >>> import tempfile
@@ -80,6 +98,10 @@ class DiskStore:
         self._owners: dict[str, Hashable] = {}  # casefolded name -> key: injective even on case-insensitive disks
         self._dirty: set[str] = set()  # names written since the last sync()
         self._temp_counter = 0
+        # Crash consistency (see protect()): casefolded names the committed manifest references,
+        # and the ones among them no key owns any more (name -> size), unlinked at the next protect().
+        self._protected: set[str] = set()
+        self._retained: dict[str, int] = {}
 
     def __contains__(self, key: object) -> bool:
         return key in self._names
@@ -100,12 +122,13 @@ class DiskStore:
 
     def _name_for(self, key: Hashable) -> str:
         name = self._names.get(key)
-        if name is not None:
+        if name is not None and name.casefold() not in self._protected:
             return name
         attempt = 0
         while True:
             name = candidate_name(key, attempt)
-            if name.casefold() not in self._owners:
+            folded = name.casefold()
+            if folded not in self._owners and folded not in self._protected:
                 return name
             attempt += 1
 
@@ -124,11 +147,14 @@ class DiskStore:
         for frame in frames:
             crc = crc32(frame, crc)
             body_len += memoryview(frame).nbytes
+        old = self._names.get(key)
+        keep_old = old is not None and old.casefold() in self._protected  # copy-on-write: a fresh name
         name = self._name_for(key)
         header = _header(name.encode("utf-8"), body_len, crc)
         size = len(header) + body_len
+        freed = 0 if keep_old else self._sizes.get(key, 0)
         if self.available_disk is not None:
-            after = self.total_bytes - self._sizes.get(key, 0) + size
+            after = self.total_bytes - freed + size
             if after > self.available_disk:
                 raise DiskQuotaExceeded(
                     f"storing {key!r} needs {size} bytes on disk; that would make {after} "
@@ -147,7 +173,10 @@ class DiskStore:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
             raise
-        self.total_bytes += size - self._sizes.get(key, 0)
+        if keep_old and old is not None:
+            self._retained[old] = self._sizes[key]
+            del self._owners[old.casefold()]
+        self.total_bytes += size - freed
         self._names[key] = name
         self._sizes[key] = size
         self._owners[name.casefold()] = key
@@ -196,9 +225,13 @@ class DiskStore:
         name = self._names.pop(key, None)
         if name is None:
             return
-        self.total_bytes -= self._sizes.pop(key)
+        size = self._sizes.pop(key)
         del self._owners[name.casefold()]
         self._dirty.discard(name)
+        if name.casefold() in self._protected:
+            self._retained[name] = size  # the committed manifest's file: unlinked at the next protect()
+            return
+        self.total_bytes -= size
         try:
             os.unlink(os.path.join(self.path, name))
         except FileNotFoundError:
@@ -220,6 +253,31 @@ class DiskStore:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+    def protect(self, names: Iterable[str]) -> None:
+        """Keep the files ``names`` (a committed manifest's) from now on; unlink those it no longer names.
+
+        Called once a manifest is durable: the files the previous manifest needed
+        and this one does not (superseded or deleted since) are removed. A file
+        that cannot be removed is warned about; a re-open removes it later.
+        """
+        self._protected = {name.casefold() for name in names}
+        for name, size in list(self._retained.items()):
+            if name.casefold() in self._protected:
+                continue
+            del self._retained[name]
+            self.total_bytes -= size
+            try:
+                os.unlink(os.path.join(self.path, name))
+            except FileNotFoundError:
+                pass
+            except OSError as error:
+                warnings.warn(f"could not remove the superseded file {name!r}: {error!r}", SpillWarning, stacklevel=3)
+
+    @property
+    def retained(self) -> frozenset[str]:
+        """Files kept only because the last committed manifest names them (no key owns them now)."""
+        return frozenset(self._retained)
 
     def names(self) -> dict[Hashable, str]:
         """A copy of the key to file-name index."""
