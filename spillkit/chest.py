@@ -130,6 +130,7 @@ class Chest(MutableMapping[Hashable, Any]):
             os.makedirs(self._path, mode=0o700, exist_ok=True)
             self._finalizer = None
         self._owner_pid = os.getpid()
+        self._flushed = False  # the first flush also fsyncs the parent directory (the path may be new)
         self._store = DiskStore(self._path, codec, disk_cap)
         self._engine = SpillEngine(self._store, chosen, budget, sizeof or default_sizeof())
         if not self._temporary:
@@ -296,8 +297,11 @@ class Chest(MutableMapping[Hashable, Any]):
                 ManifestEntry(key, name, store.file_bytes(key), engine.nbytes(key), engine.given_cost(key))
                 for key, name in store.names().items()
             ]
-            write_manifest(self._path, entries)  # the commit point
-            store.protect(entry.name for entry in entries)  # and only now drop what it superseded
+            names = [entry.name for entry in entries]
+            store.protect(names, add=True)  # if the commit fails half-way, either manifest may be on disk
+            write_manifest(self._path, entries, sync_parent=not self._flushed)  # the commit point
+            self._flushed = True
+            store.protect(names)  # and only now remove what the previous manifest needed and this one does not
         if failures:
             keys = ", ".join(repr(k) for k, _ in failures[:5])
             raise SpillError(f"flush could not write {len(failures)} value(s), keys {keys}") from failures[0][1]

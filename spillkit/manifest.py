@@ -42,8 +42,20 @@ class ManifestEntry:
     cost: float | None
 
 
-def write_manifest(path: str, entries: list[ManifestEntry]) -> None:
-    """Atomically replace the manifest in ``path`` and fsync it and the directory."""
+def _fsync_directory(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_manifest(path: str, entries: list[ManifestEntry], *, sync_parent: bool = False) -> None:
+    """Atomically replace the manifest in ``path`` and fsync it and the directory.
+
+    ``sync_parent`` also fsyncs the directory above ``path``, so that a directory
+    created for this Chest is itself durable (done at a Chest's first flush).
+    """
     rows = [(e.key, e.name, e.file_bytes, e.nbytes, e.cost) for e in entries]
     try:
         body = pickle.dumps(rows, protocol=5)
@@ -62,11 +74,9 @@ def write_manifest(path: str, entries: list[ManifestEntry]) -> None:
         with contextlib.suppress(OSError):
             os.unlink(temp)
         raise
-    dir_fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    _fsync_directory(path)
+    if sync_parent:
+        _fsync_directory(os.path.dirname(path) or ".")
 
 
 def read_manifest(path: str) -> list[ManifestEntry] | None:

@@ -254,13 +254,18 @@ class DiskStore:
         finally:
             os.close(fd)
 
-    def protect(self, names: Iterable[str]) -> None:
+    def protect(self, names: Iterable[str], *, add: bool = False) -> None:
         """Keep the files ``names`` (a committed manifest's) from now on; unlink those it no longer names.
 
         Called once a manifest is durable: the files the previous manifest needed
         and this one does not (superseded or deleted since) are removed. A file
-        that cannot be removed is warned about; a re-open removes it later.
+        that cannot be removed is warned about; a re-open removes it later. With
+        ``add=True`` the names are protected as well, and nothing is removed (for
+        the moment before a commit, when either manifest may end up on disk).
         """
+        if add:
+            self._protected.update(name.casefold() for name in names)
+            return
         self._protected = {name.casefold() for name in names}
         for name, size in list(self._retained.items()):
             if name.casefold() in self._protected:
