@@ -45,7 +45,9 @@ class Chest(MutableMapping[Hashable, Any]):
         Initial contents.
     path : str, optional
         Directory for spilled values, created (0700) if missing. If it holds a
-        manifest from an earlier ``flush()``, those keys are available again.
+        manifest from an earlier ``flush()``, those keys are available again,
+        with the values of that flush; spill and temporary files written after
+        it (by a process that was killed) are removed.
         Without ``path`` a temporary directory is made and removed on close,
         garbage collection or interpreter exit (never by a forked child).
     available_memory : int, float or str, optional

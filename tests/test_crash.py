@@ -9,6 +9,7 @@ manifest was committed but before ``done`` was written, so the re-opened state m
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,8 @@ import pytest
 from crash_child import State, key_of, make_value, same_value, state_from_json, state_to_json, value_size
 
 import spillkit
-from spillkit import Chest
+import spillkit.manifest
+from spillkit import Chest, DiskQuotaExceeded
 from spillkit.manifest import MANIFEST_NAME
 
 REPO = Path(spillkit.__file__).resolve().parents[1]
@@ -275,3 +277,148 @@ def test_random_kills_during_large_flushes(tmp_path: Path, workers: Workers) -> 
     cfg = {"budget": 64 << 20, "keys": 8, "sizes": [300_000, 600_000, 1_000_000], "p_set": 0.6, "p_flush": 0.25}
     outcomes = run_generations(tmp_path, workers, 5, 6, **cfg)
     assert any(outcome["keys"] for outcome in outcomes)
+
+
+# ---- in one process: the copy-on-write rules, and faults around a commit ------------------------------
+
+UNIT = 100
+
+
+def unit_sizeof(value: Any) -> int:
+    return UNIT
+
+
+def spill_names(path: Path) -> set[str]:
+    return set(os.listdir(path)) - {MANIFEST_NAME}
+
+
+def snapshot(path: Path) -> dict[str, bytes]:
+    return {name: (path / name).read_bytes() for name in os.listdir(path) if (path / name).is_file()}
+
+
+FLUSHED: dict[Hashable, Any] = {**{f"k{i}": f"value {i}" for i in range(6)}, ("t", 1): "tuple key"}
+
+
+def flushed_chest(path: Path, **kwargs: Any) -> Chest:
+    kwargs.setdefault("available_memory", 2.5 * UNIT)
+    chest = Chest(path=path, sizeof=unit_sizeof, **kwargs)
+    chest.update(FLUSHED)
+    chest.flush()
+    return chest
+
+
+def work_after_the_flush(chest: Chest) -> dict[Hashable, Any]:
+    """Overwrite spilled and resident keys, delete, pop, bring a deleted key back, add new ones."""
+    live = dict(FLUSHED)
+    spilled, resident = chest.engine.spilled_keys[0], next(iter(chest.inmem))
+    chest[spilled] = live[spilled] = "new, was spilled"
+    chest[resident] = live[resident] = "new, was resident"
+    del chest["k1"], live["k1"]
+    assert chest.pop(("t", 1)) == live.pop(("t", 1))
+    chest["k1"] = live["k1"] = "back again"
+    for i in range(4):
+        chest[f"n{i}"] = live[f"n{i}"] = f"new {i}"  # the budget makes these spill the others
+    assert dict(chest.items()) == live
+    return live
+
+
+def test_work_after_a_flush_never_changes_the_flushed_files(tmp_path: Path) -> None:
+    path = tmp_path / "c"
+    chest = flushed_chest(path)
+    before = snapshot(path)
+    live = work_after_the_flush(chest)
+    assert {name: data for name, data in snapshot(path).items() if name in before} == before
+    assert chest.disk_bytes == sum(len(data) for name, data in snapshot(path).items() if name != MANIFEST_NAME)
+    assert chest._store.retained  # superseded files, kept for the manifest on disk
+    assert dict(chest.items()) == live
+    # The Chest is abandoned here as a killed process would leave it: the re-open is the flushed state.
+    again = reopen(path)
+    assert dict(again.items()) == FLUSHED
+    assert spill_names(path) == set(before) - {MANIFEST_NAME}
+
+
+def test_the_next_flush_commits_the_new_state_and_removes_the_superseded_files(tmp_path: Path) -> None:
+    path = tmp_path / "c"
+    chest = flushed_chest(path)
+    live = work_after_the_flush(chest)
+    chest.flush()
+    assert not chest._store.retained
+    assert spill_names(path) == {os.path.basename(chest._store.filename(key)) for key in chest._store}
+    assert chest.disk_bytes == sum(os.path.getsize(path / name) for name in spill_names(path))
+    assert dict(reopen(path).items()) == live
+    # a third generation writes the overwritten keys under their first names again
+    third = reopen(path)
+    third["k0"] = "third"
+    third.flush()
+    assert "k0" in spill_names(path) and dict(reopen(path).items()) == {**live, "k0": "third"}
+
+
+def test_a_commit_that_fails_after_the_rename_protects_the_renamed_manifests_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The directory fsync after the manifest's rename fails: flush() raises, and the manifest on disk
+    is the new one, so the files it names must survive the work that follows (and a kill after it)."""
+    path = tmp_path / "c"
+    chest = flushed_chest(path)
+    chest["k0"] = "second"
+    chest["late"] = "second"
+
+    def failing_fsync(directory: str) -> None:
+        raise OSError(errno.EIO, "injected: the directory fsync failed")
+
+    monkeypatch.setattr(spillkit.manifest, "_fsync_directory", failing_fsync)
+    with pytest.raises(OSError, match="injected"):
+        chest.flush()
+    monkeypatch.undo()
+    second = {**FLUSHED, "k0": "second", "late": "second"}
+    assert dict(chest.items()) == second  # nothing lost in the live Chest
+    for key in list(chest):
+        chest[key] = "third"  # every file of either manifest is superseded
+    del chest["k2"]
+    assert dict(reopen(path).items()) == second
+
+
+def test_superseded_files_count_against_available_disk_until_the_next_flush(tmp_path: Path) -> None:
+    path = tmp_path / "c"
+    big = b"x" * 1000
+    chest = Chest(path=path, available_memory=500, sizeof=len, available_disk=1600)
+    chest["a"] = big  # larger than the budget: written straight to disk
+    chest["b"] = b"small"
+    chest.flush()
+    on_disk = chest.disk_bytes
+    del chest["a"]
+    assert chest.disk_bytes == on_disk  # the flushed file stays until the next flush commits
+    with pytest.raises(DiskQuotaExceeded):
+        chest["a"] = b"y" * 1000
+    assert dict(chest.items()) == {"b": b"small"}
+    chest.flush()
+    assert chest.disk_bytes < on_disk
+    chest["a"] = b"y" * 1000
+    assert dict(chest.items()) == {"a": b"y" * 1000, "b": b"small"}
+
+
+def test_reopen_removes_what_a_killed_process_left_and_nothing_else(tmp_path: Path) -> None:
+    path = tmp_path / "c"
+    chest = flushed_chest(path)
+    flushed_files = spill_names(path)
+    chest["late"] = "written after the flush"
+    chest["k0"] = "overwritten after the flush"
+    for i in range(3):
+        chest[f"n{i}"] = f"pushes the others out {i}"
+    leftovers = spill_names(path) - flushed_files
+    assert len(leftovers) == 3  # spill files that no manifest names: late, k0's new value, n0
+    (path / ".tmp-999-1").write_bytes(b"half a spill file")
+    (path / f"{MANIFEST_NAME}.tmp-999").write_bytes(b"half a manifest")
+    foreign = {"notes.txt": b"the user's", "k9": b"named like a key, but not a spill file", "SPK": b"SPK\0"}
+    for name, data in foreign.items():
+        (path / name).write_bytes(data)
+    (path / "sub").mkdir()
+    del chest  # abandoned, as by a kill
+    before = snapshot(path)
+    again = Chest(path=path, available_memory=2.5 * UNIT, sizeof=unit_sizeof)
+    assert dict(again.items()) == FLUSHED
+    kept = {MANIFEST_NAME, *foreign, "sub", *(os.path.basename(again._store.filename(k)) for k in again)}
+    assert set(os.listdir(path)) == kept
+    assert not leftovers & kept
+    assert {name: (path / name).read_bytes() for name in foreign} == foreign
+    assert all(before[name] == (path / name).read_bytes() for name in kept - {"sub"})
