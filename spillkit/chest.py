@@ -288,8 +288,9 @@ class Chest(MutableMapping[Hashable, Any]):
         the files this flush names are never overwritten or removed until the
         next flush has committed its own manifest (copy-on-write). Raises
         ``SpillError`` naming the keys whose values could not be written; all
-        other values are flushed. A flush that raises or is interrupted leaves
-        the previous flush's state intact on disk.
+        other values are flushed and committed. A flush killed or failing
+        (``OSError``) before the manifest is renamed into place leaves the
+        previous flush's state. See docs/durability.md.
         """
         self._check_open()
         with self._engine.lock:
