@@ -16,7 +16,7 @@ from .codecs import Codec, FuncCodec, PickleCodec
 from .engine import _MISSING, SpillEngine
 from .errors import SpillError, SpillWarning
 from .events import Listener
-from .manifest import MANIFEST_NAME, ManifestEntry, read_manifest, write_manifest
+from .manifest import ManifestEntry, read_manifest, remove_leftovers, write_manifest
 from .policies import Policy, make_policy
 from .security import check_directory, load_or_create_key, process_secret
 from .sizeof import default_sizeof
@@ -46,7 +46,9 @@ class Chest(MutableMapping[Hashable, Any]):
         Initial contents.
     path : str, optional
         Directory for spilled values, created (0700) if missing. If it holds a
-        manifest from an earlier ``flush()``, those keys are available again.
+        manifest from an earlier ``flush()``, those keys are available again,
+        with the values of that flush; spill and temporary files written after
+        it (by a process that was killed) are removed.
         Without ``path`` a temporary directory is made and removed on close,
         garbage collection or interpreter exit (never by a forked child).
     available_memory : int, float or str, optional
@@ -149,6 +151,7 @@ class Chest(MutableMapping[Hashable, Any]):
             os.makedirs(self._path, mode=0o700, exist_ok=True)
             self._finalizer = None
         self._owner_pid = os.getpid()
+        self._flushed = False  # the first flush also fsyncs the parent directory (the path may be new)
         if self._temporary:
             secret = process_secret()
         else:
@@ -311,14 +314,19 @@ class Chest(MutableMapping[Hashable, Any]):
     def flush(self) -> None:
         """Write every value to disk (keeping memory warm) plus an atomic key manifest.
 
-        After ``flush()`` returns, the files and the manifest are fsynced and
-        ``Chest(path=same)`` gives back every key and value. Raises
+        After ``flush()`` returns, the files, the manifest and the directory are
+        fsynced, and ``Chest(path=same)`` gives back exactly the keys and values
+        of this flush, even if the process is killed later before the next one:
+        the files this flush names are never overwritten or removed until the
+        next flush has committed its own manifest (copy-on-write). Raises
         ``SpillError`` naming the keys whose values could not be written; all
-        other values are flushed.
+        other values are flushed and committed. A flush killed or failing
+        (``OSError``) before the manifest is renamed into place leaves the
+        previous flush's state. See docs/durability.md.
         """
         self._check_open()
         with self._engine.lock:
-            failures = self._engine.write_all()
+            failures = self._engine.write_all()  # writes and fsyncs the files, then the directory
             engine, store = self._engine, self._store
             entries = [
                 ManifestEntry(
@@ -326,16 +334,20 @@ class Chest(MutableMapping[Hashable, Any]):
                 )
                 for key, name in store.names().items()
             ]
-            write_manifest(self._path, entries, self._secret)
+            names = [entry.name for entry in entries]
+            store.protect(names, add=True)  # if the commit fails half-way, either manifest may be on disk
+            write_manifest(self._path, entries, self._secret, sync_parent=not self._flushed)  # the commit point
+            self._flushed = True
+            store.protect(names)  # and only now remove what the previous manifest needed and this one does not
         if failures:
             keys = ", ".join(repr(k) for k, _ in failures[:5])
             raise SpillError(f"flush could not write {len(failures)} value(s), keys {keys}") from failures[0][1]
 
     def _reopen(self) -> None:
-        for name in os.listdir(self._path):
-            if name.startswith((".tmp-", MANIFEST_NAME + ".tmp-")):
-                os.unlink(os.path.join(self._path, name))  # a write that never completed
+        # The manifest first: if it is damaged, raise before anything is removed.
         entries = read_manifest(self._path, self._secret) or []
+        remove_leftovers(self._path, {entry.name for entry in entries})
+        adopted = []
         for entry in entries:
             if not os.path.exists(os.path.join(self._path, entry.name)):
                 warnings.warn(
@@ -344,6 +356,8 @@ class Chest(MutableMapping[Hashable, Any]):
                 continue
             self._store.adopt(entry.key, entry.name, entry.file_bytes, entry.tag)
             self._engine.restore(entry.key, entry.nbytes, entry.cost)
+            adopted.append(entry.name)
+        self._store.protect(adopted)
 
     def _check_open(self) -> None:
         if self._engine.closed:
