@@ -14,7 +14,7 @@ from typing import IO, Any
 
 from .codecs import Codec, FuncCodec, PickleCodec
 from .engine import _MISSING, SpillEngine
-from .errors import SpillError, SpillWarning
+from .errors import DiskQuotaExceeded, SpillError, SpillWarning
 from .events import Listener
 from .manifest import MANIFEST_NAME, ManifestEntry, read_manifest, write_manifest
 from .policies import Policy, make_policy
@@ -26,6 +26,13 @@ from .storage import DiskStore
 __all__ = ["Chest"]
 
 DEFAULT_AVAILABLE_MEMORY = 10**9  # the original chest's default: 1 GB
+
+
+def _flush_error(failures: list[tuple[Hashable, BaseException]]) -> SpillError:
+    keys = ", ".join(repr(k) for k, _ in failures[:5])
+    error = SpillError(f"flush could not write {len(failures)} value(s), keys {keys}")
+    error.__cause__ = failures[0][1]
+    return error
 
 
 def _remove_directory(path: str, owner_pid: int) -> None:
@@ -285,6 +292,11 @@ class Chest(MutableMapping[Hashable, Any]):
         other values are flushed.
         """
         self._check_open()
+        failures = self._flush()
+        if failures:
+            raise _flush_error(failures)
+
+    def _flush(self) -> list[tuple[Hashable, BaseException]]:
         with self._engine.lock:
             failures = self._engine.write_all()
             engine, store = self._engine, self._store
@@ -293,14 +305,19 @@ class Chest(MutableMapping[Hashable, Any]):
                 for key, name in store.names().items()
             ]
             write_manifest(self._path, entries)
-        if failures:
-            keys = ", ".join(repr(k) for k, _ in failures[:5])
-            raise SpillError(f"flush could not write {len(failures)} value(s), keys {keys}") from failures[0][1]
+        return failures
 
     def _reopen(self) -> None:
         for name in os.listdir(self._path):
             if name.startswith((".tmp-", MANIFEST_NAME + ".tmp-")):
-                os.unlink(os.path.join(self._path, name))  # a write that never completed
+                try:
+                    os.unlink(os.path.join(self._path, name))  # a write that never completed
+                except OSError as error:  # harmless: never read, and retried at the next reopen
+                    warnings.warn(
+                        f"could not remove the stale temporary file {name!r} in {self._path!r}: {error!r}",
+                        SpillWarning,
+                        stacklevel=3,
+                    )
         entries = read_manifest(self._path) or []
         for entry in entries:
             if not os.path.exists(os.path.join(self._path, entry.name)):
@@ -318,19 +335,33 @@ class Chest(MutableMapping[Hashable, Any]):
     def close(self) -> None:
         """Flush a Chest with a ``path`` of its own; remove a temporary one. Idempotent.
 
-        If the flush cannot write some values (e.g. they cannot be serialized),
-        the Chest is closed anyway and the ``SpillError`` names those keys.
+        If the flush fails because of the disk (an ``OSError`` such as a full disk,
+        or ``available_disk``), the Chest stays open with every value and the error
+        says so: free space and close again, or read the values out. If the only
+        failures are values that cannot be serialized, retrying cannot help: the
+        Chest is closed anyway and the ``SpillError`` names those keys.
         """
         if self._engine.closed:
             return
         if self._temporary:
             self.drop()
             return
+        still_open = f"spillkit: the Chest at {self._path!r} is still open; nothing was dropped"
         try:
-            self.flush()
-        finally:
-            # Closed even when a value could not be written: the flush error names those keys.
+            failures = self._flush()
+        except OSError as error:  # fsync or the manifest: the disk may work again later
+            error.add_note(still_open)
+            raise
+        except BaseException:
             self._engine.close()
+            raise
+        if any(isinstance(e, (OSError, DiskQuotaExceeded)) for _, e in failures):
+            disk_error = _flush_error(failures)
+            disk_error.add_note(still_open)
+            raise disk_error
+        self._engine.close()
+        if failures:
+            raise _flush_error(failures)
 
     def drop(self) -> None:
         """Delete every value and the directory; the Chest is closed afterwards."""
