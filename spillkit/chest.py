@@ -28,13 +28,6 @@ __all__ = ["Chest"]
 DEFAULT_AVAILABLE_MEMORY = 10**9  # the original chest's default: 1 GB
 
 
-def _flush_error(failures: list[tuple[Hashable, BaseException]]) -> SpillError:
-    keys = ", ".join(repr(k) for k, _ in failures[:5])
-    error = SpillError(f"flush could not write {len(failures)} value(s), keys {keys}")
-    error.__cause__ = failures[0][1]
-    return error
-
-
 def _remove_directory(path: str, owner_pid: int) -> None:
     # Runs at close, garbage collection or exit; a forked child inherits this
     # finalizer but must never delete its parent's directory.
@@ -103,6 +96,8 @@ class Chest(MutableMapping[Hashable, Any]):
     1
     >>> d.close()
     """
+
+    _flush_failures: tuple[tuple[Hashable, BaseException], ...] = ()  # the last flush's unwritten keys
 
     def __init__(
         self,
@@ -292,11 +287,6 @@ class Chest(MutableMapping[Hashable, Any]):
         other values are flushed.
         """
         self._check_open()
-        failures = self._flush()
-        if failures:
-            raise _flush_error(failures)
-
-    def _flush(self) -> list[tuple[Hashable, BaseException]]:
         with self._engine.lock:
             failures = self._engine.write_all()
             engine, store = self._engine, self._store
@@ -305,7 +295,10 @@ class Chest(MutableMapping[Hashable, Any]):
                 for key, name in store.names().items()
             ]
             write_manifest(self._path, entries)
-        return failures
+        self._flush_failures = tuple(failures)
+        if failures:
+            keys = ", ".join(repr(k) for k, _ in failures[:5])
+            raise SpillError(f"flush could not write {len(failures)} value(s), keys {keys}") from failures[0][1]
 
     def _reopen(self) -> None:
         for name in os.listdir(self._path):
@@ -348,20 +341,20 @@ class Chest(MutableMapping[Hashable, Any]):
             return
         still_open = f"spillkit: the Chest at {self._path!r} is still open; nothing was dropped"
         try:
-            failures = self._flush()
+            self.flush()
         except OSError as error:  # fsync or the manifest: the disk may work again later
             error.add_note(still_open)
+            raise
+        except SpillError as error:
+            if any(isinstance(e, (OSError, DiskQuotaExceeded)) for _, e in self._flush_failures):
+                error.add_note(still_open)
+                raise
+            self._engine.close()  # only values that can never be written failed: the error names them
             raise
         except BaseException:
             self._engine.close()
             raise
-        if any(isinstance(e, (OSError, DiskQuotaExceeded)) for _, e in failures):
-            disk_error = _flush_error(failures)
-            disk_error.add_note(still_open)
-            raise disk_error
         self._engine.close()
-        if failures:
-            raise _flush_error(failures)
 
     def drop(self) -> None:
         """Delete every value and the directory; the Chest is closed afterwards."""
