@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -14,7 +15,7 @@ from typing import IO, Any
 
 from .codecs import Codec, FuncCodec, PickleCodec
 from .engine import _MISSING, SpillEngine
-from .errors import SpillError, SpillWarning
+from .errors import DiskQuotaExceeded, SpillError, SpillWarning
 from .events import Listener
 from .manifest import ManifestEntry, read_manifest, remove_leftovers, write_manifest
 from .policies import Policy, make_policy
@@ -27,6 +28,10 @@ from .storage import DiskStore
 __all__ = ["Chest"]
 
 DEFAULT_AVAILABLE_MEMORY = 10**9  # the original chest's default: 1 GB
+
+
+def _disk_full(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def _remove_directory(path: str, owner_pid: int) -> None:
@@ -115,6 +120,8 @@ class Chest(MutableMapping[Hashable, Any]):
     1
     >>> d.close()
     """
+
+    _flush_failures: tuple[tuple[Hashable, BaseException], ...] = ()  # the last flush's unwritten keys
 
     def __init__(
         self,
@@ -327,21 +334,36 @@ class Chest(MutableMapping[Hashable, Any]):
         self._check_open()
         with self._engine.lock:
             failures = self._engine.write_all()  # writes and fsyncs the files, then the directory
-            engine, store = self._engine, self._store
-            entries = [
-                ManifestEntry(
-                    key, name, store.file_bytes(key), engine.nbytes(key), engine.given_cost(key), store.tag(key)
-                )
-                for key, name in store.names().items()
-            ]
-            names = [entry.name for entry in entries]
-            store.protect(names, add=True)  # if the commit fails half-way, either manifest may be on disk
-            write_manifest(self._path, entries, self._secret, sync_parent=not self._flushed)  # the commit point
-            self._flushed = True
-            store.protect(names)  # and only now remove what the previous manifest needed and this one does not
+            if self._store.retained and any(_disk_full(error) for _, error in failures):
+                # The files kept for the previous flush may be what fills the disk: commit what
+                # is written (which frees them), then write the rest.
+                self._commit_manifest()
+                failures = self._engine.write_all()
+            self._commit_manifest()
+        self._flush_failures = tuple(failures)
         if failures:
             keys = ", ".join(repr(k) for k, _ in failures[:5])
             raise SpillError(f"flush could not write {len(failures)} value(s), keys {keys}") from failures[0][1]
+
+    def _commit_manifest(self) -> None:
+        engine, store = self._engine, self._store
+        entries = [
+            ManifestEntry(key, name, store.file_bytes(key), engine.nbytes(key), engine.given_cost(key), store.tag(key))
+            for key, name in store.names().items()
+        ]
+        names = [entry.name for entry in entries]
+        store.protect(names, add=True)  # if the commit fails half-way, either manifest may be on disk
+        try:
+            write_manifest(self._path, entries, self._secret, sync_parent=not self._flushed)  # the commit point
+        except OSError as error:
+            if not _disk_full(error) or not store.retained:
+                raise
+            # A full disk: the files kept for the previous flush are the only room there is.
+            # Free them and commit once more; a crash in between loses those keys' old values.
+            store.protect(names)
+            write_manifest(self._path, entries, self._secret, sync_parent=not self._flushed)
+        self._flushed = True
+        store.protect(names)  # and only now remove what the previous manifest needed and this one does not
 
     def _reopen(self) -> None:
         # The manifest first: if it is damaged, raise before anything is removed.
@@ -366,19 +388,33 @@ class Chest(MutableMapping[Hashable, Any]):
     def close(self) -> None:
         """Flush a Chest with a ``path`` of its own; remove a temporary one. Idempotent.
 
-        If the flush cannot write some values (e.g. they cannot be serialized),
-        the Chest is closed anyway and the ``SpillError`` names those keys.
+        If the flush fails because of the disk (an ``OSError`` such as a full disk,
+        or ``available_disk``), the Chest stays open with every value and the error
+        says so: free space and close again, or read the values out. If the only
+        failures are values that cannot be serialized, retrying cannot help: the
+        Chest is closed anyway and the ``SpillError`` names those keys.
         """
         if self._engine.closed:
             return
         if self._temporary:
             self.drop()
             return
+        still_open = f"spillkit: the Chest at {self._path!r} is still open; nothing was dropped"
         try:
             self.flush()
-        finally:
-            # Closed even when a value could not be written: the flush error names those keys.
+        except OSError as error:  # fsync or the manifest: the disk may work again later
+            error.add_note(still_open)
+            raise
+        except SpillError as error:
+            if any(isinstance(e, (OSError, DiskQuotaExceeded)) for _, e in self._flush_failures):
+                error.add_note(still_open)
+                raise
+            self._engine.close()  # only values that can never be written failed: the error names them
+            raise
+        except BaseException:
             self._engine.close()
+            raise
+        self._engine.close()
 
     def drop(self) -> None:
         """Delete every value and the directory; the Chest is closed afterwards."""
