@@ -18,8 +18,8 @@ import os
 import re
 import subprocess
 import sys
-import zlib
-from collections.abc import Callable, Hashable, Iterator
+import warnings
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +52,11 @@ def record_base_trace(path: Path) -> list[str]:
     chest = Chest(available_memory=300, sizeof=lambda value: 100, path=path.parent / "base-chest")
     chest.add_listener(recorder)
     keys: list[Hashable] = ["a", ("x-abc", 0, 1), 2, 2.5, b"raw", None, ("nest", ("y", 0)), "z"]
-    recorder.graph({keys[1]: [keys[0]], keys[2]: [keys[0], keys[1]], keys[7]: [keys[2]]},
-                   {key: i for i, key in enumerate(keys)}, [keys[0]])  # fmt: skip
+    recorder.graph(
+        {keys[1]: [keys[0]], keys[2]: [keys[0], keys[1]], keys[7]: [keys[2]]},
+        {key: i for i, key in enumerate(keys)},
+        [keys[0]],
+    )
     for i, key in enumerate(keys):
         chest.put(key, i, cost=0.5 if i % 2 else None)
         chest.settle()
@@ -131,9 +134,10 @@ JSON_SCALARS = st.one_of(
 )
 JUNK = st.recursive(
     JSON_SCALARS,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(["t", "f", "b", "r", "deps",
-                                                                                "order", "data", "x"]), inner,
-                                                                max_size=3),  # fmt: skip
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.sampled_from(["t", "f", "b", "r", "deps", "order", "data", "x"]), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 
@@ -144,8 +148,9 @@ def mutated(draw: st.DrawFn, lines: list[str]) -> bytes:
     lines = list(lines)
     i = draw(st.integers(0, len(lines) - 1))
     row = json.loads(lines[i])
-    how = draw(st.sampled_from(["field", "drop-field", "add-field", "line", "drop-line", "copy-line", "swap",
-                                "bytes", "cut"]))  # fmt: skip
+    how = draw(
+        st.sampled_from(["field", "drop-field", "add-field", "line", "drop-line", "copy-line", "swap", "bytes", "cut"])
+    )
     if how in ("field", "drop-field", "add-field") and isinstance(row, list):
         j = draw(st.integers(0, len(row) - 1))
         if how == "field":
@@ -301,17 +306,27 @@ DAMAGES: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "not-json": (replace_line("get", '["get", 1, 0.1, "hit"'), "not valid JSON"),
     "graph-not-an-object": (replace_field("graph", 1, "[]"), "a graph needs an object"),
     "graph-without-order": (replace_field("graph", 1, '{"deps": []}'), "a graph needs an object"),
-    "graph-dependency-undefined": (replace_field("graph", 1, '{"deps": [[0, [77]]], "order": []}'),
-                                   "key id 77 is not defined"),  # fmt: skip
+    "graph-dependency-undefined": (
+        replace_field("graph", 1, '{"deps": [[0, [77]]], "order": []}'),
+        "key id 77 is not defined",
+    ),
     "graph-deps-not-pairs": (replace_field("graph", 1, '{"deps": [[0]], "order": []}'), "list of [id, ...] pairs"),
-    "graph-deps-not-a-list": (replace_field("graph", 1, '{"deps": [[0, 1]], "order": []}'),
-                              "dependencies must be a list"),  # fmt: skip
-    "graph-order-a-string": (replace_field("graph", 1, '{"deps": [], "order": [[0, "1"]]}'),
-                             "order positions must be integers"),  # fmt: skip
-    "graph-order-huge": (replace_field("graph", 1, '{"deps": [], "order": [[0, ' + str(10**30) + "]]}"),
-                         "order positions must be integers"),  # fmt: skip
-    "graph-data-an-object": (replace_field("graph", 1, '{"deps": [], "order": [], "data": {}}'),
-                             "'data' must be a list"),  # fmt: skip
+    "graph-deps-not-a-list": (
+        replace_field("graph", 1, '{"deps": [[0, 1]], "order": []}'),
+        "dependencies must be a list",
+    ),
+    "graph-order-a-string": (
+        replace_field("graph", 1, '{"deps": [], "order": [[0, "1"]]}'),
+        "order positions must be integers",
+    ),
+    "graph-order-huge": (
+        replace_field("graph", 1, '{"deps": [], "order": [[0, ' + str(10**30) + "]]}"),
+        "order positions must be integers",
+    ),
+    "graph-data-an-object": (
+        replace_field("graph", 1, '{"deps": [], "order": [], "data": {}}'),
+        "'data' must be a list",
+    ),
     "a-megabyte-line-of-junk": (replace_line("get", '["get", 1, 0.1, "' + "x" * 2**20 + '"]'), "outcome must be"),
     "header-missing": (lambda lines: [lines.pop(0), 0][1], "not a spillkit trace"),
     "header-other-format": (replace_line("header", '{"format": "other", "version": 1}'), "not a spillkit trace"),
@@ -402,3 +417,328 @@ def test_a_gzip_stream_with_a_bad_checksum_is_refused(base: list[str], tmp_path:
     path.write_bytes(bytes(data))
     outcome = read_or_error(path)  # a flip may still decode to valid deflate: then the CRC or the JSON catches it
     assert isinstance(outcome, TraceError)
+
+
+# ---- 2. traces that read but are odd: replay tolerates what a partial recording can contain ------
+
+
+def trace_text(*rows: list[Any]) -> str:
+    header = json.dumps({"format": "spillkit-trace", "version": 1, "workload": "odd"})
+    return "\n".join([header, *(json.dumps(row) for row in rows)]) + "\n"
+
+
+# A recorder attached to a Chest that already held keys sees reads, costs and deletes of keys it never saw
+# put; a hand-made graph may be cyclic or name keys never stored. The reader accepts all of it (each line is
+# well formed); replay treats a read of an absent key as a miss and a delete or cost of one as nothing.
+ODD = trace_text(
+    ["k", 0, "a"],
+    ["k", 1, {"t": ["x", 0]}],
+    ["k", 2, {"f": math.inf}],
+    ["k", 3, "never-put"],
+    ["k", 4, {"r": "None"}],
+    ["graph", {"deps": [[0, [1]], [1, [0]], [3, [3]], [4, [3, 3]]], "order": [[0, 5], [1, -7]], "data": [3]}],
+    ["get", 3, 0.0, "miss"],
+    ["del", 3, 0.1],
+    ["cost", 3, 1.0, 0.2],
+    ["spill", 3, 0.3],
+    ["evict", 3, 0.3],
+    ["put", 0, 0, None, 0.4, 0],
+    ["put", 1, 10**12, math.inf, 0.5, 1],
+    ["put", 2, 5, -3.0, 0.6, 1],
+    ["put", 0, 7, 1e308, 0.7, 1],
+    ["cost", 1, -math.inf, 0.8],
+    ["settle", 0.9],
+    ["get", 1, 1.0, "hit"],
+    ["del", 1, 1.1],
+    ["del", 1, 1.2],
+    ["get", 1, 1.3, "load"],
+    ["put", 4, 3, None, 1.4, 0],
+    ["get", 4, 1.5, "hit"],
+)
+
+
+def test_odd_but_well_formed_traces_replay_with_every_policy_and_mode(tmp_path: Path) -> None:
+    path = tmp_path / "odd.trace"
+    path.write_text(ODD)
+    trace = read_trace(path)
+    assert trace.keys == ["a", ("x", 0), math.inf, "never-put", None]
+    assert trace.peak_bytes() == 10**12 + 3  # three keys share object 1: counted once, at its first size
+    for budget in (0, 6, 10**12, 10**13):
+        for mode in MODES:
+            for policy in policy_names():
+                result = replay(trace, policy, budget, mode=mode)
+                assert result.requests == len(list(trace.requests()))
+                assert result.misses >= 2  # the two reads of keys never present
+    rows = compare([trace], ["10%", "100%", "1 GiB"], ["lru", "nextuse"], list(MODES), progress=None)  # bounds too
+    assert {row["policy"] for row in rows} >= {"lru", "nextuse", "bound:foo", "bound:pfoo-l", "belady-size"}
+
+
+def test_traces_with_nothing_to_spill_compare_and_plot(tmp_path: Path) -> None:
+    texts = {
+        "header-only": trace_text(),
+        "zero-bytes": trace_text(["k", 0, "a"], ["put", 0, 0, None, 0, 0], ["get", 0, 0.1, "hit"]),
+    }
+    paths = []
+    for name, text in texts.items():
+        paths.append(str(tmp_path / f"{name}.trace"))
+        Path(paths[-1]).write_text(text)
+    code, out, err = run_main(
+        ["compare", *paths, "--budgets", "10%,1 KiB", "--policies", "lru,cost", "-o", str(tmp_path / "report")]
+    )
+    assert code == EXIT_OK, err
+    assert "Traceback" not in err and (tmp_path / "report" / "results.csv").exists()
+    assert all(f"### {name}, budget" in out for name in texts)
+
+
+# ---- 3. the command line ----------------------------------------------------------------------
+
+
+def run_main(argv: list[str]) -> tuple[int, str, str]:
+    """``spillkit ARGV`` in this process: (exit code, stdout, stderr). Any exception escaping fails the test."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings(record=True):
+        code = main(argv)  # (matplotlib warns about log axes of an empty trace: a warning, not an error)
+    return code, out.getvalue(), err.getvalue()
+
+
+def assert_one_line_error(err: str, command: str, path: Path, line: bool) -> None:
+    """stderr is one line, ``spillkit COMMAND: PATH:LINE: ...`` (or ``PATH: ...``), and no traceback."""
+    assert err.endswith("\n") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    prefix = f"spillkit {command}: "
+    assert err.startswith(prefix + str(path)), err
+    if line:
+        assert_names_the_line(err[len(prefix) :].rstrip("\n"), path)
+
+
+@settings(FUZZ, max_examples=25)
+@given(data=st.data(), compress=st.booleans())
+def test_compare_on_a_damaged_trace_exits_3_with_one_line_naming_it(
+    base: list[str], workdir: Path, data: st.DataObject, compress: bool
+) -> None:
+    path = write(workdir / "cli.trace.gz", data.draw(mutated(base)), compress)
+    code, out, err = run_main(
+        [
+            "compare",
+            str(path),
+            "--budgets",
+            "30%",
+            "--policies",
+            "lru,nextuse",
+            "--modes",
+            "strict,settled",
+            "--no-bounds",
+            "--no-plots",
+            "-o",
+            str(workdir / "out"),
+        ]
+    )
+    if code == EXIT_OK:
+        assert err == "" and "### " in out
+    else:
+        assert code == EXIT_BAD_INPUT, err
+        assert_one_line_error(err, "compare", path, line=True)
+        assert out == ""
+
+
+@pytest.fixture(scope="module")
+def results_csv(tmp_path_factory: pytest.TempPathFactory, base: list[str]) -> str:
+    """The text of a real results.csv (base trace, two budgets, lru and cost, with bounds)."""
+    where = tmp_path_factory.mktemp("csv")
+    trace = write(where / "base.trace", join(base), False)
+    code, _, err = run_main(
+        ["compare", str(trace), "--budgets", "20%,50%", "--policies", "lru,cost", "--no-plots", "-o", str(where)]
+    )
+    assert code == EXIT_OK, err
+    return (where / "results.csv").read_text()
+
+
+CELLS = st.one_of(
+    st.sampled_from(["", "nan", "inf", "-inf", "-1", "1e999", "0", "abc", "strict", "bound", "lru", "../x", "x" * 300]),
+    st.text(max_size=12),
+    st.integers(-(10**30), 10**30).map(str),
+    st.floats().map(repr),
+)
+
+
+@st.composite
+def damaged_csv(draw: st.DrawFn, text: str) -> bytes:
+    lines = text.splitlines()
+    i = draw(st.integers(0, len(lines) - 1))
+    cells = lines[i].split(",")
+    how = draw(st.sampled_from(["cell", "cell", "cell", "drop-cell", "drop-line", "bytes", "cut", "quote"]))
+    if how == "cell":
+        cells[draw(st.integers(0, len(cells) - 1))] = draw(CELLS)
+    elif how == "drop-cell":
+        del cells[draw(st.integers(0, len(cells) - 1))]
+    elif how == "drop-line":
+        cells = []
+    elif how == "quote":
+        cells[draw(st.integers(0, len(cells) - 1))] = '"' + draw(st.text(max_size=5))
+    lines[i] = ",".join(cells)
+    data = ("\n".join(line for line in lines if line or how != "drop-line") + "\n").encode()
+    if how == "bytes":
+        at = draw(st.integers(0, len(data)))
+        data = data[:at] + draw(st.binary(min_size=1, max_size=4)) + data[at:]
+    elif how == "cut":
+        data = data[: draw(st.integers(0, len(data)))]
+    return data
+
+
+@settings(FUZZ, max_examples=8)  # each accepted example draws three PNGs
+@given(data=st.data())
+def test_plot_on_a_damaged_results_csv_draws_or_exits_3_naming_it(
+    results_csv: str, workdir: Path, data: st.DataObject
+) -> None:
+    path = workdir / "results.csv"
+    path.write_bytes(data.draw(damaged_csv(results_csv)))
+    figures = workdir / "figures"
+    code, out, err = run_main(["plot", str(path), "-o", str(figures)])
+    if code == EXIT_OK:
+        written = out.split()
+        assert written and all(os.path.dirname(p) == str(figures) and os.path.exists(p) for p in written)
+    else:
+        assert code == EXIT_BAD_INPUT, err
+        assert_one_line_error(err, "plot", path, line=False)
+
+
+@pytest.mark.parametrize(
+    ("cell", "value", "fragment"),
+    [
+        ("io_bytes", "", "empty io_bytes"),
+        ("io_bytes", "nan", "'nan' is not a finite number of at least 0"),
+        ("budget", "-1", "'-1' is not a finite number of at least 0"),
+        ("budget_fraction", "inf", "'inf' is not a finite number"),
+        ("mode", "../../escape", "'../../escape' is not a replay mode"),  # the mode names the PNG files
+        ("hits", "x" * 1000, "'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'... is not a number"),
+    ],
+)
+def test_plot_names_the_line_and_column_of_a_bad_cell(
+    results_csv: str, tmp_path: Path, cell: str, value: str, fragment: str
+) -> None:
+    lines = results_csv.splitlines()
+    column = lines[0].split(",").index(cell)
+    cells = lines[3].split(",")
+    cells[column] = value
+    lines[3] = ",".join(cells)
+    path = tmp_path / "results.csv"
+    path.write_text("\n".join(lines) + "\n")
+    code, _, err = run_main(["plot", str(path), "-o", str(tmp_path / "figures")])
+    assert code == EXIT_BAD_INPUT
+    assert_one_line_error(err, "plot", path, line=False)
+    assert err.startswith(f"spillkit plot: {path}:4: ") and fragment in err, err
+    assert not (tmp_path / "figures").exists() and not (tmp_path.parent / "escape.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        (b"", "not a spillkit results CSV: missing columns"),
+        (b"\xff\xfe\x00garbage", "not a spillkit results CSV (not UTF-8 text"),
+        (None, "no policy results to plot (only bounds)"),
+        (b"x" * 200_000, "field larger than field limit"),
+    ],
+    ids=["empty", "not-utf8", "only-bounds", "huge-cell"],
+)
+def test_plot_refuses_files_that_are_not_results(
+    results_csv: str, tmp_path: Path, data: bytes | None, fragment: str
+) -> None:
+    if data is None:
+        lines = results_csv.splitlines()
+        data = ("\n".join([lines[0], *(line for line in lines if ",bound," in line)]) + "\n").encode()
+    elif data.startswith(b"xxx"):
+        data = results_csv.encode().replace(b"\n", b"\n" + data + b",", 1)
+    path = tmp_path / "results.csv"
+    path.write_bytes(data)
+    code, _, err = run_main(["plot", str(path), "-o", str(tmp_path / "figures")])
+    assert code == EXIT_BAD_INPUT and fragment in err
+    assert_one_line_error(err, "plot", path, line=False)
+
+
+def test_plot_accepts_a_csv_saved_by_a_spreadsheet_with_a_bom(results_csv: str, tmp_path: Path) -> None:
+    path = tmp_path / "results.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + results_csv.replace("\n", "\r\n").encode())
+    code, out, err = run_main(["plot", str(path), "-o", str(tmp_path / "figures")])
+    assert code == EXIT_OK, err
+    assert len(out.split()) == 3  # loads and io vs budget, reduction vs LRU
+
+
+def test_compare_with_lru_alone_draws_no_reduction_figure(base: list[str], tmp_path: Path) -> None:
+    """There is nothing to reduce relative to LRU when LRU is all that ran (this used to raise TypeError)."""
+    trace = write(tmp_path / "base.trace", join(base), False)
+    code, _, err = run_main(
+        ["compare", str(trace), "--policies", "lru", "--no-bounds", "--budgets", "30%", "-o", str(tmp_path / "r")]
+    )
+    assert code == EXIT_OK, err
+    assert sorted(p.name for p in (tmp_path / "r").glob("*.png")) == [
+        "io_vs_budget-settled.png",
+        "loads_vs_budget-settled.png",
+        "timeline-base.png",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "fragment"),
+    [
+        (["compare", "T", "--budgets", ""], EXIT_BAD_INPUT, "no budgets in ''"),
+        (["compare", "T", "--budgets", "%"], EXIT_BAD_INPUT, "budget '%' is not a percentage"),
+        (["compare", "T", "--budgets", "nan%"], EXIT_BAD_INPUT, "budget 'nan%' must be a percentage above 0"),
+        (["compare", "T", "--budgets", "1 XB"], EXIT_BAD_INPUT, "unknown unit 'XB'"),
+        (["compare", "T", "--policies", ","], EXIT_BAD_INPUT, "no policies in ','"),
+        (["compare", "T", "--policies", "../x"], EXIT_BAD_INPUT, "unknown policies ['../x']"),
+        (["compare", "T", "--modes", ""], EXIT_BAD_INPUT, "no modes given"),
+        (["compare", "T", "-o", "T"], EXIT_BAD_INPUT, "File exists"),
+        (["compare", "--workload", "nosuch"], EXIT_BAD_INPUT, "unknown workload 'nosuch'"),
+        (["record", "nosuch"], EXIT_BAD_INPUT, "unknown workload 'nosuch'"),
+        (
+            ["record", "tsqr", "--budget", "-1", "--scale", "0.01", "-o", "D/r.trace.gz"],
+            EXIT_BAD_INPUT,
+            "cannot parse a byte count from '-1'",
+        ),
+        (["record", "tsqr", "--scale", "0.01", "-o", "D/missing/r.trace.gz"], EXIT_BAD_INPUT, "D/missing/r.trace.gz"),
+        (["record", "tsqr", "--scale", "0.01", "-o", "D"], EXIT_BAD_INPUT, "Is a directory"),
+        (["plot", "D/missing.csv"], EXIT_BAD_INPUT, "D/missing.csv"),
+        (["record", "tsqr", "--scale", "inf"], EXIT_USAGE, "expected a positive number like 0.25, not 'inf'"),
+        (["record", "tsqr", "--scale", "-1"], EXIT_USAGE, "not '-1'"),
+        (["compare", "--workload", "tsqr", "--scale", "nan"], EXIT_USAGE, "not 'nan'"),
+        (["record"], EXIT_USAGE, "the following arguments are required: workload"),
+        (["plot"], EXIT_USAGE, "the following arguments are required: results"),
+    ],
+)
+def test_wrong_arguments_get_one_clear_line(
+    base: list[str], tmp_path: Path, argv: list[str], code: int, fragment: str
+) -> None:
+    trace = str(write(tmp_path / "base.trace", join(base), False))
+    argv = [trace if a == "T" else a.replace("D", str(tmp_path)) if a.startswith("D") else a for a in argv]
+    fragment = fragment.replace("D", str(tmp_path)) if fragment.startswith("D") else fragment
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            got = main(argv)
+        except SystemExit as exit_:  # argparse's usage errors
+            got = int(exit_.code or 0)
+    assert got == code, err.getvalue()
+    message = err.getvalue().strip().splitlines()[-1]  # argparse prints its usage line first
+    assert fragment in message and message.startswith(f"spillkit {argv[0]}: "), err.getvalue()
+    assert "Traceback" not in err.getvalue()
+    assert not os.path.exists(os.path.join(tmp_path, "r.trace.gz"))
+
+
+@pytest.mark.parametrize("command", ["compare", "plot"])
+def test_from_a_shell_a_bad_file_gives_exit_3_and_one_line(base: list[str], tmp_path: Path, command: str) -> None:
+    if command == "compare":
+        lines = list(base)
+        lines[12] = '["put", 1, "many", null, 0.1, 0]'
+        path = write(tmp_path / "bad.trace.gz", join(lines), True)
+        args = [str(path), "--no-plots", "-o", str(tmp_path / "out")]
+        expected = f"spillkit compare: {path}:13: nbytes must be an integer from 0 to 2**63-1, found 'many'\n"
+    else:
+        path = tmp_path / "bad.csv"
+        path.write_bytes(b"\x89PNG\r\n\x1a\n not a csv")
+        args = [str(path), "-o", str(tmp_path / "figures")]
+        expected = f"spillkit plot: {path}: not a spillkit results CSV (not UTF-8 text at byte 0)\n"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-m", "spillkit", command, *args], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert (done.returncode, done.stderr, done.stdout) == (EXIT_BAD_INPUT, expected, "")
