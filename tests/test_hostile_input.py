@@ -16,8 +16,10 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import warnings
 from collections.abc import Callable, Hashable
 from pathlib import Path
@@ -742,3 +744,251 @@ def test_from_a_shell_a_bad_file_gives_exit_3_and_one_line(base: list[str], tmp_
         [sys.executable, "-m", "spillkit", command, *args], capture_output=True, text=True, timeout=120, env=env
     )
     assert (done.returncode, done.stderr, done.stdout) == (EXIT_BAD_INPUT, expected, "")
+
+
+# ---- 4. keys: every kind dask makes, and names no file system likes ----------------------------
+# tests/test_faults.py covers path escapes, reserved dot names, case folding, lone surrogates and
+# equal reprs; tests/test_storage.py the file names themselves. Here: a Chest behaves like a dict
+# for every key dask can produce (1 == 1.0 == True is one key), through spilling, a flush and a
+# reopen, and a delete leaves no file behind.
+
+UNIT = 100
+
+
+def unit_sizeof(value: Any) -> int:
+    return UNIT
+
+
+def dask_graph_keys() -> list[Hashable]:
+    """Keys of real dask graphs: an array (name, i, j) and a dataframe (name, i), plus literal data keys."""
+    import dask.array as da
+    import dask.dataframe as dd
+    import pandas as pd
+
+    array = (da.ones((6, 6), chunks=2) + 1).sum(axis=0)
+    frame = dd.from_pandas(pd.DataFrame({"a": range(12), "b": range(12)}), npartitions=3)
+    series = (frame.a + frame.b).cumsum()
+    keys = list(dict(array.__dask_graph__())) + list(dict(series.__dask_graph__()))
+    return list(dict.fromkeys(keys))
+
+
+HOSTILE_NAMES: list[Hashable] = [
+    "aux", "AUX", "nul", "com1", "LPT1", "con.txt", "CON", "prn.",  # Windows device names
+    "\u00e9", "e\u0301",  # é composed (NFC) and decomposed (NFD): equal on macOS file systems, distinct keys
+    "Key", "key", "KEY",
+    "a\nb", "line\r\n", "tab\there", "nul\0inside", "\0",
+    "a" * 255, "a" * 256, "\u00e9" * 128,  # 255 and 256 bytes; 128 characters that are 256 bytes in UTF-8
+    "x" * 100_000, "x" * 99_999 + "y",  # 100,000 characters, differing only in the last
+    tuple(range(10_000)), ("x", *range(9_999)),  # 10,000 elements
+    ("name", 0), ("name", "0"), ("name", 0, 0), ("name", (0,)), (("name", 0),),
+    b"bytes", "bytes", b"", (b"x", 0),
+    1.5, -1.5, math.inf, -math.inf, 10**30, -(10**30),
+    None, (), ((),), ("",), (None,), (None, None),
+    frozenset({1, 2}), frozenset(),
+    ("a", ("b", ("c", ("d", 1)))),
+]  # fmt: skip
+
+# Equal keys a dict treats as one: the Chest must too, spilled or reopened, found through any of them.
+EQUAL_KEYS: list[list[Hashable]] = [
+    [1, 1.0, True],
+    [0, 0.0, -0.0, False],
+    [("name", 1), ("name", 1.0), ("name", True)],
+    [frozenset({1, 2}), frozenset({2, 1.0})],
+    [(1, (2, 3)), (True, (2.0, 3))],
+]
+
+
+def keys_only_in(root: Path, everything: Path) -> list[Path]:
+    """Files under ``everything`` that are not under ``root`` (nothing may be written outside the Chest)."""
+    inside = os.path.realpath(root)
+    return [p for p in everything.rglob("*") if os.path.commonpath([inside, os.path.realpath(p)]) != inside]
+
+
+def round_trip(keys: list[Hashable], where: Path) -> None:
+    """Store ``keys`` (one value in memory at a time), find them, flush, reopen, find, delete; check the files."""
+    model: dict[Hashable, Any] = {}
+    path = where / "chest"
+    chest = Chest(path=path, available_memory=UNIT, sizeof=unit_sizeof)
+    for i, key in enumerate(keys):
+        chest[key] = model[key] = ("value", i)
+    assert len(chest) == len(model) and len(chest.inmem) <= 1
+    for key in keys:  # every key, through any equal key: loading one spills another
+        assert chest[key] == model[key], key
+    assert len(spill_files(chest.path)) >= len(model) - 1
+    chest.close()  # flushes: every value and the manifest on disk
+    assert len(spill_files(str(path))) == len(model)
+    assert keys_only_in(path, where) == []
+
+    again = Chest(path=path, available_memory=UNIT, sizeof=unit_sizeof)
+    assert len(again) == len(model)
+    for key in keys:
+        assert key in again and again[key] == model[key], key
+    stored = list(again)
+    for n, key in enumerate(stored):
+        del again[key]
+        assert key not in again
+        assert len(spill_files(again.path)) == len(stored) - n - 1  # its file went with it
+        with pytest.raises(KeyError):
+            again[key]
+    assert len(again) == 0
+    again.close()
+    assert [name for name in os.listdir(path) if not name.startswith(".spillkit-manifest")] == []
+    assert len(Chest(path=path, available_memory=UNIT)) == 0
+    assert keys_only_in(path, where) == []
+
+
+def spill_files(path: str) -> list[str]:
+    return [name for name in os.listdir(path) if not name.startswith(".")]
+
+
+def test_keys_of_real_dask_graphs_round_trip(tmp_path: Path) -> None:
+    from dask.core import validate_key
+
+    keys = dask_graph_keys()
+    assert len(keys) > 20 and {type(k) for k in keys} <= {str, tuple}
+    for key in keys:
+        validate_key(key)
+    round_trip(keys, tmp_path)
+
+
+def test_every_dask_key_type_round_trips(tmp_path: Path) -> None:
+    """dask.typing.Key: str, int, float and tuples of them, nested (bytes keys are in HOSTILE_NAMES)."""
+    from dask.core import validate_key
+
+    keys: list[Hashable] = ["x", 7, -7, 7.5, ("x", 0), ("x", 0, 1), ("x", "y", 2.5), (("x", 0), 1), ("x",), ()]
+    keys += [("x-" + "0" * 32, 2**40, 3), ((((("deep", 0),),),),), ("x", (0, (1, (2, (3,)))))]
+    for key in keys:
+        validate_key(key)
+    round_trip(keys, tmp_path)
+
+
+def test_keys_that_make_bad_file_names_round_trip(tmp_path: Path) -> None:
+    assert len(set(HOSTILE_NAMES)) == len(HOSTILE_NAMES)
+    round_trip(HOSTILE_NAMES, tmp_path)
+
+
+def test_equal_keys_are_one_key_as_in_a_dict(tmp_path: Path) -> None:
+    chest = Chest(path=tmp_path / "chest", available_memory=UNIT, sizeof=unit_sizeof)
+    model: dict[Hashable, Any] = {}
+    for group in EQUAL_KEYS:
+        for n, key in enumerate(group):
+            chest[key] = model[key] = (group[0], n)  # each assignment through an equal key overwrites
+    assert len(chest) == len(model) == len(EQUAL_KEYS)
+    assert len(spill_files(chest.path)) == len(EQUAL_KEYS) - 1  # one file per key, not per spelling
+    chest.close()
+    again = Chest(path=tmp_path / "chest", available_memory=UNIT, sizeof=unit_sizeof)
+    for group in EQUAL_KEYS:
+        for key in group:
+            assert again[key] == model[key] == (group[0], len(group) - 1), key
+    del again[True]  # deletes 1 and 1.0 too
+    assert 1 not in again and 1.0 not in again
+    del again[-0.0]
+    assert False not in again
+    assert len(again) == len(EQUAL_KEYS) - 2
+    assert len(spill_files(again.path)) == len(EQUAL_KEYS) - 2
+    again.drop()
+
+
+SCALAR_KEYS = st.one_of(
+    st.text(max_size=8),
+    st.text(st.characters(codec="utf-8"), min_size=100, max_size=300),  # past NAME_MAX in UTF-8
+    st.sampled_from(["", ".", "..", "/", "a/b", "\\", "con", "\0", "\n", "\u00e9", "e\u0301", "A", "a"]),
+    st.integers(),
+    st.floats(allow_nan=False),  # NaN is never equal to itself: no dict finds it but by identity
+    st.binary(max_size=8),
+    st.none(),
+    st.booleans(),
+)
+KEY_TREES = st.recursive(SCALAR_KEYS, lambda inner: st.lists(inner, max_size=4).map(tuple), max_leaves=8)
+
+
+@settings(FUZZ, max_examples=25)
+@given(keys=st.lists(KEY_TREES, min_size=1, max_size=10))
+def test_any_key_tree_round_trips_like_a_dict(workdir: Path, keys: list[Hashable]) -> None:
+    where = Path(tempfile.mkdtemp(dir=workdir))
+    try:
+        round_trip(keys, where)
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+
+
+# ---- 5. the metrics exporter listens on loopback unless told otherwise -------------------------
+# tests/test_metrics.py checks that serve(0) binds 127.0.0.1 and serves; here: the default is the
+# signature's, an explicit address is honoured, and the demo's --serve-metrics binds loopback for a
+# bare port and listens on nothing without the option (checked on the real process' sockets).
+
+
+def test_serve_binds_loopback_by_default_and_elsewhere_only_when_told() -> None:
+    import inspect
+
+    from prometheus_client import CollectorRegistry
+
+    from spillkit.metrics import serve
+
+    assert inspect.signature(serve).parameters["addr"].default == "127.0.0.1"
+    for addr in (None, "127.0.0.2"):  # 127.0.0.2: another address, still unreachable from outside
+        try:
+            server = serve(0, registry=CollectorRegistry()) if addr is None else serve(0, addr, CollectorRegistry())
+        except OSError as error:  # pragma: no cover - a system without the 127/8 loopback range
+            pytest.skip(f"cannot bind {addr}: {error}")
+        try:
+            assert server.server_address[0] == (addr or "127.0.0.1")
+        finally:
+            server.shutdown()
+            server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("9464", ("127.0.0.1", 9464)), (":0", ("127.0.0.1", 0)), ("[::1]:0", ("::1", 0)),
+     ("0.0.0.0:9464", ("0.0.0.0", 9464)), ("localhost:1", ("localhost", 1))],
+)  # fmt: skip
+def test_serve_metrics_address_defaults_to_loopback(text: str, expected: tuple[str, int]) -> None:
+    from spillkit.cli import _address
+
+    assert _address(text) == expected
+
+
+@pytest.mark.parametrize("text", ["host", "host:", "127.0.0.1:-1", "127.0.0.1:65536", "127.0.0.1:port", ""])
+def test_a_bad_serve_metrics_address_is_a_usage_error(text: str) -> None:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as info:
+        main(["demo", "--serve-metrics", text])
+    assert info.value.code == EXIT_USAGE
+    assert "argument --serve-metrics: expected HOST:PORT" in err.getvalue()
+
+
+def listening(pid: int) -> list[str]:
+    """The IP addresses the process listens on (TCP)."""
+    import psutil
+
+    return [c.laddr.ip for c in psutil.Process(pid).net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("serve", [True, False], ids=["serve-metrics-port-only", "no-serve-metrics"])
+def test_the_demo_listens_on_loopback_only_and_only_when_asked(serve: bool) -> None:
+    command = [sys.executable, "-m", "spillkit", "demo", "--seconds", "1.5", "--arrays", "8", "--array-size", "4 KiB",
+               "--budget", "16 KiB", "--reads", "10", "--policy", "lru"]  # fmt: skip
+    if serve:
+        command += ["--serve-metrics", "0"]  # a port alone
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        assert first.startswith("spillkit demo:"), first
+        if serve:
+            line = process.stdout.readline()
+            match = re.search(r"http://127\.0\.0\.1:(\d+)/metrics", line)
+            assert match, line
+            assert listening(process.pid) == ["127.0.0.1"]  # the one socket, bound to loopback
+        else:
+            assert process.poll() is None  # still running its 1.5 seconds
+            assert listening(process.pid) == []
+        output, _ = process.communicate(timeout=60)
+        assert process.returncode == 0, output
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=20)
