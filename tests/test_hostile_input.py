@@ -260,6 +260,11 @@ def insert_line(at: int, text: str) -> Callable[[list[str]], int]:
     return damage
 
 
+def drop_header(lines: list[str]) -> int:
+    del lines[0]
+    return 0
+
+
 DEEP = "[" * 100_000 + "]" * 100_000
 # name -> (damage returning the 0-based index of the bad line, a fragment of the error)
 DAMAGES: dict[str, tuple[Callable[[list[str]], int], str]] = {
@@ -330,7 +335,7 @@ DAMAGES: dict[str, tuple[Callable[[list[str]], int], str]] = {
         "'data' must be a list",
     ),
     "a-megabyte-line-of-junk": (replace_line("get", '["get", 1, 0.1, "' + "x" * 2**20 + '"]'), "outcome must be"),
-    "header-missing": (lambda lines: [lines.pop(0), 0][1], "not a spillkit trace"),
+    "header-missing": (drop_header, "not a spillkit trace"),
     "header-other-format": (replace_line("header", '{"format": "other", "version": 1}'), "not a spillkit trace"),
     "header-empty-line": (replace_line("header", ""), "not a spillkit trace (the first line is empty)"),
     "header-not-json": (replace_line("header", "{format"), "not a spillkit trace (the first line is not valid JSON"),
