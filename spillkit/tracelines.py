@@ -21,7 +21,7 @@ from .keys import decode_key
 __all__ = ["OUTCOMES", "BadLine", "LineParser", "short"]
 
 OUTCOMES = ("hit", "load", "miss")
-MAX_NBYTES = 2**63 - 1  # no value is larger: a bigger size is corruption, and would overflow numpy in the bounds
+MAX_INT64 = 2**63 - 1  # no size or planned position is larger: a bigger number is corruption
 _LARGEST = 2**1000  # larger JSON integers do not fit a float; the policies compute in floats
 
 
@@ -53,12 +53,14 @@ def _real(value: Any) -> float | None:
 
 
 def _nbytes(value: Any) -> int:
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_NBYTES:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_INT64:
         return value
     raise BadLine(f"nbytes must be an integer from 0 to 2**63-1, found {short(value)}")
 
 
 def _time(value: Any) -> float:
+    if type(value) is float and math.isfinite(value):  # the common case first: a trace has one per line
+        return value
     seconds = _real(value)
     if seconds is not None and math.isfinite(seconds):
         return seconds
@@ -139,9 +141,10 @@ class LineParser:
 
     def key(self, ident: Any) -> Hashable:
         """The key a trace id refers to (ids are defined in order, from 0)."""
-        if isinstance(ident, int) and not isinstance(ident, bool) and 0 <= ident < len(self.keys):
+        if type(ident) is int and 0 <= ident < len(self.keys):  # type(), not isinstance: True is no id
             return self.keys[ident]
-        raise BadLine(f"key id {short(ident)} is not defined (ids 0 to {len(self.keys) - 1} are)")
+        defined = f"ids 0 to {len(self.keys) - 1} are" if self.keys else "no key is yet"
+        raise BadLine(f"key id {short(ident)} is not defined ({defined})")
 
     def line(self, row: Any) -> None:
         """Check one decoded line and add what it says."""
@@ -163,7 +166,8 @@ class LineParser:
             self.ops.append((tag, None, _time(row[1])))
         else:
             key = self.key(row[1])
-            self.ops.append((tag, key, *(check(value) for check, value in zip(_FIELDS[tag], row[2:], strict=True))))
+            fields = [check(value) for check, value in zip(_FIELDS[tag], row[2:], strict=False)]  # arity checked
+            self.ops.append((tag, key, *fields))
 
     def _define(self, ident: Any, encoded: Any) -> None:
         if ident != len(self.keys) or not isinstance(ident, int) or isinstance(ident, bool):
@@ -191,7 +195,7 @@ class LineParser:
             deps[self.key(ident)] = [self.key(d) for d in dep_ids]
         order = {}
         for ident, position in self._pairs(graph, "order"):
-            if not isinstance(position, int) or isinstance(position, bool) or abs(position) > MAX_NBYTES:
+            if not isinstance(position, int) or isinstance(position, bool) or abs(position) > MAX_INT64:
                 raise BadLine(f"graph order positions must be integers below 2**63, found {short(position)}")
             order[self.key(ident)] = position
         data = graph.get("data", [])
