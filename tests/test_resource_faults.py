@@ -400,11 +400,6 @@ def test_a_failed_load_raises_and_the_key_stays(lab: Lab, op: str, code: int, nt
     assert_recovers(chest, expected)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DiskStore.read lets the OSError of open/readinto through unchanged: it names the file's "
-    "path, which for a hashed file name does not show the key",
-)
 @pytest.mark.parametrize("op", ["open", "read"])
 def test_a_failed_load_names_the_key(lab: Lab, op: str) -> None:
     chest, _ = lab.filled()
@@ -450,11 +445,6 @@ def test_a_failed_flush_raises_and_loses_nothing(lab: Lab, op: str, code: int, n
     assert_recovers(chest, expected)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SpillEngine.write_all catches a failed flush write without counting it: "
-    "stats.spill_failures stays 0 although writes failed",
-)
 def test_a_failed_flush_write_is_counted(lab: Lab) -> None:
     chest, _ = lab.filled()
     lab.fault("write", errno.ENOSPC)
@@ -494,11 +484,6 @@ def test_a_failed_unlink_warns_that_a_file_was_left_and_the_key_is_gone(lab: Lab
     assert_recovers(chest, expected, may_remain=frozenset({left}))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DiskStore.delete forgets a file it could not unlink: never retried, not in disk_bytes, "
-    "not removed on reopen; it stays in the directory until drop()",
-)
 def test_a_file_left_by_a_failed_unlink_is_removed_once_the_disk_works(lab: Lab) -> None:
     chest, _ = lab.filled()
     left = chest._store.names()[("t", 1)]
@@ -672,11 +657,6 @@ def test_a_codec_that_raises_on_encode_sets_values_aside_and_flush_names_them(la
     assert_accounting(chest)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a key set aside after an encode error is never offered again, even once flush() has "
-    "written it: memory stays over the budget until the key is overwritten or deleted",
-)
 def test_values_set_aside_by_a_broken_codec_are_evictable_once_written(lab: Lab) -> None:
     codec = BrokenCodec()
     chest, _ = lab.filled(codec=codec)
@@ -708,10 +688,6 @@ def test_a_codec_that_raises_on_decode_fails_the_read_and_keeps_the_key(lab: Lab
     assert_accounting(chest)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a decode error reaches the caller as the codec raised it, without the key it was reading",
-)
 def test_a_decode_error_names_the_key(lab: Lab) -> None:
     codec = BrokenCodec()
     chest, _ = lab.filled(codec=codec)
@@ -798,11 +774,6 @@ def test_an_eviction_over_available_disk_refuses_the_put_and_keeps_everything(la
     assert_accounting(chest)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a put refused because evicting another key would exceed available_disk raises an error "
-    "naming only the victim, not the key the caller was storing",
-)
 def test_a_put_refused_by_the_quota_names_the_key_being_put(lab: Lab) -> None:
     probe, _ = lab.filled(path=lab.tmp_path / "probe")
     chest, _ = lab.filled(available_disk=probe.disk_bytes + 20)
