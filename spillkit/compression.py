@@ -196,12 +196,7 @@ class CompressedCodec:
         decode_frames = getattr(self.inner, "decode_frames", None)
         if decode_frames is not None:
             return decode_frames(frames)  # raw frames stay views into ``data``
-        joined = bytearray(inner_offset)
-        offset = 0
-        for frame in frames:
-            joined[offset : offset + len(frame)] = frame
-            offset += len(frame)
-        return self.inner.decode(memoryview(joined))
+        return self.inner.decode(memoryview(bytearray().join(frames)))  # one contiguous body, as it was encoded
 
 
 def _read_table(data: memoryview) -> tuple[list[tuple[int, int, int]], int]:
