@@ -379,3 +379,21 @@ def test_worker_storage_passes_compression_through(tmp_path: Path) -> None:
         assert chest.engine.disk.codec.name == "lz4+pickle"
     finally:
         chest.drop()
+
+
+@pytest.mark.parametrize("algorithm", ALGOS)
+def test_a_dask_computation_spills_through_compression(algorithm: str, tmp_path: Path) -> None:
+    da = pytest.importorskip("dask.array", reason="the dask extra is not installed")
+    from spillkit.dask import spilling
+
+    x = da.from_array(np.repeat(np.arange(1 << 16, dtype=np.int64), 16), chunks=1 << 17)  # 8 chunks of 1 MiB
+    y = (x + 1) * 2
+    total = (y - y.mean()).std()  # every chunk of y is held from the mean to the subtraction: they spill
+    expected = float(total.compute(scheduler="sync"))
+    with spilling(available_memory="2 MiB", compression=algorithm, path=tmp_path) as chest:
+        assert float(total.compute(scheduler="threads")) == expected
+        assert chest.stats.loads > 0  # values really went to disk and back
+        assert chest.engine.disk.codec.name == f"{algorithm}+pickle"
+        assert chest.stats.spill_bytes < chest.stats.spills * (1 << 17) // 2  # and they were compressed
+    with pytest.raises(TypeError, match="or a chest, not both"), spilling(Chest(), compression=algorithm):
+        pass
