@@ -278,10 +278,11 @@ def spill_table(results: dict[tuple[str, str, str], list[Run]], mode: str) -> li
 def skip_table(results: dict[str, dict[str, list[float]]], spill: dict[tuple[str, str, str], list[Run]]) -> list[str]:
     off = results["off"]
     base = spill[("warm", "random", "off")]
-    # what a Chest spends per MiB of these values in the warm benchmark: the yardstick for the extra cost
-    warm_us_per_mib = median([r.total_ns / 1e3 / (r.written / MiB) for r in base])
+    # the CPU a Chest spends per MiB written in the warm benchmark: the yardstick for the extra cost
+    # (CPU, not wall, time: on a busy machine wall time is mostly waiting for a CPU)
+    warm_us_per_mib = median([r.cpu_ns / 1e3 / (r.written / MiB) for r in base])
     lines = [
-        "| codec | encode CPU µs/MiB | extra µs/MiB | extra / warm store+load | decode CPU µs/MiB "
+        "| codec | encode CPU µs/MiB | extra µs/MiB | extra / CPU of a warm store+load | decode CPU µs/MiB "
         "| Chest warm store+load on `random`, x off |",
         "|---|--:|--:|--:|--:|--:|",
     ]
@@ -335,6 +336,12 @@ def render(
 ) -> str:
     command = shlex.join(["python", "benchmarks/bench_compression.py", *args.argv])
     on, verdict_lines = verdict(spill)
+    busy = ""
+    if float(load_start.split(",")[0]) > (os.cpu_count() or 1):
+        busy = (
+            " The machine was oversubscribed during this run (load average above its CPU count): wall times "
+            "include waits for a CPU and their IQRs are wide; the `CPU x off` column is the steadier comparison."
+        )
     total = args.nvalues * args.value_mib
     parts = [
         "## Compression: spill then load with lz4 and zstd (`bench_compression.py`)",
@@ -350,7 +357,7 @@ def render(
         f"(so about {total * 3 // 4} MiB is written and read). {args.reps} repetitions after a dropped warm-up, "
         f"best of {args.inner} runs each, every (mode, data, setting) in a freshly shuffled order; "
         "`x off` columns are medians of the per-repetition ratios to compression off. CPU is this thread's time "
-        "(compression runs in the caller's thread). Written counts bytes in spill files, headers included.",
+        "(compression runs in the caller's thread). Written counts bytes in spill files, headers included." + busy,
         "",
         f"**Decision**: the default stays **{'on' if on else 'off'}**"
         + ("." if on else " (no setting was clearly faster on this machine's disk):"),
@@ -370,8 +377,8 @@ def render(
         "Each frame is tried on a 64 KiB sample (four 16 KiB pieces) and stored raw when the sample does not "
         "shrink to 90%. Encode and decode CPU time per MiB (this thread's, best of 20 loops; encode leaves raw "
         "frames as views, so plain pickle costs almost nothing), the extra over plain pickle, that extra as a "
-        "share of what a warm store+load of the same data costs per MiB, and the end-to-end ratio from the warm "
-        "table.",
+        "share of the CPU time a warm store+load of the same data takes per MiB written, and the end-to-end "
+        "ratio from the warm table.",
         "",
         *skip_table(skip, spill),
         "",
