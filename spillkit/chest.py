@@ -69,15 +69,18 @@ class Chest(MutableMapping[Hashable, Any]):
     compression : {None, "lz4", "zstd"} or CompressedCodec, optional
         Compress spilled values (needs ``pip install "spillkit[compress]"``);
         ``"zstd:3"`` also sets the level. Each frame of the codec's output (the
-        pickle stream, each large array buffer) is compressed only if a sample
-        of it shrinks by 10% or more; smaller or incompressible frames are
-        stored raw at the cost of one sample's trial. Off by default: on this
-        project's benchmark machine (ext4 on a VM disk, writes landing in the
-        page cache) lz4 made spill+load of compressible arrays 1.0-1.5x slower
-        and zstd 2-4x slower while writing 3-10x fewer bytes; random data cost
-        under 5% extra with either. Turn it on to save disk space, or on a
-        disk slower than the page cache (see ``benchmarks/README.md``). Reopen
-        a ``path`` with the same ``compression`` it was written with.
+        pickle stream, each large array buffer) is compressed only if a 64 KiB
+        sample of it shrinks to 90% or less; small and incompressible frames are
+        stored raw (and read back without a copy) for the price of that trial,
+        about 5 (lz4) or 25 (zstd) CPU microseconds per MiB. Off by default:
+        on the benchmark machine (an ext4 VM disk, ``benchmarks/README.md``)
+        compressible arrays and DataFrames spilled and loaded 1.0-2.6x slower
+        with lz4 and 1.4-3.9x slower with zstd when writes land in the page
+        cache (as a Chest's do), while files shrank to 0.07-0.8x; only
+        mostly-zero data read cold from the device got faster (lz4 0.6x). Turn
+        it on to save disk space, or on a disk much slower than the compressor.
+        Reopen a ``path`` with compression on if it was written with it (either
+        algorithm reads both; a body written without compression is refused).
 
     Notes
     -----
