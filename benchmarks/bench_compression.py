@@ -368,12 +368,12 @@ def render(
         "",
         "The trade-off: compression spends CPU in the thread that spills and loads to write and read fewer "
         "bytes. Where writes land in the page cache and reads come from it (a Chest never fsyncs outside "
-        "`flush()`), bytes are cheap and the CPU is the cost, so only data that is mostly zeros breaks even. "
-        "With fsync and cold reads the device's time counts too, and mostly-zero data gains; integers and "
-        "DataFrames still lose on this virtual disk. Compression pays "
-        "for itself in disk space (`written x off`), and in time on a disk slower than lz4 decompresses "
-        "(network or spinning disks): measure there with `--dir`. Incompressible data (`random`) is skipped "
-        "after one sample: its ratios are noise around 1.",
+        "`flush()`), bytes are cheap and the CPU is the cost: every compressible data set took more CPU "
+        "(`CPU x off` above 1), mostly-zero data the least. With fsync and cold reads the device's time counts "
+        "too, and mostly-zero data can gain (`sparse`, cold); integers, smooth floats and DataFrames still lose "
+        "on this virtual disk. Compression pays for itself in disk space (`written x off`), and in time on a "
+        "disk slower than lz4 decompresses (network or spinning disks): measure there with `--dir`. "
+        "Incompressible data (`random`) is skipped after one sample: its ratios are noise around 1.",
         "",
         "### Warm: what a Chest does (nothing fsynced; the page cache absorbs writes and serves reads)",
         "",

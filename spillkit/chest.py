@@ -72,13 +72,14 @@ class Chest(MutableMapping[Hashable, Any]):
         pickle stream, each large array buffer) is compressed only if a 64 KiB
         sample of it shrinks to 90% or less; small and incompressible frames are
         stored raw (and read back without a copy) for the price of that trial,
-        about 5 (lz4) or 25 (zstd) CPU microseconds per MiB. Off by default:
-        on the benchmark machine (an ext4 VM disk, ``benchmarks/README.md``)
-        compressible arrays and DataFrames spilled and loaded 1.0-2.6x slower
-        with lz4 and 1.4-3.9x slower with zstd when writes land in the page
-        cache (as a Chest's do), while files shrank to 0.07-0.8x; only
-        mostly-zero data read cold from the device got faster (lz4 0.6x). Turn
-        it on to save disk space, or on a disk much slower than the compressor.
+        about 4 (lz4) or 21 (zstd) CPU microseconds per MiB. Off by default:
+        on the benchmark machine (a busy 2-CPU VM with an ext4 disk, see
+        ``benchmarks/README.md``) compressible arrays and DataFrames spilled
+        and loaded 1.0-3x slower with lz4 and 1.4-5x slower with zstd when
+        writes land in the page cache (as a Chest's do), using 1.2-2.6x the
+        CPU, while files shrank to 0.06-0.8x; only mostly-zero data fsynced and
+        read cold from the device got faster (lz4: 0.5-0.6x the time). Turn it
+        on to save disk space, or on a disk much slower than the compressor.
         Reopen a ``path`` with compression on if it was written with it (either
         algorithm reads both; a body written without compression is refused).
 
