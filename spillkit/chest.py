@@ -76,7 +76,7 @@ class Chest(MutableMapping[Hashable, Any]):
         on the benchmark machine (a busy 2-CPU VM with an ext4 disk, see
         ``benchmarks/README.md``) compressible arrays and DataFrames spilled
         and loaded 1.0-3x slower with lz4 and 1.4-5x slower with zstd when
-        writes land in the page cache (as a Chest's do), using 1.2-2.6x the
+        writes land in the page cache (as a Chest's do), using 1.0-2.6x the
         CPU, while files shrank to 0.06-0.8x; only mostly-zero data fsynced and
         read cold from the device got faster (lz4: 0.5-0.6x the time). Turn it
         on to save disk space, or on a disk much slower than the compressor.
