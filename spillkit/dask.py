@@ -152,14 +152,16 @@ def spilling(
 ) -> Iterator[Chest]:
     """Make a Chest dask's cache for the block: ``with spilling(available_memory="4 GiB"): x.compute()``.
 
-    Builds a Chest with the graph-aware ``NextUse`` policy unless one is given
-    (other keywords, such as ``write_behind=True``, go to the Chest), sets
-    ``dask.config`` ``cache=`` to it, and applies :class:`ChestCallback`.
-    A temporary Chest made here is closed at the end of the block.
+    Builds a Chest with the graph-aware ``NextUse`` policy unless one is given,
+    sets ``dask.config`` ``cache=`` to it, and applies :class:`ChestCallback`.
+    A temporary Chest made here is closed at the end of the block. Other
+    keywords (``compression="lz4"``, ``path``, ...) go to that Chest.
     """
     made = chest is None
     if chest is None:
         chest = Chest(available_memory=available_memory, policy=policy, **chest_kwargs)
+    elif chest_kwargs:
+        raise TypeError(f"give Chest keywords ({', '.join(chest_kwargs)}) or a chest, not both")
     try:
         with dask.config.set(cache=chest), ChestCallback(chest):
             yield chest
