@@ -509,6 +509,11 @@ def verdict(name: str, summary: dict[str, float]) -> str:
     return f"- {name}: " + "; ".join(parts)
 
 
+def _selection(args: argparse.Namespace) -> str:
+    only = f" --only {' '.join(args.only)}" if args.only else ""
+    return only + (f" --workloads {' '.join(args.workloads)}" if set(args.workloads) != set(WORKLOADS) else "")
+
+
 def report(
     infos: dict[str, dict[str, Any]],
     cells: dict[str, list[Cell]],
@@ -521,7 +526,7 @@ def report(
     lines = [
         "## dask workloads: Chest as the threaded scheduler's cache (`bench_dask.py`)",
         "",
-        f"`python benchmarks/bench_dask.py --scale {args.scale:g} --reps {args.reps}` on {today}: "
+        f"`python benchmarks/bench_dask.py --scale {args.scale:g} --reps {args.reps}{_selection(args)}` on {today}: "
         f"Python {platform.python_version()}, dask {version('dask')}, zict {version('zict')}, "
         f"numpy {np.__version__}, spillkit {git_state()}, {os.cpu_count()} CPUs, "
         f"load average {loads[0]} at the start and {loads[1]} at the end (a shared machine), "
@@ -713,7 +718,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             block += "\n\n" + PROFILE_INTRO + "\n\n" + summary.rstrip("\n")
         print(block)
         if not (args.quick or args.no_readme):
-            write_section("bench_dask", block)
+            # A run of some contenders only gets a section of its own: it must not replace the full table.
+            write_section("bench_dask" if args.only is None else "bench_dask-" + "-".join(args.only), block)
             print(f"\nwrote the table into {README}", file=sys.stderr)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
