@@ -322,15 +322,20 @@ class Chest(MutableMapping[Hashable, Any]):
         result before deleting the inputs it no longer needs, so settling after
         the deletes avoids writing values that are about to disappear.
         """
-        with self._engine.lock:
-            previous, self._engine.deferred = self._engine.deferred, True
+        engine = self._engine
+        with engine.lock:
+            # A count, not a saved flag: blocks opened by two threads may close in any order,
+            # and the Chest is deferred while any is open.
+            engine.deferred_blocks += 1
+            engine.deferred = True
         try:
             yield self
         finally:
-            with self._engine.lock:
-                self._engine.deferred = previous
-                if not previous:
-                    self._engine.settle()
+            with engine.lock:
+                engine.deferred_blocks -= 1
+                if not engine.deferred_blocks:
+                    engine.deferred = False
+                    engine.settle()
 
     def settle(self) -> None:
         """Spill until memory is within the budget."""

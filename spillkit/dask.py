@@ -98,7 +98,6 @@ class ChestCallback(Callback):
         self.chest = chest
         self.measure = costs
         self._starts: dict[Hashable, float] = {}
-        self._previous = False
 
     def __enter__(self) -> ChestCallback:
         warn_if_distributed()
@@ -108,7 +107,8 @@ class ChestCallback(Callback):
     def _start(self, dsk: Mapping[Any, Any]) -> None:
         engine = self.chest.engine
         with engine.lock:
-            self._previous, engine.deferred = engine.deferred, True
+            engine.deferred_blocks += 1  # counted: computations on one Chest may overlap
+            engine.deferred = True
         policy = self.chest.policy
         if isinstance(policy, GraphAware):
             with engine.lock:
@@ -134,7 +134,9 @@ class ChestCallback(Callback):
         self._starts.clear()
         engine = self.chest.engine
         with engine.lock:
-            engine.deferred = self._previous
+            engine.deferred_blocks -= 1
+            if not engine.deferred_blocks:
+                engine.deferred = False
             engine.settle()
 
 

@@ -110,6 +110,7 @@ class SpillEngine:
         self.listeners: list[Listener] = []
         self.memory_bytes = 0
         self.deferred = False
+        self.deferred_blocks = 0  # open Chest.deferred() blocks (any thread)
         self.closed = False
         self.listener_errors = 0
         self._nbytes: dict[Hashable, int] = {}  # every key, resident or not
