@@ -655,8 +655,10 @@ def race_chest(tmp_path: Path, config: dict[str, Any], policy: str = "lru") -> t
 
 
 def spill_everything(chest: Chest) -> None:
-    while chest.evict() > 0:
-        pass
+    # evict() returns -1 once nothing is left to spill; the bound only guards against a loop forever.
+    for _ in range(10 * len(chest) + 10):
+        if chest.evict() < 0:
+            break
     quiesce(chest)
 
 
@@ -839,5 +841,38 @@ def test_owners_change_keys_while_others_force_spills_and_loads(
         run_threads(work, owners + helpers, timeout=120)
         expected = {key: value for model in finals for key, value in model.items()}
         assert_holds(chest, expected)
+    finally:
+        chest.drop()
+
+
+# ---- deferral from several threads ------------------------------------------------------------
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="Chest.deferred() saves and restores one shared flag: when two threads' blocks overlap and the "
+    "first ends first, the second restores 'deferred' for good, and puts never spill again (bug report)",
+)
+def test_overlapping_deferred_blocks_in_two_threads(tmp_path: Path, config: dict[str, Any]) -> None:
+    chest = Chest(path=tmp_path / "c", available_memory=100, **config)
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+
+    def work(i: int) -> None:
+        if i == 0:
+            with chest.deferred():
+                first_in.set()
+                assert second_in.wait(10)
+            first_out.set()
+        else:
+            assert first_in.wait(10)
+            with chest.deferred():
+                second_in.set()
+                assert first_out.wait(10)
+
+    try:
+        run_threads(work, 2, timeout=30)
+        for i in range(20):
+            chest[i] = bytes([i]) * 50  # 1 000 bytes in all, ten times the budget
+        assert chest.memory_bytes <= chest.available_memory
+        assert dict(chest.items()) == {i: bytes([i]) * 50 for i in range(20)}
     finally:
         chest.drop()
