@@ -5,13 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 import types
 import warnings
 import weakref
 from collections.abc import Callable, Hashable, Iterator, Mapping, MutableMapping
 from typing import IO, Any
 
+from . import tempdirs
 from .codecs import Codec, FuncCodec, PickleCodec
 from .engine import _MISSING, SpillEngine
 from .errors import SpillError, SpillWarning
@@ -47,7 +47,8 @@ class Chest(MutableMapping[Hashable, Any]):
         Directory for spilled values, created (0700) if missing. If it holds a
         manifest from an earlier ``flush()``, those keys are available again.
         Without ``path`` a temporary directory is made and removed on close,
-        garbage collection or interpreter exit (never by a forked child).
+        garbage collection or interpreter exit (never by a forked child); one
+        left by a killed process is removed by :func:`spillkit.tempdirs.sweep_stale`.
     available_memory : int, float or str, optional
         The memory budget in bytes, e.g. ``1e9`` or ``"512 MiB"`` (default 1 GB).
     dump, load : callables, optional
@@ -121,7 +122,7 @@ class Chest(MutableMapping[Hashable, Any]):
             raise ValueError(f"{chosen!r} already serves another Chest; give each Chest its own policy")
         self._temporary = path is None
         if path is None:
-            self._path = tempfile.mkdtemp(prefix="spillkit-")
+            self._path = tempdirs.create()  # named after this process, so a sweep can tell when it is stale
             self._finalizer: weakref.finalize[Any, Any] | None = weakref.finalize(
                 self, _remove_directory, self._path, os.getpid()
             )
