@@ -8,7 +8,8 @@ now and then, values that cannot be pickled. While the faults are armed, each ``
 fails with ENOSPC or EIO at a seeded probability; everything else is the real disk.
 
 Every operation is checked against the model at once, by the documented failure semantics: an operation that
-raised left its key as it was; a failed spill keeps the value in memory; a failed delete still deletes. The
+raised left its key as it was; a failed spill keeps the value in memory; a failed delete still deletes; and no
+fault goes unnoticed (an operation during which one was injected raised or warned). The
 workload runs twice; afterwards open descriptors and threads are back to their baseline, nothing is left on
 disk, and the second run's memory growth is bounded. ``SPILLKIT_SOAK_OPS`` sets the operations per run.
 """
@@ -40,10 +41,10 @@ import spillkit.manifest
 import spillkit.storage
 from spillkit import Chest, CorruptSpillFile, DiskQuotaExceeded, SpillError, SpillWarning
 
-OPS = int(os.environ.get("SPILLKIT_SOAK_OPS", "150000"))  # per run; two runs and a tenth: ~25 s on 2 cores
+OPS = int(os.environ.get("SPILLKIT_SOAK_OPS", "120000"))  # per run; two runs and a tenth: ~20 s of CPU
 SEED = int(os.environ.get("SPILLKIT_SOAK_SEED", "7"))
 KEYS = [f"k{i}" for i in range(150)] + list(range(100)) + [("t", i) for i in range(50)]
-# (policy, memory budget, disk cap): budgets small enough that most operations touch the disk
+# (policy, memory budget, disk cap): each budget holds a fraction of its store's data, so most puts spill
 STORES = [("lru", 200_000, None), ("cost", 300_000, None), ("sieve", 100_000, None),
           ("arc", 200_000, 800_000), ("s3fifo", 400_000, None)]  # fmt: skip
 # Fault rates per call. A flush fsyncs every file written since the last one, hundreds of calls: a rate
@@ -85,14 +86,13 @@ def same(a: Any, b: Any) -> bool:
 class Faults:
     """Real I/O for the disk store and the manifest, failing at a seeded rate while armed."""
 
-    def __init__(self, seed: int, scale: float = 1.0) -> None:
+    def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)
-        self.scale = scale
         self.armed = False
         self.count: Counter[str] = Counter()
 
     def hit(self, what: str) -> None:
-        if self.armed and self.rng.random() < RATES[what] * self.scale:
+        if self.armed and self.rng.random() < RATES[what]:
             self.count[what] += 1
             code = self.rng.choice([errno.ENOSPC, errno.EIO])
             raise OSError(code, os.strerror(code))
@@ -484,7 +484,6 @@ def stores(tmp_path: Path) -> Iterator[Path]:
         root.mkdir()
     yield root
     shutil.rmtree(root, ignore_errors=True)  # only after a failure is anything left to remove
-    assert not root.exists()
 
 
 @pytest.mark.timeout(600)
@@ -525,3 +524,47 @@ def test_soak_leaves_no_descriptors_files_threads_or_growing_memory(
     assert blocks < 5000, f"{blocks} more Python memory blocks after the second run"
     assert resident < 20 * 2**20, f"resident memory grew by {resident} bytes in the second run"
     assert sum(s.size_diff for s in grown) < 2**20, "\n".join(map(str, grown[:10]))
+
+
+# ---- a leak the soak tolerates: a spill file whose removal failed ------------------------------------------
+
+
+class UnlinkFailsOnce(FaultyOs):
+    """``os`` for the disk store whose next ``unlink`` fails with EIO."""
+
+    def __init__(self) -> None:
+        super().__init__(Faults(0))
+        self.pending = True
+
+    def unlink(self, *args: Any, **kwargs: Any) -> None:
+        if self.pending:
+            self.pending = False
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        os.unlink(*args, **kwargs)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="DiskStore.delete forgets a key whose file it could not remove and never retries: in a persistent "
+    "directory the file outlives close and reopen (only drop() removes it)",
+)
+def test_a_spill_file_that_could_not_be_removed_is_removed_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "chest"
+    expected = {f"k{i}": bytes([i]) * 50 for i in range(6)}
+    chest = Chest(path=path, available_memory=250, sizeof=lambda v: 100)
+    chest.update(expected)
+    assert "k0" not in chest.inmem and (path / "k0").exists()
+    monkeypatch.setattr(spillkit.storage, "os", UnlinkFailsOnce())
+    with pytest.warns(SpillWarning, match="could not remove the spill file of 'k0'"):
+        del chest["k0"]
+    del expected["k0"]
+    monkeypatch.undo()  # the disk works again
+    assert "k0" not in chest
+    chest.close()
+    again = Chest(path=path, available_memory=250, sizeof=lambda v: 100)
+    assert set(again) == expected.keys()
+    assert all(again[key] == value for key, value in expected.items())
+    again.close()
+    assert sorted(p.name for p in path.iterdir() if not p.name.startswith(".")) == sorted(expected)

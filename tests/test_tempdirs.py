@@ -287,6 +287,10 @@ def test_another_users_directory_is_never_touched(parent: Path, ended: int, monk
 
 
 def test_the_sweep_command_lists_then_removes(parent: Path, ended: int, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["sweep", "--help"])
+    assert info.value.code == EXIT_OK
+    assert "usage: spillkit sweep" in capsys.readouterr().out
     _, start, namespace = fields()
     stale = fake_dir(parent, ended, start, namespace)
     (parent / "other").mkdir()
