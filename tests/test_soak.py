@@ -160,9 +160,10 @@ class Store:
         self.history.setdefault(key, []).append(value)
 
     def durable(self) -> None:
-        """A manifest of the current keys is on disk (flush or close returned or raised SpillError)."""
-        on_disk = {entry.key for entry in spillkit.manifest.read_manifest(str(self.path)) or []}
-        self.history = {key: [self.model[key]] for key in on_disk}
+        """A manifest is certainly on disk (flush or close returned or raised SpillError): from now on a key can
+        only come back with its current value or a later one. (Keys the manifest left out never come back, so
+        starting from every key of the model keeps the set of possible values a superset.)"""
+        self.history = {key: [value] for key, value in self.model.items()}
 
 
 class Soak:
