@@ -16,8 +16,9 @@ from .codecs import Codec, FuncCodec, PickleCodec
 from .engine import _MISSING, SpillEngine
 from .errors import SpillError, SpillWarning
 from .events import Listener
-from .manifest import MANIFEST_NAME, ManifestEntry, read_manifest, write_manifest
+from .manifest import ManifestEntry, read_manifest, remove_leftovers, write_manifest
 from .policies import Policy, make_policy
+from .security import check_directory, load_or_create_key, process_secret
 from .sizeof import default_sizeof
 from .sizes import parse_bytes
 from .stats import Stats
@@ -45,7 +46,9 @@ class Chest(MutableMapping[Hashable, Any]):
         Initial contents.
     path : str, optional
         Directory for spilled values, created (0700) if missing. If it holds a
-        manifest from an earlier ``flush()``, those keys are available again.
+        manifest from an earlier ``flush()``, those keys are available again,
+        with the values of that flush; spill and temporary files written after
+        it (by a process that was killed) are removed.
         Without ``path`` a temporary directory is made and removed on close,
         garbage collection or interpreter exit (never by a forked child); one
         left by a killed process is removed by :func:`spillkit.tempdirs.sweep_stale`.
@@ -66,6 +69,19 @@ class Chest(MutableMapping[Hashable, Any]):
         :class:`~spillkit.errors.DiskQuotaExceeded` and stores nothing.
     codec : Codec, optional
         A codec object instead of ``dump``/``load``.
+    write_behind : bool, int or str, optional
+        Write spilled values on a background thread so that a put returns
+        without waiting for pickling and disk. ``True`` caps the bytes of
+        evicted values in flight at twice the largest value (at least an
+        eighth of the budget); a number or ``"64 MiB"`` sets the cap. A value
+        stays readable from memory until its write completes, so memory may
+        exceed the budget by up to the cap; callers wait when it is reached.
+        A failed background write keeps the value in memory (counted, warned
+        about) and never raises into another caller. Default: off.
+    allow_insecure_path : bool, optional
+        Use a ``path`` owned by another user or writable by everyone, and a key
+        file readable by others (refused by default: whoever can write there
+        could make this process load a pickle of their choosing).
 
     Notes
     -----
@@ -77,7 +93,10 @@ class Chest(MutableMapping[Hashable, Any]):
     put raises and stores nothing. A failed disk write leaves the value in
     memory; memory may exceed the budget until writes work. A damaged spill
     file raises :class:`~spillkit.errors.CorruptSpillFile` naming the key and is
-    never unpickled. No failure loses another key's value.
+    never unpickled. Files are authenticated (HMAC-SHA256 of the header and
+    pickle stream): a file written by anyone without this Chest's secret (a
+    per-process secret, or ``path/.spillkit-key`` made 0600 for a persistent
+    Chest) is refused the same way. No failure loses another key's value.
 
     Examples
     --------
@@ -110,6 +129,8 @@ class Chest(MutableMapping[Hashable, Any]):
         available_disk: int | float | str | None = None,
         *,
         codec: Codec | None = None,
+        allow_insecure_path: bool = False,
+        write_behind: bool | int | str = False,
     ) -> None:
         budget = DEFAULT_AVAILABLE_MEMORY if available_memory is None else parse_bytes(available_memory)
         disk_cap = None if available_disk is None else parse_bytes(available_disk)
@@ -131,8 +152,18 @@ class Chest(MutableMapping[Hashable, Any]):
             os.makedirs(self._path, mode=0o700, exist_ok=True)
             self._finalizer = None
         self._owner_pid = os.getpid()
-        self._store = DiskStore(self._path, codec, disk_cap)
-        self._engine = SpillEngine(self._store, chosen, budget, sizeof or default_sizeof())
+        self._flushed = False  # the first flush also fsyncs the parent directory (the path may be new)
+        if self._temporary:
+            secret = process_secret()
+        else:
+            if not allow_insecure_path:
+                check_directory(self._path)
+            secret = load_or_create_key(self._path, check=not allow_insecure_path)
+        self._secret = secret
+        self._store = DiskStore(self._path, codec, disk_cap, secret)
+        if write_behind is not True and write_behind is not False:
+            write_behind = parse_bytes(write_behind)
+        self._engine = SpillEngine(self._store, chosen, budget, sizeof or default_sizeof(), write_behind=write_behind)
         if not self._temporary:
             self._reopen()
         chosen._spillkit_bound = True  # type: ignore[attr-defined]
@@ -277,40 +308,57 @@ class Chest(MutableMapping[Hashable, Any]):
         """Spill until memory is within the budget."""
         self._engine.settle()
 
+    def wait_for_writes(self) -> None:
+        """Block until every background write in flight has completed (see ``write_behind``)."""
+        self._engine.wait_for_writes()
+
     def flush(self) -> None:
         """Write every value to disk (keeping memory warm) plus an atomic key manifest.
 
-        After ``flush()`` returns, the files and the manifest are fsynced and
-        ``Chest(path=same)`` gives back every key and value. Raises
+        After ``flush()`` returns, the files, the manifest and the directory are
+        fsynced, and ``Chest(path=same)`` gives back exactly the keys and values
+        of this flush, even if the process is killed later before the next one:
+        the files this flush names are never overwritten or removed until the
+        next flush has committed its own manifest (copy-on-write). Raises
         ``SpillError`` naming the keys whose values could not be written; all
-        other values are flushed.
+        other values are flushed and committed. A flush killed or failing
+        (``OSError``) before the manifest is renamed into place leaves the
+        previous flush's state. See docs/durability.md.
         """
         self._check_open()
         with self._engine.lock:
-            failures = self._engine.write_all()
+            failures = self._engine.write_all()  # writes and fsyncs the files, then the directory
             engine, store = self._engine, self._store
             entries = [
-                ManifestEntry(key, name, store.file_bytes(key), engine.nbytes(key), engine.given_cost(key))
+                ManifestEntry(
+                    key, name, store.file_bytes(key), engine.nbytes(key), engine.given_cost(key), store.tag(key)
+                )
                 for key, name in store.names().items()
             ]
-            write_manifest(self._path, entries)
+            names = [entry.name for entry in entries]
+            store.protect(names, add=True)  # if the commit fails half-way, either manifest may be on disk
+            write_manifest(self._path, entries, self._secret, sync_parent=not self._flushed)  # the commit point
+            self._flushed = True
+            store.protect(names)  # and only now remove what the previous manifest needed and this one does not
         if failures:
             keys = ", ".join(repr(k) for k, _ in failures[:5])
             raise SpillError(f"flush could not write {len(failures)} value(s), keys {keys}") from failures[0][1]
 
     def _reopen(self) -> None:
-        for name in os.listdir(self._path):
-            if name.startswith((".tmp-", MANIFEST_NAME + ".tmp-")):
-                os.unlink(os.path.join(self._path, name))  # a write that never completed
-        entries = read_manifest(self._path) or []
+        # The manifest first: if it is damaged, raise before anything is removed.
+        entries = read_manifest(self._path, self._secret) or []
+        remove_leftovers(self._path, {entry.name for entry in entries})
+        adopted = []
         for entry in entries:
             if not os.path.exists(os.path.join(self._path, entry.name)):
                 warnings.warn(
                     f"spill file for key {entry.key!r} is missing; the key is skipped", SpillWarning, stacklevel=3
                 )
                 continue
-            self._store.adopt(entry.key, entry.name, entry.file_bytes)
+            self._store.adopt(entry.key, entry.name, entry.file_bytes, entry.tag)
             self._engine.restore(entry.key, entry.nbytes, entry.cost)
+            adopted.append(entry.name)
+        self._store.protect(adopted)
 
     def _check_open(self) -> None:
         if self._engine.closed:

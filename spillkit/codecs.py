@@ -95,6 +95,14 @@ class PickleCodec:
             offset += pad + view.nbytes
         return frames
 
+    def signed_frames(self, frames: Sequence[Buffer]) -> int:
+        """How many leading frames the disk tier must authenticate: the table and the stream.
+
+        The stream is what runs code when unpickled; the out-of-band buffers after
+        it are plain data, checked by the file's CRC only.
+        """
+        return 2
+
     def decode(self, data: memoryview) -> Any:
         (count,) = _COUNT.unpack_from(data, 0)
         position = _COUNT.size

@@ -145,17 +145,21 @@ def costs(chest: Chest) -> ChestCallback:
 
 @contextlib.contextmanager
 def spilling(
-    chest: Chest | None = None, available_memory: int | float | str | None = None, policy: str = "nextuse"
+    chest: Chest | None = None,
+    available_memory: int | float | str | None = None,
+    policy: str = "nextuse",
+    **chest_kwargs: Any,
 ) -> Iterator[Chest]:
     """Make a Chest dask's cache for the block: ``with spilling(available_memory="4 GiB"): x.compute()``.
 
-    Builds a Chest with the graph-aware ``NextUse`` policy unless one is given,
-    sets ``dask.config`` ``cache=`` to it, and applies :class:`ChestCallback`.
+    Builds a Chest with the graph-aware ``NextUse`` policy unless one is given
+    (other keywords, such as ``write_behind=True``, go to the Chest), sets
+    ``dask.config`` ``cache=`` to it, and applies :class:`ChestCallback`.
     A temporary Chest made here is closed at the end of the block.
     """
     made = chest is None
     if chest is None:
-        chest = Chest(available_memory=available_memory, policy=policy)
+        chest = Chest(available_memory=available_memory, policy=policy, **chest_kwargs)
     try:
         with dask.config.set(cache=chest), ChestCallback(chest):
             yield chest

@@ -8,6 +8,7 @@ real disk under ``tmp_path``.
 
 from __future__ import annotations
 
+import copy
 import errno
 import os
 import pickle
@@ -32,6 +33,7 @@ from spillkit.manifest import _HEADER as MANIFEST_HEADER
 from spillkit.manifest import _MAGIC as MANIFEST_MAGIC
 from spillkit.manifest import MANIFEST_NAME
 from spillkit.naming import candidate_name
+from spillkit.security import KEY_FILE_NAME, sign
 
 UNIT = 100  # every value weighs this much unless a test says otherwise
 
@@ -637,7 +639,8 @@ def test_damaged_spill_file_raises_naming_the_key_and_is_never_unpickled(
     }
     for i in range(4):
         expected[f"k{i}"] = payload(i)
-    chest.update(expected)
+    # Copies: a spilled value still alive elsewhere would be handed back without reading its file.
+    chest.update(copy.deepcopy(expected))
     assert victim in chest._store and "donor" in chest._store
     TRIPPED.clear()
     DAMAGE[damage](Path(chest._store.filename(victim)), Path(chest._store.filename("donor")))
@@ -676,21 +679,36 @@ def test_damaged_spill_file_raises_naming_the_key_and_is_never_unpickled(
 # ---- 8. damaged manifest ---------------------------------------------------------------------
 
 
-def _forged_manifest(body: bytes) -> Callable[[bytes], bytes]:
-    """A manifest whose frame and checksum are right but whose content is not a manifest."""
-    return lambda data: MANIFEST_HEADER.pack(MANIFEST_MAGIC, len(body), zlib.crc32(body)) + body
+def _forged_manifest(body: bytes, *, knows_key: bool) -> Callable[[bytes, bytes], bytes]:
+    """A manifest whose frame and checksum are right but whose content is not a manifest.
+
+    Signed with the directory's key (as if by a bug of ours), or with another key (an attacker
+    who can write the directory but cannot read the 0600 key file).
+    """
+
+    def forge(data: bytes, secret: bytes) -> bytes:
+        tag = sign(secret if knows_key else b"attacker's guess", body)
+        return MANIFEST_HEADER.pack(MANIFEST_MAGIC, len(body), zlib.crc32(body), tag) + body
+
+    return forge
 
 
-MANIFEST_DAMAGE: dict[str, Callable[[bytes], bytes]] = {
-    "emptied": lambda data: b"",
-    "truncated-header": lambda data: data[:10],
-    "truncated-body": lambda data: data[:-3],
-    "bit-flip-magic": lambda data: bytes([data[0] ^ 1]) + data[1:],
-    "bit-flip-body": lambda data: data[:-1] + bytes([data[-1] ^ 1]),
-    "appended": lambda data: data + b"junk",
-    "garbage": lambda data: b"this is not a spillkit manifest at all" * 3,
-    "checksum-ok-not-a-pickle": _forged_manifest(b"not a pickle"),
-    "checksum-ok-wrong-rows": _forged_manifest(pickle.dumps([("k",), 5])),
+class _Exploit:
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.mkdir, ("/tmp/spillkit-manifest-exploit-ran",))
+
+
+MANIFEST_DAMAGE: dict[str, Callable[[bytes, bytes], bytes]] = {
+    "emptied": lambda data, secret: b"",
+    "truncated-header": lambda data, secret: data[:10],
+    "truncated-body": lambda data, secret: data[:-3],
+    "bit-flip-magic": lambda data, secret: bytes([data[0] ^ 1]) + data[1:],
+    "bit-flip-body": lambda data, secret: data[:-1] + bytes([data[-1] ^ 1]),
+    "appended": lambda data, secret: data + b"junk",
+    "garbage": lambda data, secret: b"this is not a spillkit manifest at all" * 3,
+    "checksum-ok-not-a-pickle": _forged_manifest(b"not a pickle", knows_key=True),
+    "checksum-ok-wrong-rows": _forged_manifest(pickle.dumps([("k",), 5]), knows_key=True),
+    "attacker-pickle-unsigned": _forged_manifest(pickle.dumps(_Exploit()), knows_key=False),
 }
 
 
@@ -704,13 +722,16 @@ def test_damaged_manifest_on_reopen_raises_spill_error_and_loses_nothing(tmp_pat
     manifest = path / MANIFEST_NAME
     original = manifest.read_bytes()
     files = {p.name: p.read_bytes() for p in path.iterdir() if p.name != MANIFEST_NAME}
-    manifest.write_bytes(MANIFEST_DAMAGE[damage](original))
+    manifest.write_bytes(MANIFEST_DAMAGE[damage](original, (path / KEY_FILE_NAME).read_bytes()))
 
     with pytest.raises(SpillError) as info:
         Chest(path=path, available_memory=2.5 * UNIT, sizeof=unit_sizeof)
     message = str(info.value)
     assert "manifest" in message
     assert str(manifest) in message
+    assert not os.path.exists("/tmp/spillkit-manifest-exploit-ran")  # the forged pickle never ran
+    if damage == "attacker-pickle-unsigned":
+        assert "not signed by this directory's key" in message
     # the failed reopen touched no spill file; with the manifest repaired, everything is back
     assert {p.name: p.read_bytes() for p in path.iterdir() if p.name != MANIFEST_NAME} == files
     manifest.write_bytes(original)

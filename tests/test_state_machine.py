@@ -83,6 +83,7 @@ class ChestMachine(RuleBasedStateMachine):
         self.path = os.path.join(self.root, "chest")
         self.model: dict[Hashable, Any] = {}
         self.sizes: dict[Hashable, int] = {}
+        self.flushed: tuple[dict[Hashable, Any], dict[Hashable, int]] = ({}, {})  # model and sizes at the last flush
         self.chest: Chest | None = None
         self.policy = ""
         self.budget = 0
@@ -214,15 +215,33 @@ class ChestMachine(RuleBasedStateMachine):
             assert set(view) == self.model.keys() - bad
             for key in view:
                 assert same(view[key], self.model[key])
+            self.remember_flush(exclude=bad)
             for key in bad:  # the caller's way out: delete what cannot be written
                 del self.c[key]
                 del self.model[key]
                 del self.sizes[key]
         self.c.flush()
+        self.remember_flush()
         self.c.close()
         self.chest = self.open()
         assert len(self.c) == len(self.model)
         assert self.c.memory_bytes == 0
+
+    def remember_flush(self, exclude: frozenset[Hashable] | set[Hashable] = frozenset()) -> None:
+        model = {key: value for key, value in self.model.items() if key not in exclude}
+        self.flushed = (model, {key: self.sizes[key] for key in model})
+
+    @rule()
+    def crash_and_reopen(self) -> None:
+        """Abandon the Chest as a killed process would: re-opening gives exactly the last flush's state."""
+        self.chest = None  # never closed, never used again (a Chest with a path has no finalizer)
+        self.chest = self.open()
+        model, sizes = self.flushed
+        self.model, self.sizes = dict(model), dict(sizes)
+        assert set(self.c) == self.model.keys()
+        for key, value in self.model.items():
+            assert same(self.c[key], value)
+        assert not [name for name in os.listdir(self.path) if name.startswith(".tmp-")]
 
     @rule(batch=st.lists(st.tuples(keys, st.none() | values), min_size=1, max_size=8))
     def deferred_batch(self, batch: list[tuple[Hashable, Any]]) -> None:
@@ -274,7 +293,8 @@ class ChestMachine(RuleBasedStateMachine):
         assert all(isinstance(model[key], Unpicklable) for key in chest.engine.unspillable_keys)
 
         files = [name for name in os.listdir(chest.path) if not name.startswith(".")]
-        assert len(files) == len(on_disk)
+        # every file is a key's, or one the last flush's manifest still needs (copy-on-write)
+        assert set(files) == set(chest._store.names().values()) | chest._store.retained
         assert chest.disk_bytes == sum(os.path.getsize(os.path.join(chest.path, name)) for name in files)
 
 

@@ -22,6 +22,7 @@ import spillkit.storage
 from spillkit import Chest, CorruptSpillFile, DiskQuotaExceeded, PickleCodec
 from spillkit.manifest import MANIFEST_NAME
 from spillkit.naming import candidate_name, is_reserved
+from spillkit.security import KEY_FILE_NAME
 from spillkit.storage import DiskStore
 
 
@@ -300,7 +301,8 @@ def test_a_new_chest_path_is_created_0700_with_0600_files(tmp_path: Path, nested
     assert mode(path) == 0o700
     names = os.listdir(path)
     assert MANIFEST_NAME in names
-    assert len(names) == 5
+    assert KEY_FILE_NAME in names
+    assert len(names) == 6
     for name in names:
         assert mode(path / name) == 0o600, name
 
@@ -328,8 +330,8 @@ def test_the_header_holds_the_file_name_and_the_body_starts_aligned(tmp_path: Pa
     store.write("some_key", b"v")
     data = Path(store.filename("some_key")).read_bytes()
     assert data.startswith(b"SPK\x00")
-    assert b"some_key" in data[:64]
-    body = data[64:]
+    assert b"some_key" in data[:128]  # 28 fixed bytes, a 32-byte HMAC, the name, zero padding
+    body = data[128:]
     assert PickleCodec().decode(memoryview(body)) == b"v"
 
 

@@ -1,0 +1,210 @@
+"""Authentication of spill files and manifests, and the checks on persistent directories."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from spillkit import Chest, CorruptSpillFile, PickleCodec
+from spillkit.errors import SpillError
+from spillkit.security import KEY_FILE_NAME, InsecurePathError, load_or_create_key, process_secret
+from spillkit.storage import DiskStore
+
+CANARY = "/tmp/spillkit-security-canary"
+
+
+class Exploit:
+    """A pickle that runs code when loaded: creates the canary directory."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (os.mkdir, (CANARY,))
+
+
+@pytest.fixture(autouse=True)
+def no_canary() -> object:
+    shutil.rmtree(CANARY, ignore_errors=True)
+    yield
+    assert not os.path.exists(CANARY), "a forged pickle was loaded"
+
+
+def test_a_file_written_without_the_secret_is_refused_and_never_unpickled(tmp_path: Path) -> None:
+    ours = DiskStore(str(tmp_path), PickleCodec(), secret=b"k" * 32)
+    ours.write("victim", "real value")
+    ours.write("other", [1, 2, 3])
+    # An attacker who can write the directory but not read the key: a well-formed file
+    # (right magic, name, lengths and CRC) signed with a key of their own.
+    attacker = DiskStore(str(tmp_path / "x"), PickleCodec(), secret=b"a" * 32)
+    os.mkdir(tmp_path / "x")
+    attacker.write("victim", Exploit())
+    os.replace(attacker.filename("victim"), ours.filename("victim"))
+    ours._sizes["victim"] = os.path.getsize(ours.filename("victim"))  # as if the size matched
+    with pytest.raises(CorruptSpillFile, match="authentication failed") as info:
+        ours.read("victim")
+    assert info.value.key == "victim"
+    assert ours.read("other") == [1, 2, 3]
+
+
+def test_an_older_file_of_the_same_key_put_back_is_refused(tmp_path: Path) -> None:
+    store = DiskStore(str(tmp_path), PickleCodec(), secret=b"k" * 32)
+    store.write("k", "old")
+    old = Path(store.filename("k")).read_bytes()
+    store.write("k", "new")
+    assert len(old) == os.path.getsize(store.filename("k"))  # same size: only the tag tells them apart
+    Path(store.filename("k")).write_bytes(old)
+    with pytest.raises(CorruptSpillFile, match="older or other version"):
+        store.read("k")
+
+
+def test_the_signed_prefix_covers_the_pickle_stream_not_the_array_buffers(tmp_path: Path) -> None:
+    np = pytest.importorskip("numpy")
+    store = DiskStore(str(tmp_path), PickleCodec(), secret=b"k" * 32)
+    array = np.arange(100_000, dtype="i8")
+    store.write("a", array)
+    data = bytearray(Path(store.filename("a")).read_bytes())
+    # Flip a byte in the pickle stream (after the 64-byte header and the codec's table): the
+    # "attacker" fixes up the CRC, the HMAC still refuses it.
+    from spillkit.spillfile import _FIXED
+    from spillkit.spillfile import crc32 as file_crc
+
+    magic, version, name_len, body_len, _crc, signed_len = _FIXED.unpack_from(data, 0)
+    body_start = 64  # 28 fixed bytes, 32 of HMAC, the 1-byte name "a", padding
+    assert len(data) == body_start + body_len
+    data[body_start + 4 + 16 + 2] ^= 0x01
+    fixed = _FIXED.pack(magic, version, name_len, body_len, file_crc(bytes(data[body_start:])), signed_len)
+    data[: _FIXED.size] = fixed
+    Path(store.filename("a")).write_bytes(bytes(data))
+    with pytest.raises(CorruptSpillFile, match="authentication failed"):
+        store.read("a")
+    assert 0 < signed_len < 1000 < body_len  # the 800 kB buffer is outside the signed prefix
+
+
+def test_a_persistent_chest_keeps_its_key_in_a_0600_file_and_reopens_with_it(tmp_path: Path) -> None:
+    path = tmp_path / "c"
+    chest = Chest(path=path, available_memory=100, sizeof=lambda v: 60)
+    chest.update({"a": 1, "b": 2, "c": 3})
+    chest.close()
+    key_file = path / KEY_FILE_NAME
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert len(key_file.read_bytes()) == 32
+    again = Chest(path=path, available_memory=100, sizeof=lambda v: 60)
+    assert dict(again) == {"a": 1, "b": 2, "c": 3}
+    again.drop()
+
+
+def test_files_from_another_directory_with_another_key_are_refused(tmp_path: Path) -> None:
+    first = Chest(path=tmp_path / "one", available_memory=100, sizeof=lambda v: 60)
+    first.update({"a": "one's a", "b": "one's b"})
+    first.close()
+    second = Chest(path=tmp_path / "two", available_memory=100, sizeof=lambda v: 60)
+    second.update({"a": "two's a", "b": "two's b"})
+    second.close()
+    # Someone copies the second directory's manifest over the first's: signed, but not with its key.
+    shutil.copy(tmp_path / "two" / ".spillkit-manifest", tmp_path / "one" / ".spillkit-manifest")
+    with pytest.raises(SpillError, match="not signed by this directory's key"):
+        Chest(path=tmp_path / "one")
+    # Copying the key as well makes a consistent (if odd) directory: the files of "one" are refused.
+    shutil.copy(tmp_path / "two" / KEY_FILE_NAME, tmp_path / "one" / KEY_FILE_NAME)
+    reopened = Chest(path=tmp_path / "one", available_memory=100, sizeof=lambda v: 60)
+    with pytest.raises(CorruptSpillFile, match="'a'"):
+        reopened["a"]
+    reopened.close()
+
+
+def test_a_world_writable_directory_is_refused_unless_allowed(tmp_path: Path) -> None:
+    path = tmp_path / "open"
+    path.mkdir()
+    path.chmod(0o777)
+    with pytest.raises(InsecurePathError, match="world-writable"):
+        Chest(path=path)
+    assert os.listdir(path) == []  # refused before anything was written there
+    chest = Chest(path=path, allow_insecure_path=True, available_memory=100, sizeof=lambda v: 60)
+    chest.update({"a": 1, "b": 2})
+    assert dict(chest) == {"a": 1, "b": 2}
+    chest.drop()
+
+
+def test_a_key_file_others_can_read_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "c"
+    Chest(path=path).close()
+    (path / KEY_FILE_NAME).chmod(0o644)
+    with pytest.raises(InsecurePathError, match="mode 644"):
+        Chest(path=path)
+    (path / KEY_FILE_NAME).chmod(0o600)
+    Chest(path=path).close()
+
+
+def test_a_key_file_that_is_a_symlink_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "c"
+    path.mkdir(mode=0o700)
+    (tmp_path / "elsewhere").write_bytes(b"x" * 32)
+    (path / KEY_FILE_NAME).symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(InsecurePathError, match="symbolic link"):
+        Chest(path=path)
+
+
+def test_a_damaged_key_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "c"
+    Chest(path=path).close()
+    (path / KEY_FILE_NAME).write_bytes(b"short")
+    with pytest.raises(SpillError, match="holds 5 bytes"):
+        Chest(path=path)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="chown to another user needs root")
+def test_a_directory_owned_by_another_user_is_refused_unless_allowed(tmp_path: Path) -> None:
+    path = tmp_path / "theirs"
+    path.mkdir(mode=0o700)
+    os.chown(path, 65534, 65534)  # nobody
+    with pytest.raises(InsecurePathError, match="owned by uid 65534"):
+        Chest(path=path)
+    chest = Chest(path=path, allow_insecure_path=True)
+    chest["a"] = 1
+    chest.drop()
+
+
+def test_two_processes_creating_the_same_directory_agree_on_one_key(tmp_path: Path) -> None:
+    script = (
+        "import sys; from spillkit.security import load_or_create_key;"
+        "sys.stdout.write(load_or_create_key(sys.argv[1]).hex())"
+    )
+    path = tmp_path / "shared"
+    path.mkdir(mode=0o700)
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE, text=True)
+        for _ in range(6)
+    ]
+    keys = {proc.communicate(timeout=60)[0] for proc in procs}
+    assert keys == {load_or_create_key(str(path)).hex()}
+    assert sorted(os.listdir(path)) == [KEY_FILE_NAME]  # no temporary key file left
+
+
+def test_temporary_chests_use_the_process_secret_and_write_no_key_file() -> None:
+    chest = Chest(available_memory=100, sizeof=lambda v: 60)
+    chest.update({"a": 1, "b": 2})
+    assert KEY_FILE_NAME not in os.listdir(chest.path)
+    assert chest._store.secret == process_secret()
+    chest.drop()
+
+
+def test_a_forged_pickle_in_a_temporary_chest_is_refused(tmp_path: Path) -> None:
+    chest = Chest(available_memory=100, sizeof=lambda v: 60)
+    chest.update({"a": "value a", "b": "value b", "c": "value c"})
+    spilled = chest.engine.spilled_keys[0]
+    target = chest._store.filename(spilled)
+    body = pickle.dumps(Exploit())
+    forger = DiskStore(str(tmp_path), PickleCodec(), secret=os.urandom(32))
+    forger.write(spilled, Exploit())
+    shutil.copy(forger.filename(spilled), target)
+    with pytest.raises(CorruptSpillFile):
+        chest[spilled]
+    assert body  # the exploit pickle is real: loading it would create the canary
+    for key in set(chest) - {spilled}:
+        assert chest[key] == f"value {key}"
+    chest.drop()
