@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sys
@@ -23,6 +24,17 @@ def _address(text: str) -> tuple[str, int]:
     if not port.isdigit() or int(port) > 65535:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, e.g. 127.0.0.1:9464, not {text!r}")
     return host, int(port)
+
+
+def _scale(text: str) -> float:
+    """A workload scale: a positive, finite number (dask would fail deep inside on anything else)."""
+    try:
+        scale = float(text)
+    except ValueError:
+        scale = math.nan
+    if not 0 < scale < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a positive number like 0.25, not {text!r}")
+    return scale
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -47,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rec = commands.add_parser("record", help="run a built-in dask workload and record its trace")
     rec.add_argument("workload", help="one of spillkit.workloads (anomaly, rechunk, tsqr, matmul, ...)")
     rec.add_argument("-o", "--out", help="trace file (default WORKLOAD.trace.gz)")
-    rec.add_argument("--scale", type=float, default=1.0, help="workload size (default 1.0: 5-30 s here)")
+    rec.add_argument("--scale", type=_scale, default=1.0, help="workload size (default 1.0: 5-30 s here)")
     rec.add_argument("--budget", default="inf", help="the Chest's memory budget while recording (default: no limit)")
     cal = commands.add_parser("calibrate", help="measure this disk's spill bandwidth and latency for the cost model")
     cal.add_argument("--dir", help="directory on the disk to measure (default: the temp dir)")
@@ -102,7 +114,7 @@ def _add_compare(commands: Any) -> None:
     )
     compare.add_argument("traces", nargs="*", help="trace files (.trace or .trace.gz)")
     compare.add_argument("--workload", help="record this built-in workload live with dask, then compare")
-    compare.add_argument("--scale", type=float, default=0.25, help="size of --workload (default 0.25)")
+    compare.add_argument("--scale", type=_scale, default=0.25, help="size of --workload (default 0.25)")
     compare.add_argument("--budgets", default="5%,10%,25%,50%", help="%% of peak or sizes (default 5%%,10%%,25%%,50%%)")
     compare.add_argument("--policies", default="all", help="comma-separated policy names, or all (default)")
     compare.add_argument(
@@ -125,8 +137,8 @@ def _compare(args: argparse.Namespace) -> int:
         raise ValueError("give trace files, or --workload NAME to record one")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in MODES]
-    if bad:
-        raise ValueError(f"unknown modes {bad}; choose from {list(MODES)}")
+    if bad or not modes:
+        raise ValueError(f"{f'unknown modes {bad}' if bad else 'no modes given'}; choose from {list(MODES)}")
     rows = compare(traces, parse_budgets(args.budgets), parse_policies(args.policies), modes,
                    disk=load_disk_model(), bounds=not args.no_bounds)  # fmt: skip
     os.makedirs(args.out, exist_ok=True)

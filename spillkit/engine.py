@@ -10,7 +10,7 @@ import weakref
 from collections.abc import Callable, Hashable, Iterator
 from typing import Any, Protocol
 
-from .errors import DiskQuotaExceeded, SpillError, SpillWarning
+from .errors import CorruptSpillFile, DiskQuotaExceeded, SpillError, SpillWarning
 from .events import (
     COST,
     DELETE,
@@ -110,6 +110,7 @@ class SpillEngine:
         self.listeners: list[Listener] = []
         self.memory_bytes = 0
         self.deferred = False
+        self.deferred_blocks = 0  # open Chest.deferred() blocks (any thread)
         self.closed = False
         self.listener_errors = 0
         self._nbytes: dict[Hashable, int] = {}  # every key, resident or not
@@ -221,7 +222,8 @@ class SpillEngine:
                 if self.memory_bytes + incoming > self.budget:
                     try:
                         self._make_room(incoming)
-                    except BaseException:
+                    except BaseException as error:
+                        error.add_note(f"spillkit: raised while making room for {key!r}, which was not stored")
                         if old is not _MISSING:
                             self._admit(key, old, self._nbytes[key])
                         raise
@@ -344,7 +346,13 @@ class SpillEngine:
                 try:
                     self._timed_write(key, self.memory[key])
                 except Exception as error:
+                    self.stats.spill_failures += 1
                     failures.append((key, error))
+                    continue
+                if key in self._unspillable:  # it could be written after all: offer it again
+                    self._unspillable.discard(key)
+                    nbytes = self._nbytes[key]
+                    self.policy.admitted(key, nbytes, self._cost(key, nbytes))
             self.disk.sync()
         return failures
 
@@ -578,8 +586,10 @@ class SpillEngine:
             start = time.perf_counter()
             try:
                 value = self.disk.read(key)
-            except Exception:
+            except Exception as error:
                 self.stats.load_failures += 1
+                if not isinstance(error, CorruptSpillFile):  # that one names the key already
+                    error.add_note(f"spillkit: raised while loading the value of key {key!r} from disk")
                 raise
             seconds = time.perf_counter() - start
             read = self.disk.file_bytes(key)

@@ -110,6 +110,7 @@ class DiskStore:
         # and the ones among them no key owns any more (name -> size), unlinked at the next protect().
         self._protected: set[str] = set()
         self._retained: dict[str, int] = {}
+        self._orphans: set[str] = set()  # files of deleted keys that could not be unlinked: retried
 
     def __contains__(self, key: object) -> bool:
         return key in self._names
@@ -300,6 +301,7 @@ class DiskStore:
         except FileNotFoundError:
             pass
         except OSError as error:  # the key is gone either way; say that a file was left behind
+            self._orphans.add(name)
             warnings.warn(f"could not remove the spill file of {key!r}: {error!r}", SpillWarning, stacklevel=3)
 
     def sync(self) -> None:
@@ -330,6 +332,17 @@ class DiskStore:
             self._protected.update(name.casefold() for name in names)
             return
         self._protected = {name.casefold() for name in names}
+        for name in list(self._orphans):  # left by a failed unlink: try again now
+            if name.casefold() in self._owners or name.casefold() in self._protected:
+                self._orphans.discard(name)  # the name was taken again: the file is a key's now
+                continue
+            try:
+                os.unlink(os.path.join(self.path, name))
+            except FileNotFoundError:
+                pass
+            except OSError:
+                continue
+            self._orphans.discard(name)
         for name, size in list(self._retained.items()):
             if name.casefold() in self._protected:
                 continue

@@ -87,13 +87,20 @@ class ChestMachine(RuleBasedStateMachine):
         self.chest: Chest | None = None
         self.policy = ""
         self.budget = 0
+        self.write_behind = False
 
     def open(self) -> Chest:
-        return Chest(path=self.path, available_memory=self.budget, policy=self.policy)
+        return Chest(
+            path=self.path, available_memory=self.budget, policy=self.policy, write_behind=self.write_behind
+        )
 
-    @initialize(policy=st.sampled_from(spillkit.policy_names()), budget=st.sampled_from([40, 100, 200, 400]))
-    def start(self, policy: str, budget: int) -> None:
-        self.policy, self.budget = policy, budget
+    @initialize(
+        policy=st.sampled_from(spillkit.policy_names()),
+        budget=st.sampled_from([40, 100, 200, 400]),
+        write_behind=st.booleans(),
+    )
+    def start(self, policy: str, budget: int, write_behind: bool) -> None:
+        self.policy, self.budget, self.write_behind = policy, budget, write_behind
         self.chest = self.open()
 
     def teardown(self) -> None:
@@ -197,6 +204,7 @@ class ChestMachine(RuleBasedStateMachine):
 
     @rule()
     def cheap_views(self) -> None:
+        self.c.wait_for_writes()  # a background write finishing now would change the stats
         before = self.c.stats.snapshot()
         assert len(self.c) == len(self.model)
         assert set(self.c) == set(self.model)
@@ -234,6 +242,7 @@ class ChestMachine(RuleBasedStateMachine):
     @rule()
     def crash_and_reopen(self) -> None:
         """Abandon the Chest as a killed process would: re-opening gives exactly the last flush's state."""
+        self.c.wait_for_writes()  # a killed process has no writer thread left to finish later
         self.chest = None  # never closed, never used again (a Chest with a path has no finalizer)
         self.chest = self.open()
         model, sizes = self.flushed
@@ -246,6 +255,7 @@ class ChestMachine(RuleBasedStateMachine):
     @rule(batch=st.lists(st.tuples(keys, st.none() | values), min_size=1, max_size=8))
     def deferred_batch(self, batch: list[tuple[Hashable, Any]]) -> None:
         """Puts (and deletes, for None) inside ``deferred()``; memory may exceed the budget until it ends."""
+        self.c.wait_for_writes()  # a background write finishing now would count as a spill
         spills = self.c.stats.spills
         with self.c.deferred():
             for key, value in batch:
@@ -268,12 +278,23 @@ class ChestMachine(RuleBasedStateMachine):
             self.check_contents()
 
     def check_contents(self) -> None:
+        with self.c.engine.lock:  # the background writer commits under this lock: a still picture
+            self._check_contents()
+
+    def _check_contents(self) -> None:
         chest, model = self.c, self.model
         memory = set(chest.inmem)
         on_disk = set(chest._store)
         spilled = set(chest.engine.spilled_keys)
+        writer = chest.engine._writer
+        pending = {} if writer is None else writer.pending
+        in_flight = {key for key, write in pending.items() if write.evicting}
+        assert chest.engine.in_flight_bytes == sum(self.sizes[key] for key in in_flight)
+        assert in_flight.isdisjoint(memory) and in_flight.isdisjoint(on_disk)
+        for key, write in pending.items():
+            assert same(write.value, model[key])  # a write in flight is always of the current value
         assert memory <= model.keys()
-        assert memory | on_disk == model.keys()  # every key is in memory or has a file
+        assert memory | on_disk | in_flight == model.keys()  # every key is in memory, on its way, or has a file
         assert spilled.isdisjoint(memory)
         assert spilled == model.keys() - memory
         assert chest.spilled_total[0] == sum(self.sizes[key] for key in spilled)  # the running count is exact
