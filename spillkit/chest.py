@@ -6,13 +6,13 @@ import contextlib
 import errno
 import os
 import shutil
-import tempfile
 import types
 import warnings
 import weakref
 from collections.abc import Callable, Hashable, Iterator, Mapping, MutableMapping
 from typing import IO, Any
 
+from . import tempdirs
 from .codecs import Codec, FuncCodec, PickleCodec
 from .compression import CompressedCodec, make_compression
 from .engine import _MISSING, SpillEngine
@@ -56,7 +56,8 @@ class Chest(MutableMapping[Hashable, Any]):
         with the values of that flush; spill and temporary files written after
         it (by a process that was killed) are removed.
         Without ``path`` a temporary directory is made and removed on close,
-        garbage collection or interpreter exit (never by a forked child).
+        garbage collection or interpreter exit (never by a forked child); one
+        left by a killed process is removed by :func:`spillkit.tempdirs.sweep_stale`.
     available_memory : int, float or str, optional
         The memory budget in bytes, e.g. ``1e9`` or ``"512 MiB"`` (default 1 GB).
     dump, load : callables, optional
@@ -171,7 +172,7 @@ class Chest(MutableMapping[Hashable, Any]):
             raise ValueError(f"{chosen!r} already serves another Chest; give each Chest its own policy")
         self._temporary = path is None
         if path is None:
-            self._path = tempfile.mkdtemp(prefix="spillkit-")
+            self._path = tempdirs.create()  # named after this process, so a sweep can tell when it is stale
             self._finalizer: weakref.finalize[Any, Any] | None = weakref.finalize(
                 self, _remove_directory, self._path, os.getpid()
             )

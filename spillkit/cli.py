@@ -78,6 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "and repeat the workload, every policy at once, until Ctrl-C",
     )
     demo.add_argument("--seconds", type=float, help="repeat the workload for this many seconds, then stop")
+    sweep = commands.add_parser(
+        "sweep", help="remove temporary Chest directories left by killed processes (only those whose owner is gone)"
+    )
+    sweep.add_argument("--dir", help="the temp parent to sweep (default: the system temp dir)")
+    sweep.add_argument("--dry-run", action="store_true", help="list the stale directories, remove nothing")
     args = parser.parse_args(argv)
     try:
         if args.command == "compare":
@@ -92,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _record(args)
         if args.command == "calibrate":
             return _calibrate(args)
+        if args.command == "sweep":
+            return _sweep(args)
         return _demo(args, demo)
     except ImportError as error:
         print(f"spillkit {args.command}: {error}", file=sys.stderr)
@@ -177,6 +184,16 @@ def _calibrate(args: argparse.Namespace) -> int:
     path = save_disk_model(model, args.save)
     print(f"write {format_bytes(model.write_bandwidth)}/s, read {format_bytes(model.read_bandwidth)}/s, "
           f"{model.latency * 1e3:.3f} ms per file; saved to {path}")  # fmt: skip
+    return EXIT_OK
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from .tempdirs import stale, sweep_stale
+
+    paths = stale(args.dir) if args.dry_run else sweep_stale(args.dir)
+    for path in paths:
+        print(path)
+    print(f"{'found' if args.dry_run else 'removed'} {len(paths)} stale spillkit directories", file=sys.stderr)
     return EXIT_OK
 
 
