@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
-import tempfile
 import types
 import warnings
 import weakref
 from collections.abc import Callable, Hashable, Iterator, Mapping, MutableMapping
 from typing import IO, Any
 
+from . import tempdirs
 from .codecs import Codec, FuncCodec, PickleCodec
+from .compression import CompressedCodec, make_compression
 from .engine import _MISSING, SpillEngine
-from .errors import SpillError, SpillWarning
+from .errors import DiskQuotaExceeded, SpillError, SpillWarning
 from .events import Listener
-from .manifest import MANIFEST_NAME, ManifestEntry, read_manifest, write_manifest
+from .manifest import ManifestEntry, read_manifest, remove_leftovers, write_manifest
 from .policies import Policy, make_policy
 from .security import check_directory, load_or_create_key, process_secret
 from .segments import DEFAULT_PACK_THRESHOLD, PackedStore
@@ -27,6 +29,10 @@ from .stats import Stats
 __all__ = ["Chest"]
 
 DEFAULT_AVAILABLE_MEMORY = 10**9  # the original chest's default: 1 GB
+
+
+def _disk_full(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def _remove_directory(path: str, owner_pid: int) -> None:
@@ -46,9 +52,12 @@ class Chest(MutableMapping[Hashable, Any]):
         Initial contents.
     path : str, optional
         Directory for spilled values, created (0700) if missing. If it holds a
-        manifest from an earlier ``flush()``, those keys are available again.
+        manifest from an earlier ``flush()``, those keys are available again,
+        with the values of that flush; spill and temporary files written after
+        it (by a process that was killed) are removed.
         Without ``path`` a temporary directory is made and removed on close,
-        garbage collection or interpreter exit (never by a forked child).
+        garbage collection or interpreter exit (never by a forked child); one
+        left by a killed process is removed by :func:`spillkit.tempdirs.sweep_stale`.
     available_memory : int, float or str, optional
         The memory budget in bytes, e.g. ``1e9`` or ``"512 MiB"`` (default 1 GB).
     dump, load : callables, optional
@@ -66,6 +75,15 @@ class Chest(MutableMapping[Hashable, Any]):
         :class:`~spillkit.errors.DiskQuotaExceeded` and stores nothing.
     codec : Codec, optional
         A codec object instead of ``dump``/``load``.
+    write_behind : bool, int or str, optional
+        Write spilled values on a background thread so that a put returns
+        without waiting for pickling and disk. ``True`` caps the bytes of
+        evicted values in flight at twice the largest value (at least an
+        eighth of the budget); a number or ``"64 MiB"`` sets the cap. A value
+        stays readable from memory until its write completes, so memory may
+        exceed the budget by up to the cap; callers wait when it is reached.
+        A failed background write keeps the value in memory (counted, warned
+        about) and never raises into another caller. Default: off.
     allow_insecure_path : bool, optional
         Use a ``path`` owned by another user or writable by everyone, and a key
         file readable by others (refused by default: whoever can write there
@@ -75,6 +93,22 @@ class Chest(MutableMapping[Hashable, Any]):
         appended to shared segment files instead of getting a file each, so a
         million small values make a handful of files; ``0`` gives every value
         its own file. See :class:`~spillkit.segments.PackedStore`.
+    compression : {None, "lz4", "zstd"} or CompressedCodec, optional
+        Compress spilled values (needs ``pip install "spillkit[compress]"``);
+        ``"zstd:3"`` also sets the level. Each frame of the codec's output (the
+        pickle stream, each large array buffer) is compressed only if a 64 KiB
+        sample of it shrinks to 90% or less; small and incompressible frames are
+        stored raw (and read back without a copy) for the price of that trial,
+        about 4 (lz4) or 21 (zstd) CPU microseconds per MiB. Off by default:
+        on the benchmark machine (a busy 2-CPU VM with an ext4 disk, see
+        ``benchmarks/README.md``) compressible arrays and DataFrames spilled
+        and loaded 1.0-3x slower with lz4 and 1.4-5x slower with zstd when
+        writes land in the page cache (as a Chest's do), using 1.0-2.6x the
+        CPU, while files shrank to 0.06-0.8x; only mostly-zero data fsynced and
+        read cold from the device got faster (lz4: 0.5-0.6x the time). Turn it
+        on to save disk space, or on a disk much slower than the compressor.
+        Reopen a ``path`` with compression on if it was written with it (either
+        algorithm reads both; a body written without compression is refused).
 
     Notes
     -----
@@ -110,6 +144,8 @@ class Chest(MutableMapping[Hashable, Any]):
     >>> d.close()
     """
 
+    _flush_failures: tuple[tuple[Hashable, BaseException], ...] = ()  # the last flush's unwritten keys
+
     def __init__(
         self,
         data: Mapping[Hashable, Any] | None = None,
@@ -123,6 +159,8 @@ class Chest(MutableMapping[Hashable, Any]):
         *,
         codec: Codec | None = None,
         allow_insecure_path: bool = False,
+        write_behind: bool | int | str = False,
+        compression: str | CompressedCodec | None = None,
         pack_threshold: int | float | str | None = None,
     ) -> None:
         budget = DEFAULT_AVAILABLE_MEMORY if available_memory is None else parse_bytes(available_memory)
@@ -130,14 +168,18 @@ class Chest(MutableMapping[Hashable, Any]):
         pack = DEFAULT_PACK_THRESHOLD if pack_threshold is None else parse_bytes(pack_threshold)
         if (dump is None) != (load is None):
             raise TypeError("give both dump and load, or neither")
+        if codec is None and dump is not None and load is not None:
+            codec = FuncCodec(dump, load)
+        if compression is not None:
+            codec = make_compression(compression, codec)  # wraps the chosen codec (default pickle)
         if codec is None:
-            codec = PickleCodec() if dump is None or load is None else FuncCodec(dump, load)
+            codec = PickleCodec()
         chosen = make_policy(policy)
         if getattr(chosen, "_spillkit_bound", False):
             raise ValueError(f"{chosen!r} already serves another Chest; give each Chest its own policy")
         self._temporary = path is None
         if path is None:
-            self._path = tempfile.mkdtemp(prefix="spillkit-")
+            self._path = tempdirs.create()  # named after this process, so a sweep can tell when it is stale
             self._finalizer: weakref.finalize[Any, Any] | None = weakref.finalize(
                 self, _remove_directory, self._path, os.getpid()
             )
@@ -146,6 +188,7 @@ class Chest(MutableMapping[Hashable, Any]):
             os.makedirs(self._path, mode=0o700, exist_ok=True)
             self._finalizer = None
         self._owner_pid = os.getpid()
+        self._flushed = False  # the first flush also fsyncs the parent directory (the path may be new)
         if self._temporary:
             secret = process_secret()
         else:
@@ -154,7 +197,9 @@ class Chest(MutableMapping[Hashable, Any]):
             secret = load_or_create_key(self._path, check=not allow_insecure_path)
         self._secret = secret
         self._store = PackedStore(self._path, codec, disk_cap, secret, pack_threshold=pack)
-        self._engine = SpillEngine(self._store, chosen, budget, sizeof or default_sizeof())
+        if write_behind is not True and write_behind is not False:
+            write_behind = parse_bytes(write_behind)
+        self._engine = SpillEngine(self._store, chosen, budget, sizeof or default_sizeof(), write_behind=write_behind)
         if not self._temporary:
             self._reopen()
         chosen._spillkit_bound = True  # type: ignore[attr-defined]
@@ -285,55 +330,91 @@ class Chest(MutableMapping[Hashable, Any]):
         result before deleting the inputs it no longer needs, so settling after
         the deletes avoids writing values that are about to disappear.
         """
-        with self._engine.lock:
-            previous, self._engine.deferred = self._engine.deferred, True
+        engine = self._engine
+        with engine.lock:
+            # A count, not a saved flag: blocks opened by two threads may close in any order,
+            # and the Chest is deferred while any is open.
+            engine.deferred_blocks += 1
+            engine.deferred = True
         try:
             yield self
         finally:
-            with self._engine.lock:
-                self._engine.deferred = previous
-                if not previous:
-                    self._engine.settle()
+            with engine.lock:
+                engine.deferred_blocks -= 1
+                if not engine.deferred_blocks:
+                    engine.deferred = False
+                    engine.settle()
 
     def settle(self) -> None:
         """Spill until memory is within the budget."""
         self._engine.settle()
 
+    def wait_for_writes(self) -> None:
+        """Block until every background write in flight has completed (see ``write_behind``)."""
+        self._engine.wait_for_writes()
+
     def flush(self) -> None:
         """Write every value to disk (keeping memory warm) plus an atomic key manifest.
 
-        After ``flush()`` returns, the files and the manifest are fsynced and
-        ``Chest(path=same)`` gives back every key and value. Raises
+        After ``flush()`` returns, the files, the manifest and the directory are
+        fsynced, and ``Chest(path=same)`` gives back exactly the keys and values
+        of this flush, even if the process is killed later before the next one:
+        the files this flush names are never overwritten or removed until the
+        next flush has committed its own manifest (copy-on-write). Raises
         ``SpillError`` naming the keys whose values could not be written; all
-        other values are flushed.
+        other values are flushed and committed. A flush killed or failing
+        (``OSError``) before the manifest is renamed into place leaves the
+        previous flush's state. See docs/durability.md.
         """
         self._check_open()
         with self._engine.lock:
-            failures = self._engine.write_all()
-            engine, store = self._engine, self._store
-            entries = [
-                ManifestEntry(
-                    key,
-                    name,
-                    store.file_bytes(key),
-                    engine.nbytes(key),
-                    engine.given_cost(key),
-                    store.tag(key),
-                    *store.location(key),
-                )
-                for key, name in store.names().items()
-            ]
-            write_manifest(self._path, entries, self._secret)
-            store.checkpoint()  # segments only the previous manifest needed can go now
+            failures = self._engine.write_all()  # writes and fsyncs the files, then the directory
+            if self._store.retained and any(_disk_full(error) for _, error in failures):
+                # The files kept for the previous flush may be what fills the disk: commit what
+                # is written (which frees them), then write the rest.
+                self._commit_manifest()
+                failures = self._engine.write_all()
+            self._commit_manifest()
+        self._flush_failures = tuple(failures)
         if failures:
             keys = ", ".join(repr(k) for k, _ in failures[:5])
             raise SpillError(f"flush could not write {len(failures)} value(s), keys {keys}") from failures[0][1]
 
+    def _commit_manifest(self) -> None:
+        engine, store = self._engine, self._store
+        entries = [
+            ManifestEntry(
+                key,
+                name,
+                store.file_bytes(key),
+                engine.nbytes(key),
+                engine.given_cost(key),
+                store.tag(key),
+                *store.location(key),
+            )
+            for key, name in store.names().items()
+        ]
+        names = [entry.name for entry in entries]  # packed records are kept by pinned segments, files by name
+        store.protect(names, add=True)  # if the commit fails half-way, either manifest may be on disk
+        try:
+            write_manifest(self._path, entries, self._secret, sync_parent=not self._flushed)  # the commit point
+        except OSError as error:
+            if not _disk_full(error) or not store.retained:
+                raise
+            # A full disk: the files kept for the previous flush are the only room there is.
+            # Free them and commit once more; a crash in between loses those keys' old values.
+            store.protect(names)
+            write_manifest(self._path, entries, self._secret, sync_parent=not self._flushed)
+        self._flushed = True
+        store.protect(names)  # and only now remove what the previous manifest needed and this one does not
+
     def _reopen(self) -> None:
-        for name in os.listdir(self._path):
-            if name.startswith((".tmp-", MANIFEST_NAME + ".tmp-")):
-                os.unlink(os.path.join(self._path, name))  # a write that never completed
+        # The manifest first: if it is damaged, raise before anything is removed.
         entries = read_manifest(self._path, self._secret) or []
+        # Packed records are no files: a file under such a name is a leftover. Segments start with
+        # a dot, so remove_leftovers leaves them to remove_unreferenced below.
+        remove_leftovers(self._path, {entry.name for entry in entries if entry.segment is None})
+        adopted = []
         for entry in entries:
             try:
                 self._store.adopt(entry.key, entry.name, entry.file_bytes, entry.tag, entry.segment, entry.offset)
@@ -343,6 +424,8 @@ class Chest(MutableMapping[Hashable, Any]):
                 )
                 continue
             self._engine.restore(entry.key, entry.nbytes, entry.cost)
+            adopted.append(entry.name)
+        self._store.protect(adopted)
         self._store.remove_unreferenced()  # segments a crash left after the last flush
 
     def _check_open(self) -> None:
@@ -352,20 +435,37 @@ class Chest(MutableMapping[Hashable, Any]):
     def close(self) -> None:
         """Flush a Chest with a ``path`` of its own; remove a temporary one. Idempotent.
 
-        If the flush cannot write some values (e.g. they cannot be serialized),
-        the Chest is closed anyway and the ``SpillError`` names those keys.
+        If the flush fails because of the disk (an ``OSError`` such as a full disk,
+        or ``available_disk``), the Chest stays open with every value and the error
+        says so: free space and close again, or read the values out. If the only
+        failures are values that cannot be serialized, retrying cannot help: the
+        Chest is closed anyway and the ``SpillError`` names those keys.
         """
         if self._engine.closed:
             return
         if self._temporary:
             self.drop()
             return
+        still_open = f"spillkit: the Chest at {self._path!r} is still open; nothing was dropped"
         try:
             self.flush()
-        finally:
-            # Closed even when a value could not be written: the flush error names those keys.
-            self._engine.close()
-            self._store.close()
+        except OSError as error:  # fsync or the manifest: the disk may work again later
+            error.add_note(still_open)
+            raise
+        except SpillError as error:
+            if any(isinstance(e, (OSError, DiskQuotaExceeded)) for _, e in self._flush_failures):
+                error.add_note(still_open)
+                raise
+            self._shut()  # only values that can never be written failed: the error names them
+            raise
+        except BaseException:
+            self._shut()
+            raise
+        self._shut()
+
+    def _shut(self) -> None:
+        self._engine.close()  # joins the background writer before the segment files close
+        self._store.close()
 
     def drop(self) -> None:
         """Delete every value and the directory; the Chest is closed afterwards."""

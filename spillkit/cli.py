@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sys
@@ -23,6 +24,17 @@ def _address(text: str) -> tuple[str, int]:
     if not port.isdigit() or int(port) > 65535:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, e.g. 127.0.0.1:9464, not {text!r}")
     return host, int(port)
+
+
+def _scale(text: str) -> float:
+    """A workload scale: a positive, finite number (dask would fail deep inside on anything else)."""
+    try:
+        scale = float(text)
+    except ValueError:
+        scale = math.nan
+    if not 0 < scale < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a positive number like 0.25, not {text!r}")
+    return scale
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -47,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rec = commands.add_parser("record", help="run a built-in dask workload and record its trace")
     rec.add_argument("workload", help="one of spillkit.workloads (anomaly, rechunk, tsqr, matmul, ...)")
     rec.add_argument("-o", "--out", help="trace file (default WORKLOAD.trace.gz)")
-    rec.add_argument("--scale", type=float, default=1.0, help="workload size (default 1.0: 5-30 s here)")
+    rec.add_argument("--scale", type=_scale, default=1.0, help="workload size (default 1.0: 5-30 s here)")
     rec.add_argument("--budget", default="inf", help="the Chest's memory budget while recording (default: no limit)")
     cal = commands.add_parser("calibrate", help="measure this disk's spill bandwidth and latency for the cost model")
     cal.add_argument("--dir", help="directory on the disk to measure (default: the temp dir)")
@@ -66,6 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "and repeat the workload, every policy at once, until Ctrl-C",
     )
     demo.add_argument("--seconds", type=float, help="repeat the workload for this many seconds, then stop")
+    sweep = commands.add_parser(
+        "sweep", help="remove temporary Chest directories left by killed processes (only those whose owner is gone)"
+    )
+    sweep.add_argument("--dir", help="the temp parent to sweep (default: the system temp dir)")
+    sweep.add_argument("--dry-run", action="store_true", help="list the stale directories, remove nothing")
     args = parser.parse_args(argv)
     try:
         if args.command == "compare":
@@ -80,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _record(args)
         if args.command == "calibrate":
             return _calibrate(args)
+        if args.command == "sweep":
+            return _sweep(args)
         return _demo(args, demo)
     except ImportError as error:
         print(f"spillkit {args.command}: {error}", file=sys.stderr)
@@ -95,7 +114,7 @@ def _add_compare(commands: Any) -> None:
     )
     compare.add_argument("traces", nargs="*", help="trace files (.trace or .trace.gz)")
     compare.add_argument("--workload", help="record this built-in workload live with dask, then compare")
-    compare.add_argument("--scale", type=float, default=0.25, help="size of --workload (default 0.25)")
+    compare.add_argument("--scale", type=_scale, default=0.25, help="size of --workload (default 0.25)")
     compare.add_argument("--budgets", default="5%,10%,25%,50%", help="%% of peak or sizes (default 5%%,10%%,25%%,50%%)")
     compare.add_argument("--policies", default="all", help="comma-separated policy names, or all (default)")
     compare.add_argument(
@@ -118,8 +137,8 @@ def _compare(args: argparse.Namespace) -> int:
         raise ValueError("give trace files, or --workload NAME to record one")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in MODES]
-    if bad:
-        raise ValueError(f"unknown modes {bad}; choose from {list(MODES)}")
+    if bad or not modes:
+        raise ValueError(f"{f'unknown modes {bad}' if bad else 'no modes given'}; choose from {list(MODES)}")
     rows = compare(traces, parse_budgets(args.budgets), parse_policies(args.policies), modes,
                    disk=load_disk_model(), bounds=not args.no_bounds)  # fmt: skip
     os.makedirs(args.out, exist_ok=True)
@@ -165,6 +184,16 @@ def _calibrate(args: argparse.Namespace) -> int:
     path = save_disk_model(model, args.save)
     print(f"write {format_bytes(model.write_bandwidth)}/s, read {format_bytes(model.read_bandwidth)}/s, "
           f"{model.latency * 1e3:.3f} ms per file; saved to {path}")  # fmt: skip
+    return EXIT_OK
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from .tempdirs import stale, sweep_stale
+
+    paths = stale(args.dir) if args.dry_run else sweep_stale(args.dir)
+    for path in paths:
+        print(path)
+    print(f"{'found' if args.dry_run else 'removed'} {len(paths)} stale spillkit directories", file=sys.stderr)
     return EXIT_OK
 
 

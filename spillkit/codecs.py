@@ -121,6 +121,35 @@ class PickleCodec:
             raise ValueError("pickle frame lengths exceed the data")
         return pickle.loads(stream, buffers=buffers)
 
+    def decode_frames(self, frames: Sequence[memoryview]) -> Any:
+        """Rebuild a value from the frames ``encode`` returned, each a separate buffer.
+
+        Lets a wrapper that rebuilt some frames (e.g. decompressed them) hand the
+        others over as views into its own buffer, so no buffer is copied to join them.
+        """
+        if len(frames) < 2:
+            raise ValueError(f"pickle frames: expected at least 2, got {len(frames)}")
+        header, stream = frames[0], frames[1]
+        (count,) = _COUNT.unpack_from(header, 0)
+        if len(header) != _COUNT.size + (count + 1) * _LENGTH.size:
+            raise ValueError("pickle frames: the header frame does not match its buffer count")
+        lengths = [_LENGTH.unpack_from(header, _COUNT.size + i * _LENGTH.size)[0] for i in range(count + 1)]
+        if len(stream) != lengths[0]:
+            raise ValueError("pickle frames: the stream frame does not match the header")
+        buffers = []
+        index, offset = 2, len(header) + len(stream)
+        for length in lengths[1:]:
+            pad = -offset % _ALIGN
+            index += 1 if pad else 0  # encode put a padding frame here
+            if index >= len(frames) or len(frames[index]) != length:
+                raise ValueError("pickle frames: a buffer frame does not match the header")
+            buffers.append(frames[index])
+            index += 1
+            offset += pad + length
+        if index != len(frames):
+            raise ValueError(f"pickle frames: expected {index}, got {len(frames)}")
+        return pickle.loads(stream, buffers=buffers)
+
 
 class _TextOrBytesWriter(io.RawIOBase):
     """A binary sink that also accepts ``str`` (encoded as UTF-8), so text dumpers work."""

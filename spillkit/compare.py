@@ -25,11 +25,18 @@ COLUMNS = [
 def parse_budgets(text: str) -> list[str]:
     """Split ``"5%,10%,1 GiB"`` into budget specs (checked later against each trace)."""
     specs = [part.strip() for part in text.split(",") if part.strip()]
+    if not specs:
+        raise ValueError(f"no budgets in {text!r}; give percentages of peak or sizes, e.g. 10%,25%,1 GiB")
     for spec in specs:
         if not spec.endswith("%"):
             parse_bytes(spec)
-        elif not 0 < float(spec[:-1]) <= 1000:
-            raise ValueError(f"budget {spec!r} must be a percentage above 0")
+            continue
+        try:
+            percent = float(spec[:-1])
+        except ValueError:
+            raise ValueError(f"budget {spec!r} is not a percentage (like 25%) or a size (like 1 GiB)") from None
+        if not 0 < percent <= 1000:
+            raise ValueError(f"budget {spec!r} must be a percentage above 0 and at most 1000%")
     return specs
 
 
@@ -38,6 +45,8 @@ def parse_policies(text: str) -> list[str]:
     if text.strip() == "all":
         return policy_names()
     names = [part.strip().lower() for part in text.split(",") if part.strip()]
+    if not names:
+        raise ValueError(f"no policies in {text!r}; choose from {policy_names()} or 'all'")
     unknown = [n for n in names if n not in policy_names()]
     if unknown:
         raise ValueError(f"unknown policies {unknown}; choose from {policy_names()} or 'all'")

@@ -98,7 +98,6 @@ class ChestCallback(Callback):
         self.chest = chest
         self.measure = costs
         self._starts: dict[Hashable, float] = {}
-        self._previous = False
 
     def __enter__(self) -> ChestCallback:
         warn_if_distributed()
@@ -108,7 +107,8 @@ class ChestCallback(Callback):
     def _start(self, dsk: Mapping[Any, Any]) -> None:
         engine = self.chest.engine
         with engine.lock:
-            self._previous, engine.deferred = engine.deferred, True
+            engine.deferred_blocks += 1  # counted: computations on one Chest may overlap
+            engine.deferred = True
         policy = self.chest.policy
         if isinstance(policy, GraphAware):
             with engine.lock:
@@ -134,7 +134,9 @@ class ChestCallback(Callback):
         self._starts.clear()
         engine = self.chest.engine
         with engine.lock:
-            engine.deferred = self._previous
+            engine.deferred_blocks -= 1
+            if not engine.deferred_blocks:
+                engine.deferred = False
             engine.settle()
 
 
@@ -145,17 +147,23 @@ def costs(chest: Chest) -> ChestCallback:
 
 @contextlib.contextmanager
 def spilling(
-    chest: Chest | None = None, available_memory: int | float | str | None = None, policy: str = "nextuse"
+    chest: Chest | None = None,
+    available_memory: int | float | str | None = None,
+    policy: str = "nextuse",
+    **chest_kwargs: Any,
 ) -> Iterator[Chest]:
     """Make a Chest dask's cache for the block: ``with spilling(available_memory="4 GiB"): x.compute()``.
 
     Builds a Chest with the graph-aware ``NextUse`` policy unless one is given,
     sets ``dask.config`` ``cache=`` to it, and applies :class:`ChestCallback`.
-    A temporary Chest made here is closed at the end of the block.
+    A temporary Chest made here is closed at the end of the block. Other
+    keywords (``compression="lz4"``, ``path``, ...) go to that Chest.
     """
     made = chest is None
     if chest is None:
-        chest = Chest(available_memory=available_memory, policy=policy)
+        chest = Chest(available_memory=available_memory, policy=policy, **chest_kwargs)
+    elif chest_kwargs:
+        raise TypeError(f"give Chest keywords ({', '.join(chest_kwargs)}) or a chest, not both")
     try:
         with dask.config.set(cache=chest), ChestCallback(chest):
             yield chest

@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Hashable, Iterator
 from typing import Any, Protocol
 
-from .errors import DiskQuotaExceeded, SpillError, SpillWarning
-from .events import COST, DELETE, EVICT, GIVEN_COST, HIT, LOAD, MISS, PUT, SETTLE, SPILL, SPILL_ERROR, Event, Listener
+from .errors import CorruptSpillFile, DiskQuotaExceeded, SpillError, SpillWarning
+from .events import (
+    COST,
+    DELETE,
+    EVICT,
+    GIVEN_COST,
+    HIT,
+    LOAD,
+    MISS,
+    PUT,
+    REUSED,
+    SETTLE,
+    SPILL,
+    SPILL_ERROR,
+    Event,
+    Listener,
+)
 from .policies.base import Policy
 from .stats import Stats
+from .writer import BackgroundWriter, PendingWrite
 
 __all__ = ["DiskTier", "SpillEngine"]
 
@@ -31,6 +49,16 @@ class DiskTier(Protocol):
     def sync(self) -> None: ...
 
 
+class StagedDiskTier(DiskTier, Protocol):
+    """A disk tier whose writes can be prepared without the engine's lock (for write-behind)."""
+
+    def reserve(self, key: Hashable) -> str: ...
+    def unreserve(self, name: str) -> None: ...
+    def prepare(self, key: Hashable, value: Any, name: str) -> Any: ...
+    def commit(self, prepared: Any) -> int: ...
+    def discard(self, prepared: Any) -> None: ...
+
+
 class SpillEngine:
     """Keeps values in a memory dict up to ``budget`` bytes and spills the rest to ``disk``.
 
@@ -41,7 +69,17 @@ class SpillEngine:
     others; a disk error stops the current round and the value stays in
     memory, so memory may exceed the budget until writes work again. A value
     loaded from disk keeps its file while unchanged, so spilling it again
-    writes nothing.
+    writes nothing. A spilled value that is still alive elsewhere in the
+    process (a weak reference finds it) is handed back instead of a copy from
+    disk, and counted once.
+
+    With ``write_behind`` (True for an automatic cap of twice the largest value
+    or an eighth of the budget, or a cap in bytes), a victim is handed to a
+    :class:`~spillkit.writer.BackgroundWriter` and the put returns at once: the
+    value stays readable until its write completes, memory may exceed the
+    budget by the bytes in flight (callers wait when they pass the cap), and a
+    failed background write puts the value back in memory, counted and warned
+    about, never raised into an unrelated caller.
 
     Thread-safe: every public method holds one re-entrant lock (``lock``);
     the policy, the tiers and the listeners are called under it and hold none.
@@ -57,6 +95,7 @@ class SpillEngine:
         sizeof: Callable[[Any], int],
         reload_latency: float = 1e-4,
         reload_bandwidth: float = 1e9,
+        write_behind: bool | int = False,
     ) -> None:
         self.lock = threading.RLock()
         self.memory: dict[Hashable, Any] = {}
@@ -71,6 +110,7 @@ class SpillEngine:
         self.listeners: list[Listener] = []
         self.memory_bytes = 0
         self.deferred = False
+        self.deferred_blocks = 0  # open Chest.deferred() blocks (any thread)
         self.closed = False
         self.listener_errors = 0
         self._nbytes: dict[Hashable, int] = {}  # every key, resident or not
@@ -78,6 +118,12 @@ class SpillEngine:
         self._objects: dict[int, list[int]] = {}  # id(value) -> [resident keys holding it, nbytes]
         self._unspillable: set[Hashable] = set()  # resident, set aside after a serialization error
         self._spilled_nbytes = 0  # memory size of the keys whose only copy is on disk
+        self._refs: dict[Hashable, weakref.ref[Any]] = {}  # spilled values that may still be alive
+        self._writer: BackgroundWriter | None = None
+        if write_behind is not False:
+            cap = None if write_behind is True else int(write_behind)
+            self._writer = BackgroundWriter(self.lock, self._prepare_pending, self._finish_pending, cap)
+            self._writer.floor = budget // 8
 
     # ---- reading state -------------------------------------------------------------
     def __contains__(self, key: object) -> bool:
@@ -117,8 +163,15 @@ class SpillEngine:
             return [k for k in self._nbytes if k not in self.memory]
 
     def spilled_bytes(self) -> int:
-        """Memory size of the values whose only copy is on disk (a running count: O(1))."""
+        """Memory size of the values out of memory, on disk or on their way (O(1))."""
+        if self._writer is not None:
+            return self._spilled_nbytes + self._writer.in_flight_bytes
         return self._spilled_nbytes
+
+    @property
+    def in_flight_bytes(self) -> int:
+        """Memory size of evicted values whose background write has not completed."""
+        return 0 if self._writer is None else self._writer.in_flight_bytes
 
     @property
     def unspillable_keys(self) -> frozenset[Hashable]:
@@ -169,14 +222,18 @@ class SpillEngine:
                 if self.memory_bytes + incoming > self.budget:
                     try:
                         self._make_room(incoming)
-                    except BaseException:
+                    except BaseException as error:
+                        error.add_note(f"spillkit: raised while making room for {key!r}, which was not stored")
                         if old is not _MISSING:
                             self._admit(key, old, self._nbytes[key])
                         raise
-            if existed and key in self.disk:
-                self.disk.delete(key)
-            if existed and old is _MISSING:  # it was spilled; now it is in memory again
-                self._spilled_nbytes -= self._nbytes[key]
+            if existed:
+                in_flight = self._cancel_write(key)
+                self._refs.pop(key, None)
+                if key in self.disk:
+                    self.disk.delete(key)
+                if old is _MISSING and not in_flight:  # it was spilled; now it is in memory again
+                    self._spilled_nbytes -= self._nbytes[key]
             self._nbytes[key] = nbytes
             if cost is None:
                 if existed:
@@ -187,6 +244,8 @@ class SpillEngine:
             self.stats.puts += 1
             if self.listeners:
                 self._emit(PUT, key, nbytes, detail="" if cost is None else GIVEN_COST, object_id=id(value))
+            if self._writer is not None:
+                self._throttle()
         finally:
             lock.release()
 
@@ -202,9 +261,11 @@ class SpillEngine:
             resident = key in self.memory
             if resident:
                 self._pop_resident(key)
+            in_flight = self._cancel_write(key)
+            self._refs.pop(key, None)
             self.disk.delete(key)
             nbytes = self._nbytes.pop(key)
-            if not resident:
+            if not resident and not in_flight:
                 self._spilled_nbytes -= nbytes
             self.stats.deletes += 1
             if self.listeners:
@@ -221,7 +282,11 @@ class SpillEngine:
                 if default is _MISSING:
                     raise KeyError(key)
                 return default
-            value = self.memory[key] if key in self.memory else self.disk.read(key)
+            if key in self.memory:
+                value = self.memory[key]
+            else:
+                pending = None if self._writer is None else self._writer.pending.get(key)
+                value = self.disk.read(key) if pending is None else pending.value
             self.delete(key)
             return value
 
@@ -244,6 +309,8 @@ class SpillEngine:
             if self.listeners:
                 self._emit(SETTLE, None, 0)
             self._make_room(0)
+            if self._writer is not None:
+                self._throttle()
 
     def evict_one(self) -> int:
         """Spill values until one frees memory; return bytes freed, or -1. Never raises."""
@@ -252,7 +319,7 @@ class SpillEngine:
             while True:
                 try:
                     key = self.policy.victim()
-                    if not self._spill(key):
+                    if not self._spill(key, background=False):  # the caller wants the bytes freed now
                         return -1
                 except Exception:
                     return -1
@@ -272,13 +339,20 @@ class SpillEngine:
         """Give every resident value a file (kept in memory too); return the failures."""
         failures: list[tuple[Hashable, BaseException]] = []
         with self.lock:
+            self.wait_for_writes()
             for key in list(self.memory):
                 if key in self.disk:
                     continue
                 try:
                     self._timed_write(key, self.memory[key])
                 except Exception as error:
+                    self.stats.spill_failures += 1
                     failures.append((key, error))
+                    continue
+                if key in self._unspillable:  # it could be written after all: offer it again
+                    self._unspillable.discard(key)
+                    nbytes = self._nbytes[key]
+                    self.policy.admitted(key, nbytes, self._cost(key, nbytes))
             self.disk.sync()
         return failures
 
@@ -289,15 +363,25 @@ class SpillEngine:
             for key in list(self._nbytes):
                 self.delete(key)
 
+    def wait_for_writes(self) -> None:
+        """Block until every background write has completed (no-op without write-behind)."""
+        if self._writer is not None:
+            with self.lock:
+                self._writer.drain()
+
     def close(self, forget_memory: bool = True) -> None:
         """Refuse every later operation; drop resident values (their files stay)."""
         with self.lock:
+            self.wait_for_writes()
+            self._refs.clear()
             if forget_memory:
                 for key in list(self.memory):
                     self._pop_resident(key)
                     if key in self.disk:
                         self._spilled_nbytes += self._nbytes[key]
             self.closed = True
+        if self._writer is not None:
+            self._writer.join()  # outside the lock: the thread takes it to finish
 
     def _check_open(self) -> None:
         if self.closed:
@@ -314,13 +398,16 @@ class SpillEngine:
             if not self._spill(key):
                 return
 
-    def _spill(self, key: Hashable) -> bool:
+    def _spill(self, key: Hashable, background: bool = True) -> bool:
         """Act on one victim; False when the disk failed and the round should stop."""
         value = self.memory[key]
         nbytes = self._nbytes[key]
         if key in self.disk:
             written, seconds, kind = 0, 0.0, EVICT
             self.stats.evictions += 1
+        elif background and self._writer is not None:
+            self._hand_off(key, value, nbytes, self._writer)
+            return True
         else:
             try:
                 written, seconds = self._timed_write(key, value)
@@ -340,10 +427,98 @@ class SpillEngine:
         del self.memory[key]
         self._spilled_nbytes += nbytes
         self._release(value)
+        self._remember(key, value)
         self.policy.evicted(key)
         if self.listeners:
             self._emit(kind, key, nbytes, written, seconds)
         return True
+
+    def _remember(self, key: Hashable, value: Any) -> None:
+        # A weak reference finds the value again if something else keeps it alive (a running
+        # task holding an array): loading it back then returns that object, not a disk copy.
+        with contextlib.suppress(TypeError):  # ints, strings, tuples, lists, dicts cannot be
+            self._refs[key] = weakref.ref(value)
+
+    # ---- write-behind --------------------------------------------------------------
+    def _hand_off(self, key: Hashable, value: Any, nbytes: int, writer: BackgroundWriter) -> None:
+        del self.memory[key]
+        self._release(value)
+        self.policy.evicted(key)
+        pending = writer.pending.get(key)
+        if pending is None:
+            writer.submit(PendingWrite(key, value, nbytes, self._staged.reserve(key)))
+        else:  # read back while its first write was running: that write now completes the eviction
+            pending.evicting = True
+        writer.in_flight_bytes += nbytes
+
+    @property
+    def _staged(self) -> StagedDiskTier:
+        return self.disk  # type: ignore[return-value]  # only DiskStore-like tiers get a writer
+
+    def _cancel_write(self, key: Hashable) -> bool:
+        """Cancel the key's write in flight; True if the value was out of memory (evicting)."""
+        if self._writer is None:
+            return False
+        pending = self._writer.cancel(key)
+        return pending is not None and pending.evicting
+
+    def _throttle(self) -> None:
+        writer = self._writer
+        if writer is not None and writer.in_flight_bytes > writer.cap:
+            writer.wait_below(writer.cap)
+
+    def _prepare_pending(self, pending: PendingWrite) -> Any:
+        # On the writer thread, without the lock: the slow part (pickling, the temporary file).
+        return self._staged.prepare(pending.key, pending.value, pending.name)
+
+    def _finish_pending(
+        self, pending: PendingWrite, prepared: Any, error: BaseException | None, seconds: float
+    ) -> None:
+        # On the writer thread, under the lock.
+        writer = self._writer
+        assert writer is not None
+        staged = self._staged
+        if not writer.is_current(pending):  # overwritten or deleted meanwhile: drop it
+            if prepared is not None:
+                staged.discard(prepared)
+            elif error is None:
+                staged.unreserve(pending.name)
+            return
+        del writer.pending[pending.key]
+        key, value, nbytes = pending.key, pending.value, pending.nbytes
+        if error is None:
+            try:
+                written = staged.commit(prepared)  # on failure it removes the temporary file itself
+            except Exception as caught:
+                error = caught
+        else:
+            staged.unreserve(pending.name)
+        if pending.evicting:
+            writer.in_flight_bytes -= nbytes
+        if error is None:
+            self.stats.observe_write(written, seconds)
+            self.stats.spills += 1
+            if pending.evicting:
+                self._spilled_nbytes += nbytes
+                self._remember(key, value)
+            if self.listeners:
+                self._emit(SPILL, key, nbytes, written, seconds)
+            return
+        writer.failures += 1
+        if isinstance(error, DiskQuotaExceeded):
+            self.stats.quota_errors += 1
+        serialization = not isinstance(error, (OSError, SpillError))
+        if pending.evicting:
+            self._admit(key, value, nbytes, offer=not serialization)
+        elif serialization:
+            self.policy.removed(key)
+        if serialization:
+            self._unspillable.add(key)
+            self.stats.unspillable += 1
+            what = "cannot be serialized; it stays in memory"
+        else:
+            what = "disk write failed; it stays in memory"
+        self._spill_failed(key, nbytes, error, what)
 
     def _timed_write(self, key: Hashable, value: Any) -> tuple[int, float]:
         start = time.perf_counter()
@@ -375,8 +550,11 @@ class SpillEngine:
                     "budget and must go to disk; nothing was stored"
                 )
             raise
-        if key in self._nbytes and self._pop_resident(key) is _MISSING:
-            self._spilled_nbytes -= self._nbytes[key]  # replaces a spilled value
+        if key in self._nbytes:
+            resident = self._pop_resident(key) is not _MISSING
+            if not self._cancel_write(key) and not resident:
+                self._spilled_nbytes -= self._nbytes[key]  # replaces a spilled value
+            self._refs.pop(key, None)
         self._nbytes[key] = nbytes
         self._spilled_nbytes += nbytes
         if cost is None:
@@ -395,18 +573,29 @@ class SpillEngine:
             if self.listeners:
                 self._emit(MISS, key, 0)
             raise KeyError(key)
-        start = time.perf_counter()
-        try:
-            value = self.disk.read(key)
-        except Exception:
-            self.stats.load_failures += 1
-            raise
-        seconds = time.perf_counter() - start
-        read = self.disk.file_bytes(key)
+        if self._writer is not None and key in self._writer.pending:
+            return self._rescue(key, self._writer)
         nbytes = self._nbytes[key]
-        self.stats.observe_read(read, seconds)
-        if self.listeners:
-            self._emit(LOAD, key, nbytes, read, seconds, object_id=id(value))
+        ref = self._refs.pop(key, None)
+        value = None if ref is None else ref()
+        if value is not None:  # still alive elsewhere: hand back that object, read nothing
+            self.stats.reused += 1
+            if self.listeners:
+                self._emit(LOAD, key, nbytes, detail=REUSED, object_id=id(value))
+        else:
+            start = time.perf_counter()
+            try:
+                value = self.disk.read(key)
+            except Exception as error:
+                self.stats.load_failures += 1
+                if not isinstance(error, CorruptSpillFile):  # that one names the key already
+                    error.add_note(f"spillkit: raised while loading the value of key {key!r} from disk")
+                raise
+            seconds = time.perf_counter() - start
+            read = self.disk.file_bytes(key)
+            self.stats.observe_read(read, seconds)
+            if self.listeners:
+                self._emit(LOAD, key, nbytes, read, seconds, object_id=id(value))
         if nbytes <= self.budget:
             # Loads make room even while puts are deferred: deferral exists so that values
             # about to be deleted are not written, and a value being read is not one of them.
@@ -416,10 +605,27 @@ class SpillEngine:
                 return value  # no room can be made now; serve it without caching
             self._spilled_nbytes -= nbytes
             self._admit(key, value, nbytes)
+            if self._writer is not None:
+                self._throttle()
+        return value
+
+    def _rescue(self, key: Hashable, writer: BackgroundWriter) -> Any:
+        """Read a value whose write is in flight: from memory, taken back if it was evicting."""
+        pending = writer.pending[key]
+        value = pending.value
+        if pending.evicting:
+            pending.evicting = False
+            writer.in_flight_bytes -= pending.nbytes
+            with contextlib.suppress(SpillError):  # no room now: it is in memory regardless
+                self._make_room(pending.nbytes)
+            self._admit(key, value, pending.nbytes)
+        self.stats.hits += 1
+        if self.listeners:
+            self._emit(HIT, key, pending.nbytes)
         return value
 
     # ---- bookkeeping ---------------------------------------------------------------
-    def _admit(self, key: Hashable, value: Any, nbytes: int) -> None:
+    def _admit(self, key: Hashable, value: Any, nbytes: int, offer: bool = True) -> None:
         self.memory[key] = value
         entry = self._objects.get(id(value))
         if entry is None:
@@ -427,7 +633,8 @@ class SpillEngine:
             self.memory_bytes += nbytes
         else:
             entry[0] += 1  # the same object under a second key is counted once
-        self.policy.admitted(key, nbytes, self._cost(key, nbytes))
+        if offer:  # a value set aside as unserializable is never offered to the policy
+            self.policy.admitted(key, nbytes, self._cost(key, nbytes))
 
     def _pop_resident(self, key: Hashable) -> Any:
         value = self.memory.pop(key, _MISSING)

@@ -20,6 +20,7 @@ __all__ = [
     "LOAD",
     "MISS",
     "PUT",
+    "REUSED",
     "SETTLE",
     "SPILL",
     "SPILL_ERROR",
@@ -38,6 +39,7 @@ SPILL_ERROR: Final = "spill-error"  # a write failed; the value stays in memory
 COST: Final = "cost"  # a key's recompute cost was set (cost = the new cost)
 SETTLE: Final = "settle"  # the caller asked the engine to get back within budget (key is None)
 GIVEN_COST: Final = "given-cost"  # detail of a put whose cost the caller gave (not the reload estimate)
+REUSED: Final = "reused"  # detail of a load served by a spilled object still alive elsewhere (no read)
 KINDS: Final = (PUT, HIT, LOAD, MISS, SPILL, EVICT, DELETE, SPILL_ERROR, COST, SETTLE)
 
 

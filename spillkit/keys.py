@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Hashable
 from typing import Any
 
@@ -24,13 +25,29 @@ def encode_key(key: Hashable) -> Any:
 
 
 def decode_key(data: Any) -> Hashable:
-    """Rebuild a key from :func:`encode_key`'s output (``{"r": ...}`` stays a repr string)."""
-    if isinstance(data, (str, int)):
+    """Rebuild a key from :func:`encode_key`'s output.
+
+    ``None``, ``True`` and ``False`` come back as themselves; any other
+    ``{"r": ...}`` (a key of another type) as the string ``"<repr>"``.
+
+    Raises ``ValueError`` for anything :func:`encode_key` cannot have written.
+    """
+    if isinstance(data, (str, int)) and not isinstance(data, bool):
         return data
-    if "t" in data:
-        return tuple(decode_key(k) for k in data["t"])
-    if "f" in data:
-        return float(data["f"])
-    if "b" in data:
-        return bytes.fromhex(data["b"])
-    return f"<{data['r']}>"
+    if isinstance(data, dict) and len(data) == 1:
+        ((tag, inner),) = data.items()
+        if tag == "t" and isinstance(inner, list):
+            return tuple(decode_key(k) for k in inner)
+        if tag == "f" and isinstance(inner, (int, float)) and not isinstance(inner, bool):
+            return float(inner)
+        if tag == "b" and isinstance(inner, str):
+            try:
+                return bytes.fromhex(inner)
+            except ValueError:
+                pass
+        if tag == "r" and isinstance(inner, str):
+            return _CONSTANTS.get(inner, f"<{inner}>")
+    raise ValueError(f"not an encoded key: {reprlib.repr(data)}")  # reprlib: bounded, however hostile
+
+
+_CONSTANTS: dict[str, Hashable] = {"None": None, "True": True, "False": False}

@@ -1,4 +1,12 @@
-"""The key manifest written by ``Chest.flush()`` and read when a directory is re-opened."""
+"""The key manifest written by ``Chest.flush()`` and read when a directory is re-opened.
+
+Crash consistency rests on three rules kept by ``Chest`` and ``DiskStore``:
+every file the manifest names is fsynced (with the directory) before the
+manifest is replaced; a file the committed manifest names is never replaced or
+unlinked until the next manifest is committed (copy-on-write, see
+``DiskStore.protect``); and a re-open removes whatever a killed process left
+behind (temporary files, spill files written after the last flush).
+"""
 
 from __future__ import annotations
 
@@ -7,16 +15,18 @@ import hmac
 import os
 import pickle
 import struct
+import warnings
 import zlib
-from collections.abc import Hashable
+from collections.abc import Hashable, Set
 from dataclasses import dataclass
 
 import cloudpickle
 
-from .errors import SpillError
+from .errors import SpillError, SpillWarning
 from .security import KEY_FILE_NAME, sign
+from .storage import is_spill_file
 
-__all__ = ["MANIFEST_NAME", "ManifestEntry", "read_manifest", "write_manifest"]
+__all__ = ["MANIFEST_NAME", "ManifestEntry", "read_manifest", "remove_leftovers", "write_manifest"]
 
 MANIFEST_NAME = ".spillkit-manifest"
 # magic, body length, CRC-32 of the body, HMAC-SHA256 of the body with the directory's key:
@@ -42,8 +52,20 @@ class ManifestEntry:
     offset: int = 0  # ... and where in that file it starts
 
 
-def write_manifest(path: str, entries: list[ManifestEntry], secret: bytes) -> None:
-    """Atomically replace the manifest in ``path`` (signed with ``secret``); fsync it and the directory."""
+def _fsync_directory(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_manifest(path: str, entries: list[ManifestEntry], secret: bytes, *, sync_parent: bool = False) -> None:
+    """Atomically replace the manifest in ``path`` (signed with ``secret``); fsync it and the directory.
+
+    ``sync_parent`` also fsyncs the directory above ``path``, so that a directory
+    created for this Chest is itself durable (done at a Chest's first flush).
+    """
     rows = [(e.key, e.name, e.file_bytes, e.nbytes, e.cost, e.tag, e.segment, e.offset) for e in entries]
     try:
         body = pickle.dumps(rows, protocol=5)
@@ -62,11 +84,9 @@ def write_manifest(path: str, entries: list[ManifestEntry], secret: bytes) -> No
         with contextlib.suppress(OSError):
             os.unlink(temp)
         raise
-    dir_fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    _fsync_directory(path)
+    if sync_parent:
+        _fsync_directory(os.path.dirname(path) or ".")
 
 
 def read_manifest(path: str, secret: bytes) -> list[ManifestEntry] | None:
@@ -93,3 +113,35 @@ def read_manifest(path: str, secret: bytes) -> list[ManifestEntry] | None:
         return [ManifestEntry(*row) for row in rows]
     except Exception as error:  # a key class that no longer imports, or another format
         raise SpillError(f"manifest {full!r} cannot be decoded ({error!r}); refusing to load it") from error
+
+
+def remove_leftovers(path: str, keep: Set[str]) -> list[str]:
+    """Remove what a killed process left in ``path``; return the names removed.
+
+    That is: temporary files of spill and manifest writes that never completed,
+    and spill files (recognised by their header, which names the file) that the
+    committed manifest does not list, i.e. written after the last flush or
+    superseded by it. Other files, and the names in ``keep``, are left alone.
+    Call it only after the manifest was read successfully: with a damaged
+    manifest nothing can be known to be garbage.
+    """
+    removed = []
+    for name in sorted(os.listdir(path)):
+        full = os.path.join(path, name)
+        if name.startswith((".tmp-", MANIFEST_NAME + ".tmp-")):
+            leftover = True
+        elif name.startswith(".") or name in keep:
+            leftover = False
+        else:
+            leftover = os.path.isfile(full) and not os.path.islink(full) and is_spill_file(full, name)
+        if not leftover:
+            continue
+        try:
+            os.unlink(full)
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            warnings.warn(f"could not remove the leftover file {full!r}: {error!r}", SpillWarning, stacklevel=3)
+            continue
+        removed.append(name)
+    return removed

@@ -421,7 +421,7 @@ def _reductions(
         chosen = _nearest((float(r["budget_fraction"]) for r in mine), fraction)
         at = {str(r["policy"]): float(r["io_bytes"]) for r in mine if float(r["budget_fraction"]) == chosen}
         base = at.get("lru")
-        if not base or chosen is None:
+        if not base or chosen is None or len(at) < 2:  # no I/O to reduce, or nothing beside LRU to compare
             continue
         budgets.append(chosen)
         bars.append((trace, {p: 100.0 * (1.0 - io / base) for p, io in at.items() if p != "lru"}))
@@ -464,7 +464,7 @@ def plot_reduction_vs_lru(
     series = policies + extra + ([FOO] if any(FOO in b for _, b in bars) else [])
     values = [v for _, b in bars for p, v in b.items() if p in series and not math.isnan(v)]
     bottom = max(_CUT, min(values, default=0.0)) - 8.0  # bars further down are cut here and labelled
-    top = max(0.0, *values) + 8.0
+    top = max([0.0, *values]) + 8.0
     with _rc():
         figure = _figure(_WIDTH, 5.0)
         ax = figure.subplots()
@@ -663,49 +663,81 @@ def read_rows(path: str) -> list[dict[str, Any]]:
     Raises
     ------
     ValueError
-        If a column the figures need is missing (naming them) or a number is malformed (naming the line).
+        If a column the figures need is missing (naming them), or (naming the line) a cell the
+        figures need is empty, a number is malformed, negative or not finite, or a mode is unknown.
     OSError
         If the file cannot be read.
     """
-    with open(path, newline="", encoding="utf-8") as file:
-        reader = csv.DictReader(file)
+    try:
+        # utf-8-sig: a spreadsheet that saves "CSV UTF-8" starts the file with a byte order mark
+        with open(path, newline="", encoding="utf-8-sig") as file:
+            return _read_rows(csv.DictReader(file), path)
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not a spillkit results CSV (not UTF-8 text at byte {error.start})") from None
+
+
+def _read_rows(reader: csv.DictReader[str], path: str) -> list[dict[str, Any]]:
+    try:
         header = reader.fieldnames or []
-        missing = [c for c in REQUIRED_COLUMNS if c not in header]
-        if missing:
-            raise ValueError(
-                f"{path}: not a spillkit results CSV: missing column{'s' if len(missing) > 1 else ''} "
-                f"{', '.join(missing)} (expected a file written by spillkit compare, with columns "
-                f"{', '.join(COLUMNS)})"
-            )
-        rows = []
-        for line, raw in enumerate(reader, start=2):
-            row: dict[str, Any] = {}
-            for column, text in raw.items():
-                if column is None or text is None or text == "":
-                    continue  # a ragged line's extra cells, or an empty cell
-                try:
-                    row[column] = _parse_cell(column, text)
-                except ValueError:
-                    raise ValueError(f"{path}:{line}: column {column!r}: {text!r} is not a number") from None
-            rows.append(row)
-    return rows
+    except csv.Error as error:
+        raise ValueError(f"{path}:1: not a spillkit results CSV ({error})") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        raise ValueError(
+            f"{path}: not a spillkit results CSV: missing column{'s' if len(missing) > 1 else ''} "
+            f"{', '.join(missing)} (expected a file written by spillkit compare, with columns "
+            f"{', '.join(COLUMNS)})"
+        )
+    rows: list[dict[str, Any]] = []
+    while True:
+        try:
+            raw = next(reader)
+        except StopIteration:
+            return rows
+        except csv.Error as error:  # e.g. a cell longer than the csv module's field limit
+            raise ValueError(f"{path}:{reader.line_num + 1}: {error}") from None  # the bad line is not counted
+        row: dict[str, Any] = {}
+        for column, text in raw.items():
+            if column is None or text is None or text == "":
+                continue  # a ragged line's extra cells, or an empty cell
+            try:
+                row[column] = _parse_cell(column, text)
+            except ValueError as error:
+                raise ValueError(f"{path}:{reader.line_num}: column {column!r}: {_short(text)} {error}") from None
+        empty = [c for c in _NEEDED if c not in row]
+        if empty:
+            raise ValueError(f"{path}:{reader.line_num}: empty {', '.join(empty)} (every row needs them)")
+        rows.append(row)
+
+
+def _short(text: str) -> str:
+    return repr(text) if len(text) <= 40 else repr(text[:37]) + "..."
+
+
+#: Cells every row must fill: bound rows leave hits, loads and the written/read split empty.
+_NEEDED = ("trace", "budget", "budget_fraction", "mode", "policy", "io_bytes")
+_MODES = frozenset({"strict", "settled", "dead-skip", "bound"})
 
 
 def _parse_cell(column: str, text: str) -> Any:
+    """A cell's value; ValueError (saying why, without the cell) if a column the figures use is wrong."""
+    if column == "mode" and text not in _MODES:
+        raise ValueError(f"is not a replay mode ({', '.join(sorted(_MODES))})")  # it also names the PNG files
     if column in _TEXT_COLUMNS:
         return text
-    if column in _FLOAT_COLUMNS:
-        return float(text)
+    number: float
     try:
-        return int(text)
+        number = float(text) if column in _FLOAT_COLUMNS else int(text)
     except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
-        if column in COLUMNS:
-            raise
-        return text  # an extra column of text
+        try:
+            number = float(text)
+        except ValueError:
+            if column in COLUMNS:
+                raise ValueError("is not a number") from None
+            return text  # an extra column of text
+    if column in COLUMNS and column != "ratio_to_bound" and not (number >= 0 and math.isfinite(number)):
+        raise ValueError("is not a finite number of at least 0")  # ratio_to_bound is NaN with no bound
+    return number
 
 
 def plot_command(csv_path: str, out_dir: str) -> list[str]:
@@ -726,4 +758,8 @@ def plot_command(csv_path: str, out_dir: str) -> list[str]:
     list of str
         The PNG paths written.
     """
-    return plot_all(read_rows(csv_path), out_dir)
+    rows = read_rows(csv_path)
+    try:
+        return plot_all(rows, out_dir)
+    except ValueError as error:  # e.g. only bound rows: say which file has nothing to plot
+        raise ValueError(f"{csv_path}: {error}") from error

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,6 +136,10 @@ class PackedStore(Compactor):
         """Choose the key's name and hold it until :meth:`commit` or :meth:`discard`."""
         return self.inner.reserve(key)
 
+    def unreserve(self, name: str) -> None:
+        """Release a name held by :meth:`reserve` when no write follows."""
+        self.inner.unreserve(name)
+
     def prepare(self, key: Hashable, value: Any, name: str) -> PreparedWrite:
         """Encode ``value``: small ones into a record in memory, large ones into a temporary file.
 
@@ -169,7 +173,7 @@ class PackedStore(Compactor):
                 self._count()
                 raise
             finally:
-                self.inner.release(prepared.name)
+                self.inner.unreserve(prepared.name)
             self.inner.delete(key)  # a file of the key from before (nothing if none)
             self._forget(key)
             self._place(key, Place(segment, offset, prepared.size, prepared.tag, prepared.name))
@@ -182,7 +186,7 @@ class PackedStore(Compactor):
     def discard(self, prepared: PreparedWrite) -> None:
         """Drop a prepared write and release its name."""
         if isinstance(prepared, PackedWrite):
-            self.inner.release(prepared.name)
+            self.inner.unreserve(prepared.name)
         else:
             self.inner.discard(prepared)
 
@@ -192,15 +196,15 @@ class PackedStore(Compactor):
         try:
             prepared = self.prepare(key, value, name)
         except BaseException:
-            self.inner.release(name)
+            self.inner.unreserve(name)
             raise
         return self.commit(prepared)
 
     def _check_quota(self, key: Hashable, size: int, on_disk: int) -> None:
         if self.available_disk is None:
             return
-        try:  # a file of the key is replaced or removed by this write
-            replaced = self.inner.file_bytes(key) if key in self.inner else 0
+        try:  # a file of the key is replaced or removed by this write (unless a manifest keeps it)
+            replaced = self.inner._freed_by_replacing(key)
         except KeyError:  # deleted meanwhile (prepare runs without the lock)
             replaced = 0
         after = self.inner.total_bytes + on_disk - replaced + size
@@ -295,6 +299,26 @@ class PackedStore(Compactor):
                 os.fsync(segment.fd)
                 segment.dirty = False
         self.inner.sync()
+
+    def protect(self, names: Iterable[str], *, add: bool = False) -> None:
+        """A manifest naming ``names`` is committed (``add=True``: is about to be); see ``DiskStore.protect``.
+
+        Files get copy-on-write through the inner store. Packed records are
+        covered by their segments: with ``add=True`` every segment holding a
+        live record is pinned (either manifest may end up on disk); otherwise
+        :meth:`checkpoint` unlinks the segments only the previous manifest needed.
+        """
+        self.inner.protect(names, add=add)
+        if add:
+            for segment in self._segments.values():
+                segment.pinned = segment.pinned or segment.live > 0
+        else:
+            self.checkpoint()
+
+    @property
+    def retained(self) -> frozenset[str]:
+        """Files and segments kept only because the last committed manifest needs them."""
+        return self.inner.retained | {segment.name for segment in self._retired}
 
     def checkpoint(self) -> None:
         """A manifest of the current records is durable: unlink the segments it no longer needs."""

@@ -30,7 +30,7 @@ try:  # the same CRC-32 as zlib's (files are interchangeable), about 13x faster
 except ImportError:  # pragma: no cover - depends on the optional "fast" extra
     from zlib import crc32
 
-__all__ = ["HEADER_SIZE", "PAD", "RecordError", "crc32", "encode_header", "open_record"]
+__all__ = ["HEADER_SIZE", "PAD", "RecordError", "crc32", "encode_header", "names_record", "open_record"]
 
 _FIXED = struct.Struct("<4sBxHQIQ")
 _MAC_BYTES = 32
@@ -62,6 +62,15 @@ def encode_header(name: str, frames: Sequence[Any], codec: Codec, secret: bytes)
     tag = sign(secret, fixed, encoded_name, *frames[:signed_count])
     header = fixed + tag + encoded_name
     return header + bytes(-len(header) % PAD), body_len, tag
+
+
+def names_record(head: bytes, name: str) -> bool:
+    """True when ``head`` (the start of a file) is a record header written under ``name``."""
+    if len(head) < HEADER_SIZE:
+        return False
+    magic, _version, name_len, _body, _crc, _signed = _FIXED.unpack_from(head, 0)
+    encoded = name.encode("utf-8")
+    return bool(magic == _MAGIC and name_len == len(encoded) and head[HEADER_SIZE : HEADER_SIZE + name_len] == encoded)
 
 
 def open_record(data: memoryview, name: str, secret: bytes, expected_tag: bytes | None) -> memoryview:

@@ -58,6 +58,7 @@ class Stats:
     spill_failures: int = 0  # writes that failed (value kept in memory)
     unspillable: int = 0  # values set aside because they cannot be serialized
     load_failures: int = 0  # reads that found a corrupt or missing file
+    reused: int = 0  # reads of spilled values still alive elsewhere, handed back without a disk read
     quota_errors: int = 0  # puts refused because available_disk would be exceeded
     deletes: int = 0
     # Disk latency histograms: counts per LATENCY_BOUNDS bucket (last = +Inf), not cumulative.

@@ -6,7 +6,7 @@ import contextlib
 import itertools
 import os
 import warnings
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,9 +14,9 @@ from .codecs import Codec
 from .errors import CorruptSpillFile, DiskQuotaExceeded, SpillWarning
 from .naming import candidate_name
 from .security import process_secret
-from .spillfile import RecordError, encode_header, open_record
+from .spillfile import HEADER_SIZE, RecordError, encode_header, names_record, open_record
 
-__all__ = ["DiskStore", "PreparedWrite"]
+__all__ = ["DiskStore", "PreparedWrite", "is_spill_file"]
 
 _FREE: Any = object()
 
@@ -30,6 +30,16 @@ class PreparedWrite:
     temp: str
     size: int
     tag: bytes
+
+
+def is_spill_file(full: str, name: str) -> bool:
+    """True when ``full`` starts like a spill file written under ``name`` (used to clean up after a crash)."""
+    try:
+        with open(full, "rb") as file:
+            head = file.read(HEADER_SIZE + len(name.encode("utf-8")))
+    except OSError:
+        return False
+    return names_record(head, name)
 
 
 def _write_all(fd: int, frames: list[Any]) -> None:
@@ -65,6 +75,11 @@ class DiskStore:
     previous file of the key, if any, is untouched and no temporary file is
     left behind.
 
+    Copy-on-write for crash consistency: files named by :meth:`protect` (those
+    of the last committed manifest) are never replaced or unlinked. A new value
+    for such a key goes to a fresh name; a deleted or superseded protected file
+    stays on disk (and in ``total_bytes``) until the next :meth:`protect` call.
+
     Examples
     --------
     >>> import tempfile
@@ -91,6 +106,11 @@ class DiskStore:
         self._reserved: dict[str, list[Any]] = {}  # casefolded name -> [key, writes in progress]
         self._dirty: set[str] = set()  # names written since the last sync()
         self._temp_counter = itertools.count(1)  # next() is atomic: prepare runs in several threads
+        # Crash consistency (see protect()): casefolded names the committed manifest references,
+        # and the ones among them no key owns any more (name -> size), unlinked at the next protect().
+        self._protected: set[str] = set()
+        self._retained: dict[str, int] = {}
+        self._orphans: set[str] = set()  # files of deleted keys that could not be unlinked: retried
 
     def __contains__(self, key: object) -> bool:
         return key in self._names
@@ -115,7 +135,7 @@ class DiskStore:
 
     def _name_for(self, key: Hashable) -> str:
         name = self._names.get(key)
-        if name is not None:
+        if name is not None and name.casefold() not in self._protected:
             return name
         attempt = 0
         while True:
@@ -123,7 +143,11 @@ class DiskStore:
             folded = name.casefold()
             owner = self._owners.get(folded, _FREE)
             reserved = self._reserved.get(folded)
-            if (owner is _FREE or owner == key) and (reserved is None or reserved[0] == key):
+            if (
+                (owner is _FREE or (owner == key and folded not in self._protected))
+                and (reserved is None or reserved[0] == key)
+                and folded not in self._protected
+            ):
                 return name
             attempt += 1
 
@@ -134,11 +158,8 @@ class DiskStore:
         entry[1] += 1
         return name
 
-    def release(self, name: str) -> None:
-        """Give back a name held by :meth:`reserve` that no write will use (a packed store stored the value)."""
-        self._unreserve(name)
-
-    def _unreserve(self, name: str) -> None:
+    def unreserve(self, name: str) -> None:
+        """Release a name held by :meth:`reserve` when no write follows."""
         entry = self._reserved[name.casefold()]
         entry[1] -= 1
         if not entry[1]:
@@ -153,10 +174,17 @@ class DiskStore:
         self._owners[name.casefold()] = key
         self.total_bytes += size
 
+    def _freed_by_replacing(self, key: Hashable) -> int:
+        # Bytes a new file for the key frees: none when its old file is a committed manifest's.
+        old = self._names.get(key)
+        if old is None or old.casefold() in self._protected:
+            return 0
+        return self._sizes[key]
+
     def _check_quota(self, key: Hashable, size: int) -> None:
         if self.available_disk is None:
             return
-        after = self.total_bytes - self._sizes.get(key, 0) + size
+        after = self.total_bytes - self._freed_by_replacing(key) + size
         if after > self.available_disk:
             raise DiskQuotaExceeded(
                 f"storing {key!r} needs {size} bytes on disk; that would make {after} "
@@ -202,11 +230,13 @@ class DiskStore:
         except BaseException:
             self.discard(prepared)
             raise
-        self._unreserve(name)
+        self.unreserve(name)
+        freed = self._freed_by_replacing(key)
         old_name = self._names.get(key)
-        if old_name is not None and old_name != name:  # only if the key's file was deleted meanwhile
+        if old_name is not None and old_name != name:  # copy-on-write: the committed file stays
+            self._retained[old_name] = self._sizes[key]
             self._owners.pop(old_name.casefold(), None)
-        self.total_bytes += prepared.size - self._sizes.get(key, 0)
+        self.total_bytes += prepared.size - freed
         self._names[key] = name
         self._sizes[key] = prepared.size
         self._tags[key] = prepared.tag
@@ -218,7 +248,7 @@ class DiskStore:
         """Drop a prepared write: remove its temporary file and release its name."""
         with contextlib.suppress(OSError):
             os.unlink(prepared.temp)
-        self._unreserve(prepared.name)
+        self.unreserve(prepared.name)
 
     def write(self, key: Hashable, value: Any) -> int:
         """Serialize ``value`` into the key's file; return the bytes written."""
@@ -226,7 +256,7 @@ class DiskStore:
         try:
             prepared = self.prepare(key, value, name)
         except BaseException:
-            self._unreserve(name)
+            self.unreserve(name)
             raise
         return self.commit(prepared)
 
@@ -262,14 +292,19 @@ class DiskStore:
         if name is None:
             return
         self._tags.pop(key, None)
-        self.total_bytes -= self._sizes.pop(key)
+        size = self._sizes.pop(key)
         del self._owners[name.casefold()]
         self._dirty.discard(name)
+        if name.casefold() in self._protected:
+            self._retained[name] = size  # the committed manifest's file: unlinked at the next protect()
+            return
+        self.total_bytes -= size
         try:
             os.unlink(os.path.join(self.path, name))
         except FileNotFoundError:
             pass
         except OSError as error:  # the key is gone either way; say that a file was left behind
+            self._orphans.add(name)
             warnings.warn(f"could not remove the spill file of {key!r}: {error!r}", SpillWarning, stacklevel=3)
 
     def sync(self) -> None:
@@ -286,6 +321,47 @@ class DiskStore:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+    def protect(self, names: Iterable[str], *, add: bool = False) -> None:
+        """Keep the files ``names`` (a committed manifest's) from now on; unlink those it no longer names.
+
+        Called once a manifest is durable: the files the previous manifest needed
+        and this one does not (superseded or deleted since) are removed. A file
+        that cannot be removed is warned about; a re-open removes it later. With
+        ``add=True`` the names are protected as well, and nothing is removed (for
+        the moment before a commit, when either manifest may end up on disk).
+        """
+        if add:
+            self._protected.update(name.casefold() for name in names)
+            return
+        self._protected = {name.casefold() for name in names}
+        for name in list(self._orphans):  # left by a failed unlink: try again now
+            if name.casefold() in self._owners or name.casefold() in self._protected:
+                self._orphans.discard(name)  # the name was taken again: the file is a key's now
+                continue
+            try:
+                os.unlink(os.path.join(self.path, name))
+            except FileNotFoundError:
+                pass
+            except OSError:
+                continue
+            self._orphans.discard(name)
+        for name, size in list(self._retained.items()):
+            if name.casefold() in self._protected:
+                continue
+            del self._retained[name]
+            self.total_bytes -= size
+            try:
+                os.unlink(os.path.join(self.path, name))
+            except FileNotFoundError:
+                pass
+            except OSError as error:
+                warnings.warn(f"could not remove the superseded file {name!r}: {error!r}", SpillWarning, stacklevel=3)
+
+    @property
+    def retained(self) -> frozenset[str]:
+        """Files kept only because the last committed manifest names them (no key owns them now)."""
+        return frozenset(self._retained)
 
     def names(self) -> dict[Hashable, str]:
         """A copy of the key to file-name index."""

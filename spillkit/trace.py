@@ -27,19 +27,23 @@ operation. Format, version 1 (each line a JSON value):
     decisions the recorded run took (written / dropped with its file reused);
     replay recomputes these and can compare.
 
-``t`` is seconds since the recording started.
+``t`` is seconds since the recording started. A reader checks every field
+(:mod:`spillkit.tracelines`); blank lines, CRLF line ends and a UTF-8 byte
+order mark are accepted, and gzip is recognised by content, not by name.
 """
 
 from __future__ import annotations
 
 import gzip
-import json
+import io
 import os
+import zlib
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, cast
 
 from .keys import decode_key, encode_key
+from .tracelines import BadLine, LineParser, parse_json, short
 
 __all__ = [
     "FORMAT",
@@ -108,53 +112,77 @@ class TraceError(ValueError):
 
 
 def read_trace(path: str | os.PathLike[str]) -> Trace:
-    """Read a trace file written by :class:`TraceRecorder` (``.gz`` or plain).
+    """Read a trace file written by :class:`TraceRecorder` (gzip-compressed or plain).
 
-    Raises :class:`TraceError` naming the file and line for anything malformed.
+    Compression is recognised by the file's first bytes, not its name. A UTF-8
+    byte order mark, CRLF line ends and blank lines are accepted. Raises
+    :class:`TraceError` naming the file and line for anything else malformed:
+    a file that is not gzip or UTF-8 text, truncated, of another version, or a
+    line whose fields have the wrong type or refer to keys never defined.
     """
     name = os.fspath(path)
+    with _open(name) as raw:
+        try:
+            compressed = raw.peek(2)[:2] == b"\x1f\x8b"
+        except OSError as error:  # e.g. a directory on some systems opens, then fails to read
+            raise TraceError(f"{name}: cannot read the trace ({error.strerror or error})") from None
+        stream: io.BufferedIOBase = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw
+        lines = _lines(stream, name, compressed)
+        header = _header(name, next(lines, (1, "")))
+        parser = LineParser()
+        for number, text in lines:
+            if not text.strip():
+                continue
+            try:
+                parser.line(parse_json(text))
+            except BadLine as error:
+                raise TraceError(f"{name}:{number}: {error}") from None
+    return Trace(header, parser.keys, parser.dependencies, parser.order, parser.data, parser.ops)
+
+
+def _open(name: str) -> io.BufferedReader:
     try:
-        file = open_text(path, "r")
+        return open(name, "rb")
     except FileNotFoundError:
         raise TraceError(f"{name}: no such trace file") from None
-    with file:
-        number = 0
+    except OSError as error:
+        raise TraceError(f"{name}: cannot open the trace ({error.strerror or error})") from None
+
+
+def _lines(stream: io.BufferedIOBase, name: str, compressed: bool) -> Iterator[tuple[int, str]]:
+    """(line number, text) for every line; read and decoding errors become TraceError naming the line."""
+    number = 0
+    while True:
+        number += 1
         try:
-            number, line = 1, file.readline()
-            header = json.loads(line)
-            if not isinstance(header, dict) or header.get("format") != FORMAT:
-                raise TraceError(f"{name}:1: not a spillkit trace (the first line has no format {FORMAT!r})")
-            if header.get("version") != VERSION:
-                raise TraceError(
-                    f"{name}:1: trace version {header.get('version')} is not supported (this is {VERSION})"
-                )
-            trace = Trace(header)
-            keys = trace.keys
-            for number, line in enumerate(file, start=2):
-                row = json.loads(line)
-                tag = row[0]
-                if tag == "k":
-                    keys.append(decode_key(row[2]))
-                elif tag == "graph":
-                    trace.dependencies.update({keys[k]: [keys[d] for d in ds] for k, ds in row[1]["deps"]})
-                    trace.order.update({keys[k]: p for k, p in row[1]["order"]})
-                    trace.data.extend(keys[k] for k in row[1].get("data", ()))
-                elif tag == "settle":
-                    trace.ops.append((tag, None, row[1]))
-                elif tag in _ARITY:
-                    if len(row) != _ARITY[tag]:
-                        raise TraceError(f"{name}:{number}: {tag!r} needs {_ARITY[tag]} fields, found {len(row)}")
-                    trace.ops.append((tag, keys[row[1]], *row[2:]))
-                else:
-                    raise TraceError(f"{name}:{number}: unknown record {tag!r}")
-        except TraceError:
-            raise
-        except (ValueError, LookupError, TypeError, EOFError, OSError) as error:
-            raise TraceError(f"{name}:{number}: malformed trace line ({error})") from error
-    return trace
+            line = stream.readline()
+        except (OSError, EOFError, zlib.error) as error:  # gzip reports truncation as EOFError
+            what = "corrupt or truncated gzip data" if compressed else "cannot read the file"
+            raise TraceError(f"{name}:{number}: {what} ({error})") from None
+        if not line:
+            return
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as error:
+            where = f"byte {error.start + 1} of the line"
+            raise TraceError(f"{name}:{number}: not UTF-8 text ({where}; neither gzip nor a text trace?)") from None
+        yield number, text.removeprefix("\ufeff") if number == 1 else text
 
 
-_ARITY = {"put": 6, "get": 4, "del": 3, "cost": 4, "spill": 3, "evict": 3}
+def _header(name: str, first: tuple[int, str]) -> dict[str, Any]:
+    number, text = first
+    if not text.strip():
+        raise TraceError(f"{name}:{number}: not a spillkit trace (the first line is empty)")
+    try:
+        header = parse_json(text)
+    except BadLine as error:
+        raise TraceError(f"{name}:{number}: not a spillkit trace (the first line is {error})") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise TraceError(f"{name}:{number}: not a spillkit trace (the first line has no format {FORMAT!r})")
+    version = header.get("version")
+    if type(version) is not int or version != VERSION:
+        raise TraceError(f"{name}:{number}: trace version {short(version)} is not supported (this is {VERSION})")
+    return header
 
 
 from .recorder import TraceRecorder  # noqa: E402 - re-exported; recorder needs this module's constants first

@@ -24,15 +24,20 @@ def resident_bytes(inmem: Mapping[Hashable, Any], size_of: Callable[[Hashable, A
 
 
 def assert_accounting(chest: Chest) -> None:
-    """Memory and disk byte counters equal what is really held; every key is in memory or on disk."""
-    sizeof = chest.engine.sizeof
-    assert chest.memory_bytes == resident_bytes(chest.inmem, lambda _key, value: sizeof(value))
-    assert_disk_files(chest)
-    on_disk = set(chest._store)
-    assert set(chest.inmem) | on_disk == set(chest)
-    assert set(chest.engine.spilled_keys).isdisjoint(chest.inmem)
-    nbytes = chest.engine.nbytes
-    assert chest.spilled_total[0] == sum(nbytes(key) for key in chest.engine.spilled_keys)
+    """Memory and disk byte counters equal what is really held; every key is in memory, on disk, or
+    on its way there (write-behind). Checked under the engine's lock, which the writer commits under."""
+    with chest.engine.lock:
+        sizeof = chest.engine.sizeof
+        assert chest.memory_bytes == resident_bytes(chest.inmem, lambda _key, value: sizeof(value))
+        assert_disk_files(chest)  # files of their own (and the last flush's, copy-on-write) and segments
+        on_disk = set(chest._store)
+        writer = chest.engine._writer
+        in_flight = set() if writer is None else {k for k, w in writer.pending.items() if w.evicting}
+        assert set(chest.inmem) | on_disk | in_flight == set(chest)
+        assert set(chest.engine.spilled_keys).isdisjoint(chest.inmem)
+        nbytes = chest.engine.nbytes
+        assert chest.spilled_total[0] == sum(nbytes(key) for key in chest.engine.spilled_keys)
+        assert chest.engine.in_flight_bytes == sum(nbytes(key) for key in in_flight)
 
 
 @pytest.fixture

@@ -46,11 +46,14 @@ def disk_files(path: str | os.PathLike[str]) -> dict[str, int]:
 
 
 def assert_disk_files(chest: Chest) -> None:
-    """``disk_bytes`` is exactly the size of those files; each key not packed has a file, and the
-    segment files on disk are exactly the ones the store keeps."""
+    """``disk_bytes`` is exactly the size of those files; each key not packed has a file (and the files
+    the last flush's manifest still needs stay), and the segment files on disk are exactly the ones the store keeps."""
     files = disk_files(chest.path)
     assert chest.disk_bytes == sum(files.values())
     store = chest._store
     segments = {name for name in files if is_segment_name(name)}
     assert segments == set(store.segment_files())
-    assert len(files) - len(segments) == sum(store.location(key)[0] is None for key in store)
+    own = sum(store.location(key)[0] is None for key in store)
+    assert len(files) - len(segments) == own + len(store.inner.retained)
+    # every other file is a key's, or one the last flush's manifest still needs (copy-on-write)
+    assert set(files) - segments == set(store.inner.names().values()) | store.inner.retained

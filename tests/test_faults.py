@@ -8,6 +8,7 @@ real disk under ``tmp_path``.
 
 from __future__ import annotations
 
+import copy
 import errno
 import os
 import pickle
@@ -648,7 +649,8 @@ def test_damaged_spill_file_raises_naming_the_key_and_is_never_unpickled(
     }
     for i in range(4):
         expected[f"k{i}"] = payload(i)
-    chest.update(expected)
+    # Copies: a spilled value still alive elsewhere would be handed back without reading its file.
+    chest.update(copy.deepcopy(expected))
     assert victim in chest._store and "donor" in chest._store
     TRIPPED.clear()
     DAMAGE[damage](Path(chest._store.filename(victim)), Path(chest._store.filename("donor")))

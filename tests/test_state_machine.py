@@ -84,14 +84,20 @@ class ChestMachine(RuleBasedStateMachine):
         self.path = os.path.join(self.root, "chest")
         self.model: dict[Hashable, Any] = {}
         self.sizes: dict[Hashable, int] = {}
+        self.flushed: tuple[dict[Hashable, Any], dict[Hashable, int]] = ({}, {})  # model and sizes at the last flush
         self.chest: Chest | None = None
         self.policy = ""
         self.budget = 0
         self.pack_threshold = 0
+        self.write_behind = False
 
     def open(self) -> Chest:
         chest = Chest(
-            path=self.path, available_memory=self.budget, policy=self.policy, pack_threshold=self.pack_threshold
+            path=self.path,
+            available_memory=self.budget,
+            policy=self.policy,
+            pack_threshold=self.pack_threshold,
+            write_behind=self.write_behind,
         )
         chest._store.segment_bytes = 2048  # a few records per segment: rotation and compaction happen in a run
         return chest
@@ -101,9 +107,11 @@ class ChestMachine(RuleBasedStateMachine):
         budget=st.sampled_from([40, 100, 200, 400]),
         # one file per value, or small values packed into segments
         pack_threshold=st.sampled_from([0, 64 * 1024]),
+        write_behind=st.booleans(),
     )
-    def start(self, policy: str, budget: int, pack_threshold: int) -> None:
-        self.policy, self.budget, self.pack_threshold = policy, budget, pack_threshold
+    def start(self, policy: str, budget: int, pack_threshold: int, write_behind: bool) -> None:
+        self.policy, self.budget = policy, budget
+        self.pack_threshold, self.write_behind = pack_threshold, write_behind
         self.chest = self.open()
 
     def teardown(self) -> None:
@@ -207,6 +215,7 @@ class ChestMachine(RuleBasedStateMachine):
 
     @rule()
     def cheap_views(self) -> None:
+        self.c.wait_for_writes()  # a background write finishing now would change the stats
         before = self.c.stats.snapshot()
         assert len(self.c) == len(self.model)
         assert set(self.c) == set(self.model)
@@ -225,19 +234,39 @@ class ChestMachine(RuleBasedStateMachine):
             assert set(view) == self.model.keys() - bad
             for key in view:
                 assert same(view[key], self.model[key])
+            self.remember_flush(exclude=bad)
             for key in bad:  # the caller's way out: delete what cannot be written
                 del self.c[key]
                 del self.model[key]
                 del self.sizes[key]
         self.c.flush()
+        self.remember_flush()
         self.c.close()
         self.chest = self.open()
         assert len(self.c) == len(self.model)
         assert self.c.memory_bytes == 0
 
+    def remember_flush(self, exclude: frozenset[Hashable] | set[Hashable] = frozenset()) -> None:
+        model = {key: value for key, value in self.model.items() if key not in exclude}
+        self.flushed = (model, {key: self.sizes[key] for key in model})
+
+    @rule()
+    def crash_and_reopen(self) -> None:
+        """Abandon the Chest as a killed process would: re-opening gives exactly the last flush's state."""
+        self.c.wait_for_writes()  # a killed process has no writer thread left to finish later
+        self.chest = None  # never closed, never used again (a Chest with a path has no finalizer)
+        self.chest = self.open()
+        model, sizes = self.flushed
+        self.model, self.sizes = dict(model), dict(sizes)
+        assert set(self.c) == self.model.keys()
+        for key, value in self.model.items():
+            assert same(self.c[key], value)
+        assert not [name for name in os.listdir(self.path) if name.startswith(".tmp-")]
+
     @rule(batch=st.lists(st.tuples(keys, st.none() | values), min_size=1, max_size=8))
     def deferred_batch(self, batch: list[tuple[Hashable, Any]]) -> None:
         """Puts (and deletes, for None) inside ``deferred()``; memory may exceed the budget until it ends."""
+        self.c.wait_for_writes()  # a background write finishing now would count as a spill
         spills = self.c.stats.spills
         with self.c.deferred():
             for key, value in batch:
@@ -260,12 +289,23 @@ class ChestMachine(RuleBasedStateMachine):
             self.check_contents()
 
     def check_contents(self) -> None:
+        with self.c.engine.lock:  # the background writer commits under this lock: a still picture
+            self._check_contents()
+
+    def _check_contents(self) -> None:
         chest, model = self.c, self.model
         memory = set(chest.inmem)
         on_disk = set(chest._store)
         spilled = set(chest.engine.spilled_keys)
+        writer = chest.engine._writer
+        pending = {} if writer is None else writer.pending
+        in_flight = {key for key, write in pending.items() if write.evicting}
+        assert chest.engine.in_flight_bytes == sum(self.sizes[key] for key in in_flight)
+        assert in_flight.isdisjoint(memory) and in_flight.isdisjoint(on_disk)
+        for key, write in pending.items():
+            assert same(write.value, model[key])  # a write in flight is always of the current value
         assert memory <= model.keys()
-        assert memory | on_disk == model.keys()  # every key is in memory or has a file
+        assert memory | on_disk | in_flight == model.keys()  # every key is in memory, on its way, or has a file
         assert spilled.isdisjoint(memory)
         assert spilled == model.keys() - memory
         assert chest.spilled_total[0] == sum(self.sizes[key] for key in spilled)  # the running count is exact
@@ -284,7 +324,7 @@ class ChestMachine(RuleBasedStateMachine):
             assert chest.memory_bytes <= chest.available_memory + sum(unpicklable.values())
         assert all(isinstance(model[key], Unpicklable) for key in chest.engine.unspillable_keys)
 
-        assert_disk_files(chest)
+        assert_disk_files(chest)  # every file is a key's, a segment, or one the last flush's manifest still needs
 
 
 ChestMachine.TestCase.settings = settings(

@@ -1,0 +1,280 @@
+"""Optional lz4 / zstd compression of spilled values, decided frame by frame.
+
+``CompressedCodec`` wraps another codec (pickle by default). Each frame that
+codec produces (the pickle stream, each out-of-band array buffer) is stored
+raw or compressed on its own: small frames always raw, larger ones only when a
+sample of them compresses well, so incompressible data costs one small trial.
+The body starts with a frame table, so decoding never depends on settings.
+
+Needs the ``compress`` extra (``pip install "spillkit[compress]"``): lz4 and
+zstandard are imported when a codec that uses them is made, never by
+``import spillkit``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import struct
+import threading
+from types import ModuleType
+from typing import Any
+
+from .codecs import Buffer, Codec, PickleCodec
+
+__all__ = ["ALGORITHMS", "CompressedCodec", "make_compression"]
+
+ALGORITHMS = {"lz4": "lz4.block", "zstd": "zstandard"}  # algorithm -> the module it needs
+_KINDS = ("raw", "lz4", "zstd")  # frame kinds, by their number in the table
+_DEFAULT_LEVEL = {"lz4": 0, "zstd": 1}
+
+# magic, version, frame count; then per frame: kind, stored length, raw length;
+# zero-padded to 64 bytes so that frames after it keep their alignment.
+_HEAD = struct.Struct("<4sB3xI")
+_ENTRY = struct.Struct("<BQQ")
+_MAGIC = b"SPKZ"
+_VERSION = 1
+_ALIGN = 64
+_LZ4_MAX_INPUT = 0x7E000000  # LZ4_MAX_INPUT_SIZE: lz4's block format refuses larger inputs
+_LZ4_MAX_RATIO = 256  # an lz4 block cannot expand more than ~255x (one length byte per 255)
+_ZSTD_MAX_RATIO = 1 << 15  # a zstd block of 128 KiB takes at least 4 bytes
+
+
+def _import(algorithm: str) -> ModuleType:
+    try:
+        return importlib.import_module(ALGORITHMS[algorithm])
+    except ImportError as error:
+        raise ImportError(
+            f'compression="{algorithm}" needs the {ALGORITHMS[algorithm].split(".")[0]} package, '
+            'which the compress extra installs: pip install "spillkit[compress]"'
+        ) from error
+
+
+class CompressedCodec:
+    """Compress the frames of another codec with lz4 or zstd, where it pays.
+
+    Parameters
+    ----------
+    inner : Codec, optional
+        The codec whose frames are compressed. Default: a new :class:`PickleCodec`.
+    algorithm : {"lz4", "zstd"}
+        lz4 is the fast one; zstd compresses more and costs more CPU.
+    level : int, optional
+        lz4: 0 (default) is the fast mode, 1-12 high-compression levels, negative
+        values accelerate. zstd: -7 to 22, default 1.
+    min_size : int
+        Frames smaller than this are stored raw: they save too little to pay
+        for a compressor call. Default 64 KiB.
+    sample_size : int
+        Bytes of a larger frame compressed first, taken from four spread-out
+        places; the frame is compressed only if the sample shrinks to
+        ``max_ratio`` or less. Default 64 KiB.
+    max_ratio : float
+        Compressed size over raw size above which a frame is stored raw
+        (checked on the sample, then on the whole frame). Default 0.9.
+
+    Notes
+    -----
+    Thread-safe: zstd contexts are kept per thread; nothing else is shared.
+    Frames stored raw are written and read back without a copy (as views into
+    the read buffer), in the position :class:`PickleCodec` aligned them to.
+    ``encode`` raises what the inner codec raises. ``decode`` raises
+    ``ValueError`` naming what is wrong when the body is not a compressed
+    body, its frame table is malformed, or a frame does not decompress to its
+    recorded length; it decodes any algorithm it finds in the table, whatever
+    ``algorithm`` says. A body written by another codec is rejected, never
+    guessed at.
+
+    Examples
+    --------
+    >>> codec = CompressedCodec(algorithm="lz4")
+    >>> frames = codec.encode(bytes(1 << 20))           # a MiB of zeros
+    >>> sum(memoryview(f).nbytes for f in frames) < 10_000
+    True
+    >>> codec.decode(memoryview(b"".join(frames))) == bytes(1 << 20)
+    True
+    """
+
+    def __init__(
+        self,
+        inner: Codec | None = None,
+        algorithm: str = "lz4",
+        level: int | None = None,
+        min_size: int = 64 * 1024,
+        sample_size: int = 64 * 1024,
+        max_ratio: float = 0.9,
+    ) -> None:
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown compression {algorithm!r}; choose one of {sorted(ALGORITHMS)}")
+        if not 0.0 < max_ratio <= 1.0:
+            raise ValueError(f"max_ratio must be in (0, 1], got {max_ratio!r}")
+        self.inner: Codec = PickleCodec() if inner is None else inner
+        self.algorithm = algorithm
+        self.level = _DEFAULT_LEVEL[algorithm] if level is None else int(level)
+        self.min_size = max(int(min_size), 1)
+        self.sample_size = max(int(sample_size), 4)
+        self.max_ratio = max_ratio
+        self.name = f"{algorithm}+{self.inner.name}"
+        self._module = _import(algorithm)  # fail now, not at the first spill
+        self._local = threading.local()
+
+    def __repr__(self) -> str:
+        return f"CompressedCodec({self.inner!r}, algorithm={self.algorithm!r}, level={self.level})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from its settings: a dask.distributed nanny pickles the worker's data= arguments.
+        args = (self.inner, self.algorithm, self.level, self.min_size, self.sample_size, self.max_ratio)
+        return (type(self), args)
+
+    # ---- compressors ----------------------------------------------------------------
+    def _compress(self, data: memoryview) -> bytes:
+        if self.algorithm == "lz4":
+            if self.level > 0:
+                mode: dict[str, Any] = {"mode": "high_compression", "compression": self.level}
+            else:
+                mode = {"mode": "fast" if self.level < 0 else "default", "acceleration": max(1, -self.level)}
+            return bytes(self._module.compress(data, store_size=False, **mode))
+        compressor = getattr(self._local, "compressor", None)
+        if compressor is None:  # zstd contexts are not thread-safe: one per thread
+            compressor = self._local.compressor = self._module.ZstdCompressor(level=self.level)
+        return bytes(compressor.compress(data))
+
+    def _sample(self, frame: memoryview) -> memoryview:
+        piece = self.sample_size // 4
+        step = (len(frame) - piece) // 3
+        return memoryview(b"".join(frame[i * step : i * step + piece] for i in range(4)))
+
+    def _choose(self, frame: memoryview) -> bytes | None:
+        """The compressed frame, or None to store it raw."""
+        size = len(frame)
+        if size < self.min_size or (self.algorithm == "lz4" and size > _LZ4_MAX_INPUT):
+            return None
+        if size > 2 * self.sample_size:
+            sample = self._sample(frame)
+            if len(self._compress(sample)) > self.max_ratio * len(sample):
+                return None  # incompressible: one sample's worth of work, then raw
+        packed = self._compress(frame)
+        return packed if len(packed) <= self.max_ratio * size else None
+
+    # ---- the codec ------------------------------------------------------------------
+    def encode(self, obj: Any) -> list[Buffer]:
+        frames = [memoryview(frame).cast("B") for frame in self.inner.encode(obj)]
+        table = bytearray(_HEAD.pack(_MAGIC, _VERSION, len(frames)))
+        out: list[Buffer] = [table]
+        position = inner_offset = 0  # body offsets after the table, and in the inner codec's output
+        for frame in frames:
+            packed = self._choose(frame)
+            if packed is None:
+                pad = (inner_offset - position) % _ALIGN  # keep the inner codec's alignment
+                if pad:
+                    out.append(bytes(pad))
+                out.append(frame)
+                table += _ENTRY.pack(0, len(frame), len(frame))
+                position += pad + len(frame)
+            else:
+                out.append(packed)
+                table += _ENTRY.pack(_KINDS.index(self.algorithm), len(packed), len(frame))
+                position += len(packed)
+            inner_offset += len(frame)
+        table += bytes(-len(table) % _ALIGN)
+        return out
+
+    def decode(self, data: memoryview) -> Any:
+        data = data.cast("B") if data.format != "B" else data
+        entries, start = _read_table(data)
+        if all(kind == 0 for kind, _, _ in entries):
+            return self.inner.decode(data[start:])  # nothing compressed: the inner body as it was written
+        frames: list[memoryview] = []
+        position, inner_offset = start, 0
+        for index, (kind, stored, raw) in enumerate(entries):
+            if kind == 0:
+                position += (inner_offset - (position - start)) % _ALIGN
+                frames.append(data[position : position + stored])
+            else:
+                frames.append(memoryview(_decompress(_KINDS[kind], data[position : position + stored], raw, index)))
+            position += stored
+            inner_offset += raw
+        decode_frames = getattr(self.inner, "decode_frames", None)
+        if decode_frames is not None:
+            return decode_frames(frames)  # raw frames stay views into ``data``
+        return self.inner.decode(memoryview(bytearray().join(frames)))  # one contiguous body, as it was encoded
+
+
+def _read_table(data: memoryview) -> tuple[list[tuple[int, int, int]], int]:
+    """Parse and check the frame table; return its entries and where the frames start."""
+    if len(data) < _HEAD.size or bytes(data[:4]) != _MAGIC:
+        raise ValueError("not a compressed spillkit body (no frame table); was it written without compression=?")
+    _, version, count = _HEAD.unpack_from(data, 0)
+    if version != _VERSION:
+        raise ValueError(f"compressed body: frame table version {version} is not supported (expected {_VERSION})")
+    start = _HEAD.size + count * _ENTRY.size
+    start += -start % _ALIGN
+    if start > len(data):
+        raise ValueError(f"compressed body: a frame table of {count} frames is longer than the {len(data)} bytes")
+    entries = []
+    position = inner_offset = 0
+    for index in range(count):
+        kind, stored, raw = _ENTRY.unpack_from(data, _HEAD.size + index * _ENTRY.size)
+        if kind >= len(_KINDS):
+            raise ValueError(f"compressed body: frame {index} has unknown kind {kind}")
+        if kind == 0 and stored != raw:
+            raise ValueError(f"compressed body: raw frame {index} has stored length {stored} != raw length {raw}")
+        limit = {1: _LZ4_MAX_RATIO, 2: _ZSTD_MAX_RATIO}.get(kind, 1) * stored + _ALIGN
+        if kind and (raw > limit or (kind == 1 and raw > _LZ4_MAX_INPUT)):
+            raise ValueError(
+                f"compressed body: frame {index} claims {raw} bytes from {stored} {_KINDS[kind]} bytes, "
+                "more than the algorithm can expand"
+            )
+        if kind == 0:
+            position += (inner_offset - position) % _ALIGN
+        position += stored
+        inner_offset += raw
+        entries.append((kind, stored, raw))
+    if start + position != len(data):
+        raise ValueError(
+            f"compressed body: the frame table accounts for {start + position} bytes, the body has {len(data)}"
+        )
+    return entries, start
+
+
+def _decompress(algorithm: str, packed: memoryview, raw: int, index: int) -> bytearray:
+    """Decompress one frame into a new writable buffer of exactly ``raw`` bytes."""
+    module = _import(algorithm)
+    try:
+        if algorithm == "lz4":
+            out: bytearray = module.decompress(packed, uncompressed_size=raw, return_bytearray=True)
+        else:
+            if module.frame_content_size(packed) != raw:
+                raise ValueError("the zstd frame header gives another length")
+            out = bytearray(raw)
+            with module.ZstdDecompressor().stream_reader(packed, read_across_frames=False) as reader:
+                view, got = memoryview(out), 0
+                while got < raw and (n := reader.readinto(view[got:])):
+                    got += n
+                if got != raw or reader.read(1):
+                    raise ValueError(f"decompressed to {got} bytes or more")
+    except Exception as error:  # the libraries raise their own error types; report them uniformly
+        raise ValueError(
+            f"compressed body: frame {index} ({algorithm}, {len(packed)} bytes) does not decompress "
+            f"to {raw} bytes: {error}"
+        ) from error
+    if len(out) != raw:
+        raise ValueError(f"compressed body: frame {index} ({algorithm}) decompressed to {len(out)} bytes, not {raw}")
+    return out
+
+
+def make_compression(spec: str | CompressedCodec, inner: Codec | None = None) -> CompressedCodec:
+    """Turn ``compression=`` into a codec: ``"lz4"``, ``"zstd"``, ``"zstd:3"`` (with a level), or a CompressedCodec.
+
+    ``inner`` is the codec to wrap (default pickle); a ready CompressedCodec
+    already names its own, so giving both is a ``TypeError``.
+    """
+    if isinstance(spec, CompressedCodec):
+        if inner is not None:
+            raise TypeError("a CompressedCodec already wraps its own codec: pass codec= to it, not to the Chest")
+        return spec
+    if not isinstance(spec, str):
+        raise TypeError(f"compression must be None, a string or a CompressedCodec, not {type(spec).__name__}")
+    algorithm, _, level = spec.strip().lower().partition(":")
+    if level and not level.lstrip("-").isdigit():
+        raise ValueError(f"compression {spec!r}: the level after ':' must be an integer")
+    return CompressedCodec(inner, algorithm, int(level) if level else None)

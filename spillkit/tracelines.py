@@ -1,0 +1,206 @@
+"""Check and decode the lines of a trace file, one JSON value at a time. Pure: no files here.
+
+:func:`spillkit.trace.read_trace` feeds each line to a :class:`LineParser`;
+anything malformed raises :class:`BadLine` with a message saying what is wrong
+with the line, and the reader adds the file name and line number. Every field
+is checked here, at the edge, so replay, bounds and plots never meet a string
+where a size belongs, a negative size, a NaN time or a key id that points
+nowhere.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import reprlib
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from .keys import decode_key
+
+__all__ = ["OUTCOMES", "BadLine", "LineParser", "short"]
+
+OUTCOMES = ("hit", "load", "miss")
+MAX_INT64 = 2**63 - 1  # no size or planned position is larger: a bigger number is corruption
+_LARGEST = 2**1000  # larger JSON integers do not fit a float; the policies compute in floats
+
+
+class BadLine(ValueError):
+    """One line of a trace is malformed; the message says how (without file or line)."""
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxlong, _REPR.maxother = 3, 4, 3, 40, 40, 40
+
+
+def short(value: Any, limit: int = 60) -> str:
+    """A repr of ``value`` at most ``limit`` characters long and three levels deep.
+
+    A hostile value (a megabyte string, a list nested 900 deep) cannot flood an
+    error message or recurse.
+    """
+    text = _REPR.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _real(value: Any) -> float | None:
+    """The value as a float, or None if it is not a JSON number a float can hold (bools are not numbers)."""
+    if isinstance(value, float):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) <= _LARGEST:
+        return float(value)
+    return None
+
+
+def _nbytes(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_INT64:
+        return value
+    raise BadLine(f"nbytes must be an integer from 0 to 2**63-1, found {short(value)}")
+
+
+def _time(value: Any) -> float:
+    if type(value) is float and math.isfinite(value):  # the common case first: a trace has one per line
+        return value
+    seconds = _real(value)
+    if seconds is not None and math.isfinite(seconds):
+        return seconds
+    raise BadLine(f"t must be a finite number of seconds, found {short(value)}")
+
+
+def _cost(value: Any) -> float:
+    # A Chest accepts any cost (even inf, "never recompute"); only NaN orders nothing.
+    seconds = _real(value)
+    if seconds is not None and not math.isnan(seconds):
+        return seconds
+    raise BadLine(f"cost must be a number of seconds, found {short(value)}")
+
+
+def _cost_or_null(value: Any) -> float | None:
+    return None if value is None else _cost(value)
+
+
+def _token(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise BadLine(f"object must be a non-negative integer, found {short(value)}")
+
+
+def _outcome(value: Any) -> str:
+    if value in OUTCOMES and isinstance(value, str):
+        return value
+    raise BadLine(f"outcome must be one of {', '.join(OUTCOMES)}, found {short(value)}")
+
+
+# record tag -> checks of the fields after the key id (the key id itself is checked by the parser)
+_FIELDS: dict[str, tuple[Callable[[Any], Any], ...]] = {
+    "put": (_nbytes, _cost_or_null, _time, _token),
+    "get": (_time, _outcome),
+    "del": (_time,),
+    "cost": (_cost, _time),
+    "spill": (_time,),
+    "evict": (_time,),
+}
+_SHAPES = {  # record tag -> (number of fields, what the line looks like)
+    "k": (3, '["k", id, key]'),
+    "graph": (2, '["graph", {"deps": ..., "order": ..., "data": ...}]'),
+    "settle": (2, '["settle", t]'),
+    "put": (6, '["put", id, nbytes, cost, t, object]'),
+    "get": (4, '["get", id, t, outcome]'),
+    "del": (3, '["del", id, t]'),
+    "cost": (4, '["cost", id, cost, t]'),
+    "spill": (3, '["spill", id, t]'),
+    "evict": (3, '["evict", id, t]'),
+}
+
+
+def parse_json(text: str) -> Any:
+    """One line's JSON value; :class:`BadLine` (not a deep RecursionError) for anything else."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise BadLine(f"not valid JSON ({error.msg} at column {error.colno})") from None
+    except RecursionError:
+        raise BadLine("JSON nested too deeply") from None
+    except ValueError as error:  # e.g. an integer of more than 4300 digits
+        raise BadLine(f"not valid JSON ({error})") from None
+
+
+class LineParser:
+    """Decodes the lines after the header into keys, a graph and operations.
+
+    Not thread-safe (one per file being read). Raises :class:`BadLine` for
+    a malformed line; the parser's state is then undefined.
+    """
+
+    def __init__(self) -> None:
+        self.keys: list[Hashable] = []
+        self.dependencies: dict[Hashable, list[Hashable]] = {}
+        self.order: dict[Hashable, int] = {}
+        self.data: list[Hashable] = []
+        self.ops: list[tuple[Any, ...]] = []
+
+    def key(self, ident: Any) -> Hashable:
+        """The key a trace id refers to (ids are defined in order, from 0)."""
+        if type(ident) is int and 0 <= ident < len(self.keys):  # type(), not isinstance: True is no id
+            return self.keys[ident]
+        defined = f"ids 0 to {len(self.keys) - 1} are" if self.keys else "no key is yet"
+        raise BadLine(f"key id {short(ident)} is not defined ({defined})")
+
+    def line(self, row: Any) -> None:
+        """Check one decoded line and add what it says."""
+        if not isinstance(row, list) or not row:
+            if isinstance(row, dict) and "format" in row:
+                raise BadLine("a second header line (are two traces concatenated?)")
+            raise BadLine(f'expected a JSON array like ["put", ...], found {short(row)}')
+        tag = row[0]
+        shape = _SHAPES.get(tag) if isinstance(tag, str) else None
+        if shape is None:
+            raise BadLine(f"unknown record {short(tag)}; expected one of {', '.join(_SHAPES)}")
+        if len(row) != shape[0]:
+            raise BadLine(f"{tag!r} needs {shape[0]} fields, {shape[1]}, found {len(row)}")
+        if tag == "k":
+            self._define(row[1], row[2])
+        elif tag == "graph":
+            self._graph(row[1])
+        elif tag == "settle":
+            self.ops.append((tag, None, _time(row[1])))
+        else:
+            key = self.key(row[1])
+            fields = [check(value) for check, value in zip(_FIELDS[tag], row[2:], strict=False)]  # arity checked
+            self.ops.append((tag, key, *fields))
+
+    def _define(self, ident: Any, encoded: Any) -> None:
+        if ident != len(self.keys) or not isinstance(ident, int) or isinstance(ident, bool):
+            raise BadLine(f"key id {short(ident)} is out of sequence (the next id is {len(self.keys)})")
+        try:
+            self.keys.append(decode_key(encoded))
+        except RecursionError:
+            raise BadLine("key nested too deeply") from None
+        except ValueError as error:
+            raise BadLine(str(error)) from None
+
+    def _pairs(self, graph: dict[str, Any], field: str) -> list[Any]:
+        pairs = graph.get(field, [])
+        if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 for p in pairs):
+            raise BadLine(f"graph {field!r} must be a list of [id, ...] pairs, found {short(pairs)}")
+        return pairs
+
+    def _graph(self, graph: Any) -> None:
+        if not isinstance(graph, dict) or "deps" not in graph or "order" not in graph:
+            raise BadLine(f"a graph needs an object with 'deps' and 'order', found {short(graph)}")
+        deps = {}
+        for ident, dep_ids in self._pairs(graph, "deps"):
+            if not isinstance(dep_ids, list):
+                raise BadLine(f"graph dependencies must be a list of key ids, found {short(dep_ids)}")
+            deps[self.key(ident)] = [self.key(d) for d in dep_ids]
+        order = {}
+        for ident, position in self._pairs(graph, "order"):
+            if not isinstance(position, int) or isinstance(position, bool) or abs(position) > MAX_INT64:
+                raise BadLine(f"graph order positions must be integers below 2**63, found {short(position)}")
+            order[self.key(ident)] = position
+        data = graph.get("data", [])
+        if not isinstance(data, list):
+            raise BadLine(f"graph 'data' must be a list of key ids, found {short(data)}")
+        self.data.extend(self.key(ident) for ident in data)
+        self.dependencies.update(deps)
+        self.order.update(order)

@@ -1,0 +1,856 @@
+"""Resource faults: the disk says no (ENOSPC, EIO) at every operation, the codec raises,
+the size estimate is off by 10x, and a real filesystem fills up.
+
+Faults are injected by replacing ``os`` and ``open`` in spillkit's storage, manifest and chest
+modules with a proxy that forwards every call to the real function, except that one kind of
+disk operation fails from its N-th call on, until the fault is cleared. Everything else is the
+real disk under ``tmp_path``. Every test checks the error the caller saw (none, for an
+eviction), that every value reads back equal to a reference dict, that the byte accounting
+matches the files really in the directory, and that everything works again once the fault
+clears. Every test also checks that its fault really fired, so a refactor that moves the I/O
+out of reach of the proxy fails here instead of passing without testing anything.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import errno
+import os
+import subprocess
+import threading
+import warnings
+from collections.abc import Callable, Hashable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import spillkit.chest
+import spillkit.manifest
+import spillkit.storage
+from spillkit import Chest, DiskQuotaExceeded, PickleCodec, SpillError, SpillWarning
+from spillkit.manifest import read_manifest
+
+UNIT = 100  # every value weighs this much unless a test says otherwise
+BUDGET = 2.5 * UNIT  # two values in memory
+CODES = {"ENOSPC": errno.ENOSPC, "EIO": errno.EIO}
+# Keys with readable file names and keys with hashed ones (whose path does not show the key).
+KEYS: list[Hashable] = ["k0", ("t", 1), "k2", ("t", 3), "k4", "k5"]
+
+
+def unit_sizeof(value: Any) -> int:
+    return UNIT
+
+
+def payload(i: int, n: int = 50) -> bytes:
+    """A distinct bytes object per ``i``."""
+    return bytes([i % 256]) * n + str(i).encode()
+
+
+# ---- the fault injector -----------------------------------------------------------------------
+
+
+class DiskFault:
+    """One kind of disk operation fails with ``code`` from its ``nth`` call on (1-based) while armed.
+
+    ``op`` is one of: ``create`` (os.open with O_CREAT), ``write`` (os.write/writev),
+    ``fsync``, ``replace`` (os.replace/rename), ``open`` (opening a file to read),
+    ``read`` (readinto/read on a file opened to read), ``unlink``.
+    """
+
+    def __init__(self, op: str, code: int, nth: int = 1) -> None:
+        self.op = op
+        self.code = code
+        self.nth = nth
+        self.armed = True
+        self.calls = 0
+        self.failures = 0
+
+    def check(self, op: str, target: object = None) -> None:
+        if op != self.op or not self.armed:
+            return
+        self.calls += 1
+        if self.calls >= self.nth:
+            self.failures += 1
+            if isinstance(target, (str, bytes, os.PathLike)):
+                raise OSError(self.code, os.strerror(self.code), target)
+            raise OSError(self.code, os.strerror(self.code))
+
+    def clear(self) -> None:
+        self.armed = False
+
+    def open_file(self, file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        """Stands in for the builtin ``open`` in spillkit's modules."""
+        if any(c in mode for c in "wax+"):
+            return builtins.open(file, mode, *args, **kwargs)
+        self.check("open", file)
+        return _FaultyReader(builtins.open(file, mode, *args, **kwargs), self)
+
+
+class _FaultyReader:
+    """A real file opened for reading whose reads go through the fault first."""
+
+    def __init__(self, inner: Any, fault: DiskFault) -> None:
+        self._inner = inner
+        self._fault = fault
+
+    def __enter__(self) -> _FaultyReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._inner.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def readinto(self, buffer: Any) -> Any:
+        self._fault.check("read", self._inner.name)
+        return self._inner.readinto(buffer)
+
+    def read(self, *args: Any) -> Any:
+        self._fault.check("read", self._inner.name)
+        return self._inner.read(*args)
+
+
+class _FaultyOS:
+    """The ``os`` module as spillkit sees it: every call forwarded, after the fault had its say."""
+
+    def __init__(self, fault: DiskFault) -> None:
+        self._fault = fault
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def open(self, path: Any, flags: int, mode: int = 0o777, **kwargs: Any) -> int:
+        if flags & os.O_CREAT:
+            self._fault.check("create", path)
+        return os.open(path, flags, mode, **kwargs)
+
+    def writev(self, fd: int, buffers: Any) -> int:
+        self._fail_after_half_a_write(fd, bytes(memoryview(buffers[0]).cast("B")) if buffers else b"")
+        return os.writev(fd, buffers)
+
+    def write(self, fd: int, data: Any) -> int:
+        self._fail_after_half_a_write(fd, bytes(data))
+        return os.write(fd, data)
+
+    def _fail_after_half_a_write(self, fd: int, first: bytes) -> None:
+        try:
+            self._fault.check("write")
+        except OSError:
+            os.write(fd, first[: len(first) // 2])  # as a filling disk does: part lands, then the error
+            raise
+
+    def fsync(self, fd: int) -> None:
+        self._fault.check("fsync")
+        os.fsync(fd)
+
+    def fdatasync(self, fd: int) -> None:
+        self._fault.check("fsync")
+        os.fdatasync(fd)
+
+    def replace(self, src: Any, dst: Any, **kwargs: Any) -> None:
+        self._fault.check("replace", src)
+        os.replace(src, dst, **kwargs)
+
+    def rename(self, src: Any, dst: Any, **kwargs: Any) -> None:
+        self._fault.check("replace", src)
+        os.rename(src, dst, **kwargs)
+
+    def unlink(self, path: Any, **kwargs: Any) -> None:
+        self._fault.check("unlink", path)
+        os.unlink(path, **kwargs)
+
+    remove = unlink
+
+
+MODULES = (spillkit.storage, spillkit.manifest, spillkit.chest)
+
+
+class Lab:
+    """Chests under ``tmp_path`` and the faults aimed at them; cleans both up."""
+
+    def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.tmp_path = tmp_path
+        self.monkeypatch = monkeypatch
+        self.chests: list[Chest] = []
+        self.faults: list[DiskFault] = []
+
+    def chest(self, **kwargs: Any) -> Chest:
+        kwargs.setdefault("path", self.tmp_path / "chest")
+        kwargs.setdefault("available_memory", BUDGET)
+        kwargs.setdefault("sizeof", unit_sizeof)
+        # a file per value: the faults are aimed at the file calls (packed segments: test_compaction.py)
+        kwargs.setdefault("pack_threshold", 0)
+        chest = Chest(**kwargs)
+        self.chests.append(chest)
+        return chest
+
+    def filled(self, **kwargs: Any) -> tuple[Chest, dict[Hashable, Any]]:
+        """A Chest holding KEYS: the last two in memory, the others spilled."""
+        chest = self.chest(**kwargs)
+        expected = {key: payload(i) for i, key in enumerate(KEYS)}
+        chest.update(expected)
+        assert set(chest.inmem) == {"k4", "k5"}
+        return chest, expected
+
+    def fault(self, op: str, code: int, nth: int = 1) -> DiskFault:
+        fault = DiskFault(op, code, nth)
+        proxy = _FaultyOS(fault)
+        for module in MODULES:
+            self.monkeypatch.setattr(module, "os", proxy)
+        for module in (spillkit.storage, spillkit.manifest):
+            self.monkeypatch.setattr(module, "open", fault.open_file, raising=False)
+        self.faults.append(fault)
+        return fault
+
+    def close(self) -> None:
+        for fault in self.faults:
+            fault.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for chest in self.chests:
+                chest.drop()
+
+
+@pytest.fixture
+def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lab]:
+    made = Lab(tmp_path, monkeypatch)
+    yield made
+    made.close()
+
+
+# ---- checks shared by every test -------------------------------------------------------------
+
+
+def spill_files(path: str) -> dict[str, int]:
+    return {n: os.path.getsize(os.path.join(path, n)) for n in os.listdir(path) if not n.startswith(".")}
+
+
+def temp_files(path: str) -> list[str]:
+    return [n for n in os.listdir(path) if ".tmp-" in n]
+
+
+def assert_accounting(chest: Chest, may_remain: frozenset[str] = frozenset()) -> None:
+    """Byte counters equal what is really held, to the byte; no temporary file is left.
+
+    ``may_remain`` names files a failed unlink left behind: on disk, but no key's.
+    """
+    sizeof = chest.engine.sizeof
+    by_id = {id(v): int(sizeof(v)) for v in chest.inmem.values()}
+    assert chest.memory_bytes == sum(by_id.values())
+    names = chest._store.names()
+    files = spill_files(chest.path)
+    assert set(names.values()) <= set(files)
+    assert set(files) - set(names.values()) <= may_remain
+    for key, name in names.items():
+        assert chest._store.file_bytes(key) == files[name], key
+    assert chest.disk_bytes == sum(files[name] for name in names.values())
+    spilled = chest.engine.spilled_keys
+    assert set(spilled).isdisjoint(chest.inmem)
+    assert set(chest.inmem) | set(names) == set(chest)
+    assert chest.spilled_total == (sum(chest.engine.nbytes(k) for k in spilled), chest.disk_bytes)
+    assert temp_files(chest.path) == []
+
+
+def assert_values(chest: Chest, expected: dict[Hashable, Any]) -> None:
+    assert set(chest) == set(expected)
+    for key, value in expected.items():
+        assert chest[key] == value, key
+
+
+@contextlib.contextmanager
+def spill_warnings() -> Iterator[list[str]]:
+    """Collect the SpillWarning messages raised inside the block (filled in when it ends)."""
+    messages: list[str] = []
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        yield messages
+    messages.extend(str(w.message) for w in record if issubclass(w.category, SpillWarning))
+
+
+def errno_in_chain(error: BaseException | None) -> int | None:
+    """The errno of the first OSError in ``error``'s cause/context chain."""
+    while error is not None:
+        if isinstance(error, OSError):
+            return error.errno
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def names_key(error: BaseException, key: Hashable) -> bool:
+    return repr(key) in str(error) + "".join(getattr(error, "__notes__", []))
+
+
+def assert_recovers(
+    chest: Chest, expected: dict[Hashable, Any], may_remain: frozenset[str] = frozenset(), **reopen: Any
+) -> None:
+    """With the fault cleared: spills, loads, flush and close work, and a reopen gives back every value."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SpillWarning)  # no failure is left over
+        if not chest.closed:
+            writes = chest.stats.disk_writes
+            for i in range(4):
+                chest[f"after{i}"] = expected[f"after{i}"] = payload(100 + i)
+            assert chest.memory_bytes <= chest.available_memory  # every value held back is spilled now
+            assert_values(chest, expected)
+            chest.flush()
+            assert chest.stats.disk_writes > writes  # the new values were written, by a spill or the flush
+            assert_accounting(chest, may_remain)
+            chest.close()
+        reopen.setdefault("available_memory", BUDGET)
+        reopen.setdefault("sizeof", unit_sizeof)
+        reopen.setdefault("pack_threshold", 0)
+        again = Chest(path=chest.path, **reopen)
+        try:
+            assert_values(again, expected)
+            assert_accounting(again, may_remain)
+        finally:
+            again.drop()
+
+
+# ---- (a) an eviction fails: the caller that triggered it is not told -----------------------------
+
+EVICTION_CASES = [
+    pytest.param(op, code, trigger, nth, id=f"{op}-{name}-{trigger}-{nth}")
+    for op in ("create", "write", "replace")
+    for name, code in CODES.items()
+    for trigger, nth in (("put", 1), ("put", 3), ("get", 1), ("evict", 1))
+]
+
+
+@pytest.mark.parametrize(("op", "code", "trigger", "nth"), EVICTION_CASES)
+def test_a_failed_eviction_keeps_the_victim_in_memory_and_the_callers_operation_succeeds(
+    lab: Lab, op: str, code: int, trigger: str, nth: int
+) -> None:
+    chest, expected = lab.filled()
+    fault = lab.fault(op, code, nth)
+    victims: list[Hashable] = []
+    with spill_warnings() as messages:
+        for i in range(4):
+            victim = chest.policy.victim()  # a peek: the key the engine will offer next
+            failures = chest.stats.spill_failures
+            if trigger == "put":
+                chest[f"new{i}"] = expected[f"new{i}"] = payload(50 + i)  # raises nothing
+            elif trigger == "get":
+                key = next(k for k in KEYS if k not in chest.inmem)
+                assert chest[key] == expected[key]  # a load that must make room
+            else:
+                freed = chest.evict()
+                assert freed == (-1 if chest.stats.spill_failures > failures else UNIT)
+            if chest.stats.spill_failures > failures:
+                victims.append(victim)
+                assert victim in chest.inmem  # the value stays where it was
+                assert victim not in chest._store
+    assert fault.failures > 0
+    assert chest.stats.spill_failures == fault.failures == len(messages)
+    assert chest.stats.unspillable == 0  # a disk error is not the value's fault: it will be retried
+    for victim, message in zip(victims, messages, strict=True):
+        assert f"value for key {victim!r}" in message
+        assert "disk write failed" in message
+        assert os.strerror(code) in message
+    if trigger != "evict":
+        assert chest.memory_bytes > chest.available_memory  # allowed while the disk fails
+    assert_accounting(chest)
+    with spill_warnings():  # reading everything back needs room the failing disk cannot give
+        assert_values(chest, expected)
+    assert chest.stats.spill_failures == fault.failures
+    assert_accounting(chest)
+
+    fault.clear()
+    assert_recovers(chest, expected)
+
+
+# ---- (b) a load fails: the caller is told, the key stays ----------------------------------------
+
+
+@pytest.mark.parametrize("nth", [1, 2])
+@pytest.mark.parametrize("code", CODES.values(), ids=CODES)
+@pytest.mark.parametrize("op", ["open", "read"])
+def test_a_failed_load_raises_and_the_key_stays(lab: Lab, op: str, code: int, nth: int) -> None:
+    chest, expected = lab.filled()
+    spilled = [k for k in KEYS if k not in chest.inmem]
+    fault = lab.fault(op, code, nth)
+    failed: list[Hashable] = []
+    with spill_warnings() as messages:
+        for key in [*spilled, *spilled]:  # a key that failed once fails again while the fault lasts
+            resident = key in chest.inmem
+            try:
+                value = chest[key]
+            except OSError as error:
+                assert not resident  # values in memory are served as ever
+                assert error.errno == code
+                failed.append(key)
+            else:
+                assert value == expected[key]
+    assert messages == []
+    assert fault.failures == len(failed) > 0
+    assert chest.stats.load_failures == len(failed)
+    assert len(set(failed)) < len(failed)  # some key failed twice
+    for key in failed:
+        assert key in chest
+        assert key in chest._store
+        assert key not in chest.inmem
+    assert_accounting(chest)
+
+    fault.clear()
+    for key in set(failed):
+        assert chest[key] == expected[key]
+    assert chest.stats.load_failures == len(failed)
+    assert_values(chest, expected)
+    assert_accounting(chest)
+    assert_recovers(chest, expected)
+
+
+@pytest.mark.parametrize("op", ["open", "read"])
+def test_a_failed_load_names_the_key(lab: Lab, op: str) -> None:
+    chest, _ = lab.filled()
+    lab.fault(op, errno.EIO)
+    with pytest.raises(OSError) as info:
+        chest[("t", 1)]
+    assert names_key(info.value, ("t", 1))
+
+
+# ---- (c) flush fails: the caller is told, nothing is lost -------------------------------------
+
+
+@pytest.mark.parametrize("nth", [1, 3])
+@pytest.mark.parametrize("code", CODES.values(), ids=CODES)
+@pytest.mark.parametrize("op", ["create", "write", "replace", "fsync"])
+def test_a_failed_flush_raises_and_loses_nothing(lab: Lab, op: str, code: int, nth: int) -> None:
+    chest, expected = lab.filled()
+    chest.flush()  # a good manifest from before the fault
+    before = set(chest)
+    for i in range(3):
+        chest[f"more{i}"] = expected[f"more{i}"] = payload(60 + i)
+    fault = lab.fault(op, code, nth)
+    with spill_warnings() as messages, pytest.raises((SpillError, OSError)) as info:
+        chest.flush()
+    assert messages == []
+    assert fault.failures > 0
+    assert errno_in_chain(info.value) == code
+    if isinstance(info.value, SpillError):  # some values could not be written: it names them
+        unwritten = [k for k in chest.inmem if k not in chest._store]
+        assert unwritten
+        for key in unwritten:
+            assert repr(key) in str(info.value)
+    assert not chest.closed
+    with spill_warnings():  # reading everything back needs room; a failing write cannot make it
+        assert_values(chest, expected)
+    assert_accounting(chest)
+    fault.clear()
+    # The manifest was replaced atomically or not at all: it names the old keys, or every file.
+    # (Read directly: a second Chest on a live directory would remove the first one's unflushed
+    # files as a killed process's leftovers.)
+    flushed = read_manifest(chest.path, chest._secret) or []
+    assert {entry.key for entry in flushed} in (before, set(chest._store))
+    assert_recovers(chest, expected)
+
+
+def test_a_failed_flush_write_is_counted(lab: Lab) -> None:
+    chest, _ = lab.filled()
+    lab.fault("write", errno.ENOSPC)
+    with pytest.raises((SpillError, OSError)):
+        chest.flush()
+    assert chest.stats.spill_failures > 0
+
+
+# ---- (d) delete and overwrite ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", CODES.values(), ids=CODES)
+@pytest.mark.parametrize("how", ["delete", "pop", "overwrite"])
+def test_a_failed_unlink_warns_that_a_file_was_left_and_the_key_is_gone(lab: Lab, how: str, code: int) -> None:
+    chest, expected = lab.filled()
+    victim = ("t", 1)
+    left = chest._store.names()[victim]
+    fault = lab.fault("unlink", code)
+    with spill_warnings() as messages:
+        if how == "delete":
+            del chest[victim]
+            del expected[victim]
+        elif how == "pop":
+            assert chest.pop(victim) == expected.pop(victim)
+        else:
+            chest[victim] = expected[victim] = "new value"
+    assert fault.failures == 1
+    assert len(messages) == 1
+    assert f"could not remove the spill file of {victim!r}" in messages[0]
+    assert os.strerror(code) in messages[0]
+    assert (victim in chest) is (how == "overwrite")
+    assert os.path.exists(os.path.join(chest.path, left))  # the file the warning is about
+    assert_accounting(chest, may_remain=frozenset({left}))  # disk_bytes counts only files that hold a key
+    with spill_warnings():
+        assert_values(chest, expected)
+    fault.clear()
+    assert_recovers(chest, expected, may_remain=frozenset({left}))
+
+
+def test_a_file_left_by_a_failed_unlink_is_removed_once_the_disk_works(lab: Lab) -> None:
+    chest, _ = lab.filled()
+    left = chest._store.names()[("t", 1)]
+    fault = lab.fault("unlink", errno.EIO)
+    with spill_warnings():
+        del chest[("t", 1)]
+    fault.clear()
+    chest.flush()
+    assert not os.path.exists(os.path.join(chest.path, left))
+
+
+@pytest.mark.parametrize("code", CODES.values(), ids=CODES)
+@pytest.mark.parametrize("op", ["create", "replace"])
+def test_a_failed_direct_write_raises_and_keeps_the_old_value(lab: Lab, op: str, code: int) -> None:
+    large = payload(7, 10 * UNIT)
+    chest, expected = lab.filled(sizeof=lambda v: 10 * UNIT if v is large else UNIT)
+    fault = lab.fault(op, code)
+    for target in (("t", 1), "k5", "new"):  # spilled, in memory, absent
+        with pytest.raises(OSError) as info:
+            chest[target] = large  # larger than the budget: it must go straight to disk
+        assert info.value.errno == code
+    assert fault.failures == 3
+    assert chest.stats.spill_failures == 3
+    assert "new" not in chest
+    assert "k5" in chest.inmem
+    assert_accounting(chest)
+    with spill_warnings():
+        assert_values(chest, expected)
+    fault.clear()
+    chest["new"] = expected["new"] = large
+    assert "new" in chest._store
+    assert_recovers(chest, expected, sizeof=lambda v: 10 * UNIT if v == large else UNIT)
+
+
+# ---- (e) close of a persistent Chest ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", CODES.values(), ids=CODES)
+@pytest.mark.parametrize("op", ["create", "write", "replace", "fsync"])
+def test_a_close_that_fails_on_the_disk_keeps_the_chest_open(lab: Lab, op: str, code: int) -> None:
+    chest, expected = lab.filled()
+    fault = lab.fault(op, code)
+    with spill_warnings() as messages, pytest.raises((SpillError, OSError)) as info:
+        chest.close()
+    assert messages == []
+    assert fault.failures > 0
+    assert errno_in_chain(info.value) == code
+    assert "still open" in str(info.value) + "".join(getattr(info.value, "__notes__", []))
+    assert not chest.closed  # nothing was dropped: the caller can retry, or read the values out
+    with spill_warnings():
+        assert_values(chest, expected)
+    assert_accounting(chest)
+    fault.clear()
+    chest.close()
+    assert chest.closed
+    assert_recovers(chest, expected)
+
+
+def test_a_close_that_cannot_serialize_a_value_still_closes(lab: Lab) -> None:
+    chest, expected = lab.filled()
+    with pytest.warns(SpillWarning, match="cannot be serialized"):
+        chest["bad"] = lambda_with_lock()
+        for i in range(2):
+            chest[f"pad{i}"] = expected[f"pad{i}"] = payload(70 + i)  # the bad value is offered, set aside
+    with pytest.raises(SpillError, match="'bad'"):
+        chest.close()
+    assert chest.closed  # retrying could never help: the value cannot be written
+    assert_recovers(chest, expected)
+
+
+def lambda_with_lock() -> Callable[[], Any]:
+    lock = threading.Lock()
+    return lambda: lock
+
+
+# ---- (f) reopen ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", CODES.values(), ids=CODES)
+@pytest.mark.parametrize("op", ["open", "read"])
+def test_a_reopen_that_cannot_read_the_manifest_raises_and_touches_nothing(lab: Lab, op: str, code: int) -> None:
+    chest, expected = lab.filled()
+    chest.close()
+    files = {p.name: p.read_bytes() for p in Path(chest.path).iterdir()}
+    fault = lab.fault(op, code)
+    with pytest.raises(OSError) as info:
+        Chest(path=chest.path, available_memory=BUDGET, sizeof=unit_sizeof, pack_threshold=0)
+    assert info.value.errno == code
+    assert fault.failures == 1
+    assert {p.name: p.read_bytes() for p in Path(chest.path).iterdir()} == files
+    fault.clear()
+    assert_recovers(chest, expected)
+
+
+@pytest.mark.parametrize("code", CODES.values(), ids=CODES)
+def test_a_reopen_that_cannot_remove_a_stale_temporary_file_warns_and_opens(lab: Lab, code: int) -> None:
+    chest, expected = lab.filled()
+    chest.close()
+    stale = Path(chest.path, f".tmp-{os.getpid() + 1}-1")
+    stale.write_bytes(b"half a value from a crashed process")
+    fault = lab.fault("unlink", code)
+    with spill_warnings() as messages:
+        again = lab.chest()
+    assert fault.failures == 1
+    assert len(messages) == 1
+    assert stale.name in messages[0]
+    assert os.strerror(code) in messages[0]
+    assert_values(again, expected)  # every key is back, and the stale file is ignored
+    assert stale.exists()
+    fault.clear()
+    again.close()
+    assert_recovers(again, expected)  # the next reopen removes it
+    assert not stale.exists()
+
+
+# ---- a codec that raises --------------------------------------------------------------------------
+
+
+class CodecBroke(Exception):
+    """What a broken codec raises (not an OSError: not the disk's fault)."""
+
+
+class BrokenCodec:
+    """The real PickleCodec, except that encode or decode raises while ``broken`` says so."""
+
+    name = "pickle"
+
+    def __init__(self) -> None:
+        self.inner = PickleCodec()
+        self.broken: set[str] = set()
+        self.raised = 0
+
+    def encode(self, obj: Any) -> list[Any]:
+        if "encode" in self.broken:
+            self.raised += 1
+            raise CodecBroke("encode refused")
+        return self.inner.encode(obj)
+
+    def decode(self, data: memoryview) -> Any:
+        if "decode" in self.broken:
+            self.raised += 1
+            raise CodecBroke("decode refused")
+        return self.inner.decode(data)
+
+
+def test_a_codec_that_raises_on_encode_sets_values_aside_and_flush_names_them(lab: Lab) -> None:
+    codec = BrokenCodec()
+    chest, expected = lab.filled(codec=codec)
+    codec.broken.add("encode")
+    with spill_warnings() as messages:
+        for i in range(3):
+            chest[f"new{i}"] = expected[f"new{i}"] = payload(50 + i)  # the caller's put succeeds
+    assert codec.raised == len(messages) > 0
+    assert chest.stats.unspillable == chest.stats.spill_failures == codec.raised
+    assert chest.engine.unspillable_keys <= set(chest.inmem)
+    for key, message in zip(sorted(chest.engine.unspillable_keys, key=repr), sorted(messages), strict=True):
+        assert f"value for key {key!r} cannot be serialized" in message
+        assert "encode refused" in message
+    with pytest.raises(SpillError) as info:
+        chest.flush()
+    for key in chest.engine.unspillable_keys:
+        assert repr(key) in str(info.value)
+    assert isinstance(info.value.__cause__, CodecBroke)
+    with spill_warnings():
+        assert_values(chest, expected)
+    assert_accounting(chest)
+    codec.broken.clear()
+    chest.flush()  # the set-aside values are written now
+    assert set(chest._store) == set(expected)
+    assert_values(chest, expected)
+    assert_accounting(chest)
+
+
+def test_values_set_aside_by_a_broken_codec_are_evictable_once_written(lab: Lab) -> None:
+    codec = BrokenCodec()
+    chest, _ = lab.filled(codec=codec)
+    codec.broken.add("encode")
+    with spill_warnings():
+        for i in range(3):
+            chest[f"new{i}"] = payload(50 + i)
+    codec.broken.clear()
+    chest.flush()
+    chest["one-more"] = payload(99)
+    assert chest.memory_bytes <= chest.available_memory
+
+
+def test_a_codec_that_raises_on_decode_fails_the_read_and_keeps_the_key(lab: Lab) -> None:
+    codec = BrokenCodec()
+    chest, expected = lab.filled(codec=codec)
+    codec.broken.add("decode")
+    spilled = [k for k in KEYS if k not in chest.inmem]
+    for key in spilled:
+        with pytest.raises(CodecBroke):
+            chest[key]
+        assert key in chest
+        assert key in chest._store
+    assert chest.stats.load_failures == len(spilled) == codec.raised
+    assert chest["k4"] == expected["k4"]  # values in memory are unaffected
+    assert_accounting(chest)
+    codec.broken.clear()
+    assert_values(chest, expected)
+    assert_accounting(chest)
+
+
+def test_a_decode_error_names_the_key(lab: Lab) -> None:
+    codec = BrokenCodec()
+    chest, _ = lab.filled(codec=codec)
+    codec.broken.add("decode")
+    with pytest.raises(CodecBroke) as info:
+        chest[("t", 1)]
+    assert names_key(info.value, ("t", 1))
+
+
+# ---- a size estimate wrong by 10x ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("factor", [0.1, 10.0], ids=["under-reports-10x", "over-reports-10x"])
+def test_a_size_estimate_off_by_10x_keeps_accounting_consistent_and_loses_nothing(lab: Lab, factor: float) -> None:
+    """The budget is kept in estimated bytes, so real memory is off by the same factor.
+
+    Under-reporting 10x: up to 10x the budget is really held in memory. Over-reporting 10x: at
+    most a tenth of the budget is really used, and a value whose true size is over a tenth of the
+    budget is estimated larger than the budget, so it goes straight to disk and is never cached.
+    """
+    size = 1000  # true bytes per value
+
+    def estimate(value: Any) -> int:
+        return int(len(value) * factor)
+
+    def exact(i: int, n: int) -> bytes:
+        return i.to_bytes(4, "little") + bytes(n - 4)  # distinct, and exactly n bytes long
+
+    budget = 10 * size  # ten values, by the true size
+    chest = lab.chest(available_memory=budget, sizeof=estimate)
+    expected: dict[Hashable, Any] = {f"k{i}": exact(i, size) for i in range(130)}
+    big = exact(999, budget // 5)  # true size: a fifth of the budget
+    chest.update(expected)
+    chest["big"] = expected["big"] = big
+    true_resident = sum(len(v) for v in chest.inmem.values())
+    assert chest.memory_bytes == sum(estimate(v) for v in chest.inmem.values()) <= budget
+    assert chest.spilled_total[0] == sum(estimate(expected[k]) for k in chest.engine.spilled_keys)
+    if factor < 1:
+        assert budget < true_resident <= budget / factor  # memory really used: up to 10x the budget
+        assert "big" in chest.inmem
+    else:
+        assert true_resident <= budget / factor  # a tenth of the budget at most
+        assert "big" in chest._store and "big" not in chest.inmem
+        assert chest.stats.direct_writes == 1
+        assert chest["big"] == big
+        assert "big" not in chest.inmem  # read from disk, never cached
+    assert_accounting(chest)
+    assert_values(chest, expected)
+    assert chest.memory_bytes == sum(estimate(v) for v in chest.inmem.values()) <= budget
+    assert_accounting(chest)
+    assert_recovers(chest, expected, available_memory=budget, sizeof=estimate)
+
+
+# ---- the available_disk quota --------------------------------------------------------------------
+
+
+def test_an_eviction_over_available_disk_refuses_the_put_and_keeps_everything(lab: Lab) -> None:
+    """A quota is a hard limit, unlike a full disk: the put that needs room is refused."""
+    probe, _ = lab.filled(path=lab.tmp_path / "probe")
+    quota = probe.disk_bytes + 20  # the four spill files fit, a fifth does not
+    chest, expected = lab.filled(available_disk=quota)
+    with pytest.raises(DiskQuotaExceeded) as info:
+        chest["new"] = payload(50)
+    assert f"available_disk={quota}" in str(info.value)
+    assert "new" not in chest
+    assert chest.stats.quota_errors == 1
+    assert_accounting(chest)
+    # a read needs room too, but it is served without caching instead of failing
+    assert chest[("t", 1)] == expected[("t", 1)]
+    assert chest.evict() == -1  # the memory monitor's protocol never raises
+    with pytest.raises(SpillError) as flushed:
+        chest.flush()
+    assert isinstance(flushed.value.__cause__, DiskQuotaExceeded)
+    assert_values(chest, expected)
+    assert_accounting(chest)
+    del chest["k0"]
+    del expected["k0"]
+    # k0's file belonged to the last committed flush, so it stays (and counts) until the next
+    # flush commits (copy-on-write for crash consistency): flush, then there is room.
+    with pytest.raises(SpillError):
+        chest.flush()  # some values still cannot all be written; the manifest commits regardless
+    chest["new"] = expected["new"] = payload(50)  # room on disk again: the put works
+    assert_values(chest, expected)
+    assert_accounting(chest)
+
+
+def test_a_put_refused_by_the_quota_names_the_key_being_put(lab: Lab) -> None:
+    probe, _ = lab.filled(path=lab.tmp_path / "probe")
+    chest, _ = lab.filled(available_disk=probe.disk_bytes + 20)
+    with pytest.raises(DiskQuotaExceeded) as info:
+        chest["new"] = payload(50)
+    assert names_key(info.value, "new")
+
+
+# ---- a real full disk ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(where: Path, options: str) -> Iterator[Path]:
+    """A small tmpfs at ``where``; skips the test when this machine does not allow mounting."""
+    where.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CAP_SYS_ADMIN); this run is not root")
+    try:
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"{options},mode=0700", "tmpfs", str(where)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except FileNotFoundError:
+        pytest.skip("no mount command on this machine")
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (container without CAP_SYS_ADMIN?): {done.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        if subprocess.run(["umount", str(where)], capture_output=True, check=False).returncode:
+            subprocess.run(["umount", "-l", str(where)], capture_output=True, check=False)
+
+
+@pytest.mark.parametrize(
+    ("options", "size"),
+    [("size=1m", 32 * 1024), ("size=8m,nr_inodes=16", 64)],
+    ids=["out-of-space", "out-of-inodes"],
+)
+def test_a_real_full_disk(tmp_path: Path, options: str, size: int) -> None:
+    with mounted_tmpfs(tmp_path / "mnt", options) as mnt:
+        chest = Chest(path=mnt / "chest", available_memory=4 * size, sizeof=len, pack_threshold=0)
+        try:
+            expected: dict[Hashable, Any] = {}
+            with spill_warnings() as messages:
+                for i in range(60):  # 60 x 32 KiB is about twice the disk; 60 files are 4x the inodes
+                    chest[f"k{i}"] = expected[f"k{i}"] = payload(i, size)  # raises nothing
+            assert len(messages) > 0
+            assert all("disk write failed" in m and "No space left on device" in m for m in messages)
+            assert chest.stats.spill_failures == len(messages)
+            assert chest.memory_bytes > chest.available_memory
+            assert chest.stats.spills > 0
+            with spill_warnings():
+                assert_values(chest, expected)
+            assert_accounting(chest)
+            with spill_warnings(), pytest.raises((SpillError, OSError)) as info:
+                chest.close()
+            assert errno_in_chain(info.value) == errno.ENOSPC
+            assert not chest.closed
+            with spill_warnings():
+                assert_values(chest, expected)
+
+            # Free space (and inodes) by deleting keys, spilled ones first: everything works again,
+            # without a warning, and a reopen gives back every value left.
+            for key in sorted(expected, key=lambda k: k in chest.inmem)[: len(expected) - 6]:
+                del chest[key]
+                del expected[key]
+            # The deleted keys' files belong to the last committed manifest (the failed close
+            # committed one) and stay until the next flush commits: that flush frees them.
+            with spill_warnings():
+                chest.flush()
+            assert_recovers(chest, expected, available_memory=4 * size, sizeof=len)
+        finally:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                chest.drop()

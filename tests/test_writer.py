@@ -1,0 +1,281 @@
+"""Write-behind (spillkit/writer.py) and live-object reuse, on a real disk with a real writer thread.
+
+A slow codec (its encode waits on an event) holds a write in flight for as long as a test
+needs: that is timing injection, the writer, the files and the engine are the real ones.
+"""
+
+from __future__ import annotations
+
+import errno
+import gc
+import os
+import threading
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import assert_accounting
+
+import spillkit.storage
+from spillkit import Chest, PickleCodec, SpillWarning
+
+UNIT = 100
+
+
+def unit_sizeof(value: Any) -> int:
+    return UNIT
+
+
+class GatedCodec(PickleCodec):
+    """Pickle, but every encode waits until ``gate`` is set (and says when it started)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.started = threading.Event()
+        self.encoded: list[Any] = []
+
+    def encode(self, obj: Any) -> list[Any]:
+        self.started.set()
+        assert self.gate.wait(30), "the test never opened the gate"
+        self.encoded.append(obj)
+        return super().encode(obj)
+
+
+@pytest.fixture
+def gated(tmp_path: Path) -> Iterator[tuple[Chest, GatedCodec]]:
+    codec = GatedCodec()
+    chest = Chest(
+        path=tmp_path / "c",
+        available_memory=2 * UNIT,
+        sizeof=unit_sizeof,
+        codec=codec,
+        write_behind=10 * UNIT,
+        pack_threshold=0,  # a file per value: the tests count files (packed write-behind: test_segments.py)
+    )
+    yield chest, codec
+    codec.gate.set()
+    chest.drop()
+
+
+def spill_files(chest: Chest) -> set[str]:
+    return {name for name in os.listdir(chest.path) if not name.startswith(".")}
+
+
+def test_a_put_returns_while_the_write_is_in_flight_and_the_value_stays_readable(
+    gated: tuple[Chest, GatedCodec],
+) -> None:
+    chest, codec = gated
+    first = ["first"]
+    chest["a"] = first
+    chest["b"] = ["b"]
+    chest["c"] = ["c"]  # "a" is the victim: handed to the writer, which blocks in encode
+    assert codec.started.wait(10)
+    assert "a" not in chest.inmem and chest.engine.in_flight_bytes == UNIT
+    assert spill_files(chest) == set()  # nothing written yet: the put did not wait for the disk
+    assert chest.memory_bytes == 2 * UNIT  # within budget; the value in flight is counted apart
+    assert chest.spilled_total[0] == UNIT
+    assert chest["a"] is first  # read from memory while its write is running: taken back
+    assert "a" in chest.inmem
+    assert "b" not in chest.inmem and chest.engine.in_flight_bytes == UNIT  # making room for it sent "b"
+    codec.gate.set()
+    chest.wait_for_writes()
+    assert "a" in chest._store  # the write completed: the resident value now has a file
+    assert chest.stats.spills >= 1
+    assert_accounting(chest)
+
+
+@pytest.mark.parametrize("how", ["delete", "overwrite", "pop"])
+def test_a_key_changed_while_its_write_is_in_flight_never_comes_back_stale(
+    gated: tuple[Chest, GatedCodec], how: str
+) -> None:
+    chest, codec = gated
+    for key in "abc":
+        chest[key] = [key]
+    assert codec.started.wait(10)  # "a" is being written
+    if how == "delete":
+        del chest["a"]
+    elif how == "pop":
+        assert chest.pop("a") == ["a"]
+    else:
+        chest["a"] = ["new a"]
+    codec.gate.set()
+    chest.wait_for_writes()
+    chest.flush()
+    assert not [n for n in os.listdir(chest.path) if n.startswith(".tmp-")]
+    if how == "overwrite":
+        assert chest["a"] == ["new a"]
+    else:
+        assert "a" not in chest
+    reopened = Chest(path=chest.path, sizeof=unit_sizeof)  # what is on disk agrees
+    assert dict(reopened) == {k: chest[k] for k in chest}
+    assert set(os.listdir(chest.path)) - {".spillkit-manifest", ".spillkit-key"} == spill_files(chest)
+    assert len(spill_files(chest)) == len(chest)  # no orphan file of the cancelled write
+
+
+def test_flush_and_close_wait_for_writes_in_flight(tmp_path: Path) -> None:
+    codec = GatedCodec()
+    chest = Chest(
+        path=tmp_path / "c", available_memory=2 * UNIT, sizeof=unit_sizeof, codec=codec, write_behind=10 * UNIT
+    )
+    for key in "abcde":
+        chest[key] = [key]
+    assert codec.started.wait(10)
+    threading.Timer(0.2, codec.gate.set).start()
+    chest.close()  # waits for the writer, then flushes and commits the manifest
+    assert not any(t.name == "spillkit-writer" for t in threading.enumerate())
+    again = Chest(path=tmp_path / "c", sizeof=unit_sizeof)
+    assert dict(again) == {k: [k] for k in "abcde"}
+    again.drop()
+
+
+def test_a_failed_background_write_keeps_the_value_and_never_raises_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a file per value: the fault is in os.replace (packed appends fail in test_compaction.py)
+    chest = Chest(
+        path=tmp_path / "c", available_memory=2 * UNIT, sizeof=unit_sizeof, write_behind=True, pack_threshold=0
+    )
+    real_replace = os.replace
+    failing = {"on": True}
+
+    def replace(src: str, dst: str) -> None:
+        if failing["on"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(spillkit.storage.os, "replace", replace)
+    expected = {f"k{i}": [i] for i in range(6)}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for key, value in expected.items():
+            chest[key] = value  # never raises: the failures happen on the writer thread
+        chest.wait_for_writes()
+    messages = [str(w.message) for w in caught if issubclass(w.category, SpillWarning)]
+    assert messages and all("disk write failed" in m and "No space left" in m for m in messages)
+    assert chest.stats.spill_failures == len(messages)
+    assert dict(chest.items()) == expected  # every value is still there, in memory
+    assert not [n for n in os.listdir(chest.path) if n.startswith(".tmp-")]
+    assert_accounting(chest)
+    failing["on"] = False
+    chest["more"] = expected["more"] = ["more"]  # the disk works again: spilling resumes
+    chest.wait_for_writes()
+    assert chest.memory_bytes <= chest.available_memory
+    assert dict(chest.items()) == expected
+    assert_accounting(chest)
+    chest.drop()
+
+
+class Unpicklable:
+    def __reduce__(self) -> Any:
+        raise TypeError("this value cannot be pickled")
+
+
+def test_an_unpicklable_value_in_the_background_is_set_aside(tmp_path: Path) -> None:
+    chest = Chest(path=tmp_path / "c", available_memory=2 * UNIT, sizeof=unit_sizeof, write_behind=True)
+    bad = Unpicklable()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        chest["bad"] = bad
+        for i in range(5):
+            chest[f"k{i}"] = [i]
+        chest.wait_for_writes()
+    assert any("cannot be serialized" in str(w.message) for w in caught)
+    assert chest.engine.unspillable_keys == {"bad"}
+    assert chest["bad"] is bad
+    assert all(chest[f"k{i}"] == [i] for i in range(5))
+    assert_accounting(chest)
+    chest.drop()
+
+
+def test_the_cap_bounds_the_bytes_in_flight(tmp_path: Path) -> None:
+    codec = GatedCodec()
+    cap = 3 * UNIT
+    chest = Chest(path=tmp_path / "c", available_memory=2 * UNIT, sizeof=unit_sizeof, codec=codec, write_behind=cap)
+    seen: list[int] = []
+    done = threading.Event()
+
+    def producer() -> None:
+        for i in range(12):
+            chest[f"k{i}"] = [i]
+            seen.append(chest.engine.in_flight_bytes)
+        done.set()
+
+    thread = threading.Thread(target=producer)
+    thread.start()
+    assert codec.started.wait(10)
+    assert not done.wait(0.5)  # the producer is held back: the writer is stuck and the cap is reached
+    assert max(seen) <= cap
+    codec.gate.set()
+    thread.join(30)
+    assert done.is_set() and max(seen) <= cap
+    chest.wait_for_writes()
+    assert all(chest[f"k{i}"] == [i] for i in range(12))
+    chest.drop()
+
+
+def test_no_writer_thread_outlives_its_work(tmp_path: Path) -> None:
+    chest = Chest(path=tmp_path / "c", available_memory=2 * UNIT, sizeof=unit_sizeof, write_behind=True)
+    for i in range(50):
+        chest[f"k{i}"] = [i]
+    chest.wait_for_writes()
+    chest.engine._writer.join()  # type: ignore[union-attr]
+    assert not any(t.name == "spillkit-writer" for t in threading.enumerate())
+    del chest
+    gc.collect()
+
+
+# ---- live-object reuse -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("write_behind", [False, True])
+def test_a_spilled_value_still_alive_elsewhere_is_handed_back_not_copied(tmp_path: Path, write_behind: bool) -> None:
+    chest = Chest(path=tmp_path / "c", available_memory=2 * UNIT, sizeof=unit_sizeof, write_behind=write_behind)
+    held = np.arange(1000)  # a running task still holds this array
+    chest["held"] = held
+    for i in range(4):
+        chest[f"k{i}"] = np.full(10, i)
+    chest.wait_for_writes()
+    assert "held" not in chest.inmem and "held" in chest._store
+    loads = chest.stats.loads
+    assert chest["held"] is held  # the same object: memory is not doubled
+    assert chest.stats.reused == 1 and chest.stats.loads == loads  # no disk read
+    assert_accounting(chest)
+
+
+def test_a_value_that_died_is_read_from_disk(tmp_path: Path) -> None:
+    chest = Chest(path=tmp_path / "c", available_memory=2 * UNIT, sizeof=unit_sizeof)
+    chest["gone"] = np.arange(1000)  # nothing else holds it
+    for i in range(4):
+        chest[f"k{i}"] = np.full(10, i)
+    gc.collect()
+    assert np.array_equal(chest["gone"], np.arange(1000))
+    assert chest.stats.reused == 0 and chest.stats.loads == 1
+
+
+def test_a_reused_object_that_is_also_resident_under_an_alias_is_counted_once(tmp_path: Path) -> None:
+    chest = Chest(path=tmp_path / "c", available_memory=3 * UNIT, sizeof=unit_sizeof)
+    shared = np.arange(100)
+    chest["x"] = shared
+    for i in range(3):
+        chest[f"k{i}"] = np.full(10, i)  # "x" spills
+    chest["alias"] = shared  # dask's Alias: the same object under a second key, resident
+    assert "x" not in chest.inmem
+    assert chest["x"] is shared
+    assert chest.memory_bytes == len({id(v) for v in chest.inmem.values()}) * UNIT
+    assert_accounting(chest)
+
+
+def test_overwriting_a_key_forgets_its_old_live_object(tmp_path: Path) -> None:
+    chest = Chest(path=tmp_path / "c", available_memory=2 * UNIT, sizeof=unit_sizeof)
+    old = np.zeros(10)
+    chest["k"] = old
+    for i in range(3):
+        chest[f"f{i}"] = np.full(10, i)
+    chest["k"] = np.ones(10)
+    for i in range(3):
+        chest[f"g{i}"] = np.full(10, i)
+    assert chest["k"] is not old and np.array_equal(chest["k"], np.ones(10))
