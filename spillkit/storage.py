@@ -86,7 +86,7 @@ class DiskStore:
     >>> from spillkit.codecs import PickleCodec
     >>> store = DiskStore(tempfile.mkdtemp(), PickleCodec())
     >>> store.write("one", 1)
-    110
+    81
     >>> store.read("one")
     1
     """
