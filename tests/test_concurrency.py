@@ -844,12 +844,6 @@ def test_owners_change_keys_while_others_force_spills_and_loads(
 
 
 # ---- deferral from several threads ------------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="Chest.deferred() saves and restores one shared flag: when two threads' blocks overlap and the "
-    "first ends first, the second restores 'deferred' for good, and puts never spill again (bug report)",
-)
 def test_overlapping_deferred_blocks_in_two_threads(tmp_path: Path, config: dict[str, Any]) -> None:
     chest = Chest(path=tmp_path / "c", available_memory=100, **config)
     first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
