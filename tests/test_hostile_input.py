@@ -810,10 +810,12 @@ def keys_only_in(root: Path, everything: Path) -> list[Path]:
 
 
 def round_trip(keys: list[Hashable], where: Path) -> None:
-    """Store ``keys`` (one value in memory at a time), find them, flush, reopen, find, delete; check the files."""
+    """Store ``keys`` (one value in memory at a time), find them, flush, reopen, find, delete; check the files.
+
+    A file per value (``pack_threshold=0``): the file names made from hostile keys are what is tested."""
     model: dict[Hashable, Any] = {}
     path = where / "chest"
-    chest = Chest(path=path, available_memory=UNIT, sizeof=unit_sizeof)
+    chest = Chest(path=path, available_memory=UNIT, sizeof=unit_sizeof, pack_threshold=0)
     for i, key in enumerate(keys):
         chest[key] = model[key] = ("value", i)
     assert len(chest) == len(model) and len(chest.inmem) <= 1
@@ -824,7 +826,7 @@ def round_trip(keys: list[Hashable], where: Path) -> None:
     assert len(spill_files(str(path))) == len(model)
     assert keys_only_in(path, where) == []
 
-    again = Chest(path=path, available_memory=UNIT, sizeof=unit_sizeof)
+    again = Chest(path=path, available_memory=UNIT, sizeof=unit_sizeof, pack_threshold=0)
     assert len(again) == len(model)
     for key in keys:
         assert key in again and again[key] == model[key], key
@@ -873,7 +875,7 @@ def test_keys_that_make_bad_file_names_round_trip(tmp_path: Path) -> None:
 
 
 def test_equal_keys_are_one_key_as_in_a_dict(tmp_path: Path) -> None:
-    chest = Chest(path=tmp_path / "chest", available_memory=UNIT, sizeof=unit_sizeof)
+    chest = Chest(path=tmp_path / "chest", available_memory=UNIT, sizeof=unit_sizeof, pack_threshold=0)
     model: dict[Hashable, Any] = {}
     for group in EQUAL_KEYS:
         for n, key in enumerate(group):
@@ -881,7 +883,7 @@ def test_equal_keys_are_one_key_as_in_a_dict(tmp_path: Path) -> None:
     assert len(chest) == len(model) == len(EQUAL_KEYS)
     assert len(spill_files(chest.path)) == len(EQUAL_KEYS) - 1  # one file per key, not per spelling
     chest.close()
-    again = Chest(path=tmp_path / "chest", available_memory=UNIT, sizeof=unit_sizeof)
+    again = Chest(path=tmp_path / "chest", available_memory=UNIT, sizeof=unit_sizeof, pack_threshold=0)
     for group in EQUAL_KEYS:
         for key in group:
             assert again[key] == model[key] == (group[0], len(group) - 1), key
