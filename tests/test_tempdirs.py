@@ -26,11 +26,11 @@ from spillkit.cli import EXIT_BAD_INPUT, EXIT_OK, main
 REPO = Path(spillkit.__file__).resolve().parents[1]
 ON_LINUX = os.path.isdir("/proc/self")
 
-# A child that fills a temporary Chest (four values spilled), says where, then waits or dies.
+# A child that fills a temporary Chest (four values spilled, a file each), says where, then waits or dies.
 CHILD = """
 import json, os, signal, sys
 from spillkit import Chest
-chest = Chest(available_memory=250, sizeof=lambda v: 100)
+chest = Chest(available_memory=250, sizeof=lambda v: 100, pack_threshold=0)
 for i in range(6):
     chest[f"k{i}"] = bytes([i]) * 50
 print(json.dumps({"pid": os.getpid(), "path": chest.path, "files": len(os.listdir(chest.path))}), flush=True)
