@@ -168,6 +168,31 @@ def _policies(rows: Sequence[dict[str, Any]]) -> list[str]:
     return known + [p for p in seen if p not in known]
 
 
+def _plot_policies(
+    ax: Any,
+    rows: Sequence[dict[str, Any]],
+    trace: str,
+    policies: Sequence[str],
+    mode: str,
+    field: str,
+    factor: float,
+    handles: dict[str, Any],
+    markersize: float,
+    linewidth: float,
+) -> list[float]:
+    """Draw each policy's ``field`` line on ``ax`` (first line of a policy kept in ``handles``); return the x values."""
+    fractions: list[float] = []
+    for policy in policies:
+        xs, ys = _series(rows, trace, policy, mode, field, factor)
+        if not xs:
+            continue
+        color, marker = _style(policy)
+        (line,) = ax.plot(xs, ys, color=color, marker=marker, markersize=markersize, linewidth=linewidth, label=policy)
+        handles.setdefault(policy, line)
+        fractions += xs
+    return fractions
+
+
 def _series(
     rows: Sequence[dict[str, Any]], trace: str, policy: str, mode: str | None, field: str, scale: float = 1.0
 ) -> tuple[list[float], list[float]]:
@@ -292,14 +317,7 @@ def plot_loads_vs_budget(
             largest = _largest(rows, trace, mode, ["io_bytes"])
             factor, unit = _unit(largest)
             fractions: list[float] = []
-            for policy in policies:
-                xs, ys = _series(rows, trace, policy, mode, "io_bytes", factor)
-                if not xs:
-                    continue
-                color, marker = _style(policy)
-                (line,) = ax.plot(xs, ys, color=color, marker=marker, markersize=5, linewidth=1.4, label=policy)
-                handles.setdefault(policy, line)
-                fractions += xs
+            fractions += _plot_policies(ax, rows, trace, policies, mode, "io_bytes", factor, handles, 5, 1.4)
             xs, ys = _series(rows, trace, FOO, None, "io_bytes", factor)
             if xs:
                 (line,) = ax.plot(xs, ys, color="black", linewidth=2.4, label=_REFERENCE_LABELS[FOO])
@@ -375,14 +393,7 @@ def plot_io_vs_budget(rows: Sequence[dict[str, Any]], path: str, mode: str | Non
             fractions: list[float] = []
             for column, (field, what) in enumerate((("bytes_written", "written"), ("bytes_read", "read"))):
                 ax = axes[row_index][column]
-                for policy in policies:
-                    xs, ys = _series(rows, trace, policy, mode, field, factor)
-                    if not xs:
-                        continue
-                    color, marker = _style(policy)
-                    (line,) = ax.plot(xs, ys, color=color, marker=marker, markersize=4.5, linewidth=1.3, label=policy)
-                    handles.setdefault(policy, line)
-                    fractions += xs
+                fractions += _plot_policies(ax, rows, trace, policies, mode, field, factor, handles, 4.5, 1.3)
                 xs, ys = _series(rows, trace, BELADY, None, field, factor)
                 if xs:
                     (line,) = ax.plot(xs, ys, color="black", linestyle=":", marker="x", linewidth=1.6,
