@@ -10,6 +10,7 @@ from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from .buffers import read_buffer
 from .codecs import Codec
 from .errors import CorruptSpillFile, DiskQuotaExceeded, SpillWarning
 from .naming import candidate_name
@@ -267,8 +268,7 @@ class DiskStore:
         try:
             with open(full, "rb", buffering=0) as file:
                 size = self._sizes[key]  # known from the write: no fstat; a short file shows below
-                data = bytearray(size)
-                view = memoryview(data)
+                view = read_buffer(size)
                 got = 0
                 while got < size:
                     n = file.readinto(view[got:])

@@ -1,0 +1,52 @@
+"""Read buffers: numpy-backed (no zero-fill) when numpy is loaded, bytearray otherwise; loads agree either way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from spillkit import Chest, buffers
+from spillkit.buffers import UNINITIALIZED_FROM, read_buffer
+
+
+def hide_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make read_buffer see a process without numpy (sys.modules itself stays: pickle imports from it)."""
+    monkeypatch.setattr(buffers, "sys", SimpleNamespace(modules={}))
+
+
+@pytest.mark.parametrize("size", [0, 1, UNINITIALIZED_FROM - 1, UNINITIALIZED_FROM, 3 * UNINITIALIZED_FROM + 7])
+def test_buffer_is_writable_and_sized(size: int) -> None:
+    view = read_buffer(size)
+    assert view.nbytes == size and not view.readonly and view.format == "B" and view.c_contiguous
+    view[:] = b"\x07" * size
+    assert bytes(view) == b"\x07" * size
+    backed_by_numpy = isinstance(view.obj, np.ndarray)
+    assert backed_by_numpy == (size >= UNINITIALIZED_FROM)
+
+
+def test_without_numpy_loaded_a_bytearray_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    hide_numpy(monkeypatch)
+    view = read_buffer(4 * UNINITIALIZED_FROM)
+    assert isinstance(view.obj, bytearray) and not view.readonly
+
+
+@pytest.mark.parametrize("numpy_loaded", [True, False])
+def test_loaded_arrays_are_equal_and_writable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, numpy_loaded: bool
+) -> None:
+    arrays = [np.arange(50_000, dtype=np.float64) * i for i in range(6)]
+    chest = Chest(path=tmp_path / "c", available_memory=500_000, pack_threshold=0)
+    for i, a in enumerate(arrays):
+        chest[i] = a.copy()
+    if not numpy_loaded:
+        hide_numpy(monkeypatch)
+    loaded = [chest[i] for i in range(6)]
+    assert chest.stats.loads >= 3
+    for got, want in zip(loaded, arrays, strict=True):
+        assert np.array_equal(got, want) and got.flags.writeable
+        got[0] = -1.0  # a loaded value is the user's to change, as from a dict
+        assert got[0] == -1.0
+    chest.close()
