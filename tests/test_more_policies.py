@@ -553,6 +553,7 @@ def test_graph_aware_policies_without_a_graph_behave_like_lru(name: str) -> None
             lru.touched(key)
         elif resident and rng.random() < 0.3:
             assert graph_aware.victim() == lru.victim()
+            assert graph_aware.victim_for(rng.choice([1, 10**7])) == lru.victim()  # no graph: size is no reason
             key = lru.victim()
             graph_aware.evicted(key)
             lru.evicted(key)

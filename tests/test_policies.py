@@ -116,6 +116,22 @@ class TestPolicyContract:
         assert len(policy) == 9
         assert policy.victim() != first
 
+    def test_victim_for_is_a_peek_of_a_resident_key(self, new_policy: PolicyFactory) -> None:
+        policy = new_policy()
+        with pytest.raises(KeyError):
+            policy.victim_for(1)
+        keys = {f"k{i}" for i in range(12)}
+        for i in range(12):
+            policy.admitted(f"k{i}", 10 ** (i % 4), 0.1 * (i % 3))
+        for need in (1, 10, 999, 10**6):
+            chosen = policy.victim_for(need)
+            assert chosen in keys and policy.victim_for(need) == chosen
+            assert len(policy) == 12
+        # A need as large as every key leaves nothing to weigh: the answer is victim()'s.
+        assert policy.victim_for(10**9) == policy.victim()
+        policy.evicted(policy.victim_for(5))
+        assert len(policy) == 11
+
     def test_victim_of_an_empty_policy_raises_key_error(self, new_policy: PolicyFactory) -> None:
         policy = new_policy()
         with pytest.raises(KeyError):

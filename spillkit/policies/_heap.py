@@ -62,3 +62,16 @@ class LazyHeap:
                 return top[2], top[0]
             heapq.heappop(heap)
         raise KeyError("no resident keys")
+
+    def smallest(self, count: int) -> list[tuple[Hashable, Priority]]:
+        """Up to ``count`` (key, priority) pairs, smallest first, without removing them. O(count log n)."""
+        heap = self._heap
+        live = self._live
+        taken: list[Entry] = []
+        while heap and len(taken) < count:
+            entry = heapq.heappop(heap)
+            if live.get(entry[2]) is entry:
+                taken.append(entry)
+        for entry in taken:  # the same entry objects go back, so they stay live
+            heapq.heappush(heap, entry)
+        return [(entry[2], entry[0]) for entry in taken]

@@ -30,6 +30,11 @@ class Policy(ABC):
     ``victim() -> key``
         the key to spill next; a peek that forgets nothing; ``KeyError`` when
         no key is resident;
+    ``victim_for(need) -> key``
+        the same question when the engine knows it still has ``need`` bytes
+        to free (making room for a put, or settling); default: ``victim()``.
+        A policy that weighs sizes may pick a smaller key over one far larger
+        than ``need`` (see :class:`~spillkit.policies.NextUse`);
     ``recosted(key, nbytes, cost)``
         a resident key's cost changed (default: ``removed`` then ``admitted``).
 
@@ -53,6 +58,9 @@ class Policy(ABC):
 
     @abstractmethod
     def victim(self) -> Hashable: ...
+
+    def victim_for(self, need: int) -> Hashable:
+        return self.victim()
 
     def recosted(self, key: Hashable, nbytes: int, cost: float) -> None:
         self.removed(key)
