@@ -201,7 +201,13 @@ class Chest(MutableMapping[Hashable, Any]):
             write_behind = parse_bytes(write_behind)
         self._engine = SpillEngine(self._store, chosen, budget, sizeof or default_sizeof(), write_behind=write_behind)
         if not self._temporary:
-            self._reopen()
+            try:
+                self._reopen()
+            except BaseException:
+                # The raised error's traceback keeps this half-made Chest alive: close the segments
+                # already opened now, not whenever the garbage collector gets to it.
+                self._store.close()
+                raise
         chosen._spillkit_bound = True  # type: ignore[attr-defined]
         if data is not None:
             self.update(data)

@@ -7,7 +7,6 @@ lock.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
 from collections.abc import Hashable
@@ -201,9 +200,18 @@ class Compactor:
         if segment.pinned:
             self._retired.append(segment)
         elif segment.pid == os.getpid():  # a forked child leaves its parent's files alone
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 os.unlink(os.path.join(self.path, segment.name))
-            self._segment_total -= segment.size
+            except FileNotFoundError:
+                self._segment_total -= segment.size
+            except OSError as error:
+                # Raising would leave the empty segment indexed but never looked at again (a file
+                # kept until reopen) and call a finished compaction failed. Retired instead, it
+                # stays counted and the next checkpoint (flush) tries the unlink again.
+                warnings.warn(f"could not remove segment {segment.name!r}: {error!r}", SpillWarning, stacklevel=4)
+                self._retired.append(segment)
+            else:
+                self._segment_total -= segment.size
         else:
             self._segment_total -= segment.size
         del self._segments[segment.name]

@@ -288,6 +288,12 @@ class PackedStore(Compactor):
                     os.unlink(os.path.join(self.path, name))
                 except FileNotFoundError:
                     continue
+                except OSError as error:
+                    # As remove_leftovers does for files: garbage that cannot be removed now must not
+                    # make the committed keys unreachable; the next reopen tries again.
+                    message = f"could not remove the leftover segment {name!r}: {error!r}"
+                    warnings.warn(message, SpillWarning, stacklevel=3)
+                    continue
                 removed.append(name)
         return removed
 

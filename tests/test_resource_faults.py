@@ -1,14 +1,20 @@
 """Resource faults: the disk says no (ENOSPC, EIO) at every operation, the codec raises,
 the size estimate is off by 10x, and a real filesystem fills up.
 
-Faults are injected by replacing ``os`` and ``open`` in spillkit's storage, manifest and chest
-modules with a proxy that forwards every call to the real function, except that one kind of
-disk operation fails from its N-th call on, until the fault is cleared. Everything else is the
-real disk under ``tmp_path``. Every test checks the error the caller saw (none, for an
-eviction), that every value reads back equal to a reference dict, that the byte accounting
-matches the files really in the directory, and that everything works again once the fault
-clears. Every test also checks that its fault really fired, so a refactor that moves the I/O
-out of reach of the proxy fails here instead of passing without testing anything.
+Faults are injected by replacing ``os`` and ``open`` in every spillkit module that does disk I/O
+(storage, manifest, chest, and the packed tier's segments, segfiles and compaction) with a proxy
+that forwards every call to the real function, except that one kind of disk operation fails from
+its N-th call on, until the fault is cleared. Everything else is the real disk under ``tmp_path``.
+Each test runs twice where the operation exists on both paths: with a file per value
+(``pack_threshold=0``) and with the default packing, where small values are records in segment
+files (made one record per segment here, so that every spill creates a file and every delete
+unlinks one, as on the file path; shared segments and compaction have tests of their own).
+
+Every test checks the error the caller saw (none, for an eviction), that every value reads back
+equal to a reference dict, that the byte accounting matches the files really in the directory
+(and no descriptor is left open on them), and that everything works again once the fault clears.
+Every test also checks that its fault really fired, so a refactor that moves the I/O out of reach
+of the proxy fails here instead of passing without testing anything.
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ import builtins
 import contextlib
 import errno
 import os
+import shutil
 import subprocess
+import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Hashable, Iterator
@@ -27,10 +35,14 @@ from typing import Any
 import pytest
 
 import spillkit.chest
+import spillkit.compaction
 import spillkit.manifest
+import spillkit.segfiles
+import spillkit.segments
 import spillkit.storage
 from spillkit import Chest, DiskQuotaExceeded, PickleCodec, SpillError, SpillWarning
 from spillkit.manifest import read_manifest
+from spillkit.segfiles import is_segment_name
 
 UNIT = 100  # every value weighs this much unless a test says otherwise
 BUDGET = 2.5 * UNIT  # two values in memory
@@ -54,9 +66,10 @@ def payload(i: int, n: int = 50) -> bytes:
 class DiskFault:
     """One kind of disk operation fails with ``code`` from its ``nth`` call on (1-based) while armed.
 
-    ``op`` is one of: ``create`` (os.open with O_CREAT), ``write`` (os.write/writev),
-    ``fsync``, ``replace`` (os.replace/rename), ``open`` (opening a file to read),
-    ``read`` (readinto/read on a file opened to read), ``unlink``.
+    ``op`` is one of: ``create`` (os.open with O_CREAT), ``write`` (os.write/writev/pwrite),
+    ``fsync``, ``replace`` (os.replace/rename), ``open`` (opening a file, not a directory, to
+    read: ``open`` or os.open with O_RDONLY), ``read`` (readinto/read on a file opened to read,
+    os.pread), ``unlink``.
     """
 
     def __init__(self, op: str, code: int, nth: int = 1) -> None:
@@ -125,7 +138,22 @@ class _FaultyOS:
     def open(self, path: Any, flags: int, mode: int = 0o777, **kwargs: Any) -> int:
         if flags & os.O_CREAT:
             self._fault.check("create", path)
+        elif flags & os.O_ACCMODE == os.O_RDONLY and not os.path.isdir(path):  # a segment, re-opened
+            self._fault.check("open", path)
         return os.open(path, flags, mode, **kwargs)
+
+    def pwrite(self, fd: int, data: Any, offset: int) -> int:
+        try:
+            self._fault.check("write")
+        except OSError:
+            view = memoryview(data)
+            os.pwrite(fd, view[: len(view) // 2], offset)  # part lands, then the error
+            raise
+        return os.pwrite(fd, data, offset)
+
+    def pread(self, fd: int, length: int, offset: int) -> bytes:
+        self._fault.check("read")
+        return os.pread(fd, length, offset)
 
     def writev(self, fd: int, buffers: Any) -> int:
         self._fail_after_half_a_write(fd, bytes(memoryview(buffers[0]).cast("B")) if buffers else b"")
@@ -165,25 +193,46 @@ class _FaultyOS:
     remove = unlink
 
 
-MODULES = (spillkit.storage, spillkit.manifest, spillkit.chest)
+# Every module that calls ``os`` or ``open`` for spill data: a module missing here is I/O no fault reaches.
+MODULES = (
+    spillkit.storage,
+    spillkit.manifest,
+    spillkit.chest,
+    spillkit.segments,
+    spillkit.segfiles,
+    spillkit.compaction,
+)
+OPENERS = (spillkit.storage, spillkit.manifest)  # the modules that call the builtin ``open``
+PACKED = "packed"
+FILES = "files"
+MODES = (FILES, PACKED)
 
 
 class Lab:
-    """Chests under ``tmp_path`` and the faults aimed at them; cleans both up."""
+    """Chests under ``tmp_path`` and the faults aimed at them; cleans both up.
 
-    def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ``mode`` is ``"files"`` (a file per value) or ``"packed"`` (the default packing; one record per
+    segment file unless ``segment_bytes`` says otherwise).
+    """
+
+    def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str = FILES) -> None:
         self.tmp_path = tmp_path
         self.monkeypatch = monkeypatch
+        self.mode = mode
         self.chests: list[Chest] = []
         self.faults: list[DiskFault] = []
 
-    def chest(self, **kwargs: Any) -> Chest:
+    @property
+    def packed(self) -> bool:
+        return self.mode == PACKED
+
+    def chest(self, segment_bytes: int = 1, **kwargs: Any) -> Chest:
         kwargs.setdefault("path", self.tmp_path / "chest")
         kwargs.setdefault("available_memory", BUDGET)
         kwargs.setdefault("sizeof", unit_sizeof)
-        # a file per value: the faults are aimed at the file calls (packed segments: test_compaction.py)
-        kwargs.setdefault("pack_threshold", 0)
+        kwargs.setdefault("pack_threshold", None if self.packed else 0)
         chest = Chest(**kwargs)
+        chest._store.segment_bytes = segment_bytes  # 1: a segment file per record (no setting for it)
         self.chests.append(chest)
         return chest
 
@@ -200,7 +249,7 @@ class Lab:
         proxy = _FaultyOS(fault)
         for module in MODULES:
             self.monkeypatch.setattr(module, "os", proxy)
-        for module in (spillkit.storage, spillkit.manifest):
+        for module in OPENERS:
             self.monkeypatch.setattr(module, "open", fault.open_file, raising=False)
         self.faults.append(fault)
         return fault
@@ -214,44 +263,83 @@ class Lab:
                 chest.drop()
 
 
-@pytest.fixture
-def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lab]:
-    made = Lab(tmp_path, monkeypatch)
+@pytest.fixture(params=MODES)
+def lab(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lab]:
+    """A Lab for each mode; a test parametrizes ``lab`` itself (indirectly) where a mode does not apply."""
+    made = Lab(tmp_path, monkeypatch, request.param)
     yield made
     made.close()
+
+
+def test_every_module_that_calls_os_is_under_the_fault_injector() -> None:
+    """A new module doing disk I/O must join MODULES, or its faults would go untested."""
+    root = Path(spillkit.__file__).parent
+    doing_io = set()
+    for source in root.glob("*.py"):
+        text = source.read_text()
+        if any(f"os.{call}(" in text for call in ("open", "pwrite", "pread", "write", "writev", "fsync", "unlink")):
+            doing_io.add(source.stem)
+    covered = {module.__name__.rpartition(".")[2] for module in MODULES}
+    others = {"security", "tempdirs"}  # the key file and temporary directories, not spill data
+    assert doing_io - others <= covered, doing_io - others - covered
 
 
 # ---- checks shared by every test -------------------------------------------------------------
 
 
 def spill_files(path: str) -> dict[str, int]:
-    return {n: os.path.getsize(os.path.join(path, n)) for n in os.listdir(path) if not n.startswith(".")}
+    """Files of their own (names never start with a dot) and segment files, with their sizes."""
+    return {
+        n: os.path.getsize(os.path.join(path, n))
+        for n in os.listdir(path)
+        if not n.startswith(".") or is_segment_name(n)
+    }
 
 
 def temp_files(path: str) -> list[str]:
     return [n for n in os.listdir(path) if ".tmp-" in n]
 
 
-def assert_accounting(chest: Chest, may_remain: frozenset[str] = frozenset()) -> None:
-    """Byte counters equal what is really held, to the byte; no temporary file is left.
+def open_descriptors(path: str) -> set[int]:
+    """This process's file descriptors on files under ``path`` (removed ones included)."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the descriptor listdir itself used is gone by now
+            if os.readlink(f"/proc/self/fd/{fd}").startswith(path + os.sep):
+                found.add(int(fd))
+    return found
 
-    ``may_remain`` names files a failed unlink left behind: on disk, but no key's.
+
+def assert_accounting(chest: Chest, may_remain: frozenset[str] = frozenset()) -> None:
+    """Byte counters equal what is really held, to the byte; no temporary file or descriptor is left.
+
+    ``may_remain`` names files a failed unlink left behind: on disk, but no key's. Segment files
+    are exactly the store's (one kept after a failed unlink is still the store's: it retries).
     """
     sizeof = chest.engine.sizeof
     by_id = {id(v): int(sizeof(v)) for v in chest.inmem.values()}
     assert chest.memory_bytes == sum(by_id.values())
-    names = chest._store.names()
+    store = chest._store
+    own = store.inner.names()  # the keys with files of their own
     files = spill_files(chest.path)
-    assert set(names.values()) <= set(files)
-    assert set(files) - set(names.values()) <= may_remain
-    for key, name in names.items():
-        assert chest._store.file_bytes(key) == files[name], key
-    assert chest.disk_bytes == sum(files[name] for name in names.values())
+    segments = {name: size for name, size in files.items() if is_segment_name(name)}
+    assert set(own.values()) <= set(files)
+    assert set(files) - set(own.values()) - set(segments) <= may_remain
+    assert set(segments) == set(store.segment_files())
+    for key, name in own.items():
+        assert store.file_bytes(key) == files[name], key
+    for key in set(store) - set(own):  # packed: the record lies inside its segment file
+        segment, offset = store.location(key)
+        assert segment is not None, key
+        assert offset + store.file_bytes(key) <= segments[segment], key
+    assert chest.disk_bytes == sum(files[name] for name in own.values()) + sum(segments.values())
     spilled = chest.engine.spilled_keys
     assert set(spilled).isdisjoint(chest.inmem)
-    assert set(chest.inmem) | set(names) == set(chest)
+    assert set(chest.inmem) | set(store) == set(chest)
     assert chest.spilled_total == (sum(chest.engine.nbytes(k) for k in spilled), chest.disk_bytes)
     assert temp_files(chest.path) == []
+    held = {s.fd for s in [*store._segments.values(), *store._retired] if s.fd >= 0}
+    assert open_descriptors(chest.path) == held  # no descriptor leaked, none closed under a segment in use
 
 
 def assert_values(chest: Chest, expected: dict[Hashable, Any]) -> None:
@@ -301,7 +389,7 @@ def assert_recovers(
             chest.close()
         reopen.setdefault("available_memory", BUDGET)
         reopen.setdefault("sizeof", unit_sizeof)
-        reopen.setdefault("pack_threshold", 0)
+        reopen.setdefault("pack_threshold", chest._store.pack_threshold)
         again = Chest(path=chest.path, **reopen)
         try:
             assert_values(again, expected)
@@ -312,15 +400,18 @@ def assert_recovers(
 
 # ---- (a) an eviction fails: the caller that triggered it is not told -----------------------------
 
+# The disk operations each mode's spill makes: the packed path appends (no file is moved into place).
+SPILL_OPS = {FILES: ("create", "write", "replace"), PACKED: ("create", "write")}
 EVICTION_CASES = [
-    pytest.param(op, code, trigger, nth, id=f"{op}-{name}-{trigger}-{nth}")
-    for op in ("create", "write", "replace")
+    pytest.param(mode, op, code, trigger, nth, id=f"{mode}-{op}-{name}-{trigger}-{nth}")
+    for mode in MODES
+    for op in SPILL_OPS[mode]
     for name, code in CODES.items()
     for trigger, nth in (("put", 1), ("put", 3), ("get", 1), ("evict", 1))
 ]
 
 
-@pytest.mark.parametrize(("op", "code", "trigger", "nth"), EVICTION_CASES)
+@pytest.mark.parametrize(("lab", "op", "code", "trigger", "nth"), EVICTION_CASES, indirect=["lab"])
 def test_a_failed_eviction_keeps_the_victim_in_memory_and_the_callers_operation_succeeds(
     lab: Lab, op: str, code: int, trigger: str, nth: int
 ) -> None:
@@ -365,9 +456,13 @@ def test_a_failed_eviction_keeps_the_victim_in_memory_and_the_callers_operation_
 # ---- (b) a load fails: the caller is told, the key stays ----------------------------------------
 
 
+# A packed record is read from its segment's descriptor, opened once: a load opens nothing.
+LOAD_CASES = [(FILES, "open"), (FILES, "read"), (PACKED, "read")]
+
+
 @pytest.mark.parametrize("nth", [1, 2])
 @pytest.mark.parametrize("code", CODES.values(), ids=CODES)
-@pytest.mark.parametrize("op", ["open", "read"])
+@pytest.mark.parametrize(("lab", "op"), LOAD_CASES, indirect=["lab"], ids="-".join)
 def test_a_failed_load_raises_and_the_key_stays(lab: Lab, op: str, code: int, nth: int) -> None:
     chest, expected = lab.filled()
     spilled = [k for k in KEYS if k not in chest.inmem]
@@ -403,7 +498,7 @@ def test_a_failed_load_raises_and_the_key_stays(lab: Lab, op: str, code: int, nt
     assert_recovers(chest, expected)
 
 
-@pytest.mark.parametrize("op", ["open", "read"])
+@pytest.mark.parametrize(("lab", "op"), LOAD_CASES, indirect=["lab"], ids="-".join)
 def test_a_failed_load_names_the_key(lab: Lab, op: str) -> None:
     chest, _ = lab.filled()
     lab.fault(op, errno.EIO)
@@ -415,9 +510,17 @@ def test_a_failed_load_names_the_key(lab: Lab, op: str) -> None:
 # ---- (c) flush fails: the caller is told, nothing is lost -------------------------------------
 
 
-@pytest.mark.parametrize("nth", [1, 3])
-@pytest.mark.parametrize("code", CODES.values(), ids=CODES)
-@pytest.mark.parametrize("op", ["create", "write", "replace", "fsync"])
+FLUSH_CASES = [
+    pytest.param(mode, op, code, nth, id=f"{mode}-{op}-{name}-{nth}")
+    for mode in MODES
+    for op in ("create", "write", "replace", "fsync")
+    for name, code in CODES.items()
+    for nth in (1, 3)
+    if not (mode == PACKED and op == "replace" and nth > 1)  # packed, a flush replaces one file: the manifest
+]
+
+
+@pytest.mark.parametrize(("lab", "op", "code", "nth"), FLUSH_CASES, indirect=["lab"])
 def test_a_failed_flush_raises_and_loses_nothing(lab: Lab, op: str, code: int, nth: int) -> None:
     chest, expected = lab.filled()
     chest.flush()  # a good manifest from before the fault
@@ -456,15 +559,86 @@ def test_a_failed_flush_write_is_counted(lab: Lab) -> None:
     assert chest.stats.spill_failures > 0
 
 
+# ---- packed: shared segments and their compaction --------------------------------------------
+
+
+def record_bytes(key: str, value: Any) -> int:
+    """The size of ``value``'s record under ``key`` in a packed store."""
+    probe = spillkit.segments.PackedStore(tempfile.mkdtemp(), PickleCodec())
+    try:
+        return probe.write(key, value)
+    finally:
+        probe.close()
+        shutil.rmtree(probe.path)
+
+
+COMPACTION_CASES = [
+    pytest.param(PACKED, flushed, op, code, nth, id=f"{'pinned' if flushed else 'unpinned'}-{op}-{name}-{nth}")
+    for flushed in (False, True)
+    # fsync only in a flush; a flush compacts the segments its predecessor pinned
+    for op in ("create", "write", "read", "unlink", *(("fsync",) if flushed else ()))
+    for name, code in CODES.items()
+    for nth in (1, 2)
+]
+
+
+@pytest.mark.parametrize(("lab", "flushed", "op", "code", "nth"), COMPACTION_CASES, indirect=["lab"])
+def test_a_fault_during_compaction_leaves_every_record_readable(
+    lab: Lab, flushed: bool, op: str, code: int, nth: int
+) -> None:
+    """Segments of four records become mostly dead and are compacted while the disk fails.
+
+    Deletes and puts never raise (a put's spill that fails keeps the value in memory); a compaction
+    that fails leaves each record in one place or the other, and warns. ``flushed``: the segments
+    are pinned by a flush first, so they are compacted by the next flush, also under the fault.
+    """
+    value = payload(0)  # every value the same size, so that segments hold exactly four records
+    chest = lab.chest(segment_bytes=4 * record_bytes("c00", value))
+    expected: dict[Hashable, Any] = {f"c{i:02}": payload(i) for i in range(10, 34)}
+    chest.update(expected)
+    store = chest._store
+    assert len(store.segment_files()) >= 5
+    if flushed:
+        chest.flush()
+    before = {entry.key for entry in read_manifest(chest.path, chest._secret) or []}
+    fault = lab.fault(op, code, nth)
+    with spill_warnings() as messages:
+        for i, key in enumerate(sorted(expected)):
+            if i % 4 != 3 and key not in chest.inmem:
+                del chest[key]
+                del expected[key]
+            if i % 6 == 0:
+                chest[f"n{i:02}"] = expected[f"n{i:02}"] = payload(40 + i)  # appended to the active segment
+        raised: list[BaseException] = []
+        if flushed:
+            try:
+                chest.flush()
+            except (SpillError, OSError) as error:
+                assert errno_in_chain(error) == code
+                raised.append(error)
+    assert fault.failures > 0
+    # Every failure was told: each failed copy or unlink warns, and a flush raises what it could not do.
+    assert len(messages) + len(raised) >= (fault.failures if op in ("read", "unlink") else 1)
+    assert all(os.strerror(code) in message for message in messages)
+    assert_accounting(chest)
+    fault.clear()  # before reading: a read fault would fail the loads themselves (tested above)
+    flushed_keys = {entry.key for entry in read_manifest(chest.path, chest._secret) or []}
+    assert flushed_keys in (before, set(store))  # the manifest was replaced whole, or not at all
+    assert_values(chest, expected)
+    assert_accounting(chest)
+    assert_recovers(chest, expected)
+
+
 # ---- (d) delete and overwrite ----------------------------------------------------------------
 
 
 @pytest.mark.parametrize("code", CODES.values(), ids=CODES)
 @pytest.mark.parametrize("how", ["delete", "pop", "overwrite"])
 def test_a_failed_unlink_warns_that_a_file_was_left_and_the_key_is_gone(lab: Lab, how: str, code: int) -> None:
+    """Packed, the file is the victim's segment (its only record): the store keeps it and tries again."""
     chest, expected = lab.filled()
     victim = ("t", 1)
-    left = chest._store.names()[victim]
+    left = os.path.basename(chest._store.filename(victim))
     fault = lab.fault("unlink", code)
     with spill_warnings() as messages:
         if how == "delete":
@@ -476,20 +650,26 @@ def test_a_failed_unlink_warns_that_a_file_was_left_and_the_key_is_gone(lab: Lab
             chest[victim] = expected[victim] = "new value"
     assert fault.failures == 1
     assert len(messages) == 1
-    assert f"could not remove the spill file of {victim!r}" in messages[0]
+    if lab.packed:
+        assert f"could not remove segment {left!r}" in messages[0]
+        assert left in chest._store.segment_files()  # still the store's: counted, and unlinked at the next flush
+        may_remain: frozenset[str] = frozenset()
+    else:
+        assert f"could not remove the spill file of {victim!r}" in messages[0]
+        may_remain = frozenset({left})
     assert os.strerror(code) in messages[0]
     assert (victim in chest) is (how == "overwrite")
     assert os.path.exists(os.path.join(chest.path, left))  # the file the warning is about
-    assert_accounting(chest, may_remain=frozenset({left}))  # disk_bytes counts only files that hold a key
+    assert_accounting(chest, may_remain)  # disk_bytes counts only files that hold a key, and segments
     with spill_warnings():
         assert_values(chest, expected)
     fault.clear()
-    assert_recovers(chest, expected, may_remain=frozenset({left}))
+    assert_recovers(chest, expected, may_remain)
 
 
 def test_a_file_left_by_a_failed_unlink_is_removed_once_the_disk_works(lab: Lab) -> None:
     chest, _ = lab.filled()
-    left = chest._store.names()[("t", 1)]
+    left = os.path.basename(chest._store.filename(("t", 1)))  # packed: its segment, the only record in it
     fault = lab.fault("unlink", errno.EIO)
     with spill_warnings():
         del chest[("t", 1)]
@@ -499,7 +679,9 @@ def test_a_file_left_by_a_failed_unlink_is_removed_once_the_disk_works(lab: Lab)
 
 
 @pytest.mark.parametrize("code", CODES.values(), ids=CODES)
-@pytest.mark.parametrize("op", ["create", "replace"])
+@pytest.mark.parametrize(
+    ("lab", "op"), [(FILES, "create"), (FILES, "replace"), (PACKED, "create"), (PACKED, "write")], indirect=["lab"]
+)
 def test_a_failed_direct_write_raises_and_keeps_the_old_value(lab: Lab, op: str, code: int) -> None:
     large = payload(7, 10 * UNIT)
     chest, expected = lab.filled(sizeof=lambda v: 10 * UNIT if v is large else UNIT)
@@ -565,18 +747,26 @@ def lambda_with_lock() -> Callable[[], Any]:
 # ---- (f) reopen ---------------------------------------------------------------------------------
 
 
+# The manifest is opened and read first; packed, the segments are opened next (the 3rd open: the 2nd segment).
+REOPEN_CASES = [(FILES, "open", 1), (FILES, "read", 1), (PACKED, "open", 1), (PACKED, "read", 1), (PACKED, "open", 3)]
+
+
 @pytest.mark.parametrize("code", CODES.values(), ids=CODES)
-@pytest.mark.parametrize("op", ["open", "read"])
-def test_a_reopen_that_cannot_read_the_manifest_raises_and_touches_nothing(lab: Lab, op: str, code: int) -> None:
+@pytest.mark.parametrize(("lab", "op", "nth"), REOPEN_CASES, indirect=["lab"], ids=lambda v: str(v))
+def test_a_reopen_that_cannot_read_the_manifest_or_a_segment_raises_and_touches_nothing(
+    lab: Lab, op: str, code: int, nth: int
+) -> None:
     chest, expected = lab.filled()
     chest.close()
     files = {p.name: p.read_bytes() for p in Path(chest.path).iterdir()}
-    fault = lab.fault(op, code)
+    fault = lab.fault(op, code, nth)
     with pytest.raises(OSError) as info:
-        Chest(path=chest.path, available_memory=BUDGET, sizeof=unit_sizeof, pack_threshold=0)
+        Chest(path=chest.path, available_memory=BUDGET, sizeof=unit_sizeof, pack_threshold=chest._store.pack_threshold)
     assert info.value.errno == code
     assert fault.failures == 1
     assert {p.name: p.read_bytes() for p in Path(chest.path).iterdir()} == files
+    # Nothing is left open either, though the traceback still holds the half-made Chest.
+    assert open_descriptors(chest.path) == set()
     fault.clear()
     assert_recovers(chest, expected)
 
@@ -595,6 +785,29 @@ def test_a_reopen_that_cannot_remove_a_stale_temporary_file_warns_and_opens(lab:
     assert stale.name in messages[0]
     assert os.strerror(code) in messages[0]
     assert_values(again, expected)  # every key is back, and the stale file is ignored
+    assert stale.exists()
+    fault.clear()
+    again.close()
+    assert_recovers(again, expected)  # the next reopen removes it
+    assert not stale.exists()
+
+
+@pytest.mark.parametrize("code", CODES.values(), ids=CODES)
+@pytest.mark.parametrize("lab", [PACKED], indirect=True)
+def test_a_reopen_that_cannot_remove_an_unreferenced_segment_warns_and_opens(lab: Lab, code: int) -> None:
+    """Like a stale temporary file: a segment written after the last flush by a process that was killed."""
+    chest, expected = lab.filled()
+    chest.close()
+    stale = Path(chest.path, ".spillkit-seg-999999")
+    stale.write_bytes(b"records appended after the last flush")
+    fault = lab.fault("unlink", code)
+    with spill_warnings() as messages:
+        again = lab.chest()
+    assert fault.failures == 1
+    assert len(messages) == 1
+    assert stale.name in messages[0]
+    assert os.strerror(code) in messages[0]
+    assert_values(again, expected)  # every key is back, and the stale segment is ignored
     assert stale.exists()
     fault.clear()
     again.close()
@@ -813,13 +1026,13 @@ def mounted_tmpfs(where: Path, options: str) -> Iterator[Path]:
 
 
 @pytest.mark.parametrize(
-    ("options", "size"),
-    [("size=1m", 32 * 1024), ("size=8m,nr_inodes=16", 64)],
-    ids=["out-of-space", "out-of-inodes"],
+    ("options", "size", "pack"),
+    [("size=1m", 32 * 1024, 0), ("size=8m,nr_inodes=16", 64, 0), ("size=1m", 32 * 1024, None)],
+    ids=["out-of-space", "out-of-inodes", "out-of-space-packed"],  # packed, 60 values need no more inodes
 )
-def test_a_real_full_disk(tmp_path: Path, options: str, size: int) -> None:
+def test_a_real_full_disk(tmp_path: Path, options: str, size: int, pack: int | None) -> None:
     with mounted_tmpfs(tmp_path / "mnt", options) as mnt:
-        chest = Chest(path=mnt / "chest", available_memory=4 * size, sizeof=len, pack_threshold=0)
+        chest = Chest(path=mnt / "chest", available_memory=4 * size, sizeof=len, pack_threshold=pack)
         try:
             expected: dict[Hashable, Any] = {}
             with spill_warnings() as messages:
