@@ -240,6 +240,19 @@ def targets(series: list[Series], big: int, small: int) -> list[str]:
     ]
 
 
+def _contention(series: list[Series]) -> str:
+    """What this run's wall and CPU times say about other jobs on the machine (measured, not assumed)."""
+    wall = sum(sum(s.values("total_ns")) for s in series)
+    cpu = sum(sum(s.values("cpu_ns")) for s in series)
+    ratio = wall / cpu if cpu else float("nan")
+    if ratio > 1.5:
+        return (
+            f"Wall time was {ratio:.1f}x the process's CPU time over all runs: the machine was oversubscribed "
+            "(or the process waited on the disk), so compare the CPU columns too."
+        )
+    return f"Wall time was {ratio:.2f}x the process's CPU time over all runs: little waiting on other jobs or the disk."
+
+
 def render(args: argparse.Namespace, base: str, info: list[str], series: list[Series]) -> str:
     command = shlex.join(["python", "benchmarks/bench_small.py", *args.argv])
     return "\n".join(
@@ -269,8 +282,8 @@ def render(args: argparse.Namespace, base: str, info: list[str], series: list[Se
             "",
             *table(series),
             "",
-            f"Load average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}. The machine is shared and "
-            "was oversubscribed during the run (wall time several times the CPU time), so the CPU time of the "
+            f"Load average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}. {_contention(series)} "
+            "The CPU time of the "
             "process (`time.process_time_ns`, user + system) is shown beside the wall time; it leaves out work "
             "the kernel does in its own threads (journal commits, writeback), which a file per value causes more "
             "of. "
