@@ -58,7 +58,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run from a checkout without installing spillkit
 
-from readme_section import write_section  # noqa: E402 - after the sys.path setup above
+from rawio import read_into, write_whole  # noqa: E402 - after the sys.path setup above
+from readme_section import write_section  # noqa: E402
 
 import spillkit  # noqa: E402
 
@@ -276,22 +277,13 @@ def run_raw(keys: list[str], arrays: list[np.ndarray], budget: int, directory: s
     def store() -> int:
         start = time.perf_counter_ns()
         for path, a in zip(paths, arrays, strict=True):
-            with open(path, "wb", buffering=0) as f:
-                view = a.data.cast("B")
-                while view:
-                    view = view[f.write(view) :]
+            write_whole(path, a.data.cast("B"))
         return time.perf_counter_ns() - start
 
     def load() -> int:
         start = time.perf_counter_ns()
         for path, t in zip(paths, targets, strict=True):
-            with open(path, "rb", buffering=0) as f:
-                view = t.data.cast("B")
-                while view:
-                    n = f.readinto(view)
-                    if not n:
-                        raise EOFError(path)
-                    view = view[n:]
+            read_into(path, t.data.cast("B"))
         return time.perf_counter_ns() - start
 
     store_ns = quiet(store)

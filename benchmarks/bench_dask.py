@@ -77,7 +77,8 @@ import dask  # noqa: E402
 import dask.array  # noqa: E402  (imported once in the parent, before forking)
 import dask.sizeof  # noqa: E402
 import zict  # noqa: E402
-from readme_section import write_section  # noqa: E402 - after the sys.path setup above
+from rawio import read_into, write_whole  # noqa: E402 - after the sys.path setup above
+from readme_section import write_section  # noqa: E402
 
 import spillkit  # noqa: E402
 from spillkit.bounds import foo_lower_bound  # noqa: E402
@@ -232,21 +233,11 @@ def raw_io(nbytes: int, chunk: int, directory: str) -> None:
     while left > 0:
         n = min(chunk, left)
         path = os.path.join(directory, f"floor-{len(paths)}")
-        with open(path, "wb", buffering=0) as f:
-            part = view[:n]
-            while part:
-                part = part[f.write(part) :]
+        write_whole(path, view[:n])
         paths.append((path, n))
         left -= n
     for path, n in paths:
-        target = np.empty(n, dtype=np.uint8)
-        with open(path, "rb", buffering=0) as f:
-            part = target.data.cast("B")
-            while part:
-                got = f.readinto(part)
-                if not got:
-                    raise EOFError(path)
-                part = part[got:]
+        read_into(path, np.empty(n, dtype=np.uint8).data.cast("B"))
         os.unlink(path)
 
 
