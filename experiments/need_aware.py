@@ -4,8 +4,8 @@
 
 For each trace (default: ``experiments/traces/*.trace.gz``) and each budget
 (5%, 10%, 25%, 50% of peak) in ``settled`` and ``strict`` modes, replays
-``NextUse`` as shipped (the engine asks ``victim_for(need)``) and a copy whose
-``victim_for`` ignores the need (plain ``victim()``: furthest next use first),
+``NextUse`` as shipped (the engine asks ``victim_for(need, has_copy)``) and a
+copy whose ``victim_for`` ignores both (plain ``victim()``: furthest next use first),
 and prints written + read bytes of each and their ratio. The checkout's own
 ``spillkit`` is used, whatever is installed.
 """
@@ -16,7 +16,7 @@ import glob
 import os
 import sys
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -34,7 +34,7 @@ MiB = 1 << 20
 class PlainNextUse(NextUse):
     """NextUse before the need-aware choice: the key read furthest ahead, whatever the need."""
 
-    def victim_for(self, need: int) -> Hashable:
+    def victim_for(self, need: int, has_copy: Callable[[Hashable], bool] = lambda key: False) -> Hashable:
         return self.victim()
 
 

@@ -392,7 +392,7 @@ class SpillEngine:
         limit = self.budget - incoming
         while self.memory_bytes > limit:
             try:
-                key = self.policy.victim_for(self.memory_bytes - limit)
+                key = self.policy.victim_for(self.memory_bytes - limit, self.disk.__contains__)
             except KeyError:
                 return
             if not self._spill(key):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Hashable
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,18 @@ def test_a_small_need_spills_a_small_key_read_a_little_sooner() -> None:
     assert policy.victim() == "big"  # plain Belady: the key read furthest ahead
     assert policy.victim_for(7 * MiB) in {"s1", "s2"}  # 100 MiB reloaded to free 7: no
     assert policy.victim_for(100 * MiB) == "big"  # the whole key is wanted: Belady again
+
+
+def test_a_key_with_a_copy_on_disk_costs_half_as_much_to_spill() -> None:
+    # "dirty" is read at position 4, "clean" at 3 (a little sooner) but has an unchanged copy on disk:
+    # spilling it writes nothing, so its I/O per byte freed is half, and that outweighs 3 vs 4.
+    plan = GraphPlan({"t3": ["clean"], "t4": ["dirty"]}, {"t3": 3, "t4": 4})
+    policy = NextUse(plan)
+    policy.admitted("clean", 10, 0.0)
+    policy.admitted("dirty", 10, 0.0)
+    assert policy.victim_for(10) == "dirty"  # no copies known: Belady
+    assert policy.victim_for(10, lambda key: key == "clean") == "clean"
+    assert policy.victim_for(10, lambda key: True) == "dirty"  # both clean: Belady again
 
 
 def test_a_dead_key_goes_first_whatever_its_size() -> None:
@@ -76,7 +89,7 @@ def test_need_aware_choice_cuts_rechunk_io_in_replay(fraction: float, at_most: f
     budget = int(fraction * trace.peak_bytes())
 
     class Plain(NextUse):
-        def victim_for(self, need: int) -> object:
+        def victim_for(self, need: int, has_copy: object = None) -> object:
             return self.victim()
 
     totals = []
@@ -91,9 +104,9 @@ def test_a_chest_makes_room_with_the_need(tmp_path: Path) -> None:
     asked: list[int] = []
     chosen = policy.victim_for
 
-    def spy(need: int) -> object:
+    def spy(need: int, has_copy: Callable[[Hashable], bool]) -> object:
         asked.append(need)
-        return chosen(need)
+        return chosen(need, has_copy)
 
     policy.victim_for = spy  # type: ignore[method-assign]
     chest = Chest(path=tmp_path / "c", available_memory=100, policy=policy, sizeof=len, pack_threshold=0)

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import ClassVar
 
 __all__ = ["Policy"]
+
+
+def no_copy(key: Hashable) -> bool:
+    """The ``has_copy`` of a caller that knows of no copies on disk."""
+    return False
 
 
 class Policy(ABC):
@@ -30,11 +35,13 @@ class Policy(ABC):
     ``victim() -> key``
         the key to spill next; a peek that forgets nothing; ``KeyError`` when
         no key is resident;
-    ``victim_for(need) -> key``
+    ``victim_for(need, has_copy) -> key``
         the same question when the engine knows it still has ``need`` bytes
-        to free (making room for a put, or settling); default: ``victim()``.
-        A policy that weighs sizes may pick a smaller key over one far larger
-        than ``need`` (see :class:`~spillkit.policies.NextUse`);
+        to free (making room for a put, or settling); ``has_copy(key)`` says
+        whether spilling the key writes nothing (an unchanged copy is on
+        disk), i.e. costs only its reload. Default: ``victim()``. A policy
+        that weighs sizes may pick a smaller key over one far larger than
+        ``need`` (see :class:`~spillkit.policies.NextUse`);
     ``recosted(key, nbytes, cost)``
         a resident key's cost changed (default: ``removed`` then ``admitted``).
 
@@ -59,7 +66,7 @@ class Policy(ABC):
     @abstractmethod
     def victim(self) -> Hashable: ...
 
-    def victim_for(self, need: int) -> Hashable:
+    def victim_for(self, need: int, has_copy: Callable[[Hashable], bool] = no_copy) -> Hashable:
         return self.victim()
 
     def recosted(self, key: Hashable, nbytes: int, cost: float) -> None:

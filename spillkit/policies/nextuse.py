@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 from ._graph import NEVER, GraphPlan
 from ._heap import LazyHeap, Priority
-from .base import Policy
+from .base import Policy, no_copy
 
 __all__ = ["LRC", "GraphAware", "NextUse"]
 
@@ -85,13 +85,14 @@ class NextUse(GraphAware):
     far larger than that need is not spilled just because its next reader
     comes a little later: among the :attr:`CANDIDATES` keys read furthest
     ahead, the one freeing the most *useful* space-time per byte of I/O wins,
-    i.e. the largest ``distance x min(1, need / size)`` (a key's reload costs
-    its size; only ``need`` of the bytes it frees are wanted now). Rechunk at
-    25% of peak memory loaded its 107 MiB input eleven times to make room
-    for 7 MiB outputs read two tasks sooner; with this its replayed I/O fell
-    from 2.52 to 1.37 GiB (FOO bound 0.87 GiB), 21% less on the shipped
-    rechunk trace at 5%, and every other shipped trace and budget stayed
-    within 1% (``python experiments/need_aware.py``).
+    i.e. the largest ``distance x min(1, need / size) / io`` where ``io`` is
+    1 for a key with an unchanged copy on disk (its reload) and 2 otherwise
+    (write and reload). Rechunk at 25% of peak memory loaded its 107 MiB
+    input eleven times to make room for 7 MiB outputs read two tasks sooner;
+    with the need alone its replayed I/O fell from 2.52 to 1.37 GiB (FOO
+    bound 0.87 GiB), and counting writes took it to 1.28 GiB; matmul at 5%
+    fell 8% (settled) and 16% (strict); no shipped trace or budget got worse
+    by more than 1% (``python experiments/need_aware.py``).
 
     Examples
     --------
@@ -106,7 +107,7 @@ class NextUse(GraphAware):
     name = "nextuse"
     CANDIDATES = 8  # keys read furthest ahead that victim_for weighs (4 and 64 measured the same)
 
-    def victim_for(self, need: int) -> Hashable:
+    def victim_for(self, need: int, has_copy: Callable[[Hashable], bool] = no_copy) -> Hashable:
         candidates = self._heap.smallest(self.CANDIDATES)
         if not candidates:
             raise KeyError("no resident keys")
@@ -122,6 +123,8 @@ class NextUse(GraphAware):
             # a key already due still counts as half a task away, never as zero or negative.
             distance = max(next_use - now, 0.5)
             score = distance * min(1.0, need / size) if size > 0 else distance
+            if has_copy(key):
+                score *= 2.0  # nothing to write: its I/O is the reload alone, half a dirty key's
             if score > best_score:
                 best, best_score = key, score
         return best
