@@ -672,7 +672,7 @@ def report(
                 "",
             ]
         verdicts.append(verdict(name, summary))
-    lines += ["### Targets (issue 4)", "", *verdicts, ""]
+    lines += ["### Targets (issues 4 and 8)", "", *verdicts, ""]
     return "\n".join(lines).rstrip("\n")
 
 
