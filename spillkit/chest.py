@@ -371,23 +371,68 @@ class Chest(MutableMapping[Hashable, Any]):
         other values are flushed and committed. A flush killed or failing
         (``OSError``) before the manifest is renamed into place leaves the
         previous flush's state. See docs/durability.md.
+
+        After a failed fsync the file or segment is not trusted again: the next
+        flush writes each value it held anew (from memory, or read back with
+        its checks) and fsyncs the new copy. A value whose copy on disk fails
+        its checks then is named by the ``SpillError`` and left out of the
+        manifest; the key stays (reading it raises ``CorruptSpillFile``).
         """
         self._check_open()
         with self._engine.lock:
-            failures = self._engine.write_all()  # writes and fsyncs the files, then the directory
-            if self._store.retained and any(_disk_full(error) for _, error in failures):
-                # The files kept for the previous flush may be what fills the disk: commit what
-                # is written (which frees them), then write the rest.
+            try:
+                self._engine.wait_for_writes()  # a write in flight may replace an unsynced record
+                failures = self._rewrite_unsynced()
+                failures += self._engine.write_all()  # writes and fsyncs the files, then the directory
+                if self._store.retained and any(_disk_full(error) for _, error in failures):
+                    # The files kept for the previous flush may be what fills the disk: commit what
+                    # is written (which frees them), then write the rest.
+                    self._commit_manifest()
+                    failures = self._rewrite_unsynced()
+                    failures += self._engine.write_all()
                 self._commit_manifest()
-                failures = self._engine.write_all()
-            self._commit_manifest()
+            except OSError:
+                # If an fsync failed, values still in memory let go of their untrusted records now:
+                # an eviction before the next flush then writes them anew instead of dropping the
+                # only copy known to be right.
+                self._drop_unsynced_in_memory()
+                raise
         self._flush_failures = tuple(failures)
         if failures:
             keys = ", ".join(repr(k) for k, _ in failures[:5])
             raise SpillError(f"flush could not write {len(failures)} value(s), keys {keys}") from failures[0][1]
 
+    def _rewrite_unsynced(self) -> list[tuple[Hashable, BaseException]]:
+        """Give every record whose fsync failed a new copy; return the keys that could not get one.
+
+        A failed fsync may have dropped the dirty pages (Linux marks them clean and reports the
+        error once), so the bytes on disk are unknown and a retried fsync proves nothing. A value
+        still in memory loses its record (here, or already when the fsync failed) and ``write_all``
+        writes it again from memory; one only on disk is read back with its CRC and HMAC checked
+        (the page cache usually still holds the right bytes) and written to a new file or the
+        active segment, fsynced by the flush. A key that fails (its copy fails the checks, or the
+        disk refuses) stays listed by ``unsynced_keys``, out of the manifest, and is tried again
+        by the next flush.
+        """
+        store = self._store
+        self._drop_unsynced_in_memory()
+        failures: list[tuple[Hashable, BaseException]] = []
+        for key in store.unsynced_keys():
+            try:
+                store.write(key, store.read(key))
+            except Exception as error:
+                failures.append((key, error))
+        return failures
+
+    def _drop_unsynced_in_memory(self) -> None:
+        """Drop the untrusted record of each value in memory: ``write_all`` or an eviction writes it anew."""
+        for key in self._store.unsynced_keys():
+            if key in self._engine.memory:
+                self._store.delete(key)
+
     def _commit_manifest(self) -> None:
         engine, store = self._engine, self._store
+        unsynced = set(store.unsynced_keys())  # their bytes are not known to be on disk: never named
         entries = [
             ManifestEntry(
                 key,
@@ -399,6 +444,7 @@ class Chest(MutableMapping[Hashable, Any]):
                 *store.location(key),
             )
             for key, name in store.names().items()
+            if key not in unsynced
         ]
         names = [entry.name for entry in entries]  # packed records are kept by pinned segments, files by name
         store.protect(names, add=True)  # if the commit fails half-way, either manifest may be on disk

@@ -153,6 +153,10 @@ class Compactor:
 
     def _compact(self, segment: Segment) -> None:
         """Copy the segment's live records to the active segment, then drop it if nothing live is left."""
+        if segment.unsynced:
+            # Its bytes on disk are unknown after a failed fsync; copied unchecked, its records would
+            # look durable elsewhere. The flush writes each anew, from memory or a verified read.
+            return
         order = sorted(segment.keys, key=lambda key: self._places[key].offset)
         start = 0
         while start < len(order):

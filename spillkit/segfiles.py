@@ -41,6 +41,10 @@ class Segment:
     pinned: bool = False  # the last manifest points into it: unlink only once a newer manifest is durable
     dirty: bool = False  # appended to since the last fsync
     appendable: bool = True  # False once a failed append could not be undone, or for a re-opened file
+    # An fsync failed: Linux may have dropped the dirty pages and reports that once, so the contents
+    # on disk are unknown and a second fsync would prove nothing. Its live records are written anew
+    # elsewhere (verified) before a manifest may name them; it takes no appends and is not compacted.
+    unsynced: bool = False
     pid: int = field(default_factory=os.getpid)  # a forked child never appends to nor unlinks its parent's
 
     def close(self) -> None:

@@ -56,7 +56,9 @@ class PackedStore(Compactor):
     Not thread-safe except :meth:`prepare`, which encodes in memory and touches
     no shared state: the engine holds the lock. A failed append is cut off
     again and changes nothing; compaction failures only warn (the records stay
-    where they were).
+    where they were). A segment whose fsync failed is never fsynced, appended
+    to or compacted again; its live records are listed by
+    :meth:`unsynced_keys` until each is written anew.
 
     Examples
     --------
@@ -298,13 +300,33 @@ class PackedStore(Compactor):
         return removed
 
     def sync(self) -> None:
-        """Compact pinned segments that are mostly dead, then fsync segments, files and the directory."""
+        """Compact pinned segments that are mostly dead, then fsync segments, files and the directory.
+
+        Raises the ``OSError`` of the first failed fsync. As for files (see
+        ``DiskStore.sync``), a segment whose fsync failed is not trusted again:
+        it is marked ``unsynced`` and no longer appended to, and its live
+        records are listed by :meth:`unsynced_keys` until each has a new record.
+        """
         self._compact_pinned()
         for segment in self._segments.values():
             if segment.dirty:
-                os.fsync(segment.fd)
+                try:
+                    os.fsync(segment.fd)
+                except OSError:
+                    segment.dirty = False
+                    segment.unsynced = True
+                    segment.appendable = False  # the next append starts a fresh segment (_writable)
+                    raise
                 segment.dirty = False
         self.inner.sync()
+
+    def unsynced_keys(self) -> list[Hashable]:
+        """Keys whose record lies in a file or segment that failed an fsync: to be written anew before a commit."""
+        keys = self.inner.unsynced_keys()
+        for segment in self._segments.values():
+            if segment.unsynced:
+                keys.extend(segment.keys)
+        return keys
 
     def protect(self, names: Iterable[str], *, add: bool = False) -> None:
         """A manifest naming ``names`` is committed (``add=True``: is about to be); see ``DiskStore.protect``.

@@ -74,7 +74,8 @@ class DiskStore:
     Not thread-safe except :meth:`prepare`: the engine that owns it holds the
     lock. On a failed write (serialization error, ``OSError``, quota) the
     previous file of the key, if any, is untouched and no temporary file is
-    left behind.
+    left behind. A file whose fsync failed is never fsynced again: see
+    :meth:`sync` and :meth:`unsynced_keys`.
 
     Copy-on-write for crash consistency: files named by :meth:`protect` (those
     of the last committed manifest) are never replaced or unlinked. A new value
@@ -106,6 +107,7 @@ class DiskStore:
         self._owners: dict[str, Hashable] = {}  # casefolded name -> key: injective even on case-insensitive disks
         self._reserved: dict[str, list[Any]] = {}  # casefolded name -> [key, writes in progress]
         self._dirty: set[str] = set()  # names written since the last sync()
+        self._unsynced: set[str] = set()  # names whose fsync failed: contents unknown until written anew
         self._temp_counter = itertools.count(1)  # next() is atomic: prepare runs in several threads
         # Crash consistency (see protect()): casefolded names the committed manifest references,
         # and the ones among them no key owns any more (name -> size), unlinked at the next protect().
@@ -243,6 +245,7 @@ class DiskStore:
         self._tags[key] = prepared.tag
         self._owners[name.casefold()] = key
         self._dirty.add(name)
+        self._unsynced.discard(name)  # a new inode under the name: its fsync is a fresh one
         return prepared.size
 
     def discard(self, prepared: PreparedWrite) -> None:
@@ -295,6 +298,7 @@ class DiskStore:
         size = self._sizes.pop(key)
         del self._owners[name.casefold()]
         self._dirty.discard(name)
+        self._unsynced.discard(name)
         if name.casefold() in self._protected:
             self._retained[name] = size  # the committed manifest's file: unlinked at the next protect()
             return
@@ -308,11 +312,22 @@ class DiskStore:
             warnings.warn(f"could not remove the spill file of {key!r}: {error!r}", SpillWarning, stacklevel=3)
 
     def sync(self) -> None:
-        """fsync every file written since the last sync, then the directory."""
+        """fsync every file written since the last sync, then the directory.
+
+        Raises the ``OSError`` of the first failure. A file whose fsync failed is
+        not fsynced again: Linux may drop the dirty pages of a failed writeback
+        (marked clean, the error reported once), so a second fsync could succeed
+        with the bytes never on disk. The key is listed by :meth:`unsynced_keys`
+        until a new file is written for it.
+        """
         for name in sorted(self._dirty):
             fd = os.open(os.path.join(self.path, name), os.O_RDONLY)
             try:
                 os.fsync(fd)
+            except OSError:
+                self._dirty.discard(name)
+                self._unsynced.add(name)
+                raise
             finally:
                 os.close(fd)
         self._dirty.clear()
@@ -321,6 +336,12 @@ class DiskStore:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+    def unsynced_keys(self) -> list[Hashable]:
+        """Keys whose file failed an fsync and was not written anew since: not durable, whatever a later fsync says."""
+        if not self._unsynced:
+            return []
+        return [key for key, name in self._names.items() if name in self._unsynced]
 
     def protect(self, names: Iterable[str], *, add: bool = False) -> None:
         """Keep the files ``names`` (a committed manifest's) from now on; unlink those it no longer names.
