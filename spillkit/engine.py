@@ -11,7 +11,7 @@ from .ledger import _MISSING as _MISSING  # re-exported: chest.py imports the se
 from .ledger import EngineLedger
 from .policies.base import Policy
 from .tiers import DiskTier
-from .transfers import DiskTransfers
+from .transfers import load, timed_write, write_through
 from .writebehind import WriteBehind
 
 __all__ = ["DiskTier", "SpillEngine"]
@@ -47,7 +47,7 @@ class SpillEngine(EngineLedger):
     The engine is split by concern, all under that one lock: its state and
     bookkeeping are :class:`~spillkit.ledger.EngineLedger` (a base class, so the
     hit path reads it without an extra lookup), loads and write-through are
-    :class:`~spillkit.transfers.DiskTransfers`, write-behind is
+    functions in :mod:`spillkit.transfers`, write-behind is
     :class:`~spillkit.writebehind.WriteBehind`, and live-object reuse is
     :class:`~spillkit.liveobjects.LiveObjects`. This class keeps the
     operations and the one loop that makes room.
@@ -65,7 +65,6 @@ class SpillEngine(EngineLedger):
     ) -> None:
         super().__init__(policy, budget, sizeof, reload_latency, reload_bandwidth)
         self.disk = disk
-        self._transfers = DiskTransfers(self)  # misses, write-through and timed writes
         if write_behind is not False:
             self._writer = WriteBehind(self, None if write_behind is True else int(write_behind))
 
@@ -80,7 +79,7 @@ class SpillEngine(EngineLedger):
             try:
                 value = self.memory[key]
             except KeyError:
-                return self._transfers.load(key)
+                return load(self, key)
             try:
                 self._touch(key)
             except KeyError:
@@ -104,7 +103,7 @@ class SpillEngine(EngineLedger):
                 self._check_open()
             if nbytes > self.budget:
                 hash(key)  # an unhashable key fails before a file is named after it
-                self._transfers.write_through(key, value, nbytes, cost)
+                write_through(self, key, value, nbytes, cost)
                 return
             existed = key in self._nbytes  # TypeError for an unhashable key, before any change
             old = self._pop_resident(key) if existed else _MISSING
@@ -235,7 +234,7 @@ class SpillEngine(EngineLedger):
                 if key in self.disk:
                     continue
                 try:
-                    self._transfers.write(key, self.memory[key])
+                    timed_write(self, key, self.memory[key])
                 except Exception as error:
                     self.stats.spill_failures += 1
                     failures.append((key, error))
@@ -297,7 +296,7 @@ class SpillEngine(EngineLedger):
             return True
         else:
             try:
-                written, seconds = self._transfers.write(key, value)
+                written, seconds = timed_write(self, key, value)
             except SpillError:
                 raise
             except OSError as error:
