@@ -94,6 +94,27 @@ def test_a_temporary_directory_is_removed_on_garbage_collection(cycle: bool) -> 
     assert not os.path.exists(path)
 
 
+class _Weakrefable:
+    pass
+
+
+def test_a_dropped_chest_frees_its_resident_values_without_the_cycle_collector(tmp_path: Path) -> None:
+    # The engine must not sit in a reference cycle (e.g. a helper holding it back): a dropped
+    # Chest's values would then stay in memory until the cyclic collector happened to run.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        chest = Chest(path=tmp_path / "c", available_memory=10 * UNIT, sizeof=unit_sizeof)
+        value = _Weakrefable()
+        chest["k"] = value
+        alive = weakref.ref(value)
+        del value, chest
+        assert alive() is None
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 EXIT_SCRIPT = """
 import json, os, sys
 from spillkit import Chest

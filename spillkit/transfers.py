@@ -1,0 +1,135 @@
+"""Moving one value between the engine's memory and its disk tier: timed, counted, explained on failure.
+
+Loads on a miss, write-through of values larger than the budget, and timed
+writes. Each function does the disk I/O, times it into the engine's stats and
+updates the engine's ledger exactly as the engine itself would; the engine's
+one loop (``SpillEngine._make_room``) stays the only place that chooses what
+leaves memory. Nothing here is on the hit path.
+
+These are functions of the engine, not methods of an object the engine owns,
+on purpose: a helper holding a reference back to its engine would make every
+engine a reference cycle, so a dropped Chest's values would stay in memory
+until the cyclic garbage collector ran instead of being freed at once.
+
+Thread-safety: call them with the engine's lock held (they take none; DESIGN
+principle 7). Failures propagate as the engine documents them: a disk or codec
+error on load is counted in ``stats.load_failures`` and re-raised with a note
+naming the key; a failed write-through is counted and re-raised with nothing
+stored; a :class:`~spillkit.errors.DiskQuotaExceeded` is also counted in
+``stats.quota_errors``.
+
+Examples
+--------
+>>> import tempfile
+>>> from spillkit import Chest
+>>> with tempfile.TemporaryDirectory() as tmp:
+...     chest = Chest(path=tmp + "/c", available_memory=10, sizeof=lambda v: 20)
+...     chest["big"] = [1]  # over the budget: written through, never resident
+...     chest.stats.direct_writes, chest["big"], chest.stats.loads
+...     chest.drop()
+(1, [1], 1)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Any
+
+from .errors import CorruptSpillFile, DiskQuotaExceeded, SpillError
+from .events import GIVEN_COST, LOAD, MISS, PUT, REUSED
+from .ledger import _MISSING
+
+if TYPE_CHECKING:
+    from .engine import SpillEngine
+
+__all__ = ["load", "timed_write", "write_through"]
+
+
+def timed_write(engine: SpillEngine, key: Hashable, value: Any) -> tuple[int, float]:
+    """Write one value to the disk tier; return (bytes written, seconds). Counted in stats."""
+    start = time.perf_counter()
+    try:
+        written = engine.disk.write(key, value)
+    except DiskQuotaExceeded:
+        engine.stats.quota_errors += 1
+        raise
+    seconds = time.perf_counter() - start
+    engine.stats.observe_write(written, seconds)
+    return written, seconds
+
+
+def write_through(engine: SpillEngine, key: Hashable, value: Any, nbytes: int, cost: float | None) -> None:
+    """Store a value larger than the budget straight on disk, replacing any value of the key."""
+    try:
+        written, seconds = timed_write(engine, key, value)
+    except OSError:
+        engine.stats.spill_failures += 1
+        raise
+    except Exception as error:
+        if not isinstance(error, SpillError):
+            error.add_note(
+                f"spillkit: value for key {key!r} ({nbytes} bytes) exceeds the memory "
+                "budget and must go to disk; nothing was stored"
+            )
+        raise
+    if key in engine._nbytes:
+        resident = engine._pop_resident(key) is not _MISSING
+        in_flight = engine._writer is not None and engine._writer.cancel(key)
+        if not in_flight and not resident:
+            engine._spilled_nbytes -= engine._nbytes[key]  # replaces a spilled value
+        engine._refs.pop(key, None)
+    engine._nbytes[key] = nbytes
+    engine._spilled_nbytes += nbytes
+    if cost is None:
+        engine._costs.pop(key, None)
+    else:
+        engine._costs[key] = cost
+    engine.stats.puts += 1
+    engine.stats.direct_writes += 1
+    if engine.listeners:
+        engine._emit(PUT, key, nbytes, written, seconds, detail="" if cost is None else GIVEN_COST)
+
+
+def load(engine: SpillEngine, key: Hashable) -> Any:
+    """Return a value that is not resident, and admit it when it fits; KeyError if absent."""
+    engine._check_open()
+    if key not in engine._nbytes:
+        engine.stats.misses += 1
+        if engine.listeners:
+            engine._emit(MISS, key, 0)
+        raise KeyError(key)
+    if engine._writer is not None and key in engine._writer.pending:
+        return engine._writer.rescue(key)
+    nbytes = engine._nbytes[key]
+    value = engine._refs.take(key)
+    if value is not None:  # still alive elsewhere: hand back that object, read nothing
+        engine.stats.reused += 1
+        if engine.listeners:
+            engine._emit(LOAD, key, nbytes, detail=REUSED, object_id=id(value))
+    else:
+        start = time.perf_counter()
+        try:
+            value = engine.disk.read(key)
+        except Exception as error:
+            engine.stats.load_failures += 1
+            if not isinstance(error, CorruptSpillFile):  # that one names the key already
+                error.add_note(f"spillkit: raised while loading the value of key {key!r} from disk")
+            raise
+        seconds = time.perf_counter() - start
+        read = engine.disk.file_bytes(key)
+        engine.stats.observe_read(read, seconds)
+        if engine.listeners:
+            engine._emit(LOAD, key, nbytes, read, seconds, object_id=id(value))
+    if nbytes <= engine.budget:
+        # Loads make room even while puts are deferred: deferral exists so that values
+        # about to be deleted are not written, and a value being read is not one of them.
+        try:
+            engine._make_room(nbytes)
+        except SpillError:
+            return value  # no room can be made now; serve it without caching
+        engine._spilled_nbytes -= nbytes
+        engine._admit(key, value, nbytes)
+        if engine._writer is not None:
+            engine._writer.throttle()
+    return value

@@ -1,0 +1,173 @@
+"""The engine's side of write-behind: what an eviction, a read or a cancel does to a write in flight.
+
+:class:`~spillkit.writer.BackgroundWriter` owns the queue and the thread;
+:class:`WriteBehind` owns the engine bookkeeping around it (handing a victim
+over, taking it back on a read, committing or failing its write). It lives
+outside ``engine.py`` to keep the engine's one loop readable; it holds no lock
+of its own (DESIGN principle 7): the engine calls it under the engine's lock,
+and the writer thread takes that same lock around every commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Any
+
+from .errors import DiskQuotaExceeded, SpillError
+from .events import HIT, SPILL
+from .tiers import StagedDiskTier
+from .writer import BackgroundWriter, PendingWrite
+
+if TYPE_CHECKING:
+    from .engine import SpillEngine
+
+__all__ = ["WriteBehind"]
+
+
+class WriteBehind:
+    """Write-behind bookkeeping for one :class:`~spillkit.engine.SpillEngine`.
+
+    An evicted value leaves memory and the policy's view at once, and is
+    counted in :attr:`in_flight_bytes` until its background write commits. A
+    read before then takes it back into memory; a put or delete of the key
+    cancels the write. ``cap`` bounds the bytes in flight (None: twice the
+    largest value, at least an eighth of the engine's budget).
+
+    Thread-safe only under the engine's lock: every method except
+    :meth:`join` must be called with ``engine.lock`` held, and the writer
+    thread takes that lock around each commit. A failed background write is
+    never raised into a caller: the value goes back into memory (or is set
+    aside when it cannot be serialized), counted in ``failures`` and the
+    engine's stats, and warned about.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from spillkit import Chest
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     chest = Chest(path=tmp + "/c", available_memory=10, sizeof=lambda v: 4, write_behind=True)
+    ...     for i in range(8):
+    ...         chest[i] = [i]
+    ...     chest.wait_for_writes()
+    ...     chest.engine.in_flight_bytes, chest[0]
+    ...     chest.drop()
+    (0, [0])
+    """
+
+    def __init__(self, engine: SpillEngine, cap: int | None) -> None:
+        self._engine = engine
+        self.writer = BackgroundWriter(engine.lock, self._prepare, self._finish, cap)
+        self.writer.floor = engine.budget // 8
+        self.pending = self.writer.pending  # the same dict, read directly by the engine and tests
+
+    @property
+    def in_flight_bytes(self) -> int:
+        """Memory size of evicted values whose background write has not completed."""
+        return self.writer.in_flight_bytes
+
+    @property
+    def failures(self) -> int:
+        """Background writes that failed."""
+        return self.writer.failures
+
+    @property
+    def _staged(self) -> StagedDiskTier:
+        return self._engine.disk  # type: ignore[return-value]  # only DiskStore-like tiers get a writer
+
+    def hand_off(self, key: Hashable, value: Any, nbytes: int) -> None:
+        """Evict a resident key by queueing its write (lock held)."""
+        engine, writer = self._engine, self.writer
+        del engine.memory[key]
+        engine._release(value)
+        engine.policy.evicted(key)
+        pending = writer.pending.get(key)
+        if pending is None:
+            writer.submit(PendingWrite(key, value, nbytes, self._staged.reserve(key)))
+        else:  # read back while its first write was running: that write now completes the eviction
+            pending.evicting = True
+        writer.in_flight_bytes += nbytes
+
+    def cancel(self, key: Hashable) -> bool:
+        """Cancel the key's write in flight (lock held); True if the value was out of memory (evicting)."""
+        pending = self.writer.cancel(key)
+        return pending is not None and pending.evicting
+
+    def throttle(self) -> None:
+        """Wait (lock released meanwhile) while more bytes than the cap are in flight."""
+        writer = self.writer
+        if writer.in_flight_bytes > writer.cap:
+            writer.wait_below(writer.cap)
+
+    def rescue(self, key: Hashable) -> Any:
+        """Read a value whose write is in flight: from memory, taken back if it was evicting."""
+        engine = self._engine
+        pending = self.writer.pending[key]
+        value = pending.value
+        if pending.evicting:
+            pending.evicting = False
+            self.writer.in_flight_bytes -= pending.nbytes
+            with contextlib.suppress(SpillError):  # no room now: it is in memory regardless
+                engine._make_room(pending.nbytes)
+            engine._admit(key, value, pending.nbytes)
+        engine.stats.hits += 1
+        if engine.listeners:
+            engine._emit(HIT, key, pending.nbytes)
+        return value
+
+    def drain(self) -> None:
+        """Block until every queued write is done (lock held; released while waiting)."""
+        self.writer.drain()
+
+    def join(self) -> None:
+        """Wait for the writer thread to exit (call without the lock)."""
+        self.writer.join()
+
+    def _prepare(self, pending: PendingWrite) -> Any:
+        # On the writer thread, without the lock: the slow part (pickling, the temporary file).
+        return self._staged.prepare(pending.key, pending.value, pending.name)
+
+    def _finish(self, pending: PendingWrite, prepared: Any, error: BaseException | None, seconds: float) -> None:
+        # On the writer thread, under the lock.
+        engine, writer, staged = self._engine, self.writer, self._staged
+        if not writer.is_current(pending):  # overwritten or deleted meanwhile: drop it
+            if prepared is not None:
+                staged.discard(prepared)
+            elif error is None:
+                staged.unreserve(pending.name)
+            return
+        del writer.pending[pending.key]
+        key, value, nbytes = pending.key, pending.value, pending.nbytes
+        if error is None:
+            try:
+                written = staged.commit(prepared)  # on failure it removes the temporary file itself
+            except Exception as caught:
+                error = caught
+        else:
+            staged.unreserve(pending.name)
+        if pending.evicting:
+            writer.in_flight_bytes -= nbytes
+        if error is None:
+            engine.stats.observe_write(written, seconds)
+            engine.stats.spills += 1
+            if pending.evicting:
+                engine._spilled_nbytes += nbytes
+                engine._refs.remember(key, value)
+            if engine.listeners:
+                engine._emit(SPILL, key, nbytes, written, seconds)
+            return
+        writer.failures += 1
+        if isinstance(error, DiskQuotaExceeded):
+            engine.stats.quota_errors += 1
+        serialization = not isinstance(error, (OSError, SpillError))
+        if pending.evicting:
+            engine._admit(key, value, nbytes, offer=not serialization)
+        elif serialization:
+            engine.policy.removed(key)
+        if serialization:
+            engine._unspillable.add(key)
+            engine.stats.unspillable += 1
+            what = "cannot be serialized; it stays in memory"
+        else:
+            what = "disk write failed; it stays in memory"
+        engine._spill_failed(key, nbytes, error, what)
