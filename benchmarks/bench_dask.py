@@ -586,11 +586,9 @@ def verdict(name: str, summary: dict[str, float]) -> str:
         parts.append(f"zict / Chest default + write-behind = **{summary['zict_over_wb']:.2f}x**")
     if "floor_vs_dict" in summary:
         floor = summary["floor_vs_dict"]
-        reach = "below" if floor > TARGET_VS_DICT else "above"
-        text = (
-            f"floor (dict + raw file I/O of the FOO bound's bytes) / dict = **{floor:.2f}x**: the target is {reach} "
-            "what any cache that copies the unavoidable bytes through files can reach here"
-        )
+        # A yardstick, not a bound: a cache that overlaps its I/O with the computation can beat it (measured
+        # at scale 0.5, where the Chest default ran at 0.77-0.95x of it).
+        text = f"floor (dict, then raw file I/O of the FOO bound's bytes, serially) / dict = **{floor:.2f}x**"
         extra = [f"{label} / floor = {summary[key]:.2f}x" for key, label in
                  (("default_vs_floor", "Chest default"), ("wb_vs_floor", "Chest default + write-behind"))
                  if key in summary]  # fmt: skip
@@ -631,8 +629,9 @@ def report(
         f"{start_rss / MiB:.0f} MiB resident at the start: the imported libraries). The floor row computes with "
         "a dict, then writes and reads back (open/write, readinto into fresh arrays) the bytes of FOO's lower "
         "bound at this budget (`spillkit.bounds.foo_lower_bound`: no cache can write + read fewer), split evenly, in "
-        "files the size of the largest value (1-32 MiB), serially: it is what any cache that copies the "
-        "unavoidable bytes through the page cache pays here, with nothing of its own. Written/read: Chest "
+        "files the size of the largest value (1-32 MiB), serially: the I/O a cache cannot avoid, at raw file speed, "
+        "with nothing of its own; a yardstick, not a bound (a cache that overlaps I/O with the computation can "
+        "beat it). Written/read: Chest "
         "`stats.spill_bytes` / `load_bytes`; zict: bytes through the `StrKeys(zict.File)` wrapper. "
         "Write s / read s: time dask's scheduler thread (the one that does every cache operation) spent "
         "serializing + writing / reading + deserializing (Chest `spill_seconds` / `load_seconds`; zict: "
