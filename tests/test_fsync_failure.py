@@ -181,14 +181,20 @@ def test_a_failed_fsync_is_never_retried_on_the_same_file(
     assert reopened(tmp_path / "chest", packed) == expected
 
 
+def flush_fails_once(tmp_path: Path, inject: Any, packed: bool, key: str) -> tuple[Chest, dict[str, Any]]:
+    """A filled Chest whose flush just failed because the fsync of ``key``'s file or segment failed."""
+    chest, expected = filled(tmp_path / "chest", packed)
+    inject(chest, key)
+    with pytest.raises(OSError):
+        chest.flush()
+    return chest, expected
+
+
 @pytest.mark.parametrize("packed", MODES)
 def test_a_value_in_memory_is_rewritten_from_memory_not_from_the_disk(
     tmp_path: Path, inject: Any, packed: bool
 ) -> None:
-    chest, expected = filled(tmp_path / "chest", packed)
-    inject(chest, "k4")
-    with pytest.raises(OSError):
-        chest.flush()
+    chest, expected = flush_fails_once(tmp_path, inject, packed, "k4")
     assert "k4" in chest.inmem
     if "k4" in chest._store:  # the record that failed its fsync: only the copy in memory is right
         flip_last_byte(chest, "k4")
@@ -201,10 +207,7 @@ def test_a_value_in_memory_is_rewritten_from_memory_not_from_the_disk(
 def test_a_read_back_that_fails_its_checks_is_named_and_not_committed(
     tmp_path: Path, inject: Any, packed: bool
 ) -> None:
-    chest, expected = filled(tmp_path / "chest", packed)
-    inject(chest, "k0")
-    with pytest.raises(OSError):
-        chest.flush()
+    chest, expected = flush_fails_once(tmp_path, inject, packed, "k0")
     assert "k0" not in chest.inmem
     flip_last_byte(chest, "k0")  # the page cache lost the right bytes: the read back fails its HMAC
     with warnings.catch_warnings():
@@ -226,10 +229,7 @@ def test_a_read_back_that_fails_its_checks_is_named_and_not_committed(
 
 
 def test_the_segment_that_failed_takes_no_more_appends(tmp_path: Path, inject: Any) -> None:
-    chest, expected = filled(tmp_path / "chest", packed=True)
-    inject(chest, "k0")
-    with pytest.raises(OSError):
-        chest.flush()
+    chest, expected = flush_fails_once(tmp_path, inject, True, "k0")
     target = file_of(chest, "k0")
     for i in range(3):  # "new0" is spilled by the later two
         chest[f"new{i}"] = expected[f"new{i}"] = payload(70 + i)
@@ -242,10 +242,7 @@ def test_the_segment_that_failed_takes_no_more_appends(tmp_path: Path, inject: A
 
 
 def test_compaction_does_not_copy_an_unsynced_record_unchecked(tmp_path: Path, inject: Any) -> None:
-    chest, expected = filled(tmp_path / "chest", packed=True)
-    inject(chest, "k0")
-    with pytest.raises(OSError):
-        chest.flush()
+    chest, expected = flush_fails_once(tmp_path, inject, True, "k0")
     target = file_of(chest, "k0")
     flip_last_byte(chest, "k0")
     chest["new0"] = expected["new0"] = payload(70)
@@ -265,10 +262,7 @@ def test_compaction_does_not_copy_an_unsynced_record_unchecked(tmp_path: Path, i
 def test_a_value_evicted_after_the_failed_fsync_is_written_anew_from_memory(
     tmp_path: Path, inject: Any, packed: bool
 ) -> None:
-    chest, expected = filled(tmp_path / "chest", packed)
-    inject(chest, "k4")
-    with pytest.raises(OSError):
-        chest.flush()
+    chest, expected = flush_fails_once(tmp_path, inject, packed, "k4")
     assert "k4" in chest.inmem
     if "k4" in chest._store:  # still the untrusted record: an eviction would drop the good copy
         flip_last_byte(chest, "k4")
