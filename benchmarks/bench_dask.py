@@ -596,7 +596,7 @@ def verdict(name: str, summary: dict[str, float]) -> str:
     if "floor_vs_dict" in summary:
         floor = summary["floor_vs_dict"]
         # A yardstick, not a bound: a cache that overlaps its I/O with the computation can beat it (measured
-        # at scale 0.5, where the Chest default ran at 0.67-0.95x of it). The CPU-time bound below is one.
+        # at scale 0.5, where the Chest default ran at 0.67-0.95x of it). The CPU-time estimate below approximates one.
         text = f"floor (dict, then raw file I/O of the FOO bound's bytes, serially) / dict = **{floor:.2f}x**"
         extra = [f"{label} / floor = {summary[key]:.2f}x" for key, label in
                  (("default_vs_floor", "Chest default"), ("wb_vs_floor", "Chest default + write-behind"))
@@ -605,13 +605,15 @@ def verdict(name: str, summary: dict[str, float]) -> str:
     if "cpu_bound_vs_dict" in summary:
         bound = summary["cpu_bound_vs_dict"]
         parts.append(
-            f"CPU-time bound ((dict CPU s + floor I/O s) / {os.cpu_count() or 1} CPUs, over the dict's wall time) "
+            f"CPU-time estimate ((dict CPU s + floor I/O s) / {os.cpu_count() or 1} CPUs, over the dict's wall time) "
             f"= **{bound:.2f}x**: "
             + (
-                f"no cache that copies the FOO bound's bytes at raw file speed can meet the {TARGET_VS_DICT}x target "
-                "here, overlap or not (an estimate: the floor's I/O is timed by the wall clock)"
+                "by this estimate no cache that copies the FOO bound's bytes at raw file speed can meet the "
+                f"{TARGET_VS_DICT}x target here, overlap or not (an estimate, not a proof: the floor's I/O is timed "
+                "by the wall clock, the dict run pays page faults for its whole peak, and FOO's bytes are for the "
+                "synchronous order)"
                 if bound > TARGET_VS_DICT
-                else f"this bound does not rule out the {TARGET_VS_DICT}x target"
+                else f"this estimate does not rule out the {TARGET_VS_DICT}x target"
             )
         )
     return f"- {name}: " + "; ".join(parts)
@@ -652,8 +654,8 @@ def report(
         "bound at this budget (`spillkit.bounds.foo_lower_bound`: no cache can write + read fewer), split evenly, in "
         "files the size of the largest value (1-32 MiB), serially: the I/O a cache cannot avoid, at raw file speed, "
         "with nothing of its own; a yardstick, not a bound (a cache that overlaps I/O with the computation can "
-        "beat it). The CPU-time bound is one: any cache does the dict run's CPU work plus that I/O (in the page "
-        "cache, copies and page faults are CPU work), spread at best over every CPU; per repetition, "
+        "beat it). The CPU-time estimate approximates one: any cache does the dict run's CPU work plus that I/O "
+        "(in the page cache, copies and page faults are CPU work), spread at best over every CPU; per repetition, "
         "(dict CPU s + floor I/O s) / CPUs over the dict's wall time. Written/read: Chest "
         "`stats.spill_bytes` / `load_bytes`; zict: bytes through the `StrKeys(zict.File)` wrapper. "
         "Write s / read s: time dask's scheduler thread (the one that does every cache operation) spent "

@@ -23,7 +23,10 @@ def read_buffer(size: int) -> memoryview:
     Thread-safe. Raises ``MemoryError`` when the allocation fails.
     """
     numpy = sys.modules.get("numpy")
-    if numpy is not None and size >= UNINITIALIZED_FROM:
-        view: memoryview = memoryview(numpy.empty(size, dtype=numpy.uint8)).cast("B")
+    # While another thread is still importing numpy, the module is in sys.modules without its names yet.
+    empty = getattr(numpy, "empty", None)
+    uint8 = getattr(numpy, "uint8", None)
+    if empty is not None and uint8 is not None and size >= UNINITIALIZED_FROM:
+        view: memoryview = memoryview(empty(size, dtype=uint8)).cast("B")
         return view
     return memoryview(bytearray(size))

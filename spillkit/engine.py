@@ -231,7 +231,7 @@ class SpillEngine(EngineLedger):
         with self.lock:
             self.wait_for_writes()
             for key in list(self.memory):
-                if key in self.disk:
+                if self.disk.has_copy(key):
                     continue
                 try:
                     timed_write(self, key, self.memory[key])
@@ -278,7 +278,7 @@ class SpillEngine(EngineLedger):
         limit = self.budget - incoming
         while self.memory_bytes > limit:
             try:
-                key = self.policy.victim_for(self.memory_bytes - limit, self.disk.__contains__)
+                key = self.policy.victim_for(self.memory_bytes - limit, self.disk.has_copy)
             except KeyError:
                 return
             if not self._spill(key):
@@ -288,7 +288,7 @@ class SpillEngine(EngineLedger):
         """Act on one victim; False when the disk failed and the round should stop."""
         value = self.memory[key]
         nbytes = self._nbytes[key]
-        if key in self.disk:
+        if self.disk.has_copy(key):  # not a record whose fsync failed: that one may not hold these bytes
             written, seconds, kind = 0, 0.0, EVICT
             self.stats.evictions += 1
         elif background and self._writer is not None:

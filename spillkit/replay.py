@@ -76,6 +76,9 @@ class SizeOnlyDisk:
     def __contains__(self, key: object) -> bool:
         return key in self._sizes
 
+    def has_copy(self, key: Hashable) -> bool:
+        return key in self._sizes
+
     def write(self, key: Hashable, value: Any) -> int:
         nbytes = _size(value)
         self.total_bytes += nbytes - self._sizes.get(key, 0)

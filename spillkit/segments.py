@@ -103,6 +103,11 @@ class PackedStore(Compactor):
     def __iter__(self) -> Iterator[Hashable]:
         return iter([*self._places, *self.inner])
 
+    def has_copy(self, key: Hashable) -> bool:
+        """True when the key has a record that can stand in for its value (none whose fsync failed)."""
+        place = self._places.get(key)
+        return self.inner.has_copy(key) if place is None else not place.segment.unsynced
+
     def file_bytes(self, key: Hashable) -> int:
         """Bytes of the key's record (header included), packed or in a file of its own."""
         place = self._places.get(key)

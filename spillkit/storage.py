@@ -337,6 +337,11 @@ class DiskStore:
         finally:
             os.close(fd)
 
+    def has_copy(self, key: Hashable) -> bool:
+        """True when the key has a file that can stand in for its value (not one whose fsync failed)."""
+        name = self._names.get(key)
+        return name is not None and name not in self._unsynced
+
     def unsynced_keys(self) -> list[Hashable]:
         """Keys whose file failed an fsync and was not written anew since: not durable, whatever a later fsync says."""
         if not self._unsynced:

@@ -33,6 +33,14 @@ def test_without_numpy_loaded_a_bytearray_is_used(monkeypatch: pytest.MonkeyPatc
     assert isinstance(view.obj, bytearray) and not view.readonly
 
 
+def test_a_numpy_still_being_imported_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Found in review: another thread's `import numpy` puts the module in sys.modules before it has `empty`.
+    half_imported = SimpleNamespace()
+    monkeypatch.setattr(buffers, "sys", SimpleNamespace(modules={"numpy": half_imported}))
+    view = read_buffer(4 * UNINITIALIZED_FROM)
+    assert isinstance(view.obj, bytearray) and view.nbytes == 4 * UNINITIALIZED_FROM
+
+
 @pytest.mark.parametrize("numpy_loaded", [True, False])
 def test_loaded_arrays_are_equal_and_writable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, numpy_loaded: bool

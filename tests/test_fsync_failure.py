@@ -272,3 +272,22 @@ def test_a_value_evicted_after_the_failed_fsync_is_written_anew_from_memory(
     chest.flush()
     chest.close()
     assert reopened(tmp_path / "chest", packed) == expected
+
+
+@pytest.mark.parametrize("packed", MODES)
+def test_a_value_loaded_after_the_failed_fsync_is_written_anew_when_evicted(
+    tmp_path: Path, inject: Any, packed: bool
+) -> None:
+    # Found in review: a key spilled before the failed fsync, read back later, kept its untrusted record,
+    # and its eviction then dropped the good copy in memory (a record on disk normally means "no write").
+    chest, expected = flush_fails_once(tmp_path, inject, packed, "k0")
+    assert "k0" not in chest.inmem and "k0" in chest._store.unsynced_keys()
+    assert chest["k0"] == expected["k0"]  # the page cache still holds the right bytes: back in memory
+    assert "k0" in chest.inmem and not chest._store.has_copy("k0")
+    for i in range(3):  # evict k0 again
+        chest[f"new{i}"] = expected[f"new{i}"] = payload(70 + i)
+    assert "k0" not in chest.inmem
+    assert "k0" not in chest._store.unsynced_keys()  # its eviction wrote a new record
+    chest.flush()
+    chest.close()
+    assert reopened(tmp_path / "chest", packed) == expected
