@@ -18,9 +18,7 @@ the synchronous scheduler. Contenders, all on the threaded scheduler:
   no callback, for every registered policy;
 * ``default``: ``with spillkit.dask.spilling(available_memory=budget)``
   (``NextUse`` + ``ChestCallback``: settles after dask's releases, so no dead writes);
-* ``callback <policy>``: ``with spillkit.dask.costs(chest)`` and ``cache=chest``;
-* ``floor``: the dict computation, then raw file I/O of FOO's minimum bytes at the budget;
-* ``floor-overlap``: the same I/O in a thread of its own, beside the dict computation.
+* ``callback <policy>``: ``with spillkit.dask.costs(chest)`` and ``cache=chest``.
 
 Every contender runs in a fresh process, forked from this script's parent
 process, which imports numpy, dask, zict and spillkit once and computes
@@ -64,7 +62,6 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Hashable, Iterator, MutableMapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -184,8 +181,6 @@ class Contender:
             return "**Chest default + write-behind** (`spilling(write_behind=True)`)"
         if self.kind == "floor":
             return "floor: dict + raw file I/O of the minimum bytes"
-        if self.kind == "floor-overlap":
-            return "floor, overlapped: dict beside raw file I/O of the minimum bytes"
         return f"Chest {self.kind} {self.policy}"
 
 
@@ -197,7 +192,6 @@ def contenders() -> list[Contender]:
         Contender("default"),
         Contender("default-wb"),
         Contender("floor"),
-        Contender("floor-overlap"),
         *(Contender("callback", p) for p in names),
         *(Contender("strict", p) for p in names),
     ]
@@ -233,7 +227,7 @@ def raw_io(nbytes: int, chunk: int, directory: str) -> None:
     pickling, no checksum, no bookkeeping). Each read goes into a freshly allocated array, as a cache's
     load must; the bytes written come from one array made before the clock started (``source``).
     """
-    paths: list[tuple[str, int]] = []
+    paths = []
     view = _floor_source(chunk).data.cast("B")
     left = nbytes
     while left > 0:
@@ -245,12 +239,6 @@ def raw_io(nbytes: int, chunk: int, directory: str) -> None:
     for path, n in paths:
         read_into(path, np.empty(n, dtype=np.uint8).data.cast("B"))
         os.unlink(path)
-
-
-def _timed_raw_io(floor: tuple[int, int], directory: str) -> float:
-    start = time.perf_counter()
-    raw_io(floor[0], floor[1], directory)
-    return time.perf_counter() - start
 
 
 _SOURCES: dict[int, np.ndarray] = {}
@@ -281,7 +269,7 @@ def run_contender(
     A ``profiler`` is enabled for the timed region only. ``floor`` is (bytes, chunk) of the floor
     contender's raw I/O: it computes with a dict and then writes and reads back that many bytes.
     """
-    if contender.kind in ("floor", "floor-overlap"):
+    if contender.kind == "floor":
         _floor_source(floor[1])  # made before the clock starts
     start_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     # Warm up: dask imports modules and reads its config on the first compute; keep that out of the clock.
@@ -305,16 +293,6 @@ def run_contender(
         raw_io(floor[0], floor[1], tempfile.mkdtemp(prefix="floor-", dir=tmp))
         written = read = floor[0]
         write_seconds = read_seconds = (time.perf_counter() - io_start) / 2  # one clock for both: split evenly
-    elif contender.kind == "floor-overlap":
-        # The same bytes, written and read back in a thread of their own that runs beside the whole computation:
-        # the most overlap any cache could get (it cannot read a value back before computing it), with nothing
-        # of its own. What is left above the dict is what the I/O costs the computation on this machine.
-        with ThreadPoolExecutor(1) as pool:
-            io_job = pool.submit(_timed_raw_io, floor, tempfile.mkdtemp(prefix="floor-", dir=tmp))
-            result = collection.compute(scheduler="threads")
-            io_seconds = io_job.result()  # re-raises a failure of the I/O thread
-        written = read = floor[0]
-        write_seconds = read_seconds = io_seconds / 2
     elif contender.kind == "zict":
         directory = tempfile.mkdtemp(prefix="zict-", dir=tmp)
         store = StrKeys(zict.File(directory))
@@ -577,9 +555,9 @@ def table(cells: list[Cell]) -> tuple[str, dict[str, float]]:
     floor = by_kind.get(("floor", None))
     if floor is not None:
         summary["floor_vs_dict"] = median(paired(floor.series("wall"), base))
-        for key, chest_cell in (("default", default), ("wb", behind)):
-            if chest_cell is not None:
-                summary[f"{key}_vs_floor"] = median(paired(chest_cell.series("wall"), floor.series("wall")))
+        for key, cell in (("default", default), ("wb", behind)):
+            if cell is not None:
+                summary[f"{key}_vs_floor"] = median(paired(cell.series("wall"), floor.series("wall")))
         # An estimate of a lower bound that overlap cannot beat: any cache does about the dict run's CPU work
         # (the same tasks and scheduler) plus the unavoidable I/O, which in the page cache is CPU work too
         # (copies, page faults), spread over at most every CPU. Per repetition, over that repetition's dict wall.
@@ -589,10 +567,6 @@ def table(cells: list[Cell]) -> tuple[str, dict[str, float]]:
         summary["cpu_bound_vs_dict"] = median(
             [(c + io) / cpus / wall for c, io, wall in zip(dict_cell.series("cpu"), floor_io, base, strict=True)]
         )
-    overlapped = by_kind.get(("floor-overlap", None))
-    if overlapped is not None:
-        summary["overlap_vs_dict"] = median(paired(overlapped.series("wall"), base))
-        summary["overlap_vs_dict_best"] = min(overlapped.series("wall")) / min(base)
     return "\n".join(rows), summary
 
 
@@ -628,19 +602,6 @@ def verdict(name: str, summary: dict[str, float]) -> str:
                  (("default_vs_floor", "Chest default"), ("wb_vs_floor", "Chest default + write-behind"))
                  if key in summary]  # fmt: skip
         parts.append(text + (f" ({', '.join(extra)})" if extra else ""))
-    if "overlap_vs_dict" in summary:
-        overlap = summary["overlap_vs_dict"]
-        parts.append(
-            f"floor, overlapped (the same raw I/O in its own thread beside the dict computation) / dict = "
-            f"**{overlap:.2f}x** (best runs: {summary['overlap_vs_dict_best']:.2f}x): "
-            + (
-                f"above the {TARGET_VS_DICT}x target: on this machine the least I/O any cache must do, at raw file "
-                "speed, in a thread of its own beside the computation and with no cache code at all, already costs "
-                "more than the target allows (a yardstick, not a proof: see the caveats above)"
-                if overlap > TARGET_VS_DICT
-                else f"within the {TARGET_VS_DICT}x target: the I/O itself does not rule it out here"
-            )
-        )
     if "cpu_bound_vs_dict" in summary:
         bound = summary["cpu_bound_vs_dict"]
         parts.append(
@@ -693,13 +654,9 @@ def report(
         "bound at this budget (`spillkit.bounds.foo_lower_bound`: no cache can write + read fewer), split evenly, in "
         "files the size of the largest value (1-32 MiB), serially: the I/O a cache cannot avoid, at raw file speed, "
         "with nothing of its own; a yardstick, not a bound (a cache that overlaps I/O with the computation can "
-        "beat it). The overlapped floor does the same I/O in a thread of its own that runs beside the whole dict "
-        "computation, started with it: more overlap than any cache can have (a cache cannot write a value before "
-        "it is computed or read it back before it is spilled), with no cache code at all. It is not a proof "
-        "either: a cache could read into memory that is already faulted in, where the floor reads into fresh "
-        "arrays. The CPU-time estimate approximates a bound: any cache does the dict run's CPU work "
-        "plus that I/O (in the page cache, copies and page faults are CPU work), spread at best over every CPU; "
-        "per repetition, (dict CPU s + floor I/O s) / CPUs over the dict's wall time. Written/read: Chest "
+        "beat it). The CPU-time estimate approximates one: any cache does the dict run's CPU work plus that I/O "
+        "(in the page cache, copies and page faults are CPU work), spread at best over every CPU; per repetition, "
+        "(dict CPU s + floor I/O s) / CPUs over the dict's wall time. Written/read: Chest "
         "`stats.spill_bytes` / `load_bytes`; zict: bytes through the `StrKeys(zict.File)` wrapper. "
         "Write s / read s: time dask's scheduler thread (the one that does every cache operation) spent "
         "serializing + writing / reading + deserializing (Chest `spill_seconds` / `load_seconds`; zict: "
