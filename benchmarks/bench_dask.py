@@ -227,7 +227,7 @@ def raw_io(nbytes: int, chunk: int, directory: str) -> None:
     pickling, no checksum, no bookkeeping). Each read goes into a freshly allocated array, as a cache's
     load must; the bytes written come from one array made before the clock started (``source``).
     """
-    paths = []
+    paths: list[tuple[str, int]] = []
     view = _floor_source(chunk).data.cast("B")
     left = nbytes
     while left > 0:
@@ -555,9 +555,9 @@ def table(cells: list[Cell]) -> tuple[str, dict[str, float]]:
     floor = by_kind.get(("floor", None))
     if floor is not None:
         summary["floor_vs_dict"] = median(paired(floor.series("wall"), base))
-        for key, cell in (("default", default), ("wb", behind)):
-            if cell is not None:
-                summary[f"{key}_vs_floor"] = median(paired(cell.series("wall"), floor.series("wall")))
+        for key, chest_cell in (("default", default), ("wb", behind)):
+            if chest_cell is not None:
+                summary[f"{key}_vs_floor"] = median(paired(chest_cell.series("wall"), floor.series("wall")))
         # An estimate of a lower bound that overlap cannot beat: any cache does about the dict run's CPU work
         # (the same tasks and scheduler) plus the unavoidable I/O, which in the page cache is CPU work too
         # (copies, page faults), spread over at most every CPU. Per repetition, over that repetition's dict wall.
