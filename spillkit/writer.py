@@ -86,9 +86,7 @@ class BackgroundWriter:
         self.largest = max(self.largest, pending.nbytes)
         self._queue.append(pending)
         if self._thread is None:
-            self._thread = self._last_thread = threading.Thread(
-                target=self._run, name="spillkit-writer", daemon=True
-            )
+            self._thread = self._last_thread = threading.Thread(target=self._run, name="spillkit-writer", daemon=True)
             self._thread.start()
 
     def is_current(self, pending: PendingWrite) -> bool:

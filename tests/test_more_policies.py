@@ -28,8 +28,6 @@ else:
     LIBCACHESIM_MISSING = ""
 
 
-
-
 def admit(policy: Policy, keys: str | list[str], nbytes: int = 10, cost: float = 0.0) -> None:
     for key in keys:
         policy.admitted(key, nbytes, cost)

@@ -247,8 +247,6 @@ class TestPolicyContract:
 # ---- hand-written orderings ---------------------------------------------------------
 
 
-
-
 def test_lru_recency() -> None:
     policy = LRU()
     for key in "abc":

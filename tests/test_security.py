@@ -177,8 +177,7 @@ def test_two_processes_creating_the_same_directory_agree_on_one_key(tmp_path: Pa
     path = tmp_path / "shared"
     path.mkdir(mode=0o700)
     procs = [
-        subprocess.Popen([sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE, text=True)
-        for _ in range(6)
+        subprocess.Popen([sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE, text=True) for _ in range(6)
     ]
     keys = {proc.communicate(timeout=60)[0] for proc in procs}
     assert keys == {load_or_create_key(str(path)).hex()}
