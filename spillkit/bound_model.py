@@ -1,0 +1,178 @@
+"""The FOO bound's LP as data: a trace's lifetimes, their intervals, the flow terms and the bytes touched per request.
+
+:class:`_Model` builds the linear program that the module docstring of
+:mod:`spillkit.bounds` formulates (its variants, why it is a lower bound and
+how rows are dropped); :mod:`spillkit.bound_solvers` solves it.
+:func:`_lifetimes` is shared with :class:`spillkit.clairvoyant.Clairvoyant`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+__all__: list[str] = []  # helpers of spillkit.bounds, spillkit.bound_solvers and spillkit.clairvoyant
+
+
+def _lifetimes(requests: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
+    """Every stored value as ``[key, size, object, accesses, end]`` (accesses: put index, then reads)."""
+    lives: list[list[Any]] = []
+    current: dict[Hashable, list[Any]] = {}
+    tokens: dict[int, tuple[int, int]] = {}  # replay reuses one object per token while the size matches
+    n = len(requests)
+    for index, op in enumerate(requests):
+        tag = op[0]
+        if tag == "put":
+            key, size, token = op[1], int(op[2]), op[5]
+            old = current.get(key)
+            if old is not None:
+                old[4] = index
+            obj = tokens.get(token) if token else None
+            if obj is None or obj[1] != size:
+                obj = (len(lives), size)
+                if token:
+                    tokens[token] = obj
+            current[key] = [key, size, obj[0], [index], n]
+            lives.append(current[key])
+        elif tag == "get" and op[1] in current:
+            current[op[1]][3].append(index)
+        elif tag == "del" and op[1] in current:
+            current.pop(op[1])[4] = index
+    return lives
+
+
+class _Model:
+    """The LP's data: interval variables, the flow's entering/leaving terms, touched bytes per request."""
+
+    def __init__(self, requests: Sequence[tuple[Any, ...]], budget: int, settled: bool, dead_writes: bool) -> None:
+        n = self.n = len(requests)
+        self.budget = budget
+        self.sizes: list[int] = []  # per interval
+        self.reads: list[bool] = []  # per interval: a read ends it (missing it costs a load)
+        self.owner: list[int] = []  # per interval: its lifetime's write variable
+        self.writes: list[int] = []  # per write variable: the lifetime's size
+        self.flow: dict[tuple[int, int], int] = {}  # (request, interval) -> bytes entering (+) or leaving (-)
+        self.touched = [0] * n
+        self.constant = 0  # values over the budget: written straight to disk, read from it every time
+        counts_from = _settle_points(requests) if settled else None
+        last_get = {op[1]: index for index, op in enumerate(requests) if op[0] == "get"}
+        holders: dict[int, list[tuple[int, int, list[int], list[int | None], int]]] = {}
+        for key, size, obj, accesses, end in _lifetimes(requests):
+            reads = len(accesses) - 1
+            # Dead-skip frees the write of a value whose key is never read again (a later read of the key,
+            # even after an overwrite or a del, keeps it alive); the other modes write every spill.
+            charged = dead_writes or last_get.get(key, -1) > end
+            if size > budget:
+                self.constant += size * reads + (size if reads or charged else 0)
+                continue
+            if size == 0:
+                continue  # costs nothing, holds nothing
+            put = accesses[0]
+            start = counts_from[put] if counts_from is not None else put
+            bounds = list(itertools.pairwise(accesses))
+            if charged:
+                bounds.append((accesses[-1], end))
+            variables: list[int | None] = []
+            for number, (a, b) in enumerate(bounds):
+                low, high = max(a + 1, start), b - 1
+                if low > high:
+                    variables.append(None)  # never counted anywhere: free to keep
+                    continue
+                variable = len(self.sizes)
+                variables.append(variable)
+                self.sizes.append(size)
+                self.reads.append(number < reads)
+                self.owner.append(len(self.writes))
+                self._enter(low, high + 1, variable, size)
+            if any(v is not None for v in variables):
+                self.writes.append(size)
+            for r in accesses:
+                if r >= start:
+                    self.touched[r] += size
+            last = end - 1 if charged else accesses[-1]
+            if max(put, start) <= last:
+                holders.setdefault(obj, []).append((max(put, start), last, accesses, variables, size))
+        for group in holders.values():
+            if len(group) > 1:
+                self._count_once(requests, group)
+
+    def _enter(self, low: int, stop: int, variable: int, size: int) -> None:
+        """Count ``variable`` (``size`` bytes) at requests ``low .. stop - 1``."""
+        flow = self.flow
+        flow[low, variable] = flow.get((low, variable), 0) + size
+        flow[stop, variable] = flow.get((stop, variable), 0) - size
+
+    def _count_once(self, requests: Sequence[tuple[Any, ...]], group: list[Any]) -> None:
+        """Holders of one object overlap: at each request count one of them (the one accessed, else the oldest)."""
+        group.sort(key=lambda holder: holder[2][0])
+        cuts: set[int] = set()
+        for low, high, accesses, _variables, _size in group:
+            cuts.update((low, high + 1))
+            cuts.update(r for a in accesses if low <= a <= high for r in (a, a + 1))
+        points = sorted(cuts)
+        for u, v in itertools.pairwise(points):
+            present = [h for h in group if h[0] <= u and v - 1 <= h[1]]
+            if len(present) < 2:
+                continue
+            winner = present[0]
+            if v - u == 1 and requests[u][0] in ("put", "get"):
+                winner = next((h for h in present if u in h[2]), winner)
+            for holder in present:
+                if holder is winner:
+                    continue
+                variable = holder[3][bisect.bisect_right(holder[2], u) - 1]
+                if variable is not None:
+                    self._enter(u, v, variable, -holder[4])
+
+    def rows(self, compress: bool = True) -> list[int]:
+        """The requests whose memory constraint can bind (the others are implied); every one unless ``compress``."""
+        n, touched, budget = self.n, self.touched, self.budget
+        if not compress:
+            return list(range(n))
+        change = [0] * (n + 1)  # all-kept memory change at each request
+        entering = [0] * (n + 1)  # largest possible increase at each request
+        for (row, _), size in self.flow.items():
+            change[row] += size
+            if size > 0:
+                entering[row] += size
+        full, candidates = 0, []
+        for r in range(n):
+            full += change[r]
+            left = r == 0 or entering[r] + touched[r] - touched[r - 1] > 0  # else the previous row dominates
+            if left and full + touched[r] > budget:  # else it holds even if everything is kept
+                candidates.append(r)
+        if not candidates:
+            return []
+        between: dict[tuple[int, int], int] = {}  # (next candidate, interval) -> net change since the previous
+        for (row, variable), size in self.flow.items():
+            if row <= candidates[-1]:
+                entry = bisect.bisect_left(candidates, row), variable
+                between[entry] = between.get(entry, 0) + size
+        drop = [0] * len(candidates)  # largest possible decrease since the previous candidate
+        for (slot, _), size in between.items():
+            if size < 0:
+                drop[slot] -= size
+        kept = [r for i, r in enumerate(candidates[:-1]) if drop[i + 1] + touched[r] - touched[candidates[i + 1]] > 0]
+        return [*kept, candidates[-1]]
+
+    def lengths(self) -> list[int]:
+        """How many requests each interval is counted at."""
+        length = [0] * len(self.sizes)
+        for (row, variable), size in self.flow.items():
+            length[variable] -= row * size // self.sizes[variable]
+        return length
+
+
+def _settle_points(requests: Sequence[tuple[Any, ...]]) -> list[int]:
+    """For each request index, the first later request from which a value put there counts (settled mode)."""
+    n = len(requests)
+    recorded = any(op[0] == "settle" for op in requests)
+    first, following = [n] * n, n
+    for index in range(n - 1, -1, -1):
+        first[index] = following
+        tag = requests[index][0]
+        if (tag == "settle") if recorded else (tag != "del"):
+            following = index
+    return first
