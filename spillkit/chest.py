@@ -372,11 +372,16 @@ class Chest(MutableMapping[Hashable, Any]):
         (``OSError``) before the manifest is renamed into place leaves the
         previous flush's state. See docs/durability.md.
 
-        After a failed fsync the file or segment is not trusted again: the next
-        flush writes each value it held anew (from memory, or read back with
-        its checks) and fsyncs the new copy. A value whose copy on disk fails
-        its checks then is named by the ``SpillError`` and left out of the
-        manifest; the key stays (reading it raises ``CorruptSpillFile``).
+        After a failed fsync the file or segment is never fsynced again, and
+        what it held is not trusted: the next flush writes each such value anew
+        (from memory, or read back with its checks) and fsyncs the new copy.
+        Records of a segment that an earlier good fsync covered stay trusted
+        and committed. After a failed fsync of the directory, the files and
+        segments whose names were made since its last good fsync are written
+        anew the same way. A value whose copy on disk fails its checks, or
+        that the disk refuses, is named by the ``SpillError`` and left out of
+        the manifest; the key stays (reading a damaged copy raises
+        ``CorruptSpillFile``). See docs/durability.md.
         """
         self._check_open()
         with self._engine.lock:
@@ -403,7 +408,7 @@ class Chest(MutableMapping[Hashable, Any]):
             raise SpillError(f"flush could not write {len(failures)} value(s), keys {keys}") from failures[0][1]
 
     def _rewrite_unsynced(self) -> list[tuple[Hashable, BaseException]]:
-        """Give every record whose fsync failed a new copy; return the keys that could not get one.
+        """Give every record a failed fsync left untrusted a new copy; return the keys that could not get one.
 
         A failed fsync may have dropped the dirty pages (Linux marks them clean and reports the
         error once), so the bytes on disk are unknown and a retried fsync proves nothing. A value

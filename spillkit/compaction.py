@@ -30,6 +30,11 @@ class Place:
     tag: bytes
     name: str
 
+    @property
+    def trusted(self) -> bool:
+        """False when a failed fsync leaves the record's bytes on disk unknown (see ``Segment.trusts``)."""
+        return self.segment.trusts(self.offset, self.length)
+
 
 class Compactor:
     """Segments, the key -> record index, and the compaction that reclaims dead records.
@@ -38,7 +43,9 @@ class Compactor:
     depend on where it lies), to the active segment, repoints the index, and
     drops the segment: unlinked at once when no manifest points into it,
     otherwise (pinned) kept until :meth:`checkpoint` says a newer manifest is
-    durable. Not thread-safe.
+    durable. A segment whose fsync failed is not compacted while it holds a
+    live untrusted record; after that it is compacted and dropped like any
+    sealed segment (it is never appended to again). Not thread-safe.
     """
 
     path: str
@@ -153,9 +160,10 @@ class Compactor:
 
     def _compact(self, segment: Segment) -> None:
         """Copy the segment's live records to the active segment, then drop it if nothing live is left."""
-        if segment.unsynced:
-            # Its bytes on disk are unknown after a failed fsync; copied unchecked, its records would
-            # look durable elsewhere. The flush writes each anew, from memory or a verified read.
+        if segment.unsynced and not all(self._places[key].trusted for key in segment.keys):
+            # An untrusted record's bytes on disk are unknown after a failed fsync; copied unchecked,
+            # it would look durable elsewhere. The flush writes each anew, from memory or a verified
+            # read. Once none is left, the segment's records are durable ones: copied like any others.
             return
         order = sorted(segment.keys, key=lambda key: self._places[key].offset)
         start = 0

@@ -31,6 +31,7 @@ class Segment:
 
     ``size`` is the file's length as written by this process (dead records
     included); ``live`` the bytes of the records some key still points at.
+    ``synced`` and ``settled`` say what is known to be on disk (see ``trusts``).
     """
 
     name: str
@@ -41,11 +42,36 @@ class Segment:
     pinned: bool = False  # the last manifest points into it: unlink only once a newer manifest is durable
     dirty: bool = False  # appended to since the last fsync
     appendable: bool = True  # False once a failed append could not be undone, or for a re-opened file
-    # An fsync failed: Linux may have dropped the dirty pages and reports that once, so the contents
-    # on disk are unknown and a second fsync would prove nothing. Its live records are written anew
-    # elsewhere (verified) before a manifest may name them; it takes no appends and is not compacted.
+    synced: int = 0  # the file's first ``synced`` bytes were covered by a successful fsync
+    settled: bool = False  # its directory entry was covered by a successful fsync of the directory
+    # An fsync of it (or of the directory, before ``settled``) failed: Linux may have dropped the dirty
+    # pages and reports that once, so a second fsync would prove nothing. Records past ``synced`` are
+    # not trusted (see ``trusts``); it is never fsynced or appended to again.
     unsynced: bool = False
     pid: int = field(default_factory=os.getpid)  # a forked child never appends to nor unlinks its parent's
+
+    def trusts(self, offset: int, length: int) -> bool:
+        """False for a record that may not be on disk: past ``synced`` in a segment whose fsync failed.
+
+        A record that ends at or below ``synced`` is trusted even when the failed write-back carried
+        a page it shares with newer records. Its bytes were on disk after the good fsync and are never
+        written again: appends only go past the end, and a failed append is cut off at its own offset,
+        never below ``synced``. The page the failed write-back carried holds those same bytes in that
+        range, so the disk keeps them whether the page was not written, written, or torn sector by
+        sector; the page cache, marked clean, still holds them too, and a re-read after eviction gets
+        the disk's. The file's length on disk is at least ``synced`` (the good fsync made it durable).
+        What this cannot rule out, a device that damages a sector it fails to write, is the exposure
+        every append to a flushed segment has anyway (it rewrites that page), and such a record fails
+        its CRC and HMAC when read, like any damaged record.
+        """
+        return not self.unsynced or offset + length <= self.synced
+
+    def distrust(self, durable: int) -> None:
+        """An fsync failed: only the first ``durable`` bytes (or fewer, already) stay trusted; no more appends."""
+        self.unsynced = True
+        self.synced = min(self.synced, durable)
+        self.dirty = False
+        self.appendable = False  # the next append starts a fresh segment
 
     def close(self) -> None:
         """Close the file descriptor (idempotent)."""
@@ -83,7 +109,9 @@ def open_segment(path: str, name: str) -> Segment:
     except BaseException:
         os.close(fd)
         raise
-    return Segment(name, fd, size, pinned=True, appendable=False)
+    # A manifest points into it, so its flush fsynced those records and the directory. Bytes past them
+    # (a killed process's appends) are never read; the segment is never appended to nor fsynced again.
+    return Segment(name, fd, size, pinned=True, appendable=False, synced=size, settled=True)
 
 
 def append(segment: Segment, data: bytes) -> int:

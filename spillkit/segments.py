@@ -56,9 +56,11 @@ class PackedStore(Compactor):
     Not thread-safe except :meth:`prepare`, which encodes in memory and touches
     no shared state: the engine holds the lock. A failed append is cut off
     again and changes nothing; compaction failures only warn (the records stay
-    where they were). A segment whose fsync failed is never fsynced, appended
-    to or compacted again; its live records are listed by
-    :meth:`unsynced_keys` until each is written anew.
+    where they were). A segment whose fsync failed is never fsynced or
+    appended to again; its live records past what its last good fsync covered
+    (all of them if the failure was the directory's, before one covered the
+    segment's name) are listed by :meth:`unsynced_keys` until each is written
+    anew, and it is not compacted while any is left.
 
     Examples
     --------
@@ -104,9 +106,9 @@ class PackedStore(Compactor):
         return iter([*self._places, *self.inner])
 
     def has_copy(self, key: Hashable) -> bool:
-        """True when the key has a record that can stand in for its value (none whose fsync failed)."""
+        """True when the key has a record that can stand in for its value (not one :meth:`unsynced_keys` lists)."""
         place = self._places.get(key)
-        return self.inner.has_copy(key) if place is None else not place.segment.unsynced
+        return self.inner.has_copy(key) if place is None else place.trusted
 
     def file_bytes(self, key: Hashable) -> int:
         """Bytes of the key's record (header included), packed or in a file of its own."""
@@ -308,29 +310,40 @@ class PackedStore(Compactor):
         """Compact pinned segments that are mostly dead, then fsync segments, files and the directory.
 
         Raises the ``OSError`` of the first failed fsync. As for files (see
-        ``DiskStore.sync``), a segment whose fsync failed is not trusted again:
-        it is marked ``unsynced`` and no longer appended to, and its live
-        records are listed by :meth:`unsynced_keys` until each has a new record.
+        ``DiskStore.sync``), a segment whose fsync failed is never fsynced or
+        appended to again; its records that the last good fsync did not cover
+        are listed by :meth:`unsynced_keys` until each has a new record. If the
+        directory's fsync fails, so are all the records of every segment
+        created since its last good fsync (the name may be lost).
         """
         self._compact_pinned()
         for segment in self._segments.values():
             if segment.dirty:
+                covered = segment.size
                 try:
                     os.fsync(segment.fd)
                 except OSError:
-                    segment.dirty = False
-                    segment.unsynced = True
-                    segment.appendable = False  # the next append starts a fresh segment (_writable)
+                    segment.distrust(segment.synced)  # records an earlier fsync covered stay trusted
                     raise
                 segment.dirty = False
-        self.inner.sync()
+                segment.synced = covered
+        self.inner.sync_files()
+        try:
+            self.inner.sync_directory()
+        except OSError:
+            for segment in self._segments.values():
+                if not segment.settled:
+                    segment.distrust(0)
+            raise
+        for segment in self._segments.values():
+            segment.settled = True
 
     def unsynced_keys(self) -> list[Hashable]:
-        """Keys whose record lies in a file or segment that failed an fsync: to be written anew before a commit."""
+        """Keys whose record :meth:`sync` no longer trusts after a failed fsync: to be written anew before a commit."""
         keys = self.inner.unsynced_keys()
         for segment in self._segments.values():
             if segment.unsynced:
-                keys.extend(segment.keys)
+                keys.extend(key for key in segment.keys if not self._places[key].trusted)
         return keys
 
     def protect(self, names: Iterable[str], *, add: bool = False) -> None:

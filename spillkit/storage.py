@@ -93,9 +93,7 @@ class DiskStore:
     1
     """
 
-    def __init__(
-        self, path: str, codec: Codec, available_disk: int | None = None, secret: bytes | None = None
-    ) -> None:
+    def __init__(self, path: str, codec: Codec, available_disk: int | None = None, secret: bytes | None = None) -> None:
         self.path = path
         self.codec = codec
         self.available_disk = available_disk
@@ -106,8 +104,8 @@ class DiskStore:
         self._tags: dict[Hashable, bytes] = {}  # the HMAC of each key's current file: an older file is refused
         self._owners: dict[str, Hashable] = {}  # casefolded name -> key: injective even on case-insensitive disks
         self._reserved: dict[str, list[Any]] = {}  # casefolded name -> [key, writes in progress]
-        self._dirty: set[str] = set()  # names written since the last sync()
-        self._unsynced: set[str] = set()  # names whose fsync failed: contents unknown until written anew
+        self._dirty: set[str] = set()  # names renamed into place since the last good fsync of the directory
+        self._unsynced: set[str] = set()  # names whose fsync (or the directory's) failed: unknown until written anew
         self._temp_counter = itertools.count(1)  # next() is atomic: prepare runs in several threads
         # Crash consistency (see protect()): casefolded names the committed manifest references,
         # and the ones among them no key owns any more (name -> size), unlinked at the next protect().
@@ -312,13 +310,22 @@ class DiskStore:
             warnings.warn(f"could not remove the spill file of {key!r}: {error!r}", SpillWarning, stacklevel=3)
 
     def sync(self) -> None:
-        """fsync every file written since the last sync, then the directory.
+        """fsync every file renamed into place since the last sync, then the directory.
 
-        Raises the ``OSError`` of the first failure. A file whose fsync failed is
-        not fsynced again: Linux may drop the dirty pages of a failed writeback
-        (marked clean, the error reported once), so a second fsync could succeed
-        with the bytes never on disk. The key is listed by :meth:`unsynced_keys`
-        until a new file is written for it.
+        Raises the ``OSError`` of the first failure, as :meth:`sync_files` and
+        :meth:`sync_directory` say. Nothing whose fsync failed is fsynced again:
+        Linux may drop the dirty pages of a failed writeback (marked clean, the
+        error reported once), so a second fsync could succeed with the bytes,
+        or names, never on disk.
+        """
+        self.sync_files()
+        self.sync_directory()
+
+    def sync_files(self) -> None:
+        """fsync every file renamed into place since the last good directory fsync (:meth:`sync` without the directory).
+
+        Raises the ``OSError`` of the first failed fsync; that file's key is
+        then listed by :meth:`unsynced_keys` and the file never fsynced again.
         """
         for name in sorted(self._dirty):
             fd = os.open(os.path.join(self.path, name), os.O_RDONLY)
@@ -330,20 +337,32 @@ class DiskStore:
                 raise
             finally:
                 os.close(fd)
-        self._dirty.clear()
+
+    def sync_directory(self) -> None:
+        """fsync the directory, so that the names renamed into place since its last good fsync are durable.
+
+        Raises the ``OSError`` if it fails; the keys of the files renamed into
+        place since the last good directory fsync are then listed by
+        :meth:`unsynced_keys` (their names may be lost) until written anew.
+        """
         fd = os.open(self.path, os.O_RDONLY)
         try:
             os.fsync(fd)
+        except OSError:
+            self._unsynced |= self._dirty
+            self._dirty.clear()
+            raise
         finally:
             os.close(fd)
+        self._dirty.clear()
 
     def has_copy(self, key: Hashable) -> bool:
-        """True when the key has a file that can stand in for its value (not one whose fsync failed)."""
+        """True when the key has a file that can stand in for its value (not one :meth:`unsynced_keys` lists)."""
         name = self._names.get(key)
         return name is not None and name not in self._unsynced
 
     def unsynced_keys(self) -> list[Hashable]:
-        """Keys whose file failed an fsync and was not written anew since: not durable, whatever a later fsync says."""
+        """Keys whose file (or its name, by a failed fsync of the directory) failed an fsync, not written anew since."""
         if not self._unsynced:
             return []
         return [key for key, name in self._names.items() if name in self._unsynced]
