@@ -9,34 +9,35 @@ The body starts with a frame table, so decoding never depends on settings.
 Needs the ``compress`` extra (``pip install "spillkit[compress]"``): lz4 and
 zstandard are imported when a codec that uses them is made, never by
 ``import spillkit``.
+
+The frame table's layout and its parser live in
+:mod:`spillkit.compression_format`; this module holds the codec (which frames
+to compress, compressing and decompressing them) and :func:`make_compression`.
 """
 
 from __future__ import annotations
 
 import importlib
-import struct
 import threading
 from types import ModuleType
 from typing import Any
 
 from .codecs import Buffer, Codec, PickleCodec
+from .compression_format import (
+    _ALIGN,
+    _ENTRY,
+    _HEAD,
+    _KINDS,
+    _LZ4_MAX_INPUT,
+    _MAGIC,
+    _VERSION,
+    _read_table,  # tests/test_compression.py imports it from here
+)
 
 __all__ = ["ALGORITHMS", "CompressedCodec", "make_compression"]
 
 ALGORITHMS = {"lz4": "lz4.block", "zstd": "zstandard"}  # algorithm -> the module it needs
-_KINDS = ("raw", "lz4", "zstd")  # frame kinds, by their number in the table
 _DEFAULT_LEVEL = {"lz4": 0, "zstd": 1}
-
-# magic, version, frame count; then per frame: kind, stored length, raw length;
-# zero-padded to 64 bytes so that frames after it keep their alignment.
-_HEAD = struct.Struct("<4sB3xI")
-_ENTRY = struct.Struct("<BQQ")
-_MAGIC = b"SPKZ"
-_VERSION = 1
-_ALIGN = 64
-_LZ4_MAX_INPUT = 0x7E000000  # LZ4_MAX_INPUT_SIZE: lz4's block format refuses larger inputs
-_LZ4_MAX_RATIO = 256  # an lz4 block cannot expand more than ~255x (one length byte per 255)
-_ZSTD_MAX_RATIO = 1 << 15  # a zstd block of 128 KiB takes at least 4 bytes
 
 
 def _import(algorithm: str) -> ModuleType:
@@ -197,43 +198,6 @@ class CompressedCodec:
         if decode_frames is not None:
             return decode_frames(frames)  # raw frames stay views into ``data``
         return self.inner.decode(memoryview(bytearray().join(frames)))  # one contiguous body, as it was encoded
-
-
-def _read_table(data: memoryview) -> tuple[list[tuple[int, int, int]], int]:
-    """Parse and check the frame table; return its entries and where the frames start."""
-    if len(data) < _HEAD.size or bytes(data[:4]) != _MAGIC:
-        raise ValueError("not a compressed spillkit body (no frame table); was it written without compression=?")
-    _, version, count = _HEAD.unpack_from(data, 0)
-    if version != _VERSION:
-        raise ValueError(f"compressed body: frame table version {version} is not supported (expected {_VERSION})")
-    start = _HEAD.size + count * _ENTRY.size
-    start += -start % _ALIGN
-    if start > len(data):
-        raise ValueError(f"compressed body: a frame table of {count} frames is longer than the {len(data)} bytes")
-    entries = []
-    position = inner_offset = 0
-    for index in range(count):
-        kind, stored, raw = _ENTRY.unpack_from(data, _HEAD.size + index * _ENTRY.size)
-        if kind >= len(_KINDS):
-            raise ValueError(f"compressed body: frame {index} has unknown kind {kind}")
-        if kind == 0 and stored != raw:
-            raise ValueError(f"compressed body: raw frame {index} has stored length {stored} != raw length {raw}")
-        limit = {1: _LZ4_MAX_RATIO, 2: _ZSTD_MAX_RATIO}.get(kind, 1) * stored + _ALIGN
-        if kind and (raw > limit or (kind == 1 and raw > _LZ4_MAX_INPUT)):
-            raise ValueError(
-                f"compressed body: frame {index} claims {raw} bytes from {stored} {_KINDS[kind]} bytes, "
-                "more than the algorithm can expand"
-            )
-        if kind == 0:
-            position += (inner_offset - position) % _ALIGN
-        position += stored
-        inner_offset += raw
-        entries.append((kind, stored, raw))
-    if start + position != len(data):
-        raise ValueError(
-            f"compressed body: the frame table accounts for {start + position} bytes, the body has {len(data)}"
-        )
-    return entries, start
 
 
 def _decompress(algorithm: str, packed: memoryview, raw: int, index: int) -> bytearray:

@@ -1,209 +1,42 @@
 """Prometheus export: a collector that reads each Chest's state and counters at scrape time.
 
-This is the only spillkit module that imports ``prometheus_client``. Nothing
-registers at import; nothing runs per cache operation (the collector reads the
-counters :class:`~spillkit.stats.Stats` keeps anyway, so the hot path pays
-nothing for Prometheus). Usage::
+This module and :mod:`spillkit.metrics_collector` are the only spillkit
+modules that import ``prometheus_client``. Nothing registers at import;
+nothing runs per cache operation (the collector reads the counters
+:class:`~spillkit.stats.Stats` keeps anyway, so the hot path pays nothing
+for Prometheus). Usage::
 
     from spillkit.metrics import instrument, serve
 
     instrument(chest, name="etl")  # the global registry; or instrument(chest, registry, name=...)
     server = serve(9464)           # http://127.0.0.1:9464/metrics
 
+:mod:`spillkit.metrics_collector` holds :class:`ChestCollector` (re-exported
+here) and the metric families it fills at each scrape; this module registers
+collectors (:func:`instrument`, :func:`uninstrument`) and serves them
+(:func:`serve`).
+
 ``dashboards/spillkit.json`` is a Grafana dashboard for these metrics.
 """
 
 from __future__ import annotations
 
-import itertools
 import threading
 import weakref
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 try:
     from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
-    from prometheus_client.metrics_core import Metric
 except ImportError as error:  # pragma: no cover - exercised in a subprocess without the package
     raise ImportError('spillkit.metrics needs prometheus-client: pip install "spillkit[metrics]"') from error
 
-from . import __version__
 from .chest import Chest
-from .stats import LATENCY_BOUNDS
+from .metrics_collector import ChestCollector
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
 __all__ = ["ChestCollector", "instrument", "serve", "uninstrument"]
-
-_BOUNDS = [repr(float(b)) for b in LATENCY_BOUNDS] + ["+Inf"]
-
-
-def _info(chest: Chest) -> dict[str, str]:
-    codec = getattr(chest.engine.disk, "codec", None)
-    return {
-        "version": __version__,
-        "policy": type(chest.policy).__name__,
-        "codec": str(getattr(codec, "name", type(codec).__name__)),
-    }
-
-
-def _is_closed(chest: Chest) -> bool:
-    return chest.closed
-
-
-class ChestCollector:
-    """A Prometheus collector for several Chests, each under its own ``chest`` label.
-
-    Parameters
-    ----------
-    namespace : str
-        Prefix of every metric name (default ``"spillkit"``).
-
-    Notes
-    -----
-    Exports ``<ns>_memory_bytes{tier}``, ``<ns>_keys{tier}`` (``disk``: keys whose
-    only copy is on disk), ``<ns>_memory_budget_bytes``,
-    ``<ns>_spill_{bytes,count,time_seconds}_total{activity}`` (``memory-read``,
-    ``disk-read``, ``disk-write``, as dask.distributed's workers do),
-    ``<ns>_spill_errors_total{reason}`` (``disk``, ``serialize``, ``quota``,
-    ``corrupt``), ``<ns>_misses_total``, the histogram
-    ``<ns>_disk_latency_seconds{activity}`` and ``<ns>_chest_info{version,policy,codec}``.
-
-    Thread-safe: ``add``, ``remove`` and ``collect`` may run concurrently with each
-    other and with cache operations. A scrape holds each Chest's engine lock
-    only while copying that Chest's numbers. Chests are held by weak reference;
-    a closed or garbage-collected Chest disappears from the next scrape and
-    frees its name. Collecting never raises because of a Chest's state.
-
-    Examples
-    --------
-    >>> from prometheus_client import CollectorRegistry
-    >>> registry, collector = CollectorRegistry(), ChestCollector()
-    >>> registry.register(collector)
-    >>> chest = Chest(available_memory=100)
-    >>> collector.add("etl", chest)
-    >>> chest["x"] = 1
-    >>> registry.get_sample_value("spillkit_keys", {"chest": "etl", "tier": "memory"})
-    1
-    >>> chest.close()
-    >>> registry.get_sample_value("spillkit_keys", {"chest": "etl", "tier": "memory"}) is None
-    True
-    """
-
-    def __init__(self, namespace: str = "spillkit") -> None:
-        _Families(namespace)  # an invalid namespace raises ValueError here, not at the first scrape
-        self.namespace = namespace
-        self._lock = threading.Lock()
-        self._chests: dict[str, tuple[weakref.ref[Chest], dict[str, str]]] = {}
-
-    def add(self, name: str, chest: Chest) -> None:
-        """Export ``chest`` under ``chest=name``; ValueError if either is already exported."""
-        with self._lock:
-            self._prune()
-            if name in self._chests:
-                raise ValueError(f"a Chest named {name!r} is already instrumented in namespace {self.namespace!r}")
-            for other, (ref, _) in self._chests.items():
-                if ref() is chest:
-                    raise ValueError(f"this Chest is already instrumented as {other!r}")
-            self._chests[name] = (weakref.ref(chest), _info(chest))
-
-    def remove(self, chest: Chest) -> bool:
-        """Stop exporting ``chest``; return whether it was exported."""
-        with self._lock:
-            names = [name for name, (ref, _) in self._chests.items() if ref() is chest]
-            for name in names:
-                del self._chests[name]
-            self._prune()
-            return bool(names)
-
-    def names(self) -> list[str]:
-        """The ``chest`` labels of the live, open Chests exported now."""
-        with self._lock:
-            self._prune()
-            return list(self._chests)
-
-    def _prune(self) -> None:
-        for name, (ref, _) in list(self._chests.items()):
-            chest = ref()
-            if chest is None or _is_closed(chest):
-                del self._chests[name]
-
-    def describe(self) -> Iterator[Metric]:
-        """The metric families without samples (lets a registry detect name clashes up front)."""
-        return iter(_Families(self.namespace).all())
-
-    def collect(self) -> Iterator[Metric]:
-        """Read every exported Chest now and yield its metric families."""
-        with self._lock:
-            self._prune()
-            live = [(name, ref(), info) for name, (ref, info) in self._chests.items()]
-        if not live:
-            return iter(())  # no HELP/TYPE lines without samples once every Chest is gone
-        families = _Families(self.namespace)
-        for name, chest, info in live:
-            if chest is not None:
-                families.add(name, chest, info)
-        return iter(families.all())
-
-
-class _Families:
-    """The metric families of one scrape; :meth:`add` appends one Chest's samples."""
-
-    def __init__(self, ns: str) -> None:
-        by_tier, by_activity = ["chest", "tier"], ["chest", "activity"]
-        self.memory = GaugeMetricFamily(f"{ns}_memory_bytes", "Bytes in memory / in spill files", labels=by_tier)
-        self.keys = GaugeMetricFamily(f"{ns}_keys", "Keys per tier (disk: only copy on disk)", labels=by_tier)
-        self.budget = GaugeMetricFamily(f"{ns}_memory_budget_bytes", "The memory budget", labels=["chest"])
-        self.nbytes = CounterMetricFamily(f"{ns}_spill_bytes", "Bytes read or written", labels=by_activity)
-        self.count = CounterMetricFamily(f"{ns}_spill_count", "Reads and writes", labels=by_activity)
-        self.seconds = CounterMetricFamily(f"{ns}_spill_time_seconds", "Disk I/O time", labels=by_activity)
-        self.errors = CounterMetricFamily(f"{ns}_spill_errors", "Failures by reason", labels=["chest", "reason"])
-        self.misses = CounterMetricFamily(f"{ns}_misses", "Reads of absent keys", labels=["chest"])
-        self.latency = HistogramMetricFamily(f"{ns}_disk_latency_seconds", "Disk I/O time", labels=by_activity)
-        self.info = InfoMetricFamily(f"{ns}_chest", "Version, eviction policy and codec", labels=["chest"])
-
-    def add(self, name: str, chest: Chest, info: dict[str, str]) -> None:
-        # Everything is read under the engine's one lock, so one Chest's numbers agree with
-        # each other; the lock is held for a few dozen appends, never for I/O.
-        with chest.engine.lock:
-            s = chest.stats
-            in_memory = len(chest.inmem)
-            self.memory.add_metric([name, "memory"], chest.memory_bytes)
-            self.memory.add_metric([name, "disk"], chest.disk_bytes)
-            self.keys.add_metric([name, "memory"], in_memory)
-            self.keys.add_metric([name, "disk"], len(chest) - in_memory)
-            self.budget.add_metric([name], chest.available_memory)
-            # memory-read has a count only: counting hit bytes would cost a third of a hit.
-            self.count.add_metric([name, "memory-read"], s.hits)
-            for activity, n, b in (
-                ("disk-read", s.loads, s.load_bytes),
-                ("disk-write", s.disk_writes, s.spill_bytes),
-            ):
-                self.count.add_metric([name, activity], n)
-                self.nbytes.add_metric([name, activity], b)
-            for activity, t, buckets in (
-                ("disk-read", s.load_seconds, s.read_latency),
-                ("disk-write", s.spill_seconds, s.write_latency),
-            ):
-                self.seconds.add_metric([name, activity], t)
-                cumulative = itertools.accumulate(buckets)  # Stats keeps per-bucket counts
-                self.latency.add_metric([name, activity], list(zip(_BOUNDS, cumulative, strict=True)), t)
-            for reason, n in (
-                ("disk", s.spill_failures - s.unspillable),
-                ("serialize", s.unspillable),
-                ("quota", s.quota_errors),
-                ("corrupt", s.load_failures),
-            ):
-                self.errors.add_metric([name, reason], n)
-            self.misses.add_metric([name], s.misses)
-        self.info.add_metric([name], info)
-
-    def all(self) -> list[Metric]:
-        return [self.memory, self.keys, self.budget, self.nbytes, self.count, self.seconds, self.errors,
-                self.misses, self.latency, self.info]  # fmt: skip
-
 
 _lock = threading.Lock()
 _collectors: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, ChestCollector]] = weakref.WeakKeyDictionary()

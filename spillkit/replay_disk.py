@@ -1,0 +1,96 @@
+"""The disk side of a replay: size-only values and tier, and the model that prices their I/O in seconds.
+
+:class:`SizeOnlyDisk` is the disk tier :func:`spillkit.replay.replay` gives the
+engine: it stores the sizes of the stand-in values it is handed (``_Sized``,
+which carry nothing but ``nbytes``) and counts the bytes written and the
+writes. :class:`DiskModel` turns such counts into seconds of disk I/O. Both
+are re-exported by :mod:`spillkit.replay`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["DiskModel", "SizeOnlyDisk"]
+
+
+@dataclass(frozen=True)
+class DiskModel:
+    """Seconds of disk I/O: bytes over bandwidth plus a fixed latency per file read or written.
+
+    The defaults are round numbers for a local SSD through the page cache;
+    ``spillkit calibrate`` measures the current disk and saves its own.
+    """
+
+    write_bandwidth: float = 1.0e9  # bytes per second
+    read_bandwidth: float = 2.0e9
+    latency: float = 1.0e-4  # seconds per file operation
+
+    def seconds(self, written: int, writes: int, read: int, reads: int) -> float:
+        """Modelled seconds for that much I/O."""
+        return written / self.write_bandwidth + read / self.read_bandwidth + (writes + reads) * self.latency
+
+
+class _Sized:
+    """A stand-in value: only its size matters."""
+
+    __slots__ = ("nbytes",)
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = nbytes
+
+
+def _size(value: Any) -> int:
+    return int(value.nbytes)
+
+
+class SizeOnlyDisk:
+    """A disk tier that stores sizes, not bytes (it satisfies the engine's DiskTier protocol).
+
+    ``is_dead(key)`` (optional) tells which keys will never be read again; their
+    writes are not counted, as if the integration had skipped them.
+    """
+
+    def __init__(
+        self, is_dead: Callable[[Hashable], bool] | None = None, costs: dict[Hashable, float] | None = None
+    ) -> None:
+        self.total_bytes = 0
+        self._sizes: dict[Hashable, int] = {}
+        self.is_dead = is_dead
+        self.costs = {} if costs is None else costs
+        self.written = 0
+        self.writes = 0
+        self.dead_skipped = 0
+        self.recompute_seconds = 0.0  # what rebuilding each loaded value would have cost instead
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._sizes
+
+    def has_copy(self, key: Hashable) -> bool:
+        return key in self._sizes
+
+    def write(self, key: Hashable, value: Any) -> int:
+        nbytes = _size(value)
+        self.total_bytes += nbytes - self._sizes.get(key, 0)
+        self._sizes[key] = nbytes
+        if self.is_dead is not None and self.is_dead(key):
+            self.dead_skipped += nbytes
+            return 0
+        self.written += nbytes
+        self.writes += 1
+        return nbytes
+
+    def read(self, key: Hashable) -> Any:
+        self.recompute_seconds += self.costs.get(key, 0.0)
+        return _Sized(self._sizes[key])
+
+    def delete(self, key: Hashable) -> None:
+        self.total_bytes -= self._sizes.pop(key, 0)
+
+    def file_bytes(self, key: Hashable) -> int:
+        return self._sizes[key]
+
+    def sync(self) -> None:
+        return None
