@@ -376,9 +376,10 @@ class Chest(MutableMapping[Hashable, Any]):
         what it held is not trusted: the next flush writes each such value anew
         (from memory, or read back with its checks) and fsyncs the new copy.
         Records of a segment that an earlier good fsync covered stay trusted
-        and committed. After a failed fsync of the directory, the files and
-        segments whose names were made since its last good fsync are written
-        anew the same way. A value whose copy on disk fails its checks, or
+        and committed; so do those that compaction copied into a segment whose
+        fsync then failed (the key goes back to the original). After a failed
+        fsync of the directory, the files and segments whose names were made
+        since its last good fsync are written anew the same way. A value whose copy on disk fails its checks, or
         that the disk refuses, is named by the ``SpillError`` and left out of
         the manifest; the key stays (reading a damaged copy raises
         ``CorruptSpillFile``). See docs/durability.md.

@@ -46,6 +46,16 @@ class Compactor:
     durable. A segment whose fsync failed is not compacted while it holds a
     live untrusted record; after that it is compacted and dropped like any
     sealed segment (it is never appended to again). Not thread-safe.
+
+    A copy is not durable until an fsync of its segment (and of the directory,
+    for a new segment) succeeds, and a failed fsync leaves it untrusted for
+    good. So for each copy of a durable record of a pinned segment, the
+    original's place is remembered (``_origins``) until the next
+    :meth:`checkpoint`; until then the original's segment stays on disk (and
+    open). If the copy turns out untrusted, :meth:`_fall_back` points the key
+    back at the original: the key stays trusted and committed, and its
+    segment is no longer retired, so no checkpoint unlinks it while the key's
+    only trusted record lies in it. A later flush compacts it again.
     """
 
     path: str
@@ -57,6 +67,9 @@ class Compactor:
         self._places: dict[Hashable, Place] = {}
         self._segments: dict[str, Segment] = {}  # every segment with live records, and the active one
         self._retired: list[Segment] = []  # pinned segments with nothing live: unlinked at the next checkpoint
+        # key -> its durable record in a pinned segment, while the key's record is a compaction copy of it
+        # that no fsync has proven yet (or did, and no checkpoint came since): see _fall_back.
+        self._origins: dict[Hashable, Place] = {}
         self._candidates: dict[str, Segment] = {}  # sealed segments whose dead share grew since last looked at
         self._active: Segment | None = None
         self._next_number = 1
@@ -77,6 +90,7 @@ class Compactor:
         self._live_bytes += place.length
 
     def _forget(self, key: Hashable) -> None:
+        self._origins.pop(key, None)  # a new value, or gone: the old record must not come back
         place = self._places.pop(key, None)
         if place is None:
             return
@@ -202,14 +216,42 @@ class Compactor:
             offset = self._append(target, b"".join(record for _, record in run[index:end]))
             for key, record in run[index:end]:
                 old = self._places[key]
+                origin = self._origins.get(key) or (old if _durable(old) else None)  # a copy of a copy: the first
                 self._forget(key)
                 self._place(key, Place(target, offset, old.length, old.tag, old.name))
+                if origin is not None:
+                    self._origins[key] = origin
                 offset += len(record)
             index = end
 
+    def _fall_back(self) -> None:
+        """Point each key whose compaction copy is untrusted (a failed fsync) back at its durable original.
+
+        Called by ``sync`` when an fsync failed. The original is the same record (compaction copies
+        bytes unchanged), covered by a good fsync of its segment and of the directory, and still on
+        disk: its segment was pinned when copied, so dropping it only retired it (kept, and kept
+        open), and only :meth:`checkpoint` unlinks retired segments, which forgets every origin.
+        The segment becomes a live one again: pinned, compacted by a later flush, and unlinked only
+        after a manifest naming trusted copies is durable. A copy segment left with nothing live is
+        dropped (a failed unlink only warns): never raises ``OSError``.
+        """
+        for key, origin in list(self._origins.items()):
+            copy = self._places[key]
+            if copy.trusted:
+                continue
+            segment = origin.segment
+            if self._segments.get(segment.name) is not segment:
+                self._retired.remove(segment)
+                self._segments[segment.name] = segment
+            self._forget(key)
+            self._place(key, origin)
+            if not copy.segment.live and self._segments.get(copy.segment.name) is copy.segment:
+                self._drop(copy.segment)
+        self._count()
+
     def _drop(self, segment: Segment) -> None:
         """Stop using a segment with nothing live: unlink it, or keep it until the next checkpoint if pinned."""
-        if segment.pinned:
+        if segment.pinned:  # kept open too: _fall_back may point keys back at its records
             self._retired.append(segment)
         elif segment.pid == os.getpid():  # a forked child leaves its parent's files alone
             try:
@@ -230,4 +272,11 @@ class Compactor:
         self._candidates.pop(segment.name, None)
         if segment is self._active:
             self._active = None
-        segment.close()
+        if not segment.pinned:
+            segment.close()
+
+
+def _durable(place: Place) -> bool:
+    """True for a record in a pinned segment that a good fsync of it and of the directory covered."""
+    segment = place.segment
+    return segment.pinned and segment.settled and place.offset + place.length <= segment.synced

@@ -60,7 +60,9 @@ class PackedStore(Compactor):
     appended to again; its live records past what its last good fsync covered
     (all of them if the failure was the directory's, before one covered the
     segment's name) are listed by :meth:`unsynced_keys` until each is written
-    anew, and it is not compacted while any is left.
+    anew, and it is not compacted while any is left. A compaction copy of a
+    durable record that a failed fsync leaves untrusted is not listed: the
+    key goes back to the original, which is kept (see :meth:`sync`).
 
     Examples
     --------
@@ -314,26 +316,34 @@ class PackedStore(Compactor):
         appended to again; its records that the last good fsync did not cover
         are listed by :meth:`unsynced_keys` until each has a new record. If the
         directory's fsync fails, so are all the records of every segment
-        created since its last good fsync (the name may be lost).
+        created since its last good fsync (the name may be lost). A key whose
+        untrusted record is a compaction copy (made by this sync or an earlier
+        one since the last :meth:`checkpoint`) of a durable record is pointed
+        back at that record instead, which is still on disk: it stays trusted,
+        and its segment is kept until a later sync makes a copy durable.
         """
         self._compact_pinned()
-        for segment in self._segments.values():
-            if segment.dirty:
-                covered = segment.size
-                try:
-                    os.fsync(segment.fd)
-                except OSError:
-                    segment.distrust(segment.synced)  # records an earlier fsync covered stay trusted
-                    raise
-                segment.dirty = False
-                segment.synced = covered
-        self.inner.sync_files()
         try:
-            self.inner.sync_directory()
-        except OSError:
             for segment in self._segments.values():
-                if not segment.settled:
-                    segment.distrust(0)
+                if segment.dirty:
+                    covered = segment.size
+                    try:
+                        os.fsync(segment.fd)
+                    except OSError:
+                        segment.distrust(segment.synced)  # records an earlier fsync covered stay trusted
+                        raise
+                    segment.dirty = False
+                    segment.synced = covered
+            self.inner.sync_files()
+            try:
+                self.inner.sync_directory()
+            except OSError:
+                for segment in self._segments.values():
+                    if not segment.settled:
+                        segment.distrust(0)
+                raise
+        except OSError:
+            self._fall_back()  # copies of durable records that are now untrusted: back to the originals
             raise
         for segment in self._segments.values():
             segment.settled = True
@@ -367,7 +377,14 @@ class PackedStore(Compactor):
         return self.inner.retained | {segment.name for segment in self._retired}
 
     def checkpoint(self) -> None:
-        """A manifest of the current records is durable: unlink the segments it no longer needs."""
+        """A manifest of the current records is durable: unlink the segments it no longer needs.
+
+        Only after a :meth:`sync` that succeeded (a commit follows one): every compaction copy is
+        then covered by good fsyncs and trusted for good, so the originals are forgotten and their
+        segments unlinked. A failed unlink warns; the segment stays counted and is tried again at
+        the next checkpoint.
+        """
+        self._origins.clear()
         kept = []
         for segment in self._retired:
             try:
@@ -378,6 +395,7 @@ class PackedStore(Compactor):
                 warnings.warn(f"could not remove segment {segment.name!r}: {error!r}", SpillWarning, stacklevel=2)
                 kept.append(segment)
                 continue
+            segment.close()  # kept open while retired (see Compactor._fall_back)
             self._segment_total -= segment.size
         self._retired = kept
         for segment in self._segments.values():

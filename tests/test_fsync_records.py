@@ -8,7 +8,10 @@ and that what it held is written anew. These tests check the two limits of that 
   next manifest even when the disk then refuses every new write;
 - a failed fsync of the directory leaves the names created or renamed since its last good fsync
   unknown on disk: their values are written anew (a new entry) and covered by a later directory
-  fsync before a flush reports success. The manifest's own rename is redone by every commit.
+  fsync before a flush reports success. The manifest's own rename is redone by every commit;
+- a durable record that compaction copied into a segment whose fsync (or the directory's) then
+  failed is still on disk where the committed manifest names it: the key goes back to it, stays
+  committed when nothing can be rewritten, and its segment is unlinked only once a copy is fsynced.
 
 Faults are injected as in tests/test_resource_faults.py: ``os`` in the modules that write and fsync
 spill data is replaced by a proxy that forwards everything to the real ``os`` and logs, in order,
@@ -23,17 +26,19 @@ import mmap
 import os
 import shutil
 import stat
+import warnings
 from collections.abc import Callable, Hashable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import assert_disk_files
 
 import spillkit.manifest
 import spillkit.segfiles
 import spillkit.segments
 import spillkit.storage
-from spillkit import Chest, SpillError
+from spillkit import Chest, SpillError, SpillWarning
 from spillkit.manifest import MANIFEST_NAME, read_manifest
 
 UNIT = 100
@@ -328,3 +333,191 @@ def test_a_failed_directory_fsync_after_the_manifest_rename_is_covered_by_the_ne
     assert disk.last("fsync", "manifest", os.path.realpath(path), os.stat(path).st_ino) > renamed  # ... and covered
     chest.close()
     assert reopened(path, packed) == expected
+
+
+# ---- compaction copies of durable records ------------------------------------------------------
+
+
+def compaction_ahead(tmp_path: Path, big: bool = False) -> tuple[Chest, dict[Hashable, Any], str, str]:
+    """A re-opened Chest whose next flush compacts the segment flush 1 made durable.
+
+    Flush 1 (a close) commits KEYS in one segment; re-opened, that segment is pinned and takes no more
+    appends. Deleting four of its six records leaves it mostly dead; NEW are put (new0 opens a new,
+    active segment; new1 and new2 stay in memory). The next flush writes new1 and new2 into the active
+    segment, then copies k4 and k5 (durable, named by the committed manifest) there too. ``big`` also
+    puts a value with a file of its own, spilled. Returns the Chest, the expected state, the names of
+    the original segment and of the active one.
+    """
+    path = tmp_path / "chest"
+    first = make(path)
+    expected: dict[Hashable, Any] = {key: payload(i) for i, key in enumerate(KEYS)}
+    first.update(expected)
+    first.close()
+    chest = make(path)
+    store = chest._store
+    original = file_of(chest, "k0")
+    assert {file_of(chest, key) for key in KEYS} == {original}
+    for key in KEYS[:4]:
+        del chest[key]
+        del expected[key]
+    if big:
+        chest["big"] = expected["big"] = b"B" * (2 * spillkit.segments.DEFAULT_PACK_THRESHOLD)
+    for i, key in enumerate(NEW):
+        chest[key] = expected[key] = payload(70 + i)
+    assert set(chest.inmem) == {"new1", "new2"}
+    active = file_of(chest, "new0")
+    assert active != original and (not big or store.location("big")[0] is None)
+    assert {file_of(chest, key) for key in ["k4", "k5"]} == {original}  # not compacted outside a flush
+    return chest, expected, original, active
+
+
+def refuse_writes(chest: Chest, disk: Disk, refusal: str) -> None:
+    if refusal == "ENOSPC":
+        disk.full = True
+    else:
+        chest._store.available_disk = chest._store.total_bytes  # not one byte more
+
+
+def allow_writes(chest: Chest, disk: Disk) -> None:
+    disk.full = False
+    chest._store.available_disk = None
+
+
+def assert_durable_keys_survive_refused_rewrites(
+    tmp_path: Path, disk: Disk, chest: Chest, expected: dict[Hashable, Any], refusal: str, unwritten: set[Hashable]
+) -> None:
+    """The flush after the failure cannot write anything new: k4 and k5 stay committed all the same."""
+    refuse_writes(chest, disk, refusal)
+    with warnings.catch_warnings():
+        # ENOSPC: compacting the old segment again fails, and so do evictions to make room for reads
+        warnings.simplefilter("ignore", SpillWarning)
+        with pytest.raises(SpillError) as info:
+            chest.flush()
+        assert {key for key, _ in chest._flush_failures} == unwritten
+        for key in unwritten:
+            assert repr(key) in str(info.value), key
+        assert committed(chest) == {"k4", "k5"}  # flush 1's durable values are still named
+        for key in ["k4", "k5"]:
+            assert chest[key] == expected[key], key
+    snapshot = tmp_path / "snapshot"  # what a crash now would leave
+    shutil.copytree(chest.path, snapshot)
+    allow_writes(chest, disk)
+    assert reopened(snapshot) == {key: expected[key] for key in ["k4", "k5"]}
+
+
+@pytest.mark.parametrize("refusal", ["ENOSPC", "quota"])
+@pytest.mark.parametrize("fault", ["segment", "directory"])
+def test_durable_records_copied_by_compaction_stay_committed_when_the_copies_fsync_fails(
+    tmp_path: Path, disk: Disk, fault: str, refusal: str
+) -> None:
+    """Found in review: the copies were untrusted, their rewrite failed, and the checkpoint after the
+    next commit unlinked the segment holding the durable originals: k4 and k5 were lost."""
+    chest, expected, original, active = compaction_ahead(tmp_path)
+    store = chest._store
+    active_inode = inode_of(chest, "new0")
+    if fault == "segment":
+        disk.fail = lambda module, name, is_dir: name == active
+    else:  # the active segment was created after the last good fsync of the directory: its name is unknown
+        disk.fail = lambda module, name, is_dir: module == "storage" and is_dir
+    compactions = store.compactions
+    with pytest.raises(OSError) as info:
+        chest.flush()  # new1 and new2 go into the active segment, k4 and k5 are copied there; an fsync fails
+    assert info.value.errno == errno.EIO
+    assert store.compactions == compactions + 1
+    failed_at = disk.events.index(disk.failures()[0])
+    assert committed(chest) == set(KEYS)  # flush 1's manifest
+    assert store.unsynced_keys() == ["new0"]  # k4 and k5 are trusted: back on their durable records
+    for key in ["k4", "k5"]:
+        assert store.has_copy(key) and file_of(chest, key) == original, key
+
+    assert_durable_keys_survive_refused_rewrites(tmp_path, disk, chest, expected, refusal, set(NEW))
+
+    chest.flush()  # the disk has room again
+    assert committed(chest) == set(expected)
+    for key, value in expected.items():
+        assert chest[key] == value, key
+    assert disk.last("fsync", "segments", active, active_inode) < failed_at  # never fsynced again
+    assert original not in store.segment_files()  # k4 and k5 have fsynced copies now
+    assert_disk_files(chest)
+    chest.close()
+    assert reopened(tmp_path / "chest") == expected
+
+
+def test_the_original_segment_is_unlinked_once_the_durable_keys_have_trusted_copies(tmp_path: Path, disk: Disk) -> None:
+    chest, expected, original, active = compaction_ahead(tmp_path)
+    store = chest._store
+    disk.fail = lambda module, name, is_dir: name == active
+    with pytest.raises(OSError):
+        chest.flush()
+    assert original in store.segment_files()  # it holds k4 and k5 again
+    chest.flush()  # compacts it again; the copies' fsync succeeds this time
+    assert store.unsynced_keys() == []
+    for key in ["k4", "k5"]:  # copied, and the copies fsynced before the commit
+        name = file_of(chest, key)
+        assert name not in (original, active), key
+        assert disk.last("fsync", "segments", name, inode_of(chest, key)) >= 0, key
+    assert committed(chest) == set(expected)
+    for name in (original, active):  # neither is needed by the committed manifest: both unlinked
+        assert name not in store.segment_files(), name
+        assert not os.path.exists(os.path.join(chest.path, name)), name
+    assert_disk_files(chest)
+    chest.close()
+    assert reopened(tmp_path / "chest") == expected
+
+
+def test_durable_records_copied_by_compaction_stay_committed_when_a_later_flush_distrusts_the_copies(
+    tmp_path: Path, disk: Disk
+) -> None:
+    """The copies' own fsync succeeds, but the flush fails at a file; the next flush's directory fsync fails.
+
+    The copies then lie in a segment whose name no good fsync of the directory covered: untrusted one
+    flush after the compaction. The originals are still on disk (no commit came in between) and serve.
+    """
+    chest, expected, original, active = compaction_ahead(tmp_path, big=True)
+    store = chest._store
+    big = file_of(chest, "big")
+    disk.fail = lambda module, name, is_dir: name == big
+    with pytest.raises(OSError):
+        chest.flush()  # k4 and k5 are copied and fsynced; the big value's file fails its fsync
+    assert disk.failures() == [("failed", "storage", big)]
+    assert {file_of(chest, key) for key in ["k4", "k5"]} == {active}
+    assert committed(chest) == set(KEYS)
+    disk.fail = lambda module, name, is_dir: module == "storage" and is_dir
+    with pytest.raises(OSError):
+        chest.flush()  # the big value is written anew; the directory's fsync fails
+    assert set(store.unsynced_keys()) == {"big", "new0"}
+    for key in ["k4", "k5"]:
+        assert store.has_copy(key) and file_of(chest, key) == original, key
+
+    assert_durable_keys_survive_refused_rewrites(tmp_path, disk, chest, expected, "ENOSPC", {*NEW, "big"})
+
+    chest.flush()
+    assert committed(chest) == set(expected)
+    assert original not in store.segment_files()
+    chest.close()
+    assert reopened(tmp_path / "chest") == expected
+
+
+def test_a_key_overwritten_after_compaction_copied_it_never_falls_back_to_the_old_record(
+    tmp_path: Path, disk: Disk
+) -> None:
+    chest, expected, original, active = compaction_ahead(tmp_path, big=True)
+    store = chest._store
+    big = file_of(chest, "big")
+    disk.fail = lambda module, name, is_dir: name == big
+    with pytest.raises(OSError):
+        chest.flush()  # k4 and k5 are copied and fsynced; the big value's file fails its fsync
+    assert {file_of(chest, key) for key in ["k4", "k5"]} == {active}
+    chest["k4"] = expected["k4"] = payload(95)  # the copy of the old value is dead now
+    disk.fail = lambda module, name, is_dir: module == "storage" and is_dir
+    with pytest.raises(OSError):
+        chest.flush()  # the new k4 goes into the active segment too; the directory's fsync fails
+    assert file_of(chest, "k5") == original  # back on its durable record
+    assert "k4" not in store or not store.has_copy("k4") or file_of(chest, "k4") != original
+    assert chest["k4"] == expected["k4"]
+    chest.flush()
+    assert committed(chest) == set(expected)
+    for key, value in expected.items():
+        assert chest[key] == value, key
+    chest.close()
+    assert reopened(tmp_path / "chest") == expected
