@@ -9,7 +9,7 @@ from __future__ import annotations
 from .chest import Chest
 from .codecs import Codec, FuncCodec, PickleCodec
 from .engine import SpillEngine
-from .errors import CorruptSpillFile, DiskQuotaExceeded, SpillError, SpillWarning
+from .errors import ChestLocked, CorruptSpillFile, DiskQuotaExceeded, SpillError, SpillWarning
 from .events import Event
 from .memo import memoize
 from .policies import (
@@ -41,6 +41,7 @@ __all__ = [
     "SIEVE",
     "CacheyScore",
     "Chest",
+    "ChestLocked",
     "Codec",
     "CorruptSpillFile",
     "CostAware",

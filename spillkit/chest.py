@@ -15,6 +15,7 @@ from typing import IO, Any
 from . import tempdirs
 from .codecs import Codec, FuncCodec, PickleCodec
 from .compression import CompressedCodec, make_compression
+from .dirlock import DirLock
 from .engine import _MISSING, SpillEngine
 from .errors import DiskQuotaExceeded, SpillError, SpillWarning
 from .events import Listener
@@ -54,7 +55,12 @@ class Chest(MutableMapping[Hashable, Any]):
         Directory for spilled values, created (0700) if missing. If it holds a
         manifest from an earlier ``flush()``, those keys are available again,
         with the values of that flush; spill and temporary files written after
-        it (by a process that was killed) are removed.
+        it (by a process that was killed) are removed. The Chest holds an
+        exclusive lock on the directory (``path/.spillkit-lock``, see
+        :mod:`spillkit.dirlock`) until it is closed or dropped: a second Chest
+        on the same path, in this process or another, raises
+        :class:`~spillkit.errors.ChestLocked`. The lock dies with its process,
+        so a re-open after a crash is never blocked.
         Without ``path`` a temporary directory is made and removed on close,
         garbage collection or interpreter exit (never by a forked child); one
         left by a killed process is removed by :func:`spillkit.tempdirs.sweep_stale`.
@@ -110,10 +116,26 @@ class Chest(MutableMapping[Hashable, Any]):
         Reopen a ``path`` with compression on if it was written with it (either
         algorithm reads both; a body written without compression is refused).
 
+    Raises
+    ------
+    ChestLocked
+        Another open Chest uses ``path`` (a temporary directory is locked too).
+        Raised before anything in the directory is read or changed; the other
+        Chest keeps every value. The message names the path and the holder's pid.
+    SpillError
+        The lock file cannot be created (e.g. a read-only directory), or the
+        manifest is damaged; nothing was changed on disk.
+
     Notes
     -----
     Thread-safe: every operation holds the engine's lock. ``len``, ``in`` and
     iteration never load from disk and never count as hits.
+
+    Processes: one open Chest per directory, enforced by the lock. A forked
+    child's copy of a Chest holds no lock and never removes the directory
+    (nor appends to its segments); the parent's Chest keeps working and keeps
+    the lock. Two Chests may use one directory one after the other: close
+    (or drop) the first, then open the second.
 
     Failures: a value that cannot be serialized stays in memory (counted and
     warned about) unless it is larger than the whole budget, in which case the
@@ -138,7 +160,7 @@ class Chest(MutableMapping[Hashable, Any]):
     >>> dict(d.inmem)                     # we keep some data in memory
     {'three': 3}
     >>> sorted(os.listdir(d.path))        # the rest is on disk: small values share a segment file
-    ['.spillkit-seg-000001']
+    ['.spillkit-lock', '.spillkit-seg-000001']
     >>> d['one']
     1
     >>> d.close()
@@ -189,28 +211,38 @@ class Chest(MutableMapping[Hashable, Any]):
             self._finalizer = None
         self._owner_pid = os.getpid()
         self._flushed = False  # the first flush also fsyncs the parent directory (the path may be new)
-        if self._temporary:
-            secret = process_secret()
-        else:
-            if not allow_insecure_path:
-                check_directory(self._path)
-            secret = load_or_create_key(self._path, check=not allow_insecure_path)
-        self._secret = secret
-        self._store = PackedStore(self._path, codec, disk_cap, secret, pack_threshold=pack)
-        if write_behind is not True and write_behind is not False:
-            write_behind = parse_bytes(write_behind)
-        self._engine = SpillEngine(self._store, chosen, budget, sizeof or default_sizeof(), write_behind=write_behind)
-        if not self._temporary:
-            try:
+        if not self._temporary and not allow_insecure_path:
+            check_directory(self._path)
+        # Before anything in the directory is read or changed: a second Chest on it stops here (ChestLocked).
+        self._dir_lock = DirLock(self._path)
+        store: PackedStore | None = None
+        engine: SpillEngine | None = None
+        try:
+            if self._temporary:
+                secret = process_secret()
+            else:
+                secret = load_or_create_key(self._path, check=not allow_insecure_path)
+            self._secret = secret
+            self._store = store = PackedStore(self._path, codec, disk_cap, secret, pack_threshold=pack)
+            if write_behind is not True and write_behind is not False:
+                write_behind = parse_bytes(write_behind)
+            self._engine = engine = SpillEngine(
+                store, chosen, budget, sizeof or default_sizeof(), write_behind=write_behind
+            )
+            if not self._temporary:
                 self._reopen()
-            except BaseException:
-                # The raised error's traceback keeps this half-made Chest alive: close the segments
-                # already opened now, not whenever the garbage collector gets to it.
-                self._store.close()
-                raise
-        chosen._spillkit_bound = True  # type: ignore[attr-defined]
-        if data is not None:
-            self.update(data)
+            chosen._spillkit_bound = True  # type: ignore[attr-defined]
+            if data is not None:
+                self.update(data)
+        except BaseException:
+            # The raised error's traceback keeps this half-made Chest alive: close the segments already
+            # opened and free the directory now, not whenever the garbage collector gets to it.
+            if engine is not None:
+                engine.close()
+            if store is not None:
+                store.close()
+            self._dir_lock.release()
+            raise
 
     # ---- the mapping ---------------------------------------------------------------
     def __getitem__(self, key: Hashable) -> Any:
@@ -493,6 +525,9 @@ class Chest(MutableMapping[Hashable, Any]):
     def close(self) -> None:
         """Flush a Chest with a ``path`` of its own; remove a temporary one. Idempotent.
 
+        Releases the directory's lock once closed, so another Chest may open the
+        path (the lock is kept while the Chest stays open after a failure).
+
         If the flush fails because of the disk (an ``OSError`` such as a full disk,
         or ``available_disk``), the Chest stays open with every value and the error
         says so: free space and close again, or read the values out. If the only
@@ -524,9 +559,14 @@ class Chest(MutableMapping[Hashable, Any]):
     def _shut(self) -> None:
         self._engine.close()  # joins the background writer before the segment files close
         self._store.close()
+        self._dir_lock.release()  # last: no other Chest may open the directory while this one writes there
 
     def drop(self) -> None:
-        """Delete every value and the directory; the Chest is closed afterwards."""
+        """Delete every value and the directory; the Chest is closed afterwards.
+
+        The directory's lock is released after the directory is gone. In a
+        forked child this only closes the child's copy (the parent's files stay).
+        """
         with self._engine.lock:
             if self._engine.closed:
                 return
@@ -542,6 +582,7 @@ class Chest(MutableMapping[Hashable, Any]):
                 self._finalizer()
             else:
                 shutil.rmtree(self._path, ignore_errors=True)
+            self._dir_lock.release()  # held while the directory went: no Chest could start on it half-removed
 
     def __enter__(self) -> Chest:
         return self

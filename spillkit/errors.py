@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 __all__ = [
+    "ChestLocked",
     "CorruptSpillFile",
     "DiskQuotaExceeded",
     "SpillError",
@@ -33,6 +36,30 @@ class CorruptSpillFile(SpillError):
         self.key = key
         self.path = path
         self.reason = reason
+
+
+class ChestLocked(SpillError):
+    """Another open Chest holds the directory, in this process or in another one.
+
+    Raised by ``Chest(path=...)`` before anything in the directory was read or
+    changed: the open Chest keeps every value. ``path`` is the directory;
+    ``pid`` the holder's process id as it recorded it in the lock file, or
+    None when that is unknown.
+    """
+
+    def __init__(self, path: str, pid: int | None) -> None:
+        if pid is None:
+            holder = "another open Chest (its process is unknown)"
+        elif pid == os.getpid():
+            holder = f"another open Chest in this process (pid {pid})"
+        else:
+            holder = f"an open Chest in process {pid}"
+        super().__init__(
+            f"the directory {path!r} is in use by {holder}; two Chests on one directory would "
+            "destroy each other's files. Close that Chest first, or use another path"
+        )
+        self.path = path
+        self.pid = pid
 
 
 class SpillWarning(RuntimeWarning):

@@ -12,7 +12,8 @@ psutil is installed; ``x`` when unknown), so a recycled pid is not mistaken
 for the owner. ``<pidns>`` is the inode of the owner's pid namespace (``x``
 off Linux): a pid means nothing in another namespace, e.g. a container that
 shares ``/tmp``, so such directories are never judged. The name is the whole
-record: nothing is written inside, where spill files live.
+record: a sweep reads nothing inside, where the spill files and the Chest's
+lock file (:mod:`spillkit.dirlock`) live.
 
 :func:`sweep_stale` removes a directory only if all of these hold: its name
 has exactly that form; it is a real directory (never a symlink, which is not

@@ -1,8 +1,11 @@
-"""Helpers shared by several test modules: hostile keys, draining a policy, the files a Chest spilled."""
+"""Helpers shared by several test modules: hostile keys, draining a policy, the files a Chest spilled,
+standing in for a crash while the Chest object lives on."""
 
 from __future__ import annotations
 
+import itertools
 import os
+import shutil
 from collections.abc import Hashable
 
 from spillkit import Chest
@@ -57,3 +60,21 @@ def assert_disk_files(chest: Chest) -> None:
     assert len(files) - len(segments) == own + len(store.inner.retained)
     # every other file is a key's, or one the last flush's manifest still needs (copy-on-write)
     assert set(files) - segments == set(store.inner.names().values()) | store.inner.retained
+
+
+def abandon(chest: Chest) -> None:
+    """Let go of ``chest``'s directory as a killed process would: the kernel drops its lock; nothing is
+    flushed or closed. For a test that re-opens the directory and never uses ``chest`` on it again."""
+    chest._dir_lock.release()
+
+
+_copies = itertools.count(1)
+
+
+def crash_copy(chest: Chest) -> str:
+    """A copy of ``chest``'s directory as it is now, beside it: what a restart would find had the process
+    died at this moment. For a test that goes on using ``chest``: its directory stays locked meanwhile."""
+    chest.wait_for_writes()  # no background write half-copied
+    copy = f"{chest.path}-crash-copy-{next(_copies)}"
+    shutil.copytree(chest.path, copy, symlinks=True)
+    return copy

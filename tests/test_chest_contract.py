@@ -13,10 +13,11 @@ import cachetools
 import cachetools.keys
 import numpy as np
 import pytest
-from helpers import disk_files
+from helpers import abandon, disk_files
 
 import spillkit
 from spillkit import Chest, Event, SpillError
+from spillkit.dirlock import LOCK_NAME
 
 BUDGETS = {"spilling": 100, "roomy": 10**7}  # the default sizeof counts a large int as 28 bytes
 
@@ -282,10 +283,10 @@ def test_seed_example_from_the_original_chest() -> None:
         assert d["three"] == 3
         assert sorted(d.keys()) == ["one", "three", "two"]
         assert dict(d.inmem) == {"three": 3}
-        assert sorted(os.listdir(d.path)) == ["one", "two"]
+        assert sorted(os.listdir(d.path)) == [LOCK_NAME, "one", "two"]
         assert d["one"] == 1
         assert dict(d.inmem) == {"one": 1}
-        assert sorted(os.listdir(d.path)) == ["one", "three", "two"]  # 'one' keeps its file
+        assert sorted(os.listdir(d.path)) == [LOCK_NAME, "one", "three", "two"]  # 'one' keeps its file
         assert d.stats.spills == 3
         assert d.stats.loads == 1
         assert d.stats.hits == 1
@@ -544,6 +545,7 @@ def test_flush_then_reopen(tmp_path: Path, policy_name: str) -> None:
     assert first.engine.spilled_keys and first.inmem
     first.flush()
     # ``first`` is abandoned without close, as if the process died right after flush().
+    abandon(first)
     second = Chest(path=path, available_memory=200, policy=policy_name)
     try:
         assert set(second) == {*data, "costly"}

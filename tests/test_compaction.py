@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import assert_disk_files, disk_files
+from helpers import abandon, assert_disk_files, crash_copy, disk_files
 
 import spillkit
 from spillkit import Chest, SpillWarning
@@ -104,7 +104,7 @@ def test_a_segment_the_last_flush_needs_outlives_its_keys_until_the_next_flush(t
     for key in list(flushed)[:25]:  # the first segments lose every record, the later ones most
         del chest[key]
     assert segments_in(path) == before  # the manifest still points into every one of them
-    crashed = packed(path)  # as if the process died now: the last flush is all there
+    crashed = packed(Path(crash_copy(chest)))  # as if the process died now: the last flush is all there
     assert_values(crashed, flushed)
     expected = {key: flushed[key] for key in list(flushed)[25:]}
     chest.flush()
@@ -112,6 +112,7 @@ def test_a_segment_the_last_flush_needs_outlives_its_keys_until_the_next_flush(t
     assert_values(chest, expected)
     assert_disk_files(chest)
     assert_compacted(chest, pinned_too=True)
+    abandon(chest)  # as if the process died now
     assert packed(path).keys() == expected.keys()
 
 
@@ -126,7 +127,8 @@ def test_segments_written_after_the_last_flush_are_removed_when_reopening(tmp_pa
     for i in range(5):
         del chest[f"k{i}"]
     assert len(segments_in(path)) > 4
-    again = packed(path)  # the first one is abandoned, as a crash would leave it
+    abandon(chest)  # as a crash would leave it
+    again = packed(path)
     assert_values(again, flushed)
     assert_disk_files(again)  # only the segments the manifest points into are left
     again.drop()

@@ -351,6 +351,7 @@ def test_reopening_an_uncompressed_chest_with_compression_says_why_and_loses_not
         wrong["k0"]
     assert "k0" in wrong and len(wrong) == len(expected)  # the failed load removed nothing
     wrong.engine.close()  # leave the files as they are: no flush with the wrong codec
+    del wrong  # and let go of the directory (its lock goes with the object)
     right = Chest(path=tmp_path, available_memory=BIG // 2)
     for key, value in expected.items():
         assert_same(right[key], value)

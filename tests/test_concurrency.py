@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from conftest import assert_accounting
+from helpers import crash_copy
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -29,6 +30,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 import spillkit
 from spillkit import Chest, SpillWarning
 from spillkit.codecs import PickleCodec
+from spillkit.dirlock import LOCK_NAME
 from spillkit.manifest import MANIFEST_NAME
 from spillkit.security import KEY_FILE_NAME
 
@@ -55,9 +57,9 @@ def quiesce(chest: Chest) -> None:
 
 
 def reopened(chest: Chest) -> Chest:
-    """A second Chest on ``chest``'s directory, as a restart after a crash would see it. It is never
-    closed: closing would write a manifest into the directory the first Chest still uses."""
-    return Chest(path=chest.path, available_memory=10**6)
+    """A Chest on a copy of ``chest``'s directory, as a restart after a crash would see it (``chest``
+    keeps its directory, locked, and goes on working)."""
+    return Chest(path=crash_copy(chest), available_memory=10**6)
 
 
 def assert_no_stray_files(chest: Chest) -> None:
@@ -66,7 +68,7 @@ def assert_no_stray_files(chest: Chest) -> None:
     assert_accounting(chest)
     store = chest._store
     hidden = {name for name in os.listdir(chest.path) if name.startswith(".")}
-    known = {MANIFEST_NAME, KEY_FILE_NAME, *store.segment_files()}  # segments: the packed small values
+    known = {MANIFEST_NAME, KEY_FILE_NAME, LOCK_NAME, *store.segment_files()}  # segments: the packed small values
     assert hidden <= known, f"stray files: {sorted(hidden - known)}"
     owned = set(store.inner.names().values())  # keys with a file of their own
     visible = {name for name in os.listdir(chest.path) if not name.startswith(".")}

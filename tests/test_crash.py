@@ -24,10 +24,12 @@ from typing import Any
 
 import pytest
 from crash_child import State, key_of, make_value, same_value, state_from_json, state_to_json, value_size
+from helpers import abandon
 
 import spillkit
 import spillkit.manifest
 from spillkit import Chest, DiskQuotaExceeded
+from spillkit.dirlock import LOCK_NAME
 from spillkit.manifest import MANIFEST_NAME
 from spillkit.security import KEY_FILE_NAME
 
@@ -133,7 +135,7 @@ def reopen(path: Path) -> Chest:
         warnings.simplefilter("error")  # a missing or damaged file would warn: that is a failure here
         chest = Chest(path=path, available_memory=1 << 30, sizeof=value_size, pack_threshold=0)
     names = {os.path.basename(chest._store.filename(key)) for key in chest}
-    left = set(os.listdir(path)) - {MANIFEST_NAME, KEY_FILE_NAME}
+    left = set(os.listdir(path)) - {MANIFEST_NAME, KEY_FILE_NAME, LOCK_NAME}
     assert left == names, "a temporary, orphaned or superseded file is left"
     return chest
 
@@ -149,6 +151,7 @@ def check_reopen(path: Path, allowed: list[State]) -> State:
     first = reopen(path)
     matches = [state for state in allowed if holds(first, state)]
     assert matches, f"the re-opened keys {sorted(map(repr, first))} are none of the states {allowed}"
+    abandon(first)  # let go of the directory without a flush, as a killed program would
     assert holds(reopen(path), matches[-1])  # a re-open after a re-open's clean-up gives the same
     return matches[-1]
 
@@ -291,7 +294,7 @@ def unit_sizeof(value: Any) -> int:
 
 
 def spill_names(path: Path) -> set[str]:
-    return set(os.listdir(path)) - {MANIFEST_NAME, KEY_FILE_NAME}
+    return set(os.listdir(path)) - {MANIFEST_NAME, KEY_FILE_NAME, LOCK_NAME}
 
 
 def snapshot(path: Path) -> dict[str, bytes]:
@@ -331,14 +334,15 @@ def test_work_after_a_flush_never_changes_the_flushed_files(tmp_path: Path) -> N
     before = snapshot(path)
     live = work_after_the_flush(chest)
     assert {name: data for name, data in snapshot(path).items() if name in before} == before
-    metadata = (MANIFEST_NAME, KEY_FILE_NAME)
+    metadata = (MANIFEST_NAME, KEY_FILE_NAME, LOCK_NAME)
     assert chest.disk_bytes == sum(len(data) for name, data in snapshot(path).items() if name not in metadata)
     assert chest._store.retained  # superseded files, kept for the manifest on disk
     assert dict(chest.items()) == live
     # The Chest is abandoned here as a killed process would leave it: the re-open is the flushed state.
+    abandon(chest)
     again = reopen(path)
     assert dict(again.items()) == FLUSHED
-    assert spill_names(path) == set(before) - {MANIFEST_NAME, KEY_FILE_NAME}
+    assert spill_names(path) == set(before) - {MANIFEST_NAME, KEY_FILE_NAME, LOCK_NAME}
 
 
 def test_the_next_flush_commits_the_new_state_and_removes_the_superseded_files(tmp_path: Path) -> None:
@@ -349,11 +353,13 @@ def test_the_next_flush_commits_the_new_state_and_removes_the_superseded_files(t
     assert not chest._store.retained
     assert spill_names(path) == {os.path.basename(chest._store.filename(key)) for key in chest._store}
     assert chest.disk_bytes == sum(os.path.getsize(path / name) for name in spill_names(path))
+    abandon(chest)  # as a kill would leave it
     assert dict(reopen(path).items()) == live
     # a third generation writes the overwritten keys under their first names again
     third = reopen(path)
     third["k0"] = "third"
     third.flush()
+    abandon(third)
     assert "k0" in spill_names(path) and dict(reopen(path).items()) == {**live, "k0": "third"}
 
 
@@ -379,6 +385,7 @@ def test_a_commit_that_fails_after_the_rename_protects_the_renamed_manifests_fil
     for key in list(chest):
         chest[key] = "third"  # every file of either manifest is superseded
     del chest["k2"]
+    abandon(chest)  # killed now
     assert dict(reopen(path).items()) == second
 
 
@@ -421,7 +428,14 @@ def test_reopen_removes_what_a_killed_process_left_and_nothing_else(tmp_path: Pa
     before = snapshot(path)
     again = Chest(path=path, available_memory=2.5 * UNIT, sizeof=unit_sizeof, pack_threshold=0)
     assert dict(again.items()) == FLUSHED
-    kept = {MANIFEST_NAME, KEY_FILE_NAME, *foreign, "sub", *(os.path.basename(again._store.filename(k)) for k in again)}
+    kept = {
+        MANIFEST_NAME,
+        KEY_FILE_NAME,
+        LOCK_NAME,
+        *foreign,
+        "sub",
+        *(os.path.basename(again._store.filename(k)) for k in again),
+    }
     assert set(os.listdir(path)) == kept
     assert not leftovers & kept
     assert {name: (path / name).read_bytes() for name in foreign} == foreign

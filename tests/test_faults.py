@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import ConstRepr, assert_disk_files, disk_files
+from helpers import ConstRepr, assert_disk_files, crash_copy, disk_files
 
 import spillkit
 import spillkit.storage
@@ -216,8 +216,8 @@ def test_unserializable_value_can_be_deleted_and_flush_names_it(make_chest: Call
         chest.update(expected)
     with pytest.raises(SpillError, match="'bad'"):
         chest.flush()
-    # every other value was flushed: a second Chest on the same directory gets them all back
-    other = Chest(path=chest.path, available_memory=2.5 * UNIT, sizeof=unit_sizeof)
+    # every other value was flushed: a restart (on a copy of the directory, which this Chest keeps) gets them all
+    other = Chest(path=crash_copy(chest), available_memory=2.5 * UNIT, sizeof=unit_sizeof)
     assert_values(other, expected)
     del chest["bad"]
     assert "bad" not in chest

@@ -280,7 +280,8 @@ def test_every_module_that_calls_os_is_under_the_fault_injector() -> None:
         if any(f"os.{call}(" in text for call in ("open", "pwrite", "pread", "write", "writev", "fsync", "unlink")):
             doing_io.add(source.stem)
     covered = {module.__name__.rpartition(".")[2] for module in MODULES}
-    others = {"security", "tempdirs"}  # the key file and temporary directories, not spill data
+    # the key file, temporary directories and the lock file (tests/test_dir_lock.py), not spill data
+    others = {"security", "tempdirs", "dirlock"}
     assert doing_io - others <= covered, doing_io - others - covered
 
 
@@ -338,7 +339,7 @@ def assert_accounting(chest: Chest, may_remain: frozenset[str] = frozenset()) ->
     assert set(chest.inmem) | set(store) == set(chest)
     assert chest.spilled_total == (sum(chest.engine.nbytes(k) for k in spilled), chest.disk_bytes)
     assert temp_files(chest.path) == []
-    held = {s.fd for s in [*store._segments.values(), *store._retired] if s.fd >= 0}
+    held = {s.fd for s in [*store._segments.values(), *store._retired, chest._dir_lock] if s.fd >= 0}
     assert open_descriptors(chest.path) == held  # no descriptor leaked, none closed under a segment in use
 
 

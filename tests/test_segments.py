@@ -18,10 +18,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import assert_disk_files, disk_files
+from helpers import abandon, assert_disk_files, disk_files
 from test_faults import TRIPPED, Tripwire
 
 from spillkit import Chest, CorruptSpillFile, PickleCodec, SpillError
+from spillkit.dirlock import LOCK_NAME
 from spillkit.manifest import _HEADER as MANIFEST_HEADER
 from spillkit.manifest import _MAGIC as MANIFEST_MAGIC
 from spillkit.manifest import MANIFEST_NAME
@@ -123,9 +124,9 @@ def test_the_original_chest_example_packs_what_it_spills() -> None:
     try:
         d["one"], d["two"], d["three"] = 1, 2, 3
         assert dict(d.inmem) == {"three": 3}
-        assert sorted(os.listdir(d.path)) == [".spillkit-seg-000001"]
+        assert sorted(os.listdir(d.path)) == [LOCK_NAME, ".spillkit-seg-000001"]
         assert d["one"] == 1
-        assert sorted(os.listdir(d.path)) == [".spillkit-seg-000001"]  # 'one' keeps its record
+        assert sorted(os.listdir(d.path)) == [LOCK_NAME, ".spillkit-seg-000001"]  # 'one' keeps its record
         assert d.stats.spills == 3
     finally:
         d.close()
@@ -258,7 +259,7 @@ def test_flush_and_reopen_give_back_packed_and_large_values(tmp_path: Path) -> N
     first.put("costly", "c", cost=2.5)
     expected["costly"] = "c"
     first.flush()
-    # ``first`` is abandoned, as if the process died right after flush()
+    abandon(first)  # as if the process died right after flush()
     second = on_disk(path)
     assert_values(second, expected)
     assert second.engine.given_cost("costly") == 2.5

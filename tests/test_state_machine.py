@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import assert_disk_files
+from helpers import abandon, assert_disk_files, crash_copy
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -91,9 +91,9 @@ class ChestMachine(RuleBasedStateMachine):
         self.pack_threshold = 0
         self.write_behind = False
 
-    def open(self) -> Chest:
+    def open(self, path: str | None = None) -> Chest:
         chest = Chest(
-            path=self.path,
+            path=self.path if path is None else path,
             available_memory=self.budget,
             policy=self.policy,
             pack_threshold=self.pack_threshold,
@@ -228,9 +228,9 @@ class ChestMachine(RuleBasedStateMachine):
         if bad:
             with pytest.raises(SpillError):
                 self.c.flush()
-            # Every other value was flushed: a second Chest on the directory (as after a
-            # crash right now) has them all. It is left unclosed, as a crash would leave it.
-            view = self.open()
+            # Every other value was flushed: a restart after a crash right now (on a copy of
+            # the directory, which self.c keeps using) has them all.
+            view = self.open(crash_copy(self.c))
             assert set(view) == self.model.keys() - bad
             for key in view:
                 assert same(view[key], self.model[key])
@@ -254,6 +254,7 @@ class ChestMachine(RuleBasedStateMachine):
     def crash_and_reopen(self) -> None:
         """Abandon the Chest as a killed process would: re-opening gives exactly the last flush's state."""
         self.c.wait_for_writes()  # a killed process has no writer thread left to finish later
+        abandon(self.c)  # and no lock: the kernel released it
         self.chest = None  # never closed, never used again (a Chest with a path has no finalizer)
         self.chest = self.open()
         model, sizes = self.flushed

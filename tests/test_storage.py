@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 import spillkit.storage
 from spillkit import Chest, CorruptSpillFile, DiskQuotaExceeded, PickleCodec
+from spillkit.dirlock import LOCK_NAME
 from spillkit.manifest import MANIFEST_NAME
 from spillkit.naming import candidate_name, is_reserved
 from spillkit.security import KEY_FILE_NAME
@@ -283,8 +284,8 @@ def test_a_temporary_chest_directory_is_0700_and_its_files_0600(
         assert os.path.dirname(chest.path) == str(tmp_path)
         assert mode(chest.path) == 0o700
         names = os.listdir(chest.path)
-        assert MANIFEST_NAME in names
-        assert len(names) == files + 1
+        assert MANIFEST_NAME in names and LOCK_NAME in names
+        assert len(names) == files + 2
         for name in names:
             assert mode(os.path.join(chest.path, name)) == 0o600, name
     finally:
@@ -306,7 +307,8 @@ def test_a_new_chest_path_is_created_0700_with_0600_files(
     names = os.listdir(path)
     assert MANIFEST_NAME in names
     assert KEY_FILE_NAME in names
-    assert len(names) == files + 2
+    assert LOCK_NAME in names
+    assert len(names) == files + 3
     for name in names:
         assert mode(path / name) == 0o600, name
 

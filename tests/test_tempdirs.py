@@ -22,6 +22,7 @@ import pytest
 import spillkit
 from spillkit import Chest, tempdirs
 from spillkit.cli import EXIT_BAD_INPUT, EXIT_OK, main
+from spillkit.dirlock import LOCK_NAME
 
 REPO = Path(spillkit.__file__).resolve().parents[1]
 ON_LINUX = os.path.isdir("/proc/self")
@@ -33,11 +34,16 @@ from spillkit import Chest
 chest = Chest(available_memory=250, sizeof=lambda v: 100, pack_threshold=0)
 for i in range(6):
     chest[f"k{i}"] = bytes([i]) * 50
-print(json.dumps({"pid": os.getpid(), "path": chest.path, "files": len(os.listdir(chest.path))}), flush=True)
+files = [name for name in os.listdir(chest.path) if name != ".spillkit-lock"]  # the spill files
+print(json.dumps({"pid": os.getpid(), "path": chest.path, "files": len(files)}), flush=True)
 if sys.argv[1] == "die":
     os.kill(os.getpid(), signal.SIGKILL)
 sys.stdin.readline()
 """
+
+
+def spill_files(path: str | Path) -> list[str]:
+    return [name for name in os.listdir(path) if name != LOCK_NAME]
 
 
 def child_env(parent: Path) -> dict[str, str]:
@@ -100,7 +106,7 @@ def test_a_killed_process_leaves_its_directory_and_the_sweep_removes_it(parent: 
     assert process.wait(60) == -signal.SIGKILL
     path = Path(report["path"])
     assert path.name.startswith(f"spillkit-{report['pid']}-")
-    assert len(list(path.iterdir())) == 4  # the finalizer never ran: the directory and its files stayed
+    assert len(spill_files(path)) == 4  # the finalizer never ran: the directory and its files stayed
     assert tempdirs.stale(str(parent)) == [str(path)]
     assert path.is_dir()  # listing the stale directories removes nothing
     assert tempdirs.sweep_stale(str(parent)) == [str(path)]
@@ -112,7 +118,7 @@ def test_a_live_process_keeps_its_directory_until_it_is_killed(parent: Path) -> 
     process, report = start_child(parent, "wait")
     try:
         assert tempdirs.sweep_stale(str(parent)) == []
-        assert len(os.listdir(report["path"])) == 4
+        assert len(spill_files(report["path"])) == 4
     finally:
         process.kill()
         process.communicate(timeout=60)

@@ -1,0 +1,236 @@
+"""An exclusive lock on a Chest's directory, held for as long as the Chest is open.
+
+Two live Chests on one directory destroy each other's values: each takes the
+other's unflushed spill files for a killed process's leftovers and removes
+them, and each commits its own manifest over the other's. So a Chest takes
+``fcntl.flock(LOCK_EX | LOCK_NB)`` on ``<path>/.spillkit-lock`` before it
+reads or changes anything else in the directory, and a second Chest on the
+path, in this process or another, raises
+:class:`~spillkit.errors.ChestLocked` having changed nothing.
+
+``flock``, not ``fcntl.lockf`` (POSIX record locks): a flock lock belongs to
+the open file description, so a second ``open()`` of the lock file conflicts
+even in the same process, as two Chests in one process must. POSIX locks
+belong to the process: they never conflict within it, and closing *any*
+descriptor of the file drops them. Either kind is released by the kernel
+when the holder dies however it dies (``SIGKILL``, the OOM killer), so a lock
+file left behind never blocks: only a live holder does. The holder writes
+its pid into the file (best effort) for the error message; while the file is
+unlocked its contents mean nothing.
+
+The file stays when a Chest closes: unlinking it would let one process lock
+the old inode (opened just before) while another creates and locks a new one.
+It is hidden (no key's file name starts with a dot), so a re-open's clean-up
+(``manifest.remove_leftovers``, ``PackedStore.remove_unreferenced``) leaves it
+alone. ``drop()`` removes it with the directory while still holding it; a
+Chest waiting to lock it then finds another inode, or none, under the name
+and locks the one there now.
+
+Forks. A forked child inherits the descriptor, and with it the lock (a flock
+is shared by every descriptor of the open file description). The lock stays
+the parent's: after ``os.fork()`` the child closes its copies (an
+``os.register_at_fork`` hook), so a long-lived child (a multiprocessing pool
+worker) never keeps the directory locked after its parent closed the Chest
+or died, and a child that opens a Chest on the path gets ``ChestLocked``
+like any other process. A child never unlocks (``LOCK_UN`` on a shared
+description would unlock the parent); the parent unlocks explicitly before
+closing, which frees a copy made by a fork that ran no hooks too. A forked
+child's copy of the Chest is not the directory's owner (it never removes
+it); if it goes on writing there after its parent died, nothing stops a new
+Chest from opening the directory meanwhile.
+
+Limits: the lock is only as good as ``flock`` on the file system (on NFS it
+may be local to one machine, or emulated with POSIX locks). Without
+``fcntl`` (Windows) nothing is locked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import threading
+import weakref
+
+from .errors import ChestLocked, SpillError
+
+try:
+    import fcntl
+except ImportError:  # Windows is no target: Chests there are not locked
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["LOCK_NAME", "DirLock"]
+
+LOCK_NAME = ".spillkit-lock"
+_ATTEMPTS = 10  # how often the file may vanish under us (a drop() racing with the open) before we give up
+_held: weakref.WeakSet[DirLock] = weakref.WeakSet()  # the fork hook closes the child's copies
+
+
+class DirLock:
+    """An exclusive ``flock`` on ``directory``'s lock file, taken at construction.
+
+    Parameters
+    ----------
+    directory : str
+        An existing directory; its lock file is created (0600) if missing.
+
+    Raises
+    ------
+    ChestLocked
+        Another open Chest (another open description of the file, in this
+        process or another) holds the lock. Nothing was changed on disk.
+    SpillError
+        The lock file cannot be created or opened (a read-only directory, a
+        symbolic link or something other than a file under its name), or the
+        file system refuses ``flock``. Nothing was changed on disk.
+
+    Notes
+    -----
+    Thread-safe: :meth:`release` may be called from several threads and is
+    idempotent. In a forked child it does nothing (the child holds no lock).
+    Garbage collection releases the lock too, and the kernel does when the
+    process dies. Releasing never raises.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> directory = tempfile.mkdtemp()
+    >>> lock = DirLock(directory)
+    >>> try:
+    ...     DirLock(directory)
+    ... except ChestLocked as error:
+    ...     error.pid == os.getpid()
+    True
+    >>> lock.release()
+    >>> DirLock(directory).release()  # free again
+    """
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.path = os.path.join(directory, LOCK_NAME)
+        self._pid = os.getpid()
+        self._mutex = threading.Lock()
+        self._fd = -1 if fcntl is None else _acquire(directory, self.path)
+        _held.add(self)
+
+    @property
+    def held(self) -> bool:
+        """True while this process holds the lock through this object."""
+        return self._fd >= 0
+
+    @property
+    def fd(self) -> int:
+        """The lock file's descriptor while held, else -1."""
+        return self._fd
+
+    def release(self) -> None:
+        """Unlock and close the file (idempotent; never raises; a no-op in a forked child)."""
+        with self._mutex:
+            fd, self._fd = self._fd, -1
+        if fd < 0:
+            return
+        if os.getpid() == self._pid:
+            # Explicit: a child forked without Python's hooks may still share the description.
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+    def _forget_in_child(self) -> None:
+        self._mutex = threading.Lock()  # another thread of the parent may have held it at the fork
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)  # never LOCK_UN: the description, and the lock, are the parent's too
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # at interpreter exit ``os`` may already be gone
+            self.release()
+
+
+def _after_fork_in_child() -> None:
+    for lock in list(_held):
+        lock._forget_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _acquire(directory: str, full: str) -> int:
+    """Open ``full``, lock it without waiting and record our pid; return the descriptor."""
+    assert fcntl is not None
+    for _ in range(_ATTEMPTS):
+        fd = _open(full)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ChestLocked(directory, _holder(fd)) from None
+            except OSError as error:
+                raise SpillError(f"cannot lock {full!r} ({error}); the file system may not support flock") from error
+            if _still_there(fd, full):
+                _record_pid(fd)
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        # drop() removed the file (and the directory) between our open and our lock: lock what is there now.
+        os.close(fd)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    raise SpillError(f"cannot lock {full!r}: it was removed {_ATTEMPTS} times while being locked")
+
+
+def _open(full: str) -> int:
+    nofollow = getattr(os, "O_NOFOLLOW", 0)  # the pid is written into it: never through a planted symlink
+    try:
+        fd = os.open(full, os.O_RDWR | os.O_CREAT | nofollow, 0o600)
+    except OSError as error:
+        fd = -1
+        if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            # A read-only directory or file system whose lock file exists: flock needs no write access.
+            with contextlib.suppress(OSError):
+                fd = os.open(full, os.O_RDONLY | nofollow)
+        if fd < 0:
+            reason = "it is a symbolic link" if error.errno == errno.ELOOP else str(error)
+            raise SpillError(
+                f"cannot create or open the lock file {full!r} ({reason}); a Chest needs it to keep "
+                "other Chests out of its directory"
+            ) from error
+    try:
+        mode = os.fstat(fd).st_mode
+    except BaseException:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise SpillError(f"the lock file {full!r} is not a regular file (mode {mode:o}); refusing it")
+    return fd
+
+
+def _still_there(fd: int, full: str) -> bool:
+    try:
+        now = os.stat(full, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (mine.st_dev, mine.st_ino) == (now.st_dev, now.st_ino)
+
+
+def _record_pid(fd: int) -> None:
+    data = f"{os.getpid()}\n".encode()
+    # At offset 0 (the descriptor is new). Write, then cut: the file is never empty on the way.
+    # Best effort: a read-only file keeps the old pid, which only the error message shows.
+    with contextlib.suppress(OSError):
+        os.write(fd, data)
+        os.ftruncate(fd, len(data))
+
+
+def _holder(fd: int) -> int | None:
+    """The pid the holder recorded, or None (not written yet, unreadable, or not a pid)."""
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() and 0 < int(text) < 2**31 else None
