@@ -1,25 +1,26 @@
-"""The disk tier: one checksummed file per spilled value under a private directory."""
+"""The disk tier: one checksummed file per spilled value under a private directory.
+
+:class:`DiskStore` writes, reads, fsyncs and removes the files; its state and
+the bookkeeping that touches no file (the key to file-name index, name
+reservations, the quota check) are :class:`~spillkit.fileindex.FileIndex`,
+which it inherits.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import warnings
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from .buffers import read_buffer
-from .codecs import Codec
-from .errors import CorruptSpillFile, DiskQuotaExceeded, SpillWarning
-from .naming import candidate_name
-from .security import process_secret
+from .errors import CorruptSpillFile, SpillWarning
+from .fileindex import FileIndex
 from .spillfile import HEADER_SIZE, RecordError, encode_header, names_record, open_record
 
 __all__ = ["DiskStore", "PreparedWrite", "is_spill_file"]
-
-_FREE: Any = object()
 
 
 @dataclass(slots=True)
@@ -54,7 +55,7 @@ def _write_all(fd: int, frames: list[Any]) -> None:
             views[0] = views[0][written:]
 
 
-class DiskStore:
+class DiskStore(FileIndex):
     """A mapping from keys to files in ``path``; values go through ``codec``.
 
     Each write goes to a hidden temporary file and is moved into place with
@@ -92,105 +93,6 @@ class DiskStore:
     >>> store.read("one")
     1
     """
-
-    def __init__(self, path: str, codec: Codec, available_disk: int | None = None, secret: bytes | None = None) -> None:
-        self.path = path
-        self.codec = codec
-        self.available_disk = available_disk
-        self.secret = process_secret() if secret is None else secret
-        self.total_bytes = 0
-        self._names: dict[Hashable, str] = {}
-        self._sizes: dict[Hashable, int] = {}
-        self._tags: dict[Hashable, bytes] = {}  # the HMAC of each key's current file: an older file is refused
-        self._owners: dict[str, Hashable] = {}  # casefolded name -> key: injective even on case-insensitive disks
-        self._reserved: dict[str, list[Any]] = {}  # casefolded name -> [key, writes in progress]
-        self._dirty: set[str] = set()  # names renamed into place since the last good fsync of the directory
-        self._unsynced: set[str] = set()  # names whose fsync (or the directory's) failed: unknown until written anew
-        self._temp_counter = itertools.count(1)  # next() is atomic: prepare runs in several threads
-        # Crash consistency (see protect()): casefolded names the committed manifest references,
-        # and the ones among them no key owns any more (name -> size), unlinked at the next protect().
-        self._protected: set[str] = set()
-        self._retained: dict[str, int] = {}
-        self._orphans: set[str] = set()  # files of deleted keys that could not be unlinked: retried
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._names
-
-    def __len__(self) -> int:
-        return len(self._names)
-
-    def __iter__(self) -> Iterator[Hashable]:
-        return iter(list(self._names))
-
-    def file_bytes(self, key: Hashable) -> int:
-        """Bytes the key's file takes on disk (header included)."""
-        return self._sizes[key]
-
-    def filename(self, key: Hashable) -> str:
-        """Full path of the key's file (the key must be stored)."""
-        return os.path.join(self.path, self._names[key])
-
-    def tag(self, key: Hashable) -> bytes | None:
-        """The HMAC of the key's current file (None for a file adopted without one)."""
-        return self._tags.get(key)
-
-    def _name_for(self, key: Hashable) -> str:
-        name = self._names.get(key)
-        if name is not None and name.casefold() not in self._protected:
-            return name
-        attempt = 0
-        while True:
-            name = candidate_name(key, attempt)
-            folded = name.casefold()
-            owner = self._owners.get(folded, _FREE)
-            reserved = self._reserved.get(folded)
-            if (
-                (owner is _FREE or (owner == key and folded not in self._protected))
-                and (reserved is None or reserved[0] == key)
-                and folded not in self._protected
-            ):
-                return name
-            attempt += 1
-
-    def reserve(self, key: Hashable) -> str:
-        """Choose the key's file name and hold it until :meth:`commit` or :meth:`discard`."""
-        name = self._name_for(key)
-        entry = self._reserved.setdefault(name.casefold(), [key, 0])
-        entry[1] += 1
-        return name
-
-    def unreserve(self, name: str) -> None:
-        """Release a name held by :meth:`reserve` when no write follows."""
-        entry = self._reserved[name.casefold()]
-        entry[1] -= 1
-        if not entry[1]:
-            del self._reserved[name.casefold()]
-
-    def adopt(self, key: Hashable, name: str, size: int, tag: bytes | None = None) -> None:
-        """Register a file that already exists (used when re-opening a directory)."""
-        self._names[key] = name
-        self._sizes[key] = size
-        if tag is not None:
-            self._tags[key] = tag
-        self._owners[name.casefold()] = key
-        self.total_bytes += size
-
-    def _freed_by_replacing(self, key: Hashable) -> int:
-        # Bytes a new file for the key frees: none when its old file is a committed manifest's.
-        old = self._names.get(key)
-        if old is None or old.casefold() in self._protected:
-            return 0
-        return self._sizes[key]
-
-    def _check_quota(self, key: Hashable, size: int) -> None:
-        if self.available_disk is None:
-            return
-        after = self.total_bytes - self._freed_by_replacing(key) + size
-        if after > self.available_disk:
-            raise DiskQuotaExceeded(
-                f"storing {key!r} needs {size} bytes on disk; that would make {after} "
-                f"bytes, over available_disk={self.available_disk}"
-            )
 
     def prepare(self, key: Hashable, value: Any, name: str) -> PreparedWrite:
         """Serialize ``value`` into a temporary file for the reserved ``name``.
@@ -356,17 +258,6 @@ class DiskStore:
             os.close(fd)
         self._dirty.clear()
 
-    def has_copy(self, key: Hashable) -> bool:
-        """True when the key has a file that can stand in for its value (not one :meth:`unsynced_keys` lists)."""
-        name = self._names.get(key)
-        return name is not None and name not in self._unsynced
-
-    def unsynced_keys(self) -> list[Hashable]:
-        """Keys whose file (or its name, by a failed fsync of the directory) failed an fsync, not written anew since."""
-        if not self._unsynced:
-            return []
-        return [key for key, name in self._names.items() if name in self._unsynced]
-
     def protect(self, names: Iterable[str], *, add: bool = False) -> None:
         """Keep the files ``names`` (a committed manifest's) from now on; unlink those it no longer names.
 
@@ -402,12 +293,3 @@ class DiskStore:
                 pass
             except OSError as error:
                 warnings.warn(f"could not remove the superseded file {name!r}: {error!r}", SpillWarning, stacklevel=3)
-
-    @property
-    def retained(self) -> frozenset[str]:
-        """Files kept only because the last committed manifest names them (no key owns them now)."""
-        return frozenset(self._retained)
-
-    def names(self) -> dict[Hashable, str]:
-        """A copy of the key to file-name index."""
-        return dict(self._names)

@@ -1,0 +1,166 @@
+"""The bookkeeping of a :class:`~spillkit.storage.DiskStore` that touches no file.
+
+:class:`FileIndex` holds a disk store's state and every method that only reads
+or updates it: the key to file-name index, name reservations for writes in
+progress, the quota check, and what the durability bookkeeping reports
+(:meth:`~FileIndex.has_copy`, :meth:`~FileIndex.unsynced_keys`,
+:attr:`~FileIndex.retained`). :class:`~spillkit.storage.DiskStore` inherits it
+and adds everything that opens, writes, renames, fsyncs or unlinks files, so
+that the modules the tests inject disk faults into (``spillkit.storage``'s
+``os`` and ``open``) still hold every such call.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Hashable, Iterator
+from typing import Any
+
+from .codecs import Codec
+from .errors import DiskQuotaExceeded
+from .naming import candidate_name
+from .security import process_secret
+
+__all__ = ["FileIndex"]
+
+_FREE: Any = object()
+
+
+class FileIndex:
+    """A disk store's key to file-name index, reservations, quota and durability state (no I/O).
+
+    Each key maps to one file in ``path``; :meth:`reserve` picks a name that no
+    other key owns or reserves (compared casefolded, so names stay injective on
+    case-insensitive disks) and that no committed manifest protects. The
+    sets that :meth:`~spillkit.storage.DiskStore.sync` and
+    :meth:`~spillkit.storage.DiskStore.protect` maintain live here too.
+
+    Not thread-safe: the engine that owns the store holds the lock, except
+    that ``DiskStore.prepare`` calls :meth:`_check_quota` without it (against
+    a possibly stale total; the commit checks again) and takes temporary names
+    from ``_temp_counter``, whose ``next()`` is atomic. Nothing here touches the
+    disk, so nothing raises ``OSError``: :meth:`_check_quota` raises
+    :class:`~spillkit.errors.DiskQuotaExceeded`, and :meth:`file_bytes`,
+    :meth:`filename` and :meth:`unreserve` raise ``KeyError`` for a key or name
+    they do not hold, changing nothing.
+    """
+
+    def __init__(self, path: str, codec: Codec, available_disk: int | None = None, secret: bytes | None = None) -> None:
+        self.path = path
+        self.codec = codec
+        self.available_disk = available_disk
+        self.secret = process_secret() if secret is None else secret
+        self.total_bytes = 0
+        self._names: dict[Hashable, str] = {}
+        self._sizes: dict[Hashable, int] = {}
+        self._tags: dict[Hashable, bytes] = {}  # the HMAC of each key's current file: an older file is refused
+        self._owners: dict[str, Hashable] = {}  # casefolded name -> key: injective even on case-insensitive disks
+        self._reserved: dict[str, list[Any]] = {}  # casefolded name -> [key, writes in progress]
+        self._dirty: set[str] = set()  # names renamed into place since the last good fsync of the directory
+        self._unsynced: set[str] = set()  # names whose fsync (or the directory's) failed: unknown until written anew
+        self._temp_counter = itertools.count(1)  # next() is atomic: prepare runs in several threads
+        # Crash consistency (see protect()): casefolded names the committed manifest references,
+        # and the ones among them no key owns any more (name -> size), unlinked at the next protect().
+        self._protected: set[str] = set()
+        self._retained: dict[str, int] = {}
+        self._orphans: set[str] = set()  # files of deleted keys that could not be unlinked: retried
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._names
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __iter__(self) -> Iterator[Hashable]:
+        return iter(list(self._names))
+
+    def file_bytes(self, key: Hashable) -> int:
+        """Bytes the key's file takes on disk (header included)."""
+        return self._sizes[key]
+
+    def filename(self, key: Hashable) -> str:
+        """Full path of the key's file (the key must be stored)."""
+        return os.path.join(self.path, self._names[key])
+
+    def tag(self, key: Hashable) -> bytes | None:
+        """The HMAC of the key's current file (None for a file adopted without one)."""
+        return self._tags.get(key)
+
+    def _name_for(self, key: Hashable) -> str:
+        name = self._names.get(key)
+        if name is not None and name.casefold() not in self._protected:
+            return name
+        attempt = 0
+        while True:
+            name = candidate_name(key, attempt)
+            folded = name.casefold()
+            owner = self._owners.get(folded, _FREE)
+            reserved = self._reserved.get(folded)
+            if (
+                (owner is _FREE or (owner == key and folded not in self._protected))
+                and (reserved is None or reserved[0] == key)
+                and folded not in self._protected
+            ):
+                return name
+            attempt += 1
+
+    def reserve(self, key: Hashable) -> str:
+        """Choose the key's file name and hold it until :meth:`commit` or :meth:`discard`."""
+        name = self._name_for(key)
+        entry = self._reserved.setdefault(name.casefold(), [key, 0])
+        entry[1] += 1
+        return name
+
+    def unreserve(self, name: str) -> None:
+        """Release a name held by :meth:`reserve` when no write follows."""
+        entry = self._reserved[name.casefold()]
+        entry[1] -= 1
+        if not entry[1]:
+            del self._reserved[name.casefold()]
+
+    def adopt(self, key: Hashable, name: str, size: int, tag: bytes | None = None) -> None:
+        """Register a file that already exists (used when re-opening a directory)."""
+        self._names[key] = name
+        self._sizes[key] = size
+        if tag is not None:
+            self._tags[key] = tag
+        self._owners[name.casefold()] = key
+        self.total_bytes += size
+
+    def _freed_by_replacing(self, key: Hashable) -> int:
+        # Bytes a new file for the key frees: none when its old file is a committed manifest's.
+        old = self._names.get(key)
+        if old is None or old.casefold() in self._protected:
+            return 0
+        return self._sizes[key]
+
+    def _check_quota(self, key: Hashable, size: int) -> None:
+        if self.available_disk is None:
+            return
+        after = self.total_bytes - self._freed_by_replacing(key) + size
+        if after > self.available_disk:
+            raise DiskQuotaExceeded(
+                f"storing {key!r} needs {size} bytes on disk; that would make {after} "
+                f"bytes, over available_disk={self.available_disk}"
+            )
+
+    def has_copy(self, key: Hashable) -> bool:
+        """True when the key has a file that can stand in for its value (not one :meth:`unsynced_keys` lists)."""
+        name = self._names.get(key)
+        return name is not None and name not in self._unsynced
+
+    def unsynced_keys(self) -> list[Hashable]:
+        """Keys whose file (or its name, by a failed fsync of the directory) failed an fsync, not written anew since."""
+        if not self._unsynced:
+            return []
+        return [key for key, name in self._names.items() if name in self._unsynced]
+
+    @property
+    def retained(self) -> frozenset[str]:
+        """Files kept only because the last committed manifest names them (no key owns them now)."""
+        return frozenset(self._retained)
+
+    def names(self) -> dict[Hashable, str]:
+        """A copy of the key to file-name index."""
+        return dict(self._names)

@@ -1,0 +1,231 @@
+"""The record side of a packed store: what is stored where, and writing, reading and deleting records.
+
+:class:`PackedRecords` decides for each value whether it is packed (one
+record appended to a segment) or gets a file of its own through the inner
+:class:`~spillkit.storage.DiskStore`, checks the quota, and reads and deletes
+records; the segments, the index and compaction come from
+:class:`~spillkit.compaction.Compactor`, which it inherits.
+:class:`~spillkit.segments.PackedStore` inherits it and adds construction,
+fsyncs, manifests (protect, checkpoint, adopting records at a re-open) and
+closing. :class:`PackedWrite` is re-exported by :mod:`spillkit.segments`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from .codecs import Codec
+from .compaction import Compactor, Place
+from .errors import CorruptSpillFile, DiskQuotaExceeded
+from .segfiles import read_at
+from .spillfile import HEADER_SIZE, PAD, RecordError, encode_header, open_record
+from .storage import DiskStore, PreparedWrite
+
+__all__ = ["PackedRecords", "PackedWrite"]
+
+
+@dataclass(slots=True)
+class PackedWrite(PreparedWrite):
+    """A small value encoded into one record in memory, not yet appended (``temp`` is unused)."""
+
+    record: bytes
+
+
+class PackedRecords(Compactor):
+    """The index queries and record I/O of :class:`~spillkit.segments.PackedStore` (which sets the attributes).
+
+    A value whose record is under ``pack_threshold`` bytes is encoded into
+    one record in memory and appended to the active segment at
+    :meth:`commit`; a larger one goes to ``inner``, a file of its own. The
+    quota (``available_disk``) covers both. Reads fetch exactly the key's
+    record and check it like a file.
+
+    Not thread-safe except :meth:`prepare`, which encodes in memory and touches
+    no shared state: the engine holds the lock. A failed :meth:`commit`
+    (quota, ``OSError``) changes nothing: the key keeps its old record, and a
+    failed append is cut off again. :meth:`read` raises
+    :class:`~spillkit.errors.CorruptSpillFile` naming the key for a damaged,
+    moved or forged record; :meth:`delete` of an absent key does nothing. A
+    compaction set off by a write or a delete only warns when it fails (the
+    records stay where they were).
+    """
+
+    inner: DiskStore
+    codec: Codec
+    secret: bytes
+    available_disk: int | None
+    pack_threshold: int
+    total_bytes: int
+
+    # ---- what is stored where ----------------------------------------------------------
+    def __contains__(self, key: object) -> bool:
+        return key in self._places or key in self.inner
+
+    def __len__(self) -> int:
+        return len(self._places) + len(self.inner)
+
+    def __iter__(self) -> Iterator[Hashable]:
+        return iter([*self._places, *self.inner])
+
+    def has_copy(self, key: Hashable) -> bool:
+        """True when the key has a record that can stand in for its value (not one :meth:`unsynced_keys` lists)."""
+        place = self._places.get(key)
+        return self.inner.has_copy(key) if place is None else place.trusted
+
+    def file_bytes(self, key: Hashable) -> int:
+        """Bytes of the key's record (header included), packed or in a file of its own."""
+        place = self._places.get(key)
+        return self.inner.file_bytes(key) if place is None else place.length
+
+    def filename(self, key: Hashable) -> str:
+        """Full path of the file holding the key's record: its own, or its segment."""
+        place = self._places.get(key)
+        return self.inner.filename(key) if place is None else os.path.join(self.path, place.segment.name)
+
+    def tag(self, key: Hashable) -> bytes | None:
+        """The HMAC of the key's current record (None for a file adopted without one)."""
+        place = self._places.get(key)
+        return self.inner.tag(key) if place is None else place.tag
+
+    def location(self, key: Hashable) -> tuple[str | None, int]:
+        """``(segment file name, offset)`` of a packed key; ``(None, 0)`` for a key with its own file."""
+        place = self._places.get(key)
+        return (None, 0) if place is None else (place.segment.name, place.offset)
+
+    def names(self) -> dict[Hashable, str]:
+        """Key to record name (a packed record carries the name its own file would have)."""
+        names = self.inner.names()
+        names.update((key, place.name) for key, place in self._places.items())
+        return names
+
+    def segment_files(self) -> list[str]:
+        """Names of the segment files this store keeps on disk (including ones awaiting a checkpoint)."""
+        return [segment.name for segment in [*self._segments.values(), *self._retired]]
+
+    # ---- writing -----------------------------------------------------------------------
+    def reserve(self, key: Hashable) -> str:
+        """Choose the key's name and hold it until :meth:`commit` or :meth:`discard`."""
+        return self.inner.reserve(key)
+
+    def unreserve(self, name: str) -> None:
+        """Release a name held by :meth:`reserve` when no write follows."""
+        self.inner.unreserve(name)
+
+    def prepare(self, key: Hashable, value: Any, name: str) -> PreparedWrite:
+        """Encode ``value``: small ones into a record in memory, large ones into a temporary file.
+
+        Touches no shared state, so it may run without the engine's lock.
+        """
+        frames = [memoryview(frame).cast("B") for frame in self.codec.encode(value)]
+        head = HEADER_SIZE + len(name.encode("utf-8"))
+        size = head + -head % PAD + sum(frame.nbytes for frame in frames)
+        self._check_quota(key, size, self._live_bytes)  # as if compacted: the exact check is at commit
+        if size >= self.pack_threshold:
+            return self.inner.prepare_frames(key, frames, name)
+        header, _, tag = encode_header(name, frames, self.codec, self.secret)
+        return PackedWrite(key, name, "", size, tag, b"".join([header, *frames]))
+
+    def commit(self, prepared: PreparedWrite) -> int:
+        """Append a packed record, or move a file into place; the key's old record becomes dead.
+
+        On failure (quota, ``OSError``) nothing changes: the key keeps its old record.
+        """
+        key = prepared.key
+        try:
+            self._make_room(key, prepared.size)
+        except BaseException:
+            self.discard(prepared)
+            raise
+        if isinstance(prepared, PackedWrite):
+            try:
+                segment = self._writable(prepared.size)
+                offset = self._append(segment, prepared.record)
+            except BaseException:
+                self._count()
+                raise
+            finally:
+                self.inner.unreserve(prepared.name)
+            self.inner.delete(key)  # a file of the key from before (nothing if none)
+            self._forget(key)
+            self._place(key, Place(segment, offset, prepared.size, prepared.tag, prepared.name))
+        else:
+            self.inner.commit(prepared)  # on failure it discards the temporary file itself
+            self._forget(key)
+        self._maintain()
+        return prepared.size
+
+    def discard(self, prepared: PreparedWrite) -> None:
+        """Drop a prepared write and release its name."""
+        if isinstance(prepared, PackedWrite):
+            self.inner.unreserve(prepared.name)
+        else:
+            self.inner.discard(prepared)
+
+    def write(self, key: Hashable, value: Any) -> int:
+        """Encode ``value`` and store it as the key's record; return the bytes written."""
+        name = self.reserve(key)
+        try:
+            prepared = self.prepare(key, value, name)
+        except BaseException:
+            self.inner.unreserve(name)
+            raise
+        return self.commit(prepared)
+
+    def _check_quota(self, key: Hashable, size: int, on_disk: int) -> None:
+        if self.available_disk is None:
+            return
+        try:  # a file of the key is replaced or removed by this write (unless a manifest keeps it)
+            replaced = self.inner._freed_by_replacing(key)
+        except KeyError:  # deleted meanwhile (prepare runs without the lock)
+            replaced = 0
+        after = self.inner.total_bytes + on_disk - replaced + size
+        if after > self.available_disk:
+            raise DiskQuotaExceeded(
+                f"storing {key!r} needs {size} bytes on disk; that would make {after} "
+                f"bytes, over available_disk={self.available_disk}"
+            )
+
+    def _make_room(self, key: Hashable, size: int) -> None:
+        """Check the quota against the files really on disk, compacting first if that helps."""
+        try:
+            self._check_quota(key, size, self._segment_total)
+        except DiskQuotaExceeded:
+            self._reclaim()
+            self._check_quota(key, size, self._segment_total)
+
+    # ---- reading and deleting ----------------------------------------------------------
+    def read(self, key: Hashable) -> Any:
+        """Load the key's value; raise CorruptSpillFile if its record is damaged, moved or forged."""
+        place = self._places.get(key)
+        if place is None:
+            return self.inner.read(key)
+        full = os.path.join(self.path, place.segment.name)
+        data = read_at(place.segment, place.offset, place.length)
+        where = f"record at offset {place.offset}"
+        if len(data) < place.length:
+            raise CorruptSpillFile(key, full, f"{where}: the segment is truncated")
+        try:
+            body = open_record(memoryview(data), place.name, self.secret, place.tag)
+        except RecordError as error:
+            raise CorruptSpillFile(key, full, f"{where}: {error}") from None
+        return self.codec.decode(body)
+
+    def delete(self, key: Hashable) -> None:
+        """Forget the key's record (it becomes dead bytes) or remove its file; absent keys are fine."""
+        if key in self._places:
+            self._forget(key)
+            self._maintain()
+        else:
+            self.inner.delete(key)
+            self._count()
+
+    def clear(self) -> None:
+        """Forget every record and remove the files, without compacting on the way (pinned ones wait)."""
+        for key in list(self.inner):
+            self.inner.delete(key)
+        for key in list(self._places):
+            self._forget(key)
+        self._maintain()
