@@ -371,6 +371,17 @@ def compaction_ahead(tmp_path: Path, big: bool = False) -> tuple[Chest, dict[Has
     return chest, expected, original, active
 
 
+def compaction_then_a_failed_file_fsync(tmp_path: Path, disk: Disk) -> tuple[Chest, dict[Hashable, Any], str, str, str]:
+    """:func:`compaction_ahead` with a large value, then a flush that copies k4 and k5 (their fsync succeeds)
+    and fails at the large value's file fsync; also returns that file's name."""
+    chest, expected, original, active = compaction_ahead(tmp_path, big=True)
+    big = file_of(chest, "big")
+    disk.fail = lambda module, name, is_dir: name == big
+    with pytest.raises(OSError):
+        chest.flush()
+    return chest, expected, original, active, big
+
+
 def refuse_writes(chest: Chest, disk: Disk, refusal: str) -> None:
     if refusal == "ENOSPC":
         disk.full = True
@@ -473,12 +484,8 @@ def test_durable_records_copied_by_compaction_stay_committed_when_a_later_flush_
     The copies then lie in a segment whose name no good fsync of the directory covered: untrusted one
     flush after the compaction. The originals are still on disk (no commit came in between) and serve.
     """
-    chest, expected, original, active = compaction_ahead(tmp_path, big=True)
+    chest, expected, original, active, big = compaction_then_a_failed_file_fsync(tmp_path, disk)
     store = chest._store
-    big = file_of(chest, "big")
-    disk.fail = lambda module, name, is_dir: name == big
-    with pytest.raises(OSError):
-        chest.flush()  # k4 and k5 are copied and fsynced; the big value's file fails its fsync
     assert disk.failures() == [("failed", "storage", big)]
     assert {file_of(chest, key) for key in ["k4", "k5"]} == {active}
     assert committed(chest) == set(KEYS)
@@ -501,12 +508,8 @@ def test_durable_records_copied_by_compaction_stay_committed_when_a_later_flush_
 def test_a_key_overwritten_after_compaction_copied_it_never_falls_back_to_the_old_record(
     tmp_path: Path, disk: Disk
 ) -> None:
-    chest, expected, original, active = compaction_ahead(tmp_path, big=True)
+    chest, expected, original, active, _ = compaction_then_a_failed_file_fsync(tmp_path, disk)
     store = chest._store
-    big = file_of(chest, "big")
-    disk.fail = lambda module, name, is_dir: name == big
-    with pytest.raises(OSError):
-        chest.flush()  # k4 and k5 are copied and fsynced; the big value's file fails its fsync
     assert {file_of(chest, key) for key in ["k4", "k5"]} == {active}
     chest["k4"] = expected["k4"] = payload(95)  # the copy of the old value is dead now
     disk.fail = lambda module, name, is_dir: module == "storage" and is_dir
