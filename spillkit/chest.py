@@ -1,46 +1,34 @@
-"""``Chest``: a dict that keeps what fits in memory and spills the rest to disk."""
+"""``Chest``: a dict that keeps what fits in memory and spills the rest to disk.
+
+The class is the mapping and its documentation; the constructor's body is
+:func:`spillkit.chest_setup.setup_chest` and the durability path (flush,
+manifest, reopen, close, drop) is in :mod:`spillkit.persistence`, both plain
+functions of the Chest so that no Chest sits in a reference cycle.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
-import shutil
 import types
-import warnings
 import weakref
 from collections.abc import Callable, Hashable, Iterator, Mapping, MutableMapping
 from typing import IO, Any
 
-from . import tempdirs
-from .codecs import Codec, FuncCodec, PickleCodec
-from .compression import CompressedCodec, make_compression
+from . import persistence
+from .chest_setup import DEFAULT_AVAILABLE_MEMORY as DEFAULT_AVAILABLE_MEMORY  # re-exported: it was defined here
+from .chest_setup import setup_chest
+from .codecs import Codec
+from .compression import CompressedCodec
 from .dirlock import DirLock
 from .engine import _MISSING, SpillEngine
-from .errors import DiskQuotaExceeded, SpillError, SpillWarning
+from .errors import SpillError
 from .events import Listener
-from .manifest import ManifestEntry, read_manifest, remove_leftovers, write_manifest
-from .policies import Policy, make_policy
-from .security import check_directory, load_or_create_key, process_secret
-from .segments import DEFAULT_PACK_THRESHOLD, PackedStore
-from .sizeof import default_sizeof
-from .sizes import parse_bytes
+from .policies import Policy
+from .segments import PackedStore
 from .stats import Stats
 
 __all__ = ["Chest"]
-
-DEFAULT_AVAILABLE_MEMORY = 10**9  # the original chest's default: 1 GB
-
-
-def _disk_full(error: BaseException) -> bool:
-    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
-
-
-def _remove_directory(path: str, owner_pid: int) -> None:
-    # Runs at close, garbage collection or exit; a forked child inherits this
-    # finalizer but must never delete its parent's directory.
-    if os.getpid() == owner_pid:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 class Chest(MutableMapping[Hashable, Any]):
@@ -166,6 +154,16 @@ class Chest(MutableMapping[Hashable, Any]):
     >>> d.close()
     """
 
+    # Set by setup_chest (the constructor) and used by spillkit.persistence:
+    _temporary: bool
+    _path: str
+    _finalizer: weakref.finalize[Any, Any] | None
+    _owner_pid: int
+    _flushed: bool
+    _dir_lock: DirLock
+    _secret: bytes
+    _store: PackedStore
+    _engine: SpillEngine
     _flush_failures: tuple[tuple[Hashable, BaseException], ...] = ()  # the last flush's unwritten keys
 
     def __init__(
@@ -185,64 +183,22 @@ class Chest(MutableMapping[Hashable, Any]):
         compression: str | CompressedCodec | None = None,
         pack_threshold: int | float | str | None = None,
     ) -> None:
-        budget = DEFAULT_AVAILABLE_MEMORY if available_memory is None else parse_bytes(available_memory)
-        disk_cap = None if available_disk is None else parse_bytes(available_disk)
-        pack = DEFAULT_PACK_THRESHOLD if pack_threshold is None else parse_bytes(pack_threshold)
-        if (dump is None) != (load is None):
-            raise TypeError("give both dump and load, or neither")
-        if codec is None and dump is not None and load is not None:
-            codec = FuncCodec(dump, load)
-        if compression is not None:
-            codec = make_compression(compression, codec)  # wraps the chosen codec (default pickle)
-        if codec is None:
-            codec = PickleCodec()
-        chosen = make_policy(policy)
-        if getattr(chosen, "_spillkit_bound", False):
-            raise ValueError(f"{chosen!r} already serves another Chest; give each Chest its own policy")
-        self._temporary = path is None
-        if path is None:
-            self._path = tempdirs.create()  # named after this process, so a sweep can tell when it is stale
-            self._finalizer: weakref.finalize[Any, Any] | None = weakref.finalize(
-                self, _remove_directory, self._path, os.getpid()
-            )
-        else:
-            self._path = os.path.abspath(os.fspath(path))
-            os.makedirs(self._path, mode=0o700, exist_ok=True)
-            self._finalizer = None
-        self._owner_pid = os.getpid()
-        self._flushed = False  # the first flush also fsyncs the parent directory (the path may be new)
-        if not self._temporary and not allow_insecure_path:
-            check_directory(self._path)
-        # Before anything in the directory is read or changed: a second Chest on it stops here (ChestLocked).
-        self._dir_lock = DirLock(self._path)
-        store: PackedStore | None = None
-        engine: SpillEngine | None = None
-        try:
-            if self._temporary:
-                secret = process_secret()
-            else:
-                secret = load_or_create_key(self._path, check=not allow_insecure_path)
-            self._secret = secret
-            self._store = store = PackedStore(self._path, codec, disk_cap, secret, pack_threshold=pack)
-            if write_behind is not True and write_behind is not False:
-                write_behind = parse_bytes(write_behind)
-            self._engine = engine = SpillEngine(
-                store, chosen, budget, sizeof or default_sizeof(), write_behind=write_behind
-            )
-            if not self._temporary:
-                self._reopen()
-            chosen._spillkit_bound = True  # type: ignore[attr-defined]
-            if data is not None:
-                self.update(data)
-        except BaseException:
-            # The raised error's traceback keeps this half-made Chest alive: close the segments already
-            # opened and free the directory now, not whenever the garbage collector gets to it.
-            if engine is not None:
-                engine.close()
-            if store is not None:
-                store.close()
-            self._dir_lock.release()
-            raise
+        setup_chest(
+            self,
+            data=data,
+            path=path,
+            available_memory=available_memory,
+            dump=dump,
+            load=load,
+            policy=policy,
+            sizeof=sizeof,
+            available_disk=available_disk,
+            codec=codec,
+            allow_insecure_path=allow_insecure_path,
+            write_behind=write_behind,
+            compression=compression,
+            pack_threshold=pack_threshold,
+        )
 
     # ---- the mapping ---------------------------------------------------------------
     def __getitem__(self, key: Hashable) -> Any:
@@ -416,107 +372,7 @@ class Chest(MutableMapping[Hashable, Any]):
         the manifest; the key stays (reading a damaged copy raises
         ``CorruptSpillFile``). See docs/durability.md.
         """
-        self._check_open()
-        with self._engine.lock:
-            try:
-                self._engine.wait_for_writes()  # a write in flight may replace an unsynced record
-                failures = self._rewrite_unsynced()
-                failures += self._engine.write_all()  # writes and fsyncs the files, then the directory
-                if self._store.retained and any(_disk_full(error) for _, error in failures):
-                    # The files kept for the previous flush may be what fills the disk: commit what
-                    # is written (which frees them), then write the rest.
-                    self._commit_manifest()
-                    failures = self._rewrite_unsynced()
-                    failures += self._engine.write_all()
-                self._commit_manifest()
-            except OSError:
-                # If an fsync failed, values still in memory let go of their untrusted records now:
-                # an eviction before the next flush then writes them anew instead of dropping the
-                # only copy known to be right.
-                self._drop_unsynced_in_memory()
-                raise
-        self._flush_failures = tuple(failures)
-        if failures:
-            keys = ", ".join(repr(k) for k, _ in failures[:5])
-            raise SpillError(f"flush could not write {len(failures)} value(s), keys {keys}") from failures[0][1]
-
-    def _rewrite_unsynced(self) -> list[tuple[Hashable, BaseException]]:
-        """Give every record a failed fsync left untrusted a new copy; return the keys that could not get one.
-
-        A failed fsync may have dropped the dirty pages (Linux marks them clean and reports the
-        error once), so the bytes on disk are unknown and a retried fsync proves nothing. A value
-        still in memory loses its record (here, or already when the fsync failed) and ``write_all``
-        writes it again from memory; one only on disk is read back with its CRC and HMAC checked
-        (the page cache usually still holds the right bytes) and written to a new file or the
-        active segment, fsynced by the flush. A key that fails (its copy fails the checks, or the
-        disk refuses) stays listed by ``unsynced_keys``, out of the manifest, and is tried again
-        by the next flush.
-        """
-        store = self._store
-        self._drop_unsynced_in_memory()
-        failures: list[tuple[Hashable, BaseException]] = []
-        for key in store.unsynced_keys():
-            try:
-                store.write(key, store.read(key))
-            except Exception as error:
-                failures.append((key, error))
-        return failures
-
-    def _drop_unsynced_in_memory(self) -> None:
-        """Drop the untrusted record of each value in memory: ``write_all`` or an eviction writes it anew."""
-        for key in self._store.unsynced_keys():
-            if key in self._engine.memory:
-                self._store.delete(key)
-
-    def _commit_manifest(self) -> None:
-        engine, store = self._engine, self._store
-        unsynced = set(store.unsynced_keys())  # their bytes are not known to be on disk: never named
-        entries = [
-            ManifestEntry(
-                key,
-                name,
-                store.file_bytes(key),
-                engine.nbytes(key),
-                engine.given_cost(key),
-                store.tag(key),
-                *store.location(key),
-            )
-            for key, name in store.names().items()
-            if key not in unsynced
-        ]
-        names = [entry.name for entry in entries]  # packed records are kept by pinned segments, files by name
-        store.protect(names, add=True)  # if the commit fails half-way, either manifest may be on disk
-        try:
-            write_manifest(self._path, entries, self._secret, sync_parent=not self._flushed)  # the commit point
-        except OSError as error:
-            if not _disk_full(error) or not store.retained:
-                raise
-            # A full disk: the files kept for the previous flush are the only room there is.
-            # Free them and commit once more; a crash in between loses those keys' old values.
-            store.protect(names)
-            write_manifest(self._path, entries, self._secret, sync_parent=not self._flushed)
-        self._flushed = True
-        store.protect(names)  # and only now remove what the previous manifest needed and this one does not
-
-    def _reopen(self) -> None:
-        # The manifest first: if it is damaged, raise before anything is removed.
-        entries = read_manifest(self._path, self._secret) or []
-        # Packed records are no files: a file under such a name is a leftover. Segments start with
-        # a dot, so remove_leftovers leaves them to remove_unreferenced below.
-        remove_leftovers(self._path, {entry.name for entry in entries if entry.segment is None})
-        adopted = []
-        for entry in entries:
-            try:
-                self._store.adopt(entry.key, entry.name, entry.file_bytes, entry.tag, entry.segment, entry.offset)
-            except FileNotFoundError:
-                warnings.warn(
-                    f"spill file for key {entry.key!r} is missing; the key is skipped", SpillWarning, stacklevel=3
-                )
-                continue
-            self._engine.restore(entry.key, entry.nbytes, entry.cost)
-            adopted.append(entry.name)
-        self._store.protect(adopted)
-        self._store.remove_unreferenced()  # segments a crash left after the last flush
+        persistence.flush(self)
 
     def _check_open(self) -> None:
         if self._engine.closed:
@@ -534,27 +390,7 @@ class Chest(MutableMapping[Hashable, Any]):
         failures are values that cannot be serialized, retrying cannot help: the
         Chest is closed anyway and the ``SpillError`` names those keys.
         """
-        if self._engine.closed:
-            return
-        if self._temporary:
-            self.drop()
-            return
-        still_open = f"spillkit: the Chest at {self._path!r} is still open; nothing was dropped"
-        try:
-            self.flush()
-        except OSError as error:  # fsync or the manifest: the disk may work again later
-            error.add_note(still_open)
-            raise
-        except SpillError as error:
-            if any(isinstance(e, (OSError, DiskQuotaExceeded)) for _, e in self._flush_failures):
-                error.add_note(still_open)
-                raise
-            self._shut()  # only values that can never be written failed: the error names them
-            raise
-        except BaseException:
-            self._shut()
-            raise
-        self._shut()
+        persistence.close(self)
 
     def _shut(self) -> None:
         self._engine.close()  # joins the background writer before the segment files close
@@ -567,22 +403,7 @@ class Chest(MutableMapping[Hashable, Any]):
         The directory's lock is released after the directory is gone. In a
         forked child this only closes the child's copy (the parent's files stay).
         """
-        with self._engine.lock:
-            if self._engine.closed:
-                return
-            if os.getpid() != self._owner_pid:
-                # A forked child shares its parent's files: dropping its copy must not delete them.
-                self._engine.close()
-                return
-            self._store.clear()  # at once: deleting key by key would compact segments about to go
-            self._engine.clear()
-            self._engine.close()
-            self._store.close()
-            if self._finalizer is not None:
-                self._finalizer()
-            else:
-                shutil.rmtree(self._path, ignore_errors=True)
-            self._dir_lock.release()  # held while the directory went: no Chest could start on it half-removed
+        persistence.drop(self)
 
     def __enter__(self) -> Chest:
         return self

@@ -1,0 +1,126 @@
+"""Building a Chest: its arguments checked, its directory, lock, key, store and engine made.
+
+:func:`setup_chest` is the body of :class:`~spillkit.chest.Chest`'s
+constructor, whose signature and documentation stay on the class: it parses
+the byte sizes, assembles the codec (``dump``/``load``, ``codec``,
+``compression``) and the policy, makes or checks the directory, takes its
+lock, loads the key, opens the :class:`~spillkit.segments.PackedStore` and the
+:class:`~spillkit.engine.SpillEngine`, adopts an earlier flush
+(:func:`spillkit.persistence.reopen`) and stores ``data``. If any step raises,
+what was opened is closed and the lock released before the error propagates.
+
+A function of the Chest, not an object the Chest owns, so that no Chest sits
+in a reference cycle (see :mod:`spillkit.persistence`). The finalizer that
+removes a temporary directory holds the path and the owner's pid, never the
+Chest.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import weakref
+from collections.abc import Callable, Hashable, Mapping
+from typing import IO, TYPE_CHECKING, Any
+
+from . import tempdirs
+from .codecs import Codec, FuncCodec, PickleCodec
+from .compression import CompressedCodec, make_compression
+from .dirlock import DirLock
+from .engine import SpillEngine
+from .persistence import reopen
+from .policies import Policy, make_policy
+from .security import check_directory, load_or_create_key, process_secret
+from .segments import DEFAULT_PACK_THRESHOLD, PackedStore
+from .sizeof import default_sizeof
+from .sizes import parse_bytes
+
+if TYPE_CHECKING:
+    from .chest import Chest
+
+__all__ = ["DEFAULT_AVAILABLE_MEMORY", "remove_directory", "setup_chest"]
+
+DEFAULT_AVAILABLE_MEMORY = 10**9  # the original chest's default: 1 GB
+
+
+def remove_directory(path: str, owner_pid: int) -> None:
+    # Runs at close, garbage collection or exit; a forked child inherits this
+    # finalizer but must never delete its parent's directory.
+    if os.getpid() == owner_pid:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def setup_chest(
+    chest: Chest,
+    *,
+    data: Mapping[Hashable, Any] | None,
+    path: str | os.PathLike[str] | None,
+    available_memory: int | float | str | None,
+    dump: Callable[[Any, IO[Any]], Any] | None,
+    load: Callable[[IO[bytes]], Any] | None,
+    policy: Policy | str | None,
+    sizeof: Callable[[Any], int] | None,
+    available_disk: int | float | str | None,
+    codec: Codec | None,
+    allow_insecure_path: bool,
+    write_behind: bool | int | str,
+    compression: str | CompressedCodec | None,
+    pack_threshold: int | float | str | None,
+) -> None:
+    """Give a new ``chest`` its state from the constructor's arguments (documented on :class:`Chest`)."""
+    budget = DEFAULT_AVAILABLE_MEMORY if available_memory is None else parse_bytes(available_memory)
+    disk_cap = None if available_disk is None else parse_bytes(available_disk)
+    pack = DEFAULT_PACK_THRESHOLD if pack_threshold is None else parse_bytes(pack_threshold)
+    if (dump is None) != (load is None):
+        raise TypeError("give both dump and load, or neither")
+    if codec is None and dump is not None and load is not None:
+        codec = FuncCodec(dump, load)
+    if compression is not None:
+        codec = make_compression(compression, codec)  # wraps the chosen codec (default pickle)
+    if codec is None:
+        codec = PickleCodec()
+    chosen = make_policy(policy)
+    if getattr(chosen, "_spillkit_bound", False):
+        raise ValueError(f"{chosen!r} already serves another Chest; give each Chest its own policy")
+    chest._temporary = path is None
+    if path is None:
+        chest._path = tempdirs.create()  # named after this process, so a sweep can tell when it is stale
+        chest._finalizer = weakref.finalize(chest, remove_directory, chest._path, os.getpid())
+    else:
+        chest._path = os.path.abspath(os.fspath(path))
+        os.makedirs(chest._path, mode=0o700, exist_ok=True)
+        chest._finalizer = None
+    chest._owner_pid = os.getpid()
+    chest._flushed = False  # the first flush also fsyncs the parent directory (the path may be new)
+    if not chest._temporary and not allow_insecure_path:
+        check_directory(chest._path)
+    # Before anything in the directory is read or changed: a second Chest on it stops here (ChestLocked).
+    chest._dir_lock = DirLock(chest._path)
+    store: PackedStore | None = None
+    engine: SpillEngine | None = None
+    try:
+        if chest._temporary:
+            secret = process_secret()
+        else:
+            secret = load_or_create_key(chest._path, check=not allow_insecure_path)
+        chest._secret = secret
+        chest._store = store = PackedStore(chest._path, codec, disk_cap, secret, pack_threshold=pack)
+        if write_behind is not True and write_behind is not False:
+            write_behind = parse_bytes(write_behind)
+        chest._engine = engine = SpillEngine(
+            store, chosen, budget, sizeof or default_sizeof(), write_behind=write_behind
+        )
+        if not chest._temporary:
+            reopen(chest)
+        chosen._spillkit_bound = True  # type: ignore[attr-defined]
+        if data is not None:
+            chest.update(data)
+    except BaseException:
+        # The raised error's traceback keeps this half-made Chest alive: close the segments already
+        # opened and free the directory now, not whenever the garbage collector gets to it.
+        if engine is not None:
+            engine.close()
+        if store is not None:
+            store.close()
+        chest._dir_lock.release()
+        raise

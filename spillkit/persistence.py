@@ -1,0 +1,208 @@
+"""A Chest's durability path: flush, manifest commit, reopen, close and drop.
+
+:func:`flush` writes every value and commits a signed key manifest (the
+rewrite of records a failed fsync left untrusted, and the retry that frees the
+previous flush's files on a full disk, included); :func:`reopen` adopts the
+manifest of an earlier flush when a Chest opens its ``path``; :func:`close`
+and :func:`drop` end a Chest. :class:`~spillkit.chest.Chest` keeps the public
+methods and their documentation and calls these. The guarantees are in
+docs/durability.md.
+
+These are functions of the Chest, not methods of an object the Chest owns, on
+purpose (as in :mod:`spillkit.transfers`): a helper holding a reference back
+to its Chest would make every Chest a reference cycle, so a dropped Chest's
+values and its directory lock would stay until the cyclic garbage collector
+ran instead of being freed at once.
+
+Thread-safety: :func:`flush` and :func:`drop` take the engine's lock;
+:func:`commit_manifest`, :func:`rewrite_unsynced` and
+:func:`drop_unsynced_in_memory` expect it held; :func:`reopen` runs in the
+constructor, before the Chest is shared.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import warnings
+from collections.abc import Hashable
+from typing import TYPE_CHECKING
+
+from .errors import DiskQuotaExceeded, SpillError, SpillWarning
+from .manifest import ManifestEntry, read_manifest, remove_leftovers, write_manifest
+
+if TYPE_CHECKING:
+    from .chest import Chest
+
+__all__ = [
+    "close",
+    "commit_manifest",
+    "disk_full",
+    "drop",
+    "drop_unsynced_in_memory",
+    "flush",
+    "reopen",
+    "rewrite_unsynced",
+]
+
+
+def disk_full(error: BaseException) -> bool:
+    """True for the errors of a full disk or an exhausted quota (ENOSPC, EDQUOT)."""
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def flush(chest: Chest) -> None:
+    """Write every value to disk plus an atomic key manifest: :meth:`~spillkit.chest.Chest.flush`."""
+    chest._check_open()
+    with chest._engine.lock:
+        try:
+            chest._engine.wait_for_writes()  # a write in flight may replace an unsynced record
+            failures = rewrite_unsynced(chest)
+            failures += chest._engine.write_all()  # writes and fsyncs the files, then the directory
+            if chest._store.retained and any(disk_full(error) for _, error in failures):
+                # The files kept for the previous flush may be what fills the disk: commit what
+                # is written (which frees them), then write the rest.
+                commit_manifest(chest)
+                failures = rewrite_unsynced(chest)
+                failures += chest._engine.write_all()
+            commit_manifest(chest)
+        except OSError:
+            # If an fsync failed, values still in memory let go of their untrusted records now:
+            # an eviction before the next flush then writes them anew instead of dropping the
+            # only copy known to be right.
+            drop_unsynced_in_memory(chest)
+            raise
+    chest._flush_failures = tuple(failures)
+    if failures:
+        keys = ", ".join(repr(k) for k, _ in failures[:5])
+        raise SpillError(f"flush could not write {len(failures)} value(s), keys {keys}") from failures[0][1]
+
+
+def rewrite_unsynced(chest: Chest) -> list[tuple[Hashable, BaseException]]:
+    """Give every record a failed fsync left untrusted a new copy; return the keys that could not get one.
+
+    A failed fsync may have dropped the dirty pages (Linux marks them clean and reports the
+    error once), so the bytes on disk are unknown and a retried fsync proves nothing. A value
+    still in memory loses its record (here, or already when the fsync failed) and ``write_all``
+    writes it again from memory; one only on disk is read back with its CRC and HMAC checked
+    (the page cache usually still holds the right bytes) and written to a new file or the
+    active segment, fsynced by the flush. A key that fails (its copy fails the checks, or the
+    disk refuses) stays listed by ``unsynced_keys``, out of the manifest, and is tried again
+    by the next flush.
+    """
+    store = chest._store
+    drop_unsynced_in_memory(chest)
+    failures: list[tuple[Hashable, BaseException]] = []
+    for key in store.unsynced_keys():
+        try:
+            store.write(key, store.read(key))
+        except Exception as error:
+            failures.append((key, error))
+    return failures
+
+
+def drop_unsynced_in_memory(chest: Chest) -> None:
+    """Drop the untrusted record of each value in memory: ``write_all`` or an eviction writes it anew."""
+    for key in chest._store.unsynced_keys():
+        if key in chest._engine.memory:
+            chest._store.delete(key)
+
+
+def commit_manifest(chest: Chest) -> None:
+    """Commit a signed manifest naming every key whose bytes are known to be on disk (the flush's commit point)."""
+    engine, store = chest._engine, chest._store
+    unsynced = set(store.unsynced_keys())  # their bytes are not known to be on disk: never named
+    entries = [
+        ManifestEntry(
+            key,
+            name,
+            store.file_bytes(key),
+            engine.nbytes(key),
+            engine.given_cost(key),
+            store.tag(key),
+            *store.location(key),
+        )
+        for key, name in store.names().items()
+        if key not in unsynced
+    ]
+    names = [entry.name for entry in entries]  # packed records are kept by pinned segments, files by name
+    store.protect(names, add=True)  # if the commit fails half-way, either manifest may be on disk
+    try:
+        write_manifest(chest._path, entries, chest._secret, sync_parent=not chest._flushed)  # the commit point
+    except OSError as error:
+        if not disk_full(error) or not store.retained:
+            raise
+        # A full disk: the files kept for the previous flush are the only room there is.
+        # Free them and commit once more; a crash in between loses those keys' old values.
+        store.protect(names)
+        write_manifest(chest._path, entries, chest._secret, sync_parent=not chest._flushed)
+    chest._flushed = True
+    store.protect(names)  # and only now remove what the previous manifest needed and this one does not
+
+
+def reopen(chest: Chest) -> None:
+    """Adopt the keys of the last flush's manifest in ``chest.path``; remove what a killed process left."""
+    # The manifest first: if it is damaged, raise before anything is removed.
+    entries = read_manifest(chest._path, chest._secret) or []
+    # Packed records are no files: a file under such a name is a leftover. Segments start with
+    # a dot, so remove_leftovers leaves them to remove_unreferenced below.
+    remove_leftovers(chest._path, {entry.name for entry in entries if entry.segment is None})
+    adopted = []
+    for entry in entries:
+        try:
+            chest._store.adopt(entry.key, entry.name, entry.file_bytes, entry.tag, entry.segment, entry.offset)
+        except FileNotFoundError:
+            warnings.warn(  # stacklevel: this function, setup_chest, Chest.__init__, then the caller
+                f"spill file for key {entry.key!r} is missing; the key is skipped", SpillWarning, stacklevel=4
+            )
+            continue
+        chest._engine.restore(entry.key, entry.nbytes, entry.cost)
+        adopted.append(entry.name)
+    chest._store.protect(adopted)
+    chest._store.remove_unreferenced()  # segments a crash left after the last flush
+
+
+def close(chest: Chest) -> None:
+    """Flush and shut a Chest with a ``path`` of its own, drop a temporary one: :meth:`~spillkit.chest.Chest.close`."""
+    if chest._engine.closed:
+        return
+    if chest._temporary:
+        chest.drop()
+        return
+    still_open = f"spillkit: the Chest at {chest._path!r} is still open; nothing was dropped"
+    try:
+        chest.flush()
+    except OSError as error:  # fsync or the manifest: the disk may work again later
+        error.add_note(still_open)
+        raise
+    except SpillError as error:
+        if any(isinstance(e, (OSError, DiskQuotaExceeded)) for _, e in chest._flush_failures):
+            error.add_note(still_open)
+            raise
+        chest._shut()  # only values that can never be written failed: the error names them
+        raise
+    except BaseException:
+        chest._shut()
+        raise
+    chest._shut()
+
+
+def drop(chest: Chest) -> None:
+    """Delete every value and the directory, then release the lock: :meth:`~spillkit.chest.Chest.drop`."""
+    with chest._engine.lock:
+        if chest._engine.closed:
+            return
+        if os.getpid() != chest._owner_pid:
+            # A forked child shares its parent's files: dropping its copy must not delete them.
+            chest._engine.close()
+            return
+        chest._store.clear()  # at once: deleting key by key would compact segments about to go
+        chest._engine.clear()
+        chest._engine.close()
+        chest._store.close()
+        if chest._finalizer is not None:
+            chest._finalizer()
+        else:
+            shutil.rmtree(chest._path, ignore_errors=True)
+        chest._dir_lock.release()  # held while the directory went: no Chest could start on it half-removed
