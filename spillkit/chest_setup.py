@@ -110,6 +110,7 @@ def setup_chest(
         chest._engine = engine = SpillEngine(
             store, chosen, budget, sizeof or default_sizeof(), write_behind=write_behind
         )
+        engine.keepalive = chest._dir_lock  # freed with the engine, not the Chest: its writer may outlive it
         if not chest._temporary:
             reopen(chest)
         chosen._spillkit_bound = True  # type: ignore[attr-defined]

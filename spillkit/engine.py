@@ -65,6 +65,10 @@ class SpillEngine(EngineLedger):
     ) -> None:
         super().__init__(policy, budget, sizeof, reload_latency, reload_bandwidth)
         self.disk = disk
+        # Whatever must live as long as this engine can still write: the Chest puts its directory
+        # lock here, because a background writer keeps the engine (and its writes) going after a
+        # Chest dropped without close() is gone, and the directory must stay locked until then.
+        self.keepalive: object = None
         if write_behind is not False:
             self._writer = WriteBehind(self, None if write_behind is True else int(write_behind))
 

@@ -28,6 +28,7 @@ from helpers import assert_disk_files
 
 import spillkit
 import spillkit.dirlock
+import spillkit.storage
 from spillkit import Chest, ChestLocked, SpillError
 from spillkit.dirlock import LOCK_NAME, DirLock
 from spillkit.manifest import MANIFEST_NAME, remove_leftovers
@@ -558,3 +559,45 @@ def test_dirlock_release_is_idempotent_and_frees_the_directory(tmp_path: Path) -
     lock.release()
     assert not lock.held
     DirLock(str(tmp_path)).release()
+
+
+def _writer_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "spillkit-writer"]
+
+
+def test_a_dropped_write_behind_chest_keeps_its_directory_locked_until_its_writes_are_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Chest dropped without close() while its background writer still writes there keeps the lock.
+
+    Its engine (and the writer thread) outlive the Chest object; a second Chest opened meanwhile would
+    see its files renamed over by the orphaned writer. The lock goes once the writes are done and the
+    engine is freed.
+    """
+    gate = threading.Event()
+    real_write_all = spillkit.storage._write_all
+
+    def held_write_all(fd: int, frames: list[Any]) -> None:
+        gate.wait(60)
+        real_write_all(fd, frames)
+
+    monkeypatch.setattr(spillkit.storage, "_write_all", held_write_all)
+    path = tmp_path / "store"
+    first = open_chest(path, write_behind=10**9, pack_threshold=0)
+    try:
+        first.update(VALUES)
+        assert first.engine.in_flight_bytes > 0  # writes are queued behind the gate
+        del first
+        gc.collect()
+        assert _writer_threads()  # the orphaned writer is still there, holding its values
+        with pytest.raises(ChestLocked):
+            open_chest(path)
+    finally:
+        gate.set()
+    for thread in _writer_threads():
+        thread.join(30)
+    gc.collect()
+    second = open_chest(path, pack_threshold=0)
+    second.update(VALUES)
+    assert_all_values(second)
+    second.close()
