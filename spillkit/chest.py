@@ -120,10 +120,12 @@ class Chest(MutableMapping[Hashable, Any]):
     iteration never load from disk and never count as hits.
 
     Processes: one open Chest per directory, enforced by the lock. A forked
-    child's copy of a Chest holds no lock and never removes the directory
-    (nor appends to its segments); the parent's Chest keeps working and keeps
-    the lock. Two Chests may use one directory one after the other: close
-    (or drop) the first, then open the second.
+    child's copy of a Chest holds no lock, never removes the directory (nor
+    appends to its segments) and cannot flush (``flush()`` raises
+    :class:`~spillkit.errors.SpillError`; ``close()`` shuts the copy and
+    commits nothing); the parent's Chest keeps working and keeps the lock.
+    Two Chests may use one directory one after the other: close (or drop)
+    the first, then open the second.
 
     Failures: a value that cannot be serialized stays in memory (counted and
     warned about) unless it is larger than the whole budget, in which case the

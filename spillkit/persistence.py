@@ -55,6 +55,13 @@ def disk_full(error: BaseException) -> bool:
 def flush(chest: Chest) -> None:
     """Write every value to disk plus an atomic key manifest: :meth:`~spillkit.chest.Chest.flush`."""
     chest._check_open()
+    if os.getpid() != chest._owner_pid:
+        # A forked child's copy shares its parent's directory but not its parent's state: a manifest
+        # committed from here would name the child's keys and drop files the parent still needs.
+        raise SpillError(
+            f"this Chest at {chest._path!r} belongs to process {chest._owner_pid}, which forked this one; "
+            "a forked child cannot flush it (open a Chest of its own on another path instead)"
+        )
     with chest._engine.lock:
         try:
             chest._engine.wait_for_writes()  # a write in flight may replace an unsynced record
@@ -169,6 +176,9 @@ def close(chest: Chest) -> None:
         return
     if chest._temporary:
         chest.drop()
+        return
+    if os.getpid() != chest._owner_pid:  # a forked child's copy: shut it, flush nothing (see flush)
+        chest._engine.close()
         return
     still_open = f"spillkit: the Chest at {chest._path!r} is still open; nothing was dropped"
     try:

@@ -601,3 +601,44 @@ def test_a_dropped_write_behind_chest_keeps_its_directory_locked_until_its_write
     second.update(VALUES)
     assert_all_values(second)
     second.close()
+
+
+def _child_that_flushes_and_closes(conn: Connection) -> None:
+    chest = _INHERITED["chest"]
+    report: dict[str, Any] = {}
+    chest["child"] = payload(99)
+    try:
+        chest.flush()
+        report["flush"] = "committed"
+    except SpillError as error:
+        report["flush"] = str(error)
+    chest.close()  # shuts the child's copy; commits nothing
+    report["closed"] = chest.closed
+    conn.send(report)
+    os._exit(0)
+
+
+def test_a_forked_child_can_neither_flush_nor_commit_on_close_into_its_parents_directory(tmp_path: Path) -> None:
+    """Review finding: a child's close() committed a manifest naming its own keys into the parent's directory."""
+    path = tmp_path / "store"
+    chest = _INHERITED["chest"] = filled(path)
+    chest.flush()
+    parent_end, child_end = multiprocessing.Pipe()
+    process = multiprocessing.get_context("fork").Process(target=_child_that_flushes_and_closes, args=(child_end,))
+    try:
+        process.start()
+        assert parent_end.poll(60)
+        report = parent_end.recv()
+    finally:
+        del _INHERITED["chest"]
+        process.join(60)
+    assert process.exitcode == 0
+    assert "forked" in report["flush"] and str(os.getpid()) in report["flush"]
+    assert report["closed"] is True
+    assert_all_values(chest)  # the parent's Chest is untouched
+    chest.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "spill file ... is missing"
+        again = open_chest(path)
+    assert_all_values(again)
+    again.close()
