@@ -161,8 +161,15 @@ if hasattr(os, "register_at_fork"):
 def _acquire(directory: str, full: str) -> int:
     """Open ``full``, lock it without waiting and record our pid; return the descriptor."""
     assert fcntl is not None
-    for _ in range(_ATTEMPTS):
-        fd = _open(full)
+    for attempt in range(_ATTEMPTS):
+        try:
+            fd = _open(full)
+        except SpillError as error:
+            # drop() removed the directory between the Chest's makedirs and this open: make it again.
+            if not isinstance(error.__cause__, FileNotFoundError) or attempt == _ATTEMPTS - 1:
+                raise
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            continue
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

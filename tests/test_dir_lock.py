@@ -642,3 +642,26 @@ def test_a_forked_child_can_neither_flush_nor_commit_on_close_into_its_parents_d
         again = open_chest(path)
     assert_all_values(again)
     again.close()
+
+
+def test_a_drop_between_making_the_directory_and_opening_the_lock_file_is_survived(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding: the holder's drop() removed the directory after the newcomer made it, before its open."""
+    path = tmp_path / "store"
+    holder = filled(path)
+    real_open = spillkit.dirlock._open
+    dropped: list[bool] = []
+
+    def drop_first(full: str) -> int:
+        if not dropped:
+            dropped.append(True)
+            holder.drop()  # the directory is gone now
+        return real_open(full)
+
+    monkeypatch.setattr(spillkit.dirlock, "_open", drop_first)
+    chest = open_chest(path)
+    assert dropped and len(chest) == 0  # a fresh directory, made again
+    chest.update(VALUES)
+    assert_all_values(chest)
+    chest.close()
