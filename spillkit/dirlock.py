@@ -126,16 +126,19 @@ class DirLock:
 
     def release(self) -> None:
         """Unlock and close the file (idempotent; never raises; a no-op in a forked child)."""
+        # All under the mutex, the descriptor forgotten last: a fork in between leaves the child a
+        # descriptor its at-fork hook still sees and closes (forgotten first, the child would keep it).
         with self._mutex:
-            fd, self._fd = self._fd, -1
-        if fd < 0:
-            return
-        if os.getpid() == self._pid:
-            # Explicit: a child forked without Python's hooks may still share the description.
+            fd = self._fd
+            if fd < 0:
+                return
+            if os.getpid() == self._pid:
+                # Explicit: a child forked without Python's hooks may still share the description.
+                with contextlib.suppress(OSError):
+                    fcntl.flock(fd, fcntl.LOCK_UN)
             with contextlib.suppress(OSError):
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        with contextlib.suppress(OSError):
-            os.close(fd)
+                os.close(fd)
+            self._fd = -1
 
     def _forget_in_child(self) -> None:
         self._mutex = threading.Lock()  # another thread of the parent may have held it at the fork
