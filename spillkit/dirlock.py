@@ -164,13 +164,10 @@ if hasattr(os, "register_at_fork"):
 def _acquire(directory: str, full: str) -> int:
     """Open ``full``, lock it without waiting and record our pid; return the descriptor."""
     assert fcntl is not None
-    for attempt in range(_ATTEMPTS):
+    for _ in range(_ATTEMPTS):
         try:
             fd = _open(full)
-        except SpillError as error:
-            # drop() removed the directory between the Chest's makedirs and this open: make it again.
-            if not isinstance(error.__cause__, FileNotFoundError) or attempt == _ATTEMPTS - 1:
-                raise
+        except FileNotFoundError:  # drop() removed the directory between the Chest's makedirs and this open
             os.makedirs(directory, mode=0o700, exist_ok=True)
             continue
         try:
@@ -189,13 +186,15 @@ def _acquire(directory: str, full: str) -> int:
         # drop() removed the file (and the directory) between our open and our lock: lock what is there now.
         os.close(fd)
         os.makedirs(directory, mode=0o700, exist_ok=True)
-    raise SpillError(f"cannot lock {full!r}: it was removed {_ATTEMPTS} times while being locked")
+    raise SpillError(f"cannot lock {full!r}: it (or its directory) was removed {_ATTEMPTS} times while being locked")
 
 
 def _open(full: str) -> int:
     nofollow = getattr(os, "O_NOFOLLOW", 0)  # the pid is written into it: never through a planted symlink
     try:
         fd = os.open(full, os.O_RDWR | os.O_CREAT | nofollow, 0o600)
+    except FileNotFoundError:  # no directory: _acquire makes it again
+        raise
     except OSError as error:
         fd = -1
         if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
