@@ -7,6 +7,7 @@ from typing import Any
 
 from .errors import SpillError
 from .events import COST, DELETE, EVICT, GIVEN_COST, HIT, PUT, SETTLE, SPILL
+from .keys import describe_key
 from .ledger import _MISSING as _MISSING  # re-exported: chest.py imports the sentinel from here
 from .ledger import EngineLedger
 from .policies.base import Policy
@@ -117,7 +118,9 @@ class SpillEngine(EngineLedger):
                     try:
                         self._make_room(incoming)
                     except BaseException as error:
-                        error.add_note(f"spillkit: raised while making room for {key!r}, which was not stored")
+                        error.add_note(
+                            f"spillkit: raised while making room for {describe_key(key)}, which was not stored"
+                        )
                         if old is not _MISSING:
                             self._admit(key, old, self._nbytes[key])
                         raise

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from .keys import describe_key
+
 __all__ = [
     "ChestLocked",
     "CorruptSpillFile",
@@ -32,7 +34,7 @@ class CorruptSpillFile(SpillError):
     """
 
     def __init__(self, key: object, path: str, reason: str) -> None:
-        super().__init__(f"spill file for key {key!r} at {path!r} is unreadable: {reason}")
+        super().__init__(f"spill file for key {describe_key(key)} at {path!r} is unreadable: {reason}")
         self.key = key
         self.path = path
         self.reason = reason

@@ -19,6 +19,7 @@ from typing import Any
 
 from .codecs import Codec
 from .errors import DiskQuotaExceeded
+from .keys import describe_key
 from .naming import candidate_name
 from .security import process_secret
 
@@ -141,7 +142,7 @@ class FileIndex:
         after = self.total_bytes - self._freed_by_replacing(key) + size
         if after > self.available_disk:
             raise DiskQuotaExceeded(
-                f"storing {key!r} needs {size} bytes on disk; that would make {after} "
+                f"storing {describe_key(key)} needs {size} bytes on disk; that would make {after} "
                 f"bytes, over available_disk={self.available_disk}"
             )
 

@@ -1,4 +1,9 @@
-"""Keys as JSON: tuples, floats and bytes survive the round trip. Pure helpers."""
+"""Keys as JSON, and keys in messages. Pure helpers.
+
+Tuples, floats, bytes and ints of any size survive the JSON round trip. Any
+key, however hostile (a repr that raises, an int too long for ``str``, a
+megabyte string), gets a short description for error messages.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,19 @@ import reprlib
 from collections.abc import Hashable
 from typing import Any
 
-__all__ = ["decode_key", "encode_key"]
+__all__ = ["decode_key", "describe_key", "encode_key", "spell_key"]
+
+# Python refuses str() of ints over 4,300 digits (about 14,000 bits); JSON readers elsewhere choke
+# long before. Past this many bits an int key is written, described and hashed in hexadecimal.
+BIG_INT_BITS = 1000
 
 
 def encode_key(key: Hashable) -> Any:
     """JSON-able form of a key; :func:`decode_key` inverts it for str, int, float, bytes and tuples."""
     if isinstance(key, bool) or key is None:
         return {"r": repr(key)}
+    if isinstance(key, int) and key.bit_length() > BIG_INT_BITS:
+        return {"x": format(key, "x")}
     if isinstance(key, (str, int)):
         return key
     if isinstance(key, tuple):
@@ -21,7 +32,7 @@ def encode_key(key: Hashable) -> Any:
         return {"f": key}
     if isinstance(key, bytes):
         return {"b": key.hex()}
-    return {"r": repr(key)}
+    return {"r": spell_key(key)}
 
 
 def decode_key(data: Any) -> Hashable:
@@ -45,9 +56,59 @@ def decode_key(data: Any) -> Hashable:
                 return bytes.fromhex(inner)
             except ValueError:
                 pass
+        if tag == "x" and isinstance(inner, str):
+            try:
+                return int(inner, 16)  # hexadecimal has no length limit: the base is a power of two
+            except ValueError:
+                pass
         if tag == "r" and isinstance(inner, str):
             return _CONSTANTS.get(inner, f"<{inner}>")
     raise ValueError(f"not an encoded key: {reprlib.repr(data)}")  # reprlib: bounded, however hostile
 
 
 _CONSTANTS: dict[str, Hashable] = {"None": None, "True": True, "False": False}
+
+
+def spell_key(key: Hashable) -> str:
+    """``repr(key)``, or a spelling that does not raise when the repr does.
+
+    An int too long for ``repr`` (anywhere in a tuple) is spelt in hexadecimal; a
+    key whose ``__repr__`` raises is spelt by its type and id, which is unique
+    while the key lives. Unbounded: for names and hashes, not for messages.
+    """
+    try:
+        return repr(key)
+    except Exception:
+        pass
+    if isinstance(key, int):
+        return f"0x{key:x}" if key >= 0 else f"-0x{-key:x}"
+    if isinstance(key, tuple):
+        return "(" + "".join(spell_key(item) + ", " for item in key) + ")"
+    return f"<{type(key).__module__}.{type(key).__qualname__} key at {id(key):#x} whose repr raised>"
+
+
+class _KeyRepr(reprlib.Repr):
+    """reprlib, with long ints described by size instead of raising or printing thousands of digits."""
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > BIG_INT_BITS:
+            return f"<int of {x.bit_length()} bits>"
+        return super().repr_int(x, level)
+
+
+_DESCRIBE = _KeyRepr()
+_DESCRIBE.maxlevel, _DESCRIBE.maxtuple, _DESCRIBE.maxstring, _DESCRIBE.maxlong, _DESCRIBE.maxother = 4, 8, 120, 60, 120
+
+
+def describe_key(key: Hashable) -> str:
+    """A repr of ``key`` for messages: at most a few hundred characters, and never raising.
+
+    >>> describe_key(("x", 0))
+    "('x', 0)"
+    >>> describe_key(10**5000)
+    '<int of 16610 bits>'
+    """
+    try:
+        return _DESCRIBE.repr(key)
+    except Exception:
+        return f"<{type(key).__qualname__} key whose repr raised>"

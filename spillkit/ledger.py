@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import SpillError, SpillWarning
 from .events import SPILL_ERROR, Event, Listener
+from .keys import describe_key
 from .liveobjects import LiveObjects
 from .policies.base import Policy
 from .stats import Stats
@@ -140,7 +141,7 @@ class EngineLedger:
 
     def _spill_failed(self, key: Hashable, nbytes: int, error: BaseException, what: str) -> None:
         self.stats.spill_failures += 1
-        warnings.warn(f"value for key {key!r} {what}: {error!r}", SpillWarning, stacklevel=5)
+        warnings.warn(f"value for key {describe_key(key)} {what}: {error!r}", SpillWarning, stacklevel=5)
         if self.listeners:
             self._emit(SPILL_ERROR, key, nbytes, detail=type(error).__name__)
 

@@ -11,6 +11,8 @@ import hashlib
 import re
 from collections.abc import Hashable
 
+from .keys import spell_key
+
 __all__ = ["candidate_name", "is_reserved"]
 
 # Plain identifiers like the original chest's 'one', 'two'; never '.', '..' or
@@ -30,7 +32,7 @@ def candidate_name(key: Hashable, attempt: int = 0) -> str:
     if attempt == 0 and type(key) is str and _READABLE.match(key):
         return key
     digest = hashlib.blake2b(
-        f"{type(key).__module__}.{type(key).__qualname__}:{key!r}".encode("utf-8", "surrogatepass"),
+        f"{type(key).__module__}.{type(key).__qualname__}:{spell_key(key)}".encode("utf-8", "surrogatepass"),
         digest_size=16,
     ).hexdigest()
     return f"{HASHED_PREFIX}{digest}" + (f"-{attempt}" if attempt else "")

@@ -20,6 +20,7 @@ from typing import Any
 from .codecs import Codec
 from .compaction import Compactor, Place
 from .errors import CorruptSpillFile, DiskQuotaExceeded
+from .keys import describe_key
 from .segfiles import read_at
 from .spillfile import HEADER_SIZE, PAD, RecordError, encode_header, open_record
 from .storage import DiskStore, PreparedWrite
@@ -184,7 +185,7 @@ class PackedRecords(Compactor):
         after = self.inner.total_bytes + on_disk - replaced + size
         if after > self.available_disk:
             raise DiskQuotaExceeded(
-                f"storing {key!r} needs {size} bytes on disk; that would make {after} "
+                f"storing {describe_key(key)} needs {size} bytes on disk; that would make {after} "
                 f"bytes, over available_disk={self.available_disk}"
             )
 

@@ -18,6 +18,7 @@ from typing import Any
 from .buffers import read_buffer
 from .errors import CorruptSpillFile, SpillWarning
 from .fileindex import FileIndex
+from .keys import describe_key
 from .spillfile import HEADER_SIZE, RecordError, encode_header, names_record, open_record
 
 __all__ = ["DiskStore", "PreparedWrite", "is_spill_file"]
@@ -209,7 +210,9 @@ class DiskStore(FileIndex):
             pass
         except OSError as error:  # the key is gone either way; say that a file was left behind
             self._orphans.add(name)
-            warnings.warn(f"could not remove the spill file of {key!r}: {error!r}", SpillWarning, stacklevel=3)
+            warnings.warn(
+                f"could not remove the spill file of {describe_key(key)}: {error!r}", SpillWarning, stacklevel=3
+            )
 
     def sync(self) -> None:
         """fsync every file renamed into place since the last sync, then the directory.

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import CorruptSpillFile, DiskQuotaExceeded, SpillError
 from .events import GIVEN_COST, LOAD, MISS, PUT, REUSED
+from .keys import describe_key
 from .ledger import _MISSING
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ def write_through(engine: SpillEngine, key: Hashable, value: Any, nbytes: int, c
     except Exception as error:
         if not isinstance(error, SpillError):
             error.add_note(
-                f"spillkit: value for key {key!r} ({nbytes} bytes) exceeds the memory "
+                f"spillkit: value for key {describe_key(key)} ({nbytes} bytes) exceeds the memory "
                 "budget and must go to disk; nothing was stored"
             )
         raise
@@ -114,7 +115,7 @@ def load(engine: SpillEngine, key: Hashable) -> Any:
         except Exception as error:
             engine.stats.load_failures += 1
             if not isinstance(error, CorruptSpillFile):  # that one names the key already
-                error.add_note(f"spillkit: raised while loading the value of key {key!r} from disk")
+                error.add_note(f"spillkit: raised while loading the value of key {describe_key(key)} from disk")
             raise
         seconds = time.perf_counter() - start
         read = engine.disk.file_bytes(key)

@@ -1,5 +1,5 @@
 """Helpers shared by several test modules: hostile keys, draining a policy, the files a Chest spilled,
-standing in for a crash while the Chest object lives on."""
+damaging a record on disk, standing in for a crash while the Chest object lives on."""
 
 from __future__ import annotations
 
@@ -78,3 +78,15 @@ def crash_copy(chest: Chest) -> str:
     copy = f"{chest.path}-crash-copy-{next(_copies)}"
     shutil.copytree(chest.path, copy, symlinks=True)
     return copy
+
+
+def flip_last_byte(chest: Chest, key: Hashable) -> None:
+    """Damage the key's record (its last byte, in its own file or its segment) on disk, as a lost write would."""
+    store = chest._store
+    segment, offset = store.location(key)
+    end = offset + store.file_bytes(key) if segment is not None else store.file_bytes(key)
+    with open(store.filename(key), "r+b") as file:
+        file.seek(end - 1)
+        byte = file.read(1)
+        file.seek(end - 1)
+        file.write(bytes([byte[0] ^ 0xFF]))

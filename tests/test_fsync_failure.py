@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import flip_last_byte
 
 import spillkit.segments
 import spillkit.storage
@@ -112,18 +113,6 @@ def records_in(chest: Chest, name: str) -> list[Hashable]:
 
 def inode_of(chest: Chest, key: Hashable) -> int:
     return os.stat(chest._store.filename(key)).st_ino
-
-
-def flip_last_byte(chest: Chest, key: Hashable) -> None:
-    """Damage the key's record (its last byte) on disk, as a lost write would leave it."""
-    store = chest._store
-    segment, offset = store.location(key)
-    end = offset + store.file_bytes(key) if segment is not None else store.file_bytes(key)
-    with open(store.filename(key), "r+b") as file:
-        file.seek(end - 1)
-        byte = file.read(1)
-        file.seek(end - 1)
-        file.write(bytes([byte[0] ^ 0xFF]))
 
 
 def reopened(path: Path, packed: bool) -> dict[Hashable, Any]:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import assert_disk_files
+from helpers import assert_disk_files, flip_last_byte
 
 import spillkit.manifest
 import spillkit.segfiles
@@ -150,18 +150,6 @@ def file_of(chest: Chest, key: Hashable) -> str:
 
 def inode_of(chest: Chest, key: Hashable) -> int:
     return os.stat(chest._store.filename(key)).st_ino
-
-
-def flip_last_byte(chest: Chest, key: Hashable) -> None:
-    """Damage the key's packed record (its last byte) on disk, as a lost write would leave it."""
-    segment, offset = chest._store.location(key)
-    assert segment is not None
-    end = offset + chest._store.file_bytes(key)
-    with open(os.path.join(chest.path, segment), "r+b") as file:
-        file.seek(end - 1)
-        byte = file.read(1)
-        file.seek(end - 1)
-        file.write(bytes([byte[0] ^ 0xFF]))
 
 
 def committed(chest: Chest) -> set[Hashable]:

@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import flip_last_byte
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spillkit import Chest, policy_names
+from spillkit import Chest, CorruptSpillFile, policy_names
 from spillkit.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_USAGE, main
 from spillkit.compare import compare
 from spillkit.replay import MODES, replay
@@ -788,6 +789,7 @@ HOSTILE_NAMES: list[Hashable] = [
     ("name", 0), ("name", "0"), ("name", 0, 0), ("name", (0,)), (("name", 0),),
     b"bytes", "bytes", b"", (b"x", 0),
     1.5, -1.5, math.inf, -math.inf, 10**30, -(10**30),
+    10**5000, -(10**5000), ("big", 10**5000),  # past Python's 4,300-digit limit for str(int)
     None, (), ((),), ("",), (None,), (None, None),
     frozenset({1, 2}), frozenset(),
     ("a", ("b", ("c", ("d", 1)))),
@@ -919,6 +921,56 @@ def test_any_key_tree_round_trips_like_a_dict(workdir: Path, keys: list[Hashable
         round_trip(keys, where)
     finally:
         shutil.rmtree(where, ignore_errors=True)
+
+
+class ReprRaises:
+    """A key a dict accepts whose ``__repr__`` raises; equal to itself only."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr for you")
+
+    def __hash__(self) -> int:
+        return 7
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+
+@pytest.mark.parametrize("pack_threshold", [0, None], ids=["file-per-value", "packed"])
+def test_keys_that_break_repr_are_stored_spilled_traced_and_named_in_errors(
+    tmp_path: Path, pack_threshold: int | None
+) -> None:
+    """Keys repr() cannot print: each is stored, spilled and loaded, recorded in a trace that reads back, and
+    an error about one names it in a short message while every other value stays."""
+    broken = ReprRaises()
+    keys: list[Hashable] = [10**5000, -(10**5000), ("big", 10**5000), broken, ("x" * 1_000_000, broken), "k"]
+    recorder = TraceRecorder(tmp_path / "hostile.jsonl", {"workload": "hostile"})
+    chest = Chest(path=tmp_path / "chest", available_memory=UNIT, sizeof=unit_sizeof, pack_threshold=pack_threshold)
+    chest.add_listener(recorder)
+    for i, key in enumerate(keys):
+        chest[key] = ("value", i)
+    assert len(chest) == len(keys) and len(chest.inmem) == 1
+    for i, key in enumerate(keys):
+        assert chest[key] == ("value", i)
+    recorder.close()
+    trace = read_trace(tmp_path / "hostile.jsonl")
+    assert trace.keys[:3] == keys[:3]  # ints of any size come back as themselves
+    assert isinstance(trace.keys[3], str) and "ReprRaises" in trace.keys[3]  # others as their spelling
+
+    for victim in (broken, ("big", 10**5000)):
+        chest["k"] = "pushes the victim out"  # only one value fits in memory
+        assert victim not in chest.inmem
+        flip_last_byte(chest, victim)
+        with pytest.raises(CorruptSpillFile) as info:
+            chest[victim]
+        message = str(info.value)
+        assert len(message) < 1000 and ("ReprRaises" in message or "<int of 16610 bits>" in message), message
+        assert victim in chest  # the key stays; deleting it is the user's call
+        del chest[victim]
+    for i, key in enumerate(keys):
+        if key is not broken and key != ("big", 10**5000):
+            assert chest[key] == (("value", i) if key != "k" else "pushes the victim out")
+    chest.drop()
 
 
 # ---- 5. the metrics exporter listens on loopback unless told otherwise -------------------------
