@@ -215,6 +215,8 @@ class SpillEngine(EngineLedger):
             before = self.memory_bytes
             while True:
                 try:
+                    # victim(), not victim_for: the caller (a worker over its memory target) does not know
+                    # how many bytes it needs, and a size-weighing policy told "1 byte" would pick the smallest.
                     key = self.policy.victim()
                     if not self._spill(key, background=False):  # the caller wants the bytes freed now
                         return -1
