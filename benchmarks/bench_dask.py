@@ -263,11 +263,13 @@ def run_contender(
     tmp: str,
     profiler: cProfile.Profile | None = None,
     floor: tuple[int, int] = (0, MiB),
+    prefault: int = 0,
 ) -> tuple[Outcome, Any]:
     """Compute the workload once with ``contender`` as dask's cache; return the measurement and the result.
 
     A ``profiler`` is enabled for the timed region only. ``floor`` is (bytes, chunk) of the floor
     contender's raw I/O: it computes with a dict and then writes and reads back that many bytes.
+    ``prefault`` bytes are touched and freed just before the clock starts (see ``--prefault``).
     """
     if contender.kind == "floor":
         _floor_source(floor[1])  # made before the clock starts
@@ -278,6 +280,8 @@ def run_contender(
     collection = build(workload, scale)
     collection.__dask_graph__()  # build the graph before the clock starts
     gc.collect()
+    if prefault:
+        touch_and_free(prefault)
     written = read = spills = loads = 0
     write_seconds = read_seconds = 0.0
     stats: spillkit.Stats | None = None
@@ -333,13 +337,24 @@ def run_contender(
     return Outcome(wall, cpu, maxrss, written, read, write_seconds, read_seconds, spills, loads, start_rss), result
 
 
+def touch_and_free(nbytes: int) -> None:
+    """Fill an array of ``nbytes`` and free it: the guest pages it took are host-backed again for a while.
+
+    This VM hands memory that sat free back to its host (``bench_first_touch.py``); the next touch of
+    such a page costs about 20x a warm one. Pages freed here go back on the kernel's free lists, where the
+    timed run's arrays and page-cache pages find them before free page reporting (2 s later) gives them away.
+    """
+    array = np.ones(nbytes // 8)
+    del array
+
+
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one contender (in a forked child) and check its result against the dict result."""
     contender = Contender(spec["kind"], spec["policy"])
     reference = np.load(spec["reference"])
     floor = (int(spec.get("floor_bytes", 0)), int(spec.get("floor_chunk", MiB)))
     outcome, result = run_contender(
-        spec["workload"], spec["scale"], spec["budget"], contender, spec["tmp"], floor=floor
+        spec["workload"], spec["scale"], spec["budget"], contender, spec["tmp"], floor=floor, prefault=spec["prefault"]
     )
     result = np.asarray(result)
     outcome.ok = result.shape == reference.shape and bool(np.allclose(result, reference))
@@ -468,7 +483,13 @@ def load_average() -> str:
 
 
 def run_all(
-    scale: float, reps: int, seed: int, names: Sequence[str], tmp: str, chosen: list[Contender]
+    scale: float,
+    reps: int,
+    seed: int,
+    names: Sequence[str],
+    tmp: str,
+    chosen: list[Contender],
+    prefault: float = 0.0,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, list[Cell]]]:
     infos: dict[str, dict[str, Any]] = {}
     for name in names:
@@ -503,6 +524,8 @@ def run_all(
                 # The bound's written + read bytes, split evenly (write and read cost about the same here).
                 "floor_bytes": int(info["min_io"] / 2),
                 "floor_chunk": floor_chunk(info["largest"]),
+                # the same for every contender: enough for the dict's peak plus the page cache of any spill
+                "prefault": int(prefault * info["peak"]),
             }
             outcome = Outcome(**in_fresh_process(measure, spec))
             if not outcome.ok:
@@ -621,6 +644,7 @@ def verdict(name: str, summary: dict[str, float]) -> str:
 
 def _selection(args: argparse.Namespace) -> str:
     only = f" --only {' '.join(args.only)}" if args.only else ""
+    only += f" --prefault {args.prefault:g}" if args.prefault else ""
     return only + (f" --workloads {' '.join(args.workloads)}" if set(args.workloads) != set(WORKLOADS) else "")
 
 
@@ -663,7 +687,15 @@ def report(
         "`pickle.dumps` + file write / file read + `pickle.loads`). CPU s: user + system time of the process "
         "during the run. With write-behind, write s is time on the background writer thread, not on "
         "the scheduler's. "
-        "Every result was checked equal to the dict result (`np.allclose`).",
+        "Every result was checked equal to the dict result (`np.allclose`)."
+        + (
+            f" Before its clock, every contender filled and freed an array of {args.prefault:g} x the workload's "
+            "peak bytes (`--prefault`), so that every contender's arrays and page-cache pages were memory the VM "
+            "had backed; without it, which contender meets memory the host took back is a matter of timing "
+            "(see `bench_first_touch.py`)."
+            if args.prefault
+            else ""
+        ),
         "",
         "`strict` = `cache=chest` only (budget enforced inside `__setitem__`, so it writes values dask is "
         "about to delete; `nextuse`/`lrc` get no graph this way, so every key ranks as never needed again and "
@@ -803,6 +835,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=25, help="rows of each cProfile table")
     parser.add_argument("--seed", type=int, default=20260, help="seed for the interleaving order")
     parser.add_argument("--json", default=None, help="also write every run's raw measurements to this file")
+    parser.add_argument(
+        "--prefault",
+        type=float,
+        default=0.0,
+        metavar="X",
+        help="before the clock, every contender touches and frees X times the workload's peak bytes, so that "
+        "all of them run on warm memory (this VM returns idle memory to its host; default 0: off)",
+    )
     args = parser.parse_args(argv)
     if args.scale is None:
         args.scale = QUICK_SCALE if args.quick else DEFAULT_SCALE
@@ -815,7 +855,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     before = load_average()
     try:
-        infos, cells = run_all(args.scale, args.reps, args.seed, args.workloads, tmp, chosen)
+        infos, cells = run_all(args.scale, args.reps, args.seed, args.workloads, tmp, chosen, args.prefault)
         block = report(infos, cells, args, time.perf_counter() - started, (before, load_average()))
         if args.json:
             raw = {
