@@ -282,6 +282,7 @@ def run_contender(
     gc.collect()
     if prefault:
         touch_and_free(prefault)
+        reset_peak_rss()  # or the prefault's array would be every contender's peak
     written = read = spills = loads = 0
     write_seconds = read_seconds = 0.0
     stats: spillkit.Stats | None = None
@@ -333,7 +334,7 @@ def run_contender(
         written, read = stats.spill_bytes, stats.load_bytes
         write_seconds, read_seconds = stats.spill_seconds, stats.load_seconds
         spills, loads = stats.spills, stats.loads
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    maxrss = peak_rss() if prefault else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     return Outcome(wall, cpu, maxrss, written, read, write_seconds, read_seconds, spills, loads, start_rss), result
 
 
@@ -346,6 +347,21 @@ def touch_and_free(nbytes: int) -> None:
     """
     array = np.ones(nbytes // 8)
     del array
+
+
+def reset_peak_rss() -> None:
+    """Start the kernel's peak-RSS count (``VmHWM``) again from the current resident set (Linux 4.0+)."""
+    with open("/proc/self/clear_refs", "w") as file:
+        file.write("5")
+
+
+def peak_rss() -> int:
+    """Bytes: the process's peak resident set since :func:`reset_peak_rss` (``ru_maxrss`` cannot be reset)."""
+    with open("/proc/self/status") as file:
+        for line in file:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
@@ -692,7 +708,7 @@ def report(
             f" Before its clock, every contender filled and freed an array of {args.prefault:g} x the workload's "
             "peak bytes (`--prefault`), so that every contender's arrays and page-cache pages were memory the VM "
             "had backed; without it, which contender meets memory the host took back is a matter of timing "
-            "(see `bench_first_touch.py`)."
+            "(see `bench_first_touch.py`). Peak RSS is then the kernel's `VmHWM`, reset after the prefault."
             if args.prefault
             else ""
         ),
