@@ -1,37 +1,33 @@
 """``Chest``: a dict that keeps what fits in memory and spills the rest to disk.
 
-The class is the mapping and its documentation; the constructor's body is
-:func:`spillkit.chest_setup.setup_chest` and the durability path (flush,
-manifest, reopen, close, drop) is in :mod:`spillkit.persistence`, both plain
-functions of the Chest so that no Chest sits in a reference cycle.
+The class is the mapping, the constructor, the lifecycle and the
+documentation; its state and the accessors beyond the mapping are
+:class:`spillkit.chest_state.ChestState`, its base class. The constructor's
+body is :func:`spillkit.chest_setup.setup_chest` and the durability path
+(flush, manifest, reopen, close, drop) is in :mod:`spillkit.persistence`, both
+plain functions of the Chest so that no Chest sits in a reference cycle.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import types
-import weakref
 from collections.abc import Callable, Hashable, Iterator, Mapping, MutableMapping
 from typing import IO, Any
 
 from . import persistence
 from .chest_setup import DEFAULT_AVAILABLE_MEMORY as DEFAULT_AVAILABLE_MEMORY  # re-exported: it was defined here
 from .chest_setup import setup_chest
+from .chest_state import ChestState
 from .codecs import Codec
 from .compression import CompressedCodec
-from .dirlock import DirLock
-from .engine import _MISSING, SpillEngine
+from .engine import _MISSING
 from .errors import SpillError
-from .events import Listener
 from .policies import Policy
-from .segments import PackedStore
-from .stats import Stats
 
 __all__ = ["Chest"]
 
 
-class Chest(MutableMapping[Hashable, Any]):
+class Chest(ChestState, MutableMapping[Hashable, Any]):
     """A ``MutableMapping`` that keeps values in memory up to ``available_memory``
     bytes and spills the rest to files under ``path``, loading them back on access.
 
@@ -156,18 +152,6 @@ class Chest(MutableMapping[Hashable, Any]):
     >>> d.close()
     """
 
-    # Set by setup_chest (the constructor) and used by spillkit.persistence:
-    _temporary: bool
-    _path: str
-    _finalizer: weakref.finalize[Any, Any] | None
-    _owner_pid: int
-    _flushed: bool
-    _dir_lock: DirLock
-    _secret: bytes
-    _store: PackedStore
-    _engine: SpillEngine
-    _flush_failures: tuple[tuple[Hashable, BaseException], ...] = ()  # the last flush's unwritten keys
-
     def __init__(
         self,
         data: Mapping[Hashable, Any] | None = None,
@@ -242,113 +226,7 @@ class Chest(MutableMapping[Hashable, Any]):
         self._check_open()
         self._engine.put(key, value, cost)
 
-    def set_cost(self, key: Hashable, seconds: float) -> None:
-        """Record how many seconds ``key``'s value takes to recompute."""
-        self._engine.set_cost(key, seconds)
-
-    @property
-    def inmem(self) -> Mapping[Hashable, Any]:
-        """A read-only live view of the values held in memory."""
-        return types.MappingProxyType(self._engine.memory)
-
-    @property
-    def closed(self) -> bool:
-        """True after :meth:`close` or :meth:`drop`."""
-        return self._engine.closed
-
-    @property
-    def path(self) -> str:
-        """The directory that holds spilled values."""
-        return self._path
-
-    @property
-    def available_memory(self) -> int:
-        """The memory budget in bytes."""
-        return self._engine.budget
-
-    @property
-    def memory_bytes(self) -> int:
-        """Bytes of values currently held in memory (shared objects counted once)."""
-        return self._engine.memory_bytes
-
-    @property
-    def disk_bytes(self) -> int:
-        """Bytes of spill files on disk (segment files whole: records deleted but not yet compacted count)."""
-        return self._store.total_bytes
-
-    # ---- dask.distributed's manual-eviction protocol ------------------------------
-    @property
-    def fast(self) -> Mapping[Hashable, Any]:
-        """The in-memory values (dask.distributed tests it for emptiness before ``evict``)."""
-        return self.inmem
-
-    def evict(self) -> int:
-        """Spill values until one frees memory; return the bytes freed, or -1. Never raises."""
-        if self._engine.closed:
-            return -1
-        return self._engine.evict_one()
-
-    @property
-    def spilled_total(self) -> tuple[int, int]:
-        """(memory bytes of the values whose only copy is on disk, bytes on disk)."""
-        return self._engine.spilled_bytes(), self._store.total_bytes
-
-    @property
-    def policy(self) -> Policy:
-        """The eviction policy in use."""
-        return self._engine.policy
-
-    @property
-    def stats(self) -> Stats:
-        """Cumulative counters (hits, loads, misses, spills, bytes, seconds, failures)."""
-        return self._engine.stats
-
-    @property
-    def engine(self) -> SpillEngine:
-        """The engine behind this Chest (for integrations; not needed for dict use)."""
-        return self._engine
-
-    def add_listener(self, listener: Listener) -> None:
-        """Call ``listener(event)`` for every event from now on, after earlier listeners."""
-        with self._engine.lock:
-            self._engine.listeners.append(listener)
-
-    def remove_listener(self, listener: Listener) -> None:
-        """Stop calling ``listener``; ValueError if it was not added."""
-        with self._engine.lock:
-            self._engine.listeners.remove(listener)
-
-    @contextlib.contextmanager
-    def deferred(self) -> Iterator[Chest]:
-        """Let puts exceed the budget until the block ends (or :meth:`settle` is called).
-
-        For integrations that know deletes are coming: dask stores a task's
-        result before deleting the inputs it no longer needs, so settling after
-        the deletes avoids writing values that are about to disappear.
-        """
-        engine = self._engine
-        with engine.lock:
-            # A count, not a saved flag: blocks opened by two threads may close in any order,
-            # and the Chest is deferred while any is open.
-            engine.deferred_blocks += 1
-            engine.deferred = True
-        try:
-            yield self
-        finally:
-            with engine.lock:
-                engine.deferred_blocks -= 1
-                if not engine.deferred_blocks:
-                    engine.deferred = False
-                    engine.settle()
-
-    def settle(self) -> None:
-        """Spill until memory is within the budget."""
-        self._engine.settle()
-
-    def wait_for_writes(self) -> None:
-        """Block until every background write in flight has completed (see ``write_behind``)."""
-        self._engine.wait_for_writes()
-
+    # ---- the lifecycle (the durability path is in spillkit.persistence) -----------
     def flush(self) -> None:
         """Write every value to disk (keeping memory warm) plus an atomic key manifest.
 

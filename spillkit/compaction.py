@@ -1,5 +1,7 @@
-"""The segment bookkeeping of a packed store: where each record lives, rotation, compaction.
+"""The segment bookkeeping of a packed store: compaction, dropping segments, falling back to durable originals.
 
+Where each record lives and appending (with rotation) are
+:class:`~spillkit.segindex.SegmentIndex`, which :class:`Compactor` inherits.
 Separate from :mod:`spillkit.segments` (which encodes, checks and reads
 records) so that each stays small. Everything here runs under the engine's
 lock.
@@ -10,34 +12,23 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Hashable
-from dataclasses import dataclass
 
 from .errors import SpillWarning
-from .segfiles import Segment, append, create_segment, read_at
+from .segfiles import Segment, read_at
+from .segindex import Place as Place  # re-exported: it was defined here
+from .segindex import SegmentIndex
 
 __all__ = ["Compactor", "Place"]
 
 _WINDOW = 4 * 1024 * 1024  # compaction reads and writes live records in runs of about this many bytes
 
 
-@dataclass(slots=True)
-class Place:
-    """Where one key's record lives: segment, offset, length, HMAC tag and the name inside it."""
-
-    segment: Segment
-    offset: int
-    length: int
-    tag: bytes
-    name: str
-
-    @property
-    def trusted(self) -> bool:
-        """False when a failed fsync leaves the record's bytes on disk unknown (see ``Segment.trusts``)."""
-        return self.segment.trusts(self.offset, self.length)
-
-
-class Compactor:
+class Compactor(SegmentIndex):
     """Segments, the key -> record index, and the compaction that reclaims dead records.
+
+    The index, and appending to the active segment, are the base class,
+    :class:`~spillkit.segindex.SegmentIndex`, whose attributes the
+    constructor sets.
 
     Compaction copies a segment's live records, unchanged (a record does not
     depend on where it lies), to the active segment, repoints the index, and
@@ -57,8 +48,6 @@ class Compactor:
     segment is no longer retired, so no checkpoint unlinks it while the key's
     only trusted record lies in it. A later flush compacts it again.
     """
-
-    path: str
 
     def __init__(self, segment_bytes: int, compact_ratio: float) -> None:
         self.segment_bytes = segment_bytes
@@ -80,50 +69,6 @@ class Compactor:
 
     def _count(self) -> None:
         raise NotImplementedError
-
-    # ---- the index ------------------------------------------------------------------------
-    def _place(self, key: Hashable, place: Place) -> None:
-        self._places[key] = place
-        segment = place.segment
-        segment.live += place.length
-        segment.keys.add(key)
-        self._live_bytes += place.length
-
-    def _forget(self, key: Hashable) -> None:
-        self._origins.pop(key, None)  # a new value, or gone: the old record must not come back
-        place = self._places.pop(key, None)
-        if place is None:
-            return
-        segment = place.segment
-        segment.live -= place.length
-        segment.keys.discard(key)
-        self._live_bytes -= place.length
-        if segment is not self._active or not segment.live:  # an empty active segment goes too: no file left
-            self._candidates[segment.name] = segment
-
-    # ---- appending ------------------------------------------------------------------------
-    def _writable(self, size: int) -> Segment:
-        """The active segment, or a new one when it is full, damaged or a forked parent's."""
-        segment = self._active
-        if segment is not None and (
-            not segment.appendable
-            or segment.pid != os.getpid()
-            or (segment.size and segment.size + size > self.segment_bytes)
-        ):
-            self._active = None
-            self._candidates[segment.name] = segment
-            segment = None
-        if segment is None:
-            segment, self._next_number = create_segment(self.path, self._next_number)
-            self._segments[segment.name] = self._active = segment
-        return segment
-
-    def _append(self, segment: Segment, data: bytes) -> int:
-        before = segment.size
-        try:
-            return append(segment, data)
-        finally:
-            self._segment_total += segment.size - before
 
     # ---- compaction -----------------------------------------------------------------------
     def _mostly_dead(self, segment: Segment) -> bool:

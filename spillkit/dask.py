@@ -1,6 +1,7 @@
 """dask integration: a Chest as the local scheduler's cache, task timings as costs, trace recording.
 
-Only this module (and :mod:`spillkit.workloads`) imports dask. dask's local
+Only this module, :mod:`spillkit.dask_record` (:class:`record`, re-exported
+here) and :mod:`spillkit.workloads` import dask. dask's local
 schedulers store each task's result in ``cache[key]``, read it once per
 dependent, and ``del`` it right after its last reader ran; but they store a
 result *before* deleting the inputs it was the last reader of, so a budget
@@ -14,7 +15,6 @@ graph-aware policies (``NextUse``, ``LRC``) the graph and dask's planned order.
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import time
 import warnings
@@ -23,39 +23,22 @@ from typing import Any
 
 try:
     import dask
-    from dask._task_spec import DataNode
     from dask.callbacks import Callback
-    from dask.core import get_dependencies
-    from dask.order import order as dask_order
 except ImportError as error:  # pragma: no cover - exercised only without the extra
     raise ImportError('spillkit.dask needs dask: pip install "spillkit[dask]"') from error
 
 from .chest import Chest
+from .dask_record import _graph_facts, record
 from .policies import GraphAware
 from .policies._graph import GraphPlan
-from .trace import TraceRecorder
 
 __all__ = ["ChestCallback", "costs", "plan_from_dask", "record", "spilling"]
-
-
-def _dask_version() -> str:
-    from importlib.metadata import version
-
-    return version("dask")
 
 
 def plan_from_dask(dsk: Mapping[Any, Any]) -> GraphPlan:
     """The readers and planned order of a (converted) dask graph."""
     dependencies, planned, data = _graph_facts(dsk)
     return GraphPlan.for_local_scheduler(dependencies, planned, data)
-
-
-def _graph_facts(dsk: Mapping[Any, Any]) -> tuple[dict[Hashable, list[Hashable]], dict[Hashable, int], list[Hashable]]:
-    """Each key's dependencies, dask's planned order, and the literal data keys."""
-    graph: Any = dsk
-    dependencies: dict[Hashable, list[Hashable]] = {key: list(get_dependencies(graph, key)) for key in dsk}
-    planned: dict[Hashable, int] = dict(dask_order(graph).items())
-    return dependencies, planned, [key for key, task in dsk.items() if isinstance(task, DataNode)]
 
 
 def warn_if_distributed() -> bool:
@@ -170,86 +153,3 @@ def spilling(
     finally:
         if made:
             chest.close()
-
-
-class record(Callback):
-    """Record every computation in the block to a trace file (see :mod:`spillkit.trace`).
-
-    A computation's trace stays open until the next computation starts or the
-    block ends, so it includes dask's final read of the results (which happens
-    after the scheduler's last callback).
-
-    The first computation writes ``path``; later ones in the same block write
-    ``path`` with ``-1``, ``-2``, ... before the extension. The cache must be a
-    Chest (it can be unlimited, ``Chest(available_memory=float("inf"))`` is not
-    needed: any budget records the same scheduler operations). Paths written
-    are in :attr:`paths`.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], workload: str | None = None, **header: Any) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self.path = os.fspath(path)
-        self.workload = workload
-        self.header = header
-        self.paths: list[str] = []
-        self._recorder: TraceRecorder | None = None
-        self._chest: Chest | None = None
-        self._plan: tuple[dict[Hashable, list[Hashable]], dict[Hashable, int], list[Hashable]] | None = None
-
-    def _next_path(self) -> str:
-        if not self.paths:
-            return self.path
-        stem, dot, rest = os.path.basename(self.path).partition(".")
-        return os.path.join(os.path.dirname(self.path), f"{stem}-{len(self.paths)}{dot}{rest}")
-
-    def __exit__(self, *args: object) -> None:
-        super().__exit__(*args)  # type: ignore[no-untyped-call]
-        self._detach()
-
-    def _start(self, dsk: Mapping[Any, Any]) -> None:
-        self._detach()  # the previous computation's trace ends where this one starts
-        self._plan = _graph_facts(dsk)
-        cache = dask.config.get("cache", None)
-        if isinstance(cache, Chest):
-            self._attach(cache)
-
-    def _attach(self, chest: Chest) -> None:
-        if self._recorder is not None:
-            return
-        path = self._next_path()
-        header = {
-            "dask": _dask_version(),
-            "workload": self.workload,
-            "budget": chest.available_memory,
-            "policy": chest.policy.name,
-            **self.header,
-        }
-        self._recorder = TraceRecorder(path, header)
-        self.paths.append(path)
-        if self._plan is not None:
-            self._recorder.graph(*self._plan)
-        self._chest = chest
-        chest.add_listener(self._recorder)
-
-    def _start_state(self, dsk: Mapping[Any, Any], state: dict[str, Any]) -> None:
-        cache = state["cache"]
-        if not isinstance(cache, Chest):
-            raise TypeError(
-                "spillkit.dask.record needs a Chest as the cache: x.compute(cache=Chest(...)) "
-                f"(got {type(cache).__name__}); literal data was already stored before recording could start"
-            )
-        if self._chest is not cache:
-            self._detach()
-            self._attach(cache)
-            # Literal data was stored before any hook ran: record those puts now, in graph order.
-            assert self._recorder is not None
-            for key in dsk:
-                if isinstance(dsk[key], DataNode) and key in cache:
-                    self._recorder.put(key, cache.engine.nbytes(key), id(cache.inmem.get(key)))
-
-    def _detach(self) -> None:
-        if self._recorder is not None and self._chest is not None:
-            self._chest.remove_listener(self._recorder)
-            self._recorder.close()
-        self._recorder = None
-        self._chest = None
