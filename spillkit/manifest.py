@@ -75,7 +75,9 @@ def write_manifest(path: str, entries: list[ManifestEntry], secret: bytes, *, sy
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         try:
-            os.write(fd, _HEADER.pack(_MAGIC, len(body), zlib.crc32(body), sign(secret, body)) + body)
+            view = memoryview(_HEADER.pack(_MAGIC, len(body), zlib.crc32(body), sign(secret, body)) + body)
+            while view:  # a filling disk writes what fits and says so; only the next write raises ENOSPC
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -991,6 +991,30 @@ def test_a_put_refused_by_the_quota_names_the_key_being_put(lab: Lab) -> None:
 # ---- a real full disk ---------------------------------------------------------------------------
 
 
+class _ShortWrites:
+    """``os`` as a filling disk shows it: a write takes what fits (here 64 bytes) and returns that count;
+    only the next one would raise ENOSPC (tmpfs does this with one page left)."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def write(self, fd: int, data: Any) -> int:
+        self.writes += 1
+        return os.write(fd, memoryview(data).cast("B")[:64])
+
+
+def test_a_manifest_write_cut_short_by_a_filling_disk_is_written_to_its_end(lab: Lab) -> None:
+    chest, expected = lab.filled()
+    short = _ShortWrites()
+    lab.monkeypatch.setattr(spillkit.manifest, "os", short)
+    chest.flush()  # a manifest committed after its first 64 bytes would be refused as damaged on reopen
+    assert_recovers(chest, expected)
+    assert short.writes > 2
+
+
 @contextlib.contextmanager
 def mounted_tmpfs(where: Path, options: str) -> Iterator[Path]:
     """A small tmpfs at ``where``; skips the test when this machine does not allow mounting."""
