@@ -25,6 +25,7 @@ from .engine import _MISSING, SpillEngine
 from .errors import SpillError
 from .events import Listener
 from .policies import Policy
+from .reserve import Reserve
 from .segments import PackedStore
 from .stats import Stats
 
@@ -162,6 +163,7 @@ class Chest(MutableMapping[Hashable, Any]):
     _finalizer: weakref.finalize[Any, Any] | None
     _owner_pid: int
     _flushed: bool
+    _reserve: Reserve | None
     _dir_lock: DirLock
     _secret: bytes
     _store: PackedStore
@@ -360,7 +362,10 @@ class Chest(MutableMapping[Hashable, Any]):
         ``SpillError`` naming the keys whose values could not be written; all
         other values are flushed and committed. A flush killed or failing
         (``OSError``) before the manifest is renamed into place leaves the
-        previous flush's state. See docs/durability.md.
+        previous flush's state. On a full disk the manifest is written into
+        the room of a reserve file the first flush made (``.spillkit-reserve``),
+        so the previous flush's files are still removed only after the commit.
+        See docs/durability.md.
 
         After a failed fsync the file or segment is never fsynced again, and
         what it held is not trusted: the next flush writes each such value anew
