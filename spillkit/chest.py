@@ -238,7 +238,10 @@ class Chest(ChestState, MutableMapping[Hashable, Any]):
         ``SpillError`` naming the keys whose values could not be written; all
         other values are flushed and committed. A flush killed or failing
         (``OSError``) before the manifest is renamed into place leaves the
-        previous flush's state. See docs/durability.md.
+        previous flush's state. On a full disk the manifest is written into
+        the room of a reserve file the first flush made (``.spillkit-reserve``),
+        so the previous flush's files are still removed only after the commit.
+        See docs/durability.md.
 
         After a failed fsync the file or segment is never fsynced again, and
         what it held is not trusted: the next flush writes each such value anew

@@ -30,6 +30,7 @@ from .dirlock import DirLock
 from .engine import SpillEngine
 from .persistence import reopen
 from .policies import Policy, make_policy
+from .reserve import Reserve
 from .security import check_directory, load_or_create_key, process_secret
 from .segments import DEFAULT_PACK_THRESHOLD, PackedStore
 from .sizeof import default_sizeof
@@ -91,6 +92,9 @@ def setup_chest(
         os.makedirs(chest._path, mode=0o700, exist_ok=True)
         chest._finalizer = None
     chest._owner_pid = os.getpid()
+    # Room for the next manifest on a full disk, made at the first flush. Temporary Chests promise
+    # nothing across a crash, so they hold no disk space for it.
+    chest._reserve = None if chest._temporary else Reserve(chest._path)
     chest._flushed = False  # the first flush also fsyncs the parent directory (the path may be new)
     if not chest._temporary and not allow_insecure_path:
         check_directory(chest._path)

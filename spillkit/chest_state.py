@@ -23,6 +23,7 @@ from .dirlock import DirLock
 from .engine import SpillEngine
 from .events import Listener
 from .policies import Policy
+from .reserve import Reserve
 from .segments import PackedStore
 from .stats import Stats
 
@@ -47,6 +48,7 @@ class ChestState:
     _finalizer: weakref.finalize[Any, Any] | None
     _owner_pid: int
     _flushed: bool
+    _reserve: Reserve | None
     _dir_lock: DirLock
     _secret: bytes
     _store: PackedStore

@@ -60,8 +60,10 @@ def _fsync_directory(path: str) -> None:
         os.close(fd)
 
 
-def write_manifest(path: str, entries: list[ManifestEntry], secret: bytes, *, sync_parent: bool = False) -> None:
+def write_manifest(path: str, entries: list[ManifestEntry], secret: bytes, *, sync_parent: bool = False) -> int:
     """Atomically replace the manifest in ``path`` (signed with ``secret``); fsync it and the directory.
+
+    Returns the manifest's size in bytes (the reserve for the next one is planned after it).
 
     ``sync_parent`` also fsyncs the directory above ``path``, so that a directory
     created for this Chest is itself durable (done at a Chest's first flush).
@@ -75,7 +77,10 @@ def write_manifest(path: str, entries: list[ManifestEntry], secret: bytes, *, sy
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         try:
-            os.write(fd, _HEADER.pack(_MAGIC, len(body), zlib.crc32(body), sign(secret, body)) + body)
+            data = _HEADER.pack(_MAGIC, len(body), zlib.crc32(body), sign(secret, body)) + body
+            view = memoryview(data)
+            while view:  # a filling disk writes what fits and says so; only the next write raises ENOSPC
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -87,6 +92,7 @@ def write_manifest(path: str, entries: list[ManifestEntry], secret: bytes, *, sy
     _fsync_directory(path)
     if sync_parent:
         _fsync_directory(os.path.dirname(path) or ".")
+    return len(data)
 
 
 def read_manifest(path: str, secret: bytes) -> list[ManifestEntry] | None:

@@ -1,9 +1,9 @@
 """A Chest's durability path: flush, manifest commit, reopen, close and drop.
 
 :func:`flush` writes every value and commits a signed key manifest (the
-rewrite of records a failed fsync left untrusted, and the retry that frees the
-previous flush's files on a full disk, included); :func:`reopen` adopts the
-manifest of an earlier flush when a Chest opens its ``path``; :func:`close`
+rewrite of records a failed fsync left untrusted, and the commit on a full
+disk into the room of :mod:`spillkit.reserve`, included); :func:`reopen`
+adopts the manifest of an earlier flush when a Chest opens its ``path``; :func:`close`
 and :func:`drop` end a Chest. :class:`~spillkit.chest.Chest` keeps the public
 methods and their documentation and calls these. The guarantees are in
 docs/durability.md.
@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from .errors import DiskQuotaExceeded, SpillError, SpillWarning
 from .manifest import ManifestEntry, read_manifest, remove_leftovers, write_manifest
+from .reserve import keep
 
 if TYPE_CHECKING:
     from .chest import Chest
@@ -136,16 +137,35 @@ def commit_manifest(chest: Chest) -> None:
     names = [entry.name for entry in entries]  # packed records are kept by pinned segments, files by name
     store.protect(names, add=True)  # if the commit fails half-way, either manifest may be on disk
     try:
-        write_manifest(chest._path, entries, chest._secret, sync_parent=not chest._flushed)  # the commit point
+        size = write_manifest(chest._path, entries, chest._secret, sync_parent=not chest._flushed)  # the commit point
     except OSError as error:
-        if not disk_full(error) or not store.retained:
+        if not disk_full(error):
             raise
-        # A full disk: the files kept for the previous flush are the only room there is.
-        # Free them and commit once more; a crash in between loses those keys' old values.
-        store.protect(names)
-        write_manifest(chest._path, entries, chest._secret, sync_parent=not chest._flushed)
+        try:
+            size = _commit_on_a_full_disk(chest, entries, names, error)
+        except OSError as failed:
+            keep(chest._reserve, None, chest._engine.stats, failed)  # the reserve may be gone: hold its room again
+            raise
     chest._flushed = True
     store.protect(names)  # and only now remove what the previous manifest needed and this one does not
+    keep(chest._reserve, size, chest._engine.stats)  # room for the next manifest (made at the first flush)
+
+
+def _commit_on_a_full_disk(chest: Chest, entries: list[ManifestEntry], names: list[str], error: OSError) -> int:
+    """The manifest found no room: write it into the reserve's; free the previous flush's files only if that fails."""
+    if chest._reserve is not None and chest._reserve.release():
+        try:  # nothing the previous manifest needs was freed: a crash from here on leaves it whole
+            return write_manifest(chest._path, entries, chest._secret, sync_parent=not chest._flushed)
+        except OSError as again:
+            if not disk_full(again):
+                raise
+            error = again
+    if not chest._store.retained:
+        raise error
+    # Still no room (no reserve, or this manifest outgrew it): the files kept for the previous flush
+    # are the only room left. Free them and commit once more; a crash in between loses those keys' old values.
+    chest._store.protect(names)
+    return write_manifest(chest._path, entries, chest._secret, sync_parent=not chest._flushed)
 
 
 def reopen(chest: Chest) -> None:
@@ -153,7 +173,8 @@ def reopen(chest: Chest) -> None:
     # The manifest first: if it is damaged, raise before anything is removed.
     entries = read_manifest(chest._path, chest._secret) or []
     # Packed records are no files: a file under such a name is a leftover. Segments start with
-    # a dot, so remove_leftovers leaves them to remove_unreferenced below.
+    # a dot, so remove_leftovers leaves them to remove_unreferenced below. The reserve's name
+    # starts with a dot and is no segment's: it stays, for the next flush (see spillkit.reserve).
     remove_leftovers(chest._path, {entry.name for entry in entries if entry.segment is None})
     adopted = []
     for entry in entries:

@@ -60,6 +60,7 @@ class Stats:
     load_failures: int = 0  # reads that found a corrupt or missing file
     reused: int = 0  # reads of spilled values still alive elsewhere, handed back without a disk read
     quota_errors: int = 0  # puts refused because available_disk would be exceeded
+    reserve_failures: int = 0  # flushes that could not make the manifest's reserve file whole (spillkit.reserve)
     deletes: int = 0
     # Disk latency histograms: counts per LATENCY_BOUNDS bucket (last = +Inf), not cumulative.
     write_latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BOUNDS) + 1))

@@ -32,6 +32,7 @@ from spillkit import Chest, SpillWarning
 from spillkit.codecs import PickleCodec
 from spillkit.dirlock import LOCK_NAME
 from spillkit.manifest import MANIFEST_NAME
+from spillkit.reserve import RESERVE_NAME
 from spillkit.security import KEY_FILE_NAME
 
 # ---- the Chest configurations every test here runs under ----------------------------------
@@ -68,7 +69,7 @@ def assert_no_stray_files(chest: Chest) -> None:
     assert_accounting(chest)
     store = chest._store
     hidden = {name for name in os.listdir(chest.path) if name.startswith(".")}
-    known = {MANIFEST_NAME, KEY_FILE_NAME, LOCK_NAME, *store.segment_files()}  # segments: the packed small values
+    known = {MANIFEST_NAME, KEY_FILE_NAME, LOCK_NAME, RESERVE_NAME, *store.segment_files()}  # segments: packed values
     assert hidden <= known, f"stray files: {sorted(hidden - known)}"
     owned = set(store.inner.names().values())  # keys with a file of their own
     visible = {name for name in os.listdir(chest.path) if not name.startswith(".")}

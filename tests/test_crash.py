@@ -31,11 +31,14 @@ import spillkit.manifest
 from spillkit import Chest, DiskQuotaExceeded
 from spillkit.dirlock import LOCK_NAME
 from spillkit.manifest import MANIFEST_NAME
+from spillkit.reserve import RESERVE_NAME
 from spillkit.security import KEY_FILE_NAME
 
 REPO = Path(spillkit.__file__).resolve().parents[1]
 CHILD = Path(__file__).with_name("crash_child.py")
 pytestmark = pytest.mark.timeout(120)
+# What a Chest keeps in its directory besides values: never a leftover, never a spill file.
+METADATA = frozenset({MANIFEST_NAME, KEY_FILE_NAME, LOCK_NAME, RESERVE_NAME})
 
 
 class Workers:
@@ -135,7 +138,7 @@ def reopen(path: Path) -> Chest:
         warnings.simplefilter("error")  # a missing or damaged file would warn: that is a failure here
         chest = Chest(path=path, available_memory=1 << 30, sizeof=value_size, pack_threshold=0)
     names = {os.path.basename(chest._store.filename(key)) for key in chest}
-    left = set(os.listdir(path)) - {MANIFEST_NAME, KEY_FILE_NAME, LOCK_NAME}
+    left = set(os.listdir(path)) - METADATA
     assert left == names, "a temporary, orphaned or superseded file is left"
     return chest
 
@@ -294,7 +297,7 @@ def unit_sizeof(value: Any) -> int:
 
 
 def spill_names(path: Path) -> set[str]:
-    return set(os.listdir(path)) - {MANIFEST_NAME, KEY_FILE_NAME, LOCK_NAME}
+    return set(os.listdir(path)) - METADATA
 
 
 def snapshot(path: Path) -> dict[str, bytes]:
@@ -334,15 +337,14 @@ def test_work_after_a_flush_never_changes_the_flushed_files(tmp_path: Path) -> N
     before = snapshot(path)
     live = work_after_the_flush(chest)
     assert {name: data for name, data in snapshot(path).items() if name in before} == before
-    metadata = (MANIFEST_NAME, KEY_FILE_NAME, LOCK_NAME)
-    assert chest.disk_bytes == sum(len(data) for name, data in snapshot(path).items() if name not in metadata)
+    assert chest.disk_bytes == sum(len(data) for name, data in snapshot(path).items() if name not in METADATA)
     assert chest._store.retained  # superseded files, kept for the manifest on disk
     assert dict(chest.items()) == live
     # The Chest is abandoned here as a killed process would leave it: the re-open is the flushed state.
     abandon(chest)
     again = reopen(path)
     assert dict(again.items()) == FLUSHED
-    assert spill_names(path) == set(before) - {MANIFEST_NAME, KEY_FILE_NAME, LOCK_NAME}
+    assert spill_names(path) == set(before) - METADATA
 
 
 def test_the_next_flush_commits_the_new_state_and_removes_the_superseded_files(tmp_path: Path) -> None:
@@ -429,9 +431,7 @@ def test_reopen_removes_what_a_killed_process_left_and_nothing_else(tmp_path: Pa
     again = Chest(path=path, available_memory=2.5 * UNIT, sizeof=unit_sizeof, pack_threshold=0)
     assert dict(again.items()) == FLUSHED
     kept = {
-        MANIFEST_NAME,
-        KEY_FILE_NAME,
-        LOCK_NAME,
+        *METADATA,
         *foreign,
         "sub",
         *(os.path.basename(again._store.filename(k)) for k in again),

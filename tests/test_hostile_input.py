@@ -842,7 +842,7 @@ def round_trip(keys: list[Hashable], where: Path) -> None:
             again[key]
     assert len(again) == 0
     again.close()  # its flush commits the empty state and removes the retained files
-    metadata = (".spillkit-manifest", ".spillkit-key", ".spillkit-lock")
+    metadata = (".spillkit-manifest", ".spillkit-key", ".spillkit-lock", ".spillkit-reserve")
     assert [name for name in os.listdir(path) if not name.startswith(metadata)] == []
     assert len(Chest(path=path, available_memory=UNIT)) == 0
     assert keys_only_in(path, where) == []

@@ -2,9 +2,10 @@
 the size estimate is off by 10x, and a real filesystem fills up.
 
 Faults are injected by replacing ``os`` and ``open`` in every spillkit module that does disk I/O
-(storage, manifest, chest, and the packed tier's segments, segfiles and compaction) with a proxy
-that forwards every call to the real function, except that one kind of disk operation fails from
-its N-th call on, until the fault is cleared. Everything else is the real disk under ``tmp_path``.
+(storage, manifest, chest, the manifest's reserve, and the packed tier's segments, segfiles and
+compaction) with a proxy that forwards every call to the real function, except that one kind of
+disk operation fails from its N-th call on, until the fault is cleared. Everything else is the
+real disk under ``tmp_path``.
 Each test runs twice where the operation exists on both paths: with a file per value
 (``pack_threshold=0``) and with the default packing, where small values are records in segment
 files (made one record per segment here, so that every spill creates a file and every delete
@@ -37,6 +38,7 @@ import pytest
 import spillkit.chest
 import spillkit.compaction
 import spillkit.manifest
+import spillkit.reserve
 import spillkit.segfiles
 import spillkit.segments
 import spillkit.storage
@@ -69,7 +71,7 @@ class DiskFault:
     ``op`` is one of: ``create`` (os.open with O_CREAT), ``write`` (os.write/writev/pwrite),
     ``fsync``, ``replace`` (os.replace/rename), ``open`` (opening a file, not a directory, to
     read: ``open`` or os.open with O_RDONLY), ``read`` (readinto/read on a file opened to read,
-    os.pread), ``unlink``.
+    os.pread), ``unlink``, ``allocate`` (os.posix_fallocate, which the reserve file uses).
     """
 
     def __init__(self, op: str, code: int, nth: int = 1) -> None:
@@ -174,6 +176,10 @@ class _FaultyOS:
         self._fault.check("fsync")
         os.fsync(fd)
 
+    def posix_fallocate(self, fd: int, offset: int, length: int) -> None:
+        self._fault.check("allocate")
+        os.posix_fallocate(fd, offset, length)
+
     def fdatasync(self, fd: int) -> None:
         self._fault.check("fsync")
         os.fdatasync(fd)
@@ -201,6 +207,7 @@ MODULES = (
     spillkit.segments,
     spillkit.segfiles,
     spillkit.compaction,
+    spillkit.reserve,
 )
 OPENERS = (spillkit.storage, spillkit.manifest)  # the modules that call the builtin ``open``
 PACKED = "packed"
@@ -989,6 +996,30 @@ def test_a_put_refused_by_the_quota_names_the_key_being_put(lab: Lab) -> None:
 
 
 # ---- a real full disk ---------------------------------------------------------------------------
+
+
+class _ShortWrites:
+    """``os`` as a filling disk shows it: a write takes what fits (here 64 bytes) and returns that count;
+    only the next one would raise ENOSPC (tmpfs does this with one page left)."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def write(self, fd: int, data: Any) -> int:
+        self.writes += 1
+        return os.write(fd, memoryview(data).cast("B")[:64])
+
+
+def test_a_manifest_write_cut_short_by_a_filling_disk_is_written_to_its_end(lab: Lab) -> None:
+    chest, expected = lab.filled()
+    short = _ShortWrites()
+    lab.monkeypatch.setattr(spillkit.manifest, "os", short)
+    chest.flush()  # a manifest committed after its first 64 bytes would be refused as damaged on reopen
+    assert_recovers(chest, expected)
+    assert short.writes > 2
 
 
 @contextlib.contextmanager

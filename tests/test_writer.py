@@ -23,6 +23,7 @@ from helpers import abandon
 import spillkit.storage
 from spillkit import Chest, PickleCodec, SpillWarning
 from spillkit.dirlock import LOCK_NAME
+from spillkit.reserve import RESERVE_NAME
 
 UNIT = 100
 
@@ -116,7 +117,8 @@ def test_a_key_changed_while_its_write_is_in_flight_never_comes_back_stale(
     abandon(chest)  # as a killed process would: the directory is free, its files are as they were
     reopened = Chest(path=chest.path, sizeof=unit_sizeof)  # what is on disk agrees
     assert dict(reopened) == expected
-    assert set(os.listdir(chest.path)) - {".spillkit-manifest", ".spillkit-key", LOCK_NAME} == spill_files(chest)
+    metadata = {".spillkit-manifest", ".spillkit-key", LOCK_NAME, RESERVE_NAME}
+    assert set(os.listdir(chest.path)) - metadata == spill_files(chest)
     assert len(spill_files(chest)) == len(chest)  # no orphan file of the cancelled write
 
 
