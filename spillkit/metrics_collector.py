@@ -59,7 +59,8 @@ class ChestCollector:
     ``<ns>_spill_{bytes,count,time_seconds}_total{activity}`` (``memory-read``,
     ``disk-read``, ``disk-write``, as dask.distributed's workers do),
     ``<ns>_spill_errors_total{reason}`` (``disk``, ``serialize``, ``quota``,
-    ``corrupt``), ``<ns>_misses_total``, the histogram
+    ``corrupt``, ``reserve``: a flush could not make the manifest's reserve file
+    whole), ``<ns>_misses_total``, the histogram
     ``<ns>_disk_latency_seconds{activity}`` and ``<ns>_chest_info{version,policy,codec}``.
 
     Thread-safe: ``add``, ``remove`` and ``collect`` may run concurrently with each
@@ -186,6 +187,7 @@ class _Families:
                 ("serialize", s.unspillable),
                 ("quota", s.quota_errors),
                 ("corrupt", s.load_failures),
+                ("reserve", s.reserve_failures),
             ):
                 self.errors.add_metric([name, reason], n)
             self.misses.add_metric([name], s.misses)

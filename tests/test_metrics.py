@@ -17,6 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 import spillkit
+import spillkit.reserve
 from spillkit import Chest, SpillWarning
 from spillkit.metrics import ChestCollector, instrument, serve, uninstrument
 from spillkit.stats import LATENCY_BOUNDS
@@ -73,6 +74,7 @@ def assert_matches_stats(registry: CollectorRegistry, chest: Chest, name: str) -
         "serialize": s.unspillable,
         "quota": s.quota_errors,
         "corrupt": s.load_failures,
+        "reserve": s.reserve_failures,
     }
     for reason, n in reasons.items():
         assert value(registry, "spillkit_spill_errors_total", **c, reason=reason) == n
@@ -142,6 +144,25 @@ def test_error_reasons(tmp_path: Path, registry: CollectorRegistry, monkeypatch:
     for reason in ("disk", "serialize", "quota", "corrupt"):
         assert value(registry, "spillkit_spill_errors_total", chest="e", reason=reason) == 1, reason
     assert_matches_stats(registry, chest, "e")
+    chest.drop()
+
+
+def test_a_reserve_file_that_cannot_be_made_is_an_error_reason(
+    tmp_path: Path, registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chest = make_chest(tmp_path)
+    instrument(chest, registry, name="r")
+    chest["k"] = bytes(KB)
+    assert value(registry, "spillkit_spill_errors_total", chest="r", reason="reserve") == 0
+
+    def no_room(fd: int, offset: int, length: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(spillkit.reserve.os, "posix_fallocate", no_room)
+    with pytest.warns(SpillWarning, match="could not make the reserve"):
+        chest.flush()  # committed; the manifest's room on a full disk could not be set aside
+    assert value(registry, "spillkit_spill_errors_total", chest="r", reason="reserve") == 1
+    assert_matches_stats(registry, chest, "r")
     chest.drop()
 
 
