@@ -11,6 +11,7 @@ from .codecs import Codec, FuncCodec, PickleCodec
 from .engine import SpillEngine
 from .errors import ChestLocked, CorruptSpillFile, DiskQuotaExceeded, SpillError, SpillWarning
 from .events import Event
+from .manifest import UnreadableKey
 from .memo import memoize
 from .policies import (
     ARC,
@@ -55,6 +56,7 @@ __all__ = [
     "SpillError",
     "SpillWarning",
     "Stats",
+    "UnreadableKey",
     "__version__",
     "format_bytes",
     "make_policy",

@@ -26,13 +26,24 @@ from .errors import SpillError, SpillWarning
 from .security import KEY_FILE_NAME, sign
 from .storage import is_spill_file
 
-__all__ = ["MANIFEST_NAME", "ManifestEntry", "read_manifest", "remove_leftovers", "write_manifest"]
+__all__ = [
+    "MANIFEST_NAME",
+    "ManifestEntry",
+    "UnreadableKey",
+    "pickle_key",
+    "read_manifest",
+    "remove_leftovers",
+    "write_manifest",
+]
 
 MANIFEST_NAME = ".spillkit-manifest"
 # magic, body length, CRC-32 of the body, HMAC-SHA256 of the body with the directory's key:
 # the body is a pickle, so it is never loaded unless this user's key signed it.
 _HEADER = struct.Struct("<8sQI32s")
-_MAGIC = b"SPKMAN02"
+# Version 3 pickles each key on its own, inside a body of plain rows: a key that cannot be rebuilt
+# (its class does not import in the reading process) costs that key alone, not the whole manifest.
+_MAGIC = b"SPKMAN03"
+_INLINE_KEYS = b"SPKMAN02"  # rows hold the keys themselves: still read
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +61,52 @@ class ManifestEntry:
     tag: bytes | None = None  # the HMAC of the file's header, so an older file of the key is refused
     segment: str | None = None  # a packed record: the segment file that holds it (``name`` is the record's)
     offset: int = 0  # ... and where in that file it starts
+    key_blob: bytes | None = None  # the key's own pickle (:func:`pickle_key`), when already made
+
+
+class UnreadableKey:
+    """Stands in for a flushed key this process cannot unpickle (say, its class does not import here).
+
+    The key's value stays on disk under this stand-in: it is listed, its value can be read and
+    deleted, and the next flush writes the key's original pickle again, so a process that can
+    import the key's class finds the key as it was. Equal to another stand-in for the same pickle.
+    Immutable, so thread-safe.
+    """
+
+    __slots__ = ("blob", "error")
+
+    def __init__(self, blob: bytes, error: str) -> None:
+        self.blob = blob
+        self.error = error
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, UnreadableKey) and other.blob == self.blob
+
+    def __hash__(self) -> int:
+        return hash((UnreadableKey, self.blob))
+
+    def __repr__(self) -> str:
+        return f"<UnreadableKey: {self.error[:200]}>"
+
+
+def pickle_key(key: Hashable) -> bytes:
+    """The key's pickle for the manifest (cloudpickle when pickle refuses); raises what both raise."""
+    if isinstance(key, UnreadableKey):
+        return key.blob
+    try:
+        return pickle.dumps(key, protocol=5)
+    except Exception:  # a key's __reduce__ may raise anything; cloudpickle decides
+        blob: bytes = cloudpickle.dumps(key, protocol=5)
+        return blob
+
+
+def _unpickle_key(blob: bytes) -> Hashable:
+    try:
+        key: Hashable = pickle.loads(blob)
+        hash(key)
+    except Exception as error:  # whatever the key's class does on load
+        return UnreadableKey(blob, f"{type(error).__name__}: {error}")
+    return key
 
 
 def _fsync_directory(path: str) -> None:
@@ -68,11 +125,11 @@ def write_manifest(path: str, entries: list[ManifestEntry], secret: bytes, *, sy
     ``sync_parent`` also fsyncs the directory above ``path``, so that a directory
     created for this Chest is itself durable (done at a Chest's first flush).
     """
-    rows = [(e.key, e.name, e.file_bytes, e.nbytes, e.cost, e.tag, e.segment, e.offset) for e in entries]
-    try:
-        body = pickle.dumps(rows, protocol=5)
-    except (pickle.PicklingError, AttributeError, TypeError):
-        body = cloudpickle.dumps(rows, protocol=5)
+    rows = [
+        (e.key_blob or pickle_key(e.key), e.name, e.file_bytes, e.nbytes, e.cost, e.tag, e.segment, e.offset)
+        for e in entries
+    ]
+    body = pickle.dumps(rows, protocol=5)  # bytes, strings and numbers only
     temp = os.path.join(path, f"{MANIFEST_NAME}.tmp-{os.getpid()}")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -107,7 +164,7 @@ def read_manifest(path: str, secret: bytes) -> list[ManifestEntry] | None:
         raise SpillError(f"manifest {full!r} is truncated")
     magic, length, crc, tag = _HEADER.unpack_from(data, 0)
     body = data[_HEADER.size :]
-    if magic != _MAGIC or len(body) != length or zlib.crc32(body) != crc:
+    if magic not in (_MAGIC, _INLINE_KEYS) or len(body) != length or zlib.crc32(body) != crc:
         raise SpillError(f"manifest {full!r} is damaged; refusing to load it")
     if not hmac.compare_digest(tag, sign(secret, body)):
         raise SpillError(
@@ -116,8 +173,13 @@ def read_manifest(path: str, secret: bytes) -> list[ManifestEntry] | None:
         )
     try:
         rows = pickle.loads(body)
-        return [ManifestEntry(*row) for row in rows]
-    except Exception as error:  # a key class that no longer imports, or another format
+        if magic == _INLINE_KEYS:
+            return [ManifestEntry(*row) for row in rows]
+        return [
+            ManifestEntry(_unpickle_key(blob), name, file_bytes, nbytes, cost, tag, segment, offset, blob)
+            for blob, name, file_bytes, nbytes, cost, tag, segment, offset in rows
+        ]
+    except Exception as error:  # version 2: a key class that no longer imports; or another format
         raise SpillError(f"manifest {full!r} cannot be decoded ({error!r}); refusing to load it") from error
 
 

@@ -30,7 +30,8 @@ from collections.abc import Hashable
 from typing import TYPE_CHECKING
 
 from .errors import DiskQuotaExceeded, SpillError, SpillWarning
-from .manifest import ManifestEntry, read_manifest, remove_leftovers, write_manifest
+from .keys import describe_key
+from .manifest import ManifestEntry, pickle_key, read_manifest, remove_leftovers, write_manifest
 from .reserve import keep
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ def flush(chest: Chest) -> None:
                 commit_manifest(chest)
                 failures = rewrite_unsynced(chest)
                 failures += chest._engine.write_all()
-            commit_manifest(chest)
+            failures += commit_manifest(chest)
         except OSError:
             # If an fsync failed, values still in memory let go of their untrusted records now:
             # an eviction before the next flush then writes them anew instead of dropping the
@@ -83,8 +84,9 @@ def flush(chest: Chest) -> None:
             raise
     chest._flush_failures = tuple(failures)
     if failures:
-        keys = ", ".join(repr(k) for k, _ in failures[:5])
-        raise SpillError(f"flush could not write {len(failures)} value(s), keys {keys}") from failures[0][1]
+        keys = ", ".join(describe_key(k) for k, _ in failures[:5])
+        first = failures[0][1]
+        raise SpillError(f"flush could not write {len(failures)} value(s), keys {keys} (first: {first})") from first
 
 
 def rewrite_unsynced(chest: Chest) -> list[tuple[Hashable, BaseException]]:
@@ -117,23 +119,26 @@ def drop_unsynced_in_memory(chest: Chest) -> None:
             chest._store.delete(key)
 
 
-def commit_manifest(chest: Chest) -> None:
-    """Commit a signed manifest naming every key whose bytes are known to be on disk (the flush's commit point)."""
+def commit_manifest(chest: Chest) -> list[tuple[Hashable, BaseException]]:
+    """Commit a signed manifest naming every key whose bytes are known to be on disk (the flush's commit point).
+
+    Returns the keys left out because they cannot be pickled, each with its error.
+    """
     engine, store = chest._engine, chest._store
     unsynced = set(store.unsynced_keys())  # their bytes are not known to be on disk: never named
-    entries = [
-        ManifestEntry(
-            key,
-            name,
-            store.file_bytes(key),
-            engine.nbytes(key),
-            engine.given_cost(key),
-            store.tag(key),
-            *store.location(key),
-        )
-        for key, name in store.names().items()
-        if key not in unsynced
-    ]
+    entries: list[ManifestEntry] = []
+    unsaved: list[tuple[Hashable, BaseException]] = []
+    for key, name in store.names().items():
+        if key in unsynced:
+            continue
+        try:
+            blob = pickle_key(key)
+        except Exception as error:  # the key's own fault: its value cannot outlive this Chest
+            unsaved.append((key, _unpicklable(error)))
+            continue
+        segment, offset = store.location(key)
+        row = (store.file_bytes(key), engine.nbytes(key), engine.given_cost(key), store.tag(key), segment, offset)
+        entries.append(ManifestEntry(key, name, *row, blob))
     names = [entry.name for entry in entries]  # packed records are kept by pinned segments, files by name
     store.protect(names, add=True)  # if the commit fails half-way, either manifest may be on disk
     try:
@@ -149,6 +154,13 @@ def commit_manifest(chest: Chest) -> None:
     chest._flushed = True
     store.protect(names)  # and only now remove what the previous manifest needed and this one does not
     keep(chest._reserve, size, chest._engine.stats)  # room for the next manifest (made at the first flush)
+    return unsaved
+
+
+def _unpicklable(error: Exception) -> TypeError:
+    problem = TypeError(f"its key cannot be pickled, so no manifest can name it ({error!r})")
+    problem.__cause__ = error
+    return problem
 
 
 def _commit_on_a_full_disk(chest: Chest, entries: list[ManifestEntry], names: list[str], error: OSError) -> int:
@@ -182,7 +194,9 @@ def reopen(chest: Chest) -> None:
             chest._store.adopt(entry.key, entry.name, entry.file_bytes, entry.tag, entry.segment, entry.offset)
         except FileNotFoundError:
             warnings.warn(  # stacklevel: this function, setup_chest, Chest.__init__, then the caller
-                f"spill file for key {entry.key!r} is missing; the key is skipped", SpillWarning, stacklevel=4
+                f"spill file for key {describe_key(entry.key)} is missing; the key is skipped",
+                SpillWarning,
+                stacklevel=4,
             )
             continue
         chest._engine.restore(entry.key, entry.nbytes, entry.cost)

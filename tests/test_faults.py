@@ -31,7 +31,7 @@ import spillkit.storage
 from spillkit import LRU, Chest, CorruptSpillFile, DiskQuotaExceeded, PickleCodec, SpillError, SpillWarning
 from spillkit.manifest import _HEADER as MANIFEST_HEADER
 from spillkit.manifest import _MAGIC as MANIFEST_MAGIC
-from spillkit.manifest import MANIFEST_NAME
+from spillkit.manifest import MANIFEST_NAME, UnreadableKey
 from spillkit.naming import candidate_name
 from spillkit.security import KEY_FILE_NAME, sign
 
@@ -750,7 +750,9 @@ def test_damaged_manifest_on_reopen_raises_spill_error_and_loses_nothing(tmp_pat
     again.drop()
 
 
-def test_manifest_whose_key_class_cannot_be_imported_raises_spill_error(tmp_path: Path) -> None:
+def test_a_key_whose_class_cannot_be_imported_comes_back_as_a_stand_in_and_nothing_else_is_lost(
+    tmp_path: Path,
+) -> None:
     module = types.ModuleType("spillkit_vanished_keys")
     exec("class Key(tuple):\n    pass\n", module.__dict__)
     sys.modules[module.__name__] = module
@@ -762,8 +764,13 @@ def test_manifest_whose_key_class_cannot_be_imported_raises_spill_error(tmp_path
         chest.close()
     finally:
         del sys.modules[module.__name__]
-    with pytest.raises(SpillError, match="manifest"):
-        Chest(path=path, available_memory=2.5 * UNIT, sizeof=unit_sizeof)
+    # Before manifest version 3 this refused the whole directory ("cannot be decoded").
+    without = Chest(path=path, available_memory=2.5 * UNIT, sizeof=unit_sizeof)
+    assert without["plain"] == "kept"
+    (stand_in,) = [key for key in without if key != "plain"]
+    assert isinstance(stand_in, UnreadableKey) and "spillkit_vanished_keys" in stand_in.error
+    assert without[stand_in] == "value"
+    without.close()  # writes the key's own pickle back
     sys.modules[module.__name__] = module
     try:
         again = Chest(path=path, available_memory=2.5 * UNIT, sizeof=unit_sizeof)

@@ -1,0 +1,132 @@
+"""spillkit.manifest: each key pickled on its own, so one key that cannot be rebuilt costs only itself.
+
+A key of a class the reading process cannot import comes back as an ``UnreadableKey`` stand-in
+(its value still readable, its pickle written again by the next flush); a key that cannot be
+pickled at all is left out of the manifest, named by the flush's error, and every other key is
+committed. Manifests of the previous version (keys inline) still load.
+"""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+import textwrap
+import threading
+import zlib
+from pathlib import Path
+
+import pytest
+
+from spillkit import Chest, SpillError
+from spillkit.manifest import _HEADER, MANIFEST_NAME, UnreadableKey, pickle_key, read_manifest
+from spillkit.security import sign
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from spillkit import Chest
+
+    class Point:  # defined in __main__: another program cannot import it
+        def __init__(self, x):
+            self.x = x
+        def __hash__(self):
+            return hash(("Point", self.x))
+        def __eq__(self, other):
+            return isinstance(other, Point) and other.x == self.x
+
+    chest = Chest(path=sys.argv[1], available_memory=100)
+    if sys.argv[2] == "write":
+        chest["a"] = b"a" * 1000
+        chest[Point(1)] = b"p" * 1000
+        chest["b"] = b"b" * 1000
+    else:  # check: the key comes back as itself where its class imports
+        assert chest[Point(1)] == b"p" * 1000, list(chest)
+        assert chest["c"] == b"c" * 1000 and Point(1) in set(chest)
+        print(len(chest))
+    chest.close()
+    """
+)
+
+
+def run_script(path: Path, mode: str) -> str:
+    script = path.parent / "point_script.py"
+    script.write_text(SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script), str(path), mode], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_a_key_whose_class_does_not_import_here_costs_only_itself(tmp_path: Path) -> None:
+    path = tmp_path / "chest"
+    run_script(path, "write")
+    chest = Chest(path=path, available_memory=100)  # this process has no __main__.Point
+    assert len(chest) == 3 and chest["a"] == b"a" * 1000 and chest["b"] == b"b" * 1000
+    (stand_in,) = [key for key in chest if key not in ("a", "b")]
+    assert isinstance(stand_in, UnreadableKey) and "Point" in repr(stand_in)
+    assert chest[stand_in] == b"p" * 1000  # its value is separate from its key: still readable
+    chest["c"] = b"c" * 1000
+    chest.close()  # the next manifest carries the key's original pickle
+    assert run_script(path, "check").strip() == "4"  # where Point imports, the key is itself again
+
+
+def test_a_stand_in_can_be_deleted_and_stays_deleted(tmp_path: Path) -> None:
+    path = tmp_path / "chest"
+    run_script(path, "write")
+    chest = Chest(path=path, available_memory=100)
+    (stand_in,) = [key for key in chest if isinstance(key, UnreadableKey)]
+    del chest[stand_in]
+    chest.close()
+    again = Chest(path=path, available_memory=100)
+    assert sorted(again) == ["a", "b"]
+    again.drop()
+
+
+def test_an_unpicklable_key_is_named_by_the_flush_and_every_other_key_is_committed(tmp_path: Path) -> None:
+    path = tmp_path / "chest"
+    chest = Chest(path=path, available_memory=100)
+    bad = ("holds a lock", threading.Lock())  # hashable, but neither pickle nor cloudpickle can write it
+    chest["a"] = b"a" * 1000
+    chest[bad] = b"x" * 1000
+    chest["b"] = b"b" * 1000
+    with pytest.raises(SpillError, match=r"flush could not write 1 value\(s\), keys \('holds a lock'") as info:
+        chest.flush()
+    assert "its key cannot be pickled" in str(info.value)
+    assert chest[bad] == b"x" * 1000  # still there while the Chest lives
+    entries = read_manifest(str(path), chest._secret)
+    assert entries is not None and sorted(str(entry.key) for entry in entries) == ["a", "b"]
+    with pytest.raises(SpillError, match="cannot be pickled"):
+        chest.close()  # nothing can ever write that key: close shuts the Chest and says so
+    again = Chest(path=path, available_memory=100)
+    assert sorted(again) == ["a", "b"] and again["b"] == b"b" * 1000
+    assert sorted(again._store.names()) == ["a", "b"]  # its record was not adopted
+    again.drop()
+
+
+def test_a_manifest_of_the_previous_version_still_loads(tmp_path: Path) -> None:
+    path = tmp_path / "chest"
+    chest = Chest(path=path, available_memory=100)
+    chest["a"] = b"a" * 1000
+    chest[("t", 1)] = b"t" * 1000
+    chest.close()
+    secret = (path / ".spillkit-key").read_bytes()
+    entries = read_manifest(str(path), secret)
+    assert entries is not None
+    rows = [(e.key, e.name, e.file_bytes, e.nbytes, e.cost, e.tag, e.segment, e.offset) for e in entries]
+    body = pickle.dumps(rows, protocol=5)  # version 2: the keys inline
+    (path / MANIFEST_NAME).write_bytes(
+        _HEADER.pack(b"SPKMAN02", len(body), zlib.crc32(body), sign(secret, body)) + body
+    )
+    again = Chest(path=path, available_memory=100)
+    assert again["a"] == b"a" * 1000 and again[("t", 1)] == b"t" * 1000
+    again.drop()
+
+
+def test_stand_ins_are_equal_by_pickle_and_write_back_their_pickle() -> None:
+    blob = pickle.dumps("whatever", protocol=5)
+    first, second = UnreadableKey(blob, "AttributeError: x"), UnreadableKey(blob, "another message")
+    assert first == second and hash(first) == hash(second) and first != UnreadableKey(blob + b".", "x")
+    assert pickle_key(first) is blob
+    assert len(repr(UnreadableKey(blob, "e" * 10_000))) < 300
