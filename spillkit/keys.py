@@ -69,22 +69,26 @@ def decode_key(data: Any) -> Hashable:
 _CONSTANTS: dict[str, Hashable] = {"None": None, "True": True, "False": False}
 
 
-def spell_key(key: Hashable) -> str:
+def spell_key(key: Hashable, _depth: int = 0) -> str:
     """``repr(key)``, or a spelling that does not raise when the repr does.
 
     An int too long for ``repr`` (anywhere in a tuple) is spelt in hexadecimal; a
-    key whose ``__repr__`` raises is spelt by its type and id, which is unique
-    while the key lives. Unbounded: for names and hashes, not for messages.
+    key whose ``__repr__`` raises, or a tuple nested too deep for ``repr``, is spelt
+    by its type and id, which is unique while the key lives. Unbounded: for names
+    and hashes, not for messages.
     """
     try:
         return repr(key)
-    except Exception:
+    except Exception:  # any key a dict accepts must get a spelling (RecursionError included)
         pass
     if isinstance(key, int):
         return f"0x{key:x}" if key >= 0 else f"-0x{-key:x}"
-    if isinstance(key, tuple):
-        return "(" + "".join(spell_key(item) + ", " for item in key) + ")"
+    if isinstance(key, tuple) and _depth < _SPELL_DEPTH:
+        return "(" + "".join(spell_key(item, _depth + 1) + ", " for item in key) + ")"
     return f"<{type(key).__module__}.{type(key).__qualname__} key at {id(key):#x} whose repr raised>"
+
+
+_SPELL_DEPTH = 32
 
 
 class _KeyRepr(reprlib.Repr):

@@ -30,6 +30,7 @@ __all__ = [
     "MANIFEST_NAME",
     "ManifestEntry",
     "UnreadableKey",
+    "is_plain",
     "pickle_key",
     "read_manifest",
     "remove_leftovers",
@@ -40,8 +41,10 @@ MANIFEST_NAME = ".spillkit-manifest"
 # magic, body length, CRC-32 of the body, HMAC-SHA256 of the body with the directory's key:
 # the body is a pickle, so it is never loaded unless this user's key signed it.
 _HEADER = struct.Struct("<8sQI32s")
-# Version 3 pickles each key on its own, inside a body of plain rows: a key that cannot be rebuilt
-# (its class does not import in the reading process) costs that key alone, not the whole manifest.
+# Version 3 pickles each key that is not made of builtins (str, int, float, bytes, bool, None,
+# tuples of them) on its own: a key that cannot be rebuilt (its class does not import in the
+# reading process) costs that key alone, not the whole manifest. Plain keys stay inline, where
+# pickle's memo shares the names dask keys repeat.
 _MAGIC = b"SPKMAN03"
 _INLINE_KEYS = b"SPKMAN02"  # rows hold the keys themselves: still read
 
@@ -61,7 +64,7 @@ class ManifestEntry:
     tag: bytes | None = None  # the HMAC of the file's header, so an older file of the key is refused
     segment: str | None = None  # a packed record: the segment file that holds it (``name`` is the record's)
     offset: int = 0  # ... and where in that file it starts
-    key_blob: bytes | None = None  # the key's own pickle (:func:`pickle_key`), when already made
+    key_blob: bytes | None = None  # the key's own pickle (:func:`pickle_key`); None for a plain key
 
 
 class UnreadableKey:
@@ -87,6 +90,23 @@ class UnreadableKey:
 
     def __repr__(self) -> str:
         return f"<UnreadableKey: {self.error[:200]}>"
+
+
+_PLAIN = frozenset({str, int, float, bytes, bool, type(None)})
+_PLAIN_DEPTH = 32  # deeper tuples are pickled on their own: the body's pickle must never recurse too far
+
+
+def is_plain(key: Hashable) -> bool:
+    """True for keys of builtins only, which every process can unpickle: they stay inline."""
+    stack = [(key, 0)]
+    while stack:
+        item, depth = stack.pop()
+        kind = type(item)
+        if kind is tuple and depth < _PLAIN_DEPTH:
+            stack.extend((inner, depth + 1) for inner in item)  # type: ignore[attr-defined]
+        elif kind not in _PLAIN:
+            return False
+    return True
 
 
 def pickle_key(key: Hashable) -> bytes:
@@ -125,11 +145,17 @@ def write_manifest(path: str, entries: list[ManifestEntry], secret: bytes, *, sy
     ``sync_parent`` also fsyncs the directory above ``path``, so that a directory
     created for this Chest is itself durable (done at a Chest's first flush).
     """
-    rows = [
-        (e.key_blob or pickle_key(e.key), e.name, e.file_bytes, e.nbytes, e.cost, e.tag, e.segment, e.offset)
-        for e in entries
-    ]
-    body = pickle.dumps(rows, protocol=5)  # bytes, strings and numbers only
+    inline, pickled = [], []
+    for e in entries:
+        blob = e.key_blob
+        if blob is None and not is_plain(e.key):
+            blob = pickle_key(e.key)
+        row = (e.name, e.file_bytes, e.nbytes, e.cost, e.tag, e.segment, e.offset)
+        if blob is None:
+            inline.append((e.key, *row))
+        else:
+            pickled.append((blob, *row))
+    body = pickle.dumps((inline, pickled), protocol=5)  # builtins only: any process loads it
     temp = os.path.join(path, f"{MANIFEST_NAME}.tmp-{os.getpid()}")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -172,12 +198,12 @@ def read_manifest(path: str, secret: bytes) -> list[ManifestEntry] | None:
             "it was tampered with or written elsewhere; refusing to load it"
         )
     try:
-        rows = pickle.loads(body)
         if magic == _INLINE_KEYS:
-            return [ManifestEntry(*row) for row in rows]
-        return [
+            return [ManifestEntry(*row) for row in pickle.loads(body)]
+        inline, pickled = pickle.loads(body)
+        return [ManifestEntry(*row) for row in inline] + [
             ManifestEntry(_unpickle_key(blob), name, file_bytes, nbytes, cost, tag, segment, offset, blob)
-            for blob, name, file_bytes, nbytes, cost, tag, segment, offset in rows
+            for blob, name, file_bytes, nbytes, cost, tag, segment, offset in pickled
         ]
     except Exception as error:  # version 2: a key class that no longer imports; or another format
         raise SpillError(f"manifest {full!r} cannot be decoded ({error!r}); refusing to load it") from error

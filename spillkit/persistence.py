@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from .errors import DiskQuotaExceeded, SpillError, SpillWarning
 from .keys import describe_key
-from .manifest import ManifestEntry, pickle_key, read_manifest, remove_leftovers, write_manifest
+from .manifest import ManifestEntry, is_plain, pickle_key, read_manifest, remove_leftovers, write_manifest
 from .reserve import keep
 
 if TYPE_CHECKING:
@@ -132,7 +132,7 @@ def commit_manifest(chest: Chest) -> list[tuple[Hashable, BaseException]]:
         if key in unsynced:
             continue
         try:
-            blob = pickle_key(key)
+            blob = None if is_plain(key) else pickle_key(key)  # made here, so an unpicklable key is left out
         except Exception as error:  # the key's own fault: its value cannot outlive this Chest
             unsaved.append((key, _unpicklable(error)))
             continue

@@ -130,3 +130,43 @@ def test_stand_ins_are_equal_by_pickle_and_write_back_their_pickle() -> None:
     assert first == second and hash(first) == hash(second) and first != UnreadableKey(blob + b".", "x")
     assert pickle_key(first) is blob
     assert len(repr(UnreadableKey(blob, "e" * 10_000))) < 300
+
+
+def nested(depth: int) -> tuple[object, ...]:
+    key: tuple[object, ...] = ()
+    for _ in range(depth):
+        key = (key,)
+    return key
+
+
+def test_a_key_nested_too_deep_to_pickle_works_as_in_a_dict_and_only_the_flush_names_it(tmp_path: Path) -> None:
+    deep = nested(5_000)  # a dict takes it; repr and pickle give up (RecursionError, PicklingError)
+    path = tmp_path / "chest"
+    chest = Chest(path=path, available_memory=100, pack_threshold=0)
+    chest[deep] = b"d" * 1000
+    chest["a"] = b"a" * 1000  # spills the deep key's value to its own file
+    assert deep not in chest.inmem and chest[deep] == b"d" * 1000
+    with pytest.raises(SpillError, match="its key cannot be pickled") as info:
+        chest.flush()
+    assert len(str(info.value)) < 1000
+    del chest[deep]
+    chest.close()  # nothing left that cannot be written
+    assert sorted(Chest(path=path, available_memory=100)) == ["a"]
+
+
+@pytest.mark.parametrize(
+    ("key", "plain"),
+    [
+        (("x", 0, 1.5, b"", None, True, (2**80,)), True),
+        (nested(31), True),
+        (nested(32), False),  # pickled on its own, where a failure costs that key only
+        (frozenset({1}), False),
+        (UnreadableKey(b"x", "e"), False),
+        (type("S", (str,), {})("a str subclass"), False),
+    ],
+    ids=["builtins", "depth-31", "depth-32", "frozenset", "stand-in", "str-subclass"],
+)
+def test_only_keys_of_builtins_stay_inline(key: object, plain: bool) -> None:
+    from spillkit.manifest import is_plain
+
+    assert is_plain(key) is plain  # type: ignore[arg-type]
