@@ -28,6 +28,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
     raise ImportError('spillkit.dask needs dask: pip install "spillkit[dask]"') from error
 
 from .chest import Chest
+from .dask_loads import WorkerLoads
 from .dask_record import _graph_facts, record
 from .policies import GraphAware
 from .policies._graph import GraphPlan
@@ -41,14 +42,21 @@ def plan_from_dask(dsk: Mapping[Any, Any]) -> GraphPlan:
     return GraphPlan.for_local_scheduler(dependencies, planned, data)
 
 
-def warn_if_distributed() -> bool:
-    """Warn (and return True) when a dask.distributed Client is active: dask then ignores ``cache=``."""
+def distributed_client_active() -> bool:
+    """True when a dask.distributed Client is active (then dask ignores ``cache=``)."""
     distributed = sys.modules.get("distributed")
     if distributed is None:
         return False
     try:
         distributed.default_client()
     except ValueError:
+        return False
+    return True
+
+
+def warn_if_distributed() -> bool:
+    """Warn (and return True) when a dask.distributed Client is active: dask then ignores ``cache=``."""
+    if not distributed_client_active():
         return False
     warnings.warn(
         "a dask.distributed Client is active, so dask ignores cache= and this Chest will not be used; "
@@ -98,7 +106,8 @@ class ChestCallback(Callback):
                 policy.plan(plan_from_dask(dsk))
 
     def _start_state(self, dsk: Mapping[Any, Any], state: dict[str, Any]) -> None:
-        if state["cache"] is not self.chest:
+        cache = state["cache"]
+        if cache is not self.chest and not (isinstance(cache, WorkerLoads) and cache.chest is self.chest):
             warnings.warn(
                 "this computation's cache= is not the Chest given to ChestCallback", RuntimeWarning, stacklevel=2
             )
@@ -139,6 +148,10 @@ def spilling(
 
     Builds a Chest with the graph-aware ``NextUse`` policy unless one is given,
     sets ``dask.config`` ``cache=`` to it, and applies :class:`ChestCallback`.
+    Unless another scheduler is configured (or a dask.distributed Client is active),
+    ``compute()`` without ``scheduler=`` runs dask's threaded scheduler with spilled
+    inputs loaded by the worker threads that need them, several at once, instead of
+    one by one in dask's scheduling thread (:mod:`spillkit.dask_loads`).
     A temporary Chest made here is closed at the end of the block. Other
     keywords (``compression="lz4"``, ``path``, ...) go to that Chest.
     """
@@ -147,8 +160,12 @@ def spilling(
         chest = Chest(available_memory=available_memory, policy=policy, **chest_kwargs)
     elif chest_kwargs:
         raise TypeError(f"give Chest keywords ({', '.join(chest_kwargs)}) or a chest, not both")
+    cache = WorkerLoads(chest)
+    settings: dict[str, Any] = {"cache": cache}
+    if dask.config.get("scheduler", None) in (None, "threads", "threading") and not distributed_client_active():
+        settings["scheduler"] = cache.schedule  # dask's threaded scheduler, with spilled inputs loaded by workers
     try:
-        with dask.config.set(cache=chest), ChestCallback(chest):
+        with dask.config.set(settings), ChestCallback(chest):
             yield chest
     finally:
         if made:

@@ -23,7 +23,7 @@ from .errors import CorruptSpillFile, DiskQuotaExceeded
 from .keys import describe_key
 from .segfiles import read_at
 from .spillfile import HEADER_SIZE, PAD, RecordError, encode_header, open_record
-from .storage import DiskStore, PreparedWrite
+from .storage import DiskStore, OpenRead, PreparedWrite
 
 __all__ = ["PackedRecords", "PackedWrite"]
 
@@ -213,6 +213,21 @@ class PackedRecords(Compactor):
         except RecordError as error:
             raise CorruptSpillFile(key, full, f"{where}: {error}") from None
         return self.codec.decode(body)
+
+    def open_for_read(self, key: Hashable) -> OpenRead | None:
+        """A value in a file of its own, opened to read without the lock; None for a packed one.
+
+        Packed values are small: they are read under the lock, where compaction cannot move them.
+        """
+        return None if key in self._places else self.inner.open_for_read(key)
+
+    def still_current(self, pending: OpenRead) -> bool:
+        """True while ``pending``'s record is still its key's current one (under the caller's lock)."""
+        return pending.key not in self._places and self.inner.still_current(pending)
+
+    def finish_read(self, pending: OpenRead) -> Any:
+        """Read an :meth:`open_for_read` value (see :meth:`DiskStore.finish_read`); needs no lock."""
+        return self.inner.finish_read(pending)
 
     def delete(self, key: Hashable) -> None:
         """Forget the key's record (it becomes dead bytes) or remove its file; absent keys are fine."""

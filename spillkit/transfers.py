@@ -40,6 +40,7 @@ from .errors import CorruptSpillFile, DiskQuotaExceeded, SpillError
 from .events import GIVEN_COST, LOAD, MISS, PUT, REUSED
 from .keys import describe_key
 from .ledger import _MISSING
+from .unlocked import read_value
 
 if TYPE_CHECKING:
     from .engine import SpillEngine
@@ -92,6 +93,15 @@ def write_through(engine: SpillEngine, key: Hashable, value: Any, nbytes: int, c
         engine._emit(PUT, key, nbytes, written, seconds, detail="" if cost is None else GIVEN_COST)
 
 
+def _unchanged(engine: SpillEngine, key: Hashable, pending: Any) -> bool:
+    """After a read without the lock: is ``pending`` still the key's record, with its value on disk only?"""
+    if engine.closed or key in engine.memory or key not in engine._nbytes:
+        return False
+    if engine._writer is not None and key in engine._writer.pending:
+        return False
+    return bool(engine.disk.still_current(pending))  # type: ignore[attr-defined]
+
+
 def load(engine: SpillEngine, key: Hashable) -> Any:
     """Return a value that is not resident, and admit it when it fits; KeyError if absent."""
     engine._check_open()
@@ -110,16 +120,22 @@ def load(engine: SpillEngine, key: Hashable) -> Any:
             engine._emit(LOAD, key, nbytes, detail=REUSED, object_id=id(value))
     else:
         start = time.perf_counter()
+        read = engine.disk.file_bytes(key)
         try:
-            value = engine.disk.read(key)
+            value, unlocked = read_value(engine, key)
         except Exception as error:
             engine.stats.load_failures += 1
             if not isinstance(error, CorruptSpillFile):  # that one names the key already
                 error.add_note(f"spillkit: raised while loading the value of key {describe_key(key)} from disk")
             raise
         seconds = time.perf_counter() - start
-        read = engine.disk.file_bytes(key)
         engine.stats.observe_read(read, seconds)
+        if unlocked is not None and not _unchanged(engine, key, unlocked):
+            # The lock was let go for the read and the key changed meanwhile: another thread
+            # loaded or overwrote it (serve what it holds now), or deleted it or wrote a newer
+            # record (serve what this read found: the get began before; keep nothing). The
+            # events already told listeners of the change, so this read is not one of them.
+            return engine.memory.get(key, value)
         if engine.listeners:
             engine._emit(LOAD, key, nbytes, read, seconds, object_id=id(value))
     if nbytes <= engine.budget:

@@ -1,0 +1,111 @@
+"""Spilled inputs loaded by dask's worker threads instead of its one scheduling thread.
+
+dask's local scheduler reads every input of a task from ``cache`` in its scheduling
+thread before handing the task to a worker, so with a spilling cache all loads ran
+one after another in that thread while the workers waited for work. Under
+:func:`spillkit.dask.spilling`, computations run through :meth:`WorkerLoads.schedule`: in
+that thread, an input that is on disk is handed over as a small :class:`OnDisk`
+marker, and the worker that runs the task loads it (``get_async``'s ``loads`` hook runs
+in the worker), several at once: the Chest reads without holding its lock
+(:mod:`spillkit.unlocked`).
+
+The marker never escapes: only the thread running :meth:`WorkerLoads.schedule` is handed
+markers, every task's inputs are resolved before the task runs, and the computed
+results are resolved before ``schedule`` returns. Any other use of the cache (another
+scheduler, another thread, ``scheduler="threads"`` given explicitly) gets values.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Hashable, Iterator, MutableMapping
+from typing import Any
+
+import dask
+import dask.threaded
+
+from .chest import Chest
+
+__all__ = ["OnDisk", "WorkerLoads"]
+
+
+class OnDisk:
+    """Stands in for an input on disk in the arguments dask sends to a worker thread."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: Hashable) -> None:
+        self.key = key
+
+    def __repr__(self) -> str:
+        return "OnDisk(...)"
+
+
+class WorkerLoads(MutableMapping[Hashable, Any]):
+    """dask's ``cache=``: the Chest, with spilled inputs loaded by the worker that needs them.
+
+    Thread-safe: a computation registers its scheduling thread for its duration;
+    everything else is the Chest's, which has its own lock.
+    """
+
+    def __init__(self, chest: Chest) -> None:
+        self.chest = chest
+        self._lock = threading.Lock()
+        self._schedulers: Counter[int] = Counter()  # thread ident -> computations it is scheduling
+
+    # ---- the mapping dask uses -------------------------------------------------------------
+    def __getitem__(self, key: Hashable) -> Any:
+        # A dict lookup without the Chest's lock: a value that is being loaded or spilled
+        # right now is either answer, and the worker's own get sorts it out.
+        if threading.get_ident() in self._schedulers and key not in self.chest.engine.memory and key in self.chest:
+            return OnDisk(key)
+        return self.chest[key]
+
+    def __setitem__(self, key: Hashable, value: Any) -> None:
+        self.chest[key] = value
+
+    def __delitem__(self, key: Hashable) -> None:
+        del self.chest[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.chest
+
+    def __iter__(self) -> Iterator[Hashable]:
+        return iter(self.chest)
+
+    def __len__(self) -> int:
+        return len(self.chest)
+
+    # ---- the scheduler ----------------------------------------------------------------------
+    def loads(self, info: Any) -> Any:
+        """``get_async``'s ``loads``: in a worker, load the task's inputs that are on disk."""
+        if threading.get_ident() in self._schedulers:
+            return info  # a result or an error coming back to the scheduling thread
+        task, data = info
+        if any(type(value) is OnDisk for value in data.values()):
+            data = {dep: self.chest[v.key] if type(v) is OnDisk else v for dep, v in data.items()}
+        return task, data
+
+    def schedule(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
+        """dask's threaded ``get`` with this cache and worker-side loads (dask's ``scheduler=``)."""
+        if kwargs.get("cache", self) is not self or dask.config.get("rerun_exceptions_locally", False):
+            return dask.threaded.get(dsk, keys, **kwargs)  # values only: nothing here knows of markers
+        kwargs["cache"] = self
+        ident = threading.get_ident()
+        with self._lock:
+            self._schedulers[ident] += 1
+        try:
+            result = dask.threaded.get(dsk, keys, loads=self.loads, **kwargs)
+        finally:
+            with self._lock:
+                self._schedulers[ident] -= 1
+                if not self._schedulers[ident]:
+                    del self._schedulers[ident]
+        return self._resolve(keys, result)
+
+    def _resolve(self, keys: Any, result: Any) -> Any:
+        """The results, with any marker replaced by its value (``nested_get`` mirrors ``keys``)."""
+        if isinstance(keys, list):
+            return tuple(self._resolve(k, r) for k, r in zip(keys, result, strict=True))
+        return self.chest[result.key] if type(result) is OnDisk else result

@@ -1,0 +1,46 @@
+"""Reading a spilled value with the engine's lock let go, so loads in several threads overlap.
+
+A load used to hold the engine's one lock through the file read, the checks and the
+unpickling: two threads loading (dask workers resolving their inputs, a user's thread
+pool) took turns, and every put waited for them. Here the record is opened under the
+lock (the open descriptor keeps its bytes readable whatever happens to the key), read,
+checked and decoded without it, and the result is reconciled under the lock again:
+the key may have been loaded by another thread, deleted or overwritten meanwhile.
+
+Only a tier with ``open_for_read`` / ``finish_read`` / ``still_current`` (a
+:class:`~spillkit.storage.DiskStore`, and a :class:`~spillkit.segments.PackedStore`
+for values in files of their own) is read this way, and only when the calling thread
+holds the lock once: a caller that took it around the get relies on nothing changing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .engine import SpillEngine
+
+__all__ = ["read_value"]
+
+
+def read_value(engine: SpillEngine, key: Hashable) -> tuple[Any, Any]:
+    """Read ``key``'s value from disk; return it with the opened record if the lock was let go, else None.
+
+    Called with the lock held once or more; returns (or raises) with it held exactly as before.
+    """
+    disk: Any = engine.disk
+    open_for_read = getattr(disk, "open_for_read", None)
+    pending = None if open_for_read is None else open_for_read(key)
+    if pending is None:
+        return disk.read(key), None
+    lock: Any = engine.lock
+    count = getattr(lock, "_recursion_count", None)  # CPython's RLock; anything else keeps the lock
+    if count is None or count() != 1:
+        return disk.finish_read(pending), None
+    state = lock._release_save()  # as threading.Condition.wait lets go of an RLock
+    try:
+        value = disk.finish_read(pending)
+    finally:
+        lock._acquire_restore(state)
+    return value, pending
