@@ -15,11 +15,10 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .buffers import read_buffer
-from .errors import CorruptSpillFile, SpillWarning
-from .fileindex import FileIndex
+from .errors import SpillWarning
+from .filereads import FileReads, OpenRead
 from .keys import describe_key
-from .spillfile import HEADER_SIZE, RecordError, encode_header, names_record, open_record
+from .spillfile import HEADER_SIZE, encode_header, names_record
 
 __all__ = ["DiskStore", "OpenRead", "PreparedWrite", "is_spill_file"]
 
@@ -33,18 +32,6 @@ class PreparedWrite:
     temp: str
     size: int
     tag: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class OpenRead:
-    """A record opened for reading: :meth:`DiskStore.finish_read` reads it without the engine's lock."""
-
-    key: Hashable
-    name: str
-    full: str
-    size: int
-    tag: bytes | None
-    fd: int
 
 
 def is_spill_file(full: str, name: str) -> bool:
@@ -68,7 +55,7 @@ def _write_all(fd: int, frames: list[Any]) -> None:
             views[0] = views[0][written:]
 
 
-class DiskStore(FileIndex):
+class DiskStore(FileReads):
     """A mapping from keys to files in ``path``; values go through ``codec``.
 
     Each write goes to a hidden temporary file and is moved into place with
@@ -180,48 +167,6 @@ class DiskStore(FileIndex):
     def read(self, key: Hashable) -> Any:
         """Load the key's value; raise CorruptSpillFile if the file is damaged or forged."""
         return self.finish_read(self.open_for_read(key))
-
-    def open_for_read(self, key: Hashable) -> OpenRead:
-        """Open the key's file (under the caller's lock); :meth:`finish_read` may then run without it.
-
-        The open descriptor keeps the file's bytes readable even if the key is deleted or
-        overwritten meanwhile (its file unlinked or renamed over): a read that began still
-        sees the record it began with. KeyError for a key without a file.
-        """
-        name = self._names[key]
-        full = os.path.join(self.path, name)
-        try:
-            fd = os.open(full, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise CorruptSpillFile(key, full, "the file is missing") from None
-        # The size is known from the write (no fstat); a short or grown file shows in finish_read.
-        return OpenRead(key, name, full, self._sizes[key], self._tags.get(key), fd)
-
-    def still_current(self, pending: OpenRead) -> bool:
-        """True while ``pending``'s record is still its key's current one (under the caller's lock)."""
-        return self._names.get(pending.key) == pending.name and self._tags.get(pending.key) == pending.tag
-
-    def finish_read(self, pending: OpenRead) -> Any:
-        """Read, check and decode an :meth:`open_for_read` record; closes its descriptor. Needs no lock."""
-        try:
-            with open(pending.fd, "rb", buffering=0, closefd=False) as file:
-                view = read_buffer(pending.size)
-                got = 0
-                while got < pending.size:
-                    n = file.readinto(view[got:])
-                    if not n:
-                        break
-                    got += n
-                grew = got == pending.size and bool(file.read(1))  # bytes appended after the write
-        finally:
-            os.close(pending.fd)
-        if grew:
-            raise CorruptSpillFile(pending.key, pending.full, "the file is longer than what was written")
-        try:
-            body = open_record(view[:got], pending.name, self.secret, pending.tag)
-        except RecordError as error:
-            raise CorruptSpillFile(pending.key, pending.full, str(error)) from None
-        return self.codec.decode(body)
 
     def delete(self, key: Hashable) -> None:
         """Remove the key's file if it has one (a missing file is not an error)."""

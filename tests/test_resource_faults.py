@@ -37,6 +37,7 @@ import pytest
 
 import spillkit.chest
 import spillkit.compaction
+import spillkit.filereads
 import spillkit.manifest
 import spillkit.reserve
 import spillkit.segfiles
@@ -202,6 +203,7 @@ class _FaultyOS:
 # Every module that calls ``os`` or ``open`` for spill data: a module missing here is I/O no fault reaches.
 MODULES = (
     spillkit.storage,
+    spillkit.filereads,
     spillkit.manifest,
     spillkit.chest,
     spillkit.segments,
@@ -209,7 +211,7 @@ MODULES = (
     spillkit.compaction,
     spillkit.reserve,
 )
-OPENERS = (spillkit.storage, spillkit.manifest)  # the modules that call the builtin ``open``
+OPENERS = (spillkit.storage, spillkit.filereads, spillkit.manifest)  # the modules that call the builtin ``open``
 PACKED = "packed"
 FILES = "files"
 MODES = (FILES, PACKED)

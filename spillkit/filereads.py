@@ -1,0 +1,87 @@
+"""Reading a file-per-value record in two steps, so that the slow one needs no lock.
+
+:meth:`FileReads.open_for_read` (under the engine's lock) opens the key's file;
+:meth:`FileReads.finish_read` (without it) reads, checks and decodes through that
+descriptor, which keeps the record's bytes readable even if the key is deleted or
+overwritten meanwhile; :meth:`FileReads.still_current` (under the lock again) says
+whether the record is still the key's. :mod:`spillkit.unlocked` drives the three.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any
+
+from .buffers import read_buffer
+from .errors import CorruptSpillFile
+from .fileindex import FileIndex
+from .spillfile import RecordError, open_record
+
+__all__ = ["FileReads", "OpenRead"]
+
+
+@dataclass(frozen=True, slots=True)
+class OpenRead:
+    """A record opened for reading: :meth:`DiskStore.finish_read` reads it without the engine's lock."""
+
+    key: Hashable
+    name: str
+    full: str
+    size: int
+    tag: bytes | None
+    fd: int
+
+
+class FileReads(FileIndex):
+    """The read path of :class:`~spillkit.storage.DiskStore` (its base: the index it reads from).
+
+    ``open_for_read`` and ``still_current`` need the engine's lock, as the rest of the
+    store does; ``finish_read`` touches only its descriptor and the immutable secret and
+    codec, so it is thread-safe. Failures: :class:`~spillkit.errors.CorruptSpillFile`
+    for a missing, short, grown or forged file, ``OSError`` from the disk, and what the
+    codec raises; the descriptor is closed whatever happens.
+    """
+
+    def open_for_read(self, key: Hashable) -> OpenRead:
+        """Open the key's file (under the caller's lock); :meth:`finish_read` may then run without it.
+
+        The open descriptor keeps the file's bytes readable even if the key is deleted or
+        overwritten meanwhile (its file unlinked or renamed over): a read that began still
+        sees the record it began with. KeyError for a key without a file.
+        """
+        name = self._names[key]
+        full = os.path.join(self.path, name)
+        try:
+            fd = os.open(full, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise CorruptSpillFile(key, full, "the file is missing") from None
+        # The size is known from the write (no fstat); a short or grown file shows in finish_read.
+        return OpenRead(key, name, full, self._sizes[key], self._tags.get(key), fd)
+
+    def still_current(self, pending: OpenRead) -> bool:
+        """True while ``pending``'s record is still its key's current one (under the caller's lock)."""
+        return self._names.get(pending.key) == pending.name and self._tags.get(pending.key) == pending.tag
+
+    def finish_read(self, pending: OpenRead) -> Any:
+        """Read, check and decode an :meth:`open_for_read` record; closes its descriptor. Needs no lock."""
+        try:
+            with open(pending.fd, "rb", buffering=0, closefd=False) as file:
+                view = read_buffer(pending.size)
+                got = 0
+                while got < pending.size:
+                    n = file.readinto(view[got:])
+                    if not n:
+                        break
+                    got += n
+                grew = got == pending.size and bool(file.read(1))  # bytes appended after the write
+        finally:
+            os.close(pending.fd)
+        if grew:
+            raise CorruptSpillFile(pending.key, pending.full, "the file is longer than what was written")
+        try:
+            body = open_record(view[:got], pending.name, self.secret, pending.tag)
+        except RecordError as error:
+            raise CorruptSpillFile(pending.key, pending.full, str(error)) from None
+        return self.codec.decode(body)

@@ -1,0 +1,239 @@
+"""spillkit.unlocked: a load reads, checks and decodes its file without the engine's lock.
+
+A codec whose ``decode`` waits on the test stands a load still in the middle of its read,
+so what other threads can do meanwhile (load too, put, delete, overwrite) is shown with
+events and barriers, never with timings. Each reconciliation case checks the value served,
+the value kept and the memory accounting.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Hashable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spillkit import Chest, CorruptSpillFile, PickleCodec
+
+WAIT = 30.0  # seconds before a test calls a barrier broken: only reached when the code is wrong
+UNIT = 100_000  # every value counts this many bytes; values are big enough for files of their own
+
+
+class GatedCodec(PickleCodec):
+    """Pickle, with a hook run inside ``decode`` (where a load is while it has let the lock go)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hook: Callable[[], None] | None = None
+
+    def decode(self, data: memoryview) -> Any:
+        if self.hook is not None:
+            self.hook()
+        return super().decode(data)
+
+
+def make(tmp_path: Path, budget_units: int = 1, **kwargs: Any) -> tuple[Chest, GatedCodec]:
+    codec = GatedCodec()
+    chest = Chest(
+        path=tmp_path / "chest", available_memory=budget_units * UNIT, sizeof=lambda v: UNIT, codec=codec, **kwargs
+    )
+    return chest, codec
+
+
+def value(tag: str) -> bytes:
+    return tag.encode() * (UNIT // len(tag))  # over the packing threshold: a file of its own
+
+
+def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["value"] = fn()
+        except BaseException as error:  # handed to the test, which re-raises it
+            out["error"] = error
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, out
+
+
+def spill_all(chest: Chest) -> None:
+    while chest.inmem:
+        assert chest.evict() > 0
+    assert not chest.inmem
+
+
+def assert_accounting(chest: Chest) -> None:
+    engine = chest.engine
+    assert chest.memory_bytes == UNIT * len(chest.inmem)
+    assert engine._spilled_nbytes == UNIT * (len(chest) - len(chest.inmem))  # values only on disk
+    assert chest.memory_bytes <= chest.available_memory
+    assert set(engine.memory) <= set(chest)
+
+
+def test_two_threads_load_at_the_same_time(tmp_path: Path) -> None:
+    chest, codec = make(tmp_path, budget_units=3)
+    for key in "abc":
+        chest[key] = value(key)
+    spill_all(chest)
+    both = threading.Barrier(2, timeout=WAIT)
+    codec.hook = both.wait  # each load waits in decode until the other is in decode too
+    first, out_a = in_thread(lambda: chest["a"])
+    second, out_b = in_thread(lambda: chest["b"])
+    first.join()
+    second.join()
+    codec.hook = None
+    assert "error" not in out_a and "error" not in out_b, (out_a, out_b)  # a held lock breaks the barrier
+    assert out_a["value"] == value("a") and out_b["value"] == value("b")
+    assert set(chest.inmem) == {"a", "b"}
+    assert_accounting(chest)
+    chest.drop()
+
+
+class Paused:
+    """Pause the next load inside its decode until released; say when it got there."""
+
+    def __init__(self, codec: GatedCodec) -> None:
+        self.codec = codec
+        self.inside = threading.Event()
+        self.go = threading.Event()
+        codec.hook = self.hook
+
+    def hook(self) -> None:
+        self.codec.hook = None  # only the first load pauses
+        self.inside.set()
+        assert self.go.wait(WAIT)
+
+
+def paused_load(chest: Chest, codec: GatedCodec, key: Hashable) -> tuple[Paused, threading.Thread, dict[str, Any]]:
+    pause = Paused(codec)
+    thread, out = in_thread(lambda: chest[key])
+    assert pause.inside.wait(WAIT)  # the load is in decode now, without the lock
+    return pause, thread, out
+
+
+def finish(pause: Paused, thread: threading.Thread, out: dict[str, Any]) -> Any:
+    pause.go.set()
+    thread.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+def spilled(tmp_path: Path, **kwargs: Any) -> tuple[Chest, GatedCodec]:
+    chest, codec = make(tmp_path, budget_units=2, **kwargs)
+    chest["k"] = value("old")
+    chest["x"] = value("x")
+    spill_all(chest)
+    return chest, codec
+
+
+def test_a_put_and_a_hit_run_while_a_load_reads(tmp_path: Path) -> None:
+    chest, codec = spilled(tmp_path)
+    pause, thread, out = paused_load(chest, codec, "k")
+    chest["y"] = value("y")  # would wait for the load if it held the lock
+    assert chest["y"] == value("y")
+    assert finish(pause, thread, out) == value("old")
+    assert chest["k"] == value("old") and "k" in chest.inmem
+    assert_accounting(chest)
+    chest.drop()
+
+
+def test_a_key_deleted_during_its_load_is_served_and_stays_deleted(tmp_path: Path) -> None:
+    chest, codec = spilled(tmp_path)
+    pause, thread, out = paused_load(chest, codec, "k")
+    del chest["k"]
+    assert finish(pause, thread, out) == value("old")  # the get began before the delete
+    assert "k" not in chest and "k" not in chest.inmem
+    with pytest.raises(KeyError):
+        chest["k"]
+    assert_accounting(chest)
+    chest.drop()
+
+
+def test_a_key_overwritten_during_its_load_keeps_the_new_value(tmp_path: Path) -> None:
+    chest, codec = spilled(tmp_path)
+    pause, thread, out = paused_load(chest, codec, "k")
+    chest["k"] = value("new")
+    assert finish(pause, thread, out) == value("new")  # the resident value is served
+    assert chest["k"] == value("new")
+    assert_accounting(chest)
+    chest.drop()
+
+
+def test_a_key_overwritten_and_spilled_again_during_its_load_never_gets_the_old_value_back(tmp_path: Path) -> None:
+    chest, codec = spilled(tmp_path)
+    pause, thread, out = paused_load(chest, codec, "k")
+    chest["k"] = value("new")
+    spill_all(chest)  # the new value has a newer record now, and nothing is resident
+    assert finish(pause, thread, out) == value("old")  # what the read found; the get began before
+    assert "k" not in chest.inmem  # the old value was not admitted over the newer record
+    assert chest["k"] == value("new")
+    assert_accounting(chest)
+    chest.drop()
+
+
+def test_two_loads_of_one_key_end_with_one_object(tmp_path: Path) -> None:
+    chest, codec = spilled(tmp_path)
+    pause, thread, out = paused_load(chest, codec, "k")
+    second, out_second = in_thread(lambda: chest["k"])  # reads too, and admits first
+    second.join()
+    first_value = finish(pause, thread, out)
+    assert first_value is out_second["value"] is chest["k"]  # the later finisher serves the admitted one
+    assert_accounting(chest)
+    chest.drop()
+
+
+def test_a_damaged_file_found_without_the_lock_raises_and_the_lock_is_free(tmp_path: Path) -> None:
+    chest, codec = spilled(tmp_path)
+
+    def damage() -> None:
+        codec.hook = None
+        raise ValueError("decode failed")
+
+    codec.hook = damage
+    with pytest.raises(ValueError, match="decode failed") as info:
+        chest["k"]
+    assert any("'k'" in note for note in info.value.__notes__)
+    assert chest.stats.load_failures == 1 and "k" in chest and "k" not in chest.inmem
+    acquired, _ = in_thread(lambda: chest.engine.lock.acquire(timeout=WAIT) and chest.engine.lock.release())
+    acquired.join()
+    assert chest["k"] == value("old")
+    assert_accounting(chest)
+    chest.drop()
+
+
+def test_a_missing_file_is_reported_before_the_lock_is_let_go(tmp_path: Path) -> None:
+    chest, _ = spilled(tmp_path, pack_threshold=0)
+    (tmp_path / "chest" / chest._store.names()["k"]).unlink()
+    with pytest.raises(CorruptSpillFile, match="missing"):
+        chest["k"]
+    assert chest["x"] == value("x")
+    chest.drop()
+
+
+def test_a_caller_holding_the_lock_keeps_it_through_the_load(tmp_path: Path) -> None:
+    chest, codec = spilled(tmp_path)
+    owned: list[bool] = []
+    codec.hook = lambda: owned.append(chest.engine.lock._is_owned())  # type: ignore[attr-defined]
+    chest["k"]
+    with chest.engine.lock:  # a caller that relies on nothing changing across its block
+        chest["x"]
+    assert owned == [False, True]
+    chest.drop()
+
+
+def test_packed_values_are_read_under_the_lock(tmp_path: Path) -> None:
+    codec = GatedCodec()
+    chest = Chest(path=tmp_path / "chest", available_memory=100, sizeof=lambda v: 100, codec=codec)
+    chest["small"] = b"s" * 100  # under the packing threshold: a record in a segment
+    chest["other"] = b"o" * 100
+    assert chest._store.location("small")[0] is not None
+    owned: list[bool] = []
+    codec.hook = lambda: owned.append(chest.engine.lock._is_owned())  # type: ignore[attr-defined]
+    assert chest["small"] == b"s" * 100
+    assert owned == [True]  # compaction may move a packed record: its read keeps the lock
+    chest.drop()
