@@ -24,7 +24,6 @@ from test_faults import TRIPPED, Tripwire
 from spillkit import Chest, CorruptSpillFile, PickleCodec, SpillError
 from spillkit.dirlock import LOCK_NAME
 from spillkit.manifest import _HEADER as MANIFEST_HEADER
-from spillkit.manifest import _MAGIC as MANIFEST_MAGIC
 from spillkit.manifest import MANIFEST_NAME
 from spillkit.security import KEY_FILE_NAME, sign
 from spillkit.segfiles import is_segment_name
@@ -288,10 +287,10 @@ def test_a_manifest_from_before_packing_still_opens(tmp_path: Path) -> None:
     chest.close()
     secret = (path / KEY_FILE_NAME).read_bytes()
     data = (path / MANIFEST_NAME).read_bytes()
-    rows = pickle.loads(data[MANIFEST_HEADER.size :])
-    assert all(len(row) == 8 for row in rows)
-    body = pickle.dumps([row[:6] for row in rows])  # the rows an earlier spillkit wrote
-    header = MANIFEST_HEADER.pack(MANIFEST_MAGIC, len(body), zlib.crc32(body), sign(secret, body))
+    inline, pickled = pickle.loads(data[MANIFEST_HEADER.size :])  # version 3: plain keys inline
+    assert not pickled and all(len(row) == 8 for row in inline)
+    body = pickle.dumps([row[:6] for row in inline])  # the rows an earlier spillkit wrote (version 2)
+    header = MANIFEST_HEADER.pack(b"SPKMAN02", len(body), zlib.crc32(body), sign(secret, body))
     (path / MANIFEST_NAME).write_bytes(header + body)
     again = on_disk(path)
     assert_values(again, expected)
