@@ -42,6 +42,7 @@ import pytest
 
 import spillkit
 import spillkit.compaction
+import spillkit.filereads
 import spillkit.manifest
 import spillkit.security
 import spillkit.segfiles
@@ -542,8 +543,8 @@ def rss() -> int:
 @pytest.fixture
 def faults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Faults]:
     injected = Faults(SEED)
-    modules = (spillkit.storage, spillkit.manifest, spillkit.security, spillkit.segments, spillkit.segfiles,
-               spillkit.compaction)  # fmt: skip
+    modules = (spillkit.storage, spillkit.filereads, spillkit.manifest, spillkit.security, spillkit.segments,
+               spillkit.segfiles, spillkit.compaction)  # fmt: skip
     for module in modules:
         monkeypatch.setattr(module, "os", FaultyOs(injected))
         monkeypatch.setattr(module, "open", injected.open, raising=False)
