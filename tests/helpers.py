@@ -29,6 +29,19 @@ class ConstRepr:
         return hash(("ConstRepr", self.n))
 
 
+class ReprRaises:
+    """A key a dict accepts whose ``__repr__`` raises; equal to itself only."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr for you")
+
+    def __hash__(self) -> int:
+        return 7
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+
 def drain(policy: Policy) -> list[Hashable]:
     """Spill every key the policy holds, in the order it offers them."""
     order = []

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import flip_last_byte
+from helpers import ReprRaises, flip_last_byte
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -921,19 +921,6 @@ def test_any_key_tree_round_trips_like_a_dict(workdir: Path, keys: list[Hashable
         round_trip(keys, where)
     finally:
         shutil.rmtree(where, ignore_errors=True)
-
-
-class ReprRaises:
-    """A key a dict accepts whose ``__repr__`` raises; equal to itself only."""
-
-    def __repr__(self) -> str:
-        raise RuntimeError("no repr for you")
-
-    def __hash__(self) -> int:
-        return 7
-
-    def __eq__(self, other: object) -> bool:
-        return self is other
 
 
 @pytest.mark.parametrize("pack_threshold", [0, None], ids=["file-per-value", "packed"])

@@ -8,6 +8,7 @@ from collections.abc import Hashable
 from typing import Any
 
 import pytest
+from helpers import ReprRaises
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,19 +16,6 @@ from spillkit.keys import BIG_INT_BITS, decode_key, describe_key, encode_key, sp
 from spillkit.naming import candidate_name
 
 HUGE = 10**5000  # past Python's 4,300-digit limit: str(HUGE) and json.dumps(HUGE) raise ValueError
-
-
-class ReprRaises:
-    """A key a dict accepts whose ``__repr__`` raises."""
-
-    def __repr__(self) -> str:
-        raise RuntimeError("no repr for you")
-
-    def __hash__(self) -> int:
-        return 7
-
-    def __eq__(self, other: object) -> bool:
-        return self is other
 
 
 def json_round_trip(key: Hashable) -> Hashable:
