@@ -168,5 +168,6 @@ def spilling(
         with dask.config.set(settings), ChestCallback(chest):
             yield chest
     finally:
+        cache.active = False  # a Client closed after this block may put its scheduler= back
         if made:
             chest.close()

@@ -51,6 +51,7 @@ class WorkerLoads(MutableMapping[Hashable, Any]):
 
     def __init__(self, chest: Chest) -> None:
         self.chest = chest
+        self.active = True  # until the spilling() block that made this cache ends
         self._lock = threading.Lock()
         self._schedulers: Counter[int] = Counter()  # thread ident -> computations it is scheduling
 
@@ -79,17 +80,27 @@ class WorkerLoads(MutableMapping[Hashable, Any]):
 
     # ---- the scheduler ----------------------------------------------------------------------
     def loads(self, info: Any) -> Any:
-        """``get_async``'s ``loads``: in a worker, load the task's inputs that are on disk."""
-        if threading.get_ident() in self._schedulers:
-            return info  # a result or an error coming back to the scheduling thread
-        task, data = info
-        if any(type(value) is OnDisk for value in data.values()):
-            data = {dep: self.chest[v.key] if type(v) is OnDisk else v for dep, v in data.items()}
-        return task, data
+        """``get_async``'s ``loads``: load a task's inputs that are on disk, wherever it runs.
+
+        Also called with ``(result, worker id)`` and ``(error, traceback)``, which hold no markers.
+        """
+        if type(info) is tuple and len(info) == 2 and type(info[1]) is dict:
+            task, data = info
+            if any(type(value) is OnDisk for value in data.values()):
+                return task, {dep: self.chest[v.key] if type(v) is OnDisk else v for dep, v in data.items()}
+        return info
 
     def schedule(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
         """dask's threaded ``get`` with this cache and worker-side loads (dask's ``scheduler=``)."""
-        if kwargs.get("cache", self) is not self or dask.config.get("rerun_exceptions_locally", False):
+        if not self.active:  # the spilling() block is over, but a config it set was put back later
+            if kwargs.get("cache") is self:
+                del kwargs["cache"]
+            return dask.threaded.get(dsk, keys, **kwargs)
+        if (
+            kwargs.get("cache", self) is not self
+            or kwargs.get("rerun_exceptions_locally", dask.config.get("rerun_exceptions_locally", False))
+            or kwargs.get("pool", dask.config.get("pool", None)) is not None  # another pool: maybe processes
+        ):
             return dask.threaded.get(dsk, keys, **kwargs)  # values only: nothing here knows of markers
         kwargs["cache"] = self
         ident = threading.get_ident()

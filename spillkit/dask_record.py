@@ -24,6 +24,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
     raise ImportError('spillkit.dask needs dask: pip install "spillkit[dask]"') from error
 
 from .chest import Chest
+from .dask_loads import WorkerLoads
 from .trace import TraceRecorder
 
 __all__ = ["record"]
@@ -104,6 +105,8 @@ class record(Callback):
 
     def _start_state(self, dsk: Mapping[Any, Any], state: dict[str, Any]) -> None:
         cache = state["cache"]
+        if isinstance(cache, WorkerLoads):  # spilling()'s cache: the Chest, loaded from by dask's workers
+            cache = cache.chest
         if not isinstance(cache, Chest):
             raise TypeError(
                 "spillkit.dask.record needs a Chest as the cache: x.compute(cache=Chest(...)) "

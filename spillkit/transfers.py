@@ -37,7 +37,7 @@ from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
 from .errors import CorruptSpillFile, DiskQuotaExceeded, SpillError
-from .events import GIVEN_COST, LOAD, MISS, PUT, REUSED
+from .events import GIVEN_COST, HIT, LOAD, MISS, PUT, REUSED
 from .keys import describe_key
 from .ledger import _MISSING
 from .unlocked import read_value
@@ -93,9 +93,13 @@ def write_through(engine: SpillEngine, key: Hashable, value: Any, nbytes: int, c
         engine._emit(PUT, key, nbytes, written, seconds, detail="" if cost is None else GIVEN_COST)
 
 
-def _unchanged(engine: SpillEngine, key: Hashable, pending: Any) -> bool:
-    """After a read without the lock: is ``pending`` still the key's record, with its value on disk only?"""
-    if engine.closed or key in engine.memory or key not in engine._nbytes:
+def _unchanged(engine: SpillEngine, key: Hashable, pending: Any, nbytes: int) -> bool:
+    """After a read without the lock: is ``pending`` still the key's record, with its value on disk only?
+
+    ``nbytes`` is the size the load saw: an equal value put back with another size estimate
+    has the same record (same bytes, same tag) but must not be admitted at the old size.
+    """
+    if engine.closed or key in engine.memory or engine._nbytes.get(key) != nbytes:
         return False
     if engine._writer is not None and key in engine._writer.pending:
         return False
@@ -130,12 +134,17 @@ def load(engine: SpillEngine, key: Hashable) -> Any:
             raise
         seconds = time.perf_counter() - start
         engine.stats.observe_read(read, seconds)
-        if unlocked is not None and not _unchanged(engine, key, unlocked):
+        if unlocked is not None and not _unchanged(engine, key, unlocked, nbytes):
             # The lock was let go for the read and the key changed meanwhile: another thread
-            # loaded or overwrote it (serve what it holds now), or deleted it or wrote a newer
-            # record (serve what this read found: the get began before; keep nothing). The
-            # events already told listeners of the change, so this read is not one of them.
-            return engine.memory.get(key, value)
+            # loaded or overwrote it (serve what it holds now: a hit, for listeners), or deleted
+            # it or wrote a newer record (serve what this read found: the get began before; keep
+            # nothing, and tell listeners nothing: their events already moved past this key).
+            if key in engine.memory:
+                resident = engine.memory[key]
+                if engine.listeners:
+                    engine._emit(HIT, key, engine._nbytes[key])
+                return resident
+            return value
         if engine.listeners:
             engine._emit(LOAD, key, nbytes, read, seconds, object_id=id(value))
     if nbytes <= engine.budget:

@@ -122,3 +122,72 @@ def test_markers_only_go_to_the_thread_that_schedules(tmp_path: Path) -> None:
     assert cache.schedule({"t": (graph_task,)}, "t") == "done"
     assert seen["in_worker"] == "second"  # a task reading the cache itself gets values, loaded
     chest.close()
+
+
+# ---- found by review: every other way of running a computation still gets values ----------------
+
+
+def make_part(i: int) -> bytearray:
+    return bytearray(1000) + bytes([i])
+
+
+def total(*parts: bytearray) -> int:
+    return sum(part[-1] for part in parts)
+
+
+def pack(*parts: bytearray) -> list[bytearray]:
+    return list(parts)
+
+
+def part_size(value: Any) -> int:
+    return len(value) if isinstance(value, (bytes, bytearray)) else 8
+
+
+def parts(prefix: str) -> list[Any]:
+    return [dask.delayed(make_part)(i, dask_key_name=f"{prefix}{i}") for i in range(4)]
+
+
+def test_a_pool_that_runs_tasks_inline_gets_values() -> None:
+    from dask.local import SynchronousExecutor
+
+    with spilling(available_memory=1500, sizeof=part_size):
+        assert dask.delayed(total)(*parts("p"), dask_key_name="t").compute(pool=SynchronousExecutor()) == 6
+        with dask.config.set(pool=SynchronousExecutor()):
+            packed = dask.delayed(pack)(*parts("q"), dask_key_name="packed").compute()
+    assert [type(part) for part in packed] == [bytearray] * 4 and [p[-1] for p in packed] == [0, 1, 2, 3]
+
+
+def test_a_process_pool_gets_values() -> None:
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(1) as pool, spilling(available_memory=1500, sizeof=part_size):
+        assert dask.delayed(total)(*parts("m"), dask_key_name="t").compute(pool=pool) == 6
+
+
+@pytest.mark.parametrize("how", ["keyword", "config"])
+def test_rerun_exceptions_locally_raises_the_tasks_own_error(how: str) -> None:
+    def pick(*inputs: bytearray) -> list[int]:
+        return [x[5000] for x in inputs]  # IndexError on the real inputs
+
+    keyword = {"rerun_exceptions_locally": True} if how == "keyword" else {}
+    config = {} if how == "keyword" else {"rerun_exceptions_locally": True}
+    with spilling(available_memory=1500, sizeof=part_size), dask.config.set(config), pytest.raises(IndexError):
+        dask.delayed(pick)(*parts("r"), dask_key_name="pick").compute(**keyword)
+
+
+def test_record_works_inside_spilling(tmp_path: Path) -> None:
+    from spillkit.dask import record
+    from spillkit.trace import read_trace
+
+    with spilling(available_memory=BUDGET), record(tmp_path / "t.jsonl"):
+        result = anomaly().compute()
+    assert np.allclose(result, anomaly().compute(scheduler="sync"))
+    assert any(op[0] == "put" for op in read_trace(tmp_path / "t.jsonl").ops)
+
+
+def test_a_scheduler_setting_put_back_after_the_block_falls_back_to_dask_threads() -> None:
+    with spilling(available_memory=BUDGET) as chest:
+        stale = dask.config.get("scheduler")  # what a Client opened inside and closed after puts back
+    assert chest.engine.closed
+    with dask.config.set(scheduler=stale):
+        assert dask.delayed(total)(*parts("s"), dask_key_name="t").compute() == 6  # not "the Chest is closed"

@@ -237,3 +237,39 @@ def test_packed_values_are_read_under_the_lock(tmp_path: Path) -> None:
     assert chest["small"] == b"s" * 100
     assert owned == [True]  # compaction may move a packed record: its read keeps the lock
     chest.drop()
+
+
+# ---- found by review ------------------------------------------------------------------------------
+
+
+def test_a_value_put_back_with_another_size_during_its_load_is_not_admitted_at_the_old_size(tmp_path: Path) -> None:
+    size = [UNIT]
+    codec = GatedCodec()
+    chest = Chest(path=tmp_path / "chest", available_memory=10 * UNIT, sizeof=lambda v: size[0], codec=codec)
+    chest["k"] = value("same")
+    spill_all(chest)
+    pause, thread, out = paused_load(chest, codec, "k")
+    size[0] = 7 * UNIT  # the same bytes (same record, same tag) under another size estimate
+    chest["k"] = value("same")
+    spill_all(chest)
+    assert finish(pause, thread, out) == value("same")
+    engine = chest.engine
+    on_disk_only = sum(n for key, n in engine._nbytes.items() if key not in engine.memory)
+    assert engine._spilled_nbytes == on_disk_only and engine.memory_bytes == sum(
+        engine._nbytes[key] for key in engine.memory
+    )
+    chest.drop()
+
+
+def test_two_overlapping_loads_of_one_key_give_listeners_a_load_and_a_hit(tmp_path: Path) -> None:
+    chest, codec = spilled(tmp_path)
+    kinds: list[str] = []
+    chest.add_listener(lambda event: kinds.append(event.kind) if event.key == "k" else None)
+    both = threading.Barrier(2, timeout=WAIT)
+    codec.hook = both.wait
+    threads = [in_thread(lambda: chest["k"]) for _ in range(2)]
+    for thread, _ in threads:
+        thread.join()
+    codec.hook = None
+    assert sorted(kinds) == ["hit", "load"]  # every get is an event, as in a trace
+    chest.drop()
