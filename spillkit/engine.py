@@ -6,10 +6,10 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from .errors import SpillError
-from .events import COST, DELETE, EVICT, GIVEN_COST, HIT, PUT, SETTLE, SPILL
+from .events import DELETE, EVICT, GIVEN_COST, HIT, PUT, SETTLE, SPILL
 from .keys import describe_key
 from .ledger import _MISSING as _MISSING  # re-exported: chest.py imports the sentinel from here
-from .ledger import EngineLedger
+from .lifecycle import EngineLifecycle
 from .policies.base import Policy
 from .tiers import DiskTier
 from .transfers import load, timed_write, write_through
@@ -18,7 +18,7 @@ from .writebehind import WriteBehind
 __all__ = ["DiskTier", "SpillEngine"]
 
 
-class SpillEngine(EngineLedger):
+class SpillEngine(EngineLifecycle):
     """Keeps values in a memory dict up to ``budget`` bytes and spills the rest to ``disk``.
 
     Eviction is ask, act, tell: the engine asks ``policy.victim()``, writes the
@@ -47,11 +47,13 @@ class SpillEngine(EngineLedger):
 
     The engine is split by concern, all under that one lock: its state and
     bookkeeping are :class:`~spillkit.ledger.EngineLedger` (a base class, so the
-    hit path reads it without an extra lookup), loads and write-through are
-    functions in :mod:`spillkit.transfers`, write-behind is
+    hit path reads it without an extra lookup), the operations on every key at
+    once and closing are :class:`~spillkit.lifecycle.EngineLifecycle` (a base
+    class between the two), loads and write-through are functions in
+    :mod:`spillkit.transfers`, write-behind is
     :class:`~spillkit.writebehind.WriteBehind`, and live-object reuse is
     :class:`~spillkit.liveobjects.LiveObjects`. This class keeps the
-    operations and the one loop that makes room.
+    operations on one key and the one loop that makes room.
     """
 
     def __init__(
@@ -187,18 +189,6 @@ class SpillEngine(EngineLedger):
             self.delete(key)
             return value
 
-    def set_cost(self, key: Hashable, cost: float) -> None:
-        """Record the key's recompute cost in seconds and let the policy re-rank it."""
-        with self.lock:
-            self._check_open()
-            if key not in self._nbytes:
-                raise KeyError(key)
-            self._costs[key] = cost
-            if key in self.memory and key not in self._unspillable:
-                self.policy.recosted(key, self._nbytes[key], cost)
-            if self.listeners:
-                self._emit(COST, key, self._nbytes[key])
-
     def settle(self) -> None:
         """Spill until resident bytes are within the budget (ends a deferred stretch)."""
         with self.lock:
@@ -208,79 +198,6 @@ class SpillEngine(EngineLedger):
             self._make_room(0)
             if self._writer is not None:
                 self._writer.throttle()
-
-    def evict_one(self) -> int:
-        """Spill values until one frees memory; return bytes freed, or -1. Never raises."""
-        with self.lock:
-            before = self.memory_bytes
-            while True:
-                try:
-                    # victim(), not victim_for: the caller (a worker over its memory target) does not know
-                    # how many bytes it needs, and a size-weighing policy told "1 byte" would pick the smallest.
-                    key = self.policy.victim()
-                    if not self._spill(key, background=False):  # the caller wants the bytes freed now
-                        return -1
-                except Exception:
-                    return -1
-                if self.memory_bytes < before:
-                    return before - self.memory_bytes
-
-    def restore(self, key: Hashable, nbytes: int, cost: float | None) -> None:
-        """Register a key whose value is already on disk (re-opening a directory)."""
-        with self.lock:
-            if key not in self._nbytes:
-                self._spilled_nbytes += nbytes
-            self._nbytes[key] = nbytes
-            if cost is not None:
-                self._costs[key] = cost
-
-    def write_all(self) -> list[tuple[Hashable, BaseException]]:
-        """Give every resident value a file (kept in memory too); return the failures."""
-        failures: list[tuple[Hashable, BaseException]] = []
-        with self.lock:
-            self.wait_for_writes()
-            for key in list(self.memory):
-                if self.disk.has_copy(key):
-                    continue
-                try:
-                    timed_write(self, key, self.memory[key])
-                except Exception as error:
-                    self.stats.spill_failures += 1
-                    failures.append((key, error))
-                    continue
-                if key in self._unspillable:  # it could be written after all: offer it again
-                    self._unspillable.discard(key)
-                    nbytes = self._nbytes[key]
-                    self.policy.admitted(key, nbytes, self._cost(key, nbytes))
-            self.disk.sync()
-        return failures
-
-    def clear(self) -> None:
-        """Delete every key."""
-        with self.lock:
-            self._check_open()
-            for key in list(self._nbytes):
-                self.delete(key)
-
-    def wait_for_writes(self) -> None:
-        """Block until every background write has completed (no-op without write-behind)."""
-        if self._writer is not None:
-            with self.lock:
-                self._writer.drain()
-
-    def close(self, forget_memory: bool = True) -> None:
-        """Refuse every later operation; drop resident values (their files stay)."""
-        with self.lock:
-            self.wait_for_writes()
-            self._refs.clear()
-            if forget_memory:
-                for key in list(self.memory):
-                    self._pop_resident(key)
-                    if key in self.disk:
-                        self._spilled_nbytes += self._nbytes[key]
-            self.closed = True
-        if self._writer is not None:
-            self._writer.join()  # outside the lock: the thread takes it to finish
 
     # ---- the one loop that makes room ----------------------------------------------
     def _make_room(self, incoming: int) -> None:

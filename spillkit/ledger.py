@@ -9,7 +9,7 @@ from collections.abc import Callable, Hashable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .errors import SpillError, SpillWarning
-from .events import SPILL_ERROR, Event, Listener
+from .events import COST, SPILL_ERROR, Event, Listener
 from .keys import describe_key
 from .liveobjects import LiveObjects
 from .policies.base import Policy
@@ -37,9 +37,11 @@ class EngineLedger:
 
     Thread-safe only under ``lock``, which the engine holds around every
     operation (DESIGN principle 7: one lock, one owner). Bookkeeping never
-    raises except for a policy's own error; a listener's exception is counted
-    in ``listener_errors``, warned about (:class:`~spillkit.errors.SpillWarning`)
-    and otherwise ignored.
+    raises except for a policy's own error (``set_cost``, which takes the lock
+    itself, also raises KeyError for an absent key and
+    :class:`~spillkit.errors.SpillError` once closed); a listener's exception
+    is counted in ``listener_errors``, warned about
+    (:class:`~spillkit.errors.SpillWarning`) and otherwise ignored.
 
     Examples
     --------
@@ -146,6 +148,18 @@ class EngineLedger:
             self._emit(SPILL_ERROR, key, nbytes, detail=type(error).__name__)
 
     # ---- bookkeeping ---------------------------------------------------------------
+    def set_cost(self, key: Hashable, cost: float) -> None:
+        """Record the key's recompute cost in seconds and let the policy re-rank it."""
+        with self.lock:
+            self._check_open()
+            if key not in self._nbytes:
+                raise KeyError(key)
+            self._costs[key] = cost
+            if key in self.memory and key not in self._unspillable:
+                self.policy.recosted(key, self._nbytes[key], cost)
+            if self.listeners:
+                self._emit(COST, key, self._nbytes[key])
+
     def _admit(self, key: Hashable, value: Any, nbytes: int, offer: bool = True) -> None:
         self.memory[key] = value
         entry = self._objects.get(id(value))

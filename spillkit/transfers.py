@@ -44,11 +44,12 @@ from .unlocked import read_value
 
 if TYPE_CHECKING:
     from .engine import SpillEngine
+    from .lifecycle import EngineLifecycle  # timed_write needs no more: EngineLifecycle.write_all calls it
 
 __all__ = ["load", "timed_write", "write_through"]
 
 
-def timed_write(engine: SpillEngine, key: Hashable, value: Any) -> tuple[int, float]:
+def timed_write(engine: EngineLifecycle, key: Hashable, value: Any) -> tuple[int, float]:
     """Write one value to the disk tier; return (bytes written, seconds). Counted in stats."""
     start = time.perf_counter()
     try:

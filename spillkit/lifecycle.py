@@ -1,0 +1,118 @@
+"""The engine's lifecycle: the operations on every key at once, and the engine's end."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import TYPE_CHECKING
+
+from .ledger import EngineLedger
+from .transfers import timed_write
+
+if TYPE_CHECKING:
+    from .tiers import DiskTier
+
+__all__ = ["EngineLifecycle"]
+
+
+class EngineLifecycle(EngineLedger):
+    """The operations of a :class:`~spillkit.engine.SpillEngine` that are not on its hot path.
+
+    Spilling values on demand until one frees memory (``evict_one``),
+    registering a value already on disk (``restore``), giving every resident
+    value a file (``write_all``), deleting every key (``clear``), waiting for
+    background writes and closing. The engine subclasses it, as it does
+    :class:`~spillkit.ledger.EngineLedger`, so these stay the engine's own
+    methods; an object owning them would need a reference back to the engine,
+    which would make every engine a reference cycle (see :mod:`spillkit.transfers`).
+
+    Thread-safe: each method takes the engine's re-entrant ``lock`` (``close``
+    joins the background writer after releasing it, since that thread takes
+    the lock to finish). Failures: ``evict_one`` never raises and returns -1
+    when nothing could be freed; ``write_all`` counts each value it could not
+    write in ``stats.spill_failures`` and returns them with their errors, while
+    an error syncing the directory propagates; ``clear`` raises
+    :class:`~spillkit.errors.SpillError` once closed; ``restore``, ``close`` and
+    ``wait_for_writes`` do not check whether the engine is closed.
+    """
+
+    # Defined by SpillEngine, which is the only subclass; declared for the type checker.
+    disk: DiskTier
+
+    if TYPE_CHECKING:
+
+        def delete(self, key: Hashable) -> None: ...
+
+        def _spill(self, key: Hashable, background: bool = True) -> bool: ...
+
+    def evict_one(self) -> int:
+        """Spill values until one frees memory; return bytes freed, or -1. Never raises."""
+        with self.lock:
+            before = self.memory_bytes
+            while True:
+                try:
+                    # victim(), not victim_for: the caller (a worker over its memory target) does not know
+                    # how many bytes it needs, and a size-weighing policy told "1 byte" would pick the smallest.
+                    key = self.policy.victim()
+                    if not self._spill(key, background=False):  # the caller wants the bytes freed now
+                        return -1
+                except Exception:
+                    return -1
+                if self.memory_bytes < before:
+                    return before - self.memory_bytes
+
+    def restore(self, key: Hashable, nbytes: int, cost: float | None) -> None:
+        """Register a key whose value is already on disk (re-opening a directory)."""
+        with self.lock:
+            if key not in self._nbytes:
+                self._spilled_nbytes += nbytes
+            self._nbytes[key] = nbytes
+            if cost is not None:
+                self._costs[key] = cost
+
+    def write_all(self) -> list[tuple[Hashable, BaseException]]:
+        """Give every resident value a file (kept in memory too); return the failures."""
+        failures: list[tuple[Hashable, BaseException]] = []
+        with self.lock:
+            self.wait_for_writes()
+            for key in list(self.memory):
+                if self.disk.has_copy(key):
+                    continue
+                try:
+                    timed_write(self, key, self.memory[key])
+                except Exception as error:
+                    self.stats.spill_failures += 1
+                    failures.append((key, error))
+                    continue
+                if key in self._unspillable:  # it could be written after all: offer it again
+                    self._unspillable.discard(key)
+                    nbytes = self._nbytes[key]
+                    self.policy.admitted(key, nbytes, self._cost(key, nbytes))
+            self.disk.sync()
+        return failures
+
+    def clear(self) -> None:
+        """Delete every key."""
+        with self.lock:
+            self._check_open()
+            for key in list(self._nbytes):
+                self.delete(key)
+
+    def wait_for_writes(self) -> None:
+        """Block until every background write has completed (no-op without write-behind)."""
+        if self._writer is not None:
+            with self.lock:
+                self._writer.drain()
+
+    def close(self, forget_memory: bool = True) -> None:
+        """Refuse every later operation; drop resident values (their files stay)."""
+        with self.lock:
+            self.wait_for_writes()
+            self._refs.clear()
+            if forget_memory:
+                for key in list(self.memory):
+                    self._pop_resident(key)
+                    if key in self.disk:
+                        self._spilled_nbytes += self._nbytes[key]
+            self.closed = True
+        if self._writer is not None:
+            self._writer.join()  # outside the lock: the thread takes it to finish
