@@ -64,7 +64,7 @@ class ManifestEntry:
     tag: bytes | None = None  # the HMAC of the file's header, so an older file of the key is refused
     segment: str | None = None  # a packed record: the segment file that holds it (``name`` is the record's)
     offset: int = 0  # ... and where in that file it starts
-    key_blob: bytes | None = None  # the key's own pickle (:func:`pickle_key`); None for a plain key
+    key_blob: bytes | None = None  # the key's own pickle (:func:`pickle_key`); None only for a plain key
 
 
 class UnreadableKey:
@@ -144,17 +144,16 @@ def write_manifest(path: str, entries: list[ManifestEntry], secret: bytes, *, sy
 
     ``sync_parent`` also fsyncs the directory above ``path``, so that a directory
     created for this Chest is itself durable (done at a Chest's first flush).
+    An entry's ``key_blob`` is None only for a plain key (:func:`is_plain`): such keys go
+    inline, the others as their pickle.
     """
     inline, pickled = [], []
     for e in entries:
-        blob = e.key_blob
-        if blob is None and not is_plain(e.key):
-            blob = pickle_key(e.key)
         row = (e.name, e.file_bytes, e.nbytes, e.cost, e.tag, e.segment, e.offset)
-        if blob is None:
+        if e.key_blob is None:  # a plain key: commit_manifest decided (is_plain) and pickled the others
             inline.append((e.key, *row))
         else:
-            pickled.append((blob, *row))
+            pickled.append((e.key_blob, *row))
     body = pickle.dumps((inline, pickled), protocol=5)  # builtins only: any process loads it
     temp = os.path.join(path, f"{MANIFEST_NAME}.tmp-{os.getpid()}")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
