@@ -95,6 +95,7 @@ WORKLOADS = ("anomaly", "rechunk")
 BUDGET_FRACTION = 0.25
 DEFAULT_SCALE = 0.15
 QUICK_SCALE = 0.05
+DEFAULT_PREFAULT = 1.5  # x the peak bytes, filled and freed before each contender's clock
 TARGET_VS_DICT = 1.3  # Chest's default at most 1.3x the unlimited dict run
 TARGET_VS_ZICT = 2.0  # ... and at least 2x faster than zict
 MiB = 1 << 20
@@ -669,7 +670,7 @@ def verdict(name: str, summary: dict[str, float]) -> str:
 
 def _selection(args: argparse.Namespace) -> str:
     only = f" --only {' '.join(args.only)}" if args.only else ""
-    only += f" --prefault {args.prefault:g}" if args.prefault != 1.5 else ""
+    only += f" --prefault {args.prefault:g}" if args.prefault != DEFAULT_PREFAULT else ""
     return only + (f" --workloads {' '.join(args.workloads)}" if set(args.workloads) != set(WORKLOADS) else "")
 
 
@@ -863,10 +864,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--prefault",
         type=float,
-        default=1.5,
+        default=DEFAULT_PREFAULT,
         metavar="X",
         help="before the clock, every contender touches and frees X times the workload's peak bytes, so that "
-        "all of them run on warm memory (this VM returns idle memory to its host; default 1.5, 0: off)",
+        "all of them run on warm memory (this VM returns idle memory to its host; "
+        f"default {DEFAULT_PREFAULT:g}, 0: off)",
     )
     args = parser.parse_args(argv)
     if args.scale is None:
