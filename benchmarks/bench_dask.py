@@ -181,11 +181,13 @@ class Contender:
         if self.kind == "zict":
             return "zict.Buffer (LRU, pickle files)"
         if self.kind == "default":
-            return "**Chest default** (`spilling`: nextuse + callback)"
+            return "**Chest default** (`spilling`: nextuse + callback + mapped loads)"
         if self.kind == "default-wb":
             return "**Chest default + write-behind** (`spilling(write_behind=True)`)"
         if self.kind == "default-serial":
             return 'Chest default, loads in dask\'s thread (`compute(scheduler="threads")`)'
+        if self.kind == "default-read":
+            return "Chest default, values read, not mapped (`spilling(map_loads=False)`)"
         if self.kind == "floor":
             return "floor: dict + raw file I/O of the minimum bytes"
         return f"Chest {self.kind} {self.policy}"
@@ -199,6 +201,7 @@ def contenders() -> list[Contender]:
         Contender("default"),
         Contender("default-wb"),
         Contender("default-serial"),
+        Contender("default-read"),
         Contender("floor"),
         *(Contender("callback", p) for p in names),
         *(Contender("strict", p) for p in names),
@@ -321,8 +324,9 @@ def run_contender(
         shutil.rmtree(directory)
         written, read = store.written, store.read
         write_seconds, read_seconds = store.write_seconds + dumps.seconds, store.read_seconds + loads_fn.seconds
-    elif contender.kind in ("default", "default-wb", "default-serial"):
-        with spilling(available_memory=budget, write_behind=contender.kind == "default-wb") as chest:
+    elif contender.kind in ("default", "default-wb", "default-serial", "default-read"):
+        behind, mapped = contender.kind == "default-wb", contender.kind != "default-read"
+        with spilling(available_memory=budget, write_behind=behind, map_loads=mapped) as chest:
             # The documented use: compute() with no scheduler= runs dask's threaded scheduler with
             # spilled inputs loaded by the workers; scheduler="threads" loads them in dask's one thread.
             result = collection.compute(**({"scheduler": "threads"} if contender.kind == "default-serial" else {}))
@@ -727,7 +731,9 @@ def report(
         "about to delete; `nextuse`/`lrc` get no graph this way, so every key ranks as never needed again and "
         "ties go to the largest: they behave like `size`, not like LRU); `callback` = "
         "`with spillkit.dask.costs(chest)` (settles after dask's releases: no dead writes, task costs, graph "
-        "for graph-aware policies); the default is `spillkit.dask.spilling(available_memory=budget)`.",
+        "for graph-aware policies); the default is `spillkit.dask.spilling(available_memory=budget)`, which "
+        "loads spilled inputs in dask's worker threads and loads files of 1 MiB or more by mapping them "
+        "(`map_loads`); the `strict` and `callback` Chests read their files (`Chest()`'s defaults).",
         "",
     ]
     verdicts = []

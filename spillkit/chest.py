@@ -78,6 +78,19 @@ class Chest(ChestState, MutableMapping[Hashable, Any]):
         Use a ``path`` owned by another user or writable by everyone, and a key
         file readable by others (refused by default: whoever can write there
         could make this process load a pickle of their choosing).
+    map_loads : bool, int or str, optional
+        Load a value whose spill file is at least this large (``True``: 1 MiB)
+        by mapping the file copy-on-write instead of reading it into new
+        memory: its arrays share the page cache's pages (2.5x faster loads on
+        the benchmark machine, and pages the kernel can drop and read again
+        under memory pressure); writing to them copies a page, never touching
+        the file. The file is checked when mapped. Afterwards, whoever writes
+        into it in place changes the value and truncating it crashes the
+        process on access (``SIGBUS``), as with ``numpy.memmap``; spillkit
+        never does either (files are replaced, never rewritten). A deleted
+        key's disk space is freed only when its mapped value is. POSIX only
+        (elsewhere values are read). Default: off; :func:`spillkit.dask.spilling`
+        turns it on.
     pack_threshold : int, float or str, optional
         Values whose spill record is smaller than this (default 64 KiB) are
         appended to shared segment files instead of getting a file each, so a
@@ -168,6 +181,7 @@ class Chest(ChestState, MutableMapping[Hashable, Any]):
         write_behind: bool | int | str = False,
         compression: str | CompressedCodec | None = None,
         pack_threshold: int | float | str | None = None,
+        map_loads: bool | int | str = False,
     ) -> None:
         setup_chest(
             self,
@@ -184,6 +198,7 @@ class Chest(ChestState, MutableMapping[Hashable, Any]):
             write_behind=write_behind,
             compression=compression,
             pack_threshold=pack_threshold,
+            map_loads=map_loads,
         )
 
     # ---- the mapping ---------------------------------------------------------------

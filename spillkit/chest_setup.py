@@ -28,6 +28,7 @@ from .codecs import Codec, FuncCodec, PickleCodec
 from .compression import CompressedCodec, make_compression
 from .dirlock import DirLock
 from .engine import SpillEngine
+from .mapped import DEFAULT_MAP_FROM, map_available
 from .persistence import reopen
 from .policies import Policy, make_policy
 from .reserve import Reserve
@@ -51,6 +52,16 @@ def remove_directory(path: str, owner_pid: int) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _map_from(map_loads: bool | int | str) -> int | None:
+    # The smallest record loaded by mapping its file, or None: read every value.
+    if map_loads is False:
+        return None
+    size = DEFAULT_MAP_FROM if map_loads is True else parse_bytes(map_loads)
+    if size < 1:
+        raise ValueError(f"map_loads must be True, False or a size of at least 1 byte, got {map_loads!r}")
+    return size if map_available() else None
+
+
 def setup_chest(
     chest: Chest,
     *,
@@ -67,11 +78,13 @@ def setup_chest(
     write_behind: bool | int | str,
     compression: str | CompressedCodec | None,
     pack_threshold: int | float | str | None,
+    map_loads: bool | int | str = False,
 ) -> None:
     """Give a new ``chest`` its state from the constructor's arguments (documented on :class:`Chest`)."""
     budget = DEFAULT_AVAILABLE_MEMORY if available_memory is None else parse_bytes(available_memory)
     disk_cap = None if available_disk is None else parse_bytes(available_disk)
     pack = DEFAULT_PACK_THRESHOLD if pack_threshold is None else parse_bytes(pack_threshold)
+    map_from = _map_from(map_loads)
     if (dump is None) != (load is None):
         raise TypeError("give both dump and load, or neither")
     if codec is None and dump is not None and load is not None:
@@ -108,7 +121,7 @@ def setup_chest(
         else:
             secret = load_or_create_key(chest._path, check=not allow_insecure_path)
         chest._secret = secret
-        chest._store = store = PackedStore(chest._path, codec, disk_cap, secret, pack_threshold=pack)
+        chest._store = store = PackedStore(chest._path, codec, disk_cap, secret, pack_threshold=pack, map_from=map_from)
         if write_behind is not True and write_behind is not False:
             write_behind = parse_bytes(write_behind)
         chest._engine = engine = SpillEngine(

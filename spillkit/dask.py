@@ -153,10 +153,12 @@ def spilling(
     inputs loaded by the worker threads that need them, several at once, instead of
     one by one in dask's scheduling thread (:mod:`spillkit.dask_loads`).
     A temporary Chest made here is closed at the end of the block. Other
-    keywords (``compression="lz4"``, ``path``, ...) go to that Chest.
+    keywords (``compression="lz4"``, ``path``, ...) go to that Chest; it loads
+    large values by mapping their files (``map_loads=True``) unless told otherwise.
     """
     made = chest is None
     if chest is None:
+        chest_kwargs.setdefault("map_loads", True)
         chest = Chest(available_memory=available_memory, policy=policy, **chest_kwargs)
     elif chest_kwargs:
         raise TypeError(f"give Chest keywords ({', '.join(chest_kwargs)}) or a chest, not both")

@@ -47,8 +47,16 @@ class FileIndex:
     they do not hold, changing nothing.
     """
 
-    def __init__(self, path: str, codec: Codec, available_disk: int | None = None, secret: bytes | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        codec: Codec,
+        available_disk: int | None = None,
+        secret: bytes | None = None,
+        map_from: int | None = None,
+    ) -> None:
         self.path = path
+        self.map_from = map_from  # records this large or larger are mapped, not read (None: never)
         self.codec = codec
         self.available_disk = available_disk
         self.secret = process_secret() if secret is None else secret

@@ -17,6 +17,7 @@ from typing import Any
 from .buffers import read_buffer
 from .errors import CorruptSpillFile
 from .fileindex import FileIndex
+from .mapped import map_file
 from .spillfile import RecordError, open_record
 
 __all__ = ["FileReads", "OpenRead"]
@@ -65,7 +66,21 @@ class FileReads(FileIndex):
         return self._names.get(pending.key) == pending.name and self._tags.get(pending.key) == pending.tag
 
     def finish_read(self, pending: OpenRead) -> Any:
-        """Read, check and decode an :meth:`open_for_read` record; closes its descriptor. Needs no lock."""
+        """Read, check and decode an :meth:`open_for_read` record; closes its descriptor. Needs no lock.
+
+        A record of at least ``map_from`` bytes is mapped copy-on-write (:mod:`spillkit.mapped`)
+        rather than read, when its file holds exactly the bytes written; any other size takes
+        the read, which reports it.
+        """
+        if self.map_from is not None and pending.size >= self.map_from:
+            try:
+                mapped = map_file(pending.fd, pending.size) if os.fstat(pending.fd).st_size == pending.size else None
+            except BaseException:
+                os.close(pending.fd)
+                raise
+            if mapped is not None:
+                os.close(pending.fd)  # the mapping holds the file's pages, not the descriptor
+                return self._decode(pending, mapped)
         try:
             with open(pending.fd, "rb", buffering=0, closefd=False) as file:
                 view = read_buffer(pending.size)
@@ -80,8 +95,11 @@ class FileReads(FileIndex):
             os.close(pending.fd)
         if grew:
             raise CorruptSpillFile(pending.key, pending.full, "the file is longer than what was written")
+        return self._decode(pending, view[:got])
+
+    def _decode(self, pending: OpenRead, data: memoryview) -> Any:
         try:
-            body = open_record(view[:got], pending.name, self.secret, pending.tag)
+            body = open_record(data, pending.name, self.secret, pending.tag)
         except RecordError as error:
             raise CorruptSpillFile(pending.key, pending.full, str(error)) from None
         return self.codec.decode(body)

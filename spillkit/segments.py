@@ -83,11 +83,12 @@ class PackedStore(PackedRecords):
         pack_threshold: int = DEFAULT_PACK_THRESHOLD,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         compact_ratio: float = 0.5,
+        map_from: int | None = None,
     ) -> None:
         super().__init__(segment_bytes, compact_ratio)
         if pack_threshold < 0:
             raise ValueError(f"pack_threshold must be 0 (no packing) or more, got {pack_threshold}")
-        self.inner = DiskStore(path, codec, None, secret)  # the quota is checked here, over both
+        self.inner = DiskStore(path, codec, None, secret, map_from)  # the quota is checked here, over both
         self.path = path
         self.codec = codec
         self.secret = self.inner.secret

@@ -37,9 +37,15 @@ from spillkit.security import KEY_FILE_NAME
 
 # ---- the Chest configurations every test here runs under ----------------------------------
 # Packed small values (the default) with synchronous and background writes, and a file per value
-# with background writes (temporary files written outside the lock); a file per value written
-# synchronously is the state machine's and test_chest_contract's ground as well.
-CONFIGS: list[dict[str, Any]] = [{}, {"write_behind": True}, {"pack_threshold": 0, "write_behind": True}]
+# with background writes (temporary files written outside the lock), and a file per value written
+# synchronously and loaded by mapping it (map_loads=1: every file, however small; reads without
+# the lock). The state machine and test_chest_contract cover the file per value read as well.
+CONFIGS: list[dict[str, Any]] = [
+    {},
+    {"write_behind": True},
+    {"pack_threshold": 0, "write_behind": True},
+    {"pack_threshold": 0, "map_loads": 1},
+]
 
 
 def config_id(config: dict[str, Any]) -> str:

@@ -90,6 +90,7 @@ class ChestMachine(RuleBasedStateMachine):
         self.budget = 0
         self.pack_threshold = 0
         self.write_behind = False
+        self.map_loads: bool | int = False
 
     def open(self, path: str | None = None) -> Chest:
         chest = Chest(
@@ -98,6 +99,7 @@ class ChestMachine(RuleBasedStateMachine):
             policy=self.policy,
             pack_threshold=self.pack_threshold,
             write_behind=self.write_behind,
+            map_loads=self.map_loads,
         )
         chest._store.segment_bytes = 2048  # a few records per segment: rotation and compaction happen in a run
         return chest
@@ -108,10 +110,12 @@ class ChestMachine(RuleBasedStateMachine):
         # one file per value, or small values packed into segments
         pack_threshold=st.sampled_from([0, 64 * 1024]),
         write_behind=st.booleans(),
+        # files read into new memory, or every file of its own mapped (1: from one byte up)
+        map_loads=st.sampled_from([False, 1]),
     )
-    def start(self, policy: str, budget: int, pack_threshold: int, write_behind: bool) -> None:
+    def start(self, policy: str, budget: int, pack_threshold: int, write_behind: bool, map_loads: bool | int) -> None:
         self.policy, self.budget = policy, budget
-        self.pack_threshold, self.write_behind = pack_threshold, write_behind
+        self.pack_threshold, self.write_behind, self.map_loads = pack_threshold, write_behind, map_loads
         self.chest = self.open()
 
     def teardown(self) -> None:

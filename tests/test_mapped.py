@@ -1,0 +1,199 @@
+"""Loads by mapping the spill file copy-on-write (``map_loads``): :mod:`spillkit.mapped`.
+
+Whether a value is mapped is read from ``/proc/self/maps``, the kernel's list of
+this process's mappings, so these tests need Linux (CI runs there).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from pathlib import Path
+
+import pytest
+from helpers import flip_last_byte
+
+from spillkit import Chest, CorruptSpillFile
+from spillkit.mapped import map_file
+
+numpy = pytest.importorskip("numpy")
+pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads /proc/self/maps (Linux)")
+
+MIB = 1 << 20
+
+
+def array(seed: int, nbytes: int = 2 * MIB) -> numpy.ndarray:
+    return numpy.random.default_rng(seed).random(nbytes // 8)
+
+
+def mapped_files() -> set[str]:
+    """Paths of the files mapped into this process (a deleted file keeps its name, plus " (deleted)")."""
+    paths = set()
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6:
+                paths.add(fields[5].strip().removesuffix(" (deleted)"))
+    return paths
+
+
+def spilled_pair(tmp_path: Path, **options: object) -> Chest:
+    """A Chest holding arrays "a" (spilled) and "b" (in memory) under a 3 MiB budget."""
+    chest = Chest(path=tmp_path / "c", available_memory="3 MiB", **options)  # type: ignore[arg-type]
+    chest["a"] = array(1)
+    chest["b"] = array(2)
+    assert list(chest.inmem) == ["b"]
+    return chest
+
+
+def test_a_large_value_is_loaded_by_mapping_its_file(tmp_path: Path) -> None:
+    chest = spilled_pair(tmp_path, map_loads=True)
+    name = chest._store.filename("a")
+    assert name not in mapped_files()
+    value = chest["a"]
+    numpy.testing.assert_array_equal(value, array(1))
+    assert name in mapped_files()
+    chest.drop()
+
+
+def test_without_map_loads_values_are_read(tmp_path: Path) -> None:
+    chest = spilled_pair(tmp_path)
+    name = chest._store.filename("a")
+    numpy.testing.assert_array_equal(chest["a"], array(1))
+    assert name not in mapped_files()
+    chest.drop()
+
+
+def test_files_below_the_threshold_are_read(tmp_path: Path) -> None:
+    chest = spilled_pair(tmp_path, map_loads="4 MiB")
+    name = chest._store.filename("a")
+    numpy.testing.assert_array_equal(chest["a"], array(1))
+    assert name not in mapped_files()
+    chest.drop()
+
+
+def test_true_maps_files_of_one_mib_and_more(tmp_path: Path) -> None:
+    chest = Chest(path=tmp_path / "c", available_memory="1 MiB", map_loads=True)
+    chest["small"] = array(1, MIB // 2)
+    chest["large"] = array(2, 2 * MIB)  # over the budget: straight to disk
+    chest.evict()
+    assert not chest.inmem
+    small, large = chest["small"], chest["large"]
+    assert chest._store.filename("large") in mapped_files()
+    assert chest._store.filename("small") not in mapped_files()
+    numpy.testing.assert_array_equal(small, array(1, MIB // 2))
+    numpy.testing.assert_array_equal(large, array(2, 2 * MIB))
+    chest.drop()
+
+
+def test_writing_to_a_mapped_value_copies_the_page_and_leaves_the_file(tmp_path: Path) -> None:
+    chest = spilled_pair(tmp_path, map_loads=True)
+    before = Path(chest._store.filename("a")).read_bytes()
+    value = chest["a"]
+    assert value.flags.writeable
+    value[:] = -1.0
+    assert (value == -1.0).all()
+    assert Path(chest._store.filename("a")).read_bytes() == before
+    chest.drop()
+
+
+def test_a_mapped_value_outlives_its_key_and_its_chest_then_is_unmapped(tmp_path: Path) -> None:
+    chest = Chest(available_memory="3 MiB", map_loads=True)  # a temporary directory, removed at close
+    chest["a"], chest["b"] = array(1), array(2)
+    name = chest._store.filename("a")
+    value = chest["a"]
+    del chest["a"]
+    assert not os.path.exists(name)
+    chest.close()
+    assert not os.path.exists(os.path.dirname(name))
+    numpy.testing.assert_array_equal(value, array(1))
+    assert name in mapped_files()
+    del value
+    gc.collect()
+    assert name not in mapped_files()
+
+
+def test_mapped_values_hold_no_file_descriptors(tmp_path: Path) -> None:
+    chest = Chest(path=tmp_path / "c", available_memory="2 MiB", map_loads=True)
+    for seed in range(20):
+        chest[seed] = array(seed, MIB + 4096)
+    assert len(chest.inmem) == 1
+    descriptors = len(os.listdir("/proc/self/fd"))
+    values = [chest[seed] for seed in range(20)]  # each load evicts the one before; all stay alive here
+    assert len(os.listdir("/proc/self/fd")) == descriptors
+    assert {chest._store.filename(seed) for seed in range(19)} <= mapped_files()
+    for seed, value in enumerate(values):
+        numpy.testing.assert_array_equal(value, array(seed, MIB + 4096))
+    chest.drop()
+
+
+def test_a_damaged_mapped_file_names_its_key_and_the_rest_still_load(tmp_path: Path) -> None:
+    chest = spilled_pair(tmp_path, map_loads=True)
+    chest["c"] = array(3)  # spills b
+    flip_last_byte(chest, "a")
+    with pytest.raises(CorruptSpillFile, match="checksum mismatch") as raised:
+        chest["a"]
+    assert "'a'" in str(raised.value)
+    numpy.testing.assert_array_equal(chest["b"], array(2))
+    numpy.testing.assert_array_equal(chest["c"], array(3))
+    chest.drop()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [("truncate", "expected .* bytes, found"), ("append", "longer than what was written")],
+)
+def test_a_file_of_another_size_is_refused_not_mapped(tmp_path: Path, change: str, message: str) -> None:
+    # A mapping past the end of a file would fault (SIGBUS) when read: the size is checked first.
+    chest = spilled_pair(tmp_path, map_loads=True)
+    name = chest._store.filename("a")
+    size = os.path.getsize(name)
+    if change == "truncate":
+        os.truncate(name, size // 2)
+    else:
+        with open(name, "ab") as file:
+            file.write(b"x" * 4096)
+    with pytest.raises(CorruptSpillFile, match=message):
+        chest["a"]
+    assert name not in mapped_files()
+    numpy.testing.assert_array_equal(chest["b"], array(2))
+    assert "a" in chest  # the key stays: its value is unreadable, not silently gone
+    chest.drop()
+
+
+@pytest.mark.parametrize("bad", [0, "0 B", -1, "a lot"])
+def test_map_loads_must_be_a_boolean_or_a_positive_size(tmp_path: Path, bad: object) -> None:
+    with pytest.raises(ValueError, match=r"map_loads|byte count|negative"):
+        Chest(path=tmp_path / "c", map_loads=bad)  # type: ignore[arg-type]
+    assert not (tmp_path / "c").exists()  # refused before the directory was made
+
+
+def test_map_file_maps_a_descriptor_that_is_then_closed(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(bytes(range(256)) * 16)
+    fd = os.open(path, os.O_RDONLY)
+    view = map_file(fd, 4096)
+    os.close(fd)
+    assert bytes(view[:4]) == b"\x00\x01\x02\x03" and len(view) == 4096
+    view[0] = 255  # private: the file keeps its byte
+    assert path.read_bytes()[0] == 0
+    fd = os.open(path, os.O_RDONLY)
+    with pytest.raises(ValueError, match="cannot map 0 bytes"):
+        map_file(fd, 0)
+    os.close(fd)
+    with pytest.raises(OSError, match="mmap of 4096 bytes failed"):
+        map_file(-1, 4096)
+
+
+def test_spilling_maps_loads_unless_told_not_to() -> None:
+    pytest.importorskip("dask")
+    from spillkit.dask import spilling
+
+    for options, expect_mapped in (({}, True), ({"map_loads": False}, False)):
+        with spilling(available_memory="3 MiB", **options) as chest:
+            chest["a"], chest["b"] = array(1), array(2)
+            name = chest._store.filename("a")
+            value = chest["a"]
+            assert (name in mapped_files()) is expect_mapped
+            numpy.testing.assert_array_equal(value, array(1))
+        del value
