@@ -81,16 +81,16 @@ class Chest(ChestState, MutableMapping[Hashable, Any]):
     map_loads : bool, int or str, optional
         Load a value whose spill file is at least this large (``True``: 1 MiB)
         by mapping the file copy-on-write instead of reading it into new
-        memory: its arrays share the page cache's pages (2.5x faster loads on
-        the benchmark machine, and pages the kernel can drop and read again
-        under memory pressure); writing to them copies a page, never touching
-        the file. The file is checked when mapped. Afterwards, whoever writes
-        into it in place changes the value and truncating it crashes the
-        process on access (``SIGBUS``), as with ``numpy.memmap``; spillkit
-        never does either (files are replaced, never rewritten). A deleted
-        key's disk space is freed only when its mapped value is. POSIX only
-        (elsewhere values are read). Default: off; :func:`spillkit.dask.spilling`
-        turns it on.
+        memory: its arrays share the page cache's pages (loads of 1 MiB arrays
+        1.7x faster in ``benchmarks/bench_core.py``; pages not written to stay
+        the kernel's to drop and read again under memory pressure). Writing to
+        the value copies the page written, never touching the file. The file
+        is checked when mapped. Afterwards, whoever writes into it in place
+        changes the value and truncating it crashes the process on access
+        (``SIGBUS``), as with ``numpy.memmap``; spillkit never does either
+        (files are replaced, never rewritten). A deleted key's disk space is
+        freed only when its mapped value is. POSIX only (elsewhere values are
+        read). Default: off; :func:`spillkit.dask.spilling` turns it on.
     pack_threshold : int, float or str, optional
         Values whose spill record is smaller than this (default 64 KiB) are
         appended to shared segment files instead of getting a file each, so a
