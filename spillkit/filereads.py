@@ -73,13 +73,8 @@ class FileReads(FileIndex):
         the read, which reports it.
         """
         if self.map_from is not None and pending.size >= self.map_from:
-            try:
-                mapped = map_file(pending.fd, pending.size) if os.fstat(pending.fd).st_size == pending.size else None
-            except BaseException:
-                os.close(pending.fd)
-                raise
+            mapped = self._map(pending)
             if mapped is not None:
-                os.close(pending.fd)  # the mapping holds the file's pages, not the descriptor
                 return self._decode(pending, mapped)
         try:
             with open(pending.fd, "rb", buffering=0, closefd=False) as file:
@@ -96,6 +91,20 @@ class FileReads(FileIndex):
         if grew:
             raise CorruptSpillFile(pending.key, pending.full, "the file is longer than what was written")
         return self._decode(pending, view[:got])
+
+    def _map(self, pending: OpenRead) -> memoryview | None:
+        """Map the record's file and close its descriptor; None, descriptor open, if it must be read."""
+        try:
+            if os.fstat(pending.fd).st_size != pending.size:
+                return None  # a page past the end would fault when touched; the read reports the size
+            mapped = map_file(pending.fd, pending.size)
+        except OSError:
+            return None  # a file system that cannot map files (ENODEV), or no address space left: read
+        except BaseException:
+            os.close(pending.fd)
+            raise
+        os.close(pending.fd)  # the mapping holds the file's pages, not the descriptor
+        return mapped
 
     def _decode(self, pending: OpenRead, data: memoryview) -> Any:
         try:

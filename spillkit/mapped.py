@@ -45,7 +45,8 @@ def _bind_libc() -> tuple[Any, Any] | None:
     except (OSError, AttributeError):  # pragma: no cover - a POSIX libc without mmap
         return None
     mapper.restype = ctypes.c_void_p
-    mapper.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int64]
+    # addr, length, prot, flags, fd, offset (off_t: a long on LP64, and on ILP32 without large-file support)
+    mapper.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
     unmapper.restype = ctypes.c_int
     unmapper.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
     return mapper, unmapper

@@ -197,3 +197,21 @@ def test_spilling_maps_loads_unless_told_not_to() -> None:
             assert (name in mapped_files()) is expect_mapped
             numpy.testing.assert_array_equal(value, array(1))
         del value
+
+
+def test_a_file_system_that_cannot_map_gets_the_value_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Some file systems (certain FUSE mounts) refuse mmap with ENODEV: the load reads the file instead.
+    import errno
+
+    import spillkit.filereads
+
+    def refuse(fd: int, size: int) -> memoryview:
+        raise OSError(errno.ENODEV, "No such device")
+
+    chest = spilled_pair(tmp_path, map_loads=True)
+    monkeypatch.setattr(spillkit.filereads, "map_file", refuse)
+    descriptors = len(os.listdir("/proc/self/fd"))
+    numpy.testing.assert_array_equal(chest["a"], array(1))
+    assert chest._store.filename("a") not in mapped_files()
+    assert len(os.listdir("/proc/self/fd")) == descriptors
+    chest.drop()
