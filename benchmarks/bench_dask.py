@@ -684,6 +684,7 @@ def report(
     args: argparse.Namespace,
     seconds: float,
     loads: tuple[str, str],
+    code: str,
 ) -> str:
     today = dt.date.today().isoformat()
     start_rss = median([run.start_rss for cells_ in cells.values() for cell in cells_ for run in cell.runs])
@@ -692,7 +693,7 @@ def report(
         "",
         f"`python benchmarks/bench_dask.py --scale {args.scale:g} --reps {args.reps}{_selection(args)}` on {today}: "
         f"Python {platform.python_version()}, dask {version('dask')}, zict {version('zict')}, "
-        f"numpy {np.__version__}, spillkit {git_state()}, {os.cpu_count()} CPUs, "
+        f"numpy {np.__version__}, spillkit {code}, {os.cpu_count()} CPUs, "
         f"load average {loads[0]} at the start and {loads[1]} at the end (a shared machine), "
         f"{seconds / 60:.1f} min in all.",
         "",
@@ -887,9 +888,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     tmp = tempfile.mkdtemp(prefix="spillkit-bench-dask-")
     started = time.perf_counter()
     before = load_average()
+    code = git_state()  # now: the children run what the parent imported, whatever changes meanwhile
     try:
         infos, cells = run_all(args.scale, args.reps, args.seed, args.workloads, tmp, chosen, args.prefault)
-        block = report(infos, cells, args, time.perf_counter() - started, (before, load_average()))
+        block = report(infos, cells, args, time.perf_counter() - started, (before, load_average()), code)
         if args.json:
             raw = {
                 "scale": args.scale,

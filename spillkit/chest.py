@@ -1,8 +1,9 @@
 """``Chest``: a dict that keeps what fits in memory and spills the rest to disk.
 
-The class is the mapping, the constructor, the lifecycle and the
-documentation; its state and the accessors beyond the mapping are
-:class:`spillkit.chest_state.ChestState`, its base class. The constructor's
+The class is the mapping, the constructor and the documentation; its
+lifecycle (flush, close, drop) is :class:`spillkit.chest_lifecycle.ChestLifecycle`,
+its base class, whose base :class:`spillkit.chest_state.ChestState` holds its
+state and the accessors beyond the mapping. The constructor's
 body is :func:`spillkit.chest_setup.setup_chest` and the durability path
 (flush, manifest, reopen, close, drop) is in :mod:`spillkit.persistence`, both
 plain functions of the Chest so that no Chest sits in a reference cycle.
@@ -14,20 +15,18 @@ import os
 from collections.abc import Callable, Hashable, Iterator, Mapping, MutableMapping
 from typing import IO, Any
 
-from . import persistence
+from .chest_lifecycle import ChestLifecycle
 from .chest_setup import DEFAULT_AVAILABLE_MEMORY as DEFAULT_AVAILABLE_MEMORY  # re-exported: it was defined here
 from .chest_setup import setup_chest
-from .chest_state import ChestState
 from .codecs import Codec
 from .compression import CompressedCodec
 from .engine import _MISSING
-from .errors import SpillError
 from .policies import Policy
 
 __all__ = ["Chest"]
 
 
-class Chest(ChestState, MutableMapping[Hashable, Any]):
+class Chest(ChestLifecycle, MutableMapping[Hashable, Any]):
     """A ``MutableMapping`` that keeps values in memory up to ``available_memory``
     bytes and spills the rest to files under ``path``, loading them back on access.
 
@@ -240,71 +239,3 @@ class Chest(ChestState, MutableMapping[Hashable, Any]):
         """Store ``value`` with its recompute ``cost`` in seconds (for ``CostAware``)."""
         self._check_open()
         self._engine.put(key, value, cost)
-
-    # ---- the lifecycle (the durability path is in spillkit.persistence) -----------
-    def flush(self) -> None:
-        """Write every value to disk (keeping memory warm) plus an atomic key manifest.
-
-        After ``flush()`` returns, the files, the manifest and the directory are
-        fsynced, and ``Chest(path=same)`` gives back exactly the keys and values
-        of this flush, even if the process is killed later before the next one:
-        the files this flush names are never overwritten or removed until the
-        next flush has committed its own manifest (copy-on-write). Raises
-        ``SpillError`` naming the keys whose values could not be written; all
-        other values are flushed and committed. A flush killed or failing
-        (``OSError``) before the manifest is renamed into place leaves the
-        previous flush's state. On a full disk the manifest is written into
-        the room of a reserve file the first flush made (``.spillkit-reserve``),
-        so the previous flush's files are still removed only after the commit.
-        See docs/durability.md.
-
-        After a failed fsync the file or segment is never fsynced again, and
-        what it held is not trusted: the next flush writes each such value anew
-        (from memory, or read back with its checks) and fsyncs the new copy.
-        Records of a segment that an earlier good fsync covered stay trusted
-        and committed; so do those that compaction copied into a segment whose
-        fsync then failed (the key goes back to the original). After a failed
-        fsync of the directory, the files and segments whose names were made
-        since its last good fsync are written anew the same way. A value whose copy on disk fails its checks, or
-        that the disk refuses, is named by the ``SpillError`` and left out of
-        the manifest; the key stays (reading a damaged copy raises
-        ``CorruptSpillFile``). See docs/durability.md.
-        """
-        persistence.flush(self)
-
-    def _check_open(self) -> None:
-        if self._engine.closed:
-            raise SpillError(f"the Chest at {self._path!r} is closed")
-
-    def close(self) -> None:
-        """Flush a Chest with a ``path`` of its own; remove a temporary one. Idempotent.
-
-        Releases the directory's lock once closed, so another Chest may open the
-        path (the lock is kept while the Chest stays open after a failure).
-
-        If the flush fails because of the disk (an ``OSError`` such as a full disk,
-        or ``available_disk``), the Chest stays open with every value and the error
-        says so: free space and close again, or read the values out. If the only
-        failures are values that cannot be serialized, retrying cannot help: the
-        Chest is closed anyway and the ``SpillError`` names those keys.
-        """
-        persistence.close(self)
-
-    def _shut(self) -> None:
-        self._engine.close()  # joins the background writer before the segment files close
-        self._store.close()
-        self._dir_lock.release()  # last: no other Chest may open the directory while this one writes there
-
-    def drop(self) -> None:
-        """Delete every value and the directory; the Chest is closed afterwards.
-
-        The directory's lock is released after the directory is gone. In a
-        forked child this only closes the child's copy (the parent's files stay).
-        """
-        persistence.drop(self)
-
-    def __enter__(self) -> Chest:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

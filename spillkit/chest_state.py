@@ -5,8 +5,9 @@
 uses, and holds the read-only views of them (``inmem``, ``path``, sizes,
 ``policy``, ``stats``, ``engine``) and the engine controls meant for
 integrations (costs, listeners, deferred settling, manual eviction).
-:class:`~spillkit.chest.Chest` inherits it and keeps the mapping, the
-constructor, the lifecycle (flush, close, drop) and the documentation, as
+:class:`~spillkit.chest_lifecycle.ChestLifecycle` (flush, close, drop)
+inherits it, and :class:`~spillkit.chest.Chest` inherits that and keeps the
+mapping, the constructor and the documentation, as
 :class:`~spillkit.engine.SpillEngine` inherits its
 :class:`~spillkit.ledger.EngineLedger`.
 """
