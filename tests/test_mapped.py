@@ -215,3 +215,18 @@ def test_a_file_system_that_cannot_map_gets_the_value_read(tmp_path: Path, monke
     assert chest._store.filename("a") not in mapped_files()
     assert len(os.listdir("/proc/self/fd")) == descriptors
     chest.drop()
+
+
+def test_distributed_worker_storage_maps_loads_unless_told_not_to(tmp_path: Path) -> None:
+    pytest.importorskip("distributed")
+    from spillkit.distributed import worker_storage
+
+    for options, expect_mapped in (({}, True), ({"map_loads": False}, False)):
+        chest = worker_storage(
+            str(tmp_path / f"worker-{expect_mapped}"), available_memory="3 MiB", instrument_metrics=False, **options
+        )
+        chest["a"], chest["b"] = array(1), array(2)
+        value = chest["a"]
+        assert (chest._store.filename("a") in mapped_files()) is expect_mapped
+        numpy.testing.assert_array_equal(value, array(1))
+        chest.drop()
