@@ -267,7 +267,9 @@ def report(
         "on the machine). Peak RSS: the larger worker "
         "process, sampled every 10 ms (a worker starts at ~110 MiB; the nanny kills it at 95% of 500 MiB = "
         '475 MiB). Pauses: "Pausing worker" lines in the workers\' logs (80% of the limit), all repetitions; '
-        "restarts: workers whose process changed.",
+        'restarts: workers whose process changed. Chest rows are `data=(worker_storage, {"policy": p})` with '
+        "its defaults, which load files of 1 MiB or more by mapping them (`map_loads`); the `map_loads=False` "
+        "rows read them into new memory instead.",
         "",
         "| storage | wall s | x dask | worker CPU s | x dask | written | x dask | read | peak RSS | pauses "
         "| restarts |",

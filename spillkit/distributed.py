@@ -85,8 +85,9 @@ def worker_storage(
         ``available_disk``, ``sizeof``, ``pack_threshold``, ``map_loads``;
         default ``sizeof`` is ``distributed.sizeof.safe_sizeof``, which never
         raises, and ``map_loads`` is on: files of 1 MiB or more are loaded by
-        mapping them: in ``benchmarks/bench_distributed.py`` the workers' CPU
-        time was 0.88x dask's default's, against 0.99x reading the files).
+        mapping them: in two runs of ``benchmarks/bench_distributed.py`` with
+        ``lru`` the workers' CPU time was 0.88x and 0.85x dask's default's,
+        against 0.99x and 0.87x reading the files).
 
     Returns
     -------
