@@ -34,7 +34,9 @@ class PackedStore(PackedRecords):
     name; see :mod:`spillkit.spillfile`) appended to the active segment
     (``.spillkit-seg-NNNNNN``, rotated at ``segment_bytes``); values whose
     record is ``pack_threshold`` bytes or more go to ``inner``, a
-    :class:`~spillkit.storage.DiskStore` with one file per value. An index in
+    :class:`~spillkit.storage.DiskStore` with one file per value (which loads
+    records of ``map_from`` bytes or more by mapping them, see
+    :mod:`spillkit.mapped`; None reads every record). An index in
     memory maps each packed key to its segment, offset, length and HMAC tag;
     a read fetches exactly that record with ``os.pread`` and checks it like a
     file, so bit flips, truncation, another key's record and forgeries raise
