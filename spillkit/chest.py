@@ -135,6 +135,13 @@ class Chest(ChestLifecycle, MutableMapping[Hashable, Any]):
     Two Chests may use one directory one after the other: close (or drop)
     the first, then open the second.
 
+    Values changed in place: a value read back keeps a change made through the
+    object a read returned (``chest["k"].append(x)``) while the Chest holds it
+    in memory; when it is next spilled or flushed, a value whose file no
+    longer matches it is written again (the check re-encodes it: no I/O). A
+    value larger than the whole budget is never held, so a change to a copy
+    read from disk is lost with that copy, as with zict.
+
     Failures: a value that cannot be serialized stays in memory (counted and
     warned about) unless it is larger than the whole budget, in which case the
     put raises and stores nothing. A failed disk write leaves the value in

@@ -214,7 +214,9 @@ class SpillEngine(EngineLifecycle):
         """Act on one victim; False when the disk failed and the round should stop."""
         value = self.memory[key]
         nbytes = self._nbytes[key]
-        if self.disk.has_copy(key):  # not a record whose fsync failed: that one may not hold these bytes
+        # A trusted record (not one whose fsync failed) that is still this value: one loaded or
+        # flushed, then changed in place by whoever holds it, must be written again, not dropped.
+        if self.disk.has_copy(key) and self.disk.holds(key, value):
             written, seconds, kind = 0, 0.0, EVICT
             self.stats.evictions += 1
         elif background and self._writer is not None:

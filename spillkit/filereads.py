@@ -18,7 +18,7 @@ from .buffers import read_buffer
 from .errors import CorruptSpillFile
 from .fileindex import FileIndex
 from .mapped import map_file
-from .spillfile import RecordError, open_record
+from .spillfile import RecordError, open_record, still_encodes
 
 __all__ = ["FileReads", "OpenRead"]
 
@@ -60,6 +60,19 @@ class FileReads(FileIndex):
             raise CorruptSpillFile(key, full, "the file is missing") from None
         # The size is known from the write (no fstat); a short or grown file shows in finish_read.
         return OpenRead(key, name, full, self._sizes[key], self._tags.get(key), fd)
+
+    def holds(self, key: Hashable, value: Any) -> bool:
+        """True when the key's file is ``value`` serialized now (see :func:`~spillkit.spillfile.still_encodes`).
+
+        The engine asks before it drops a resident value for its copy on disk: a value
+        loaded or flushed, then changed in place, must be written again, not lost.
+        """
+        names, tags = self._names, self._tags
+
+        def read_back() -> Any:
+            return self.finish_read(self.open_for_read(key))
+
+        return still_encodes(names.get(key), tags.get(key), value, self.codec, self.secret, read_back)
 
     def still_current(self, pending: OpenRead) -> bool:
         """True while ``pending``'s record is still its key's current one (under the caller's lock)."""

@@ -75,8 +75,8 @@ class EngineLifecycle(EngineLedger):
         with self.lock:
             self.wait_for_writes()
             for key in list(self.memory):
-                if self.disk.has_copy(key):
-                    continue
+                if self.disk.has_copy(key) and self.disk.holds(key, self.memory[key]):
+                    continue  # its file is this value; one changed in place since is written anew
                 try:
                     timed_write(self, key, self.memory[key])
                 except Exception as error:

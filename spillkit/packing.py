@@ -22,7 +22,7 @@ from .compaction import Compactor, Place
 from .errors import CorruptSpillFile, DiskQuotaExceeded
 from .keys import describe_key
 from .segfiles import read_at
-from .spillfile import HEADER_SIZE, PAD, RecordError, encode_header, open_record
+from .spillfile import HEADER_SIZE, PAD, RecordError, encode_header, open_record, still_encodes
 from .storage import DiskStore, OpenRead, PreparedWrite
 
 __all__ = ["PackedRecords", "PackedWrite"]
@@ -75,6 +75,13 @@ class PackedRecords(Compactor):
         """True when the key has a record that can stand in for its value (not one :meth:`unsynced_keys` lists)."""
         place = self._places.get(key)
         return self.inner.has_copy(key) if place is None else place.trusted
+
+    def holds(self, key: Hashable, value: Any) -> bool:
+        """True when the key's record, packed or not, is ``value`` serialized now (unchanged in place since)."""
+        place = self._places.get(key)
+        if place is None:
+            return self.inner.holds(key, value)
+        return still_encodes(place.name, place.tag, value, self.codec, self.secret, lambda: self.read(key))
 
     def file_bytes(self, key: Hashable) -> int:
         """Bytes of the key's record (header included), packed or in a file of its own."""

@@ -71,6 +71,9 @@ class SizeOnlyDisk:
     def has_copy(self, key: Hashable) -> bool:
         return key in self._sizes
 
+    def holds(self, key: Hashable, value: Any) -> bool:
+        return key in self._sizes  # replayed values are sizes: nothing changes them in place
+
     def write(self, key: Hashable, value: Any) -> int:
         nbytes = _size(value)
         self.total_bytes += nbytes - self._sizes.get(key, 0)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hmac
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .codecs import Codec
@@ -30,7 +30,16 @@ try:  # the same CRC-32 as zlib's (files are interchangeable), about 13x faster
 except ImportError:  # pragma: no cover - depends on the optional "fast" extra
     from zlib import crc32
 
-__all__ = ["HEADER_SIZE", "PAD", "RecordError", "crc32", "encode_header", "names_record", "open_record"]
+__all__ = [
+    "HEADER_SIZE",
+    "PAD",
+    "RecordError",
+    "crc32",
+    "encode_header",
+    "names_record",
+    "open_record",
+    "still_encodes",
+]
 
 _FIXED = struct.Struct("<4sBxHQIQ")
 _MAC_BYTES = 32
@@ -62,6 +71,32 @@ def encode_header(name: str, frames: Sequence[Any], codec: Codec, secret: bytes)
     tag = sign(secret, fixed, encoded_name, *frames[:signed_count])
     header = fixed + tag + encoded_name
     return header + bytes(-len(header) % PAD), body_len, tag
+
+
+def still_encodes(
+    name: str | None, tag: bytes | None, value: Any, codec: Codec, secret: bytes, read_back: Callable[[], Any]
+) -> bool:
+    """True when the record named ``name`` with HMAC ``tag`` still stands for ``value`` (not changed in place since).
+
+    ``value`` is encoded again: the same tag means the same bytes. Otherwise the record
+    may still hold this value, written from an object that pickles another way than its
+    copies read back (numpy pickles a non-contiguous array in-band, its contiguous copy
+    out of band): the record is read back (``read_back()``) and encoded again to compare.
+    Costs an encode and a CRC of the value, and that read only when the first comparison
+    fails; never raises. A record without a name or tag, a value that no longer encodes,
+    or a record that cannot be read back (damaged: writing the value again heals it)
+    does not stand for it, and the caller writes the value again.
+    """
+    if name is None or tag is None:
+        return False
+    try:
+        now = encode_header(name, list(codec.encode(value)), codec, secret)[2]
+        if hmac.compare_digest(now, tag):
+            return True
+        stored = encode_header(name, list(codec.encode(read_back())), codec, secret)[2]
+    except Exception:
+        return False
+    return hmac.compare_digest(now, stored)
 
 
 def names_record(head: bytes, name: str) -> bool:

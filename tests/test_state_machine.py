@@ -75,6 +75,15 @@ def same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and bool(a == b)
 
 
+def _snapshot(value: Any) -> Any:
+    """A copy of a value that change_in_place could change later; other values as they are."""
+    if isinstance(value, list):
+        return list(value)
+    if isinstance(value, np.ndarray):
+        return value.copy()
+    return value
+
+
 class ChestMachine(RuleBasedStateMachine):
     """Every step is checked against ``model``; ``sizes`` holds each value's size when it was put."""
 
@@ -210,6 +219,30 @@ class ChestMachine(RuleBasedStateMachine):
         if expected is not _ABSENT:
             assert same(got, expected)
 
+    @rule(key=keys)
+    def change_in_place(self, key: Hashable) -> None:
+        """Change a list or array through the object the Chest hands back, as one may with a dict's values."""
+        if key not in self.model:
+            return
+        value = self.c[key]
+        if self.c.inmem.get(key) is not value:
+            return  # larger than the budget, never held: a change to the copy read from disk dies with it
+        shared = [other for name, other in [*self.model.items(), *self.c.inmem.items()] if name != key]
+        if any(other is value or other is self.model[key] for other in shared):
+            return  # an alias (put_alias): a change would show under the other key too, as in a dict
+        if isinstance(value, list):
+            value.append(len(value))
+        elif isinstance(value, np.ndarray) and value.size and value.flags.writeable:
+            value[:1] += 1  # wraps around for int8: still a change
+        else:
+            return  # bytes and Unpicklable values have nothing to change
+        self.model[key] = _snapshot(value)
+
+    @rule()
+    def evict(self) -> None:
+        """Spill one value, as a dask.distributed worker's memory monitor does (a file it has is reused)."""
+        self.c.evict()
+
     @rule()
     def read_everything(self) -> None:
         items = dict(self.c.items())
@@ -251,7 +284,8 @@ class ChestMachine(RuleBasedStateMachine):
         assert self.c.memory_bytes == 0
 
     def remember_flush(self, exclude: frozenset[Hashable] | set[Hashable] = frozenset()) -> None:
-        model = {key: value for key, value in self.model.items() if key not in exclude}
+        # Copies of what change_in_place may change: the flush holds the values as they are now.
+        model = {key: _snapshot(value) for key, value in self.model.items() if key not in exclude}
         self.flushed = (model, {key: self.sizes[key] for key in model})
 
     @rule()
@@ -333,7 +367,7 @@ class ChestMachine(RuleBasedStateMachine):
 
 
 ChestMachine.TestCase.settings = settings(
-    max_examples=60,
+    max_examples=200,
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
