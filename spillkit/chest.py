@@ -90,6 +90,14 @@ class Chest(ChestLifecycle, MutableMapping[Hashable, Any]):
         (files are replaced, never rewritten). A deleted key's disk space is
         freed only when its mapped value is. POSIX only (elsewhere values are
         read). Default: off; :func:`spillkit.dask.spilling` turns it on.
+    check_in_place : bool, optional
+        Before dropping a resident value for its file (a value loaded or
+        flushed, then spilled again), check that the file still encodes it:
+        an encode and a CRC of the value (0.56 ms per 8 MiB array; dask's
+        rechunk ran 1.00x as fast with it as without, 16 paired runs), so that
+        a value changed in place is written anew, not undone. Default: on.
+        Turn it off only for values that never change in place and take long
+        to pickle (the check pickles them on every such eviction).
     pack_threshold : int, float or str, optional
         Values whose spill record is smaller than this (default 64 KiB) are
         appended to shared segment files instead of getting a file each, so a
@@ -138,7 +146,8 @@ class Chest(ChestLifecycle, MutableMapping[Hashable, Any]):
     Values changed in place: a value read back keeps a change made through the
     object a read returned (``chest["k"].append(x)``) while the Chest holds it
     in memory; when it is next spilled or flushed, a value whose file no
-    longer matches it is written again (the check re-encodes it: no I/O). A
+    longer matches it is written again (the check re-encodes it: no I/O;
+    ``check_in_place=False`` skips it, and then such a change is undone). A
     value larger than the whole budget is never held, so a change to a copy
     read from disk is lost with that copy, as with zict.
 
@@ -188,6 +197,7 @@ class Chest(ChestLifecycle, MutableMapping[Hashable, Any]):
         compression: str | CompressedCodec | None = None,
         pack_threshold: int | float | str | None = None,
         map_loads: bool | int | str = False,
+        check_in_place: bool = True,
     ) -> None:
         setup_chest(
             self,
@@ -205,6 +215,7 @@ class Chest(ChestLifecycle, MutableMapping[Hashable, Any]):
             compression=compression,
             pack_threshold=pack_threshold,
             map_loads=map_loads,
+            check_in_place=check_in_place,
         )
 
     # ---- the mapping ---------------------------------------------------------------

@@ -79,6 +79,7 @@ def setup_chest(
     compression: str | CompressedCodec | None,
     pack_threshold: int | float | str | None,
     map_loads: bool | int | str = False,
+    check_in_place: bool = True,
 ) -> None:
     """Give a new ``chest`` its state from the constructor's arguments (documented on :class:`Chest`)."""
     budget = DEFAULT_AVAILABLE_MEMORY if available_memory is None else parse_bytes(available_memory)
@@ -127,6 +128,7 @@ def setup_chest(
         chest._engine = engine = SpillEngine(
             store, chosen, budget, sizeof or default_sizeof(), write_behind=write_behind
         )
+        engine.check_in_place = bool(check_in_place)
         engine.keepalive = chest._dir_lock  # freed with the engine, not the Chest: its writer may outlive it
         if not chest._temporary:
             reopen(chest)

@@ -216,7 +216,7 @@ class SpillEngine(EngineLifecycle):
         nbytes = self._nbytes[key]
         # A trusted record (not one whose fsync failed) that is still this value: one loaded or
         # flushed, then changed in place by whoever holds it, must be written again, not dropped.
-        if self.disk.has_copy(key) and self.disk.holds(key, value):
+        if self.disk.has_copy(key) and (not self.check_in_place or self.disk.holds(key, value)):
             written, seconds, kind = 0, 0.0, EVICT
             self.stats.evictions += 1
         elif background and self._writer is not None:

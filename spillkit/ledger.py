@@ -74,6 +74,9 @@ class EngineLedger:
         self.memory_bytes = 0
         self.deferred = False
         self.deferred_blocks = 0  # open Chest.deferred() blocks (any thread)
+        # Before a resident value is dropped for its file, check that the file still encodes it
+        # (it may have been changed in place since); Chest(check_in_place=False) trusts values instead.
+        self.check_in_place = True
         self.closed = False
         self.listener_errors = 0
         self._nbytes: dict[Hashable, int] = {}  # every key, resident or not

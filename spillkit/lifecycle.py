@@ -75,7 +75,7 @@ class EngineLifecycle(EngineLedger):
         with self.lock:
             self.wait_for_writes()
             for key in list(self.memory):
-                if self.disk.has_copy(key) and self.disk.holds(key, self.memory[key]):
+                if self.disk.has_copy(key) and (not self.check_in_place or self.disk.holds(key, self.memory[key])):
                     continue  # its file is this value; one changed in place since is written anew
                 try:
                     timed_write(self, key, self.memory[key])

@@ -121,3 +121,14 @@ def test_a_value_that_pickles_otherwise_once_read_back_is_not_written_again(
     evict_everything(chest)
     assert chest.stats.spills == spills
     np.testing.assert_array_equal(chest["strided"], np.arange(200.0)[::2])
+
+
+def test_without_the_check_a_change_in_place_is_undone(chest_factory: Callable[..., Chest]) -> None:
+    # What check_in_place=False trades away: such a change is undone, as before the check existed.
+    chest = chest_factory(10**6, pack_threshold=0, check_in_place=False)
+    chest["l"], chest["other"] = [1, 2], [3]
+    evict_everything(chest)
+    chest["l"].append(99)
+    evict_everything(chest)
+    assert chest["l"] == [1, 2]
+    assert chest.stats.evictions >= 1
