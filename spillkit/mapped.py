@@ -14,8 +14,8 @@ unmapped when the last view of it (a numpy array built on it, say) is freed.
 
 What a mapped value changes (documented on :class:`~spillkit.chest.Chest`):
 
-* the record is checked (size, CRC, HMAC) when it is mapped; a page not yet touched
-  afterwards is read from the file, so someone else who writes into the file in place
+* the record is checked (size, CRC, HMAC) when it is mapped; a page the process has
+  not written to stays the file's page, so someone else who writes into the file in place
   later changes the value, and one who truncates it makes the process fault
   (``SIGBUS``) when the value is read, as with ``numpy.memmap``. spillkit itself never
   writes into a file after its rename (every write goes to a new file);
@@ -33,7 +33,7 @@ from typing import Any
 
 __all__ = ["DEFAULT_MAP_FROM", "map_available", "map_file"]
 
-DEFAULT_MAP_FROM = 1 << 20  # smaller records: a read costs about what the mapping's setup does
+DEFAULT_MAP_FROM = 1 << 20  # a round figure, not a measured crossover: below it a load saves little
 
 
 def _bind_libc() -> tuple[Any, Any] | None:
