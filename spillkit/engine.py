@@ -214,9 +214,7 @@ class SpillEngine(EngineLifecycle):
         """Act on one victim; False when the disk failed and the round should stop."""
         value = self.memory[key]
         nbytes = self._nbytes[key]
-        # A trusted record (not one whose fsync failed) that is still this value: one loaded or
-        # flushed, then changed in place by whoever holds it, must be written again, not dropped.
-        if self.disk.has_copy(key) and (not self.check_in_place or self.disk.holds(key, value)):
+        if self._file_holds(key, value):
             written, seconds, kind = 0, 0.0, EVICT
             self.stats.evictions += 1
         elif background and self._writer is not None:

@@ -61,18 +61,18 @@ class FileReads(FileIndex):
         # The size is known from the write (no fstat); a short or grown file shows in finish_read.
         return OpenRead(key, name, full, self._sizes[key], self._tags.get(key), fd)
 
+    def read(self, key: Hashable) -> Any:
+        """Load the key's value under the caller's lock; raise CorruptSpillFile if the file is damaged or forged."""
+        return self.finish_read(self.open_for_read(key))
+
     def holds(self, key: Hashable, value: Any) -> bool:
         """True when the key's file is ``value`` serialized now (see :func:`~spillkit.spillfile.still_encodes`).
 
         The engine asks before it drops a resident value for its copy on disk: a value
         loaded or flushed, then changed in place, must be written again, not lost.
         """
-        names, tags = self._names, self._tags
-
-        def read_back() -> Any:
-            return self.finish_read(self.open_for_read(key))
-
-        return still_encodes(names.get(key), tags.get(key), value, self.codec, self.secret, read_back)
+        name, tag = self._names.get(key), self._tags.get(key)
+        return still_encodes(name, tag, value, self.codec, self.secret, lambda: self.read(key))
 
     def still_current(self, pending: OpenRead) -> bool:
         """True while ``pending``'s record is still its key's current one (under the caller's lock)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .ledger import EngineLedger
 from .transfers import timed_write
@@ -69,14 +69,23 @@ class EngineLifecycle(EngineLedger):
             if cost is not None:
                 self._costs[key] = cost
 
+    def _file_holds(self, key: Hashable, value: Any) -> bool:
+        """True when the key's file may stand in for its resident ``value``: an eviction drops it, a flush skips it.
+
+        The file must be trusted (not one whose fsync failed: it may not hold these bytes) and still
+        encode the value: one loaded or flushed, then changed in place by whoever holds it, is written
+        again, not lost (unless ``check_in_place`` is off).
+        """
+        return self.disk.has_copy(key) and (not self.check_in_place or self.disk.holds(key, value))
+
     def write_all(self) -> list[tuple[Hashable, BaseException]]:
         """Give every resident value a file (kept in memory too); return the failures."""
         failures: list[tuple[Hashable, BaseException]] = []
         with self.lock:
             self.wait_for_writes()
             for key in list(self.memory):
-                if self.disk.has_copy(key) and (not self.check_in_place or self.disk.holds(key, self.memory[key])):
-                    continue  # its file is this value; one changed in place since is written anew
+                if self._file_holds(key, self.memory[key]):
+                    continue
                 try:
                     timed_write(self, key, self.memory[key])
                 except Exception as error:

@@ -164,10 +164,6 @@ class DiskStore(FileReads):
             raise
         return self.commit(prepared)
 
-    def read(self, key: Hashable) -> Any:
-        """Load the key's value; raise CorruptSpillFile if the file is damaged or forged."""
-        return self.finish_read(self.open_for_read(key))
-
     def delete(self, key: Hashable) -> None:
         """Remove the key's file if it has one (a missing file is not an error)."""
         name = self._names.pop(key, None)
