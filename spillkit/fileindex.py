@@ -34,8 +34,8 @@ class FileIndex:
     Each key maps to one file in ``path``; :meth:`reserve` picks a name that no
     other key owns or reserves (compared casefolded, so names stay injective on
     case-insensitive disks) and that no committed manifest protects. The
-    sets that :meth:`~spillkit.storage.DiskStore.sync` and
-    :meth:`~spillkit.storage.DiskStore.protect` maintain live here too.
+    sets that :meth:`~spillkit.filesync.FileSync.sync` and
+    :meth:`~spillkit.filesync.FileSync.protect` maintain live here too.
 
     Not thread-safe: the engine that owns the store holds the lock, except
     that ``DiskStore.prepare`` calls :meth:`_check_quota` without it (against

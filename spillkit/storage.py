@@ -11,12 +11,13 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import SpillWarning
-from .filereads import FileReads, OpenRead
+from .filereads import OpenRead
+from .filesync import FileSync
 from .keys import describe_key
 from .spillfile import HEADER_SIZE, encode_header, names_record
 
@@ -55,7 +56,7 @@ def _write_all(fd: int, frames: list[Any]) -> None:
             views[0] = views[0][written:]
 
 
-class DiskStore(FileReads):
+class DiskStore(FileSync):
     """A mapping from keys to files in ``path``; values go through ``codec``.
 
     Each write goes to a hidden temporary file and is moved into place with
@@ -70,7 +71,9 @@ class DiskStore(FileReads):
     A write is two steps so that the slow one can run without the engine's
     lock: :meth:`prepare` serializes into a temporary file and touches no shared
     state; :meth:`commit` (under the lock) moves it into place, or
-    :meth:`discard` drops it. :meth:`write` does both.
+    :meth:`discard` drops it. :meth:`write` does both. fsync and the
+    copy-on-write protection of committed files are :class:`~spillkit.filesync.FileSync`,
+    its base.
 
     Not thread-safe except :meth:`prepare`: the engine that owns it holds the
     lock. On a failed write (serialization error, ``OSError``, quota) the
@@ -187,86 +190,3 @@ class DiskStore(FileReads):
             warnings.warn(
                 f"could not remove the spill file of {describe_key(key)}: {error!r}", SpillWarning, stacklevel=3
             )
-
-    def sync(self) -> None:
-        """fsync every file renamed into place since the last sync, then the directory.
-
-        Raises the ``OSError`` of the first failure, as :meth:`sync_files` and
-        :meth:`sync_directory` say. Nothing whose fsync failed is fsynced again:
-        Linux may drop the dirty pages of a failed writeback (marked clean, the
-        error reported once), so a second fsync could succeed with the bytes,
-        or names, never on disk.
-        """
-        self.sync_files()
-        self.sync_directory()
-
-    def sync_files(self) -> None:
-        """fsync every file renamed into place since the last good directory fsync (:meth:`sync` without the directory).
-
-        Raises the ``OSError`` of the first failed fsync; that file's key is
-        then listed by :meth:`unsynced_keys` and the file never fsynced again.
-        """
-        for name in sorted(self._dirty):
-            fd = os.open(os.path.join(self.path, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            except OSError:
-                self._dirty.discard(name)
-                self._unsynced.add(name)
-                raise
-            finally:
-                os.close(fd)
-
-    def sync_directory(self) -> None:
-        """fsync the directory, so that the names renamed into place since its last good fsync are durable.
-
-        Raises the ``OSError`` if it fails; the keys of the files renamed into
-        place since the last good directory fsync are then listed by
-        :meth:`unsynced_keys` (their names may be lost) until written anew.
-        """
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        except OSError:
-            self._unsynced |= self._dirty
-            self._dirty.clear()
-            raise
-        finally:
-            os.close(fd)
-        self._dirty.clear()
-
-    def protect(self, names: Iterable[str], *, add: bool = False) -> None:
-        """Keep the files ``names`` (a committed manifest's) from now on; unlink those it no longer names.
-
-        Called once a manifest is durable: the files the previous manifest needed
-        and this one does not (superseded or deleted since) are removed. A file
-        that cannot be removed is warned about; a re-open removes it later. With
-        ``add=True`` the names are protected as well, and nothing is removed (for
-        the moment before a commit, when either manifest may end up on disk).
-        """
-        if add:
-            self._protected.update(name.casefold() for name in names)
-            return
-        self._protected = {name.casefold() for name in names}
-        for name in list(self._orphans):  # left by a failed unlink: try again now
-            if name.casefold() in self._owners or name.casefold() in self._protected:
-                self._orphans.discard(name)  # the name was taken again: the file is a key's now
-                continue
-            try:
-                os.unlink(os.path.join(self.path, name))
-            except FileNotFoundError:
-                pass
-            except OSError:
-                continue
-            self._orphans.discard(name)
-        for name, size in list(self._retained.items()):
-            if name.casefold() in self._protected:
-                continue
-            del self._retained[name]
-            self.total_bytes -= size
-            try:
-                os.unlink(os.path.join(self.path, name))
-            except FileNotFoundError:
-                pass
-            except OSError as error:
-                warnings.warn(f"could not remove the superseded file {name!r}: {error!r}", SpillWarning, stacklevel=3)

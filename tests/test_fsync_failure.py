@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 from helpers import flip_last_byte
 
+import spillkit.filesync
 import spillkit.segments
-import spillkit.storage
 from spillkit import Chest, SpillError
 from spillkit.manifest import read_manifest
 
@@ -82,7 +82,7 @@ def inject(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
     def install(chest: Chest, victim: Hashable) -> FailOneFsync:
         proxy = FailOneFsync(chest, victim)
-        for module in (spillkit.storage, spillkit.segments):  # the modules that fsync files and segments
+        for module in (spillkit.filesync, spillkit.segments):  # the modules that fsync files and segments
             monkeypatch.setattr(module, "os", proxy)
         proxies.append(proxy)
         return proxy

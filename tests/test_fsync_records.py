@@ -34,6 +34,7 @@ from typing import Any
 import pytest
 from helpers import assert_disk_files, flip_last_byte
 
+import spillkit.filesync
 import spillkit.manifest
 import spillkit.segfiles
 import spillkit.segments
@@ -132,7 +133,7 @@ class ModuleOS:
 @pytest.fixture
 def disk(monkeypatch: pytest.MonkeyPatch) -> Iterator[Disk]:
     made = Disk()
-    for module in (spillkit.storage, spillkit.segments, spillkit.segfiles, spillkit.manifest):
+    for module in (spillkit.storage, spillkit.filesync, spillkit.segments, spillkit.segfiles, spillkit.manifest):
         monkeypatch.setattr(module, "os", ModuleOS(made, module.__name__.rpartition(".")[2]))
     yield made
     for fd in made.kept:
@@ -272,12 +273,12 @@ def test_names_made_before_a_failed_directory_fsync_are_made_anew_and_covered_by
     path = tmp_path / "chest"
     chest, expected = flushed_then_more(path, packed, segment_bytes=1)  # packed: a new directory entry per record
     store = chest._store
-    disk.fail = lambda module, name, is_dir: module == "storage" and is_dir
+    disk.fail = lambda module, name, is_dir: module == "filesync" and is_dir
     with pytest.raises(OSError) as info:
         chest.flush()  # new1 and new2 are written, every file and segment fsynced; the directory's fsync fails
     assert info.value.errno == errno.EIO
     directory = os.path.realpath(path)  # as /proc/self/fd shows it
-    assert disk.failures() == [("failed", "storage", directory)]
+    assert disk.failures() == [("failed", "filesync", directory)]
     failed_at = disk.events.index(disk.failures()[0])
     assert committed(chest) == set(KEYS)  # flush 1's manifest: this flush never got to its own
     assert store.unsynced_keys() == ["new0"]  # new1 and new2 lost their records: they are in memory
@@ -285,13 +286,13 @@ def test_names_made_before_a_failed_directory_fsync_are_made_anew_and_covered_by
         assert store.has_copy(key), key
 
     chest.flush()
-    directory_synced = disk.last("fsync", "storage", directory, os.stat(path).st_ino)
+    directory_synced = disk.last("fsync", "filesync", directory, os.stat(path).st_ino)
     for key in NEW:  # a new entry after the failure, fsynced, then covered by a directory fsync
         name = file_of(chest, key)
         made = max(disk.last("create", name), disk.last("replace", name))
         assert made > failed_at, key
-        assert made < disk.last("fsync", "segments" if packed else "storage", name, inode_of(chest, key)), key
-        assert disk.last("fsync", "segments" if packed else "storage", name, inode_of(chest, key)) < directory_synced
+        assert made < disk.last("fsync", "segments" if packed else "filesync", name, inode_of(chest, key)), key
+        assert disk.last("fsync", "segments" if packed else "filesync", name, inode_of(chest, key)) < directory_synced
     assert committed(chest) == set(expected)
     chest.close()
     assert reopened(path, packed) == expected
@@ -417,7 +418,7 @@ def test_durable_records_copied_by_compaction_stay_committed_when_the_copies_fsy
     if fault == "segment":
         disk.fail = lambda module, name, is_dir: name == active
     else:  # the active segment was created after the last good fsync of the directory: its name is unknown
-        disk.fail = lambda module, name, is_dir: module == "storage" and is_dir
+        disk.fail = lambda module, name, is_dir: module == "filesync" and is_dir
     compactions = store.compactions
     with pytest.raises(OSError) as info:
         chest.flush()  # new1 and new2 go into the active segment, k4 and k5 are copied there; an fsync fails
@@ -474,10 +475,10 @@ def test_durable_records_copied_by_compaction_stay_committed_when_a_later_flush_
     """
     chest, expected, original, active, big = compaction_then_a_failed_file_fsync(tmp_path, disk)
     store = chest._store
-    assert disk.failures() == [("failed", "storage", big)]
+    assert disk.failures() == [("failed", "filesync", big)]
     assert {file_of(chest, key) for key in ["k4", "k5"]} == {active}
     assert committed(chest) == set(KEYS)
-    disk.fail = lambda module, name, is_dir: module == "storage" and is_dir
+    disk.fail = lambda module, name, is_dir: module == "filesync" and is_dir
     with pytest.raises(OSError):
         chest.flush()  # the big value is written anew; the directory's fsync fails
     assert set(store.unsynced_keys()) == {"big", "new0"}
@@ -500,7 +501,7 @@ def test_a_key_overwritten_after_compaction_copied_it_never_falls_back_to_the_ol
     store = chest._store
     assert {file_of(chest, key) for key in ["k4", "k5"]} == {active}
     chest["k4"] = expected["k4"] = payload(95)  # the copy of the old value is dead now
-    disk.fail = lambda module, name, is_dir: module == "storage" and is_dir
+    disk.fail = lambda module, name, is_dir: module == "filesync" and is_dir
     with pytest.raises(OSError):
         chest.flush()  # the new k4 goes into the active segment too; the directory's fsync fails
     assert file_of(chest, "k5") == original  # back on its durable record

@@ -38,6 +38,7 @@ import pytest
 import spillkit.chest
 import spillkit.compaction
 import spillkit.filereads
+import spillkit.filesync
 import spillkit.manifest
 import spillkit.reserve
 import spillkit.segfiles
@@ -203,6 +204,7 @@ class _FaultyOS:
 # Every module that calls ``os`` or ``open`` for spill data: a module missing here is I/O no fault reaches.
 MODULES = (
     spillkit.storage,
+    spillkit.filesync,
     spillkit.filereads,
     spillkit.manifest,
     spillkit.chest,

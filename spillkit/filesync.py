@@ -1,0 +1,111 @@
+"""Durability of a file-per-value store: fsync of files and directory, and the committed files kept.
+
+:class:`FileSync` is :class:`~spillkit.storage.DiskStore`'s base (above the read
+path): :meth:`~FileSync.sync` makes the files renamed into place durable, and
+:meth:`~FileSync.protect` keeps the files a committed manifest names (copy-on-write
+for crash consistency), unlinking those it no longer names.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterable
+
+from .errors import SpillWarning
+from .filereads import FileReads
+
+__all__ = ["FileSync"]
+
+
+class FileSync(FileReads):
+    """fsync and protection of committed files for :class:`~spillkit.storage.DiskStore`.
+
+    Not thread-safe: the engine that owns the store holds its lock. Failures are
+    the ``OSError`` of the first failed fsync (never retried: see :meth:`sync`);
+    a file that cannot be unlinked is warned about and retried at the next
+    :meth:`protect`.
+    """
+
+    def sync(self) -> None:
+        """fsync every file renamed into place since the last sync, then the directory.
+
+        Raises the ``OSError`` of the first failure, as :meth:`sync_files` and
+        :meth:`sync_directory` say. Nothing whose fsync failed is fsynced again:
+        Linux may drop the dirty pages of a failed writeback (marked clean, the
+        error reported once), so a second fsync could succeed with the bytes,
+        or names, never on disk.
+        """
+        self.sync_files()
+        self.sync_directory()
+
+    def sync_files(self) -> None:
+        """fsync every file renamed into place since the last good directory fsync (:meth:`sync` without the directory).
+
+        Raises the ``OSError`` of the first failed fsync; that file's key is
+        then listed by :meth:`unsynced_keys` and the file never fsynced again.
+        """
+        for name in sorted(self._dirty):
+            fd = os.open(os.path.join(self.path, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            except OSError:
+                self._dirty.discard(name)
+                self._unsynced.add(name)
+                raise
+            finally:
+                os.close(fd)
+
+    def sync_directory(self) -> None:
+        """fsync the directory, so that the names renamed into place since its last good fsync are durable.
+
+        Raises the ``OSError`` if it fails; the keys of the files renamed into
+        place since the last good directory fsync are then listed by
+        :meth:`unsynced_keys` (their names may be lost) until written anew.
+        """
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        except OSError:
+            self._unsynced |= self._dirty
+            self._dirty.clear()
+            raise
+        finally:
+            os.close(fd)
+        self._dirty.clear()
+
+    def protect(self, names: Iterable[str], *, add: bool = False) -> None:
+        """Keep the files ``names`` (a committed manifest's) from now on; unlink those it no longer names.
+
+        Called once a manifest is durable: the files the previous manifest needed
+        and this one does not (superseded or deleted since) are removed. A file
+        that cannot be removed is warned about; a re-open removes it later. With
+        ``add=True`` the names are protected as well, and nothing is removed (for
+        the moment before a commit, when either manifest may end up on disk).
+        """
+        if add:
+            self._protected.update(name.casefold() for name in names)
+            return
+        self._protected = {name.casefold() for name in names}
+        for name in list(self._orphans):  # left by a failed unlink: try again now
+            if name.casefold() in self._owners or name.casefold() in self._protected:
+                self._orphans.discard(name)  # the name was taken again: the file is a key's now
+                continue
+            try:
+                os.unlink(os.path.join(self.path, name))
+            except FileNotFoundError:
+                pass
+            except OSError:
+                continue
+            self._orphans.discard(name)
+        for name, size in list(self._retained.items()):
+            if name.casefold() in self._protected:
+                continue
+            del self._retained[name]
+            self.total_bytes -= size
+            try:
+                os.unlink(os.path.join(self.path, name))
+            except FileNotFoundError:
+                pass
+            except OSError as error:
+                warnings.warn(f"could not remove the superseded file {name!r}: {error!r}", SpillWarning, stacklevel=3)
