@@ -72,7 +72,9 @@ class Chest(ChestLifecycle, MutableMapping[Hashable, Any]):
         stays readable from memory until its write completes, so memory may
         exceed the budget by up to the cap; callers wait when it is reached.
         A failed background write keeps the value in memory (counted, warned
-        about) and never raises into another caller. Default: off.
+        about) and never raises into another caller; so does a value changed
+        in place during each of three writes (each is checked afterwards).
+        Default: off.
     allow_insecure_path : bool, optional
         Use a ``path`` owned by another user or writable by everyone, and a key
         file readable by others (refused by default: whoever can write there

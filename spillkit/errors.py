@@ -7,6 +7,7 @@ import os
 from .keys import describe_key
 
 __all__ = [
+    "ChangedWhileWritten",
     "ChestLocked",
     "CorruptSpillFile",
     "DiskQuotaExceeded",
@@ -23,6 +24,14 @@ class DiskQuotaExceeded(SpillError):
     """Storing a value would push the bytes on disk past ``available_disk``.
 
     The operation that raised stored nothing; every earlier value is intact.
+    """
+
+
+class ChangedWhileWritten(SpillError):
+    """A value kept changing in place while write-behind wrote it, on every attempt.
+
+    The write is abandoned and the value stays in memory (counted and warned
+    about); the next eviction tries again.
     """
 
 

@@ -122,17 +122,23 @@ class PackedRecords(Compactor):
         """Release a name held by :meth:`reserve` when no write follows."""
         self.inner.unreserve(name)
 
-    def prepare(self, key: Hashable, value: Any, name: str) -> PreparedWrite:
+    def prepare(self, key: Hashable, value: Any, name: str, verify: bool = False) -> PreparedWrite:
         """Encode ``value``: small ones into a record in memory, large ones into a temporary file.
 
-        Touches no shared state, so it may run without the engine's lock.
+        Touches no shared state, so it may run without the engine's lock. With
+        ``verify`` (write-behind), a large value's file is checked after it is
+        written (see :meth:`DiskStore.prepare_frames`), and a small record is made
+        from copies of out-of-band frames taken before its CRC, so that a change in
+        place meanwhile cannot make it fail its own check.
         """
         frames = [memoryview(frame).cast("B") for frame in self.codec.encode(value)]
         head = HEADER_SIZE + len(name.encode("utf-8"))
         size = head + -head % PAD + sum(frame.nbytes for frame in frames)
         self._check_quota(key, size, self._live_bytes)  # as if compacted: the exact check is at commit
         if size >= self.pack_threshold:
-            return self.inner.prepare_frames(key, frames, name)
+            return self.inner.prepare_frames(key, frames, name, verify)
+        if verify:  # copies (a small record: cheap), so that what the CRC covers is what is joined
+            frames = [memoryview(bytes(frame)) for frame in frames]
         header, _, tag = encode_header(name, frames, self.codec, self.secret)
         return PackedWrite(key, name, "", size, tag, b"".join([header, *frames]))
 

@@ -34,6 +34,8 @@ __all__ = [
     "HEADER_SIZE",
     "PAD",
     "RecordError",
+    "body_crc",
+    "claimed_crc",
     "crc32",
     "encode_header",
     "names_record",
@@ -53,15 +55,27 @@ class RecordError(ValueError):
     """A record failed a check; the message says which (the caller adds the key and place)."""
 
 
+def body_crc(frames: Sequence[Any]) -> int:
+    """The CRC-32 of the body made of ``frames``, as a header records it."""
+    crc = 0
+    for frame in frames:
+        crc = crc32(frame, crc)
+    return crc
+
+
+def claimed_crc(header: bytes) -> int:
+    """The body CRC that a header made by :func:`encode_header` records."""
+    return int(_FIXED.unpack_from(header, 0)[4])
+
+
 def encode_header(name: str, frames: Sequence[Any], codec: Codec, secret: bytes) -> tuple[bytes, int, bytes]:
     """Return ``(header, body length, tag)`` for the body made of ``frames``."""
     signed_frames = getattr(codec, "signed_frames", None)
     signed_count = len(frames) if signed_frames is None else signed_frames(frames)
     body_len = 0
     signed_len = 0
-    crc = 0
+    crc = body_crc(frames)
     for index, frame in enumerate(frames):
-        crc = crc32(frame, crc)
         size = memoryview(frame).nbytes
         body_len += size
         if index < signed_count:

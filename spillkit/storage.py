@@ -15,13 +15,15 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import SpillWarning
+from .errors import ChangedWhileWritten, SpillWarning
 from .filereads import OpenRead
 from .filesync import FileSync
 from .keys import describe_key
-from .spillfile import HEADER_SIZE, encode_header, names_record
+from .spillfile import HEADER_SIZE, body_crc, claimed_crc, encode_header, names_record
 
 __all__ = ["DiskStore", "OpenRead", "PreparedWrite", "is_spill_file"]
+
+_WRITE_TRIES = 3  # writes of a value that changes during each one, before it stays in memory
 
 
 @dataclass(slots=True)
@@ -97,16 +99,26 @@ class DiskStore(FileSync):
     1
     """
 
-    def prepare(self, key: Hashable, value: Any, name: str) -> PreparedWrite:
+    def prepare(self, key: Hashable, value: Any, name: str, verify: bool = False) -> PreparedWrite:
         """Serialize ``value`` into a temporary file for the reserved ``name``.
 
         Touches no shared state, so it may run without the engine's lock. The
         quota is checked here against a possibly stale total and again at commit.
+        With ``verify`` (write-behind, whose caller may change the value in place
+        meanwhile), see :meth:`prepare_frames`.
         """
-        return self.prepare_frames(key, list(self.codec.encode(value)), name)  # errors surface before any I/O
+        return self.prepare_frames(key, list(self.codec.encode(value)), name, verify)  # errors before any I/O
 
-    def prepare_frames(self, key: Hashable, frames: list[Any], name: str) -> PreparedWrite:
-        """:meth:`prepare` for a value already encoded into ``frames`` (a packed store decides by size first)."""
+    def prepare_frames(self, key: Hashable, frames: list[Any], name: str, verify: bool = False) -> PreparedWrite:
+        """:meth:`prepare` for a value already encoded into ``frames`` (a packed store decides by size first).
+
+        Out-of-band frames are views of the value, written without a copy. With
+        ``verify``, their CRC is taken again after the write: if the value changed
+        in place between the header's CRC and the copy into the file, the record
+        would fail its own check, so it is written again (up to ``_WRITE_TRIES``
+        times, then :class:`~spillkit.errors.ChangedWhileWritten`). Costs one more
+        CRC pass over the value.
+        """
         header, body_len, tag = encode_header(name, frames, self.codec, self.secret)
         size = len(header) + body_len
         self._check_quota(key, size)
@@ -115,6 +127,16 @@ class DiskStore(FileSync):
         try:
             try:
                 _write_all(fd, [header, *frames])
+                tries = 1
+                while verify and body_crc(frames) != claimed_crc(header):
+                    if tries == _WRITE_TRIES:
+                        raise ChangedWhileWritten(f"the value changed while it was written, {tries} times")
+                    header, body_len, tag = encode_header(name, frames, self.codec, self.secret)
+                    size = len(header) + body_len
+                    os.ftruncate(fd, 0)
+                    os.lseek(fd, 0, os.SEEK_SET)
+                    _write_all(fd, [header, *frames])
+                    tries += 1
             finally:
                 os.close(fd)
         except BaseException:

@@ -14,7 +14,7 @@ import contextlib
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
-from .errors import DiskQuotaExceeded, SpillError
+from .errors import ChangedWhileWritten, DiskQuotaExceeded, SpillError
 from .events import HIT, SPILL
 from .tiers import StagedDiskTier
 from .writer import BackgroundWriter, PendingWrite
@@ -125,7 +125,8 @@ class WriteBehind:
 
     def _prepare(self, pending: PendingWrite) -> Any:
         # On the writer thread, without the lock: the slow part (pickling, the temporary file).
-        return self._staged.prepare(pending.key, pending.value, pending.name)
+        # The put has returned, so the value's owner may change it in place meanwhile: verify.
+        return self._staged.prepare(pending.key, pending.value, pending.name, verify=True)
 
     def _finish(self, pending: PendingWrite, prepared: Any, error: BaseException | None, seconds: float) -> None:
         # On the writer thread, under the lock.
@@ -168,6 +169,8 @@ class WriteBehind:
             engine._unspillable.add(key)
             engine.stats.unspillable += 1
             what = "cannot be serialized; it stays in memory"
+        elif isinstance(error, ChangedWhileWritten):
+            what = "changed while it was written; it stays in memory"
         else:
             what = "disk write failed; it stays in memory"
         engine._spill_failed(key, nbytes, error, what)

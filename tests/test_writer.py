@@ -10,6 +10,7 @@ import errno
 import gc
 import os
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 from conftest import assert_accounting
 from helpers import abandon
 
+import spillkit.packing
 import spillkit.storage
 from spillkit import Chest, PickleCodec, SpillWarning
 from spillkit.dirlock import LOCK_NAME
@@ -285,3 +287,121 @@ def test_overwriting_a_key_forgets_its_old_live_object(tmp_path: Path) -> None:
     for i in range(3):
         chest[f"g{i}"] = np.full(10, i)
     assert chest["k"] is not old and np.array_equal(chest["k"], np.ones(10))
+
+
+# ---- a value changed while its background write runs ------------------------------------------
+# Write-behind returns before the value is written, so its owner may change it in place meanwhile
+# (``buf[:] = next_chunk`` after ``chest[k] = buf``). A record written from bytes that changed after
+# their CRC was taken would fail its own check, and the value would be lost behind CorruptSpillFile
+# once the owner's object dies. The faults below are timing only: the change lands exactly between
+# the CRC and the copy; the array, the writer thread and the files are real.
+
+
+def _spill_one(chest: Chest, key: str, value: Any) -> None:
+    chest[key] = value
+    chest["filler"] = np.ones(1)  # over the budget: key goes to the writer
+    chest.wait_for_writes()
+    assert key not in chest.inmem
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["file", "packed"])
+def test_a_value_changed_between_its_checksum_and_its_write_is_stored_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, packed: bool
+) -> None:
+    chest = Chest(
+        path=tmp_path / "c",
+        available_memory=UNIT,
+        sizeof=unit_sizeof,
+        write_behind=True,
+        pack_threshold="1 MiB" if packed else 0,  # packed: records up to 1 MiB, so out-of-band buffers too
+    )
+    owned = [np.zeros(2**14)]  # 128 KiB, pickled out of band (a view, not a copy); a list, so the test can drop it
+    changes: list[int] = []
+    module = spillkit.packing if packed else spillkit.storage
+    name = "encode_header" if packed else "_write_all"
+    real = getattr(module, name)
+
+    def change_then(*args: Any) -> Any:
+        result = real(*args) if packed else None  # packed: after the CRC, before the record is joined
+        if not changes:
+            owned[0][:] = 7.0  # the owner changes the value in place while the writer holds it
+            changes.append(1)
+        return result if packed else real(*args)  # a file: after the CRC, before the write
+
+    monkeypatch.setattr(module, name, change_then)
+    _spill_one(chest, "a", owned[0])
+    monkeypatch.undo()
+    assert changes == [1] and chest.stats.spill_failures == 0
+    owned.clear()
+    gc.collect()  # no live object to hand back: the next read is the file's
+    loaded = chest["a"]  # before the fix: CorruptSpillFile (the body no longer matched its CRC)
+    assert loaded.shape == (2**14,) and len(set(loaded.tolist())) == 1  # one state of the value, not a mix
+    # A file is checked after it is written and written again: it holds the value as changed. A packed
+    # record is built from a copy taken before its CRC: it holds the value as it was when handed over.
+    assert loaded[0] == (0.0 if packed else 7.0)
+    chest.drop()
+
+
+def test_a_value_that_keeps_changing_stays_in_memory_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chest = Chest(path=tmp_path / "c", available_memory=UNIT, sizeof=unit_sizeof, write_behind=True, pack_threshold=0)
+    owned = [np.zeros(2**14)]  # the owner's reference, dropped below
+    real = spillkit.storage._write_all
+
+    def change_every_time(fd: int, frames: list[Any]) -> None:
+        owned[0][:] += 1.0  # changed during every attempt
+        real(fd, frames)
+
+    monkeypatch.setattr(spillkit.storage, "_write_all", change_every_time)
+    with pytest.warns(SpillWarning, match="changed while it was written"):
+        chest["a"] = owned[0]
+        chest["filler"] = np.ones(1)
+        chest.wait_for_writes()
+    monkeypatch.undo()
+    assert chest.stats.spill_failures == 1
+    assert "a" in chest.inmem and chest["a"] is owned[0]  # kept in memory, nothing lost
+    assert not [p for p in os.listdir(chest.path) if p.startswith(".tmp-")]  # no temporary file left
+    chest["b"] = np.ones(1)  # writes work again, and the value spills whole this time
+    chest.wait_for_writes()
+    assert "a" not in chest.inmem and chest.stats.spill_failures == 1
+    expected = owned.pop().copy()
+    gc.collect()
+    np.testing.assert_array_equal(chest["a"], expected)
+    chest.drop()
+
+
+def test_values_changed_by_another_thread_during_background_writes_are_never_torn(tmp_path: Path) -> None:
+    # No injected timing: a thread keeps overwriting arrays whole, front to back, with ever larger
+    # numbers, while write-behind spills them. Every value must read back (a record that failed its
+    # own CRC would raise CorruptSpillFile) and be a state the array had: [n+1, ..., n+1, n, ..., n]
+    # (a fill caught halfway is a real state of the array: any reader could see it).
+    chest = Chest(path=tmp_path / "c", available_memory=2 * UNIT, sizeof=unit_sizeof, write_behind=True)
+    owned = {f"k{i}": np.zeros(2**17) for i in range(8)}  # 1 MiB each
+    stop = threading.Event()
+
+    def keep_changing() -> None:
+        step = 0.0
+        while not stop.is_set():
+            step += 1.0
+            for array in owned.values():
+                array[:] = step
+            time.sleep(0.001)  # a pause between rounds, so that some writes see no change and commit
+
+    changer = threading.Thread(target=keep_changing)
+    changer.start()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SpillWarning)  # a value that changed on every try stays in memory
+        for key, array in owned.items():
+            chest[key] = array
+        chest.wait_for_writes()
+    stop.set()
+    changer.join()
+    spilled = [key for key in owned if key not in chest.inmem]
+    owned.clear()
+    gc.collect()  # the arrays are gone: spilled values are read from their files
+    assert spilled
+    for key in spilled:
+        loaded = chest[key]
+        assert loaded[-1] <= loaded[0] <= loaded[-1] + 1 and np.all(np.diff(loaded) <= 0), key
+    chest.drop()
