@@ -151,7 +151,10 @@ class Chest(ChestLifecycle, MutableMapping[Hashable, Any]):
     longer matches it is written again (the check re-encodes it: no I/O;
     ``check_in_place=False`` skips it, and then such a change is undone). A
     value larger than the whole budget is never held, so a change to a copy
-    read from disk is lost with that copy, as with zict.
+    read from disk is lost with that copy, as with zict. With write-behind,
+    a value changed while it is written is written again; a synchronous spill
+    is not checked so (the put that spills runs in the caller's thread), so
+    another thread must not change a value in place while it may be spilled.
 
     Failures: a value that cannot be serialized stays in memory (counted and
     warned about) unless it is larger than the whole budget, in which case the
