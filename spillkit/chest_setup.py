@@ -80,6 +80,7 @@ def setup_chest(
     pack_threshold: int | float | str | None,
     map_loads: bool | int | str = False,
     check_in_place: bool = True,
+    verify_writes: bool | None = None,
 ) -> None:
     """Give a new ``chest`` its state from the constructor's arguments (documented on :class:`Chest`)."""
     budget = DEFAULT_AVAILABLE_MEMORY if available_memory is None else parse_bytes(available_memory)
@@ -129,6 +130,9 @@ def setup_chest(
             store, chosen, budget, sizeof or default_sizeof(), write_behind=write_behind
         )
         engine.check_in_place = bool(check_in_place)
+        store.verify_writes = verify_writes is True
+        if engine._writer is not None:
+            engine._writer.verify = verify_writes is not False
         engine.keepalive = chest._dir_lock  # freed with the engine, not the Chest: its writer may outlive it
         if not chest._temporary:
             reopen(chest)

@@ -60,6 +60,7 @@ class PackedRecords(Compactor):
     available_disk: int | None
     pack_threshold: int
     total_bytes: int
+    verify_writes: bool  # synchronous writes check the CRC again after writing (see prepare)
 
     # ---- what is stored where ----------------------------------------------------------
     def __contains__(self, key: object) -> bool:
@@ -182,7 +183,7 @@ class PackedRecords(Compactor):
         """Encode ``value`` and store it as the key's record; return the bytes written."""
         name = self.reserve(key)
         try:
-            prepared = self.prepare(key, value, name)
+            prepared = self.prepare(key, value, name, self.verify_writes)
         except BaseException:
             self.inner.unreserve(name)
             raise

@@ -97,6 +97,7 @@ class PackedStore(PackedRecords):
         self.available_disk = available_disk
         self.pack_threshold = pack_threshold
         self.total_bytes = 0
+        self.verify_writes = False  # set by the Chest (verify_writes=True)
 
     # ---- durability ----------------------------------------------------------------------
     def adopt(

@@ -60,6 +60,7 @@ class WriteBehind:
         self.writer = BackgroundWriter(engine.lock, self._prepare, self._finish, cap)
         self.writer.floor = engine.budget // 8
         self.pending = self.writer.pending  # the same dict, read directly by the engine and tests
+        self.verify = True  # check each write's CRC again afterwards (Chest(verify_writes=False) turns it off)
 
     @property
     def in_flight_bytes(self) -> int:
@@ -126,7 +127,7 @@ class WriteBehind:
     def _prepare(self, pending: PendingWrite) -> Any:
         # On the writer thread, without the lock: the slow part (pickling, the temporary file).
         # The put has returned, so the value's owner may change it in place meanwhile: verify.
-        return self._staged.prepare(pending.key, pending.value, pending.name, verify=True)
+        return self._staged.prepare(pending.key, pending.value, pending.name, verify=self.verify)
 
     def _finish(self, pending: PendingWrite, prepared: Any, error: BaseException | None, seconds: float) -> None:
         # On the writer thread, under the lock.

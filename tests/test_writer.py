@@ -23,7 +23,7 @@ from helpers import abandon
 
 import spillkit.packing
 import spillkit.storage
-from spillkit import Chest, PickleCodec, SpillWarning
+from spillkit import Chest, CorruptSpillFile, PickleCodec, SpillWarning
 from spillkit.dirlock import LOCK_NAME
 from spillkit.reserve import RESERVE_NAME
 
@@ -304,16 +304,23 @@ def _spill_one(chest: Chest, key: str, value: Any) -> None:
     assert key not in chest.inmem
 
 
+WRITES = {  # the Chest keywords under which every write is checked after it is made
+    "write-behind": {"write_behind": True},  # verify_writes=None: on for background writes
+    "synchronous, verify_writes=True": {"verify_writes": True},
+}
+
+
+@pytest.mark.parametrize("writes", WRITES)
 @pytest.mark.parametrize("packed", [False, True], ids=["file", "packed"])
 def test_a_value_changed_between_its_checksum_and_its_write_is_stored_whole(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, packed: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, packed: bool, writes: str
 ) -> None:
     chest = Chest(
         path=tmp_path / "c",
         available_memory=UNIT,
         sizeof=unit_sizeof,
-        write_behind=True,
         pack_threshold="1 MiB" if packed else 0,  # packed: records up to 1 MiB, so out-of-band buffers too
+        **WRITES[writes],
     )
     owned = [np.zeros(2**14)]  # 128 KiB, pickled out of band (a view, not a copy); a list, so the test can drop it
     changes: list[int] = []
@@ -368,6 +375,32 @@ def test_a_value_that_keeps_changing_stays_in_memory_with_a_warning(
     expected = owned.pop().copy()
     gc.collect()
     np.testing.assert_array_equal(chest["a"], expected)
+    chest.drop()
+
+
+@pytest.mark.parametrize("write_behind", [False, True], ids=["synchronous", "write-behind"])
+def test_without_the_check_a_value_changed_during_its_write_fails_its_own_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_behind: bool
+) -> None:
+    # What verify_writes=False (and a synchronous spill by default) gives up, shown once: loudly.
+    options: dict[str, Any] = {"write_behind": True, "verify_writes": False} if write_behind else {}
+    chest = Chest(path=tmp_path / "c", available_memory=UNIT, sizeof=unit_sizeof, pack_threshold=0, **options)
+    owned = [np.zeros(2**14)]
+    real = spillkit.storage._write_all
+
+    def change_then_write(fd: int, frames: list[Any]) -> None:
+        owned[0][:] = 7.0
+        real(fd, frames)
+
+    monkeypatch.setattr(spillkit.storage, "_write_all", change_then_write)
+    _spill_one(chest, "a", owned[0])
+    monkeypatch.undo()
+    owned.clear()
+    gc.collect()
+    with pytest.raises(CorruptSpillFile, match="checksum mismatch"):
+        chest["a"]
+    chest["b"] = np.ones(1)  # every other key is untouched
+    assert chest["filler"][0] == 1.0 and chest["b"][0] == 1.0
     chest.drop()
 
 
