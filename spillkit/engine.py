@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from .errors import SpillError
+from .errors import ChangedWhileWritten, SpillError
 from .events import DELETE, EVICT, GIVEN_COST, HIT, PUT, SETTLE, SPILL
 from .keys import describe_key
 from .ledger import _MISSING as _MISSING  # re-exported: chest.py imports the sentinel from here
@@ -223,6 +223,9 @@ class SpillEngine(EngineLifecycle):
         else:
             try:
                 written, seconds = timed_write(self, key, value)
+            except ChangedWhileWritten as error:  # another thread kept changing it: not this put's failure
+                self._spill_failed(key, nbytes, error, "changed while it was written; it stays in memory")
+                return False
             except SpillError:
                 raise
             except OSError as error:
