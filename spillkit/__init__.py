@@ -9,7 +9,7 @@ from __future__ import annotations
 from .chest import Chest
 from .codecs import Codec, FuncCodec, PickleCodec
 from .engine import SpillEngine
-from .errors import ChestLocked, CorruptSpillFile, DiskQuotaExceeded, SpillError, SpillWarning
+from .errors import ChangedWhileWritten, ChestLocked, CorruptSpillFile, DiskQuotaExceeded, SpillError, SpillWarning
 from .events import Event
 from .manifest import UnreadableKey
 from .memo import memoize
@@ -41,6 +41,7 @@ __all__ = [
     "S3FIFO",
     "SIEVE",
     "CacheyScore",
+    "ChangedWhileWritten",
     "Chest",
     "ChestLocked",
     "Codec",
