@@ -90,7 +90,8 @@ class Chest(ChestLifecycle, MutableMapping[Hashable, Any]):
         changes the value and truncating it crashes the process on access
         (``SIGBUS``), as with ``numpy.memmap``; spillkit never does either
         (files are replaced, never rewritten). A deleted key's disk space is
-        freed only when its mapped value is. POSIX only (elsewhere values are
+        freed only when its mapped value is, and counts in ``disk_bytes``
+        and against ``available_disk`` until then. POSIX only (elsewhere values are
         read). Default: off; :func:`spillkit.dask.spilling` turns it on.
     check_in_place : bool, optional
         Before dropping a resident value for its file (a value loaded or

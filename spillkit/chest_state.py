@@ -88,8 +88,12 @@ class ChestState:
 
     @property
     def disk_bytes(self) -> int:
-        """Bytes of spill files on disk (segment files whole: records deleted but not yet compacted count)."""
-        return self._store.total_bytes
+        """Bytes of spill files on disk (segment files whole: records deleted but not yet compacted count).
+
+        A file deleted while a loaded value still maps it (``map_loads``) counts until that value is freed.
+        """
+        with self._engine.lock:
+            return self._store.recount()
 
     # ---- dask.distributed's manual-eviction protocol ------------------------------
     @property
@@ -106,7 +110,8 @@ class ChestState:
     @property
     def spilled_total(self) -> tuple[int, int]:
         """(memory bytes of the values whose only copy is on disk, bytes on disk)."""
-        return self._engine.spilled_bytes(), self._store.total_bytes
+        with self._engine.lock:
+            return self._engine.spilled_bytes(), self._store.recount()
 
     @property
     def policy(self) -> Policy:

@@ -12,6 +12,7 @@ that the modules the tests inject disk faults into (``spillkit.storage``'s
 
 from __future__ import annotations
 
+import collections
 import itertools
 import os
 from collections.abc import Hashable, Iterator
@@ -73,6 +74,12 @@ class FileIndex:
         # and the ones among them no key owns any more (name -> size), unlinked at the next protect().
         self._protected: set[str] = set()
         self._retained: dict[str, int] = {}
+        # Mapped loads: a file deleted while a loaded value still maps it keeps its disk space until
+        # the value is freed. Maps and unmaps of each inode arrive here from any thread, without the
+        # lock (deque appends are atomic), and are tallied under it (:meth:`_tally_mappings`).
+        self._map_events: collections.deque[tuple[int, int]] = collections.deque()
+        self._mapped: dict[int, int] = {}  # inode -> live mappings
+        self._held: dict[int, int] = {}  # inode of a deleted file still mapped -> its bytes, still on disk
         self._orphans: set[str] = set()  # files of deleted keys that could not be unlinked: retried
 
     def __contains__(self, key: object) -> bool:
@@ -144,9 +151,22 @@ class FileIndex:
             return 0
         return self._sizes[key]
 
+    def _tally_mappings(self) -> None:
+        """Count the maps and unmaps reported since the last call; free what freed values held (lock held)."""
+        events = self._map_events
+        while events:
+            inode, change = events.popleft()  # a map's +1 always comes before its unmap's -1
+            live = self._mapped.get(inode, 0) + change
+            if live:
+                self._mapped[inode] = live
+                continue
+            self._mapped.pop(inode, None)
+            self.total_bytes -= self._held.pop(inode, 0)
+
     def _check_quota(self, key: Hashable, size: int) -> None:
         if self.available_disk is None:
             return
+        # (No tally here: prepare calls this without the lock; commit calls _mapped_inode first.)
         after = self.total_bytes - self._freed_by_replacing(key) + size
         if after > self.available_disk:
             raise DiskQuotaExceeded(

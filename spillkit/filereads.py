@@ -108,15 +108,18 @@ class FileReads(FileIndex):
     def _map(self, pending: OpenRead) -> memoryview | None:
         """Map the record's file and close its descriptor; None, descriptor open, if it must be read."""
         try:
-            if os.fstat(pending.fd).st_size != pending.size:
+            stat = os.fstat(pending.fd)
+            if stat.st_size != pending.size:
                 return None  # a page past the end would fault when touched; the read reports the size
-            mapped = map_file(pending.fd, pending.size)
+            unmapped, events = (stat.st_ino, -1), self._map_events  # the callback keeps the deque, not the store
+            mapped = map_file(pending.fd, pending.size, lambda: events.append(unmapped))
         except OSError:
             return None  # a file system that cannot map files (ENODEV), or no address space left: read
         except BaseException:
             os.close(pending.fd)
             raise
         os.close(pending.fd)  # the mapping holds the file's pages, not the descriptor
+        self._map_events.append((unmapped[0], 1))  # before the view can be freed: the -1 comes after
         return mapped
 
     def _decode(self, pending: OpenRead, data: memoryview) -> Any:

@@ -20,7 +20,8 @@ What a mapped value changes (documented on :class:`~spillkit.chest.Chest`):
   (``SIGBUS``) when the value is read, as with ``numpy.memmap``. spillkit itself never
   writes into a file after its rename (every write goes to a new file);
 * the file's disk space stays taken until the value is freed, even after its key is
-  deleted (the directory entry goes at once).
+  deleted (the directory entry goes at once); the store counts it on disk, and against
+  ``available_disk``, until then (``on_unmap`` tells it).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import ctypes
 import mmap
 import os
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["DEFAULT_MAP_FROM", "map_available", "map_file"]
@@ -61,12 +63,19 @@ def map_available() -> bool:
     return _LIBC is not None
 
 
-def map_file(fd: int, size: int) -> memoryview:
+def _unmap(unmapper: Any, address: int, size: int, on_unmap: Callable[[], object] | None) -> None:
+    unmapper(address, size)
+    if on_unmap is not None:
+        on_unmap()
+
+
+def map_file(fd: int, size: int, on_unmap: Callable[[], object] | None = None) -> memoryview:
     """Map the first ``size`` bytes of ``fd`` private and writable; return a byte view of them.
 
     The caller checks that the file holds at least ``size`` bytes (a page past the end
     of the file faults when touched). The descriptor may be closed at once. The region
-    is unmapped when the returned view and everything built on it are freed.
+    is unmapped when the returned view and everything built on it are freed, and then
+    ``on_unmap()`` is called, in whichever thread frees it (it must not block or raise).
     Thread-safe. Raises ``OSError`` if the kernel refuses the mapping and
     ``RuntimeError`` where mapping is not available (see :func:`map_available`).
     """
@@ -81,7 +90,7 @@ def map_file(fd: int, size: int) -> memoryview:
         raise OSError(error, f"mmap of {size} bytes failed: {os.strerror(error)}")
     try:
         region = (ctypes.c_ubyte * size).from_address(address)
-        unmap = weakref.finalize(region, unmapper, address, size)
+        unmap = weakref.finalize(region, _unmap, unmapper, address, size, on_unmap)
         # At exit, live values may still be read by other exit handlers; the kernel unmaps anyway.
         unmap.atexit = False
     except BaseException:

@@ -205,6 +205,7 @@ class PackedRecords(Compactor):
 
     def _make_room(self, key: Hashable, size: int) -> None:
         """Check the quota against the files really on disk, compacting first if that helps."""
+        self.inner._tally_mappings()  # space held by mapped values freed since
         try:
             self._check_quota(key, size, self._segment_total)
         except DiskQuotaExceeded:

@@ -245,4 +245,10 @@ class PackedStore(PackedRecords):
             self.close()
 
     def _count(self) -> None:
+        self.inner._tally_mappings()  # files deleted while mapped whose values have been freed since
         self.total_bytes = self.inner.total_bytes + self._segment_total
+
+    def recount(self) -> int:
+        """Bring ``total_bytes`` up to date (lock held) and return it."""
+        self._count()
+        return self.total_bytes

@@ -152,15 +152,19 @@ class DiskStore(FileSync):
         reservation released, and the key's previous file is untouched.
         """
         key, name = prepared.key, prepared.name
+        full = os.path.join(self.path, name)
         try:
             self._check_quota(key, prepared.size)
-            os.replace(prepared.temp, os.path.join(self.path, name))
+            replaced = self._mapped_inode(full) if key in self._names else None
+            os.replace(prepared.temp, full)
         except BaseException:
             self.discard(prepared)
             raise
         self.unreserve(name)
         freed = self._freed_by_replacing(key)
         old_name = self._names.get(key)
+        if old_name == name:  # the old file is gone from the directory, but a mapped value may still hold it
+            freed = self._hold(replaced, freed)
         if old_name is not None and old_name != name:  # copy-on-write: the committed file stays
             self._retained[old_name] = self._sizes[key]
             self._owners.pop(old_name.casefold(), None)
@@ -172,6 +176,29 @@ class DiskStore(FileSync):
         self._dirty.add(name)
         self._unsynced.discard(name)  # a new inode under the name: its fsync is a fresh one
         return prepared.size
+
+    def _mapped_inode(self, full: str) -> int | None:
+        """The inode of ``full`` if a loaded value still maps it (its space outlives the name), else None."""
+        self._tally_mappings()
+        if not self._mapped:
+            return None
+        try:
+            inode = os.stat(full).st_ino
+        except OSError:
+            return None
+        return inode if inode in self._mapped else None
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of files already deleted or replaced that loaded values still map (counted in ``total_bytes``)."""
+        return sum(self._held.values())
+
+    def _hold(self, inode: int | None, size: int) -> int:
+        """Keep ``size`` bytes counted until ``inode``'s mappings go; return the bytes freed now."""
+        if inode is None:
+            return size
+        self._held[inode] = self._held.get(inode, 0) + size
+        return 0
 
     def discard(self, prepared: PreparedWrite) -> None:
         """Drop a prepared write: remove its temporary file and release its name."""
@@ -202,9 +229,11 @@ class DiskStore(FileSync):
         if name.casefold() in self._protected:
             self._retained[name] = size  # the committed manifest's file: unlinked at the next protect()
             return
-        self.total_bytes -= size
+        full = os.path.join(self.path, name)
+        freed = self._hold(self._mapped_inode(full), size)  # apart: the tally in it changes total_bytes too
+        self.total_bytes -= freed
         try:
-            os.unlink(os.path.join(self.path, name))
+            os.unlink(full)
         except FileNotFoundError:
             pass
         except OSError as error:  # the key is gone either way; say that a file was left behind
