@@ -64,9 +64,11 @@ def map_available() -> bool:
 
 
 def _unmap(unmapper: Any, address: int, size: int, on_unmap: Callable[[], object] | None) -> None:
-    unmapper(address, size)
+    # Told first: once unmapped, the file's inode may be freed and its number given to a new file,
+    # whose mapping must not be counted before this one's end.
     if on_unmap is not None:
         on_unmap()
+    unmapper(address, size)
 
 
 def map_file(fd: int, size: int, on_unmap: Callable[[], object] | None = None) -> memoryview:
@@ -74,7 +76,7 @@ def map_file(fd: int, size: int, on_unmap: Callable[[], object] | None = None) -
 
     The caller checks that the file holds at least ``size`` bytes (a page past the end
     of the file faults when touched). The descriptor may be closed at once. The region
-    is unmapped when the returned view and everything built on it are freed, and then
+    is unmapped when the returned view and everything built on it are freed, just after
     ``on_unmap()`` is called, in whichever thread frees it (it must not block or raise).
     Thread-safe. Raises ``OSError`` if the kernel refuses the mapping and
     ``RuntimeError`` where mapping is not available (see :func:`map_available`).
