@@ -3,7 +3,9 @@
 :class:`FileSync` is :class:`~spillkit.storage.DiskStore`'s base (above the read
 path): :meth:`~FileSync.sync` makes the files renamed into place durable, and
 :meth:`~FileSync.protect` keeps the files a committed manifest names (copy-on-write
-for crash consistency), unlinking those it no longer names.
+for crash consistency), unlinking those it no longer names. A file unlinked (or
+replaced) while a loaded value maps it stays counted until that value is freed
+(:meth:`~FileSync._hold`): its blocks outlive its name.
 """
 
 from __future__ import annotations
@@ -26,6 +28,30 @@ class FileSync(FileReads):
     a file that cannot be unlinked is warned about and retried at the next
     :meth:`protect`.
     """
+
+    # ---- files a loaded value still maps (map_loads): their blocks outlive their names ----
+    def _mapped_inode(self, full: str) -> int | None:
+        """The inode of ``full`` if a loaded value still maps it (its space outlives the name), else None."""
+        self._tally_mappings()
+        if not self._mapped:
+            return None
+        try:
+            inode = os.stat(full).st_ino
+        except OSError:
+            return None
+        return inode if inode in self._mapped else None
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of files already deleted or replaced that loaded values still map (counted in ``total_bytes``)."""
+        return sum(self._held.values())
+
+    def _hold(self, inode: int | None, size: int) -> int:
+        """Keep ``size`` bytes counted until ``inode``'s mappings go; return the bytes freed now."""
+        if inode is None:
+            return size
+        self._held[inode] = self._held.get(inode, 0) + size
+        return 0
 
     def sync(self) -> None:
         """fsync every file renamed into place since the last sync, then the directory.
@@ -102,9 +128,11 @@ class FileSync(FileReads):
             if name.casefold() in self._protected:
                 continue
             del self._retained[name]
-            self.total_bytes -= size
+            full = os.path.join(self.path, name)
+            freed = self._hold(self._mapped_inode(full), size)  # a loaded value may still map it
+            self.total_bytes -= freed
             try:
-                os.unlink(os.path.join(self.path, name))
+                os.unlink(full)
             except FileNotFoundError:
                 pass
             except OSError as error:

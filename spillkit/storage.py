@@ -177,29 +177,6 @@ class DiskStore(FileSync):
         self._unsynced.discard(name)  # a new inode under the name: its fsync is a fresh one
         return prepared.size
 
-    def _mapped_inode(self, full: str) -> int | None:
-        """The inode of ``full`` if a loaded value still maps it (its space outlives the name), else None."""
-        self._tally_mappings()
-        if not self._mapped:
-            return None
-        try:
-            inode = os.stat(full).st_ino
-        except OSError:
-            return None
-        return inode if inode in self._mapped else None
-
-    @property
-    def held_bytes(self) -> int:
-        """Bytes of files already deleted or replaced that loaded values still map (counted in ``total_bytes``)."""
-        return sum(self._held.values())
-
-    def _hold(self, inode: int | None, size: int) -> int:
-        """Keep ``size`` bytes counted until ``inode``'s mappings go; return the bytes freed now."""
-        if inode is None:
-            return size
-        self._held[inode] = self._held.get(inode, 0) + size
-        return 0
-
     def discard(self, prepared: PreparedWrite) -> None:
         """Drop a prepared write: remove its temporary file and release its name."""
         with contextlib.suppress(OSError):

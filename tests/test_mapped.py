@@ -261,3 +261,22 @@ def test_a_file_a_loaded_value_still_maps_counts_on_disk_until_the_value_is_free
     numpy.testing.assert_array_equal(chest["big"], big)
     numpy.testing.assert_array_equal(chest["b"], array(2))
     chest.drop()
+
+
+def test_a_superseded_file_a_loaded_value_still_maps_counts_until_the_value_is_freed(tmp_path: Path) -> None:
+    # Copy-on-write: after a flush, a key's new file gets a new name and the flushed one is kept
+    # for the manifest until the next flush removes it; if a loaded value maps it, it still counts.
+    chest = spilled_pair(tmp_path, map_loads=True)
+    chest.flush()  # the manifest names "a"'s file: it is protected from now on
+    old = chest._store.file_bytes("a")
+    value = chest["a"]  # mapped
+    chest["a"] = array(3)  # a new value; spilled below to a new file, the flushed one retained
+    chest["c"] = array(4)
+    chest.flush()  # the new manifest no longer names the old file: unlinked now, still mapped
+    files = sum(chest._store.file_bytes(key) for key in chest)
+    assert chest.disk_bytes == files + old  # before: files (the old blocks were forgotten)
+    del value
+    gc.collect()
+    assert chest.disk_bytes == files
+    numpy.testing.assert_array_equal(chest["a"], array(3))
+    chest.close()
