@@ -166,7 +166,7 @@ class FileIndex:
     def _check_quota(self, key: Hashable, size: int) -> None:
         if self.available_disk is None:
             return
-        # (No tally here: prepare calls this without the lock; commit calls _mapped_inode first.)
+        # (No tally here: prepare calls this without the lock; commit tallies first, in _mapped_inode.)
         after = self.total_bytes - self._freed_by_replacing(key) + size
         if after > self.available_disk:
             raise DiskQuotaExceeded(

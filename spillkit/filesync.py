@@ -53,6 +53,11 @@ class FileSync(FileReads):
         self._held[inode] = self._held.get(inode, 0) + size
         return 0
 
+    def _uncount(self, full: str, size: int) -> None:
+        """Stop counting the file ``full``, whose name is about to go, unless a loaded value still maps it."""
+        freed = self._hold(self._mapped_inode(full), size)  # apart: the tally in _mapped_inode changes total_bytes
+        self.total_bytes -= freed
+
     def sync(self) -> None:
         """fsync every file renamed into place since the last sync, then the directory.
 
@@ -129,8 +134,7 @@ class FileSync(FileReads):
                 continue
             del self._retained[name]
             full = os.path.join(self.path, name)
-            freed = self._hold(self._mapped_inode(full), size)  # a loaded value may still map it
-            self.total_bytes -= freed
+            self._uncount(full, size)
             try:
                 os.unlink(full)
             except FileNotFoundError:

@@ -155,16 +155,15 @@ class DiskStore(FileSync):
         full = os.path.join(self.path, name)
         try:
             self._check_quota(key, prepared.size)
-            replaced = self._mapped_inode(full) if key in self._names else None
+            # The key's old file of this name goes now; a loaded value may still map it (then it stays counted).
+            replaced = self._mapped_inode(full) if self._names.get(key) == name else None
             os.replace(prepared.temp, full)
         except BaseException:
             self.discard(prepared)
             raise
         self.unreserve(name)
-        freed = self._freed_by_replacing(key)
+        freed = self._hold(replaced, self._freed_by_replacing(key))
         old_name = self._names.get(key)
-        if old_name == name:  # the old file is gone from the directory, but a mapped value may still hold it
-            freed = self._hold(replaced, freed)
         if old_name is not None and old_name != name:  # copy-on-write: the committed file stays
             self._retained[old_name] = self._sizes[key]
             self._owners.pop(old_name.casefold(), None)
@@ -207,8 +206,7 @@ class DiskStore(FileSync):
             self._retained[name] = size  # the committed manifest's file: unlinked at the next protect()
             return
         full = os.path.join(self.path, name)
-        freed = self._hold(self._mapped_inode(full), size)  # apart: the tally in it changes total_bytes too
-        self.total_bytes -= freed
+        self._uncount(full, size)
         try:
             os.unlink(full)
         except FileNotFoundError:
