@@ -53,10 +53,22 @@ class FileSync(FileReads):
         self._held[inode] = self._held.get(inode, 0) + size
         return 0
 
-    def _uncount(self, full: str, size: int) -> None:
-        """Stop counting the file ``full``, whose name is about to go, unless a loaded value still maps it."""
+    def _drop_file(self, name: str, size: int) -> OSError | None:
+        """Unlink the file ``name``, which no key holds now; return the error that left it on disk, if any.
+
+        Its ``size`` stops counting unless a loaded value still maps it. A file
+        already missing is not an error.
+        """
+        full = os.path.join(self.path, name)
         freed = self._hold(self._mapped_inode(full), size)  # apart: the tally in _mapped_inode changes total_bytes
         self.total_bytes -= freed
+        try:
+            os.unlink(full)
+        except FileNotFoundError:
+            pass
+        except OSError as error:
+            return error
+        return None
 
     def sync(self) -> None:
         """fsync every file renamed into place since the last sync, then the directory.
@@ -133,11 +145,6 @@ class FileSync(FileReads):
             if name.casefold() in self._protected:
                 continue
             del self._retained[name]
-            full = os.path.join(self.path, name)
-            self._uncount(full, size)
-            try:
-                os.unlink(full)
-            except FileNotFoundError:
-                pass
-            except OSError as error:
+            error = self._drop_file(name, size)
+            if error is not None:
                 warnings.warn(f"could not remove the superseded file {name!r}: {error!r}", SpillWarning, stacklevel=3)

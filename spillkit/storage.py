@@ -205,13 +205,8 @@ class DiskStore(FileSync):
         if name.casefold() in self._protected:
             self._retained[name] = size  # the committed manifest's file: unlinked at the next protect()
             return
-        full = os.path.join(self.path, name)
-        self._uncount(full, size)
-        try:
-            os.unlink(full)
-        except FileNotFoundError:
-            pass
-        except OSError as error:  # the key is gone either way; say that a file was left behind
+        error = self._drop_file(name, size)
+        if error is not None:  # the key is gone either way; say that a file was left behind
             self._orphans.add(name)
             warnings.warn(
                 f"could not remove the spill file of {describe_key(key)}: {error!r}", SpillWarning, stacklevel=3

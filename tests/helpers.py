@@ -8,9 +8,32 @@ import os
 import shutil
 from collections.abc import Hashable
 
+import spillkit.chest
+import spillkit.compaction
+import spillkit.filereads
+import spillkit.filesync
+import spillkit.manifest
+import spillkit.reserve
+import spillkit.segfiles
+import spillkit.segments
+import spillkit.storage
 from spillkit import Chest
 from spillkit.policies import Policy
 from spillkit.segfiles import is_segment_name
+
+# Every module that calls ``os`` or ``open`` for spill data: a module missing here is I/O no injected
+# fault reaches (tests/test_resource_faults.py checks that none is missing; tests/test_soak.py uses it too).
+DISK_IO_MODULES = (
+    spillkit.storage,
+    spillkit.filesync,
+    spillkit.filereads,
+    spillkit.manifest,
+    spillkit.chest,
+    spillkit.segments,
+    spillkit.segfiles,
+    spillkit.compaction,
+    spillkit.reserve,
+)
 
 
 class ConstRepr:

@@ -34,14 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import DISK_IO_MODULES
 
-import spillkit.chest
-import spillkit.compaction
 import spillkit.filereads
-import spillkit.filesync
 import spillkit.manifest
-import spillkit.reserve
-import spillkit.segfiles
 import spillkit.segments
 import spillkit.storage
 from spillkit import Chest, DiskQuotaExceeded, PickleCodec, SpillError, SpillWarning
@@ -201,18 +197,7 @@ class _FaultyOS:
     remove = unlink
 
 
-# Every module that calls ``os`` or ``open`` for spill data: a module missing here is I/O no fault reaches.
-MODULES = (
-    spillkit.storage,
-    spillkit.filesync,
-    spillkit.filereads,
-    spillkit.manifest,
-    spillkit.chest,
-    spillkit.segments,
-    spillkit.segfiles,
-    spillkit.compaction,
-    spillkit.reserve,
-)
+MODULES = DISK_IO_MODULES  # every module that does spill I/O (the guard test below checks it)
 OPENERS = (spillkit.storage, spillkit.filereads, spillkit.manifest)  # the modules that call the builtin ``open``
 PACKED = "packed"
 FILES = "files"
