@@ -68,8 +68,10 @@ class ChestLifecycle(ChestState):
         path (the lock is kept while the Chest stays open after a failure).
 
         If the flush fails because of the disk (an ``OSError`` such as a full disk,
-        or ``available_disk``), the Chest stays open with every value and the error
-        says so: free space and close again, or read the values out. If the only
+        or ``available_disk``), or because another thread kept changing a value while
+        it was written (``verify_writes``), the Chest stays open with every value and
+        the error says so: free space (or stop the writer) and close again, or read
+        the values out. If the only
         failures are values that cannot be serialized, retrying cannot help: the
         Chest is closed anyway and the ``SpillError`` names those keys.
         """

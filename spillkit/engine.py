@@ -202,16 +202,23 @@ class SpillEngine(EngineLifecycle):
     # ---- the one loop that makes room ----------------------------------------------
     def _make_room(self, incoming: int) -> None:
         limit = self.budget - incoming
-        while self.memory_bytes > limit:
-            try:
-                key = self.policy.victim_for(self.memory_bytes - limit, self.disk.has_copy)
-            except KeyError:
-                return
-            if not self._spill(key):
-                return
+        try:
+            while self.memory_bytes > limit:
+                try:
+                    key = self.policy.victim_for(self.memory_bytes - limit, self.disk.has_copy)
+                except KeyError:
+                    return
+                if not self._spill(key):
+                    return
+        finally:
+            if self._aside:
+                self._end_round()
 
     def _spill(self, key: Hashable, background: bool = True) -> bool:
-        """Act on one victim; False when the disk failed and the round should stop."""
+        """Act on one victim; False when the disk failed and the round should stop.
+
+        A victim that changed while it was written stays resident, set aside until the round ends.
+        """
         value = self.memory[key]
         nbytes = self._nbytes[key]
         if self._file_holds(key, value):
@@ -223,9 +230,10 @@ class SpillEngine(EngineLifecycle):
         else:
             try:
                 written, seconds = timed_write(self, key, value)
-            except ChangedWhileWritten as error:  # another thread kept changing it: not this put's failure
+            except ChangedWhileWritten as error:  # another thread keeps changing it: not this put's failure
                 self._spill_failed(key, nbytes, error, "changed while it was written; it stays in memory")
-                return False
+                self._set_aside(key)  # the round goes on with the other victims
+                return True
             except SpillError:
                 raise
             except OSError as error:

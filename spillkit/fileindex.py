@@ -2,7 +2,7 @@
 
 :class:`FileIndex` holds a disk store's state and every method that only reads
 or updates it: the key to file-name index, name reservations for writes in
-progress, the quota check, and what the durability bookkeeping reports
+progress, and what the durability bookkeeping reports
 (:meth:`~FileIndex.has_copy`, :meth:`~FileIndex.unsynced_keys`,
 :attr:`~FileIndex.retained`). :class:`~spillkit.storage.DiskStore` inherits it
 and adds everything that opens, writes, renames, fsyncs or unlinks files, so
@@ -12,15 +12,13 @@ that the modules the tests inject disk faults into (``spillkit.storage``'s
 
 from __future__ import annotations
 
-import collections
 import itertools
 import os
 from collections.abc import Hashable, Iterator
 from typing import Any
 
 from .codecs import Codec
-from .errors import DiskQuotaExceeded
-from .keys import describe_key
+from .mapped import FileId
 from .naming import candidate_name
 from .security import process_secret
 
@@ -30,7 +28,7 @@ _FREE: Any = object()
 
 
 class FileIndex:
-    """A disk store's key to file-name index, reservations, quota and durability state (no I/O).
+    """A disk store's key to file-name index, reservations and durability state (no I/O).
 
     Each key maps to one file in ``path``; :meth:`reserve` picks a name that no
     other key owns or reserves (compared casefolded, so names stay injective on
@@ -39,11 +37,9 @@ class FileIndex:
     :meth:`~spillkit.filesync.FileSync.protect` maintain live here too.
 
     Not thread-safe: the engine that owns the store holds the lock, except
-    that ``DiskStore.prepare`` calls :meth:`_check_quota` without it (against
-    a possibly stale total; the commit checks again) and takes temporary names
-    from ``_temp_counter``, whose ``next()`` is atomic. Nothing here touches the
-    disk, so nothing raises ``OSError``: :meth:`_check_quota` raises
-    :class:`~spillkit.errors.DiskQuotaExceeded`, and :meth:`file_bytes`,
+    that ``DiskStore.prepare`` takes temporary names from ``_temp_counter``,
+    whose ``next()`` is atomic. Nothing here touches the disk, so nothing
+    raises ``OSError``: :meth:`file_bytes`,
     :meth:`filename` and :meth:`unreserve` raise ``KeyError`` for a key or name
     they do not hold, changing nothing.
     """
@@ -74,12 +70,9 @@ class FileIndex:
         # and the ones among them no key owns any more (name -> size), unlinked at the next protect().
         self._protected: set[str] = set()
         self._retained: dict[str, int] = {}
-        # Mapped loads: a file deleted while a loaded value still maps it keeps its disk space until
-        # the value is freed. Maps and unmaps of each inode arrive here from any thread, without the
-        # lock (deque appends are atomic), and are tallied under it (:meth:`_tally_mappings`).
-        self._map_events: collections.deque[tuple[int, int]] = collections.deque()
-        self._mapped: dict[int, int] = {}  # inode -> live mappings
-        self._held: dict[int, int] = {}  # inode of a deleted file still mapped -> its bytes, still on disk
+        # Mapped loads: a file deleted or replaced while a loaded value maps it keeps its blocks until the
+        # value is freed (spillkit.mapped counts the mappings): its bytes stay counted here until then.
+        self._held: dict[FileId, int] = {}
         self._orphans: set[str] = set()  # files of deleted keys that could not be unlinked: retried
 
     def __contains__(self, key: object) -> bool:
@@ -143,36 +136,6 @@ class FileIndex:
             self._tags[key] = tag
         self._owners[name.casefold()] = key
         self.total_bytes += size
-
-    def _freed_by_replacing(self, key: Hashable) -> int:
-        # Bytes a new file for the key frees: none when its old file is a committed manifest's.
-        old = self._names.get(key)
-        if old is None or old.casefold() in self._protected:
-            return 0
-        return self._sizes[key]
-
-    def _tally_mappings(self) -> None:
-        """Count the maps and unmaps reported since the last call; free what freed values held (lock held)."""
-        events = self._map_events
-        while events:
-            inode, change = events.popleft()  # a map's +1 always comes before its unmap's -1
-            live = self._mapped.get(inode, 0) + change
-            if live:
-                self._mapped[inode] = live
-                continue
-            self._mapped.pop(inode, None)
-            self.total_bytes -= self._held.pop(inode, 0)
-
-    def _check_quota(self, key: Hashable, size: int) -> None:
-        if self.available_disk is None:
-            return
-        # (No tally here: prepare calls this without the lock; commit tallies first, in _mapped_inode.)
-        after = self.total_bytes - self._freed_by_replacing(key) + size
-        if after > self.available_disk:
-            raise DiskQuotaExceeded(
-                f"storing {describe_key(key)} needs {size} bytes on disk; that would make {after} "
-                f"bytes, over available_disk={self.available_disk}"
-            )
 
     def has_copy(self, key: Hashable) -> bool:
         """True when the key has a file that can stand in for its value (not one :meth:`unsynced_keys` lists)."""

@@ -9,6 +9,7 @@ whether the record is still the key's. :mod:`spillkit.unlocked` drives the three
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import Any
 from .buffers import read_buffer
 from .errors import CorruptSpillFile
 from .fileindex import FileIndex
-from .mapped import map_file
+from .mapped import FileId, map_file, pin_file, unpin_file
 from .spillfile import RecordError, open_record, still_encodes
 
 __all__ = ["FileReads", "OpenRead"]
@@ -33,6 +34,7 @@ class OpenRead:
     size: int
     tag: bytes | None
     fd: int
+    pinned: FileId | None = None  # the file, pinned (spillkit.mapped) for the mapping finish_read makes
 
 
 class FileReads(FileIndex):
@@ -58,8 +60,19 @@ class FileReads(FileIndex):
             fd = os.open(full, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise CorruptSpillFile(key, full, "the file is missing") from None
-        # The size is known from the write (no fstat); a short or grown file shows in finish_read.
-        return OpenRead(key, name, full, self._sizes[key], self._tags.get(key), fd)
+        size = self._sizes[key]
+        pinned = None
+        if self.map_from is not None and size >= self.map_from:
+            # Pinned now, under the lock: a delete between this and the mapping must see it mapped.
+            try:
+                info = os.fstat(fd)
+            except OSError:
+                info = None  # read instead, which reports the failure
+            if info is not None and info.st_size == size:  # a page past the end would fault: read, which reports it
+                pinned = (info.st_dev, info.st_ino)
+                pin_file(pinned)
+        # Otherwise the size is known from the write (no fstat); a short or grown file shows in finish_read.
+        return OpenRead(key, name, full, size, self._tags.get(key), fd, pinned)
 
     def read(self, key: Hashable) -> Any:
         """Load the key's value under the caller's lock; raise CorruptSpillFile if the file is damaged or forged."""
@@ -82,11 +95,11 @@ class FileReads(FileIndex):
         """Read, check and decode an :meth:`open_for_read` record; closes its descriptor. Needs no lock.
 
         A record of at least ``map_from`` bytes is mapped copy-on-write (:mod:`spillkit.mapped`)
-        rather than read, when its file holds exactly the bytes written; any other size takes
-        the read, which reports it.
+        rather than read, when its file holds exactly the bytes written (``open_for_read``
+        pinned it); any other size takes the read, which reports it.
         """
-        if self.map_from is not None and pending.size >= self.map_from:
-            mapped = self._map(pending)
+        if pending.pinned is not None:
+            mapped = self._map(pending, pending.pinned)
             if mapped is not None:
                 return self._decode(pending, mapped)
         try:
@@ -105,21 +118,22 @@ class FileReads(FileIndex):
             raise CorruptSpillFile(pending.key, pending.full, "the file is longer than what was written")
         return self._decode(pending, view[:got])
 
-    def _map(self, pending: OpenRead) -> memoryview | None:
-        """Map the record's file and close its descriptor; None, descriptor open, if it must be read."""
+    def _map(self, pending: OpenRead, pinned: FileId) -> memoryview | None:
+        """Map the record's file and close its descriptor; None, descriptor open, if it must be read.
+
+        The mapping takes over ``pinned``'s pin (undone just before its ``munmap``); with no
+        mapping made, the pin is undone here.
+        """
         try:
-            stat = os.fstat(pending.fd)
-            if stat.st_size != pending.size:
-                return None  # a page past the end would fault when touched; the read reports the size
-            unmapped, events = (stat.st_ino, -1), self._map_events  # the callback keeps the deque, not the store
-            mapped = map_file(pending.fd, pending.size, lambda: events.append(unmapped))
+            mapped = map_file(pending.fd, pending.size, functools.partial(unpin_file, pinned))
         except OSError:
+            unpin_file(pinned)
             return None  # a file system that cannot map files (ENODEV), or no address space left: read
         except BaseException:
+            unpin_file(pinned)
             os.close(pending.fd)
             raise
         os.close(pending.fd)  # the mapping holds the file's pages, not the descriptor
-        self._map_events.append((unmapped[0], 1))  # before the view can be freed: the -1 comes after
         return mapped
 
     def _decode(self, pending: OpenRead, data: memoryview) -> Any:

@@ -5,7 +5,7 @@ path): :meth:`~FileSync.sync` makes the files renamed into place durable, and
 :meth:`~FileSync.protect` keeps the files a committed manifest names (copy-on-write
 for crash consistency), unlinking those it no longer names. A file unlinked (or
 replaced) while a loaded value maps it stays counted until that value is freed
-(:meth:`~FileSync._hold`): its blocks outlive its name.
+(:class:`~spillkit.diskspace.DiskSpace`): its blocks outlive its name.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ import os
 import warnings
 from collections.abc import Iterable
 
+from .diskspace import DiskSpace
 from .errors import SpillWarning
-from .filereads import FileReads
 
 __all__ = ["FileSync"]
 
 
-class FileSync(FileReads):
+class FileSync(DiskSpace):
     """fsync and protection of committed files for :class:`~spillkit.storage.DiskStore`.
 
     Not thread-safe: the engine that owns the store holds its lock. Failures are
@@ -29,30 +29,6 @@ class FileSync(FileReads):
     :meth:`protect`.
     """
 
-    # ---- files a loaded value still maps (map_loads): their blocks outlive their names ----
-    def _mapped_inode(self, full: str) -> int | None:
-        """The inode of ``full`` if a loaded value still maps it (its space outlives the name), else None."""
-        self._tally_mappings()
-        if not self._mapped:
-            return None
-        try:
-            inode = os.stat(full).st_ino
-        except OSError:
-            return None
-        return inode if inode in self._mapped else None
-
-    @property
-    def held_bytes(self) -> int:
-        """Bytes of files already deleted or replaced that loaded values still map (counted in ``total_bytes``)."""
-        return sum(self._held.values())
-
-    def _hold(self, inode: int | None, size: int) -> int:
-        """Keep ``size`` bytes counted until ``inode``'s mappings go; return the bytes freed now."""
-        if inode is None:
-            return size
-        self._held[inode] = self._held.get(inode, 0) + size
-        return 0
-
     def _drop_file(self, name: str, size: int) -> OSError | None:
         """Unlink the file ``name``, which no key holds now; return the error that left it on disk, if any.
 
@@ -60,8 +36,7 @@ class FileSync(FileReads):
         already missing is not an error.
         """
         full = os.path.join(self.path, name)
-        freed = self._hold(self._mapped_inode(full), size)  # apart: the tally in _mapped_inode changes total_bytes
-        self.total_bytes -= freed
+        self.total_bytes -= self._hold(self._mapped_id(full), size)
         try:
             os.unlink(full)
         except FileNotFoundError:
@@ -122,7 +97,8 @@ class FileSync(FileReads):
 
         Called once a manifest is durable: the files the previous manifest needed
         and this one does not (superseded or deleted since) are removed. A file
-        that cannot be removed is warned about; a re-open removes it later. With
+        that cannot be removed is warned about and tried again at the next call
+        (a re-open removes it too). With
         ``add=True`` the names are protected as well, and nothing is removed (for
         the moment before a commit, when either manifest may end up on disk).
         """
@@ -147,4 +123,5 @@ class FileSync(FileReads):
             del self._retained[name]
             error = self._drop_file(name, size)
             if error is not None:
+                self._orphans.add(name)  # tried again at the next protect(), like a deleted key's
                 warnings.warn(f"could not remove the superseded file {name!r}: {error!r}", SpillWarning, stacklevel=3)

@@ -83,6 +83,7 @@ class EngineLedger:
         self._costs: dict[Hashable, float] = {}  # costs given explicitly
         self._objects: dict[int, list[int]] = {}  # id(value) -> [resident keys holding it, nbytes]
         self._unspillable: set[Hashable] = set()  # resident, set aside after a serialization error
+        self._aside: list[Hashable] = []  # victims that changed while written: out of the policy for one round
         self._spilled_nbytes = 0  # memory size of the keys whose only copy is on disk
         self._refs = LiveObjects()  # spilled values that may still be alive elsewhere
         self._writer: WriteBehind | None = None  # the engine sets it when write-behind is on
@@ -149,6 +150,18 @@ class EngineLedger:
         warnings.warn(f"value for key {describe_key(key)} {what}: {error!r}", SpillWarning, stacklevel=5)
         if self.listeners:
             self._emit(SPILL_ERROR, key, nbytes, detail=type(error).__name__)
+
+    def _set_aside(self, key: Hashable) -> None:
+        # A victim another thread keeps changing: the round goes on with the others, not with it again.
+        self.policy.removed(key)
+        self._aside.append(key)
+
+    def _end_round(self) -> None:
+        # The victims set aside this round are offered to the policy again (if still resident).
+        aside, self._aside = self._aside, []
+        for key in aside:
+            if key in self.memory and key not in self._unspillable:
+                self.policy.admitted(key, self._nbytes[key], self._cost(key, self._nbytes[key]))
 
     # ---- bookkeeping ---------------------------------------------------------------
     def set_cost(self, key: Hashable, cost: float) -> None:

@@ -48,17 +48,21 @@ class EngineLifecycle(EngineLedger):
         """Spill values until one frees memory; return bytes freed, or -1. Never raises."""
         with self.lock:
             before = self.memory_bytes
-            while True:
-                try:
-                    # victim(), not victim_for: the caller (a worker over its memory target) does not know
-                    # how many bytes it needs, and a size-weighing policy told "1 byte" would pick the smallest.
-                    key = self.policy.victim()
-                    if not self._spill(key, background=False):  # the caller wants the bytes freed now
+            try:
+                while True:
+                    try:
+                        # victim(), not victim_for: the caller (a worker over its memory target) does not know
+                        # how many bytes it needs, and a size-weighing policy told "1 byte" would pick the smallest.
+                        key = self.policy.victim()
+                        if not self._spill(key, background=False):  # the caller wants the bytes freed now
+                            return -1
+                    except Exception:
                         return -1
-                except Exception:
-                    return -1
-                if self.memory_bytes < before:
-                    return before - self.memory_bytes
+                    if self.memory_bytes < before:
+                        return before - self.memory_bytes
+            finally:
+                if self._aside:
+                    self._end_round()
 
     def restore(self, key: Hashable, nbytes: int, cost: float | None) -> None:
         """Register a key whose value is already on disk (re-opening a directory)."""

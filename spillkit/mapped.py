@@ -21,19 +21,37 @@ What a mapped value changes (documented on :class:`~spillkit.chest.Chest`):
   writes into a file after its rename (every write goes to a new file);
 * the file's disk space stays taken until the value is freed, even after its key is
   deleted (the directory entry goes at once); the store counts it on disk, and against
-  ``available_disk``, until then (``on_unmap`` tells it).
+  ``available_disk``, until then.
+
+How a store knows: every mapping it makes is *pinned* here (:func:`pin_file`, under the
+store's lock, before the mapping exists) and unpinned just before its ``munmap``. The
+pins are the process's, not one store's, so a Chest reopened on a directory still sees
+the mappings of values loaded through the Chest closed before it.
 """
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import mmap
 import os
+import threading
 import weakref
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["DEFAULT_MAP_FROM", "map_available", "map_file"]
+__all__ = [
+    "DEFAULT_MAP_FROM",
+    "FileId",
+    "any_mapped",
+    "is_mapped",
+    "map_available",
+    "map_file",
+    "pin_file",
+    "unpin_file",
+]
+
+FileId = tuple[int, int]  # (st_dev, st_ino): a file, whatever its name, while it exists
 
 DEFAULT_MAP_FROM = 1 << 20  # a round figure, not a measured crossover: below it a load saves little
 
@@ -99,3 +117,58 @@ def map_file(fd: int, size: int, on_unmap: Callable[[], object] | None = None) -
         unmapper(address, size)
         raise
     return memoryview(region).cast("B")
+
+
+# ---- which files this process maps ---------------------------------------------------------------
+# Pins are counted under _pins_lock by pin_file and the queries. Unpins come from the finalizers of
+# freed values, in any thread and at any allocation (the cyclic GC), even one made while that thread
+# holds _pins_lock: so they only append to a deque (atomic, lock-free) that the next pin or query
+# drains. A mapping's pin is counted before the mapping exists, so its unpin always finds it.
+_pins_lock = threading.Lock()
+_pins: dict[FileId, int] = {}
+_unpinned: collections.deque[FileId] = collections.deque()
+
+
+def _drain() -> None:  # _pins_lock held
+    while _unpinned:
+        file_id = _unpinned.popleft()
+        left = _pins[file_id] - 1
+        if left:
+            _pins[file_id] = left
+        else:
+            del _pins[file_id]
+
+
+def pin_file(file_id: FileId) -> None:
+    """Count a mapping of ``file_id`` about to be made; :func:`unpin_file` undoes it. Thread-safe."""
+    with _pins_lock:
+        _drain()
+        _pins[file_id] = _pins.get(file_id, 0) + 1
+
+
+def unpin_file(file_id: FileId) -> None:
+    """Undo one :func:`pin_file` of ``file_id`` (its mapping is about to go, or was never made). Never blocks."""
+    _unpinned.append(file_id)
+
+
+def is_mapped(file_id: FileId) -> bool:
+    """True while some mapping of ``file_id`` is pinned in this process. Thread-safe."""
+    with _pins_lock:
+        _drain()
+        return file_id in _pins
+
+
+def any_mapped() -> bool:
+    """True while any mapping is pinned in this process (lets a store skip a ``stat``). Thread-safe."""
+    with _pins_lock:
+        _drain()
+        return bool(_pins)
+
+
+def _after_fork_in_child() -> None:
+    global _pins_lock
+    _pins_lock = threading.Lock()  # another thread of the parent may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

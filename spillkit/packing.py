@@ -192,11 +192,8 @@ class PackedRecords(Compactor):
     def _check_quota(self, key: Hashable, size: int, on_disk: int) -> None:
         if self.available_disk is None:
             return
-        try:  # a file of the key is replaced or removed by this write (unless a manifest keeps it)
-            replaced = self.inner._freed_by_replacing(key)
-        except KeyError:  # deleted meanwhile (prepare runs without the lock)
-            replaced = 0
-        after = self.inner.total_bytes + on_disk - replaced + size
+        # A file of the key is replaced or removed by this write (unless a manifest keeps it or a value maps it).
+        after = self.inner.space_in_use() + on_disk - self.inner._freed_by_replacing(key) + size
         if after > self.available_disk:
             raise DiskQuotaExceeded(
                 f"storing {describe_key(key)} needs {size} bytes on disk; that would make {after} "
@@ -205,7 +202,7 @@ class PackedRecords(Compactor):
 
     def _make_room(self, key: Hashable, size: int) -> None:
         """Check the quota against the files really on disk, compacting first if that helps."""
-        self.inner._tally_mappings()  # space held by mapped values freed since
+        self.inner.release_unmapped()  # space that values freed since have given back
         try:
             self._check_quota(key, size, self._segment_total)
         except DiskQuotaExceeded:

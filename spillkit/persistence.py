@@ -29,7 +29,7 @@ import warnings
 from collections.abc import Hashable
 from typing import TYPE_CHECKING
 
-from .errors import DiskQuotaExceeded, SpillError, SpillWarning
+from .errors import ChangedWhileWritten, DiskQuotaExceeded, SpillError, SpillWarning
 from .keys import describe_key
 from .manifest import ManifestEntry, is_plain, pickle_key, read_manifest, remove_leftovers, write_manifest
 from .reserve import keep
@@ -222,7 +222,7 @@ def close(chest: Chest) -> None:
         error.add_note(still_open)
         raise
     except SpillError as error:
-        if any(isinstance(e, (OSError, DiskQuotaExceeded)) for _, e in chest._flush_failures):
+        if any(isinstance(e, (OSError, DiskQuotaExceeded, ChangedWhileWritten)) for _, e in chest._flush_failures):
             error.add_note(still_open)
             raise
         chest._shut()  # only values that can never be written failed: the error names them

@@ -245,7 +245,7 @@ class PackedStore(PackedRecords):
             self.close()
 
     def _count(self) -> None:
-        self.inner._tally_mappings()  # files deleted while mapped whose values have been freed since
+        self.inner.release_unmapped()  # files deleted while mapped whose values have been freed since
         self.total_bytes = self.inner.total_bytes + self._segment_total
 
     def recount(self) -> int:

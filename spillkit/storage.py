@@ -154,15 +154,17 @@ class DiskStore(FileSync):
         key, name = prepared.key, prepared.name
         full = os.path.join(self.path, name)
         try:
+            self.release_unmapped()  # space that values freed since have given back
             self._check_quota(key, prepared.size)
+            old = self._replaced_file(key)
             # The key's old file of this name goes now; a loaded value may still map it (then it stays counted).
-            replaced = self._mapped_inode(full) if self._names.get(key) == name else None
+            mapped = self._mapped_id(full) if old is not None and old[0] == name else None
             os.replace(prepared.temp, full)
         except BaseException:
             self.discard(prepared)
             raise
         self.unreserve(name)
-        freed = self._hold(replaced, self._freed_by_replacing(key))
+        freed = 0 if old is None else self._hold(mapped, old[1])
         old_name = self._names.get(key)
         if old_name is not None and old_name != name:  # copy-on-write: the committed file stays
             self._retained[old_name] = self._sizes[key]

@@ -135,7 +135,7 @@ class WriteBehind:
         if not writer.is_current(pending):  # overwritten or deleted meanwhile: drop it
             if prepared is not None:
                 staged.discard(prepared)
-            elif error is None:
+            else:  # the write failed, or made nothing: its name is still reserved either way
                 staged.unreserve(pending.name)
             return
         del writer.pending[pending.key]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from helpers import flip_last_byte
 
-from spillkit import Chest, CorruptSpillFile, DiskQuotaExceeded
+from spillkit import Chest, CorruptSpillFile
 from spillkit.mapped import map_file
 
 numpy = pytest.importorskip("numpy")
@@ -230,53 +230,3 @@ def test_distributed_worker_storage_maps_loads_unless_told_not_to(tmp_path: Path
         assert (chest._store.filename("a") in mapped_files()) is expect_mapped
         numpy.testing.assert_array_equal(value, array(1))
         chest.drop()
-
-
-@pytest.mark.parametrize(("how", "quota"), [("deleted", "7 MiB"), ("replaced", "9 MiB")])
-def test_a_file_a_loaded_value_still_maps_counts_on_disk_until_the_value_is_freed(
-    tmp_path: Path, how: str, quota: str
-) -> None:
-    # Unlinking (or renaming over) a mapped file removes its name, not its blocks: the kernel frees
-    # them with the last mapping. Until then the Chest counts them in disk_bytes and against the quota.
-    chest = spilled_pair(tmp_path, map_loads=True, available_disk=quota)
-    old = chest._store.file_bytes("a")
-    value = chest["a"]  # mapped copy-on-write; "b" is spilled to make room
-    assert chest._store.filename("a") in mapped_files()
-    if how == "deleted":
-        del chest["a"]
-    else:
-        value[0] = -1.0  # changed in place: its next eviction writes a new file over the old one
-        chest["c"] = array(3)  # makes room: "a" is written again, its new file renamed over the mapped one
-        assert "a" not in chest.inmem
-    files = sum(chest._store.file_bytes(key) for key in chest if key not in chest.inmem)
-    assert chest.disk_bytes == files + old  # before the fix: files (the old blocks were forgotten)
-    big = array(4, 3 * MIB + MIB // 2)  # larger than memory: straight to disk; fits once they are freed
-    with pytest.raises(DiskQuotaExceeded):
-        chest["big"] = big
-    assert value[1] == array(1)[1]  # the mapped value was intact all along
-    del value
-    gc.collect()  # unmapped: the blocks are free now
-    assert chest.disk_bytes == files
-    chest["big"] = big
-    numpy.testing.assert_array_equal(chest["big"], big)
-    numpy.testing.assert_array_equal(chest["b"], array(2))
-    chest.drop()
-
-
-def test_a_superseded_file_a_loaded_value_still_maps_counts_until_the_value_is_freed(tmp_path: Path) -> None:
-    # Copy-on-write: after a flush, a key's new file gets a new name and the flushed one is kept
-    # for the manifest until the next flush removes it; if a loaded value maps it, it still counts.
-    chest = spilled_pair(tmp_path, map_loads=True)
-    chest.flush()  # the manifest names "a"'s file: it is protected from now on
-    old = chest._store.file_bytes("a")
-    value = chest["a"]  # mapped
-    chest["a"] = array(3)  # a new value; spilled below to a new file, the flushed one retained
-    chest["c"] = array(4)
-    chest.flush()  # the new manifest no longer names the old file: unlinked now, still mapped
-    files = sum(chest._store.file_bytes(key) for key in chest)
-    assert chest.disk_bytes == files + old  # before: files (the old blocks were forgotten)
-    del value
-    gc.collect()
-    assert chest.disk_bytes == files
-    numpy.testing.assert_array_equal(chest["a"], array(3))
-    chest.close()

@@ -22,6 +22,7 @@ from conftest import assert_accounting
 from helpers import abandon
 
 import spillkit.packing
+import spillkit.policies
 import spillkit.storage
 from spillkit import Chest, CorruptSpillFile, PickleCodec, SpillWarning
 from spillkit.dirlock import LOCK_NAME
@@ -441,3 +442,99 @@ def test_values_changed_by_another_thread_during_background_writes_are_never_tor
         loaded = chest[key]
         assert loaded[-1] <= loaded[0] <= loaded[-1] + 1 and np.all(np.diff(loaded) <= 0), key
     chest.drop()
+
+
+def test_a_background_write_that_fails_for_a_key_deleted_meanwhile_releases_its_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chest = Chest(path=tmp_path / "c", available_memory=UNIT, sizeof=unit_sizeof, pack_threshold=0, write_behind=True)
+    owned = np.zeros(2**14)
+    inside, deleted = threading.Event(), threading.Event()
+    real = spillkit.storage._write_all
+
+    def change_every_time(fd: int, frames: list[Any]) -> None:
+        if not inside.is_set():
+            inside.set()
+            assert deleted.wait(10)  # the key is deleted while its write runs
+        owned[:] += 1.0  # changed during every attempt: the write gives up (ChangedWhileWritten)
+        real(fd, frames)
+
+    monkeypatch.setattr(spillkit.storage, "_write_all", change_every_time)
+    chest["a"] = owned
+    chest["filler"] = np.ones(1)  # over the budget: "a" goes to the writer
+    assert inside.wait(10)
+    del chest["a"]
+    deleted.set()
+    chest.wait_for_writes()
+    monkeypatch.undo()
+    assert chest._store.inner._reserved == {}  # before: "a"'s name stayed reserved for good
+    assert not [p for p in os.listdir(chest.path) if p.startswith(".tmp-")]
+    assert "a" not in chest and chest["filler"][0] == 1.0
+    chest.drop()
+
+
+@pytest.mark.parametrize("policy", spillkit.policies.policy_names())
+def test_a_victim_that_keeps_changing_is_passed_over_and_the_others_spill(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy: str
+) -> None:
+    # Synchronous spills with verify_writes=True: the value another thread keeps changing stays in memory,
+    # and the put that tried goes on spilling other values (before: it stopped, and memory grew per put).
+    chest = Chest(
+        path=tmp_path / "c",
+        available_memory=4 * UNIT,
+        sizeof=unit_sizeof,
+        pack_threshold=0,
+        verify_writes=True,
+        policy=policy,
+    )
+    hot = np.zeros(2**14)
+    real = spillkit.storage._write_all
+
+    def hot_changes_during_its_writes(fd: int, frames: list[Any]) -> None:
+        hot[:] += 1.0  # a write of "hot" sees it change; a write of another value is unaffected
+        real(fd, frames)
+
+    monkeypatch.setattr(spillkit.storage, "_write_all", hot_changes_during_its_writes)
+    expected = {f"k{i}": np.full(8, float(i)) for i in range(8)}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        chest["hot"] = hot
+        for key, value in expected.items():
+            chest[key] = value
+            assert len(chest.inmem) <= 4  # the budget: four values
+    monkeypatch.undo()
+    assert chest.stats.spills >= len(expected) + 1 - 4
+    assert all("changed while it was written" in str(w.message) for w in caught)
+    assert chest["hot"] is hot
+    for key, value in expected.items():
+        np.testing.assert_array_equal(chest[key], value)
+    chest.drop()
+
+
+def test_close_keeps_the_chest_open_while_a_value_keeps_changing_during_its_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another thread changing a value while close() writes it is not a value that can never be written:
+    # the Chest stays open with every value (before: it was shut, and the value lost at the next open).
+    path = tmp_path / "c"
+    chest = Chest(path=path, available_memory=10 * UNIT, sizeof=unit_sizeof, pack_threshold=0, verify_writes=True)
+    owned = np.zeros(2**14)
+    chest["a"], chest["b"] = owned, np.ones(4)
+    real = spillkit.storage._write_all
+
+    def change_every_time(fd: int, frames: list[Any]) -> None:
+        owned[:] += 1.0
+        real(fd, frames)
+
+    monkeypatch.setattr(spillkit.storage, "_write_all", change_every_time)
+    with pytest.raises(spillkit.SpillError, match=r"could not write 1 value.*changed while it was written") as raised:
+        chest.close()
+    monkeypatch.undo()
+    assert any("still open" in note for note in getattr(raised.value, "__notes__", []))
+    assert not chest.closed and chest["a"] is owned
+    chest.close()  # the writer stopped: the value is written whole this time
+    again = Chest(path=path, available_memory=10 * UNIT, sizeof=unit_sizeof)
+    assert sorted(again) == ["a", "b"]
+    np.testing.assert_array_equal(again["a"], owned)
+    np.testing.assert_array_equal(again["b"], np.ones(4))
+    again.close()
