@@ -651,3 +651,25 @@ def test_a_spill_file_that_could_not_be_removed_is_removed_at_the_next_reopen(
     assert all(again[key] == value for key, value in expected.items())
     again.close()
     assert sorted(p.name for p in path.iterdir() if not p.name.startswith(".")) == sorted(expected)
+
+
+def test_a_superseded_file_that_could_not_be_removed_is_removed_at_the_next_flush(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "chest"
+    chest = Chest(path=path, available_memory=150, sizeof=lambda v: 100, pack_threshold=0)
+    chest["k0"], chest["k1"] = b"old" * 20, b"one" * 20  # "k0" spilled
+    chest.flush()  # the manifest names "k0"'s file: from now on it is kept until a flush no longer needs it
+    old = chest._store.filename("k0")
+    chest["k0"] = b"new" * 20
+    chest["k1"] = b"one again" * 5  # "k0" spills again, to a new file (copy-on-write)
+    assert chest._store.filename("k0") != old and os.path.exists(old)
+    monkeypatch.setattr(spillkit.filesync, "os", UnlinkFailsOnce())
+    with pytest.warns(SpillWarning, match="could not remove the superseded file"):
+        chest.flush()
+    monkeypatch.undo()
+    assert os.path.exists(old)
+    chest.flush()  # before: left until the directory was opened again
+    assert not os.path.exists(old)
+    assert chest["k0"] == b"new" * 20
+    chest.close()
