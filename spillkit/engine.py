@@ -26,7 +26,9 @@ class SpillEngine(EngineLifecycle):
     ``policy.evicted``. A value that cannot be serialized is set aside (kept in
     memory, counted, warned about, no longer offered) so it never blocks the
     others; a disk error stops the current round and the value stays in
-    memory, so memory may exceed the budget until writes work again. A value
+    memory, so memory may exceed the budget until writes work again; a value
+    that changed while it was written stays too, passed over until the round
+    ends. A value
     loaded from disk keeps its file while unchanged, so spilling it again
     writes nothing. A spilled value that is still alive elsewhere in the
     process (a weak reference finds it) is handed back instead of a copy from
