@@ -57,7 +57,8 @@ class FileReads(FileIndex):
         name = self._names[key]
         full = os.path.join(self.path, name)
         try:
-            fd = os.open(full, os.O_RDONLY | os.O_CLOEXEC)
+            # O_NONBLOCK: a FIFO planted under the name reads as a short file instead of blocking the lock forever
+            fd = os.open(full, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0))
         except FileNotFoundError:
             raise CorruptSpillFile(key, full, "the file is missing") from None
         size = self._sizes[key]

@@ -14,6 +14,7 @@ import contextlib
 import hmac
 import os
 import pickle
+import secrets
 import struct
 import warnings
 import zlib
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 import cloudpickle
 
 from .errors import SpillError, SpillWarning
+from .regularfile import SAFE_OPEN, ensure_regular
 from .security import KEY_FILE_NAME, sign
 from .storage import is_spill_file
 
@@ -155,8 +157,9 @@ def write_manifest(path: str, entries: list[ManifestEntry], secret: bytes, *, sy
         else:
             pickled.append((e.key_blob, *row))
     body = pickle.dumps((inline, pickled), protocol=5)  # builtins only: any process loads it
-    temp = os.path.join(path, f"{MANIFEST_NAME}.tmp-{os.getpid()}")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # A new name, made here (O_EXCL): nothing planted under a guessable one is written through.
+    temp = os.path.join(path, f"{MANIFEST_NAME}.tmp-{os.getpid()}-{secrets.token_hex(8)}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | SAFE_OPEN, 0o600)
     try:
         try:
             data = _HEADER.pack(_MAGIC, len(body), zlib.crc32(body), sign(secret, body)) + body
@@ -181,10 +184,16 @@ def read_manifest(path: str, secret: bytes) -> list[ManifestEntry] | None:
     """Return the manifest's entries, ``None`` when there is none; raise on damage or forgery."""
     full = os.path.join(path, MANIFEST_NAME)
     try:
-        with open(full, "rb") as file:
-            data = file.read()
+        fd = ensure_regular(os.open(full, os.O_RDONLY | SAFE_OPEN), full)  # a planted FIFO must not block the reopen
     except FileNotFoundError:
         return None
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
     if len(data) < _HEADER.size:
         raise SpillError(f"manifest {full!r} is truncated")
     magic, length, crc, tag = _HEADER.unpack_from(data, 0)

@@ -189,12 +189,21 @@ def reopen(chest: Chest) -> None:
     # starts with a dot and is no segment's: it stays, for the next flush (see spillkit.reserve).
     remove_leftovers(chest._path, {entry.name for entry in entries if entry.segment is None})
     adopted = []
+    foreign = set()  # segment names taken by no file of ours: left alone, not removed as leftovers
     for entry in entries:
         try:
             chest._store.adopt(entry.key, entry.name, entry.file_bytes, entry.tag, entry.segment, entry.offset)
-        except FileNotFoundError:
+        except OSError as error:
+            # Missing, or replaced by no file of ours (a FIFO, a link, a directory): that key (or the
+            # segment's keys) is lost, not the directory. Any other error (permissions, the disk, no
+            # descriptors left) may pass: raised, with nothing removed and the manifest as it was.
+            if not isinstance(error, FileNotFoundError) and error.errno not in (errno.EINVAL, errno.ELOOP):
+                raise
+            what = "is missing" if isinstance(error, FileNotFoundError) else f"is no regular file ({error!r})"
+            if entry.segment is not None and not isinstance(error, FileNotFoundError):
+                foreign.add(entry.segment)
             warnings.warn(  # stacklevel: this function, setup_chest, Chest.__init__, then the caller
-                f"spill file for key {describe_key(entry.key)} is missing; the key is skipped",
+                f"spill file for key {describe_key(entry.key)} {what}; the key is skipped",
                 SpillWarning,
                 stacklevel=4,
             )
@@ -202,7 +211,7 @@ def reopen(chest: Chest) -> None:
         chest._engine.restore(entry.key, entry.nbytes, entry.cost)
         adopted.append(entry.name)
     chest._store.protect(adopted)
-    chest._store.remove_unreferenced()  # segments a crash left after the last flush
+    chest._store.remove_unreferenced(keep=foreign)  # segments a crash left after the last flush
 
 
 def close(chest: Chest) -> None:

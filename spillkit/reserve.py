@@ -37,6 +37,7 @@ import os
 import warnings
 
 from .errors import SpillWarning
+from .regularfile import SAFE_OPEN, ensure_regular
 from .stats import Stats
 
 __all__ = ["MIN_RESERVE_BYTES", "RESERVE_NAME", "Reserve", "keep", "planned_size"]
@@ -81,7 +82,8 @@ class Reserve:
         if self.allocated is not None and self.target <= self.allocated <= 2 * self.target:
             return
         self.allocated = None
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        # A planted FIFO must not block the flush, nor a link send the zeros elsewhere.
+        fd = ensure_regular(os.open(self.path, os.O_WRONLY | os.O_CREAT | SAFE_OPEN, 0o600), self.path)
         try:
             info = os.fstat(fd)
             have = min(info.st_size, info.st_blocks * 512)  # a sparse file holds no room

@@ -14,6 +14,8 @@ import re
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
+from .regularfile import SAFE_OPEN, ensure_regular
+
 __all__ = ["SEGMENT_PREFIX", "Segment", "append", "create_segment", "is_segment_name", "open_segment", "read_at"]
 
 SEGMENT_PREFIX = ".spillkit-seg-"  # hidden: a key's file name never starts with a dot (naming.is_reserved)
@@ -102,8 +104,13 @@ def create_segment(path: str, number: int) -> tuple[Segment, int]:
 
 
 def open_segment(path: str, name: str) -> Segment:
-    """Open an existing segment for reading (re-opening a directory); FileNotFoundError if it is gone."""
-    fd = os.open(os.path.join(path, name), os.O_RDONLY)
+    """Open an existing segment for reading (re-opening a directory).
+
+    FileNotFoundError if it is gone, another ``OSError`` if it cannot be opened or is no
+    regular file (see :mod:`spillkit.regularfile`).
+    """
+    full = os.path.join(path, name)
+    fd = ensure_regular(os.open(full, os.O_RDONLY | SAFE_OPEN), full)  # a planted FIFO must not block the reopen
     try:
         size = os.fstat(fd).st_size
     except BaseException:
@@ -142,4 +149,16 @@ def append(segment: Segment, data: bytes) -> int:
 
 def read_at(segment: Segment, offset: int, length: int) -> bytes:
     """Read ``length`` bytes at ``offset``; fewer only when the file was cut short."""
-    return os.pread(segment.fd, length, offset)
+    data = os.pread(segment.fd, length, offset)
+    if len(data) == length or not data:
+        return data
+    # Linux returns at most 0x7ffff000 bytes per call: a record of 2 GiB or more takes several.
+    parts = [data]
+    got = len(data)
+    while got < length:
+        part = os.pread(segment.fd, length - got, offset + got)
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)

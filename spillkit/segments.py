@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Set
 
 from .codecs import Codec
 from .compaction import Place
@@ -119,14 +119,16 @@ class PackedStore(PackedRecords):
             self._place(key, Place(found, offset, size, tag, name))
         self._count()
 
-    def remove_unreferenced(self) -> list[str]:
+    def remove_unreferenced(self, keep: Set[str] = frozenset()) -> list[str]:
         """Unlink segment files no adopted record points into (left by a crash after the last flush).
 
-        Call once, after adopting a manifest. Returns the names removed.
+        Call once, after adopting a manifest. The names in ``keep`` stay (names the
+        manifest gives segments, taken by something that is no file of ours). Returns
+        the names removed.
         """
         removed = []
         for name in os.listdir(self.path):
-            if is_segment_name(name) and name not in self._segments:
+            if is_segment_name(name) and name not in self._segments and name not in keep:
                 try:
                     os.unlink(os.path.join(self.path, name))
                 except FileNotFoundError:

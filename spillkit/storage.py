@@ -19,6 +19,7 @@ from .errors import ChangedWhileWritten, SpillWarning
 from .filereads import OpenRead
 from .filesync import FileSync
 from .keys import describe_key
+from .regularfile import SAFE_OPEN, ensure_regular
 from .spillfile import HEADER_SIZE, body_crc, claimed_crc, encode_header, names_record
 
 __all__ = ["DiskStore", "OpenRead", "PreparedWrite", "is_spill_file"]
@@ -40,10 +41,19 @@ class PreparedWrite:
 def is_spill_file(full: str, name: str) -> bool:
     """True when ``full`` starts like a spill file written under ``name`` (used to clean up after a crash)."""
     try:
-        with open(full, "rb") as file:
-            head = file.read(HEADER_SIZE + len(name.encode("utf-8")))
+        length = HEADER_SIZE + len(name.encode("utf-8"))
+    except UnicodeEncodeError:  # a name os.listdir could only surrogate-escape: no spill file's (they are ASCII)
+        return False
+    try:
+        fd = ensure_regular(os.open(full, os.O_RDONLY | SAFE_OPEN), full)
     except OSError:
         return False
+    try:
+        head = os.pread(fd, length, 0)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
     return names_record(head, name)
 
 

@@ -69,7 +69,7 @@ class DiskFault:
     ``op`` is one of: ``create`` (os.open with O_CREAT), ``write`` (os.write/writev/pwrite),
     ``fsync``, ``replace`` (os.replace/rename), ``open`` (opening a file, not a directory, to
     read: ``open`` or os.open with O_RDONLY), ``read`` (readinto/read on a file opened to read,
-    os.pread), ``unlink``, ``allocate`` (os.posix_fallocate, which the reserve file uses).
+    os.pread, os.read), ``unlink``, ``allocate`` (os.posix_fallocate, which the reserve file uses).
     """
 
     def __init__(self, op: str, code: int, nth: int = 1) -> None:
@@ -154,6 +154,10 @@ class _FaultyOS:
     def pread(self, fd: int, length: int, offset: int) -> bytes:
         self._fault.check("read")
         return os.pread(fd, length, offset)
+
+    def read(self, fd: int, length: int) -> bytes:
+        self._fault.check("read")
+        return os.read(fd, length)
 
     def writev(self, fd: int, buffers: Any) -> int:
         self._fail_after_half_a_write(fd, bytes(memoryview(buffers[0]).cast("B")) if buffers else b"")
@@ -273,7 +277,8 @@ def test_every_module_that_calls_os_is_under_the_fault_injector() -> None:
     doing_io = set()
     for source in root.glob("*.py"):
         text = source.read_text()
-        if any(f"os.{call}(" in text for call in ("open", "pwrite", "pread", "write", "writev", "fsync", "unlink")):
+        calls = ("open", "pwrite", "pread", "read", "write", "writev", "fsync", "unlink")
+        if any(f"os.{call}(" in text for call in calls):
             doing_io.add(source.stem)
     covered = {module.__name__.rpartition(".")[2] for module in MODULES}
     # the key file, temporary directories and the lock file (tests/test_dir_lock.py), not spill data

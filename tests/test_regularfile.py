@@ -1,0 +1,172 @@
+"""Things planted in a Chest's directory (:mod:`spillkit.regularfile`), and records too large for one read.
+
+Whoever can write into the directory may replace a name with a FIFO (whose open would block
+forever, with the engine's lock held), a symbolic link (which would point a write outside), or a
+file whose name is no UTF-8. Each costs only the keys it stands for: never a hang, never a write
+outside, never the whole directory.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import spillkit.segfiles
+from spillkit import Chest, CorruptSpillFile, SpillWarning
+from spillkit.manifest import MANIFEST_NAME
+from spillkit.reserve import RESERVE_NAME
+from spillkit.segfiles import is_segment_name
+
+pytestmark = [
+    pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs and O_NOFOLLOW are POSIX"),
+    pytest.mark.timeout(120),  # before the fixes these hung in open(): fail instead of stalling the suite
+]
+
+VALUES = {f"k{i}": bytes([i]) * 3000 for i in range(12)}
+KEPT = {"k0", "k1"}  # with 16 KiB segments, the first holds k0-k5: mostly dead, a flush compacts it
+
+
+def packed_chest(path: Path, segment_bytes: int = 8 * 1024) -> Chest:
+    """Twelve packed values in several segment files, flushed; closed by the caller."""
+    chest = Chest(path=path, available_memory=0)  # every value spilled, packed (below pack_threshold)
+    chest._store.segment_bytes = segment_bytes  # a few records per segment (there is no setting for it)
+    chest.update(VALUES)
+    chest.flush()
+    return chest
+
+
+def test_a_fifo_planted_under_a_segments_name_costs_only_its_keys(tmp_path: Path) -> None:
+    path = tmp_path / "c"
+    chest = packed_chest(path)
+    lost = {key for key in VALUES if chest._store.location(key)[0] == chest._store.location("k0")[0]}
+    segment = Path(chest._store.filename("k0"))
+    chest.close()
+    segment.unlink()
+    os.mkfifo(segment)
+    with pytest.warns(SpillWarning, match="is no regular file") as caught:
+        again = Chest(path=path, available_memory=0)  # before: blocked forever in open()
+    assert len(caught) == len(lost)
+    assert set(again) == VALUES.keys() - lost
+    assert all(again[key] == VALUES[key] for key in again)
+    assert segment.exists()  # not ours: left alone, not removed as a leftover segment
+    again.close()
+
+
+def test_a_symlink_planted_under_a_segments_name_is_not_followed(tmp_path: Path) -> None:
+    path = tmp_path / "c"
+    chest = packed_chest(path)
+    segment = Path(chest._store.filename("k0"))
+    chest.close()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_bytes(segment.read_bytes())  # the same bytes: only the link is wrong
+    segment.unlink()
+    segment.symlink_to(elsewhere)
+    with pytest.warns(SpillWarning, match="is no regular file"):
+        again = Chest(path=path, available_memory=0)
+    assert "k0" not in again and len(again) >= 1
+    again.close()
+
+
+def test_a_fifo_planted_as_the_reserve_is_warned_about_and_the_flush_commits(tmp_path: Path) -> None:
+    path = tmp_path / "c"
+    chest = Chest(path=path, available_memory=0)
+    chest["a"] = b"a" * 100
+    (path / RESERVE_NAME).unlink(missing_ok=True)
+    os.mkfifo(path / RESERVE_NAME)
+    with pytest.warns(SpillWarning, match="could not make the reserve"):
+        chest.flush()  # before: blocked forever in open(), holding the engine's lock
+    with pytest.warns(SpillWarning, match="could not make the reserve"):  # each flush tries again
+        chest.close()
+    again = Chest(path=path, available_memory=0)
+    assert again["a"] == b"a" * 100
+    with pytest.warns(SpillWarning, match="could not make the reserve"):
+        again.close()
+
+
+def test_a_fifo_planted_under_a_keys_file_reads_as_damaged_and_costs_only_that_key(tmp_path: Path) -> None:
+    path = tmp_path / "c"
+    chest = Chest(path=path, available_memory=0, pack_threshold=0)  # a file per value
+    chest.update({"a": b"a" * 100, "b": b"b" * 100})
+    name = Path(chest._store.filename("a"))
+    name.unlink()
+    os.mkfifo(name)
+    with pytest.raises(CorruptSpillFile, match="'a'"):
+        chest["a"]  # before: blocked forever in open(), holding the engine's lock
+    assert chest["b"] == b"b" * 100
+    chest.drop()
+
+
+def test_a_symlink_planted_at_the_manifests_temporary_name_is_not_written_through(tmp_path: Path) -> None:
+    path = tmp_path / "c"
+    chest = Chest(path=path, available_memory=0)
+    chest["a"] = b"a" * 100
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"keep me")
+    (path / f"{MANIFEST_NAME}.tmp-{os.getpid()}").symlink_to(victim)  # the name flush used to write
+    chest.flush()
+    assert victim.read_bytes() == b"keep me"  # before: the manifest's bytes
+    assert not (path / MANIFEST_NAME).is_symlink()
+    chest.close()
+    again = Chest(path=path, available_memory=0)
+    assert again["a"] == b"a" * 100
+    again.close()
+
+
+def test_a_symlink_planted_as_the_manifest_is_refused_not_read(tmp_path: Path) -> None:
+    path = tmp_path / "c"
+    chest = Chest(path=path, available_memory=0)
+    chest["a"] = b"a" * 100
+    chest.close()
+    manifest = path / MANIFEST_NAME
+    elsewhere = tmp_path / "manifest-copy"
+    elsewhere.write_bytes(manifest.read_bytes())
+    manifest.unlink()
+    manifest.symlink_to(elsewhere)
+    with pytest.raises(OSError, match="Too many levels of symbolic links"):
+        Chest(path=path, available_memory=0)
+    assert manifest.is_symlink() and elsewhere.exists()  # nothing touched
+
+
+def test_a_stray_file_whose_name_is_no_utf8_leaves_the_directory_openable(tmp_path: Path) -> None:
+    path = tmp_path / "c"
+    chest = Chest(path=path, available_memory=0, pack_threshold=0)
+    chest.update({"a": b"a" * 100, "b": b"b" * 100})
+    chest.close()
+    stray = os.path.join(os.fsencode(path), b"stray-\xff")
+    with open(stray, "wb") as file:
+        file.write(b"not ours")
+    again = Chest(path=path, available_memory=0)  # before: UnicodeEncodeError
+    assert again["a"] == b"a" * 100 and again["b"] == b"b" * 100
+    again.close()
+    assert os.path.exists(stray)  # no spill file: left alone
+
+
+def test_a_record_that_takes_several_reads_is_read_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Linux reads at most 0x7ffff000 bytes per pread: a packed record of 2 GiB or more takes several.
+    # The fault: every pread returns at most 1000 bytes, as such a read would; the files are real.
+    path = tmp_path / "c"
+    chest = packed_chest(path, segment_bytes=16 * 1024)
+    real = os.pread
+
+    class ShortReads:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(os, name)
+
+        def pread(self, fd: int, length: int, offset: int) -> bytes:
+            return real(fd, min(length, 1000), offset)
+
+    monkeypatch.setattr(spillkit.segfiles, "os", ShortReads())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no record may look damaged
+        assert all(chest[key] == value for key, value in VALUES.items())  # before: "the segment is truncated"
+        for key in VALUES.keys() - KEPT:
+            del chest[key]
+        chest.flush()  # compacts the mostly dead segments: each live record read whole, then moved
+    assert chest._store.compactions > 0
+    assert [name for name in os.listdir(path) if is_segment_name(name)]
+    assert all(chest[key] == VALUES[key] for key in KEPT)
+    chest.close()
