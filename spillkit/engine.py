@@ -92,7 +92,7 @@ class SpillEngine(EngineLifecycle):
             try:
                 self._touch(key)
             except KeyError:
-                if key not in self._unspillable:
+                if key not in self._unspillable and key not in self._aside:
                     raise
             self.stats.hits += 1  # no byte count here: it would cost a third of a hit
             if self.listeners:
@@ -175,22 +175,6 @@ class SpillEngine(EngineLifecycle):
         finally:
             lock.release()
 
-    def pop(self, key: Hashable, default: Any = _MISSING) -> Any:
-        """Remove and return the value without caching a disk copy in memory."""
-        with self.lock:
-            self._check_open()
-            if key not in self._nbytes:
-                if default is _MISSING:
-                    raise KeyError(key)
-                return default
-            if key in self.memory:
-                value = self.memory[key]
-            else:
-                pending = None if self._writer is None else self._writer.pending.get(key)
-                value = self.disk.read(key) if pending is None else pending.value
-            self.delete(key)
-            return value
-
     def settle(self) -> None:
         """Spill until resident bytes are within the budget (ends a deferred stretch)."""
         with self.lock:
@@ -223,6 +207,9 @@ class SpillEngine(EngineLifecycle):
         """
         value = self.memory[key]
         nbytes = self._nbytes[key]
+        if self._writer is not None and key in self._writer.pending:
+            # Read back while an earlier write of it ran, and maybe changed since: that write no longer counts.
+            self._writer.cancel(key)
         if self._file_holds(key, value):
             written, seconds, kind = 0, 0.0, EVICT
             self.stats.evictions += 1
@@ -233,8 +220,8 @@ class SpillEngine(EngineLifecycle):
             try:
                 written, seconds = timed_write(self, key, value)
             except ChangedWhileWritten as error:  # another thread keeps changing it: not this put's failure
+                self._set_aside(key)  # the round goes on with the other victims (first: listeners may use the key)
                 self._spill_failed(key, nbytes, error, "changed while it was written; it stays in memory")
-                self._set_aside(key)  # the round goes on with the other victims
                 return True
             except SpillError:
                 raise

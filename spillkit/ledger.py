@@ -194,6 +194,8 @@ class EngineLedger:
         self._release(value)
         if key in self._unspillable:
             self._unspillable.discard(key)
+        elif self._aside and key in self._aside:  # out of the policy until the round ends: not offered again
+            self._aside.remove(key)
         else:
             self.policy.removed(key)
         return value

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
-from .ledger import EngineLedger
+from .ledger import _MISSING, EngineLedger
 from .transfers import timed_write
 
 if TYPE_CHECKING:
@@ -17,9 +17,10 @@ __all__ = ["EngineLifecycle"]
 class EngineLifecycle(EngineLedger):
     """The operations of a :class:`~spillkit.engine.SpillEngine` that are not on its hot path.
 
-    Spilling values on demand until one frees memory (``evict_one``),
-    registering a value already on disk (``restore``), giving every resident
-    value a file (``write_all``), deleting every key (``clear``), waiting for
+    Removing a key and returning its value (``pop``), spilling values on
+    demand until one frees memory (``evict_one``), registering a value already
+    on disk (``restore``), giving every resident value (and every spilled one
+    still alive elsewhere) a file (``write_all``), deleting every key (``clear``), waiting for
     background writes and closing. The engine subclasses it, as it does
     :class:`~spillkit.ledger.EngineLedger`, so these stay the engine's own
     methods; an object owning them would need a reference back to the engine,
@@ -43,6 +44,27 @@ class EngineLifecycle(EngineLedger):
         def delete(self, key: Hashable) -> None: ...
 
         def _spill(self, key: Hashable, background: bool = True) -> bool: ...
+
+    def pop(self, key: Hashable, default: Any = _MISSING) -> Any:
+        """Remove and return the value without caching a disk copy in memory."""
+        with self.lock:
+            self._check_open()
+            if key not in self._nbytes:
+                if default is _MISSING:
+                    raise KeyError(key)
+                return default
+            if key in self.memory:
+                value = self.memory[key]
+            else:
+                pending = None if self._writer is None else self._writer.pending.get(key)
+                if pending is not None:
+                    value = pending.value
+                else:
+                    value = self._refs.take(key)  # alive elsewhere: that object, as get hands back
+                    if value is None:
+                        value = self.disk.read(key)
+            self.delete(key)
+            return value
 
     def evict_one(self) -> int:
         """Spill values until one frees memory; return bytes freed, or -1. Never raises."""
@@ -100,6 +122,16 @@ class EngineLifecycle(EngineLedger):
                     self._unspillable.discard(key)
                     nbytes = self._nbytes[key]
                     self.policy.admitted(key, nbytes, self._cost(key, nbytes))
+            if self.check_in_place:  # a spilled value still alive elsewhere is what get hands back: changed, too
+                for key, ref in list(self._refs.items()):
+                    value = ref()
+                    if value is None or key in self.memory or self._file_holds(key, value):
+                        continue
+                    try:
+                        timed_write(self, key, value)
+                    except Exception as error:
+                        self.stats.spill_failures += 1
+                        failures.append((key, error))
             self.disk.sync()
         return failures
 

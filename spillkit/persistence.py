@@ -54,9 +54,13 @@ def disk_full(error: BaseException) -> bool:
     return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
-def flush(chest: Chest) -> None:
-    """Write every value to disk plus an atomic key manifest: :meth:`~spillkit.chest.Chest.flush`."""
-    chest._check_open()
+def flush(chest: Chest, closing: bool = False) -> None:
+    """Write every value to disk plus an atomic key manifest: :meth:`~spillkit.chest.Chest.flush`.
+
+    ``closing``: called by :func:`close`, which has marked the engine closed already.
+    """
+    if not closing:
+        chest._check_open()
     if os.getpid() != chest._owner_pid:
         # A forked child's copy shares its parent's directory but not its parent's state: a manifest
         # committed from here would name the child's keys and drop files the parent still needs.
@@ -65,8 +69,12 @@ def flush(chest: Chest) -> None:
             "a forked child cannot flush it (open a Chest of its own on another path instead)"
         )
     with chest._engine.lock:
+        if not closing:
+            chest._check_open()  # again: closed while this thread waited for the lock (then the path may be another's)
         try:
             chest._engine.wait_for_writes()  # a write in flight may replace an unsynced record
+            if not closing:
+                chest._check_open()  # and again: the wait lets go of the lock
             failures = rewrite_unsynced(chest)
             failures += chest._engine.write_all()  # writes and fsyncs the files, then the directory
             if chest._store.retained and any(disk_full(error) for _, error in failures):
@@ -216,30 +224,37 @@ def reopen(chest: Chest) -> None:
 
 def close(chest: Chest) -> None:
     """Flush and shut a Chest with a ``path`` of its own, drop a temporary one: :meth:`~spillkit.chest.Chest.close`."""
-    if chest._engine.closed:
-        return
-    if chest._temporary:
-        chest.drop()
-        return
-    if os.getpid() != chest._owner_pid:  # a forked child's copy: shut it, flush nothing (see flush)
-        chest._engine.close()
-        return
-    still_open = f"spillkit: the Chest at {chest._path!r} is still open; nothing was dropped"
-    try:
-        chest.flush()
-    except OSError as error:  # fsync or the manifest: the disk may work again later
-        error.add_note(still_open)
-        raise
-    except SpillError as error:
-        if any(isinstance(e, (OSError, DiskQuotaExceeded, ChangedWhileWritten)) for _, e in chest._flush_failures):
+    engine = chest._engine
+    with engine.lock:  # held to the end: nothing changes between the flush and the shut
+        if engine.closed:
+            return
+        if chest._temporary:
+            chest.drop()
+            return
+        if os.getpid() != chest._owner_pid:  # a forked child's copy: shut it, flush nothing (see flush)
+            engine.close()
+            return
+        # Closed from here for every other thread: a put or delete that waited for the lock (or comes
+        # while the flush waits for writes) is refused, not lost after the flush, nor stored unflushed.
+        engine.closed = True
+        still_open = f"spillkit: the Chest at {chest._path!r} is still open; nothing was dropped"
+        try:
+            flush(chest, closing=True)
+        except OSError as error:  # fsync or the manifest: the disk may work again later
+            engine.closed = False
             error.add_note(still_open)
             raise
-        chest._shut()  # only values that can never be written failed: the error names them
-        raise
-    except BaseException:
+        except SpillError as error:
+            if any(isinstance(e, (OSError, DiskQuotaExceeded, ChangedWhileWritten)) for _, e in chest._flush_failures):
+                engine.closed = False
+                error.add_note(still_open)
+                raise
+            chest._shut()  # only values that can never be written failed: the error names them
+            raise
+        except BaseException:
+            chest._shut()
+            raise
         chest._shut()
-        raise
-    chest._shut()
 
 
 def drop(chest: Chest) -> None:

@@ -152,7 +152,7 @@ def load(engine: SpillEngine, key: Hashable) -> Any:
         # Loads make room even while puts are deferred: deferral exists so that values
         # about to be deleted are not written, and a value being read is not one of them.
         try:
-            engine._make_room(nbytes)
+            engine._make_room(0 if id(value) in engine._objects else nbytes)  # resident under another key: no bytes
         except SpillError:
             return value  # no room can be made now; serve it without caching
         engine._spilled_nbytes -= nbytes

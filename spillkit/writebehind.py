@@ -82,11 +82,7 @@ class WriteBehind:
         del engine.memory[key]
         engine._release(value)
         engine.policy.evicted(key)
-        pending = writer.pending.get(key)
-        if pending is None:
-            writer.submit(PendingWrite(key, value, nbytes, self._staged.reserve(key)))
-        else:  # read back while its first write was running: that write now completes the eviction
-            pending.evicting = True
+        writer.submit(PendingWrite(key, value, nbytes, self._staged.reserve(key)))
         writer.in_flight_bytes += nbytes
 
     def cancel(self, key: Hashable) -> bool:
@@ -109,7 +105,7 @@ class WriteBehind:
             pending.evicting = False
             self.writer.in_flight_bytes -= pending.nbytes
             with contextlib.suppress(SpillError):  # no room now: it is in memory regardless
-                engine._make_room(pending.nbytes)
+                engine._make_room(0 if id(value) in engine._objects else pending.nbytes)
             engine._admit(key, value, pending.nbytes)
         engine.stats.hits += 1
         if engine.listeners:

@@ -124,6 +124,16 @@ class BackgroundWriter:
             thread.join()
 
     def _run(self) -> None:
+        try:
+            self._loop()  # returns having cleared _thread under the lock; then takes the lock no more
+        except BaseException:  # however else the thread ends, nobody may wait for it forever
+            with self.cond:
+                if self._thread is threading.current_thread():
+                    self._thread = None
+                self.cond.notify_all()
+            raise
+
+    def _loop(self) -> None:
         cond = self.cond
         while True:
             with cond:
@@ -142,5 +152,10 @@ class BackgroundWriter:
                     error = caught
             seconds = time.perf_counter() - start
             with cond:
-                self._finish(pending, prepared, error, seconds)
+                try:
+                    self._finish(pending, prepared, error, seconds)
+                except Exception as caught:
+                    # A listener, or a warnings filter set to "error": reported as a thread's error
+                    # would be, and the writer goes on (else every later flush would wait for it).
+                    threading.excepthook(threading.ExceptHookArgs((type(caught), caught, caught.__traceback__, None)))
                 cond.notify_all()

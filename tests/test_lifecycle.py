@@ -10,6 +10,8 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import threading
+import time
 import weakref
 from collections.abc import Callable, Hashable
 from pathlib import Path
@@ -325,4 +327,73 @@ def test_operations_after_close_leave_a_persistent_directory_intact(tmp_path: Pa
     assert {p.name: p.read_bytes() for p in (tmp_path / "store").iterdir()} == before
     again = Chest(path=tmp_path / "store", available_memory=2.5 * UNIT, sizeof=unit_sizeof)
     assert_all_values(again)
+    again.close()
+
+
+def test_a_flush_that_waited_for_the_lock_while_the_chest_closed_writes_nothing(tmp_path: Path) -> None:
+    # Once closed, the directory may belong to another Chest: a flush that had passed its first check must
+    # not commit a manifest there (before: it did, and the other Chest's keys went back in time).
+    path = tmp_path / "c"
+    chest = Chest(path=path)
+    chest["a"] = [1]
+    checked = threading.Event()
+    real = chest._check_open
+
+    def check_open() -> None:
+        real()
+        checked.set()
+
+    chest._check_open = check_open  # type: ignore[method-assign]
+    outcome: list[BaseException | None] = []
+
+    def flush() -> None:
+        try:
+            chest.flush()
+            outcome.append(None)
+        except BaseException as error:
+            outcome.append(error)
+
+    with chest._engine.lock:  # the flush passes its first check, then waits here
+        flusher = threading.Thread(target=flush)
+        flusher.start()
+        assert checked.wait(10)
+        chest.close()
+    flusher.join(10)
+    assert isinstance(outcome[0], SpillError) and "closed" in str(outcome[0])
+    other = Chest(path=path)
+    assert other["a"] == [1]
+    other.close()
+
+
+def test_a_put_racing_close_is_either_refused_or_kept(tmp_path: Path) -> None:
+    # close() flushes, then shuts: a put that came in between returned, and was neither flushed nor kept.
+    path = tmp_path / "c"
+    chest = Chest(path=path)
+    real = chest._shut
+
+    def slow_shut() -> None:  # timing only: widens the moment between the flush and the shut
+        time.sleep(0.05)
+        real()
+
+    chest._shut = slow_shut  # type: ignore[method-assign]
+    stored: list[int] = []
+    started = threading.Event()
+
+    def put_until_closed() -> None:
+        for i in range(1_000_000):
+            try:
+                chest[i] = i
+            except SpillError:
+                return
+            stored.append(i)
+            started.set()
+
+    putter = threading.Thread(target=put_until_closed)
+    putter.start()
+    assert started.wait(10)
+    chest.close()
+    putter.join(10)
+    again = Chest(path=path)
+    missing = [i for i in stored if i not in again]
+    assert not missing, f"{len(missing)} puts returned and were lost, first {missing[:5]}"  # before: hundreds
     again.close()
