@@ -45,10 +45,14 @@ __all__ = ["DEFAULT_AVAILABLE_MEMORY", "remove_directory", "setup_chest"]
 DEFAULT_AVAILABLE_MEMORY = 10**9  # the original chest's default: 1 GB
 
 
-def remove_directory(path: str, owner_pid: int) -> None:
+def remove_directory(path: str, owner_pid: int, before: list[Callable[[], object]]) -> None:
     # Runs at close, garbage collection or exit; a forked child inherits this
-    # finalizer but must never delete its parent's directory.
+    # finalizer but must never delete its parent's directory. ``before``: the
+    # engine's abandon_writes, once it exists (no write may start into the
+    # directory being removed).
     if os.getpid() == owner_pid:
+        for call in before:
+            call()
         shutil.rmtree(path, ignore_errors=True)
 
 
@@ -101,7 +105,8 @@ def setup_chest(
     chest._temporary = path is None
     if path is None:
         chest._path = tempdirs.create()  # named after this process, so a sweep can tell when it is stale
-        chest._finalizer = weakref.finalize(chest, remove_directory, chest._path, os.getpid())
+        before_removal: list[Callable[[], object]] = []
+        chest._finalizer = weakref.finalize(chest, remove_directory, chest._path, os.getpid(), before_removal)
     else:
         chest._path = os.path.abspath(os.fspath(path))
         os.makedirs(chest._path, mode=0o700, exist_ok=True)
@@ -136,6 +141,8 @@ def setup_chest(
         engine.keepalive = chest._dir_lock  # freed with the engine, not the Chest: its writer may outlive it
         if not chest._temporary:
             reopen(chest)
+        elif engine._writer is not None:
+            before_removal.append(engine.abandon_writes)
         chosen._spillkit_bound = True  # type: ignore[attr-defined]
         if data is not None:
             chest.update(data)

@@ -142,6 +142,20 @@ class EngineLifecycle(EngineLedger):
             for key in list(self._nbytes):
                 self.delete(key)
 
+    def abandon_writes(self) -> None:
+        """Cancel the background writes not begun yet: their Chest is gone, nothing can read them.
+
+        For a temporary Chest's finalizer, which may run in any thread at any allocation: it takes
+        the lock only if it is free at once, and otherwise leaves the writes (they fail, warned).
+        """
+        if self._writer is None or not self.lock.acquire(blocking=False):
+            return
+        try:
+            for key in list(self._writer.pending):
+                self._writer.cancel(key)
+        finally:
+            self.lock.release()
+
     def wait_for_writes(self) -> None:
         """Block until every background write has completed (no-op without write-behind)."""
         if self._writer is not None:

@@ -397,3 +397,32 @@ def test_a_put_racing_close_is_either_refused_or_kept(tmp_path: Path) -> None:
     missing = [i for i in stored if i not in again]
     assert not missing, f"{len(missing)} puts returned and were lost, first {missing[:5]}"  # before: hundreds
     again.close()
+
+
+class SlowToPickle:
+    """A value whose pickling takes a while (so that writes are still queued when its Chest goes)."""
+
+    def __init__(self, i: int) -> None:
+        self.i = i
+
+    def __reduce__(self) -> tuple[type, tuple[int]]:
+        time.sleep(0.02)
+        return (SlowToPickle, (self.i,))
+
+
+def test_a_temporary_chest_collected_with_writes_queued_cancels_them(recwarn: pytest.WarningsRecorder) -> None:
+    # Before: the directory went at once and each queued write failed into it, warned about (19 of 20),
+    # for a Chest nobody could reach any more.
+    chest = Chest(available_memory=100, sizeof=lambda v: 60, write_behind=10_000)
+    path = chest.path
+    for i in range(20):
+        chest[i] = SlowToPickle(i)
+    writers = [t for t in threading.enumerate() if t.name == "spillkit-writer"]
+    assert writers
+    del chest
+    gc.collect()
+    assert not os.path.exists(path)
+    for thread in writers:
+        thread.join(10)
+        assert not thread.is_alive()
+    assert [str(w.message) for w in recwarn if issubclass(w.category, spillkit.SpillWarning)] == []
