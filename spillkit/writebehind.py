@@ -160,7 +160,7 @@ class WriteBehind:
         serialization = not isinstance(error, (OSError, SpillError))
         if pending.evicting:
             engine._admit(key, value, nbytes, offer=not serialization)
-        elif serialization:
+        elif serialization and key not in engine._unspillable:  # (set aside already: out of the policy)
             engine.policy.removed(key)
         if serialization:
             engine._unspillable.add(key)

@@ -668,3 +668,57 @@ def test_listeners_may_read_or_delete_a_victim_passed_over_in_the_round(tmp_path
         chest["d"] = Box(4)  # "a" fails again; the listener deletes it
     assert "a" not in chest and chest["d"].x == 4 and chest["c"].x == 3
     chest.drop()
+
+
+class _WriterGate(PickleCodec):
+    """Encodes on the writer thread wait until ``gate`` is set (timing only; the encoding is pickle's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate, self.started = threading.Event(), threading.Event()
+
+    def encode(self, obj: Any) -> Any:
+        if threading.current_thread().name == "spillkit-writer":
+            self.started.set()
+            assert self.gate.wait(10)
+        return super().encode(obj)
+
+
+@pytest.mark.parametrize("policy", ["lru", "nextuse"])
+def test_an_unpicklable_value_read_back_during_its_write_then_evicted_leaves_the_writer_alive(
+    tmp_path: Path, policy: str
+) -> None:
+    # Found by a long fuzzing run of the state machine: the synchronous eviction set the value aside
+    # (out of the policy), then its background write failed too and took it out of the policy again:
+    # KeyError on the writer thread, which died; every later flush waited for it forever.
+    codec = _WriterGate()
+    chest = Chest(
+        path=tmp_path / "c",
+        available_memory=100,
+        sizeof=lambda v: 60,
+        write_behind=True,
+        pack_threshold=0,
+        codec=codec,
+        policy=policy,
+    )
+    died: list[BaseException | None] = []
+    hook, threading.excepthook = threading.excepthook, lambda args: died.append(args.exc_value)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SpillWarning)
+            chest["u"] = threading.Lock()  # cannot be pickled
+            chest["x"] = [1]  # over the budget: "u" handed to the writer, held at the gate
+            assert codec.started.wait(10)
+            held = chest["u"]  # read back while in flight
+            chest.evict()  # synchronous: "u" cannot be written, so it is set aside
+            chest.evict()
+            codec.gate.set()  # the background write of "u" fails too
+            done = threading.Event()
+            threading.Thread(target=lambda: (chest.wait_for_writes(), done.set()), daemon=True).start()
+            assert done.wait(10)  # before: never
+    finally:
+        threading.excepthook = hook
+    assert died == []
+    assert chest["u"] is held and chest["x"] == [1]
+    assert "u" in chest.engine.unspillable_keys
+    chest.drop()
