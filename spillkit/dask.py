@@ -28,12 +28,15 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
     raise ImportError('spillkit.dask needs dask: pip install "spillkit[dask]"') from error
 
 from .chest import Chest
-from .dask_loads import WorkerLoads
+from .dask_loads import WorkerLoads, _Unshared
 from .dask_record import _graph_facts, record
 from .policies import GraphAware
 from .policies._graph import GraphPlan
 
 __all__ = ["ChestCallback", "costs", "plan_from_dask", "record", "spilling"]
+
+
+_OURS = "spillkit-chest-callbacks"  # in a computation's state: the callbacks whose Chest it uses
 
 
 def plan_from_dask(dsk: Mapping[Any, Any]) -> GraphPlan:
@@ -89,41 +92,64 @@ class ChestCallback(Callback):
         self.chest = chest
         self.measure = costs
         self._starts: dict[Hashable, float] = {}
+        self._stored: set[Hashable] = set()  # keys computations stored in the Chest (results stay there)
+
+    def _start(self, dsk: Mapping[Any, Any]) -> None:
+        # dask's local scheduler takes a key it finds in the cache for computed, and then its
+        # dependents fail (KeyError): a key an earlier computation left (its result, or what a
+        # failed one held) goes first, unless a computation is running on the Chest (then it may be that one's).
+        chest = self.chest
+        with chest.engine.lock:
+            if chest.engine.deferred_blocks or not self._stored:
+                return
+            for key in [key for key in dsk if key in self._stored]:
+                self._stored.discard(key)
+                if key in chest:
+                    del chest[key]
 
     def __enter__(self) -> ChestCallback:
         warn_if_distributed()
         super().__enter__()  # type: ignore[no-untyped-call]
         return self
 
-    def _start(self, dsk: Mapping[Any, Any]) -> None:
-        engine = self.chest.engine
+    def _start_state(self, dsk: Mapping[Any, Any], state: dict[str, Any]) -> None:
+        # Here, not in _start: only now is the computation's cache known, and a computation that
+        # does not use this Chest (another thread's, one spilling() handed a dict) is left alone.
+        cache = state["cache"]
+        if cache is not self.chest and not (isinstance(cache, WorkerLoads) and cache.chest is self.chest):
+            if not isinstance(cache, _Unshared):
+                warnings.warn(
+                    "this computation's cache= is not the Chest given to ChestCallback", RuntimeWarning, stacklevel=2
+                )
+            return
+        engine, policy = self.chest.engine, self.chest.policy
+        if isinstance(policy, GraphAware):
+            plan = plan_from_dask(dsk)  # before anything changes: if it raises (a cycle), nothing is left deferred
+            with engine.lock:
+                policy.plan(plan)
         with engine.lock:
             engine.deferred_blocks += 1  # counted: computations on one Chest may overlap
             engine.deferred = True
-        policy = self.chest.policy
-        if isinstance(policy, GraphAware):
-            with engine.lock:
-                policy.plan(plan_from_dask(dsk))
-
-    def _start_state(self, dsk: Mapping[Any, Any], state: dict[str, Any]) -> None:
-        cache = state["cache"]
-        if cache is not self.chest and not (isinstance(cache, WorkerLoads) and cache.chest is self.chest):
-            warnings.warn(
-                "this computation's cache= is not the Chest given to ChestCallback", RuntimeWarning, stacklevel=2
-            )
+        state.setdefault(_OURS, set()).add(id(self))  # _finish undoes the count only for these
 
     def _pretask(self, key: Hashable, dsk: Mapping[Any, Any], state: dict[str, Any]) -> None:
-        if self.measure:
+        if self.measure and id(self) in state.get(_OURS, ()):
             self._starts[key] = time.perf_counter()
 
     def _posttask(self, key: Hashable, result: Any, dsk: Mapping[Any, Any], state: dict[str, Any], wid: Any) -> None:
+        if id(self) not in state.get(_OURS, ()):
+            return
         start = self._starts.pop(key, None)
+        self._stored.add(key)
         if start is not None and key in self.chest:
             self.chest.set_cost(key, time.perf_counter() - start)
         self.chest.settle()
 
     def _finish(self, dsk: Mapping[Any, Any], state: dict[str, Any], errored: bool) -> None:
+        if id(self) not in state.get(_OURS, ()):
+            return
         self._starts.clear()
+        self._stored = {key for key in self._stored if key in self.chest}  # what dask released is gone
         engine = self.chest.engine
         with engine.lock:
             engine.deferred_blocks -= 1
@@ -171,5 +197,17 @@ def spilling(
             yield chest
     finally:
         cache.active = False  # a Client closed after this block may put its scheduler= back
+        _forget_ended_blocks()
         if made:
             chest.close()
+
+
+def _forget_ended_blocks() -> None:
+    # dask.config.set puts back what it found on entry: blocks in two threads that end out of
+    # order put back the settings of a block already over, whose Chest is closed. They go.
+    cache = dask.config.get("cache", None)
+    if isinstance(cache, WorkerLoads) and not cache.active:
+        dask.config.config.pop("cache", None)
+    owner = getattr(dask.config.get("scheduler", None), "__self__", None)
+    if isinstance(owner, WorkerLoads) and not owner.active:
+        dask.config.config.pop("scheduler", None)

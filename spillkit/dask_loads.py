@@ -17,9 +17,10 @@ scheduler, another thread, ``scheduler="threads"`` given explicitly) gets values
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections import Counter
-from collections.abc import Hashable, Iterator, MutableMapping
+import warnings
+from collections.abc import Hashable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 import dask
@@ -28,6 +29,10 @@ import dask.threaded
 from .chest import Chest
 
 __all__ = ["OnDisk", "WorkerLoads"]
+
+
+class _Unshared(dict[Hashable, Any]):
+    """The plain dict cache of a computation that cannot share the Chest (see :meth:`WorkerLoads.schedule`)."""
 
 
 class OnDisk:
@@ -45,21 +50,23 @@ class OnDisk:
 class WorkerLoads(MutableMapping[Hashable, Any]):
     """dask's ``cache=``: the Chest, with spilled inputs loaded by the worker that needs them.
 
-    Thread-safe: a computation registers its scheduling thread for its duration;
-    everything else is the Chest's, which has its own lock.
+    Thread-safe: one computation at a time uses the Chest (others get a dict of their
+    own), and registers its scheduling thread for its duration; everything else is
+    the Chest's, which has its own lock.
     """
 
     def __init__(self, chest: Chest) -> None:
         self.chest = chest
         self.active = True  # until the spilling() block that made this cache ends
         self._lock = threading.Lock()
-        self._schedulers: Counter[int] = Counter()  # thread ident -> computations it is scheduling
+        self._busy = False  # a computation uses the Chest (one at a time)
+        self._scheduler: int | None = None  # the thread scheduling it, when it takes markers
 
     # ---- the mapping dask uses -------------------------------------------------------------
     def __getitem__(self, key: Hashable) -> Any:
         # A dict lookup without the Chest's lock: a value that is being loaded or spilled
         # right now is either answer, and the worker's own get sorts it out.
-        if threading.get_ident() in self._schedulers and key not in self.chest.engine.memory and key in self.chest:
+        if threading.get_ident() == self._scheduler and key not in self.chest.engine.memory and key in self.chest:
             return OnDisk(key)
         return self.chest[key]
 
@@ -91,29 +98,57 @@ class WorkerLoads(MutableMapping[Hashable, Any]):
         return info
 
     def schedule(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
-        """dask's threaded ``get`` with this cache and worker-side loads (dask's ``scheduler=``)."""
-        if not self.active:  # the spilling() block is over, but a config it set was put back later
-            if kwargs.get("cache") is self:
-                del kwargs["cache"]
+        """dask's threaded ``get`` with this cache and worker-side loads (dask's ``scheduler=``).
+
+        One computation at a time uses the Chest, and takes its keys out again when it ends
+        (results included: they are returned; ``persist`` keeps them in the collection):
+        dask's local scheduler takes a key it finds in the cache for computed, so a key left
+        by an earlier computation (failed, or a result) or another one still running would
+        make its dependents fail. A computation started while another uses the Chest (in
+        another thread, or nested inside a task) runs with a dict of its own, warned about.
+        """
+        cache = kwargs.get("cache", dask.config.get("cache", None))
+        if not self.active or cache is not self:
+            # The spilling() block is over (a config it set was put back later: then no closed
+            # Chest may be dask's cache either), or another cache was asked for.
+            if isinstance(cache, WorkerLoads) and not cache.active:
+                kwargs["cache"] = _Unshared()
             return dask.threaded.get(dsk, keys, **kwargs)
-        if (
-            kwargs.get("cache", self) is not self
-            or kwargs.get("rerun_exceptions_locally", dask.config.get("rerun_exceptions_locally", False))
-            or kwargs.get("pool", dask.config.get("pool", None)) is not None  # another pool: maybe processes
-        ):
-            return dask.threaded.get(dsk, keys, **kwargs)  # values only: nothing here knows of markers
-        kwargs["cache"] = self
-        ident = threading.get_ident()
+        # Values only (nothing there knows of markers) for a pool of dask's own, maybe processes,
+        # and for re-running a failed task locally.
+        markers = not (
+            kwargs.get("rerun_exceptions_locally", dask.config.get("rerun_exceptions_locally", False))
+            or kwargs.get("pool", dask.config.get("pool", None)) is not None
+        )
         with self._lock:
-            self._schedulers[ident] += 1
+            busy, self._busy = self._busy, True
+        if busy:
+            warnings.warn(
+                "another computation is using this spilling() Chest; this one runs without it, in memory",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            kwargs["cache"] = _Unshared()
+            return dask.threaded.get(dsk, keys, **kwargs)
+        kwargs["cache"] = self
+        if not isinstance(dsk, Mapping):  # an expression (dask 2025+): its graph, once, as get_async would make it
+            dsk = dsk.__dask_graph__()
+        if markers:
+            kwargs["loads"] = self.loads
+            self._scheduler = threading.get_ident()  # __getitem__ hands this thread markers
+        chest = self.chest
+        before = {key for key in dsk if key in chest}  # the user's own keys, if any: left alone
         try:
-            result = dask.threaded.get(dsk, keys, loads=self.loads, **kwargs)
+            result = dask.threaded.get(dsk, keys, **kwargs)
+            return self._resolve(keys, result)
         finally:
             with self._lock:
-                self._schedulers[ident] -= 1
-                if not self._schedulers[ident]:
-                    del self._schedulers[ident]
-        return self._resolve(keys, result)
+                self._scheduler = None
+                self._busy = False
+            for key in dsk:
+                if key not in before and key in chest:
+                    with contextlib.suppress(KeyError):  # gone meanwhile
+                        del chest[key]
 
     def _resolve(self, keys: Any, result: Any) -> Any:
         """The results, with any marker replaced by its value (``nested_get`` mirrors ``keys``)."""

@@ -1,0 +1,134 @@
+"""Several computations under one ``spilling()`` block (review findings: each failed before).
+
+dask's local scheduler takes a key it finds in its cache for computed. With a Chest shared by the
+computations of a block, a key one of them left there (a result, or what a failed one held) made the
+next computation that shares it fail with KeyError, and two computations at once deleted each
+other's keys. Real dask schedulers and arrays throughout.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from typing import Any
+
+import pytest
+
+da = pytest.importorskip("dask.array")
+np = pytest.importorskip("numpy")
+
+import dask  # noqa: E402
+
+from spillkit import Chest  # noqa: E402
+from spillkit.dask import spilling  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::dask.array.core.PerformanceWarning")
+
+
+def matrix() -> Any:
+    return da.random.RandomState(0).random((400, 400), chunks=(100, 100))
+
+
+def fails_in_one_block(block: Any, block_id: Any = None) -> Any:
+    if block_id == (3, 3):
+        raise ZeroDivisionError("a task failed")
+    return block
+
+
+SCHEDULERS = {"default": {}, "sync": {"scheduler": "sync"}, "threads": {"scheduler": "threads"}}
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_a_computation_after_a_failed_one_that_shares_its_keys_succeeds(scheduler: str) -> None:
+    x = matrix()
+    expected = float((x @ x).sum().compute(scheduler="sync"))
+    with spilling(available_memory="10 MiB"):
+        with pytest.raises(ZeroDivisionError):
+            (x.map_blocks(fails_in_one_block) @ x).sum().compute(**SCHEDULERS[scheduler])
+        assert float((x @ x).sum().compute(**SCHEDULERS[scheduler])) == pytest.approx(expected)
+
+
+def test_a_computation_after_a_persist_that_shares_its_keys_succeeds() -> None:
+    x = matrix()
+    expected = float((x @ x).sum().compute(scheduler="sync"))
+    with spilling(available_memory="10 MiB") as chest:
+        kept = x.persist()
+        assert len(chest) == 0  # the persisted values are the collection's, not the cache's
+        assert float((x @ x).sum().compute()) == pytest.approx(expected)
+        np.testing.assert_array_equal(kept.compute(), x.compute(scheduler="sync"))
+
+
+def test_results_do_not_pile_up_in_the_chest() -> None:
+    with spilling(available_memory="64 MiB") as chest:
+        for i in range(5):
+            result = (da.random.RandomState(i).random((1000, 1000), chunks=(250, 250)) + i).compute()
+            assert result.shape == (1000, 1000)
+            assert len(chest) == 0 and chest.disk_bytes == 0  # before: every result stayed (and spilled)
+
+
+def test_computations_in_several_threads_at_once_all_succeed() -> None:
+    x = matrix()
+    expected = float((x @ x).sum().compute(scheduler="sync"))
+    results: list[float] = []
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(3):
+                results.append(float((x @ x).sum().compute()))
+        except BaseException as error:
+            errors.append(error)
+
+    with spilling(available_memory="2 MiB"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "another computation is using this spilling() Chest"
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    assert errors == []  # before: KeyError in 11 of 12
+    assert results == [pytest.approx(expected)] * 12
+
+
+def test_a_computation_nested_in_a_task_succeeds() -> None:
+    y = matrix()
+
+    def inner(block: Any) -> Any:
+        return block + float(y.sum().compute())
+
+    with spilling(available_memory="2 MiB"), pytest.warns(RuntimeWarning, match="another computation"):
+        total = (y.map_blocks(inner) + y).sum().compute(optimize_graph=False)
+    assert total == pytest.approx(float((y.map_blocks(inner) + y).sum().compute(scheduler="sync")))
+
+
+def test_a_graph_that_cannot_be_planned_leaves_the_chest_spilling() -> None:
+    chest = Chest(available_memory=1000, sizeof=lambda v: 400, policy="nextuse")  # plans from the graph
+    with spilling(chest):
+        with pytest.raises(RuntimeError, match=r"[Cc]ycle"):
+            dask.get({"a": (lambda v: v, "b"), "b": (lambda v: v, "a")}, "a", cache=chest)
+        assert not chest.engine.deferred  # before: deferred for good, so puts never made room
+        for i in range(6):
+            chest[i] = i
+        assert chest.memory_bytes <= 1000
+    chest.close()
+
+
+def test_two_blocks_in_two_threads_leave_later_computations_working() -> None:
+    x = matrix()
+    expected = float(x.sum().compute(scheduler="sync"))
+    inside, left = threading.Event(), threading.Event()
+
+    def other_block() -> None:
+        with spilling(available_memory="10 MiB"):
+            inside.set()
+            assert left.wait(60)
+            float(x.sum().compute())  # may find its config put back by the first block: still a result
+
+    with spilling(available_memory="10 MiB"):
+        thread = threading.Thread(target=other_block)
+        thread.start()
+        assert inside.wait(60)
+        assert float(x.sum().compute()) == pytest.approx(expected)
+    left.set()
+    thread.join(60)
+    assert float(x.sum().compute()) == pytest.approx(expected)  # before: SpillError (a closed Chest)
