@@ -14,6 +14,8 @@ from .bound_model import _Model
 
 __all__: list[str] = []  # helpers of spillkit.bounds
 
+_SLACK = 2e-7  # of the budget, taken off the LP's answer: twice the error seen from HiGHS's tolerances
+
 
 def _solve(model: _Model, compress: bool = True) -> tuple[float, str]:
     """Solve the model's LP with HiGHS; return (I/O bytes, status)."""
@@ -30,6 +32,8 @@ def _solve(model: _Model, compress: bool = True) -> tuple[float, str]:
         return base, "optimal"
     rows = model.rows(compress)
     nk = len(rows)
+    if nk == 0:  # no moment where the values kept could overflow the budget: keep them all
+        return float(model.constant), "optimal"
     sizes = np.asarray(model.sizes, dtype=float) / budget
     reads = np.asarray(model.reads, dtype=float)
     cost = np.concatenate([-sizes * reads, np.asarray(model.writes, dtype=float) / budget, np.zeros(nk)])
@@ -58,7 +62,13 @@ def _solve(model: _Model, compress: bool = True) -> tuple[float, str]:
     )  # fmt: skip
     if result.status != 0:
         return _greedy(model), f"{result.message} (PFOO-L bound reported)"
-    return max(0.0, base + float(result.fun) * budget), "optimal"
+    # From the solution itself, not base + fun * budget (base can be 1e10 and the answer 0: cancellation),
+    # less what HiGHS's tolerances may have left out (about 1e-7 of the budget): a bound, never above.
+    x = np.clip(result.x[:nx], 0.0, 1.0)
+    w = np.clip(result.x[nx : nx + nw], 0.0, 1.0)
+    io = model.constant + float(np.dot(np.asarray(model.sizes, dtype=float) * reads, 1.0 - x))
+    io += float(np.dot(np.asarray(model.writes, dtype=float), w))
+    return max(float(model.constant), io - _SLACK * budget), "optimal"
 
 
 def _greedy(model: _Model) -> float:

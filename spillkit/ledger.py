@@ -165,7 +165,9 @@ class EngineLedger:
 
     # ---- bookkeeping ---------------------------------------------------------------
     def set_cost(self, key: Hashable, cost: float) -> None:
-        """Record the key's recompute cost in seconds and let the policy re-rank it."""
+        """Record the key's recompute cost in seconds and let the policy re-rank it; ValueError for NaN."""
+        if cost != cost:  # NaN orders against nothing: it would scramble the policy's heap
+            raise ValueError(f"the cost of {describe_key(key)} is NaN; give seconds")
         with self.lock:
             self._check_open()
             if key not in self._nbytes:

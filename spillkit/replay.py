@@ -151,9 +151,12 @@ def replay(
                     objects[token] = value
             if op[3] is not None:
                 costs[key] = op[3]
+            else:
+                costs.pop(key, None)  # a new value: the old one's cost is not its own
             engine.put(key, value, cost=op[3], nbytes=op[2])
             pending = settled
         elif tag == "del":
+            costs.pop(key, None)
             try:  # noqa: SIM105 - a trace recorded from a Chest that already held keys deletes keys it never put
                 engine.delete(key)
             except KeyError:

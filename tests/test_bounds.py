@@ -282,3 +282,13 @@ def test_bad_mode_and_missing_scipy(monkeypatch: pytest.MonkeyPatch) -> None:
         foo_lower_bound(SWAP, 10)
     over = make(put("big", 50), get("big"), get("big"))
     assert pfoo_lower_bound(over, 10).io_bytes == 150  # PFOO-L needs no SciPy
+
+
+@pytest.mark.parametrize("name", ["anomaly", "column-anomaly", "groupby", "shuffle", "tsqr"])
+def test_a_budget_every_value_fits_in_bounds_no_io(name: str) -> None:
+    # Before: 32 bytes for anomaly at 100% of peak (HiGHS left a value out within its tolerance, and
+    # base + fun * budget cancelled), so every policy, at zero I/O, read as beating the lower bound.
+    trace = read_trace(os.path.join(TRACES, f"{name}.trace.gz"))
+    peak = trace.peak_bytes()
+    for budget in (peak, 10 * peak):
+        assert foo_lower_bound(trace, budget).io_bytes == 0

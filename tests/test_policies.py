@@ -3,6 +3,7 @@ differential test of LRU / LFU against cachetools on the same access sequences."
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Hashable
 from pathlib import Path
@@ -492,3 +493,40 @@ def test_spill_order_matches_cachetools(tmp_path: Path, name: str, seed: int) ->
         assert chest.stats.evictions > 0  # re-spilled loaded values (file kept) are in the order too
     finally:
         chest.drop()  # not close(): fsyncing hundreds of files is not what this test is about
+
+
+# ---- costs that are not ordinary numbers (review findings; each failed before) --------------------
+
+
+def test_a_nan_cost_is_refused_and_every_value_stays() -> None:
+    chest = Chest(available_memory=300, sizeof=lambda v: 100, policy="cost")
+    chest.put("a", ["a"], cost=1.0)
+    with pytest.raises(ValueError, match="'b' is NaN"):
+        chest.put("b", ["b"], cost=float("nan"))
+    with pytest.raises(ValueError, match="'a' is NaN"):
+        chest.set_cost("a", float("nan"))
+    assert "b" not in chest and chest["a"] == ["a"]
+    for i, cost in enumerate([0.4, 0.3, 0.5]):  # the cheapest is spilled first, as if NaN never came
+        chest.put(i, [i], cost=cost)
+    assert 1 not in chest.inmem and {0, 2} <= set(chest.inmem)
+    chest.close()
+
+
+def test_an_infinite_cost_does_not_stop_the_others_from_aging() -> None:
+    # Evicting a value of infinite cost raised the clock to infinity: every later priority tied.
+    policy = make_policy("cost")
+    policy.admitted("forever", 1, math.inf)
+    policy.evicted("forever")
+    policy.admitted("dear", 1, 10.0)
+    policy.admitted("cheap", 1, 1.0)
+    assert policy.victim() == "cheap"
+
+
+def test_a_cost_change_does_not_make_a_value_young_again() -> None:
+    policy = make_policy("cost")
+    policy.admitted("old", 1, 0.5)
+    policy.admitted("filler", 1, 0.2)
+    policy.evicted("filler")  # the clock moves to 0.2
+    policy.admitted("new", 1, 0.4)  # priority 0.2 + 0.4
+    policy.recosted("old", 1, 0.45)  # cheaper, and as old as before: 0 + 0.45 (before: 0.2 + 0.45)
+    assert policy.victim() == "old"

@@ -9,6 +9,7 @@ from typing import Any
 import dask.array as da
 import pytest
 
+import spillkit
 from spillkit import Chest, policy_names
 from spillkit.dask import costs, record
 from spillkit.replay import MODES, DiskModel, replay
@@ -86,3 +87,24 @@ def test_shipped_traces_replay_with_every_policy(path: Path) -> None:
         assert result.bytes_written <= put_bytes  # files are reused: each stored value is written at most once
         assert (result.loads == 0) == (result.bytes_read == 0)
         assert result.recompute_seconds >= 0
+
+
+def test_a_value_without_a_cost_does_not_take_its_predecessors() -> None:
+    # Before: the overwritten value's 5 s were counted for reloading the new one.
+    ops = [
+        ("put", "a", 10, 5.0, 0.0, 1),  # a's first value takes 5 s to recompute
+        ("put", "a", 10, None, 0.0, 2),  # overwritten by a value of unknown cost
+        ("put", "b", 10, None, 0.0, 3),  # pushes a out (budget 10)
+        ("get", "a", 0.0, "load"),
+    ]
+    result = replay(Trace({}, ops=ops), "lru", 10, mode="strict")
+    assert result.loads == 1 and result.recompute_seconds == 0.0
+
+
+def test_a_policy_registered_with_capitals_is_found_by_any_case() -> None:
+    name = "MyLRU-" + str(id(object()))  # unique: the registry is the process's
+    spillkit.register_policy(name, spillkit.LRU)
+    assert isinstance(spillkit.make_policy(name), spillkit.LRU)  # before: ValueError, unknown policy
+    assert isinstance(spillkit.make_policy(name.lower()), spillkit.LRU)
+    with pytest.raises(ValueError, match="already registered"):
+        spillkit.register_policy(name.upper(), spillkit.LRU)

@@ -51,10 +51,10 @@ _REGISTRY: dict[str, Callable[[], Policy]] = {
 
 
 def register_policy(name: str, factory: Callable[[], Policy]) -> None:
-    """Make ``Chest(policy=name)`` build a fresh policy with ``factory()``."""
-    if name in _REGISTRY:
+    """Make ``Chest(policy=name)`` build a fresh policy with ``factory()`` (names are case-insensitive)."""
+    if name.lower() in _REGISTRY:
         raise ValueError(f"a policy named {name!r} is already registered")
-    _REGISTRY[name] = factory
+    _REGISTRY[name.lower()] = factory
 
 
 def policy_names() -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable
 from typing import ClassVar
 
@@ -28,6 +29,7 @@ class GreedyDual(Policy):
         self._clock = 0.0
         self._weights: dict[Hashable, float] = {}
         self._counts: dict[Hashable, int] = {}
+        self._bases: dict[Hashable, float] = {}  # the clock at each key's last use
         self._heap = LazyHeap()
 
     def weight(self, nbytes: int, cost: float) -> float:
@@ -35,22 +37,24 @@ class GreedyDual(Policy):
         raise NotImplementedError
 
     def _push(self, key: Hashable) -> None:
-        self._heap.push(key, self._clock + self._counts[key] * self._weights[key])
+        self._heap.push(key, self._bases[key] + self._counts[key] * self._weights[key])
 
     def admitted(self, key: Hashable, nbytes: int, cost: float) -> None:
         self._weights[key] = self.weight(nbytes, cost)
         self._counts[key] = 1
+        self._bases[key] = self._clock
         self._push(key)
 
     def touched(self, key: Hashable) -> None:
         count = self._counts[key]  # KeyError for a key the policy does not hold
         if self.counts_reads:
             self._counts[key] = count + 1
+        self._bases[key] = self._clock
         self._push(key)
 
     def recosted(self, key: Hashable, nbytes: int, cost: float) -> None:
         weight = self.weight(nbytes, cost)
-        if self._weights[key] != weight:  # a cost change is not a use: only the weight moves
+        if self._weights[key] != weight:  # a cost change is not a use: only the weight moves, not the age
             self._weights[key] = weight
             self._push(key)
 
@@ -58,10 +62,12 @@ class GreedyDual(Policy):
         self._heap.discard(key)
         del self._weights[key]
         del self._counts[key]
+        del self._bases[key]
 
     def evicted(self, key: Hashable) -> None:
-        if self.aging:
-            self._clock = max(self._clock, self._heap.priority(key))
+        priority = self._heap.priority(key)
+        if self.aging and math.isfinite(priority):  # an infinite one would stop every later key from aging
+            self._clock = max(self._clock, priority)
         self.removed(key)
 
     def victim(self) -> Hashable:
