@@ -8,7 +8,7 @@ import warnings
 from collections.abc import Callable, Hashable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from .errors import SpillError, SpillWarning
+from .errors import ChangedWhileWritten, SpillError, SpillWarning
 from .events import COST, SPILL_ERROR, Event, Listener
 from .keys import describe_key
 from .liveobjects import LiveObjects
@@ -145,8 +145,16 @@ class EngineLedger:
         if self.closed:
             raise SpillError("this Chest is closed")
 
+    def _count_write_error(self, error: BaseException) -> None:
+        # By reason (spill_failures counts them all): quota and serialization are counted where they are met.
+        if isinstance(error, OSError):
+            self.stats.disk_errors += 1
+        elif isinstance(error, ChangedWhileWritten):
+            self.stats.changed_errors += 1
+
     def _spill_failed(self, key: Hashable, nbytes: int, error: BaseException, what: str) -> None:
         self.stats.spill_failures += 1
+        self._count_write_error(error)
         warnings.warn(f"value for key {describe_key(key)} {what}: {error!r}", SpillWarning, stacklevel=5)
         if self.listeners:
             self._emit(SPILL_ERROR, key, nbytes, detail=type(error).__name__)

@@ -116,6 +116,7 @@ class EngineLifecycle(EngineLedger):
                     timed_write(self, key, self.memory[key])
                 except Exception as error:
                     self.stats.spill_failures += 1
+                    self._count_write_error(error)
                     failures.append((key, error))
                     continue
                 if key in self._unspillable:  # it could be written after all: offer it again
@@ -131,6 +132,7 @@ class EngineLifecycle(EngineLedger):
                         timed_write(self, key, value)
                     except Exception as error:
                         self.stats.spill_failures += 1
+                        self._count_write_error(error)
                         failures.append((key, error))
             self.disk.sync()
         return failures

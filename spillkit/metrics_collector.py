@@ -58,9 +58,10 @@ class ChestCollector:
     only copy is on disk), ``<ns>_memory_budget_bytes``,
     ``<ns>_spill_{bytes,count,time_seconds}_total{activity}`` (``memory-read``,
     ``disk-read``, ``disk-write``, as dask.distributed's workers do),
-    ``<ns>_spill_errors_total{reason}`` (``disk``, ``serialize``, ``quota``,
-    ``corrupt``, ``reserve``: a flush could not make the manifest's reserve file
-    whole), ``<ns>_misses_total``, the histogram
+    ``<ns>_spill_errors_total{reason}`` (``disk``: an ``OSError``, ``changed``: a
+    value kept changing while written, ``serialize``, ``quota``, ``corrupt``,
+    ``reserve``: a flush could not make the manifest's reserve file whole; each
+    failure counts under one reason), ``<ns>_misses_total``, the histogram
     ``<ns>_disk_latency_seconds{activity}`` and ``<ns>_chest_info{version,policy,codec}``.
 
     Thread-safe: ``add``, ``remove`` and ``collect`` may run concurrently with each
@@ -183,7 +184,8 @@ class _Families:
                 cumulative = itertools.accumulate(buckets)  # Stats keeps per-bucket counts
                 self.latency.add_metric([name, activity], list(zip(_BOUNDS, cumulative, strict=True)), t)
             for reason, n in (
-                ("disk", s.spill_failures - s.unspillable),
+                ("disk", s.disk_errors),
+                ("changed", s.changed_errors),
                 ("serialize", s.unspillable),
                 ("quota", s.quota_errors),
                 ("corrupt", s.load_failures),

@@ -55,7 +55,9 @@ class Stats:
     spill_seconds: float = 0.0
     evictions: int = 0  # values that left memory without a write (file reused)
     direct_writes: int = 0  # values larger than the budget, written straight to disk
-    spill_failures: int = 0  # writes that failed (value kept in memory)
+    spill_failures: int = 0  # writes that failed (value kept in memory), for every reason
+    disk_errors: int = 0  # writes the disk failed (OSError); quota, serialization and changes are counted apart
+    changed_errors: int = 0  # writes given up because the value kept changing while written (verify_writes)
     unspillable: int = 0  # values set aside because they cannot be serialized
     load_failures: int = 0  # reads that found a corrupt or missing file
     reused: int = 0  # reads of spilled values still alive elsewhere, handed back without a disk read

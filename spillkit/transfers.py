@@ -66,8 +66,9 @@ def write_through(engine: SpillEngine, key: Hashable, value: Any, nbytes: int, c
     """Store a value larger than the budget straight on disk, replacing any value of the key."""
     try:
         written, seconds = timed_write(engine, key, value)
-    except OSError:
+    except OSError as error:
         engine.stats.spill_failures += 1
+        engine._count_write_error(error)
         raise
     except Exception as error:
         if not isinstance(error, SpillError):

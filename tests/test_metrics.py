@@ -70,7 +70,8 @@ def assert_matches_stats(registry: CollectorRegistry, chest: Chest, name: str) -
         assert value(registry, "spillkit_spill_time_seconds_total", **c, activity=activity) == seconds
     assert value(registry, "spillkit_misses_total", **c) == s.misses
     reasons = {
-        "disk": s.spill_failures - s.unspillable,
+        "disk": s.disk_errors,
+        "changed": s.changed_errors,
         "serialize": s.unspillable,
         "quota": s.quota_errors,
         "corrupt": s.load_failures,
@@ -388,3 +389,32 @@ def test_a_dask_worker_metrics_endpoint_serves_instrumented_chests() -> None:
     assert 'spillkit_keys{chest="worker-data",tier="memory"} 1.0' in body
     assert "dask_worker_memory_bytes" in body  # the worker's own metrics, on the same page
     chest.close()
+
+
+def test_each_failure_counts_under_one_reason(tmp_path: Path, registry: CollectorRegistry) -> None:
+    # Before: "disk" was every failure less the serialization ones, so a background write refused by the
+    # quota counted as both disk and quota, and a flush that met a value set aside as unserializable as disk.
+    np = pytest.importorskip("numpy")
+    reasons = ("disk", "changed", "serialize", "quota")
+    background = Chest(available_memory=2_000_000, available_disk=1_500_000, write_behind=True, pack_threshold=0)
+    instrument(background, registry, name="b")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", spillkit.SpillWarning)
+        for i in range(6):
+            background[i] = np.ones(100_000)  # 800 kB each: the quota refuses the second write on
+        background.wait_for_writes()
+    counts = {r: value(registry, "spillkit_spill_errors_total", chest="b", reason=r) for r in reasons}
+    assert counts["quota"] > 0 and counts["disk"] == 0 and counts["quota"] == background.stats.spill_failures
+    background.drop()
+
+    kept = Chest(path=tmp_path / "k", available_memory=1000, sizeof=lambda v: 600)
+    instrument(kept, registry, name="k")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", spillkit.SpillWarning)
+        kept["lock"] = threading.Lock()  # cannot be serialized: set aside when "other" needs the room
+        kept["other"] = [1]
+        with pytest.raises(spillkit.SpillError):
+            kept.flush()  # meets the lock again
+    counts = {r: value(registry, "spillkit_spill_errors_total", chest="k", reason=r) for r in reasons}
+    assert counts == {"disk": 0, "changed": 0, "serialize": 1, "quota": 0}
+    kept.drop()
