@@ -91,7 +91,8 @@ def compare(
     on the trace's real future, dead values never written),
     and every row's ``ratio_to_bound`` is its I/O over the FOO bound.
     """
-    loaded = [(t if isinstance(t, Trace) else read_trace(t), _name(t)) for t in traces]
+    names = _names(traces)
+    loaded = [(t if isinstance(t, Trace) else read_trace(t), name) for t, name in zip(traces, names, strict=True)]
     work = len(loaded) * len(budgets) * (len(policies) * len(modes) + (3 if bounds else 0))
     bar = _Progress(work, progress if progress is not None and progress.isatty() else None)
     rows: list[dict[str, Any]] = []
@@ -143,6 +144,17 @@ def _name(trace: str | Trace) -> str:
     if isinstance(trace, Trace):
         return str(trace.header.get("workload") or "trace")
     return os.path.basename(trace).split(".")[0]
+
+
+def _names(traces: Sequence[str | Trace]) -> list[str]:
+    # One name per trace: two traces named alike (d1/w.trace, d2/w.trace) would share tables and plots.
+    seen: dict[str, int] = {}
+    names = []
+    for trace in traces:
+        name = _name(trace)
+        seen[name] = seen.get(name, 0) + 1
+        names.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
+    return names
 
 
 def write_csv(rows: Iterable[dict[str, Any]], path: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
@@ -108,3 +110,16 @@ def test_a_policy_registered_with_capitals_is_found_by_any_case() -> None:
     assert isinstance(spillkit.make_policy(name.lower()), spillkit.LRU)
     with pytest.raises(ValueError, match="already registered"):
         spillkit.register_policy(name.upper(), spillkit.LRU)
+
+
+def test_traces_named_alike_keep_apart_in_a_comparison(tmp_path: Path) -> None:
+    from spillkit.compare import compare
+
+    source = os.path.join(os.path.dirname(__file__), "..", "experiments", "traces", "matmul.trace.gz")
+    paths = []
+    for folder in ("one", "two"):
+        (tmp_path / folder).mkdir()
+        paths.append(str(tmp_path / folder / "matmul.trace.gz"))
+        shutil.copyfile(source, paths[-1])
+    rows = compare(paths, ["50%"], ["lru"], modes=["strict"], bounds=False)
+    assert sorted(row["trace"] for row in rows) == ["matmul", "matmul-2"]  # before: both "matmul", one table
