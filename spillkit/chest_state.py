@@ -101,6 +101,14 @@ class ChestState:
         """The in-memory values (dask.distributed tests it for emptiness before ``evict``)."""
         return self.inmem
 
+    @property
+    def slow(self) -> Mapping[Hashable, Any]:
+        """The values out of memory, on disk or on their way (a view: reading one loads it).
+
+        dask.distributed's worker metrics count ``len(data.slow)`` tasks as on disk, not in memory.
+        """
+        return _OutOfMemory(self._engine)
+
     def evict(self) -> int:
         """Spill values until one frees memory; return the bytes freed, or -1. Never raises."""
         if self._engine.closed:
@@ -168,3 +176,21 @@ class ChestState:
     def wait_for_writes(self) -> None:
         """Block until every background write in flight has completed (see ``write_behind``)."""
         self._engine.wait_for_writes()
+
+
+class _OutOfMemory(Mapping[Hashable, Any]):
+    """The keys of an engine that are not in memory, as a read-only mapping (see ``ChestState.slow``)."""
+
+    def __init__(self, engine: SpillEngine) -> None:
+        self._engine = engine
+
+    def __len__(self) -> int:
+        return len(self._engine) - len(self._engine.memory)  # two dict lengths: no lock, no copy
+
+    def __iter__(self) -> Iterator[Hashable]:
+        return iter(self._engine.spilled_keys)
+
+    def __getitem__(self, key: Hashable) -> Any:
+        if key in self._engine.memory or key not in self._engine:
+            raise KeyError(key)
+        return self._engine.get(key)

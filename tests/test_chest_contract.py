@@ -598,3 +598,19 @@ def test_context_manager_on_a_temporary_chest() -> None:
         assert chest == sample()
         assert os.path.isdir(path)
     assert not os.path.exists(path)
+
+
+def test_slow_is_a_view_of_the_values_out_of_memory(tmp_path: Path) -> None:
+    # dask.distributed's worker metrics count len(data.slow) tasks as on disk.
+    chest = Chest(path=tmp_path / "c", available_memory=250, sizeof=lambda v: 100)
+    chest.update({k: [k] for k in "abcde"})
+    slow = chest.slow
+    assert len(slow) == 3 and set(slow) == set("abcde") - set(chest.inmem)
+    key = next(iter(slow))
+    assert slow[key] == [key]
+    resident = next(iter(chest.inmem))
+    with pytest.raises(KeyError):
+        slow[resident]
+    with pytest.raises(KeyError):
+        slow["absent"]
+    chest.close()

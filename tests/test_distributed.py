@@ -148,6 +148,9 @@ def check_workload(client: Client) -> None:
     wait(x, timeout=TIMEOUT)
     after_persist = client.run(spill_counters)
     assert all(c["spilled_total"][0] > 0 and c["spilled_total"][1] > 0 for c in after_persist.values()), after_persist
+    # The worker's own /metrics counts spilled tasks on disk (it reads len(data.slow); before: all in memory).
+    for fact in client.run(storage_facts).values():
+        assert metric_samples(fact["http_port"]).get(("dask_worker_tasks", (("state", "disk"),)), 0) > 0
     # The scheduler hears spilled bytes in the workers' heartbeats.
     poll(lambda: all(client.run_on_scheduler(scheduler_spilled).values()), "spilled bytes on the scheduler")
     assert all(client.run(contains_never_loads).values())
