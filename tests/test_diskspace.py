@@ -30,6 +30,13 @@ def through(tmp_path: Path, quota: str, **options: Any) -> Chest:
     return Chest(path=tmp_path / "c", available_memory="1 MiB", available_disk=quota, map_loads=True, **options)
 
 
+def one_file(tmp_path: Path, quota: str) -> tuple[Chest, int]:
+    """A :func:`through` Chest holding array(1) under "a", and the size of its file."""
+    chest = through(tmp_path, quota)
+    chest["a"] = array(1)
+    return chest, chest._store.file_bytes("a")
+
+
 @pytest.mark.parametrize(("how", "quota"), [("deleted", "7 MiB"), ("replaced", "9 MiB")])
 def test_a_file_a_loaded_value_still_maps_counts_on_disk_until_the_value_is_freed(
     tmp_path: Path, how: str, quota: str
@@ -101,9 +108,7 @@ def test_a_file_deleted_while_a_load_is_about_to_map_it_is_counted(
 ) -> None:
     # The load opens the file under the lock, then maps it without: a delete in between must see the file
     # as mapped. The fault is timing only (the load waits for the delete); the file and mapping are real.
-    chest = through(tmp_path, "3 MiB")
-    chest["a"] = array(1)
-    size = chest._store.file_bytes("a")
+    chest, size = one_file(tmp_path, "3 MiB")
     opened, deleted = threading.Event(), threading.Event()
     real = spillkit.filereads.map_file
 
@@ -151,9 +156,7 @@ class CloseFailsOnce:
 def test_a_load_that_fails_after_mapping_leaves_the_counts_right(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    chest = through(tmp_path, "5 MiB")
-    chest["a"] = array(1)
-    size = chest._store.file_bytes("a")
+    chest, size = one_file(tmp_path, "5 MiB")
     monkeypatch.setattr(spillkit.filereads, "os", CloseFailsOnce())
     with pytest.raises(OSError, match="Input/output error"):
         chest["a"]  # mapped, then the descriptor's close failed

@@ -39,6 +39,14 @@ def packed_chest(path: Path, segment_bytes: int = 8 * 1024) -> Chest:
     return chest
 
 
+def chest_holding_a(tmp_path: Path) -> tuple[Path, Chest]:
+    """A Chest at ``tmp_path / "c"`` holding 100 bytes under "a", spilled."""
+    path = tmp_path / "c"
+    chest = Chest(path=path, available_memory=0)
+    chest["a"] = b"a" * 100
+    return path, chest
+
+
 def test_a_fifo_planted_under_a_segments_name_costs_only_its_keys(tmp_path: Path) -> None:
     path = tmp_path / "c"
     chest = packed_chest(path)
@@ -72,9 +80,7 @@ def test_a_symlink_planted_under_a_segments_name_is_not_followed(tmp_path: Path)
 
 
 def test_a_fifo_planted_as_the_reserve_is_warned_about_and_the_flush_commits(tmp_path: Path) -> None:
-    path = tmp_path / "c"
-    chest = Chest(path=path, available_memory=0)
-    chest["a"] = b"a" * 100
+    path, chest = chest_holding_a(tmp_path)
     (path / RESERVE_NAME).unlink(missing_ok=True)
     os.mkfifo(path / RESERVE_NAME)
     with pytest.warns(SpillWarning, match="could not make the reserve"):
@@ -101,9 +107,7 @@ def test_a_fifo_planted_under_a_keys_file_reads_as_damaged_and_costs_only_that_k
 
 
 def test_a_symlink_planted_at_the_manifests_temporary_name_is_not_written_through(tmp_path: Path) -> None:
-    path = tmp_path / "c"
-    chest = Chest(path=path, available_memory=0)
-    chest["a"] = b"a" * 100
+    path, chest = chest_holding_a(tmp_path)
     victim = tmp_path / "victim.txt"
     victim.write_bytes(b"keep me")
     (path / f"{MANIFEST_NAME}.tmp-{os.getpid()}").symlink_to(victim)  # the name flush used to write
@@ -117,9 +121,7 @@ def test_a_symlink_planted_at_the_manifests_temporary_name_is_not_written_throug
 
 
 def test_a_symlink_planted_as_the_manifest_is_refused_not_read(tmp_path: Path) -> None:
-    path = tmp_path / "c"
-    chest = Chest(path=path, available_memory=0)
-    chest["a"] = b"a" * 100
+    path, chest = chest_holding_a(tmp_path)
     chest.close()
     manifest = path / MANIFEST_NAME
     elsewhere = tmp_path / "manifest-copy"
