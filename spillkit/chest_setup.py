@@ -6,7 +6,7 @@ the byte sizes, assembles the codec (``dump``/``load``, ``codec``,
 ``compression``) and the policy, makes or checks the directory, takes its
 lock, loads the key, opens the :class:`~spillkit.segments.PackedStore` and the
 :class:`~spillkit.engine.SpillEngine`, adopts an earlier flush
-(:func:`spillkit.persistence.reopen`) and stores ``data``. If any step raises,
+(:func:`spillkit.reopen.reopen`) and stores ``data``. If any step raises,
 what was opened is closed and the lock released before the error propagates.
 
 A function of the Chest, not an object the Chest owns, so that no Chest sits
@@ -29,8 +29,8 @@ from .compression import CompressedCodec, make_compression
 from .dirlock import DirLock
 from .engine import SpillEngine
 from .mapped import DEFAULT_MAP_FROM, map_available
-from .persistence import reopen
 from .policies import Policy, make_policy
+from .reopen import reopen
 from .reserve import Reserve
 from .security import check_directory, load_or_create_key, process_secret
 from .segments import DEFAULT_PACK_THRESHOLD, PackedStore

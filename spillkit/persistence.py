@@ -1,10 +1,10 @@
-"""A Chest's durability path: flush, manifest commit, reopen, close and drop.
+"""A Chest's durability path: flush, manifest commit, close and drop.
 
 :func:`flush` writes every value and commits a signed key manifest (the
 rewrite of records a failed fsync left untrusted, and the commit on a full
-disk into the room of :mod:`spillkit.reserve`, included); :func:`reopen`
-adopts the manifest of an earlier flush when a Chest opens its ``path``; :func:`close`
-and :func:`drop` end a Chest. :class:`~spillkit.chest.Chest` keeps the public
+disk into the room of :mod:`spillkit.reserve`, included); :func:`close`
+and :func:`drop` end a Chest (:mod:`spillkit.reopen` adopts the manifest of an
+earlier flush when a Chest opens its ``path``). :class:`~spillkit.chest.Chest` keeps the public
 methods and their documentation and calls these. The guarantees are in
 docs/durability.md.
 
@@ -16,8 +16,7 @@ ran instead of being freed at once.
 
 Thread-safety: :func:`flush` and :func:`drop` take the engine's lock;
 :func:`commit_manifest`, :func:`rewrite_unsynced` and
-:func:`drop_unsynced_in_memory` expect it held; :func:`reopen` runs in the
-constructor, before the Chest is shared.
+:func:`drop_unsynced_in_memory` expect it held.
 """
 
 from __future__ import annotations
@@ -25,13 +24,12 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import warnings
 from collections.abc import Hashable
 from typing import TYPE_CHECKING
 
-from .errors import ChangedWhileWritten, DiskQuotaExceeded, SpillError, SpillWarning
+from .errors import ChangedWhileWritten, DiskQuotaExceeded, SpillError
 from .keys import describe_key
-from .manifest import ManifestEntry, is_plain, pickle_key, read_manifest, remove_leftovers, write_manifest
+from .manifest import ManifestEntry, is_plain, pickle_key, write_manifest
 from .reserve import keep
 
 if TYPE_CHECKING:
@@ -44,7 +42,6 @@ __all__ = [
     "drop",
     "drop_unsynced_in_memory",
     "flush",
-    "reopen",
     "rewrite_unsynced",
 ]
 
@@ -186,40 +183,6 @@ def _commit_on_a_full_disk(chest: Chest, entries: list[ManifestEntry], names: li
     # are the only room left. Free them and commit once more; a crash in between loses those keys' old values.
     chest._store.protect(names)
     return write_manifest(chest._path, entries, chest._secret, sync_parent=not chest._flushed)
-
-
-def reopen(chest: Chest) -> None:
-    """Adopt the keys of the last flush's manifest in ``chest.path``; remove what a killed process left."""
-    # The manifest first: if it is damaged, raise before anything is removed.
-    entries = read_manifest(chest._path, chest._secret) or []
-    # Packed records are no files: a file under such a name is a leftover. Segments start with
-    # a dot, so remove_leftovers leaves them to remove_unreferenced below. The reserve's name
-    # starts with a dot and is no segment's: it stays, for the next flush (see spillkit.reserve).
-    remove_leftovers(chest._path, {entry.name for entry in entries if entry.segment is None})
-    adopted = []
-    foreign = set()  # segment names taken by no file of ours: left alone, not removed as leftovers
-    for entry in entries:
-        try:
-            chest._store.adopt(entry.key, entry.name, entry.file_bytes, entry.tag, entry.segment, entry.offset)
-        except OSError as error:
-            # Missing, or replaced by no file of ours (a FIFO, a link, a directory): that key (or the
-            # segment's keys) is lost, not the directory. Any other error (permissions, the disk, no
-            # descriptors left) may pass: raised, with nothing removed and the manifest as it was.
-            if not isinstance(error, FileNotFoundError) and error.errno not in (errno.EINVAL, errno.ELOOP):
-                raise
-            what = "is missing" if isinstance(error, FileNotFoundError) else f"is no regular file ({error!r})"
-            if entry.segment is not None and not isinstance(error, FileNotFoundError):
-                foreign.add(entry.segment)
-            warnings.warn(  # stacklevel: this function, setup_chest, Chest.__init__, then the caller
-                f"spill file for key {describe_key(entry.key)} {what}; the key is skipped",
-                SpillWarning,
-                stacklevel=4,
-            )
-            continue
-        chest._engine.restore(entry.key, entry.nbytes, entry.cost)
-        adopted.append(entry.name)
-    chest._store.protect(adopted)
-    chest._store.remove_unreferenced(keep=foreign)  # segments a crash left after the last flush
 
 
 def close(chest: Chest) -> None:

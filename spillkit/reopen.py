@@ -1,0 +1,58 @@
+"""Opening a Chest on a directory an earlier Chest flushed: adopt its manifest, remove what a crash left.
+
+:func:`reopen` runs in the constructor (:func:`spillkit.chest_setup.setup_chest`),
+before the Chest is shared, so it takes no lock. A damaged or forged manifest
+raises before anything is removed; a key whose file is missing, or whose name
+something that is no file of ours has taken, is skipped with a warning; any
+other error raises with nothing removed. A function of the Chest, as in
+:mod:`spillkit.persistence`, so that no helper holds a reference back to it.
+"""
+
+from __future__ import annotations
+
+import errno
+import warnings
+from typing import TYPE_CHECKING
+
+from .errors import SpillWarning
+from .keys import describe_key
+from .manifest import read_manifest, remove_leftovers
+
+if TYPE_CHECKING:
+    from .chest import Chest
+
+__all__ = ["reopen"]
+
+
+def reopen(chest: Chest) -> None:
+    """Adopt the keys of the last flush's manifest in ``chest.path``; remove what a killed process left."""
+    # The manifest first: if it is damaged, raise before anything is removed.
+    entries = read_manifest(chest._path, chest._secret) or []
+    # Packed records are no files: a file under such a name is a leftover. Segments start with
+    # a dot, so remove_leftovers leaves them to remove_unreferenced below. The reserve's name
+    # starts with a dot and is no segment's: it stays, for the next flush (see spillkit.reserve).
+    remove_leftovers(chest._path, {entry.name for entry in entries if entry.segment is None})
+    adopted = []
+    foreign = set()  # segment names taken by no file of ours: left alone, not removed as leftovers
+    for entry in entries:
+        try:
+            chest._store.adopt(entry.key, entry.name, entry.file_bytes, entry.tag, entry.segment, entry.offset)
+        except OSError as error:
+            # Missing, or replaced by no file of ours (a FIFO, a link, a directory): that key (or the
+            # segment's keys) is lost, not the directory. Any other error (permissions, the disk, no
+            # descriptors left) may pass: raised, with nothing removed and the manifest as it was.
+            if not isinstance(error, FileNotFoundError) and error.errno not in (errno.EINVAL, errno.ELOOP):
+                raise
+            what = "is missing" if isinstance(error, FileNotFoundError) else f"is no regular file ({error!r})"
+            if entry.segment is not None and not isinstance(error, FileNotFoundError):
+                foreign.add(entry.segment)
+            warnings.warn(  # stacklevel: this function, setup_chest, Chest.__init__, then the caller
+                f"spill file for key {describe_key(entry.key)} {what}; the key is skipped",
+                SpillWarning,
+                stacklevel=4,
+            )
+            continue
+        chest._engine.restore(entry.key, entry.nbytes, entry.cost)
+        adopted.append(entry.name)
+    chest._store.protect(adopted)
+    chest._store.remove_unreferenced(keep=foreign)  # segments a crash left after the last flush
