@@ -77,8 +77,10 @@ class ChestLifecycle(ChestState):
         """
         persistence.close(cast("Chest", self))
 
-    def _shut(self) -> None:
-        self._engine.close()  # joins the background writer before the segment files close
+    def _shut(self, join: bool = True) -> None:
+        # join=False: called under the engine's lock, whose holder joins the writer after letting go
+        # (the writer has drained by then: it writes nothing more, to the segments or elsewhere).
+        self._engine.close(join=join)  # joins the background writer before the segment files close
         self._store.close()
         self._dir_lock.release()  # last: no other Chest may open the directory while this one writes there
 

@@ -130,25 +130,36 @@ class WorkerLoads(MutableMapping[Hashable, Any]):
             )
             kwargs["cache"] = _Unshared()
             return dask.threaded.get(dsk, keys, **kwargs)
-        kwargs["cache"] = self
-        if not isinstance(dsk, Mapping):  # an expression (dask 2025+): its graph, once, as get_async would make it
-            dsk = dsk.__dask_graph__()
-        if markers:
-            kwargs["loads"] = self.loads
-            self._scheduler = threading.get_ident()  # __getitem__ hands this thread markers
-        chest = self.chest
-        before = {key for key in dsk if key in chest}  # the user's own keys, if any: left alone
+        chest, ours = self.chest, False
         try:
-            result = dask.threaded.get(dsk, keys, **kwargs)
-            return self._resolve(keys, result)
+            if not isinstance(dsk, Mapping):  # an expression (dask 2025+): its graph, once, as get_async makes it
+                dsk = dsk.__dask_graph__()
+            before = [key for key in dsk if key in chest]
+            if before:  # a key put into the Chest by hand that the graph computes: dask would take it for done
+                warnings.warn(
+                    f"{len(before)} key(s) of this graph are already in the spilling() Chest; "
+                    "this computation runs without it, in memory",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                kwargs["cache"] = _Unshared()
+            else:
+                kwargs["cache"], ours = self, True
+                if markers:
+                    kwargs["loads"] = self.loads
+                    self._scheduler = threading.get_ident()  # __getitem__ hands this thread markers
+            return self._resolve(keys, dask.threaded.get(dsk, keys, **kwargs))
         finally:
-            with self._lock:
-                self._scheduler = None
-                self._busy = False
-            for key in dsk:
-                if key not in before and key in chest:
-                    with contextlib.suppress(KeyError):  # gone meanwhile
-                        del chest[key]
+            try:
+                if ours:
+                    for key in dsk:  # what this computation stored (results are returned by now)
+                        if key in chest:
+                            with contextlib.suppress(KeyError):  # gone meanwhile
+                                del chest[key]
+            finally:
+                with self._lock:  # only now: a computation starting earlier would meet these keys
+                    self._scheduler = None
+                    self._busy = False
 
     def _resolve(self, keys: Any, result: Any) -> Any:
         """The results, with any marker replaced by its value (``nested_get`` mirrors ``keys``)."""

@@ -188,6 +188,7 @@ class SpillEngine(EngineLifecycle):
     # ---- the one loop that makes room ----------------------------------------------
     def _make_room(self, incoming: int) -> None:
         limit = self.budget - incoming
+        self._rounds += 1
         try:
             while self.memory_bytes > limit:
                 try:
@@ -197,7 +198,8 @@ class SpillEngine(EngineLifecycle):
                 if not self._spill(key):
                     return
         finally:
-            if self._aside:
+            self._rounds -= 1
+            if self._aside and not self._rounds:  # the outermost round: a nested one must not offer them again
                 self._end_round()
 
     def _spill(self, key: Hashable, background: bool = True) -> bool:

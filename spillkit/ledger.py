@@ -78,12 +78,14 @@ class EngineLedger:
         # (it may have been changed in place since); Chest(check_in_place=False) trusts values instead.
         self.check_in_place = True
         self.closed = False
+        self.closing = False  # closed to changes while close() flushes; reads still served
         self.listener_errors = 0
         self._nbytes: dict[Hashable, int] = {}  # every key, resident or not
         self._costs: dict[Hashable, float] = {}  # costs given explicitly
         self._objects: dict[int, list[int]] = {}  # id(value) -> [resident keys holding it, nbytes]
         self._unspillable: set[Hashable] = set()  # resident, set aside after a serialization error
         self._aside: list[Hashable] = []  # victims that changed while written: out of the policy for one round
+        self._rounds = 0  # rounds making room now (a listener's load may start one inside another)
         self._spilled_nbytes = 0  # memory size of the keys whose only copy is on disk
         self._refs = LiveObjects()  # spilled values that may still be alive elsewhere
         self._writer: WriteBehind | None = None  # the engine sets it when write-behind is on

@@ -70,6 +70,7 @@ class EngineLifecycle(EngineLedger):
         """Spill values until one frees memory; return bytes freed, or -1. Never raises."""
         with self.lock:
             before = self.memory_bytes
+            self._rounds += 1
             try:
                 while True:
                     try:
@@ -83,7 +84,8 @@ class EngineLifecycle(EngineLedger):
                     if self.memory_bytes < before:
                         return before - self.memory_bytes
             finally:
-                if self._aside:
+                self._rounds -= 1
+                if self._aside and not self._rounds:
                     self._end_round()
 
     def restore(self, key: Hashable, nbytes: int, cost: float | None) -> None:
@@ -164,8 +166,11 @@ class EngineLifecycle(EngineLedger):
             with self.lock:
                 self._writer.drain()
 
-    def close(self, forget_memory: bool = True) -> None:
-        """Refuse every later operation; drop resident values (their files stay)."""
+    def close(self, forget_memory: bool = True, join: bool = True) -> None:
+        """Refuse every later operation; drop resident values (their files stay).
+
+        ``join=False``: the caller holds the lock, and joins the writer (:meth:`join_writer`) once it lets go.
+        """
         with self.lock:
             self.wait_for_writes()
             self._refs.clear()
@@ -175,5 +180,11 @@ class EngineLifecycle(EngineLedger):
                     if key in self.disk:
                         self._spilled_nbytes += self._nbytes[key]
             self.closed = True
+            self.closing = False
+        if join:
+            self.join_writer()
+
+    def join_writer(self) -> None:
+        """Wait for the background writer thread to end (without the lock: the thread may take it to finish)."""
         if self._writer is not None:
-            self._writer.join()  # outside the lock: the thread takes it to finish
+            self._writer.join()

@@ -188,36 +188,45 @@ def _commit_on_a_full_disk(chest: Chest, entries: list[ManifestEntry], names: li
 def close(chest: Chest) -> None:
     """Flush and shut a Chest with a ``path`` of its own, drop a temporary one: :meth:`~spillkit.chest.Chest.close`."""
     engine = chest._engine
+    if chest._temporary:
+        chest.drop()  # idempotent; takes the lock itself, and joins the writer once it has let go
+        return
+    try:
+        _close_locked(chest)
+    finally:
+        if engine.closed:
+            engine.join_writer()  # without the lock: the writer thread may take it to end
+
+
+def _close_locked(chest: Chest) -> None:
+    engine = chest._engine
     with engine.lock:  # held to the end: nothing changes between the flush and the shut
         if engine.closed:
-            return
-        if chest._temporary:
-            chest.drop()
             return
         if os.getpid() != chest._owner_pid:  # a forked child's copy: shut it, flush nothing (see flush)
             engine.close()
             return
         # Closed from here for every other thread: a put or delete that waited for the lock (or comes
         # while the flush waits for writes) is refused, not lost after the flush, nor stored unflushed.
-        engine.closed = True
+        engine.closed = engine.closing = True  # closing: reads still served until the shut (or a failure)
         still_open = f"spillkit: the Chest at {chest._path!r} is still open; nothing was dropped"
         try:
             flush(chest, closing=True)
         except OSError as error:  # fsync or the manifest: the disk may work again later
-            engine.closed = False
+            engine.closed = engine.closing = False
             error.add_note(still_open)
             raise
         except SpillError as error:
             if any(isinstance(e, (OSError, DiskQuotaExceeded, ChangedWhileWritten)) for _, e in chest._flush_failures):
-                engine.closed = False
+                engine.closed = engine.closing = False
                 error.add_note(still_open)
                 raise
-            chest._shut()  # only values that can never be written failed: the error names them
+            chest._shut(join=False)  # only values that can never be written failed: the error names them
             raise
         except BaseException:
-            chest._shut()
+            chest._shut(join=False)
             raise
-        chest._shut()
+        chest._shut(join=False)
 
 
 def drop(chest: Chest) -> None:
@@ -231,10 +240,11 @@ def drop(chest: Chest) -> None:
             return
         chest._store.clear()  # at once: deleting key by key would compact segments about to go
         chest._engine.clear()
-        chest._engine.close()
+        chest._engine.close(join=False)  # joined below, without the lock: the writer may take it to end
         chest._store.close()
         if chest._finalizer is not None:
             chest._finalizer()
         else:
             shutil.rmtree(chest._path, ignore_errors=True)
         chest._dir_lock.release()  # held while the directory went: no Chest could start on it half-removed
+    chest._engine.join_writer()

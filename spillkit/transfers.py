@@ -110,7 +110,8 @@ def _unchanged(engine: SpillEngine, key: Hashable, pending: Any, nbytes: int) ->
 
 def load(engine: SpillEngine, key: Hashable) -> Any:
     """Return a value that is not resident, and admit it when it fits; KeyError if absent."""
-    engine._check_open()
+    if not engine.closing:  # a close() under way still serves reads: it may fail and leave the Chest open
+        engine._check_open()
     if key not in engine._nbytes:
         engine.stats.misses += 1
         if engine.listeners:

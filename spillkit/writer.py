@@ -86,8 +86,11 @@ class BackgroundWriter:
         self.largest = max(self.largest, pending.nbytes)
         self._queue.append(pending)
         if self._thread is None:
-            self._thread = self._last_thread = threading.Thread(target=self._run, name="spillkit-writer", daemon=True)
-            self._thread.start()
+            self._start()
+
+    def _start(self) -> None:
+        self._thread = self._last_thread = threading.Thread(target=self._run, name="spillkit-writer", daemon=True)
+        self._thread.start()
 
     def is_current(self, pending: PendingWrite) -> bool:
         """False once a put or delete of the key has cancelled this write."""
@@ -126,10 +129,12 @@ class BackgroundWriter:
     def _run(self) -> None:
         try:
             self._loop()  # returns having cleared _thread under the lock; then takes the lock no more
-        except BaseException:  # however else the thread ends, nobody may wait for it forever
+        except BaseException:  # however else the thread ends, the queued writes go on, in a new one
             with self.cond:
                 if self._thread is threading.current_thread():
                     self._thread = None
+                    if self._queue:
+                        self._start()
                 self.cond.notify_all()
             raise
 
@@ -148,7 +153,7 @@ class BackgroundWriter:
             if self.is_current(pending):  # a cancelled write is not worth serializing
                 try:
                     prepared = self._write(pending)
-                except Exception as caught:
+                except BaseException as caught:  # even KeyboardInterrupt from a value's __reduce__: its write failed
                     error = caught
             seconds = time.perf_counter() - start
             with cond:

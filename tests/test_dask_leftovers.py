@@ -9,6 +9,7 @@ other's keys. Real dask schedulers and arrays throughout.
 from __future__ import annotations
 
 import threading
+import time
 import warnings
 from typing import Any
 
@@ -132,3 +133,59 @@ def test_two_blocks_in_two_threads_leave_later_computations_working() -> None:
     left.set()
     thread.join(60)
     assert float(x.sum().compute()) == pytest.approx(expected)  # before: SpillError (a closed Chest)
+
+
+def test_a_computation_starting_while_another_cleans_up_keeps_its_results(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The first computation let go of the Chest before deleting its keys: the second one then shared the
+    # Chest and had its results deleted under it. Timing only: the first's cleanup waits for the second.
+    from dask import delayed
+    from dask.callbacks import Callback
+
+    x = delayed(lambda v: v * 10, pure=True)(1)
+    z = x * 2
+    cleaning, second_done = threading.Event(), threading.Event()
+    real = Chest.__delitem__
+
+    def slow_delete(self: Chest, key: Any) -> None:
+        if threading.current_thread().name == "first" and not cleaning.is_set():
+            cleaning.set()
+            second_done.wait(5)
+        real(self, key)
+
+    monkeypatch.setattr(Chest, "__delitem__", slow_delete)
+
+    class PauseBeforeResults(Callback):  # type: ignore[misc]
+        def _finish(self, dsk: Any, state: Any, errored: bool) -> None:
+            if threading.current_thread().name == "second":
+                second_done.set()
+                time.sleep(0.3)
+
+    outcome: dict[str, Any] = {}
+
+    def run(name: str, *collections: Any) -> None:
+        try:
+            outcome[name] = dask.compute(*collections, optimize_graph=False)
+        except BaseException as error:
+            outcome[name] = error
+
+    with spilling(available_memory="1 MiB"), PauseBeforeResults(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        first = threading.Thread(target=run, args=("first", x), name="first")
+        first.start()
+        assert cleaning.wait(10)
+        second = threading.Thread(target=run, args=("second", x, z), name="second")
+        second.start()
+        first.join(30)
+        second.join(30)
+    assert outcome == {"first": (10,), "second": (10, 20)}  # before: KeyError in the second
+
+
+def test_a_key_put_by_hand_that_the_graph_computes_is_left_alone() -> None:
+    from dask import delayed
+
+    y = delayed(lambda v: v + 1, pure=True)(1)
+    with spilling(available_memory="1 MiB") as chest:
+        chest[y.key] = "mine"
+        with pytest.warns(RuntimeWarning, match="already in the spilling"):
+            assert dask.compute(y)[0] == 2  # before: KeyError, and the value replaced
+        assert chest[y.key] == "mine"

@@ -371,9 +371,9 @@ def test_a_put_racing_close_is_either_refused_or_kept(tmp_path: Path) -> None:
     chest = Chest(path=path)
     real = chest._shut
 
-    def slow_shut() -> None:  # timing only: widens the moment between the flush and the shut
+    def slow_shut(join: bool = True) -> None:  # timing only: widens the moment between the flush and the shut
         time.sleep(0.05)
-        real()
+        real(join=join)
 
     chest._shut = slow_shut  # type: ignore[method-assign]
     stored: list[int] = []

@@ -12,7 +12,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -722,3 +722,95 @@ def test_an_unpicklable_value_read_back_during_its_write_then_evicted_leaves_the
     assert chest["u"] is held and chest["x"] == [1]
     assert "u" in chest.engine.unspillable_keys
     chest.drop()
+
+
+class InterruptsItsPickling:
+    """A value whose pickling raises KeyboardInterrupt (a BaseException), as a signal handler might."""
+
+    def __reduce__(self) -> Any:
+        raise KeyboardInterrupt
+
+
+def test_a_value_whose_pickling_raises_a_base_exception_fails_only_its_own_write(tmp_path: Path) -> None:
+    # Before: the writer thread died with the writes queued behind it still pending; a flush then
+    # found no thread to wait for, and close() lost those values without a word.
+    path = tmp_path / "c"
+    chest = Chest(path=path, available_memory=100, sizeof=lambda v: 40, write_behind=True, pack_threshold=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SpillWarning)
+        chest["bad"] = InterruptsItsPickling()
+        for key in "abcd":
+            chest[key] = [key]
+        chest.wait_for_writes()
+        assert "bad" in chest.engine.unspillable_keys
+        del chest["bad"]  # (a flush in this thread would raise its KeyboardInterrupt here, as it should)
+        chest.close()
+    again = Chest(path=path)
+    assert sorted(again) == ["a", "b", "c", "d"] and again["a"] == ["a"]
+    again.close()
+
+
+def test_a_listener_that_loads_during_a_round_does_not_offer_a_passed_over_victim_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A load inside a listener makes room in a round of its own; that round ended the outer one's
+    # set-aside list, so the outer round picked the same victim again, and again (2,000 writes).
+    import spillkit.engine
+
+    class HotFirst(spillkit.LRU):
+        def victim(self) -> Hashable:
+            return "hot" if "hot" in self._order else super().victim()
+
+        def victim_for(self, need: int, has_copy: Any = None) -> Hashable:
+            return self.victim()
+
+    writes = {"hot": 0}
+    real = spillkit.engine.timed_write
+
+    def hot_keeps_changing(engine: Any, key: Hashable, value: Any) -> Any:  # the fault: as verify_writes finds
+        if key == "hot":
+            writes["hot"] += 1
+            assert writes["hot"] < 50, "the same victim, again and again"
+            raise spillkit.ChangedWhileWritten("injected")
+        return real(engine, key, value)
+
+    monkeypatch.setattr(spillkit.engine, "timed_write", hot_keeps_changing)
+    chest = Chest(path=tmp_path / "c", available_memory=100, sizeof=lambda v: 10, policy=HotFirst())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SpillWarning)
+        chest["hot"] = [0]
+        for key in range(100, 112):
+            chest[key] = [key]
+
+        def load_one(event: Any) -> None:
+            if event.kind == "spill-error":
+                chest[next(k for k in chest.engine.spilled_keys if k != "hot")]
+
+        chest.add_listener(load_one)
+        writes["hot"] = 0
+        chest["new"] = [1]
+    assert writes["hot"] <= 2 and chest["hot"] == [0] and chest["new"] == [1]
+    chest.drop()
+
+
+def test_a_spilled_value_is_still_served_while_close_waits_for_writes(tmp_path: Path) -> None:
+    # close() refuses changes from the start, but reads go on until it has shut: it may fail and stay open.
+    chest = Chest(path=tmp_path / "c", available_memory=100, sizeof=lambda v: 60, write_behind=True)
+    chest["early"] = Box(7)
+    chest["x"] = Box(0)  # "early" spilled
+    chest.wait_for_writes()
+    prepared, go = _held_write(chest, "x")
+    chest["y"] = Box(1)  # "x" to the writer, held
+    assert prepared.wait(10)
+    closer = threading.Thread(target=chest.close)
+    closer.start()
+    deadline = time.monotonic() + 10
+    while not chest.engine.closing and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert chest.engine.closing
+    assert chest["early"].x == 7  # before: SpillError, the Chest is closed
+    with pytest.raises(spillkit.SpillError, match="closed"):
+        chest["z"] = Box(2)  # changes are refused
+    go.set()
+    closer.join(10)
+    assert chest.closed
