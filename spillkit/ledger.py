@@ -183,7 +183,7 @@ class EngineLedger:
             if key not in self._nbytes:
                 raise KeyError(key)
             self._costs[key] = cost
-            if key in self.memory and key not in self._unspillable:
+            if key in self.memory and key not in self._unspillable and key not in self._aside:
                 self.policy.recosted(key, self._nbytes[key], cost)
             if self.listeners:
                 self._emit(COST, key, self._nbytes[key])

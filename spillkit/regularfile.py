@@ -22,10 +22,14 @@ SAFE_OPEN = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getatt
 
 
 def ensure_regular(fd: int, full: str) -> int:
-    """Return ``fd`` (opened on ``full``) if it is a regular file; else close it and raise ``OSError`` (EINVAL)."""
+    """Return ``fd`` (opened on ``full``), blocking again, if it is a regular file.
+
+    Otherwise close it and raise ``OSError`` (EINVAL).
+    """
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, "not a regular file", full)
+        os.set_blocking(fd, True)  # a regular file after all: no file system may answer its reads with EAGAIN
     except BaseException:
         os.close(fd)
         raise

@@ -657,6 +657,7 @@ def test_listeners_may_read_or_delete_a_victim_passed_over_in_the_round(tmp_path
     def listener(event: Any) -> None:
         if event.kind == "spill" and event.key == "b":
             seen.append(chest["a"].x)  # before: KeyError for a key that is there
+            chest.set_cost("a", 2.0)  # and here, KeyError from the policy
         if event.kind == "spill-error" and event.key == "a" and chest.stats.spill_failures == 2:
             del chest["a"]  # before: the put below raised KeyError('a'), and "d" was not stored
 
