@@ -9,6 +9,7 @@ numpy are imported only when it runs); :func:`_greedy` is
 from __future__ import annotations
 
 import bisect
+import math
 
 from .bound_model import _Model
 
@@ -64,11 +65,12 @@ def _solve(model: _Model, compress: bool = True) -> tuple[float, str]:
         return _greedy(model), f"{result.message} (PFOO-L bound reported)"
     # From the solution itself, not base + fun * budget (base can be 1e10 and the answer 0: cancellation),
     # less what HiGHS's tolerances may have left out (about 1e-7 of the budget): a bound, never above.
+    # Every run moves whole bytes, so the bound rounds up to the next integer and stays one.
     x = np.clip(result.x[:nx], 0.0, 1.0)
     w = np.clip(result.x[nx : nx + nw], 0.0, 1.0)
     io = model.constant + float(np.dot(np.asarray(model.sizes, dtype=float) * reads, 1.0 - x))
     io += float(np.dot(np.asarray(model.writes, dtype=float), w))
-    return max(float(model.constant), io - _SLACK * budget), "optimal"
+    return max(float(model.constant), float(math.ceil(io - _SLACK * budget))), "optimal"
 
 
 def _greedy(model: _Model) -> float:
