@@ -117,7 +117,7 @@ class ChestCallback(Callback):
         # does not use this Chest (another thread's, one spilling() handed a dict) is left alone.
         cache = state["cache"]
         if cache is not self.chest and not (isinstance(cache, WorkerLoads) and cache.chest is self.chest):
-            if not isinstance(cache, _Unshared):
+            if not isinstance(cache, (_Unshared, WorkerLoads)):  # not another spilling() block's (a thread's)
                 warnings.warn(
                     "this computation's cache= is not the Chest given to ChestCallback", RuntimeWarning, stacklevel=2
                 )
