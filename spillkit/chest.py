@@ -21,7 +21,6 @@ from .chest_setup import setup_chest
 from .codecs import Codec
 from .compression import CompressedCodec
 from .engine import _MISSING
-from .keys import describe_key
 from .policies import Policy
 
 __all__ = ["Chest"]
@@ -273,6 +272,4 @@ class Chest(ChestLifecycle, MutableMapping[Hashable, Any]):
     def put(self, key: Hashable, value: Any, cost: float | None = None) -> None:
         """Store ``value`` with its recompute ``cost`` in seconds (for ``CostAware``); ValueError for a NaN cost."""
         self._check_open()
-        if cost is not None and cost != cost:  # NaN orders against nothing: it would scramble the policy's heap
-            raise ValueError(f"the cost of {describe_key(key)} is NaN; give seconds, or None")
         self._engine.put(key, value, cost)

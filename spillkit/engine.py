@@ -102,7 +102,12 @@ class SpillEngine(EngineLifecycle):
             lock.release()
 
     def put(self, key: Hashable, value: Any, cost: float | None = None, nbytes: int | None = None) -> None:
-        """Store ``value``; make room unless deferred. Values over the budget go straight to disk."""
+        """Store ``value``; make room unless deferred. Values over the budget go straight to disk.
+
+        ValueError for a NaN ``cost``, before anything changes.
+        """
+        if cost is not None:
+            self._check_cost(key, cost)
         if nbytes is None:
             nbytes = int(self.sizeof(value))
         lock = self.lock
@@ -117,7 +122,7 @@ class SpillEngine(EngineLifecycle):
             existed = key in self._nbytes  # TypeError for an unhashable key, before any change
             old = self._pop_resident(key) if existed else _MISSING
             if not self.deferred:
-                incoming = 0 if id(value) in self._objects else nbytes
+                incoming = self._incoming(value, nbytes)
                 if self.memory_bytes + incoming > self.budget:
                     try:
                         self._make_room(incoming)
@@ -188,8 +193,7 @@ class SpillEngine(EngineLifecycle):
     # ---- the one loop that makes room ----------------------------------------------
     def _make_room(self, incoming: int) -> None:
         limit = self.budget - incoming
-        self._rounds += 1
-        try:
+        with self._round():
             while self.memory_bytes > limit:
                 try:
                     key = self.policy.victim_for(self.memory_bytes - limit, self.disk.has_copy)
@@ -197,10 +201,6 @@ class SpillEngine(EngineLifecycle):
                     return
                 if not self._spill(key):
                     return
-        finally:
-            self._rounds -= 1
-            if self._aside and not self._rounds:  # the outermost round: a nested one must not offer them again
-                self._end_round()
 
     def _spill(self, key: Hashable, background: bool = True) -> bool:
         """Act on one victim; False when the disk failed and the round should stop.

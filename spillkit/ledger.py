@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import warnings
@@ -148,14 +149,14 @@ class EngineLedger:
             raise SpillError("this Chest is closed")
 
     def _count_write_error(self, error: BaseException) -> None:
-        # By reason (spill_failures counts them all): quota and serialization are counted where they are met.
+        # One failed write, in spill_failures and by reason (quota and serialization are counted where they are met).
+        self.stats.spill_failures += 1
         if isinstance(error, OSError):
             self.stats.disk_errors += 1
         elif isinstance(error, ChangedWhileWritten):
             self.stats.changed_errors += 1
 
     def _spill_failed(self, key: Hashable, nbytes: int, error: BaseException, what: str) -> None:
-        self.stats.spill_failures += 1
         self._count_write_error(error)
         warnings.warn(f"value for key {describe_key(key)} {what}: {error!r}", SpillWarning, stacklevel=5)
         if self.listeners:
@@ -166,18 +167,34 @@ class EngineLedger:
         self.policy.removed(key)
         self._aside.append(key)
 
-    def _end_round(self) -> None:
-        # The victims set aside this round are offered to the policy again (if still resident).
-        aside, self._aside = self._aside, []
-        for key in aside:
-            if key in self.memory and key not in self._unspillable:
-                self.policy.admitted(key, self._nbytes[key], self._cost(key, self._nbytes[key]))
+    @contextlib.contextmanager
+    def _round(self) -> Iterator[None]:
+        # One round of making room (lock held). When the outermost ends (a listener's load may run one
+        # inside another), the victims set aside in it are offered to the policy again, if still resident.
+        self._rounds += 1
+        try:
+            yield
+        finally:
+            self._rounds -= 1
+            if self._aside and not self._rounds:
+                aside, self._aside = self._aside, []
+                for key in aside:
+                    if key in self.memory and key not in self._unspillable:
+                        self.policy.admitted(key, self._nbytes[key], self._cost(key, self._nbytes[key]))
 
     # ---- bookkeeping ---------------------------------------------------------------
-    def set_cost(self, key: Hashable, cost: float) -> None:
-        """Record the key's recompute cost in seconds and let the policy re-rank it; ValueError for NaN."""
+    @staticmethod
+    def _check_cost(key: Hashable, cost: float) -> None:
         if cost != cost:  # NaN orders against nothing: it would scramble the policy's heap
             raise ValueError(f"the cost of {describe_key(key)} is NaN; give seconds")
+
+    def _incoming(self, value: Any, nbytes: int) -> int:
+        # Bytes admitting ``value`` adds to memory: none when the object is resident under another key.
+        return 0 if id(value) in self._objects else nbytes
+
+    def set_cost(self, key: Hashable, cost: float) -> None:
+        """Record the key's recompute cost in seconds and let the policy re-rank it; ValueError for NaN."""
+        self._check_cost(key, cost)
         with self.lock:
             self._check_open()
             if key not in self._nbytes:

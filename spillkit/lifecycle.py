@@ -70,8 +70,7 @@ class EngineLifecycle(EngineLedger):
         """Spill values until one frees memory; return bytes freed, or -1. Never raises."""
         with self.lock:
             before = self.memory_bytes
-            self._rounds += 1
-            try:
+            with self._round():
                 while True:
                     try:
                         # victim(), not victim_for: the caller (a worker over its memory target) does not know
@@ -83,10 +82,6 @@ class EngineLifecycle(EngineLedger):
                         return -1
                     if self.memory_bytes < before:
                         return before - self.memory_bytes
-            finally:
-                self._rounds -= 1
-                if self._aside and not self._rounds:
-                    self._end_round()
 
     def restore(self, key: Hashable, nbytes: int, cost: float | None) -> None:
         """Register a key whose value is already on disk (re-opening a directory)."""
@@ -114,12 +109,7 @@ class EngineLifecycle(EngineLedger):
             for key in list(self.memory):
                 if self._file_holds(key, self.memory[key]):
                     continue
-                try:
-                    timed_write(self, key, self.memory[key])
-                except Exception as error:
-                    self.stats.spill_failures += 1
-                    self._count_write_error(error)
-                    failures.append((key, error))
+                if not self._write_or_note(key, self.memory[key], failures):
                     continue
                 if key in self._unspillable:  # it could be written after all: offer it again
                     self._unspillable.discard(key)
@@ -128,16 +118,20 @@ class EngineLifecycle(EngineLedger):
             if self.check_in_place:  # a spilled value still alive elsewhere is what get hands back: changed, too
                 for key, ref in list(self._refs.items()):
                     value = ref()
-                    if value is None or key in self.memory or self._file_holds(key, value):
-                        continue
-                    try:
-                        timed_write(self, key, value)
-                    except Exception as error:
-                        self.stats.spill_failures += 1
-                        self._count_write_error(error)
-                        failures.append((key, error))
+                    if value is not None and key not in self.memory and not self._file_holds(key, value):
+                        self._write_or_note(key, value, failures)
             self.disk.sync()
         return failures
+
+    def _write_or_note(self, key: Hashable, value: Any, failures: list[tuple[Hashable, BaseException]]) -> bool:
+        # A flush's write of one value: False, counted and added to ``failures``, if it failed.
+        try:
+            timed_write(self, key, value)
+        except Exception as error:
+            self._count_write_error(error)
+            failures.append((key, error))
+            return False
+        return True
 
     def clear(self) -> None:
         """Delete every key."""

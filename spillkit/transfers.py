@@ -67,7 +67,6 @@ def write_through(engine: SpillEngine, key: Hashable, value: Any, nbytes: int, c
     try:
         written, seconds = timed_write(engine, key, value)
     except OSError as error:
-        engine.stats.spill_failures += 1
         engine._count_write_error(error)
         raise
     except Exception as error:
@@ -154,7 +153,7 @@ def load(engine: SpillEngine, key: Hashable) -> Any:
         # Loads make room even while puts are deferred: deferral exists so that values
         # about to be deleted are not written, and a value being read is not one of them.
         try:
-            engine._make_room(0 if id(value) in engine._objects else nbytes)  # resident under another key: no bytes
+            engine._make_room(engine._incoming(value, nbytes))
         except SpillError:
             return value  # no room can be made now; serve it without caching
         engine._spilled_nbytes -= nbytes

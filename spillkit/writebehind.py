@@ -105,7 +105,7 @@ class WriteBehind:
             pending.evicting = False
             self.writer.in_flight_bytes -= pending.nbytes
             with contextlib.suppress(SpillError):  # no room now: it is in memory regardless
-                engine._make_room(0 if id(value) in engine._objects else pending.nbytes)
+                engine._make_room(engine._incoming(value, pending.nbytes))
             engine._admit(key, value, pending.nbytes)
         engine.stats.hits += 1
         if engine.listeners:
