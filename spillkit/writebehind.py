@@ -104,9 +104,11 @@ class WriteBehind:
         if pending.evicting:
             pending.evicting = False
             self.writer.in_flight_bytes -= pending.nbytes
-            with contextlib.suppress(SpillError):  # no room now: it is in memory regardless
-                engine._make_room(engine._incoming(value, pending.nbytes))
-            engine._admit(key, value, pending.nbytes)
+            try:
+                with contextlib.suppress(SpillError):  # no room now: it is in memory regardless
+                    engine._make_room(engine._incoming(value, pending.nbytes))
+            finally:  # whatever the round raised: it is no longer in flight, so memory must hold it
+                engine._admit(key, value, pending.nbytes)
         engine.stats.hits += 1
         if engine.listeners:
             engine._emit(HIT, key, pending.nbytes)

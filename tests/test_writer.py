@@ -816,3 +816,53 @@ def test_a_spilled_value_is_still_served_while_close_waits_for_writes(tmp_path: 
     go.set()
     closer.join(10)
     assert chest.closed
+
+
+class _ArmedLRU(spillkit.policies.LRU):
+    """LRU whose next victim choice raises once ``armed`` is set (fault injection: a policy bug)."""
+
+    armed = False
+
+    def victim_for(self, need: int, has_copy: Any = None) -> Hashable:
+        if self.armed:
+            self.armed = False
+            raise RuntimeError("policy bug")
+        return super().victim_for(need) if has_copy is None else super().victim_for(need, has_copy)
+
+
+@pytest.mark.parametrize("outcome", ["written", "write fails"])
+def test_a_value_taken_back_from_its_write_survives_a_failing_round(
+    tmp_path: Path, outcome: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Reading a value whose eviction is in flight takes it back into memory and makes room for it.
+    # When making room raised something other than SpillError, the value was neither resident nor
+    # counted as in flight: a failing write then lost it, and a successful one left it uncounted.
+    codec, policy = GatedCodec(), _ArmedLRU()
+    chest = Chest(
+        path=tmp_path / "c", available_memory=2 * UNIT, sizeof=unit_sizeof, codec=codec, policy=policy, write_behind=True
+    )
+    first = ["first"]
+    chest["a"] = first
+    chest["b"] = ["b"]
+    chest["c"] = ["c"]  # "a" handed to the writer, held at the gate
+    assert codec.started.wait(10)
+    policy.armed = True
+    with pytest.raises(RuntimeError, match="policy bug"):
+        chest["a"]
+    assert "a" in chest.inmem and chest.inmem["a"] is first  # taken back whatever the round did
+    if outcome == "write fails":
+        monkeypatch.setattr(spillkit.storage.os, "replace", _fail_with(errno.EIO))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SpillWarning)
+        codec.gate.set()
+        chest.wait_for_writes()
+    assert chest["a"] == ["first"] and chest["b"] == ["b"] and chest["c"] == ["c"]
+    assert_accounting(chest)
+    chest.drop()
+
+
+def _fail_with(code: int) -> Any:
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise OSError(code, os.strerror(code))
+
+    return fail
