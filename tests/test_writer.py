@@ -839,7 +839,12 @@ def test_a_value_taken_back_from_its_write_survives_a_failing_round(
     # counted as in flight: a failing write then lost it, and a successful one left it uncounted.
     codec, policy = GatedCodec(), _ArmedLRU()
     chest = Chest(
-        path=tmp_path / "c", available_memory=2 * UNIT, sizeof=unit_sizeof, codec=codec, policy=policy, write_behind=True
+        path=tmp_path / "c",
+        available_memory=2 * UNIT,
+        sizeof=unit_sizeof,
+        codec=codec,
+        policy=policy,
+        write_behind=True,
     )
     first = ["first"]
     chest["a"] = first
