@@ -561,3 +561,16 @@ def test_graph_aware_policies_without_a_graph_behave_like_lru(name: str) -> None
             graph_aware.admitted(step, size, 0.0)
             lru.admitted(step, size, 0.0)
             resident.append(step)
+
+
+@pytest.mark.parametrize("make", [S3FIFO, ARC], ids=["s3fifo", "arc"])
+def test_ghosts_of_zero_byte_keys_are_trimmed(make: Any) -> None:
+    # Ghost lists are trimmed by bytes; 0-byte keys added nothing, so their ghosts piled up without end.
+    policy = make()
+    policy.admitted("big", 100, 0.0)
+    for i in range(5000):
+        policy.admitted(i, 0, 0.0)
+        policy.evicted(i)
+    ghosts = len(policy._ghost) if isinstance(policy, S3FIFO) else len(policy._b1) + len(policy._b2)
+    assert ghosts <= 200  # within the byte limits, with every ghost weighing at least 1
+    assert len(policy) == 1 and policy.victim() == "big"

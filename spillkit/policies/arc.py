@@ -124,8 +124,9 @@ class ARC(Policy):
         resident = sizes["t1"] + sizes["t2"]
         nbytes = self._t1[key] if key in self._t1 else self._t2[key]  # KeyError for an unknown key
         ghost, name = (self._b1, "b1") if self._remove(key) else (self._b2, "b2")
-        ghost[key] = nbytes
-        sizes[name] += nbytes
+        weight = max(nbytes, 1)  # a 0-byte key weighs 1, or ghosts of them would pile up untrimmed
+        ghost[key] = weight
+        sizes[name] += weight
         self._c = resident
         self._p = min(self._p, float(resident))
         while self._b1 and sizes["t1"] + sizes["b1"] > resident:

@@ -125,8 +125,9 @@ class S3FIFO(Policy):
         nbytes = self._small[key] if from_small else self._main[key]
         self.removed(key)
         if from_small and self.ghost > 0:
-            self._ghost[key] = nbytes
-            self._ghost_bytes += nbytes
+            weight = max(nbytes, 1)  # a 0-byte key weighs 1, or ghosts of them would pile up untrimmed
+            self._ghost[key] = weight
+            self._ghost_bytes += weight
             while self._ghost_bytes > self.ghost * resident:
                 self._ghost_bytes -= self._ghost.popitem(last=False)[1]
 
