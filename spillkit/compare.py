@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 import sys
 import time
@@ -111,9 +112,18 @@ def compare(
                 group.extend(_bounds(trace, name, budget, fraction, disk, bar))
             floor = next((r["io_bytes"] for r in group if r["policy"] == "bound:foo"), None)
             for row in group:
-                row["ratio_to_bound"] = row["io_bytes"] / floor if floor else float("nan")
+                row["ratio_to_bound"] = _ratio(row["io_bytes"], floor)
             rows.extend(group)
     return rows
+
+
+def _ratio(io_bytes: float, floor: float | None) -> float:
+    """I/O over the bound: NaN without a bound; at a bound of 0, 1.0 for no I/O and infinity for any."""
+    if floor is None:
+        return math.nan
+    if floor == 0:
+        return 1.0 if io_bytes == 0 else math.inf
+    return io_bytes / floor
 
 
 def _bounds(

@@ -123,3 +123,17 @@ def test_traces_named_alike_keep_apart_in_a_comparison(tmp_path: Path) -> None:
         shutil.copyfile(source, paths[-1])
     rows = compare(paths, ["50%"], ["lru"], modes=["strict"], bounds=False)
     assert sorted(row["trace"] for row in rows) == ["matmul", "matmul-2"]  # before: both "matmul", one table
+
+
+def test_at_a_bound_of_zero_a_policy_without_io_is_at_the_bound(tmp_path: Path) -> None:
+    from spillkit.compare import compare
+
+    trace = os.path.join(os.path.dirname(__file__), "..", "experiments", "traces", "matmul.trace.gz")
+    rows = compare([trace], ["100%"], ["lru", "nextuse"], modes=["strict"], bounds=True)
+    foo = next(row for row in rows if row["policy"] == "bound:foo")
+    assert foo["io_bytes"] == 0  # everything fits: nothing needs to move
+    for row in rows:
+        assert row["io_bytes"] == 0 and row["ratio_to_bound"] == 1.0  # before: NaN, as if there were no bound
+    from spillkit.compare import _ratio
+
+    assert _ratio(10, 0) == float("inf") and _ratio(10, None) != _ratio(10, None)  # any I/O over none; no bound: NaN
