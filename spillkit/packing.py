@@ -221,7 +221,9 @@ class PackedRecords(Compactor):
         if len(data) < place.length:
             raise CorruptSpillFile(key, full, f"{where}: the segment is truncated")
         try:
-            body = open_record(memoryview(data), place.name, self.secret, place.tag)
+            # A writable copy (a small record): pickle hands out-of-band buffers through as given,
+            # so arrays decoded from the bytes pread returns would come back read-only.
+            body = open_record(memoryview(bytearray(data)), place.name, self.secret, place.tag)
         except RecordError as error:
             raise CorruptSpillFile(key, full, f"{where}: {error}") from None
         return self.codec.decode(body)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -42,11 +43,17 @@ def test_a_numpy_still_being_imported_is_not_used(monkeypatch: pytest.MonkeyPatc
 
 
 @pytest.mark.parametrize("numpy_loaded", [True, False])
+@pytest.mark.parametrize(
+    "storage",
+    [{"pack_threshold": 0}, {"pack_threshold": "1 MiB"}, {"pack_threshold": "1 MiB", "compression": "lz4"}],
+    ids=["file-per-value", "packed", "packed-lz4"],
+)
 def test_loaded_arrays_are_equal_and_writable(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, numpy_loaded: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, numpy_loaded: bool, storage: dict[str, Any]
 ) -> None:
-    arrays = [np.arange(50_000, dtype=np.float64) * i for i in range(6)]
-    chest = Chest(path=tmp_path / "c", available_memory=500_000, pack_threshold=0)
+    # Packed records were read as bytes, so their out-of-band buffers came back read-only.
+    arrays = [np.random.default_rng(i).random(50_000) for i in range(6)]  # random: lz4 leaves them raw
+    chest = Chest(path=tmp_path / "c", available_memory=500_000, **storage)
     for i, a in enumerate(arrays):
         chest[i] = a.copy()
     if not numpy_loaded:
