@@ -11,6 +11,7 @@ from .keys import describe_key
 from .ledger import _MISSING as _MISSING  # re-exported: chest.py imports the sentinel from here
 from .lifecycle import EngineLifecycle
 from .policies.base import Policy
+from .sizeof import checked_size
 from .tiers import DiskTier
 from .transfers import load, timed_write, write_through
 from .writebehind import WriteBehind
@@ -109,7 +110,8 @@ class SpillEngine(EngineLifecycle):
         if cost is not None:
             self._check_cost(key, cost)
         if nbytes is None:
-            nbytes = int(self.sizeof(value))
+            measured = self.sizeof(value)
+            nbytes = measured if type(measured) is int and measured >= 0 else checked_size(key, measured)
         lock = self.lock
         lock.acquire()
         try:

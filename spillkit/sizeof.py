@@ -8,11 +8,15 @@ agree about sizes; otherwise :func:`deep_sizeof` gives the same kind of answer
 from __future__ import annotations
 
 import itertools
+import math
+import numbers
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
-__all__ = ["deep_sizeof", "default_sizeof"]
+from .keys import describe_key
+
+__all__ = ["checked_size", "deep_sizeof", "default_sizeof"]
 
 _SAMPLES = 10
 _MAX_DEPTH = 6
@@ -71,3 +75,19 @@ def default_sizeof() -> Callable[[Any], int]:
         return int(sizeof(obj))
 
     return dask_sizeof
+
+
+def checked_size(key: Hashable, measured: Any) -> int:
+    """``measured``, what ``sizeof`` said of the value of ``key``, as whole bytes.
+
+    ValueError naming the key unless it is a finite real number of at least 0: a negative
+    size would let memory grow without limit, and NaN or infinity cannot be counted.
+    """
+    if isinstance(measured, numbers.Real):
+        number = float(measured)
+        if math.isfinite(number) and number >= 0:
+            return int(number) if not isinstance(measured, numbers.Integral) else int(measured)
+    raise ValueError(
+        f"sizeof returned {measured!r} for the value of {describe_key(key)}: a size must be a finite number "
+        "of bytes of at least 0 (nothing was stored)"
+    )

@@ -66,11 +66,10 @@ def write_through(engine: SpillEngine, key: Hashable, value: Any, nbytes: int, c
     """Store a value larger than the budget straight on disk, replacing any value of the key."""
     try:
         written, seconds = timed_write(engine, key, value)
-    except OSError as error:
-        engine._count_write_error(error)
-        raise
     except Exception as error:
-        if not isinstance(error, SpillError):
+        if isinstance(error, OSError):
+            engine._count_write_error(error)
+        if not isinstance(error, SpillError):  # a SpillError names the key itself
             error.add_note(
                 f"spillkit: value for key {describe_key(key)} ({nbytes} bytes) exceeds the memory "
                 "budget and must go to disk; nothing was stored"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import errno
+import math
 import os
 import pickle
 import shutil
@@ -160,6 +161,25 @@ def test_unhashable_key_raises_type_error_like_a_dict(make_chest: Callable[..., 
     assert spill_files(chest.path) == files_before
     assert_values(chest, expected)
     assert_accounting(chest)
+
+
+@pytest.mark.parametrize("measured", [-10_000, math.nan, math.inf, "12", None], ids=repr)
+def test_a_size_that_is_not_a_count_of_bytes_is_refused_naming_the_key(
+    make_chest: Callable[..., Chest], measured: Any
+) -> None:
+    # Before: a negative size drove memory_bytes below 0 (nothing spilled again, memory grew without
+    # limit); NaN and infinity failed in int() without naming sizeof or the key.
+    sizes: dict[str, Any] = {}
+    chest = make_chest(sizeof=lambda value: sizes.get(value, 10))
+    expected = {f"k{i}": f"v{i}" for i in range(5)}
+    chest.update(expected)
+    sizes["bad"] = measured
+    with pytest.raises(ValueError, match=r"sizeof returned .* for the value of 'odd'.*nothing was stored"):
+        chest["odd"] = "bad"
+    assert "odd" not in chest
+    assert_values(chest, expected)
+    assert_accounting(chest)
+    assert chest.memory_bytes >= 0
 
 
 # ---- 2. values that cannot be serialized ----------------------------------------------
@@ -396,6 +416,7 @@ def test_disk_failure_on_direct_write_raises_and_keeps_the_old_value(
         with pytest.raises(OSError) as info:
             chest[key] = payload(7, 10 * UNIT)  # larger than the budget: must go straight to disk
         assert info.value.errno == errno.ENOSPC
+        assert any("nothing was stored" in note and repr(key) in note for note in info.value.__notes__)
     assert chest.stats.spill_failures == 3
     assert "new" not in chest
     assert resident in chest.inmem
