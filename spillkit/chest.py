@@ -159,8 +159,10 @@ class Chest(ChestLifecycle, MutableMapping[Hashable, Any]):
     in memory; when it is next spilled or flushed, a value whose file no
     longer matches it is written again (the check re-encodes it: no I/O;
     ``check_in_place=False`` skips it, and then such a change is undone). A
-    value larger than the whole budget is never held, so a change to a copy
-    read from disk is lost with that copy, as with zict. A value changed
+    value larger than the whole budget is never held: while something holds
+    the copy a read returned, reads return that object and a flush writes
+    its changes; once nothing does, an unflushed change is lost with it, as
+    with zict. A value changed
     while it is written is written again (``verify_writes``): by default for
     write-behind only, since a synchronous spill runs inside a put and only
     another thread could change the value meanwhile.

@@ -103,7 +103,15 @@ def _unchanged(engine: SpillEngine, key: Hashable, pending: Any, nbytes: int) ->
         return False
     if engine._writer is not None and key in engine._writer.pending:
         return False
+    if _live(engine, key) is not None:  # loaded and spilled again meanwhile, and alive: that object is the value
+        return False
     return bool(engine.disk.still_current(pending))  # type: ignore[attr-defined]
+
+
+def _live(engine: SpillEngine, key: Hashable) -> Any:
+    """The spilled key's object if something in the process still holds it (left remembered), else None."""
+    ref = engine._refs.get(key)
+    return None if ref is None else ref()
 
 
 def load(engine: SpillEngine, key: Hashable) -> Any:
@@ -145,7 +153,8 @@ def load(engine: SpillEngine, key: Hashable) -> Any:
                 if engine.listeners:
                     engine._emit(HIT, key, engine._nbytes[key])
                 return resident
-            return value
+            live = _live(engine, key)
+            return value if live is None else live  # a live object may have changed since this read's record
         if engine.listeners:
             engine._emit(LOAD, key, nbytes, read, seconds, object_id=id(value))
     if nbytes <= engine.budget:
@@ -154,9 +163,12 @@ def load(engine: SpillEngine, key: Hashable) -> Any:
         try:
             engine._make_room(engine._incoming(value, nbytes))
         except SpillError:
-            return value  # no room can be made now; serve it without caching
+            engine._refs.remember(key, value)  # served without caching: while alive it stays the value
+            return value
         engine._spilled_nbytes -= nbytes
         engine._admit(key, value, nbytes)
         if engine._writer is not None:
             engine._writer.throttle()
+    else:
+        engine._refs.remember(key, value)  # never held: while the caller keeps it, reads give it, flushes write it
     return value

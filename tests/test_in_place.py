@@ -132,3 +132,40 @@ def test_without_the_check_a_change_in_place_is_undone(chest_factory: Callable[.
     evict_everything(chest)
     assert chest["l"] == [1, 2]
     assert chest.stats.evictions >= 1
+
+
+class Box:
+    def __init__(self, value: Any, pad: int = 0) -> None:
+        self.value, self.pad = value, "p" * pad
+
+
+@pytest.mark.parametrize("why", ["no room can be made", "larger than the budget"])
+def test_a_value_served_without_caching_stays_the_value_while_it_is_alive(tmp_path: Path, why: str) -> None:
+    # A read that cannot cache what it returns (no room: the disk quota is full; or the value is
+    # over the whole budget) forgot the object: the next read came from the old file, and the
+    # flush never wrote the change made through the first read's object.
+    if why == "no room can be made":
+        chest = Chest(path=tmp_path / "c", available_memory=100, sizeof=lambda v: 60, available_disk=2000,
+                      pack_threshold=0)  # fmt: skip
+        x = Box("v1")
+        chest["k"] = x
+        chest["o"] = Box("other", pad=5000)  # "k" spilled; "o" can never be written, so no room for "k"
+        x.value = "changed"  # still alive: the value of "k" is this object
+        first = chest["k"]
+    else:
+        chest = Chest(path=tmp_path / "c", available_memory=100, sizeof=lambda v: 500, pack_threshold=0)
+        chest["k"] = Box("v1")  # straight to disk
+        first = chest["k"]
+        first.value = "changed"
+    assert "k" not in chest.inmem
+    assert chest["k"] is first and chest["k"].value == "changed"  # before: a new copy of "v1"
+    if why == "no room can be made":
+        del chest["o"]
+    chest.flush()
+    del first
+    if why == "no room can be made":
+        del x
+    chest.close()
+    reopened = Chest(path=tmp_path / "c", available_memory=100, sizeof=lambda v: 60)
+    assert reopened["k"].value == "changed"  # before: "v1", the flush had not seen the change
+    reopened.drop()

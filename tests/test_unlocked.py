@@ -273,3 +273,26 @@ def test_two_overlapping_loads_of_one_key_give_listeners_a_load_and_a_hit(tmp_pa
     codec.hook = None
     assert sorted(kinds) == ["hit", "load"]  # every get is an event, as in a trace
     chest.drop()
+
+
+class Box:
+    """A value that can be weakly referenced (live-object reuse), big enough for a file of its own."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag, self.pad = tag, value(tag)
+
+
+def test_a_load_never_admits_its_copy_over_a_live_object_spilled_meanwhile(tmp_path: Path) -> None:
+    # Thread A reads "k" without the lock; meanwhile B loads it, evicts it (its file still holds
+    # it: no write) and changes the object it holds. A admitted its own copy of the old record
+    # over B's live object, so reads lost B's change; now the live object is what A serves.
+    chest, codec = make(tmp_path, budget_units=2)
+    chest["k"] = Box("original")
+    spill_all(chest)
+    pause, thread, out = paused_load(chest, codec, "k")
+    mine = chest["k"]  # B's own load (the codec pauses only the first)
+    spill_all(chest)  # evicted again without a write; B still holds the object
+    mine.tag = "changed by B"
+    assert finish(pause, thread, out) is mine  # before: A's copy of "original"
+    assert chest["k"] is mine and chest["k"].tag == "changed by B"
+    chest.drop()
