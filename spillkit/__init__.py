@@ -9,7 +9,15 @@ from __future__ import annotations
 from .chest import Chest
 from .codecs import Codec, FuncCodec, PickleCodec
 from .engine import SpillEngine
-from .errors import ChangedWhileWritten, ChestLocked, CorruptSpillFile, DiskQuotaExceeded, SpillError, SpillWarning
+from .errors import (
+    ChangedWhileWritten,
+    ChestLocked,
+    CorruptSpillFile,
+    DiskQuotaExceeded,
+    LoadFailed,
+    SpillError,
+    SpillWarning,
+)
 from .events import Event
 from .manifest import UnreadableKey
 from .memo import memoize
@@ -50,6 +58,7 @@ __all__ = [
     "DiskQuotaExceeded",
     "Event",
     "FuncCodec",
+    "LoadFailed",
     "PickleCodec",
     "Policy",
     "SizeAware",

@@ -11,6 +11,7 @@ __all__ = [
     "ChestLocked",
     "CorruptSpillFile",
     "DiskQuotaExceeded",
+    "LoadFailed",
     "SpillError",
     "SpillWarning",
 ]
@@ -33,6 +34,20 @@ class ChangedWhileWritten(SpillError):
     The write is abandoned and the value stays in memory (counted and warned
     about); the next eviction tries again.
     """
+
+
+class LoadFailed(SpillError):
+    """Decoding a key's value raised ``KeyError``: re-raised as this, from that error.
+
+    A ``KeyError`` out of ``chest[key]`` means "no such key" to every mapping
+    method (``get`` would answer its default, ``setdefault`` overwrite the
+    stored value). The key and its file stay; other errors of a decode pass
+    through unchanged.
+    """
+
+    def __init__(self, key: object, error: BaseException) -> None:
+        super().__init__(f"loading the value of key {describe_key(key)} raised {error!r}")
+        self.key = key
 
 
 class CorruptSpillFile(SpillError):

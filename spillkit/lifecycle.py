@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
+from .errors import LoadFailed
 from .ledger import _MISSING, EngineLedger
 from .transfers import timed_write
 
@@ -60,9 +61,13 @@ class EngineLifecycle(EngineLedger):
                 if pending is not None:
                     value = pending.value
                 else:
-                    value = self._refs.take(key)  # alive elsewhere: that object, as get hands back
+                    value = self._refs.get(key)  # alive elsewhere: that object, as get hands back
+                    value = None if value is None else value()
                     if value is None:
-                        value = self.disk.read(key)
+                        try:
+                            value = self.disk.read(key)
+                        except KeyError as error:  # not "no such key": pop(key, default) would answer the default
+                            raise LoadFailed(key, error) from error
             self.delete(key)
             return value
 

@@ -36,7 +36,7 @@ import time
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
-from .errors import CorruptSpillFile, DiskQuotaExceeded, SpillError
+from .errors import CorruptSpillFile, DiskQuotaExceeded, LoadFailed, SpillError
 from .events import GIVEN_COST, HIT, LOAD, MISS, PUT, REUSED
 from .keys import describe_key
 from .ledger import _MISSING
@@ -138,6 +138,8 @@ def load(engine: SpillEngine, key: Hashable) -> Any:
             value, unlocked = read_value(engine, key)
         except Exception as error:
             engine.stats.load_failures += 1
+            if isinstance(error, KeyError):  # not "no such key": mapping methods would take it for that
+                raise LoadFailed(key, error) from error
             if not isinstance(error, CorruptSpillFile):  # that one names the key already
                 error.add_note(f"spillkit: raised while loading the value of key {describe_key(key)} from disk")
             raise

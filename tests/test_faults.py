@@ -182,6 +182,41 @@ def test_a_size_that_is_not_a_count_of_bytes_is_refused_naming_the_key(
     assert chest.memory_bytes >= 0
 
 
+_REGISTRY = {"v1": "schema"}
+
+
+def _rebuild(tag: str, payload: str) -> Any:
+    return (_REGISTRY[tag], payload)  # KeyError while the registry lacks the tag (say, a plugin not loaded)
+
+
+class NeedsRegistry:
+    def __init__(self, payload: str) -> None:
+        self.payload = payload
+
+    def __reduce__(self) -> Any:
+        return _rebuild, ("v1", self.payload)
+
+
+def test_a_key_error_raised_while_loading_is_not_taken_for_a_missing_key(
+    make_chest: Callable[..., Chest], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: the KeyError passed through, so get() answered its default, setdefault() replaced the
+    # stored value and pop(key, default) raised KeyError for a key that is there.
+    chest = make_chest()
+    chest["precious"] = NeedsRegistry("data")
+    chest.update({f"k{i}": payload(i) for i in range(4)})
+    assert "precious" not in chest.inmem
+    monkeypatch.setitem(_REGISTRY, "v1", None)
+    del _REGISTRY["v1"]
+    for read in (lambda: chest["precious"], lambda: chest.get("precious", "default"),
+                 lambda: chest.setdefault("precious", "fresh"), lambda: chest.pop("precious", "default")):  # fmt: skip
+        with pytest.raises(spillkit.LoadFailed, match="'precious'") as info:
+            read()
+        assert isinstance(info.value.__cause__, KeyError)
+    _REGISTRY["v1"] = "schema"
+    assert chest["precious"] == ("schema", "data")  # nothing was replaced or lost
+
+
 # ---- 2. values that cannot be serialized ----------------------------------------------
 
 
