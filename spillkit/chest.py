@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable, Hashable, Iterator, Mapping, MutableMapping
 from typing import IO, Any
 
+from .chest_dict import DictMethods
 from .chest_lifecycle import ChestLifecycle
 from .chest_setup import DEFAULT_AVAILABLE_MEMORY as DEFAULT_AVAILABLE_MEMORY  # re-exported: it was defined here
 from .chest_setup import setup_chest
@@ -26,7 +27,7 @@ from .policies import Policy
 __all__ = ["Chest"]
 
 
-class Chest(ChestLifecycle, MutableMapping[Hashable, Any]):
+class Chest(ChestLifecycle, DictMethods, MutableMapping[Hashable, Any]):
     """A ``MutableMapping`` that keeps values in memory up to ``available_memory``
     bytes and spills the rest to files under ``path``, loading them back on access.
 
@@ -68,8 +69,8 @@ class Chest(ChestLifecycle, MutableMapping[Hashable, Any]):
         Write spilled values on a background thread so that a put returns
         without waiting for pickling and disk. ``True`` caps the bytes of
         evicted values in flight at twice the largest value (at least an
-        eighth of the budget); a number or ``"64 MiB"`` sets the cap. A value
-        stays readable from memory until its write completes, so memory may
+        eighth of the budget); a number or ``"64 MiB"`` sets the cap (``0``:
+        off). A value stays readable from memory until its write completes, so memory may
         exceed the budget by up to the cap; callers wait when it is reached.
         A failed background write keeps the value in memory (counted, warned
         about) and never raises into another caller; so does a value changed

@@ -130,7 +130,7 @@ def setup_chest(
         chest._secret = secret
         chest._store = store = PackedStore(chest._path, codec, disk_cap, secret, pack_threshold=pack, map_from=map_from)
         if write_behind is not True and write_behind is not False:
-            write_behind = parse_bytes(write_behind)
+            write_behind = parse_bytes(write_behind) or False  # no bytes in flight: off, as 0 is for pack_threshold
         chest._engine = engine = SpillEngine(
             store, chosen, budget, sizeof or default_sizeof(), write_behind=write_behind
         )

@@ -1,0 +1,105 @@
+"""The dict methods a ``MutableMapping`` gets wrong for a Chest shared between threads.
+
+``MutableMapping`` builds ``setdefault``, ``popitem``, ``items()`` and ``values()``
+out of separate calls (a lookup, then a store; a key list, then a read per key).
+On a Chest that other threads change meanwhile, those calls interleave with
+theirs: two ``setdefault`` calls both stored their default, ``popitem`` read a
+value that another thread had just deleted, and ``dict(chest)`` raised
+``KeyError`` for a key deleted while it ran. :class:`DictMethods` makes each
+one whole, under the engine's lock, or tolerant of deletes made meanwhile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, ItemsView, Iterable, Iterator, Mapping, ValuesView
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .engine import SpillEngine
+
+__all__ = ["DictMethods"]
+
+
+class _Items(ItemsView[Hashable, Any]):
+    """``chest.items()``: keys listed once, each read when reached; a key deleted by then is skipped."""
+
+    _mapping: Mapping[Hashable, Any]
+
+    def __iter__(self) -> Iterator[tuple[Hashable, Any]]:
+        mapping = self._mapping
+        for key in mapping:
+            try:
+                yield key, mapping[key]
+            except KeyError:  # deleted since the key list was taken (a LoadFailed is not a KeyError)
+                continue
+
+
+class _Values(ValuesView[Any]):
+    """``chest.values()``: as :class:`_Items`, values only."""
+
+    _mapping: Mapping[Hashable, Any]
+
+    def __iter__(self) -> Iterator[Any]:
+        for _, value in _Items(self._mapping):
+            yield value
+
+
+class DictMethods:
+    """Thread-safe ``setdefault``, ``popitem``, ``items``, ``values``, ``|=`` and ``reversed`` for a Chest.
+
+    Thread-safety: ``setdefault`` and ``popitem`` hold the engine's lock
+    throughout; ``items()`` and ``values()`` list the keys at once (as
+    ``iter(chest)`` does) and skip those deleted before they are reached,
+    where a dict would raise ``RuntimeError``. Failures are those of the
+    get, put or pop they are made of. A Chest cannot be copied or pickled:
+    it owns a directory and its lock (``TypeError``).
+    """
+
+    _engine: SpillEngine
+
+    if TYPE_CHECKING:  # the Chest's and MutableMapping's, later in the method order
+
+        def __getitem__(self, key: Hashable) -> Any: ...
+
+        def __setitem__(self, key: Hashable, value: Any) -> None: ...
+
+        def update(self, *args: Any, **kwargs: Any) -> None: ...
+
+    def setdefault(self, key: Hashable, default: Any = None) -> Any:
+        """``chest[key]`` if present, else store and return ``default``: one step, under the lock."""
+        with self._engine.lock:
+            try:
+                return self[key]  # a read either way (a hit, a load or a miss in the stats), as for a dict
+            except KeyError:  # absent (a value that fails to load raises LoadFailed, not this)
+                self[key] = default
+                return default
+
+    def popitem(self) -> tuple[Hashable, Any]:
+        """Remove and return the last key stored and its value, as ``dict.popitem`` (not cached on the way)."""
+        engine = self._engine
+        with engine.lock:
+            try:
+                key = next(reversed(engine._nbytes))
+            except StopIteration:
+                raise KeyError("popitem(): the Chest is empty") from None
+            return key, engine.pop(key)
+
+    def items(self) -> ItemsView[Hashable, Any]:
+        return _Items(self)  # type: ignore[arg-type]
+
+    def values(self) -> ValuesView[Any]:
+        return _Values(self)  # type: ignore[arg-type]
+
+    def __reversed__(self) -> Iterator[Hashable]:
+        with self._engine.lock:
+            return iter(list(reversed(self._engine._nbytes)))
+
+    def __ior__(self, other: Mapping[Hashable, Any] | Iterable[tuple[Hashable, Any]]) -> DictMethods:
+        self.update(other)
+        return self
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError(
+            "a Chest cannot be copied or pickled: it owns its directory and that directory's lock; "
+            "use dict(chest) for its contents, or Chest(data=chest) for a second Chest"
+        )

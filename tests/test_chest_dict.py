@@ -1,0 +1,143 @@
+"""spillkit/chest_dict.py: the dict methods that MutableMapping composes, made whole for a shared Chest."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import sys
+import threading
+from collections.abc import Hashable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spillkit import Chest
+
+UNIT = 40
+
+
+@pytest.fixture
+def chest(tmp_path: Path) -> Iterator[Chest]:
+    made = Chest(path=tmp_path / "c", available_memory=3 * UNIT, sizeof=lambda v: UNIT)
+    yield made
+    made.drop()
+
+
+def test_setdefault_stores_one_default_when_two_threads_race(tmp_path: Path) -> None:
+    # Before: a lookup, then a separate store; both threads missed, both stored, one's value was replaced.
+    inside, first = threading.Event(), [True]
+
+    def slow_sizeof(value: Any) -> int:
+        if first[0]:
+            first[0] = False
+            inside.set()
+            threading.Event().wait(0.3)  # the first store is slow (a big value's sizeof, say)
+        return UNIT
+
+    chest = Chest(available_memory=10 * UNIT, sizeof=slow_sizeof)
+    got: dict[str, Any] = {}
+
+    def run(name: str) -> None:
+        got[name] = chest.setdefault("acc", [name])
+
+    a = threading.Thread(target=run, args=("A",))
+    a.start()
+    assert inside.wait(10)
+    b = threading.Thread(target=run, args=("B",))
+    b.start()
+    a.join()
+    b.join()
+    assert got["A"] is got["B"] is chest["acc"]  # one default, handed to both, as a dict would
+    chest.drop()
+
+
+def test_popitem_takes_the_last_key_stored_without_caching_it(chest: Chest) -> None:
+    reference: dict[Hashable, Any] = {}
+    for key in ("first", "second", "third", "fourth", "fifth"):
+        chest[key] = reference[key] = [key]
+    chest["second"] = reference["second"] = ["again"]  # an overwrite keeps its place, as in a dict
+    del chest["first"], reference["first"]
+    chest["first"] = reference["first"] = ["back"]  # a re-insert goes last
+    loads, spills = chest.stats.loads, chest.stats.spills
+    while reference:
+        assert chest.popitem() == reference.popitem()  # before: the first key, read into memory first
+    assert chest.stats.loads == loads and chest.stats.spills == spills
+    with pytest.raises(KeyError, match="empty"):
+        chest.popitem()
+
+
+def test_two_threads_draining_with_popitem_never_see_a_key_error_early() -> None:
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often: the race needs a switch between read and delete
+    try:
+        chest = Chest(available_memory=10**6)
+        chest.update((i, i) for i in range(3000))
+        popped: list[tuple[Hashable, Any]] = []
+        early: list[int] = []
+
+        def drain() -> None:
+            while True:
+                try:
+                    popped.append(chest.popitem())
+                except KeyError:
+                    if len(chest):
+                        early.append(len(chest))
+                    else:
+                        return
+
+        threads = [threading.Thread(target=drain) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(previous)
+    assert early == []  # before: KeyError for a key the other thread had taken, with keys left
+    assert sorted(popped) == [(i, i) for i in range(3000)]
+    chest.drop()
+
+
+def test_items_and_values_skip_keys_deleted_while_they_run(chest: Chest) -> None:
+    chest.update({f"k{i}": i for i in range(8)})  # most of them spilled
+    seen = []
+    for key, value in chest.items():
+        seen.append((key, value))
+        if key == "k1":
+            del chest["k5"]  # before: KeyError('k5') when the iteration reached it
+    assert seen == [(f"k{i}", i) for i in range(8) if i != 5]
+    values = []
+    for value in chest.values():
+        values.append(value)
+        if value == 2:
+            chest.pop("k6")
+    assert values == [0, 1, 2, 3, 4, 7]
+    assert chest == {"k0": 0, "k1": 1, "k2": 2, "k3": 3, "k4": 4, "k7": 7}  # Mapping.__eq__ goes through items()
+
+
+def test_reversed_and_in_place_union_behave_as_for_a_dict(chest: Chest) -> None:
+    reference: dict[Hashable, Any] = {"a": 1, "b": 2}
+    chest.update(reference)
+    chest |= {"c": 3, "a": 0}
+    reference |= {"c": 3, "a": 0}
+    assert dict(chest) == reference and list(chest) == list(reference)
+    chest |= [("d", 4)]
+    reference |= [("d", 4)]
+    assert list(reversed(chest)) == list(reversed(reference))
+
+
+@pytest.mark.parametrize("how", ["copy", "deepcopy", "pickle"])
+def test_a_chest_cannot_be_copied_into_a_second_handle_on_its_directory(chest: Chest, how: str) -> None:
+    # Before: copy.copy gave a second Chest object sharing the engine, lock and directory of the first.
+    chest["a"] = 1
+    operation = {"copy": copy.copy, "deepcopy": copy.deepcopy, "pickle": pickle.dumps}[how]
+    with pytest.raises(TypeError, match=r"cannot be copied or pickled.*dict\(chest\)"):
+        operation(chest)
+    assert chest["a"] == 1
+
+
+@pytest.mark.parametrize("off", [0, "0", "0 B"])
+def test_write_behind_of_zero_bytes_is_off(tmp_path: Path, off: Any) -> None:
+    chest = Chest(path=tmp_path / "c", write_behind=off)
+    assert chest.engine._writer is None  # before: on, with a cap of no bytes in flight
+    chest.drop()
