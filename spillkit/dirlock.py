@@ -148,8 +148,10 @@ class DirLock:
                 os.close(fd)  # never LOCK_UN: the description, and the lock, are the parent's too
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):  # at interpreter exit ``os`` may already be gone
+        try:  # noqa: SIM105 (not contextlib: at interpreter exit module globals may already be None)
             self.release()
+        except Exception:
+            pass
 
 
 def _after_fork_in_child() -> None:

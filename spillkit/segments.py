@@ -9,7 +9,6 @@ defines :class:`PackedWrite`, re-exported here).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
 from collections.abc import Hashable, Iterable, Set
@@ -243,8 +242,10 @@ class PackedStore(PackedRecords):
         self._active = None
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):  # at interpreter exit ``os`` may already be gone
+        try:  # noqa: SIM105 (not contextlib: at interpreter exit module globals may already be None)
             self.close()
+        except Exception:
+            pass
 
     def _count(self) -> None:
         self.inner.release_unmapped()  # files deleted while mapped whose values have been freed since

@@ -426,3 +426,19 @@ def test_a_temporary_chest_collected_with_writes_queued_cancels_them(recwarn: py
         thread.join(10)
         assert not thread.is_alive()
     assert [str(w.message) for w in recwarn if issubclass(w.category, spillkit.SpillWarning)] == []
+
+
+def test_a_chest_alive_until_late_interpreter_shutdown_leaves_no_error(tmp_path: Path) -> None:
+    # Kept alive by the warnings module, a Chest's parts are collected after their modules' globals
+    # are cleared: their __del__ guards used contextlib.suppress, by then None ("Exception ignored").
+    script = (
+        "import sys, warnings\n"
+        "from spillkit import Chest\n"
+        "c = Chest(path=sys.argv[1], available_memory=10)\n"
+        "for i in range(5):\n"
+        "    c[i] = b'x' * 100\n"
+        "warnings.showwarning = lambda *a, **k: c\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "c")], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0 and "Exception ignored" not in done.stderr, done.stderr
