@@ -217,7 +217,7 @@ class SpillEngine(EngineLifecycle):
         if self._file_holds(key, value):
             written, seconds, kind = 0, 0.0, EVICT
             self.stats.evictions += 1
-        elif background and self._writer is not None:
+        elif background and self._writer is not None and not self._writer.disk_failing:
             self._writer.hand_off(key, value, nbytes)
             return True
         else:
@@ -240,6 +240,8 @@ class SpillEngine(EngineLifecycle):
                 return True
             kind = SPILL
             self.stats.spills += 1
+            if self._writer is not None:
+                self._writer.disk_failing = False  # the disk takes writes again: back to the background
         del self.memory[key]
         self._spilled_nbytes += nbytes
         self._release(value)

@@ -61,6 +61,10 @@ class WriteBehind:
         self.writer.floor = engine.budget // 8
         self.pending = self.writer.pending  # the same dict, read directly by the engine and tests
         self.verify = True  # check each write's CRC again afterwards (Chest(verify_writes=False) turns it off)
+        # Set by a background write the disk refused, cleared by the next write that lands. Meanwhile
+        # the engine writes its victims itself, one a round as without write-behind: handing them all
+        # off again would fail each again (each warned), every put, on a full disk.
+        self.disk_failing = False
 
     @property
     def in_flight_bytes(self) -> int:
@@ -148,6 +152,7 @@ class WriteBehind:
         if pending.evicting:
             writer.in_flight_bytes -= nbytes
         if error is None:
+            self.disk_failing = False
             engine.stats.observe_write(written, seconds)
             engine.stats.spills += 1
             if pending.evicting:
@@ -160,6 +165,8 @@ class WriteBehind:
         if isinstance(error, DiskQuotaExceeded):
             engine.stats.quota_errors += 1
         serialization = not isinstance(error, (OSError, SpillError))
+        if isinstance(error, OSError):  # (a quota refusal costs no I/O, and must not raise into puts)
+            self.disk_failing = True
         if pending.evicting:
             engine._admit(key, value, nbytes, offer=not serialization)
         elif serialization and key not in engine._unspillable:  # (set aside already: out of the policy)

@@ -890,3 +890,38 @@ def test_abandoning_writes_inside_the_threads_own_locked_section_changes_nothing
     engine.abandon_writes()  # with the lock free: the finalizer's own job
     codec.gate.set()
     chest.drop()
+
+
+def test_on_a_failing_disk_each_put_tries_one_write_not_every_value_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every failed background write put its value back, and the next put handed every value over
+    # again: failures (each warned) grew with the square of the puts. While the disk refuses
+    # writes, the engine now writes one victim a round itself, as without write-behind.
+    chest = Chest(
+        path=tmp_path / "c", available_memory=2 * UNIT, sizeof=unit_sizeof, write_behind=True, pack_threshold=0
+    )
+    failing = {"on": True}
+    real_replace = os.replace
+
+    def replace(src: str, dst: str) -> None:
+        if failing["on"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(spillkit.storage.os, "replace", replace)
+    expected = {f"k{i}": [i] for i in range(40)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SpillWarning)
+        for key, value in expected.items():
+            chest[key] = value
+            chest.wait_for_writes()
+    assert chest.stats.spill_failures <= 2 * len(expected)  # before: 700 or more
+    assert dict(chest.items()) == expected
+    failing["on"] = False
+    chest["more"] = expected["more"] = ["more"]  # a write lands: spilling (in the background) resumes
+    chest.wait_for_writes()
+    assert not chest.engine._writer.disk_failing
+    assert chest.memory_bytes <= chest.available_memory and dict(chest.items()) == expected
+    assert_accounting(chest)
+    chest.drop()
