@@ -149,7 +149,8 @@ class Chest(ChestLifecycle, DictMethods, MutableMapping[Hashable, Any]):
 
     Processes: one open Chest per directory, enforced by the lock. A forked
     child's copy of a Chest holds no lock, never removes the directory (nor
-    appends to its segments) and cannot flush (``flush()`` raises
+    appends to its segments, nor removes or replaces a file its parent made:
+    its writes go to new names) and cannot flush (``flush()`` raises
     :class:`~spillkit.errors.SpillError`; ``close()`` shuts the copy and
     commits nothing); the parent's Chest keeps working and keeps the lock.
     Two Chests may use one directory one after the other: close (or drop)

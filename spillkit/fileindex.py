@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import weakref
 from collections.abc import Hashable, Iterator
 from typing import Any
 
@@ -74,6 +75,7 @@ class FileIndex:
         # value is freed (spillkit.mapped counts the mappings): its bytes stay counted here until then.
         self._held: dict[FileId, int] = {}
         self._orphans: set[str] = set()  # files of deleted keys that could not be unlinked: retried
+        _stores.add(self)
 
     def __contains__(self, key: object) -> bool:
         return key in self._names
@@ -156,3 +158,19 @@ class FileIndex:
     def names(self) -> dict[Hashable, str]:
         """A copy of the key to file-name index."""
         return dict(self._names)
+
+
+# A forked child's copy of a store shares its parent's files but not its bookkeeping: a delete
+# or an overwrite there unlinked or replaced a file the parent still reads from. In the child,
+# every file the parent made is treated as a committed manifest's: kept, and written around
+# (copy-on-write). A child cannot flush (spillkit.persistence), so nothing ever unlinks them.
+_stores: weakref.WeakSet[FileIndex] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_stores):
+        store._protected.update(store._owners)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -222,6 +222,37 @@ def test_a_child_inheriting_the_chest_through_multiprocessing_fork_leaves_it_alo
     assert not os.path.exists(path)
 
 
+def _child_changes_spilled_keys(action: str) -> None:
+    chest = _INHERITED["chest"]
+    if action == "delete":
+        del chest["a"]
+    elif action == "overwrite":
+        chest["a"] = b"child" * 20_000  # over the budget: straight to disk, under the name the parent's file has
+    else:
+        chest.clear()
+    os._exit(0)
+
+
+@pytest.mark.parametrize("action", ["delete", "overwrite", "clear"])
+def test_a_forked_child_changing_keys_leaves_the_parents_files_alone(tmp_path: Path, action: str) -> None:
+    # Before: the child's delete unlinked, and its overwrite replaced, the parent's file of "a"
+    # (a value with a file of its own): the parent then read "a" as missing or forged.
+    chest = Chest(path=tmp_path / "c", available_memory=200_000, sizeof=len)
+    expected = {"a": b"A" * 100_000, "r": b"R" * 100_000, "x": b"X" * 100_000}
+    chest.update(expected)
+    assert "a" not in chest.inmem
+    _INHERITED["chest"] = chest
+    try:
+        process = multiprocessing.get_context("fork").Process(target=_child_changes_spilled_keys, args=(action,))
+        process.start()
+        process.join(60)
+    finally:
+        del _INHERITED["chest"]
+    assert process.exitcode == 0
+    assert dict(chest.items()) == expected
+    chest.drop()
+
+
 # ---- persistent directories --------------------------------------------------------------------
 
 
