@@ -28,6 +28,7 @@ from .codecs import Codec, FuncCodec, PickleCodec
 from .compression import CompressedCodec, make_compression
 from .dirlock import DirLock
 from .engine import SpillEngine
+from .manifest import MANIFEST_NAME
 from .mapped import DEFAULT_MAP_FROM, map_available
 from .policies import Policy, make_policy
 from .reopen import reopen
@@ -126,7 +127,7 @@ def setup_chest(
         if chest._temporary:
             secret = process_secret()
         else:
-            secret = load_or_create_key(chest._path, check=not allow_insecure_path)
+            secret = load_or_create_key(chest._path, check=not allow_insecure_path, signed=MANIFEST_NAME)
         chest._secret = secret
         chest._store = store = PackedStore(chest._path, codec, disk_cap, secret, pack_threshold=pack, map_from=map_from)
         if write_behind is not True and write_behind is not False:

@@ -21,6 +21,7 @@ Thread-safety: :func:`flush` and :func:`drop` take the engine's lock;
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from .errors import ChangedWhileWritten, DiskQuotaExceeded, SpillError
 from .keys import describe_key
-from .manifest import ManifestEntry, is_plain, pickle_key, write_manifest
+from .manifest import MANIFEST_NAME, ManifestEntry, _fsync_directory, is_plain, pickle_key, write_manifest
 from .reserve import keep
 
 if TYPE_CHECKING:
@@ -245,6 +246,14 @@ def drop(chest: Chest) -> None:
         if chest._finalizer is not None:
             chest._finalizer()
         else:
+            _unlink_manifest(chest._path)  # first: a kill during the removal must not leave half the files named
             shutil.rmtree(chest._path, ignore_errors=True)
         chest._dir_lock.release()  # held while the directory went: no Chest could start on it half-removed
     chest._engine.join_writer()
+
+
+def _unlink_manifest(path: str) -> None:
+    """Remove the manifest durably (a directory without one reopens empty); best-effort, as drop() is."""
+    with contextlib.suppress(OSError):
+        os.unlink(os.path.join(path, MANIFEST_NAME))
+        _fsync_directory(path)

@@ -77,11 +77,21 @@ def check_directory(path: str) -> None:
         )
 
 
-def load_or_create_key(path: str, *, check: bool = True) -> bytes:
-    """Return the secret in ``path``'s key file, creating it (0600) if there is none."""
+def load_or_create_key(path: str, *, check: bool = True, signed: str | None = None) -> bytes:
+    """Return the secret in ``path``'s key file, creating it (0600) if there is none.
+
+    ``signed``: the name of a file the key signs (the manifest). If that file exists and the
+    key file does not, raise :class:`~spillkit.errors.SpillError`: a new key could never verify
+    it, and would keep the lost key from being restored.
+    """
     full = os.path.join(path, KEY_FILE_NAME)
     if os.path.lexists(full):
         return _read_key(full, check)
+    if signed is not None and os.path.lexists(os.path.join(path, signed)):
+        raise SpillError(
+            f"{path!r} holds a manifest ({signed}) but no key file ({KEY_FILE_NAME}) to verify it: restore "
+            "the key file (a backup that skipped dot-files?), or remove the manifest to start empty"
+        )
     # Written whole to a temporary file, then linked into place: os.link fails if the name
     # exists, so two processes opening the same new directory agree on one key, and a crash
     # never leaves a key file cut short.

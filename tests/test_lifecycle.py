@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Hashable
 from pathlib import Path
@@ -21,6 +22,7 @@ import pytest
 from helpers import assert_disk_files
 
 import spillkit
+import spillkit.persistence
 from spillkit import Chest, SpillError
 
 REPO = Path(spillkit.__file__).resolve().parents[1]
@@ -473,3 +475,45 @@ def test_a_chest_alive_until_late_interpreter_shutdown_leaves_no_error(tmp_path:
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "c")], capture_output=True, text=True,
                           timeout=120, cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0 and "Exception ignored" not in done.stderr, done.stderr
+
+
+def test_a_drop_killed_half_way_reopens_empty_not_with_half_the_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # drop() removed the directory in listing order with the manifest still in place: a kill
+    # half-way left a manifest naming files already gone (a reopen gave some keys, with warnings).
+    path = tmp_path / "c"
+    chest = Chest(path=path, available_memory=1000, sizeof=lambda v: 100, pack_threshold=0)
+    chest.update({f"k{i}": [i] * 10 for i in range(12)})
+    chest.flush()
+
+    def killed_half_way(target: str, ignore_errors: bool = False) -> None:
+        spill_files = sorted(name for name in os.listdir(target) if not name.startswith("."))
+        for name in spill_files[: len(spill_files) // 2]:  # then the process dies (the test just stops here)
+            os.unlink(os.path.join(target, name))
+
+    monkeypatch.setattr(spillkit.persistence.shutil, "rmtree", killed_half_way)
+    chest.drop()
+    monkeypatch.undo()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # before: "spill file ... is missing" for the keys already removed
+        reopened = Chest(path=path, available_memory=1000)
+    assert len(reopened) == 0
+    reopened.drop()
+
+
+def test_a_manifest_without_its_key_file_is_refused_and_no_new_key_is_made(tmp_path: Path) -> None:
+    # Before: a new key was made, the manifest failed to verify ("tampered with"), and from then on
+    # the old key could not be restored in its place.
+    path = tmp_path / "c"
+    chest = Chest(path=path)
+    chest["a"] = 1
+    chest.close()
+    os.rename(path / ".spillkit-key", tmp_path / "saved-key")
+    with pytest.raises(spillkit.SpillError, match="no key file"):
+        Chest(path=path)
+    assert not (path / ".spillkit-key").exists()
+    os.rename(tmp_path / "saved-key", path / ".spillkit-key")
+    reopened = Chest(path=path)
+    assert reopened["a"] == 1
+    reopened.drop()
