@@ -16,6 +16,7 @@ from collections.abc import Iterable
 
 from .diskspace import DiskSpace
 from .errors import SpillWarning
+from .regularfile import SAFE_OPEN, ensure_regular
 
 __all__ = ["FileSync"]
 
@@ -64,7 +65,13 @@ class FileSync(DiskSpace):
         then listed by :meth:`unsynced_keys` and the file never fsynced again.
         """
         for name in sorted(self._dirty):
-            fd = os.open(os.path.join(self.path, name), os.O_RDONLY)
+            full = os.path.join(self.path, name)
+            try:  # a FIFO planted under the name since would block this open, with the engine's lock held
+                fd = ensure_regular(os.open(full, os.O_RDONLY | SAFE_OPEN), full)
+            except OSError:
+                self._dirty.discard(name)
+                self._unsynced.add(name)  # not the file written: its key is written anew, or named by the flush
+                raise
             try:
                 os.fsync(fd)
             except OSError:

@@ -22,6 +22,7 @@ import stat
 import threading
 
 from .errors import SpillError
+from .regularfile import SAFE_OPEN, ensure_regular
 
 __all__ = ["KEY_FILE_NAME", "InsecurePathError", "check_directory", "load_or_create_key", "process_secret", "sign"]
 
@@ -115,11 +116,13 @@ def load_or_create_key(path: str, *, check: bool = True, signed: str | None = No
 
 
 def _read_key(full: str, check: bool) -> bytes:
-    try:
-        fd = os.open(full, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:  # SAFE_OPEN: no final symbolic link, and a FIFO planted as the key file does not block the open
+        fd = ensure_regular(os.open(full, os.O_RDONLY | SAFE_OPEN), full)
     except OSError as error:
         if error.errno == errno.ELOOP:
             raise InsecurePathError(f"key file {full!r} is a symbolic link; refusing it") from None
+        if error.errno == errno.EINVAL:
+            raise InsecurePathError(f"key file {full!r} is not a regular file; refusing it") from None
         raise
     try:
         info = os.fstat(fd)

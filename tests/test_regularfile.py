@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+import spillkit
 import spillkit.segfiles
 from spillkit import Chest, CorruptSpillFile, SpillWarning
 from spillkit.manifest import MANIFEST_NAME
@@ -172,3 +173,25 @@ def test_a_record_that_takes_several_reads_is_read_whole(tmp_path: Path, monkeyp
     assert [name for name in os.listdir(path) if is_segment_name(name)]
     assert all(chest[key] == VALUES[key] for key in KEPT)
     chest.close()
+
+
+def test_a_fifo_planted_as_the_key_file_is_refused_not_waited_on(tmp_path: Path) -> None:
+    path, chest = chest_holding_a(tmp_path)
+    chest.close()
+    (path / ".spillkit-key").unlink()
+    os.mkfifo(path / ".spillkit-key", 0o600)
+    with pytest.raises(spillkit.SpillError, match="not a regular file"):
+        Chest(path=path)  # before: blocked forever in open(), holding the directory's lock
+
+
+def test_a_fifo_planted_under_a_file_awaiting_its_fsync_fails_the_flush_not_hangs_it(tmp_path: Path) -> None:
+    path = tmp_path / "c"
+    chest = Chest(path=path, available_memory=10, sizeof=lambda v: 100, pack_threshold=0)
+    chest["a"] = b"x" * 100  # over the budget: its own file, not fsynced yet
+    chest["b"] = b"y" * 100
+    (path / "a").unlink()
+    os.mkfifo(path / "a", 0o600)
+    with pytest.raises(OSError, match="not a regular file"):
+        chest.flush()  # before: blocked forever in the fsync's open(), with the engine's lock held
+    assert chest["b"] == b"y" * 100
+    chest.drop()
