@@ -106,6 +106,11 @@ class PickleCodec:
     def decode(self, data: memoryview) -> Any:
         (count,) = _COUNT.unpack_from(data, 0)
         position = _COUNT.size
+        if position + (count + 1) * _LENGTH.size > len(data):  # checked first: the loop below would run `count` times
+            raise ValueError(
+                f"not a body of this codec: its {len(data)} bytes cannot hold the {count + 1} frame lengths "
+                "it starts with (written with compression= on, or by another codec?)"
+            )
         lengths = []
         for _ in range(count + 1):
             lengths.append(_LENGTH.unpack_from(data, position)[0])

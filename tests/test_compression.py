@@ -358,6 +358,23 @@ def test_reopening_an_uncompressed_chest_with_compression_says_why_and_loses_not
     right.drop()
 
 
+def test_reopening_a_compressed_chest_without_compression_says_why_at_once(tmp_path: Path) -> None:
+    # The compressed body's magic read as a count of 1.5 billion frame lengths: the decode looped,
+    # appending lengths until it ran off the end (memory growing with the value: 527 MiB for 80 MB).
+    big = np.random.default_rng(0).random(2**20)  # 8 MiB, incompressible: one raw frame
+    with Chest(path=tmp_path, available_memory=BIG // 2, compression="lz4") as chest:
+        chest["big"] = big
+        chest["small"] = np.zeros(BIG // 4)
+    wrong = Chest(path=tmp_path, available_memory=BIG // 2)
+    with pytest.raises(ValueError, match="compression= on"):
+        wrong["big"]
+    wrong.engine.close()
+    del wrong
+    right = Chest(path=tmp_path, available_memory=BIG // 2, compression="lz4")
+    assert_same(right["big"], big)
+    right.drop()
+
+
 def test_chest_rejects_a_compressed_codec_together_with_codec(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="already wraps its own codec"):
         Chest(path=tmp_path, codec=PickleCodec(), compression=CompressedCodec())
