@@ -55,6 +55,7 @@ class ChestState:
     _store: PackedStore
     _engine: SpillEngine
     _flush_failures: tuple[tuple[Hashable, BaseException], ...] = ()  # the last flush's unwritten keys
+    _committed: list[tuple[Any, ...]] | None = None  # the manifest on disk, as reopen.manifest_rows; None: unknown
 
     # ---- beyond a dict -------------------------------------------------------------
     def set_cost(self, key: Hashable, seconds: float) -> None:

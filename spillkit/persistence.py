@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 from .errors import ChangedWhileWritten, DiskQuotaExceeded, SpillError
 from .keys import describe_key
 from .manifest import MANIFEST_NAME, ManifestEntry, _fsync_directory, is_plain, pickle_key, write_manifest
+from .reopen import manifest_rows
 from .reserve import keep
 
 if TYPE_CHECKING:
@@ -145,6 +146,11 @@ def commit_manifest(chest: Chest) -> list[tuple[Hashable, BaseException]]:
         segment, offset = store.location(key)
         row = (store.file_bytes(key), engine.nbytes(key), engine.given_cost(key), store.tag(key), segment, offset)
         entries.append(ManifestEntry(key, name, *row, blob))
+    rows = manifest_rows(entries)
+    if not unsaved and rows == chest._committed:  # the manifest on disk says all this already
+        if chest._reserve is not None and chest._reserve.failed:
+            keep(chest._reserve, None, engine.stats)  # but the reserve is short since a failure: try again
+        return unsaved  # (and a directory that can only be read can be closed)
     names = [entry.name for entry in entries]  # packed records are kept by pinned segments, files by name
     store.protect(names, add=True)  # if the commit fails half-way, either manifest may be on disk
     try:
@@ -158,6 +164,7 @@ def commit_manifest(chest: Chest) -> list[tuple[Hashable, BaseException]]:
             keep(chest._reserve, None, chest._engine.stats, failed)  # the reserve may be gone: hold its room again
             raise
     chest._flushed = True
+    chest._committed = rows
     store.protect(names)  # and only now remove what the previous manifest needed and this one does not
     keep(chest._reserve, size, chest._engine.stats)  # room for the next manifest (made at the first flush)
     return unsaved

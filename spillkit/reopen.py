@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import errno
 import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import SpillWarning
 from .keys import describe_key
-from .manifest import read_manifest, remove_leftovers
+from .manifest import ManifestEntry, read_manifest, remove_leftovers
 
 if TYPE_CHECKING:
     from .chest import Chest
 
-__all__ = ["reopen"]
+__all__ = ["manifest_rows", "reopen"]
 
 
 def reopen(chest: Chest) -> None:
@@ -55,4 +55,14 @@ def reopen(chest: Chest) -> None:
         chest._engine.restore(entry.key, entry.nbytes, entry.cost)
         adopted.append(entry.name)
     chest._store.protect(adopted)
+    if len(adopted) == len(entries):  # the manifest on disk says what this Chest holds: a flush needs no new one
+        chest._committed = manifest_rows(entries)
     chest._store.remove_unreferenced(keep=foreign)  # segments a crash left after the last flush
+
+
+def manifest_rows(entries: list[ManifestEntry]) -> list[tuple[Any, ...]]:
+    """What a manifest says of each key, in order, to tell whether a flush would change it.
+
+    The key's pickle is left out: pickling one key twice need not give the same bytes.
+    """
+    return [(e.key, e.name, e.file_bytes, e.nbytes, e.cost, e.tag, e.segment, e.offset) for e in entries]

@@ -69,6 +69,7 @@ class Reserve:
         self.path = os.path.join(directory, RESERVE_NAME)
         self.target = MIN_RESERVE_BYTES
         self.allocated: int | None = None
+        self.failed = False  # the last ensure() raised: a flush with nothing to commit tries again anyway
 
     def ensure(self, manifest_bytes: int | None = None) -> None:
         """Make the reserve ``target`` bytes, allocated (``manifest_bytes``: plan it after that manifest first).
@@ -82,6 +83,7 @@ class Reserve:
         if self.allocated is not None and self.target <= self.allocated <= 2 * self.target:
             return
         self.allocated = None
+        self.failed = True  # until it is done
         # A planted FIFO must not block the flush, nor a link send the zeros elsewhere.
         fd = ensure_regular(os.open(self.path, os.O_WRONLY | os.O_CREAT | SAFE_OPEN, 0o600), self.path)
         try:
@@ -94,6 +96,7 @@ class Reserve:
         finally:
             os.close(fd)
         self.allocated = self.target
+        self.failed = False
 
     def release(self) -> int:
         """Remove the reserve file; return the bytes that freed (0: there was none, or it stays)."""

@@ -517,3 +517,36 @@ def test_a_manifest_without_its_key_file_is_refused_and_no_new_key_is_made(tmp_p
     reopened = Chest(path=path)
     assert reopened["a"] == 1
     reopened.drop()
+
+
+@pytest.mark.parametrize("pack_threshold", [0, None], ids=["files", "packed"])
+def test_a_reopened_chest_only_read_closes_without_writing_a_manifest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pack_threshold: int | None
+) -> None:
+    # Every flush committed a new manifest, so a directory that can be read but not written (the
+    # stand-in below: every manifest write is refused) could be reopened and read, never closed.
+    path = tmp_path / "c"
+    options: dict[str, Any] = {} if pack_threshold is None else {"pack_threshold": pack_threshold}
+    chest = Chest(path=path, available_memory=300, sizeof=lambda v: 100, **options)
+    expected = {f"k{i}": [i] * 20 for i in range(8)}
+    chest.update(expected)
+    chest.close()
+    manifest = os.stat(path / ".spillkit-manifest")
+
+    def refused(*args: Any, **kwargs: Any) -> int:
+        raise PermissionError(13, "Permission denied (a read-only directory)")
+
+    monkeypatch.setattr(spillkit.persistence, "write_manifest", refused)
+    reader = Chest(path=path, available_memory=300, sizeof=lambda v: 100, **options)
+    assert dict(reader.items()) == expected  # loads, evictions of values whose files hold them
+    reader.close()  # before: PermissionError, and the Chest stayed open with its lock
+    assert reader.closed
+    assert os.stat(path / ".spillkit-manifest").st_ino == manifest.st_ino
+    monkeypatch.undo()
+    writer = Chest(path=path, available_memory=300, sizeof=lambda v: 100, **options)
+    writer["k0"] = ["changed"]
+    writer.close()  # a change: a new manifest
+    assert os.stat(path / ".spillkit-manifest").st_ino != manifest.st_ino
+    final = Chest(path=path)
+    assert final["k0"] == ["changed"] and len(final) == len(expected)
+    final.drop()

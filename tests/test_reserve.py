@@ -292,6 +292,7 @@ def test_a_first_flush_that_cannot_make_the_reserve_warns_and_commits(lab: Lab) 
 def test_a_failed_commit_notes_a_reserve_it_cannot_make_again(lab: Lab) -> None:
     chest, expected = lab.filled()
     chest.flush()
+    chest[KEYS[0]] = expected[KEYS[0]] = payload(99)  # a change, so that the next flush commits
     lab.monkeypatch.setattr(spillkit.persistence, "write_manifest", ManifestWrites(*["enospc"] * 5))
     fault = lab.fault("allocate", errno.ENOSPC)
     with spill_warnings() as messages, pytest.raises(OSError) as info:
