@@ -227,7 +227,8 @@ class SpillEngine(EngineLifecycle):
                 self._set_aside(key)  # the round goes on with the other victims (first: listeners may use the key)
                 self._spill_failed(key, nbytes, error, "changed while it was written; it stays in memory")
                 return True
-            except SpillError:
+            except SpillError as error:  # the quota: raised into the put, which stores nothing
+                self._count_write_error(error)  # a failed write all the same (write-behind counts it so too)
                 raise
             except OSError as error:
                 self._spill_failed(key, nbytes, error, "disk write failed; it stays in memory")

@@ -504,9 +504,12 @@ def test_disk_quota_refuses_the_put_and_keeps_everything_else(
     # An overwrite of a resident key with a larger value (still within the budget) needs room
     # that only a refused spill could make: it raises and the old value stays, in memory.
     resident = next(k for k in expected if k in chest.inmem)
+    failures, quota = chest.stats.spill_failures, chest.stats.quota_errors
     with pytest.raises(DiskQuotaExceeded):
         chest[resident] = payload(6, 2 * UNIT)
     assert chest.inmem[resident] == expected[resident]
+    # the refused spill is a failed write, as write-behind counts it too (before: quota_errors only)
+    assert chest.stats.spill_failures - failures == chest.stats.quota_errors - quota >= 1
     assert_accounting(chest)
     assert_values(chest, expected)
 
