@@ -2,11 +2,11 @@
 
 :class:`ChestCollector` keeps the exported Chests (by weak reference, one
 ``chest`` label each); at every scrape ``_Families`` reads each Chest's state
-and :class:`~spillkit.stats.Stats` counters under its engine lock and turns
-them into Prometheus metric families. Registering collectors and serving
-them is :mod:`spillkit.metrics`' part, which re-exports :class:`ChestCollector`.
-Like :mod:`spillkit.metrics`, this module imports ``prometheus_client`` and is
-never imported by ``import spillkit``.
+and :class:`~spillkit.stats.Stats` counters (under its engine lock if that
+comes within ``lock_wait``) and turns them into Prometheus metric families.
+Registering collectors and serving them is :mod:`spillkit.metrics`' part,
+which re-exports :class:`ChestCollector`. Like :mod:`spillkit.metrics`, this
+module imports ``prometheus_client`` and is never imported by ``import spillkit``.
 """
 
 from __future__ import annotations
@@ -41,7 +41,22 @@ def _info(chest: Chest) -> dict[str, str]:
 
 
 def _is_closed(chest: Chest) -> bool:
-    return chest.closed
+    # A Chest whose close() is flushing is closed to changes but not gone: its close may fail (full
+    # disk) and leave it open with every value, so it keeps its name and comes back to the scrapes.
+    return chest.closed and not chest.engine.closing
+
+
+def _in_flight_keys(chest: Chest) -> int:
+    """Keys evicted to a background write that has not completed: out of memory, not on disk yet."""
+    writer = chest.engine._writer
+    if writer is None:
+        return 0
+    for _ in range(3):
+        try:  # tuple() copies in one C call; a scrape reading without the lock may still meet a resize
+            return sum(1 for pending in tuple(writer.pending.values()) if pending.evicting)
+        except RuntimeError:
+            continue
+    return 0
 
 
 class ChestCollector:
@@ -51,13 +66,22 @@ class ChestCollector:
     ----------
     namespace : str
         Prefix of every metric name (default ``"spillkit"``).
+    lock_wait : float
+        Seconds a scrape waits for a Chest's engine lock (default 0.05) before
+        reading its numbers without it (the ``lock_wait`` attribute).
 
     Notes
     -----
-    Exports ``<ns>_memory_bytes{tier}``, ``<ns>_keys{tier}`` (``disk``: keys whose
-    only copy is on disk), ``<ns>_memory_budget_bytes``,
+    Exports ``<ns>_memory_bytes{tier}``, ``<ns>_keys{tier}`` (``memory``;
+    ``in-flight``: evicted, their background write not completed;
+    ``disk``: keys whose only copy is on disk; ``memory_bytes{tier="disk"}`` is
+    the bytes of spill files), ``<ns>_memory_budget_bytes``,
     ``<ns>_spill_{bytes,count,time_seconds}_total{activity}`` (``memory-read``,
-    ``disk-read``, ``disk-write``, as dask.distributed's workers do),
+    ``disk-read``, ``disk-write``, as dask.distributed's workers do;
+    ``memory-reuse``: reads of a spilled value still alive elsewhere, handed
+    back without a disk read, a count only as ``memory-read`` is;
+    ``compaction-read`` and ``compaction-write``: bytes segment compaction
+    moved, counted apart from ``disk-write``),
     ``<ns>_spill_errors_total{reason}`` (``disk``: an ``OSError``, ``changed``: a
     value kept changing while written, ``serialize``, ``quota``, ``corrupt``,
     ``reserve``: a flush could not make the manifest's reserve file whole; each
@@ -66,9 +90,17 @@ class ChestCollector:
 
     Thread-safe: ``add``, ``remove`` and ``collect`` may run concurrently with each
     other and with cache operations. A scrape holds each Chest's engine lock
-    only while copying that Chest's numbers. Chests are held by weak reference;
-    a closed or garbage-collected Chest disappears from the next scrape and
-    frees its name. Collecting never raises because of a Chest's state.
+    only while copying that Chest's numbers, and waits at most ``lock_wait``
+    for it: a flush, a close or a synchronous spill holds it during disk I/O,
+    and one busy Chest must not stall the scrape of every other (a dask
+    worker's ``/metrics``). Without the lock the numbers are read as they are
+    (plain counters, never torn), so they may disagree with each other by the
+    few operations that ran while they were read; each histogram still agrees
+    with its own count. Chests are held by weak reference; a closed or
+    garbage-collected Chest disappears from the next scrape and frees its
+    name; one whose ``close()`` is under way is left out of the scrapes
+    meanwhile (and comes back if the close fails). Collecting never raises
+    because of a Chest's state.
 
     Examples
     --------
@@ -85,9 +117,10 @@ class ChestCollector:
     True
     """
 
-    def __init__(self, namespace: str = "spillkit") -> None:
+    def __init__(self, namespace: str = "spillkit", *, lock_wait: float = 0.05) -> None:
         _Families(namespace)  # an invalid namespace raises ValueError here, not at the first scrape
         self.namespace = namespace
+        self.lock_wait = lock_wait
         self._lock = threading.Lock()
         self._chests: dict[str, tuple[weakref.ref[Chest], dict[str, str]]] = {}
 
@@ -137,7 +170,7 @@ class ChestCollector:
         families = _Families(self.namespace)
         for name, chest, info in live:
             if chest is not None:
-                families.add(name, chest, info)
+                families.add(name, chest, info, self.lock_wait)
         return iter(families.all())
 
 
@@ -146,7 +179,7 @@ class _Families:
 
     def __init__(self, ns: str) -> None:
         by_tier, by_activity = ["chest", "tier"], ["chest", "activity"]
-        self.memory = GaugeMetricFamily(f"{ns}_memory_bytes", "Bytes in memory / in spill files", labels=by_tier)
+        self.memory = GaugeMetricFamily(f"{ns}_memory_bytes", "Bytes in memory / in flight / on disk", labels=by_tier)
         self.keys = GaugeMetricFamily(f"{ns}_keys", "Keys per tier (disk: only copy on disk)", labels=by_tier)
         self.budget = GaugeMetricFamily(f"{ns}_memory_budget_bytes", "The memory budget", labels=["chest"])
         self.nbytes = CounterMetricFamily(f"{ns}_spill_bytes", "Bytes read or written", labels=by_activity)
@@ -157,43 +190,60 @@ class _Families:
         self.latency = HistogramMetricFamily(f"{ns}_disk_latency_seconds", "Disk I/O time", labels=by_activity)
         self.info = InfoMetricFamily(f"{ns}_chest", "Version, eviction policy and codec", labels=["chest"])
 
-    def add(self, name: str, chest: Chest, info: dict[str, str]) -> None:
-        # Everything is read under the engine's one lock, so one Chest's numbers agree with
-        # each other; the lock is held for a few dozen appends, never for I/O.
-        with chest.engine.lock:
-            s = chest.stats
-            in_memory = len(chest.inmem)
-            self.memory.add_metric([name, "memory"], chest.memory_bytes)
-            self.memory.add_metric([name, "disk"], chest.disk_bytes)
-            self.keys.add_metric([name, "memory"], in_memory)
-            self.keys.add_metric([name, "disk"], len(chest) - in_memory)
-            self.budget.add_metric([name], chest.available_memory)
-            # memory-read has a count only: counting hit bytes would cost a third of a hit.
-            self.count.add_metric([name, "memory-read"], s.hits)
-            for activity, n, b in (
-                ("disk-read", s.loads, s.load_bytes),
-                ("disk-write", s.disk_writes, s.spill_bytes),
-            ):
-                self.count.add_metric([name, activity], n)
-                self.nbytes.add_metric([name, activity], b)
-            for activity, t, buckets in (
-                ("disk-read", s.load_seconds, s.read_latency),
-                ("disk-write", s.spill_seconds, s.write_latency),
-            ):
-                self.seconds.add_metric([name, activity], t)
-                cumulative = itertools.accumulate(buckets)  # Stats keeps per-bucket counts
-                self.latency.add_metric([name, activity], list(zip(_BOUNDS, cumulative, strict=True)), t)
-            for reason, n in (
-                ("disk", s.disk_errors),
-                ("changed", s.changed_errors),
-                ("serialize", s.unspillable),
-                ("quota", s.quota_errors),
-                ("corrupt", s.load_failures),
-                ("reserve", s.reserve_failures),
-            ):
-                self.errors.add_metric([name, reason], n)
-            self.misses.add_metric([name], s.misses)
+    def add(self, name: str, chest: Chest, info: dict[str, str], lock_wait: float) -> None:
+        lock = chest.engine.lock
+        locked = lock.acquire(timeout=lock_wait)
+        try:
+            # Again now: closed since the collector's prune (while this scrape waited), it would be
+            # exported with every gauge at zero. Being closed without the lock: its numbers are in flux.
+            if chest.closed:
+                return
+            self._read(name, chest, locked)
+        finally:
+            if locked:
+                lock.release()
         self.info.add_metric([name], info)
+
+    def _read(self, name: str, chest: Chest, locked: bool) -> None:
+        # Under the engine's lock one Chest's numbers agree with each other; it is held for a few
+        # dozen appends, never for I/O. Without it (``locked`` False) every read is of a plain number.
+        s, store = chest.stats, chest._store
+        in_memory, in_flight = len(chest.inmem), _in_flight_keys(chest)
+        disk_bytes = chest.disk_bytes if locked else store.total_bytes  # disk_bytes recounts under the lock
+        self.memory.add_metric([name, "memory"], chest.memory_bytes)
+        self.memory.add_metric([name, "in-flight"], chest.engine.in_flight_bytes)
+        self.memory.add_metric([name, "disk"], disk_bytes)
+        self.keys.add_metric([name, "memory"], in_memory)
+        self.keys.add_metric([name, "in-flight"], in_flight)
+        self.keys.add_metric([name, "disk"], max(0, len(chest) - in_memory - in_flight))
+        self.budget.add_metric([name], chest.available_memory)
+        # memory-read and memory-reuse have a count only: counting hit bytes would cost a third of a hit.
+        self.count.add_metric([name, "memory-read"], s.hits)
+        self.count.add_metric([name, "memory-reuse"], s.reused)
+        reads, writes = list(s.read_latency), list(s.write_latency)  # copied once: count and histogram agree
+        for activity, buckets, nbytes, seconds in (
+            ("disk-read", reads, s.load_bytes, s.load_seconds),
+            ("disk-write", writes, s.spill_bytes, s.spill_seconds),
+        ):
+            self.count.add_metric([name, activity], sum(buckets))  # loads and disk_writes are these sums
+            self.nbytes.add_metric([name, activity], nbytes)
+            self.seconds.add_metric([name, activity], seconds)
+            cumulative = itertools.accumulate(buckets)  # Stats keeps per-bucket counts
+            self.latency.add_metric([name, activity], list(zip(_BOUNDS, cumulative, strict=True)), seconds)
+        # Compaction copies live records between segments: disk I/O that no spill or load counts.
+        # getattr: a store from before these counters existed exports 0 rather than failing the scrape.
+        self.nbytes.add_metric([name, "compaction-read"], getattr(store, "compaction_read_bytes", 0))
+        self.nbytes.add_metric([name, "compaction-write"], getattr(store, "compaction_written_bytes", 0))
+        for reason, n in (
+            ("disk", s.disk_errors),
+            ("changed", s.changed_errors),
+            ("serialize", s.unspillable),
+            ("quota", s.quota_errors),
+            ("corrupt", s.load_failures),
+            ("reserve", s.reserve_failures),
+        ):
+            self.errors.add_metric([name, reason], n)
+        self.misses.add_metric([name], s.misses)
 
     def all(self) -> list[Metric]:
         return [self.memory, self.keys, self.budget, self.nbytes, self.count, self.seconds, self.errors,
