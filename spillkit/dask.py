@@ -93,6 +93,7 @@ class ChestCallback(Callback):
         self.measure = costs
         self._starts: dict[Hashable, float] = {}
         self._stored: set[Hashable] = set()  # keys computations stored in the Chest (results stay there)
+        self._inputs: dict[Hashable, tuple[Hashable, ...]] = {}  # running task -> its inputs, pinned in the Chest
 
     def _start(self, dsk: Mapping[Any, Any]) -> None:
         # dask's local scheduler takes a key it finds in the cache for computed, and then its
@@ -133,12 +134,23 @@ class ChestCallback(Callback):
         state.setdefault(_OURS, set()).add(id(self))  # _finish undoes the count only for these
 
     def _pretask(self, key: Hashable, dsk: Mapping[Any, Any], state: dict[str, Any]) -> None:
-        if self.measure and id(self) in state.get(_OURS, ()):
+        if id(self) not in state.get(_OURS, ()):
+            return
+        # A running task holds its inputs, and may change them in place (dask's disk shuffle appends
+        # to the partd object it is given): spilled meanwhile, the copy on disk would miss the change.
+        inputs = tuple(state["dependencies"].get(key, ()))
+        if inputs:
+            self.chest.engine.pin(inputs)
+            self._inputs[key] = inputs
+        if self.measure:
             self._starts[key] = time.perf_counter()
 
     def _posttask(self, key: Hashable, result: Any, dsk: Mapping[Any, Any], state: dict[str, Any], wid: Any) -> None:
         if id(self) not in state.get(_OURS, ()):
             return
+        inputs = self._inputs.pop(key, ())
+        if inputs:
+            self.chest.engine.unpin(inputs)
         start = self._starts.pop(key, None)
         self._stored.add(key)
         if start is not None and key in self.chest:
@@ -149,6 +161,9 @@ class ChestCallback(Callback):
         if id(self) not in state.get(_OURS, ()):
             return
         self._starts.clear()
+        for inputs in self._inputs.values():  # tasks that never ended (the computation failed)
+            self.chest.engine.unpin(inputs)
+        self._inputs.clear()
         self._stored = {key for key in self._stored if key in self.chest}  # what dask released is gone
         engine = self.chest.engine
         with engine.lock:

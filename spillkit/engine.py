@@ -209,6 +209,9 @@ class SpillEngine(EngineLifecycle):
 
         A victim that changed while it was written stays resident, set aside until the round ends.
         """
+        if key in self._pins:  # in use (a running task's input): spilling it frees nothing, and may miss changes
+            self._set_aside(key)
+            return True
         value = self.memory[key]
         nbytes = self._nbytes[key]
         if self._writer is not None and key in self._writer.pending:

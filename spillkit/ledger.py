@@ -86,6 +86,7 @@ class EngineLedger:
         self._objects: dict[int, list[int]] = {}  # id(value) -> [resident keys holding it, nbytes]
         self._unspillable: set[Hashable] = set()  # resident, set aside after a serialization error
         self._aside: list[Hashable] = []  # victims that changed while written: out of the policy for one round
+        self._pins: dict[Hashable, int] = {}  # keys a running task uses (EngineLifecycle.pin): never victims
         self._rounds = 0  # rounds making room now (a listener's load may start one inside another)
         self._spilled_nbytes = 0  # memory size of the keys whose only copy is on disk
         self._refs = LiveObjects()  # spilled values that may still be alive elsewhere

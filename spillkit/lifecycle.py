@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .errors import LoadFailed
@@ -70,6 +70,30 @@ class EngineLifecycle(EngineLedger):
                             raise LoadFailed(key, error) from error
             self.delete(key)
             return value
+
+    def pin(self, keys: Iterable[Hashable]) -> None:
+        """Keep ``keys`` in memory while something uses them (counted: pins add up), e.g. a running task's inputs.
+
+        Spilling a value a running task holds frees no memory (the task keeps it), and the task
+        may still change it in place (dask's disk shuffle appends to a partd object it was given):
+        the spilled copy would miss those changes once the task lets go. A pinned victim is passed
+        over for the round. Keys need not be present (an input still on disk is pinned when loaded).
+        """
+        with self.lock:
+            pins = self._pins
+            for key in keys:
+                pins[key] = pins.get(key, 0) + 1
+
+    def unpin(self, keys: Iterable[Hashable]) -> None:
+        """Undo one :meth:`pin` of ``keys`` (a key not pinned is ignored)."""
+        with self.lock:
+            pins = self._pins
+            for key in keys:
+                count = pins.get(key, 0)
+                if count > 1:
+                    pins[key] = count - 1
+                else:
+                    pins.pop(key, None)
 
     def evict_one(self) -> int:
         """Spill values until one frees memory; return bytes freed, or -1. Never raises."""

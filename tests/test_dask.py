@@ -261,3 +261,42 @@ def test_workloads_build_and_compute_small(name: str) -> None:
     if hasattr(got, "sort_index"):
         got, expected = got.sort_index(), expected.sort_index()
     np.testing.assert_allclose(np.asarray(got), np.asarray(expected))
+
+
+@pytest.mark.parametrize("policy", ["nextuse", "lru"])
+def test_an_input_a_running_task_changes_in_place_is_not_spilled_under_it(policy: str) -> None:
+    # A slow task changes its input in place (as dask's disk shuffle does with its partd object)
+    # while other tasks fill memory. Before, the input was spilled while the task ran: the task's
+    # later change went to an object nothing kept, and the task reading the input afterwards got
+    # the copy from disk, without the change (0.0 here against 1000000.0).
+    import threading
+
+    from dask import delayed
+
+    filled, count = threading.Event(), [0]
+    lock = threading.Lock()
+
+    def make(n: int) -> np.ndarray:
+        return np.zeros(n)
+
+    def change_later(a: np.ndarray) -> int:
+        assert filled.wait(30)  # every filler has run: memory was full meanwhile
+        a += 1.0
+        return 0
+
+    def filler(i: int) -> np.ndarray:
+        with lock:
+            count[0] += 1
+            if count[0] == 6:
+                filled.set()
+        return np.ones(1_000_000)  # 8 MB each
+
+    def read(a: np.ndarray, token: int, *sums: float) -> float:
+        return float(a.sum())
+
+    a = delayed(make)(1_000_000)  # 8 MB
+    changed = delayed(change_later)(a)
+    total = delayed(read)(a, changed, *[delayed(np.sum)(delayed(filler)(i)) for i in range(6)])
+    with dask.config.set(num_workers=4), spilling(available_memory="10 MB", policy=policy) as chest:
+        assert total.compute() == 1_000_000.0
+        assert chest.stats.spills > 0  # memory was short: values did go to disk

@@ -550,3 +550,25 @@ def test_a_reopened_chest_only_read_closes_without_writing_a_manifest(
     final = Chest(path=path)
     assert final["k0"] == ["changed"] and len(final) == len(expected)
     final.drop()
+
+
+@pytest.mark.parametrize("write_behind", [False, True])
+def test_a_pinned_key_is_never_a_victim_until_unpinned(tmp_path: Path, write_behind: bool) -> None:
+    chest = Chest(path=tmp_path / "c", available_memory=300, sizeof=lambda v: 100, write_behind=write_behind)
+    chest["held"] = ["held"]
+    chest.engine.pin(["held", "absent"])  # an absent key may be pinned (an input still to be loaded)
+    chest.engine.pin(["held"])  # pins add up
+    for i in range(10):
+        chest[i] = [i]
+        assert "held" in chest.inmem  # the least recently used, and passed over every round
+    assert chest.evict() > 0 and "held" in chest.inmem  # evict() (dask.distributed's) passes it over too
+    chest.engine.unpin(["held", "absent"])
+    chest[10] = [10]
+    assert "held" in chest.inmem  # still pinned once
+    chest.engine.unpin(["held"])
+    for i in range(11, 14):
+        chest[i] = [i]
+    chest.wait_for_writes()
+    assert "held" not in chest.inmem and chest["held"] == ["held"]
+    assert chest.memory_bytes <= 300 + 100  # at most the value just read back over (never the pins' fault)
+    chest.drop()
