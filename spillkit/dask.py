@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Hashable, Iterator, Mapping
@@ -28,7 +29,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
     raise ImportError('spillkit.dask needs dask: pip install "spillkit[dask]"') from error
 
 from .chest import Chest
-from .dask_loads import WorkerLoads, _Unshared
+from .dask_loads import _TAKEN, WorkerLoads, _Unshared
 from .dask_record import _graph_facts, record
 from .policies import GraphAware
 from .policies._graph import GraphPlan
@@ -94,8 +95,18 @@ class ChestCallback(Callback):
         self._starts: dict[Hashable, float] = {}
         self._stored: set[Hashable] = set()  # keys computations stored in the Chest (results stay there)
         self._inputs: dict[Hashable, tuple[Hashable, ...]] = {}  # running task -> its inputs, pinned in the Chest
+        # Per scheduling thread, innermost last: how each computation under way uses a spilling()
+        # cache ("scheduled" by WorkerLoads.schedule, "claimed" with a scheduler= of its own, or
+        # "private": it found the Chest taken), with that cache; None for any other cache.
+        self._roles: dict[int, list[tuple[str, WorkerLoads] | None]] = {}
 
     def _start(self, dsk: Mapping[Any, Any]) -> None:
+        cache = dask.config.get("cache", None)
+        roles = self._roles.setdefault(threading.get_ident(), [])
+        if isinstance(cache, WorkerLoads) and cache.chest is self.chest and cache.active:
+            roles.append((self._role_in(cache), cache))
+            return
+        roles.append(None)
         # dask's local scheduler takes a key it finds in the cache for computed, and then its
         # dependents fail (KeyError): a key an earlier computation left (its result, or what a
         # failed one held) goes first, unless a computation is running on the Chest (then it may be that one's).
@@ -108,6 +119,24 @@ class ChestCallback(Callback):
                 if key in chest:
                     del chest[key]
 
+    @staticmethod
+    def _role_in(cache: WorkerLoads) -> str:
+        # dask's local schedulers use their cache only in their scheduling thread, so routing by
+        # thread keeps a computation that cannot have the Chest (another one, in another thread
+        # or one it is nested in, has it) from deleting that one's keys under it.
+        decided = cache.take_handoff()  # by WorkerLoads.schedule, which runs this computation
+        if decided is not None:
+            return decided
+        if cache.claim():  # a scheduler= of its own: it takes the Chest
+            return "claimed"
+        cache.go_private()
+        warnings.warn(_TAKEN, RuntimeWarning, stacklevel=4)
+        return "private"
+
+    def _role(self) -> tuple[str, WorkerLoads] | None:
+        roles = self._roles.get(threading.get_ident())
+        return roles[-1] if roles else None
+
     def __enter__(self) -> ChestCallback:
         warn_if_distributed()
         super().__enter__()  # type: ignore[no-untyped-call]
@@ -116,7 +145,13 @@ class ChestCallback(Callback):
     def _start_state(self, dsk: Mapping[Any, Any], state: dict[str, Any]) -> None:
         # Here, not in _start: only now is the computation's cache known, and a computation that
         # does not use this Chest (another thread's, one spilling() handed a dict) is left alone.
-        cache = state["cache"]
+        cache, role = state["cache"], self._role()
+        if role is not None and role[0] == "private":
+            private = role[1].end_private()
+            if state["cache"] is role[1]:
+                state["cache"] = private  # the computation keeps its dict, to the results it reads
+            self._roles[threading.get_ident()][-1] = ("own dict", role[1])
+            return
         if cache is not self.chest and not (isinstance(cache, WorkerLoads) and cache.chest is self.chest):
             if not isinstance(cache, (_Unshared, WorkerLoads)):  # not another spilling() block's (a thread's)
                 warnings.warn(
@@ -158,6 +193,17 @@ class ChestCallback(Callback):
         self.chest.settle()
 
     def _finish(self, dsk: Mapping[Any, Any], state: dict[str, Any], errored: bool) -> None:
+        roles = self._roles.get(threading.get_ident())
+        role = roles.pop() if roles else None
+        if not roles:
+            self._roles.pop(threading.get_ident(), None)
+        if role is not None and role[0] == "claimed":
+            try:  # dask reads the results after this, when the Chest may be another computation's
+                state["cache"] = role[1].hand_back(dsk, keep=not errored)
+            finally:
+                role[1].release()
+        elif role is not None and role[0] == "private":
+            role[1].end_private()  # it failed before its state was made: the thread is routed no more
         if id(self) not in state.get(_OURS, ()):
             return
         self._starts.clear()

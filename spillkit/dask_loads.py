@@ -31,6 +31,9 @@ from .chest import Chest
 __all__ = ["OnDisk", "WorkerLoads"]
 
 
+_TAKEN = "another computation is using this spilling() Chest; this one runs without it, in memory"
+
+
 class _Unshared(dict[Hashable, Any]):
     """The plain dict cache of a computation that cannot share the Chest (see :meth:`WorkerLoads.schedule`)."""
 
@@ -50,17 +53,46 @@ class OnDisk:
 class WorkerLoads(MutableMapping[Hashable, Any]):
     """dask's ``cache=``: the Chest, with spilled inputs loaded by the worker that needs them.
 
-    Thread-safe: one computation at a time uses the Chest (others get a dict of their
-    own), and registers its scheduling thread for its duration; everything else is
-    the Chest's, which has its own lock.
+    Thread-safe: one computation at a time uses the Chest; its scheduling thread
+    owns it (:meth:`claim`) for its duration. dask's local schedulers use their
+    cache only in their scheduling thread, so a computation that starts while
+    another owns the Chest (in another thread, or nested inside a task, with any
+    ``scheduler=``) is routed, by its thread, to a dict of its own
+    (:meth:`go_private`). Everything else is the Chest's, which has its own lock.
     """
 
     def __init__(self, chest: Chest) -> None:
         self.chest = chest
         self.active = True  # until the spilling() block that made this cache ends
         self._lock = threading.Lock()
-        self._busy = False  # a computation uses the Chest (one at a time)
+        self._owner: int | None = None  # the thread whose computation uses the Chest (one at a time)
         self._scheduler: int | None = None  # the thread scheduling it, when it takes markers
+        self._private: dict[int, list[_Unshared]] = {}  # scheduling threads routed to dicts of their own
+        # schedule() decided for the next computation of this thread: it claimed the Chest for it
+        # ("scheduled"), or gave it a dict of its own ("declined"); ChestCallback takes the word.
+        self._handoff: tuple[int, str] | None = None
+        self._nested: dict[int, _Unshared] = {}  # computations started without ChestCallback, see _mapping
+
+    def _mapping(self) -> MutableMapping[Hashable, Any]:
+        owner = self._owner
+        if owner is None:
+            return self.chest
+        tid = threading.get_ident()
+        if self._private:  # a computation that found the Chest taken (ChestCallback routed it)
+            private = self._private.get(tid)
+            if private:
+                return private[-1]
+        if owner == tid:
+            return self.chest
+        # Another computation has the Chest, and this one started without ChestCallback: dask runs
+        # a computation nested in a task with no callbacks (it empties the active set meanwhile).
+        # Its thread's dict serves every such computation of the thread until the Chest's owner
+        # ends (a key found there is that key's value: dask's keys name their values).
+        nested = self._nested.get(tid)
+        if nested is None:
+            nested = self._nested[tid] = _Unshared()
+            warnings.warn(_TAKEN, RuntimeWarning, stacklevel=3)
+        return nested
 
     # ---- the mapping dask uses -------------------------------------------------------------
     def __getitem__(self, key: Hashable) -> Any:
@@ -68,22 +100,78 @@ class WorkerLoads(MutableMapping[Hashable, Any]):
         # right now is either answer, and the worker's own get sorts it out.
         if threading.get_ident() == self._scheduler and key not in self.chest.engine.memory and key in self.chest:
             return OnDisk(key)
-        return self.chest[key]
+        return self._mapping()[key]
 
     def __setitem__(self, key: Hashable, value: Any) -> None:
-        self.chest[key] = value
+        self._mapping()[key] = value
 
     def __delitem__(self, key: Hashable) -> None:
-        del self.chest[key]
+        del self._mapping()[key]
 
     def __contains__(self, key: object) -> bool:
-        return key in self.chest
+        return key in self._mapping()
 
     def __iter__(self) -> Iterator[Hashable]:
-        return iter(self.chest)
+        return iter(self._mapping())
 
     def __len__(self) -> int:
-        return len(self.chest)
+        return len(self._mapping())
+
+    # ---- who uses the Chest -----------------------------------------------------------------
+    def claim(self) -> bool:
+        """Let this thread's computation use the Chest if no computation does (nor one it is nested in)."""
+        with self._lock:
+            if self._owner is not None:
+                return False
+            self._owner = threading.get_ident()
+            return True
+
+    def take_handoff(self) -> str | None:
+        """What :meth:`schedule` decided for this thread's computation starting now, once (ChestCallback asks)."""
+        handoff = self._handoff
+        if handoff is not None and handoff[0] == threading.get_ident():
+            self._handoff = None
+            return handoff[1]
+        return None
+
+    def owns(self) -> bool:
+        """True on the thread whose computation uses the Chest."""
+        return self._owner == threading.get_ident()
+
+    def release(self) -> None:
+        """End this thread's use of the Chest (it stops handing out markers too)."""
+        with self._lock:
+            if self._owner == threading.get_ident():
+                self._owner = self._scheduler = None
+                self._nested.clear()  # computations nested in its tasks ended with them
+
+    def go_private(self) -> None:
+        """Route this thread's cache use to a new dict of its own, until :meth:`end_private`."""
+        self._private.setdefault(threading.get_ident(), []).append(_Unshared())
+
+    def end_private(self) -> _Unshared:
+        """Stop routing this thread to its newest dict, and return that dict (the computation keeps it)."""
+        stack = self._private[threading.get_ident()]
+        private = stack.pop()
+        if not stack:
+            del self._private[threading.get_ident()]
+        return private
+
+    def hand_back(self, dsk: Mapping[Hashable, Any], keep: bool) -> _Unshared:
+        """Take a computation's keys out of the Chest (its owner, as it ends); return its results.
+
+        What is left of a computation when it ends are its results (dask released the rest)
+        or, if it failed, what it held. dask reads the results once the computation has ended
+        and the Chest may be another's: from the dict returned here (``keep``), not the Chest.
+        """
+        chest, results = self.chest, _Unshared()
+        for key in dsk:
+            if key in chest:
+                if keep:
+                    results[key] = chest[key]
+                with contextlib.suppress(KeyError):  # gone meanwhile
+                    del chest[key]
+        return results
 
     # ---- the scheduler ----------------------------------------------------------------------
     def loads(self, info: Any) -> Any:
@@ -120,16 +208,15 @@ class WorkerLoads(MutableMapping[Hashable, Any]):
             kwargs.get("rerun_exceptions_locally", dask.config.get("rerun_exceptions_locally", False))
             or kwargs.get("pool", dask.config.get("pool", None)) is not None
         )
-        with self._lock:
-            busy, self._busy = self._busy, True
-        if busy:
-            warnings.warn(
-                "another computation is using this spilling() Chest; this one runs without it, in memory",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+        if not self.claim():
+            warnings.warn(_TAKEN, RuntimeWarning, stacklevel=2)
             kwargs["cache"] = _Unshared()
-            return dask.threaded.get(dsk, keys, **kwargs)
+            self._handoff = (threading.get_ident(), "declined")
+            try:
+                return dask.threaded.get(dsk, keys, **kwargs)
+            finally:
+                self._handoff = None
+        self._handoff = (threading.get_ident(), "scheduled")
         chest, ours = self.chest, False
         try:
             if not isinstance(dsk, Mapping):  # an expression (dask 2025+): its graph, once, as get_async makes it
@@ -157,9 +244,8 @@ class WorkerLoads(MutableMapping[Hashable, Any]):
                             with contextlib.suppress(KeyError):  # gone meanwhile
                                 del chest[key]
             finally:
-                with self._lock:  # only now: a computation starting earlier would meet these keys
-                    self._scheduler = None
-                    self._busy = False
+                self._handoff = None
+                self.release()  # only now: a computation starting earlier would meet these keys
 
     def _resolve(self, keys: Any, result: Any) -> Any:
         """The results, with any marker replaced by its value (``nested_get`` mirrors ``keys``)."""

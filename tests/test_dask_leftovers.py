@@ -189,3 +189,63 @@ def test_a_key_put_by_hand_that_the_graph_computes_is_left_alone() -> None:
         with pytest.warns(RuntimeWarning, match="already in the spilling"):
             assert dask.compute(y)[0] == 2  # before: KeyError, and the value replaced
         assert chest[y.key] == "mine"
+
+
+@pytest.mark.parametrize("other", ["sync", "threads"])
+def test_a_default_and_an_explicit_scheduler_computation_at_once_both_succeed(other: str) -> None:
+    # With scheduler= given, dask used the block's cache directly, past WorkerLoads.schedule's
+    # one-at-a-time guard: the two computations deleted each other's keys (KeyError).
+    x = da.random.default_rng(0).random((800, 800), chunks=(100, 100))
+    expected = float((x @ x).sum().compute(scheduler="sync"))
+    results: list[float] = []
+    errors: list[BaseException] = []
+
+    def work(options: dict[str, Any]) -> None:
+        try:
+            for _ in range(3):
+                results.append(float((x @ x).sum().compute(**options)))
+        except BaseException as error:
+            errors.append(error)
+
+    with spilling(available_memory="1 MiB") as chest, warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "another computation is using this spilling() Chest"
+        threads = [threading.Thread(target=work, args=({},)), threading.Thread(target=work, args=(SCHEDULERS[other],))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert len(chest) == 0  # nothing left behind by either
+    assert errors == []
+    assert results == [pytest.approx(expected)] * 6
+
+
+def test_a_computation_with_a_scheduler_of_its_own_nested_in_a_task_succeeds() -> None:
+    # The usual advice for a compute() inside a task: scheduler="sync". dask runs it without
+    # callbacks, on the block's cache: it released keys the outer computation still needed.
+    y = matrix()
+
+    def inner(block: Any) -> Any:
+        return block + float(y.sum().compute(scheduler="sync"))
+
+    expected = float((y.map_blocks(inner) + y).sum().compute(scheduler="sync"))
+    for optimize in (False, True):
+        with spilling(available_memory="2 MiB"), pytest.warns(RuntimeWarning, match="another computation"):
+            got = float((y.map_blocks(inner) + y).sum().compute(optimize_graph=optimize))
+        assert got == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("scheduler", ["sync", "threads"])
+def test_results_of_explicit_scheduler_computations_leave_the_chest_to_the_next_one(scheduler: str) -> None:
+    # dask reads the results after the computation's callbacks end, so they stayed in the Chest:
+    # they piled up (and spilled), and the next default computation sharing a key ran in memory.
+    x = da.random.default_rng(1).random((1000, 1000), chunks=(250, 250))
+    with spilling(available_memory="4 MiB") as chest, warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # before: "... already in the spilling() Chest"
+        for i in range(3):
+            assert (x + i).compute(scheduler=scheduler).shape == (1000, 1000)
+            assert len(chest) == 0  # before: every result stayed
+        kept = x.persist(scheduler=scheduler)
+        assert len(chest) == 0
+        puts = chest.stats.puts
+        assert float((x @ x).sum().compute()) == pytest.approx(float((kept @ kept).sum().compute(scheduler="sync")))
+        assert chest.stats.puts > puts  # the default computation did use the Chest
