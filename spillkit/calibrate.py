@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
+from typing import Any
 
 from .codecs import PickleCodec
 from .replay import DiskModel
 from .storage import DiskStore
+from .tracelines import short
 
 __all__ = ["calibrate", "calibration_path", "load_disk_model", "save_disk_model"]
 
@@ -64,10 +67,55 @@ def save_disk_model(model: DiskModel, path: str | None = None) -> str:
 
 
 def load_disk_model(path: str | None = None) -> DiskModel:
-    """The saved calibration, or :class:`DiskModel`'s defaults when there is none."""
+    """The saved calibration, or :class:`DiskModel`'s defaults when there is none.
+
+    Raises
+    ------
+    ValueError
+        If the file is not a JSON object of :class:`DiskModel`'s fields with
+        numbers it can price I/O with; the message names the file and the problem.
+    OSError
+        If the file exists but cannot be read.
+    """
     target = path or calibration_path()
     try:
         with open(target, encoding="utf-8") as file:
-            return DiskModel(**json.load(file))
+            model = DiskModel(**_checked(_decode(file.read())))
     except FileNotFoundError:
         return DiskModel()
+    except ValueError as error:
+        # the model is used far from here (dividing by a bandwidth deep in a replay): name the file now
+        raise ValueError(f"{target}: bad spillkit calibration file: {error} (run spillkit calibrate to measure "
+                         "again, or delete the file to use the defaults)") from None  # fmt: skip
+    return model
+
+
+def _decode(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not valid JSON ({error.msg} at line {error.lineno} column {error.colno})") from None
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def _checked(data: Any) -> dict[str, float]:
+    """The fields of a decoded calibration; ValueError saying what is wrong (without the file name)."""
+    known = [f.name for f in fields(DiskModel)]
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object with {', '.join(known)}, found a {type(data).__name__}")
+    unknown = [k for k in data if k not in known]
+    if unknown:
+        raise ValueError(f"unknown field{'s' if len(unknown) > 1 else ''} {short(unknown)} "
+                         f"(expected {', '.join(known)})")  # fmt: skip
+    checked: dict[str, float] = {}
+    for name, value in data.items():  # a missing field keeps DiskModel's default (save_disk_model writes all)
+        number = math.nan
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value) if abs(value) < 1e300 else math.inf  # float() of a huge int overflows
+        # bandwidths divide byte counts, so 0 is refused; a latency of 0 (no per-file cost) divides nothing
+        if not math.isfinite(number) or number < 0 or (number == 0 and name != "latency"):
+            least = "of at least 0" if name == "latency" else "above 0"
+            raise ValueError(f"{name} must be a finite number {least}, found {short(value)}")
+        checked[name] = number
+    return checked

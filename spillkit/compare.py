@@ -157,13 +157,23 @@ def _name(trace: str | Trace) -> str:
 
 
 def _names(traces: Sequence[str | Trace]) -> list[str]:
-    # One name per trace: two traces named alike (d1/w.trace, d2/w.trace) would share tables and plots.
-    seen: dict[str, int] = {}
+    """One distinct name per trace: two traces named alike (d1/w.trace, d2/w.trace) would share tables and plots.
+
+    The first trace of each name keeps it; a later one gets the first ``-2``, ``-3``, ... suffix that is
+    neither another trace's own name (d3/w-2.trace keeps ``w-2``) nor already given.
+    """
+    plain = [_name(trace) for trace in traces]
+    taken, seen = set(plain), set()
     names = []
-    for trace in traces:
-        name = _name(trace)
-        seen[name] = seen.get(name, 0) + 1
-        names.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
+    for name in plain:
+        if name in seen:
+            suffix = 2
+            while f"{name}-{suffix}" in taken:
+                suffix += 1
+            name = f"{name}-{suffix}"
+            taken.add(name)
+        seen.add(name)
+        names.append(name)
     return names
 
 
@@ -175,6 +185,11 @@ def write_csv(rows: Iterable[dict[str, Any]], path: str) -> None:
         writer = csv.DictWriter(file, fieldnames=COLUMNS + extra, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
+
+
+def _times(ratio: float) -> str:
+    """A ratio to the bound for the table: empty without a bound (NaN), ``inf`` over a bound of 0."""
+    return "" if math.isnan(ratio) else f"{ratio:.2f}"
 
 
 def to_markdown(rows: Sequence[dict[str, Any]]) -> str:
@@ -195,7 +210,7 @@ def to_markdown(rows: Sequence[dict[str, Any]]) -> str:
                 f"{format_bytes(row.get('bytes_read', 0)) if 'bytes_read' in row else ''} | "
                 f"{format_bytes(row['io_bytes'])} | {row['io_seconds']:.2f} | "
                 f"{'' if row['mode'] == 'bound' else format(row.get('recompute_seconds', 0), '.2f')} | "
-                f"{row['ratio_to_bound']:.2f} |"
+                f"{_times(row.get('ratio_to_bound', math.nan))} |"
             )
         out.append("")
     return "\n".join(out)

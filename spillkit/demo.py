@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -41,6 +42,12 @@ def run_demo(
     seconds : float, optional
         Stop repeating after this many seconds (implies ``forever``).
 
+    Raises
+    ------
+    ValueError
+        For no arrays, arrays too small to hold one float64 (8 bytes), a
+        negative number of reads, or a ``seconds`` that is negative or not finite.
+
     Notes
     -----
     Every read is checked; a wrong value raises ``AssertionError`` (from a
@@ -50,7 +57,7 @@ def run_demo(
         import numpy as np
     except ImportError as error:  # pragma: no cover - exercised only without numpy
         raise SystemExit('the demo needs numpy: pip install "spillkit[demo]"') from error
-    size = parse_bytes(array_bytes)
+    size = _check(arrays, array_bytes, reads, seconds)
     names = list(policies or policy_names())
 
     def one(name: str, stop: threading.Event | None) -> dict[str, object]:
@@ -64,7 +71,7 @@ def run_demo(
                     if stop is not None and stop.is_set():
                         break  # answer Ctrl-C within one array, not one round
                     chest[f"array-{i}"] = np.full(size // 8, i, dtype="f8")
-                hot = list(range(arrays // 5))
+                hot = list(range(arrays // 5)) or list(range(arrays))  # below 5 arrays, all are hot
                 for n in range(reads):
                     if stop is not None and stop.is_set():
                         break
@@ -83,6 +90,21 @@ def run_demo(
         rows = _in_threads(one, names, seconds)
     _print_table(rows)
     return rows
+
+
+def _check(arrays: int, array_bytes: int | str, reads: int, seconds: float | None) -> int:
+    """The bytes per array, once the arguments are known to make a workload that ends and checks its reads."""
+    if arrays < 1:
+        raise ValueError(f"the demo needs at least 1 array, not {arrays}")
+    size = parse_bytes(array_bytes)
+    if size < 8:  # each array is float64 and a read checks its first element: 8 bytes at least
+        raise ValueError(f"an array needs at least 8 bytes (one float64), not {array_bytes!r}")
+    if reads < 0:
+        raise ValueError(f"the number of reads must be at least 0, not {reads}")
+    if seconds is not None and not (math.isfinite(seconds) and seconds >= 0):
+        # a NaN deadline never passes and makes every wait return at once: a busy loop, never stopping
+        raise ValueError(f"seconds must be a finite number of at least 0, not {seconds}")
+    return size
 
 
 def _in_threads(

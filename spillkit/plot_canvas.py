@@ -113,16 +113,28 @@ def _unit(largest: float) -> tuple[float, str]:
 
 
 def _percent_axis(ax: Axes, fractions: Iterable[float]) -> None:
-    """A log x axis of budgets in % of peak, ticked at the budgets measured."""
+    """An x axis of budgets in % of peak, ticked at the budgets measured: log, or linear with a budget of 0.
+
+    A budget of 0 (``--budgets 0``, a percentage too small for one byte, or any budget of an empty trace) has
+    no place on a log axis: matplotlib would hide its points and warn. Such an axis is linear, and says so.
+    """
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
     ticks = sorted(set(fractions))
-    ax.set_xscale("log")
-    if ticks:
-        ax.xaxis.set_major_locator(FixedLocator(ticks))
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:g}%"))
+    if not ticks:
+        return  # nothing drawn on this axes: matplotlib's default axis, no log scale to warn about
+    log = ticks[0] > 0
+    ax.set_xscale("log" if log else "linear")  # first: setting a scale resets the locators and formatter
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:g}%"))
+    if log:
         ax.set_xlim(ticks[0] / 1.25, ticks[-1] * 1.25)
+        return
+    pad = 0.05 * ticks[-1] or 1.0  # only budgets of 0: a span of -1% to 1% around them
+    ax.set_xlim(ticks[0] - pad, ticks[-1] + pad)
+    ax.text(0.01, 0.98, "linear budget axis: a budget of 0", transform=ax.transAxes, ha="left", va="top",
+            fontsize=8, color="0.4")  # fmt: skip
 
 
 def _bytes_axis(ax: Axes, largest: float, unit: str, what: str) -> None:

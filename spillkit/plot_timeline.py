@@ -85,7 +85,7 @@ def plot_timeline(
             top.plot(steps, [t[2] / factor for t in result.timeline], color="#ff7f0e", linewidth=1.2,
                      drawstyle="steps-post", label="on disk")  # fmt: skip
             top.axhline(limit / factor, color="black", linestyle="--", linewidth=1.0, label="budget")
-            top.set_ylim(0, largest / factor * 1.08)
+            top.set_ylim(0, largest / factor * 1.08 or 1.0)  # nothing ever held (an empty trace): not 0 to 0
             top.set_ylabel(f"bytes ({unit})")
             top.grid(True, alpha=0.3)
             top.set_title(

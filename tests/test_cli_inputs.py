@@ -1,0 +1,257 @@
+"""Inputs at the edges of the command line: calibration files, demo arguments, odd costs, names, empty budgets.
+
+Each test runs the real command (``spillkit.cli.main``, or a subprocess where the old failure was a hang) on
+real files and checks what a user sees: the exit code, one clear line naming the file, or no warning at all.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import json
+import math
+import subprocess
+import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spillkit.calibrate import load_disk_model
+from spillkit.cli import EXIT_BAD_INPUT, EXIT_OK, main
+from spillkit.compare import _names, compare, to_markdown
+from spillkit.replay import DiskModel
+
+HEADER = {"format": "spillkit-trace", "version": 1}
+
+
+def write_trace(path: Path, *rows: list[Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(json.dumps(line) for line in [HEADER, *rows]) + "\n")
+    return path
+
+
+def small_trace(path: Path, cost_a: float | None = None, cost_b: float | None = None, nbytes: int = 100) -> Path:
+    """Three values of ``nbytes``, then both costed ones read back: at a third of peak, loads."""
+    return write_trace(
+        path,
+        ["k", 0, "a"], ["k", 1, "b"], ["k", 2, "c"],
+        ["put", 0, nbytes, cost_a, 0.0, 1],
+        ["put", 1, nbytes, cost_b, 0.1, 2],
+        ["put", 2, nbytes, None, 0.2, 3],
+        ["get", 0, 0.3, "load"],
+        ["get", 1, 0.4, "load"],
+    )  # fmt: skip
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str], command: str) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    assert err.startswith(f"spillkit {command}: "), err
+    return err
+
+
+# ---- 1. the calibration file -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ('{"write_bandwidth": 0, "read_bandwidth": 1e9, "latency": 0.001}', "write_bandwidth must be a finite"),
+        ('{"bandwidth": 5}', "unknown field ['bandwidth']"),
+        ("[1, 2, 3]", "expected a JSON object"),
+        ("not json", "not valid JSON"),
+        ('{"write_bandwidth": "fast", "read_bandwidth": 1, "latency": 0}', "found 'fast'"),
+        ('{"read_bandwidth": Infinity}', "read_bandwidth must be a finite"),
+        ('{"latency": -1e-3}', "latency must be a finite number of at least 0"),
+        ('{"latency": true}', "latency must be a finite"),
+        ('{"latency": 1' + "0" * 400 + "}", "latency must be a finite"),
+        ("[" * 100_000, "nested too deeply"),
+    ],
+)
+def test_a_malformed_calibration_file_is_one_line_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], content: str, problem: str
+) -> None:
+    calibration = tmp_path / "calibration.json"
+    calibration.write_text(content)
+    monkeypatch.setenv("SPILLKIT_CALIBRATION", str(calibration))
+    trace = small_trace(tmp_path / "w.trace")
+    code = main(["compare", str(trace), "--policies", "lru", "--no-bounds", "--no-plots", "-o", str(tmp_path / "r")])
+    assert code == EXIT_BAD_INPUT
+    err = one_line_error(capsys, "compare")
+    assert f"spillkit compare: {calibration}: bad spillkit calibration file: " in err and problem in err, err
+
+
+def test_a_calibration_file_that_is_not_utf8_names_the_file(tmp_path: Path) -> None:
+    calibration = tmp_path / "calibration.json"
+    calibration.write_bytes(b'{"latency": "\xff"}')
+    with pytest.raises(ValueError, match=f"^{calibration}: bad spillkit calibration file: .*utf-8"):
+        load_disk_model(str(calibration))
+
+
+def test_a_partial_calibration_keeps_the_defaults_and_a_missing_one_is_the_defaults(tmp_path: Path) -> None:
+    calibration = tmp_path / "calibration.json"
+    calibration.write_text('{"write_bandwidth": 5e8, "latency": 0}')  # no per-file cost divides nothing
+    assert load_disk_model(str(calibration)) == DiskModel(write_bandwidth=5e8, latency=0.0)
+    assert load_disk_model(str(tmp_path / "none.json")) == DiskModel()
+
+
+# ---- 2. demo arguments -------------------------------------------------------------------------
+
+
+def demo(*args: str) -> list[str]:
+    return ["demo", "--array-size", "64 KiB", "--budget", "128 KiB", "--reads", "10", "--policy", "lru", *args]
+
+
+@pytest.mark.parametrize("arrays", ["1", "4"])
+def test_the_demo_runs_with_fewer_than_five_arrays(arrays: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(demo("--arrays", arrays)) == EXIT_OK
+    assert "\nlru " in capsys.readouterr().out
+
+
+def test_the_demo_runs_with_arrays_of_one_float(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--arrays", "12", "--array-size", "8", "--budget", "32", "--reads", "20",
+                 "--policy", "lru"]) == EXIT_OK  # fmt: skip
+    assert "\nlru " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["--arrays", "0"], "at least 1 array"),
+        (["--arrays", "-3"], "at least 1 array"),
+        (["--array-size", "4"], "at least 8 bytes"),
+        (["--array-size", "0"], "at least 8 bytes"),
+        (["--reads", "-1"], "reads must be at least 0"),
+        (["--seconds", "-1"], "seconds must be a finite number of at least 0"),
+    ],
+)
+def test_demo_arguments_that_cannot_run_are_refused(
+    args: list[str], problem: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(demo("--arrays", "10", *args)) == EXIT_BAD_INPUT
+    err = one_line_error(capsys, "demo")
+    assert problem in err, err
+
+
+@pytest.mark.parametrize("seconds", ["nan", "inf"])
+def test_demo_seconds_that_never_pass_are_refused(seconds: str) -> None:
+    # a subprocess with a timeout: before the fix, NaN busy-looped forever and inf ran until Ctrl-C
+    done = subprocess.run([sys.executable, "-m", "spillkit", *demo("--arrays", "10", "--seconds", seconds)],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == EXIT_BAD_INPUT, done.stderr
+    assert done.stderr == f"spillkit demo: seconds must be a finite number of at least 0, not {seconds}\n"
+
+
+# ---- 3. what compare writes, plot reads: infinite and negative costs --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cost_a", "cost_b", "expected"),
+    [(math.inf, 1.0, math.inf), (-5.0, 1.0, -4.0), (math.inf, -math.inf, math.nan)],
+)
+def test_plot_reads_the_results_of_a_trace_with_odd_costs(
+    tmp_path: Path, cost_a: float, cost_b: float, expected: float, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = small_trace(tmp_path / "w.trace", cost_a, cost_b)
+    out = tmp_path / "report"
+    assert main(["compare", str(trace), "--budgets", "34%", "--policies", "lru", "--no-plots", "-o", str(out)]) == 0
+    rows = [r for r in csv.DictReader((out / "results.csv").open()) if r["policy"] == "lru"]
+    recompute = float(rows[0]["recompute_seconds"])
+    assert recompute == expected or (math.isnan(expected) and math.isnan(recompute))
+    capsys.readouterr()
+    assert main(["plot", str(out / "results.csv"), "-o", str(out / "figures")]) == EXIT_OK, capsys.readouterr().err
+    assert list((out / "figures").glob("*.png"))
+
+
+def test_plot_still_refuses_a_negative_byte_count(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "report"
+    assert main(["compare", str(small_trace(tmp_path / "w.trace")), "--budgets", "34%", "--policies", "lru",
+                 "--no-bounds", "--no-plots", "-o", str(out)]) == EXIT_OK  # fmt: skip
+    text = (out / "results.csv").read_text().splitlines()
+    cells = text[1].split(",")
+    cells[text[0].split(",").index("io_bytes")] = "-1"
+    (out / "results.csv").write_text("\n".join([text[0], ",".join(cells)]) + "\n")
+    capsys.readouterr()
+    assert main(["plot", str(out / "results.csv"), "-o", str(out / "figures")]) == EXIT_BAD_INPUT
+    assert "'io_bytes': '-1' is not a finite number of at least 0" in one_line_error(capsys, "plot")
+
+
+# ---- 4. the table without bounds ---------------------------------------------------------------
+
+
+def test_no_bounds_leaves_the_bound_column_empty(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = small_trace(tmp_path / "w.trace")
+    out = tmp_path / "report"
+    assert main(["compare", str(trace), "--budgets", "34%", "--policies", "lru,size", "--no-bounds",
+                 "--no-plots", "-o", str(out)]) == EXIT_OK  # fmt: skip
+    table = [line for line in (out / "results.md").read_text().splitlines() if line.startswith("| lru") or
+             line.startswith("| size")]  # fmt: skip
+    assert len(table) == 2 and all(line.endswith(" |  |") for line in table), table
+    assert "nan" not in capsys.readouterr().out
+
+
+def test_a_bound_of_zero_under_io_shows_inf() -> None:
+    rows = [{"trace": "w", "budget": 1, "budget_fraction": 0.5, "mode": "settled", "policy": "lru", "io_bytes": 9,
+             "io_seconds": 0.0, "ratio_to_bound": math.inf}]  # fmt: skip
+    assert to_markdown(rows).splitlines()[-1].endswith(" | inf |")
+
+
+# ---- 5. distinct trace names -------------------------------------------------------------------
+
+
+def test_trace_names_are_distinct_even_when_a_suffix_is_a_file_name() -> None:
+    assert _names(["d1/w.trace", "d2/w.trace", "d3/w-2.trace"]) == ["w", "w-3", "w-2"]
+    assert _names(["a/w", "b/w", "c/w-2", "d/w-2", "e/w"]) == ["w", "w-3", "w-2", "w-2-2", "w-4"]
+
+
+def test_compare_gives_every_trace_its_own_rows(tmp_path: Path) -> None:
+    paths = [small_trace(tmp_path / d / f"{stem}.trace", nbytes=n)
+             for d, stem, n in (("d1", "w", 100), ("d2", "w", 200), ("d3", "w-2", 300))]  # fmt: skip
+    rows = compare([str(p) for p in paths], ["1 KiB"], ["lru"], bounds=False, progress=None)
+    assert [(r["trace"], r["budget_fraction"]) for r in rows] == [("w", 1024 / 300), ("w-3", 1024 / 600),
+                                                                 ("w-2", 1024 / 900)]  # fmt: skip
+
+
+# ---- 6. budgets of 0 and empty traces draw without warnings -------------------------------------
+
+
+@pytest.fixture
+def no_warnings() -> Iterator[None]:
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("scipy")
+    # imported first, so that the check below sees what spillkit draws, not what an import may say
+    for module in ("matplotlib.backends.backend_agg", "matplotlib.ticker", "PIL.Image", "scipy.optimize",
+                   "scipy.sparse"):  # fmt: skip
+        importlib.import_module(module)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        yield
+
+
+@pytest.mark.parametrize("budgets", ["0", "1e-9%", "0,50%"])
+def test_budgets_of_zero_draw_without_warnings(tmp_path: Path, budgets: str, no_warnings: None) -> None:
+    out = tmp_path / "report"
+    trace = small_trace(tmp_path / "w.trace")
+    assert main(["compare", str(trace), "--budgets", budgets, "--policies", "lru,size", "-o", str(out)]) == EXIT_OK
+    assert {p.name for p in out.glob("*.png")} >= {"loads_vs_budget-settled.png", "timeline-w.png"}
+
+
+def test_an_empty_trace_draws_without_warnings(tmp_path: Path, no_warnings: None) -> None:
+    out = tmp_path / "report"
+    trace = write_trace(tmp_path / "empty.trace")
+    assert main(["compare", str(trace), "--policies", "lru", "-o", str(out)]) == EXIT_OK
+    assert (out / "timeline-empty.png").exists()
+
+
+def test_the_budget_axis_is_log_unless_a_budget_is_zero(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from spillkit.plots import plot_loads_vs_budget
+
+    trace = small_trace(tmp_path / "w.trace")
+    for budgets, scale in ((["25%", "50%"], "log"), (["0", "50%"], "linear")):
+        rows = compare([str(trace)], budgets, ["lru"], bounds=False, progress=None)
+        figure = plot_loads_vs_budget(rows, str(tmp_path / "loads.png"))
+        assert figure.axes[0].get_xscale() == scale
