@@ -19,11 +19,13 @@ __all__ = [
     "KINDS",
     "LOAD",
     "MISS",
+    "PIN",
     "PUT",
     "REUSED",
     "SETTLE",
     "SPILL",
     "SPILL_ERROR",
+    "UNPIN",
     "Event",
     "Listener",
 ]
@@ -38,9 +40,11 @@ DELETE: Final = "delete"  # a key was deleted
 SPILL_ERROR: Final = "spill-error"  # a write failed; the value stays in memory
 COST: Final = "cost"  # a key's recompute cost was set (cost = the new cost)
 SETTLE: Final = "settle"  # the caller asked the engine to get back within budget (key is None)
+PIN: Final = "pin"  # a key was pinned (kept from eviction: a running task uses it); pins add up
+UNPIN: Final = "unpin"  # one pin of the key was undone
 GIVEN_COST: Final = "given-cost"  # detail of a put whose cost the caller gave (not the reload estimate)
 REUSED: Final = "reused"  # detail of a load served by a spilled object still alive elsewhere (no read)
-KINDS: Final = (PUT, HIT, LOAD, MISS, SPILL, EVICT, DELETE, SPILL_ERROR, COST, SETTLE)
+KINDS: Final = (PUT, HIT, LOAD, MISS, SPILL, EVICT, DELETE, SPILL_ERROR, COST, SETTLE, PIN, UNPIN)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ from collections.abc import Hashable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .errors import LoadFailed
+from .events import PIN, UNPIN
 from .ledger import _MISSING, EngineLedger
 from .transfers import timed_write
 
@@ -83,6 +84,8 @@ class EngineLifecycle(EngineLedger):
             pins = self._pins
             for key in keys:
                 pins[key] = pins.get(key, 0) + 1
+                if self.listeners:
+                    self._emit(PIN, key, 0)
 
     def unpin(self, keys: Iterable[Hashable]) -> None:
         """Undo one :meth:`pin` of ``keys`` (a key not pinned is ignored)."""
@@ -92,8 +95,12 @@ class EngineLifecycle(EngineLedger):
                 count = pins.get(key, 0)
                 if count > 1:
                     pins[key] = count - 1
+                elif count:
+                    del pins[key]
                 else:
-                    pins.pop(key, None)
+                    continue
+                if self.listeners:
+                    self._emit(UNPIN, key, 0)
 
     def evict_one(self) -> int:
         """Spill values until one frees memory; return bytes freed, or -1. Never raises."""

@@ -10,7 +10,7 @@ import time
 from collections.abc import Hashable
 from typing import Any
 
-from .events import COST, DELETE, EVICT, GIVEN_COST, HIT, LOAD, MISS, PUT, SETTLE, SPILL, Event
+from .events import COST, DELETE, EVICT, GIVEN_COST, HIT, LOAD, MISS, PIN, PUT, SETTLE, SPILL, UNPIN, Event
 from .keys import encode_key
 from .trace import FORMAT, VERSION, open_text
 
@@ -135,6 +135,8 @@ class TraceRecorder:
             elif kind == DELETE:
                 self._leave_memory(event.key)
                 self._line(["del", ident, t])
+            elif kind in (PIN, UNPIN):
+                self._line([kind, ident, t])
             elif kind == COST:
                 self._line(["cost", ident, event.cost, t])
             elif kind in (SPILL, EVICT):

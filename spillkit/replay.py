@@ -125,9 +125,12 @@ def replay(
     engine.deferred = settled
     objects: dict[int, _Sized] = {}
     pending = False
+    pins = trace.pins() if settled else {}  # a live run pins a task's inputs only through the callback
     start = time.perf_counter()
     for index, op in enumerate(requests):
         tag, key = op[0], op[1]
+        for change, pinned in pins.get(index, ()):
+            (engine.pin if change == "pin" else engine.unpin)([pinned])
         if timeline:
             where[0] = index
             if index:

@@ -23,6 +23,8 @@ operation. Format, version 1 (each line a JSON value):
     a key's recompute cost (seconds) was set.
 ``["settle", t]``
     the caller settled the budget here (the dask integration does after each task).
+``["pin", id, t]`` / ``["unpin", id, t]``
+    a running task began / ended using the key (kept from eviction meanwhile; pins add up).
 ``["spill", id, t]`` / ``["evict", id, t]``
     decisions the recorded run took (written / dropped with its file reused);
     replay recomputes these and can compare.
@@ -105,6 +107,17 @@ class Trace:
     def requests(self) -> Iterator[tuple[Any, ...]]:
         """The put/get/del/cost operations only (what a replay drives)."""
         return (op for op in self.ops if op[0] in ("put", "get", "del", "cost", "settle"))
+
+    def pins(self) -> dict[int, list[tuple[str, Hashable]]]:
+        """The pins and unpins, each under the index in :meth:`requests` of the request it came before."""
+        before: dict[int, list[tuple[str, Hashable]]] = {}
+        index = 0
+        for op in self.ops:
+            if op[0] in ("put", "get", "del", "cost", "settle"):
+                index += 1
+            elif op[0] in ("pin", "unpin"):
+                before.setdefault(index, []).append((op[0], op[1]))
+        return before
 
 
 class TraceError(ValueError):

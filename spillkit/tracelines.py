@@ -68,7 +68,9 @@ def _time(value: Any) -> float:
 
 
 def _cost(value: Any) -> float:
-    # A Chest accepts any cost (even inf, "never recompute"); only NaN orders nothing.
+    # A Chest accepts any cost (even inf, "never recompute", or a negative one) and its recorder writes what it
+    # was given, so a trace must read back with it; only NaN orders nothing. The recompute_seconds these costs sum
+    # to may thus be any float (inf, negative, even NaN from inf + -inf): spillkit.plot_csv accepts them all.
     seconds = _real(value)
     if seconds is not None and not math.isnan(seconds):
         return seconds
@@ -99,6 +101,8 @@ _FIELDS: dict[str, tuple[Callable[[Any], Any], ...]] = {
     "cost": (_cost, _time),
     "spill": (_time,),
     "evict": (_time,),
+    "pin": (_time,),
+    "unpin": (_time,),
 }
 _SHAPES = {  # record tag -> (number of fields, what the line looks like)
     "k": (3, '["k", id, key]'),
@@ -110,6 +114,8 @@ _SHAPES = {  # record tag -> (number of fields, what the line looks like)
     "cost": (4, '["cost", id, cost, t]'),
     "spill": (3, '["spill", id, t]'),
     "evict": (3, '["evict", id, t]'),
+    "pin": (3, '["pin", id, t]'),
+    "unpin": (3, '["unpin", id, t]'),
 }
 
 
