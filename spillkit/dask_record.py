@@ -119,7 +119,10 @@ class record(Callback):
             assert self._recorder is not None
             for key in dsk:
                 if isinstance(dsk[key], DataNode) and key in cache:
-                    self._recorder.put(key, cache.engine.nbytes(key), id(cache.inmem.get(key)))
+                    # Its object if resident; a value spilled already shares an object with no key (id(None)
+                    # for each gave them all one token: replay took them for one value, and saw no I/O).
+                    resident = key in cache.inmem
+                    self._recorder.put(key, cache.engine.nbytes(key), id(cache.inmem[key]) if resident else None)
 
     def _detach(self) -> None:
         if self._recorder is not None and self._chest is not None:

@@ -300,3 +300,21 @@ def test_an_input_a_running_task_changes_in_place_is_not_spilled_under_it(policy
     with dask.config.set(num_workers=4), spilling(available_memory="10 MB", policy=policy) as chest:
         assert total.compute() == 1_000_000.0
         assert chest.stats.spills > 0  # memory was short: values did go to disk
+
+
+def test_a_trace_gives_literal_data_spilled_before_recording_began_an_object_each(tmp_path: Any) -> None:
+    # Literal chunks are stored before any hook runs; those already spilled were recorded with
+    # id(None) as their object, so all shared one token: a replay took them for one value (peak
+    # 8 MB of 32, and no I/O at the recorded budget, against 32 MB written live).
+    from spillkit.replay import replay
+
+    x = da.from_array(np.random.default_rng(0).random((2000, 2000)), chunks=(500, 500))  # 16 chunks of 2 MB
+    chest = Chest(available_memory=6_000_000)
+    with record(tmp_path / "t.trace.gz") as recording:
+        (x - x.mean()).sum(axis=0).compute(scheduler="threads", cache=chest)
+    trace = read_trace(recording.paths[0])
+    assert trace.peak_bytes() >= 32_000_000
+    result = replay(trace, chest.policy.name, 6_000_000, mode="settled")
+    assert result.spills == chest.stats.spills
+    assert result.bytes_written == pytest.approx(chest.stats.spill_bytes, rel=1e-3)  # (replay counts no headers)
+    chest.close()
