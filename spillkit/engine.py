@@ -117,10 +117,18 @@ class SpillEngine(EngineLifecycle):
         try:
             if self.closed:
                 self._check_open()
+            refused = None
             if nbytes > self.budget:
                 hash(key)  # an unhashable key fails before a file is named after it
-                write_through(self, key, value, nbytes, cost)
-                return
+                try:
+                    write_through(self, key, value, nbytes, cost)
+                    return
+                except Exception as error:
+                    # Deferred (dask, whose later tasks need it), a value that cannot be serialized
+                    # stays in memory, as smaller ones do when they are spilled; otherwise the put fails.
+                    if not self.deferred or isinstance(error, (OSError, SpillError)):
+                        raise
+                    refused = error
             existed = key in self._nbytes  # TypeError for an unhashable key, before any change
             old = self._pop_resident(key) if existed else _MISSING
             if not self.deferred:
@@ -148,7 +156,11 @@ class SpillEngine(EngineLifecycle):
                     self._costs.pop(key, None)
             else:
                 self._costs[key] = cost
-            self._admit(key, value, nbytes)
+            self._admit(key, value, nbytes, offer=refused is None)
+            if refused is not None:
+                self._unspillable.add(key)
+                self.stats.unspillable += 1
+                self._spill_failed(key, nbytes, refused, "cannot be serialized; it stays in memory")
             self.stats.puts += 1
             if self.listeners:
                 self._emit(PUT, key, nbytes, detail="" if cost is None else GIVEN_COST, object_id=id(value))

@@ -307,6 +307,27 @@ def test_unserializable_value_larger_than_budget_raises_and_stores_nothing(
     assert_accounting(chest)
 
 
+@pytest.mark.parametrize("kind", UNSERIALIZABLE_KINDS)
+def test_unserializable_value_larger_than_budget_stays_in_memory_while_deferred(
+    make_chest: Callable[..., Chest], kind: str
+) -> None:
+    # Deferred (dask's ChestCallback, whose later tasks read the value), the put raised and the whole
+    # computation failed; a smaller value that cannot be pickled already stayed in memory, warned.
+    bad = unserializable(kind)
+    chest = make_chest(sizeof=lambda v: 10 * UNIT if v is bad else UNIT)
+    expected: dict[Hashable, Any] = {f"k{i}": payload(i) for i in range(4)}
+    with chest.deferred():
+        chest.update(expected)
+        with pytest.warns(SpillWarning, match="'big' cannot be serialized; it stays in memory"):
+            chest["big"] = bad
+        assert chest["big"] is bad and "big" in chest.inmem
+    assert chest.stats.unspillable == 1
+    assert chest["big"] is bad  # settling after the block passes over it
+    del chest["big"]
+    assert_values(chest, expected)
+    assert_accounting(chest)
+
+
 # ---- 3. lambdas and closures -------------------------------------------------------------
 
 
