@@ -36,6 +36,7 @@ __all__ = [
     "pickle_key",
     "read_manifest",
     "remove_leftovers",
+    "remove_manifest",
     "write_manifest",
 ]
 
@@ -215,6 +216,13 @@ def read_manifest(path: str, secret: bytes) -> list[ManifestEntry] | None:
         ]
     except Exception as error:  # version 2: a key class that no longer imports; or another format
         raise SpillError(f"manifest {full!r} cannot be decoded ({error!r}); refusing to load it") from error
+
+
+def remove_manifest(path: str) -> None:
+    """Remove the manifest durably (a directory without one reopens empty); best-effort, never raises."""
+    with contextlib.suppress(OSError):
+        os.unlink(os.path.join(path, MANIFEST_NAME))
+        _fsync_directory(path)
 
 
 def remove_leftovers(path: str, keep: Set[str]) -> list[str]:

@@ -21,7 +21,6 @@ Thread-safety: :func:`flush` and :func:`drop` take the engine's lock;
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import shutil
@@ -30,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from .errors import ChangedWhileWritten, DiskQuotaExceeded, SpillError
 from .keys import describe_key
-from .manifest import MANIFEST_NAME, ManifestEntry, _fsync_directory, is_plain, pickle_key, write_manifest
+from .manifest import ManifestEntry, is_plain, pickle_key, remove_manifest, write_manifest
 from .reopen import manifest_rows
 from .reserve import keep
 
@@ -147,7 +146,7 @@ def commit_manifest(chest: Chest) -> list[tuple[Hashable, BaseException]]:
         row = (store.file_bytes(key), engine.nbytes(key), engine.given_cost(key), store.tag(key), segment, offset)
         entries.append(ManifestEntry(key, name, *row, blob))
     rows = manifest_rows(entries)
-    if not unsaved and rows == chest._committed:  # the manifest on disk says all this already
+    if not unsaved and rows == chest._committed and not store.retained:  # the manifest on disk says all this
         if chest._reserve is not None and chest._reserve.failed:
             keep(chest._reserve, None, engine.stats)  # but the reserve is short since a failure: try again
         return unsaved  # (and a directory that can only be read can be closed)
@@ -253,14 +252,7 @@ def drop(chest: Chest) -> None:
         if chest._finalizer is not None:
             chest._finalizer()
         else:
-            _unlink_manifest(chest._path)  # first: a kill during the removal must not leave half the files named
+            remove_manifest(chest._path)  # first: a kill during the removal must not leave half the files named
             shutil.rmtree(chest._path, ignore_errors=True)
         chest._dir_lock.release()  # held while the directory went: no Chest could start on it half-removed
     chest._engine.join_writer()
-
-
-def _unlink_manifest(path: str) -> None:
-    """Remove the manifest durably (a directory without one reopens empty); best-effort, as drop() is."""
-    with contextlib.suppress(OSError):
-        os.unlink(os.path.join(path, MANIFEST_NAME))
-        _fsync_directory(path)

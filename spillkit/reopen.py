@@ -27,7 +27,8 @@ __all__ = ["manifest_rows", "reopen"]
 def reopen(chest: Chest) -> None:
     """Adopt the keys of the last flush's manifest in ``chest.path``; remove what a killed process left."""
     # The manifest first: if it is damaged, raise before anything is removed.
-    entries = read_manifest(chest._path, chest._secret) or []
+    manifest = read_manifest(chest._path, chest._secret)
+    entries = manifest or []
     # Packed records are no files: a file under such a name is a leftover. Segments start with
     # a dot, so remove_leftovers leaves them to remove_unreferenced below. The reserve's name
     # starts with a dot and is no segment's: it stays, for the next flush (see spillkit.reserve).
@@ -55,7 +56,7 @@ def reopen(chest: Chest) -> None:
         chest._engine.restore(entry.key, entry.nbytes, entry.cost)
         adopted.append(entry.name)
     chest._store.protect(adopted)
-    if len(adopted) == len(entries):  # the manifest on disk says what this Chest holds: a flush needs no new one
+    if manifest is not None and len(adopted) == len(entries):  # it says what this Chest holds: no flush needs a new one
         chest._committed = manifest_rows(entries)
     chest._store.remove_unreferenced(keep=foreign)  # segments a crash left after the last flush
 

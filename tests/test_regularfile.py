@@ -90,6 +90,7 @@ def test_a_fifo_planted_as_the_reserve_is_warned_about_and_the_flush_commits(tmp
         chest.close()
     again = Chest(path=path, available_memory=0)
     assert again["a"] == b"a" * 100
+    again["b"] = b"b"  # a change: the close commits a manifest, then makes the reserve (a close without one does not)
     with pytest.warns(SpillWarning, match="could not make the reserve"):
         again.close()
 
