@@ -146,11 +146,12 @@ def commit_manifest(chest: Chest) -> list[tuple[Hashable, BaseException]]:
         row = (store.file_bytes(key), engine.nbytes(key), engine.given_cost(key), store.tag(key), segment, offset)
         entries.append(ManifestEntry(key, name, *row, blob))
     rows = manifest_rows(entries)
-    if not unsaved and rows == chest._committed and not store.retained:  # the manifest on disk says all this
-        if chest._reserve is not None and chest._reserve.failed:
-            keep(chest._reserve, None, engine.stats)  # but the reserve is short since a failure: try again
-        return unsaved  # (and a directory that can only be read can be closed)
     names = [entry.name for entry in entries]  # packed records are kept by pinned segments, files by name
+    if not unsaved and rows == chest._committed and not store.retained:  # the manifest on disk says all this
+        store.protect(names)  # (no change: it only retries files an unlink failed to remove)
+        if chest._reserve is not None and chest._reserve.failed:
+            keep(chest._reserve, None, engine.stats)  # and the reserve is short since a failure: try again
+        return unsaved  # (and a directory that can only be read can be closed)
     store.protect(names, add=True)  # if the commit fails half-way, either manifest may be on disk
     try:
         size = write_manifest(chest._path, entries, chest._secret, sync_parent=not chest._flushed)  # the commit point
