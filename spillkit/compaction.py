@@ -1,7 +1,8 @@
 """The segment bookkeeping of a packed store: compaction, dropping segments, falling back to durable originals.
 
 Where each record lives and appending (with rotation) are
-:class:`~spillkit.segindex.SegmentIndex`, which :class:`Compactor` inherits.
+:class:`~spillkit.segindex.SegmentIndex`, which :class:`Compactor` inherits;
+when to compact is :class:`~spillkit.upkeep.SegmentUpkeep`'s, which inherits it.
 Separate from :mod:`spillkit.segments` (which encodes, checks and reads
 records) so that each stays small. Everything here runs under the engine's
 lock.
@@ -53,6 +54,8 @@ class Compactor(SegmentIndex):
         self.segment_bytes = segment_bytes
         self.compact_ratio = compact_ratio
         self.compactions = 0  # segments compacted so far (for tests and benchmarks)
+        self.compaction_read_bytes = 0  # bytes compaction read from segments (exported as a metric)
+        self.compaction_written_bytes = 0  # bytes of records compaction appended to segments (likewise)
         self._places: dict[Hashable, Place] = {}
         self._segments: dict[str, Segment] = {}  # every segment with live records, and the active one
         self._retired: list[Segment] = []  # pinned segments with nothing live: unlinked at the next checkpoint
@@ -71,52 +74,6 @@ class Compactor(SegmentIndex):
         raise NotImplementedError
 
     # ---- compaction -----------------------------------------------------------------------
-    def _mostly_dead(self, segment: Segment) -> bool:
-        return segment.dead > self.compact_ratio * segment.size
-
-    def _maintain(self) -> None:
-        """Drop segments with nothing live; compact unpinned ones that are mostly dead. Never raises OSError."""
-        try:
-            while self._candidates:
-                name, segment = self._candidates.popitem()
-                if self._segments.get(name) is not segment:
-                    continue
-                if not segment.live:
-                    self._drop(segment)
-                elif segment is not self._active and not segment.pinned and self._mostly_dead(segment):
-                    self._compact(segment)
-        except OSError as error:
-            warnings.warn(f"compaction failed, records stay where they are: {error!r}", SpillWarning, stacklevel=3)
-        finally:
-            self._count()
-
-    def _compact_pinned(self) -> None:
-        """Compact mostly-dead segments the last manifest points into (a flush is about to replace it)."""
-        try:
-            for segment in list(self._segments.values()):
-                if segment.pinned and segment is not self._active and segment.live and self._mostly_dead(segment):
-                    self._compact(segment)
-        except OSError as error:
-            warnings.warn(f"compaction failed, records stay where they are: {error!r}", SpillWarning, stacklevel=3)
-        finally:
-            self._count()
-
-    def _reclaim(self) -> None:
-        """Compact every unpinned segment holding dead records, the active one included (quota pressure)."""
-        active = self._active
-        if active is not None and not active.pinned and active.dead:
-            self._active = None  # sealed, so that it can be compacted like the others
-        try:
-            for segment in sorted(self._segments.values(), key=lambda s: -s.dead):
-                if segment.pinned or not segment.dead or segment is self._active:
-                    continue
-                if segment.name in self._segments:
-                    self._compact(segment)
-        except OSError as error:
-            warnings.warn(f"compaction failed, records stay where they are: {error!r}", SpillWarning, stacklevel=3)
-        finally:
-            self._count()
-
     def _compact(self, segment: Segment) -> None:
         """Copy the segment's live records to the active segment, then drop it if nothing live is left."""
         if segment.unsynced and not all(self._places[key].trusted for key in segment.keys):
@@ -136,6 +93,7 @@ class Compactor(SegmentIndex):
                 stop += 1
             last = self._places[order[stop - 1]]
             data = memoryview(read_at(segment, first, last.offset + last.length - first))
+            self.compaction_read_bytes += len(data)
             run = []
             for key in order[start:stop]:
                 place = self._places[key]
@@ -158,7 +116,9 @@ class Compactor(SegmentIndex):
             while end < len(run) and total + len(run[end][1]) <= room:
                 total += len(run[end][1])
                 end += 1
-            offset = self._append(target, b"".join(record for _, record in run[index:end]))
+            joined = b"".join(record for _, record in run[index:end])
+            offset = self._append(target, joined)
+            self.compaction_written_bytes += len(joined)  # counted once appended: a failed append is cut off
             for key, record in run[index:end]:
                 old = self._places[key]
                 origin = self._origins.get(key) or (old if _durable(old) else None)  # a copy of a copy: the first

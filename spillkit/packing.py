@@ -4,7 +4,7 @@
 record appended to a segment) or gets a file of its own through the inner
 :class:`~spillkit.storage.DiskStore`, checks the quota, and reads and deletes
 records; the segments, the index and compaction come from
-:class:`~spillkit.compaction.Compactor`, which it inherits.
+:class:`~spillkit.upkeep.SegmentUpkeep`, which it inherits.
 :class:`~spillkit.segments.PackedStore` inherits it and adds construction,
 fsyncs, manifests (protect, checkpoint, adopting records at a re-open) and
 closing. :class:`PackedWrite` is re-exported by :mod:`spillkit.segments`.
@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from .codecs import Codec
-from .compaction import Compactor, Place
+from .compaction import Place
 from .errors import CorruptSpillFile, DiskQuotaExceeded
 from .keys import describe_key
 from .segfiles import read_at
 from .spillfile import HEADER_SIZE, PAD, RecordError, encode_header, open_record, still_encodes
 from .storage import DiskStore, OpenRead, PreparedWrite
+from .upkeep import SegmentUpkeep
 
 __all__ = ["PackedRecords", "PackedWrite"]
 
@@ -35,7 +36,7 @@ class PackedWrite(PreparedWrite):
     record: bytes
 
 
-class PackedRecords(Compactor):
+class PackedRecords(SegmentUpkeep):
     """The index queries and record I/O of :class:`~spillkit.segments.PackedStore` (which sets the attributes).
 
     A value whose record is under ``pack_threshold`` bytes is encoded into
@@ -155,9 +156,8 @@ class PackedRecords(Compactor):
             self.discard(prepared)
             raise
         if isinstance(prepared, PackedWrite):
-            try:
-                segment = self._writable(prepared.size)
-                offset = self._append(segment, prepared.record)
+            try:  # on a full disk, holes punched over dead records may make room: see _append_record
+                segment, offset = self._append_record(prepared.record)
             except BaseException:
                 self._count()
                 raise

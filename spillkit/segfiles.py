@@ -3,20 +3,32 @@
 Pure file mechanics for :class:`~spillkit.segments.PackedStore`: naming,
 creating, appending, reading. A segment is never rewritten in place: bytes are
 only appended past its end, so a record that a manifest points at stays
-exactly as it was until the file is unlinked whole.
+exactly as it was until the file is unlinked whole. Only blocks that hold
+no live byte may be given back, by punching holes (:func:`punch_dead`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import re
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 
+from .holes import dead_blocks, hole_support, punch
 from .regularfile import SAFE_OPEN, ensure_regular
 
-__all__ = ["SEGMENT_PREFIX", "Segment", "append", "create_segment", "is_segment_name", "open_segment", "read_at"]
+__all__ = [
+    "SEGMENT_PREFIX",
+    "Segment",
+    "append",
+    "create_segment",
+    "is_segment_name",
+    "open_segment",
+    "punch_dead",
+    "read_at",
+]
 
 SEGMENT_PREFIX = ".spillkit-seg-"  # hidden: a key's file name never starts with a dot (naming.is_reserved)
 _SEGMENT_NAME = re.compile(r"\.spillkit-seg-[0-9]{6,}\Z")
@@ -51,6 +63,12 @@ class Segment:
     # not trusted (see ``trusts``); it is never fsynced or appended to again.
     unsynced: bool = False
     pid: int = field(default_factory=os.getpid)  # a forked child never appends to nor unlinks its parent's
+    # A record died while the segment was pinned: the last manifest may name it, so no hole is punched
+    # over the dead records until the next checkpoint (see spillkit.holes).
+    named_dead: bool = False
+    adopted: bool = False  # re-opened from an earlier session (small ones are merged at a flush: SegmentUpkeep)
+    punched: int = 0  # bytes holes punched over dead records gave back (``size`` still counts them)
+    dead_punched: int = 0  # ``dead`` when holes were last punched: no more to give back while it is the same
 
     def trusts(self, offset: int, length: int) -> bool:
         """False for a record that may not be on disk: past ``synced`` in a segment whose fsync failed.
@@ -118,7 +136,7 @@ def open_segment(path: str, name: str) -> Segment:
         raise
     # A manifest points into it, so its flush fsynced those records and the directory. Bytes past them
     # (a killed process's appends) are never read; the segment is never appended to nor fsynced again.
-    return Segment(name, fd, size, pinned=True, appendable=False, synced=size, settled=True)
+    return Segment(name, fd, size, pinned=True, appendable=False, synced=size, settled=True, adopted=True)
 
 
 def append(segment: Segment, data: bytes) -> int:
@@ -162,3 +180,39 @@ def read_at(segment: Segment, offset: int, length: int) -> bytes:
         parts.append(part)
         got += len(part)
     return b"".join(parts)
+
+
+def punch_dead(path: str, segment: Segment, live: Iterable[tuple[int, int]]) -> int:
+    """Punch holes over the whole blocks of the segment no ``live`` ``(offset, length)`` touches; return bytes freed.
+
+    The caller makes sure no manifest names a record there (see :mod:`spillkit.holes`). A segment
+    adopted read-only is opened for writing by its name, used only if that is still the same file.
+    The bytes freed are what the file's allocated blocks shrank by, so a range punched before
+    counts nothing. Never raises ``OSError``: a refusal leaves the bytes where they were.
+    """
+    if not hole_support() or segment.fd < 0:
+        return 0
+    writer = -1
+    try:
+        info = os.fstat(segment.fd)
+        if _opened_for_writing(segment.fd):
+            writer = segment.fd
+        else:
+            writer = os.open(os.path.join(path, segment.name), os.O_WRONLY | SAFE_OPEN)  # no link, no FIFO wait
+            again = os.fstat(writer)
+            if (again.st_dev, again.st_ino) != (info.st_dev, info.st_ino):  # the name now stands for another file
+                return 0
+        # Whole pages at least: a hole over part of one zeroes that part, rewriting a page that holds live bytes.
+        punch(writer, dead_blocks(segment.size, live, max(info.st_blksize, mmap.PAGESIZE)))
+        return max(0, info.st_blocks - os.fstat(segment.fd).st_blocks) * 512  # st_blocks counts 512-byte units
+    except OSError:
+        return 0
+    finally:
+        if writer not in (-1, segment.fd):
+            os.close(writer)
+
+
+def _opened_for_writing(fd: int) -> bool:
+    import fcntl  # here: reached only where holes can be punched (Linux); this module imports anywhere
+
+    return fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY

@@ -2,22 +2,31 @@
 
 :class:`SegmentIndex` holds the key -> :class:`Place` index and the segment
 bookkeeping that placing, forgetting and appending records keep exact; the
-active segment is rotated when full. :class:`~spillkit.compaction.Compactor`
-inherits it, sets its attributes and adds compaction, dropping segments and
-the fall-back to durable originals. Separate so that each stays small;
-everything here runs under the engine's lock. :class:`Place` is re-exported by
-:mod:`spillkit.compaction`.
+active segment is rotated when full. On a full disk it punches holes over the
+dead records no manifest names (:mod:`spillkit.holes`) and appends once more.
+:class:`~spillkit.compaction.Compactor` inherits it, sets its attributes and
+adds compaction, dropping segments and the fall-back to durable originals;
+:class:`~spillkit.upkeep.SegmentUpkeep` decides when to compact. Separate so
+that each stays small; everything here runs under the engine's lock.
+:class:`Place` is re-exported by :mod:`spillkit.compaction`.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Hashable
 from dataclasses import dataclass
 
-from .segfiles import Segment, append, create_segment
+from .errors import SpillWarning
+from .holes import disk_full
+from .segfiles import Segment, append, create_segment, punch_dead
 
 __all__ = ["Place", "SegmentIndex"]
+
+# A mostly dead active segment is sealed (and compacted) once this many bytes in it are dead: below, an
+# overwrite-heavy workload would make and unlink a file every few records.
+_SEAL_DEAD = 256 * 1024
 
 
 @dataclass(slots=True)
@@ -41,16 +50,22 @@ class SegmentIndex:
 
     Each key's record lives at a :class:`Place` in one segment; each segment
     counts its live bytes and keys, and a segment whose dead share grew is
-    noted as a compaction candidate. New records go to the active segment,
-    replaced by a new one when full, damaged or a forked parent's.
+    noted as a compaction candidate (the active one too, once mostly dead).
+    New records go to the active segment, replaced by a new one when full,
+    damaged or a forked parent's. A segment's dead records are those no key
+    points at; those of an unpinned segment no manifest names, nor those of
+    a pinned one while ``named_dead`` is unset (no record in it died since
+    the last checkpoint): only these may be punched.
     :class:`~spillkit.compaction.Compactor` sets the attributes declared
     here. Not thread-safe.
     """
 
     path: str
     segment_bytes: int
+    compact_ratio: float
     _places: dict[Hashable, Place]
     _segments: dict[str, Segment]
+    _retired: list[Segment]
     _origins: dict[Hashable, Place]  # a compaction copy's durable original (see Compactor): _forget drops it
     _candidates: dict[str, Segment]
     _active: Segment | None
@@ -75,8 +90,18 @@ class SegmentIndex:
         segment.live -= place.length
         segment.keys.discard(key)
         self._live_bytes -= place.length
-        if segment is not self._active or not segment.live:  # an empty active segment goes too: no file left
+        segment.named_dead = segment.named_dead or segment.pinned
+        # An empty active segment goes too (no file left), and a mostly dead one is sealed and compacted:
+        # nothing else would ever free its dead records while no more appends come to rotate it.
+        if segment is not self._active or not segment.live or self._worth_sealing(segment):
             self._candidates[segment.name] = segment
+
+    def _mostly_dead(self, segment: Segment) -> bool:
+        return segment.dead > self.compact_ratio * segment.size
+
+    def _worth_sealing(self, active: Segment) -> bool:
+        """True for an active segment mostly dead, with enough dead bytes that a new segment is worth a file."""
+        return active.dead >= _SEAL_DEAD and self._mostly_dead(active)
 
     # ---- appending ------------------------------------------------------------------------
     def _writable(self, size: int) -> Segment:
@@ -101,3 +126,46 @@ class SegmentIndex:
             return append(segment, data)
         finally:
             self._segment_total += segment.size - before
+
+    def _append_record(self, record: bytes) -> tuple[Segment, int]:
+        """Append one new record; on a full disk punch holes over dead records and, if that freed any, retry once.
+
+        The recovery is warned about (a full disk is news to whoever runs it); a retry that fails raises.
+        """
+        try:
+            segment = self._writable(len(record))
+            return segment, self._append(segment, record)
+        except OSError as error:
+            freed = self._punch_all() if disk_full(error) else 0
+            if not freed:
+                raise
+            message = f"disk full ({error!r}): holes punched over {freed} bytes of dead records; writing again"
+            warnings.warn(message, SpillWarning, stacklevel=3)
+        segment = self._writable(len(record))
+        return segment, self._append(segment, record)
+
+    # ---- room on a full disk --------------------------------------------------------------
+    def _punch(self, segment: Segment) -> int:
+        """Punch holes over the segment's dead records that no manifest names; return the bytes freed.
+
+        A segment the last manifest points into (pinned) is punched only while no record in it died
+        since that manifest became durable: a dead record may still be one the manifest names.
+        """
+        if segment.fd < 0 or (segment.pinned and segment.named_dead) or segment.pid != os.getpid():
+            return 0  # ... and a forked child never touches its parent's files
+        if segment.dead == segment.dead_punched:  # no record died since: a full disk's every put pays nothing
+            return 0
+        live = [(place.offset, place.length) for place in (self._places[key] for key in segment.keys)]
+        freed = punch_dead(self.path, segment, live)
+        segment.punched += freed
+        segment.dead_punched = segment.dead
+        return freed
+
+    def _punch_all(self) -> int:
+        """Punch holes over every segment's dead records that no manifest names; return the bytes freed."""
+        return sum(self._punch(segment) for segment in list(self._segments.values()))
+
+    @property
+    def hole_bytes(self) -> int:
+        """Bytes that holes punched into the segment files kept gave back (``total_bytes`` still counts them)."""
+        return sum(segment.punched for segment in [*self._segments.values(), *self._retired])

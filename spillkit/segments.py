@@ -50,7 +50,10 @@ class PackedStore(PackedRecords):
     readable. ``total_bytes`` is the bytes of every file on disk, dead records
     included; ``available_disk`` caps it, and a write that would pass the cap
     first compacts the unpinned segments (which may exceed it briefly by the
-    live bytes of one segment).
+    live bytes of one segment). On a full disk, holes are punched over dead
+    records no manifest names (:mod:`spillkit.holes`): ``total_bytes`` (the
+    Chest's ``disk_bytes``) still counts the files' whole length, an upper
+    bound of the blocks used, and ``hole_bytes`` is what the holes gave back.
 
     Not thread-safe except :meth:`prepare`, which encodes in memory and touches
     no shared state: the engine holds the lock. A failed append is cut off
@@ -232,7 +235,7 @@ class PackedStore(PackedRecords):
             self._segment_total -= segment.size
         self._retired = kept
         for segment in self._segments.values():
-            segment.pinned = segment.live > 0
+            segment.pinned, segment.named_dead = segment.live > 0, False  # dead records: named by no manifest now
         self._count()
 
     def close(self) -> None:
