@@ -24,6 +24,7 @@ from typing import Any
 
 try:
     import dask
+    from dask._task_spec import DataNode
     from dask.callbacks import Callback
 except ImportError as error:  # pragma: no cover - exercised only without the extra
     raise ImportError('spillkit.dask needs dask: pip install "spillkit[dask]"') from error
@@ -98,13 +99,20 @@ class ChestCallback(Callback):
         # Per scheduling thread, innermost last: how each computation under way uses a spilling()
         # cache ("scheduled" by WorkerLoads.schedule, "claimed" with a scheduler= of its own, or
         # "private": it found the Chest taken), with that cache; None for any other cache.
-        self._roles: dict[int, list[tuple[str, WorkerLoads] | None]] = {}
+        # The flag: the Chest was deferred already in _start (so that dask's literal data, stored
+        # before _start_state, makes no room: spilling it frees nothing, the graph holds it).
+        self._roles: dict[int, list[tuple[str, WorkerLoads, bool] | None]] = {}
+        self._data: dict[int, list[tuple[Hashable, ...]]] = {}  # per scheduling thread: literal data keys pinned
 
     def _start(self, dsk: Mapping[Any, Any]) -> None:
         cache = dask.config.get("cache", None)
         roles = self._roles.setdefault(threading.get_ident(), [])
         if isinstance(cache, WorkerLoads) and cache.chest is self.chest and cache.active:
-            roles.append((self._role_in(cache), cache))
+            role = self._role_in(cache)
+            early = role in ("scheduled", "claimed")
+            if early:
+                self._defer(1)
+            roles.append((role, cache, early))
             return
         roles.append(None)
         # dask's local scheduler takes a key it finds in the cache for computed, and then its
@@ -133,9 +141,17 @@ class ChestCallback(Callback):
         warnings.warn(_TAKEN, RuntimeWarning, stacklevel=4)
         return "private"
 
-    def _role(self) -> tuple[str, WorkerLoads] | None:
+    def _role(self) -> tuple[str, WorkerLoads, bool] | None:
         roles = self._roles.get(threading.get_ident())
         return roles[-1] if roles else None
+
+    def _defer(self, change: int) -> None:
+        engine = self.chest.engine
+        with engine.lock:
+            engine.deferred_blocks += change  # counted: computations on one Chest may overlap
+            engine.deferred = engine.deferred_blocks > 0
+            if not engine.deferred:
+                engine.settle()
 
     def __enter__(self) -> ChestCallback:
         warn_if_distributed()
@@ -150,9 +166,13 @@ class ChestCallback(Callback):
             private = role[1].end_private()
             if state["cache"] is role[1]:
                 state["cache"] = private  # the computation keeps its dict, to the results it reads
-            self._roles[threading.get_ident()][-1] = ("own dict", role[1])
+            self._roles[threading.get_ident()][-1] = ("own dict", role[1], False)
             return
+        early = role is not None and role[2]
         if cache is not self.chest and not (isinstance(cache, WorkerLoads) and cache.chest is self.chest):
+            if early:  # scheduled on a dict after all (keys put by hand): the Chest is not deferred for it
+                self._defer(-1)
+                self._roles[threading.get_ident()][-1] = (role[0], role[1], False)  # type: ignore[index]
             if not isinstance(cache, (_Unshared, WorkerLoads)):  # not another spilling() block's (a thread's)
                 warnings.warn(
                     "this computation's cache= is not the Chest given to ChestCallback", RuntimeWarning, stacklevel=2
@@ -163,10 +183,14 @@ class ChestCallback(Callback):
             plan = plan_from_dask(dsk)  # before anything changes: if it raises (a cycle), nothing is left deferred
             with engine.lock:
                 policy.plan(plan)
-        with engine.lock:
-            engine.deferred_blocks += 1  # counted: computations on one Chest may overlap
-            engine.deferred = True
+        if not early:
+            self._defer(1)
         state.setdefault(_OURS, set()).add(id(self))  # _finish undoes the count only for these
+        # Literal data (a numpy array given to from_array, a persisted collection's chunks) is held by
+        # the graph: writing it would free nothing. Pinned for the computation, so it is never a victim.
+        data = tuple(key for key, task in dsk.items() if isinstance(task, DataNode))
+        engine.pin(data)
+        self._data.setdefault(threading.get_ident(), []).append(data)
 
     def _pretask(self, key: Hashable, dsk: Mapping[Any, Any], state: dict[str, Any]) -> None:
         if id(self) not in state.get(_OURS, ()):
@@ -205,7 +229,14 @@ class ChestCallback(Callback):
         elif role is not None and role[0] == "private":
             role[1].end_private()  # it failed before its state was made: the thread is routed no more
         if id(self) not in state.get(_OURS, ()):
+            if role is not None and role[2]:  # deferred in _start, failed before _start_state
+                self._defer(-1)
             return
+        data = self._data.get(threading.get_ident())
+        if data:
+            self.chest.engine.unpin(data.pop())
+            if not data:
+                del self._data[threading.get_ident()]
         self._starts.clear()
         for inputs in self._inputs.values():  # tasks that never ended (the computation failed)
             self.chest.engine.unpin(inputs)
@@ -213,9 +244,7 @@ class ChestCallback(Callback):
         self._stored = {key for key in self._stored if key in self.chest}  # what dask released is gone
         engine = self.chest.engine
         with engine.lock:
-            engine.deferred_blocks -= 1
-            if not engine.deferred_blocks:
-                engine.deferred = False
+            self._defer(-1)
             engine.settle()
 
 
