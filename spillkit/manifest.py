@@ -150,14 +150,15 @@ def write_manifest(path: str, entries: list[ManifestEntry], secret: bytes, *, sy
     An entry's ``key_blob`` is None only for a plain key (:func:`is_plain`): such keys go
     inline, the others as their pickle.
     """
-    inline, pickled = [], []
-    for e in entries:
+    inline, pickled, places = [], [], []  # places: where each pickled key goes among all, in order
+    for place, e in enumerate(entries):
         row = (e.name, e.file_bytes, e.nbytes, e.cost, e.tag, e.segment, e.offset)
         if e.key_blob is None:  # a plain key: commit_manifest decided (is_plain) and pickled the others
             inline.append((e.key, *row))
         else:
             pickled.append((e.key_blob, *row))
-    body = pickle.dumps((inline, pickled), protocol=5)  # builtins only: any process loads it
+            places.append(place)
+    body = pickle.dumps((inline, pickled, places), protocol=5)  # builtins only: any process loads it
     # A new name, made here (O_EXCL): nothing planted under a guessable one is written through.
     temp = os.path.join(path, f"{MANIFEST_NAME}.tmp-{os.getpid()}-{secrets.token_hex(8)}")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | SAFE_OPEN, 0o600)
@@ -209,11 +210,12 @@ def read_manifest(path: str, secret: bytes) -> list[ManifestEntry] | None:
     try:
         if magic == _INLINE_KEYS:
             return [ManifestEntry(*row) for row in pickle.loads(body)]
-        inline, pickled = pickle.loads(body)
-        return [ManifestEntry(*row) for row in inline] + [
-            ManifestEntry(_unpickle_key(blob), name, file_bytes, nbytes, cost, tag, segment, offset, blob)
-            for blob, name, file_bytes, nbytes, cost, tag, segment, offset in pickled
-        ]
+        inline, pickled, *places = pickle.loads(body)  # no places (older manifests): pickled keys go last
+        entries = [ManifestEntry(*row) for row in inline]
+        for index, (blob, name, file_bytes, nbytes, cost, tag, segment, offset) in enumerate(pickled):
+            entry = ManifestEntry(_unpickle_key(blob), name, file_bytes, nbytes, cost, tag, segment, offset, blob)
+            entries.insert(places[0][index] if places else len(entries), entry)  # the flushed Chest's order
+        return entries
     except Exception as error:  # version 2: a key class that no longer imports; or another format
         raise SpillError(f"manifest {full!r} cannot be decoded ({error!r}); refusing to load it") from error
 

@@ -134,8 +134,10 @@ def commit_manifest(chest: Chest) -> list[tuple[Hashable, BaseException]]:
     unsynced = set(store.unsynced_keys())  # their bytes are not known to be on disk: never named
     entries: list[ManifestEntry] = []
     unsaved: list[tuple[Hashable, BaseException]] = []
-    for key, name in store.names().items():
-        if key in unsynced:
+    names_of = store.names()
+    for key in list(engine._nbytes):  # the Chest's order (insertion, as a dict's), which a reopen restores
+        name = names_of.get(key)
+        if name is None or key in unsynced:
             continue
         try:
             blob = None if is_plain(key) else pickle_key(key)  # made here, so an unpicklable key is left out

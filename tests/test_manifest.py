@@ -170,3 +170,27 @@ def test_only_keys_of_builtins_stay_inline(key: object, plain: bool) -> None:
     from spillkit.manifest import is_plain
 
     assert is_plain(key) is plain  # type: ignore[arg-type]
+
+
+def test_a_reopen_keeps_the_order_keys_were_stored_in(tmp_path: Path) -> None:
+    # A dict keeps insertion order. The manifest listed files before packed records and inline keys
+    # before pickled ones, so a reopen reordered the keys.
+    path = tmp_path / "c"
+    chest = Chest(path=path, available_memory=10_000)
+    chest["z"] = b"x" * 100_000  # a file of its own
+    chest["a"] = 1  # packed
+    chest[("t", 1)] = 2  # a plain (inline) key
+    chest[frozenset({1})] = 3  # a key the manifest pickles
+    chest["m"] = b"y" * 100_000
+    chest["b"] = 4
+    del chest["a"]
+    chest["a"] = 5  # a re-insert goes last
+    before = list(chest)
+    chest.close()
+    again = Chest(path=path, available_memory=10_000)
+    assert list(again) == before
+    again["q"] = 6
+    again.close()
+    last = Chest(path=path, available_memory=10_000)
+    assert list(last) == [*before, "q"]
+    last.drop()
