@@ -14,7 +14,7 @@ from typing import Any
 from .codecs import PickleCodec
 from .replay import DiskModel
 from .storage import DiskStore
-from .tracelines import short
+from .tracelines import parse_json, short
 
 __all__ = ["calibrate", "calibration_path", "load_disk_model", "save_disk_model"]
 
@@ -80,7 +80,7 @@ def load_disk_model(path: str | None = None) -> DiskModel:
     target = path or calibration_path()
     try:
         with open(target, encoding="utf-8") as file:
-            model = DiskModel(**_checked(_decode(file.read())))
+            model = DiskModel(**_checked(parse_json(file.read())))  # BadLine is a ValueError
     except FileNotFoundError:
         return DiskModel()
     except ValueError as error:
@@ -88,15 +88,6 @@ def load_disk_model(path: str | None = None) -> DiskModel:
         raise ValueError(f"{target}: bad spillkit calibration file: {error} (run spillkit calibrate to measure "
                          "again, or delete the file to use the defaults)") from None  # fmt: skip
     return model
-
-
-def _decode(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"not valid JSON ({error.msg} at line {error.lineno} column {error.colno})") from None
-    except RecursionError:
-        raise ValueError("JSON nested too deeply") from None
 
 
 def _checked(data: Any) -> dict[str, float]:

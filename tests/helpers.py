@@ -3,10 +3,12 @@ damaging a record on disk, standing in for a crash while the Chest object lives 
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import shutil
 from collections.abc import Hashable
+from pathlib import Path
 
 import spillkit.chest
 import spillkit.compaction
@@ -129,3 +131,15 @@ def flip_last_byte(chest: Chest, key: Hashable) -> None:
         byte = file.read(1)
         file.seek(end - 1)
         file.write(bytes([byte[0] ^ 0xFF]))
+
+
+def fill(where: Path) -> None:
+    """Take every free block of the file system at ``where``."""
+    fd = os.open(where / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, bytes(4096))
+    except OSError as error:
+        assert error.errno == errno.ENOSPC
+    finally:
+        os.close(fd)

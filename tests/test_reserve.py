@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import fill
 from test_resource_faults import (
     BUDGET,
     KEYS,
@@ -326,18 +327,6 @@ def test_close_and_reopen_keep_the_reserve_and_drop_removes_it(lab: Lab) -> None
 
 
 # ---- a real full disk ---------------------------------------------------------------------------
-
-
-def fill(where: Path) -> None:
-    """Take every free block of the file system at ``where``."""
-    fd = os.open(where / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while True:
-            os.write(fd, bytes(4096))
-    except OSError as error:
-        assert error.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
 
 
 @pytest.mark.parametrize("crash", [False, True], ids=["commits", "crash-at-the-retry"])

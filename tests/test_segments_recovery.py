@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import subprocess
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import fill
 from test_resource_faults import assert_accounting, mounted_tmpfs, spill_warnings
 
 import spillkit.segfiles
@@ -39,18 +39,6 @@ def blob(seed: Hashable, size: int) -> bytes:
 
 def segments_in(path: str | Path) -> list[str]:
     return sorted(name for name in os.listdir(path) if is_segment_name(name))
-
-
-def fill(where: Path) -> None:
-    """Take every free block of the file system at ``where``."""
-    fd = os.open(where / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while True:
-            os.write(fd, bytes(4096))
-    except OSError as error:
-        assert error.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
 
 
 def reopened(path: str | Path) -> dict[Hashable, Any]:

@@ -141,13 +141,8 @@ def test_flush_and_close_wait_for_writes_in_flight(tmp_path: Path) -> None:
     again.drop()
 
 
-def test_a_failed_background_write_keeps_the_value_and_never_raises_elsewhere(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # a file per value: the fault is in os.replace (packed appends fail in test_compaction.py)
-    chest = Chest(
-        path=tmp_path / "c", available_memory=2 * UNIT, sizeof=unit_sizeof, write_behind=True, pack_threshold=0
-    )
+def replace_fails(monkeypatch: pytest.MonkeyPatch) -> dict[str, bool]:
+    """Make every os.replace of a spill file fail with ENOSPC while the returned ``["on"]`` is True."""
     real_replace = os.replace
     failing = {"on": True}
 
@@ -157,6 +152,17 @@ def test_a_failed_background_write_keeps_the_value_and_never_raises_elsewhere(
         real_replace(src, dst)
 
     monkeypatch.setattr(spillkit.storage.os, "replace", replace)
+    return failing
+
+
+def test_a_failed_background_write_keeps_the_value_and_never_raises_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a file per value: the fault is in os.replace (packed appends fail in test_compaction.py)
+    chest = Chest(
+        path=tmp_path / "c", available_memory=2 * UNIT, sizeof=unit_sizeof, write_behind=True, pack_threshold=0
+    )
+    failing = replace_fails(monkeypatch)
     expected = {f"k{i}": [i] for i in range(6)}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -901,15 +907,7 @@ def test_on_a_failing_disk_each_put_tries_one_write_not_every_value_again(
     chest = Chest(
         path=tmp_path / "c", available_memory=2 * UNIT, sizeof=unit_sizeof, write_behind=True, pack_threshold=0
     )
-    failing = {"on": True}
-    real_replace = os.replace
-
-    def replace(src: str, dst: str) -> None:
-        if failing["on"]:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_replace(src, dst)
-
-    monkeypatch.setattr(spillkit.storage.os, "replace", replace)
+    failing = replace_fails(monkeypatch)
     expected = {f"k{i}": [i] for i in range(40)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SpillWarning)
