@@ -21,13 +21,13 @@ Thread-safety: :func:`flush` and :func:`drop` take the engine's lock;
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 from collections.abc import Hashable
 from typing import TYPE_CHECKING
 
 from .errors import ChangedWhileWritten, DiskQuotaExceeded, SpillError
+from .holes import disk_full
 from .keys import describe_key
 from .manifest import ManifestEntry, is_plain, pickle_key, remove_manifest, write_manifest
 from .reopen import manifest_rows
@@ -39,17 +39,11 @@ if TYPE_CHECKING:
 __all__ = [
     "close",
     "commit_manifest",
-    "disk_full",
     "drop",
     "drop_unsynced_in_memory",
     "flush",
     "rewrite_unsynced",
 ]
-
-
-def disk_full(error: BaseException) -> bool:
-    """True for the errors of a full disk or an exhausted quota (ENOSPC, EDQUOT)."""
-    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def flush(chest: Chest, closing: bool = False) -> None:
