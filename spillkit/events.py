@@ -20,6 +20,7 @@ __all__ = [
     "LOAD",
     "MISS",
     "PIN",
+    "POPPED",
     "PUT",
     "REUSED",
     "SETTLE",
@@ -44,6 +45,7 @@ PIN: Final = "pin"  # a key was pinned (kept from eviction: a running task uses 
 UNPIN: Final = "unpin"  # one pin of the key was undone
 GIVEN_COST: Final = "given-cost"  # detail of a put whose cost the caller gave (not the reload estimate)
 REUSED: Final = "reused"  # detail of a load served by a spilled object still alive elsewhere (no read)
+POPPED: Final = "popped"  # detail of a load by pop(): read from disk for the caller, not cached (a delete follows)
 KINDS: Final = (PUT, HIT, LOAD, MISS, SPILL, EVICT, DELETE, SPILL_ERROR, COST, SETTLE, PIN, UNPIN)
 
 

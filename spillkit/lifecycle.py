@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Hashable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .errors import LoadFailed
-from .events import PIN, UNPIN
+from .events import LOAD, PIN, POPPED, UNPIN
 from .ledger import _MISSING, EngineLedger
 from .transfers import timed_write
 
@@ -65,12 +66,25 @@ class EngineLifecycle(EngineLedger):
                     value = self._refs.get(key)  # alive elsewhere: that object, as get hands back
                     value = None if value is None else value()
                     if value is None:
-                        try:
-                            value = self.disk.read(key)
-                        except KeyError as error:  # not "no such key": pop(key, default) would answer the default
-                            raise LoadFailed(key, error) from error
+                        value = self._read_popped(key)
             self.delete(key)
             return value
+
+    def _read_popped(self, key: Hashable) -> Any:
+        """Read a spilled value for pop(): a disk read like a load's (counted, told to listeners), never cached."""
+        start, read = time.perf_counter(), self.disk.file_bytes(key)
+        try:
+            value = self.disk.read(key)
+        except Exception as error:
+            self.stats.load_failures += 1
+            if isinstance(error, KeyError):  # not "no such key": pop(key, default) would answer the default
+                raise LoadFailed(key, error) from error
+            raise
+        seconds = time.perf_counter() - start
+        self.stats.observe_read(read, seconds)
+        if self.listeners:
+            self._emit(LOAD, key, self._nbytes[key], read, seconds, detail=POPPED, object_id=id(value))
+        return value
 
     def pin(self, keys: Iterable[Hashable]) -> None:
         """Keep ``keys`` in memory while something uses them (counted: pins add up), e.g. a running task's inputs.

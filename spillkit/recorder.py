@@ -10,7 +10,7 @@ import time
 from collections.abc import Hashable
 from typing import Any
 
-from .events import COST, DELETE, EVICT, GIVEN_COST, HIT, LOAD, MISS, PIN, PUT, SETTLE, SPILL, UNPIN, Event
+from .events import COST, DELETE, EVICT, GIVEN_COST, HIT, LOAD, MISS, PIN, POPPED, PUT, SETTLE, SPILL, UNPIN, Event
 from .keys import encode_key
 from .trace import FORMAT, VERSION, open_text
 
@@ -129,6 +129,9 @@ class TraceRecorder:
                     event.object_id if event.disk_bytes == 0 else None,
                 )
             elif kind in (HIT, LOAD, MISS):
+                if kind == LOAD and event.detail == POPPED:  # read for pop(), not cached: replay pops it
+                    self._line(["get", ident, t, "pop"])
+                    return
                 if kind == LOAD:
                     self._enter_memory(event.key, event.object_id)
                 self._line(["get", ident, t, kind])

@@ -141,8 +141,11 @@ def replay(
             engine.settle()  # settled mode without recorded settle points: after the releases
             pending = False
         if tag == "get":
-            try:  # noqa: SIM105 - contextlib.suppress costs a context manager per request
-                engine.get(key)
+            try:
+                if op[3] == "pop":
+                    engine.pop(key)  # read, not cached: the del that follows finds nothing
+                else:
+                    engine.get(key)
             except KeyError:
                 pass
         elif tag == "put":

@@ -16,7 +16,8 @@ operation. Format, version 1 (each line a JSON value):
     a value was stored; ``object`` is a small int naming the object, equal for
     two keys holding the same object (dask aliases) while both are resident.
 ``["get", id, t, outcome]``
-    a read; outcome is ``"hit"``, ``"load"`` or ``"miss"``.
+    a read; outcome is ``"hit"``, ``"load"`` or ``"miss"``, or ``"pop"``: a spilled value
+    read from disk for ``pop()``, not cached (its ``del`` follows).
 ``["del", id, t]``
     a key was deleted.
 ``["cost", id, cost, t]``

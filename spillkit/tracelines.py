@@ -20,7 +20,7 @@ from .keys import decode_key
 
 __all__ = ["OUTCOMES", "BadLine", "LineParser", "short"]
 
-OUTCOMES = ("hit", "load", "miss")
+OUTCOMES = ("hit", "load", "miss", "pop")  # pop: read from disk for pop(), not cached (a del follows)
 MAX_INT64 = 2**63 - 1  # no size or planned position is larger: a bigger number is corruption
 _LARGEST = 2**1000  # larger JSON integers do not fit a float; the policies compute in floats
 

@@ -137,3 +137,26 @@ def test_at_a_bound_of_zero_a_policy_without_io_is_at_the_bound(tmp_path: Path) 
     from spillkit.compare import _ratio
 
     assert _ratio(10, 0) == float("inf") and _ratio(10, None) != _ratio(10, None)  # any I/O over none; no bound: NaN
+
+
+def test_pop_of_a_spilled_value_is_a_counted_read_that_replay_reproduces(tmp_path: Path) -> None:
+    # pop() read a spilled value's file and counted nothing (no load, no bytes read, no event):
+    # metrics and traces missed the read, and a replay missed it too.
+    from spillkit.trace import TraceRecorder
+
+    chest = Chest(available_memory=300, sizeof=lambda v: 100, pack_threshold=0)
+    recorder = TraceRecorder(tmp_path / "pops.jsonl", {"workload": "pops"})
+    chest.add_listener(recorder)
+    for i in range(8):
+        chest[i] = bytes([i]) * 100
+    spilled = [key for key in chest if key not in chest.inmem]
+    loads, read = chest.stats.loads, chest.stats.load_bytes
+    files = sum(chest._store.file_bytes(key) for key in spilled)
+    for key in spilled:
+        assert chest.pop(key) == bytes([key]) * 100
+    assert chest.stats.loads - loads == len(spilled) > 0  # before: 0
+    assert chest.stats.load_bytes - read == files  # before: 0
+    recorder.close()
+    result = replay(read_trace(tmp_path / "pops.jsonl"), "lru", 300, mode="strict")
+    assert (result.loads, result.spills, result.hits) == (chest.stats.loads, chest.stats.spills, chest.stats.hits)
+    chest.drop()
