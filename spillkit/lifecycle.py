@@ -82,6 +82,7 @@ class EngineLifecycle(EngineLedger):
             raise
         seconds = time.perf_counter() - start
         self.stats.observe_read(read, seconds)
+        self.stats.popped += 1
         if self.listeners:
             self._emit(LOAD, key, self._nbytes[key], read, seconds, detail=POPPED, object_id=id(value))
         return value

@@ -61,6 +61,7 @@ class Stats:
     unspillable: int = 0  # values set aside because they cannot be serialized
     load_failures: int = 0  # reads that found a corrupt or missing file
     reused: int = 0  # reads of spilled values still alive elsewhere, handed back without a disk read
+    popped: int = 0  # disk reads pop() made (counted in loads too; a pop is no get)
     quota_errors: int = 0  # puts refused because available_disk would be exceeded
     reserve_failures: int = 0  # flushes that could not make the manifest's reserve file whole (spillkit.reserve)
     deletes: int = 0
