@@ -67,6 +67,9 @@ class Compactor(SegmentIndex):
         self._next_number = 1
         self._segment_total = 0  # bytes of every segment file kept, dead records and retired files included
         self._live_bytes = 0  # bytes of the records some key points at
+        # The manifest on disk is not the one the index was last checkpointed for (a full-disk commit
+        # let go of the previous manifest's records, then failed): no hole until a commit succeeds.
+        self.holes_held = False
         if segment_bytes <= 0 or not 0 < compact_ratio < 1:
             raise ValueError(f"need segment_bytes > 0 and 0 < compact_ratio < 1, got {segment_bytes}, {compact_ratio}")
 

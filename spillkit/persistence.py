@@ -186,7 +186,13 @@ def _commit_on_a_full_disk(chest: Chest, entries: list[ManifestEntry], names: li
     # Still no room (no reserve, or this manifest outgrew it): the files kept for the previous flush
     # are the only room left. Free them and commit once more; a crash in between loses those keys' old values.
     chest._store.protect(names)
-    return write_manifest(chest._path, entries, chest._secret, sync_parent=not chest._flushed)
+    try:
+        return write_manifest(chest._path, entries, chest._secret, sync_parent=not chest._flushed)
+    except BaseException:
+        # The previous manifest is still the one on disk, and protect() let go of its records:
+        # no hole may be punched over them until a commit succeeds.
+        chest._store.holes_held = True
+        raise
 
 
 def close(chest: Chest) -> None:

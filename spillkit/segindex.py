@@ -72,6 +72,7 @@ class SegmentIndex:
     _next_number: int
     _segment_total: int
     _live_bytes: int
+    holes_held: bool  # no hole while set (Compactor sets it up; see there)
 
     # ---- the index ------------------------------------------------------------------------
     def _place(self, key: Hashable, place: Place) -> None:
@@ -151,7 +152,7 @@ class SegmentIndex:
         A segment the last manifest points into (pinned) is punched only while no record in it died
         since that manifest became durable: a dead record may still be one the manifest names.
         """
-        if segment.fd < 0 or (segment.pinned and segment.named_dead) or segment.pid != os.getpid():
+        if self.holes_held or segment.fd < 0 or (segment.pinned and segment.named_dead) or segment.pid != os.getpid():
             return 0  # ... and a forked child never touches its parent's files
         if segment.dead == segment.dead_punched:  # no record died since: a full disk's every put pays nothing
             return 0

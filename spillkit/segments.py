@@ -221,6 +221,7 @@ class PackedStore(PackedRecords):
         the next checkpoint.
         """
         self._origins.clear()
+        self.holes_held = False  # the manifest on disk is this one
         kept = []
         for segment in self._retired:
             try:

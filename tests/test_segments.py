@@ -287,8 +287,8 @@ def test_a_manifest_from_before_packing_still_opens(tmp_path: Path) -> None:
     chest.close()
     secret = (path / KEY_FILE_NAME).read_bytes()
     data = (path / MANIFEST_NAME).read_bytes()
-    inline, pickled = pickle.loads(data[MANIFEST_HEADER.size :])  # version 3: plain keys inline
-    assert not pickled and all(len(row) == 8 for row in inline)
+    inline, pickled, places = pickle.loads(data[MANIFEST_HEADER.size :])  # version 3: plain keys inline
+    assert not pickled and not places and all(len(row) == 8 for row in inline)
     body = pickle.dumps([row[:6] for row in inline])  # the rows an earlier spillkit wrote (version 2)
     header = MANIFEST_HEADER.pack(b"SPKMAN02", len(body), zlib.crc32(body), sign(secret, body))
     (path / MANIFEST_NAME).write_bytes(header + body)
