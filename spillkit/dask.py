@@ -15,6 +15,7 @@ graph-aware policies (``NextUse``, ``LRC``) the graph and dask's planned order.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 import threading
 import time
@@ -72,6 +73,21 @@ def warn_if_distributed() -> bool:
     return True
 
 
+@dataclasses.dataclass
+class _Run:
+    """How one computation under way uses the Chest, as one ChestCallback sees it.
+
+    ``role``: "scheduled" (by WorkerLoads.schedule), "claimed" (a scheduler= of its own took the
+    Chest), "shared" (another callback's computation has it), "private" / "own dict" (it found the
+    Chest taken: a dict of its own), "plain" (not spilling()'s cache).
+    """
+
+    role: str
+    cache: WorkerLoads | None
+    deferred: bool = False  # this callback counts one deferral of the Chest for it
+    data: tuple[Hashable, ...] = ()  # the graph's literal data, pinned for it
+
+
 class ChestCallback(Callback):
     """Makes a Chest a good cache for dask's local schedulers. Use as a context manager.
 
@@ -96,25 +112,24 @@ class ChestCallback(Callback):
         self._starts: dict[Hashable, float] = {}
         self._stored: set[Hashable] = set()  # keys computations stored in the Chest (results stay there)
         self._inputs: dict[Hashable, tuple[Hashable, ...]] = {}  # running task -> its inputs, pinned in the Chest
-        # Per scheduling thread, innermost last: how each computation under way uses a spilling()
-        # cache ("scheduled" by WorkerLoads.schedule, "claimed" with a scheduler= of its own, or
-        # "private": it found the Chest taken), with that cache; None for any other cache.
-        # The flag: the Chest was deferred already in _start (so that dask's literal data, stored
-        # before _start_state, makes no room: spilling it frees nothing, the graph holds it).
-        self._roles: dict[int, list[tuple[str, WorkerLoads, bool] | None]] = {}
-        self._data: dict[int, list[tuple[Hashable, ...]]] = {}  # per scheduling thread: literal data keys pinned
+        self._runs: dict[int, list[_Run]] = {}  # per scheduling thread, innermost last: computations under way
 
     def _start(self, dsk: Mapping[Any, Any]) -> None:
         cache = dask.config.get("cache", None)
-        roles = self._roles.setdefault(threading.get_ident(), [])
         if isinstance(cache, WorkerLoads) and cache.chest is self.chest and cache.active:
-            role = self._role_in(cache)
-            early = role in ("scheduled", "claimed")
-            if early:
-                self._defer(1)
-            roles.append((role, cache, early))
-            return
-        roles.append(None)
+            run = _Run(self._role_in(cache), cache)
+        else:
+            run = _Run("plain", None)
+            self._clear_leftovers(dsk)
+        if run.role != "private":
+            # Deferred from now, not from _start_state: dask stores the graph's literal data in between,
+            # and making room for it would write it, freeing nothing (the graph holds it). Undone in
+            # _start_state if the computation's cache turns out not to be this Chest.
+            self._defer(1)
+            run.deferred = True
+        self._runs.setdefault(threading.get_ident(), []).append(run)
+
+    def _clear_leftovers(self, dsk: Mapping[Any, Any]) -> None:
         # dask's local scheduler takes a key it finds in the cache for computed, and then its
         # dependents fail (KeyError): a key an earlier computation left (its result, or what a
         # failed one held) goes first, unless a computation is running on the Chest (then it may be that one's).
@@ -135,15 +150,17 @@ class ChestCallback(Callback):
         decided = cache.take_handoff()  # by WorkerLoads.schedule, which runs this computation
         if decided is not None:
             return decided
+        if cache.owns():  # this thread's computation has it: this is a second callback on the Chest
+            return "shared"  # (a computation nested in a task runs no callbacks at all)
         if cache.claim():  # a scheduler= of its own: it takes the Chest
             return "claimed"
         cache.go_private()
         warnings.warn(_TAKEN, RuntimeWarning, stacklevel=4)
         return "private"
 
-    def _role(self) -> tuple[str, WorkerLoads, bool] | None:
-        roles = self._roles.get(threading.get_ident())
-        return roles[-1] if roles else None
+    def _run(self) -> _Run | None:
+        runs = self._runs.get(threading.get_ident())
+        return runs[-1] if runs else None
 
     def _defer(self, change: int) -> None:
         engine = self.chest.engine
@@ -161,18 +178,22 @@ class ChestCallback(Callback):
     def _start_state(self, dsk: Mapping[Any, Any], state: dict[str, Any]) -> None:
         # Here, not in _start: only now is the computation's cache known, and a computation that
         # does not use this Chest (another thread's, one spilling() handed a dict) is left alone.
-        cache, role = state["cache"], self._role()
-        if role is not None and role[0] == "private":
-            private = role[1].end_private()
-            if state["cache"] is role[1]:
-                state["cache"] = private  # the computation keeps its dict, to the results it reads
-            self._roles[threading.get_ident()][-1] = ("own dict", role[1], False)
+        cache, run = state["cache"], self._run()
+        if run is None:  # (a _start that raised)
             return
-        early = role is not None and role[2]
+        if run.role == "private" and run.cache is not None:
+            private = run.cache.end_private()
+            if cache is run.cache:
+                state["cache"] = private  # the computation keeps its dict, to the results it reads
+            run.role = "own dict"
+            return
         if cache is not self.chest and not (isinstance(cache, WorkerLoads) and cache.chest is self.chest):
-            if early:  # scheduled on a dict after all (keys put by hand): the Chest is not deferred for it
+            if run.deferred:  # not this Chest after all (cache= given, keys put by hand): no deferral for it
                 self._defer(-1)
-                self._roles[threading.get_ident()][-1] = (role[0], role[1], False)  # type: ignore[index]
+                run.deferred = False
+            if run.role == "claimed" and run.cache is not None:
+                run.cache.release()  # it never uses the Chest: another computation may have it
+                run.role = "plain"
             if not isinstance(cache, (_Unshared, WorkerLoads)):  # not another spilling() block's (a thread's)
                 warnings.warn(
                     "this computation's cache= is not the Chest given to ChestCallback", RuntimeWarning, stacklevel=2
@@ -180,17 +201,14 @@ class ChestCallback(Callback):
             return
         engine, policy = self.chest.engine, self.chest.policy
         if isinstance(policy, GraphAware):
-            plan = plan_from_dask(dsk)  # before anything changes: if it raises (a cycle), nothing is left deferred
+            plan = plan_from_dask(dsk)  # if it raises (a cycle), _finish undoes the deferral
             with engine.lock:
                 policy.plan(plan)
-        if not early:
-            self._defer(1)
         state.setdefault(_OURS, set()).add(id(self))  # _finish undoes the count only for these
         # Literal data (a numpy array given to from_array, a persisted collection's chunks) is held by
         # the graph: writing it would free nothing. Pinned for the computation, so it is never a victim.
-        data = tuple(key for key, task in dsk.items() if isinstance(task, DataNode))
-        engine.pin(data)
-        self._data.setdefault(threading.get_ident(), []).append(data)
+        run.data = tuple(key for key, task in dsk.items() if isinstance(task, DataNode))
+        engine.pin(run.data)
 
     def _pretask(self, key: Hashable, dsk: Mapping[Any, Any], state: dict[str, Any]) -> None:
         if id(self) not in state.get(_OURS, ()):
@@ -217,35 +235,37 @@ class ChestCallback(Callback):
         self.chest.settle()
 
     def _finish(self, dsk: Mapping[Any, Any], state: dict[str, Any], errored: bool) -> None:
-        roles = self._roles.get(threading.get_ident())
-        role = roles.pop() if roles else None
-        if not roles:
-            self._roles.pop(threading.get_ident(), None)
-        if role is not None and role[0] == "claimed":
-            try:  # dask reads the results after this, when the Chest may be another computation's
-                state["cache"] = role[1].hand_back(dsk, keep=not errored)
-            finally:
-                role[1].release()
-        elif role is not None and role[0] == "private":
-            role[1].end_private()  # it failed before its state was made: the thread is routed no more
-        if id(self) not in state.get(_OURS, ()):
-            if role is not None and role[2]:  # deferred in _start, failed before _start_state
-                self._defer(-1)
-            return
-        data = self._data.get(threading.get_ident())
-        if data:
-            self.chest.engine.unpin(data.pop())
-            if not data:
-                del self._data[threading.get_ident()]
-        self._starts.clear()
-        for inputs in self._inputs.values():  # tasks that never ended (the computation failed)
-            self.chest.engine.unpin(inputs)
-        self._inputs.clear()
-        self._stored = {key for key in self._stored if key in self.chest}  # what dask released is gone
+        runs = self._runs.get(threading.get_ident())
+        run = runs.pop() if runs else None
+        if not runs:
+            self._runs.pop(threading.get_ident(), None)
+        try:
+            if run is not None and run.cache is not None and run.role == "claimed":
+                try:  # dask reads the results after this, when the Chest may be another computation's
+                    state["cache"] = run.cache.hand_back(dsk, keep=not errored)
+                finally:
+                    run.cache.release()
+            elif run is not None and run.cache is not None and run.role == "private":
+                run.cache.end_private()  # it failed before its state was made: the thread is routed no more
+        finally:
+            self._end(run, id(self) in state.get(_OURS, ()))
+
+    def _end(self, run: _Run | None, ours: bool) -> None:
+        # Whatever happened (a failed hand-back too): every pin and deferral of the computation goes.
         engine = self.chest.engine
+        if run is not None and run.data:
+            engine.unpin(run.data)
+        if ours:
+            self._starts.clear()
+            for inputs in self._inputs.values():  # tasks that never ended (the computation failed)
+                engine.unpin(inputs)
+            self._inputs.clear()
+            self._stored = {key for key in self._stored if key in self.chest}  # what dask released is gone
         with engine.lock:
-            self._defer(-1)
-            engine.settle()
+            if run is not None and run.deferred:
+                self._defer(-1)
+            if ours:
+                engine.settle()
 
 
 def costs(chest: Chest) -> ChestCallback:

@@ -165,12 +165,18 @@ class WorkerLoads(MutableMapping[Hashable, Any]):
         and the Chest may be another's: from the dict returned here (``keep``), not the Chest.
         """
         chest, results = self.chest, _Unshared()
+        failed: Exception | None = None
         for key in dsk:
             if key in chest:
                 if keep:
-                    results[key] = chest[key]
+                    try:
+                        results[key] = chest[key]
+                    except Exception as error:  # (a result that fails to load) raised once every key is out
+                        failed = failed or error
                 with contextlib.suppress(KeyError):  # gone meanwhile
                     del chest[key]
+        if failed is not None:
+            raise failed
         return results
 
     # ---- the scheduler ----------------------------------------------------------------------

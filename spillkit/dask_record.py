@@ -82,6 +82,8 @@ class record(Callback):
         self._detach()  # the previous computation's trace ends where this one starts
         self._plan = _graph_facts(dsk)
         cache = dask.config.get("cache", None)
+        if isinstance(cache, WorkerLoads):  # spilling()'s: its Chest, before any other hook pins or puts
+            cache = cache.chest
         if isinstance(cache, Chest):
             self._attach(cache)
 

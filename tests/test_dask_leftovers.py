@@ -249,3 +249,73 @@ def test_results_of_explicit_scheduler_computations_leave_the_chest_to_the_next_
         puts = chest.stats.puts
         assert float((x @ x).sum().compute()) == pytest.approx(float((kept @ kept).sum().compute(scheduler="sync")))
         assert chest.stats.puts > puts  # the default computation did use the Chest
+
+
+@pytest.mark.parametrize("inner", ["spilling", "costs"])
+def test_two_callbacks_on_one_chest_compute_as_one(inner: str) -> None:
+    # Both blocks' callbacks see every computation: the second found the Chest taken by the
+    # first's own computation, routed it to an empty dict, and dask failed with KeyError.
+    from spillkit.dask import costs
+
+    chest = Chest(available_memory="64 MiB")
+    x = da.from_array(np.arange(1_000_000, dtype=float), chunks=100_000)
+    second = spilling(chest) if inner == "spilling" else costs(chest)
+    with spilling(chest), second, warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # before: "another computation is using ..."
+        assert float((x + 1).sum().compute()) == pytest.approx(500000500000.0)
+    assert not chest.engine._pins and not chest.engine.deferred and len(chest) == 0
+    chest.close()
+
+
+@pytest.mark.parametrize("scheduler", [None, "sync", "threads"])
+def test_a_cache_given_to_compute_inside_a_block_is_used(scheduler: str | None) -> None:
+    # compute(cache={}) in a spilling() block: the callback claimed the Chest from the config's cache,
+    # then handed back "results" from the Chest, which held none (KeyError).
+    x = da.from_array(np.arange(1_000_000, dtype=float), chunks=100_000)
+    options: dict[str, Any] = {} if scheduler is None else {"scheduler": scheduler}
+    with spilling(available_memory="64 MiB") as chest:
+        assert float((x + 1).sum().compute(cache={}, **options)) == pytest.approx(500000500000.0)
+        assert dask.config.get("cache")._owner is None and not chest.engine.deferred
+
+
+class _Unloadable:
+    """A result that is spilled at once and fails to load back."""
+
+    def __reduce__(self) -> Any:
+        return (_refuse, ())
+
+    def __sizeof__(self) -> int:
+        return 32_000_000
+
+
+def _refuse() -> Any:
+    raise RuntimeError("cannot load")
+
+
+@pytest.mark.parametrize("scheduler", [None, "sync"])
+def test_a_result_that_fails_to_load_leaves_the_chest_clean(scheduler: str | None) -> None:
+    # With scheduler= given, the results are handed back as the computation ends; a load failing
+    # there skipped the rest of the cleanup: the Chest stayed deferred (45 MiB held at 8) for good.
+    x = da.from_array(np.ones(1000), chunks=100)
+    with spilling(available_memory="8 MiB") as chest:
+        with pytest.raises(RuntimeError, match="cannot load"):
+            dask.compute(dask.delayed(_Unloadable)(), x.sum(), scheduler=scheduler)
+        assert not chest.engine.deferred and not chest.engine._pins and len(chest) == 0
+        for i in range(6):
+            chest[f"v{i}"] = np.ones(1_000_000)  # 48 MB by hand: the budget holds again
+        assert chest.memory_bytes <= chest.available_memory
+
+
+def test_literal_data_is_not_written_through_costs_and_an_explicit_cache() -> None:
+    arr = np.random.default_rng(0).random((2000, 2000))
+    x = da.from_array(arr, chunks=(500, 500))
+    chest = Chest(available_memory="6 MiB")
+    written: list[Any] = []
+    chest.add_listener(lambda event: written.append(event.key) if event.kind == "spill" else None)
+    from spillkit.dask import costs
+
+    with costs(chest):
+        result = (x - x.mean()).sum(axis=0).compute(scheduler="threads", cache=chest)
+    assert np.allclose(result, (arr - arr.mean()).sum(axis=0))
+    assert not [key for key in written if str(key).startswith("('array-")]  # before: 13 chunks written
+    chest.close()
