@@ -43,6 +43,9 @@ class _Values(ValuesView[Any]):
         for _, value in _Items(self._mapping):
             yield value
 
+    def __contains__(self, value: object) -> bool:
+        return any(v is value or v == value for v in self)
+
 
 class DictMethods:
     """Thread-safe ``setdefault``, ``popitem``, ``items``, ``values``, ``|=`` and ``reversed`` for a Chest.

@@ -243,6 +243,9 @@ class SpillEngine(EngineLifecycle):
                 self._spill_failed(key, nbytes, error, "changed while it was written; it stays in memory")
                 return True
             except SpillError as error:  # the quota: raised into the put, which stores nothing
+                if background and self._writer is not None:  # write-behind's fallback on a failing disk:
+                    self._spill_failed(key, nbytes, error, "disk quota refused it; it stays in memory")
+                    return False  # ... which, like its background writes, never raises into a put
                 self._count_write_error(error)  # a failed write all the same (write-behind counts it so too)
                 raise
             except OSError as error:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
-import numbers
+import operator
 import sys
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -83,10 +83,18 @@ def checked_size(key: Hashable, measured: Any) -> int:
     ValueError naming the key unless it is a finite real number of at least 0: a negative
     size would let memory grow without limit, and NaN or infinity cannot be counted.
     """
-    if isinstance(measured, numbers.Real):
-        number = float(measured)
-        if math.isfinite(number) and number >= 0:
-            return int(number) if not isinstance(measured, numbers.Integral) else int(measured)
+    try:
+        whole = operator.index(measured)  # ints of any size, numpy integers
+    except TypeError:
+        try:
+            number = float(measured)  # other real numbers: numpy floats, 0-d arrays, Decimal, Fraction
+        except (TypeError, ValueError, OverflowError):
+            number = math.nan
+        if math.isfinite(number) and number >= 0 and not isinstance(measured, (str, bytes)):
+            return int(number)
+    else:
+        if whole >= 0:
+            return whole
     raise ValueError(
         f"sizeof returned {measured!r} for the value of {describe_key(key)}: a size must be a finite number "
         "of bytes of at least 0 (nothing was stored)"

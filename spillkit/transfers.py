@@ -155,6 +155,8 @@ def load(engine: SpillEngine, key: Hashable) -> Any:
                 if engine.listeners:
                     engine._emit(HIT, key, engine._nbytes[key])
                 return resident
+            if engine._writer is not None and key in engine._writer.pending:  # loaded, changed, being written
+                return engine._writer.pending[key].value  # (this read is counted already, as a load)
             live = _live(engine, key)
             return value if live is None else live  # a live object may have changed since this read's record
         if engine.listeners:

@@ -59,10 +59,12 @@ def test_popitem_takes_the_last_key_stored_without_caching_it(chest: Chest) -> N
     chest["second"] = reference["second"] = ["again"]  # an overwrite keeps its place, as in a dict
     del chest["first"], reference["first"]
     chest["first"] = reference["first"] = ["back"]  # a re-insert goes last
-    loads, spills = chest.stats.loads, chest.stats.spills
+    spills, popped = chest.stats.spills, chest.stats.popped
     while reference:
+        resident = set(chest.inmem)
         assert chest.popitem() == reference.popitem()  # before: the first key, read into memory first
-    assert chest.stats.loads == loads and chest.stats.spills == spills
+        assert set(chest.inmem) <= resident  # nothing read back into memory
+    assert chest.stats.spills == spills and chest.stats.popped > popped  # spilled ones read for the caller only
     with pytest.raises(KeyError, match="empty"):
         chest.popitem()
 
@@ -113,6 +115,15 @@ def test_items_and_values_skip_keys_deleted_while_they_run(chest: Chest) -> None
             chest.pop("k6")
     assert values == [0, 1, 2, 3, 4, 7]
     assert chest == {"k0": 0, "k1": 1, "k2": 2, "k3": 3, "k4": 4, "k7": 7}  # Mapping.__eq__ goes through items()
+    assert 7 in chest.values() and 6 not in chest.values()
+
+    class DeletesWhileCompared:  # stands for another thread deleting a key while ``in`` scans
+        def __eq__(self, other: object) -> bool:
+            if "k4" in chest:
+                del chest["k4"]
+            return False
+
+    assert DeletesWhileCompared() not in chest.values()  # before: KeyError('k4')
 
 
 def test_reversed_and_in_place_union_behave_as_for_a_dict(chest: Chest) -> None:

@@ -217,6 +217,20 @@ def test_a_key_error_raised_while_loading_is_not_taken_for_a_missing_key(
     assert chest["precious"] == ("schema", "data")  # nothing was replaced or lost
 
 
+def test_sizes_of_any_real_number_type_are_accepted(make_chest: Callable[..., Chest]) -> None:
+    import decimal
+
+    import numpy as np
+
+    class BigInt(int):
+        pass
+
+    for measured, whole in [(np.int64(7), 7), (np.array(3.0), 3), (decimal.Decimal("4.5"), 4), (BigInt(2**70), 2**70)]:
+        chest = make_chest(sizeof=lambda value, m=measured: m)
+        chest["k"] = "v"  # before: the 0-d array and Decimal were refused, the big int subclass overflowed
+        assert chest.engine.nbytes("k") == whole
+
+
 # ---- 2. values that cannot be serialized ----------------------------------------------
 
 

@@ -296,3 +296,36 @@ def test_a_load_never_admits_its_copy_over_a_live_object_spilled_meanwhile(tmp_p
     assert finish(pause, thread, out) is mine  # before: A's copy of "original"
     assert chest["k"] is mine and chest["k"].tag == "changed by B"
     chest.drop()
+
+
+def test_a_load_finishing_while_another_threads_copy_is_being_written_serves_that_copy(tmp_path: Path) -> None:
+    # Thread A reads "k" without the lock; meanwhile B loads it, changes it, and it is handed to the
+    # background writer. A served its own copy of the old record (two objects for one key, the
+    # change on one of them), as the write was still queued: nothing was resident or remembered.
+    chest, codec = make(tmp_path, budget_units=2, write_behind=True)
+    gate, started = threading.Event(), threading.Event()
+    chest["k"] = Box("original")
+    spill_all(chest)
+    chest.wait_for_writes()
+    pause, thread, out = paused_load(chest, codec, "k")
+    mine = chest["k"]  # B's own load
+    mine.tag = "changed by B"  # so an eviction writes it again
+    real_encode = codec.encode
+
+    def held_encode(obj: Any) -> Any:  # B's write waits in the writer thread until A is done
+        if threading.current_thread().name == "spillkit-writer":
+            started.set()
+            assert gate.wait(WAIT)
+        return real_encode(obj)
+
+    codec.encode = held_encode  # type: ignore[method-assign]
+    chest["x"] = value("x")
+    chest["y"] = value("y")  # "k" is handed to the writer, held there
+    assert started.wait(WAIT) and "k" not in chest.inmem
+    try:
+        assert finish(pause, thread, out) is mine  # before: A's copy, "original"
+    finally:
+        gate.set()
+    chest.wait_for_writes()
+    assert chest["k"] is mine
+    chest.drop()

@@ -923,3 +923,25 @@ def test_on_a_failing_disk_each_put_tries_one_write_not_every_value_again(
     assert chest.memory_bytes <= chest.available_memory and dict(chest.items()) == expected
     assert_accounting(chest)
     chest.drop()
+
+
+def test_a_quota_refusal_never_raises_into_a_put_after_a_background_disk_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # After a background I/O error the engine writes its victims itself (disk_failing); a quota
+    # refusal of such a write raised DiskQuotaExceeded into an unrelated put, which stored nothing.
+    chest = Chest(path=tmp_path / "c", available_memory=100, sizeof=lambda v: 40, write_behind=True,
+                  pack_threshold=0, available_disk="300 kB")  # fmt: skip
+    failing = replace_fails(monkeypatch)
+    failing["on"] = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SpillWarning)
+        for i in range(16):
+            if i == 11:
+                failing["on"] = True  # one failed background write (then the disk works again)
+            chest[i] = bytes(5_000 if i == 9 else 30_000)  # before: DiskQuotaExceeded at key 12
+            chest.wait_for_writes()
+            failing["on"] = False
+    assert all(i in chest for i in range(16)) and chest.stats.quota_errors > 0
+    assert_accounting(chest)
+    chest.drop()
