@@ -1,0 +1,266 @@
+"""The callback that makes a Chest a good cache for dask's local schedulers (:class:`ChestCallback`).
+
+Part of :mod:`spillkit.dask`, which re-exports everything here: dask's local
+schedulers store each task's result in ``cache[key]``, read it once per
+dependent, and ``del`` it right after its last reader ran; but they store a
+result *before* deleting the inputs it was the last reader of, so a budget
+enforced inside ``__setitem__`` writes values that are about to be deleted.
+:class:`ChestCallback` defers making room until dask's releases are done, pins
+what running tasks use and what the graph itself holds, measures task
+durations as recompute costs, gives graph-aware policies the graph, and lets
+one computation at a time use a :func:`~spillkit.dask.spilling` Chest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+try:
+    import dask
+    from dask._task_spec import DataNode
+    from dask.callbacks import Callback
+except ImportError as error:  # pragma: no cover - exercised only without the extra
+    raise ImportError('spillkit.dask needs dask: pip install "spillkit[dask]"') from error
+
+from .chest import Chest
+from .dask_loads import _TAKEN, WorkerLoads, _Unshared
+from .dask_record import _graph_facts
+from .policies import GraphAware
+from .policies._graph import GraphPlan
+
+__all__ = ["ChestCallback", "distributed_client_active", "plan_from_dask", "warn_if_distributed"]
+
+
+_OURS = "spillkit-chest-callbacks"  # in a computation's state: the callbacks whose Chest it uses
+
+
+def plan_from_dask(dsk: Mapping[Any, Any]) -> GraphPlan:
+    """The readers and planned order of a (converted) dask graph."""
+    dependencies, planned, data = _graph_facts(dsk)
+    return GraphPlan.for_local_scheduler(dependencies, planned, data)
+
+
+def distributed_client_active() -> bool:
+    """True when a dask.distributed Client is active (then dask ignores ``cache=``)."""
+    distributed = sys.modules.get("distributed")
+    if distributed is None:
+        return False
+    try:
+        distributed.default_client()
+    except ValueError:
+        return False
+    return True
+
+
+def warn_if_distributed() -> bool:
+    """Warn (and return True) when a dask.distributed Client is active: dask then ignores ``cache=``."""
+    if not distributed_client_active():
+        return False
+    warnings.warn(
+        "a dask.distributed Client is active, so dask ignores cache= and this Chest will not be used; "
+        "use spillkit.distributed.worker_storage as the workers' data= instead",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return True
+
+
+@dataclasses.dataclass
+class _Run:
+    """How one computation under way uses the Chest, as one ChestCallback sees it.
+
+    ``role``: "scheduled" (by WorkerLoads.schedule), "claimed" (a scheduler= of its own took the
+    Chest), "shared" (another callback's computation has it), "private" / "own dict" (it found the
+    Chest taken: a dict of its own), "plain" (not spilling()'s cache).
+    """
+
+    role: str
+    cache: WorkerLoads | None
+    deferred: bool = False  # this callback counts one deferral of the Chest for it
+    data: tuple[Hashable, ...] = ()  # the graph's literal data, pinned for it
+
+
+class ChestCallback(Callback):
+    """Makes a Chest a good cache for dask's local schedulers. Use as a context manager.
+
+    While a computation runs, puts do not make room; after each task, once dask
+    has deleted the inputs it no longer needs, the Chest settles back within
+    its budget. With ``costs=True`` each task's duration (from just before it
+    is submitted to just after its result is stored, as dask's own Profiler
+    measures it) becomes its key's recompute cost before the policy first has
+    to rank it. Only the task's own duration is used, not its inputs': the
+    local scheduler reloads a spilled value and never recomputes it, so the
+    cost only has to rank values against each other. Graph-aware policies
+    receive the graph and dask's planned order when the computation starts.
+
+    Thread-safety: dask calls these hooks from its scheduling thread; the
+    Chest's own lock covers the rest.
+    """
+
+    def __init__(self, chest: Chest, costs: bool = True) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.chest = chest
+        self.measure = costs
+        self._starts: dict[Hashable, float] = {}
+        self._stored: set[Hashable] = set()  # keys computations stored in the Chest (results stay there)
+        self._inputs: dict[Hashable, tuple[Hashable, ...]] = {}  # running task -> its inputs, pinned in the Chest
+        self._runs: dict[int, list[_Run]] = {}  # per scheduling thread, innermost last: computations under way
+
+    def _start(self, dsk: Mapping[Any, Any]) -> None:
+        cache = dask.config.get("cache", None)
+        if isinstance(cache, WorkerLoads) and cache.chest is self.chest and cache.active:
+            run = _Run(self._role_in(cache), cache)
+        else:
+            run = _Run("plain", None)
+            self._clear_leftovers(dsk)
+        if run.role != "private":
+            # Deferred from now, not from _start_state: dask stores the graph's literal data in between,
+            # and making room for it would write it, freeing nothing (the graph holds it). Undone in
+            # _start_state if the computation's cache turns out not to be this Chest.
+            self._defer(1)
+            run.deferred = True
+        self._runs.setdefault(threading.get_ident(), []).append(run)
+
+    def _clear_leftovers(self, dsk: Mapping[Any, Any]) -> None:
+        # dask's local scheduler takes a key it finds in the cache for computed, and then its
+        # dependents fail (KeyError): a key an earlier computation left (its result, or what a
+        # failed one held) goes first, unless a computation is running on the Chest (then it may be that one's).
+        chest = self.chest
+        with chest.engine.lock:
+            if chest.engine.deferred_blocks or not self._stored:
+                return
+            for key in [key for key in dsk if key in self._stored]:
+                self._stored.discard(key)
+                if key in chest:
+                    del chest[key]
+
+    @staticmethod
+    def _role_in(cache: WorkerLoads) -> str:
+        # dask's local schedulers use their cache only in their scheduling thread, so routing by
+        # thread keeps a computation that cannot have the Chest (another one, in another thread
+        # or one it is nested in, has it) from deleting that one's keys under it.
+        decided = cache.take_handoff()  # by WorkerLoads.schedule, which runs this computation
+        if decided is not None:
+            return decided
+        if cache.owns():  # this thread's computation has it: this is a second callback on the Chest
+            return "shared"  # (a computation nested in a task runs no callbacks at all)
+        if cache.claim():  # a scheduler= of its own: it takes the Chest
+            return "claimed"
+        cache.go_private()
+        warnings.warn(_TAKEN, RuntimeWarning, stacklevel=4)
+        return "private"
+
+    def _run(self) -> _Run | None:
+        runs = self._runs.get(threading.get_ident())
+        return runs[-1] if runs else None
+
+    def _defer(self, change: int) -> None:
+        engine = self.chest.engine
+        with engine.lock:
+            engine.deferred_blocks += change  # counted: computations on one Chest may overlap
+            engine.deferred = engine.deferred_blocks > 0
+            if not engine.deferred:
+                engine.settle()
+
+    def __enter__(self) -> ChestCallback:
+        warn_if_distributed()
+        super().__enter__()  # type: ignore[no-untyped-call]
+        return self
+
+    def _start_state(self, dsk: Mapping[Any, Any], state: dict[str, Any]) -> None:
+        # Here, not in _start: only now is the computation's cache known, and a computation that
+        # does not use this Chest (another thread's, one spilling() handed a dict) is left alone.
+        cache, run = state["cache"], self._run()
+        if run is None:  # (a _start that raised)
+            return
+        if run.role == "private" and run.cache is not None:
+            private = run.cache.end_private()
+            if cache is run.cache:
+                state["cache"] = private  # the computation keeps its dict, to the results it reads
+            run.role = "own dict"
+            return
+        if cache is not self.chest and not (isinstance(cache, WorkerLoads) and cache.chest is self.chest):
+            if run.deferred:  # not this Chest after all (cache= given, keys put by hand): no deferral for it
+                self._defer(-1)
+                run.deferred = False
+            if run.role == "claimed" and run.cache is not None:
+                run.cache.release()  # it never uses the Chest: another computation may have it
+                run.role = "plain"
+            if not isinstance(cache, (_Unshared, WorkerLoads)):  # not another spilling() block's (a thread's)
+                warnings.warn(
+                    "this computation's cache= is not the Chest given to ChestCallback", RuntimeWarning, stacklevel=2
+                )
+            return
+        engine, policy = self.chest.engine, self.chest.policy
+        if isinstance(policy, GraphAware):
+            plan = plan_from_dask(dsk)  # if it raises (a cycle), _finish undoes the deferral
+            with engine.lock:
+                policy.plan(plan)
+        state.setdefault(_OURS, set()).add(id(self))  # _finish undoes the count only for these
+        # Literal data (a numpy array given to from_array, a persisted collection's chunks) is held by
+        # the graph: writing it would free nothing. Pinned for the computation, so it is never a victim.
+        run.data = tuple(key for key, task in dsk.items() if isinstance(task, DataNode))
+        engine.pin(run.data)
+
+    def _pretask(self, key: Hashable, dsk: Mapping[Any, Any], state: dict[str, Any]) -> None:
+        if id(self) not in state.get(_OURS, ()):
+            return
+        # A running task holds its inputs, and may change them in place (dask's disk shuffle appends
+        # to the partd object it is given): spilled meanwhile, the copy on disk would miss the change.
+        inputs = tuple(state["dependencies"].get(key, ()))
+        if inputs:
+            self.chest.engine.pin(inputs)
+            self._inputs[key] = inputs
+        if self.measure:
+            self._starts[key] = time.perf_counter()
+
+    def _posttask(self, key: Hashable, result: Any, dsk: Mapping[Any, Any], state: dict[str, Any], wid: Any) -> None:
+        if id(self) not in state.get(_OURS, ()):
+            return
+        inputs = self._inputs.pop(key, ())
+        if inputs:
+            self.chest.engine.unpin(inputs)
+        start = self._starts.pop(key, None)
+        self._stored.add(key)
+        if start is not None and key in self.chest:
+            self.chest.set_cost(key, time.perf_counter() - start)
+        self.chest.settle()
+
+    def _finish(self, dsk: Mapping[Any, Any], state: dict[str, Any], errored: bool) -> None:
+        runs = self._runs.get(threading.get_ident())
+        run = runs.pop() if runs else None
+        if not runs:
+            self._runs.pop(threading.get_ident(), None)
+        try:
+            if run is not None and run.cache is not None and run.role == "claimed":
+                try:  # dask reads the results after this, when the Chest may be another computation's
+                    state["cache"] = run.cache.hand_back(dsk, keep=not errored)
+                finally:
+                    run.cache.release()
+            elif run is not None and run.cache is not None and run.role == "private":
+                run.cache.end_private()  # it failed before its state was made: the thread is routed no more
+        finally:
+            self._end(run, id(self) in state.get(_OURS, ()))
+
+    def _end(self, run: _Run | None, ours: bool) -> None:
+        # Whatever happened (a failed hand-back too): every pin and deferral of the computation goes.
+        engine = self.chest.engine
+        if run is not None and run.data:
+            engine.unpin(run.data)
+        if ours:
+            self._starts.clear()
+            for inputs in self._inputs.values():  # tasks that never ended (the computation failed)
+                engine.unpin(inputs)
+            self._inputs.clear()
+            self._stored = {key for key in self._stored if key in self.chest}  # what dask released is gone
+        with engine.lock:
+            if run is not None and run.deferred:
+                self._defer(-1)
+            if ours:
+                engine.settle()
