@@ -67,7 +67,7 @@ def write_through(engine: SpillEngine, key: Hashable, value: Any, nbytes: int, c
     try:
         written, seconds = timed_write(engine, key, value)
     except Exception as error:
-        if isinstance(error, OSError):
+        if isinstance(error, (OSError, DiskQuotaExceeded)):  # a failed write, as a refused spill counts too
             engine._count_write_error(error)
         if not isinstance(error, SpillError):  # a SpillError names the key itself
             error.add_note(

@@ -528,9 +528,11 @@ def test_disk_quota_refuses_the_put_and_keeps_everything_else(
     resident = next(k for k in expected if k in chest.inmem)
     spilled = next(k for k in expected if k not in chest.inmem)
     for target in ("huge", resident, spilled):
+        failures, quota = chest.stats.spill_failures, chest.stats.quota_errors
         with pytest.raises(DiskQuotaExceeded):
             chest[target] = payload(5, 10 * UNIT)
         assert chest.disk_bytes <= cap
+        assert chest.stats.spill_failures - failures == chest.stats.quota_errors - quota == 1  # before: 0 and 1
     assert "huge" not in chest
     assert resident in chest.inmem
     assert_accounting(chest)
