@@ -6,10 +6,9 @@ import time
 from collections.abc import Hashable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from .errors import LoadFailed
 from .events import LOAD, PIN, POPPED, UNPIN
 from .ledger import _MISSING, EngineLedger
-from .transfers import timed_write
+from .transfers import failed_read, timed_write
 
 if TYPE_CHECKING:
     from .tiers import DiskTier
@@ -76,9 +75,7 @@ class EngineLifecycle(EngineLedger):
         try:
             value = self.disk.read(key)
         except Exception as error:
-            self.stats.load_failures += 1
-            if isinstance(error, KeyError):  # not "no such key": pop(key, default) would answer the default
-                raise LoadFailed(key, error) from error
+            failed_read(self, key, error)
             raise
         seconds = time.perf_counter() - start
         self.stats.observe_read(read, seconds)

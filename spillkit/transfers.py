@@ -49,6 +49,17 @@ if TYPE_CHECKING:
 __all__ = ["load", "timed_write", "write_through"]
 
 
+def failed_read(engine: EngineLifecycle, key: Hashable, error: Exception) -> None:
+    """Count a disk read of ``key`` that raised ``error``; raise LoadFailed from it if it is a KeyError.
+
+    A ``KeyError`` is not "no such key": mapping methods (get, setdefault, pop with a default) would
+    take it for that. Other errors are left to the caller to raise.
+    """
+    engine.stats.load_failures += 1
+    if isinstance(error, KeyError):
+        raise LoadFailed(key, error) from error
+
+
 def timed_write(engine: EngineLifecycle, key: Hashable, value: Any) -> tuple[int, float]:
     """Write one value to the disk tier; return (bytes written, seconds). Counted in stats."""
     start = time.perf_counter()
@@ -137,9 +148,7 @@ def load(engine: SpillEngine, key: Hashable) -> Any:
         try:
             value, unlocked = read_value(engine, key)
         except Exception as error:
-            engine.stats.load_failures += 1
-            if isinstance(error, KeyError):  # not "no such key": mapping methods would take it for that
-                raise LoadFailed(key, error) from error
+            failed_read(engine, key, error)
             if not isinstance(error, CorruptSpillFile):  # that one names the key already
                 error.add_note(f"spillkit: raised while loading the value of key {describe_key(key)} from disk")
             raise
