@@ -194,9 +194,7 @@ class EngineLifecycle(EngineLedger):
         For a temporary Chest's finalizer, which may run in any thread at any allocation: it takes
         the lock only if it is free at once, and otherwise leaves the writes (they fail, warned).
         """
-        if self._writer is None or self.lock._is_owned():  # type: ignore[attr-defined]
-            return  # collected inside this thread's own locked section (say, _finish): it must not change under it
-        if not self.lock.acquire(blocking=False):
+        if self._writer is None or not self.lock.acquire(blocking=False):
             return
         try:
             for key in list(self._writer.pending):

@@ -879,25 +879,6 @@ def _fail_with(code: int) -> Any:
     return fail
 
 
-def test_abandoning_writes_inside_the_threads_own_locked_section_changes_nothing(tmp_path: Path) -> None:
-    # A temporary Chest's finalizer may run at any allocation, also on a thread that holds the
-    # engine's lock (the writer thread in _finish): the re-entrant lock let it cancel writes under
-    # the section's feet. It now leaves them to whoever holds the lock.
-    codec = GatedCodec()
-    chest = Chest(available_memory=2 * UNIT, sizeof=unit_sizeof, codec=codec, write_behind=10 * UNIT)
-    for key in "abcde":
-        chest[key] = [key]  # "a" held in encode, "b" and "c" queued
-    assert codec.started.wait(10)
-    engine = chest.engine
-    with engine.lock:
-        queued = set(engine._writer.pending)
-        engine.abandon_writes()  # as a finalizer would, on this thread, inside the section
-        assert set(engine._writer.pending) == queued  # before: every queued write was cancelled here
-    engine.abandon_writes()  # with the lock free: the finalizer's own job
-    codec.gate.set()
-    chest.drop()
-
-
 def test_on_a_failing_disk_each_put_tries_one_write_not_every_value_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
