@@ -132,8 +132,8 @@ class SpillEngine(EngineLifecycle):
             existed = key in self._nbytes  # TypeError for an unhashable key, before any change
             old = self._pop_resident(key) if existed else _MISSING
             if not self.deferred:
-                incoming = self._incoming(value, nbytes)
-                if self.memory_bytes + incoming > self.budget:
+                incoming = self._incoming(key, value, nbytes)
+                if self.memory_bytes - self.pinned_bytes + incoming > self.budget:
                     try:
                         self._make_room(incoming)
                     except BaseException as error:
@@ -208,9 +208,9 @@ class SpillEngine(EngineLifecycle):
     def _make_room(self, incoming: int) -> None:
         limit = self.budget - incoming
         with self._round():
-            while self.memory_bytes > limit:
+            while self.memory_bytes - self.pinned_bytes > limit:  # pinned values are outside the budget
                 try:
-                    key = self.policy.victim_for(self.memory_bytes - limit, self.disk.has_copy)
+                    key = self.policy.victim_for(self.memory_bytes - self.pinned_bytes - limit, self.disk.has_copy)
                 except KeyError:
                     return
                 if not self._spill(key):

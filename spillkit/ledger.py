@@ -83,10 +83,13 @@ class EngineLedger:
         self.listener_errors = 0
         self._nbytes: dict[Hashable, int] = {}  # every key, resident or not
         self._costs: dict[Hashable, float] = {}  # costs given explicitly
-        self._objects: dict[int, list[int]] = {}  # id(value) -> [resident keys holding it, nbytes]
+        self._objects: dict[int, list[int]] = {}  # id(value) -> [resident keys holding it, nbytes, pinned ones]
         self._unspillable: set[Hashable] = set()  # resident, set aside after a serialization error
         self._aside: list[Hashable] = []  # victims that changed while written: out of the policy for one round
         self._pins: dict[Hashable, int] = {}  # keys a running task uses (EngineLifecycle.pin): never victims
+        # Memory size of the resident objects some pinned key holds: outside the budget while pinned,
+        # because whoever pinned them holds them anyway (see EngineLifecycle.pin).
+        self.pinned_bytes = 0
         self._rounds = 0  # rounds making room now (a listener's load may start one inside another)
         self._spilled_nbytes = 0  # memory size of the keys whose only copy is on disk
         self._refs = LiveObjects()  # spilled values that may still be alive elsewhere
@@ -189,9 +192,10 @@ class EngineLedger:
         if cost != cost:  # NaN orders against nothing: it would scramble the policy's heap
             raise ValueError(f"the cost of {describe_key(key)} is NaN; give seconds")
 
-    def _incoming(self, value: Any, nbytes: int) -> int:
-        # Bytes admitting ``value`` adds to memory: none when the object is resident under another key.
-        return 0 if id(value) in self._objects else nbytes
+    def _incoming(self, key: Hashable, value: Any, nbytes: int) -> int:
+        # Bytes admitting ``value`` adds to memory within the budget: none when the object is resident
+        # under another key, or when the key is pinned (outside the budget).
+        return 0 if id(value) in self._objects or (self._pins and key in self._pins) else nbytes
 
     def set_cost(self, key: Hashable, cost: float) -> None:
         """Record the key's recompute cost in seconds and let the policy re-rank it; ValueError for NaN."""
@@ -210,10 +214,12 @@ class EngineLedger:
         self.memory[key] = value
         entry = self._objects.get(id(value))
         if entry is None:
-            self._objects[id(value)] = [1, nbytes]
+            entry = self._objects[id(value)] = [1, nbytes, 0]
             self.memory_bytes += nbytes
         else:
             entry[0] += 1  # the same object under a second key is counted once
+        if self._pins and key in self._pins:  # an input loaded for a running task
+            self._hold(entry, 1)
         if offer:  # a value set aside as unserializable is never offered to the policy
             self.policy.admitted(key, nbytes, self._cost(key, nbytes))
 
@@ -221,6 +227,8 @@ class EngineLedger:
         value = self.memory.pop(key, _MISSING)
         if value is _MISSING:
             return value
+        if self._pins and key in self._pins:
+            self._hold(self._objects[id(value)], -1)
         self._release(value)
         if key in self._unspillable:
             self._unspillable.discard(key)
@@ -229,6 +237,14 @@ class EngineLedger:
         else:
             self.policy.removed(key)
         return value
+
+    def _hold(self, entry: list[int], change: int) -> None:
+        # One more (or one fewer) pinned key holds this resident object: outside the budget while any does.
+        entry[2] += change
+        if entry[2] == change:  # 0 -> 1
+            self.pinned_bytes += entry[1]
+        elif not entry[2]:  # 1 -> 0
+            self.pinned_bytes -= entry[1]
 
     def _release(self, value: Any) -> None:
         entry = self._objects[id(value)]

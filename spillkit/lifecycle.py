@@ -85,30 +85,39 @@ class EngineLifecycle(EngineLedger):
         return value
 
     def pin(self, keys: Iterable[Hashable]) -> None:
-        """Keep ``keys`` in memory while something uses them (counted: pins add up), e.g. a running task's inputs.
+        """Keep ``keys`` in memory, outside the budget, while something uses them (pins add up).
 
-        Spilling a value a running task holds frees no memory (the task keeps it), and the task
-        may still change it in place (dask's disk shuffle appends to a partd object it was given):
-        the spilled copy would miss those changes once the task lets go. A pinned victim is passed
-        over for the round. Keys need not be present (an input still on disk is pinned when loaded).
+        For a running task's inputs: spilling a value the task holds frees no memory (the task
+        keeps it), and the task may still change it in place (dask's disk shuffle appends to a
+        partd object it was given): the spilled copy would miss those changes once the task lets
+        go. So a pinned victim is passed over for the round, and a resident pinned value does not
+        count against the budget (``pinned_bytes``; ``memory_bytes`` includes it): counted, it
+        would only push other values out to be read back later. When the last pin goes it counts
+        again, and the next put or :meth:`settle` spills to the budget. Keys need not be present
+        (an input still on disk is pinned when loaded).
         """
         with self.lock:
-            pins = self._pins
+            pins, memory = self._pins, self.memory
             for key in keys:
-                pins[key] = pins.get(key, 0) + 1
+                count = pins.get(key, 0)
+                pins[key] = count + 1
+                if not count and key in memory:
+                    self._hold(self._objects[id(memory[key])], 1)
                 if self.listeners:
                     self._emit(PIN, key, 0)
 
     def unpin(self, keys: Iterable[Hashable]) -> None:
-        """Undo one :meth:`pin` of ``keys`` (a key not pinned is ignored)."""
+        """Undo one :meth:`pin` of ``keys`` (a key not pinned is ignored); spills nothing itself."""
         with self.lock:
-            pins = self._pins
+            pins, memory = self._pins, self.memory
             for key in keys:
                 count = pins.get(key, 0)
                 if count > 1:
                     pins[key] = count - 1
                 elif count:
                     del pins[key]
+                    if key in memory:
+                        self._hold(self._objects[id(memory[key])], -1)
                 else:
                     continue
                 if self.listeners:
@@ -189,18 +198,15 @@ class EngineLifecycle(EngineLedger):
                 self.delete(key)
 
     def abandon_writes(self) -> None:
-        """Cancel the background writes not begun yet: their Chest is gone, nothing can read them.
+        """Drop the background writes not finished yet: their Chest is gone, nothing can read them.
 
-        For a temporary Chest's finalizer, which may run in any thread at any allocation: it takes
-        the lock only if it is free at once, and otherwise leaves the writes (they fail, warned).
+        For a temporary Chest's finalizer, which may run in any thread at any allocation, the
+        writer's own included, even in the middle of its step under the lock: so it takes no
+        lock and changes nothing but a flag; the writer drops each unfinished write at its next
+        step, unwarned, as a cancelled one.
         """
-        if self._writer is None or not self.lock.acquire(blocking=False):
-            return
-        try:
-            for key in list(self._writer.pending):
-                self._writer.cancel(key)
-        finally:
-            self.lock.release()
+        if self._writer is not None:
+            self._writer.writer.abandoned = True
 
     def wait_for_writes(self) -> None:
         """Block until every background write has completed (no-op without write-behind)."""

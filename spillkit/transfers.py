@@ -174,7 +174,7 @@ def load(engine: SpillEngine, key: Hashable) -> Any:
         # Loads make room even while puts are deferred: deferral exists so that values
         # about to be deleted are not written, and a value being read is not one of them.
         try:
-            engine._make_room(engine._incoming(value, nbytes))
+            engine._make_room(engine._incoming(key, value, nbytes))
         except SpillError:
             engine._refs.remember(key, value)  # served without caching: while alive it stays the value
             return value

@@ -110,7 +110,7 @@ class WriteBehind:
             self.writer.in_flight_bytes -= pending.nbytes
             try:
                 with contextlib.suppress(SpillError):  # no room now: it is in memory regardless
-                    engine._make_room(engine._incoming(value, pending.nbytes))
+                    engine._make_room(engine._incoming(key, value, pending.nbytes))
             finally:  # whatever the round raised: it is no longer in flight, so memory must hold it
                 engine._admit(key, value, pending.nbytes)
         engine.stats.hits += 1
@@ -134,7 +134,9 @@ class WriteBehind:
     def _finish(self, pending: PendingWrite, prepared: Any, error: BaseException | None, seconds: float) -> None:
         # On the writer thread, under the lock.
         engine, writer, staged = self._engine, self.writer, self._staged
-        if not writer.is_current(pending):  # overwritten or deleted meanwhile: drop it
+        if writer.abandoned:  # the Chest is gone: nothing can read this write
+            writer.cancel(pending.key)
+        if not writer.is_current(pending):  # overwritten, deleted or abandoned meanwhile: drop it
             if prepared is not None:
                 staged.discard(prepared)
             else:  # the write failed, or made nothing: its name is still reserved either way

@@ -72,6 +72,9 @@ class BackgroundWriter:
         self._thread: threading.Thread | None = None
         self._last_thread: threading.Thread | None = None  # for join(): it may still be returning
         self.failures = 0  # background writes that failed (the engine counts and warns)
+        # Set (without the lock) when the Chest is gone and its directory about to go: every write not
+        # finished is dropped at the thread's next step, unwarned, as if cancelled (see abandon_writes).
+        self.abandoned = False
 
     @property
     def cap(self) -> int:
@@ -150,7 +153,7 @@ class BackgroundWriter:
             prepared: Any = None
             error: BaseException | None = None
             start = time.perf_counter()
-            if self.is_current(pending):  # a cancelled write is not worth serializing
+            if self.is_current(pending) and not self.abandoned:  # a cancelled write is not worth serializing
                 try:
                     prepared = self._write(pending)
                 except BaseException as caught:  # even KeyboardInterrupt from a value's __reduce__: its write failed

@@ -100,6 +100,8 @@ class ChestMachine(RuleBasedStateMachine):
         self.pack_threshold = 0
         self.write_behind = False
         self.map_loads: bool | int = False
+        self.pins: dict[Hashable, int] = {}  # the pins (engine.pin) now on each key
+        self.held: set[Hashable] = set()  # pinned keys seen resident: they must stay so until unpinned
 
     def open(self, path: str | None = None) -> Chest:
         chest = Chest(
@@ -140,6 +142,7 @@ class ChestMachine(RuleBasedStateMachine):
         return self.chest
 
     def store(self, key: Hashable, value: Any, cost: float | None = None) -> None:
+        self.held.discard(key)  # a new value: one over the budget goes straight to disk, pinned or not
         if cost is None:
             self.c[key] = value
         else:
@@ -238,6 +241,27 @@ class ChestMachine(RuleBasedStateMachine):
             return  # bytes and Unpicklable values have nothing to change
         self.model[key] = _snapshot(value)
 
+    @rule(key=keys)
+    def pin(self, key: Hashable) -> None:
+        """A running task's input (dask's callback pins them), present or not; pins add up."""
+        self.c.engine.pin([key])
+        self.pins[key] = self.pins.get(key, 0) + 1
+
+    @precondition(lambda self: self.pins)
+    @rule(data=st.data())
+    def unpin(self, data: st.DataObject) -> None:
+        key = data.draw(st.sampled_from(sorted(self.pins, key=repr)))
+        self.c.engine.unpin([key])
+        self.pins[key] -= 1
+        if not self.pins[key]:
+            del self.pins[key]
+            self.held.discard(key)
+        self.c.engine.settle()  # as the callback does when the task ends (an unpin spills nothing itself)
+
+    def forget_pins(self) -> None:  # a Chest re-opened: a new engine, with no pins
+        self.pins.clear()
+        self.held.clear()
+
     @rule()
     def evict(self) -> None:
         """Spill one value, as a dask.distributed worker's memory monitor does (a file it has is reused)."""
@@ -280,6 +304,7 @@ class ChestMachine(RuleBasedStateMachine):
         self.remember_flush()
         self.c.close()
         self.chest = self.open()
+        self.forget_pins()
         assert len(self.c) == len(self.model)
         assert self.c.memory_bytes == 0
 
@@ -295,6 +320,7 @@ class ChestMachine(RuleBasedStateMachine):
         abandon(self.c)  # and no lock: the kernel released it
         self.chest = None  # never closed, never used again (a Chest with a path has no finalizer)
         self.chest = self.open()
+        self.forget_pins()
         model, sizes = self.flushed
         self.model, self.sizes = dict(model), dict(sizes)
         assert set(self.c) == self.model.keys()
@@ -360,9 +386,15 @@ class ChestMachine(RuleBasedStateMachine):
                 unpicklable[id(value)] = self.sizes[key]
             assert self.sizes[key] <= chest.available_memory  # larger values never stay resident
         assert chest.memory_bytes == sum(by_id.values())
+        pinned = {id(chest.inmem[key]): self.sizes[key] for key in self.pins if key in memory}
+        assert chest.engine._pins == self.pins
+        assert chest.engine.pinned_bytes == sum(pinned.values())  # each object once, as in memory_bytes
+        self.held &= model.keys()  # deleted since (a put of the key discards it in store)
+        assert self.held <= memory, f"pinned keys were spilled: {self.held - memory}"
+        self.held |= self.pins.keys() & memory
         if not chest.engine.deferred:
-            # Only values that cannot be written may hold memory beyond the budget.
-            assert chest.memory_bytes <= chest.available_memory + sum(unpicklable.values())
+            # Only values that cannot be written, and pinned ones (outside the budget), may hold memory beyond it.
+            assert chest.memory_bytes <= chest.available_memory + sum(unpicklable.values()) + sum(pinned.values())
         assert all(isinstance(model[key], Unpicklable) for key in chest.engine.unspillable_keys)
 
         assert_disk_files(chest)  # every file is a key's, a segment, or one the last flush's manifest still needs
