@@ -118,9 +118,13 @@ class ChestState:
 
     @property
     def spilled_total(self) -> tuple[int, int]:
-        """(memory bytes of the values whose only copy is on disk, bytes on disk)."""
+        """(memory bytes of the values whose only copy is on disk, bytes on disk of the values' files).
+
+        The second is ``disk_bytes`` without the spare files kept for reuse (:mod:`spillkit.spares`):
+        dask.distributed reports it as spilled data.
+        """
         with self._engine.lock:
-            return self._engine.spilled_bytes(), self._store.recount()
+            return self._engine.spilled_bytes(), self._store.recount() - self._store.inner._spares.bytes
 
     @property
     def policy(self) -> Policy:

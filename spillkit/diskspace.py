@@ -65,8 +65,8 @@ class DiskSpace(FileReads):
         return sum(self._held.values())
 
     def space_in_use(self) -> int:
-        """Bytes the store's files take on disk now, held ones included (safe without the lock: a snapshot)."""
-        return self.total_bytes - self._releasable()
+        """Bytes the store's files take on disk now, held ones and spares included (safe without the lock)."""
+        return self.total_bytes - self._releasable() + self._spares.bytes
 
     def _replaced_file(self, key: Hashable) -> tuple[str, int] | None:
         """``(name, size)`` of the key's file, which a new file of the key replaces; None if a manifest keeps it."""
@@ -86,6 +86,8 @@ class DiskSpace(FileReads):
         if self.available_disk is None:
             return
         after = self.space_in_use() - self._freed_by_replacing(key) + size
+        if after > self.available_disk and self._spares.clear():  # kept files go before a write is refused
+            after = self.space_in_use() - self._freed_by_replacing(key) + size
         if after > self.available_disk:
             raise DiskQuotaExceeded(
                 f"storing {describe_key(key)} needs {size} bytes on disk; that would make {after} "

@@ -22,6 +22,7 @@ from .codecs import Codec
 from .mapped import FileId
 from .naming import candidate_name
 from .security import process_secret
+from .spares import SparePool
 
 __all__ = ["FileIndex"]
 
@@ -75,6 +76,7 @@ class FileIndex:
         # value is freed (spillkit.mapped counts the mappings): its bytes stay counted here until then.
         self._held: dict[FileId, int] = {}
         self._orphans: set[str] = set()  # files of deleted keys that could not be unlinked: retried
+        self._spares = SparePool(path)  # deleted values' files, kept for later writes to reuse
         _stores.add(self)
 
     def __contains__(self, key: object) -> bool:

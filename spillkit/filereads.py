@@ -34,7 +34,8 @@ class OpenRead:
     size: int
     tag: bytes | None
     fd: int
-    pinned: FileId | None = None  # the file, pinned (spillkit.mapped) for the mapping finish_read makes
+    pinned: FileId | None = None  # the file, pinned (spillkit.mapped) while finish_read reads or maps it
+    mapping: bool = False  # finish_read maps the file (the mapping takes over the pin) rather than reading it
 
 
 class FileReads(FileIndex):
@@ -62,18 +63,21 @@ class FileReads(FileIndex):
         except FileNotFoundError:
             raise CorruptSpillFile(key, full, "the file is missing") from None
         size = self._sizes[key]
-        pinned = None
-        if self.map_from is not None and size >= self.map_from:
-            # Pinned now, under the lock: a delete between this and the mapping must see it mapped.
+        pinned, mapping = None, self.map_from is not None and size >= self.map_from
+        if mapping or size >= self._spares.min_size:
+            # Pinned now, under the lock: a delete between this and the mapping must see it mapped, and
+            # must not keep the file as a spare (spillkit.spares) for a write over it while it is read.
             try:
                 info = os.fstat(fd)
             except OSError:
                 info = None  # read instead, which reports the failure
-            if info is not None and info.st_size == size:  # a page past the end would fault: read, which reports it
+            if info is not None:
                 pinned = (info.st_dev, info.st_ino)
                 pin_file(pinned)
+                # A page past the end would fault: read, which reports it.
+                mapping = mapping and info.st_size == size
         # Otherwise the size is known from the write (no fstat); a short or grown file shows in finish_read.
-        return OpenRead(key, name, full, size, self._tags.get(key), fd, pinned)
+        return OpenRead(key, name, full, size, self._tags.get(key), fd, pinned, mapping)
 
     def read(self, key: Hashable) -> Any:
         """Load the key's value under the caller's lock; raise CorruptSpillFile if the file is damaged or forged."""
@@ -99,10 +103,12 @@ class FileReads(FileIndex):
         rather than read, when its file holds exactly the bytes written (``open_for_read``
         pinned it); any other size takes the read, which reports it.
         """
-        if pending.pinned is not None:
-            mapped = self._map(pending, pending.pinned)
+        pinned = pending.pinned
+        if pinned is not None and pending.mapping:
+            mapped = self._map(pending, pinned)
             if mapped is not None:
                 return self._decode(pending, mapped)
+            pinned = None  # (undone by _map)
         try:
             with open(pending.fd, "rb", buffering=0, closefd=False) as file:
                 view = read_buffer(pending.size)
@@ -115,6 +121,8 @@ class FileReads(FileIndex):
                 grew = got == pending.size and bool(file.read(1))  # bytes appended after the write
         finally:
             os.close(pending.fd)
+            if pinned is not None:
+                unpin_file(pinned)
         if grew:
             raise CorruptSpillFile(pending.key, pending.full, "the file is longer than what was written")
         return self._decode(pending, view[:got])

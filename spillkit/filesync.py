@@ -30,13 +30,17 @@ class FileSync(DiskSpace):
     :meth:`protect`.
     """
 
-    def _drop_file(self, name: str, size: int) -> OSError | None:
+    def _drop_file(self, name: str, size: int, reuse: bool = False) -> OSError | None:
         """Unlink the file ``name``, which no key holds now; return the error that left it on disk, if any.
 
         Its ``size`` stops counting unless a loaded value still maps it. A file
-        already missing is not an error.
+        already missing is not an error. With ``reuse``, the file may be kept as a
+        spare for a later write instead (:mod:`spillkit.spares`; counted there).
         """
         full = os.path.join(self.path, name)
+        if reuse and self._spares.keep(full, size):
+            self.total_bytes -= size
+            return None
         self.total_bytes -= self._hold(self._mapped_id(full), size)
         try:
             os.unlink(full)

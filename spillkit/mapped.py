@@ -18,7 +18,9 @@ What a mapped value changes (documented on :class:`~spillkit.chest.Chest`):
   not written to stays the file's page, so someone else who writes into the file in place
   later changes the value, and one who truncates it makes the process fault
   (``SIGBUS``) when the value is read, as with ``numpy.memmap``. spillkit itself never
-  writes into a file after its rename (every write goes to a new file);
+  writes into a file a value maps: a deleted value's file is reused for a later write
+  (:mod:`spillkit.spares`) only when no mapping of it is left in this process and none was
+  alive when the process forked (:func:`may_be_mapped`);
 * the file's disk space stays taken until the value is freed, even after its key is
   deleted (the directory entry goes at once); the store counts it on disk, and against
   ``available_disk``, until then.
@@ -47,6 +49,7 @@ __all__ = [
     "is_mapped",
     "map_available",
     "map_file",
+    "may_be_mapped",
     "pin_file",
     "unpin_file",
 ]
@@ -158,11 +161,27 @@ def is_mapped(file_id: FileId) -> bool:
         return file_id in _pins
 
 
+def may_be_mapped(file_id: FileId) -> bool:
+    """True if ``file_id`` is mapped here now, or was when this process forked (a child may map it still)."""
+    return file_id in _mapped_at_fork or is_mapped(file_id)
+
+
 def any_mapped() -> bool:
     """True while any mapping is pinned in this process (lets a store skip a ``stat``). Thread-safe."""
     with _pins_lock:
         _drain()
         return bool(_pins)
+
+
+# Files mapped when the process forked: the child shares those mappings, and a page it has not
+# written to still shows the file, so the file must never be written into (reused) again.
+_mapped_at_fork: set[FileId] = set()
+
+
+def _before_fork() -> None:
+    with _pins_lock:
+        _drain()
+        _mapped_at_fork.update(_pins)
 
 
 def _after_fork_in_child() -> None:
@@ -171,4 +190,4 @@ def _after_fork_in_child() -> None:
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)

@@ -194,6 +194,8 @@ class PackedRecords(SegmentUpkeep):
             return
         # A file of the key is replaced or removed by this write (unless a manifest keeps it or a value maps it).
         after = self.inner.space_in_use() + on_disk - self.inner._freed_by_replacing(key) + size
+        if after > self.available_disk and self.inner._spares.clear():  # kept files go before a write is refused
+            after = self.inner.space_in_use() + on_disk - self.inner._freed_by_replacing(key) + size
         if after > self.available_disk:
             raise DiskQuotaExceeded(
                 f"storing {describe_key(key)} needs {size} bytes on disk; that would make {after} "

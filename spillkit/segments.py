@@ -240,10 +240,11 @@ class PackedStore(PackedRecords):
         self._count()
 
     def close(self) -> None:
-        """Close the segment files (the store is unusable afterwards; files stay on disk)."""
+        """Close the segment files and remove the spares (the store is unusable afterwards; files stay on disk)."""
         for segment in [*self._segments.values(), *self._retired]:
             segment.close()
         self._active = None
+        self.inner._spares.clear()
 
     def __del__(self) -> None:
         try:  # noqa: SIM105 (not contextlib: at interpreter exit module globals may already be None)
@@ -253,7 +254,7 @@ class PackedStore(PackedRecords):
 
     def _count(self) -> None:
         self.inner.release_unmapped()  # files deleted while mapped whose values have been freed since
-        self.total_bytes = self.inner.total_bytes + self._segment_total
+        self.total_bytes = self.inner.total_bytes + self.inner._spares.bytes + self._segment_total
 
     def recount(self) -> int:
         """Bring ``total_bytes`` up to date (lock held) and return it."""

@@ -132,11 +132,12 @@ class DiskStore(FileSync):
         header, body_len, tag = encode_header(name, frames, self.codec, self.secret)
         size = len(header) + body_len
         self._check_quota(key, size)
-        temp = os.path.join(self.path, f".tmp-{os.getpid()}-{next(self._temp_counter)}")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        temp, fd, reused = self._open_temp(size)
         try:
             try:
                 _write_all(fd, [header, *frames])
+                if reused > size:  # a spare longer than the record: its tail would read as appended bytes
+                    os.ftruncate(fd, size)
                 tries = 1
                 while verify and body_crc(frames) != claimed_crc(header):
                     if tries == _WRITE_TRIES:
@@ -154,6 +155,21 @@ class DiskStore(FileSync):
                 os.unlink(temp)
             raise
         return PreparedWrite(key, name, temp, size, tag)
+
+    def _open_temp(self, size: int) -> tuple[str, int, int]:
+        """A temporary file to write a record of ``size`` bytes into: a spare to write over, or a new one.
+
+        Returns its path, a descriptor and the spare's length (0 for a new file).
+        """
+        spare = self._spares.take(size) if size >= self._spares.min_size else None
+        if spare is not None:
+            fd = self._spares.open(spare)
+            if fd is not None:
+                return spare.path, fd, spare.size
+            with contextlib.suppress(OSError):  # not the file kept: gone, or replaced; not ours to write
+                os.unlink(spare.path)
+        temp = os.path.join(self.path, f".tmp-{os.getpid()}-{next(self._temp_counter)}")
+        return temp, os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), 0
 
     def commit(self, prepared: PreparedWrite) -> int:
         """Move a prepared file into place as its key's file; return its size.
@@ -217,7 +233,7 @@ class DiskStore(FileSync):
         if name.casefold() in self._protected:
             self._retained[name] = size  # the committed manifest's file: unlinked at the next protect()
             return
-        error = self._drop_file(name, size)
+        error = self._drop_file(name, size, reuse=True)
         if error is not None:  # the key is gone either way; say that a file was left behind
             self._orphans.add(name)
             warnings.warn(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import re
 import shutil
 from collections.abc import Hashable
 from pathlib import Path
@@ -18,6 +19,7 @@ import spillkit.manifest
 import spillkit.reserve
 import spillkit.segfiles
 import spillkit.segments
+import spillkit.spares
 import spillkit.storage
 from spillkit import Chest
 from spillkit.policies import Policy
@@ -35,6 +37,7 @@ DISK_IO_MODULES = (
     spillkit.segfiles,
     spillkit.compaction,
     spillkit.reserve,
+    spillkit.spares,
 )
 
 
@@ -86,6 +89,11 @@ def disk_files(path: str | os.PathLike[str]) -> dict[str, int]:
     }
 
 
+def spare_files(path: str | os.PathLike[str]) -> list[str]:
+    """The deleted values' files kept for reuse (spillkit.spares) under ``path``."""
+    return sorted(name for name in os.listdir(path) if re.fullmatch(r"\.tmp-\d+-s\d+", name))
+
+
 def assert_disk_files(chest: Chest) -> None:
     """``disk_bytes`` is exactly the size of those files; each key not packed has a file (and the files
     the last flush's manifest still needs stay), and the segment files on disk are exactly the ones the store keeps."""
@@ -94,7 +102,11 @@ def assert_disk_files(chest: Chest) -> None:
     # plus files gone from the directory whose blocks a loaded value still maps (map_loads)
     on_disk = chest.disk_bytes  # first: it tallies the values freed since, which changes held_bytes
     held = store.inner.held_bytes
-    assert on_disk == sum(files.values()) + held, (on_disk, sum(files.values()), held)
+    # plus the deleted values' files kept for reuse (a spare taken by a write in progress is that write's)
+    spares = {spare.path: spare.size for spare in store.inner._spares._spares}
+    assert all(os.path.getsize(path) == size for path, size in spares.items())
+    assert set(map(os.path.basename, spares)) <= set(spare_files(chest.path))
+    assert on_disk == sum(files.values()) + held + sum(spares.values()), (on_disk, sum(files.values()), held, spares)
     segments = {name for name in files if is_segment_name(name)}
     assert segments == set(store.segment_files())
     own = sum(store.location(key)[0] is None for key in store)

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import DISK_IO_MODULES
+from helpers import DISK_IO_MODULES, spare_files
 
 import spillkit
 import spillkit.filesync
@@ -411,9 +411,11 @@ class Soak:
         assert set(chest.inmem) | set(store) == s.model.keys()
         # disk_bytes counts each key's file or record, plus the files and segments the last flush committed
         # that no key uses any more (kept until the next flush) and dead records not yet compacted: at least
-        # the first, at most every spill and segment file on disk.
+        # the first, at most every spill and segment file on disk, and the spare files kept for reuse.
         on_disk = sum(
-            p.stat().st_size for p in s.path.iterdir() if not p.name.startswith(".") or is_segment_name(p.name)
+            p.stat().st_size
+            for p in s.path.iterdir()
+            if not p.name.startswith(".") or is_segment_name(p.name) or p.name in spare_files(s.path)
         )
         own = store.inner.names()
         held = sum(os.path.getsize(store.filename(k)) if k in own else store.file_bytes(k) for k in store)

@@ -100,6 +100,7 @@ class ChestMachine(RuleBasedStateMachine):
         self.pack_threshold = 0
         self.write_behind = False
         self.map_loads: bool | int = False
+        self.spares = False
         self.pins: dict[Hashable, int] = {}  # the pins (engine.pin) now on each key
         self.held: set[Hashable] = set()  # pinned keys seen resident: they must stay so until unpinned
 
@@ -113,6 +114,8 @@ class ChestMachine(RuleBasedStateMachine):
             map_loads=self.map_loads,
         )
         chest._store.segment_bytes = 2048  # a few records per segment: rotation and compaction happen in a run
+        if self.spares:
+            chest._store.inner._spares.min_size = 1  # every deleted value's file kept for reuse (spillkit.spares)
         return chest
 
     @initialize(
@@ -123,10 +126,15 @@ class ChestMachine(RuleBasedStateMachine):
         write_behind=st.booleans(),
         # files read into new memory, or every file of its own mapped (1: from one byte up)
         map_loads=st.sampled_from([False, 1]),
+        # deleted values' files unlinked, or kept and written over by later spills
+        spares=st.booleans(),
     )
-    def start(self, policy: str, budget: int, pack_threshold: int, write_behind: bool, map_loads: bool | int) -> None:
+    def start(
+        self, policy: str, budget: int, pack_threshold: int, write_behind: bool, map_loads: bool | int, spares: bool
+    ) -> None:
         self.policy, self.budget = policy, budget
         self.pack_threshold, self.write_behind, self.map_loads = pack_threshold, write_behind, map_loads
+        self.spares = spares
         self.chest = self.open()
 
     def teardown(self) -> None:

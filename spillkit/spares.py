@@ -1,0 +1,180 @@
+"""Spare files: a deleted value's file, kept to be written over by a later spill instead of unlinked.
+
+Why: writing a value into a new file makes the kernel allocate every page of it in the
+page cache, and unlinking the file later frees them all again; writing over a file that
+already has its pages is a plain copy. Measured on this machine (``/tmp``, 50 arrays of
+7.6 MiB, 5 rounds, session 10): new files took 0.082-0.091 s to write plus 0.023-0.026 s
+to unlink; writing over existing files of the same size took 0.042-0.045 s. A dask run
+spills and deletes values all along, so most spills can reuse the file of a value just
+deleted.
+
+What keeps this safe:
+
+* a file is kept only when nothing can still read it: no mapping of it in this process,
+  none alive when the process forked (:func:`spillkit.mapped.may_be_mapped`), and no
+  read in progress (``FileReads.open_for_read`` pins every file it opens for a read
+  without the lock, from ``min_size`` (:data:`SPARE_FROM`) bytes up);
+* a kept file is renamed at once to a temporary name (``.tmp-<pid>-s<n>``), so no key
+  names it, a crash leaves it where re-opening sweeps temporary files, and the write
+  that takes it moves it into place with ``os.replace`` as it would a new file;
+* it is opened again without following links, must still be the same regular file
+  (device and inode), and is truncated to the record's length after the write;
+* a forked child forgets the spares it inherited (the parent may write over them).
+
+The pool keeps at most :data:`SPARE_LIMIT` files; their bytes count on disk
+(``disk_bytes``) and against ``available_disk``, which removes them before it refuses
+a write.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import stat
+import threading
+import warnings
+import weakref
+from dataclasses import dataclass
+
+from .errors import SpillWarning
+from .mapped import FileId, may_be_mapped
+from .regularfile import SAFE_OPEN
+
+__all__ = ["SPARE_FROM", "SPARE_LIMIT", "Spare", "SparePool"]
+
+SPARE_FROM = 256 * 1024  # smaller files are cheap to make and to drop, and packed values never have files
+SPARE_LIMIT = 4  # a spill usually follows a delete closely: a few spares serve it, and bound the disk kept
+
+
+@dataclass(frozen=True, slots=True)
+class Spare:
+    """A kept file: its temporary path, its length and which file it is."""
+
+    path: str
+    size: int
+    file_id: FileId
+
+
+class SparePool:
+    """The spare files of one store's directory.
+
+    Thread-safe (a lock of its own): :meth:`keep` runs under the engine's lock, :meth:`take`
+    in a write being prepared without it (write-behind). Never raises ``OSError``: a file
+    that cannot be renamed, opened or checked is not kept, or not reused, and the caller
+    unlinks it or writes a new file as it would have without spares; the error (or a
+    spare found replaced) is warned about (:class:`~spillkit.errors.SpillWarning`), as
+    every disk fault is, and costs nothing else.
+    """
+
+    def __init__(self, directory: str, min_size: int = SPARE_FROM) -> None:
+        self.directory = directory
+        self.min_size = min_size  # files smaller than this are unlinked, and reads of them not pinned
+        self._lock = threading.Lock()
+        self._spares: list[Spare] = []
+        self._counter = itertools.count(1)
+        _pools.add(self)
+
+    @property
+    def bytes(self) -> int:
+        """Bytes of the files kept now."""
+        return sum(spare.size for spare in tuple(self._spares))
+
+    def __len__(self) -> int:
+        return len(self._spares)
+
+    def keep(self, full: str, size: int) -> bool:
+        """Keep the file ``full`` (no key's any more) as a spare; False when the caller should unlink it."""
+        if size < self.min_size or len(self._spares) >= SPARE_LIMIT:
+            return False
+        try:
+            info = os.stat(full, follow_symlinks=False)
+        except OSError as error:
+            _warn("could not look at", full, error)
+            return False
+        file_id = (info.st_dev, info.st_ino)
+        if info.st_size != size or info.st_nlink != 1 or may_be_mapped(file_id):
+            return False
+        path = os.path.join(self.directory, f".tmp-{os.getpid()}-s{next(self._counter)}")
+        with self._lock:
+            if len(self._spares) >= SPARE_LIMIT:
+                return False
+            try:
+                os.rename(full, path)
+            except OSError as error:
+                _warn("could not keep", full, error)
+                return False
+            self._spares.append(Spare(path, size, file_id))
+        return True
+
+    def take(self, size: int) -> Spare | None:
+        """The spare that best fits ``size`` bytes (the smallest as large, else the largest), removed; or None."""
+        with self._lock:
+            if not self._spares:
+                return None
+            large_enough = [spare for spare in self._spares if spare.size >= size]
+            spare = min(large_enough, key=_size) if large_enough else max(self._spares, key=_size)
+            self._spares.remove(spare)
+            return spare
+
+    def open(self, spare: Spare) -> int | None:
+        """A descriptor to write over ``spare`` from its start, or None (it was removed: the caller writes anew)."""
+        try:
+            fd = os.open(spare.path, os.O_WRONLY | SAFE_OPEN)
+        except OSError as error:  # (a link planted under its name: ELOOP)
+            _warn("could not reuse", spare.path, error)
+            return None
+        try:
+            info = os.fstat(fd)
+        except OSError as error:
+            _warn("could not reuse", spare.path, error)
+            info = None
+        if info is None or (info.st_dev, info.st_ino) != spare.file_id or not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            if info is not None:
+                _warn("did not reuse", spare.path, "it was replaced since it was kept")
+            return None  # not the file kept: left alone, a fresh file is written
+        return fd
+
+    def clear(self) -> int:
+        """Unlink every spare (closing, or making room under ``available_disk``); return the bytes freed."""
+        with self._lock:
+            spares, self._spares = self._spares, []
+        freed = 0
+        for spare in spares:
+            try:
+                os.unlink(spare.path)
+            except FileNotFoundError:
+                pass
+            except OSError as error:
+                _warn("could not remove", spare.path, error)
+                with self._lock:  # still on disk: kept, and counted, for the next clear
+                    self._spares.append(spare)
+                continue
+            freed += spare.size
+        return freed
+
+    def forget(self) -> None:
+        """Drop every spare without touching the files (a forked child: they are the parent's)."""
+        self._spares = []
+        self._lock = threading.Lock()
+
+
+def _size(spare: Spare) -> int:
+    return spare.size
+
+
+def _warn(what: str, path: str, error: object) -> None:
+    reason = error if isinstance(error, str) else repr(error)
+    warnings.warn(f"{what} the spare spill file {path!r}: {reason}", SpillWarning, stacklevel=4)
+
+
+_pools: weakref.WeakSet[SparePool] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_pools):
+        pool.forget()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
