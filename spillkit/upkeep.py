@@ -9,7 +9,9 @@ stays small; everything here runs under the engine's lock.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 
 from .compaction import Compactor
 from .errors import SpillWarning
@@ -38,9 +40,20 @@ class SegmentUpkeep(Compactor):
     disk too, holes or not), and the records stay where they were.
     """
 
+    @contextlib.contextmanager
+    def _compacting(self) -> Iterator[None]:
+        # Around each of the three below: a failed compaction warns and leaves the records where they
+        # are; the byte counts are brought up to date whatever happened.
+        try:
+            yield
+        except OSError as error:  # stacklevel: past contextlib and the method, to the store's caller's caller
+            warnings.warn(f"compaction failed, records stay where they are: {error!r}", SpillWarning, stacklevel=5)
+        finally:
+            self._count()
+
     def _maintain(self) -> None:
         """Drop segments with nothing live; compact unpinned ones that are mostly dead. Never raises OSError."""
-        try:
+        with self._compacting():
             while self._candidates:
                 name, segment = self._candidates.popitem()
                 if self._segments.get(name) is not segment:
@@ -53,10 +66,6 @@ class SegmentUpkeep(Compactor):
                             continue
                         self._active = None  # sealed: appends go to a new segment, and it is compacted
                     self._compact_in_room(segment)
-        except OSError as error:
-            warnings.warn(f"compaction failed, records stay where they are: {error!r}", SpillWarning, stacklevel=3)
-        finally:
-            self._count()
 
     def _compact_pinned(self) -> None:
         """Before a flush replaces the manifest: compact mostly dead segments it points into, merge small ones.
@@ -73,32 +82,24 @@ class SegmentUpkeep(Compactor):
             self._active = None  # compacted below like the others
         small = {s for s in self._segments.values() if s.adopted and 0 < s.live <= self.segment_bytes // 4}
         merge = len(small) + bool(self._active is not None and self._active.live) >= 2
-        try:
+        with self._compacting():
             for segment in list(self._segments.values()):
                 if segment is self._active or not segment.live:
                     continue
                 if (segment.pinned and self._mostly_dead(segment)) or (merge and segment in small):
                     self._compact_in_room(segment)
-        except OSError as error:
-            warnings.warn(f"compaction failed, records stay where they are: {error!r}", SpillWarning, stacklevel=3)
-        finally:
-            self._count()
 
     def _reclaim(self) -> None:
         """Compact every unpinned segment holding dead records, the active one included (quota pressure)."""
         active = self._active
         if active is not None and not active.pinned and active.dead:
             self._active = None  # sealed, so that it can be compacted like the others
-        try:
+        with self._compacting():
             for segment in sorted(self._segments.values(), key=lambda s: -s.dead):
                 if segment.pinned or not segment.dead or segment is self._active:
                     continue
                 if segment.name in self._segments:
                     self._compact(segment)
-        except OSError as error:
-            warnings.warn(f"compaction failed, records stay where they are: {error!r}", SpillWarning, stacklevel=3)
-        finally:
-            self._count()
 
     def _compact_in_room(self, segment: Segment) -> None:
         """Compact the segment; on a full disk, punch holes over dead records too, then raise (to be warned).
