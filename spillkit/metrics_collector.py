@@ -75,7 +75,9 @@ class ChestCollector:
     Exports ``<ns>_memory_bytes{tier}``, ``<ns>_keys{tier}`` (``memory``;
     ``in-flight``: evicted, their background write not completed;
     ``disk``: keys whose only copy is on disk; ``memory_bytes{tier="disk"}`` is
-    the bytes of spill files), ``<ns>_memory_budget_bytes``,
+    the bytes of spill files, spares kept for reuse included;
+    ``memory_bytes{tier="pinned"}``: the part of ``memory`` that running tasks'
+    pins keep outside the budget), ``<ns>_memory_budget_bytes``,
     ``<ns>_spill_{bytes,count,time_seconds}_total{activity}`` (``memory-read``,
     ``disk-read``, ``disk-write``, as dask.distributed's workers do;
     ``memory-reuse``: reads of a spilled value still alive elsewhere, handed
@@ -212,6 +214,7 @@ class _Families:
         disk_bytes = chest.disk_bytes if locked else store.total_bytes  # disk_bytes recounts under the lock
         self.memory.add_metric([name, "memory"], chest.memory_bytes)
         self.memory.add_metric([name, "in-flight"], chest.engine.in_flight_bytes)
+        self.memory.add_metric([name, "pinned"], chest.engine.pinned_bytes)  # within "memory", outside the budget
         self.memory.add_metric([name, "disk"], disk_bytes)
         self.keys.add_metric([name, "memory"], in_memory)
         self.keys.add_metric([name, "in-flight"], in_flight)

@@ -112,6 +112,24 @@ def test_values_whose_background_write_is_in_flight_are_their_own_tier(
     chest.close()
 
 
+def test_pinned_bytes_are_exported_apart_from_the_budget(tmp_path: Path, registry: CollectorRegistry) -> None:
+    # memory_bytes{tier="memory"} may pass the budget while running tasks' inputs are pinned: the
+    # pinned tier says by how much, and why.
+    chest = Chest(path=tmp_path / "p", available_memory=3 * KB, sizeof=len)
+    instrument(chest, registry, name="p")
+    chest["in use"] = bytes(2 * KB)
+    chest.engine.pin(["in use"])
+    for i in range(3):
+        chest[i] = bytes([i]) * KB
+    assert value(registry, "spillkit_memory_bytes", chest="p", tier="pinned") == 2 * KB
+    assert value(registry, "spillkit_memory_bytes", chest="p", tier="memory") == 5 * KB  # over the budget of 3 KB
+    chest.engine.unpin(["in use"])
+    chest.settle()
+    assert value(registry, "spillkit_memory_bytes", chest="p", tier="pinned") == 0
+    assert value(registry, "spillkit_memory_bytes", chest="p", tier="memory") <= 3 * KB
+    chest.close()
+
+
 def flush_in_background(chest: Chest, gate: Gate) -> threading.Thread:
     """Start a flush that holds the engine lock inside a write until the gate opens."""
     gate.shut()
