@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 __all__: list[str] = []  # helpers of spillkit.bounds, spillkit.bound_solvers and spillkit.clairvoyant
@@ -46,7 +46,14 @@ def _lifetimes(requests: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
 class _Model:
     """The LP's data: interval variables, the flow's entering/leaving terms, touched bytes per request."""
 
-    def __init__(self, requests: Sequence[tuple[Any, ...]], budget: int, settled: bool, dead_writes: bool) -> None:
+    def __init__(
+        self,
+        requests: Sequence[tuple[Any, ...]],
+        budget: int,
+        settled: bool,
+        dead_writes: bool,
+        pins: Mapping[int, Sequence[tuple[str, Hashable]]] | None = None,
+    ) -> None:
         n = self.n = len(requests)
         self.budget = budget
         self.sizes: list[int] = []  # per interval
@@ -57,9 +64,22 @@ class _Model:
         self.touched = [0] * n
         self.constant = 0  # values over the budget: written straight to disk, read from it every time
         counts_from = _settle_points(requests) if settled else None
+        # A settled replay pins what the trace pins, and a pinned value is outside the budget: it
+        # counts nowhere while pinned, nor until the replay next settles for certain after its unpin
+        # (hits meanwhile make no room for it). Relaxing the rows so keeps every run feasible.
+        exempt = _pinned_stretches(pins, _settles_from(requests, counts_from), n) if counts_from and pins else {}
         last_get = {op[1]: index for index, op in enumerate(requests) if op[0] == "get"}
         holders: dict[int, list[tuple[int, int, list[int], list[int | None], int]]] = {}
-        for key, size, obj, accesses, end in _lifetimes(requests):
+        lives = _lifetimes(requests)
+        # An object is outside the budget while any key holding it is pinned (the engine counts objects
+        # once): each lifetime is relaxed over the pinned stretches of every key its object ever has.
+        keys_of: dict[int, set[Hashable]] = {}
+        for key, _size, obj, _accesses, _end in lives if exempt else ():
+            keys_of.setdefault(obj, set()).add(key)
+        stretches_of = {
+            obj: _union([stretch for key in keys for stretch in exempt.get(key, ())]) for obj, keys in keys_of.items()
+        }
+        for key, size, obj, accesses, end in lives:
             reads = len(accesses) - 1
             # Dead-skip frees the write of a value whose key is never read again (a later read of the key,
             # even after an overwrite or a del, keeps it alive); the other modes write every spill.
@@ -86,10 +106,14 @@ class _Model:
                 self.reads.append(number < reads)
                 self.owner.append(len(self.writes))
                 self._enter(low, high + 1, variable, size)
+                for pinned_from, pinned_to in stretches_of.get(obj, ()):
+                    if max(low, pinned_from) < min(high + 1, pinned_to):
+                        self._enter(max(low, pinned_from), min(high + 1, pinned_to), variable, -size)
             if any(v is not None for v in variables):
                 self.writes.append(size)
+            stretches = stretches_of.get(obj, ())
             for r in accesses:
-                if r >= start:
+                if r >= start and not any(lo <= r < hi for lo, hi in stretches):
                     self.touched[r] += size
             last = end - 1 if charged else accesses[-1]
             if max(put, start) <= last:
@@ -163,6 +187,64 @@ class _Model:
         for (row, variable), size in self.flow.items():
             length[variable] -= row * size // self.sizes[variable]
         return length
+
+
+def _union(stretches: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Overlapping ranges merged: each request in at most one (a value is taken out of a row once)."""
+    merged: list[tuple[int, int]] = []
+    for low, high in sorted(stretches):
+        if merged and low <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], high))
+        else:
+            merged.append((low, high))
+    return merged
+
+
+def _settles_from(requests: Sequence[tuple[Any, ...]], settle_after: list[int]) -> list[int]:
+    """For each request index ``u`` (and ``n``), a request at or after ``u`` where a settled replay surely settles.
+
+    With settle records, the first one from ``u``; without, replay settles before the first
+    non-del request after a put, so: after the first put from ``u`` (``settle_after``, which is
+    :func:`_settle_points`). ``n`` when there is none.
+    """
+    n = len(requests)
+    recorded = any(op[0] == "settle" for op in requests)
+    settles = [n] * (n + 1)
+    for index in range(n - 1, -1, -1):
+        tag = requests[index][0]
+        if (tag == "settle") if recorded else (tag == "put"):
+            settles[index] = index if recorded else settle_after[index]
+        else:
+            settles[index] = settles[index + 1]
+    return settles
+
+
+def _pinned_stretches(
+    pins: Mapping[int, Sequence[tuple[str, Hashable]]], settles_from: list[int], n: int
+) -> dict[Hashable, list[tuple[int, int]]]:
+    """Per key, the request ranges ``[from, to)`` it is outside the budget: pinned, then until a settle counts it.
+
+    ``pins`` as :meth:`spillkit.trace.Trace.pins` gives them (a change under index ``i`` comes before
+    request ``i``); ``settles_from`` is :func:`_settles_from`.
+    """
+    counts: dict[Hashable, int] = {}
+    began: dict[Hashable, int] = {}
+    stretches: dict[Hashable, list[tuple[int, int]]] = {}
+    for index in sorted(pins):
+        for change, key in pins[index]:
+            count = counts.get(key, 0)
+            if change == "pin":
+                counts[key] = count + 1
+                if not count:
+                    began[key] = index
+            elif count:
+                counts[key] = count - 1
+                if count == 1:
+                    end = settles_from[min(index, n)]
+                    stretches.setdefault(key, []).append((began.pop(key), end))
+    for key, start in began.items():  # never unpinned
+        stretches.setdefault(key, []).append((start, n))
+    return stretches
 
 
 def _settle_points(requests: Sequence[tuple[Any, ...]]) -> list[int]:

@@ -46,7 +46,10 @@ Variants, each a valid bound for the replay modes named:
     ``c_L`` is the first settle point after ``p_L``: the trace's settle
     records, else the first later request that is not a del (exactly where
     replay settles). Every tail is charged: settled replays write every
-    value they spill. Valid for settled replays.
+    value they spill. A value the trace pins (a running task's input) counts
+    at no row from its pin to the first settle at or after its unpin: a
+    settled replay pins it too, and the engine keeps pinned values outside
+    the budget. Valid for settled replays.
 ``"any"`` (default)
     The smaller of the two optima: valid for every replay mode.
 
@@ -155,8 +158,9 @@ def foo_lower_bound(trace: Trace, budget: int, mode: str = "any") -> Bound:
     start = time.perf_counter()
     requests = list(trace.requests())
     values, statuses = [], []
+    pins = trace.pins()
     for settled, dead_writes in _variants(mode):
-        value, status = _solve(_Model(requests, budget, settled, dead_writes))
+        value, status = _solve(_Model(requests, budget, settled, dead_writes, pins))
         values.append(value)
         statuses.append(status)
     status = next((s for s in statuses if s != "optimal"), "optimal")
@@ -201,5 +205,6 @@ def pfoo_lower_bound(trace: Trace, budget: int, mode: str = "any") -> Bound:
     """
     start = time.perf_counter()
     requests = list(trace.requests())
-    value = min(_greedy(_Model(requests, budget, *variant)) for variant in _variants(mode))
+    pins = trace.pins()
+    value = min(_greedy(_Model(requests, budget, *variant, pins)) for variant in _variants(mode))
     return Bound("pfoo-l", budget, value, time.perf_counter() - start, "optimal")
