@@ -124,7 +124,8 @@ class ChestState:
         dask.distributed reports it as spilled data.
         """
         with self._engine.lock:
-            return self._engine.spilled_bytes(), self._store.recount() - self._store.inner._spares.bytes
+            on_disk = self._store.recount()
+            return self._engine.spilled_bytes(), on_disk - self._store.spare_bytes
 
     @property
     def policy(self) -> Policy:

@@ -12,6 +12,7 @@ that the modules the tests inject disk faults into (``spillkit.storage``'s
 
 from __future__ import annotations
 
+import collections
 import itertools
 import os
 import weakref
@@ -77,6 +78,8 @@ class FileIndex:
         self._held: dict[FileId, int] = {}
         self._orphans: set[str] = set()  # files of deleted keys that could not be unlinked: retried
         self._spares = SparePool(path)  # deleted values' files, kept for later writes to reuse
+        self._unpinned_reads: collections.deque[None] = collections.deque()  # reads whose file no pin marks
+        self._shared_at_fork: set[str] = set()  # casefolded names of files a forked child may read: never reused
         _stores.add(self)
 
     def __contains__(self, key: object) -> bool:
@@ -174,5 +177,10 @@ def _after_fork_in_child() -> None:
         store._protected.update(store._owners)
 
 
+def _before_fork() -> None:  # the parent's side: the child may map any file there now, so none is reused
+    for store in list(_stores):
+        store._shared_at_fork.update(store._owners)
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)

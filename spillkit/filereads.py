@@ -36,6 +36,7 @@ class OpenRead:
     fd: int
     pinned: FileId | None = None  # the file, pinned (spillkit.mapped) while finish_read reads or maps it
     mapping: bool = False  # finish_read maps the file (the mapping takes over the pin) rather than reading it
+    unpinned: bool = False  # it should have been pinned but could not be (fstat failed): counted in _unpinned_reads
 
 
 class FileReads(FileIndex):
@@ -63,7 +64,7 @@ class FileReads(FileIndex):
         except FileNotFoundError:
             raise CorruptSpillFile(key, full, "the file is missing") from None
         size = self._sizes[key]
-        pinned, mapping = None, self.map_from is not None and size >= self.map_from
+        pinned, mapping, unpinned = None, self.map_from is not None and size >= self.map_from, False
         if mapping or size >= self._spares.min_size:
             # Pinned now, under the lock: a delete between this and the mapping must see it mapped, and
             # must not keep the file as a spare (spillkit.spares) for a write over it while it is read.
@@ -76,8 +77,11 @@ class FileReads(FileIndex):
                 pin_file(pinned)
                 # A page past the end would fault: read, which reports it.
                 mapping = mapping and info.st_size == size
+            else:
+                unpinned = True
+                self._unpinned_reads.append(None)  # which file is unknown: no file is kept as a spare meanwhile
         # Otherwise the size is known from the write (no fstat); a short or grown file shows in finish_read.
-        return OpenRead(key, name, full, size, self._tags.get(key), fd, pinned, mapping)
+        return OpenRead(key, name, full, size, self._tags.get(key), fd, pinned, mapping, unpinned)
 
     def read(self, key: Hashable) -> Any:
         """Load the key's value under the caller's lock; raise CorruptSpillFile if the file is damaged or forged."""
@@ -108,7 +112,6 @@ class FileReads(FileIndex):
             mapped = self._map(pending, pinned)
             if mapped is not None:
                 return self._decode(pending, mapped)
-            pinned = None  # (undone by _map)
         try:
             with open(pending.fd, "rb", buffering=0, closefd=False) as file:
                 view = read_buffer(pending.size)
@@ -123,6 +126,8 @@ class FileReads(FileIndex):
             os.close(pending.fd)
             if pinned is not None:
                 unpin_file(pinned)
+            elif pending.unpinned:
+                self._unpinned_reads.pop()
         if grew:
             raise CorruptSpillFile(pending.key, pending.full, "the file is longer than what was written")
         return self._decode(pending, view[:got])
@@ -131,12 +136,11 @@ class FileReads(FileIndex):
         """Map the record's file and close its descriptor; None, descriptor open, if it must be read.
 
         The mapping takes over ``pinned``'s pin (undone just before its ``munmap``); with no
-        mapping made, the pin is undone here.
+        mapping made, the pin stays for the read that follows (which undoes it), or is undone here.
         """
         try:
             mapped = map_file(pending.fd, pending.size, functools.partial(unpin_file, pinned))
         except OSError:
-            unpin_file(pinned)
             return None  # a file system that cannot map files (ENODEV), or no address space left: read
         except BaseException:
             unpin_file(pinned)

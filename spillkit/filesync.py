@@ -38,7 +38,9 @@ class FileSync(DiskSpace):
         spare for a later write instead (:mod:`spillkit.spares`; counted there).
         """
         full = os.path.join(self.path, name)
-        if reuse and self._spares.keep(full, size):
+        # Not while a read no pin marks is going on, nor a file a forked child may read (spillkit.spares).
+        free_to_reuse = reuse and not self._unpinned_reads and name.casefold() not in self._shared_at_fork
+        if free_to_reuse and self._spares.keep(full, size):
             self.total_bytes -= size
             return None
         self.total_bytes -= self._hold(self._mapped_id(full), size)

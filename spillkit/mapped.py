@@ -179,15 +179,20 @@ _mapped_at_fork: set[FileId] = set()
 
 
 def _before_fork() -> None:
-    with _pins_lock:
-        _drain()
-        _mapped_at_fork.update(_pins)
+    # Held until the fork is done: a mapping another thread pins meanwhile is pinned after it.
+    _pins_lock.acquire()
+    _drain()
+    _mapped_at_fork.update(_pins)
+
+
+def _after_fork_in_parent() -> None:
+    _pins_lock.release()
 
 
 def _after_fork_in_child() -> None:
     global _pins_lock
-    _pins_lock = threading.Lock()  # another thread of the parent may have held it at the fork
+    _pins_lock = threading.Lock()  # held by the parent's forking thread (and maybe another) at the fork
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)

@@ -61,7 +61,11 @@ class PackedRecords(SegmentUpkeep):
     available_disk: int | None
     pack_threshold: int
     total_bytes: int
+    spare_bytes: int
     verify_writes: bool  # synchronous writes check the CRC again after writing (see prepare)
+
+    def _clear_spares(self) -> int:
+        return self.inner._spares.clear()
 
     # ---- what is stored where ----------------------------------------------------------
     def __contains__(self, key: object) -> bool:

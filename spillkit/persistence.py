@@ -67,6 +67,8 @@ def flush(chest: Chest, closing: bool = False) -> None:
             chest._engine.wait_for_writes()  # a write in flight may replace an unsynced record
             if not closing:
                 chest._check_open()  # and again: the wait lets go of the lock
+            chest._store.inner._spares.clear()  # their room first: a flush may need every byte of the disk
+            chest._store.inner._spares.report()
             failures = rewrite_unsynced(chest)
             failures += chest._engine.write_all()  # writes and fsyncs the files, then the directory
             if chest._store.retained and any(disk_full(error) for _, error in failures):

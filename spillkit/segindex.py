@@ -137,15 +137,20 @@ class SegmentIndex:
             segment = self._writable(len(record))
             return segment, self._append(segment, record)
         except OSError as error:
-            freed = self._punch_all() if disk_full(error) else 0
-            if not freed:
+            punched, spared = (self._punch_all(), self._clear_spares()) if disk_full(error) else (0, 0)
+            if not punched + spared:
                 raise
-            message = f"disk full ({error!r}): holes punched over {freed} bytes of dead records; writing again"
+            message = f"disk full ({error!r}): holes punched over {punched} bytes of dead records"
+            message += f", {spared} bytes of spare files removed; writing again" if spared else "; writing again"
             warnings.warn(message, SpillWarning, stacklevel=3)
         segment = self._writable(len(record))
         return segment, self._append(segment, record)
 
     # ---- room on a full disk --------------------------------------------------------------
+    def _clear_spares(self) -> int:
+        """Remove the spare files of the store's own files (spillkit.spares); return the bytes freed."""
+        return 0  # (a packed store has them: PackedRecords)
+
     def _punch(self, segment: Segment) -> int:
         """Punch holes over the segment's dead records that no manifest names; return the bytes freed.
 

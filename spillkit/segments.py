@@ -99,6 +99,7 @@ class PackedStore(PackedRecords):
         self.available_disk = available_disk
         self.pack_threshold = pack_threshold
         self.total_bytes = 0
+        self.spare_bytes = 0  # of total_bytes: spare files kept for reuse, as of the last count
         self.verify_writes = False  # set by the Chest (verify_writes=True)
 
     # ---- durability ----------------------------------------------------------------------
@@ -245,6 +246,7 @@ class PackedStore(PackedRecords):
             segment.close()
         self._active = None
         self.inner._spares.clear()
+        self.inner._spares.report()
 
     def __del__(self) -> None:
         try:  # noqa: SIM105 (not contextlib: at interpreter exit module globals may already be None)
@@ -254,7 +256,8 @@ class PackedStore(PackedRecords):
 
     def _count(self) -> None:
         self.inner.release_unmapped()  # files deleted while mapped whose values have been freed since
-        self.total_bytes = self.inner.total_bytes + self.inner._spares.bytes + self._segment_total
+        self.spare_bytes = self.inner._spares.bytes  # once: total_bytes and spilled_total agree on it
+        self.total_bytes = self.inner.total_bytes + self.spare_bytes + self._segment_total
 
     def recount(self) -> int:
         """Bring ``total_bytes`` up to date (lock held) and return it."""

@@ -4,9 +4,10 @@ Why: writing a value into a new file makes the kernel allocate every page of it 
 page cache, and unlinking the file later frees them all again; writing over a file that
 already has its pages is a plain copy. Measured on this machine (``/tmp``, 50 arrays of
 7.6 MiB, 5 rounds, session 10): new files took 0.082-0.091 s to write plus 0.023-0.026 s
-to unlink; writing over existing files of the same size took 0.042-0.045 s. A dask run
-spills and deletes values all along, so most spills can reuse the file of a value just
-deleted.
+to unlink; writing over existing files of the same size took 0.042-0.045 s. A job that
+spills, reads back and deletes values all along gains most: ``benchmarks/bench_churn.py``
+went from 1.48x to 1.08x raw file I/O. Where every spill comes before the first delete
+(dask's anomaly workload at a quarter of its peak) there is nothing to reuse.
 
 What keeps this safe:
 
@@ -14,22 +15,27 @@ What keeps this safe:
   none alive when the process forked (:func:`spillkit.mapped.may_be_mapped`), and no
   read in progress (``FileReads.open_for_read`` pins every file it opens for a read
   without the lock, from ``min_size`` (:data:`SPARE_FROM`) bytes up);
-* a kept file is renamed at once to a temporary name (``.tmp-<pid>-s<n>``), so no key
+* a kept file is renamed at once to a temporary name (``.tmp-<pid>-s<token>-<n>``), so no key
   names it, a crash leaves it where re-opening sweeps temporary files, and the write
   that takes it moves it into place with ``os.replace`` as it would a new file;
 * it is opened again without following links, must still be the same regular file
   (device and inode), and is truncated to the record's length after the write;
-* a forked child forgets the spares it inherited (the parent may write over them).
+* a forked child forgets the spares it inherited (the parent may write over them) and keeps
+  none of its own; the parent never reuses a file that existed when it forked (the child may
+  map it).
 
 The pool keeps at most :data:`SPARE_LIMIT` files; their bytes count on disk
-(``disk_bytes``) and against ``available_disk``, which removes them before it refuses
-a write.
+(``disk_bytes``) and against ``available_disk``. They are removed before the quota
+refuses a write, when a write finds the disk full (then written again), at a flush and
+at close.
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
 import os
+import secrets
 import stat
 import threading
 import warnings
@@ -59,11 +65,13 @@ class SparePool:
     """The spare files of one store's directory.
 
     Thread-safe (a lock of its own): :meth:`keep` runs under the engine's lock, :meth:`take`
-    in a write being prepared without it (write-behind). Never raises ``OSError``: a file
-    that cannot be renamed, opened or checked is not kept, or not reused, and the caller
-    unlinks it or writes a new file as it would have without spares; the error (or a
-    spare found replaced) is warned about (:class:`~spillkit.errors.SpillWarning`), as
-    every disk fault is, and costs nothing else.
+    in a write being prepared without it (write-behind). Never raises: a file that cannot
+    be renamed, opened or checked is not kept, or not reused, and the caller unlinks it or
+    writes a new file as it would have without spares. A disk error (or a spare found
+    replaced) is noted and warned about (:class:`~spillkit.errors.SpillWarning`) only when
+    the store calls :meth:`report`, after its own bookkeeping, so that a warning turned into
+    an error cannot leave that half done. A file already gone is no error. Only the
+    process that made the pool keeps files: a forked child's pool keeps none.
     """
 
     def __init__(self, directory: str, min_size: int = SPARE_FROM) -> None:
@@ -72,6 +80,9 @@ class SparePool:
         self._lock = threading.Lock()
         self._spares: list[Spare] = []
         self._counter = itertools.count(1)
+        self._prefix = f".tmp-{os.getpid()}-s{secrets.token_hex(4)}-"  # unique among the process's pools too
+        self._pid = os.getpid()
+        self._notes: collections.deque[str] = collections.deque()  # warnings for report()
         _pools.add(self)
 
     @property
@@ -84,24 +95,24 @@ class SparePool:
 
     def keep(self, full: str, size: int) -> bool:
         """Keep the file ``full`` (no key's any more) as a spare; False when the caller should unlink it."""
-        if size < self.min_size or len(self._spares) >= SPARE_LIMIT:
+        if size < self.min_size or len(self._spares) >= SPARE_LIMIT or os.getpid() != self._pid:
             return False
         try:
             info = os.stat(full, follow_symlinks=False)
         except OSError as error:
-            _warn("could not look at", full, error)
+            self._note("could not look at", full, error)
             return False
         file_id = (info.st_dev, info.st_ino)
         if info.st_size != size or info.st_nlink != 1 or may_be_mapped(file_id):
             return False
-        path = os.path.join(self.directory, f".tmp-{os.getpid()}-s{next(self._counter)}")
+        path = os.path.join(self.directory, f"{self._prefix}{next(self._counter)}")
         with self._lock:
             if len(self._spares) >= SPARE_LIMIT:
                 return False
             try:
                 os.rename(full, path)
             except OSError as error:
-                _warn("could not keep", full, error)
+                self._note("could not keep", full, error)
                 return False
             self._spares.append(Spare(path, size, file_id))
         return True
@@ -117,26 +128,26 @@ class SparePool:
             return spare
 
     def open(self, spare: Spare) -> int | None:
-        """A descriptor to write over ``spare`` from its start, or None (it was removed: the caller writes anew)."""
+        """A descriptor to write over ``spare`` from its start, or None (the caller removes it and writes anew)."""
         try:
             fd = os.open(spare.path, os.O_WRONLY | SAFE_OPEN)
         except OSError as error:  # (a link planted under its name: ELOOP)
-            _warn("could not reuse", spare.path, error)
+            self._note("could not reuse", spare.path, error)
             return None
         try:
             info = os.fstat(fd)
         except OSError as error:
-            _warn("could not reuse", spare.path, error)
+            self._note("could not reuse", spare.path, error)
             info = None
         if info is None or (info.st_dev, info.st_ino) != spare.file_id or not stat.S_ISREG(info.st_mode):
             os.close(fd)
             if info is not None:
-                _warn("did not reuse", spare.path, "it was replaced since it was kept")
+                self._note("did not reuse", spare.path, "it was replaced since it was kept")
             return None  # not the file kept: left alone, a fresh file is written
         return fd
 
     def clear(self) -> int:
-        """Unlink every spare (closing, or making room under ``available_disk``); return the bytes freed."""
+        """Unlink every spare (closing, or making room on the disk); return the bytes freed."""
         with self._lock:
             spares, self._spares = self._spares, []
         freed = 0
@@ -146,26 +157,33 @@ class SparePool:
             except FileNotFoundError:
                 pass
             except OSError as error:
-                _warn("could not remove", spare.path, error)
+                self._note("could not remove", spare.path, error)
                 with self._lock:  # still on disk: kept, and counted, for the next clear
                     self._spares.append(spare)
                 continue
             freed += spare.size
         return freed
 
+    def report(self) -> None:
+        """Warn about the errors noted since the last report (call it once the caller's bookkeeping is done)."""
+        while self._notes:
+            warnings.warn(self._notes.popleft(), SpillWarning, stacklevel=3)
+
     def forget(self) -> None:
         """Drop every spare without touching the files (a forked child: they are the parent's)."""
         self._spares = []
         self._lock = threading.Lock()
+        self._notes.clear()
+
+    def _note(self, what: str, path: str, error: OSError | str) -> None:
+        if not isinstance(error, FileNotFoundError):  # gone already (a directory removed, a cleaner): nothing lost
+            self._notes.append(
+                f"{what} the spare spill file {path!r}: {error if isinstance(error, str) else repr(error)}"
+            )
 
 
 def _size(spare: Spare) -> int:
     return spare.size
-
-
-def _warn(what: str, path: str, error: object) -> None:
-    reason = error if isinstance(error, str) else repr(error)
-    warnings.warn(f"{what} the spare spill file {path!r}: {reason}", SpillWarning, stacklevel=4)
 
 
 _pools: weakref.WeakSet[SparePool] = weakref.WeakSet()

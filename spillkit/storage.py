@@ -18,6 +18,7 @@ from typing import Any
 from .errors import ChangedWhileWritten, SpillWarning
 from .filereads import OpenRead
 from .filesync import FileSync
+from .holes import disk_full
 from .keys import describe_key
 from .regularfile import SAFE_OPEN, ensure_regular
 from .spillfile import HEADER_SIZE, body_crc, claimed_crc, encode_header, names_record
@@ -127,8 +128,20 @@ class DiskStore(FileSync):
         in place between the header's CRC and the copy into the file, the record
         would fail its own check, so it is written again (up to ``_WRITE_TRIES``
         times, then :class:`~spillkit.errors.ChangedWhileWritten`). Costs one more
-        CRC pass over the value.
+        CRC pass over the value. On a full disk, the spare files (:mod:`spillkit.spares`) are
+        removed and the write is made once more (warned about).
         """
+        try:
+            return self._prepare_once(key, frames, name, verify)
+        except OSError as error:
+            freed = self._spares.clear() if disk_full(error) else 0
+            if not freed:
+                raise
+            message = f"disk full ({error!r}): removed {freed} bytes of spare files; writing again"
+            warnings.warn(message, SpillWarning, stacklevel=3)
+        return self._prepare_once(key, frames, name, verify)
+
+    def _prepare_once(self, key: Hashable, frames: list[Any], name: str, verify: bool) -> PreparedWrite:
         header, body_len, tag = encode_header(name, frames, self.codec, self.secret)
         size = len(header) + body_len
         self._check_quota(key, size)
@@ -202,6 +215,7 @@ class DiskStore(FileSync):
         self._owners[name.casefold()] = key
         self._dirty.add(name)
         self._unsynced.discard(name)  # a new inode under the name: its fsync is a fresh one
+        self._spares.report()  # what prepare noted (a spare it could not reuse), now that the commit is whole
         return prepared.size
 
     def discard(self, prepared: PreparedWrite) -> None:
@@ -209,6 +223,7 @@ class DiskStore(FileSync):
         with contextlib.suppress(OSError):
             os.unlink(prepared.temp)
         self.unreserve(prepared.name)
+        self._spares.report()
 
     def write(self, key: Hashable, value: Any) -> int:
         """Serialize ``value`` into the key's file; return the bytes written."""
@@ -239,3 +254,4 @@ class DiskStore(FileSync):
             warnings.warn(
                 f"could not remove the spill file of {describe_key(key)}: {error!r}", SpillWarning, stacklevel=3
             )
+        self._spares.report()  # last: the bookkeeping is done whatever a warning does

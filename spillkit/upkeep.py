@@ -112,4 +112,5 @@ class SegmentUpkeep(Compactor):
         except OSError as error:
             if disk_full(error):
                 self._punch(segment)  # this one only: every delete on a full disk may come here again
+                self._clear_spares()
             raise

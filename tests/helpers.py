@@ -91,7 +91,7 @@ def disk_files(path: str | os.PathLike[str]) -> dict[str, int]:
 
 def spare_files(path: str | os.PathLike[str]) -> list[str]:
     """The deleted values' files kept for reuse (spillkit.spares) under ``path``."""
-    return sorted(name for name in os.listdir(path) if re.fullmatch(r"\.tmp-\d+-s\d+", name))
+    return sorted(name for name in os.listdir(path) if re.fullmatch(r"\.tmp-\d+-s[0-9a-f]+-\d+", name))
 
 
 def assert_disk_files(chest: Chest) -> None:
@@ -100,10 +100,12 @@ def assert_disk_files(chest: Chest) -> None:
     files = disk_files(chest.path)
     store = chest._store
     # plus files gone from the directory whose blocks a loaded value still maps (map_loads)
-    on_disk = chest.disk_bytes  # first: it tallies the values freed since, which changes held_bytes
+    pool = store.inner._spares
+    with pool._lock:  # a background write's prepare takes spares without the engine's lock: a still picture
+        on_disk = chest.disk_bytes  # first: it tallies the values freed since, which changes held_bytes
+        spares = {spare.path: spare.size for spare in pool._spares}
     held = store.inner.held_bytes
     # plus the deleted values' files kept for reuse (a spare taken by a write in progress is that write's)
-    spares = {spare.path: spare.size for spare in store.inner._spares._spares}
     assert all(os.path.getsize(path) == size for path, size in spares.items())
     assert set(map(os.path.basename, spares)) <= set(spare_files(chest.path))
     assert on_disk == sum(files.values()) + held + sum(spares.values()), (on_disk, sum(files.values()), held, spares)

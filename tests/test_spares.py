@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -156,3 +157,112 @@ def test_spares_left_by_a_crash_are_swept_at_reopen(tmp_path: Path) -> None:
     again = Chest(path=tmp_path / "c")
     assert spare_files(again.path) == [] and dict(again) == {}
     again.drop()
+
+
+# ---- found by review: each of these failed before its fix ------------------------------------------
+
+
+def test_a_file_a_forked_child_loads_after_the_fork_is_never_written_over(tmp_path: Path) -> None:
+    chest = Chest(path=tmp_path / "c", available_memory=2 * MiB, map_loads=True)
+    spill(chest, "a", array(0))
+    go_read, go_write = os.pipe()
+    ready_read, ready_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child maps the parent's file of "a" only now, after the fork
+        loaded = chest["a"]
+        os.write(ready_write, b"x")
+        os.read(go_read, 1)
+        os._exit(0 if np.array_equal(loaded, array(0)) else 1)
+    os.read(ready_read, 1)
+    del chest["a"]
+    spill(chest, "b", array(1))  # smaller or not, it must not go into the child's file
+    spill(chest, "c", array(2, n=MiB // 32))
+    os.write(go_write, b"x")
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the child's value changed under it (or it died of SIGBUS)"
+    for fd in (go_read, go_write, ready_read, ready_write):
+        os.close(fd)
+    chest.drop()
+
+
+def test_a_forked_child_keeps_no_spares_of_its_own(tmp_path: Path) -> None:
+    chest = Chest(path=tmp_path / "c", available_memory=2 * MiB)
+    pid = os.fork()
+    if pid == 0:
+        for i in range(3):
+            spill(chest, i, array(i))
+        for i in range(3):
+            del chest[i]
+        os._exit(0 if not [name for name in os.listdir(chest.path) if name.startswith(".tmp-")] else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0  # before: 3 spares of the child left in the parent's directory
+    chest.drop()
+
+
+def test_a_read_falling_back_from_a_failed_mapping_keeps_its_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import spillkit.filereads
+
+    def cannot_map(fd: int, size: int, on_unmap: Any) -> Any:  # a file system that cannot map (the fault)
+        raise OSError(errno.ENODEV, "this file system cannot map files")
+
+    monkeypatch.setattr(spillkit.filereads, "map_file", cannot_map)
+    chest = Chest(path=tmp_path / "c", available_memory=2 * MiB, map_loads=True)
+    spill(chest, "a", array(0))
+    store = chest._store.inner
+    read_buffer = spillkit.filereads.read_buffer
+
+    def meanwhile(n: int) -> Any:  # the read has begun, the lock let go: another thread deletes "a", spills "b"
+        monkeypatch.setattr(spillkit.filereads, "read_buffer", read_buffer)
+        del chest["a"]
+        spill(chest, "b", array(1))
+        return read_buffer(n)
+
+    monkeypatch.setattr(spillkit.filereads, "read_buffer", meanwhile)
+    pending = store.open_for_read("a")
+    assert np.array_equal(store.finish_read(pending), array(0))  # before: CorruptSpillFile ("belongs to 'b'")
+    chest.drop()
+
+
+def test_a_key_file_already_gone_is_no_error_even_with_warnings_as_errors(tmp_path: Path) -> None:
+    chest = Chest(path=tmp_path / "c", available_memory=2 * MiB)
+    spill(chest, "a", array(0))
+    spill(chest, "b", array(1))
+    os.unlink(chest._store.filename("a"))  # a cleaner removed it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        del chest["a"]  # before: SpillWarning raised half-way, "a" gone but its bytes counted forever
+    assert "a" not in chest and len(chest) == 1
+    assert_disk_files(chest)
+    chest.drop()
+
+
+def test_spare_names_differ_between_chests_of_one_process(tmp_path: Path) -> None:
+    first = Chest(path=tmp_path / "one", available_memory=2 * MiB)
+    second = Chest(path=tmp_path / "two", available_memory=2 * MiB)
+    for chest in (first, second):
+        spill(chest, "a", array(0))
+        del chest["a"]
+    assert spare_files(first.path) != spare_files(second.path)
+    first.drop()
+    second.drop()
+
+
+def test_a_full_disk_removes_the_spares_and_writes_again(tmp_path: Path) -> None:
+    from test_resource_faults import mounted_tmpfs
+
+    with mounted_tmpfs(tmp_path / "mnt", "size=8m") as mnt:
+        chest = Chest(path=mnt / "c", available_memory=4 * MiB, pack_threshold=0)
+        for i in range(4):
+            spill(chest, i, np.full(int(1.7 * MiB) // 8, i, dtype=np.float64))  # 6.8 MiB of files
+        for i in range(4):
+            del chest[i]  # kept as spares: the disk stays full
+        assert len(spare_files(chest.path)) == SPARE_LIMIT
+        with pytest.warns(SpillWarning, match="spare files; writing again"):
+            spill(chest, "big", np.ones(3 * MiB // 8))  # fits once the spares are gone
+        assert np.array_equal(chest["big"], np.ones(3 * MiB // 8)) and spare_files(chest.path) == []
+        assert_disk_files(chest)
+        chest.drop()
