@@ -176,7 +176,7 @@ class ChestState:
                     engine.settle()
 
     def settle(self) -> None:
-        """Spill until memory is within the budget."""
+        """Spill until memory is within the budget (pinned values, outside it, stay: see ``engine.pin``)."""
         self._engine.settle()
 
     def wait_for_writes(self) -> None:

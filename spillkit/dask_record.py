@@ -125,6 +125,12 @@ class record(Callback):
                     # for each gave them all one token: replay took them for one value, and saw no I/O).
                     resident = key in cache.inmem
                     self._recorder.put(key, cache.engine.nbytes(key), id(cache.inmem[key]) if resident else None)
+            # And the pins already made (ChestCallback's on that data, if its hook ran first): their
+            # unpins will be recorded, and a replay without the pins would spill what the live run kept.
+            with cache.engine.lock:
+                pins = [key for key, count in cache.engine._pins.items() for _ in range(count)]
+            for key in pins:
+                self._recorder.pin(key)
 
     def _detach(self) -> None:
         if self._recorder is not None and self._chest is not None:

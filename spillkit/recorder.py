@@ -109,6 +109,11 @@ class TraceRecorder:
         with self._lock:
             self._put(self.key_id(key), key, nbytes, cost, round(time.perf_counter() - self._start, 6), object_id)
 
+    def pin(self, key: Hashable) -> None:
+        """Record a pin made before this recorder was listening (its unpin comes as an event)."""
+        with self._lock:
+            self._line(["pin", self.key_id(key), round(time.perf_counter() - self._start, 6)])
+
     def __call__(self, event: Event) -> None:
         with self._lock:
             if self._file.closed:

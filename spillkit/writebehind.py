@@ -163,6 +163,8 @@ class WriteBehind:
             if engine.listeners:
                 engine._emit(SPILL, key, nbytes, written, seconds)
             return
+        if writer.abandoned:  # the Chest went while this write ran (its directory with it): no one to tell
+            return
         writer.failures += 1
         if isinstance(error, DiskQuotaExceeded):
             engine.stats.quota_errors += 1

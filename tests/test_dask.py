@@ -339,3 +339,25 @@ def test_literal_data_the_graph_holds_is_never_written(scheduler: str | None) ->
         assert not [key for key in written if str(key).startswith("('array-")]
         assert not chest.engine._pins  # every pin undone when the computation ended
     assert np.allclose(result, (arr - arr.mean()).sum(axis=0))
+
+
+@pytest.mark.parametrize("recorder_first", [True, False])
+def test_a_trace_has_the_pins_made_before_recording_attached(tmp_path: Any, recorder_first: bool) -> None:
+    # dask keeps its active callbacks in a set: when ChestCallback's hook runs before record()'s, the
+    # literal data is pinned before the recorder listens. Before, the trace then had 212 pins for 228
+    # unpins, and its replay spilled 60 values and loaded 151 where the live run wrote nothing.
+    from spillkit.replay import replay
+
+    arr = np.random.default_rng(0).random((1200, 1200))  # 11.5 MB of literal data, 16 chunks
+    budget = 3 * 2**20
+    chest = Chest(available_memory=budget, policy="lru", path=tmp_path / "c")
+    pinning, recording = ChestCallback(chest), record(tmp_path / "t.trace")
+    hooks = [recording._callback, pinning._callback]
+    y = da.from_array(arr, chunks=(300, 300))
+    (y @ y.T).sum(axis=1).compute(scheduler="sync", cache=chest, callbacks=hooks if recorder_first else hooks[::-1])
+    recording._detach()
+    trace = read_trace(tmp_path / "t.trace")
+    assert sum(op[0] == "pin" for op in trace.ops) == sum(op[0] == "unpin" for op in trace.ops) > 0
+    result = replay(trace, "lru", budget, mode="settled")
+    assert (result.spills, result.loads) == (chest.stats.spills, chest.stats.loads)
+    chest.drop()

@@ -493,6 +493,37 @@ def test_a_temporary_chest_collected_while_its_lock_is_held_still_cancels_its_wr
     assert not engine._writer.pending and engine._writer.in_flight_bytes == 0  # type: ignore[union-attr]
 
 
+def test_a_temporary_chest_collected_while_its_writer_commits_gives_no_warning(
+    recwarn: pytest.WarningsRecorder,
+) -> None:
+    # The finalizer needs no lock: it can run while the writer is inside a commit, past its check of
+    # the flag. Before, that commit failed into the removed directory, warned "disk write failed".
+    chest = Chest(available_memory=3_000_000, write_behind=True)
+    path, engine, store = chest.path, chest.engine, chest._store
+    writer = engine._writer.writer  # type: ignore[union-attr]
+    commit, committing = store.commit, threading.Event()
+
+    def commit_once_the_directory_is_gone(prepared: Any) -> int:  # a slow commit, widened to the whole race
+        committing.set()
+        deadline = time.monotonic() + 10
+        while os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        return commit(prepared)
+
+    store.commit = commit_once_the_directory_is_gone  # type: ignore[method-assign]
+    for i in range(4):
+        chest[i] = bytes([i]) * 1_000_000  # the fourth hands the first to the writer
+    assert committing.wait(10)
+    thread = writer._last_thread
+    del chest
+    gc.collect()
+    assert thread is not None
+    thread.join(10)
+    assert not os.path.exists(path) and writer.abandoned
+    assert [str(w.message) for w in recwarn if issubclass(w.category, spillkit.SpillWarning)] == []
+    assert writer.failures == 0 and writer.in_flight_bytes == 0
+
+
 def test_a_chest_alive_until_late_interpreter_shutdown_leaves_no_error(tmp_path: Path) -> None:
     # Kept alive by the warnings module, a Chest's parts are collected after their modules' globals
     # are cleared: their __del__ guards used contextlib.suppress, by then None ("Exception ignored").
