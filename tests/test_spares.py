@@ -26,6 +26,14 @@ def inode(chest: Chest, key: Any) -> int:
     return os.stat(os.path.join(chest.path, chest._store.inner.filename(key))).st_ino
 
 
+def child_exit_code(pid: int, *fds: int) -> int:
+    """Wait for the forked child ``pid``; close the pipe ends ``fds``; return its exit code."""
+    _, status = os.waitpid(pid, 0)
+    for fd in fds:
+        os.close(fd)
+    return os.waitstatus_to_exitcode(status)
+
+
 def spill(chest: Chest, key: Any, value: Any) -> None:
     """Store ``value`` under ``key`` and push it to disk (the budget holds one value)."""
     chest[key] = value
@@ -99,7 +107,6 @@ def test_a_file_a_forked_child_maps_is_never_written_over(tmp_path: Path) -> Non
     spill(chest, "a", array(0))
     loaded = chest["a"]  # mapped: the child inherits the mapping
     read_end, write_end = os.pipe()
-    done_read, done_write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: wait for the parent's writes, then check its copy
         os.read(read_end, 1)
@@ -109,10 +116,7 @@ def test_a_file_a_forked_child_maps_is_never_written_over(tmp_path: Path) -> Non
     del chest["a"]
     spill(chest, "b", array(1))
     os.write(write_end, b"x")
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, "the child's value changed under it"
-    for fd in (read_end, write_end, done_read, done_write):
-        os.close(fd)
+    assert child_exit_code(pid, read_end, write_end) == 0, "the child's value changed under it"
     chest.drop()
 
 
@@ -178,10 +182,8 @@ def test_a_file_a_forked_child_loads_after_the_fork_is_never_written_over(tmp_pa
     spill(chest, "b", array(1))  # smaller or not, it must not go into the child's file
     spill(chest, "c", array(2, n=MiB // 32))
     os.write(go_write, b"x")
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, "the child's value changed under it (or it died of SIGBUS)"
-    for fd in (go_read, go_write, ready_read, ready_write):
-        os.close(fd)
+    code = child_exit_code(pid, go_read, go_write, ready_read, ready_write)
+    assert code == 0, "the child's value changed under it (or it died of SIGBUS)"
     chest.drop()
 
 
@@ -194,8 +196,7 @@ def test_a_forked_child_keeps_no_spares_of_its_own(tmp_path: Path) -> None:
         for i in range(3):
             del chest[i]
         os._exit(0 if not [name for name in os.listdir(chest.path) if name.startswith(".tmp-")] else 1)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0  # before: 3 spares of the child left in the parent's directory
+    assert child_exit_code(pid) == 0  # before: 3 spares of the child left in the parent's directory
     chest.drop()
 
 
