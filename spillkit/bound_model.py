@@ -113,14 +113,16 @@ class _Model:
                 self.writes.append(size)
             stretches = stretches_of.get(obj, ())
             for r in accesses:
-                if r >= start and not any(lo <= r < hi for lo, hi in stretches):
+                # (a pop reads a spilled value without caching it: it needs no room)
+                popped = requests[r][0] == "get" and requests[r][3] == "pop"
+                if r >= start and not popped and not any(lo <= r < hi for lo, hi in stretches):
                     self.touched[r] += size
             last = end - 1 if charged else accesses[-1]
             if max(put, start) <= last:
                 holders.setdefault(obj, []).append((max(put, start), last, accesses, variables, size))
-        for group in holders.values():
+        for obj, group in holders.items():
             if len(group) > 1:
-                self._count_once(requests, group)
+                self._count_once(requests, group, stretches_of.get(obj, []))
 
     def _enter(self, low: int, stop: int, variable: int, size: int) -> None:
         """Count ``variable`` (``size`` bytes) at requests ``low .. stop - 1``."""
@@ -128,17 +130,20 @@ class _Model:
         flow[low, variable] = flow.get((low, variable), 0) + size
         flow[stop, variable] = flow.get((stop, variable), 0) - size
 
-    def _count_once(self, requests: Sequence[tuple[Any, ...]], group: list[Any]) -> None:
-        """Holders of one object overlap: at each request count one of them (the one accessed, else the oldest)."""
+    def _count_once(self, requests: Sequence[tuple[Any, ...]], group: list[Any], pinned: list[tuple[int, int]]) -> None:
+        """Holders of one object overlap: at each request count one of them (the one accessed, else the oldest).
+
+        Where the object is ``pinned`` no holder counts already (see ``__init__``): nothing to take off.
+        """
         group.sort(key=lambda holder: holder[2][0])
-        cuts: set[int] = set()
+        cuts: set[int] = {edge for stretch in pinned for edge in stretch}
         for low, high, accesses, _variables, _size in group:
             cuts.update((low, high + 1))
             cuts.update(r for a in accesses if low <= a <= high for r in (a, a + 1))
         points = sorted(cuts)
         for u, v in itertools.pairwise(points):
             present = [h for h in group if h[0] <= u and v - 1 <= h[1]]
-            if len(present) < 2:
+            if len(present) < 2 or any(low <= u < high for low, high in pinned):
                 continue
             winner = present[0]
             if v - u == 1 and requests[u][0] in ("put", "get"):

@@ -303,3 +303,17 @@ def test_a_budget_every_value_fits_in_bounds_no_io(name: str) -> None:
     peak = trace.peak_bytes()
     for budget in (peak, 10 * peak):
         assert foo_lower_bound(trace, budget).io_bytes == 0
+
+
+def test_a_pop_needs_no_room_and_a_pinned_alias_is_counted_once() -> None:
+    # Found by review. A pop reads a spilled value without caching it: the bound counted room for it
+    # (20 against the best run's 10). And where an object shared by two keys was pinned, the second
+    # key's share was taken off twice (0 against 40): valid, but no bound at all.
+    popped = make(put("a", 5), put("b", 5), get("b"), ("get", "a", 0.0, "pop"), delete("a"), get("b"))
+    for mode in ("strict", "settled"):
+        assert foo_lower_bound(popped, 5, mode=mode).io_bytes == optimum(popped, 5, mode) == 10
+    aliased = make(
+        put("a", 8, 1), put("b", 8, 1), ("pin", "a", 0.0), put("c", 8, 2), put("d", 8, 3),
+        get("c"), get("d"), get("a"), get("b"), get("c"), get("d"), ("unpin", "a", 0.0),
+    )  # fmt: skip
+    assert foo_lower_bound(aliased, 8, mode="settled").io_bytes == optimum(aliased, 8, "settled") == 40
