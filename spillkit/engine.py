@@ -9,6 +9,7 @@ from .errors import ChangedWhileWritten, SpillError
 from .events import DELETE, EVICT, GIVEN_COST, HIT, PUT, SETTLE, SPILL
 from .keys import describe_key
 from .ledger import _MISSING as _MISSING  # re-exported: chest.py imports the sentinel from here
+from .ledger import reports_notes
 from .lifecycle import EngineLifecycle
 from .policies.base import Policy
 from .sizeof import checked_size
@@ -89,7 +90,10 @@ class SpillEngine(EngineLifecycle):
             try:
                 value = self.memory[key]
             except KeyError:
-                return load(self, key)
+                value = load(self, key)
+                if self.report_notes is not None:  # (spillkit.spares: once the load's bookkeeping is done)
+                    self.report_notes()
+                return value
             try:
                 self._touch(key)
             except KeyError:
@@ -102,6 +106,7 @@ class SpillEngine(EngineLifecycle):
         finally:
             lock.release()
 
+    @reports_notes
     def put(self, key: Hashable, value: Any, cost: float | None = None, nbytes: int | None = None) -> None:
         """Store ``value``; make room unless deferred. Values over the budget go straight to disk.
 
@@ -169,6 +174,7 @@ class SpillEngine(EngineLifecycle):
         finally:
             lock.release()
 
+    @reports_notes
     def delete(self, key: Hashable) -> None:
         """Remove the key from memory and disk; KeyError if absent."""
         lock = self.lock
@@ -194,6 +200,7 @@ class SpillEngine(EngineLifecycle):
         finally:
             lock.release()
 
+    @reports_notes
     def settle(self) -> None:
         """Spill until resident bytes are within the budget (ends a deferred stretch)."""
         with self.lock:

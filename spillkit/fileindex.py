@@ -172,14 +172,19 @@ class FileIndex:
 _stores: weakref.WeakSet[FileIndex] = weakref.WeakSet()
 
 
+def _names_now(store: FileIndex) -> set[str]:
+    # _owners and the names a commit in another thread is recording (it sets _names before _owners)
+    return {*store._owners, *(name.casefold() for name in list(store._names.values()))}
+
+
 def _after_fork_in_child() -> None:
     for store in list(_stores):
-        store._protected.update(store._owners)
+        store._protected.update(_names_now(store))
 
 
 def _before_fork() -> None:  # the parent's side: the child may map any file there now, so none is reused
     for store in list(_stores):
-        store._shared_at_fork.update(store._owners)
+        store._shared_at_fork.update(_names_now(store))
 
 
 if hasattr(os, "register_at_fork"):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 import warnings
 from collections.abc import Callable, Hashable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .errors import ChangedWhileWritten, SpillError, SpillWarning
 from .events import COST, SPILL_ERROR, Event, Listener
@@ -19,9 +20,25 @@ from .stats import Stats
 if TYPE_CHECKING:
     from .writebehind import WriteBehind
 
-__all__ = ["EngineLedger"]
+__all__ = ["EngineLedger", "reports_notes"]
 
 _MISSING: Any = object()
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def reports_notes(method: F) -> F:
+    """Once ``method`` (an engine operation) has returned, warn what the disk tier noted meanwhile."""
+
+    @functools.wraps(method)
+    def run(self: EngineLedger, *args: Any, **kwargs: Any) -> Any:
+        result = method(self, *args, **kwargs)
+        if self.report_notes is not None:
+            self.report_notes()
+        return result
+
+    return cast(F, run)
 
 
 class EngineLedger:
@@ -94,6 +111,9 @@ class EngineLedger:
         self._spilled_nbytes = 0  # memory size of the keys whose only copy is on disk
         self._refs = LiveObjects()  # spilled values that may still be alive elsewhere
         self._writer: WriteBehind | None = None  # the engine sets it when write-behind is on
+        # Warns what the disk tier noted during an operation (spillkit.spares), called at its end:
+        # a warning turned into an error then stops no bookkeeping half-way. Set by the Chest.
+        self.report_notes: Callable[[], None] | None = None
 
     # ---- reading state -------------------------------------------------------------
     def __contains__(self, key: object) -> bool:

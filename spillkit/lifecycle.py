@@ -7,7 +7,7 @@ from collections.abc import Hashable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .events import LOAD, PIN, POPPED, UNPIN
-from .ledger import _MISSING, EngineLedger
+from .ledger import _MISSING, EngineLedger, reports_notes
 from .transfers import failed_read, timed_write
 
 if TYPE_CHECKING:
@@ -47,6 +47,7 @@ class EngineLifecycle(EngineLedger):
 
         def _spill(self, key: Hashable, background: bool = True) -> bool: ...
 
+    @reports_notes
     def pop(self, key: Hashable, default: Any = _MISSING) -> Any:
         """Remove and return the value without caching a disk copy in memory."""
         with self.lock:
@@ -123,6 +124,7 @@ class EngineLifecycle(EngineLedger):
                 if self.listeners:
                     self._emit(UNPIN, key, 0)
 
+    @reports_notes
     def evict_one(self) -> int:
         """Spill values until one frees memory; return bytes freed, or -1. Never raises."""
         with self.lock:
@@ -190,6 +192,7 @@ class EngineLifecycle(EngineLedger):
             return False
         return True
 
+    @reports_notes
     def clear(self) -> None:
         """Delete every key."""
         with self.lock:

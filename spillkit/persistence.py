@@ -68,7 +68,6 @@ def flush(chest: Chest, closing: bool = False) -> None:
             if not closing:
                 chest._check_open()  # and again: the wait lets go of the lock
             chest._store.inner._spares.clear()  # their room first: a flush may need every byte of the disk
-            chest._store.inner._spares.report()
             failures = rewrite_unsynced(chest)
             failures += chest._engine.write_all()  # writes and fsyncs the files, then the directory
             if chest._store.retained and any(disk_full(error) for _, error in failures):
@@ -89,6 +88,8 @@ def flush(chest: Chest, closing: bool = False) -> None:
         keys = ", ".join(describe_key(k) for k, _ in failures[:5])
         first = failures[0][1]
         raise SpillError(f"flush could not write {len(failures)} value(s), keys {keys} (first: {first})") from first
+    if chest._engine.report_notes is not None:  # what the disk tier noted (spillkit.spares), the flush done
+        chest._engine.report_notes()
 
 
 def rewrite_unsynced(chest: Chest) -> list[tuple[Hashable, BaseException]]:
@@ -202,12 +203,14 @@ def close(chest: Chest) -> None:
     engine = chest._engine
     if chest._temporary:
         chest.drop()  # idempotent; takes the lock itself, and joins the writer once it has let go
-        return
-    try:
-        _close_locked(chest)
-    finally:
-        if engine.closed:
-            engine.join_writer()  # without the lock: the writer thread may take it to end
+    else:
+        try:
+            _close_locked(chest)
+        finally:
+            if engine.closed:
+                engine.join_writer()  # without the lock: the writer thread may take it to end
+    if engine.report_notes is not None:  # what the disk tier noted, removing its spares (spillkit.spares)
+        engine.report_notes()
 
 
 def _close_locked(chest: Chest) -> None:

@@ -246,7 +246,6 @@ class PackedStore(PackedRecords):
             segment.close()
         self._active = None
         self.inner._spares.clear()
-        self.inner._spares.report()
 
     def __del__(self) -> None:
         try:  # noqa: SIM105 (not contextlib: at interpreter exit module globals may already be None)

@@ -82,7 +82,7 @@ class SparePool:
         self._counter = itertools.count(1)
         self._prefix = f".tmp-{os.getpid()}-s{secrets.token_hex(4)}-"  # unique among the process's pools too
         self._pid = os.getpid()
-        self._notes: collections.deque[str] = collections.deque()  # warnings for report()
+        self._local = threading.local()  # each thread's notes, warned by report() in that thread
         _pools.add(self)
 
     @property
@@ -165,21 +165,30 @@ class SparePool:
         return freed
 
     def report(self) -> None:
-        """Warn about the errors noted since the last report (call it once the caller's bookkeeping is done)."""
-        while self._notes:
-            warnings.warn(self._notes.popleft(), SpillWarning, stacklevel=3)
+        """Warn about this thread's errors noted since its last report (once the caller's bookkeeping is done).
+
+        The engine calls it at the end of each operation (``SpillEngine.report_notes``), the
+        background writer at the end of each write: a warning turned into an error then stops
+        nothing half-way, and a write-behind thread's notes never reach another thread's caller.
+        """
+        notes: collections.deque[str] | None = getattr(self._local, "notes", None)
+        while notes:
+            warnings.warn(notes.popleft(), SpillWarning, stacklevel=4)
 
     def forget(self) -> None:
         """Drop every spare without touching the files (a forked child: they are the parent's)."""
         self._spares = []
         self._lock = threading.Lock()
-        self._notes.clear()
+        self._local = threading.local()
+
+    def note(self, message: str) -> None:
+        """Keep ``message`` for this thread's next :meth:`report`."""
+        self._local.__dict__.setdefault("notes", collections.deque()).append(message)
 
     def _note(self, what: str, path: str, error: OSError | str) -> None:
         if not isinstance(error, FileNotFoundError):  # gone already (a directory removed, a cleaner): nothing lost
-            self._notes.append(
-                f"{what} the spare spill file {path!r}: {error if isinstance(error, str) else repr(error)}"
-            )
+            reason = error if isinstance(error, str) else repr(error)
+            self.note(f"{what} the spare spill file {path!r}: {reason}")
 
 
 def _size(spare: Spare) -> int:

@@ -131,14 +131,14 @@ class DiskStore(FileSync):
         CRC pass over the value. On a full disk, the spare files (:mod:`spillkit.spares`) are
         removed and the write is made once more (warned about).
         """
+        had_spares = len(self._spares) > 0  # (the attempt may use, and free, the only one)
         try:
             return self._prepare_once(key, frames, name, verify)
         except OSError as error:
             freed = self._spares.clear() if disk_full(error) else 0
-            if not freed:
+            if not (freed or (had_spares and disk_full(error))):
                 raise
-            message = f"disk full ({error!r}): removed {freed} bytes of spare files; writing again"
-            warnings.warn(message, SpillWarning, stacklevel=3)
+            self._spares.note(f"disk full ({error!r}): removed the spare files ({freed} bytes); written again")
         return self._prepare_once(key, frames, name, verify)
 
     def _prepare_once(self, key: Hashable, frames: list[Any], name: str, verify: bool) -> PreparedWrite:
@@ -215,7 +215,6 @@ class DiskStore(FileSync):
         self._owners[name.casefold()] = key
         self._dirty.add(name)
         self._unsynced.discard(name)  # a new inode under the name: its fsync is a fresh one
-        self._spares.report()  # what prepare noted (a spare it could not reuse), now that the commit is whole
         return prepared.size
 
     def discard(self, prepared: PreparedWrite) -> None:
@@ -223,7 +222,6 @@ class DiskStore(FileSync):
         with contextlib.suppress(OSError):
             os.unlink(prepared.temp)
         self.unreserve(prepared.name)
-        self._spares.report()
 
     def write(self, key: Hashable, value: Any) -> int:
         """Serialize ``value`` into the key's file; return the bytes written."""
@@ -254,4 +252,3 @@ class DiskStore(FileSync):
             warnings.warn(
                 f"could not remove the spill file of {describe_key(key)}: {error!r}", SpillWarning, stacklevel=3
             )
-        self._spares.report()  # last: the bookkeeping is done whatever a warning does

@@ -132,7 +132,13 @@ class WriteBehind:
         return self._staged.prepare(pending.key, pending.value, pending.name, verify=self.verify)
 
     def _finish(self, pending: PendingWrite, prepared: Any, error: BaseException | None, seconds: float) -> None:
-        # On the writer thread, under the lock.
+        # On the writer thread, under the lock. What the disk tier noted in this write (spillkit.spares)
+        # is warned here, once the write's bookkeeping is done (an error from it reaches excepthook).
+        self._settle_write(pending, prepared, error, seconds)
+        if self._engine.report_notes is not None:
+            self._engine.report_notes()
+
+    def _settle_write(self, pending: PendingWrite, prepared: Any, error: BaseException | None, seconds: float) -> None:
         engine, writer, staged = self._engine, self.writer, self._staged
         if writer.abandoned:  # the Chest is gone: nothing can read this write
             writer.cancel(pending.key)
