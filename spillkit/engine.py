@@ -9,8 +9,8 @@ from .errors import ChangedWhileWritten, SpillError
 from .events import DELETE, EVICT, GIVEN_COST, HIT, PUT, SETTLE, SPILL
 from .keys import describe_key
 from .ledger import _MISSING as _MISSING  # re-exported: chest.py imports the sentinel from here
-from .ledger import reports_notes
 from .lifecycle import EngineLifecycle
+from .notes import reports_notes
 from .policies.base import Policy
 from .sizeof import checked_size
 from .tiers import DiskTier

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import threading
 import time
 import warnings
 from collections.abc import Callable, Hashable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any
 
 from .errors import ChangedWhileWritten, SpillError, SpillWarning
 from .events import COST, SPILL_ERROR, Event, Listener
@@ -20,25 +19,9 @@ from .stats import Stats
 if TYPE_CHECKING:
     from .writebehind import WriteBehind
 
-__all__ = ["EngineLedger", "reports_notes"]
+__all__ = ["EngineLedger"]
 
 _MISSING: Any = object()
-
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def reports_notes(method: F) -> F:
-    """Once ``method`` (an engine operation) has returned, warn what the disk tier noted meanwhile."""
-
-    @functools.wraps(method)
-    def run(self: EngineLedger, *args: Any, **kwargs: Any) -> Any:
-        result = method(self, *args, **kwargs)
-        if self.report_notes is not None:
-            self.report_notes()
-        return result
-
-    return cast(F, run)
 
 
 class EngineLedger:

@@ -7,7 +7,8 @@ from collections.abc import Hashable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .events import LOAD, PIN, POPPED, UNPIN
-from .ledger import _MISSING, EngineLedger, reports_notes
+from .ledger import _MISSING, EngineLedger
+from .notes import reports_notes
 from .transfers import failed_read, timed_write
 
 if TYPE_CHECKING:
