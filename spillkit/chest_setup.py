@@ -136,7 +136,7 @@ def setup_chest(
             store, chosen, budget, sizeof or default_sizeof(), write_behind=write_behind
         )
         engine.check_in_place = bool(check_in_place)
-        engine.report_notes = store.inner._spares.report
+        engine.notes = store.inner._spares
         store.verify_writes = verify_writes is True
         if engine._writer is not None:
             engine._writer.verify = verify_writes is not False

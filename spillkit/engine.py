@@ -91,8 +91,8 @@ class SpillEngine(EngineLifecycle):
                 value = self.memory[key]
             except KeyError:
                 value = load(self, key)
-                if self.report_notes is not None:  # (spillkit.spares: once the load's bookkeeping is done)
-                    self.report_notes()
+                if self.notes.waiting:  # (spillkit.notes: once the load's bookkeeping is done)
+                    self.notes.report()
                 return value
             try:
                 self._touch(key)
@@ -106,7 +106,6 @@ class SpillEngine(EngineLifecycle):
         finally:
             lock.release()
 
-    @reports_notes
     def put(self, key: Hashable, value: Any, cost: float | None = None, nbytes: int | None = None) -> None:
         """Store ``value``; make room unless deferred. Values over the budget go straight to disk.
 
@@ -127,6 +126,8 @@ class SpillEngine(EngineLifecycle):
                 hash(key)  # an unhashable key fails before a file is named after it
                 try:
                     write_through(self, key, value, nbytes, cost)
+                    if self.notes.waiting:  # (spillkit.notes: the put is whole)
+                        self.notes.report()
                     return
                 except Exception as error:
                     # Deferred (dask, whose later tasks need it), a value that cannot be serialized
@@ -171,10 +172,11 @@ class SpillEngine(EngineLifecycle):
                 self._emit(PUT, key, nbytes, detail="" if cost is None else GIVEN_COST, object_id=id(value))
             if self._writer is not None:
                 self._writer.throttle()
+            if self.notes.waiting:  # (spillkit.notes: the put is whole)
+                self.notes.report()
         finally:
             lock.release()
 
-    @reports_notes
     def delete(self, key: Hashable) -> None:
         """Remove the key from memory and disk; KeyError if absent."""
         lock = self.lock
@@ -197,6 +199,8 @@ class SpillEngine(EngineLifecycle):
             if self.listeners:
                 self._emit(DELETE, key, nbytes)
             self._costs.pop(key, None)
+            if self.notes.waiting:  # (spillkit.notes: the delete is whole)
+                self.notes.report()
         finally:
             lock.release()
 

@@ -13,6 +13,7 @@ from .errors import ChangedWhileWritten, SpillError, SpillWarning
 from .events import COST, SPILL_ERROR, Event, Listener
 from .keys import describe_key
 from .liveobjects import LiveObjects
+from .notes import NO_NOTES, Notes
 from .policies.base import Policy
 from .stats import Stats
 
@@ -94,9 +95,9 @@ class EngineLedger:
         self._spilled_nbytes = 0  # memory size of the keys whose only copy is on disk
         self._refs = LiveObjects()  # spilled values that may still be alive elsewhere
         self._writer: WriteBehind | None = None  # the engine sets it when write-behind is on
-        # Warns what the disk tier noted during an operation (spillkit.spares), called at its end:
-        # a warning turned into an error then stops no bookkeeping half-way. Set by the Chest.
-        self.report_notes: Callable[[], None] | None = None
+        # What the disk tier noted during an operation (spillkit.spares), warned at its end (see
+        # spillkit.notes): a warning turned into an error then stops no bookkeeping half-way.
+        self.notes: Notes = NO_NOTES
 
     # ---- reading state -------------------------------------------------------------
     def __contains__(self, key: object) -> bool:

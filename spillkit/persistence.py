@@ -88,8 +88,8 @@ def flush(chest: Chest, closing: bool = False) -> None:
         keys = ", ".join(describe_key(k) for k, _ in failures[:5])
         first = failures[0][1]
         raise SpillError(f"flush could not write {len(failures)} value(s), keys {keys} (first: {first})") from first
-    if chest._engine.report_notes is not None:  # what the disk tier noted (spillkit.spares), the flush done
-        chest._engine.report_notes()
+    if chest._engine.notes.waiting:  # what the disk tier noted (spillkit.notes), the flush done
+        chest._engine.notes.report()
 
 
 def rewrite_unsynced(chest: Chest) -> list[tuple[Hashable, BaseException]]:
@@ -209,8 +209,8 @@ def close(chest: Chest) -> None:
         finally:
             if engine.closed:
                 engine.join_writer()  # without the lock: the writer thread may take it to end
-    if engine.report_notes is not None:  # what the disk tier noted, removing its spares (spillkit.spares)
-        engine.report_notes()
+    if engine.notes.waiting:  # what the disk tier noted, removing its spares (spillkit.notes)
+        engine.notes.report()
 
 
 def _close_locked(chest: Chest) -> None:

@@ -83,6 +83,7 @@ class SparePool:
         self._prefix = f".tmp-{os.getpid()}-s{secrets.token_hex(4)}-"  # unique among the process's pools too
         self._pid = os.getpid()
         self._local = threading.local()  # each thread's notes, warned by report() in that thread
+        self.waiting = 0  # notes of every thread not reported yet (spillkit.notes: a hint for the hot paths)
         _pools.add(self)
 
     @property
@@ -167,23 +168,27 @@ class SparePool:
     def report(self) -> None:
         """Warn about this thread's errors noted since its last report (once the caller's bookkeeping is done).
 
-        The engine calls it at the end of each operation (``SpillEngine.report_notes``), the
+        The engine calls it at the end of each operation (:mod:`spillkit.notes`), the
         background writer at the end of each write: a warning turned into an error then stops
         nothing half-way, and a write-behind thread's notes never reach another thread's caller.
         """
         notes: collections.deque[str] | None = getattr(self._local, "notes", None)
         while notes:
-            warnings.warn(notes.popleft(), SpillWarning, stacklevel=4)
+            message = notes.popleft()
+            self.waiting -= 1
+            warnings.warn(message, SpillWarning, stacklevel=4)
 
     def forget(self) -> None:
         """Drop every spare without touching the files (a forked child: they are the parent's)."""
         self._spares = []
         self._lock = threading.Lock()
         self._local = threading.local()
+        self.waiting = 0
 
     def note(self, message: str) -> None:
         """Keep ``message`` for this thread's next :meth:`report`."""
         self._local.__dict__.setdefault("notes", collections.deque()).append(message)
+        self.waiting += 1
 
     def _note(self, what: str, path: str, error: OSError | str) -> None:
         if not isinstance(error, FileNotFoundError):  # gone already (a directory removed, a cleaner): nothing lost

@@ -135,8 +135,8 @@ class WriteBehind:
         # On the writer thread, under the lock. What the disk tier noted in this write (spillkit.spares)
         # is warned here, once the write's bookkeeping is done (an error from it reaches excepthook).
         self._settle_write(pending, prepared, error, seconds)
-        if self._engine.report_notes is not None:
-            self._engine.report_notes()
+        if self._engine.notes.waiting:
+            self._engine.notes.report()
 
     def _settle_write(self, pending: PendingWrite, prepared: Any, error: BaseException | None, seconds: float) -> None:
         engine, writer, staged = self._engine, self.writer, self._staged
