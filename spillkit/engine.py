@@ -126,15 +126,16 @@ class SpillEngine(EngineLifecycle):
                 hash(key)  # an unhashable key fails before a file is named after it
                 try:
                     write_through(self, key, value, nbytes, cost)
-                    if self.notes.waiting:  # (spillkit.notes: the put is whole)
-                        self.notes.report()
-                    return
                 except Exception as error:
                     # Deferred (dask, whose later tasks need it), a value that cannot be serialized
                     # stays in memory, as smaller ones do when they are spilled; otherwise the put fails.
                     if not self.deferred or isinstance(error, (OSError, SpillError)):
                         raise
                     refused = error
+                else:  # (out of the try: a warning raised as an error is not the value's failure)
+                    if self.notes.waiting:  # (spillkit.notes: the put is whole)
+                        self.notes.report()
+                    return
             existed = key in self._nbytes  # TypeError for an unhashable key, before any change
             old = self._pop_resident(key) if existed else _MISSING
             if not self.deferred:
@@ -177,8 +178,12 @@ class SpillEngine(EngineLifecycle):
         finally:
             lock.release()
 
-    def delete(self, key: Hashable) -> None:
-        """Remove the key from memory and disk; KeyError if absent."""
+    def delete(self, key: Hashable, report: bool = True) -> None:
+        """Remove the key from memory and disk; KeyError if absent.
+
+        ``report=False`` leaves the disk tier's notes (spillkit.notes) to the next operation: for
+        ``pop``, which must hand its value back whatever a warning filter does.
+        """
         lock = self.lock
         lock.acquire()
         try:
@@ -199,7 +204,7 @@ class SpillEngine(EngineLifecycle):
             if self.listeners:
                 self._emit(DELETE, key, nbytes)
             self._costs.pop(key, None)
-            if self.notes.waiting:  # (spillkit.notes: the delete is whole)
+            if report and self.notes.waiting:  # (spillkit.notes: the delete is whole)
                 self.notes.report()
         finally:
             lock.release()

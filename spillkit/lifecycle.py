@@ -44,11 +44,10 @@ class EngineLifecycle(EngineLedger):
 
     if TYPE_CHECKING:
 
-        def delete(self, key: Hashable) -> None: ...
+        def delete(self, key: Hashable, report: bool = True) -> None: ...
 
         def _spill(self, key: Hashable, background: bool = True) -> bool: ...
 
-    @reports_notes
     def pop(self, key: Hashable, default: Any = _MISSING) -> Any:
         """Remove and return the value without caching a disk copy in memory."""
         with self.lock:
@@ -68,7 +67,7 @@ class EngineLifecycle(EngineLedger):
                     value = None if value is None else value()
                     if value is None:
                         value = self._read_popped(key)
-            self.delete(key)
+            self.delete(key, report=False)  # its notes wait for the next operation: the value must come back
             return value
 
     def _read_popped(self, key: Hashable) -> Any:
