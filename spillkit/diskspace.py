@@ -83,13 +83,21 @@ class DiskSpace(FileReads):
         return replaced[1]
 
     def _check_quota(self, key: Hashable, size: int) -> None:
-        if self.available_disk is None:
-            return
-        after = self.space_in_use() - self._freed_by_replacing(key) + size
-        if after > self.available_disk and self._spares.clear():  # kept files go before a write is refused
-            after = self.space_in_use() - self._freed_by_replacing(key) + size
-        if after > self.available_disk:
+        if self.available_disk is not None:
+            self.check_room(key, size, self.available_disk)
+
+    def check_room(self, key: Hashable, size: int, limit: int, elsewhere: int = 0) -> None:
+        """DiskQuotaExceeded unless writing ``size`` bytes for ``key`` keeps the disk use within ``limit``.
+
+        ``elsewhere``: bytes on disk this store does not count (a packed store's segments). A file
+        of the key is replaced or removed by the write (unless a manifest keeps it or a value maps
+        it); the spare files (spillkit.spares) are removed before a write is refused.
+        """
+        after = self.space_in_use() + elsewhere - self._freed_by_replacing(key) + size
+        if after > limit and self._spares.clear():
+            after = self.space_in_use() + elsewhere - self._freed_by_replacing(key) + size
+        if after > limit:
             raise DiskQuotaExceeded(
                 f"storing {describe_key(key)} needs {size} bytes on disk; that would make {after} "
-                f"bytes, over available_disk={self.available_disk}"
+                f"bytes, over available_disk={limit}"
             )

@@ -20,7 +20,6 @@ from typing import Any
 from .codecs import Codec
 from .compaction import Place
 from .errors import CorruptSpillFile, DiskQuotaExceeded
-from .keys import describe_key
 from .segfiles import read_at
 from .spillfile import HEADER_SIZE, PAD, RecordError, encode_header, open_record, still_encodes
 from .storage import DiskStore, OpenRead, PreparedWrite
@@ -194,17 +193,8 @@ class PackedRecords(SegmentUpkeep):
         return self.commit(prepared)
 
     def _check_quota(self, key: Hashable, size: int, on_disk: int) -> None:
-        if self.available_disk is None:
-            return
-        # A file of the key is replaced or removed by this write (unless a manifest keeps it or a value maps it).
-        after = self.inner.space_in_use() + on_disk - self.inner._freed_by_replacing(key) + size
-        if after > self.available_disk and self.inner._spares.clear():  # kept files go before a write is refused
-            after = self.inner.space_in_use() + on_disk - self.inner._freed_by_replacing(key) + size
-        if after > self.available_disk:
-            raise DiskQuotaExceeded(
-                f"storing {describe_key(key)} needs {size} bytes on disk; that would make {after} "
-                f"bytes, over available_disk={self.available_disk}"
-            )
+        if self.available_disk is not None:
+            self.inner.check_room(key, size, self.available_disk, elsewhere=on_disk)
 
     def _make_room(self, key: Hashable, size: int) -> None:
         """Check the quota against the files really on disk, compacting first if that helps."""

@@ -69,9 +69,10 @@ class SparePool:
     be renamed, opened or checked is not kept, or not reused, and the caller unlinks it or
     writes a new file as it would have without spares. A disk error (or a spare found
     replaced) is noted and warned about (:class:`~spillkit.errors.SpillWarning`) only when
-    the store calls :meth:`report`, after its own bookkeeping, so that a warning turned into
-    an error cannot leave that half done. A file already gone is no error. Only the
-    process that made the pool keeps files: a forked child's pool keeps none.
+    :meth:`report` is called, which the engine does at the end of its operation
+    (:mod:`spillkit.notes`), so that a warning turned into an error cannot leave one half
+    done. A file already gone is no error. Only the process that made the pool keeps files:
+    a forked child's pool keeps none.
     """
 
     def __init__(self, directory: str, min_size: int = SPARE_FROM) -> None:
