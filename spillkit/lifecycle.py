@@ -198,7 +198,7 @@ class EngineLifecycle(EngineLedger):
         with self.lock:
             self._check_open()
             for key in list(self._nbytes):
-                self.delete(key)
+                self.delete(key, report=False)  # the notes once every key is gone (reports_notes)
 
     def abandon_writes(self) -> None:
         """Drop the background writes not finished yet: their Chest is gone, nothing can read them.
