@@ -89,9 +89,14 @@ def disk_files(path: str | os.PathLike[str]) -> dict[str, int]:
     }
 
 
+def is_spare_name(name: str) -> bool:
+    """True for the name of a deleted value's file kept for reuse (spillkit.spares)."""
+    return re.fullmatch(r"\.tmp-\d+-s[0-9a-f]+-\d+", name) is not None
+
+
 def spare_files(path: str | os.PathLike[str]) -> list[str]:
     """The deleted values' files kept for reuse (spillkit.spares) under ``path``."""
-    return sorted(name for name in os.listdir(path) if re.fullmatch(r"\.tmp-\d+-s[0-9a-f]+-\d+", name))
+    return sorted(name for name in os.listdir(path) if is_spare_name(name))
 
 
 def assert_disk_files(chest: Chest) -> None:

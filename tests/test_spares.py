@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import gc
 import os
-import re
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from helpers import abandon, assert_disk_files, spare_files
+from helpers import abandon, assert_disk_files, is_spare_name, spare_files
 
 from spillkit import Chest, DiskQuotaExceeded, SpillWarning
 from spillkit.spares import SPARE_FROM, SPARE_LIMIT
@@ -275,7 +274,7 @@ def failing_for_spares(real: Any) -> Any:
     import errno
 
     def call(*args: Any, **kwargs: Any) -> Any:
-        if any(re.fullmatch(r"\.tmp-\d+-s[0-9a-f]+-\d+", os.path.basename(os.fspath(a))) for a in args[:2]):
+        if any(is_spare_name(os.path.basename(os.fspath(a))) for a in args[:2]):
             raise PermissionError(errno.EACCES, "Permission denied")
         return real(*args, **kwargs)
 
