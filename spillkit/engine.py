@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from .errors import ChangedWhileWritten, SpillError
-from .events import DELETE, EVICT, GIVEN_COST, HIT, PUT, SETTLE, SPILL
+from .errors import SpillError
+from .events import DELETE, GIVEN_COST, HIT, PUT, SETTLE
 from .keys import describe_key
 from .ledger import _MISSING as _MISSING  # re-exported: chest.py imports the sentinel from here
 from .lifecycle import EngineLifecycle
@@ -14,7 +14,7 @@ from .notes import reports_notes
 from .policies.base import Policy
 from .sizeof import checked_size
 from .tiers import DiskTier
-from .transfers import load, timed_write, write_through
+from .transfers import load, spill_victim, write_through
 from .writebehind import WriteBehind
 
 __all__ = ["DiskTier", "SpillEngine"]
@@ -53,8 +53,8 @@ class SpillEngine(EngineLifecycle):
     bookkeeping are :class:`~spillkit.ledger.EngineLedger` (a base class, so the
     hit path reads it without an extra lookup), the operations on every key at
     once and closing are :class:`~spillkit.lifecycle.EngineLifecycle` (a base
-    class between the two), loads and write-through are functions in
-    :mod:`spillkit.transfers`, write-behind is
+    class between the two), loads, write-through and the spill of a chosen
+    victim are functions in :mod:`spillkit.transfers`, write-behind is
     :class:`~spillkit.writebehind.WriteBehind`, and live-object reuse is
     :class:`~spillkit.liveobjects.LiveObjects`. This class keeps the
     operations on one key and the one loop that makes room.
@@ -232,56 +232,5 @@ class SpillEngine(EngineLifecycle):
                 if not self._spill(key):
                     return
 
-    def _spill(self, key: Hashable, background: bool = True) -> bool:
-        """Act on one victim; False when the disk failed and the round should stop.
-
-        A victim that changed while it was written stays resident, set aside until the round ends.
-        """
-        if key in self._pins:  # in use (a running task's input): spilling it frees nothing, and may miss changes
-            self._set_aside(key)
-            return True
-        value = self.memory[key]
-        nbytes = self._nbytes[key]
-        if self._writer is not None and key in self._writer.pending:
-            # Read back while an earlier write of it ran, and maybe changed since: that write no longer counts.
-            self._writer.cancel(key)
-        if self._file_holds(key, value):
-            written, seconds, kind = 0, 0.0, EVICT
-            self.stats.evictions += 1
-        elif background and self._writer is not None and not self._writer.disk_failing:
-            self._writer.hand_off(key, value, nbytes)
-            return True
-        else:
-            try:
-                written, seconds = timed_write(self, key, value)
-            except ChangedWhileWritten as error:  # another thread keeps changing it: not this put's failure
-                self._set_aside(key)  # the round goes on with the other victims (first: listeners may use the key)
-                self._spill_failed(key, nbytes, error, "changed while it was written; it stays in memory")
-                return True
-            except SpillError as error:  # the quota: raised into the put, which stores nothing
-                if background and self._writer is not None:  # write-behind's fallback on a failing disk:
-                    self._spill_failed(key, nbytes, error, "disk quota refused it; it stays in memory")
-                    return False  # ... which, like its background writes, never raises into a put
-                self._count_write_error(error)  # a failed write all the same (write-behind counts it so too)
-                raise
-            except OSError as error:
-                self._spill_failed(key, nbytes, error, "disk write failed; it stays in memory")
-                return False
-            except Exception as error:
-                self.policy.removed(key)
-                self._unspillable.add(key)
-                self.stats.unspillable += 1
-                self._spill_failed(key, nbytes, error, "cannot be serialized; it stays in memory")
-                return True
-            kind = SPILL
-            self.stats.spills += 1
-            if self._writer is not None:
-                self._writer.disk_failing = False  # the disk takes writes again: back to the background
-        del self.memory[key]
-        self._spilled_nbytes += nbytes
-        self._release(value)
-        self._refs.remember(key, value)
-        self.policy.evicted(key)
-        if self.listeners:
-            self._emit(kind, key, nbytes, written, seconds)
-        return True
+    # Acting on one victim: a function of the engine (spillkit.transfers), bound here as a method.
+    _spill = spill_victim

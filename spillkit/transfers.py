@@ -1,7 +1,7 @@
 """Moving one value between the engine's memory and its disk tier: timed, counted, explained on failure.
 
-Loads on a miss, write-through of values larger than the budget, and timed
-writes. Each function does the disk I/O, times it into the engine's stats and
+Loads on a miss, write-through of values larger than the budget, timed
+writes, and the spill of one victim the engine's loop chose. Each function does the disk I/O, times it into the engine's stats and
 updates the engine's ledger exactly as the engine itself would; the engine's
 one loop (``SpillEngine._make_room``) stays the only place that chooses what
 leaves memory. Nothing here is on the hit path.
@@ -36,8 +36,8 @@ import time
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
-from .errors import CorruptSpillFile, DiskQuotaExceeded, LoadFailed, SpillError
-from .events import GIVEN_COST, HIT, LOAD, MISS, PUT, REUSED
+from .errors import ChangedWhileWritten, CorruptSpillFile, DiskQuotaExceeded, LoadFailed, SpillError
+from .events import EVICT, GIVEN_COST, HIT, LOAD, MISS, PUT, REUSED, SPILL
 from .keys import describe_key
 from .ledger import _MISSING
 from .unlocked import read_value
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from .engine import SpillEngine
     from .lifecycle import EngineLifecycle  # timed_write needs no more: EngineLifecycle.write_all calls it
 
-__all__ = ["load", "timed_write", "write_through"]
+__all__ = ["load", "spill_victim", "timed_write", "write_through"]
 
 
 def failed_read(engine: EngineLifecycle, key: Hashable, error: Exception) -> None:
@@ -185,3 +185,58 @@ def load(engine: SpillEngine, key: Hashable) -> Any:
     else:
         engine._refs.remember(key, value)  # never held: while the caller keeps it, reads give it, flushes write it
     return value
+
+
+def spill_victim(engine: SpillEngine, key: Hashable, background: bool = True) -> bool:
+    """Act on one victim; False when the disk failed and the round should stop.
+
+    A victim that changed while it was written stays resident, set aside until the round ends.
+    """
+    if key in engine._pins:  # in use (a running task's input): spilling it frees nothing, and may miss changes
+        engine._set_aside(key)
+        return True
+    value = engine.memory[key]
+    nbytes = engine._nbytes[key]
+    if engine._writer is not None and key in engine._writer.pending:
+        # Read back while an earlier write of it ran, and maybe changed since: that write no longer counts.
+        engine._writer.cancel(key)
+    if engine._file_holds(key, value):
+        written, seconds, kind = 0, 0.0, EVICT
+        engine.stats.evictions += 1
+    elif background and engine._writer is not None and not engine._writer.disk_failing:
+        engine._writer.hand_off(key, value, nbytes)
+        return True
+    else:
+        try:
+            written, seconds = timed_write(engine, key, value)
+        except ChangedWhileWritten as error:  # another thread keeps changing it: not this put's failure
+            engine._set_aside(key)  # the round goes on with the other victims (first: listeners may use the key)
+            engine._spill_failed(key, nbytes, error, "changed while it was written; it stays in memory")
+            return True
+        except SpillError as error:  # the quota: raised into the put, which stores nothing
+            if background and engine._writer is not None:  # write-behind's fallback on a failing disk:
+                engine._spill_failed(key, nbytes, error, "disk quota refused it; it stays in memory")
+                return False  # ... which, like its background writes, never raises into a put
+            engine._count_write_error(error)  # a failed write all the same (write-behind counts it so too)
+            raise
+        except OSError as error:
+            engine._spill_failed(key, nbytes, error, "disk write failed; it stays in memory")
+            return False
+        except Exception as error:
+            engine.policy.removed(key)
+            engine._unspillable.add(key)
+            engine.stats.unspillable += 1
+            engine._spill_failed(key, nbytes, error, "cannot be serialized; it stays in memory")
+            return True
+        kind = SPILL
+        engine.stats.spills += 1
+        if engine._writer is not None:
+            engine._writer.disk_failing = False  # the disk takes writes again: back to the background
+    del engine.memory[key]
+    engine._spilled_nbytes += nbytes
+    engine._release(value)
+    engine._refs.remember(key, value)
+    engine.policy.evicted(key)
+    if engine.listeners:
+        engine._emit(kind, key, nbytes, written, seconds)
+    return True

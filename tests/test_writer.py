@@ -763,7 +763,7 @@ def test_a_listener_that_loads_during_a_round_does_not_offer_a_passed_over_victi
 ) -> None:
     # A load inside a listener makes room in a round of its own; that round ended the outer one's
     # set-aside list, so the outer round picked the same victim again, and again (2,000 writes).
-    import spillkit.engine
+    import spillkit.transfers
 
     class HotFirst(spillkit.LRU):
         def victim(self) -> Hashable:
@@ -773,7 +773,7 @@ def test_a_listener_that_loads_during_a_round_does_not_offer_a_passed_over_victi
             return self.victim()
 
     writes = {"hot": 0}
-    real = spillkit.engine.timed_write
+    real = spillkit.transfers.timed_write
 
     def hot_keeps_changing(engine: Any, key: Hashable, value: Any) -> Any:  # the fault: as verify_writes finds
         if key == "hot":
@@ -782,7 +782,7 @@ def test_a_listener_that_loads_during_a_round_does_not_offer_a_passed_over_victi
             raise spillkit.ChangedWhileWritten("injected")
         return real(engine, key, value)
 
-    monkeypatch.setattr(spillkit.engine, "timed_write", hot_keeps_changing)
+    monkeypatch.setattr(spillkit.transfers, "timed_write", hot_keeps_changing)
     chest = Chest(path=tmp_path / "c", available_memory=100, sizeof=lambda v: 10, policy=HotFirst())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SpillWarning)
