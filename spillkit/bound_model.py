@@ -3,7 +3,8 @@
 :class:`_Model` builds the linear program that the module docstring of
 :mod:`spillkit.bounds` formulates (its variants, why it is a lower bound and
 how rows are dropped); :mod:`spillkit.bound_solvers` solves it.
-:func:`_lifetimes` is shared with :class:`spillkit.clairvoyant.Clairvoyant`.
+:func:`_lifetimes` is shared with :class:`spillkit.clairvoyant.Clairvoyant`; when a
+settled replay counts a value against the budget is :mod:`spillkit.bound_settling`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import bisect
 import itertools
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
+
+from .bound_settling import merged_stretches, pinned_stretches, settle_points, settles_from
 
 __all__: list[str] = []  # helpers of spillkit.bounds, spillkit.bound_solvers and spillkit.clairvoyant
 
@@ -63,11 +66,11 @@ class _Model:
         self.flow: dict[tuple[int, int], int] = {}  # (request, interval) -> bytes entering (+) or leaving (-)
         self.touched = [0] * n
         self.constant = 0  # values over the budget: written straight to disk, read from it every time
-        counts_from = _settle_points(requests) if settled else None
+        counts_from = settle_points(requests) if settled else None
         # A settled replay pins what the trace pins, and a pinned value is outside the budget: it
         # counts nowhere while pinned, nor until the replay next settles for certain after its unpin
         # (hits meanwhile make no room for it). Relaxing the rows so keeps every run feasible.
-        exempt = _pinned_stretches(pins, _settles_from(requests, counts_from), n) if counts_from and pins else {}
+        exempt = pinned_stretches(pins, settles_from(requests, counts_from), n) if counts_from and pins else {}
         last_get = {op[1]: index for index, op in enumerate(requests) if op[0] == "get"}
         holders: dict[int, list[tuple[int, int, list[int], list[int | None], int]]] = {}
         lives = _lifetimes(requests)
@@ -77,7 +80,8 @@ class _Model:
         for key, _size, obj, _accesses, _end in lives if exempt else ():
             keys_of.setdefault(obj, set()).add(key)
         stretches_of = {
-            obj: _union([stretch for key in keys for stretch in exempt.get(key, ())]) for obj, keys in keys_of.items()
+            obj: merged_stretches([stretch for key in keys for stretch in exempt.get(key, ())])
+            for obj, keys in keys_of.items()
         }
         for key, size, obj, accesses, end in lives:
             reads = len(accesses) - 1
@@ -192,74 +196,3 @@ class _Model:
         for (row, variable), size in self.flow.items():
             length[variable] -= row * size // self.sizes[variable]
         return length
-
-
-def _union(stretches: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Overlapping ranges merged: each request in at most one (a value is taken out of a row once)."""
-    merged: list[tuple[int, int]] = []
-    for low, high in sorted(stretches):
-        if merged and low <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], high))
-        else:
-            merged.append((low, high))
-    return merged
-
-
-def _settles_from(requests: Sequence[tuple[Any, ...]], settle_after: list[int]) -> list[int]:
-    """For each request index ``u`` (and ``n``), a request at or after ``u`` where a settled replay surely settles.
-
-    With settle records, the first one from ``u``; without, replay settles before the first
-    non-del request after a put, so: after the first put from ``u`` (``settle_after``, which is
-    :func:`_settle_points`). ``n`` when there is none.
-    """
-    n = len(requests)
-    recorded = any(op[0] == "settle" for op in requests)
-    settles = [n] * (n + 1)
-    for index in range(n - 1, -1, -1):
-        tag = requests[index][0]
-        if (tag == "settle") if recorded else (tag == "put"):
-            settles[index] = index if recorded else settle_after[index]
-        else:
-            settles[index] = settles[index + 1]
-    return settles
-
-
-def _pinned_stretches(
-    pins: Mapping[int, Sequence[tuple[str, Hashable]]], settles_from: list[int], n: int
-) -> dict[Hashable, list[tuple[int, int]]]:
-    """Per key, the request ranges ``[from, to)`` it is outside the budget: pinned, then until a settle counts it.
-
-    ``pins`` as :meth:`spillkit.trace.Trace.pins` gives them (a change under index ``i`` comes before
-    request ``i``); ``settles_from`` is :func:`_settles_from`.
-    """
-    counts: dict[Hashable, int] = {}
-    began: dict[Hashable, int] = {}
-    stretches: dict[Hashable, list[tuple[int, int]]] = {}
-    for index in sorted(pins):
-        for change, key in pins[index]:
-            count = counts.get(key, 0)
-            if change == "pin":
-                counts[key] = count + 1
-                if not count:
-                    began[key] = index
-            elif count:
-                counts[key] = count - 1
-                if count == 1:
-                    end = settles_from[min(index, n)]
-                    stretches.setdefault(key, []).append((began.pop(key), end))
-    for key, start in began.items():  # never unpinned
-        stretches.setdefault(key, []).append((start, n))
-    return stretches
-
-
-def _settle_points(requests: Sequence[tuple[Any, ...]]) -> list[int]:
-    """For each request index, the first later request from which a value put there counts (settled mode)."""
-    n = len(requests)
-    recorded = any(op[0] == "settle" for op in requests)
-    first, following = [n] * n, n
-    for index in range(n - 1, -1, -1):
-        first[index] = following
-        tag = requests[index][0]
-        if (tag == "settle") if recorded else (tag != "del"):
-            following = index
-    return first

@@ -1,8 +1,9 @@
 """Moving one value between the engine's memory and its disk tier: timed, counted, explained on failure.
 
 Loads on a miss, write-through of values larger than the budget, timed
-writes, and the spill of one victim the engine's loop chose. Each function does the disk I/O, times it into the engine's stats and
-updates the engine's ledger exactly as the engine itself would; the engine's
+writes, and the spill of one victim the engine's loop chose. Each function
+does the disk I/O, times it into the engine's stats and updates the engine's
+ledger exactly as the engine itself would; the engine's
 one loop (``SpillEngine._make_room``) stays the only place that chooses what
 leaves memory. Nothing here is on the hit path.
 
