@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Self, cast
 
-from . import persistence
+from . import closing, persistence
 from .chest_state import ChestState
 from .errors import SpillError
 
@@ -75,7 +75,7 @@ class ChestLifecycle(ChestState):
         failures are values that cannot be serialized, retrying cannot help: the
         Chest is closed anyway and the ``SpillError`` names those keys.
         """
-        persistence.close(cast("Chest", self))
+        closing.close(cast("Chest", self))
 
     def _shut(self, join: bool = True) -> None:
         # join=False: called under the engine's lock, whose holder joins the writer after letting go
@@ -90,7 +90,7 @@ class ChestLifecycle(ChestState):
         The directory's lock is released after the directory is gone. In a
         forked child this only closes the child's copy (the parent's files stay).
         """
-        persistence.drop(cast("Chest", self))
+        closing.drop(cast("Chest", self))
 
     def __enter__(self) -> Self:
         return self

@@ -1,10 +1,11 @@
-"""A Chest's durability path: flush, manifest commit, close and drop.
+"""A Chest's durability path: flush and manifest commit.
 
 :func:`flush` writes every value and commits a signed key manifest (the
 rewrite of records a failed fsync left untrusted, and the commit on a full
-disk into the room of :mod:`spillkit.reserve`, included); :func:`close`
-and :func:`drop` end a Chest (:mod:`spillkit.reopen` adopts the manifest of an
-earlier flush when a Chest opens its ``path``). :class:`~spillkit.chest.Chest` keeps the public
+disk into the room of :mod:`spillkit.reserve`, included);
+:mod:`spillkit.closing` ends a Chest with a last flush, and
+:mod:`spillkit.reopen` adopts the manifest of an earlier flush when a Chest
+opens its ``path``. :class:`~spillkit.chest.Chest` keeps the public
 methods and their documentation and calls these. The guarantees are in
 docs/durability.md.
 
@@ -14,7 +15,7 @@ to its Chest would make every Chest a reference cycle, so a dropped Chest's
 values and its directory lock would stay until the cyclic garbage collector
 ran instead of being freed at once.
 
-Thread-safety: :func:`flush` and :func:`drop` take the engine's lock;
+Thread-safety: :func:`flush` takes the engine's lock;
 :func:`commit_manifest`, :func:`rewrite_unsynced` and
 :func:`drop_unsynced_in_memory` expect it held.
 """
@@ -22,28 +23,20 @@ Thread-safety: :func:`flush` and :func:`drop` take the engine's lock;
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Hashable
 from typing import TYPE_CHECKING
 
-from .errors import ChangedWhileWritten, DiskQuotaExceeded, SpillError
+from .errors import SpillError
 from .holes import disk_full
 from .keys import describe_key
-from .manifest import ManifestEntry, is_plain, pickle_key, remove_manifest, write_manifest
+from .manifest import ManifestEntry, is_plain, pickle_key, write_manifest
 from .reopen import manifest_rows
 from .reserve import keep
 
 if TYPE_CHECKING:
     from .chest import Chest
 
-__all__ = [
-    "close",
-    "commit_manifest",
-    "drop",
-    "drop_unsynced_in_memory",
-    "flush",
-    "rewrite_unsynced",
-]
+__all__ = ["commit_manifest", "drop_unsynced_in_memory", "flush", "rewrite_unsynced"]
 
 
 def flush(chest: Chest, closing: bool = False) -> None:
@@ -196,71 +189,3 @@ def _commit_on_a_full_disk(chest: Chest, entries: list[ManifestEntry], names: li
         # no hole may be punched over them until a commit succeeds.
         chest._store.holes_held = True
         raise
-
-
-def close(chest: Chest) -> None:
-    """Flush and shut a Chest with a ``path`` of its own, drop a temporary one: :meth:`~spillkit.chest.Chest.close`."""
-    engine = chest._engine
-    if chest._temporary:
-        chest.drop()  # idempotent; takes the lock itself, and joins the writer once it has let go
-    else:
-        try:
-            _close_locked(chest)
-        finally:
-            if engine.closed:
-                engine.join_writer()  # without the lock: the writer thread may take it to end
-    if engine.notes.waiting:  # what the disk tier noted, removing its spares (spillkit.notes)
-        engine.notes.report()
-
-
-def _close_locked(chest: Chest) -> None:
-    engine = chest._engine
-    with engine.lock:  # held to the end: nothing changes between the flush and the shut
-        if engine.closed:
-            return
-        if os.getpid() != chest._owner_pid:  # a forked child's copy: shut it, flush nothing (see flush)
-            engine.close()
-            return
-        # Closed from here for every other thread: a put or delete that waited for the lock (or comes
-        # while the flush waits for writes) is refused, not lost after the flush, nor stored unflushed.
-        engine.closed = engine.closing = True  # closing: reads still served until the shut (or a failure)
-        still_open = f"spillkit: the Chest at {chest._path!r} is still open; nothing was dropped"
-        try:
-            flush(chest, closing=True)
-        except OSError as error:  # fsync or the manifest: the disk may work again later
-            engine.closed = engine.closing = False
-            error.add_note(still_open)
-            raise
-        except SpillError as error:
-            if any(isinstance(e, (OSError, DiskQuotaExceeded, ChangedWhileWritten)) for _, e in chest._flush_failures):
-                engine.closed = engine.closing = False
-                error.add_note(still_open)
-                raise
-            chest._shut(join=False)  # only values that can never be written failed: the error names them
-            raise
-        except BaseException:
-            chest._shut(join=False)
-            raise
-        chest._shut(join=False)
-
-
-def drop(chest: Chest) -> None:
-    """Delete every value and the directory, then release the lock: :meth:`~spillkit.chest.Chest.drop`."""
-    with chest._engine.lock:
-        if chest._engine.closed:
-            return
-        if os.getpid() != chest._owner_pid:
-            # A forked child shares its parent's files: dropping its copy must not delete them.
-            chest._engine.close()
-            return
-        chest._store.clear()  # at once: deleting key by key would compact segments about to go
-        chest._engine.clear()
-        chest._engine.close(join=False)  # joined below, without the lock: the writer may take it to end
-        chest._store.close()
-        if chest._finalizer is not None:
-            chest._finalizer()
-        else:
-            remove_manifest(chest._path)  # first: a kill during the removal must not leave half the files named
-            shutil.rmtree(chest._path, ignore_errors=True)
-        chest._dir_lock.release()  # held while the directory went: no Chest could start on it half-removed
-    chest._engine.join_writer()

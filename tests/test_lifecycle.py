@@ -22,6 +22,7 @@ import pytest
 from helpers import assert_disk_files
 
 import spillkit
+import spillkit.closing
 import spillkit.persistence
 from spillkit import Chest, SpillError
 
@@ -555,7 +556,7 @@ def test_a_drop_killed_half_way_reopens_empty_not_with_half_the_keys(
         for name in spill_files[: len(spill_files) // 2]:  # then the process dies (the test just stops here)
             os.unlink(os.path.join(target, name))
 
-    monkeypatch.setattr(spillkit.persistence.shutil, "rmtree", killed_half_way)
+    monkeypatch.setattr(spillkit.closing.shutil, "rmtree", killed_half_way)
     chest.drop()
     monkeypatch.undo()
     with warnings.catch_warnings():
