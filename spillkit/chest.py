@@ -173,7 +173,8 @@ class Chest(ChestLifecycle, DictMethods, MutableMapping[Hashable, Any]):
     warned about) unless it is larger than the whole budget, in which case the
     put raises and stores nothing (inside :meth:`deferred`, as under dask, it
     stays in memory too, warned about). A failed disk write leaves the value in
-    memory; memory may exceed the budget until writes work. A damaged spill
+    memory, tried again once another value's write succeeds; memory may
+    exceed the budget until writes work. A damaged spill
     file raises :class:`~spillkit.errors.CorruptSpillFile` naming the key and is
     never unpickled. Files are authenticated (HMAC-SHA256 of the header and
     pickle stream): a file written by anyone without this Chest's secret (a

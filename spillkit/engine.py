@@ -27,10 +27,12 @@ class SpillEngine(EngineLifecycle):
     value, and only when the write succeeded drops it from memory and calls
     ``policy.evicted``. A value that cannot be serialized is set aside (kept in
     memory, counted, warned about, no longer offered) so it never blocks the
-    others; a disk error stops the current round and the value stays in
-    memory, so memory may exceed the budget until writes work again; a value
-    that changed while it was written stays too, passed over until the round
-    ends. A value
+    others; a failed write keeps the value in memory, passed over until a
+    write of another value succeeds (:mod:`spillkit.rounds`), and stops the
+    current round unless a write in it succeeded, so memory may exceed the
+    budget until writes work again, and one value the disk refuses (a file
+    too large for it) never stops the others spilling; a value that changed
+    while it was written stays too, passed over until the round ends. A value
     loaded from disk keeps its file while unchanged, so spilling it again
     writes nothing. A spilled value that is still alive elsewhere in the
     process (a weak reference finds it) is handed back instead of a copy from
@@ -228,6 +230,8 @@ class SpillEngine(EngineLifecycle):
                 try:
                     key = self.policy.victim_for(self.memory_bytes - self.pinned_bytes - limit, self.disk.has_copy)
                 except KeyError:
+                    if self._retry_failed():
+                        continue
                     return
                 if not self._spill(key):
                     return

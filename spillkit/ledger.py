@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 import warnings
@@ -15,6 +14,7 @@ from .keys import describe_key
 from .liveobjects import LiveObjects
 from .notes import NO_NOTES, Notes
 from .policies.base import Policy
+from .rounds import EvictionRounds
 from .stats import Stats
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ __all__ = ["EngineLedger"]
 _MISSING: Any = object()
 
 
-class EngineLedger:
+class EngineLedger(EvictionRounds):
     """The state of a :class:`~spillkit.engine.SpillEngine` and the bookkeeping that keeps it exact.
 
     It holds the memory tier (a dict), every key's size and given cost, the
@@ -63,6 +63,7 @@ class EngineLedger:
         reload_latency: float = 1e-4,
         reload_bandwidth: float = 1e9,
     ) -> None:
+        super().__init__()  # the rounds' state (spillkit.rounds)
         self.lock = threading.RLock()
         self.memory: dict[Hashable, Any] = {}
         self.policy = policy
@@ -86,12 +87,10 @@ class EngineLedger:
         self._costs: dict[Hashable, float] = {}  # costs given explicitly
         self._objects: dict[int, list[int]] = {}  # id(value) -> [resident keys holding it, nbytes, pinned ones]
         self._unspillable: set[Hashable] = set()  # resident, set aside after a serialization error
-        self._aside: list[Hashable] = []  # victims that changed while written: out of the policy for one round
         self._pins: dict[Hashable, int] = {}  # keys a running task uses (EngineLifecycle.pin): never victims
         # Memory size of the resident objects some pinned key holds: outside the budget while pinned,
         # because whoever pinned them holds them anyway (see EngineLifecycle.pin).
         self.pinned_bytes = 0
-        self._rounds = 0  # rounds making room now (a listener's load may start one inside another)
         self._spilled_nbytes = 0  # memory size of the keys whose only copy is on disk
         self._refs = LiveObjects()  # spilled values that may still be alive elsewhere
         self._writer: WriteBehind | None = None  # the engine sets it when write-behind is on
@@ -170,26 +169,6 @@ class EngineLedger:
         if self.listeners:
             self._emit(SPILL_ERROR, key, nbytes, detail=type(error).__name__)
 
-    def _set_aside(self, key: Hashable) -> None:
-        # A victim another thread keeps changing: the round goes on with the others, not with it again.
-        self.policy.removed(key)
-        self._aside.append(key)
-
-    @contextlib.contextmanager
-    def _round(self) -> Iterator[None]:
-        # One round of making room (lock held). When the outermost ends (a listener's load may run one
-        # inside another), the victims set aside in it are offered to the policy again, if still resident.
-        self._rounds += 1
-        try:
-            yield
-        finally:
-            self._rounds -= 1
-            if self._aside and not self._rounds:
-                aside, self._aside = self._aside, []
-                for key in aside:
-                    if key in self.memory and key not in self._unspillable:
-                        self.policy.admitted(key, self._nbytes[key], self._cost(key, self._nbytes[key]))
-
     # ---- bookkeeping ---------------------------------------------------------------
     @staticmethod
     def _check_cost(key: Hashable, cost: float) -> None:
@@ -236,8 +215,9 @@ class EngineLedger:
         self._release(value)
         if key in self._unspillable:
             self._unspillable.discard(key)
-        elif self._aside and key in self._aside:  # out of the policy until the round ends: not offered again
+        elif self._aside and key in self._aside:  # out of the policy for now: not offered again
             self._aside.remove(key)
+            self._write_failed.discard(key)
         else:
             self.policy.removed(key)
         return value

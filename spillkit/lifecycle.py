@@ -137,6 +137,9 @@ class EngineLifecycle(EngineLedger):
                         key = self.policy.victim()
                         if not self._spill(key, background=False):  # the caller wants the bytes freed now
                             return -1
+                    except KeyError:
+                        if not self._retry_failed():  # (their write failed: they may be written now)
+                            return -1
                     except Exception:
                         return -1
                     if self.memory_bytes < before:

@@ -192,6 +192,9 @@ def spill_victim(engine: SpillEngine, key: Hashable, background: bool = True) ->
     """Act on one victim; False when the disk failed and the round should stop.
 
     A victim that changed while it was written stays resident, set aside until the round ends.
+    One whose write failed stays resident, set aside until a write of another succeeds; the
+    round stops there unless a write in it succeeded already (then the disk works, and the
+    failure was this value's own: a file too large for the file system, say).
     """
     if key in engine._pins:  # in use (a running task's input): spilling it frees nothing, and may miss changes
         engine._set_aside(key)
@@ -216,13 +219,15 @@ def spill_victim(engine: SpillEngine, key: Hashable, background: bool = True) ->
             return True
         except SpillError as error:  # the quota: raised into the put, which stores nothing
             if background and engine._writer is not None:  # write-behind's fallback on a failing disk:
+                engine._set_aside(key, write_failed=True)  # ... which, like its background writes, never
                 engine._spill_failed(key, nbytes, error, "disk quota refused it; it stays in memory")
-                return False  # ... which, like its background writes, never raises into a put
+                return engine._round_wrote  # ... raises into a put
             engine._count_write_error(error)  # a failed write all the same (write-behind counts it so too)
             raise
         except OSError as error:
+            engine._set_aside(key, write_failed=True)
             engine._spill_failed(key, nbytes, error, "disk write failed; it stays in memory")
-            return False
+            return engine._round_wrote
         except Exception as error:
             engine.policy.removed(key)
             engine._unspillable.add(key)
@@ -231,6 +236,7 @@ def spill_victim(engine: SpillEngine, key: Hashable, background: bool = True) ->
             return True
         kind = SPILL
         engine.stats.spills += 1
+        engine._wrote()
         if engine._writer is not None:
             engine._writer.disk_failing = False  # the disk takes writes again: back to the background
     del engine.memory[key]

@@ -470,6 +470,61 @@ def test_disk_write_failure_keeps_values_in_memory_until_writes_work(
     assert temp_files(chest.path) == []
 
 
+class TooLargeForTheDisk:
+    """Bytes whose file the disk refuses (EFBIG, as a file system's size limit would); smaller ones it takes."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce__(self) -> Any:
+        return (bytes, (self.data,))
+
+
+class ReduceRaisesOSError:
+    """Pickling this raises OSError from __reduce__ (an object that reads a file to pickle itself)."""
+
+    def __reduce__(self) -> Any:
+        raise OSError(errno.EIO, "the file this object pickles from is gone")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("policy", spillkit.policy_names())
+@pytest.mark.parametrize("how", ["file-too-large", "reduce-oserror"])
+def test_one_value_the_disk_refuses_does_not_stop_the_others_spilling(
+    make_chest: Callable[..., Chest], monkeypatch: pytest.MonkeyPatch, how: str, policy: str
+) -> None:
+    # Before: that victim stayed first in line (LRU, LFU, FIFO, size...) and every later round failed on it
+    # again, so nothing was spilled any more and memory grew without bound (800 KB over a 100 KB budget).
+    real_write_all = spillkit.storage._write_all
+
+    def refuses_large_files(fd: int, frames: list[Any]) -> None:
+        if sum(memoryview(frame).nbytes for frame in frames) > 20 * UNIT:
+            raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+        real_write_all(fd, frames)
+
+    monkeypatch.setattr(spillkit.storage, "_write_all", refuses_large_files)
+    bad: Any = TooLargeForTheDisk(b"x" * 30 * UNIT) if how == "file-too-large" else ReduceRaisesOSError()
+    sizeof = lambda v: 30 * UNIT if v is bad else len_sizeof(v)  # the largest value too
+    chest = make_chest(policy=policy, sizeof=sizeof, available_memory=100 * UNIT)
+    expected: dict[Hashable, Any] = {}
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        chest["bad"] = bad  # the oldest key, and for "size" the largest: the first victim
+        for i in range(100):
+            chest[f"k{i}"] = expected[f"k{i}"] = payload(i, 8 * UNIT)
+            assert chest.memory_bytes <= chest.available_memory + 8 * UNIT  # at most one value over
+    assert chest.stats.spill_failures >= 1
+    assert chest.stats.spills >= 80  # the others were written
+    assert all("'bad'" in message for message in spill_warnings(record))
+    assert chest.inmem["bad"] is bad  # never lost, and never raised into a put
+    assert chest.stats.unspillable == 0  # an OSError may pass: it is tried again once others are written
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        assert_values(chest, expected | {"bad": bad})  # loads make room: "bad" is tried again, and refused
+    assert all("'bad'" in message for message in spill_warnings(record))
+    assert_accounting(chest)
+
+
 @pytest.mark.parametrize("how", ["codec", "mid-write"])
 def test_disk_failure_on_direct_write_raises_and_keeps_the_old_value(
     make_chest: Callable[..., Chest], monkeypatch: pytest.MonkeyPatch, how: str

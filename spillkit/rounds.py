@@ -1,0 +1,97 @@
+"""Rounds of making room, and the victims set aside in them: a base class of the engine's ledger.
+
+A round is one pass of :meth:`SpillEngine._make_room <spillkit.engine.SpillEngine._make_room>`
+(or of ``evict_one``); a listener's load may start one inside another. A victim
+that changed while it was written is set aside (out of the policy) until the
+outermost round ends. A victim whose write failed is set aside until a write
+of another succeeds: otherwise the same victim, first in line again (LRU, LFU,
+FIFO, the largest for ``size``), would fail every round while the others could
+have been written, and memory would grow without bound. The failed victims are
+offered again once a round: after its first successful write, or when the
+policy has no other victim, so that a disk that works again gets the chance to
+show it.
+
+Thread-safety: only under the engine's lock, like the rest of the ledger.
+Nothing here raises but the policy's own errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Hashable, Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .policies.base import Policy
+
+__all__ = ["EvictionRounds"]
+
+
+class EvictionRounds:
+    """The rounds' state and the set-aside victims of a :class:`~spillkit.ledger.EngineLedger` (its base).
+
+    Not thread-safe by itself: the engine's lock covers every call.
+    """
+
+    # The ledger's state these methods read, declared for the type checker.
+    memory: dict[Hashable, Any]
+    policy: Policy
+    _nbytes: dict[Hashable, int]
+    _unspillable: set[Hashable]
+
+    if TYPE_CHECKING:
+
+        def _cost(self, key: Hashable, nbytes: int) -> float: ...
+
+    def __init__(self) -> None:
+        self._rounds = 0  # rounds making room now (a listener's load may start one inside another)
+        self._aside: list[Hashable] = []  # victims out of the policy for now (see the module docstring)
+        self._write_failed: set[Hashable] = set()  # those of them whose write failed
+        self._round_wrote = False  # a write succeeded in the current round (so the disk takes writes)
+        self._round_retried = False  # the current round offered the failed victims again (once a round)
+
+    def _set_aside(self, key: Hashable, write_failed: bool = False) -> None:
+        # A victim another thread keeps changing, or whose write failed: the round goes on with the
+        # others (or stops, on a failing disk), and does not pick it again.
+        self.policy.removed(key)
+        self._aside.append(key)
+        if write_failed:
+            self._write_failed.add(key)
+
+    def _wrote(self) -> None:
+        # A victim was written: the disk takes writes, so the victims whose write failed are tried again.
+        self._round_wrote = True
+        self._retry_failed()
+
+    def _retry_failed(self) -> bool:
+        # Offer the victims whose write failed again, once a round: after its first write, or when the
+        # policy has no other victim (a disk that works again must get a chance to show it). True if any.
+        if not self._write_failed or self._round_retried:
+            return False
+        self._round_retried = True
+        failed, self._write_failed = self._write_failed, set()
+        self._offer_again([key for key in self._aside if key in failed])
+        self._aside = [key for key in self._aside if key not in failed]
+        return True
+
+    def _offer_again(self, keys: list[Hashable]) -> None:
+        for key in keys:
+            if key in self.memory and key not in self._unspillable:
+                self.policy.admitted(key, self._nbytes[key], self._cost(key, self._nbytes[key]))
+
+    @contextlib.contextmanager
+    def _round(self) -> Iterator[None]:
+        # One round of making room (lock held). When the outermost ends (a listener's load may run one
+        # inside another), the victims set aside in it are offered to the policy again, if still resident,
+        # except those whose write failed: they wait for a write to succeed (see _wrote).
+        if not self._rounds:
+            self._round_wrote = self._round_retried = False
+        self._rounds += 1
+        try:
+            yield
+        finally:
+            self._rounds -= 1
+            if self._aside and not self._rounds:
+                failed = self._write_failed
+                aside, self._aside = self._aside, [key for key in self._aside if key in failed]
+                self._offer_again([key for key in aside if key not in failed])
