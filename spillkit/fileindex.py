@@ -173,8 +173,9 @@ _stores: weakref.WeakSet[FileIndex] = weakref.WeakSet()
 
 
 def _names_now(store: FileIndex) -> set[str]:
-    # _owners and the names a commit in another thread is recording (it sets _names before _owners)
-    return {*store._owners, *(name.casefold() for name in list(store._names.values()))}
+    # _owners, the names a commit in another thread is recording (it sets _names before _owners), and
+    # the names reserved for writes under way (the parent's writer thread may still commit them)
+    return {*store._owners, *(name.casefold() for name in list(store._names.values())), *list(store._reserved)}
 
 
 def _after_fork_in_child() -> None:

@@ -207,8 +207,12 @@ def spill_victim(engine: SpillEngine, key: Hashable, background: bool = True) ->
     if engine._file_holds(key, value):
         written, seconds, kind = 0, 0.0, EVICT
         engine.stats.evictions += 1
-    elif background and engine._writer is not None and not engine._writer.disk_failing:
-        engine._writer.hand_off(key, value, nbytes)
+    elif (
+        background
+        and engine._writer is not None
+        and not engine._writer.disk_failing
+        and engine._writer.hand_off(key, value, nbytes)  # False: no writer thread could start
+    ):
         return True
     else:
         try:

@@ -57,7 +57,7 @@ class WriteBehind:
 
     def __init__(self, engine: SpillEngine, cap: int | None) -> None:
         self._engine = engine
-        self.writer = BackgroundWriter(engine.lock, self._prepare, self._finish, cap)
+        self.writer = BackgroundWriter(engine.lock, self._prepare, self._finish, cap, self._taken_back_at_fork)
         self.writer.floor = engine.budget // 8
         self.pending = self.writer.pending  # the same dict, read directly by the engine and tests
         self.verify = True  # check each write's CRC again afterwards (Chest(verify_writes=False) turns it off)
@@ -80,14 +80,24 @@ class WriteBehind:
     def _staged(self) -> StagedDiskTier:
         return self._engine.disk  # type: ignore[return-value]  # only DiskStore-like tiers get a writer
 
-    def hand_off(self, key: Hashable, value: Any, nbytes: int) -> None:
-        """Evict a resident key by queueing its write (lock held)."""
+    def hand_off(self, key: Hashable, value: Any, nbytes: int) -> bool:
+        """Evict a resident key by queueing its write (lock held).
+
+        False, with nothing changed, when no writer thread can be started (a limit on threads):
+        the engine then writes the value itself, as without write-behind.
+        """
         engine, writer = self._engine, self.writer
+        name = self._staged.reserve(key)
+        try:
+            writer.submit(PendingWrite(key, value, nbytes, name))
+        except RuntimeError:  # "can't start new thread"
+            self._staged.unreserve(name)
+            return False
         del engine.memory[key]
         engine._release(value)
         engine.policy.evicted(key)
-        writer.submit(PendingWrite(key, value, nbytes, self._staged.reserve(key)))
         writer.in_flight_bytes += nbytes
+        return True
 
     def cancel(self, key: Hashable) -> bool:
         """Cancel the key's write in flight (lock held); True if the value was out of memory (evicting)."""
@@ -125,6 +135,15 @@ class WriteBehind:
     def join(self) -> None:
         """Wait for the writer thread to exit (call without the lock)."""
         self.writer.join()
+
+    def _taken_back_at_fork(self, writes: list[PendingWrite]) -> None:
+        # In a forked child: the writes the parent's thread took along are not this copy's. Their values
+        # come back into memory (as a failed write's would), their names stay reserved: the parent's
+        # thread may still commit them, so the child never writes a file under them (spillkit.fileindex).
+        engine = self._engine
+        for pending in writes:
+            if pending.evicting:
+                engine._admit(pending.key, pending.value, pending.nbytes)
 
     def _prepare(self, pending: PendingWrite) -> Any:
         # On the writer thread, without the lock: the slow part (pickling, the temporary file).

@@ -11,8 +11,10 @@ dropped at commit time, so no stale value can come back and no file is orphaned.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -59,10 +61,12 @@ class BackgroundWriter:
         write: Callable[[PendingWrite], Any],
         finish: Callable[[PendingWrite, Any, BaseException | None, float], None],
         cap: int | None,
+        forked: Callable[[list[PendingWrite]], None] = lambda writes: None,
     ) -> None:
         self.cond = threading.Condition(lock)
         self._write = write
         self._finish = finish
+        self._forked = forked  # told, in a forked child, of the writes its parent's thread took along
         self.fixed_cap = cap
         self.largest = 0  # the largest value handed over so far (the automatic cap is twice it)
         self.floor = 0  # the automatic cap's floor, set by the engine from its budget
@@ -75,6 +79,7 @@ class BackgroundWriter:
         # Set (without the lock) when the Chest is gone and its directory about to go: every write not
         # finished is dropped at the thread's next step, unwarned, as if cancelled (see abandon_writes).
         self.abandoned = False
+        _writers.add(self)
 
     @property
     def cap(self) -> int:
@@ -84,16 +89,22 @@ class BackgroundWriter:
         return max(2 * self.largest, self.floor)
 
     def submit(self, pending: PendingWrite) -> None:
-        """Queue a write (lock held) and make sure the thread runs."""
+        """Queue a write (lock held) and make sure the thread runs.
+
+        ``RuntimeError`` when no thread can be started (a limit on threads or processes), with
+        nothing queued: the caller writes the value itself. (A thread started here waits for the
+        lock the caller holds before it looks at the queue.)
+        """
+        if self._thread is None:
+            self._start()
         self.pending[pending.key] = pending
         self.largest = max(self.largest, pending.nbytes)
         self._queue.append(pending)
-        if self._thread is None:
-            self._start()
 
     def _start(self) -> None:
-        self._thread = self._last_thread = threading.Thread(target=self._run, name="spillkit-writer", daemon=True)
-        self._thread.start()
+        thread = threading.Thread(target=self._run, name="spillkit-writer", daemon=True)
+        thread.start()  # first: a thread that failed to start must not count as running (drain would wait on it)
+        self._thread = self._last_thread = thread
 
     def is_current(self, pending: PendingWrite) -> bool:
         """False once a put or delete of the key has cancelled this write."""
@@ -167,3 +178,28 @@ class BackgroundWriter:
                     # would be, and the writer goes on (else every later flush would wait for it).
                     threading.excepthook(threading.ExceptHookArgs((type(caught), caught, caught.__traceback__, None)))
                 cond.notify_all()
+
+    def _after_fork_in_child(self) -> None:
+        # A forked child has this writer's state but not its thread: the writes queued or under way
+        # are the parent's (its thread finishes them there). Here they are forgotten, and the engine
+        # takes their values back, so that nothing waits for a thread that is not there.
+        if self._thread is None:
+            return
+        writes = list(self.pending.values())
+        self._thread = self._last_thread = None
+        self._queue.clear()
+        self.pending.clear()
+        self.in_flight_bytes = 0
+        self._forked(writes)
+
+
+_writers: weakref.WeakSet[BackgroundWriter] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:  # one thread runs in the child now: no lock is needed, nor may be taken
+    for writer in list(_writers):
+        writer._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -162,3 +162,11 @@ def fill(where: Path) -> None:
         assert error.errno == errno.ENOSPC
     finally:
         os.close(fd)
+
+
+def child_exit_code(pid: int, *fds: int) -> int:
+    """Wait for the forked child ``pid``; close the pipe ends ``fds``; return its exit code."""
+    _, status = os.waitpid(pid, 0)
+    for fd in fds:
+        os.close(fd)
+    return os.waitstatus_to_exitcode(status)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import abandon, assert_disk_files, is_spare_name, spare_files
+from helpers import abandon, assert_disk_files, child_exit_code, is_spare_name, spare_files
 
 from spillkit import Chest, DiskQuotaExceeded, SpillWarning
 from spillkit.spares import SPARE_FROM, SPARE_LIMIT
@@ -24,14 +24,6 @@ def array(seed: int, n: int = MiB // 8) -> np.ndarray:
 
 def inode(chest: Chest, key: Any) -> int:
     return os.stat(os.path.join(chest.path, chest._store.inner.filename(key))).st_ino
-
-
-def child_exit_code(pid: int, *fds: int) -> int:
-    """Wait for the forked child ``pid``; close the pipe ends ``fds``; return its exit code."""
-    _, status = os.waitpid(pid, 0)
-    for fd in fds:
-        os.close(fd)
-    return os.waitstatus_to_exitcode(status)
 
 
 def spill(chest: Chest, key: Any, value: Any) -> None:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import errno
 import gc
 import os
+import signal
 import threading
 import time
+import traceback
 import warnings
 from collections.abc import Hashable, Iterator
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import assert_accounting
-from helpers import abandon
+from helpers import abandon, child_exit_code
 
 import spillkit.packing
 import spillkit.policies
@@ -926,3 +928,92 @@ def test_a_quota_refusal_never_raises_into_a_put_after_a_background_disk_error(
     assert all(i in chest for i in range(16)) and chest.stats.quota_errors > 0
     assert_accounting(chest)
     chest.drop()
+
+
+def _wait_returns(call: Any, seconds: float = 20) -> bool:
+    """Run ``call`` in a daemon thread; True if it returned within ``seconds`` (a hang fails the test, not the run)."""
+    done = threading.Event()
+    threading.Thread(target=lambda: (call(), done.set()), daemon=True).start()
+    return done.wait(seconds)
+
+
+def test_a_writer_thread_that_cannot_start_leaves_the_put_to_write_its_victim_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: the writer counted a thread that never started as running. The put raised
+    # RuntimeError("can't start new thread") into its caller, the victim was left pending (its bytes
+    # in flight went negative once read back), and every later put and wait_for_writes hung.
+    real_start = threading.Thread.start
+    refusals = {"left": 1}
+
+    def start(thread: threading.Thread) -> None:
+        if thread.name == "spillkit-writer" and refusals["left"]:
+            refusals["left"] -= 1
+            raise RuntimeError("can't start new thread")  # as a limit on threads or processes gives
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    chest = Chest(path=tmp_path / "c", available_memory=2 * UNIT, sizeof=unit_sizeof, write_behind=True,
+                  pack_threshold=0)  # fmt: skip
+    chest["a"], chest["b"] = [0], [1]
+    chest["c"] = [2]  # evicts "a": no writer thread starts, so the put writes it itself
+    assert refusals["left"] == 0
+    assert "a" in chest._store and "a" not in chest.inmem and chest.engine.in_flight_bytes == 0
+    assert chest.engine._writer.pending == {}
+    assert chest["a"] == [0]
+    for i in range(3, 10):
+        chest[f"k{i}"] = [i]  # threads start again: in the background
+    assert _wait_returns(chest.wait_for_writes)
+    assert chest.stats.spills >= 7 and chest.engine.in_flight_bytes == 0
+    assert chest.memory_bytes <= chest.available_memory
+    assert dict(chest.items()) == {"a": [0], "b": [1], "c": [2]} | {f"k{i}": [i] for i in range(3, 10)}
+    assert_accounting(chest)
+    assert _wait_returns(chest.drop)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize("pack_threshold", [0, 64 * 1024], ids=["files", "packed"])
+def test_a_child_forked_while_a_write_is_in_flight_can_put_wait_and_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pack_threshold: int
+) -> None:
+    # Before: the child inherited the writer's state but not its thread: wait_for_writes and close
+    # waited for it forever, and the child's own evictions were queued for a thread that never ran.
+    parent = os.getpid()
+    codec = GatedCodec()  # the parent's background write waits in encode until the gate opens
+    chest = Chest(path=tmp_path / "c", available_memory=2 * UNIT, sizeof=unit_sizeof, write_behind=True,
+                  codec=codec, pack_threshold=pack_threshold)  # fmt: skip
+    chest["a"], chest["b"] = [0], [1]
+    chest["c"] = [2]  # evicts "a" to the writer thread, which waits in encode
+    assert codec.started.wait(10)
+    assert list(chest.engine._writer.pending) == ["a"]
+    parents_name = chest.engine._writer.pending["a"].name  # the parent's thread will commit "a" under it
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its own copy of the Chest, whose writer thread did not come along
+        code = 1
+        try:
+            signal.alarm(30)  # a hang ends the child, which the parent sees
+            codec.gate.set()  # the child's own writes need not wait
+            assert chest["a"] == [0] and chest.engine.in_flight_bytes == 0 and chest.engine._writer.pending == {}
+            for i in range(3, 8):
+                chest[f"k{i}"] = [i]
+            chest.wait_for_writes()
+            assert chest.stats.spills >= 5 and chest.engine.in_flight_bytes == 0
+            assert dict(chest.items()) == {"a": [0], "b": [1], "c": [2]} | {f"k{i}": [i] for i in range(3, 8)}
+            assert parents_name not in chest._store.inner.names().values()  # written around, not over
+            chest.close()  # shuts the copy
+            code = 0
+        except BaseException:
+            traceback.print_exc()  # (the child's failure, in the test's output)
+        finally:
+            os.write(write, b"x")
+            os._exit(code)
+    os.read(read, 1)  # the child is done before the parent's write goes on
+    assert os.getpid() == parent
+    codec.gate.set()
+    assert child_exit_code(pid, read, write) == 0
+    assert _wait_returns(chest.wait_for_writes)
+    assert "a" in chest._store and chest["a"] == [0]
+    assert dict(chest.items()) == {"a": [0], "b": [1], "c": [2]}
+    assert chest.engine.in_flight_bytes == 0 and chest.memory_bytes <= chest.available_memory
+    chest.drop()  # (the child's files are in the directory too: a child's copy removes nothing)
