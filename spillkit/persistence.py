@@ -53,6 +53,7 @@ def flush(chest: Chest, closing: bool = False) -> None:
             f"this Chest at {chest._path!r} belongs to process {chest._owner_pid}, which forked this one; "
             "a forked child cannot flush it (open a Chest of its own on another path instead)"
         )
+    committed_without: list[tuple[Hashable, BaseException]] | None = None  # by an early commit, the keys left out
     with chest._engine.lock:
         if not closing:
             chest._check_open()  # again: closed while this thread waited for the lock (then the path may be another's)
@@ -66,16 +67,24 @@ def flush(chest: Chest, closing: bool = False) -> None:
             if chest._store.retained and any(disk_full(error) for _, error in failures):
                 # The files kept for the previous flush may be what fills the disk: commit what
                 # is written (which frees them), then write the rest.
-                commit_manifest(chest)
+                failures += commit_manifest(chest)
+                committed_without = failures
                 failures = rewrite_unsynced(chest)
                 failures += chest._engine.write_all()
             failures += commit_manifest(chest)
-        except OSError:
+        except OSError as error:
             # If an fsync failed, values still in memory let go of their untrusted records now:
             # an eviction before the next flush then writes them anew instead of dropping the
             # only copy known to be right.
             drop_unsynced_in_memory(chest)
-            raise
+            if committed_without is None:
+                raise  # before any commit: the previous committed state is intact
+            # After the early commit, that state is the committed one now, and the keys it left out are
+            # not in it: as when the flush ends with values it could not write (below), not "intact".
+            failures = committed_without
+            error.add_note("spillkit: raised after the flush had committed every value written before the disk filled")
+            for index, (key, _) in enumerate(failures):
+                failures[index] = (key, error)
     chest._flush_failures = tuple(failures)
     if failures:
         keys = ", ".join(describe_key(k) for k, _ in failures[:5])

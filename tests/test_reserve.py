@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import fill
+from helpers import crash_copy, fill
 from test_resource_faults import (
     BUDGET,
     KEYS,
@@ -35,7 +35,7 @@ from test_resource_faults import (
 
 import spillkit.persistence
 import spillkit.reserve
-from spillkit import Chest, SpillWarning
+from spillkit import Chest, SpillError, SpillWarning
 from spillkit.manifest import MANIFEST_NAME, ManifestEntry, write_manifest
 from spillkit.reserve import MIN_RESERVE_BYTES, RESERVE_NAME, planned_size
 
@@ -246,6 +246,40 @@ def test_a_manifest_that_outgrew_the_reserve_frees_the_previous_flush_s_files_as
     assert kept <= writes.listings[1]  # the reserve was tried first...
     assert not kept & writes.listings[2]  # ...then the old files went, and the third write committed
     assert_reserve_whole(chest)
+    assert_recovers(chest, new)
+
+
+def test_a_commit_that_fails_after_the_early_commit_names_the_keys_the_committed_state_lacks(lab: Lab) -> None:
+    """A full disk at a value's write, with files kept for the previous flush, makes the flush commit what
+    is written first (freeing them); if the final commit then fails, that early state is the committed one.
+
+    Before: the flush raised the bare OSError, which means "the previous committed state is intact"
+    (docs/durability.md), while a restart found a state without the key whose write had failed."""
+    chest, _, new = flushed_then_overwritten(lab)
+    fault = lab.fault("write", errno.ENOSPC)
+    real_check = fault.check
+
+    def once(op: str, target: object = None) -> None:  # one value's write meets the full disk, then room comes back
+        try:
+            real_check(op, target)
+        except OSError:
+            fault.clear()
+            raise
+
+    fault.check = once  # type: ignore[method-assign]
+    writes = ManifestWrites("real", "enospc", "enospc")  # the early commit lands; the final one finds no room
+    lab.monkeypatch.setattr(spillkit.persistence, "write_manifest", writes)
+    with pytest.raises(SpillError, match="flush could not write 1 value") as info:
+        chest.flush()
+    assert fault.failures == 1 and writes.calls == 3
+    (failed,) = [key for key, _ in chest._flush_failures]
+    assert repr(failed) in str(info.value)
+    cause = info.value.__cause__
+    assert isinstance(cause, OSError) and cause.errno == errno.ENOSPC
+    assert any("committed every value written before the disk filled" in note for note in cause.__notes__)
+    committed = {key: value for key, value in new.items() if key != failed}
+    reopen_exactly(crash_copy(chest), committed, chest._store.pack_threshold)  # what a crash now leaves
+    assert_values(chest, new)  # and nothing is lost in the Chest itself
     assert_recovers(chest, new)
 
 
