@@ -28,10 +28,10 @@ class SpillEngine(EngineLifecycle):
     ``policy.evicted``. A value that cannot be serialized is set aside (kept in
     memory, counted, warned about, no longer offered) so it never blocks the
     others; a failed write keeps the value in memory, passed over until a
-    write of another value succeeds (:mod:`spillkit.rounds`), and stops the
-    current round unless a write in it succeeded, so memory may exceed the
-    budget until writes work again, and one value the disk refuses (a file
-    too large for it) never stops the others spilling; a value that changed
+    write of another value succeeds, and a second failure in a row stops the
+    round (:mod:`spillkit.rounds`), so memory may exceed the budget until
+    writes work again, and one value the disk refuses (a file too large for
+    it) never stops the others spilling; a value that changed
     while it was written stays too, passed over until the round ends. A value
     loaded from disk keeps its file while unchanged, so spilling it again
     writes nothing. A spilled value that is still alive elsewhere in the

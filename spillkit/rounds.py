@@ -9,7 +9,8 @@ FIFO, the largest for ``size``), would fail every round while the others could
 have been written, and memory would grow without bound. The failed victims are
 offered again once a round: after its first successful write, or when the
 policy has no other victim, so that a disk that works again gets the chance to
-show it.
+show it. A round stops after two failed writes in a row: one may be a single
+value the disk refuses (a file too large for it), two mean the disk fails.
 
 Thread-safety: only under the engine's lock, like the rest of the ledger.
 Nothing here raises but the policy's own errors.
@@ -47,7 +48,7 @@ class EvictionRounds:
         self._rounds = 0  # rounds making room now (a listener's load may start one inside another)
         self._aside: list[Hashable] = []  # victims out of the policy for now (see the module docstring)
         self._write_failed: set[Hashable] = set()  # those of them whose write failed
-        self._round_wrote = False  # a write succeeded in the current round (so the disk takes writes)
+        self._round_failures = 0  # failed writes in the current round since its last successful one
         self._round_retried = False  # the current round offered the failed victims again (once a round)
 
     def _set_aside(self, key: Hashable, write_failed: bool = False) -> None:
@@ -60,8 +61,16 @@ class EvictionRounds:
 
     def _wrote(self) -> None:
         # A victim was written: the disk takes writes, so the victims whose write failed are tried again.
-        self._round_wrote = True
+        self._round_failures = 0
         self._retry_failed()
+
+    def _write_failed_now(self, key: Hashable) -> bool:
+        # A victim's write failed: it is set aside. True if the round goes on with another victim: after
+        # one failure, yes (that value may be the disk's only refusal); after two in a row, the disk is
+        # failing, and trying every value would only fail each.
+        self._set_aside(key, write_failed=True)
+        self._round_failures += 1
+        return self._round_failures < 2
 
     def _retry_failed(self) -> bool:
         # Offer the victims whose write failed again, once a round: after its first write, or when the
@@ -85,7 +94,8 @@ class EvictionRounds:
         # inside another), the victims set aside in it are offered to the policy again, if still resident,
         # except those whose write failed: they wait for a write to succeed (see _wrote).
         if not self._rounds:
-            self._round_wrote = self._round_retried = False
+            self._round_failures = 0
+            self._round_retried = False
         self._rounds += 1
         try:
             yield

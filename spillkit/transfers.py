@@ -193,8 +193,7 @@ def spill_victim(engine: SpillEngine, key: Hashable, background: bool = True) ->
 
     A victim that changed while it was written stays resident, set aside until the round ends.
     One whose write failed stays resident, set aside until a write of another succeeds; the
-    round stops there unless a write in it succeeded already (then the disk works, and the
-    failure was this value's own: a file too large for the file system, say).
+    round stops at the second failure in a row (see :mod:`spillkit.rounds`).
     """
     if key in engine._pins:  # in use (a running task's input): spilling it frees nothing, and may miss changes
         engine._set_aside(key)
@@ -223,15 +222,15 @@ def spill_victim(engine: SpillEngine, key: Hashable, background: bool = True) ->
             return True
         except SpillError as error:  # the quota: raised into the put, which stores nothing
             if background and engine._writer is not None:  # write-behind's fallback on a failing disk:
-                engine._set_aside(key, write_failed=True)  # ... which, like its background writes, never
+                goes_on = engine._write_failed_now(key)  # ... which, like its background writes, never
                 engine._spill_failed(key, nbytes, error, "disk quota refused it; it stays in memory")
-                return engine._round_wrote  # ... raises into a put
+                return goes_on  # ... raises into a put
             engine._count_write_error(error)  # a failed write all the same (write-behind counts it so too)
             raise
         except OSError as error:
-            engine._set_aside(key, write_failed=True)
+            goes_on = engine._write_failed_now(key)
             engine._spill_failed(key, nbytes, error, "disk write failed; it stays in memory")
-            return engine._round_wrote
+            return goes_on
         except Exception as error:
             engine.policy.removed(key)
             engine._unspillable.add(key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -50,6 +51,27 @@ class Unpicklable:
     def __repr__(self) -> str:
         return f"Unpicklable({self.tag})"
 
+
+class DiskRefused:
+    """A value the disk refuses (OSError from its serialization, as EFBIG for a file too large would be):
+    it stays in memory, passed over until another write succeeds, and never stops the others spilling."""
+
+    def __init__(self, tag: int) -> None:
+        self.tag = tag
+
+    def __reduce__(self) -> Any:
+        raise OSError(errno.EFBIG, "this value's file is too large for the disk, on purpose")
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is DiskRefused and other.tag == self.tag
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"DiskRefused({self.tag})"
+
+
+NEVER_WRITTEN = (Unpicklable, DiskRefused)
 
 keys = st.sampled_from(["a", "b", "c", "d", "e", "one", "../up", ".hidden", "two words", 7, 8, (1, "x"), ("t", (2, 3))])
 values = st.one_of(
@@ -179,6 +201,21 @@ class ChestMachine(RuleBasedStateMachine):
         else:
             assert key not in self.c
 
+    @rule(key=keys, tag=st.integers(0, 3))
+    def put_refused(self, key: Hashable, tag: int) -> None:
+        value = DiskRefused(tag)
+        if SIZEOF(value) <= self.budget:
+            self.store(key, value)  # kept in memory when its turn to spill comes, and tried again later
+            return
+        puts = self.c.stats.puts
+        with pytest.raises(OSError, match="too large for the disk"):  # written through, and refused
+            self.c[key] = value
+        assert self.c.stats.puts == puts
+        if key in self.model:
+            assert same(self.c[key], self.model[key])
+        else:
+            assert key not in self.c
+
     @precondition(lambda self: self.model)
     @rule(data=st.data(), key=keys)
     def put_alias(self, data: st.DataObject, key: Hashable) -> None:
@@ -293,7 +330,7 @@ class ChestMachine(RuleBasedStateMachine):
 
     @rule()
     def flush_close_reopen(self) -> None:
-        bad = {key for key, value in self.model.items() if isinstance(value, Unpicklable)}
+        bad = {key for key, value in self.model.items() if isinstance(value, NEVER_WRITTEN)}
         if bad:
             with pytest.raises(SpillError):
                 self.c.flush()
@@ -387,11 +424,11 @@ class ChestMachine(RuleBasedStateMachine):
         assert len(chest) == len(model)
 
         by_id: dict[int, int] = {}
-        unpicklable: dict[int, int] = {}
+        unwritable: dict[int, int] = {}
         for key, value in chest.inmem.items():
             by_id[id(value)] = self.sizes[key]
-            if isinstance(value, Unpicklable):
-                unpicklable[id(value)] = self.sizes[key]
+            if isinstance(value, NEVER_WRITTEN):
+                unwritable[id(value)] = self.sizes[key]
             assert self.sizes[key] <= chest.available_memory  # larger values never stay resident
         assert chest.memory_bytes == sum(by_id.values())
         pinned = {id(chest.inmem[key]): self.sizes[key] for key in self.pins if key in memory}
@@ -401,15 +438,21 @@ class ChestMachine(RuleBasedStateMachine):
         assert self.held <= memory, f"pinned keys were spilled: {self.held - memory}"
         self.held |= self.pins.keys() & memory
         if not chest.engine.deferred:
-            # Only values that cannot be written, and pinned ones (outside the budget), may hold memory beyond it.
-            assert chest.memory_bytes <= chest.available_memory + sum(unpicklable.values()) + sum(pinned.values())
+            # Only values that cannot be written, and pinned ones (outside the budget), may hold memory beyond it;
+            # and one value more once two values the disk refuses are resident: two failed writes in a row end a
+            # round (spillkit.rounds), as on a failing disk, before the next value is tried.
+            refused = [key for key, value in chest.inmem.items() if isinstance(value, DiskRefused)]
+            others = [self.sizes[key] for key, value in chest.inmem.items() if not isinstance(value, NEVER_WRITTEN)]
+            slack = max(others, default=0) if len(refused) >= 2 else 0
+            limit = chest.available_memory + sum(unwritable.values()) + sum(pinned.values()) + slack
+            assert chest.memory_bytes <= limit, (chest.memory_bytes, limit)
         assert all(isinstance(model[key], Unpicklable) for key in chest.engine.unspillable_keys)
 
         assert_disk_files(chest)  # every file is a key's, a segment, or one the last flush's manifest still needs
 
 
 ChestMachine.TestCase.settings = settings(
-    max_examples=200,
+    max_examples=800,  # 200 missed a value the disk refuses that stopped all spilling (found with 800)
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
