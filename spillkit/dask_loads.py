@@ -25,6 +25,7 @@ from typing import Any
 
 import dask
 import dask.threaded
+from dask.callbacks import Callback
 
 from .chest import Chest
 
@@ -75,23 +76,28 @@ class WorkerLoads(MutableMapping[Hashable, Any]):
 
     def _mapping(self) -> MutableMapping[Hashable, Any]:
         owner = self._owner
-        if owner is None:
+        if owner is None and not self._nested:
             return self.chest
         tid = threading.get_ident()
         if self._private:  # a computation that found the Chest taken (ChestCallback routed it)
             private = self._private.get(tid)
             if private:
                 return private[-1]
-        if owner == tid:
+        if self._nested:
+            nested = self._nested.get(tid)
+            if nested is not None:
+                return nested
+        if owner is None or owner == tid:
             return self.chest
         # Another computation has the Chest, and this one started without ChestCallback: dask runs
-        # a computation nested in a task with no callbacks (it empties the active set meanwhile).
-        # Its thread's dict serves every such computation of the thread until the Chest's owner
-        # ends (a key found there is that key's value: dask's keys name their values).
-        nested = self._nested.get(tid)
-        if nested is None:
-            nested = self._nested[tid] = _Unshared()
-            warnings.warn(_TAKEN, RuntimeWarning, stacklevel=3)
+        # a computation nested in a task with no callbacks (it empties the active set meanwhile),
+        # and so does a computation another thread starts then with a scheduler= of dask's own.
+        # Its thread's dict serves every such computation of the thread, even once the Chest's
+        # owner has ended (this one may go on: its keys are in the dict), until the thread starts
+        # a computation that takes the Chest (claim). A key found there is that key's value:
+        # dask's keys name their values.
+        nested = self._nested[tid] = _Unshared()
+        warnings.warn(_TAKEN, RuntimeWarning, stacklevel=3)
         return nested
 
     # ---- the mapping dask uses -------------------------------------------------------------
@@ -124,6 +130,7 @@ class WorkerLoads(MutableMapping[Hashable, Any]):
             if self._owner is not None:
                 return False
             self._owner = threading.get_ident()
+            self._nested.pop(self._owner, None)  # this thread's computations without callbacks are over
             return True
 
     def take_handoff(self) -> str | None:
@@ -143,7 +150,6 @@ class WorkerLoads(MutableMapping[Hashable, Any]):
         with self._lock:
             if self._owner == threading.get_ident():
                 self._owner = self._scheduler = None
-                self._nested.clear()  # computations nested in its tasks ended with them
 
     def go_private(self) -> None:
         """Route this thread's cache use to a new dict of its own, until :meth:`end_private`."""
@@ -214,6 +220,12 @@ class WorkerLoads(MutableMapping[Hashable, Any]):
             kwargs.get("rerun_exceptions_locally", dask.config.get("rerun_exceptions_locally", False))
             or kwargs.get("pool", dask.config.get("pool", None)) is not None
         )
+        # The callbacks given, not left for dask to take from Callback.active: it would empty that set
+        # for the whole process while this runs and put back what it found at the end, so another
+        # thread's computation meanwhile ran without ChestCallback, and when two ended out of order
+        # the empty set stayed for the rest of the block (no deferral, no pins). A computation nested
+        # in a task then runs ChestCallback too, which gives it a dict of its own (see _role_in).
+        kwargs.setdefault("callbacks", set(Callback.active))
         if not self.claim():
             warnings.warn(_TAKEN, RuntimeWarning, stacklevel=2)
             kwargs["cache"] = _Unshared()

@@ -320,3 +320,78 @@ def test_literal_data_is_not_written_through_costs_and_an_explicit_cache() -> No
     assert np.allclose(result, (arr - arr.mean()).sum(axis=0))
     assert not [key for key in written if str(key).startswith("('array-")]  # before: 13 chunks written
     chest.close()
+
+
+def _chest_callback_active() -> bool:
+    from dask.callbacks import Callback
+
+    return any(type(getattr(callback[0], "__self__", None)).__name__ == "ChestCallback" for callback in Callback.active)
+
+
+def test_a_computation_that_outlives_the_one_using_the_chest_keeps_its_values() -> None:
+    # Before: thread B (dask's own scheduler=) started while A had the Chest, so dask had emptied the
+    # active callbacks and B was routed to a dict of its thread; when A ended, that dict was dropped
+    # and B's later reads went to the Chest: KeyError.
+    started, a_done = threading.Event(), threading.Event()
+
+    def slow_first(block: Any) -> Any:
+        started.set()
+        time.sleep(0.5)
+        return block
+
+    def after_a(block: Any) -> Any:
+        assert block.size == 0 or a_done.wait(30)  # B's later tasks run only once A has ended (not dask's meta)
+        return block + 1
+
+    a = da.ones((100, 100), chunks=50).map_blocks(slow_first, dtype=float).sum()
+    b = da.ones((400, 100), chunks=(100, 100)).map_blocks(lambda x: x * 2, dtype=float)
+    b = (b.map_blocks(after_a, dtype=float) + b).sum()
+    a_done.set()
+    expected = float(b.compute(scheduler="sync", optimize_graph=False))
+    a_done.clear()
+    out: dict[str, Any] = {}
+
+    def run(name: str, collection: Any, **kwargs: Any) -> None:
+        try:
+            out[name] = float(collection.compute(optimize_graph=False, **kwargs))
+        except BaseException as error:  # the failure is the test's result
+            out[name] = error
+        if name == "A":
+            a_done.set()
+
+    with spilling(available_memory="10 MiB") as chest, warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "another computation is using this spilling() Chest"
+        thread_a = threading.Thread(target=run, args=("A", a))
+        thread_b = threading.Thread(target=run, args=("B", b), kwargs={"scheduler": "threads"})
+        thread_a.start()
+        assert started.wait(30)
+        thread_b.start()
+        thread_a.join(60)
+        thread_b.join(60)
+        assert out == {"A": 10000.0, "B": pytest.approx(expected)}
+        assert len(chest) == 0  # nothing of B's left in the Chest either
+        assert float(b.compute(optimize_graph=False)) == pytest.approx(expected)  # and the next run has it
+
+
+def test_two_overlapping_computations_leave_the_callback_for_the_rest_of_the_block() -> None:
+    # Before: each computation made dask empty the process's active callbacks while it ran and put
+    # back what it found; the second, ending last, put back the empty set, so the rest of the block
+    # ran without ChestCallback: no deferral, no pins (an in-place change was lost, tests/test_dask.py).
+    first_running = threading.Event()
+
+    def slow(value: int, seconds: float) -> int:
+        first_running.set()
+        time.sleep(seconds)
+        return value
+
+    with spilling(available_memory="10 MiB"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        assert _chest_callback_active()
+        one = threading.Thread(target=lambda: dask.delayed(slow)(1, 0.5).compute())
+        two = threading.Thread(target=lambda: dask.delayed(slow)(2, 1.0).compute())
+        one.start()
+        assert first_running.wait(30)
+        two.start()
+        one.join(60)
+        two.join(60)
+        assert _chest_callback_active()  # so the computations after them defer and pin again
