@@ -80,6 +80,8 @@ class FileIndex:
         self._spares = SparePool(path)  # deleted values' files, kept for later writes to reuse
         self._unpinned_reads: collections.deque[None] = collections.deque()  # reads whose file no pin marks
         self._shared_at_fork: set[str] = set()  # casefolded names of files a forked child may read: never reused
+        # 0 in the process that made the store; in a forked child, names of its own (see _after_fork_in_child)
+        self._attempt_base = 0
         _stores.add(self)
 
     def __contains__(self, key: object) -> bool:
@@ -107,7 +109,7 @@ class FileIndex:
         name = self._names.get(key)
         if name is not None and name.casefold() not in self._protected:
             return name
-        attempt = 0
+        attempt = self._attempt_base
         while True:
             name = candidate_name(key, attempt)
             folded = name.casefold()
@@ -181,6 +183,9 @@ def _names_now(store: FileIndex) -> set[str]:
 def _after_fork_in_child() -> None:
     for store in list(_stores):
         store._protected.update(_names_now(store))
+        # Names no process shares: the parent goes on naming keys as before (a key's first name is a
+        # function of the key), so the child's file of a key would replace one the parent writes later.
+        store._attempt_base = os.getpid() << 20
 
 
 def _before_fork() -> None:  # the parent's side: the child may map any file there now, so none is reused

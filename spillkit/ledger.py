@@ -8,6 +8,7 @@ import warnings
 from collections.abc import Callable, Hashable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from . import forklocks
 from .errors import ChangedWhileWritten, SpillError, SpillWarning
 from .events import COST, SPILL_ERROR, Event, Listener
 from .keys import describe_key
@@ -65,6 +66,7 @@ class EngineLedger(EvictionRounds):
     ) -> None:
         super().__init__()  # the rounds' state (spillkit.rounds)
         self.lock = threading.RLock()
+        forklocks.register(self)  # held across fork(): a child never inherits it held by a thread it lacks
         self.memory: dict[Hashable, Any] = {}
         self.policy = policy
         self._touch = policy.touched  # bound once: the hit path calls it on every read

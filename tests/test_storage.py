@@ -6,6 +6,7 @@ import contextlib
 import errno
 import os
 import shutil
+import signal
 import stat
 import string
 import tempfile
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import ConstRepr
+from helpers import ConstRepr, child_exit_code
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -467,3 +468,37 @@ def test_a_store_gives_distinct_keys_distinct_files_inside_its_directory(keys: l
             assert os.path.dirname(os.path.realpath(store.filename(key))) == root
             assert store.read(key) == i
         assert_exact(store)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize("write_behind", [False, True], ids=["sync", "write-behind"])
+def test_a_forked_child_never_writes_over_a_file_its_parent_writes_later(tmp_path: Path, write_behind: bool) -> None:
+    # Before: a key's first file name is a function of the key, so the parent (spilling "k" after the
+    # fork) and the child (spilling its own "k") chose the same name, and the child's os.replace won:
+    # the parent then read "k" as CorruptSpillFile ("an older or other version of this key's value").
+    chest = Chest(path=tmp_path / "c", available_memory=20, sizeof=lambda v: 10, pack_threshold=0,
+                  write_behind=write_behind)  # fmt: skip
+    chest["k"] = "parent value"  # resident at the fork: a file of neither process yet
+    parent_spilled, child_done = os.pipe(), os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            signal.alarm(30)
+            os.read(parent_spilled[0], 1)
+            chest["k"] = "child value"
+            chest["x"], chest["y"] = 1, 2  # spill the child's "k"
+            chest.wait_for_writes()
+            assert "k" in chest._store and chest["k"] == "child value"
+            code = 0
+        finally:
+            os.write(child_done[1], b"x")
+            os._exit(code)
+    chest["a"], chest["b"] = 1, 2  # spill the parent's "k", after the fork
+    chest.wait_for_writes()
+    assert "k" in chest._store
+    os.write(parent_spilled[1], b"x")
+    os.read(child_done[0], 1)
+    assert child_exit_code(pid, *parent_spilled, *child_done) == 0
+    assert chest["k"] == "parent value"
+    chest.drop()

@@ -1017,3 +1017,47 @@ def test_a_child_forked_while_a_write_is_in_flight_can_put_wait_and_close(
     assert dict(chest.items()) == {"a": [0], "b": [1], "c": [2]}
     assert chest.engine.in_flight_bytes == 0 and chest.memory_bytes <= chest.available_memory
     chest.drop()  # (the child's files are in the directory too: a child's copy removes nothing)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize("pack_threshold", [0, 64 * 1024], ids=["files", "packed"])
+def test_a_fork_while_the_writer_commits_waits_for_the_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pack_threshold: int
+) -> None:
+    # Before: the writer thread held the engine's lock in its commit when the process forked, so the
+    # child's copy of the lock stayed held by a thread the child does not have: its first read hung.
+    chest = Chest(path=tmp_path / "c", available_memory=2 * UNIT, sizeof=unit_sizeof, write_behind=True,
+                  pack_threshold=pack_threshold)  # fmt: skip
+    store = chest._store
+    in_commit = threading.Event()
+    real_commit = type(store).commit
+
+    def slow_commit(self: Any, prepared: Any) -> int:
+        if threading.current_thread().name == "spillkit-writer":
+            in_commit.set()
+            time.sleep(0.3)  # the fork comes now, while this holds the engine's lock
+        return real_commit(self, prepared)
+
+    monkeypatch.setattr(type(store), "commit", slow_commit)
+    chest["a"], chest["b"] = [0], [1]
+    chest["c"] = [2]  # evicts "a" to the writer thread
+    assert in_commit.wait(10)
+    pid = os.fork()  # waits for the commit to end (spillkit.forklocks)
+    if pid == 0:
+        code = 1
+        try:
+            signal.alarm(30)  # a hang ends the child, which the parent sees
+            assert chest["a"] == [0]
+            chest["d"] = [3]
+            chest.wait_for_writes()
+            assert dict(chest.items()) == {"a": [0], "b": [1], "c": [2], "d": [3]}
+            chest.close()
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    assert child_exit_code(pid) == 0
+    assert _wait_returns(chest.wait_for_writes)
+    assert dict(chest.items()) == {"a": [0], "b": [1], "c": [2]}
+    chest.drop()
