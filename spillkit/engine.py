@@ -123,6 +123,8 @@ class SpillEngine(EngineLifecycle):
         try:
             if self.closed:
                 self._check_open()
+            if self._busy:  # (a listener in the round of this key's own put or load: spillkit.rounds)
+                self._refuse_if_busy(key)
             refused = None
             if nbytes > self.budget:
                 hash(key)  # an unhashable key fails before a file is named after it
@@ -144,7 +146,8 @@ class SpillEngine(EngineLifecycle):
                 incoming = self._incoming(key, value, nbytes)
                 if self.memory_bytes - self.pinned_bytes + incoming > self.budget:
                     try:
-                        self._make_room(incoming)
+                        with self._busy_with(key):
+                            self._make_room(incoming)
                     except BaseException as error:
                         error.add_note(
                             f"spillkit: raised while making room for {describe_key(key)}, which was not stored"
@@ -193,6 +196,8 @@ class SpillEngine(EngineLifecycle):
                 self._check_open()
             if key not in self._nbytes:
                 raise KeyError(key)
+            if self._busy:
+                self._refuse_if_busy(key)
             resident = key in self.memory
             if resident:
                 self._pop_resident(key)

@@ -12,8 +12,13 @@ policy has no other victim, so that a disk that works again gets the chance to
 show it. A round stops after two failed writes in a row: one may be a single
 value the disk refuses (a file too large for it), two mean the disk fails.
 
+The key whose put or load makes room is *busy* meanwhile: a listener that the
+round runs may use any other key, and gets a :class:`~spillkit.errors.SpillError`
+for that one (counted and warned about as any listener's error), since the
+operation has it half done.
+
 Thread-safety: only under the engine's lock, like the rest of the ledger.
-Nothing here raises but the policy's own errors.
+Nothing here raises but the policy's own errors and that SpillError.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Hashable, Iterator
 from typing import TYPE_CHECKING, Any
+
+from .errors import SpillError
+from .keys import describe_key
 
 if TYPE_CHECKING:
     from .policies.base import Policy
@@ -50,6 +58,27 @@ class EvictionRounds:
         self._write_failed: set[Hashable] = set()  # those of them whose write failed
         self._round_failures = 0  # failed writes in the current round since its last successful one
         self._round_retried = False  # the current round offered the failed victims again (once a round)
+        # Keys whose put or load is making room now: a listener (run in the round) may not use them,
+        # since the operation has them half done (the old value taken out, the new one not yet in).
+        self._busy: set[Hashable] = set()
+
+    def _refuse_if_busy(self, key: Hashable) -> None:
+        # Before: a listener's get, delete or put of such a key left it counted twice (memory_bytes,
+        # the spilled bytes) or failed the operation half-way with a KeyError.
+        if self._busy and key in self._busy:
+            raise SpillError(
+                f"key {describe_key(key)} is being stored or loaded, and the round making room for it "
+                "ran a listener that used it; a listener may use any other key"
+            )
+
+    @contextlib.contextmanager
+    def _busy_with(self, key: Hashable) -> Iterator[None]:
+        # The put or load of ``key`` makes room: listeners in that round may not use it (see above).
+        self._busy.add(key)
+        try:
+            yield
+        finally:
+            self._busy.discard(key)
 
     def _set_aside(self, key: Hashable, write_failed: bool = False) -> None:
         # A victim another thread keeps changing, or whose write failed: the round goes on with the

@@ -130,6 +130,8 @@ def load(engine: SpillEngine, key: Hashable) -> Any:
     """Return a value that is not resident, and admit it when it fits; KeyError if absent."""
     if not engine.closing:  # a close() under way still serves reads: it may fail and leave the Chest open
         engine._check_open()
+    if engine._busy:
+        engine._refuse_if_busy(key)
     if key not in engine._nbytes:
         engine.stats.misses += 1
         if engine.listeners:
@@ -175,7 +177,8 @@ def load(engine: SpillEngine, key: Hashable) -> Any:
         # Loads make room even while puts are deferred: deferral exists so that values
         # about to be deleted are not written, and a value being read is not one of them.
         try:
-            engine._make_room(engine._incoming(key, value, nbytes))
+            with engine._busy_with(key):
+                engine._make_room(engine._incoming(key, value, nbytes))
         except SpillError:
             engine._refs.remember(key, value)  # served without caching: while alive it stays the value
             return value

@@ -406,7 +406,9 @@ class Soak:
         chest = s.chest
         resident = {id(v): sizeof(v) for v in chest.inmem.values()}
         assert chest.memory_bytes == sum(resident.values())
-        assert len(chest.policy) + len(chest.engine.unspillable_keys) == len(chest.inmem)
+        aside = set(chest.engine._aside)  # victims whose write failed: out of the policy until a write succeeds
+        assert aside <= set(chest.inmem) and aside == chest.engine._write_failed
+        assert len(chest.policy) + len(chest.engine.unspillable_keys) + len(aside) == len(chest.inmem)
         store = chest._store
         assert set(chest.inmem) | set(store) == s.model.keys()
         # disk_bytes counts each key's file or record, plus the files and segments the last flush committed

@@ -26,7 +26,7 @@ from helpers import abandon, child_exit_code
 import spillkit.packing
 import spillkit.policies
 import spillkit.storage
-from spillkit import Chest, CorruptSpillFile, PickleCodec, SpillWarning
+from spillkit import Chest, CorruptSpillFile, PickleCodec, SpillError, SpillWarning
 from spillkit.dirlock import LOCK_NAME
 from spillkit.reserve import RESERVE_NAME
 
@@ -1060,4 +1060,46 @@ def test_a_fork_while_the_writer_commits_waits_for_the_commit(
     assert child_exit_code(pid) == 0
     assert _wait_returns(chest.wait_for_writes)
     assert dict(chest.items()) == {"a": [0], "b": [1], "c": [2]}
+    chest.drop()
+
+
+@pytest.mark.parametrize("use", ["get", "delete", "put"])
+@pytest.mark.parametrize("during", ["put", "load"])
+def test_a_listener_that_uses_the_key_being_stored_or_loaded_gets_an_error_and_nothing_is_miscounted(
+    tmp_path: Path, use: str, during: str
+) -> None:
+    # Before (helper-59): a listener that read "k" during the round making room for k's own put loaded
+    # the old value back, and the put then counted k twice (memory_bytes 30 where 20 were held); a
+    # delete there failed the put half-way with KeyError; a load's round admitted k twice.
+    chest = Chest(path=tmp_path / "c", available_memory=30, sizeof=lambda v: 10, pack_threshold=0)
+    chest["k"] = "old k"
+    chest["a"], chest["b"], chest["c"] = "a", "b", "c"  # "k" spilled
+    armed = [True]
+    used: list[BaseException] = []
+
+    def listener(event: Any) -> None:
+        if event.kind in ("spill", "evict") and armed[0]:
+            armed[0] = False
+            try:
+                if use == "get":
+                    chest["k"]
+                elif use == "delete":
+                    del chest["k"]
+                else:
+                    chest["k"] = "listener's k"
+            except SpillError as error:
+                used.append(error)
+                raise
+
+    chest.add_listener(listener)
+    with pytest.warns(SpillWarning, match="is being stored or loaded"):
+        if during == "put":
+            chest["k"] = "new k"
+        else:
+            assert chest["k"] == "old k"
+    assert len(used) == 1 and "'k'" in str(used[0])
+    assert chest["k"] == ("new k" if during == "put" else "old k")
+    assert dict(chest.items()) == {"k": chest["k"], "a": "a", "b": "b", "c": "c"}
+    assert_accounting(chest)
+    assert chest.engine._spilled_nbytes == 10 * len(chest.engine.spilled_keys)
     chest.drop()
