@@ -9,8 +9,9 @@ FIFO, the largest for ``size``), would fail every round while the others could
 have been written, and memory would grow without bound. The failed victims are
 offered again once a round: after its first successful write, or when the
 policy has no other victim, so that a disk that works again gets the chance to
-show it. A round stops after two failed writes in a row: one may be a single
-value the disk refuses (a file too large for it), two mean the disk fails.
+show it. A round stops after the writes of two objects failed in a row: one may
+be a single value the disk refuses (a file too large for it), two mean the disk
+fails. Memory may then exceed the budget until a later round writes again.
 
 The key whose put or load makes room is *busy* meanwhile: a listener that the
 round runs may use any other key, and gets a :class:`~spillkit.errors.SpillError`
@@ -56,7 +57,8 @@ class EvictionRounds:
         self._rounds = 0  # rounds making room now (a listener's load may start one inside another)
         self._aside: list[Hashable] = []  # victims out of the policy for now (see the module docstring)
         self._write_failed: set[Hashable] = set()  # those of them whose write failed
-        self._round_failures = 0  # failed writes in the current round since its last successful one
+        self._round_failures = 0  # objects whose write failed in the current round since its last successful one
+        self._round_failed: set[int] = set()  # their ids (one object under several keys fails once)
         self._round_retried = False  # the current round offered the failed victims again (once a round)
         # Keys whose put or load is making room now: a listener (run in the round) may not use them,
         # since the operation has them half done (the old value taken out, the new one not yet in).
@@ -91,14 +93,18 @@ class EvictionRounds:
     def _wrote(self) -> None:
         # A victim was written: the disk takes writes, so the victims whose write failed are tried again.
         self._round_failures = 0
+        self._round_failed.clear()
         self._retry_failed()
 
-    def _write_failed_now(self, key: Hashable) -> bool:
+    def _write_failed_now(self, key: Hashable, value: Any) -> bool:
         # A victim's write failed: it is set aside. True if the round goes on with another victim: after
-        # one failure, yes (that value may be the disk's only refusal); after two in a row, the disk is
-        # failing, and trying every value would only fail each.
+        # one failed object, yes (it may be the disk's only refusal; the same object under another key
+        # fails again, and counts once); after two in a row, the disk is failing, and trying every value
+        # would only fail each.
         self._set_aside(key, write_failed=True)
-        self._round_failures += 1
+        if id(value) not in self._round_failed:
+            self._round_failed.add(id(value))
+            self._round_failures += 1
         return self._round_failures < 2
 
     def _retry_failed(self) -> bool:
@@ -124,6 +130,7 @@ class EvictionRounds:
         # except those whose write failed: they wait for a write to succeed (see _wrote).
         if not self._rounds:
             self._round_failures = 0
+            self._round_failed.clear()
             self._round_retried = False
         self._rounds += 1
         try:

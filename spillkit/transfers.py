@@ -225,13 +225,13 @@ def spill_victim(engine: SpillEngine, key: Hashable, background: bool = True) ->
             return True
         except SpillError as error:  # the quota: raised into the put, which stores nothing
             if background and engine._writer is not None:  # write-behind's fallback on a failing disk:
-                goes_on = engine._write_failed_now(key)  # ... which, like its background writes, never
+                goes_on = engine._write_failed_now(key, value)  # ... which, like its background writes, never
                 engine._spill_failed(key, nbytes, error, "disk quota refused it; it stays in memory")
                 return goes_on  # ... raises into a put
             engine._count_write_error(error)  # a failed write all the same (write-behind counts it so too)
             raise
         except OSError as error:
-            goes_on = engine._write_failed_now(key)
+            goes_on = engine._write_failed_now(key, value)
             engine._spill_failed(key, nbytes, error, "disk write failed; it stays in memory")
             return goes_on
         except Exception as error:
