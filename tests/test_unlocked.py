@@ -329,3 +329,21 @@ def test_a_load_finishing_while_another_threads_copy_is_being_written_serves_tha
     chest.wait_for_writes()
     assert chest["k"] is mine
     chest.drop()
+
+
+def test_a_load_that_finds_its_key_loaded_meanwhile_tells_the_policy_of_the_hit(tmp_path: Path) -> None:
+    # Before (helper-58): listeners (and so traces) were told of a hit, but the policy was not: LRU then
+    # evicted this key, read last, rather than one read before it, and a replay of the trace decided otherwise.
+    chest, codec = spilled(tmp_path)
+    hits: list[Hashable] = []
+    chest.add_listener(lambda event: hits.append(event.key) if event.kind == "hit" else None)
+    pause, thread, out = paused_load(chest, codec, "k")
+    second, out_second = in_thread(lambda: chest["k"])  # reads too, and admits "k" first
+    second.join()
+    chest["y"] = value("y")  # after "k": LRU order k, y
+    assert finish(pause, thread, out) is out_second["value"]  # the paused load finds "k" loaded: a hit
+    assert hits == ["k"]
+    chest["z"] = value("z")  # evicts the least recently used: "y", read before the hit on "k"
+    assert "k" in chest.inmem and "y" not in chest.inmem
+    assert_accounting(chest)
+    chest.drop()
