@@ -99,7 +99,7 @@ class SpillEngine(EngineLifecycle):
             try:
                 self._touch(key)
             except KeyError:
-                if key not in self._unspillable and key not in self._aside:
+                if not self._out_of_policy(key):
                     raise
             self.stats.hits += 1  # no byte count here: it would cost a third of a hit
             if self.listeners:

@@ -81,10 +81,8 @@ def flush(chest: Chest, closing: bool = False) -> None:
                 raise  # before any commit: the previous committed state is intact
             # After the early commit, that state is the committed one now, and the keys it left out are
             # not in it: as when the flush ends with values it could not write (below), not "intact".
-            failures = committed_without
             error.add_note("spillkit: raised after the flush had committed every value written before the disk filled")
-            for index, (key, _) in enumerate(failures):
-                failures[index] = (key, error)
+            failures = [(key, error) for key, _ in committed_without]
     chest._flush_failures = tuple(failures)
     if failures:
         keys = ", ".join(describe_key(k) for k, _ in failures[:5])

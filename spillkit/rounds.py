@@ -57,8 +57,9 @@ class EvictionRounds:
         self._rounds = 0  # rounds making room now (a listener's load may start one inside another)
         self._aside: list[Hashable] = []  # victims out of the policy for now (see the module docstring)
         self._write_failed: set[Hashable] = set()  # those of them whose write failed
-        self._round_failures = 0  # objects whose write failed in the current round since its last successful one
-        self._round_failed: set[int] = set()  # their ids (one object under several keys fails once)
+        # Ids of the objects whose write failed in the current round since its last successful one
+        # (one object under several keys fails once): the round stops at two.
+        self._round_failed: set[int] = set()
         self._round_retried = False  # the current round offered the failed victims again (once a round)
         # Keys whose put or load is making room now: a listener (run in the round) may not use them,
         # since the operation has them half done (the old value taken out, the new one not yet in).
@@ -67,7 +68,7 @@ class EvictionRounds:
     def _refuse_if_busy(self, key: Hashable) -> None:
         # Before: a listener's get, delete or put of such a key left it counted twice (memory_bytes,
         # the spilled bytes) or failed the operation half-way with a KeyError.
-        if self._busy and key in self._busy:
+        if key in self._busy:
             raise SpillError(
                 f"key {describe_key(key)} is being stored or loaded, and the round making room for it "
                 "ran a listener that used it; a listener may use any other key"
@@ -82,6 +83,11 @@ class EvictionRounds:
         finally:
             self._busy.discard(key)
 
+    def _out_of_policy(self, key: Hashable) -> bool:
+        # True for a resident key the policy does not hold (set aside, or unserializable): a hit on it
+        # touches nothing; for any other key, the policy's KeyError is a real error.
+        return key in self._aside or key in self._unspillable
+
     def _set_aside(self, key: Hashable, write_failed: bool = False) -> None:
         # A victim another thread keeps changing, or whose write failed: the round goes on with the
         # others (or stops, on a failing disk), and does not pick it again.
@@ -92,7 +98,6 @@ class EvictionRounds:
 
     def _wrote(self) -> None:
         # A victim was written: the disk takes writes, so the victims whose write failed are tried again.
-        self._round_failures = 0
         self._round_failed.clear()
         self._retry_failed()
 
@@ -102,10 +107,8 @@ class EvictionRounds:
         # fails again, and counts once); after two in a row, the disk is failing, and trying every value
         # would only fail each.
         self._set_aside(key, write_failed=True)
-        if id(value) not in self._round_failed:
-            self._round_failed.add(id(value))
-            self._round_failures += 1
-        return self._round_failures < 2
+        self._round_failed.add(id(value))
+        return len(self._round_failed) < 2
 
     def _retry_failed(self) -> bool:
         # Offer the victims whose write failed again, once a round: after its first write, or when the
@@ -113,13 +116,16 @@ class EvictionRounds:
         if not self._write_failed or self._round_retried:
             return False
         self._round_retried = True
-        failed, self._write_failed = self._write_failed, set()
-        self._offer_again([key for key in self._aside if key in failed])
-        self._aside = [key for key in self._aside if key not in failed]
+        self._offer_again(failed=True)
+        self._write_failed = set()
         return True
 
-    def _offer_again(self, keys: list[Hashable]) -> None:
-        for key in keys:
+    def _offer_again(self, failed: bool) -> None:
+        # Offer the set-aside victims whose write failed (or the others) to the policy again, if still
+        # resident and serializable; the rest stay aside.
+        offered = [key for key in self._aside if (key in self._write_failed) == failed]
+        self._aside = [key for key in self._aside if (key in self._write_failed) != failed]
+        for key in offered:
             if key in self.memory and key not in self._unspillable:
                 self.policy.admitted(key, self._nbytes[key], self._cost(key, self._nbytes[key]))
 
@@ -129,7 +135,6 @@ class EvictionRounds:
         # inside another), the victims set aside in it are offered to the policy again, if still resident,
         # except those whose write failed: they wait for a write to succeed (see _wrote).
         if not self._rounds:
-            self._round_failures = 0
             self._round_failed.clear()
             self._round_retried = False
         self._rounds += 1
@@ -138,6 +143,4 @@ class EvictionRounds:
         finally:
             self._rounds -= 1
             if self._aside and not self._rounds:
-                failed = self._write_failed
-                aside, self._aside = self._aside, [key for key in self._aside if key in failed]
-                self._offer_again([key for key in aside if key not in failed])
+                self._offer_again(failed=False)

@@ -33,7 +33,6 @@ Examples
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
@@ -165,8 +164,11 @@ def load(engine: SpillEngine, key: Hashable) -> Any:
             # nothing, and tell listeners nothing: their events already moved past this key).
             if key in engine.memory:
                 resident = engine.memory[key]
-                with contextlib.suppress(KeyError):  # (set aside: unserializable, or its write failed)
+                try:
                     engine._touch(key)  # a hit for the policy too, as for listeners (and traces): read now
+                except KeyError:
+                    if not engine._out_of_policy(key):
+                        raise
                 if engine.listeners:
                     engine._emit(HIT, key, engine._nbytes[key])
                 return resident

@@ -196,7 +196,7 @@ class BackgroundWriter:
 _writers: weakref.WeakSet[BackgroundWriter] = weakref.WeakSet()
 
 
-def _after_fork_in_child() -> None:  # one thread runs in the child now: no lock is needed, nor may be taken
+def _after_fork_in_child() -> None:  # one thread runs in the child; no engine operation was under way (forklocks)
     for writer in list(_writers):
         writer._after_fork_in_child()
 

@@ -431,7 +431,7 @@ class ChestMachine(RuleBasedStateMachine):
         # Only values that cannot be written, and pinned ones (outside the budget), may hold memory beyond it;
         # unless the last round stopped at two objects whose writes failed in a row (spillkit.rounds: as far as
         # it can tell, the disk fails), which only two distinct values the disk refuses can make happen here.
-        stopped = chest.engine._round_failures >= 2
+        stopped = len(chest.engine._round_failed) >= 2
         if not chest.engine.deferred and not stopped:
             limit = chest.available_memory + sum(unwritable.values()) + sum(pinned.values())
             assert chest.memory_bytes <= limit, (chest.memory_bytes, limit)
