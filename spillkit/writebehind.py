@@ -119,7 +119,9 @@ class WriteBehind:
             pending.evicting = False
             self.writer.in_flight_bytes -= pending.nbytes
             try:
-                with contextlib.suppress(SpillError):  # no room now: it is in memory regardless
+                # no room now: it is in memory regardless. Listeners in this round may not use the key
+                # (spillkit.rounds): it is neither in flight nor resident until the round ends.
+                with contextlib.suppress(SpillError), engine._busy_with(key):
                     engine._make_room(engine._incoming(key, value, pending.nbytes))
             finally:  # whatever the round raised: it is no longer in flight, so memory must hold it
                 engine._admit(key, value, pending.nbytes)
