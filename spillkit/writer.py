@@ -148,9 +148,17 @@ class BackgroundWriter:
                 if self._thread is threading.current_thread():
                     self._thread = None
                     if self._queue:
-                        self._start()
+                        try:
+                            self._start()
+                        except RuntimeError as error:  # no thread can start: each queued write fails
+                            self._fail_queued(error)
                 self.cond.notify_all()
             raise
+
+    def _fail_queued(self, error: RuntimeError) -> None:
+        # As a write that failed: finish() takes each value back (counted, warned), nothing waits for it.
+        while self._queue:
+            self._settle(self._queue.popleft(), None, error, 0.0)
 
     def _loop(self) -> None:
         cond = self.cond
@@ -171,13 +179,16 @@ class BackgroundWriter:
                     error = caught
             seconds = time.perf_counter() - start
             with cond:
-                try:
-                    self._finish(pending, prepared, error, seconds)
-                except Exception as caught:
-                    # A listener, or a warnings filter set to "error": reported as a thread's error
-                    # would be, and the writer goes on (else every later flush would wait for it).
-                    threading.excepthook(threading.ExceptHookArgs((type(caught), caught, caught.__traceback__, None)))
+                self._settle(pending, prepared, error, seconds)
                 cond.notify_all()
+
+    def _settle(self, pending: PendingWrite, prepared: Any, error: BaseException | None, seconds: float) -> None:
+        try:  # (lock held)
+            self._finish(pending, prepared, error, seconds)
+        except Exception as caught:
+            # A listener, or a warnings filter set to "error": reported as a thread's error
+            # would be, and the writer goes on (else every later flush would wait for it).
+            threading.excepthook(threading.ExceptHookArgs((type(caught), caught, caught.__traceback__, None)))
 
     def _after_fork_in_child(self) -> None:
         # A forked child has this writer's state but not its thread: the writes queued or under way

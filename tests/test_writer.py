@@ -1158,3 +1158,53 @@ def test_a_listener_that_uses_a_key_taken_back_from_its_write_gets_an_error_and_
     assert dict(chest.items()) == {"a": ["a"], "b": ["b"], "c": ["c"], "z": ["z"]}
     assert_accounting(chest)
     chest.drop()
+
+
+def test_queued_writes_that_no_new_writer_thread_can_take_fail_back_into_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The writer thread ends on a BaseException (here a listener's SystemExit) with writes still
+    # queued, and the thread that should take them over cannot start. Before: start's RuntimeError
+    # left the writes queued, their values neither resident nor written, and nobody woke the
+    # threads waiting in wait_for_writes. Now each fails as a background write fails: its value
+    # is back in memory, counted and warned.
+    codec = GatedCodec()
+    chest = Chest(path=tmp_path / "c", available_memory=2 * UNIT, sizeof=unit_sizeof, write_behind=10 * UNIT,
+                  codec=codec, pack_threshold=0)  # fmt: skip
+    chest["a"], chest["b"] = [0], [1]
+    chest["c"], chest["d"], chest["e"] = [2], [3], [4]  # "a", "b", "c" handed to the writer; "a" at the gate
+    assert codec.started.wait(10)
+    real_start = threading.Thread.start
+
+    def start(thread: threading.Thread) -> None:
+        if thread.name == "spillkit-writer":
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    def listener(event: Any) -> None:
+        if event.kind == "spill" and event.key == "a":
+            raise SystemExit  # ends the writer thread (not an Exception: no listener error)
+
+    chest.add_listener(listener)
+    monkeypatch.setattr(threading.Thread, "start", start)
+    waiter = threading.Thread(target=chest.wait_for_writes, daemon=True)
+    real_start(waiter)
+    died: list[BaseException | None] = []
+    hook, threading.excepthook = threading.excepthook, lambda args: died.append(args.exc_value)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            codec.gate.set()
+            waiter.join(10)
+            assert not waiter.is_alive()  # before: waited forever
+    finally:
+        threading.excepthook = hook
+    assert len(died) == 1 and isinstance(died[0], SystemExit)  # the writer's end, reported as a thread's
+    assert sorted(chest.engine._writer.pending) == [] and chest.engine.in_flight_bytes == 0
+    assert "a" in chest._store and {"b", "c"} <= set(chest.inmem)  # "a" written; the others back in memory
+    assert sum("can't start new thread" in str(w.message) for w in caught) == 2
+    assert chest.engine.stats.spill_failures == 2
+    monkeypatch.undo()
+    assert dict(chest.items()) == {"a": [0], "b": [1], "c": [2], "d": [3], "e": [4]}
+    assert_accounting(chest)
+    assert _wait_returns(chest.drop)
