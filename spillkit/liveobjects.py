@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
+import sys
 import weakref
 from collections.abc import Hashable
 from typing import Any
@@ -10,7 +10,31 @@ from typing import Any
 __all__ = ["LiveObjects"]
 
 
-class LiveObjects(dict[Hashable, "weakref.ref[Any]"]):
+class _Held:
+    """A strong reference that answers like a weak one, for mutable values that cannot have one.
+
+    Calling it returns the value while something other than this holds it (its reference
+    count says so), else None: the list a caller got from a read and changes in place is
+    the key's value, as an object with a weak reference would be.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __call__(self) -> Any:
+        value = self.value
+        # Ours: this slot, the name ``value``, and getrefcount's argument.
+        return value if sys.getrefcount(value) > 3 else None
+
+
+# Mutable, and no weak reference possible: held by _Held. (Immutable ones cannot be changed in place.)
+_HELD_TYPES = (list, dict, set, bytearray)
+_SWEEP_ALWAYS = 64  # up to this many held values, each remember() drops the ones nothing else holds
+
+
+class LiveObjects(dict[Hashable, "weakref.ref[Any] | _Held"]):
     """Spilled keys mapped to weak references to the values they held.
 
     When something else keeps a spilled value alive (a running task holding an
@@ -18,9 +42,14 @@ class LiveObjects(dict[Hashable, "weakref.ref[Any]"]):
     from disk. A plain ``dict`` underneath, so the engine's overwrite path keeps
     its one C-level ``pop(key, None)`` per put.
 
-    Not thread-safe: the engine calls it under its lock. Never raises for values
-    that cannot be weakly referenced (ints, strings, tuples, lists, dicts): they
-    are simply not remembered.
+    Lists, dicts, sets and bytearrays cannot be weakly referenced: they are held
+    (:class:`_Held`) and count as alive while their reference count says something
+    else holds them. One that nothing else holds any more is let go at the next
+    :meth:`remember` (at once while at most 64 are held; beyond, whenever their
+    number has doubled), or when its key is taken or forgotten. Other values without
+    weak references (ints, strings, tuples) cannot change in place and are not remembered.
+
+    Not thread-safe: the engine calls it under its lock. Never raises.
 
     Examples
     --------
@@ -32,17 +61,44 @@ class LiveObjects(dict[Hashable, "weakref.ref[Any]"]):
     True
     >>> live.take("x") is None  # taken once: the key is forgotten
     True
+    >>> rows = [1, 2]
+    >>> live.remember("y", rows)
+    >>> live.take("y") is rows  # held, and alive elsewhere (``rows``)
+    True
     """
 
-    # No instance __dict__: attribute lookups stay those of a plain dict.
-    __slots__ = ()
+    __slots__ = ("_held", "_sweep_at")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._held: set[Hashable] = set()  # keys that were given a _Held (some may be gone since)
+        self._sweep_at = _SWEEP_ALWAYS
 
     def remember(self, key: Hashable, value: Any) -> None:
-        """Keep a weak reference to ``value`` under ``key`` (no-op if it cannot have one)."""
-        with contextlib.suppress(TypeError):  # ints, strings, tuples, lists, dicts cannot be
+        """Keep a weak reference to ``value`` under ``key`` (or hold it, see above)."""
+        try:
             self[key] = weakref.ref(value)
+        except TypeError:
+            if type(value) not in _HELD_TYPES:
+                self.pop(key, None)
+                return
+            if len(self._held) < _SWEEP_ALWAYS or len(self._held) >= self._sweep_at:
+                self._sweep()
+            self[key] = _Held(value)
+            self._held.add(key)
 
     def take(self, key: Hashable) -> Any:
         """Forget ``key`` and return its value if still alive elsewhere, else None."""
         ref = self.pop(key, None)
         return None if ref is None else ref()
+
+    def _sweep(self) -> None:
+        # Let go of held values nothing else holds, and of keys whose entry went meanwhile.
+        for key in list(self._held):
+            ref = self.get(key)
+            if type(ref) is not _Held:
+                self._held.discard(key)
+            elif ref() is None:
+                del self[key]
+                self._held.discard(key)
+        self._sweep_at = max(_SWEEP_ALWAYS, 2 * len(self._held))
