@@ -117,6 +117,10 @@ class CompressedCodec:
         self.name = f"{algorithm}+{self.inner.name}"
         self._module = _import(algorithm)  # fail now, not at the first spill
         self._local = threading.local()
+        try:  # and a level the library refuses: now, not as every value's failure to serialize
+            self._compress(memoryview(b"spillkit"))
+        except (ValueError, OverflowError, TypeError, RuntimeError) as error:
+            raise ValueError(f"{algorithm} refuses compression level {self.level}: {error}") from error
 
     def __repr__(self) -> str:
         return f"CompressedCodec({self.inner!r}, algorithm={self.algorithm!r}, level={self.level})"

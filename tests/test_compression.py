@@ -250,6 +250,17 @@ def test_make_compression_specs() -> None:
         CompressedCodec(max_ratio=0)
 
 
+@pytest.mark.parametrize("spec", ["zstd:30", "zstd:23", "lz4:-3000000000"])
+def test_a_level_the_library_refuses_is_an_error_at_once_not_at_every_spill(spec: str, tmp_path: Path) -> None:
+    # Before (helper-61): Chest() accepted it; each spill then failed, reported as the value being
+    # unserializable, and the values stayed in memory past the budget (4 MiB against 1 MiB).
+    with pytest.raises(ValueError, match="refuses compression level"):
+        make_compression(spec)
+    with pytest.raises(ValueError, match="refuses compression level"):
+        Chest(path=tmp_path / "c", compression=spec)
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
+
+
 def test_the_codec_pickles_for_dask_distributed_workers() -> None:
     codec = pickle.loads(pickle.dumps(CompressedCodec(algorithm="zstd", level=4, min_size=1000)))
     assert (codec.algorithm, codec.level, codec.min_size) == ("zstd", 4, 1000)
