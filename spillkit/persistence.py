@@ -145,7 +145,9 @@ def commit_manifest(chest: Chest) -> list[tuple[Hashable, BaseException]]:
         row = (store.file_bytes(key), engine.nbytes(key), engine.given_cost(key), store.tag(key), segment, offset)
         entries.append(ManifestEntry(key, name, *row, blob))
     rows = manifest_rows(entries)
-    names = [entry.name for entry in entries]  # packed records are kept by pinned segments, files by name
+    # Files are kept by name; packed records by their pinned segments (their names, in the files' protected
+    # set, would keep a file whose name differs from one only in case: helper-61).
+    names = [entry.name for entry in entries if entry.segment is None]
     if not unsaved and rows == chest._committed and not store.retained:  # the manifest on disk says all this
         store.protect(names)  # (no change: it only retries files an unlink failed to remove)
         if chest._reserve is not None and chest._reserve.failed:

@@ -54,8 +54,8 @@ def reopen(chest: Chest) -> None:
             )
             continue
         chest._engine.restore(entry.key, entry.nbytes, entry.cost)
-        adopted.append(entry.name)
-    chest._store.protect(adopted)
+        adopted.append(entry)
+    chest._store.protect(entry.name for entry in adopted if entry.segment is None)  # (as a flush's: persistence)
     if manifest is not None and len(adopted) == len(entries):  # it says what this Chest holds: no flush needs a new one
         chest._committed = manifest_rows(entries)
     chest._store.remove_unreferenced(keep=foreign)  # segments a crash left after the last flush

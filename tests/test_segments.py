@@ -399,3 +399,28 @@ def test_dask_workers_pass_pack_threshold_through(tmp_path: Path) -> None:
         chest = worker_storage(str(tmp_path / str(used)), memory_limit="1 GiB", instrument_metrics=False, **given)
         assert chest._store.pack_threshold == used
         chest.drop()
+
+
+@pytest.mark.parametrize("reopened", [False, True], ids=["flushed", "reopened"])
+def test_a_deleted_file_goes_though_a_packed_record_has_its_name_in_other_case(tmp_path: Path, reopened: bool) -> None:
+    # Before (helper-61): packed records' names entered the files' protected set (case-folded), so
+    # "K0"'s file, deleted, stayed on disk and in disk_bytes for as long as "k0" was packed.
+    path = tmp_path / "c"
+    chest = Chest(path=path, available_memory=1000)
+    chest["k0"] = "s" * 2000  # packed: a record named "k0"
+    chest["K0"] = b"x" * 200_000  # its own file, named "K0"
+    chest.flush()
+    if reopened:
+        chest.close()
+        chest = Chest(path=path, available_memory=1000)
+    assert "K0" in disk_files(path)
+    del chest["K0"]
+    chest.flush()
+    assert "K0" not in disk_files(path)
+    segments = sum(os.path.getsize(path / n) for n in os.listdir(path) if is_segment_name(n))
+    assert chest.disk_bytes == segments
+    assert chest["k0"] == "s" * 2000
+    chest.close()
+    chest = Chest(path=path, available_memory=1000)
+    assert dict(chest.items()) == {"k0": "s" * 2000}
+    chest.drop()
