@@ -83,7 +83,7 @@ def drop(chest: Chest) -> None:
             chest._engine.close()
             return
         chest._store.clear()  # at once: deleting key by key would compact segments about to go
-        chest._engine.clear()
+        chest._engine.clear(unfindable_ok=True)  # (a key whose hash changed goes with the rest)
         chest._engine.close(join=False)  # joined below, without the lock: the writer may take it to end
         chest._store.close()
         if chest._finalizer is not None:

@@ -11,7 +11,7 @@ import reprlib
 from collections.abc import Hashable
 from typing import Any
 
-__all__ = ["decode_key", "describe_key", "encode_key", "spell_key"]
+__all__ = ["decode_key", "describe_key", "encode_key", "spell_key", "unfindable_key"]
 
 # Python refuses str() of ints over 4,300 digits (about 14,000 bits); JSON readers elsewhere choke
 # long before. Past this many bits an int key is written, described and hashed in hexadecimal.
@@ -116,3 +116,11 @@ def describe_key(key: Hashable) -> str:
         return _DESCRIBE.repr(key)
     except Exception:
         return f"<{type(key).__qualname__} key whose repr raised>"
+
+
+def unfindable_key() -> TypeError:
+    """The error for a key the Chest's own tables no longer find (a mutable key changed after it was stored)."""
+    return TypeError(
+        "its key is no longer found by its own hash and ==: it changed after it was stored "
+        "(a mutable key), so its value can be neither named nor deleted; every other key is unaffected"
+    )

@@ -6,7 +6,9 @@ import time
 from collections.abc import Hashable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from .errors import SpillError
 from .events import LOAD, PIN, POPPED, UNPIN
+from .keys import describe_key, unfindable_key
 from .ledger import _MISSING, EngineLedger
 from .notes import reports_notes
 from .transfers import failed_read, timed_write
@@ -169,6 +171,8 @@ class EngineLifecycle(EngineLedger):
         with self.lock:
             self.wait_for_writes()
             for key in list(self.memory):
+                if key not in self.memory:  # a key whose hash changed: the flush's manifest names it as unsaved
+                    continue
                 if self._file_holds(key, self.memory[key]):
                     continue
                 if not self._write_or_note(key, self.memory[key], failures):
@@ -196,12 +200,23 @@ class EngineLifecycle(EngineLedger):
         return True
 
     @reports_notes
-    def clear(self) -> None:
-        """Delete every key."""
+    def clear(self, unfindable_ok: bool = False) -> None:
+        """Delete every key.
+
+        A key that can no longer be found (its hash changed after it was stored) cannot be
+        deleted: every other key is, then ``SpillError`` names it; ``unfindable_ok`` (for a
+        Chest about to go) skips it.
+        """
         with self.lock:
             self._check_open()
+            unfindable = []
             for key in list(self._nbytes):
-                self.delete(key, report=False)  # the notes once every key is gone (reports_notes)
+                if key in self._nbytes:
+                    self.delete(key, report=False)  # the notes once every key is gone (reports_notes)
+                else:
+                    unfindable.append(key)
+            if unfindable and not unfindable_ok:
+                raise SpillError(f"clear() could not delete key {describe_key(unfindable[0])}: {unfindable_key()}")
 
     def abandon_writes(self) -> None:
         """Drop the background writes not finished yet: their Chest is gone, nothing can read them.

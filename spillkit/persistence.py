@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from .errors import SpillError
 from .holes import disk_full
-from .keys import describe_key
+from .keys import describe_key, unfindable_key
 from .manifest import ManifestEntry, is_plain, pickle_key, write_manifest
 from .reopen import manifest_rows
 from .reserve import keep
@@ -133,6 +133,9 @@ def commit_manifest(chest: Chest) -> list[tuple[Hashable, BaseException]]:
     unsaved: list[tuple[Hashable, BaseException]] = []
     names_of = store.names()
     for key in list(engine._nbytes):  # the Chest's order (insertion, as a dict's), which a reopen restores
+        if key not in engine._nbytes:  # iterated, not found: its hash or == changed since it was stored
+            unsaved.append((key, unfindable_key()))
+            continue
         name = names_of.get(key)
         if name is None or key in unsynced:
             continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime
 import json
 import pickle
@@ -242,7 +243,7 @@ def test_dump_and_load_through_a_real_chest_with_spill_reload_and_reopen(tmp_pat
     path = tmp_path / "chest"
     chest = Chest(path=path, available_memory=100, sizeof=lambda v: 100, dump=dump, load=load)
     for key, value in JSON_VALUES.items():
-        chest[key] = value
+        chest[key] = copy.deepcopy(value)  # (the originals, alive here, would be handed back without a read)
     spilled = [k for k in JSON_VALUES if k not in chest.inmem]
     assert len(spilled) == len(JSON_VALUES) - 1
     if dump is json.dump:  # the files really hold JSON text

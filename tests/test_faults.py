@@ -163,6 +163,62 @@ def test_unhashable_key_raises_type_error_like_a_dict(make_chest: Callable[..., 
     assert_accounting(chest)
 
 
+class _MutableKey:
+    """A key whose hash follows a field the caller changes after storing it (a dict loses it too)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __hash__(self) -> int:
+        return hash(self.n)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _MutableKey) and self.n == other.n
+
+    def __repr__(self) -> str:
+        return f"_MutableKey({self.n})"
+
+
+@pytest.mark.parametrize("resident", [False, True], ids=["spilled", "resident"])
+@pytest.mark.parametrize("pack_threshold", [0, 64 * 1024], ids=["files", "packed"])
+def test_a_key_whose_hash_changed_is_named_by_flush_and_close_and_nothing_else_is_lost(
+    tmp_path: Path, resident: bool, pack_threshold: int
+) -> None:
+    # Before (helper-61): flush raised a bare KeyError (packed) or left the key out silently
+    # (files); close then shut the Chest with no manifest, and a reopen found no key at all.
+    # A temporary Chest's close raised KeyError every time and left its directory.
+    path = tmp_path / "c"
+    chest = Chest(path=path, available_memory=400, sizeof=lambda v: 100, pack_threshold=pack_threshold)
+    key = _MutableKey(1)
+    chest[key] = "mutable"
+    expected = {f"k{i}": f"v{i}" for i in range(3 if resident else 5)}
+    chest.update(expected)
+    assert (key in chest.inmem) == resident
+    key.n = 2  # now neither found by the Chest nor by a dict
+    with pytest.raises(SpillError, match="no longer found by its own hash") as flushed:
+        chest.flush()
+    assert "_MutableKey(2)" in str(flushed.value)
+    assert all(chest[k] == v for k, v in expected.items()) and len(chest) == len(expected) + 1  # as a dict
+    with pytest.raises(SpillError, match="no longer found by its own hash"):
+        chest.close()
+    assert chest.closed
+    reopened = Chest(path=path, available_memory=400)
+    assert dict(reopened.items()) == expected  # every other key, committed
+    reopened.drop()
+
+    temporary = Chest(available_memory=400, sizeof=lambda v: 100, pack_threshold=pack_threshold)
+    other = _MutableKey(1)
+    temporary[other] = "mutable"
+    temporary.update(expected)
+    other.n = 2
+    with pytest.raises(SpillError, match="clear\\(\\) could not delete key _MutableKey\\(2\\)"):
+        temporary.clear()  # every other key goes
+    assert len(temporary) == 1
+    directory = temporary.path
+    temporary.close()  # a temporary Chest drops its directory, that key and all
+    assert not os.path.exists(directory)
+
+
 @pytest.mark.parametrize("measured", [-10_000, math.nan, math.inf, "12", None], ids=repr)
 def test_a_size_that_is_not_a_count_of_bytes_is_refused_naming_the_key(
     make_chest: Callable[..., Chest], measured: Any
