@@ -31,7 +31,6 @@ class _Held:
 
 # Mutable, and no weak reference possible: held by _Held. (Immutable ones cannot be changed in place.)
 _HELD_TYPES = (list, dict, set, bytearray)
-_SWEEP_ALWAYS = 64  # up to this many held values, each remember() drops the ones nothing else holds
 
 
 class LiveObjects(dict[Hashable, "weakref.ref[Any] | _Held"]):
@@ -44,9 +43,9 @@ class LiveObjects(dict[Hashable, "weakref.ref[Any] | _Held"]):
 
     Lists, dicts, sets and bytearrays cannot be weakly referenced: they are held
     (:class:`_Held`) and count as alive while their reference count says something
-    else holds them. One that nothing else holds any more is let go at the next
-    :meth:`remember` (at once while at most 64 are held; beyond, whenever their
-    number has doubled), or when its key is taken or forgotten. Other values without
+    else holds them. One that nothing else holds any more is let go within as many
+    :meth:`remember` calls (spills) as there are held values (at the next one while
+    one is held), or when its key is taken or forgotten. Other values without
     weak references (ints, strings, tuples) cannot change in place and are not remembered.
 
     Not thread-safe: the engine calls it under its lock. Never raises.
@@ -67,25 +66,28 @@ class LiveObjects(dict[Hashable, "weakref.ref[Any] | _Held"]):
     True
     """
 
-    __slots__ = ("_held", "_sweep_at")
+    __slots__ = ("_held", "_since")
 
     def __init__(self) -> None:
         super().__init__()
         self._held: set[Hashable] = set()  # keys that were given a _Held (some may be gone since)
-        self._sweep_at = _SWEEP_ALWAYS
+        self._since = 0  # remember() calls since the last sweep
 
     def remember(self, key: Hashable, value: Any) -> None:
         """Keep a weak reference to ``value`` under ``key`` (or hold it, see above)."""
+        held = self._held
+        if held:
+            self._since += 1
+            if self._since >= len(held):  # a sweep costs len(held): one per as many calls keeps each O(1)
+                self._sweep()
         try:
             self[key] = weakref.ref(value)
         except TypeError:
             if type(value) not in _HELD_TYPES:
                 self.pop(key, None)
                 return
-            if len(self._held) < _SWEEP_ALWAYS or len(self._held) >= self._sweep_at:
-                self._sweep()
             self[key] = _Held(value)
-            self._held.add(key)
+            held.add(key)
 
     def take(self, key: Hashable) -> Any:
         """Forget ``key`` and return its value if still alive elsewhere, else None."""
@@ -101,4 +103,4 @@ class LiveObjects(dict[Hashable, "weakref.ref[Any] | _Held"]):
             elif ref() is None:
                 del self[key]
                 self._held.discard(key)
-        self._sweep_at = max(_SWEEP_ALWAYS, 2 * len(self._held))
+        self._since = 0
