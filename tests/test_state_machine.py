@@ -177,7 +177,10 @@ class ChestMachine(RuleBasedStateMachine):
             self.c[key] = value
         else:
             self.c.put(key, value, cost=cost)
-        self.model[key] = value
+        # A list is compared with a copy: the model holding the object would keep it alive, and a spilled
+        # list alive elsewhere is handed back without a read (liveobjects), so no list would be read from
+        # disk. (Arrays stay shared: put_alias makes aliases of them through the model.)
+        self.model[key] = list(value) if type(value) is list else value
         self.sizes[key] = SIZEOF(value)
 
     # ---- rules -------------------------------------------------------------------------
