@@ -177,10 +177,9 @@ class ChestMachine(RuleBasedStateMachine):
             self.c[key] = value
         else:
             self.c.put(key, value, cost=cost)
-        # A list is compared with a copy: the model holding the object would keep it alive, and a spilled
-        # list alive elsewhere is handed back without a read (liveobjects), so no list would be read from
-        # disk. (Arrays stay shared: put_alias makes aliases of them through the model.)
-        self.model[key] = list(value) if type(value) is list else value
+        # The model keeps a copy: holding the object would keep it alive, and a spilled value alive
+        # elsewhere is handed back without a read (liveobjects), so no array or list would be read from disk.
+        self.model[key] = _snapshot(value)
         self.sizes[key] = SIZEOF(value)
 
     # ---- rules -------------------------------------------------------------------------
@@ -215,7 +214,7 @@ class ChestMachine(RuleBasedStateMachine):
     def put_alias(self, data: st.DataObject, key: Hashable) -> None:
         """The same object under a second key (dask's Alias tasks) counts once."""
         source = data.draw(st.sampled_from(sorted(self.model, key=repr)))
-        self.store(key, self.model[source])  # resident under ``source`` unless it was spilled since
+        self.store(key, self.c[source])  # the Chest's object: resident, alive elsewhere, or read now
 
     @precondition(lambda self: self.model)
     @rule(data=st.data(), cost=st.floats(0, 10, allow_nan=False))
@@ -269,8 +268,7 @@ class ChestMachine(RuleBasedStateMachine):
         value = self.c[key]
         if self.c.inmem.get(key) is not value:
             return  # larger than the budget, never held: a change to the copy read from disk dies with it
-        shared = [other for name, other in [*self.model.items(), *self.c.inmem.items()] if name != key]
-        if any(other is value or other is self.model[key] for other in shared):
+        if self.shares_object(key, value):
             return  # an alias (put_alias): a change would show under the other key too, as in a dict
         if isinstance(value, list):
             value.append(len(value))
@@ -279,6 +277,15 @@ class ChestMachine(RuleBasedStateMachine):
         else:
             return  # bytes and Unpicklable values have nothing to change
         self.model[key] = _snapshot(value)
+
+    def shares_object(self, key: Hashable, value: Any) -> bool:
+        """True when another key's value is ``value`` itself: resident, in flight, or spilled and alive."""
+        engine = self.c.engine
+        others = [other for name, other in self.c.inmem.items() if name != key]
+        if engine._writer is not None:
+            others += [write.value for name, write in engine._writer.pending.items() if name != key]
+        others += [ref() for name, ref in engine._refs.items() if name != key]
+        return any(other is value for other in others)
 
     @rule(key=keys)
     def pin(self, key: Hashable) -> None:
