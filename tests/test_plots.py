@@ -241,8 +241,7 @@ def test_without_matplotlib_the_error_names_the_extra(
 
 
 def test_with_real_bounds_no_policy_is_drawn_below_the_bound(tmp_path: Path) -> None:
-    pytest.importorskip("scipy")
-    pytest.importorskip("spillkit.bounds")
+    pytest.importorskip("scipy")  # (the bounds' LP solver, in the extra CI installs)
     found = compare([str(SMALL[0])], ["10%", "50%"], POLICIES, bounds=True, progress=None)
     figure = plot_loads_vs_budget(found, str(tmp_path / "loads.png"))
     (ax,) = figure.axes

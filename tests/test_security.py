@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pickle
 import shutil
 import stat
 import subprocess
@@ -198,13 +197,15 @@ def test_a_forged_pickle_in_a_temporary_chest_is_refused(tmp_path: Path) -> None
     chest.update({"a": "value a", "b": "value b", "c": "value c"})
     spilled = chest.engine.spilled_keys[0]
     target = chest._store.filename(spilled)
-    body = pickle.dumps(Exploit())
     forger = DiskStore(str(tmp_path), PickleCodec(), secret=os.urandom(32))
     forger.write(spilled, Exploit())
     shutil.copy(forger.filename(spilled), target)
     with pytest.raises(CorruptSpillFile):
         chest[spilled]
-    assert body  # the exploit pickle is real: loading it would create the canary
+    assert not os.path.exists(CANARY)
+    forger.read(spilled)  # the forger's own key passes its HMAC: the pickle loads, and runs its code
+    assert os.path.exists(CANARY)  # a real exploit, which only the Chest's key check refused
+    os.rmdir(CANARY)
     for key in set(chest) - {spilled}:
         assert chest[key] == f"value {key}"
     chest.drop()
