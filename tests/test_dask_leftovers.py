@@ -332,23 +332,29 @@ def test_a_computation_that_outlives_the_one_using_the_chest_keeps_its_values() 
     # Before: thread B (dask's own scheduler=) started while A had the Chest, so dask had emptied the
     # active callbacks and B was routed to a dict of its thread; when A ended, that dict was dropped
     # and B's later reads went to the Chest: KeyError.
-    started, a_done = threading.Event(), threading.Event()
+    started, a_done, b_running = threading.Event(), threading.Event(), threading.Event()
 
     def slow_first(block: Any) -> Any:
         started.set()
-        time.sleep(0.5)
+        assert block.size == 0 or b_running.wait(30)  # A keeps the Chest until B runs (not dask's meta)
         return block
+
+    def double(block: Any) -> Any:
+        if block.size:
+            b_running.set()
+        return block * 2
 
     def after_a(block: Any) -> Any:
         assert block.size == 0 or a_done.wait(30)  # B's later tasks run only once A has ended (not dask's meta)
         return block + 1
 
     a = da.ones((100, 100), chunks=50).map_blocks(slow_first, dtype=float).sum()
-    b = da.ones((400, 100), chunks=(100, 100)).map_blocks(lambda x: x * 2, dtype=float)
+    b = da.ones((400, 100), chunks=(100, 100)).map_blocks(double, dtype=float)
     b = (b.map_blocks(after_a, dtype=float) + b).sum()
     a_done.set()
     expected = float(b.compute(scheduler="sync", optimize_graph=False))
     a_done.clear()
+    b_running.clear()
     out: dict[str, Any] = {}
 
     def run(name: str, collection: Any, **kwargs: Any) -> None:
@@ -377,21 +383,34 @@ def test_two_overlapping_computations_leave_the_callback_for_the_rest_of_the_blo
     # Before: each computation made dask empty the process's active callbacks while it ran and put
     # back what it found; the second, ending last, put back the empty set, so the rest of the block
     # ran without ChestCallback: no deferral, no pins (an in-place change was lost, tests/test_dask.py).
-    first_running = threading.Event()
+    one_running, two_running, one_done = threading.Event(), threading.Event(), threading.Event()
+    results: dict[str, Any] = {}
 
-    def slow(value: int, seconds: float) -> int:
-        first_running.set()
-        time.sleep(seconds)
+    def first(value: int) -> int:
+        one_running.set()
+        assert two_running.wait(30)  # the two computations overlap
         return value
+
+    def second(value: int) -> int:
+        two_running.set()
+        assert one_done.wait(30)  # and the second ends last
+        return value
+
+    def run_one() -> None:
+        results["one"] = dask.delayed(first)(1).compute()
+        one_done.set()
+
+    def run_two() -> None:
+        results["two"] = dask.delayed(second)(2).compute()
 
     with spilling(available_memory="10 MiB"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         assert _chest_callback_active()
-        one = threading.Thread(target=lambda: dask.delayed(slow)(1, 0.5).compute())
-        two = threading.Thread(target=lambda: dask.delayed(slow)(2, 1.0).compute())
+        one, two = threading.Thread(target=run_one), threading.Thread(target=run_two)
         one.start()
-        assert first_running.wait(30)
+        assert one_running.wait(30)
         two.start()
         one.join(60)
         two.join(60)
+        assert results == {"one": 1, "two": 2}
         assert _chest_callback_active()  # so the computations after them defer and pin again
