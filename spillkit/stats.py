@@ -75,16 +75,9 @@ class Stats:
         self.spill_seconds += seconds
         self.write_latency[bisect.bisect_left(LATENCY_BOUNDS, seconds)] += 1
 
-    def observe_read(self, nbytes: int, seconds: float, served: bool = True) -> None:
-        """Count one disk read (called by the engine under its lock).
-
-        Not ``served``: the read found its key loaded meanwhile by another thread, and the
-        get was served from memory: a hit, though the bytes were read.
-        """
-        if served:
-            self.loads += 1
-        else:
-            self.hits += 1
+    def observe_read(self, nbytes: int, seconds: float) -> None:
+        """Count one disk read (called by the engine under its lock)."""
+        self.loads += 1
         self.load_bytes += nbytes
         self.load_seconds += seconds
         self.read_latency[bisect.bisect_left(LATENCY_BOUNDS, seconds)] += 1

@@ -156,9 +156,8 @@ def load(engine: SpillEngine, key: Hashable) -> Any:
                 error.add_note(f"spillkit: raised while loading the value of key {describe_key(key)} from disk")
             raise
         seconds = time.perf_counter() - start
-        changed = unlocked is not None and not _unchanged(engine, key, unlocked, nbytes)
-        engine.stats.observe_read(read, seconds, served=not (changed and key in engine.memory))
-        if changed:
+        engine.stats.observe_read(read, seconds)
+        if unlocked is not None and not _unchanged(engine, key, unlocked, nbytes):
             # The lock was let go for the read and the key changed meanwhile: another thread
             # loaded or overwrote it (serve what it holds now: a hit, for listeners), or deleted
             # it or wrote a newer record (serve what this read found: the get began before; keep
@@ -174,7 +173,7 @@ def load(engine: SpillEngine, key: Hashable) -> Any:
                     engine._emit(HIT, key, engine._nbytes[key])
                 return resident
             if engine._writer is not None and key in engine._writer.pending:  # loaded, changed, being written
-                return engine._writer.pending[key].value  # (this read is counted, as a load)
+                return engine._writer.pending[key].value  # (this read is counted already, as a load)
             live = _live(engine, key)
             return value if live is None else live  # a live object may have changed since this read's record
         if engine.listeners:
