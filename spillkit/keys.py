@@ -122,5 +122,6 @@ def unfindable_key() -> TypeError:
     """The error for a key the Chest's own tables no longer find (a mutable key changed after it was stored)."""
     return TypeError(
         "its key is no longer found by its own hash and ==: it changed after it was stored "
-        "(a mutable key), so its value can be neither named nor deleted; every other key is unaffected"
+        "(a mutable key), so its value can be neither named nor deleted (and an eviction policy holding it "
+        "may stop choosing victims, as a dict's lookups fail)"
     )

@@ -184,6 +184,8 @@ class EngineLifecycle(EngineLedger):
             if self.check_in_place:  # a spilled value still alive elsewhere is what get hands back: changed, too
                 for key, ref in list(self._refs.items()):
                     value = ref()
+                    if key not in self._nbytes:  # a key whose hash changed: not written under a new name
+                        continue
                     if value is not None and key not in self.memory and not self._file_holds(key, value):
                         self._write_or_note(key, value, failures)
             self.disk.sync()

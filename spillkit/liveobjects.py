@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import weakref
 from collections.abc import Hashable
 from typing import Any
@@ -10,30 +9,7 @@ from typing import Any
 __all__ = ["LiveObjects"]
 
 
-class _Held:
-    """A strong reference that answers like a weak one, for mutable values that cannot have one.
-
-    Calling it returns the value while something other than this holds it (its reference
-    count says so), else None: the list a caller got from a read and changes in place is
-    the key's value, as an object with a weak reference would be.
-    """
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def __call__(self) -> Any:
-        value = self.value
-        # Ours: this slot, the name ``value``, and getrefcount's argument.
-        return value if sys.getrefcount(value) > 3 else None
-
-
-# Mutable, and no weak reference possible: held by _Held. (Immutable ones cannot be changed in place.)
-_HELD_TYPES = (list, dict, set, bytearray)
-
-
-class LiveObjects(dict[Hashable, "weakref.ref[Any] | _Held"]):
+class LiveObjects(dict[Hashable, "weakref.ref[Any]"]):
     """Spilled keys mapped to weak references to the values they held.
 
     When something else keeps a spilled value alive (a running task holding an
@@ -41,14 +17,13 @@ class LiveObjects(dict[Hashable, "weakref.ref[Any] | _Held"]):
     from disk. A plain ``dict`` underneath, so the engine's overwrite path keeps
     its one C-level ``pop(key, None)`` per put.
 
-    Lists, dicts, sets and bytearrays cannot be weakly referenced: they are held
-    (:class:`_Held`) and count as alive while their reference count says something
-    else holds them. One that nothing else holds any more is let go within as many
-    :meth:`remember` calls (spills) as there are held values (at the next one while
-    one is held), or when its key is taken or forgotten. Other values without
-    weak references (ints, strings, tuples) cannot change in place and are not remembered.
-
-    Not thread-safe: the engine calls it under its lock. Never raises.
+    Not thread-safe: the engine calls it under its lock. Never raises for values
+    that cannot be weakly referenced (ints, strings, tuples, lists, dicts,
+    bytearrays): they are simply not remembered, so a change made in place to a
+    list, dict or bytearray that was spilled (or served without caching) is not
+    seen by the next read. (Holding them and judging liveness by reference
+    count was tried and dropped: a value in a reference cycle, or under two keys,
+    always looks alive, and was never let go.)
 
     Examples
     --------
@@ -60,47 +35,19 @@ class LiveObjects(dict[Hashable, "weakref.ref[Any] | _Held"]):
     True
     >>> live.take("x") is None  # taken once: the key is forgotten
     True
-    >>> rows = [1, 2]
-    >>> live.remember("y", rows)
-    >>> live.take("y") is rows  # held, and alive elsewhere (``rows``)
-    True
     """
 
-    __slots__ = ("_held", "_since")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._held: set[Hashable] = set()  # keys that were given a _Held (some may be gone since)
-        self._since = 0  # remember() calls since the last sweep
+    # No instance __dict__: attribute lookups stay those of a plain dict.
+    __slots__ = ()
 
     def remember(self, key: Hashable, value: Any) -> None:
-        """Keep a weak reference to ``value`` under ``key`` (or hold it, see above)."""
-        held = self._held
-        if held:
-            self._since += 1
-            if self._since >= len(held):  # a sweep costs len(held): one per as many calls keeps each O(1)
-                self._sweep()
+        """Keep a weak reference to ``value`` under ``key`` (no-op if it cannot have one)."""
         try:
             self[key] = weakref.ref(value)
-        except TypeError:
-            if type(value) not in _HELD_TYPES:
-                self.pop(key, None)
-                return
-            self[key] = _Held(value)
-            held.add(key)
+        except TypeError:  # ints, strings, tuples, lists, dicts cannot be
+            self.pop(key, None)  # (and an older value's reference is no longer the key's)
 
     def take(self, key: Hashable) -> Any:
         """Forget ``key`` and return its value if still alive elsewhere, else None."""
         ref = self.pop(key, None)
         return None if ref is None else ref()
-
-    def _sweep(self) -> None:
-        # Let go of held values nothing else holds, and of keys whose entry went meanwhile.
-        for key in list(self._held):
-            ref = self.get(key)
-            if type(ref) is not _Held:
-                self._held.discard(key)
-            elif ref() is None:
-                del self[key]
-                self._held.discard(key)
-        self._since = 0

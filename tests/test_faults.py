@@ -179,18 +179,31 @@ class _MutableKey:
         return f"_MutableKey({self.n})"
 
 
-@pytest.mark.parametrize("resident", [False, True], ids=["spilled", "resident"])
+class _Alive:
+    """A value that can be weakly referenced: alive elsewhere, a flush checks it against its file."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Alive) and other.text == self.text
+
+
+@pytest.mark.parametrize("where", ["spilled", "resident", "spilled and alive"])
 @pytest.mark.parametrize("pack_threshold", [0, 64 * 1024], ids=["files", "packed"])
 def test_a_key_whose_hash_changed_is_named_by_flush_and_close_and_nothing_else_is_lost(
-    tmp_path: Path, resident: bool, pack_threshold: int
+    tmp_path: Path, where: str, pack_threshold: int
 ) -> None:
     # Before (helper-61): flush raised a bare KeyError (packed) or left the key out silently
     # (files); close then shut the Chest with no manifest, and a reopen found no key at all.
-    # A temporary Chest's close raised KeyError every time and left its directory.
+    # A temporary Chest's close raised KeyError every time and left its directory. A spilled value
+    # still alive elsewhere was written by the flush under a new name, a file no manifest named (helper-62).
+    resident = where == "resident"
     path = tmp_path / "c"
     chest = Chest(path=path, available_memory=400, sizeof=lambda v: 100, pack_threshold=pack_threshold)
     key = _MutableKey(1)
-    chest[key] = "mutable"
+    alive = _Alive("mutable")
+    chest[key] = alive if where == "spilled and alive" else "mutable"
     expected = {f"k{i}": f"v{i}" for i in range(3 if resident else 5)}
     chest.update(expected)
     assert (key in chest.inmem) == resident
@@ -199,6 +212,8 @@ def test_a_key_whose_hash_changed_is_named_by_flush_and_close_and_nothing_else_i
         chest.flush()
     assert "_MutableKey(2)" in str(flushed.value)
     assert all(chest[k] == v for k, v in expected.items()) and len(chest) == len(expected) + 1  # as a dict
+    if pack_threshold == 0:  # one file per key written, and no stray one
+        assert len([n for n in os.listdir(path) if not n.startswith(".")]) == (len(expected) + 1 - resident)
     with pytest.raises(SpillError, match="no longer found by its own hash"):
         chest.close()
     assert chest.closed
