@@ -20,6 +20,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import SpillError
+
 __all__ = ["BackgroundWriter", "PendingWrite"]
 
 
@@ -145,20 +147,29 @@ class BackgroundWriter:
             self._loop()  # returns having cleared _thread under the lock; then takes the lock no more
         except BaseException:  # however else the thread ends, the queued writes go on, in a new one
             with self.cond:
-                if self._thread is threading.current_thread():
-                    self._thread = None
-                    if self._queue:
-                        try:
-                            self._start()
-                        except RuntimeError as error:  # no thread can start: each queued write fails
-                            self._fail_queued(error)
-                self.cond.notify_all()
+                try:
+                    if self._thread is threading.current_thread():
+                        self._thread = None
+                        if self._queue:
+                            try:
+                                self._start()
+                            except RuntimeError as error:  # no thread can start: each queued write fails
+                                self._fail_queued(error)
+                finally:
+                    self.cond.notify_all()
             raise
 
     def _fail_queued(self, error: RuntimeError) -> None:
-        # As a write that failed: finish() takes each value back (counted, warned), nothing waits for it.
+        # As a write the disk refused (a SpillError, not the value's fault: it stays spillable), finish()
+        # takes each value back, counted and warned; nothing waits for it. A listener's BaseException
+        # there is reported, and the rest still fail (else they would wait for a thread that never comes).
+        failure = SpillError(f"no writer thread could start to write it ({error})")
+        failure.__cause__ = error
         while self._queue:
-            self._settle(self._queue.popleft(), None, error, 0.0)
+            try:
+                self._settle(self._queue.popleft(), None, failure, 0.0)
+            except BaseException as caught:
+                threading.excepthook(threading.ExceptHookArgs((type(caught), caught, caught.__traceback__, None)))
 
     def _loop(self) -> None:
         cond = self.cond

@@ -1160,14 +1160,17 @@ def test_a_listener_that_uses_a_key_taken_back_from_its_write_gets_an_error_and_
     chest.drop()
 
 
+@pytest.mark.parametrize("again", [False, True], ids=["once", "listener raises again"])
 def test_queued_writes_that_no_new_writer_thread_can_take_fail_back_into_memory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, again: bool
 ) -> None:
     # The writer thread ends on a BaseException (here a listener's SystemExit) with writes still
     # queued, and the thread that should take them over cannot start. Before: start's RuntimeError
     # left the writes queued, their values neither resident nor written, and nobody woke the
-    # threads waiting in wait_for_writes. Now each fails as a background write fails: its value
-    # is back in memory, counted and warned.
+    # threads waiting in wait_for_writes. Now each fails as a write the disk refused: its value
+    # is back in memory, counted and warned, and spills again later (helper-62: its first version
+    # called them unserializable, kept in memory for good). A listener raising again while they
+    # fail ("c" here) is reported, and the rest still fail (helper-62: the waiters hung).
     codec = GatedCodec()
     chest = Chest(path=tmp_path / "c", available_memory=2 * UNIT, sizeof=unit_sizeof, write_behind=10 * UNIT,
                   codec=codec, pack_threshold=0)  # fmt: skip
@@ -1184,6 +1187,8 @@ def test_queued_writes_that_no_new_writer_thread_can_take_fail_back_into_memory(
     def listener(event: Any) -> None:
         if event.kind == "spill" and event.key == "a":
             raise SystemExit  # ends the writer thread (not an Exception: no listener error)
+        if again and event.kind == "spill-error" and event.key == "b":
+            raise SystemExit
 
     chest.add_listener(listener)
     monkeypatch.setattr(threading.Thread, "start", start)
@@ -1199,12 +1204,21 @@ def test_queued_writes_that_no_new_writer_thread_can_take_fail_back_into_memory(
             assert not waiter.is_alive()  # before: waited forever
     finally:
         threading.excepthook = hook
-    assert len(died) == 1 and isinstance(died[0], SystemExit)  # the writer's end, reported as a thread's
+    assert len(died) == 1 + again and all(isinstance(d, SystemExit) for d in died)  # reported as a thread's
     assert sorted(chest.engine._writer.pending) == [] and chest.engine.in_flight_bytes == 0
     assert "a" in chest._store and {"b", "c"} <= set(chest.inmem)  # "a" written; the others back in memory
     assert sum("can't start new thread" in str(w.message) for w in caught) == 2
-    assert chest.engine.stats.spill_failures == 2
+    assert chest.engine.stats.spill_failures == 2 and not chest.engine.unspillable_keys
     monkeypatch.undo()
-    assert dict(chest.items()) == {"a": [0], "b": [1], "c": [2], "d": [3], "e": [4]}
+    chest.engine.listeners.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SpillWarning)
+        for i in range(5, 12):
+            chest[f"k{i}"] = [i]  # threads start again: "b" and "c" spill with the rest
+        chest.wait_for_writes()
+    assert "b" not in chest.inmem and "c" not in chest.inmem
+    assert chest.memory_bytes <= chest.available_memory
+    expected = {"a": [0], "b": [1], "c": [2], "d": [3], "e": [4]} | {f"k{i}": [i] for i in range(5, 12)}
+    assert dict(chest.items()) == expected
     assert_accounting(chest)
     assert _wait_returns(chest.drop)
