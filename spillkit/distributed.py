@@ -82,7 +82,8 @@ def worker_storage(
         without a name; a taken label gets that basename appended.
     **chest_kwargs
         Passed to :class:`~spillkit.chest.Chest` (``dump``/``load``, ``codec``,
-        ``available_disk``, ``sizeof``, ``pack_threshold``, ``map_loads``;
+        ``available_disk`` (default: dask's ``distributed.worker.memory.max-spill``,
+        if set), ``sizeof``, ``pack_threshold``, ``map_loads``;
         default ``sizeof`` is ``distributed.sizeof.safe_sizeof``, which never
         raises, and ``map_loads`` is on: files of 1 MiB or more are loaded by
         mapping them: in two runs of ``benchmarks/bench_distributed.py`` with
@@ -100,8 +101,11 @@ def worker_storage(
     Thread-safe, as every Chest is (the worker calls it from its event loop
     and its memory monitor). Failures: a value that cannot be written stays in
     memory and ``evict()`` returns -1, so the worker logs it and keeps
-    running, as with SpillBuffer; a put raises only when a value larger than
-    the whole budget cannot be written, which fails that one task. The Chest
+    running, as with SpillBuffer; so does a spill the ``available_disk`` quota
+    refuses (a warning; memory then passes the budget, as SpillBuffer's does
+    at ``max-spill``, and the memory monitor pauses the worker if it must). A
+    put raises only when a value larger than the whole budget cannot be
+    written, which fails that one task. The Chest
     is never closed by dask: its directory goes when the worker's local
     directory is removed (at shutdown, or by the nanny after a crash).
 
@@ -117,9 +121,11 @@ def worker_storage(
     -1
     >>> chest.drop()
     """
-    manager, worker = _building_worker()
+    manager, worker, nthreads = _building_worker()
     if available_memory is None:
-        available_memory = worker_budget(memory_limit, manager=manager)
+        available_memory = worker_budget(memory_limit, manager=manager, nthreads=nthreads)
+    if manager is not None and manager.max_spill and chest_kwargs.get("available_disk") is None:
+        chest_kwargs["available_disk"] = manager.max_spill  # distributed.worker.memory.max-spill
     chest_kwargs.setdefault("sizeof", safe_sizeof)
     chest_kwargs.setdefault("map_loads", True)
     chest = Chest(
@@ -128,6 +134,7 @@ def worker_storage(
         policy=policy,
         **chest_kwargs,
     )
+    chest.engine.keep_when_disk_full = True  # a full quota keeps values in memory, as SpillBuffer at max-spill
     if instrument_metrics:
         basename = os.path.basename(os.path.normpath(worker_local_directory))
         worker_name = getattr(worker, "name", None)
@@ -136,7 +143,12 @@ def worker_storage(
     return chest
 
 
-def worker_budget(memory_limit: int | float | str | None = None, *, manager: WorkerMemoryManager | None = None) -> int:
+def worker_budget(
+    memory_limit: int | float | str | None = None,
+    *,
+    manager: WorkerMemoryManager | None = None,
+    nthreads: int | None = None,
+) -> int:
     """The bytes of values a worker's Chest holds in memory before it spills.
 
     The same bytes as dask's SpillBuffer: the worker's memory limit times
@@ -157,6 +169,10 @@ def worker_budget(memory_limit: int | float | str | None = None, *, manager: Wor
     manager : WorkerMemoryManager, optional
         The memory manager to read the limit and fractions from (default:
         the one building a worker now, if any).
+    nthreads : int, optional
+        The worker's threads, which ``"auto"`` and fractions of the machine are
+        shares of, as dask parses a worker's limit (default: those of the
+        worker being built; outside a worker, all the machine's cores).
 
     Returns
     -------
@@ -169,13 +185,14 @@ def worker_budget(memory_limit: int | float | str | None = None, *, manager: Wor
     raises for a missing worker.
     """
     if manager is None:
-        manager, _ = _building_worker()
+        manager, _, building = _building_worker()
+        nthreads = nthreads or building
     if manager is not None:
         target = manager.memory_target_fraction
     else:
         target = dask.config.get("distributed.worker.memory.target")
     if memory_limit is not None:
-        limit = parse_memory_limit(memory_limit, CPU_COUNT, logger=worker_logger)
+        limit = parse_memory_limit(memory_limit, nthreads or CPU_COUNT, logger=worker_logger)
     elif manager is not None:
         limit = manager.memory_limit
     else:
@@ -191,19 +208,20 @@ def worker_budget(memory_limit: int | float | str | None = None, *, manager: Wor
     return int(limit * target)
 
 
-def _building_worker() -> tuple[WorkerMemoryManager | None, Any]:
-    """The WorkerMemoryManager calling us from its ``__init__``, and its worker (or Nones)."""
+def _building_worker() -> tuple[WorkerMemoryManager | None, Any, int | None]:
+    """The WorkerMemoryManager calling us from its ``__init__``, its worker and threads (or Nones)."""
     frame = sys._getframe(1)
     for _ in range(_STACK_DEPTH):
         candidate = frame.f_locals.get("self")
         # memory_target_fraction is set just before data= is called; checking it makes sure
         # the manager has parsed its limit (a manager built any other way is left alone).
         if isinstance(candidate, WorkerMemoryManager) and hasattr(candidate, "memory_target_fraction"):
-            return candidate, frame.f_locals.get("worker")
+            nthreads = frame.f_locals.get("nthreads")
+            return candidate, frame.f_locals.get("worker"), nthreads if isinstance(nthreads, int) else None
         if frame.f_back is None:
             break
         frame = frame.f_back
-    return None, None
+    return None, None, None
 
 
 def _instrument(chest: Chest, name: str, fallback_suffix: str) -> None:

@@ -12,7 +12,7 @@ configuration has no key for it. What it has is preloads, modules whose
 
 The options of :func:`~spillkit.distributed.worker_storage` come from dask's
 configuration, under ``spillkit.worker`` (``policy``, ``available-memory``,
-``memory-limit``, ``instrument-metrics``, ``name``), so environment variables
+``available-disk``, ``memory-limit``, ``instrument-metrics``, ``name``), so environment variables
 or a YAML file set them::
 
     DASK_SPILLKIT__WORKER__POLICY=cost dask worker ... --preload-nanny spillkit.distributed_preload
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = ["dask_setup", "storage_options"]
 
-_OPTIONS = ("policy", "available-memory", "memory-limit", "instrument-metrics", "name")
+_OPTIONS = ("policy", "available-memory", "available-disk", "memory-limit", "instrument-metrics", "name")
 
 
 def storage_options() -> dict[str, Any]:
@@ -94,7 +94,12 @@ def dask_setup(server: Nanny | Worker) -> None:
     if len(manager.data):
         raise RuntimeError("spillkit.distributed_preload: the worker already holds data; preload it at start")
     if options.get("available_memory") is None:
-        options["available_memory"] = worker_budget(options.pop("memory_limit", None), manager=manager)
+        nthreads = server.state.nthreads
+        options["available_memory"] = worker_budget(
+            options.pop("memory_limit", None), manager=manager, nthreads=nthreads
+        )
+    if manager.max_spill and options.get("available_disk") is None:
+        options["available_disk"] = manager.max_spill  # distributed.worker.memory.max-spill, as in worker_storage
     options.setdefault("name", f"dask-worker-{server.name}")
     storage = cast("MutableMapping[Key, object]", worker_storage(server.local_directory, **options))
     # The worker reads its storage through the memory manager and its state machine.

@@ -229,7 +229,8 @@ def spill_victim(engine: SpillEngine, key: Hashable, background: bool = True) ->
             engine._spill_failed(key, nbytes, error, "changed while it was written; it stays in memory")
             return True
         except SpillError as error:  # the quota: raised into the put, which stores nothing
-            if background and engine._writer is not None:  # write-behind's fallback on a failing disk:
+            # ... unless write-behind falls back here on a failing disk, or the engine keeps such victims:
+            if background and (engine._writer is not None or engine.keep_when_disk_full):
                 goes_on = engine._write_failed_now(key, value)  # ... which, like its background writes, never
                 engine._spill_failed(key, nbytes, error, "disk quota refused it; it stays in memory")
                 return goes_on  # ... raises into a put

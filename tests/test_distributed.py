@@ -88,7 +88,7 @@ def cluster(tmp_path: Path, data: Any = None, n_workers: int = 2, **kwargs: Any)
             n_workers=n_workers,
             threads_per_worker=1,
             processes=True,
-            memory_limit=MEMORY_LIMIT,
+            memory_limit=kwargs.pop("memory_limit", MEMORY_LIMIT),
             host="127.0.0.1",
             dashboard_address=":0",
             local_directory=str(tmp_path),
@@ -233,6 +233,65 @@ def test_memory_monitor_alone_keeps_workers_running(shared: Client) -> None:
     check_workload(shared)
     assert shared.run(os.getpid) == pids, "a worker was restarted (its nanny kills it over 95% memory)"
     assert all(spills > 0 for spills in shared.run(lambda dask_worker: dask_worker.data.stats.spills).values())
+
+
+def four_megabytes(i: int) -> Any:
+    return np.full(500_000, i, dtype=np.float64)
+
+
+def quota_facts(dask_worker: Any) -> dict[str, Any]:
+    data = dask_worker.data
+    return {
+        "quota_errors": data.stats.quota_errors,
+        "over_budget": data.memory_bytes > data.available_memory,
+        "disk": data.disk_bytes,
+        "cap": data._store.available_disk,
+    }
+
+
+def test_a_full_disk_quota_keeps_values_in_memory_and_fails_no_task(shared: Client) -> None:
+    # Before (helper-60): a spill the quota refused raised DiskQuotaExceeded into whichever put made
+    # room, so unrelated tasks erred (6 of 10), each naming the same victim. SpillBuffer keeps such
+    # values in memory at max-spill; so does the Chest now.
+    shared.run(use_storage, {"available-memory": "8 MB", "available-disk": "10 MB"})
+    try:
+        futures = shared.map(four_megabytes, range(12), pure=False)
+        wait(futures, timeout=TIMEOUT)
+        assert [f.status for f in futures] == ["finished"] * 12
+        assert [float(f.result()[0]) for f in futures] == [float(i) for i in range(12)]
+        facts = list(shared.run(quota_facts).values())
+        assert all(f["cap"] == 10_000_000 and f["disk"] <= 10_000_000 for f in facts)
+        assert sum(f["quota_errors"] for f in facts) > 0 and any(f["over_budget"] for f in facts)
+        del futures
+        poll(lambda: all(c["keys"] == 0 for c in shared.run(spill_counters).values()), "the arrays to be released")
+    finally:
+        shared.run(use_storage, {})
+
+
+def memory_facts(dask_worker: Any) -> dict[str, Any]:
+    manager = dask_worker.memory_manager
+    return {
+        "limit": manager.memory_limit,
+        "target": manager.memory_target_fraction,
+        "budget": dask_worker.data.available_memory,
+        "cap": dask_worker.data._store.available_disk,
+        "nthreads": dask_worker.state.nthreads,
+    }
+
+
+@pytest.mark.timeout(120)
+def test_max_spill_caps_the_disk_and_auto_is_the_workers_share(tmp_path: Path) -> None:
+    # Before (helper-60): max-spill was ignored (no cap), and memory_limit="auto" given to worker_storage
+    # was parsed as the whole machine's (CPU_COUNT threads), not the worker's one thread: twice the budget.
+    options = {"memory_limit": "auto", "instrument_metrics": False}
+    with (
+        dask.config.set({"distributed.worker.memory.max-spill": "10 MB"}),
+        cluster(tmp_path, (worker_storage, options), n_workers=1, memory_limit="auto") as client,
+    ):
+        (facts,) = client.run(memory_facts).values()
+    assert facts["nthreads"] == 1
+    assert facts["budget"] == int(facts["limit"] * facts["target"])
+    assert facts["cap"] == 10_000_000
 
 
 def worker_pid(dask_worker: Any) -> tuple[int, int]:
