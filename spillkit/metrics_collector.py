@@ -85,7 +85,8 @@ class ChestCollector:
     ``compaction-read`` and ``compaction-write``: bytes segment compaction
     moved, counted apart from ``disk-write``),
     ``<ns>_spill_errors_total{reason}`` (``disk``: an ``OSError``, ``changed``: a
-    value kept changing while written, ``serialize``, ``quota``, ``corrupt``,
+    value kept changing while written, ``serialize``: a value kept in memory, or a
+    put over the budget refused, because it cannot be pickled, ``quota``, ``corrupt``,
     ``reserve``: a flush could not make the manifest's reserve file whole; each
     failure counts under one reason), ``<ns>_misses_total``, the histogram
     ``<ns>_disk_latency_seconds{activity}`` and ``<ns>_chest_info{version,policy,codec}``.
@@ -240,7 +241,7 @@ class _Families:
         for reason, n in (
             ("disk", s.disk_errors),
             ("changed", s.changed_errors),
-            ("serialize", s.unspillable),
+            ("serialize", s.unspillable + s.serialize_errors),
             ("quota", s.quota_errors),
             ("corrupt", s.load_failures),
             ("reserve", s.reserve_failures),

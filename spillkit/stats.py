@@ -59,6 +59,7 @@ class Stats:
     disk_errors: int = 0  # writes the disk failed (OSError); quota, serialization and changes are counted apart
     changed_errors: int = 0  # writes given up because the value kept changing while written (verify_writes)
     unspillable: int = 0  # values set aside because they cannot be serialized
+    serialize_errors: int = 0  # puts of values over the budget refused because they cannot be serialized
     load_failures: int = 0  # reads that found a corrupt or missing file
     reused: int = 0  # reads of spilled values still alive elsewhere, handed back without a disk read
     popped: int = 0  # disk reads pop() made (counted in loads too; a pop is no get)

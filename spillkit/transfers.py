@@ -79,8 +79,9 @@ def write_through(engine: SpillEngine, key: Hashable, value: Any, nbytes: int, c
     try:
         written, seconds = timed_write(engine, key, value)
     except Exception as error:
-        if isinstance(error, (OSError, DiskQuotaExceeded)):  # a failed write, as a refused spill counts too
-            engine._count_write_error(error)
+        engine._count_write_error(error)  # a failed write, as a refused spill counts too, whatever its reason
+        if not isinstance(error, (OSError, SpillError)):  # the value's own: it cannot be serialized
+            engine.stats.serialize_errors += 1
         if not isinstance(error, SpillError):  # a SpillError names the key itself
             error.add_note(
                 f"spillkit: value for key {describe_key(key)} ({nbytes} bytes) exceeds the memory "

@@ -262,3 +262,34 @@ def test_compaction_io_is_exported(tmp_path: Path, registry: CollectorRegistry) 
     assert value(registry, "spillkit_spill_bytes_total", chest="c", activity="compaction-read") == read
     assert value(registry, "spillkit_spill_bytes_total", chest="c", activity="compaction-write") == written
     chest.close()
+
+
+@pytest.mark.parametrize("why", ["cannot be pickled", "disk fails"])
+def test_a_refused_put_over_the_budget_is_counted_under_one_reason(
+    tmp_path: Path, registry: CollectorRegistry, why: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before (helper-60): a put over the budget of a value that cannot be pickled raised, and no
+    # counter moved (spill_failures, and every reason, stayed 0); a disk failure there was counted.
+    chest = Chest(path=tmp_path / "c", available_memory=100, sizeof=lambda v: 500, pack_threshold=0)
+    instrument(chest, registry, name="c")
+    chest["kept"] = "kept"  # straight to disk, as every value here
+    if why == "cannot be pickled":
+        value_ = [threading.Lock()]
+        expected_error: type[BaseException] = TypeError
+    else:
+        value_ = ["fine"]
+        monkeypatch.setattr("spillkit.storage.os.replace", _fail_eio)
+        expected_error = OSError
+    with pytest.raises(expected_error):
+        chest["refused"] = value_
+    monkeypatch.undo()
+    assert chest.stats.spill_failures == 1
+    reason = "serialize" if why == "cannot be pickled" else "disk"
+    errors = {r: value(registry, "spillkit_spill_errors_total", chest="c", reason=r) for r in ("serialize", "disk")}
+    assert errors == {r: float(r == reason) for r in ("serialize", "disk")}
+    assert "refused" not in chest and chest["kept"] == "kept"
+    chest.close()
+
+
+def _fail_eio(*args: Any, **kwargs: Any) -> None:
+    raise OSError(errno.EIO, "injected")
