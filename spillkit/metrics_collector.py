@@ -212,7 +212,7 @@ class _Families:
         # dozen appends, never for I/O. Without it (``locked`` False) every read is of a plain number.
         s, store = chest.stats, chest._store
         in_memory, in_flight = len(chest.inmem), _in_flight_keys(chest)
-        disk_bytes = chest.disk_bytes if locked else store.total_bytes  # disk_bytes recounts under the lock
+        disk_bytes = chest.disk_bytes if locked else store.space_in_use()  # disk_bytes recounts under the lock
         self.memory.add_metric([name, "memory"], chest.memory_bytes)
         self.memory.add_metric([name, "in-flight"], chest.engine.in_flight_bytes)
         self.memory.add_metric([name, "pinned"], chest.engine.pinned_bytes)  # within "memory", outside the budget

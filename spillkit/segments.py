@@ -258,6 +258,10 @@ class PackedStore(PackedRecords):
         self.spare_bytes = self.inner._spares.bytes  # once: total_bytes and spilled_total agree on it
         self.total_bytes = self.inner.total_bytes + self.spare_bytes + self._segment_total
 
+    def space_in_use(self) -> int:
+        """:meth:`recount`'s bytes, read without the lock (a scrape's): plain numbers, mapped files as of now."""
+        return self.inner.space_in_use() + self._segment_total
+
     def recount(self) -> int:
         """Bring ``total_bytes`` up to date (lock held) and return it."""
         self._count()

@@ -293,3 +293,36 @@ def test_a_refused_put_over_the_budget_is_counted_under_one_reason(
 
 def _fail_eio(*args: Any, **kwargs: Any) -> None:
     raise OSError(errno.EIO, "injected")
+
+
+def test_a_scrape_without_the_lock_does_not_count_a_freed_mapped_file(
+    tmp_path: Path, registry: CollectorRegistry
+) -> None:
+    # Before (helper-60): without the lock the scrape read total_bytes, which counts a deleted file a loaded
+    # value mapped until the next recount: 8 MB on disk by one scrape, 0 by a locked one right after.
+    np = pytest.importorskip("numpy")
+    chest = Chest(path=tmp_path / "c", available_memory=5_000_000, map_loads=True)
+    collector = instrument(chest, registry, name="c")
+    collector.lock_wait = 0.0  # a scrape that finds the lock taken reads without it at once
+    chest["a"] = np.ones(1_000_000)  # 8 MB: over the budget, straight to disk
+    mapped = chest["a"]  # loaded by mapping its file
+    del chest["a"]  # the file goes, but counts while ``mapped`` maps it
+    assert value(registry, "spillkit_memory_bytes", chest="c", tier="disk") > 8_000_000
+    del mapped  # the mapping goes: those bytes are free
+    held, release = threading.Event(), threading.Event()
+
+    def hold_lock() -> None:  # as another thread's flush would, during its disk I/O
+        with chest.engine.lock:
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold_lock)
+    holder.start()
+    try:
+        assert held.wait(30)
+        unlocked = value(registry, "spillkit_memory_bytes", chest="c", tier="disk")
+    finally:
+        release.set()
+        holder.join()
+    assert unlocked == value(registry, "spillkit_memory_bytes", chest="c", tier="disk") == 0
+    chest.close()
