@@ -166,7 +166,7 @@ def run_once(contender: str, n: int, expected: tuple[float, float], directory: s
             processes=True,
             memory_limit=MEMORY_LIMIT,
             host="127.0.0.1",
-            dashboard_address=":0",
+            dashboard_address="127.0.0.1:0",  # ":0" listens on every interface
             local_directory=directory,
             silence_logs=logging.ERROR,
             data=data,

@@ -28,6 +28,7 @@ from typing import Any
 try:
     import dask.config
     from dask.system import CPU_COUNT
+    from distributed.diagnostics.plugin import WorkerPlugin
     from distributed.sizeof import safe_sizeof
     from distributed.worker_memory import WorkerMemoryManager, parse_memory_limit, worker_logger
 except ImportError as error:  # pragma: no cover - exercised only without the extra
@@ -37,7 +38,7 @@ from .chest import Chest
 from .errors import SpillWarning
 from .policies import Policy
 
-__all__ = ["SUBDIRECTORY", "worker_budget", "worker_storage"]
+__all__ = ["SUBDIRECTORY", "drop_with_worker", "worker_budget", "worker_storage"]
 
 SUBDIRECTORY = "spillkit"  # beside dask's own "storage" in the worker's local directory
 _STACK_DEPTH = 12  # frames searched for the WorkerMemoryManager that is building us
@@ -105,9 +106,9 @@ def worker_storage(
     refuses (a warning; memory then passes the budget, as SpillBuffer's does
     at ``max-spill``, and the memory monitor pauses the worker if it must). A
     put raises only when a value larger than the whole budget cannot be
-    written, which fails that one task. The Chest
-    is never closed by dask: its directory goes when the worker's local
-    directory is removed (at shutdown, or by the nanny after a crash).
+    written, which fails that one task. The Chest is dropped (its files, its
+    metrics) when the worker closes (:func:`drop_with_worker`), or with the
+    worker's local directory when a worker process dies.
 
     Examples
     --------
@@ -135,6 +136,8 @@ def worker_storage(
         **chest_kwargs,
     )
     chest.engine.keep_when_disk_full = True  # a full quota keeps values in memory, as SpillBuffer at max-spill
+    if worker is not None:
+        drop_with_worker(worker, chest)
     if instrument_metrics:
         basename = os.path.basename(os.path.normpath(worker_local_directory))
         worker_name = getattr(worker, "name", None)
@@ -222,6 +225,33 @@ def _building_worker() -> tuple[WorkerMemoryManager | None, Any, int | None]:
             break
         frame = frame.f_back
     return None, None, None
+
+
+class _DropWithWorker(WorkerPlugin):
+    """Drops a worker's Chest when the worker closes (dask tears its plugins down then)."""
+
+    name = "spillkit-storage"
+
+    def __init__(self, chest: Chest) -> None:
+        self.chest = chest
+
+    def teardown(self, worker: Any) -> None:
+        self.chest.drop()  # the worker's data goes with it, as its local directory does
+
+
+def drop_with_worker(worker: Any, chest: Chest) -> None:
+    """Make ``worker`` drop ``chest`` when it closes: files, directory and metrics series.
+
+    Without it, a closed in-process worker (``LocalCluster(processes=False)``)
+    kept its Chest open and exported until garbage collected, a new metrics
+    label per cluster. Registered straight into the worker's plugins (its
+    ``teardown`` runs at close; nothing needs ``setup``), so it works while
+    the worker is still being built. Replaces the plugin of a Chest this
+    worker stored in before.
+    """
+    plugins = getattr(worker, "plugins", None)
+    if isinstance(plugins, dict):
+        plugins[_DropWithWorker.name] = _DropWithWorker(chest)
 
 
 def _instrument(chest: Chest, name: str, fallback_suffix: str) -> None:

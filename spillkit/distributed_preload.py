@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, cast
 import dask.config
 from distributed import Nanny, Worker
 
-from .distributed import worker_budget, worker_storage
+from .distributed import drop_with_worker, worker_budget, worker_storage
 
 if TYPE_CHECKING:
     from dask.typing import Key
@@ -101,7 +101,9 @@ def dask_setup(server: Nanny | Worker) -> None:
     if manager.max_spill and options.get("available_disk") is None:
         options["available_disk"] = manager.max_spill  # distributed.worker.memory.max-spill, as in worker_storage
     options.setdefault("name", f"dask-worker-{server.name}")
-    storage = cast("MutableMapping[Key, object]", worker_storage(server.local_directory, **options))
+    chest = worker_storage(server.local_directory, **options)
+    drop_with_worker(server, chest)
+    storage = cast("MutableMapping[Key, object]", chest)
     # The worker reads its storage through the memory manager and its state machine.
     manager.data = storage
     server.state.data = storage

@@ -90,7 +90,7 @@ def cluster(tmp_path: Path, data: Any = None, n_workers: int = 2, **kwargs: Any)
             processes=True,
             memory_limit=kwargs.pop("memory_limit", MEMORY_LIMIT),
             host="127.0.0.1",
-            dashboard_address=":0",
+            dashboard_address="127.0.0.1:0",  # ":0" listens on every interface
             local_directory=str(tmp_path),
             silence_logs=logging.ERROR,
             data=data,
@@ -266,6 +266,42 @@ def test_a_full_disk_quota_keeps_values_in_memory_and_fails_no_task(shared: Clie
         poll(lambda: all(c["keys"] == 0 for c in shared.run(spill_counters).values()), "the arrays to be released")
     finally:
         shared.run(use_storage, {})
+
+
+def exported_chests() -> set[str]:
+    from prometheus_client import REGISTRY
+
+    return {sample.labels["chest"] for family in REGISTRY.collect() if family.name == "spillkit_memory_bytes"
+            for sample in family.samples}  # fmt: skip
+
+
+@pytest.mark.timeout(120)
+def test_an_in_process_workers_chest_is_dropped_when_the_worker_closes(tmp_path: Path) -> None:
+    # Before (helper-60): a closed in-process worker kept its Chest open (a descriptor on its deleted
+    # directory) and exported (disk bytes of files dask had deleted) until collected; each new cluster
+    # added a label.
+    before = exported_chests()
+    with (
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            processes=False,
+            dashboard_address=None,  # (in-process: inproc:// transport, no socket at all)
+            memory_limit="1 GiB",
+            local_directory=str(tmp_path),
+            silence_logs=logging.ERROR,
+            data=(worker_storage, {"available_memory": "8 MB"}),
+        ) as local,  # fmt: skip
+        Client(local, timeout=TIMEOUT) as client,
+    ):
+        futures = client.map(four_megabytes, range(6), pure=False)
+        wait(futures, timeout=TIMEOUT)
+        (chest,) = [worker.data for worker in local.workers.values()]
+        assert chest.engine.spilled_keys and not chest.closed
+        (label,) = exported_chests() - before  # this worker's Chest, exported in this process
+        del futures
+    assert chest.closed and not os.path.exists(chest.path)
+    assert label not in exported_chests()
 
 
 def memory_facts(dask_worker: Any) -> dict[str, Any]:
