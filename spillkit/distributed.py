@@ -28,13 +28,13 @@ from typing import Any
 try:
     import dask.config
     from dask.system import CPU_COUNT
-    from distributed.diagnostics.plugin import WorkerPlugin
     from distributed.sizeof import safe_sizeof
     from distributed.worker_memory import WorkerMemoryManager, parse_memory_limit, worker_logger
 except ImportError as error:  # pragma: no cover - exercised only without the extra
     raise ImportError('spillkit.distributed needs dask.distributed: pip install "spillkit[dask]"') from error
 
 from .chest import Chest
+from .distributed_hooks import drop_with_worker, instrument_worker_chest
 from .errors import SpillWarning
 from .policies import Policy
 
@@ -142,7 +142,7 @@ def worker_storage(
         basename = os.path.basename(os.path.normpath(worker_local_directory))
         worker_name = getattr(worker, "name", None)
         default = basename if worker_name is None else f"dask-worker-{worker_name}"
-        _instrument(chest, name or default, basename)
+        instrument_worker_chest(chest, name or default, basename)
     return chest
 
 
@@ -225,45 +225,3 @@ def _building_worker() -> tuple[WorkerMemoryManager | None, Any, int | None]:
             break
         frame = frame.f_back
     return None, None, None
-
-
-class _DropWithWorker(WorkerPlugin):
-    """Drops a worker's Chest when the worker closes (dask tears its plugins down then)."""
-
-    name = "spillkit-storage"
-
-    def __init__(self, chest: Chest) -> None:
-        self.chest = chest
-
-    def teardown(self, worker: Any) -> None:
-        self.chest.drop()  # the worker's data goes with it, as its local directory does
-
-
-def drop_with_worker(worker: Any, chest: Chest) -> None:
-    """Make ``worker`` drop ``chest`` when it closes: files, directory and metrics series.
-
-    Without it, a closed in-process worker (``LocalCluster(processes=False)``)
-    kept its Chest open and exported until garbage collected, a new metrics
-    label per cluster. Registered straight into the worker's plugins (its
-    ``teardown`` runs at close; nothing needs ``setup``), so it works while
-    the worker is still being built. Replaces the plugin of a Chest this
-    worker stored in before.
-    """
-    plugins = getattr(worker, "plugins", None)
-    if isinstance(plugins, dict):
-        plugins[_DropWithWorker.name] = _DropWithWorker(chest)
-
-
-def _instrument(chest: Chest, name: str, fallback_suffix: str) -> None:
-    try:
-        from .metrics import instrument
-    except ImportError:
-        return  # no prometheus-client: a worker then serves no /metrics either
-    for label in (name, f"{name}-{fallback_suffix}"):
-        try:
-            instrument(chest, name=label)
-            return
-        except ValueError:
-            continue  # e.g. two in-process clusters with the same worker names
-    warnings.warn(f"spillkit.distributed: metrics label {name!r} is taken; this Chest is not exported", SpillWarning,
-                  stacklevel=3)  # fmt: skip
