@@ -1063,6 +1063,29 @@ def test_a_fork_while_the_writer_commits_waits_for_the_commit(
     chest.drop()
 
 
+def use_key_once_in_a_round(chest: Chest, key: str, use: str, new_value: Any) -> list[BaseException]:
+    """Add a listener that, at the first spill or eviction, gets, deletes or puts ``key``; return its errors."""
+    armed = [True]
+    used: list[BaseException] = []
+
+    def listener(event: Any) -> None:
+        if event.kind in ("spill", "evict") and armed[0]:
+            armed[0] = False
+            try:
+                if use == "get":
+                    chest[key]
+                elif use == "delete":
+                    del chest[key]
+                else:
+                    chest[key] = new_value
+            except SpillError as error:
+                used.append(error)
+                raise
+
+    chest.add_listener(listener)
+    return used
+
+
 @pytest.mark.parametrize("use", ["get", "delete", "put"])
 @pytest.mark.parametrize("during", ["put", "load"])
 def test_a_listener_that_uses_the_key_being_stored_or_loaded_gets_an_error_and_nothing_is_miscounted(
@@ -1074,24 +1097,7 @@ def test_a_listener_that_uses_the_key_being_stored_or_loaded_gets_an_error_and_n
     chest = Chest(path=tmp_path / "c", available_memory=30, sizeof=lambda v: 10, pack_threshold=0)
     chest["k"] = "old k"
     chest["a"], chest["b"], chest["c"] = "a", "b", "c"  # "k" spilled
-    armed = [True]
-    used: list[BaseException] = []
-
-    def listener(event: Any) -> None:
-        if event.kind in ("spill", "evict") and armed[0]:
-            armed[0] = False
-            try:
-                if use == "get":
-                    chest["k"]
-                elif use == "delete":
-                    del chest["k"]
-                else:
-                    chest["k"] = "listener's k"
-            except SpillError as error:
-                used.append(error)
-                raise
-
-    chest.add_listener(listener)
+    used = use_key_once_in_a_round(chest, "k", use, "listener's k")
     with pytest.warns(SpillWarning, match="is being stored or loaded"):
         if during == "put":
             chest["k"] = "new k"
@@ -1130,24 +1136,7 @@ def test_a_listener_that_uses_a_key_taken_back_from_its_write_gets_an_error_and_
     chest.wait_for_writes()
     chest["c"] = ["c"]  # "a" handed to the writer, held at the gate; "b" goes when "a" comes back
     assert codec.started.wait(10)
-    armed = [True]
-    used: list[BaseException] = []
-
-    def listener(event: Any) -> None:
-        if event.kind in ("spill", "evict") and armed[0]:
-            armed[0] = False
-            try:
-                if use == "get":
-                    chest["a"]
-                elif use == "delete":
-                    del chest["a"]
-                else:
-                    chest["a"] = ["listener's a"]
-            except SpillError as error:
-                used.append(error)
-                raise
-
-    chest.add_listener(listener)
+    used = use_key_once_in_a_round(chest, "a", use, ["listener's a"])
     try:
         with pytest.warns(SpillWarning, match="is being stored or loaded"):
             assert chest["a"] == ["a"]
