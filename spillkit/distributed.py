@@ -102,11 +102,12 @@ def worker_storage(
     Thread-safe, as every Chest is (the worker calls it from its event loop
     and its memory monitor). Failures: a value that cannot be written stays in
     memory and ``evict()`` returns -1, so the worker logs it and keeps
-    running, as with SpillBuffer; so does a spill the ``available_disk`` quota
-    refuses (a warning; memory then passes the budget, as SpillBuffer's does
-    at ``max-spill``, and the memory monitor pauses the worker if it must). A
-    put raises only when a value larger than the whole budget cannot be
-    written, which fails that one task. The Chest is dropped (its files, its
+    running, as with SpillBuffer; so does a value the ``available_disk`` quota
+    (or the disk) refuses, even one larger than the whole budget (a warning;
+    memory then passes the budget, as SpillBuffer's does at ``max-spill``, and
+    the memory monitor pauses the worker if it must). A put raises only when a
+    value larger than the whole budget cannot be pickled, which fails that one
+    task. The Chest is dropped (its files, its
     metrics) when the worker closes (:func:`drop_with_worker`), or with the
     worker's local directory when a worker process dies.
 

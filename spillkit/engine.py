@@ -132,8 +132,13 @@ class SpillEngine(EngineLifecycle):
                     write_through(self, key, value, nbytes, cost)
                 except Exception as error:
                     # Deferred (dask, whose later tasks need it), a value that cannot be serialized
-                    # stays in memory, as smaller ones do when they are spilled; otherwise the put fails.
-                    if not self.deferred or isinstance(error, (OSError, SpillError)):
+                    # stays in memory, as smaller ones do when they are spilled; so does one the disk
+                    # refuses, for an engine that keeps such values (dask workers); otherwise the put fails.
+                    disk = isinstance(error, (OSError, SpillError))
+                    if not (self.keep_when_disk_full if disk else self.deferred):
+                        self._count_write_error(error)  # a failed write, whatever its reason
+                        if not disk:
+                            self.stats.serialize_errors += 1
                         raise
                     refused = error
                 else:  # (out of the try: a warning raised as an error is not the value's failure)
@@ -142,7 +147,7 @@ class SpillEngine(EngineLifecycle):
                     return
             existed = key in self._nbytes  # TypeError for an unhashable key, before any change
             old = self._pop_resident(key) if existed else _MISSING
-            if not self.deferred:
+            if not self.deferred and refused is None:  # (a refused value is held over the budget anyway)
                 incoming = self._incoming(key, value, nbytes)
                 if self.memory_bytes - self.pinned_bytes + incoming > self.budget:
                     try:
@@ -168,8 +173,14 @@ class SpillEngine(EngineLifecycle):
                     self._costs.pop(key, None)
             else:
                 self._costs[key] = cost
-            self._admit(key, value, nbytes, offer=refused is None)
-            if refused is not None:
+            if refused is None:
+                self._admit(key, value, nbytes)
+            elif isinstance(refused, (OSError, SpillError)):  # kept until a write succeeds (keep_when_disk_full)
+                self._admit(key, value, nbytes)
+                self._set_aside(key, write_failed=True)
+                self._spill_failed(key, nbytes, refused, "disk refused it; it stays in memory, over the budget")
+            else:
+                self._admit(key, value, nbytes, offer=False)
                 self._unspillable.add(key)
                 self.stats.unspillable += 1
                 self._spill_failed(key, nbytes, refused, "cannot be serialized; it stays in memory")

@@ -82,8 +82,8 @@ class EngineLedger(EvictionRounds):
         # Before a resident value is dropped for its file, check that the file still encodes it
         # (it may have been changed in place since); Chest(check_in_place=False) trusts values instead.
         self.check_in_place = True
-        # A victim the disk quota refuses stays in memory, over the budget (dask workers: as SpillBuffer at
-        # max-spill); else the quota refusal is raised into the put that made room, which stores nothing.
+        # A victim the disk quota refuses, or a value over the budget the disk refuses, stays in memory, over
+        # the budget (dask workers: as SpillBuffer at max-spill); else the put raises and stores nothing.
         self.keep_when_disk_full = False
         self.closed = False
         self.closing = False  # closed to changes while close() flushes; reads still served

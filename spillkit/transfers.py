@@ -78,10 +78,7 @@ def write_through(engine: SpillEngine, key: Hashable, value: Any, nbytes: int, c
     """Store a value larger than the budget straight on disk, replacing any value of the key."""
     try:
         written, seconds = timed_write(engine, key, value)
-    except Exception as error:
-        engine._count_write_error(error)  # a failed write, as a refused spill counts too, whatever its reason
-        if not isinstance(error, (OSError, SpillError)):  # the value's own: it cannot be serialized
-            engine.stats.serialize_errors += 1
+    except Exception as error:  # (counted by the put, which may keep the value in memory instead)
         if not isinstance(error, SpillError):  # a SpillError names the key itself
             error.add_note(
                 f"spillkit: value for key {describe_key(key)} ({nbytes} bytes) exceeds the memory "

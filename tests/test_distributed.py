@@ -239,6 +239,10 @@ def four_megabytes(i: int) -> Any:
     return np.full(500_000, i, dtype=np.float64)
 
 
+def twelve_megabytes() -> Any:
+    return np.full(1_500_000, 12, dtype=np.float64)
+
+
 def quota_facts(dask_worker: Any) -> dict[str, Any]:
     data = dask_worker.data
     return {
@@ -256,13 +260,15 @@ def test_a_full_disk_quota_keeps_values_in_memory_and_fails_no_task(shared: Clie
     shared.run(use_storage, {"available-memory": "8 MB", "available-disk": "10 MB"})
     try:
         futures = shared.map(four_megabytes, range(12), pure=False)
-        wait(futures, timeout=TIMEOUT)
-        assert [f.status for f in futures] == ["finished"] * 12
+        big = shared.submit(twelve_megabytes, pure=False)  # over the budget and the disk cap: kept in memory
+        wait([*futures, big], timeout=TIMEOUT)
+        assert [f.status for f in [*futures, big]] == ["finished"] * 13  # (helper-64: the big one erred)
         assert [float(f.result()[0]) for f in futures] == [float(i) for i in range(12)]
+        assert float(big.result()[-1]) == 12.0
         facts = list(shared.run(quota_facts).values())
         assert all(f["cap"] == 10_000_000 and f["disk"] <= 10_000_000 for f in facts)
         assert sum(f["quota_errors"] for f in facts) > 0 and any(f["over_budget"] for f in facts)
-        del futures
+        del futures, big
         poll(lambda: all(c["keys"] == 0 for c in shared.run(spill_counters).values()), "the arrays to be released")
     finally:
         shared.run(use_storage, {})

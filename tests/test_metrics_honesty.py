@@ -17,7 +17,7 @@ from typing import IO, Any
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from spillkit import Chest, SpillError
+from spillkit import Chest, SpillError, SpillWarning
 from spillkit.metrics import instrument
 
 KB = 1000
@@ -264,31 +264,34 @@ def test_compaction_io_is_exported(tmp_path: Path, registry: CollectorRegistry) 
     chest.close()
 
 
-@pytest.mark.parametrize("why", ["cannot be pickled", "disk fails"])
+@pytest.mark.parametrize("why", ["cannot be pickled", "disk fails", "deferred, cannot be pickled"])
 def test_a_refused_put_over_the_budget_is_counted_under_one_reason(
     tmp_path: Path, registry: CollectorRegistry, why: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Before (helper-60): a put over the budget of a value that cannot be pickled raised, and no
     # counter moved (spill_failures, and every reason, stayed 0); a disk failure there was counted.
+    # Deferred, such a value stays in memory: counted once there too (helper-64: its first fix, twice).
     chest = Chest(path=tmp_path / "c", available_memory=100, sizeof=lambda v: 500, pack_threshold=0)
     instrument(chest, registry, name="c")
     chest["kept"] = "kept"  # straight to disk, as every value here
-    if why == "cannot be pickled":
-        value_ = [threading.Lock()]
-        expected_error: type[BaseException] = TypeError
-    else:
-        value_ = ["fine"]
+    value_: list[Any] = ["fine"] if why == "disk fails" else [threading.Lock()]
+    if why == "disk fails":
         monkeypatch.setattr("spillkit.storage.os.replace", _fail_eio)
-        expected_error = OSError
-    with pytest.raises(expected_error):
-        chest["refused"] = value_
+    if why.startswith("deferred"):
+        with pytest.warns(SpillWarning, match="cannot be serialized"), chest.deferred():
+            chest["refused"] = value_
+        assert chest.inmem["refused"] is value_
+    else:
+        with pytest.raises(OSError if why == "disk fails" else TypeError):
+            chest["refused"] = value_
+        assert "refused" not in chest
     monkeypatch.undo()
     assert chest.stats.spill_failures == 1
-    reason = "serialize" if why == "cannot be pickled" else "disk"
+    reason = "disk" if why == "disk fails" else "serialize"
     errors = {r: value(registry, "spillkit_spill_errors_total", chest="c", reason=r) for r in ("serialize", "disk")}
     assert errors == {r: float(r == reason) for r in ("serialize", "disk")}
-    assert "refused" not in chest and chest["kept"] == "kept"
-    chest.close()
+    assert chest["kept"] == "kept"
+    chest.drop()  # (a close would flush, and fail on the value that cannot be pickled)
 
 
 def _fail_eio(*args: Any, **kwargs: Any) -> None:

@@ -1083,3 +1083,35 @@ def test_a_real_full_disk(tmp_path: Path, options: str, size: int, pack: int | N
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 chest.drop()
+
+
+@pytest.mark.parametrize("over_budget", [False, True], ids=["spilled", "over the budget"])
+def test_an_engine_that_keeps_values_the_quota_refuses_fails_no_put_and_writes_them_later(
+    tmp_path: Path, over_budget: bool
+) -> None:
+    # keep_when_disk_full (dask workers, as SpillBuffer at max-spill): a put whose spill, or whose own
+    # write (a value over the budget), the quota refuses keeps the value in memory, counted once and
+    # warned; once there is room again, it is written. Before (helper-60, helper-64): the put raised.
+    chest = Chest(path=tmp_path / "c", available_memory=300, sizeof=lambda v: len(v), available_disk=1000,
+                  pack_threshold=0)  # fmt: skip
+    chest.engine.keep_when_disk_full = True
+    chest["a"], chest["b"] = b"a" * 250, b"b" * 250  # "a" spilled: 250 bytes and a header on disk
+    kept = "big" if over_budget else "c"
+    with pytest.warns(SpillWarning, match="refused"):
+        if over_budget:
+            chest["big"] = b"x" * 800  # its own write does not fit beside "a"'s file
+        else:
+            chest["c"] = b"c" * 280  # spills "b" (it fits), then ...
+            chest["d"] = b"d" * 290  # ... spilling "c" does not fit: kept
+    stats = chest.stats
+    assert 1 <= stats.quota_errors == stats.spill_failures <= 2  # each refusal counted once (a round tries twice)
+    assert kept in chest.inmem and kept not in chest._store
+    assert chest.memory_bytes > chest.available_memory  # over the budget, as a worker's SpillBuffer may be
+    del chest["a"], chest["b"]  # room on disk again
+    for _ in range(5):
+        chest.evict()
+    assert kept not in chest.inmem and kept in chest._store  # written once it could be
+    expected = {kept: b"x" * 800} if over_budget else {"c": b"c" * 280, "d": b"d" * 290}
+    assert dict(chest.items()) == expected
+    assert chest.disk_bytes <= 1000
+    chest.drop()
