@@ -30,8 +30,8 @@ def test_values_without_weak_references_are_not_remembered_and_replace_an_older_
 
 
 def test_a_value_in_a_reference_cycle_is_let_go_by_the_collector() -> None:
-    # Only weak references: the Chest never keeps a spilled value alive (a strong reference judged by
-    # reference counts kept a cycle alive for good, helper-62).
+    # Only weak references: the Chest never keeps a spilled value alive, not even one the cyclic
+    # collector must free. (Lists in a cycle are not remembered at all: the test above.)
     live = LiveObjects()
     value = Array()
     value.me = value  # type: ignore[attr-defined]
