@@ -424,15 +424,18 @@ class ChestMachine(RuleBasedStateMachine):
         assert chest.spilled_total[0] == sum(self.sizes[key] for key in spilled)  # the running count is exact
         assert len(chest) == len(model)
 
-        by_id: dict[int, int] = {}
-        unwritable: dict[int, int] = {}
+        # Each resident object counts once, at the size measured for the key it was first admitted under
+        # (an alias of a value read back, or changed in place, may measure otherwise; that key may be gone).
+        holders: dict[int, int] = {}
         for key, value in chest.inmem.items():
-            by_id[id(value)] = self.sizes[key]
-            if isinstance(value, NEVER_WRITTEN):
-                unwritable[id(value)] = self.sizes[key]
+            holders[id(value)] = holders.get(id(value), 0) + 1
             assert self.sizes[key] <= chest.available_memory  # larger values never stay resident
+        objects = chest.engine._objects
+        assert {oid: entry[0] for oid, entry in objects.items()} == holders  # a record per object, counting its keys
+        by_id = {oid: objects[oid][1] for oid in holders}
         assert chest.memory_bytes == sum(by_id.values())
-        pinned = {id(chest.inmem[key]): self.sizes[key] for key in self.pins if key in memory}
+        unwritable = {id(value): by_id[id(value)] for value in chest.inmem.values() if isinstance(value, NEVER_WRITTEN)}
+        pinned = {id(chest.inmem[key]): by_id[id(chest.inmem[key])] for key in self.pins if key in memory}
         assert chest.engine._pins == self.pins
         assert chest.engine.pinned_bytes == sum(pinned.values())  # each object once, as in memory_bytes
         self.held &= model.keys()  # deleted since (a put of the key discards it in store)
