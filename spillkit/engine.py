@@ -248,6 +248,7 @@ class SpillEngine(EngineLifecycle):
                 except KeyError:
                     if self._retry_failed():
                         continue
+                    self._no_victim()  # (warns if the policy holds keys all the same)
                     return
                 if not self._spill(key):
                     return

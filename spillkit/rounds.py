@@ -25,10 +25,11 @@ Nothing here raises but the policy's own errors and that SpillError.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Hashable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from .errors import SpillError
+from .errors import SpillError, SpillWarning
 from .keys import describe_key
 
 if TYPE_CHECKING:
@@ -64,6 +65,20 @@ class EvictionRounds:
         # Keys whose put or load is making room now: a listener (run in the round) may not use them,
         # since the operation has them half done (the old value taken out, the new one not yet in).
         self._busy: set[Hashable] = set()
+        self._stuck_warned = False  # the policy held keys but named no victim (said once: _no_victim)
+
+    def _no_victim(self) -> None:
+        # The policy raised KeyError for "no resident keys" while it holds some: a key whose hash changed
+        # after it was stored breaks its lookups, as a dict's. Nothing more can be spilled; said once.
+        held = len(self.policy)
+        if held and not self._stuck_warned:
+            self._stuck_warned = True
+            warnings.warn(
+                f"the eviction policy holds {held} key(s) but names no victim (a key whose hash changed after "
+                "it was stored?): nothing more is spilled, and memory may pass the budget",
+                SpillWarning,
+                stacklevel=5,
+            )
 
     def _refuse_if_busy(self, key: Hashable) -> None:
         # Before: a listener's get, delete or put of such a key left it counted twice (memory_bytes,

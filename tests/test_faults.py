@@ -1110,3 +1110,18 @@ def test_unknown_policy_name_lists_the_choices() -> None:
     assert "'mru'" in message
     for name in spillkit.policy_names():
         assert repr(name) in message
+
+
+def test_a_resident_key_whose_hash_changed_stops_spilling_with_one_warning(tmp_path: Path) -> None:
+    # Before (helper-62): the policy's lookups of such a key fail as a dict's do, so it named no
+    # victim and nothing more was spilled, silently: 51 keys held against a budget of 4.
+    chest = Chest(path=tmp_path / "c", available_memory=400, sizeof=lambda v: 100)
+    key = _MutableKey(1)
+    chest[key] = "mutable"  # first in LRU order
+    key.n = 2
+    with pytest.warns(SpillWarning, match="names no victim") as caught:
+        for i in range(10):
+            chest[f"k{i}"] = i
+    assert len([w for w in caught if "names no victim" in str(w.message)]) == 1  # said once
+    assert all(chest[f"k{i}"] == i for i in range(10))  # every value kept, in memory
+    chest.drop()
