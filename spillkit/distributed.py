@@ -126,7 +126,7 @@ def worker_storage(
     manager, worker, nthreads = _building_worker()
     if available_memory is None:
         available_memory = worker_budget(memory_limit, manager=manager, nthreads=nthreads)
-    if manager is not None and manager.max_spill and chest_kwargs.get("available_disk") is None:
+    if manager is not None and manager.max_spill and "available_disk" not in chest_kwargs:  # (None: no cap)
         chest_kwargs["available_disk"] = manager.max_spill  # distributed.worker.memory.max-spill
     chest_kwargs.setdefault("sizeof", safe_sizeof)
     chest_kwargs.setdefault("map_loads", True)

@@ -16,10 +16,10 @@ __all__ = ["drop_with_worker", "instrument_worker_chest"]
 class _DropWithWorker(WorkerPlugin):
     """Drops a worker's Chest when the worker closes (dask tears its plugins down then)."""
 
-    name = "spillkit-storage"
-
     def __init__(self, chest: Chest) -> None:
         self.chest = chest
+        # One name per Chest: no user plugin takes it by chance (its teardown would drop a live Chest)
+        self.name = f"spillkit-storage-{id(chest):x}"
 
     def teardown(self, worker: Any) -> None:
         self.chest.drop()  # the worker's data goes with it, as its local directory does
@@ -32,12 +32,13 @@ def drop_with_worker(worker: Any, chest: Chest) -> None:
     kept its Chest open and exported until garbage collected, a new metrics
     label per cluster. Registered straight into the worker's plugins (its
     ``teardown`` runs at close; nothing needs ``setup``), so it works while
-    the worker is still being built. Replaces the plugin of a Chest this
-    worker stored in before.
+    the worker is still being built. A Chest the worker stored in before keeps
+    its own plugin (dropping a dropped Chest does nothing).
     """
     plugins = getattr(worker, "plugins", None)
     if isinstance(plugins, dict):
-        plugins[_DropWithWorker.name] = _DropWithWorker(chest)
+        plugin = _DropWithWorker(chest)
+        plugins[plugin.name] = plugin
 
 
 def instrument_worker_chest(chest: Chest, name: str, fallback_suffix: str) -> None:

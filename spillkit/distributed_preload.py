@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, cast
 import dask.config
 from distributed import Nanny, Worker
 
+from .chest import Chest
 from .distributed import drop_with_worker, worker_budget, worker_storage
 
 if TYPE_CHECKING:
@@ -93,12 +94,14 @@ def dask_setup(server: Nanny | Worker) -> None:
     manager = server.memory_manager
     if len(manager.data):
         raise RuntimeError("spillkit.distributed_preload: the worker already holds data; preload it at start")
+    if isinstance(manager.data, Chest):  # data=worker_storage as well: that empty Chest goes (files, label)
+        manager.data.drop()
     if options.get("available_memory") is None:
         nthreads = server.state.nthreads
         options["available_memory"] = worker_budget(
             options.pop("memory_limit", None), manager=manager, nthreads=nthreads
         )
-    if manager.max_spill and options.get("available_disk") is None:
+    if manager.max_spill and "available_disk" not in options:  # (None: no cap)
         options["available_disk"] = manager.max_spill  # distributed.worker.memory.max-spill, as in worker_storage
     options.setdefault("name", f"dask-worker-{server.name}")
     chest = worker_storage(server.local_directory, **options)

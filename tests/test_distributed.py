@@ -310,6 +310,28 @@ def test_an_in_process_workers_chest_is_dropped_when_the_worker_closes(tmp_path:
     assert label not in exported_chests()
 
 
+def preload_over_worker_storage(dask_worker: Any) -> tuple[bool, bool, list[str]]:
+    """Run the preload on a worker whose storage is already a Chest: is that Chest closed, replaced; the labels."""
+    from spillkit.distributed_preload import dask_setup
+
+    old = dask_worker.data
+    dask_setup(dask_worker)
+    labels = sorted(name for name in exported_chests() if name.startswith(f"dask-worker-{dask_worker.name}"))
+    return old.closed, dask_worker.data is not old, labels
+
+
+def test_the_preload_over_worker_storage_drops_the_chest_it_replaces(shared: Client) -> None:
+    # Before (helper-64): data=worker_storage plus --preload left the first, empty Chest open for the
+    # worker's lifetime, holding its metrics label: the new Chest was exported under a fallback label.
+    for name, (closed, replaced, labels) in zip(
+        shared.run(lambda dask_worker: dask_worker.name).values(),
+        shared.run(preload_over_worker_storage).values(),
+        strict=True,
+    ):
+        assert closed and replaced and labels == [f"dask-worker-{name}"]
+    shared.run(use_storage, {})
+
+
 def memory_facts(dask_worker: Any) -> dict[str, Any]:
     manager = dask_worker.memory_manager
     return {
