@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+import warnings
 
 from .keys import describe_key
 
@@ -90,3 +92,21 @@ class ChestLocked(SpillError):
 
 class SpillWarning(RuntimeWarning):
     """A value could not be spilled; it stays in memory and nothing is lost."""
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn_caller(message: str) -> None:
+    """Warn with a :class:`SpillWarning` that points at the first caller outside spillkit.
+
+    A fixed ``stacklevel`` is right from one call path only (a put, a get, a settle reach the same
+    warning through different depths); this walks the stack instead. (Python 3.12's
+    ``skip_file_prefixes`` does the same; spillkit supports 3.11.)
+    """
+    frame = sys._getframe(1)
+    level = 2
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, SpillWarning, stacklevel=level)

@@ -9,7 +9,7 @@ from collections.abc import Callable, Hashable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from . import forklocks
-from .errors import ChangedWhileWritten, SpillError, SpillWarning
+from .errors import ChangedWhileWritten, SpillError, SpillWarning, warn_caller
 from .events import COST, SPILL_ERROR, Event, Listener
 from .keys import describe_key
 from .liveobjects import LiveObjects
@@ -170,7 +170,7 @@ class EngineLedger(EvictionRounds):
 
     def _spill_failed(self, key: Hashable, nbytes: int, error: BaseException, what: str) -> None:
         self._count_write_error(error)
-        warnings.warn(f"value for key {describe_key(key)} {what}: {error!r}", SpillWarning, stacklevel=5)
+        warn_caller(f"value for key {describe_key(key)} {what}: {error!r}")
         if self.listeners:
             self._emit(SPILL_ERROR, key, nbytes, detail=type(error).__name__)
 
@@ -181,9 +181,12 @@ class EngineLedger(EvictionRounds):
             raise ValueError(f"the cost of {describe_key(key)} is NaN; give seconds")
 
     def _incoming(self, key: Hashable, value: Any, nbytes: int) -> int:
-        # Bytes admitting ``value`` adds to memory within the budget: none when the object is resident
-        # under another key, or when the key is pinned (outside the budget).
-        return 0 if id(value) in self._objects or (self._pins and key in self._pins) else nbytes
+        # Bytes admitting ``value`` adds to memory within the budget: none when the key is pinned (outside
+        # the budget); for an object resident under another key, only what it grew by (see _admit).
+        if self._pins and key in self._pins:
+            return 0
+        entry = self._objects.get(id(value))
+        return nbytes if entry is None else max(0, nbytes - entry[1])
 
     def set_cost(self, key: Hashable, cost: float) -> None:
         """Record the key's recompute cost in seconds and let the policy re-rank it; ValueError for NaN."""
@@ -206,6 +209,12 @@ class EngineLedger(EvictionRounds):
             self.memory_bytes += nbytes
         else:
             entry[0] += 1  # the same object under a second key is counted once
+            if nbytes > entry[1]:  # ... at its largest measure (it grew in place since: helper-65)
+                grown = nbytes - entry[1]
+                entry[1] = nbytes
+                self.memory_bytes += grown
+                if entry[2]:
+                    self.pinned_bytes += grown
         if self._pins and key in self._pins:  # an input loaded for a running task
             self._hold(entry, 1)
         if offer:  # a value set aside as unserializable is never offered to the policy

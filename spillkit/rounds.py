@@ -25,11 +25,10 @@ Nothing here raises but the policy's own errors and that SpillError.
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Hashable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from .errors import SpillError, SpillWarning
+from .errors import SpillError, warn_caller
 from .keys import describe_key
 
 if TYPE_CHECKING:
@@ -73,11 +72,9 @@ class EvictionRounds:
         held = len(self.policy)
         if held and not self._stuck_warned:
             self._stuck_warned = True
-            warnings.warn(
+            warn_caller(
                 f"the eviction policy holds {held} key(s) but names no victim (a key whose hash changed after "
-                "it was stored?): nothing more is spilled, and memory may pass the budget",
-                SpillWarning,
-                stacklevel=5,
+                "it was stored?): nothing more is spilled, and memory may pass the budget"
             )
 
     def _refuse_if_busy(self, key: Hashable) -> None:

@@ -204,7 +204,10 @@ def spill_victim(engine: SpillEngine, key: Hashable, background: bool = True) ->
     if key in engine._pins:  # in use (a running task's input): spilling it frees nothing, and may miss changes
         engine._set_aside(key)
         return True
-    value = engine.memory[key]
+    value = engine.memory.get(key, _MISSING)
+    if value is _MISSING:  # the policy names a key memory cannot find (its hash changed since: SIEVE)
+        engine._no_victim()
+        return False  # (the round stops: nothing more can be spilled safely)
     nbytes = engine._nbytes[key]
     if engine._writer is not None and key in engine._writer.pending:
         # Read back while an earlier write of it ran, and maybe changed since: that write no longer counts.
