@@ -15,18 +15,17 @@ from .keys import describe_key
 from .liveobjects import LiveObjects
 from .notes import NO_NOTES, Notes
 from .policies.base import Policy
+from .residency import _MISSING, ResidentObjects
 from .rounds import EvictionRounds
 from .stats import Stats
 
 if TYPE_CHECKING:
     from .writebehind import WriteBehind
 
-__all__ = ["EngineLedger"]
-
-_MISSING: Any = object()
+__all__ = ["_MISSING", "EngineLedger"]
 
 
-class EngineLedger(EvictionRounds):
+class EngineLedger(EvictionRounds, ResidentObjects):
     """The state of a :class:`~spillkit.engine.SpillEngine` and the bookkeeping that keeps it exact.
 
     It holds the memory tier (a dict), every key's size and given cost, the
@@ -180,14 +179,6 @@ class EngineLedger(EvictionRounds):
         if cost != cost:  # NaN orders against nothing: it would scramble the policy's heap
             raise ValueError(f"the cost of {describe_key(key)} is NaN; give seconds")
 
-    def _incoming(self, key: Hashable, value: Any, nbytes: int) -> int:
-        # Bytes admitting ``value`` adds to memory within the budget: none when the key is pinned (outside
-        # the budget); for an object resident under another key, only what it grew by (see _admit).
-        if self._pins and key in self._pins:
-            return 0
-        entry = self._objects.get(id(value))
-        return nbytes if entry is None else max(0, nbytes - entry[1])
-
     def set_cost(self, key: Hashable, cost: float) -> None:
         """Record the key's recompute cost in seconds and let the policy re-rank it; ValueError for NaN."""
         self._check_cost(key, cost)
@@ -200,56 +191,6 @@ class EngineLedger(EvictionRounds):
                 self.policy.recosted(key, self._nbytes[key], cost)
             if self.listeners:
                 self._emit(COST, key, self._nbytes[key])
-
-    def _admit(self, key: Hashable, value: Any, nbytes: int, offer: bool = True) -> None:
-        self.memory[key] = value
-        entry = self._objects.get(id(value))
-        if entry is None:
-            entry = self._objects[id(value)] = [1, nbytes, 0]
-            self.memory_bytes += nbytes
-        else:
-            entry[0] += 1  # the same object under a second key is counted once
-            if nbytes > entry[1]:  # ... at its largest measure (it grew in place since: helper-65)
-                grown = nbytes - entry[1]
-                entry[1] = nbytes
-                self.memory_bytes += grown
-                if entry[2]:
-                    self.pinned_bytes += grown
-        if self._pins and key in self._pins:  # an input loaded for a running task
-            self._hold(entry, 1)
-        if offer:  # a value set aside as unserializable is never offered to the policy
-            self.policy.admitted(key, nbytes, self._cost(key, nbytes))
-
-    def _pop_resident(self, key: Hashable) -> Any:
-        value = self.memory.pop(key, _MISSING)
-        if value is _MISSING:
-            return value
-        if self._pins and key in self._pins:
-            self._hold(self._objects[id(value)], -1)
-        self._release(value)
-        if key in self._unspillable:
-            self._unspillable.discard(key)
-        elif self._aside and key in self._aside:  # out of the policy for now: not offered again
-            self._aside.remove(key)
-            self._write_failed.discard(key)
-        else:
-            self.policy.removed(key)
-        return value
-
-    def _hold(self, entry: list[int], change: int) -> None:
-        # One more (or one fewer) pinned key holds this resident object: outside the budget while any does.
-        entry[2] += change
-        if entry[2] == change:  # 0 -> 1
-            self.pinned_bytes += entry[1]
-        elif not entry[2]:  # 1 -> 0
-            self.pinned_bytes -= entry[1]
-
-    def _release(self, value: Any) -> None:
-        entry = self._objects[id(value)]
-        entry[0] -= 1
-        if not entry[0]:
-            del self._objects[id(value)]
-            self.memory_bytes -= entry[1]
 
     def _emit(
         self,

@@ -1,0 +1,103 @@
+"""Resident objects: memory counted once per object, whatever the keys that hold it (a base of the ledger).
+
+dask stores one object under several keys (aliases); a value read back may also be the
+object another key holds. ``memory_bytes`` counts each resident object once, at its
+largest measure among the keys it was admitted under (it may have grown in place
+since its first key was stored). ``pinned_bytes`` counts the objects that a pinned key
+holds (a running task's inputs), which are outside the budget.
+
+Thread-safety: only under the engine's lock, like the rest of the ledger. Nothing here
+raises but the policy's own errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .policies.base import Policy
+
+__all__ = ["_MISSING", "ResidentObjects"]
+
+_MISSING: Any = object()
+
+
+class ResidentObjects:
+    """Admitting values to memory and letting them go, with their objects counted once.
+
+    Not thread-safe by itself: the engine's lock covers every call.
+    """
+
+    # The ledger's state these methods read and change, declared for the type checker.
+    memory: dict[Hashable, Any]
+    memory_bytes: int
+    pinned_bytes: int
+    policy: Policy
+    _objects: dict[int, list[int]]  # id -> [keys holding it, bytes counted, pinned keys holding it]
+    _pins: dict[Hashable, int]
+    _unspillable: set[Hashable]
+    _aside: list[Hashable]
+    _write_failed: set[Hashable]
+
+    if TYPE_CHECKING:
+
+        def _cost(self, key: Hashable, nbytes: int) -> float: ...
+
+    def _incoming(self, key: Hashable, value: Any, nbytes: int) -> int:
+        # Bytes admitting ``value`` adds to memory within the budget: none when the key is pinned (outside
+        # the budget); for an object resident under another key, only what it grew by (see _admit).
+        if self._pins and key in self._pins:
+            return 0
+        entry = self._objects.get(id(value))
+        return nbytes if entry is None else max(0, nbytes - entry[1])
+
+    def _admit(self, key: Hashable, value: Any, nbytes: int, offer: bool = True) -> None:
+        self.memory[key] = value
+        entry = self._objects.get(id(value))
+        if entry is None:
+            entry = self._objects[id(value)] = [1, nbytes, 0]
+            self.memory_bytes += nbytes
+        else:
+            entry[0] += 1  # the same object under a second key is counted once
+            if nbytes > entry[1]:  # ... at its largest measure (it grew in place since: helper-65)
+                grown = nbytes - entry[1]
+                entry[1] = nbytes
+                self.memory_bytes += grown
+                if entry[2]:
+                    self.pinned_bytes += grown
+        if self._pins and key in self._pins:  # an input loaded for a running task
+            self._hold(entry, 1)
+        if offer:  # a value set aside as unserializable is never offered to the policy
+            self.policy.admitted(key, nbytes, self._cost(key, nbytes))
+
+    def _pop_resident(self, key: Hashable) -> Any:
+        value = self.memory.pop(key, _MISSING)
+        if value is _MISSING:
+            return value
+        if self._pins and key in self._pins:
+            self._hold(self._objects[id(value)], -1)
+        self._release(value)
+        if key in self._unspillable:
+            self._unspillable.discard(key)
+        elif self._aside and key in self._aside:  # out of the policy for now: not offered again
+            self._aside.remove(key)
+            self._write_failed.discard(key)
+        else:
+            self.policy.removed(key)
+        return value
+
+    def _hold(self, entry: list[int], change: int) -> None:
+        # One more (or one fewer) pinned key holds this resident object: outside the budget while any does.
+        entry[2] += change
+        if entry[2] == change:  # 0 -> 1
+            self.pinned_bytes += entry[1]
+        elif not entry[2]:  # 1 -> 0
+            self.pinned_bytes -= entry[1]
+
+    def _release(self, value: Any) -> None:
+        entry = self._objects[id(value)]
+        entry[0] -= 1
+        if not entry[0]:
+            del self._objects[id(value)]
+            self.memory_bytes -= entry[1]
