@@ -91,7 +91,9 @@ class Clairvoyant(Policy):
             raise KeyError(key)
 
     def victim(self) -> Hashable:
-        best, best_score = None, (-NEVER, -NEVER)
+        if not self._next:
+            raise KeyError("no resident keys")
+        best, best_score = None, (-NEVER, -NEVER)  # (None is a key too: dask's graphs may use it)
         distance = self.rank == "distance"
         for key, following in self._next.items():
             size = self._sizes[key]
@@ -101,8 +103,6 @@ class Clairvoyant(Policy):
                 score = (following if distance else size * (following - self._now), float(size))
             if score > best_score:
                 best, best_score = key, score
-        if best is None:
-            raise KeyError("no resident keys")
         return best
 
     def __len__(self) -> int:

@@ -285,6 +285,17 @@ def test_clairvoyant_follows_the_future_through_the_interface() -> None:
         Clairvoyant(ops, rank="nope")
 
 
+def test_clairvoyant_names_the_key_none_as_its_victim() -> None:
+    # Before: None, dask's key for nothing in particular but a key all the same, read furthest ahead was
+    # taken for "no victim found" (KeyError), so belady_size stopped spilling in that replay (the
+    # engine's no-victim warning showed it in a CLI test).
+    ops = [put("a", 1), put(None, 1), get("a"), get(None)]
+    policy = Clairvoyant(ops)
+    policy.admitted("a", 1, 0.0)
+    policy.admitted(None, 1, 0.0)
+    assert policy.victim() is None  # read after "a"
+
+
 def test_bad_mode_and_missing_scipy(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="unknown mode"):
         foo_lower_bound(SWAP, 10, mode="lazy")
