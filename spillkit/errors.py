@@ -106,7 +106,13 @@ def warn_caller(message: str) -> None:
     """
     frame = sys._getframe(1)
     level = 2
-    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+    while frame.f_back is not None and _inside(frame.f_code.co_filename):
         frame = frame.f_back
         level += 1
     warnings.warn(message, SpillWarning, stacklevel=level)
+
+
+def _inside(filename: str) -> bool:
+    # spillkit's own frames, and the standard library's between the user and spillkit: the mapping
+    # mixins (chest.get, chest.update: "<frozen _collections_abc>") and contextlib's wrappers.
+    return filename.startswith(_PACKAGE) or "_collections_abc" in filename or filename.endswith("contextlib.py")

@@ -1,10 +1,13 @@
 """Resident objects: memory counted once per object, whatever the keys that hold it (a base of the ledger).
 
 dask stores one object under several keys (aliases); a value read back may also be the
-object another key holds. ``memory_bytes`` counts each resident object once, at its
-largest measure among the keys it was admitted under (it may have grown in place
-since its first key was stored). ``pinned_bytes`` counts the objects that a pinned key
-holds (a running task's inputs), which are outside the budget.
+object another key holds. ``memory_bytes`` counts each resident object once, at the
+size measured for the key it was first admitted under: an object that grew in place
+since is not measured again, under that key or another (counting an alias at its
+larger measure was tried and dropped: a round making room for the growth could spill
+the object's other key, and the object then came in whole, over the budget; and
+replays, which measure each put, would no longer match). ``pinned_bytes`` counts the
+objects that a pinned key holds (a running task's inputs), which are outside the budget.
 
 Thread-safety: only under the engine's lock, like the rest of the ledger. Nothing here
 raises but the policy's own errors.
@@ -45,12 +48,9 @@ class ResidentObjects:
         def _cost(self, key: Hashable, nbytes: int) -> float: ...
 
     def _incoming(self, key: Hashable, value: Any, nbytes: int) -> int:
-        # Bytes admitting ``value`` adds to memory within the budget: none when the key is pinned (outside
-        # the budget); for an object resident under another key, only what it grew by (see _admit).
-        if self._pins and key in self._pins:
-            return 0
-        entry = self._objects.get(id(value))
-        return nbytes if entry is None else max(0, nbytes - entry[1])
+        # Bytes admitting ``value`` adds to memory within the budget: none when the object is resident
+        # under another key, or when the key is pinned (outside the budget).
+        return 0 if id(value) in self._objects or (self._pins and key in self._pins) else nbytes
 
     def _admit(self, key: Hashable, value: Any, nbytes: int, offer: bool = True) -> None:
         self.memory[key] = value
@@ -59,13 +59,7 @@ class ResidentObjects:
             entry = self._objects[id(value)] = [1, nbytes, 0]
             self.memory_bytes += nbytes
         else:
-            entry[0] += 1  # the same object under a second key is counted once
-            if nbytes > entry[1]:  # ... at its largest measure (it grew in place since: helper-65)
-                grown = nbytes - entry[1]
-                entry[1] = nbytes
-                self.memory_bytes += grown
-                if entry[2]:
-                    self.pinned_bytes += grown
+            entry[0] += 1  # the same object under a second key is counted once, at its first measure
         if self._pins and key in self._pins:  # an input loaded for a running task
             self._hold(entry, 1)
         if offer:  # a value set aside as unserializable is never offered to the policy

@@ -1132,3 +1132,18 @@ def test_a_resident_key_whose_hash_changed_never_fails_a_put(tmp_path: Path, pol
     if not stuck:  # the policy passes the key over: spilling goes on
         assert chest.memory_bytes <= chest.available_memory + 100
     chest.drop()
+
+
+def test_a_warning_through_the_mapping_mixins_points_at_the_callers_line(tmp_path: Path) -> None:
+    # chest.update() runs in the standard library's MutableMapping code between the caller and spillkit:
+    # the first version of warn_caller pointed at "<frozen _collections_abc>" (helper-66).
+    chest = Chest(path=tmp_path / "c", available_memory=400, sizeof=lambda v: 100)
+    key = _MutableKey(1)
+    chest[key] = "mutable"
+    key.n = 2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        chest.update({f"k{i}": i for i in range(10)})
+    stuck = [w for w in caught if "names no victim" in str(w.message)]
+    assert len(stuck) == 1 and stuck[0].filename == __file__
+    chest.drop()

@@ -216,7 +216,7 @@ class ChestMachine(RuleBasedStateMachine):
         source = data.draw(st.sampled_from(sorted(self.model, key=repr)))
         # The Chest's object (resident, alive elsewhere, or read now), at the size its key has: a value
         # read back, or changed in place, may measure otherwise now (the Chest counts an object at its
-        # largest measure; tests/test_chest_contract.py), and the model below counts a key's put size.
+        # first key's size: spillkit/residency.py), and the model below counts a key's put size.
         value, size = self.c[source], self.sizes[source]
         self.held.discard(key)
         self.c.engine.put(key, value, nbytes=size)
