@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from .errors import SpillError
+from .errors import ChangedWhileWritten, SpillError
 from .events import DELETE, GIVEN_COST, HIT, PUT, SETTLE
 from .keys import describe_key
 from .ledger import _MISSING as _MISSING  # re-exported: chest.py imports the sentinel from here
@@ -178,7 +178,8 @@ class SpillEngine(EngineLifecycle):
             elif isinstance(refused, (OSError, SpillError)):  # kept until a write succeeds (keep_when_disk_full)
                 self._admit(key, value, nbytes)
                 self._set_aside(key, write_failed=True)
-                self._spill_failed(key, nbytes, refused, "disk refused it; it stays in memory, over the budget")
+                why = "changed while it was written" if isinstance(refused, ChangedWhileWritten) else "disk refused it"
+                self._spill_failed(key, nbytes, refused, f"{why}; it stays in memory, over the budget")
             else:
                 self._admit(key, value, nbytes, offer=False)
                 self._unspillable.add(key)

@@ -15,9 +15,9 @@ until the cyclic garbage collector ran instead of being freed at once.
 Thread-safety: call them with the engine's lock held (they take none; DESIGN
 principle 7). Failures propagate as the engine documents them: a disk or codec
 error on load is counted in ``stats.load_failures`` and re-raised with a note
-naming the key; a failed write-through is counted and re-raised with nothing
-stored; a :class:`~spillkit.errors.DiskQuotaExceeded` is also counted in
-``stats.quota_errors``.
+naming the key; a failed write-through is re-raised, and the put counts it
+(or keeps the value in memory: see ``SpillEngine.put``); a
+:class:`~spillkit.errors.DiskQuotaExceeded` is also counted in ``stats.quota_errors``.
 
 Examples
 --------
