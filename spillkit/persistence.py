@@ -30,7 +30,7 @@ from .errors import SpillError
 from .holes import disk_full
 from .keys import describe_key, unfindable_key
 from .manifest import ManifestEntry, is_plain, pickle_key, write_manifest
-from .reopen import manifest_rows
+from .reopen import file_names, manifest_rows
 from .reserve import keep
 
 if TYPE_CHECKING:
@@ -148,9 +148,7 @@ def commit_manifest(chest: Chest) -> list[tuple[Hashable, BaseException]]:
         row = (store.file_bytes(key), engine.nbytes(key), engine.given_cost(key), store.tag(key), segment, offset)
         entries.append(ManifestEntry(key, name, *row, blob))
     rows = manifest_rows(entries)
-    # Files are kept by name; packed records by their pinned segments (their names, in the files' protected
-    # set, would keep a file whose name differs from one only in case: helper-61).
-    names = [entry.name for entry in entries if entry.segment is None]
+    names = file_names(entries)
     if not unsaved and rows == chest._committed and not store.retained:  # the manifest on disk says all this
         store.protect(names)  # (no change: it only retries files an unlink failed to remove)
         if chest._reserve is not None and chest._reserve.failed:

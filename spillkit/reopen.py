@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import warnings
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from .errors import SpillWarning
@@ -55,10 +56,19 @@ def reopen(chest: Chest) -> None:
             continue
         chest._engine.restore(entry.key, entry.nbytes, entry.cost)
         adopted.append(entry)
-    chest._store.protect(entry.name for entry in adopted if entry.segment is None)  # (as a flush's: persistence)
+    chest._store.protect(file_names(adopted))
     if manifest is not None and len(adopted) == len(entries):  # it says what this Chest holds: no flush needs a new one
         chest._committed = manifest_rows(entries)
     chest._store.remove_unreferenced(keep=foreign)  # segments a crash left after the last flush
+
+
+def file_names(entries: Iterable[ManifestEntry]) -> list[str]:
+    """The names of the entries with a file of their own: what ``protect()`` keeps for a manifest.
+
+    Packed records are kept by their pinned segments instead; their names, among the files'
+    protected ones, would keep a file whose name differs from one only in case (helper-61).
+    """
+    return [entry.name for entry in entries if entry.segment is None]
 
 
 def manifest_rows(entries: list[ManifestEntry]) -> list[tuple[Any, ...]]:

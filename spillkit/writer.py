@@ -169,7 +169,7 @@ class BackgroundWriter:
             try:
                 self._settle(self._queue.popleft(), None, failure, 0.0)
             except BaseException as caught:
-                threading.excepthook(threading.ExceptHookArgs((type(caught), caught, caught.__traceback__, None)))
+                _report(caught)
 
     def _loop(self) -> None:
         cond = self.cond
@@ -199,7 +199,7 @@ class BackgroundWriter:
         except Exception as caught:
             # A listener, or a warnings filter set to "error": reported as a thread's error
             # would be, and the writer goes on (else every later flush would wait for it).
-            threading.excepthook(threading.ExceptHookArgs((type(caught), caught, caught.__traceback__, None)))
+            _report(caught)
 
     def _after_fork_in_child(self) -> None:
         # A forked child has this writer's state but not its thread: the writes queued or under way
@@ -213,6 +213,11 @@ class BackgroundWriter:
         self.pending.clear()
         self.in_flight_bytes = 0
         self._forked(writes)
+
+
+def _report(caught: BaseException) -> None:
+    """Report an error the writer thread goes on after, as an uncaught one in a thread would be."""
+    threading.excepthook(threading.ExceptHookArgs((type(caught), caught, caught.__traceback__, None)))
 
 
 _writers: weakref.WeakSet[BackgroundWriter] = weakref.WeakSet()
