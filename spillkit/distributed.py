@@ -38,7 +38,7 @@ from .distributed_hooks import drop_with_worker, instrument_worker_chest
 from .errors import SpillWarning
 from .policies import Policy
 
-__all__ = ["SUBDIRECTORY", "drop_with_worker", "worker_budget", "worker_storage"]
+__all__ = ["SUBDIRECTORY", "drop_with_worker", "storage_for", "worker_budget", "worker_storage"]
 
 SUBDIRECTORY = "spillkit"  # beside dask's own "storage" in the worker's local directory
 _STACK_DEPTH = 12  # frames searched for the WorkerMemoryManager that is building us
@@ -123,7 +123,37 @@ def worker_storage(
     -1
     >>> chest.drop()
     """
-    manager, worker, nthreads = _building_worker()
+    return _build(
+        worker_local_directory,
+        *_building_worker(),
+        policy=policy,
+        available_memory=available_memory,
+        memory_limit=memory_limit,
+        instrument_metrics=instrument_metrics,
+        name=name,
+        **chest_kwargs,
+    )
+
+
+def storage_for(worker: Any, **options: Any) -> Chest:
+    """:func:`worker_storage` for a worker already built (the preload's): its limit, threads, max-spill and name."""
+    return _build(worker.local_directory, worker.memory_manager, worker, worker.state.nthreads, **options)
+
+
+def _build(
+    worker_local_directory: str,
+    manager: WorkerMemoryManager | None,
+    worker: Any,
+    nthreads: int | None,
+    *,
+    policy: Policy | str = "lru",
+    available_memory: int | float | str | None = None,
+    memory_limit: int | float | str | None = None,
+    instrument_metrics: bool = True,
+    name: str | None = None,
+    **chest_kwargs: Any,
+) -> Chest:
+    # worker_storage's work, given the worker's memory manager, the worker and its threads (or Nones).
     if available_memory is None:
         available_memory = worker_budget(memory_limit, manager=manager, nthreads=nthreads)
     if manager is not None and manager.max_spill and "available_disk" not in chest_kwargs:  # (None: no cap)

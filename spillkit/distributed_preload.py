@@ -39,7 +39,7 @@ import dask.config
 from distributed import Nanny, Worker
 
 from .chest import Chest
-from .distributed import drop_with_worker, worker_budget, worker_storage
+from .distributed import storage_for, worker_storage
 
 if TYPE_CHECKING:
     from dask.typing import Key
@@ -96,17 +96,7 @@ def dask_setup(server: Nanny | Worker) -> None:
         raise RuntimeError("spillkit.distributed_preload: the worker already holds data; preload it at start")
     if isinstance(manager.data, Chest):  # data=worker_storage as well: that empty Chest goes (files, label)
         manager.data.drop()
-    if options.get("available_memory") is None:
-        nthreads = server.state.nthreads
-        options["available_memory"] = worker_budget(
-            options.pop("memory_limit", None), manager=manager, nthreads=nthreads
-        )
-    if manager.max_spill and "available_disk" not in options:  # (None: no cap)
-        options["available_disk"] = manager.max_spill  # distributed.worker.memory.max-spill, as in worker_storage
-    options.setdefault("name", f"dask-worker-{server.name}")
-    chest = worker_storage(server.local_directory, **options)
-    drop_with_worker(server, chest)
-    storage = cast("MutableMapping[Key, object]", chest)
+    storage = cast("MutableMapping[Key, object]", storage_for(server, **options))  # (dropped with the worker)
     # The worker reads its storage through the memory manager and its state machine.
     manager.data = storage
     server.state.data = storage
