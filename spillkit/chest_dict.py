@@ -50,8 +50,9 @@ class _Values(ValuesView[Any]):
 class DictMethods:
     """Thread-safe ``setdefault``, ``popitem``, ``items``, ``values``, ``|=`` and ``reversed`` for a Chest.
 
-    Thread-safety: ``setdefault`` and ``popitem`` hold the engine's lock
-    throughout; ``items()`` and ``values()`` list the keys at once (as
+    Thread-safety: ``popitem`` holds the engine's lock throughout;
+    ``setdefault`` stores its default under it (a value it reads from disk is
+    read without it, as a get's is); ``items()`` and ``values()`` list the keys at once (as
     ``iter(chest)`` does) and skip those deleted before they are reached,
     where a dict would raise ``RuntimeError``. Failures are those of the
     get, put or pop they are made of. A Chest cannot be copied or pickled:
@@ -69,13 +70,21 @@ class DictMethods:
         def update(self, *args: Any, **kwargs: Any) -> None: ...
 
     def setdefault(self, key: Hashable, default: Any = None) -> Any:
-        """``chest[key]`` if present, else store and return ``default``: one step, under the lock."""
-        with self._engine.lock:
+        """``chest[key]`` if present, else store and return ``default``: the store is one step under the lock.
+
+        The read is an ordinary ``chest[key]``, so a value on disk is read without the lock,
+        as any get's is (other threads go on meanwhile). Only an absent key takes the lock, to
+        store ``default`` unless another thread stored the key since; then it is read again.
+        """
+        while True:
             try:
                 return self[key]  # a read either way (a hit, a load or a miss in the stats), as for a dict
             except KeyError:  # absent (a value that fails to load raises LoadFailed, not this)
-                self[key] = default
-                return default
+                pass
+            with self._engine.lock:
+                if key not in self._engine:
+                    self[key] = default
+                    return default
 
     def popitem(self) -> tuple[Hashable, Any]:
         """Remove and return the last key stored and its value, as ``dict.popitem`` (not cached on the way)."""

@@ -93,6 +93,54 @@ def test_two_threads_load_at_the_same_time(tmp_path: Path) -> None:
     chest.drop()
 
 
+def test_setdefault_of_a_spilled_key_reads_without_the_lock(tmp_path: Path) -> None:
+    # Before: setdefault held the engine's lock through its disk read, so the other load waited
+    # for it and the barrier between the two decodes broke.
+    chest, codec = make(tmp_path, budget_units=3)
+    for key in "abc":
+        chest[key] = value(key)
+    spill_all(chest)
+    both = threading.Barrier(2, timeout=WAIT)
+    codec.hook = both.wait
+    first, out_a = in_thread(lambda: chest.setdefault("a", b"default"))
+    second, out_b = in_thread(lambda: chest["b"])
+    first.join()
+    second.join()
+    codec.hook = None
+    assert "error" not in out_a and "error" not in out_b, (out_a, out_b)
+    assert out_a["value"] == value("a") and out_b["value"] == value("b")
+    assert chest.setdefault("d", b"default") == b"default" and chest["d"] == b"default"
+    assert_accounting(chest)
+    chest.drop()
+
+
+def test_setdefault_reads_a_key_stored_by_another_thread_after_its_miss(tmp_path: Path) -> None:
+    # The miss and the store are two steps: a key stored in between is returned, not overwritten.
+    chest, _ = make(tmp_path, budget_units=3)
+    engine = chest.engine
+    real_contains = type(engine).__contains__
+    stored = []
+
+    def contains(self: Any, key: object) -> bool:
+        if not stored:  # once, inside setdefault's locked step: another thread stores the key first
+            stored.append(True)
+            thread, _ = in_thread(lambda: chest.__setitem__("k", value("other")))
+            thread.join(0.2)  # it waits for the lock this thread holds
+            assert thread.is_alive()
+            self.lock.release()  # let it store, then take the lock back
+            thread.join()
+            self.lock.acquire()
+        return real_contains(self, key)
+
+    type(engine).__contains__ = contains  # type: ignore[method-assign]
+    try:
+        got = chest.setdefault("k", b"default")
+    finally:
+        type(engine).__contains__ = real_contains  # type: ignore[method-assign]
+    assert got == value("other") and chest["k"] == value("other")
+    chest.drop()
+
+
 class Paused:
     """Pause the next load inside its decode until released; say when it got there."""
 
