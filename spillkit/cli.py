@@ -44,6 +44,18 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 EXIT_OK, EXIT_USAGE, EXIT_BAD_INPUT, EXIT_MISSING_EXTRA = 0, 2, 3, 4
 
 
+class _BadOption(ValueError):
+    """An option's value that the command cannot use: exit 2 (a bad command line), not 3 (a bad input file)."""
+
+
+def _option(check: Any, *args: Any, **kwargs: Any) -> Any:
+    """``check(*args, **kwargs)``, its ``ValueError`` raised as :class:`_BadOption`."""
+    try:
+        return check(*args, **kwargs)
+    except ValueError as error:
+        raise _BadOption(str(error)) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``spillkit`` command; return the exit status.
 
@@ -103,6 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError as error:
         print(f"spillkit {args.command}: {error}", file=sys.stderr)
         return EXIT_MISSING_EXTRA
+    except _BadOption as error:
+        print(f"spillkit {args.command}: {error}", file=sys.stderr)
+        return EXIT_USAGE
     except (OSError, ValueError) as error:  # TraceError is a ValueError and names file and line
         print(f"spillkit {args.command}: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -131,16 +146,16 @@ def _compare(args: argparse.Namespace) -> int:
     from .replay import MODES
 
     traces: list[str] = list(args.traces)
-    if args.workload:
-        traces.append(_record_workload(args.workload, args.scale, os.path.join(args.out, "traces"), "inf"))
-    if not traces:
-        raise ValueError("give trace files, or --workload NAME to record one")
+    if not traces and not args.workload:
+        raise _BadOption("give trace files, or --workload NAME to record one")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
-        raise ValueError(f"{f'unknown modes {bad}' if bad else 'no modes given'}; choose from {list(MODES)}")
-    rows = compare(traces, parse_budgets(args.budgets), parse_policies(args.policies), modes,
-                   disk=load_disk_model(), bounds=not args.no_bounds)  # fmt: skip
+        raise _BadOption(f"{f'unknown modes {bad}' if bad else 'no modes given'}; choose from {list(MODES)}")
+    budgets, policies = _option(parse_budgets, args.budgets), _option(parse_policies, args.policies)
+    if args.workload:  # after every option is known good: a workload can take a while to record
+        traces.append(_record_workload(args.workload, args.scale, os.path.join(args.out, "traces"), "inf"))
+    rows = compare(traces, budgets, policies, modes, disk=load_disk_model(), bounds=not args.no_bounds)
     os.makedirs(args.out, exist_ok=True)
     table = to_markdown(rows)
     print(table)
@@ -159,9 +174,12 @@ def _compare(args: argparse.Namespace) -> int:
 def _record_workload(name: str, scale: float, out_dir: str, budget: str, path: str | None = None) -> str:
     from .chest import Chest
     from .dask import costs, record
+    from .sizes import parse_bytes
     from .workloads import build
 
-    collection = build(name, scale=scale)
+    if budget != "inf":
+        _option(parse_bytes, budget)
+    collection = _option(build, name, scale=scale)
     os.makedirs(out_dir, exist_ok=True)
     target = path or os.path.join(out_dir, f"{name}.trace.gz")
     chest = Chest(available_memory=float(budget) if budget == "inf" else budget)
@@ -198,8 +216,14 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace, demo: argparse.ArgumentParser) -> int:
-    from .demo import run_demo
+    from .compare import parse_policies
+    from .demo import check_arguments, run_demo
+    from .sizes import parse_bytes
 
+    _option(check_arguments, args.arrays, args.array_size, args.reads, args.seconds)
+    _option(parse_bytes, args.budget)
+    if args.policy:
+        _option(parse_policies, ",".join(args.policy))
     print(f"spillkit demo: {args.arrays} arrays of {args.array_size}, budget {args.budget}, {args.reads} reads")
     if args.serve_metrics is None:
         run_demo(args.arrays, args.array_size, args.budget, args.reads, policies=args.policy, seconds=args.seconds)

@@ -13,7 +13,7 @@ from .chest import Chest
 from .policies import policy_names
 from .sizes import format_bytes, parse_bytes
 
-__all__ = ["run_demo"]
+__all__ = ["check_arguments", "run_demo"]
 
 
 def run_demo(
@@ -57,7 +57,7 @@ def run_demo(
         import numpy as np
     except ImportError as error:  # pragma: no cover - exercised only without numpy
         raise SystemExit('the demo needs numpy: pip install "spillkit[demo]"') from error
-    size = _check(arrays, array_bytes, reads, seconds)
+    size = check_arguments(arrays, array_bytes, reads, seconds)
     names = list(policies or policy_names())
 
     def one(name: str, stop: threading.Event | None) -> dict[str, object]:
@@ -92,7 +92,7 @@ def run_demo(
     return rows
 
 
-def _check(arrays: int, array_bytes: int | str, reads: int, seconds: float | None) -> int:
+def check_arguments(arrays: int, array_bytes: int | str, reads: int, seconds: float | None) -> int:
     """The bytes per array, once the arguments are known to make a workload that ends and checks its reads."""
     if arrays < 1:
         raise ValueError(f"the demo needs at least 1 array, not {arrays}")

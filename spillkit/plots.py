@@ -31,7 +31,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from .compare import _name
+from .compare import _names
 from .plot_budget import plot_io_vs_budget, plot_loads_vs_budget
 from .plot_csv import REQUIRED_COLUMNS, read_rows
 from .plot_data import BELADY as BELADY
@@ -90,8 +90,8 @@ def plot_all(rows: Sequence[dict[str, Any]], out_dir: str, traces: Sequence[str 
             path = os.path.join(out_dir, f"reduction_vs_lru-{mode}.png")
             plot_reduction_vs_lru(rows, path, mode=mode)
             written.append(path)
-    for trace in traces or ():
-        name = _name(trace)
+    traces = list(traces or ())
+    for trace, name in zip(traces, _names(traces), strict=True):  # the rows' names: two w.trace are w and w-2
         mine = [r for r in rows if r["trace"] == name and r["mode"] == modes[0] and not _is_reference(r)]
         chosen = _nearest((float(r["budget_fraction"]) for r in mine), 0.25)
         if chosen is None:

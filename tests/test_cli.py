@@ -72,14 +72,28 @@ def test_missing_trace_and_not_a_trace(tmp_path: Path) -> None:
 
 
 def test_bad_arguments_are_clear(tmp_path: Path) -> None:
+    # Exit 2, a bad command line, as the README says; 3 is for a missing or malformed input file.
     trace = str(TRACES / "tsqr.trace.gz")
     done = run("compare", trace, "--policies", "lru,nosuch", "--no-plots", "-o", str(tmp_path))
-    assert done.returncode == EXIT_BAD_INPUT and "nosuch" in done.stderr
+    assert done.returncode == EXIT_USAGE and "nosuch" in done.stderr
     done = run("compare", trace, "--modes", "lazy", "--no-plots", "-o", str(tmp_path))
-    assert done.returncode == EXIT_BAD_INPUT and "lazy" in done.stderr
+    assert done.returncode == EXIT_USAGE and "lazy" in done.stderr
+    for budgets in ("0%", "-5", "lots"):
+        done = run("compare", trace, "--budgets", budgets, "--no-plots", "-o", str(tmp_path))
+        assert done.returncode == EXIT_USAGE and budgets in done.stderr, done.stderr
     done = run("compare", "--no-plots")
-    assert done.returncode == EXIT_BAD_INPUT and "--workload" in done.stderr
+    assert done.returncode == EXIT_USAGE and "--workload" in done.stderr
+    done = run("record", "nosuch", "-o", str(tmp_path / "n.trace.gz"))
+    assert done.returncode == EXIT_USAGE and "unknown workload 'nosuch'" in done.stderr
     assert run("frobnicate").returncode == EXIT_USAGE
+
+
+def test_compare_checks_its_options_before_recording_a_workload(tmp_path: Path) -> None:
+    # Before: the workload was computed and recorded first, then the typo in --modes was reported.
+    for option in (["--modes", "lazy"], ["--policies", "nosuch"], ["--budgets", "0%"]):
+        done = run("compare", "--workload", "groupby", "--scale", "0.005", *option, "--no-plots", "-o", str(tmp_path))
+        assert done.returncode == EXIT_USAGE, done.stderr
+        assert "recorded" not in done.stderr and not (tmp_path / "traces").exists()
 
 
 def test_record_then_compare_a_live_workload(tmp_path: Path) -> None:

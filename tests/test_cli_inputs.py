@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from spillkit.calibrate import load_disk_model
-from spillkit.cli import EXIT_BAD_INPUT, EXIT_OK, main
+from spillkit.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_USAGE, main
 from spillkit.compare import _names, compare, to_markdown
 from spillkit.replay import DiskModel
 
@@ -126,12 +126,14 @@ def test_the_demo_runs_with_arrays_of_one_float(capsys: pytest.CaptureFixture[st
         (["--array-size", "0"], "at least 8 bytes"),
         (["--reads", "-1"], "reads must be at least 0"),
         (["--seconds", "-1"], "seconds must be a finite number of at least 0"),
+        (["--budget", "lots"], "lots"),
+        (["--policy", "nosuch"], "unknown policies ['nosuch']"),
     ],
 )
 def test_demo_arguments_that_cannot_run_are_refused(
     args: list[str], problem: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(demo("--arrays", "10", *args)) == EXIT_BAD_INPUT
+    assert main(demo("--arrays", "10", *args)) == EXIT_USAGE
     err = one_line_error(capsys, "demo")
     assert problem in err, err
 
@@ -141,7 +143,7 @@ def test_demo_seconds_that_never_pass_are_refused(seconds: str) -> None:
     # a subprocess with a timeout: before the fix, NaN busy-looped forever and inf ran until Ctrl-C
     done = subprocess.run([sys.executable, "-m", "spillkit", *demo("--arrays", "10", "--seconds", seconds)],
                           capture_output=True, text=True, timeout=60)  # fmt: skip
-    assert done.returncode == EXIT_BAD_INPUT, done.stderr
+    assert done.returncode == EXIT_USAGE, done.stderr
     assert done.stderr == f"spillkit demo: seconds must be a finite number of at least 0, not {seconds}\n"
 
 

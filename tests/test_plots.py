@@ -169,6 +169,39 @@ def test_plot_all_writes_every_figure(rows: list[dict[str, Any]], tmp_path: Path
         png_size(path)
 
 
+def test_traces_named_alike_get_a_timeline_each_at_their_own_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: both timelines went to timeline-w.png, the second drawn at the first trace's budget.
+    import shutil
+
+    import spillkit.plots
+    from spillkit.sizes import format_bytes
+
+    paths = []
+    for folder, source in (("a", SMALL[1]), ("b", SMALL[0])):
+        (tmp_path / folder).mkdir()
+        paths.append(str(tmp_path / folder / "w.trace.gz"))
+        shutil.copyfile(source, paths[-1])
+    rows = compare(paths, ["25%"], ["lru"], modes=["settled"], bounds=False)
+    titles: dict[str, str] = {}
+    real = spillkit.plots.plot_timeline
+
+    def spy(trace: Any, policies: Any, budget: Any, path: str, **kwargs: Any) -> Any:
+        figure = real(trace, policies, budget, path, **kwargs)
+        titles[Path(path).name] = figure.get_suptitle()
+        return figure
+
+    monkeypatch.setattr(spillkit.plots, "plot_timeline", spy)
+    written = plot_all(rows, str(tmp_path / "out"), traces=paths)
+    assert [Path(p).name for p in written if "timeline" in p] == ["timeline-w.png", "timeline-w-2.png"]
+    budgets = {row["trace"]: int(row["budget"]) for row in rows}
+    assert budgets["w"] != budgets["w-2"]
+    for name, trace in (("timeline-w.png", "w"), ("timeline-w-2.png", "w-2")):
+        png_size(tmp_path / "out" / name)
+        assert "25% of peak" in titles[name] and format_bytes(budgets[trace]) in titles[name], titles[name]
+
+
 def test_read_rows_round_trips_write_csv(rows: list[dict[str, Any]], tmp_path: Path) -> None:
     path = tmp_path / "results.csv"
     write_csv(rows, str(path))
