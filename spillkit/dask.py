@@ -41,7 +41,7 @@ def costs(chest: Chest) -> ChestCallback:
 def spilling(
     chest: Chest | None = None,
     available_memory: int | float | str | None = None,
-    policy: str = "nextuse",
+    policy: str | None = None,
     **chest_kwargs: Any,
 ) -> Iterator[Chest]:
     """Make a Chest dask's cache for the block: ``with spilling(available_memory="4 GiB"): x.compute()``.
@@ -52,16 +52,25 @@ def spilling(
     ``compute()`` without ``scheduler=`` runs dask's threaded scheduler with spilled
     inputs loaded by the worker threads that need them, several at once, instead of
     one by one in dask's scheduling thread (:mod:`spillkit.dask_loads`).
-    A temporary Chest made here is closed at the end of the block. Other
+    A temporary Chest made here is closed at the end of the block (or, if a
+    computation in another thread still has it then, when that one ends). Other
     keywords (``compression="lz4"``, ``path``, ...) go to that Chest; it loads
     large values by mapping their files (``map_loads=True``) unless told otherwise.
+    ``TypeError`` for a ``chest`` that is not a Chest, or one given with keywords for a new one.
     """
     made = chest is None
     if chest is None:
         chest_kwargs.setdefault("map_loads", True)
-        chest = Chest(available_memory=available_memory, policy=policy, **chest_kwargs)
-    elif chest_kwargs:
-        raise TypeError(f"give Chest keywords ({', '.join(chest_kwargs)}) or a chest, not both")
+        chest = Chest(available_memory=available_memory, policy=policy or "nextuse", **chest_kwargs)
+    elif not isinstance(chest, Chest):
+        raise TypeError(
+            f"spilling() takes a spillkit.Chest or keywords for a new one, not {type(chest).__name__} "
+            f"{chest!r}; for a budget: spilling(available_memory=...)"
+        )
+    else:
+        given = [*(["available_memory"] if available_memory is not None else []), *(["policy"] if policy else [])]
+        if given or chest_kwargs:
+            raise TypeError(f"give Chest keywords ({', '.join(given + list(chest_kwargs))}) or a chest, not both")
     cache = WorkerLoads(chest)
     settings: dict[str, Any] = {"cache": cache}
     if dask.config.get("scheduler", None) in (None, "threads", "threading") and not distributed_client_active():
@@ -73,7 +82,7 @@ def spilling(
         cache.active = False  # a Client closed after this block may put its scheduler= back
         _forget_ended_blocks()
         if made:
-            chest.close()
+            cache.close_when_free(chest.close)
 
 
 def _forget_ended_blocks() -> None:

@@ -29,7 +29,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
     raise ImportError('spillkit.dask needs dask: pip install "spillkit[dask]"') from error
 
 from .chest import Chest
-from .dask_loads import _TAKEN, WorkerLoads, _Unshared
+from .dask_loads import _HAND_PUT, _TAKEN, WorkerLoads, _Unshared
 from .dask_record import _graph_facts
 from .policies import GraphAware
 from .policies._graph import GraphPlan
@@ -82,6 +82,7 @@ class _Run:
 
     role: str
     cache: WorkerLoads | None
+    graph: Any = None  # the graph dask passes to every hook of this computation: how _finish finds its run
     deferred: bool = False  # this callback counts one deferral of the Chest for it
     data: tuple[Hashable, ...] = ()  # the graph's literal data, pinned for it
 
@@ -100,12 +101,18 @@ class ChestCallback(Callback):
     receive the graph and dask's planned order when the computation starts.
 
     Thread-safety: dask calls these hooks from its scheduling thread; the
-    Chest's own lock covers the rest.
+    Chest's own lock covers the rest. Once its ``with`` block has ended it takes
+    on no new computation (dask may still call it: see :meth:`_start`), and
+    computations it began finish as usual.
     """
 
     def __init__(self, chest: Chest, costs: bool = True) -> None:
+        if not isinstance(chest, Chest):
+            raise TypeError(f"ChestCallback needs a spillkit.Chest, not {type(chest).__name__}")
         super().__init__()  # type: ignore[no-untyped-call]
         self.chest = chest
+        self._entered = False  # inside its with block: registered in Callback.active
+        self._over = False  # its with block has ended: new computations are not its
         self.measure = costs
         self._starts: dict[Hashable, float] = {}
         self._stored: set[Hashable] = set()  # keys computations stored in the Chest (results stay there)
@@ -113,11 +120,21 @@ class ChestCallback(Callback):
         self._runs: dict[int, list[_Run]] = {}  # per scheduling thread, innermost last: computations under way
 
     def _start(self, dsk: Mapping[Any, Any]) -> None:
+        if self._over:
+            # dask's local_callbacks puts back the set of callbacks it found when a computation
+            # started, so a computation in another thread that outlived the block put this one
+            # back in Callback.active: it is not this callback's, and the Chest may be closed.
+            return
+        if self._entered:
+            # The same swap, with two computations in two threads that end out of order, put back
+            # an empty set, and the rest of the block ran without this callback: each computation
+            # that starts puts it back in the set in force (nested ones then meet it: _role_in).
+            Callback.active.add(self._callback)
         cache = dask.config.get("cache", None)
         if isinstance(cache, WorkerLoads) and cache.chest is self.chest and cache.active:
-            run = _Run(self._role_in(cache), cache)
+            run = _Run(self._role_in(cache, dsk), cache, dsk)
         else:
-            run = _Run("plain", None)
+            run = _Run("plain", None, dsk)
             self._clear_leftovers(dsk)
         if run.role != "private":
             # Deferred from now, not from _start_state: dask stores the graph's literal data in between,
@@ -141,7 +158,7 @@ class ChestCallback(Callback):
                     del chest[key]
 
     @staticmethod
-    def _role_in(cache: WorkerLoads) -> str:
+    def _role_in(cache: WorkerLoads, dsk: Mapping[Any, Any]) -> str:
         # dask's local schedulers use their cache only in their scheduling thread, so routing by
         # thread keeps a computation that cannot have the Chest (another one, in another thread
         # or one it is nested in, has it) from deleting that one's keys under it.
@@ -151,14 +168,29 @@ class ChestCallback(Callback):
         if cache.owns():  # this thread's computation has it: this is a second callback on the Chest
             return "shared"  # (a computation nested in a task runs no callbacks at all)
         if cache.claim():  # a scheduler= of its own: it takes the Chest
-            return "claimed"
+            if not any(key in cache.chest for key in dsk):
+                return "claimed"
+            cache.release()  # a key put in by hand that the graph computes: dask would take it for done
+            cache.go_private()
+            warnings.warn(_HAND_PUT, RuntimeWarning, stacklevel=4)
+            return "private"
         cache.go_private()
         warnings.warn(_TAKEN, RuntimeWarning, stacklevel=4)
         return "private"
 
-    def _run(self) -> _Run | None:
-        runs = self._runs.get(threading.get_ident())
-        return runs[-1] if runs else None
+    def _run(self, dsk: Mapping[Any, Any], pop: bool = False) -> _Run | None:
+        """This thread's run of the computation of graph ``dsk`` (None if this callback did not start it)."""
+        tid = threading.get_ident()
+        runs = self._runs.get(tid, [])
+        for at in range(len(runs) - 1, -1, -1):
+            if runs[at].graph is dsk:
+                if not pop:
+                    return runs[at]
+                run = runs.pop(at)
+                if not runs:
+                    self._runs.pop(tid, None)
+                return run
+        return None
 
     def _defer(self, change: int) -> None:
         engine = self.chest.engine
@@ -171,13 +203,18 @@ class ChestCallback(Callback):
     def __enter__(self) -> ChestCallback:
         warn_if_distributed()
         super().__enter__()  # type: ignore[no-untyped-call]
+        self._entered, self._over = True, False
         return self
+
+    def __exit__(self, *args: object) -> None:
+        self._entered, self._over = False, True
+        super().__exit__(*args)  # type: ignore[no-untyped-call]
 
     def _start_state(self, dsk: Mapping[Any, Any], state: dict[str, Any]) -> None:
         # Here, not in _start: only now is the computation's cache known, and a computation that
         # does not use this Chest (another thread's, one spilling() handed a dict) is left alone.
-        cache, run = state["cache"], self._run()
-        if run is None:  # (a _start that raised)
+        cache, run = state["cache"], self._run(dsk)
+        if run is None:  # (a _start that raised, or one that left the computation alone)
             return
         if run.role == "private" and run.cache is not None:
             private = run.cache.end_private()
@@ -233,10 +270,9 @@ class ChestCallback(Callback):
         self.chest.settle()
 
     def _finish(self, dsk: Mapping[Any, Any], state: dict[str, Any], errored: bool) -> None:
-        runs = self._runs.get(threading.get_ident())
-        run = runs.pop() if runs else None
-        if not runs:
-            self._runs.pop(threading.get_ident(), None)
+        run = self._run(dsk, pop=True)
+        if run is None:
+            return
         try:
             if run is not None and run.cache is not None and run.role == "claimed":
                 try:  # dask reads the results after this, when the Chest may be another computation's
@@ -264,3 +300,5 @@ class ChestCallback(Callback):
                 self._defer(-1)
             if ours:
                 engine.settle()
+        if run is not None and run.cache is not None:
+            run.cache.close_if_due()  # its block ended while this computation had the Chest

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import warnings
-from collections.abc import Hashable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Hashable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 import dask
@@ -28,11 +28,13 @@ import dask.threaded
 from dask.callbacks import Callback
 
 from .chest import Chest
+from .errors import SpillWarning
 
 __all__ = ["OnDisk", "WorkerLoads"]
 
 
 _TAKEN = "another computation is using this spilling() Chest; this one runs without it, in memory"
+_HAND_PUT = "key(s) of this graph are already in the spilling() Chest; this computation runs without it, in memory"
 
 
 class _Unshared(dict[Hashable, Any]):
@@ -73,10 +75,11 @@ class WorkerLoads(MutableMapping[Hashable, Any]):
         # ("scheduled"), or gave it a dict of its own ("declined"); ChestCallback takes the word.
         self._handoff: tuple[int, str] | None = None
         self._nested: dict[int, _Unshared] = {}  # computations started without ChestCallback, see _mapping
+        self._close: Callable[[], None] | None = None  # the block's close of its Chest, once no computation has it
 
     def _mapping(self) -> MutableMapping[Hashable, Any]:
         owner = self._owner
-        if owner is None and not self._nested:
+        if owner is None and not self._nested and not self._private:
             return self.chest
         tid = threading.get_ident()
         if self._private:  # a computation that found the Chest taken (ChestCallback routed it)
@@ -150,6 +153,28 @@ class WorkerLoads(MutableMapping[Hashable, Any]):
         with self._lock:
             if self._owner == threading.get_ident():
                 self._owner = self._scheduler = None
+
+    def close_when_free(self, close: Callable[[], None]) -> None:
+        """Run ``close`` (the ended block's close of its Chest) now, or once no computation has the Chest.
+
+        A computation in another thread may have it when the block ends (``dask.config`` is the
+        process's): closed under it, its next put or read would fail.
+        """
+        with self._lock:
+            self._close = close
+        self.close_if_due()
+
+    def close_if_due(self) -> None:
+        """Run the close :meth:`close_when_free` was given, if no computation has the Chest now."""
+        with self._lock:
+            close, self._close = (self._close, None) if self._owner is None else (None, self._close)
+        if close is None:
+            return
+        try:
+            close()
+        except Exception as error:  # not the error of the computation that happened to end last
+            warnings.warn(f"closing the spilling() Chest once its block had ended failed: {error!r}",
+                          SpillWarning, stacklevel=2)  # fmt: skip
 
     def go_private(self) -> None:
         """Route this thread's cache use to a new dict of its own, until :meth:`end_private`."""
@@ -241,12 +266,7 @@ class WorkerLoads(MutableMapping[Hashable, Any]):
                 dsk = dsk.__dask_graph__()
             before = [key for key in dsk if key in chest]
             if before:  # a key put into the Chest by hand that the graph computes: dask would take it for done
-                warnings.warn(
-                    f"{len(before)} key(s) of this graph are already in the spilling() Chest; "
-                    "this computation runs without it, in memory",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+                warnings.warn(f"{len(before)} {_HAND_PUT}", RuntimeWarning, stacklevel=2)
                 kwargs["cache"] = _Unshared()
             else:
                 kwargs["cache"], ours = self, True
@@ -264,6 +284,7 @@ class WorkerLoads(MutableMapping[Hashable, Any]):
             finally:
                 self._handoff = None
                 self.release()  # only now: a computation starting earlier would meet these keys
+                self.close_if_due()
 
     def _resolve(self, keys: Any, result: Any) -> Any:
         """The results, with any marker replaced by its value (``nested_get`` mirrors ``keys``)."""

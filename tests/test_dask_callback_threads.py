@@ -1,0 +1,186 @@
+"""spillkit/dask_callback.py with computations in several threads (helper-67's findings; each failed before).
+
+dask's ``local_callbacks`` empties ``Callback.active`` while a computation runs that was given no
+callbacks (any ``scheduler=`` of dask's own) and puts back the set it found when it ends: for the
+whole process, not per thread. Computations in two threads that overlap therefore hand each other
+the wrong set. Real dask schedulers, real Chests, threads synchronised by events.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+da = pytest.importorskip("dask.array")
+np = pytest.importorskip("numpy")
+
+import dask  # noqa: E402
+from dask.callbacks import Callback  # noqa: E402
+
+from spillkit import Chest  # noqa: E402
+from spillkit.dask import ChestCallback, costs, spilling  # noqa: E402
+
+WAIT = 60.0  # only reached when the code under test is wrong
+
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+
+
+def matrix() -> Any:
+    return da.random.RandomState(0).random((400, 400), chunks=(100, 100))
+
+
+def fails_in_one_block(block: Any, block_id: Any = None) -> Any:
+    if block_id == (3, 3):
+        raise ZeroDivisionError("a task failed")
+    return block
+
+
+def chest_callbacks() -> list[ChestCallback]:
+    return [cb[0].__self__ for cb in Callback.active if isinstance(getattr(cb[0], "__self__", None), ChestCallback)]
+
+
+def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["value"] = fn()
+        except BaseException as error:  # handed to the test
+            out["error"] = error
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, out
+
+
+def holding(
+    scheduler: str = "sync", **options: Any
+) -> tuple[threading.Event, threading.Event, threading.Thread, dict[str, Any]]:
+    """A computation in another thread that runs until released (started, and said so, on return)."""
+    inside, release = threading.Event(), threading.Event()
+
+    def hold(value: int) -> int:
+        inside.set()
+        assert release.wait(WAIT)
+        return value
+
+    thread, out = in_thread(lambda: dask.delayed(hold)(1).compute(scheduler=scheduler, **options))
+    assert inside.wait(WAIT)
+    return inside, release, thread, out
+
+
+@pytest.mark.parametrize("scheduler", ["sync", "threads"])
+def test_explicit_scheduler_computations_that_end_out_of_order_keep_the_callback(scheduler: str) -> None:
+    # Before: the second computation, ending last, put back the empty set the first had left in force;
+    # the rest of the block ran without ChestCallback, and a failed computation's keys stayed in the
+    # Chest and made the next one sharing them fail with KeyError.
+    x = matrix()
+    expected = float((x @ x).sum().compute(scheduler="sync"))
+    with spilling(available_memory="10 MiB") as chest:
+        _, release_one, one, out_one = holding(scheduler)
+        _, release_two, two, out_two = holding(scheduler)  # starts while the first runs
+        release_one.set()
+        one.join(WAIT)
+        release_two.set()  # and ends last
+        two.join(WAIT)
+        assert out_one == {"value": 1} and out_two == {"value": 1}
+        assert len(chest_callbacks()) == 1
+        with pytest.raises(ZeroDivisionError):
+            (x.map_blocks(fails_in_one_block) @ x).sum().compute(scheduler=scheduler)
+        assert len(chest) == 0
+        assert float((x @ x).sum().compute(scheduler=scheduler)) == pytest.approx(expected)
+
+
+def test_a_thread_whose_computation_failed_while_another_had_the_chest_computes_again() -> None:
+    # Before: the failed computation ran without ChestCallback (the other one had emptied the active
+    # set), its keys stayed in its thread's dict, and that thread's next computation failed (KeyError).
+    x = matrix()
+    expected = float((x @ x).sum().compute(scheduler="sync"))
+    with spilling(available_memory="10 MiB"):
+        _, release, thread, out = holding()
+
+        def twice() -> float:
+            with pytest.raises(ZeroDivisionError):
+                (x.map_blocks(fails_in_one_block) @ x).sum().compute(scheduler="sync")
+            return float((x @ x).sum().compute(scheduler="sync"))
+
+        second, got = in_thread(twice)
+        second.join(WAIT)
+        release.set()
+        thread.join(WAIT)
+        assert "error" not in got, got
+        assert got["value"] == pytest.approx(expected) and out == {"value": 1}
+
+
+def test_a_block_that_ends_while_another_thread_computes_leaves_no_callback_behind() -> None:
+    # Before: the other thread's computation put the block's callback back when it ended, and every
+    # later dask computation in the process, spillkit or not, failed: "this Chest is closed".
+    x = da.ones((100, 100), chunks=(50, 50))
+    with spilling(available_memory="10 MiB") as chest:
+        _, release, thread, out = holding(cache={})  # another part of the program: a cache of its own
+    assert chest.closed
+    release.set()
+    thread.join(WAIT)
+    assert out == {"value": 1}
+    assert float(x.sum().compute(scheduler="sync")) == 10_000.0
+    assert float(x.sum().compute()) == 10_000.0
+    for callback in chest_callbacks():  # dask may keep it registered; it takes no computation on
+        assert callback.chest is chest and not callback._runs
+
+
+def test_a_block_closes_its_chest_only_once_another_threads_computation_is_done_with_it() -> None:
+    # dask.config is the process's: a computation in another thread took this block's Chest. Before,
+    # the block closed it under that computation, which failed with "this Chest is closed".
+    x = matrix()
+    expected = float((x @ x).sum().compute(scheduler="sync"))
+    inside, release = threading.Event(), threading.Event()
+
+    def waits(block: Any, block_id: Any = None) -> Any:
+        if block_id == (0, 0):
+            inside.set()
+            assert release.wait(WAIT)
+        return block
+
+    with spilling(available_memory="1 MiB") as chest:
+        thread, out = in_thread(lambda: float((x.map_blocks(waits) @ x).sum().compute(scheduler="sync")))
+        assert inside.wait(WAIT)
+    assert not chest.closed  # the computation has it
+    release.set()
+    thread.join(WAIT)
+    assert "error" not in out, out
+    assert out["value"] == pytest.approx(expected)
+    assert chest.closed and chest.stats.spills > 0  # it did spill in it, and was closed at its end
+
+
+@pytest.mark.parametrize("scheduler", ["sync", "threads"])
+def test_a_key_put_by_hand_is_left_alone_whatever_the_scheduler(scheduler: str) -> None:
+    # Before, with a scheduler= of dask's own: dask took the user's value for the computed one (a
+    # dependent computed 1000 instead of 20) and then deleted the user's key.
+    y = dask.delayed(lambda v: v + 1, pure=True)(1)
+    z = dask.delayed(lambda v: v * 10, pure=True)(y)
+    with spilling(available_memory="1 MiB") as chest:
+        chest[y.key] = 100
+        with pytest.warns(RuntimeWarning, match="already in the spilling"):
+            assert z.compute(optimize_graph=False, scheduler=scheduler) == 20
+        assert chest[y.key] == 100 and len(chest) == 1
+        assert float(matrix().sum().compute(scheduler=scheduler)) > 0  # the Chest is free again
+
+
+def test_bad_arguments_to_spilling_and_costs_are_refused_at_once(tmp_path: Any) -> None:
+    # Before: the budget and policy given beside a Chest were silently dropped, and a string or a
+    # dict was accepted, to fail inside the next computation with an unrelated message.
+    chest = Chest(path=tmp_path / "c", available_memory="1 MiB")
+    with pytest.raises(TypeError, match="available_memory, policy"), spilling(chest, "5 GiB", policy="lrc"):
+        pass
+    budget = r"not str '4 GiB'; for a budget: spilling\(available_memory=...\)"
+    with pytest.raises(TypeError, match=budget), spilling("4 GiB"):  # type: ignore[arg-type]
+        pass
+    for bad in ({}, "4 GiB"):
+        with pytest.raises(TypeError, match=r"needs a spillkit\.Chest"):
+            costs(bad)  # type: ignore[arg-type]
+    with spilling(chest, policy=None) as same:  # nothing asked of a new one: the Chest given is used
+        assert same is chest
+    chest.drop()
