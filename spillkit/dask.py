@@ -25,7 +25,8 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
     raise ImportError('spillkit.dask needs dask: pip install "spillkit[dask]"') from error
 
 from .chest import Chest
-from .dask_callback import ChestCallback, distributed_client_active, plan_from_dask
+from .dask_callback import ChestCallback, plan_from_dask
+from .dask_client import distributed_client_active
 from .dask_loads import WorkerLoads
 from .dask_record import record
 

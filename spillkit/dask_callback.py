@@ -14,7 +14,6 @@ one computation at a time use a :func:`~spillkit.dask.spilling` Chest.
 from __future__ import annotations
 
 import dataclasses
-import sys
 import threading
 import time
 import warnings
@@ -29,12 +28,14 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
     raise ImportError('spillkit.dask needs dask: pip install "spillkit[dask]"') from error
 
 from .chest import Chest
-from .dask_loads import _HAND_PUT, _TAKEN, WorkerLoads, _Unshared
+from .dask_client import warn_if_distributed
+from .dask_loads import WorkerLoads
+from .dask_owner import _Unshared
 from .dask_record import _graph_facts
 from .policies import GraphAware
 from .policies._graph import GraphPlan
 
-__all__ = ["ChestCallback", "distributed_client_active", "plan_from_dask", "warn_if_distributed"]
+__all__ = ["ChestCallback", "plan_from_dask"]
 
 
 _OURS = "spillkit-chest-callbacks"  # in a computation's state: the callbacks whose Chest it uses
@@ -44,31 +45,6 @@ def plan_from_dask(dsk: Mapping[Any, Any]) -> GraphPlan:
     """The readers and planned order of a (converted) dask graph."""
     dependencies, planned, data = _graph_facts(dsk)
     return GraphPlan.for_local_scheduler(dependencies, planned, data)
-
-
-def distributed_client_active() -> bool:
-    """True when a dask.distributed Client is active (then dask ignores ``cache=``)."""
-    distributed = sys.modules.get("distributed")
-    if distributed is None:
-        return False
-    try:
-        distributed.default_client()
-    except ValueError:
-        return False
-    return True
-
-
-def warn_if_distributed() -> bool:
-    """Warn (and return True) when a dask.distributed Client is active: dask then ignores ``cache=``."""
-    if not distributed_client_active():
-        return False
-    warnings.warn(
-        "a dask.distributed Client is active, so dask ignores cache= and this Chest will not be used; "
-        "use spillkit.distributed.worker_storage as the workers' data= instead",
-        RuntimeWarning,
-        stacklevel=3,
-    )
-    return True
 
 
 @dataclasses.dataclass
@@ -128,11 +104,11 @@ class ChestCallback(Callback):
         if self._entered:
             # The same swap, with two computations in two threads that end out of order, put back
             # an empty set, and the rest of the block ran without this callback: each computation
-            # that starts puts it back in the set in force (nested ones then meet it: _role_in).
+            # that starts puts it back in the set in force (nested ones then meet it: role_for).
             Callback.active.add(self._callback)
         cache = dask.config.get("cache", None)
         if isinstance(cache, WorkerLoads) and cache.chest is self.chest and cache.active:
-            run = _Run(self._role_in(cache, dsk), cache, dsk)
+            run = _Run(cache.role_for(dsk), cache, dsk)
         else:
             run = _Run("plain", None, dsk)
             self._clear_leftovers(dsk)
@@ -156,27 +132,6 @@ class ChestCallback(Callback):
                 self._stored.discard(key)
                 if key in chest:
                     del chest[key]
-
-    @staticmethod
-    def _role_in(cache: WorkerLoads, dsk: Mapping[Any, Any]) -> str:
-        # dask's local schedulers use their cache only in their scheduling thread, so routing by
-        # thread keeps a computation that cannot have the Chest (another one, in another thread
-        # or one it is nested in, has it) from deleting that one's keys under it.
-        decided = cache.take_handoff()  # by WorkerLoads.schedule, which runs this computation
-        if decided is not None:
-            return decided
-        if cache.owns():  # this thread's computation has it: this is a second callback on the Chest
-            return "shared"  # (a computation nested in a task runs no callbacks at all)
-        if cache.claim():  # a scheduler= of its own: it takes the Chest
-            if not any(key in cache.chest for key in dsk):
-                return "claimed"
-            cache.release()  # a key put in by hand that the graph computes: dask would take it for done
-            cache.go_private()
-            warnings.warn(_HAND_PUT, RuntimeWarning, stacklevel=4)
-            return "private"
-        cache.go_private()
-        warnings.warn(_TAKEN, RuntimeWarning, stacklevel=4)
-        return "private"
 
     def _run(self, dsk: Mapping[Any, Any], pop: bool = False) -> _Run | None:
         """This thread's run of the computation of graph ``dsk`` (None if this callback did not start it)."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import warnings
-from collections.abc import Callable, Hashable, Iterator, Mapping, MutableMapping
+from collections.abc import Hashable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 import dask
@@ -28,17 +28,9 @@ import dask.threaded
 from dask.callbacks import Callback
 
 from .chest import Chest
-from .errors import SpillWarning
+from .dask_owner import _HAND_PUT, _TAKEN, ChestOwnership, _Unshared
 
 __all__ = ["OnDisk", "WorkerLoads"]
-
-
-_TAKEN = "another computation is using this spilling() Chest; this one runs without it, in memory"
-_HAND_PUT = "key(s) of this graph are already in the spilling() Chest; this computation runs without it, in memory"
-
-
-class _Unshared(dict[Hashable, Any]):
-    """The plain dict cache of a computation that cannot share the Chest (see :meth:`WorkerLoads.schedule`)."""
 
 
 class OnDisk:
@@ -53,7 +45,7 @@ class OnDisk:
         return "OnDisk(...)"
 
 
-class WorkerLoads(MutableMapping[Hashable, Any]):
+class WorkerLoads(ChestOwnership, MutableMapping[Hashable, Any]):
     """dask's ``cache=``: the Chest, with spilled inputs loaded by the worker that needs them.
 
     Thread-safe: one computation at a time uses the Chest; its scheduling thread
@@ -65,17 +57,7 @@ class WorkerLoads(MutableMapping[Hashable, Any]):
     """
 
     def __init__(self, chest: Chest) -> None:
-        self.chest = chest
-        self.active = True  # until the spilling() block that made this cache ends
-        self._lock = threading.Lock()
-        self._owner: int | None = None  # the thread whose computation uses the Chest (one at a time)
-        self._scheduler: int | None = None  # the thread scheduling it, when it takes markers
-        self._private: dict[int, list[_Unshared]] = {}  # scheduling threads routed to dicts of their own
-        # schedule() decided for the next computation of this thread: it claimed the Chest for it
-        # ("scheduled"), or gave it a dict of its own ("declined"); ChestCallback takes the word.
-        self._handoff: tuple[int, str] | None = None
-        self._nested: dict[int, _Unshared] = {}  # computations started without ChestCallback, see _mapping
-        self._close: Callable[[], None] | None = None  # the block's close of its Chest, once no computation has it
+        super().__init__(chest)
 
     def _mapping(self) -> MutableMapping[Hashable, Any]:
         owner = self._owner
@@ -125,68 +107,6 @@ class WorkerLoads(MutableMapping[Hashable, Any]):
 
     def __len__(self) -> int:
         return len(self._mapping())
-
-    # ---- who uses the Chest -----------------------------------------------------------------
-    def claim(self) -> bool:
-        """Let this thread's computation use the Chest if no computation does (nor one it is nested in)."""
-        with self._lock:
-            if self._owner is not None:
-                return False
-            self._owner = threading.get_ident()
-            self._nested.pop(self._owner, None)  # this thread's computations without callbacks are over
-            return True
-
-    def take_handoff(self) -> str | None:
-        """What :meth:`schedule` decided for this thread's computation starting now, once (ChestCallback asks)."""
-        handoff = self._handoff
-        if handoff is not None and handoff[0] == threading.get_ident():
-            self._handoff = None
-            return handoff[1]
-        return None
-
-    def owns(self) -> bool:
-        """True on the thread whose computation uses the Chest."""
-        return self._owner == threading.get_ident()
-
-    def release(self) -> None:
-        """End this thread's use of the Chest (it stops handing out markers too)."""
-        with self._lock:
-            if self._owner == threading.get_ident():
-                self._owner = self._scheduler = None
-
-    def close_when_free(self, close: Callable[[], None]) -> None:
-        """Run ``close`` (the ended block's close of its Chest) now, or once no computation has the Chest.
-
-        A computation in another thread may have it when the block ends (``dask.config`` is the
-        process's): closed under it, its next put or read would fail.
-        """
-        with self._lock:
-            self._close = close
-        self.close_if_due()
-
-    def close_if_due(self) -> None:
-        """Run the close :meth:`close_when_free` was given, if no computation has the Chest now."""
-        with self._lock:
-            close, self._close = (self._close, None) if self._owner is None else (None, self._close)
-        if close is None:
-            return
-        try:
-            close()
-        except Exception as error:  # not the error of the computation that happened to end last
-            warnings.warn(f"closing the spilling() Chest once its block had ended failed: {error!r}",
-                          SpillWarning, stacklevel=2)  # fmt: skip
-
-    def go_private(self) -> None:
-        """Route this thread's cache use to a new dict of its own, until :meth:`end_private`."""
-        self._private.setdefault(threading.get_ident(), []).append(_Unshared())
-
-    def end_private(self) -> _Unshared:
-        """Stop routing this thread to its newest dict, and return that dict (the computation keeps it)."""
-        stack = self._private[threading.get_ident()]
-        private = stack.pop()
-        if not stack:
-            del self._private[threading.get_ident()]
-        return private
 
     def hand_back(self, dsk: Mapping[Hashable, Any], keep: bool) -> _Unshared:
         """Take a computation's keys out of the Chest (its owner, as it ends); return its results.
