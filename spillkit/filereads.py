@@ -9,8 +9,10 @@ whether the record is still the key's. :mod:`spillkit.unlocked` drives the three
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
+import stat
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +21,7 @@ from .buffers import read_buffer
 from .errors import CorruptSpillFile
 from .fileindex import FileIndex
 from .mapped import FileId, map_file, pin_file, unpin_file
+from .regularfile import SAFE_OPEN
 from .spillfile import RecordError, open_record, still_encodes
 
 __all__ = ["FileReads", "OpenRead"]
@@ -59,19 +62,29 @@ class FileReads(FileIndex):
         name = self._names[key]
         full = os.path.join(self.path, name)
         try:
-            # O_NONBLOCK: a FIFO planted under the name reads as a short file instead of blocking the lock forever
-            fd = os.open(full, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0))
+            # SAFE_OPEN: a FIFO planted under the name does not block the lock forever, and a symbolic
+            # link is not followed out of the directory (spillkit.regularfile); both read as damaged.
+            fd = os.open(full, os.O_RDONLY | SAFE_OPEN)
         except FileNotFoundError:
             raise CorruptSpillFile(key, full, "the file is missing") from None
+        except OSError as error:
+            if error.errno != errno.ELOOP:
+                raise
+            raise CorruptSpillFile(key, full, "a symbolic link is in the file's place") from None
+        try:
+            info: os.stat_result | None = os.fstat(fd)
+        except OSError:
+            info = None  # read instead, which reports the failure
+        if info is not None and not stat.S_ISREG(info.st_mode):  # a directory, a FIFO, a device
+            os.close(fd)
+            raise CorruptSpillFile(key, full, "not a regular file is in the file's place")
+        if info is not None:
+            os.set_blocking(fd, True)  # a regular file: no file system may answer its reads with EAGAIN
         size = self._sizes[key]
         pinned, mapping, unpinned = None, self.map_from is not None and size >= self.map_from, False
         if mapping or size >= self._spares.min_size:
             # Pinned now, under the lock: a delete between this and the mapping must see it mapped, and
             # must not keep the file as a spare (spillkit.spares) for a write over it while it is read.
-            try:
-                info = os.fstat(fd)
-            except OSError:
-                info = None  # read instead, which reports the failure
             if info is not None:
                 pinned = (info.st_dev, info.st_ino)
                 pin_file(pinned)
@@ -80,7 +93,7 @@ class FileReads(FileIndex):
             else:
                 unpinned = True
                 self._unpinned_reads.append(None)  # which file is unknown: no file is kept as a spare meanwhile
-        # Otherwise the size is known from the write (no fstat); a short or grown file shows in finish_read.
+        # A short or grown file shows in finish_read.
         return OpenRead(key, name, full, size, self._tags.get(key), fd, pinned, mapping, unpinned)
 
     def read(self, key: Hashable) -> Any:

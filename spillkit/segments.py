@@ -9,7 +9,9 @@ defines :class:`PackedWrite`, re-exported here).
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import warnings
 from collections.abc import Hashable, Iterable, Set
 
@@ -108,8 +110,9 @@ class PackedStore(PackedRecords):
     ) -> None:
         """Register a record that already exists (re-opening a directory); FileNotFoundError if it is gone."""
         if segment is None:
-            if not os.path.exists(os.path.join(self.path, name)):
-                raise FileNotFoundError(os.path.join(self.path, name))
+            full = os.path.join(self.path, name)
+            if not stat.S_ISREG(os.lstat(full).st_mode):  # (FileNotFoundError if gone) a link is not followed
+                raise OSError(errno.EINVAL, "not a regular file", full)
             self.inner.adopt(key, name, size, tag)
         else:
             if tag is None or not is_segment_name(segment):

@@ -108,6 +108,42 @@ def test_a_fifo_planted_under_a_keys_file_reads_as_damaged_and_costs_only_that_k
     chest.drop()
 
 
+def test_a_symlink_planted_under_a_keys_file_is_not_followed_out_of_the_directory(tmp_path: Path) -> None:
+    # Before: the read followed the link and returned what the file outside held (here the key's own
+    # authentic record, moved out), and a reopen adopted the link without a word.
+    path = tmp_path / "c"
+    chest = Chest(path=path, available_memory=0, pack_threshold=0)  # a file per value
+    chest.update({"a": b"a" * 100, "b": b"b" * 100})
+    chest.flush()
+    name = Path(chest._store.filename("a"))
+    outside = tmp_path / "outside"
+    name.rename(outside)
+    name.symlink_to(outside)
+    with pytest.raises(CorruptSpillFile, match=r"'a'.*symbolic link"):
+        chest["a"]
+    assert chest["b"] == b"b" * 100
+    chest.close()
+    with pytest.warns(SpillWarning, match="key 'a' is no regular file"):
+        again = Chest(path=path, available_memory=0, pack_threshold=0)
+    assert dict(again) == {"b": b"b" * 100} and outside.exists()
+    again.drop()
+
+
+def test_a_directory_planted_under_a_keys_file_reads_as_damaged(tmp_path: Path) -> None:
+    # Before: IsADirectoryError naming a file descriptor ("Is a directory: 4"), not the key.
+    path = tmp_path / "c"
+    chest = Chest(path=path, available_memory=0, pack_threshold=0)
+    chest.update({"a": b"a" * 100, "b": b"b" * 100})
+    name = Path(chest._store.filename("a"))
+    name.unlink()
+    name.mkdir()
+    with pytest.raises(CorruptSpillFile, match=r"'a'.*not a regular file"):
+        chest["a"]
+    assert chest["b"] == b"b" * 100
+    name.rmdir()
+    chest.drop()
+
+
 def test_a_symlink_planted_at_the_manifests_temporary_name_is_not_written_through(tmp_path: Path) -> None:
     path, chest = chest_holding_a(tmp_path)
     victim = tmp_path / "victim.txt"
