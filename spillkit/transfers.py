@@ -179,11 +179,18 @@ def load(engine: SpillEngine, key: Hashable) -> Any:
     if nbytes <= engine.budget:
         # Loads make room even while puts are deferred: deferral exists so that values
         # about to be deleted are not written, and a value being read is not one of them.
+        incoming = engine._incoming(key, value, nbytes)
         try:
             with engine._busy_with(key):
-                engine._make_room(engine._incoming(key, value, nbytes))
+                engine._make_room(incoming)
         except SpillError:
             engine._refs.remember(key, value)  # served without caching: while alive it stays the value
+            return value
+        if engine.memory_bytes - engine.pinned_bytes > engine.budget - incoming:
+            # No room was made (the disk refused the victims' writes, or no victim could go): served
+            # without caching too, as a value over the budget is; its file is still there. Held, every
+            # read of a full disk's values would stay in memory, over the budget.
+            engine._refs.remember(key, value)
             return value
         engine._spilled_nbytes -= nbytes
         engine._admit(key, value, nbytes)

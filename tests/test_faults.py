@@ -703,6 +703,35 @@ def test_disk_quota_on_read_serves_the_value_without_losing_any(
     assert_values(chest, expected)
 
 
+@pytest.mark.timeout(60)
+def test_reads_while_the_disk_is_full_are_served_without_being_held(
+    make_chest: Callable[..., Chest], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: a read made no room (every victim's write failed) and kept the value all the same, so
+    # each read of a spilled value stayed in memory: here 20 values over a budget of 2.5.
+    switch = FaultSwitch(10**9, errno.ENOSPC)
+    chest = make_chest(**inject("mid-write", switch, monkeypatch))
+    expected: dict[Hashable, Any] = {}
+    for i in range(20):  # spilled while the disk works: each has a file
+        chest[f"old{i}"] = expected[f"old{i}"] = payload(i)
+    while chest.inmem:
+        assert chest.evict() > 0
+    switch.fail_from = switch.calls + 1  # the disk is full from now on
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SpillWarning)
+        for i in range(3):  # their writes fail: they stay, over the budget (allowed while the disk fails)
+            chest[f"new{i}"] = expected[f"new{i}"] = payload(100 + i)
+        held = chest.memory_bytes
+        for i in range(20):
+            assert chest[f"old{i}"] == expected[f"old{i}"]
+            assert chest.memory_bytes <= held  # served, not held: it has its file
+    assert switch.failures > 0 and not any(key.startswith("old") for key in chest.inmem)
+    assert_accounting(chest)
+    switch.armed = False
+    assert_values(chest, expected)
+    assert chest.memory_bytes <= chest.available_memory
+
+
 # ---- 6. hostile keys -------------------------------------------------------------------------
 
 
