@@ -180,8 +180,23 @@ class ChestState:
         self._engine.settle()
 
     def wait_for_writes(self) -> None:
-        """Block until every background write in flight has completed (see ``write_behind``)."""
-        self._engine.wait_for_writes()
+        """Block until every background write in flight has completed (see ``write_behind``).
+
+        Values whose write failed are back in memory by then; others are spilled in their place,
+        and waited for, so memory is within the budget again (unless puts are deferred).
+        """
+        engine, writer = self._engine, self._engine._writer
+        if writer is None:
+            return
+        engine.wait_for_writes()
+        with engine.lock:
+            # A write that failed for the value's own sake (it cannot be pickled, it kept changing)
+            # put it back, over the budget, with nothing in flight: others go in its place. Not while
+            # the disk fails: then each put writes one victim itself (see spillkit.writebehind).
+            over = engine.memory_bytes - engine.pinned_bytes > engine.budget
+            if over and not (engine.closed or engine.deferred or writer.disk_failing):
+                engine.settle()
+                engine.wait_for_writes()
 
 
 class _OutOfMemory(Mapping[Hashable, Any]):

@@ -208,6 +208,31 @@ def test_an_unpicklable_value_in_the_background_is_set_aside(tmp_path: Path) -> 
     chest.drop()
 
 
+def test_after_a_failed_background_write_wait_for_writes_leaves_memory_within_the_budget(tmp_path: Path) -> None:
+    # Before: the failed value came back into memory with nothing in flight, and memory stayed over
+    # the budget (600 of 400 bytes) until the next put; reads did not bring it down.
+    sizes = {"bad": 3 * UNIT}
+    chest = Chest(
+        path=tmp_path / "c", available_memory=4 * UNIT, sizeof=lambda v: sizes.get(getattr(v, "key", ""), UNIT),
+        write_behind=True, pack_threshold=0,
+    )  # fmt: skip
+    bad = Unpicklable()
+    bad.key = "bad"  # type: ignore[attr-defined]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SpillWarning)
+        for i in range(3):
+            chest[f"k{i}"] = [i]
+        chest["bad"] = bad
+        for i in range(3, 6):
+            chest[f"k{i}"] = [i]
+        chest.wait_for_writes()
+    assert chest.engine.unspillable_keys == {"bad"} and chest.engine.in_flight_bytes == 0
+    assert chest.memory_bytes <= chest.available_memory
+    assert all(chest[f"k{i}"] == [i] for i in range(6)) and chest["bad"] is bad
+    assert_accounting(chest)
+    chest.drop()
+
+
 def test_the_cap_bounds_the_bytes_in_flight(tmp_path: Path) -> None:
     codec = GatedCodec()
     cap = 3 * UNIT
