@@ -70,21 +70,31 @@ class DictMethods:
         def update(self, *args: Any, **kwargs: Any) -> None: ...
 
     def setdefault(self, key: Hashable, default: Any = None) -> Any:
-        """``chest[key]`` if present, else store and return ``default``: the store is one step under the lock.
+        """``chest[key]`` if present, else store and return ``default``: one read in the stats, as for a dict.
 
-        The read is an ordinary ``chest[key]``, so a value on disk is read without the lock,
-        as any get's is (other threads go on meanwhile). Only an absent key takes the lock, to
-        store ``default`` unless another thread stored the key since; then it is read again.
+        A resident or absent key is read (and the default stored) in one step under the lock. A
+        value on disk is read as a get reads it, without the lock, so other threads go on meanwhile;
+        if another thread deleted the key first, the default is stored under the lock unless the key
+        was stored again by then (then that value is read, and the miss is not counted twice).
         """
-        while True:
-            try:
-                return self[key]  # a read either way (a hit, a load or a miss in the stats), as for a dict
-            except KeyError:  # absent (a value that fails to load raises LoadFailed, not this)
-                pass
-            with self._engine.lock:
-                if key not in self._engine:
+        engine = self._engine
+        with engine.lock:
+            if key in engine.memory or key not in engine:  # no disk read: one step, as before
+                try:
+                    return self[key]  # a hit or a miss in the stats
+                except KeyError:  # absent (a value that fails to load raises LoadFailed, not this)
                     self[key] = default
                     return default
+        try:
+            return self[key]  # on disk: a load, without the lock
+        except KeyError:  # deleted meanwhile: this read was a miss
+            pass
+        with engine.lock:
+            if key not in engine:
+                self[key] = default
+                return default
+            engine.stats.misses -= 1  # stored again meanwhile: the read below is this call's one read
+            return self[key]
 
     def popitem(self) -> tuple[Hashable, Any]:
         """Remove and return the last key stored and its value, as ``dict.popitem`` (not cached on the way)."""
