@@ -276,6 +276,10 @@ class Chest(ChestLifecycle, DictMethods, MutableMapping[Hashable, Any]):
 
     # ---- beyond a dict -------------------------------------------------------------
     def put(self, key: Hashable, value: Any, cost: float | None = None) -> None:
-        """Store ``value`` with its recompute ``cost`` in seconds (for ``CostAware``); ValueError for a NaN cost."""
+        """Store ``value`` with its recompute ``cost`` in seconds (for ``CostAware``).
+
+        ``cost`` is a real number (``int``, ``float``, numpy's, ``Fraction``, ``Decimal``; kept as a
+        float): anything else raises TypeError and NaN ValueError, naming the key, with nothing stored.
+        """
         self._check_open()
         self._engine.put(key, value, cost)

@@ -65,7 +65,8 @@ class ChestLifecycle(ChestState):
         """Flush a Chest with a ``path`` of its own; remove a temporary one. Idempotent.
 
         Releases the directory's lock once closed, so another Chest may open the
-        path (the lock is kept while the Chest stays open after a failure).
+        path (the lock is kept while the Chest stays open after a failure). An error
+        the policy raises while the Chest shuts is raised once it is closed and unlocked.
 
         If the flush fails because of the disk (an ``OSError`` such as a full disk,
         or ``available_disk``), or because another thread kept changing a value while
@@ -80,14 +81,19 @@ class ChestLifecycle(ChestState):
     def _shut(self, join: bool = True) -> None:
         # join=False: called under the engine's lock, whose holder joins the writer after letting go
         # (the writer has drained by then: it writes nothing more, to the segments or elsewhere).
-        self._engine.close(join=join)  # joins the background writer before the segment files close
-        self._store.close()
-        self._dir_lock.release()  # last: no other Chest may open the directory while this one writes there
+        try:
+            self._engine.close(join=join)  # joins the background writer before the segment files close
+        finally:  # the engine is closed even when its policy raised: nothing more is written here
+            try:
+                self._store.close()
+            finally:
+                self._dir_lock.release()  # last: no other Chest may open the directory while this one writes there
 
     def drop(self) -> None:
         """Delete every value and the directory; the Chest is closed afterwards.
 
-        The directory's lock is released after the directory is gone. In a
+        The directory's lock is released after the directory is gone, also when
+        the policy raises on the way (raised once the Chest is gone). In a
         forked child this only closes the child's copy (the parent's files stay).
         """
         closing.drop(cast("Chest", self))

@@ -59,7 +59,7 @@ class ChestState:
 
     # ---- beyond a dict -------------------------------------------------------------
     def set_cost(self, key: Hashable, seconds: float) -> None:
-        """Record how many seconds ``key``'s value takes to recompute."""
+        """Record how many seconds ``key``'s value takes to recompute (a real number, as for :meth:`Chest.put`)."""
         self._engine.set_cost(key, seconds)
 
     @property

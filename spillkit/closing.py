@@ -8,7 +8,10 @@ reason :mod:`spillkit.persistence` gives (no reference cycle).
 Thread-safety: both take the engine's lock, and join the background writer
 after letting it go (the writer may need the lock to end). Failures: a
 ``close`` whose flush fails on the disk (or on values it could not write)
-leaves the Chest open, with a note saying so, and re-raises.
+leaves the Chest open, with a note saying so, and re-raises. An error the
+policy raises once the Chest is past its flush (shutting, or deleting every
+value) is raised only after the Chest is closed and its directory unlocked:
+a Chest is never left closed with its lock held.
 """
 
 from __future__ import annotations
@@ -75,21 +78,36 @@ def _close_locked(chest: Chest) -> None:
 
 def drop(chest: Chest) -> None:
     """Delete every value and the directory, then release the lock: :meth:`~spillkit.chest.Chest.drop`."""
-    with chest._engine.lock:
-        if chest._engine.closed:
-            return
-        if os.getpid() != chest._owner_pid:
-            # A forked child shares its parent's files: dropping its copy must not delete them.
-            chest._engine.close()
-            return
-        chest._store.clear()  # at once: deleting key by key would compact segments about to go
-        chest._engine.clear(unfindable_ok=True)  # (a key whose hash changed goes with the rest)
-        chest._engine.close(join=False)  # joined below, without the lock: the writer may take it to end
-        chest._store.close()
-        if chest._finalizer is not None:
-            chest._finalizer()
-        else:
-            remove_manifest(chest._path)  # first: a kill during the removal must not leave half the files named
-            shutil.rmtree(chest._path, ignore_errors=True)
-        chest._dir_lock.release()  # held while the directory went: no Chest could start on it half-removed
-    chest._engine.join_writer()
+    engine = chest._engine
+    try:
+        with engine.lock:
+            if engine.closed:
+                return
+            if os.getpid() != chest._owner_pid:
+                # A forked child shares its parent's files: dropping its copy must not delete them.
+                engine.close()
+                return
+            try:
+                chest._store.clear()  # at once: deleting key by key would compact segments about to go
+                engine.clear(unfindable_ok=True)  # (a key whose hash changed goes with the rest)
+            finally:  # whatever a policy raised on the way: the values are going, so the Chest goes too
+                _remove(chest)
+    finally:
+        if engine.closed:
+            engine.join_writer()  # without the lock: the writer may take it to end (joining twice is harmless)
+
+
+def _remove(chest: Chest) -> None:
+    # The end of a drop: closed, the directory gone and its lock released, even if a step raises.
+    try:
+        chest._engine.close(join=False)
+    finally:
+        try:
+            chest._store.close()
+            if chest._finalizer is not None:
+                chest._finalizer()
+            else:
+                remove_manifest(chest._path)  # first: a kill during the removal must not leave half the files named
+                shutil.rmtree(chest._path, ignore_errors=True)
+        finally:
+            chest._dir_lock.release()  # held while the directory went: no Chest could start on it half-removed

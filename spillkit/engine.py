@@ -111,10 +111,11 @@ class SpillEngine(EngineLifecycle):
     def put(self, key: Hashable, value: Any, cost: float | None = None, nbytes: int | None = None) -> None:
         """Store ``value``; make room unless deferred. Values over the budget go straight to disk.
 
-        ValueError for a NaN ``cost``, before anything changes.
+        ``cost`` is a real number of seconds (stored as a float): TypeError for anything else and
+        ValueError for NaN, before anything changes.
         """
         if cost is not None:
-            self._check_cost(key, cost)
+            cost = self._checked_cost(key, cost)
         if nbytes is None:
             measured = self.sizeof(value)
             nbytes = measured if type(measured) is int and measured >= 0 else checked_size(key, measured)

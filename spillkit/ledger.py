@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import threading
 import time
 import warnings
 from collections.abc import Callable, Hashable, Iterator
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from . import forklocks
@@ -40,8 +43,9 @@ class EngineLedger(EvictionRounds, ResidentObjects):
     Thread-safe only under ``lock``, which the engine holds around every
     operation (DESIGN principle 7: one lock, one owner). Bookkeeping never
     raises except for a policy's own error (``set_cost``, which takes the lock
-    itself, also raises KeyError for an absent key and
-    :class:`~spillkit.errors.SpillError` once closed); a listener's exception
+    itself, also raises KeyError for an absent key,
+    :class:`~spillkit.errors.SpillError` once closed, and TypeError or ValueError
+    for a cost that is not a real number or is NaN); a listener's exception
     is counted in ``listener_errors``, warned about
     (:class:`~spillkit.errors.SpillWarning`) and otherwise ignored.
 
@@ -175,13 +179,32 @@ class EngineLedger(EvictionRounds, ResidentObjects):
 
     # ---- bookkeeping ---------------------------------------------------------------
     @staticmethod
-    def _check_cost(key: Hashable, cost: float) -> None:
-        if cost != cost:  # NaN orders against nothing: it would scramble the policy's heap
-            raise ValueError(f"the cost of {describe_key(key)} is NaN; give seconds")
+    def _checked_cost(key: Hashable, cost: object) -> float:
+        # Checked before anything changes: a policy does arithmetic and comparisons on costs, so a
+        # string (or a Decimal, which does not mix with float) raised inside it half-way through a
+        # put or a load, leaving the key stored but out of the policy.
+        if isinstance(cost, (numbers.Real, Decimal)):
+            try:
+                seconds = float(cost)
+            except OverflowError:  # an int too large for a float: as dear as can be
+                seconds = -math.inf if cost < 0 else math.inf
+            except ValueError:  # Decimal("sNaN")
+                seconds = math.nan
+            if seconds == seconds:  # NaN orders against nothing: it would scramble the policy's heap
+                return seconds
+            raise ValueError(f"the cost of {describe_key(key)} is NaN; give seconds (nothing was changed)")
+        what = f"{describe_key(cost)} ({type(cost).__name__})"
+        raise TypeError(
+            f"the cost of {describe_key(key)} is {what}, not a real number; give seconds (nothing was changed)"
+        )
 
     def set_cost(self, key: Hashable, cost: float) -> None:
-        """Record the key's recompute cost in seconds and let the policy re-rank it; ValueError for NaN."""
-        self._check_cost(key, cost)
+        """Record the key's recompute cost in seconds and let the policy re-rank it.
+
+        ``cost`` is a real number (stored as a float); TypeError for anything else, ValueError for
+        NaN, before anything changes.
+        """
+        cost = self._checked_cost(key, cost)
         with self.lock:
             self._check_open()
             if key not in self._nbytes:

@@ -241,19 +241,26 @@ class EngineLifecycle(EngineLedger):
         """Refuse every later operation; drop resident values (their files stay).
 
         ``join=False``: the caller holds the lock, and joins the writer (:meth:`join_writer`) once it lets go.
+        An error the policy raises while told of a removal is raised at the end, once the engine is closed.
         """
+        failure: Exception | None = None
         with self.lock:
-            self.wait_for_writes()
-            self._refs.clear()
-            if forget_memory:
-                for key in list(self.memory):
-                    self._pop_resident(key)
+            try:  # closed whatever a policy raises: the Chest unlocks its directory next, and nothing may write there
+                self.wait_for_writes()
+                self._refs.clear()
+                for key in list(self.memory) if forget_memory else ():
+                    try:
+                        self._pop_resident(key)
+                    except Exception as error:  # the policy's own, told last: the value has left memory all the same
+                        failure = failure or error
                     if key in self.disk:
                         self._spilled_nbytes += self._nbytes[key]
-            self.closed = True
-            self.closing = False
+            finally:
+                self.closed, self.closing = True, False
         if join:
             self.join_writer()
+        if failure is not None:
+            raise failure
 
     def join_writer(self) -> None:
         """Wait for the background writer thread to end (without the lock: the thread may take it to finish)."""
