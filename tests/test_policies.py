@@ -422,16 +422,28 @@ class RecordingLFU(Recording, cachetools.LFUCache):  # type: ignore[misc]
     pass
 
 
-REFERENCES: dict[str, tuple[Callable[[], Policy], Callable[[int], Any]]] = {
-    "lru": (LRU, RecordingLRU),
-    "lfu-no-aging": (lambda: LFU(aging=False), RecordingLFU),
+def assign(reference: Any, key: Hashable, value: Any) -> None:
+    """What cachetools does for ``cache[key] = value``: for LRU the same as a Chest's overwrite."""
+    reference[key] = value
+
+
+def reinsert(reference: Any, key: Hashable, value: Any) -> None:
+    """The documented exception for LFU: a Chest's overwrite restarts the key's count (a new value
+    enters), where cachetools counts the assignment as a use (test_lfu_overwrite_restarts_the_count)."""
+    reference.pop(key, None)
+    reference[key] = value
+
+
+REFERENCES: dict[str, tuple[Callable[[], Policy], Callable[[int], Any], Callable[[Any, Hashable, Any], None]]] = {
+    "lru": (LRU, RecordingLRU, assign),
+    "lfu-no-aging": (lambda: LFU(aging=False), RecordingLFU, reinsert),
 }
 
 
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("name", list(REFERENCES))
 def test_spill_order_matches_cachetools(tmp_path: Path, name: str, seed: int) -> None:
-    new_policy, new_reference = REFERENCES[name]
+    new_policy, new_reference, overwrite = REFERENCES[name]
     capacity = [4, 8, 16, 32][seed]
     rng = random.Random(1000 + seed)
     spilled: list[Hashable] = []
@@ -468,9 +480,7 @@ def test_spill_order_matches_cachetools(tmp_path: Path, name: str, seed: int) ->
                 value = [key, rng.random()]  # a distinct object every time
                 values[key] = value
                 chest[key] = value
-                if key in reference:
-                    del reference[key]
-                reference[key] = value
+                overwrite(reference, key, value)  # (for a fresh or spilled key, both are an insert)
             elif kind == "get":
                 assert key in chest.inmem
                 assert chest[key] == values[key]
@@ -493,6 +503,23 @@ def test_spill_order_matches_cachetools(tmp_path: Path, name: str, seed: int) ->
         assert chest.stats.evictions > 0  # re-spilled loaded values (file kept) are in the order too
     finally:
         chest.drop()  # not close(): fsyncing hundreds of files is not what this test is about
+
+
+def test_lfu_overwrite_restarts_the_count() -> None:
+    # README: LFU(aging=False) orders as cachetools.LFUCache except that an overwrite restarts the
+    # key's count, which cachetools counts as a use. Here 'a' is written three times and 'b' read
+    # once: cachetools keeps 'a' (count 3), the Chest spills it (count 1, older than 'b' at 2).
+    reference = RecordingLFU(2)
+    chest = Chest(available_memory=2, sizeof=lambda v: 1, policy=LFU(aging=False))
+    for target in (reference, chest):
+        target["a"], target["b"] = 1, 2
+        target["b"]
+        target["a"], target["a"] = 10, 11
+        target["c"] = 3
+    assert reference.evicted == ["b"]
+    assert chest.engine.spilled_keys == ["a"] and set(chest.inmem) == {"b", "c"}
+    assert dict(chest.items()) == {"a": 11, "b": 2, "c": 3}
+    chest.close()
 
 
 # ---- costs that are not ordinary numbers (review findings; each failed before) --------------------

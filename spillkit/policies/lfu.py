@@ -15,10 +15,14 @@ class LFU(GreedyDual):
     each victim's priority, so a key that was popular long ago eventually
     yields to keys in current use instead of squatting forever. With
     ``aging=False`` it is plain LFU and spills keys in the order
-    ``cachetools.LFUCache`` evicts them.
+    ``cachetools.LFUCache`` evicts them, except after an overwrite.
 
     A key's frequency starts at 1 when it enters memory (put or load) and is
-    forgotten when it leaves. O(log n) per event. Not thread-safe on its own.
+    forgotten when it leaves. An overwrite of a resident key is a new value
+    entering (the engine calls ``removed`` then ``admitted``, as for every
+    policy), so its count starts again at 1, where ``cachetools.LFUCache``
+    counts the assignment as one more use. O(log n) per event. Not
+    thread-safe on its own.
 
     Examples
     --------
