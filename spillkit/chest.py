@@ -56,7 +56,9 @@ class Chest(ChestLifecycle, DictMethods, MutableMapping[Hashable, Any]):
         cloudpickle for lambdas and closures.
     policy : Policy or str, optional
         An eviction policy object or a registered name (``"lru"``, ``"lfu"``,
-        ``"size"``, ``"cost"``). Default: a new ``LRU()``.
+        ``"size"``, ``"cost"``). Default: a new ``LRU()``. A policy object
+        serves one open Chest at a time (ValueError while another uses it);
+        once that Chest is closed or dropped it may serve a new one.
     sizeof : callable, optional
         Bytes a value holds in memory. Default: ``dask.sizeof`` if dask is
         installed, else :func:`spillkit.sizeof.deep_sizeof`.

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Self, cast
 
 from . import closing, persistence
+from .chest_setup import release_policy
 from .chest_state import ChestState
 from .errors import SpillError
 
@@ -83,6 +84,7 @@ class ChestLifecycle(ChestState):
         # (the writer has drained by then: it writes nothing more, to the segments or elsewhere).
         try:
             self._engine.close(join=join)  # joins the background writer before the segment files close
+            release_policy(self._engine.policy)  # told of every key's removal: it may serve another Chest
         finally:  # the engine is closed even when its policy raised: nothing more is written here
             try:
                 self._store.close()

@@ -41,7 +41,7 @@ from .sizes import parse_bytes
 if TYPE_CHECKING:
     from .chest import Chest
 
-__all__ = ["DEFAULT_AVAILABLE_MEMORY", "remove_directory", "setup_chest"]
+__all__ = ["DEFAULT_AVAILABLE_MEMORY", "release_policy", "remove_directory", "setup_chest"]
 
 DEFAULT_AVAILABLE_MEMORY = 10**9  # the original chest's default: 1 GB
 
@@ -55,6 +55,15 @@ def remove_directory(path: str, owner_pid: int, before: list[Callable[[], object
         for call in before:
             call()
         shutil.rmtree(path, ignore_errors=True)
+
+
+def release_policy(policy: Policy) -> None:
+    """Let ``policy`` serve another Chest, once its own is closed (or was never made) and removed every key from it.
+
+    A policy holds one Chest's keys, so it serves one open Chest at a time (:func:`setup_chest`
+    refuses a bound one); a closed Chest never calls its policy again.
+    """
+    policy._spillkit_bound = False  # type: ignore[attr-defined]
 
 
 def _map_from(map_loads: bool | int | str) -> int | None:
@@ -102,7 +111,9 @@ def setup_chest(
         codec = PickleCodec()
     chosen = make_policy(policy)
     if getattr(chosen, "_spillkit_bound", False):
-        raise ValueError(f"{chosen!r} already serves another Chest; give each Chest its own policy")
+        raise ValueError(
+            f"{chosen!r} already serves another open Chest; give each Chest its own policy (or close that one first)"
+        )
     chest._temporary = path is None
     if path is None:
         chest._path = tempdirs.create()  # named after this process, so a sweep can tell when it is stale
@@ -151,9 +162,12 @@ def setup_chest(
     except BaseException:
         # The raised error's traceback keeps this half-made Chest alive: close the segments already
         # opened and free the directory now, not whenever the garbage collector gets to it.
-        if engine is not None:
-            engine.close()
-        if store is not None:
-            store.close()
-        chest._dir_lock.release()
+        try:
+            if engine is not None:
+                engine.close()  # removes from the policy every key ``data`` put there
+            release_policy(chosen)  # no Chest came of it: the policy may serve the next one
+        finally:
+            if store is not None:
+                store.close()
+            chest._dir_lock.release()
         raise

@@ -130,6 +130,8 @@ class EngineLifecycle(EngineLedger):
     def evict_one(self) -> int:
         """Spill values until one frees memory; return bytes freed, or -1. Never raises."""
         with self.lock:
+            if self.closed:  # (its policy may serve another Chest by now: never ask it)
+                return -1
             before = self.memory_bytes
             with self._round():
                 while True:

@@ -1076,9 +1076,9 @@ def test_a_policy_object_serves_only_one_chest(tmp_path: Path, monkeypatch: pyte
     first = Chest(policy=policy, available_memory=2.5 * UNIT, sizeof=unit_sizeof)
     expected = {f"k{i}": payload(i) for i in range(4)}
     first.update(expected)
-    with pytest.raises(ValueError, match="already serves another Chest"):
+    with pytest.raises(ValueError, match="already serves another open Chest"):
         Chest(policy=policy)
-    with pytest.raises(ValueError, match="already serves another Chest"):
+    with pytest.raises(ValueError, match="already serves another open Chest"):
         Chest(path=tmp_path / "second", policy=policy)
     assert not (tmp_path / "second").exists()
     assert [p.name for p in tmp_path.iterdir()] == [os.path.basename(first.path)]  # no directory leaked

@@ -19,7 +19,9 @@ class Policy(ABC):
 
     A policy sees keys, sizes and costs: never values, tiers, clocks, locks or
     listeners. The engine calls it under its own lock, so policies hold none
-    and are not thread-safe on their own. One policy object serves one Chest.
+    and are not thread-safe on their own. One policy object serves one open
+    Chest at a time: once that Chest is closed or dropped (or its constructor
+    raised), it has removed every key from the policy, which may serve another.
 
     The engine's calls, in the order of the DESIGN notes:
 
