@@ -54,6 +54,10 @@ class Segment:
     live: int = 0
     keys: set[Hashable] = field(default_factory=set)
     pinned: bool = False  # the last manifest points into it: unlink only once a newer manifest is durable
+    # Its size when last pinned: no manifest names a record at or past it, so those records may go at
+    # once when they die (the active segment is sealed then, see SegmentIndex); their dead bytes so far.
+    pinned_size: int = 0
+    dead_since_pin: int = 0
     dirty: bool = False  # appended to since the last fsync
     appendable: bool = True  # False once a failed append could not be undone, or for a re-opened file
     synced: int = 0  # the file's first ``synced`` bytes were covered by a successful fsync
@@ -85,6 +89,10 @@ class Segment:
         its CRC and HMAC when read, like any damaged record.
         """
         return not self.unsynced or offset + length <= self.synced
+
+    def pin(self) -> None:
+        """A manifest about to be committed (or committed) may name every record in it now."""
+        self.pinned, self.pinned_size, self.dead_since_pin = True, self.size, 0
 
     def distrust(self, durable: int) -> None:
         """An fsync failed: only the first ``durable`` bytes (or fewer, already) stay trusted; no more appends."""
@@ -136,7 +144,9 @@ def open_segment(path: str, name: str) -> Segment:
         raise
     # A manifest points into it, so its flush fsynced those records and the directory. Bytes past them
     # (a killed process's appends) are never read; the segment is never appended to nor fsynced again.
-    return Segment(name, fd, size, pinned=True, appendable=False, synced=size, settled=True, adopted=True)
+    return Segment(
+        name, fd, size, pinned=True, pinned_size=size, appendable=False, synced=size, settled=True, adopted=True
+    )
 
 
 def append(segment: Segment, data: bytes) -> int:

@@ -92,9 +92,12 @@ class SegmentIndex:
         segment.keys.discard(key)
         self._live_bytes -= place.length
         segment.named_dead = segment.named_dead or segment.pinned
+        if segment.pinned and place.offset >= segment.pinned_size:
+            segment.dead_since_pin += place.length
         # An empty active segment goes too (no file left), and a mostly dead one is sealed and compacted:
-        # nothing else would ever free its dead records while no more appends come to rotate it.
-        if segment is not self._active or not segment.live or self._worth_sealing(segment):
+        # nothing else would ever free its dead records while no more appends come to rotate it. A pinned
+        # one is sealed once the records appended since the pin are (see _piling_up).
+        if segment is not self._active or not segment.live or self._worth_sealing(segment) or self._piling_up(segment):
             self._candidates[segment.name] = segment
 
     def _mostly_dead(self, segment: Segment) -> bool:
@@ -103,6 +106,17 @@ class SegmentIndex:
     def _worth_sealing(self, active: Segment) -> bool:
         """True for an active segment mostly dead, with enough dead bytes that a new segment is worth a file."""
         return active.dead >= _SEAL_DEAD and self._mostly_dead(active)
+
+    def _piling_up(self, active: Segment) -> bool:
+        """True for a pinned active segment whose records appended since the pin are worth sealing (as above).
+
+        No manifest names those records, but their segment cannot be compacted until the next flush,
+        so further appends must not pile more of them up in it: they go to a new, unpinned segment,
+        which compaction frees at any time. A commit alone seals nothing, so a flush after each small
+        write makes no file each.
+        """
+        dead = active.dead_since_pin
+        return active.pinned and dead >= _SEAL_DEAD and dead > self.compact_ratio * (active.size - active.pinned_size)
 
     # ---- appending ------------------------------------------------------------------------
     def _writable(self, size: int) -> Segment:

@@ -49,8 +49,11 @@ class PackedStore(PackedRecords):
     points into are *pinned*: they are compacted during :meth:`sync` (a flush)
     and unlinked only by :meth:`checkpoint`, after the new manifest that points
     at the copies is durable, so a crash at any moment leaves the last flush
-    readable. ``total_bytes`` is the bytes of every file on disk, dead records
-    included; ``available_disk`` caps it, and a write that would pass the cap
+    readable. A pinned active segment takes appends still; once the records
+    appended since the pin are mostly dead (see ``SegmentIndex._piling_up``),
+    it is sealed, so later ones go to an unpinned segment that compaction may
+    free at any time. ``total_bytes`` is the bytes of every file on disk, dead
+    records included; ``available_disk`` caps it, and a write that would pass the cap
     first compacts the unpinned segments (which may exceed it briefly by the
     live bytes of one segment). On a full disk, holes are punched over dead
     records no manifest names (:mod:`spillkit.holes`): ``total_bytes`` (the
@@ -207,7 +210,8 @@ class PackedStore(PackedRecords):
         self.inner.protect(names, add=add)
         if add:
             for segment in self._segments.values():
-                segment.pinned = segment.pinned or segment.live > 0
+                if segment.pinned or segment.live > 0:
+                    segment.pin()
         else:
             self.checkpoint()
 
@@ -240,7 +244,11 @@ class PackedStore(PackedRecords):
             self._segment_total -= segment.size
         self._retired = kept
         for segment in self._segments.values():
-            segment.pinned, segment.named_dead = segment.live > 0, False  # dead records: named by no manifest now
+            segment.named_dead = False  # its dead records: named by no manifest now
+            if segment.live:
+                segment.pin()  # the active one too: it takes appends still (see SegmentIndex._forget)
+            else:
+                segment.pinned = False
         self._count()
 
     def close(self) -> None:

@@ -28,7 +28,9 @@ class SegmentUpkeep(Compactor):
       are dropped, unpinned ones more than ``compact_ratio`` dead are compacted;
       the active segment too once it is mostly dead (it is sealed first, see
       ``_worth_sealing``), so that its dead records do not stay on disk while
-      no further appends come to rotate it.
+      no further appends come to rotate it. A pinned active segment is only
+      sealed, once the records appended to it since the last flush are mostly
+      dead (``_piling_up``): later appends go to a new, unpinned segment.
     * At a flush (:meth:`_compact_pinned`): pinned segments mostly dead, and
       small sealed segments merged into the active one.
     * Under ``available_disk`` pressure (:meth:`_reclaim`): every unpinned
@@ -60,6 +62,8 @@ class SegmentUpkeep(Compactor):
                     continue
                 if not segment.live:
                     self._drop(segment)
+                elif segment is self._active and self._piling_up(segment):
+                    self._active = None  # sealed: compacted at the next flush if mostly dead, like any pinned one
                 elif not segment.pinned and self._mostly_dead(segment):
                     if segment is self._active:
                         if not self._worth_sealing(segment):

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import fill
+from helpers import assert_disk_files, crash_copy, fill
 from test_resource_faults import assert_accounting, mounted_tmpfs, spill_warnings
 
 import spillkit.segfiles
@@ -208,6 +208,43 @@ def test_a_mostly_dead_active_segment_is_compacted(tmp_path: Path) -> None:
         assert {key: chest[key] for key in chest} == expected
         chest.close()
         assert reopened(chest.path) == expected
+    finally:
+        drop(chest)
+
+
+def test_overwrites_after_a_flush_do_not_pile_up_in_the_segment_the_flush_pinned(tmp_path: Path) -> None:
+    """Before: the active segment, pinned by the flush, took every later append and was never sealed nor
+    compacted until the next flush: 20,000 overwrites of one 1 KB key left 21.9 MB on disk, and
+    available_disk="1 MiB" refused a put while the Chest held two small keys."""
+    chest = Chest(path=tmp_path / "c", available_memory=0, available_disk="1 MiB")
+    try:
+        chest["keep"] = b"k" * 100
+        chest.flush()
+        flushed = {"keep": b"k" * 100}
+        for i in range(5000):  # 5.5 MB of records, each dead once the next is written
+            chest["hot"] = bytes([i % 256]) * 1000
+        assert chest.disk_bytes < 700_000  # the pinned segment's dead records stop at about 256 KiB
+        assert_disk_files(chest)
+        expected = {"keep": b"k" * 100, "hot": bytes([4999 % 256]) * 1000}
+        assert {key: chest[key] for key in chest} == expected
+        assert reopened(crash_copy(chest)) == flushed  # as if killed now: the flushed records are all there
+        chest.flush()  # compacts the sealed segment the first flush pinned, then unlinks it
+        assert chest.disk_bytes < 300_000
+        assert len(segments_in(chest.path)) == 1
+        chest.close()
+        assert reopened(chest.path) == expected
+    finally:
+        drop(chest)
+
+
+def test_a_flush_after_each_small_write_keeps_one_segment(tmp_path: Path) -> None:
+    """A commit does not seal the active segment: writes each followed by a flush share one file."""
+    chest = Chest(path=tmp_path / "c", available_memory=0)
+    try:
+        for i in range(200):
+            chest[f"k{i % 50}"] = blob(i, 300)
+            chest.flush()
+        assert len(segments_in(chest.path)) == 1
     finally:
         drop(chest)
 
