@@ -166,7 +166,10 @@ class PackedRecords(SegmentUpkeep):
                 raise
             finally:
                 self.inner.unreserve(prepared.name)
-            self.inner.delete(key)  # a file of the key from before (nothing if none)
+            # A file of the key from before (nothing if none). The quota check counted it as freed, so it
+            # is kept as a spare only if the cap holds with it still on disk.
+            cap = self.available_disk
+            self.inner.delete(key, reuse=cap is None or self.inner.space_in_use() + self._segment_total <= cap)
             self._forget(key)
             self._place(key, Place(segment, offset, prepared.size, prepared.tag, prepared.name))
         else:

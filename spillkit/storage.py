@@ -233,8 +233,8 @@ class DiskStore(FileSync):
             raise
         return self.commit(prepared)
 
-    def delete(self, key: Hashable) -> None:
-        """Remove the key's file if it has one (a missing file is not an error)."""
+    def delete(self, key: Hashable, reuse: bool = True) -> None:
+        """Remove the key's file if it has one (a missing file is not an error); ``reuse``: it may stay a spare."""
         name = self._names.pop(key, None)
         if name is None:
             return
@@ -246,7 +246,7 @@ class DiskStore(FileSync):
         if name.casefold() in self._protected:
             self._retained[name] = size  # the committed manifest's file: unlinked at the next protect()
             return
-        error = self._drop_file(name, size, reuse=True)
+        error = self._drop_file(name, size, reuse=reuse)
         if error is not None:  # the key is gone either way; say that a file was left behind
             self._orphans.add(name)
             warnings.warn(
