@@ -15,7 +15,9 @@ the thing it reports has happened, except ``begin``, which is written *before* a
 - ``{"ev": "end", "calls": total}`` when it finishes without being killed.
 
 Values are made from (key index, version, size) by :func:`make_value`, so the parent can
-rebuild the value any logged state holds and compare it exactly.
+rebuild the value any logged state holds and compare it exactly. With ``"packed": true`` in
+the config, the Chest packs small values into segments (:func:`open_chest`), and the scripted
+mode runs :func:`packed_story`.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ class PausePoints:
         self.real: dict[str, Any] = {}
 
     def install(self) -> None:
-        for name in ("open", "write", "writev", "fsync", "replace", "unlink"):
+        for name in ("open", "write", "writev", "pwrite", "ftruncate", "fsync", "replace", "rename", "unlink"):
             self.real[name] = getattr(os, name)
             setattr(os, name, self._wrap(name))
 
@@ -114,6 +116,8 @@ class PausePoints:
         """Die in the middle of a write: half of the bytes reach the file."""
         if name == "write":
             self.real["write"](args[0], bytes(args[1])[: len(args[1]) // 2])
+        elif name == "pwrite":  # a segment append (or the reserve's zeros)
+            self.real["pwrite"](args[0], bytes(args[1])[: len(args[1]) // 2], args[2])
         elif name == "writev":
             views = [memoryview(b).cast("B") for b in args[1]]
             left = sum(v.nbytes for v in views) // 2
@@ -124,18 +128,24 @@ class PausePoints:
                 left -= view.nbytes
 
 
-def open_chest(path: str, budget: int) -> Any:
+def open_chest(path: str, budget: int, packed: bool = False) -> Any:
+    """A file per value, or (``packed``) the default packing, with small segments that rotate and compact often."""
+    import spillkit.segindex
     from spillkit import Chest
 
-    # a file per value: the pause points are the file-per-value calls (packed: tests/test_compaction.py)
-    return Chest(path=path, available_memory=budget, sizeof=value_size, pack_threshold=0)
+    if not packed:
+        return Chest(path=path, available_memory=budget, sizeof=value_size, pack_threshold=0)
+    spillkit.segindex._SEAL_DEAD = 4096  # (this worker only) a few dead records seal the active segment
+    chest = Chest(path=path, available_memory=budget, sizeof=value_size)
+    chest._store.segment_bytes = 16 * 1024
+    return chest
 
 
 def random_work(cfg: dict[str, Any], log: Log) -> None:
     """Random sets, overwrites, deletes, reads and flushes until killed (or 30 s pass)."""
     rng = random.Random(cfg["seed"])
     state = state_from_json(cfg["state"])
-    chest = open_chest(cfg["path"], cfg["budget"])
+    chest = open_chest(cfg["path"], cfg["budget"], cfg.get("packed", False))
     n, counter = cfg["flushes"], 0
     log(ev="ready")
     deadline = time.monotonic() + 30
@@ -168,8 +178,8 @@ def random_work(cfg: dict[str, Any], log: Log) -> None:
 
 
 def scripted_work(cfg: dict[str, Any], log: Log, points: PausePoints) -> None:
-    """A fixed story that touches every path of the disk tier, in two flushes."""
-    chest = open_chest(cfg["path"], 8 * 1024)
+    """A fixed story that touches every path of the disk tier (``packed``: of packed records and files)."""
+    chest = open_chest(cfg["path"], 2000 if cfg.get("packed") else 8 * 1024, cfg.get("packed", False))
     state: State = {}
 
     def put(i: int, version: int, size: int) -> None:
@@ -182,6 +192,10 @@ def scripted_work(cfg: dict[str, Any], log: Log, points: PausePoints) -> None:
         log(ev="done", n=n)
 
     points.install()
+    if cfg.get("packed"):
+        packed_story(chest, put, flush, state)
+        log(ev="end", calls=points.calls, compactions=chest._store.compactions)
+        return
     for i in range(8):
         put(i, 1, 1500)  # a few stay in memory, the rest spill
     put(8, 1, 200_000)  # larger than the budget: written straight to disk
@@ -201,6 +215,32 @@ def scripted_work(cfg: dict[str, Any], log: Log, points: PausePoints) -> None:
     put(2, 3, 1500)  # a deleted flushed key comes back
     flush(2)
     log(ev="end", calls=points.calls)
+
+
+def packed_story(chest: Any, put: Callable[[int, int, int], None], flush: Callable[[int], None], state: State) -> None:
+    """Three flushes of packed records and files: keys change size class, segments are sealed and compacted.
+
+    The budget holds one small value, so each put of another key spills the one held.
+    """
+    for i in range(6):
+        put(i, 1, (1500, 20_000, 100_000)[i % 3])  # packed records (two segments) and files
+    flush(1)
+    put(0, 2, 100_000)  # packed -> a file; the flushed record stays in its pinned segment
+    put(2, 2, 1500)  # a file -> packed; the flushed file stays (copy-on-write)
+    put(1, 2, 1600)  # a packed overwrite of a flushed packed key
+    for version in range(3, 7):  # a new key overwritten: records dead past the pin seal the active segment
+        put(6, version, 1500)
+        put(9, version, 1500)
+    del chest[key_of(3)]  # a flushed packed record dies
+    del state[3]
+    flush(2)  # compacts the mostly dead pinned segments, then unlinks what only flush 1 needed
+    put(7, 3, 300_000)  # a file no flush names, large enough to be kept as a spare...
+    put(7, 4, 1500)  # ... when a packed value replaces it
+    put(8, 4, 280_000)  # written over the spare, cut to its length
+    put(0, 4, 1500)  # a file -> packed again
+    del chest[key_of(9)]
+    del state[9]
+    flush(3)
 
 
 def work(cfg: dict[str, Any]) -> None:

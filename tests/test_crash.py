@@ -169,25 +169,40 @@ def test_reopen_after_the_child_exits_normally_is_the_last_flush(tmp_path: Path,
     check_reopen(tmp_path / "chest", allowed_states(records, {}))
 
 
-def baseline(tmp_path: Path, workers: Workers) -> tuple[list[State], int]:
-    """Run the scripted story to its end: the state after each flush, and how many calls it makes."""
+def baseline(tmp_path: Path, workers: Workers, packed: bool) -> tuple[list[State], dict[str, Any]]:
+    """Run the scripted story to its end: the state after each flush, and its end record (how many calls)."""
     log = tmp_path / "baseline-log"
-    wait_gone(workers.start({"mode": "scripted", "path": str(tmp_path / "baseline"), "log": str(log)}))
+    cfg = {"mode": "scripted", "path": str(tmp_path / "baseline"), "log": str(log), "packed": packed}
+    wait_gone(workers.start(cfg))
     records = read_log(log)
     assert records[-1]["ev"] == "end", workers.errors()
     flushed = [state_from_json(r["state"]) for r in records if r["ev"] == "begin"]
-    return [{}, *flushed], records[-1]["calls"]
+    return [{}, *flushed], records[-1]
 
 
 def leftovers(path: Path) -> dict[str, int]:
     return {name: os.path.getsize(path / name) for name in os.listdir(path) if ".tmp-" in name}
 
 
-def test_kill_before_every_mutating_call_of_two_flushes_and_the_work_between(tmp_path: Path, workers: Workers) -> None:
-    """Before its k-th write, fsync, rename, unlink or file creation (every k of the story), the child
-    writes half of the bytes if it is a write, and is killed: the re-open gives exactly the state of
-    the manifests committed so far; and the half-written files are gone."""
-    states, total = baseline(tmp_path, workers)
+CALLS = {"open", "write", "writev", "fsync", "replace", "unlink"}
+
+
+@pytest.mark.parametrize(
+    ("packed", "kinds"),
+    [(False, CALLS), (True, CALLS | {"pwrite", "ftruncate", "rename"})],
+    ids=["files", "packed"],
+)
+def test_kill_before_every_mutating_call_of_the_flushes_and_the_work_between(
+    tmp_path: Path, workers: Workers, packed: bool, kinds: set[str]
+) -> None:
+    """Before its k-th write, segment append, ftruncate, fsync, rename, unlink or file creation (every k
+    of the story), the child writes half of the bytes if it is a write, and is killed: the re-open gives
+    exactly the state of the manifests committed so far; and the half-written files are gone. The packed
+    story (crash_child.packed_story) moves keys between packed records and files, seals a pinned segment
+    and compacts it at a flush."""
+    states, end = baseline(tmp_path, workers, packed)
+    total = end["calls"]
+    assert not packed or end["compactions"] >= 1
     calls: dict[str, int] = {}
     commits: set[int] = set()
     half_written = 0
@@ -198,6 +213,7 @@ def test_kill_before_every_mutating_call_of_two_flushes_and_the_work_between(tmp
             k = pending.pop(0)
             log = tmp_path / f"log-{k}"
             cfg = {"mode": "scripted", "path": str(tmp_path / f"chest-{k}"), "log": str(log), "pause_at": k}
+            cfg["packed"] = packed
             running[k] = (workers.start(cfg), log)
         for k, (pid, log) in list(running.items()):
             records = read_log(log)
@@ -216,9 +232,9 @@ def test_kill_before_every_mutating_call_of_two_flushes_and_the_work_between(tmp
                 half_written += 1
             assert check_reopen(path, [states[pause["commits"]]]) == states[pause["commits"]]
         time.sleep(0.003)
-    # the story reached every kind of call, and kills landed before, between and after both commits
-    assert set(calls) == {"open", "write", "writev", "fsync", "replace", "unlink"}, calls
-    assert commits == {0, 1, 2}
+    # the story reached every kind of call, and kills landed before, between and after every commit
+    assert set(calls) == kinds, calls
+    assert commits == set(range(len(states)))
     assert half_written == calls["write"] + calls["writev"]
 
 
@@ -271,11 +287,13 @@ SMALL = {
 }
 
 
-@pytest.mark.parametrize("seed", [11, 12, 13])
-def test_random_kills_while_writing_spilling_deleting_and_flushing(tmp_path: Path, workers: Workers, seed: int) -> None:
+@pytest.mark.parametrize(("seed", "packed"), [(11, False), (12, False), (13, False), (14, True), (15, True)])
+def test_random_kills_while_writing_spilling_deleting_and_flushing(
+    tmp_path: Path, workers: Workers, seed: int, packed: bool
+) -> None:
     """Six generations on one directory, each killed at a random moment: every re-open is exactly the
     state of the last completed flush (or of the flush in flight, if its manifest was committed)."""
-    outcomes = run_generations(tmp_path, workers, seed, 6, **SMALL)
+    outcomes = run_generations(tmp_path, workers, seed, 6, **SMALL, packed=packed)
     assert any(outcome["keys"] for outcome in outcomes)  # the flushed states were not all empty
 
 
