@@ -40,7 +40,10 @@ def _lifetimes(requests: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
             current[key] = [key, size, obj[0], [index], n]
             lives.append(current[key])
         elif tag == "get" and op[1] in current:
-            current[op[1]][3].append(index)
+            life = current[op[1]]
+            life[3].append(index)
+            if len(op) > 4 and op[4]:  # a load names the object it gave back: a later put of it is an alias
+                tokens[op[4]] = (life[2], life[1])
         elif tag == "del" and op[1] in current:
             current.pop(op[1])[4] = index
     return lives

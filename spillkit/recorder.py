@@ -137,8 +137,9 @@ class TraceRecorder:
                 if kind == LOAD and event.detail == POPPED:  # read for pop(), not cached: replay pops it
                     self._line(["get", ident, t, "pop"])
                     return
-                if kind == LOAD:
-                    self._enter_memory(event.key, event.object_id)
+                if kind == LOAD:  # the object read back, named: a later put of it under another key is an alias
+                    self._line(["get", ident, t, kind, self._enter_memory(event.key, event.object_id)])
+                    return
                 self._line(["get", ident, t, kind])
             elif kind == DELETE:
                 self._leave_memory(event.key)

@@ -141,13 +141,18 @@ def replay(
             engine.settle()  # settled mode without recorded settle points: after the releases
             pending = False
         if tag == "get":
+            token = op[4] if len(op) > 4 else 0  # the object a recorded load gave back (older traces: unnamed)
+            tier.handing = objects.get(token) if token else None
             try:
                 if op[3] == "pop":
                     engine.pop(key)  # read, not cached: the del that follows finds nothing
                 else:
-                    engine.get(key)
+                    read = engine.get(key)
+                    if token:  # a later put of this object under another key stores this one, as live
+                        objects[token] = read
             except KeyError:
                 pass
+            tier.handing = None
         elif tag == "put":
             token = op[5]
             value = objects.get(token) if token else None

@@ -64,6 +64,9 @@ class SizeOnlyDisk:
         self.writes = 0
         self.dead_skipped = 0
         self.recompute_seconds = 0.0  # what rebuilding each loaded value would have cost instead
+        # The object the next read is to give back (set by the replay for one request): a live Chest hands
+        # back a spilled value that is still alive elsewhere (under another key) instead of a copy.
+        self.handing: Any = None
 
     def __contains__(self, key: object) -> bool:
         return key in self._sizes
@@ -87,7 +90,8 @@ class SizeOnlyDisk:
 
     def read(self, key: Hashable) -> Any:
         self.recompute_seconds += self.costs.get(key, 0.0)
-        return _Sized(self._sizes[key])
+        nbytes, same = self._sizes[key], self.handing
+        return same if same is not None and same.nbytes == nbytes else _Sized(nbytes)
 
     def delete(self, key: Hashable) -> None:
         self.total_bytes -= self._sizes.pop(key, 0)

@@ -14,10 +14,14 @@ operation. Format, version 1 (each line a JSON value):
     the computation's graph, dask's planned order (dask.order) and its literal data keys.
 ``["put", id, nbytes, cost_or_null, t, object]``
     a value was stored; ``object`` is a small int naming the object, equal for
-    two keys holding the same object (dask aliases) while both are resident.
-``["get", id, t, outcome]``
+    two keys holding the same object (dask aliases) while both are resident,
+    or for a value read back (a load names it) and stored under another key;
+    0 for a value written straight to disk.
+``["get", id, t, outcome]`` / ``["get", id, t, "load", object]``
     a read; outcome is ``"hit"``, ``"load"`` or ``"miss"``, or ``"pop"``: a spilled value
-    read from disk for ``pop()``, not cached (its ``del`` follows).
+    read from disk for ``pop()``, not cached (its ``del`` follows). A load names
+    the object it gave back, as a put does (traces written before spillkit did
+    so leave it out: a put of that object under another key then reads as a new one).
 ``["del", id, t]``
     a key was deleted.
 ``["cost", id, cost, t]``
@@ -83,11 +87,14 @@ class Trace:
 
     def peak_bytes(self) -> int:
         """Most bytes an unlimited cache would have held at once (an object under two keys counts once)."""
-        holders: dict[Hashable, object] = {}  # key -> what it holds (a shared-object token, or the key itself)
+        holders: dict[Hashable, object] = {}  # key -> what it holds (a shared-object token, or its put)
         counts: dict[object, list[int]] = {}  # holding -> [keys holding it, nbytes]
+        named: dict[int, object] = {}  # object token -> holding (a load names the object it gave back)
         current = peak = 0
-        for op in self.ops:
+        for index, op in enumerate(self.ops):
             tag, key = op[0], op[1]
+            if tag == "get" and len(op) > 4 and op[4] and key in holders:
+                named[op[4]] = holders[key]
             if tag in ("put", "del") and key in holders:
                 held = holders.pop(key)
                 entry = counts[held]
@@ -96,7 +103,7 @@ class Trace:
                     current -= entry[1]
                     del counts[held]
             if tag == "put":
-                holding: object = ("object", op[5]) if op[5] else ("key", key)
+                holding: object = named.get(op[5], ("object", op[5])) if op[5] else ("put", index)
                 entry = counts.setdefault(holding, [0, op[2]])
                 if not entry[0]:
                     current += entry[1]

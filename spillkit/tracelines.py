@@ -96,7 +96,7 @@ def _outcome(value: Any) -> str:
 # record tag -> checks of the fields after the key id (the key id itself is checked by the parser)
 _FIELDS: dict[str, tuple[Callable[[Any], Any], ...]] = {
     "put": (_nbytes, _cost_or_null, _time, _token),
-    "get": (_time, _outcome),
+    "get": (_time, _outcome, _token),
     "del": (_time,),
     "cost": (_cost, _time),
     "spill": (_time,),
@@ -109,7 +109,7 @@ _SHAPES = {  # record tag -> (number of fields, what the line looks like)
     "graph": (2, '["graph", {"deps": ..., "order": ..., "data": ...}]'),
     "settle": (2, '["settle", t]'),
     "put": (6, '["put", id, nbytes, cost, t, object]'),
-    "get": (4, '["get", id, t, outcome]'),
+    "get": (5, '["get", id, t, outcome] or ["get", id, t, "load", object]'),
     "del": (3, '["del", id, t]'),
     "cost": (4, '["cost", id, cost, t]'),
     "spill": (3, '["spill", id, t]'),
@@ -117,6 +117,7 @@ _SHAPES = {  # record tag -> (number of fields, what the line looks like)
     "pin": (3, '["pin", id, t]'),
     "unpin": (3, '["unpin", id, t]'),
 }
+_OPTIONAL = {"get": 1}  # trailing fields a line may leave out: a load's object (traces recorded before it was)
 
 
 def parse_json(text: str) -> Any:
@@ -162,8 +163,10 @@ class LineParser:
         shape = _SHAPES.get(tag) if isinstance(tag, str) else None
         if shape is None:
             raise BadLine(f"unknown record {short(tag)}; expected one of {', '.join(_SHAPES)}")
-        if len(row) != shape[0]:
-            raise BadLine(f"{tag!r} needs {shape[0]} fields, {shape[1]}, found {len(row)}")
+        least = shape[0] - _OPTIONAL.get(tag, 0)
+        if not least <= len(row) <= shape[0]:
+            needs = f"{shape[0]}" if least == shape[0] else f"{least} or {shape[0]}"
+            raise BadLine(f"{tag!r} needs {needs} fields, {shape[1]}, found {len(row)}")
         if tag == "k":
             self._define(row[1], row[2])
         elif tag == "graph":
@@ -173,6 +176,8 @@ class LineParser:
         else:
             key = self.key(row[1])
             fields = [check(value) for check, value in zip(_FIELDS[tag], row[2:], strict=False)]  # arity checked
+            if tag == "get" and len(fields) == 3 and fields[1] != "load":
+                raise BadLine(f"only a 'load' names the object it read, found a {fields[1]!r} with one")
             self.ops.append((tag, key, *fields))
 
     def _define(self, ident: Any, encoded: Any) -> None:

@@ -8,7 +8,9 @@ from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
+import dask
 import dask.array as da
+import numpy as np
 import pytest
 
 import spillkit
@@ -47,18 +49,67 @@ def test_replay_reproduces_a_live_run_exactly(policy: str, settled: bool, tmp_pa
                 workload().compute(scheduler="threads", cache=chest)
         else:
             workload().compute(scheduler="threads", cache=chest)
-    trace = read_trace(path)
+    # graph-aware policies get the graph only through the callback (settled runs), live and in replay
+    assert_replay_matches(read_trace(path), chest, policy, budget, "settled" if settled else "strict", plan=settled)
+
+
+def assert_replay_matches(trace: Trace, chest: Chest, policy: str, budget: int, mode: str, plan: bool) -> None:
+    """The replay takes the recorded decisions, and counts what the live Chest counted."""
     live = recorded_decisions(trace)
     assert len(live) > 20, "the budget must force spilling"
-    mode = "settled" if settled else "strict"
-    # graph-aware policies get the graph only through the callback (settled runs), live and in replay
-    result = replay(trace, policy, budget, mode=mode, keep_decisions=True, plan=settled)
+    result = replay(trace, policy, budget, mode=mode, keep_decisions=True, plan=plan)
     assert result.decisions == live
     assert result.spills == chest.stats.spills
     assert result.loads == chest.stats.loads + chest.stats.reused  # reuse of a live object skips only the read
     assert result.hits == chest.stats.hits
     assert result.evictions == chest.stats.evictions
     assert result.loads == sum(1 for kind, _ in live if kind == "load")
+
+
+@pytest.mark.parametrize("policy", policy_names())
+def test_replay_reproduces_a_chest_that_stores_values_read_back_under_other_keys(policy: str, tmp_path: Path) -> None:
+    # Before: a load's line named no object, so a put of the value read back under a second key was
+    # replayed as a new object: counted twice, it pushed out values the live Chest kept.
+    from spillkit.trace import TraceRecorder
+
+    budget, rng = 5 * 4000, np.random.default_rng(7)
+    chest = Chest(available_memory=budget, policy=policy, sizeof=lambda v: v.nbytes, path=tmp_path / "chest")
+    recorder = TraceRecorder(tmp_path / "alias.trace", {"workload": "alias"})
+    chest.add_listener(recorder)
+    for step in range(300):
+        keys = sorted(chest)
+        roll = rng.random()
+        if len(keys) < 4 or roll < 0.3:
+            chest[f"v{step}"] = np.zeros(int(rng.choice([250, 500, 750])))
+        elif roll < 0.6:  # read a value (from disk, often) and store it again under another key
+            chest[f"v{step}"] = chest[keys[rng.integers(len(keys))]]
+        elif roll < 0.85:
+            chest[keys[rng.integers(len(keys))]]
+        else:
+            del chest[keys[rng.integers(len(keys))]]
+    recorder.close()
+    assert_replay_matches(read_trace(tmp_path / "alias.trace"), chest, policy, budget, "strict", plan=False)
+    chest.drop()
+
+
+def _stack(*parts: np.ndarray) -> np.ndarray:
+    return np.full(500, sum(float(part[:10].sum()) for part in parts))  # 4000 bytes, whatever the inputs
+
+
+@pytest.mark.parametrize("policy", policy_names())
+def test_replay_reproduces_dask_aliases_of_values_read_back(policy: str, tmp_path: Path) -> None:
+    # dask stores an alias task's input object under the alias's key; its input was often loaded first.
+    dsk: dict[str, Any] = {"x0": (np.ones, 500)}
+    for i in range(1, 40):
+        dsk[f"x{i}"] = (_stack, f"x{i - 1}", f"x{max(0, i - 7)}")
+        dsk[f"a{i}"] = f"x{max(0, i - 5)}"  # an alias of a value stored five steps earlier
+    dsk["total"] = (_stack, *(f"a{i}" for i in range(1, 40)))
+    budget = 5 * 4000
+    chest = Chest(available_memory=budget, policy=policy, sizeof=lambda v: v.nbytes, path=tmp_path / "chest")
+    with record(tmp_path / "dask.trace", workload="aliases"):
+        dask.get(dsk, "total", cache=chest)  # the synchronous scheduler: one order, live and recorded
+    assert_replay_matches(read_trace(tmp_path / "dask.trace"), chest, policy, budget, "strict", plan=False)
+    chest.drop()
 
 
 def test_modes_and_cost_model() -> None:
