@@ -20,7 +20,10 @@ __all__: list[str] = []  # helpers of spillkit.bounds, spillkit.bound_solvers an
 
 
 def _lifetimes(requests: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
-    """Every stored value as ``[key, size, object, accesses, end]`` (accesses: put index, then reads)."""
+    """Every stored value as ``[key, size, object, accesses, end]`` (accesses: put index, then reads).
+
+    ``end`` is the key's next put or del, or a read for ``pop()`` (which removes the key in a replay), else ``n``.
+    """
     lives: list[list[Any]] = []
     current: dict[Hashable, list[Any]] = {}
     tokens: dict[int, tuple[int, int]] = {}  # replay reuses one object per token while the size matches
@@ -42,7 +45,9 @@ def _lifetimes(requests: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
         elif tag == "get" and op[1] in current:
             life = current[op[1]]
             life[3].append(index)
-            if len(op) > 4 and op[4]:  # a load names the object it gave back: a later put of it is an alias
+            if op[3] == "pop":  # replay's pop removes the key there, whether a del follows or not: it ends
+                current.pop(op[1])[4] = index  # the value (later reads miss, a del finds nothing)
+            elif len(op) > 4 and op[4]:  # a load names the object it gave back: a later put of it is an alias
                 tokens[op[4]] = (life[2], life[1])
         elif tag == "del" and op[1] in current:
             current.pop(op[1])[4] = index

@@ -95,7 +95,7 @@ class Trace:
             tag, key = op[0], op[1]
             if tag == "get" and len(op) > 4 and op[4] and key in holders:
                 named[op[4]] = holders[key]
-            if tag in ("put", "del") and key in holders:
+            if (tag in ("put", "del") or (tag == "get" and op[3] == "pop")) and key in holders:  # a pop removes it
                 held = holders.pop(key)
                 entry = counts[held]
                 entry[0] -= 1
