@@ -87,12 +87,11 @@ class NextUse(GraphAware):
     ahead, the one freeing the most *useful* space-time per byte of I/O wins,
     i.e. the largest ``distance x min(1, need / size) / io`` where ``io`` is
     1 for a key with an unchanged copy on disk (its reload) and 2 otherwise
-    (write and reload). Rechunk at 25% of peak memory loaded its 107 MiB
-    input eleven times to make room for 7 MiB outputs read two tasks sooner;
-    with the need alone its replayed I/O fell from 2.52 to 1.37 GiB (FOO
-    bound 0.87 GiB), and counting writes took it to 1.28 GiB; matmul at 5%
-    fell 8% (settled) and 16% (strict); no shipped trace or budget got worse
-    by more than 1% (``python experiments/need_aware.py``).
+    (write and reload). On the shipped traces the gains are at 5% of peak
+    memory: rechunk's replayed I/O fell 24% (settled; 22% strict) and
+    matmul's 8% (settled) and 16% (strict); at other budgets no trace moved
+    by more than 2% either way, and none got worse by more than 1% (rechunk
+    at 10% and 25%, settled) (``python experiments/need_aware.py``).
 
     Examples
     --------
