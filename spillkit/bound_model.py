@@ -20,9 +20,10 @@ __all__: list[str] = []  # helpers of spillkit.bounds, spillkit.bound_solvers an
 
 
 def _lifetimes(requests: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
-    """Every stored value as ``[key, size, object, accesses, end]`` (accesses: put index, then reads).
+    """Every stored value as ``[key, size, object, accesses, end, on_disk]`` (accesses: put index, then reads).
 
     ``end`` is the key's next put or del, or a read for ``pop()`` (which removes the key in a replay), else ``n``.
+    ``on_disk``: the value starts on disk (an ``ondisk`` request stands for its put).
     """
     lives: list[list[Any]] = []
     current: dict[Hashable, list[Any]] = {}
@@ -40,7 +41,13 @@ def _lifetimes(requests: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
                 obj = (len(lives), size)
                 if token:
                     tokens[token] = obj
-            current[key] = [key, size, obj[0], [index], n]
+            current[key] = [key, size, obj[0], [index], n, False]
+            lives.append(current[key])
+        elif tag == "ondisk":
+            key = op[1]
+            if key in current:
+                current[key][4] = index
+            current[key] = [key, int(op[2]), len(lives), [index], n, True]
             lives.append(current[key])
         elif tag == "get" and op[1] in current:
             life = current[op[1]]
@@ -70,10 +77,11 @@ class _Model:
         self.sizes: list[int] = []  # per interval
         self.reads: list[bool] = []  # per interval: a read ends it (missing it costs a load)
         self.owner: list[int] = []  # per interval: its lifetime's write variable
-        self.writes: list[int] = []  # per write variable: the lifetime's size
+        self.writes: list[int] = []  # per write variable: the lifetime's size (0: its file predates the trace)
         self.flow: dict[tuple[int, int], int] = {}  # (request, interval) -> bytes entering (+) or leaving (-)
         self.touched = [0] * n
-        self.constant = 0  # values over the budget: written straight to disk, read from it every time
+        self.constant = 0  # values over the budget (written straight to disk, read from it every time), and
+        # the first loads of values that start on disk
         counts_from = settle_points(requests) if settled else None
         # A settled replay pins what the trace pins, and a pinned value is outside the budget: it
         # counts nowhere while pinned, nor until the replay next settles for certain after its unpin
@@ -85,24 +93,29 @@ class _Model:
         # An object is outside the budget while any key holding it is pinned (the engine counts objects
         # once): each lifetime is relaxed over the pinned stretches of every key its object ever has.
         keys_of: dict[int, set[Hashable]] = {}
-        for key, _size, obj, _accesses, _end in lives if exempt else ():
+        for key, _size, obj, _accesses, _end, _on_disk in lives if exempt else ():
             keys_of.setdefault(obj, set()).add(key)
         stretches_of = {
             obj: merged_stretches([stretch for key in keys for stretch in exempt.get(key, ())])
             for obj, keys in keys_of.items()
         }
-        for key, size, obj, accesses, end in lives:
+        for key, size, obj, accesses, end, on_disk in lives:
+            if on_disk:  # its first read loads it in every run, then its file serves every eviction (no write)
+                accesses = accesses[1:]  # from that load on it is as a value put there (a load makes room)
+                if not accesses:
+                    continue
+                self.constant += size
             reads = len(accesses) - 1
             # Dead-skip frees the write of a value whose key is never read again (a later read of the key,
             # even after an overwrite or a del, keeps it alive); the other modes write every spill.
-            charged = dead_writes or last_get.get(key, -1) > end
+            charged = not on_disk and (dead_writes or last_get.get(key, -1) > end)
             if size > budget:
-                self.constant += size * reads + (size if reads or charged else 0)
+                self.constant += size * reads + (size if (reads or charged) and not on_disk else 0)
                 continue
             if size == 0:
                 continue  # costs nothing, holds nothing
             put = accesses[0]
-            start = counts_from[put] if counts_from is not None else put
+            start = counts_from[put] if counts_from is not None and not on_disk else put
             bounds = list(itertools.pairwise(accesses))
             if charged:
                 bounds.append((accesses[-1], end))
@@ -122,7 +135,7 @@ class _Model:
                     if max(low, pinned_from) < min(high + 1, pinned_to):
                         self._enter(max(low, pinned_from), min(high + 1, pinned_to), variable, -size)
             if any(v is not None for v in variables):
-                self.writes.append(size)
+                self.writes.append(0 if on_disk else size)
             stretches = stretches_of.get(obj, ())
             for r in accesses:
                 # (a pop reads a spilled value without caching it: it needs no room)

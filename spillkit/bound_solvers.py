@@ -83,7 +83,7 @@ def _greedy(model: _Model) -> float:
             carrier[owner] = j
     items = []
     for j, size in enumerate(model.sizes):
-        value = int(model.reads[j]) + int(carrier[model.owner[j]] == j)
+        value = int(model.reads[j]) + int(carrier[model.owner[j]] == j and model.writes[model.owner[j]] > 0)
         if value:
             items.append((lengths[j] / value, size * value, size * lengths[j]))
     items.sort()

@@ -31,7 +31,9 @@ Interval ``j`` of ``L`` is *counted* at ``r`` when ``a_j < r < b_j`` and
 object once while it is resident under several keys; counting fewer is
 always safe). Values larger than ``B`` never enter memory: ``C`` charges
 ``s`` per read and ``s`` for the write when it is charged. Values of size 0
-cost nothing.
+cost nothing. A value the trace starts on disk (``ondisk``) is loaded by
+its first read in every run (``C`` charges ``s``); from there it is a
+lifetime put at that read whose write costs nothing (its file is there).
 
 Variants, each a valid bound for the replay modes named:
 

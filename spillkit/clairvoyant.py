@@ -53,9 +53,11 @@ class Clairvoyant(Policy):
         if rank == "size":
             self.name = "belady-size"  # type: ignore[misc]
         self._future: dict[Hashable, list[tuple[int, int, float]]] = {}  # key -> (index, size, next read)
-        for key, size, _obj, accesses, _end in _lifetimes(requests):
+        for key, size, _obj, accesses, _end, on_disk in _lifetimes(requests):
             entries = self._future.setdefault(key, [])
             for number, index in enumerate(accesses):
+                if on_disk and not number:
+                    continue  # the policy first sees a value that starts on disk at its load
                 following = accesses[number + 1] if number + 1 < len(accesses) else NEVER
                 entries.append((index, size, following))
         self._cursor: dict[Hashable, int] = {}

@@ -117,14 +117,18 @@ class record(Callback):
         if self._chest is not cache:
             self._detach()
             self._attach(cache)
-            # Literal data was stored before any hook ran: record those puts now, in graph order.
+            # Literal data was stored before any hook ran: record it now. What is spilled already is recorded
+            # as on disk (as puts, a replay held it in memory and re-decided those spills); what is resident
+            # is put with its object, in the order the Chest admitted it (the order LRU and FIFO rank it in).
             assert self._recorder is not None
-            for key in dsk:
-                if isinstance(dsk[key], DataNode) and key in cache:
-                    # Its object if resident; a value spilled already shares an object with no key (id(None)
-                    # for each gave them all one token: replay took them for one value, and saw no I/O).
-                    resident = key in cache.inmem
-                    self._recorder.put(key, cache.engine.nbytes(key), id(cache.inmem[key]) if resident else None)
+            with cache.engine.lock:
+                literal = {key for key in dsk if isinstance(dsk[key], DataNode) and key in cache}
+                resident = [(key, id(value)) for key, value in cache.inmem.items() if key in literal]
+                spilled = [key for key in dsk if key in literal and key not in cache.inmem]
+            for key in spilled:
+                self._recorder.on_disk(key, cache.engine.nbytes(key))
+            for key, object_id in resident:
+                self._recorder.put(key, cache.engine.nbytes(key), object_id)
             # And the pins already made (ChestCallback's on that data, if its hook ran first): their
             # unpins will be recorded, and a replay without the pins would spill what the live run kept.
             with cache.engine.lock:

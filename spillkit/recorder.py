@@ -109,6 +109,17 @@ class TraceRecorder:
         with self._lock:
             self._put(self.key_id(key), key, nbytes, cost, round(time.perf_counter() - self._start, 6), object_id)
 
+    def on_disk(self, key: Hashable, nbytes: int) -> None:
+        """Record a value already on disk, not in memory, before this recorder was listening (dask's literal data).
+
+        Not a put: a replay would hold a put's value in memory, and a put of object 0 is one written
+        straight to disk, which a replay at a larger budget keeps in memory.
+        """
+        with self._lock:
+            ident = self.key_id(key)
+            self._leave_memory(key)
+            self._line(["ondisk", ident, nbytes, round(time.perf_counter() - self._start, 6)])
+
     def pin(self, key: Hashable) -> None:
         """Record a pin made before this recorder was listening (its unpin comes as an event)."""
         with self._lock:

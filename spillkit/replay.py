@@ -172,6 +172,12 @@ def replay(
                 engine.delete(key)
             except KeyError:
                 pass
+        elif tag == "ondisk":  # on disk before the recording began: its file is there, nothing is written
+            costs.pop(key, None)
+            if key in engine:
+                engine.delete(key)
+            tier.restore(key, op[2])
+            engine.restore(key, op[2], None)
         elif tag == "cost":
             costs[key] = op[2]
             if key in engine:

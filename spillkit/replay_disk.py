@@ -77,6 +77,11 @@ class SizeOnlyDisk:
     def holds(self, key: Hashable, value: Any) -> bool:
         return key in self._sizes  # replayed values are sizes: nothing changes them in place
 
+    def restore(self, key: Hashable, nbytes: int) -> None:
+        """Hold a file of ``nbytes`` for ``key`` that was written before the trace began (nothing counted)."""
+        self.total_bytes += nbytes - self._sizes.get(key, 0)
+        self._sizes[key] = nbytes
+
     def write(self, key: Hashable, value: Any) -> int:
         nbytes = _size(value)
         self.total_bytes += nbytes - self._sizes.get(key, 0)

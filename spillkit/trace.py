@@ -24,6 +24,10 @@ operation. Format, version 1 (each line a JSON value):
     so leave it out: a put of that object under another key then reads as a new one).
 ``["del", id, t]``
     a key was deleted.
+``["ondisk", id, nbytes, t]``
+    a value already on disk, not in memory, when recording began (dask's
+    literal data spilled before :class:`spillkit.dask.record` attached). A
+    replay starts it on disk (nothing written); its first read loads it.
 ``["cost", id, cost, t]``
     a key's recompute cost (seconds) was set.
 ``["settle", t]``
@@ -54,6 +58,7 @@ from .tracelines import BadLine, LineParser, parse_json, short
 
 __all__ = [
     "FORMAT",
+    "REQUESTS",
     "VERSION",
     "Trace",
     "TraceError",
@@ -66,6 +71,7 @@ __all__ = [
 
 FORMAT = "spillkit-trace"
 VERSION = 1
+REQUESTS = ("put", "get", "del", "cost", "settle", "ondisk")  # the operations a replay drives
 
 
 def open_text(path: str | os.PathLike[str], mode: str) -> IO[str]:
@@ -86,42 +92,65 @@ class Trace:
     ops: list[tuple[Any, ...]] = field(default_factory=list)  # op lines with key ids replaced by keys
 
     def peak_bytes(self) -> int:
-        """Most bytes an unlimited cache would have held at once (an object under two keys counts once)."""
+        """Most bytes an unlimited cache would have held at once (an object under two keys counts once).
+
+        A value the trace starts on disk (``ondisk``) counts from its first read, which loads it.
+        """
         holders: dict[Hashable, object] = {}  # key -> what it holds (a shared-object token, or its put)
         counts: dict[object, list[int]] = {}  # holding -> [keys holding it, nbytes]
         named: dict[int, object] = {}  # object token -> holding (a load names the object it gave back)
+        on_disk: dict[Hashable, tuple[int, int]] = {}  # key -> (index of its ondisk line, nbytes) until read
         current = peak = 0
-        for index, op in enumerate(self.ops):
-            tag, key = op[0], op[1]
-            if tag == "get" and len(op) > 4 and op[4] and key in holders:
-                named[op[4]] = holders[key]
-            if (tag in ("put", "del") or (tag == "get" and op[3] == "pop")) and key in holders:  # a pop removes it
+
+        def hold(key: Hashable, holding: object, nbytes: int) -> None:
+            nonlocal current, peak
+            entry = counts.setdefault(holding, [0, nbytes])
+            if not entry[0]:
+                current += entry[1]
+                peak = max(peak, current)
+            entry[0] += 1
+            holders[key] = holding
+
+        def release(key: Hashable) -> None:
+            nonlocal current
+            if key in holders:
                 held = holders.pop(key)
                 entry = counts[held]
                 entry[0] -= 1
                 if not entry[0]:
                     current -= entry[1]
                     del counts[held]
-            if tag == "put":
-                holding: object = named.get(op[5], ("object", op[5])) if op[5] else ("put", index)
-                entry = counts.setdefault(holding, [0, op[2]])
-                if not entry[0]:
-                    current += entry[1]
-                entry[0] += 1
-                holders[key] = holding
-                peak = max(peak, current)
+
+        for index, op in enumerate(self.ops):
+            tag, key = op[0], op[1]
+            if tag == "get":
+                if key in on_disk:  # its first read loads it (a pop reads it without keeping it)
+                    started, nbytes = on_disk.pop(key)
+                    if op[3] != "pop":
+                        hold(key, ("put", started), nbytes)
+                elif op[3] == "pop":  # a pop removes the key
+                    release(key)
+                if len(op) > 4 and op[4] and key in holders:
+                    named[op[4]] = holders[key]
+            elif tag in ("put", "del", "ondisk"):
+                release(key)
+                on_disk.pop(key, None)
+                if tag == "put":
+                    hold(key, named.get(op[5], ("object", op[5])) if op[5] else ("put", index), op[2])
+                elif tag == "ondisk":
+                    on_disk[key] = (index, op[2])
         return peak
 
     def requests(self) -> Iterator[tuple[Any, ...]]:
-        """The put/get/del/cost operations only (what a replay drives)."""
-        return (op for op in self.ops if op[0] in ("put", "get", "del", "cost", "settle"))
+        """The operations a replay drives: puts, reads, dels, costs, settles and values starting on disk."""
+        return (op for op in self.ops if op[0] in REQUESTS)
 
     def pins(self) -> dict[int, list[tuple[str, Hashable]]]:
         """The pins and unpins, each under the index in :meth:`requests` of the request it came before."""
         before: dict[int, list[tuple[str, Hashable]]] = {}
         index = 0
         for op in self.ops:
-            if op[0] in ("put", "get", "del", "cost", "settle"):
+            if op[0] in REQUESTS:
                 index += 1
             elif op[0] in ("pin", "unpin"):
                 before.setdefault(index, []).append((op[0], op[1]))

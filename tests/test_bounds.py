@@ -98,11 +98,13 @@ def random_trace(
     pins: bool = False,
     loads: bool = False,
     pops: bool = False,
+    on_disk: bool = False,
 ) -> Trace:
     """Puts (some sharing another key's object, as dask aliases do), reads, misses, dels, costs, settles;
     with ``pins``, pins and unpins of keys (present or not) between them, as dask's callback makes; with
     ``loads``, reads that name the object they gave back (as a recorded load does), stored again later; with
-    ``pops``, reads for pop() that no del follows (a trace the reader accepts, as a cut-off recording)."""
+    ``pops``, reads for pop() that no del follows (a trace the reader accepts, as a cut-off recording); with
+    ``on_disk``, values that start on disk (dask's literal data spilled before recording began)."""
     ops: list[tuple[Any, ...]] = []
     pinned: list[int] = []
     live: dict[int, tuple[int, int]] = {}  # key -> (nbytes, object token)
@@ -115,7 +117,11 @@ def random_trace(
             else:
                 pinned.append(rng.choice(sorted(live)) if live and rng.random() < 0.8 else key)
                 ops.append(("pin", pinned[-1], 0.0))
-        if roll < 0.35 or not live:
+        if on_disk and rng.random() < 0.15:
+            nbytes = rng.choice([1, 2, 3, 5, 8])
+            ops.append(("ondisk", key, nbytes, 0.0))
+            live[key] = (nbytes, 0)  # (an object no put can share: a put of token 0 is a new one)
+        elif roll < 0.35 or not live:
             if live and rng.random() < 0.2:
                 nbytes, token = live[rng.choice(sorted(live))]
             else:
@@ -216,8 +222,9 @@ def test_no_run_beats_the_bound_exhaustive() -> None:
     checked = gaps = 0
     while checked < 200:
         trace = random_trace(
-            rng, rng.randrange(4, 14), rng.randrange(2, 5), settle_points=rng.random() < 0.3, loads=checked % 2 == 0
-        )
+            rng, rng.randrange(4, 14), rng.randrange(2, 5), settle_points=rng.random() < 0.3,
+            loads=checked % 2 == 0, on_disk=checked % 3 == 0,
+        )  # fmt: skip
         budget = rng.choice([1, 2, 3, 5, 8, 10])
         least = {mode: optimum(trace, budget, mode, limit=1000) for mode in MODES}
         if None in least.values():
@@ -237,7 +244,7 @@ def test_no_policy_beats_the_bound_random() -> None:
         # A third with pins (settled replays keep pinned values outside the budget; the bound must follow).
         trace = random_trace(
             rng, rng.randrange(10, 40), rng.randrange(2, 7), settle_points=number % 3 == 0, pins=number % 3 == 1,
-            loads=number % 2 == 0,
+            loads=number % 2 == 0, on_disk=number % 5 == 0,
         )  # fmt: skip
         budget = rng.choice([2, 3, 5, 8, 10, 16, 30])
         foo = bounds_of(trace, budget)
@@ -383,7 +390,7 @@ def test_no_policy_beats_the_bound_with_pops_no_del_follows() -> None:
     for number in range(150):
         trace = random_trace(
             rng, rng.randrange(6, 30), rng.randrange(2, 6), settle_points=number % 3 == 0, pins=number % 3 == 1,
-            loads=number % 2 == 0, pops=True,
+            loads=number % 2 == 0, pops=True, on_disk=number % 4 == 0,
         )  # fmt: skip
         budget = rng.choice([1, 2, 3, 5, 8, 10, 16])
         foo = bounds_of(trace, budget)
@@ -392,3 +399,18 @@ def test_no_policy_beats_the_bound_with_pops_no_del_follows() -> None:
                 io = replay(trace, name, budget, mode=mode).io_bytes
                 assert below(foo[VARIANT_OF_MODE[mode]], io), (trace.ops, budget, name, mode, foo)
             assert below(foo[VARIANT_OF_MODE[mode]], belady_size(trace, budget, mode=mode).io_bytes)
+
+
+def test_a_value_that_starts_on_disk_is_loaded_by_its_first_read_and_never_written() -> None:
+    # dask's literal data spilled before record() attached. a's first read loads it in every run (10); b must
+    # then leave (written, 10) and come back (10); a leaves for free, its file still valid.
+    trace = make(("ondisk", "a", 10, 0.0), put("b", 10), get("a"), get("b"), get("a"))
+    assert trace.peak_bytes() == 20  # a counts from its first read
+    for mode in MODES:
+        assert optimum(trace, 10, mode) == replay(trace, "lru", 10, mode=mode).io_bytes == 40
+        assert below(foo_lower_bound(trace, 10, mode=VARIANT_OF_MODE[mode]).io_bytes, 40)
+        assert below(pfoo_lower_bound(trace, 10, mode=VARIANT_OF_MODE[mode]).io_bytes, 40)
+    assert bounds_of(trace, 10)["strict"] == 40
+    assert replay(trace, "lru", 20).io_bytes == 10  # it fits: only a's load
+    assert foo_lower_bound(trace, 20).io_bytes == 10
+    assert belady_size(trace, 10).io_bytes == 40
