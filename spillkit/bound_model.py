@@ -14,7 +14,7 @@ import itertools
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
-from .bound_settling import merged_stretches, pinned_stretches, settle_points, settles_from
+from .bound_settling import deferral_points, merged_stretches, pinned_stretches, settle_points, settles_from
 
 __all__: list[str] = []  # helpers of spillkit.bounds, spillkit.bound_solvers and spillkit.clairvoyant
 
@@ -82,11 +82,14 @@ class _Model:
         self.touched = [0] * n
         self.constant = 0  # values over the budget (written straight to disk, read from it every time), and
         # the first loads of values that start on disk
-        counts_from = settle_points(requests) if settled else None
+        counts_from = settle_points(requests) if settled else deferral_points(requests)
         # A settled replay pins what the trace pins, and a pinned value is outside the budget: it
         # counts nowhere while pinned, nor until the replay next settles for certain after its unpin
         # (hits meanwhile make no room for it). Relaxing the rows so keeps every run feasible.
-        exempt = pinned_stretches(pins, settles_from(requests, counts_from), n) if counts_from and pins else {}
+        # (A strict replay pins nothing.)
+        exempt = {}
+        if settled and counts_from and pins:
+            exempt = pinned_stretches(pins, settles_from(requests, counts_from), n)
         last_get = {op[1]: index for index, op in enumerate(requests) if op[0] == "get"}
         holders: dict[int, list[tuple[int, int, list[int], list[int | None], int]]] = {}
         lives = _lifetimes(requests)

@@ -3,7 +3,8 @@
 Helpers of :class:`spillkit.bound_model._Model` for the settled variants of the
 FOO bound (:mod:`spillkit.bounds`): a value put lets memory exceed the budget
 until the replay next settles, and a pinned value (a running task's input) is
-outside the budget from its pin until a settle after its unpin. Pure functions
+outside the budget from its pin until a settle after its unpin. In the strict
+variants only the puts a trace marks deferred do so (:func:`deferral_points`). Pure functions
 of a trace's requests; thread-safe; they raise nothing on a well-formed trace.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["merged_stretches", "pinned_stretches", "settle_points", "settles_from"]
+__all__ = ["deferral_points", "merged_stretches", "pinned_stretches", "settle_points", "settles_from"]
 
 
 def merged_stretches(stretches: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -84,3 +85,26 @@ def settle_points(requests: Sequence[tuple[Any, ...]]) -> list[int]:
         if (tag == "settle") if recorded else (tag != "del"):
             following = index
     return first
+
+
+def deferral_points(requests: Sequence[tuple[Any, ...]]) -> list[int] | None:
+    """Strict variant: for each request index, the first request from which a value put there counts.
+
+    A put the trace marks deferred (``defer`` lines: the recorded Chest's ``deferred()`` blocks, which a
+    strict replay follows) counts from the next settle; any other from itself. None without marks.
+    """
+    if not any(op[0] == "defer" for op in requests):
+        return None
+    n = len(requests)
+    points, following = [n] * n, n
+    for index in range(n - 1, -1, -1):
+        points[index] = following
+        if requests[index][0] == "settle":
+            following = index
+    deferred = False
+    for index, op in enumerate(requests):
+        if op[0] == "defer":
+            deferred = op[3]
+        if not deferred:
+            points[index] = index
+    return points

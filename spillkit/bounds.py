@@ -38,7 +38,9 @@ lifetime put at that read whose write costs nothing (its file is there).
 Variants, each a valid bound for the replay modes named:
 
 ``"strict"`` (also ``"dead-skip"``)
-    ``c_L = p_L``: the engine makes room at every put. A tail is charged
+    ``c_L = p_L``: the engine makes room at every put (but for a put the
+    trace marks deferred: ``c_L`` is then the next settle, as the replay
+    defers it; see the settled variant for why that holds). A tail is charged
     only when the key is read again after ``e_L``; otherwise the value is
     dead and leaves memory for free, exactly as dead-skip decides (by key:
     a later read of the key, after an overwrite or a del, keeps its earlier

@@ -14,6 +14,7 @@ __all__ = [
     "COST",
     "DELETE",
     "EVICT",
+    "FREE",
     "GIVEN_COST",
     "HIT",
     "KINDS",
@@ -41,12 +42,13 @@ DELETE: Final = "delete"  # a key was deleted
 SPILL_ERROR: Final = "spill-error"  # a write failed; the value stays in memory
 COST: Final = "cost"  # a key's recompute cost was set (cost = the new cost)
 SETTLE: Final = "settle"  # the caller asked the engine to get back within budget (key is None)
+FREE: Final = "free"  # the caller asked the engine to free memory now (Chest.evict(); key is None); spills follow
 PIN: Final = "pin"  # a key was pinned (kept from eviction: a running task uses it); pins add up
 UNPIN: Final = "unpin"  # one pin of the key was undone
 GIVEN_COST: Final = "given-cost"  # detail of a put whose cost the caller gave (not the reload estimate)
 REUSED: Final = "reused"  # detail of a load served by a spilled object still alive elsewhere (no read)
 POPPED: Final = "popped"  # detail of a load by pop(): read from disk for the caller, not cached (a delete follows)
-KINDS: Final = (PUT, HIT, LOAD, MISS, SPILL, EVICT, DELETE, SPILL_ERROR, COST, SETTLE, PIN, UNPIN)
+KINDS: Final = (PUT, HIT, LOAD, MISS, SPILL, EVICT, DELETE, SPILL_ERROR, COST, SETTLE, FREE, PIN, UNPIN)
 
 
 @dataclass(frozen=True, slots=True)

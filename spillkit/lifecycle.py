@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Hashable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .errors import SpillError
-from .events import LOAD, PIN, POPPED, UNPIN
+from .events import FREE, LOAD, PIN, POPPED, UNPIN
 from .keys import describe_key, unfindable_key
 from .ledger import _MISSING, EngineLedger
 from .notes import reports_notes
@@ -133,6 +134,9 @@ class EngineLifecycle(EngineLedger):
             if self.closed:  # (its policy may serve another Chest by now: never ask it)
                 return -1
             before = self.memory_bytes
+            if self.listeners:  # the request, for traces to replay (its spills follow as events)
+                with contextlib.suppress(Exception):  # (a listener's warning raised as an error: never raised)
+                    self._emit(FREE, None, 0)
             with self._round():
                 while True:
                     try:

@@ -2,17 +2,37 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import threading
 import time
 from collections.abc import Hashable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .events import COST, DELETE, EVICT, GIVEN_COST, HIT, LOAD, MISS, PIN, POPPED, PUT, SETTLE, SPILL, UNPIN, Event
+from .events import (
+    COST,
+    DELETE,
+    EVICT,
+    FREE,
+    GIVEN_COST,
+    HIT,
+    LOAD,
+    MISS,
+    PIN,
+    POPPED,
+    PUT,
+    SETTLE,
+    SPILL,
+    UNPIN,
+    Event,
+)
 from .keys import encode_key
 from .trace import FORMAT, VERSION, open_text
+
+if TYPE_CHECKING:
+    from .chest import Chest
 
 __all__ = ["TraceRecorder", "machine_info"]
 
@@ -30,14 +50,20 @@ def machine_info() -> dict[str, Any]:
 class TraceRecorder:
     """A Chest listener that writes every operation to a trace file.
 
-    ``chest.add_listener(TraceRecorder(path, header))``; call :meth:`close`
-    when done (or use it as a context manager). Thread-safe: the Chest calls
+    ``TraceRecorder(path, header, chest=chest)`` listens to ``chest`` until
+    :meth:`close` (or the end of a ``with`` block), and marks where the
+    Chest's puts were deferred (:meth:`~spillkit.Chest.deferred`), so a strict
+    replay defers them too; ``chest.add_listener(TraceRecorder(path, header))``
+    records the operations alone (the dask integration's way: its deferral is
+    what settled replays model). Thread-safe: the Chest calls
     listeners under its lock, and the recorder has its own lock for the graph
     line. Write errors propagate to the listener machinery, which counts and
     warns; the cache operation itself is unaffected.
     """
 
-    def __init__(self, path: str | os.PathLike[str], header: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], header: dict[str, Any] | None = None, chest: Chest | None = None
+    ) -> None:
         self.path = os.fspath(path)
         self._file = open_text(self.path, "w")
         self._lock = threading.Lock()
@@ -51,6 +77,10 @@ class TraceRecorder:
         first = {"format": FORMAT, "version": VERSION, "spillkit": __version__, "machine": machine_info()}
         first.update(header or {})
         self._line(first)
+        self._chest = chest
+        self._deferred = False  # as the last "defer" line said
+        if chest is not None:
+            chest.add_listener(self)
 
     def _line(self, value: Any) -> None:
         self._file.write(json.dumps(value, separators=(",", ":")) + "\n")
@@ -131,8 +161,10 @@ class TraceRecorder:
                 return
             t = round(time.perf_counter() - self._start, 6)
             kind = event.kind
-            if kind == SETTLE:
-                self._line(["settle", t])
+            if kind in (PUT, SETTLE):
+                self._mark_deferral(t)
+            if kind in (SETTLE, FREE):
+                self._line([kind, t])
                 return
             ident = self.key_id(event.key)
             if kind == PUT:
@@ -163,8 +195,23 @@ class TraceRecorder:
                 self._leave_memory(event.key)
                 self._line([kind, ident, t])
 
+    def _mark_deferral(self, t: float) -> None:
+        # Read under the Chest's lock (listeners are called under it): it is the flag this put (or settle) saw.
+        chest = self._chest
+        if chest is None:
+            return
+        deferred = bool(chest.engine.deferred)
+        if deferred != self._deferred:
+            self._deferred = deferred
+            self._line(["defer", t, deferred])
+
     def close(self) -> None:
-        """Flush and close the file (idempotent)."""
+        """Stop listening to the Chest given (if any), flush and close the file (idempotent)."""
+        chest = self._chest
+        if chest is not None:  # first, and not under this recorder's lock: a listener call holds the Chest's
+            with contextlib.suppress(ValueError):
+                chest.remove_listener(self)  # (it waits for a call under way: none comes after it)
+            self._chest = None
         with self._lock:
             if not self._file.closed:
                 self._file.close()

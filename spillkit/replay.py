@@ -81,7 +81,9 @@ def replay(
 ) -> ReplayResult:
     """Drive ``trace``'s requests through a SpillEngine with ``policy`` at ``budget`` bytes.
 
-    Modes: ``"strict"`` makes room at every put (a Chest used alone);
+    Modes: ``"strict"`` makes room at every put (a Chest used alone), except
+    where the trace marks the recorded Chest's puts deferred (``defer`` lines:
+    its ``deferred()`` blocks), where it defers them until the next settle;
     ``"settled"`` defers puts and settles where the recording settled (the dask
     integration: after each task's releases), or before the next read or put
     when the trace has no settle points; ``"dead-skip"`` is strict, but a value
@@ -122,6 +124,7 @@ def replay(
         engine.listeners.append(watch)
     settled = mode == "settled"
     settle_points = any(op[0] == "settle" for op in requests)
+    marked = not settled and any(op[0] == "defer" for op in requests)  # a strict replay follows those marks
     engine.deferred = settled
     objects: dict[int, _Sized] = {}
     pending = False
@@ -182,8 +185,12 @@ def replay(
             costs[key] = op[2]
             if key in engine:
                 engine.set_cost(key, op[2])
-        elif tag == "settle" and settled:
+        elif tag == "settle" and (settled or marked):
             engine.settle()
+        elif tag == "defer" and marked:
+            engine.deferred = op[3]
+        elif tag == "free":  # Chest.evict(): the policy chooses, as live
+            engine.evict_one()
     result.replay_seconds = time.perf_counter() - start
     if timeline and requests:
         result.timeline.append((len(requests) - 1, engine.memory_bytes, tier.total_bytes))

@@ -32,6 +32,14 @@ operation. Format, version 1 (each line a JSON value):
     a key's recompute cost (seconds) was set.
 ``["settle", t]``
     the caller settled the budget here (the dask integration does after each task).
+``["defer", t, deferred]``
+    from here the recorded Chest's puts were deferred (``true``: in a
+    ``Chest.deferred()`` block) or made room again (``false``); written only
+    by a recorder given the Chest. Strict replays follow it; settled replays
+    defer every put anyway.
+``["free", t]``
+    the caller asked the Chest to free memory now (``Chest.evict()``, as
+    dask.distributed's memory manager does); replays ask their engine too.
 ``["pin", id, t]`` / ``["unpin", id, t]``
     a running task began / ended using the key (kept from eviction meanwhile; pins add up).
 ``["spill", id, t]`` / ``["evict", id, t]``
@@ -71,7 +79,7 @@ __all__ = [
 
 FORMAT = "spillkit-trace"
 VERSION = 1
-REQUESTS = ("put", "get", "del", "cost", "settle", "ondisk")  # the operations a replay drives
+REQUESTS = ("put", "get", "del", "cost", "settle", "ondisk", "defer", "free")  # the operations a replay drives
 
 
 def open_text(path: str | os.PathLike[str], mode: str) -> IO[str]:
@@ -142,7 +150,7 @@ class Trace:
         return peak
 
     def requests(self) -> Iterator[tuple[Any, ...]]:
-        """The operations a replay drives: puts, reads, dels, costs, settles and values starting on disk."""
+        """The operations a replay drives (every line tagged as in :data:`REQUESTS`), in order."""
         return (op for op in self.ops if op[0] in REQUESTS)
 
     def pins(self) -> dict[int, list[tuple[str, Hashable]]]:

@@ -87,6 +87,12 @@ def _token(value: Any) -> int:
     raise BadLine(f"object must be a non-negative integer, found {short(value)}")
 
 
+def _flag(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise BadLine(f"deferred must be true or false, found {short(value)}")
+
+
 def _outcome(value: Any) -> str:
     if value in OUTCOMES and isinstance(value, str):
         return value
@@ -109,6 +115,8 @@ _SHAPES = {  # record tag -> (number of fields, what the line looks like)
     "k": (3, '["k", id, key]'),
     "graph": (2, '["graph", {"deps": ..., "order": ..., "data": ...}]'),
     "settle": (2, '["settle", t]'),
+    "free": (2, '["free", t]'),
+    "defer": (3, '["defer", t, true or false]'),
     "put": (6, '["put", id, nbytes, cost, t, object]'),
     "get": (5, '["get", id, t, outcome] or ["get", id, t, "load", object]'),
     "del": (3, '["del", id, t]'),
@@ -173,8 +181,10 @@ class LineParser:
             self._define(row[1], row[2])
         elif tag == "graph":
             self._graph(row[1])
-        elif tag == "settle":
+        elif tag in ("settle", "free"):
             self.ops.append((tag, None, _time(row[1])))
+        elif tag == "defer":
+            self.ops.append((tag, None, _time(row[1]), _flag(row[2])))
         else:
             key = self.key(row[1])
             fields = [check(value) for check, value in zip(_FIELDS[tag], row[2:], strict=False)]  # arity checked

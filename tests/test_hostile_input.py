@@ -308,6 +308,8 @@ DAMAGES: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "load-object-negative": (replace_line("get", '["get", 1, 0.1, "load", -7]'), "object must be a non-negative"),
     "settle-bare": (replace_line("settle", '["settle"]'), "'settle' needs 2 fields"),
     "ondisk-negative-size": (replace_line("del", '["ondisk", 1, -5, 0.1]'), "nbytes must be an integer"),
+    "defer-not-a-flag": (replace_line("del", '["defer", 0.1, 1]'), "deferred must be true or false"),
+    "free-with-a-key": (replace_line("del", '["free", 1, 0.1]'), "'free' needs 2 fields"),
     "unknown-record": (replace_line("del", '["frobnicate", 1, 0.1]'), "unknown record 'frobnicate'"),
     "record-tag-a-number": (replace_line("del", "[7, 1, 0.1]"), "unknown record 7"),
     "empty-array": (replace_line("del", "[]"), "expected a JSON array"),

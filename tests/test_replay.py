@@ -238,3 +238,39 @@ def test_replay_starts_literal_data_spilled_before_recording_on_disk(policy: str
     assert result.loads == chest.stats.loads + chest.stats.reused
     assert result.hits == chest.stats.hits and result.evictions == chest.stats.evictions
     chest.drop()
+
+
+@pytest.mark.parametrize("policy", policy_names())
+def test_replay_reproduces_a_chest_alone_that_defers_puts_and_is_asked_to_evict(policy: str, tmp_path: Path) -> None:
+    # A recorder given the Chest marks where its puts were deferred, and evict() is a request of its own.
+    # Before, a strict replay made room at the deferred puts (spilling values the block then deleted) and
+    # could not take evict()'s spills at all; a settled replay deferred every put.
+    from spillkit.trace import TraceRecorder
+
+    budget, rng = 5 * 4000, np.random.default_rng(11)
+    chest = Chest(available_memory=budget, policy=policy, sizeof=lambda v: v.nbytes, path=tmp_path / "chest")
+    with TraceRecorder(tmp_path / "alone.trace", {"workload": "alone"}, chest=chest):
+        for step in range(250):
+            keys = sorted(chest)
+            roll = rng.random()
+            if roll < 0.15:
+                with chest.deferred():  # a result stored before the inputs it replaces are deleted
+                    chest[f"r{step}"] = np.zeros(int(rng.choice([250, 500, 750])))
+                    for key in keys[: rng.integers(0, 3)]:
+                        del chest[key]
+            elif roll < 0.25:
+                chest.evict()
+            elif len(keys) < 4 or roll < 0.45:
+                chest[f"v{step}"] = np.zeros(int(rng.choice([250, 500, 750])))
+            elif roll < 0.6:
+                chest[f"v{step}"] = chest[keys[rng.integers(len(keys))]]
+            elif roll < 0.9:
+                chest[keys[rng.integers(len(keys))]]
+            else:
+                del chest[keys[rng.integers(len(keys))]]
+    trace = read_trace(tmp_path / "alone.trace")
+    assert sum(op[0] == "defer" for op in trace.ops) > 20 and sum(op[0] == "free" for op in trace.ops) > 10
+    assert_replay_matches(trace, chest, policy, budget, "strict", plan=False)
+    chest.put("after", np.zeros(10))  # the recorder stopped listening when it closed
+    assert read_trace(tmp_path / "alone.trace").ops == trace.ops
+    chest.drop()
