@@ -47,6 +47,7 @@ import numpy as np
 import pandas as pd
 import zstandard
 from bench_core import filesystem_of, git_revision, iqr_pct, median, paired_ratio, quiet
+from compression_findings import tradeoff
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -60,6 +61,7 @@ from spillkit.compression import CompressedCodec  # noqa: E402
 MiB = 1 << 20
 SETTINGS: dict[str, str | None] = {"off": None, "lz4": "lz4", "zstd (level 1)": "zstd", "zstd:3": "zstd:3"}
 MODES = ("warm", "cold")
+Ratios = tuple[float, float, float]  # store+load time, CPU time, bytes written: each over compression off's
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -298,6 +300,22 @@ def skip_table(results: dict[str, dict[str, list[float]]], spill: dict[tuple[str
     return lines
 
 
+def cell_ratios(results: dict[tuple[str, str, str], list[Run]]) -> dict[tuple[str, str, str], Ratios]:
+    """Per (mode, data, setting other than off): store+load time, CPU time and bytes written, as ratios to off."""
+    cells: dict[tuple[str, str, str], Ratios] = {}
+    for mode in MODES:
+        for name in DATASETS:
+            off = results[(mode, name, "off")]
+            for setting in list(SETTINGS)[1:]:
+                runs = results[(mode, name, setting)]
+                cells[(mode, name, setting)] = (
+                    paired_ratio([float(r.total_ns) for r in runs], [float(r.total_ns) for r in off]),
+                    paired_ratio([r.cpu_ns for r in runs], [r.cpu_ns for r in off]),
+                    median([r.written for r in runs]) / median([r.written for r in off]),
+                )
+    return cells
+
+
 def verdict(results: dict[tuple[str, str, str], list[Run]]) -> tuple[bool, list[str]]:
     """On by default only if one setting is clearly faster (<= 0.9x) on every compressible data set, both modes,
     and costs at most 5% on random data."""
@@ -366,14 +384,7 @@ def render(
         "",
         *verdict_lines,
         "",
-        "The trade-off: compression spends CPU in the thread that spills and loads to write and read fewer "
-        "bytes. Where writes land in the page cache and reads come from it (a Chest never fsyncs outside "
-        "`flush()`), bytes are cheap and the CPU is the cost: every compressible data set took more CPU "
-        "(`CPU x off` above 1), mostly-zero data the least. With fsync and cold reads the device's time counts "
-        "too, and mostly-zero data can gain (`sparse`, cold); integers, smooth floats and DataFrames still lose "
-        "on this virtual disk. Compression pays for itself in disk space (`written x off`), and in time on a "
-        "disk slower than lz4 decompresses (network or spinning disks): measure there with `--dir`. "
-        "Incompressible data (`random`) is skipped after one sample: its ratios are noise around 1.",
+        tradeoff(cell_ratios(spill), list(DATASETS), list(SETTINGS)[1:]),
         "",
         "### Warm: what a Chest does (nothing fsynced; the page cache absorbs writes and serves reads)",
         "",
