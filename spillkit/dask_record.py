@@ -10,7 +10,9 @@ module, never the reverse).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from collections.abc import Hashable, Mapping
 from typing import Any
 
@@ -25,6 +27,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
 
 from .chest import Chest
 from .dask_loads import WorkerLoads
+from .dask_owner import _Unshared
 from .trace import TraceRecorder
 
 __all__ = ["record"]
@@ -56,6 +59,11 @@ class record(Callback):
     Chest (it can be unlimited, ``Chest(available_memory=float("inf"))`` is not
     needed: any budget records the same scheduler operations). Paths written
     are in :attr:`paths`.
+
+    One computation at a time is recorded: one that starts while it runs (nested
+    in a task, or in another thread) gets no trace of its own (what it does with the
+    same Chest joins the running one's), and one that :func:`~spillkit.dask.spilling`
+    runs in memory, with a dict of its own, is not recorded. Thread-safe.
     """
 
     def __init__(self, path: str | os.PathLike[str], workload: str | None = None, **header: Any) -> None:
@@ -67,6 +75,10 @@ class record(Callback):
         self._recorder: TraceRecorder | None = None
         self._chest: Chest | None = None
         self._plan: tuple[dict[Hashable, list[Hashable]], dict[Hashable, int], list[Hashable]] | None = None
+        self._lock = threading.RLock()  # dask calls the hooks of computations in several threads
+        self._running: list[int] = []  # id() of the graph of each computation under way
+        self._recorded: int | None = None  # id() of the graph of the one being recorded, until it ends
+        self._fresh = False  # the recorder was attached by that computation's _start, to the configured cache
 
     def _next_path(self) -> str:
         if not self.paths:
@@ -76,16 +88,30 @@ class record(Callback):
 
     def __exit__(self, *args: object) -> None:
         super().__exit__(*args)  # type: ignore[no-untyped-call]
-        self._detach()
+        with self._lock:
+            self._detach()
 
     def _start(self, dsk: Mapping[Any, Any]) -> None:
-        self._detach()  # the previous computation's trace ends where this one starts
-        self._plan = _graph_facts(dsk)
-        cache = dask.config.get("cache", None)
-        if isinstance(cache, WorkerLoads):  # spilling()'s: its Chest, before any other hook pins or puts
-            cache = cache.chest
-        if isinstance(cache, Chest):
-            self._attach(cache)
+        with self._lock:
+            self._running.append(id(dsk))
+            if len(self._running) > 1:  # nested in, or beside, the computation being recorded
+                return
+            self._detach()  # the previous computation's trace ends where this one starts
+            self._recorded = id(dsk)
+            self._plan = _graph_facts(dsk)
+            cache = dask.config.get("cache", None)
+            if isinstance(cache, WorkerLoads):  # spilling()'s: its Chest, before any other hook pins or puts
+                cache = cache.chest
+            if isinstance(cache, Chest):
+                self._attach(cache)
+                self._fresh = True
+
+    def _finish(self, dsk: Mapping[Any, Any], state: dict[str, Any], errored: bool) -> None:
+        with self._lock:
+            if id(dsk) in self._running:
+                self._running.remove(id(dsk))
+            if self._recorded == id(dsk):  # its trace stays open for dask's read of the results
+                self._recorded = None
 
     def _attach(self, chest: Chest) -> None:
         if self._recorder is not None:
@@ -106,16 +132,29 @@ class record(Callback):
         chest.add_listener(self._recorder)
 
     def _start_state(self, dsk: Mapping[Any, Any], state: dict[str, Any]) -> None:
-        cache = state["cache"]
+        with self._lock:
+            if self._recorded != id(dsk):  # a computation this does not record
+                return
+            fresh, self._fresh = self._fresh, False
+            self._use(dsk, state["cache"], fresh)
+
+    def _use(self, dsk: Mapping[Any, Any], cache: Any, fresh: bool) -> None:
         if isinstance(cache, WorkerLoads):  # spilling()'s cache: the Chest, loaded from by dask's workers
             cache = cache.chest
+        if isinstance(cache, _Unshared):  # spilling() runs it in memory (its Chest is taken): nothing to record
+            if fresh:
+                self._discard()
+            return
         if not isinstance(cache, Chest):
             raise TypeError(
                 "spillkit.dask.record needs a Chest as the cache: x.compute(cache=Chest(...)) "
                 f"(got {type(cache).__name__}); literal data was already stored before recording could start"
             )
         if self._chest is not cache:
-            self._detach()
+            if fresh:  # attached to the configured cache, but the computation was given a cache= of its own
+                self._discard()
+            else:
+                self._detach()
             self._attach(cache)
             # Literal data was stored before any hook ran: record it now. What is spilled already is recorded
             # as on disk (as puts, a replay held it in memory and re-decided those spills); what is resident
@@ -135,6 +174,13 @@ class record(Callback):
                 pins = [key for key, count in cache.engine._pins.items() for _ in range(count)]
             for key in pins:
                 self._recorder.pin(key)
+
+    def _discard(self) -> None:
+        """Drop the trace just attached, which recorded nothing yet: its path is the next one's again."""
+        path = self.paths.pop()
+        self._detach()
+        with contextlib.suppress(OSError):
+            os.remove(path)
 
     def _detach(self) -> None:
         if self._recorder is not None and self._chest is not None:

@@ -184,3 +184,74 @@ def test_bad_arguments_to_spilling_and_costs_are_refused_at_once(tmp_path: Any) 
     with spilling(chest, policy=None) as same:  # nothing asked of a new one: the Chest given is used
         assert same is chest
     chest.drop()
+
+
+# ---- record() beside computations spilling() runs in memory (helper-67 findings 4 and 7) --------
+
+
+def test_record_leaves_computations_spilling_runs_in_memory_alone(tmp_path: Any) -> None:
+    # Before: a computation nested in a task (or a key put by hand) ran with a dict of its own, and
+    # record raised TypeError into it, failing the whole computation; the nested one also cut the
+    # outer one's trace short.
+    from spillkit.dask import record
+    from spillkit.trace import read_trace
+
+    y = matrix()
+
+    def inner(block: Any) -> Any:
+        return block + float(y.sum().compute())
+
+    expected = float((y.map_blocks(inner, meta=np.empty((0, 0))) + y).sum().compute(scheduler="sync"))
+    with spilling(available_memory="2 MiB") as chest, record(tmp_path / "t.trace") as rec:
+        got = float((y.map_blocks(inner, meta=np.empty((0, 0))) + y).sum().compute(optimize_graph=False))
+        z = y + 1
+        chest[z.__dask_keys__()[0][0]] = np.zeros((100, 100))
+        assert float(z.sum().compute(optimize_graph=False)) == pytest.approx(float((y + 1).sum().compute()))
+    assert got == pytest.approx(expected)
+    traces = [read_trace(path) for path in rec.paths]
+    assert len(traces) == 2  # the outer computation, and the last one (the one in memory is not recorded)
+    outer = traces[0]
+    assert len(outer.dependencies) > 40 and any(op[0] == "put" for op in outer.ops)  # the whole graph, recorded
+
+
+def test_record_with_computations_in_two_threads_raises_nothing(tmp_path: Any) -> None:
+    # Before: the second computation's hooks detached the first one's recorder (its trace cut short),
+    # and the two removed the same listener: ValueError from list.remove, at times from the block's exit.
+    from spillkit.dask import record
+
+    x = matrix()
+    expected = float((x @ x).sum().compute(scheduler="sync"))
+    inside, release = threading.Event(), threading.Event()
+
+    def waits(block: Any, block_id: Any = None) -> Any:
+        if block_id == (0, 0):
+            inside.set()
+            assert release.wait(WAIT)
+        return block
+
+    with spilling(available_memory="2 MiB"), record(tmp_path / "t.trace") as rec:
+        first, out_first = in_thread(lambda: float((x.map_blocks(waits) @ x).sum().compute()))
+        assert inside.wait(WAIT)
+        second, out_second = in_thread(lambda: float((x @ x).sum().compute()))
+        second.join(WAIT)
+        release.set()
+        first.join(WAIT)
+    assert "error" not in out_first and "error" not in out_second, (out_first, out_second)
+    assert out_first["value"] == pytest.approx(expected) and out_second["value"] == pytest.approx(expected)
+    assert len(rec.paths) == 1
+
+
+def test_record_writes_its_first_path_when_a_computation_brings_its_own_chest(tmp_path: Any) -> None:
+    # Before: record attached to the configured Chest first and left `path` with a header and no
+    # operations; the real trace went to `path-1`.
+    from spillkit.dask import record
+    from spillkit.trace import read_trace
+
+    x = matrix()
+    mine, configured = Chest(available_memory="1 MiB"), Chest(available_memory="1 MiB")
+    with dask.config.set(cache=configured), record(tmp_path / "one.trace") as rec:
+        (x @ x).sum().compute(scheduler="sync", cache=mine)
+    assert rec.paths == [str(tmp_path / "one.trace")] and sorted(p.name for p in tmp_path.iterdir()) == ["one.trace"]
+    assert sum(op[0] == "put" for op in read_trace(rec.paths[0]).ops) == mine.stats.puts > 0
+    mine.drop()
+    configured.drop()
