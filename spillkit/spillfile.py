@@ -133,9 +133,13 @@ def open_record(data: memoryview, name: str, secret: bytes, expected_tag: bytes 
     magic, version, name_len, body_len, crc, signed_len = _FIXED.unpack_from(data, 0)
     if magic != _MAGIC or version != _VERSION:
         raise RecordError("not a spillkit spill file of this version")
+    expected_name = name.encode("utf-8")
+    if name_len != len(expected_name):  # (a damaged length would quote the body as a name)
+        raise RecordError(f"the header names a key file of {name_len} bytes, not this one's {len(expected_name)}")
     encoded_name = bytes(data[HEADER_SIZE : HEADER_SIZE + name_len])
-    if encoded_name != name.encode("utf-8"):
-        raise RecordError(f"the file belongs to {encoded_name.decode('utf-8', 'replace')!r}")
+    if encoded_name != expected_name:
+        shown = encoded_name.decode("utf-8", "replace")
+        raise RecordError(f"the file belongs to {shown[:100]!r}{'...' if len(shown) > 100 else ''}")
     start = HEADER_SIZE + name_len
     start += -start % PAD
     if len(data) != start + body_len or signed_len > body_len:

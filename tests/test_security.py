@@ -61,6 +61,26 @@ def test_an_older_file_of_the_same_key_put_back_is_refused(tmp_path: Path) -> No
         store.read("k")
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["file", "packed"])
+def test_a_damaged_name_length_is_named_as_such_in_a_short_message(tmp_path: Path, packed: bool) -> None:
+    # Before: one flipped bit in the name length quoted up to 64 KiB of the body as the name of the key
+    # the file "belongs to" (a 118,643-character message).
+    chest = Chest(path=tmp_path / "c", available_memory=0, pack_threshold=None if packed else 0)
+    chest["a"], chest["b"] = b"a" * (100 if packed else 100_000), b"b" * 100
+    segment, offset = chest._store.location("a")
+    full = os.path.join(chest.path, segment or "a")
+    with open(full, "r+b") as file:
+        file.seek(offset + 7)  # the high byte of the 16-bit name length: 1 -> 32769
+        high = file.read(1)[0]
+        file.seek(offset + 7)
+        file.write(bytes([high ^ 0x80]))
+    with pytest.raises(CorruptSpillFile, match="the header names a key file of 32769 bytes") as caught:
+        chest["a"]
+    assert len(str(caught.value)) < 400
+    assert chest["b"] == b"b" * 100
+    chest.drop()
+
+
 def test_the_signed_prefix_covers_the_pickle_stream_not_the_array_buffers(tmp_path: Path) -> None:
     np = pytest.importorskip("numpy")
     store = DiskStore(str(tmp_path), PickleCodec(), secret=b"k" * 32)
