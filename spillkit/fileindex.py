@@ -73,6 +73,7 @@ class FileIndex:
         # and the ones among them no key owns any more (name -> size), unlinked at the next protect().
         self._protected: set[str] = set()
         self._retained: dict[str, int] = {}
+        self._foreign: set[str] = set()  # casefolded names a file this Chest did not write took: never used
         # Mapped loads: a file deleted or replaced while a loaded value maps it keeps its blocks until the
         # value is freed (spillkit.mapped counts the mappings): its bytes stay counted here until then.
         self._held: dict[FileId, int] = {}
@@ -119,6 +120,7 @@ class FileIndex:
                 (owner is _FREE or (owner == key and folded not in self._protected))
                 and (reserved is None or reserved[0] == key)
                 and folded not in self._protected
+                and folded not in self._foreign
             ):
                 return name
             attempt += 1

@@ -22,7 +22,7 @@ from .compaction import Place
 from .errors import CorruptSpillFile, DiskQuotaExceeded
 from .segfiles import read_at
 from .spillfile import HEADER_SIZE, PAD, RecordError, encode_header, open_record, still_encodes
-from .storage import DiskStore, OpenRead, PreparedWrite
+from .storage import DiskStore, NameTaken, OpenRead, PreparedWrite
 from .upkeep import SegmentUpkeep
 
 __all__ = ["PackedRecords", "PackedWrite"]
@@ -187,13 +187,17 @@ class PackedRecords(SegmentUpkeep):
 
     def write(self, key: Hashable, value: Any) -> int:
         """Encode ``value`` and store it as the key's record; return the bytes written."""
-        name = self.reserve(key)
-        try:
-            prepared = self.prepare(key, value, name, self.verify_writes)
-        except BaseException:
-            self.inner.unreserve(name)
-            raise
-        return self.commit(prepared)
+        while True:
+            name = self.reserve(key)
+            try:
+                prepared = self.prepare(key, value, name, self.verify_writes)
+            except BaseException:
+                self.inner.unreserve(name)
+                raise
+            try:
+                return self.commit(prepared)
+            except NameTaken:  # a foreign file had the name, now never chosen again: another one
+                continue
 
     def _check_quota(self, key: Hashable, size: int, on_disk: int) -> None:
         if self.available_disk is not None:

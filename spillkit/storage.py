@@ -9,6 +9,7 @@ which it inherits.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import warnings
 from collections.abc import Hashable
@@ -23,9 +24,13 @@ from .keys import describe_key
 from .regularfile import SAFE_OPEN, ensure_regular
 from .spillfile import HEADER_SIZE, body_crc, claimed_crc, encode_header, names_record
 
-__all__ = ["DiskStore", "OpenRead", "PreparedWrite", "is_spill_file"]
+__all__ = ["DiskStore", "NameTaken", "OpenRead", "PreparedWrite", "is_spill_file"]
 
 _WRITE_TRIES = 3  # writes of a value that changes during each one, before it stays in memory
+
+
+class NameTaken(OSError):
+    """A file this Chest did not write has the name a new file was to take (see :meth:`DiskStore.commit`)."""
 
 
 @dataclass(slots=True)
@@ -196,6 +201,11 @@ class DiskStore(FileSync):
             self.release_unmapped()  # space that values freed since have given back
             self._check_quota(key, prepared.size)
             old = self._replaced_file(key)
+            if (old is None or old[0] != name) and os.path.lexists(full):
+                # A name new to the key, taken by a file this Chest did not write (left in a directory
+                # reopened, or planted): left alone, and never chosen again; the value goes under another.
+                self._foreign.add(name.casefold())
+                raise NameTaken(errno.EEXIST, "a file this Chest did not write has the name", full)
             # The key's old file of this name goes now; a loaded value may still map it (then it stays counted).
             mapped = self._mapped_id(full) if old is not None and old[0] == name else None
             os.replace(prepared.temp, full)
@@ -225,13 +235,17 @@ class DiskStore(FileSync):
 
     def write(self, key: Hashable, value: Any) -> int:
         """Serialize ``value`` into the key's file; return the bytes written."""
-        name = self.reserve(key)
-        try:
-            prepared = self.prepare(key, value, name)
-        except BaseException:
-            self.unreserve(name)
-            raise
-        return self.commit(prepared)
+        while True:  # ends: each name a foreign file takes is never chosen again, and there are few such files
+            name = self.reserve(key)
+            try:
+                prepared = self.prepare(key, value, name)
+            except BaseException:
+                self.unreserve(name)
+                raise
+            try:
+                return self.commit(prepared)
+            except NameTaken:
+                continue
 
     def delete(self, key: Hashable, reuse: bool = True) -> None:
         """Remove the key's file if it has one (a missing file is not an error); ``reuse``: it may stay a spare."""

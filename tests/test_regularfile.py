@@ -144,6 +144,32 @@ def test_a_directory_planted_under_a_keys_file_reads_as_damaged(tmp_path: Path) 
     chest.drop()
 
 
+@pytest.mark.parametrize("write_behind", [False, True], ids=["synchronous", "write-behind"])
+def test_a_foreign_file_under_a_keys_name_is_left_alone(tmp_path: Path, write_behind: bool) -> None:
+    # Before: the spill moved its file over the user's (report.txt), and the key's delete removed it.
+    path = tmp_path / "c"
+    Chest(path=path).close()  # a Chest directory, reopened below
+    foreign = path / "report.txt"
+    foreign.write_text("the user's notes\n")
+    chest = Chest(path=path, available_memory=0, pack_threshold=0, write_behind=write_behind)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SpillWarning)  # write-behind: the first try is a failed write
+        chest["report.txt"] = ["a value"] * 10
+        chest.wait_for_writes()
+        chest["other"] = [1]  # the next round writes it again, under another name
+        chest.evict()
+        chest.wait_for_writes()
+    assert foreign.read_text() == "the user's notes\n"
+    assert chest["report.txt"] == ["a value"] * 10
+    chest.flush()
+    del chest["report.txt"]
+    assert foreign.read_text() == "the user's notes\n"
+    chest.close()
+    again = Chest(path=path)
+    assert dict(again) == {"other": [1]} and foreign.read_text() == "the user's notes\n"
+    again.close()
+
+
 def test_a_symlink_planted_at_the_manifests_temporary_name_is_not_written_through(tmp_path: Path) -> None:
     path, chest = chest_holding_a(tmp_path)
     victim = tmp_path / "victim.txt"
