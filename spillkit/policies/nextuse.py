@@ -75,11 +75,14 @@ class NextUse(GraphAware):
 
     Keys with no remaining reader go first (dead but not yet deleted), then
     keys by next use, furthest first; ties go to the largest. Weighting the
-    distance by size (Belady-Size) was measured too, on the shipped traces:
-    it helped matmul by 7% but doubled the I/O of rechunk and shuffle, because
+    distance by size (Belady-Size) was measured too, once, at ecc4d7f on the
+    traces shipped before pins were recorded (no script here repeats it): it
+    helped matmul by 7% but doubled the I/O of rechunk and shuffle, because
     schedulers run tasks out of planned order and a distance measured from an
-    estimated "now" misjudges large values. Plain next use is never worse
-    than LRU by more than matmul's 16% at a 10% budget, and up to 20% better.
+    estimated "now" misjudges large values. On the shipped traces plain next
+    use never did more I/O than LRU, and up to 36% less (rechunk at 10%,
+    settled: ``experiments/need_aware.py``'s plain column against LRU in
+    ``experiments/results.csv``).
 
     When the engine says how many bytes it needs (:meth:`victim_for`), a key
     far larger than that need is not spilled just because its next reader
@@ -87,11 +90,11 @@ class NextUse(GraphAware):
     ahead, the one freeing the most *useful* space-time per byte of I/O wins,
     i.e. the largest ``distance x min(1, need / size) / io`` where ``io`` is
     1 for a key with an unchanged copy on disk (its reload) and 2 otherwise
-    (write and reload). On the shipped traces the gains are at 5% of peak
-    memory: rechunk's replayed I/O fell 24% (settled; 22% strict) and
-    matmul's 8% (settled) and 16% (strict); at other budgets no trace moved
-    by more than 2% either way, and none got worse by more than 1% (rechunk
-    at 10% and 25%, settled) (``python experiments/need_aware.py``).
+    (write and reload). On the shipped traces the gains are in strict mode at
+    5% of peak memory: replayed I/O 0.77x plain next use's for rechunk and
+    0.84x for matmul. Settled (as the dask integration runs) it is 0.95x at
+    best (tsqr at 5%) and 1.01x at worst (rechunk at 10% and 25%), 1.00x in
+    23 of 28 cells (``python experiments/need_aware.py``).
 
     Examples
     --------
