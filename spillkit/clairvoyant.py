@@ -30,10 +30,9 @@ class Clairvoyant(Policy):
     ``rank="size"`` is Belady-Size instead: the largest size x distance to
     the next read goes first. That suits miss counts, not bytes: spilling a
     value costs I/O in proportion to its size, so size is no reason to
-    prefer it. On the shipped traces at 5-50% of peak memory (dead-skip) it
-    did up to 16% more I/O than ranking by distance, and 39x more on
-    groupby at 50%. Not thread-safe; deterministic; ``victim`` is
-    O(resident keys).
+    prefer it (the ``belady-size`` rows of ``experiments/RESULTS.md`` show its
+    I/O beside the other policies'). Not thread-safe; deterministic;
+    ``victim`` is O(resident keys).
 
     Examples
     --------

@@ -14,9 +14,8 @@ class SizeAware(GreedyDual):
     ``clock + 1 / nbytes`` and the clock rises to each victim's priority. Among
     keys last used at about the same time the largest goes first, which frees
     the most memory per write; unlike pure largest-first, a small key that is
-    never read again is eventually spilled too (pure largest-first did up to
-    22x worse than LRU on recorded dask graphs, see DESIGN.md). Ties go to the
-    least recently used. O(log n) per event. Not thread-safe on its own.
+    never read again is eventually spilled too (pure largest-first keeps such
+    keys for ever). Ties go to the least recently used. O(log n) per event. Not thread-safe on its own.
 
     Examples
     --------
