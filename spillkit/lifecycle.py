@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
 from .errors import SpillError
-from .events import FREE, LOAD, PIN, POPPED, UNPIN
+from .events import FREE, LOAD, POPPED
 from .keys import describe_key, unfindable_key
 from .ledger import _MISSING, EngineLedger
 from .notes import reports_notes
@@ -87,45 +87,6 @@ class EngineLifecycle(EngineLedger):
         if self.listeners:
             self._emit(LOAD, key, self._nbytes[key], read, seconds, detail=POPPED, object_id=id(value))
         return value
-
-    def pin(self, keys: Iterable[Hashable]) -> None:
-        """Keep ``keys`` in memory, outside the budget, while something uses them (pins add up).
-
-        For a running task's inputs: spilling a value the task holds frees no memory (the task
-        keeps it), and the task may still change it in place (dask's disk shuffle appends to a
-        partd object it was given): the spilled copy would miss those changes once the task lets
-        go. So a pinned victim is passed over for the round, and a resident pinned value does not
-        count against the budget (``pinned_bytes``; ``memory_bytes`` includes it): counted, it
-        would only push other values out to be read back later. When the last pin goes it counts
-        again, and the next put or :meth:`settle` spills to the budget. Keys need not be present
-        (an input still on disk is pinned when loaded).
-        """
-        with self.lock:
-            pins, memory = self._pins, self.memory
-            for key in keys:
-                count = pins.get(key, 0)
-                pins[key] = count + 1
-                if not count and key in memory:
-                    self._hold(self._objects[id(memory[key])], 1)
-                if self.listeners:
-                    self._emit(PIN, key, 0)
-
-    def unpin(self, keys: Iterable[Hashable]) -> None:
-        """Undo one :meth:`pin` of ``keys`` (a key not pinned is ignored); spills nothing itself."""
-        with self.lock:
-            pins, memory = self._pins, self.memory
-            for key in keys:
-                count = pins.get(key, 0)
-                if count > 1:
-                    pins[key] = count - 1
-                elif count:
-                    del pins[key]
-                    if key in memory:
-                        self._hold(self._objects[id(memory[key])], -1)
-                else:
-                    continue
-                if self.listeners:
-                    self._emit(UNPIN, key, 0)
 
     @reports_notes
     def evict_one(self) -> int:

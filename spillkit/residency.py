@@ -7,7 +7,8 @@ since is not measured again, under that key or another (counting an alias at its
 larger measure was tried and dropped: a round making room for the growth could spill
 the object's other key, and the object then came in whole, over the budget; and
 replays, which measure each put, would no longer match). ``pinned_bytes`` counts the
-objects that a pinned key holds (a running task's inputs), which are outside the budget.
+objects that a pinned key holds (a running task's inputs), which are outside the budget;
+:meth:`ResidentObjects.pin` and ``unpin`` (the engine's, taking its lock) set the pins.
 
 Thread-safety: only under the engine's lock, like the rest of the ledger. Nothing here
 raises but the policy's own errors.
@@ -15,10 +16,14 @@ raises but the policy's own errors.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+import threading
+from collections.abc import Hashable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from .events import PIN, UNPIN
+
 if TYPE_CHECKING:
+    from .events import Listener
     from .policies.base import Policy
 
 __all__ = ["_MISSING", "ResidentObjects"]
@@ -43,9 +48,14 @@ class ResidentObjects:
     _aside: list[Hashable]
     _write_failed: set[Hashable]
 
+    lock: threading.RLock
+    listeners: list[Listener]
+
     if TYPE_CHECKING:
 
         def _cost(self, key: Hashable, nbytes: int) -> float: ...
+
+        def _emit(self, kind: str, key: Hashable, nbytes: int) -> None: ...
 
     def _incoming(self, key: Hashable, value: Any, nbytes: int) -> int:
         # Bytes admitting ``value`` adds to memory within the budget: none when the object is resident
@@ -95,3 +105,42 @@ class ResidentObjects:
         if not entry[0]:
             del self._objects[id(value)]
             self.memory_bytes -= entry[1]
+
+    def pin(self, keys: Iterable[Hashable]) -> None:
+        """Keep ``keys`` in memory, outside the budget, while something uses them (pins add up).
+
+        For a running task's inputs: spilling a value the task holds frees no memory (the task
+        keeps it), and the task may still change it in place (dask's disk shuffle appends to a
+        partd object it was given): the spilled copy would miss those changes once the task lets
+        go. So a pinned victim is passed over for the round, and a resident pinned value does not
+        count against the budget (``pinned_bytes``; ``memory_bytes`` includes it): counted, it
+        would only push other values out to be read back later. When the last pin goes it counts
+        again, and the next put or :meth:`settle` spills to the budget. Keys need not be present
+        (an input still on disk is pinned when loaded).
+        """
+        with self.lock:
+            pins, memory = self._pins, self.memory
+            for key in keys:
+                count = pins.get(key, 0)
+                pins[key] = count + 1
+                if not count and key in memory:
+                    self._hold(self._objects[id(memory[key])], 1)
+                if self.listeners:
+                    self._emit(PIN, key, 0)
+
+    def unpin(self, keys: Iterable[Hashable]) -> None:
+        """Undo one :meth:`pin` of ``keys`` (a key not pinned is ignored); spills nothing itself."""
+        with self.lock:
+            pins, memory = self._pins, self.memory
+            for key in keys:
+                count = pins.get(key, 0)
+                if count > 1:
+                    pins[key] = count - 1
+                elif count:
+                    del pins[key]
+                    if key in memory:
+                        self._hold(self._objects[id(memory[key])], -1)
+                else:
+                    continue
+                if self.listeners:
+                    self._emit(UNPIN, key, 0)
