@@ -144,7 +144,13 @@ class Trace:
                 release(key)
                 on_disk.pop(key, None)
                 if tag == "put":
-                    hold(key, named.get(op[5], ("object", op[5])) if op[5] else ("put", index), op[2])
+                    loaded = named.get(op[5]) if op[5] else None
+                    # Only while a key still holds it, at the same size (as replay checks): a value
+                    # read back and not kept (over the budget) names an object a new one may reuse the id of.
+                    if loaded is not None and counts.get(loaded, [0, -1])[1] != op[2]:
+                        loaded = None
+                    fresh = ("object", op[5]) if op[5] else ("put", index)
+                    hold(key, fresh if loaded is None or loaded not in counts else loaded, op[2])
                 elif tag == "ondisk":
                     on_disk[key] = (index, op[2])
         return peak
