@@ -17,6 +17,7 @@ Chest.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import weakref
@@ -164,7 +165,10 @@ def setup_chest(
         # opened and free the directory now, not whenever the garbage collector gets to it.
         try:
             if engine is not None:
-                engine.close()  # removes from the policy every key ``data`` put there
+                # Removes from the policy every key ``data`` put there. An error here (a policy's own)
+                # would hide the one the constructor raises, which says what was wrong: it goes.
+                with contextlib.suppress(Exception):
+                    engine.close()
             release_policy(chosen)  # no Chest came of it: the policy may serve the next one
         finally:
             if store is not None:

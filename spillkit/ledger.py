@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import numbers
 import threading
 import time
 import warnings
@@ -183,13 +182,19 @@ class EngineLedger(EvictionRounds, ResidentObjects):
         # Checked before anything changes: a policy does arithmetic and comparisons on costs, so a
         # string (or a Decimal, which does not mix with float) raised inside it half-way through a
         # put or a load, leaving the key stored but out of the policy.
-        if isinstance(cost, (numbers.Real, Decimal)):
+        # Any real number, as for sizes (spillkit.sizeof.checked_size): numpy's bools, floats and
+        # 0-d arrays too; not text, which float() would parse.
+        seconds: float | None = None
+        if not isinstance(cost, (str, bytes, bytearray, complex)):
             try:
-                seconds = float(cost)
+                seconds = float(cost)  # type: ignore[arg-type]
             except OverflowError:  # an int too large for a float: as dear as can be
-                seconds = -math.inf if cost < 0 else math.inf
-            except ValueError:  # Decimal("sNaN")
-                seconds = math.nan
+                seconds = -math.inf if cost < 0 else math.inf  # type: ignore[operator]
+            except ValueError:  # Decimal("sNaN"); anything else float() refuses is no number
+                seconds = math.nan if isinstance(cost, Decimal) else None
+            except TypeError:
+                seconds = None
+        if seconds is not None:
             if seconds == seconds:  # NaN orders against nothing: it would scramble the policy's heap
                 return seconds
             raise ValueError(f"the cost of {describe_key(key)} is NaN; give seconds (nothing was changed)")

@@ -74,6 +74,11 @@ def test_real_numbers_of_any_type_are_costs_in_seconds(tmp_path: Path) -> None:
             chest.put(i, [i], cost=cost)
         assert [chest.engine.given_cost(i) for i in range(3)] == [0.4, 0.3, 0.5]
         assert all(type(chest.engine.given_cost(i)) is float for i in range(3))
+        # numpy's bool and a 0-d array are real numbers too, as for sizes (before: refused, where True was 1.0)
+        for odd, seconds in ((np.True_, 1.0), (np.array(0.25), 0.25), (True, 1.0)):
+            chest.set_cost(2, odd)  # type: ignore[arg-type]
+            assert chest.engine.given_cost(2) == seconds
+        chest.set_cost(2, 0.5)
         chest.put(3, [3], cost=1)  # over budget: the cheapest per byte is spilled, as for floats
         assert chest.engine.spilled_keys == [1]
         chest.set_cost(1, 10**400)  # too large for a float: as dear as can be
@@ -102,6 +107,7 @@ def test_close_releases_the_directory_even_if_the_policy_raises(tmp_path: Path) 
     with pytest.raises(RuntimeError, match="policy bug"):
         chest.close()
     assert chest.closed
+    assert not chest.engine.memory and chest.engine.memory_bytes == 0  # it went on past the policy's error
     chest.close()  # idempotent
     with Chest(path=tmp_path / "c", sizeof=sizeof) as again:  # the flush before the shut committed both
         assert dict(again.items()) == {"bad": [1], "good": [2]}
@@ -120,3 +126,18 @@ def test_drop_removes_and_unlocks_the_directory_even_if_the_policy_raises(tmp_pa
     again = Chest(path=chest.path)  # no lock left behind, and nothing of the dropped Chest's
     assert len(again) == 0
     again.drop()
+
+
+def test_a_constructor_that_fails_raises_its_own_error_and_frees_the_directory(tmp_path: Path) -> None:
+    # Found by review (helper-79): the cleanup's close raised the policy's error, which hid the
+    # constructor's (an unpicklable value over the budget); the lock's release after it is checked too.
+    import threading
+
+    lock_type = type(threading.Lock())
+    path = tmp_path / "c"
+    with pytest.raises(TypeError, match="pickle"):
+        Chest(path=path, available_memory=10 * UNIT, policy=BrokenPolicy(),
+              sizeof=lambda v: 50 * UNIT if isinstance(v, lock_type) else UNIT,
+              data={"bad": [1], "lock": threading.Lock()})  # fmt: skip
+    with Chest(path=path) as again:  # the directory is free
+        assert len(again) == 0
