@@ -64,7 +64,15 @@ def release_policy(policy: Policy) -> None:
     A policy holds one Chest's keys, so it serves one open Chest at a time (:func:`setup_chest`
     refuses a bound one); a closed Chest never calls its policy again.
     """
-    policy._spillkit_bound = False  # type: ignore[attr-defined]
+    policy._spillkit_bound = None  # type: ignore[attr-defined]
+
+
+def _serves_an_open_chest(policy: Policy) -> bool:
+    # A weak reference to the engine it serves: a Chest closed (its policy raising or not), or
+    # collected without a close, leaves it free, as a released one is.
+    owner = getattr(policy, "_spillkit_bound", None)
+    engine = owner() if owner is not None else None
+    return engine is not None and not engine.closed
 
 
 def _map_from(map_loads: bool | int | str) -> int | None:
@@ -111,10 +119,12 @@ def setup_chest(
     if codec is None:
         codec = PickleCodec()
     chosen = make_policy(policy)
-    if getattr(chosen, "_spillkit_bound", False):
+    if _serves_an_open_chest(chosen):
         raise ValueError(
             f"{chosen!r} already serves another open Chest; give each Chest its own policy (or close that one first)"
         )
+    if len(chosen):  # (a Chest collected without a close never told it its keys left)
+        raise ValueError(f"{chosen!r} still ranks {len(chosen)} keys of another Chest; give this Chest a new policy")
     chest._temporary = path is None
     if path is None:
         chest._path = tempdirs.create()  # named after this process, so a sweep can tell when it is stale
@@ -157,7 +167,7 @@ def setup_chest(
             reopen(chest)
         elif engine._writer is not None:
             before_removal.append(engine.abandon_writes)
-        chosen._spillkit_bound = True  # type: ignore[attr-defined]
+        chosen._spillkit_bound = weakref.ref(engine)  # type: ignore[attr-defined]
         if data is not None:
             chest.update(data)
     except BaseException:

@@ -74,3 +74,37 @@ def test_a_policy_stays_bound_while_its_chest_stays_open(tmp_path: Path) -> None
     assert chest["a"] == [1] and len(policy) == 1
     chest.drop()
     serves_alone(policy, tmp_path / "other").drop()
+
+
+class BrokenLRU(LRU):
+    """An LRU that fails when told key "bad" left memory (a user's policy with a bug)."""
+
+    def removed(self, key: Any) -> None:
+        super().removed(key)
+        if key == "bad":
+            raise RuntimeError("policy bug")
+
+
+def test_a_policy_is_free_after_a_close_it_raised_in_and_after_its_chest_was_collected(tmp_path: Path) -> None:
+    # Found by review (helper-79): after a close() the policy raised in, and after a Chest collected
+    # without a close, the policy was refused as serving "another open Chest" that was closed or gone.
+    import gc
+
+    broken = BrokenLRU()
+    chest = Chest(path=tmp_path / "a", available_memory=10 * UNIT, sizeof=sizeof, policy=broken)
+    chest.update({"bad": [1], "good": [2]})
+    with pytest.raises(RuntimeError, match="policy bug"):
+        chest.close()
+    assert chest.closed and len(broken) == 0
+    again = Chest(path=tmp_path / "b", available_memory=10 * UNIT, sizeof=sizeof, policy=broken)  # before: ValueError
+    again.drop()
+    policy, unused = LRU(), LRU()
+    for given in (policy, unused):
+        lost = Chest(available_memory=10 * UNIT, sizeof=sizeof, policy=given)
+        if given is policy:
+            lost["k"] = [1]
+        del lost
+        gc.collect()
+    serves_alone(unused, tmp_path / "c").drop()  # before: "already serves another open Chest", with none open
+    with pytest.raises(ValueError, match="still ranks 1 keys of another Chest; give this Chest a new policy"):
+        Chest(available_memory=10 * UNIT, policy=policy)  # the collected Chest never took its key out
