@@ -80,7 +80,15 @@ class TraceRecorder:
         self._chest = chest
         self._deferred = False  # as the last "defer" line said
         if chest is not None:
-            chest.add_listener(self)
+            engine = chest.engine
+            with engine.lock:  # what it holds already, then every change: nothing between the two is missed
+                # Spilled values start on disk, resident ones are put in the order the Chest admitted them
+                # (the order LRU and FIFO rank them in): a strict replay then meets their reads as the Chest did.
+                for key in engine.spilled_keys:
+                    self.on_disk(key, engine.nbytes(key))
+                for key, value in list(engine.memory.items()):
+                    self.put(key, engine.nbytes(key), id(value))
+                chest.add_listener(self)
 
     def _line(self, value: Any) -> None:
         self._file.write(json.dumps(value, separators=(",", ":")) + "\n")

@@ -274,3 +274,28 @@ def test_replay_reproduces_a_chest_alone_that_defers_puts_and_is_asked_to_evict(
     chest.put("after", np.zeros(10))  # the recorder stopped listening when it closed
     assert read_trace(tmp_path / "alone.trace").ops == trace.ops
     chest.drop()
+
+
+@pytest.mark.parametrize("policy", ["lru", "fifo"])
+def test_a_recorder_given_a_chest_that_holds_values_already_starts_with_them(policy: str, tmp_path: Path) -> None:
+    # Found by review (helper-79): the values held before the recorder attached were not in the trace,
+    # so a strict replay missed every read of them (8 loads live, 8 misses replayed). Resident ones are
+    # put in admission order, which LRU and FIFO rank by when nothing was read meanwhile.
+    from spillkit.trace import TraceRecorder
+
+    budget = 4 * 4000
+    chest = Chest(available_memory=budget, policy=policy, sizeof=lambda v: v.nbytes, path=tmp_path / "chest")
+    for i in range(8):
+        chest[f"old{i}"] = np.full(500, i)  # 4000 bytes each: four stay, four are spilled
+    before = chest.stats.spills
+    with TraceRecorder(tmp_path / "t.trace", {"workload": "held"}, chest=chest):
+        for i in range(8):
+            assert chest[f"old{i}"][0] == i
+        chest["new"] = np.zeros(500)
+    trace = read_trace(tmp_path / "t.trace")
+    assert sum(op[0] == "ondisk" for op in trace.ops) == 4
+    result = replay(trace, policy, budget, mode="strict", keep_decisions=True, plan=False)
+    assert result.misses == 0 and result.loads == chest.stats.loads == 8
+    assert result.spills == chest.stats.spills - before
+    assert result.decisions == recorded_decisions(trace)
+    chest.drop()
