@@ -20,6 +20,18 @@ if TYPE_CHECKING:
 __all__ = ["DictMethods"]
 
 
+def _as_it_is(engine: SpillEngine, key: Hashable) -> Any:
+    """The key's value now, counted as no read (the lock held): resident, in flight, alive, or its file's."""
+    if key in engine.memory:
+        return engine.memory[key]
+    writer = engine._writer
+    if writer is not None and key in writer.pending:
+        return writer.pending[key].value
+    ref = engine._refs.get(key)
+    live = None if ref is None else ref()
+    return live if live is not None else engine.disk.read(key)
+
+
 class _Items(ItemsView[Hashable, Any]):
     """``chest.items()``: keys listed once, each read when reached; a key deleted by then is skipped."""
 
@@ -93,8 +105,9 @@ class DictMethods:
             if key not in engine:
                 self[key] = default
                 return default
-            engine.stats.misses -= 1  # stored again meanwhile: the read below is this call's one read
-            return self[key]
+            # Deleted and stored again meanwhile: the miss counted above is this call's one read
+            # (counters only go up: no second one), and the value is taken as it is, uncounted.
+            return _as_it_is(engine, key)
 
     def popitem(self) -> tuple[Hashable, Any]:
         """Remove and return the last key stored and its value, as ``dict.popitem`` (not cached on the way)."""

@@ -76,8 +76,7 @@ class record(Callback):
         self._chest: Chest | None = None
         self._plan: tuple[dict[Hashable, list[Hashable]], dict[Hashable, int], list[Hashable]] | None = None
         self._lock = threading.RLock()  # dask calls the hooks of computations in several threads
-        self._running: list[int] = []  # id() of the graph of each computation under way
-        self._recorded: int | None = None  # id() of the graph of the one being recorded, until it ends
+        self._recorded: int | None = None  # id() of the graph of the computation being recorded, until it ends
         self._fresh = False  # the recorder was attached by that computation's _start, to the configured cache
 
     def _next_path(self) -> str:
@@ -93,23 +92,20 @@ class record(Callback):
 
     def _start(self, dsk: Mapping[Any, Any]) -> None:
         with self._lock:
-            self._running.append(id(dsk))
-            if len(self._running) > 1:  # nested in, or beside, the computation being recorded
+            if self._recorded is not None:  # nested in, or beside, the computation being recorded
                 return
             self._detach()  # the previous computation's trace ends where this one starts
-            self._recorded = id(dsk)
-            self._plan = _graph_facts(dsk)
+            self._plan = _graph_facts(dsk)  # (a graph with a cycle raises: dask then calls no _finish)
             cache = dask.config.get("cache", None)
             if isinstance(cache, WorkerLoads):  # spilling()'s: its Chest, before any other hook pins or puts
                 cache = cache.chest
             if isinstance(cache, Chest):
-                self._attach(cache)
+                self._attach(cache)  # (a path that cannot be opened raises here, with nothing recorded)
                 self._fresh = True
+            self._recorded = id(dsk)  # last: a _start that raised leaves the next computation recorded
 
     def _finish(self, dsk: Mapping[Any, Any], state: dict[str, Any], errored: bool) -> None:
         with self._lock:
-            if id(dsk) in self._running:
-                self._running.remove(id(dsk))
             if self._recorded == id(dsk):  # its trace stays open for dask's read of the results
                 self._recorded = None
 

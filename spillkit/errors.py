@@ -14,6 +14,7 @@ __all__ = [
     "CorruptSpillFile",
     "DiskQuotaExceeded",
     "LoadFailed",
+    "NameTaken",
     "SpillError",
     "SpillWarning",
 ]
@@ -116,3 +117,11 @@ def _inside(filename: str) -> bool:
     # spillkit's own frames, and the standard library's between the user and spillkit: the mapping
     # mixins (chest.get, chest.update: "<frozen _collections_abc>") and contextlib's wrappers.
     return filename.startswith(_PACKAGE) or "_collections_abc" in filename or filename.endswith("contextlib.py")
+
+
+class NameTaken(OSError):
+    """A file this Chest did not write has the name a key's new file was to take.
+
+    Raised by the disk store's commit; the name is never chosen again, and the value goes
+    under another (at once for a synchronous write, at the next try for a background one).
+    """

@@ -19,10 +19,10 @@ from typing import Any
 
 from .codecs import Codec
 from .compaction import Place
-from .errors import CorruptSpillFile, DiskQuotaExceeded
+from .errors import CorruptSpillFile, DiskQuotaExceeded, NameTaken
 from .segfiles import read_at
 from .spillfile import HEADER_SIZE, PAD, RecordError, encode_header, open_record, still_encodes
-from .storage import DiskStore, NameTaken, OpenRead, PreparedWrite
+from .storage import DiskStore, OpenRead, PreparedWrite
 from .upkeep import SegmentUpkeep
 
 __all__ = ["PackedRecords", "PackedWrite"]

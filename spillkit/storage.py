@@ -16,7 +16,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ChangedWhileWritten, SpillWarning
+from .errors import ChangedWhileWritten, NameTaken, SpillWarning
 from .filereads import OpenRead
 from .filesync import FileSync
 from .holes import disk_full
@@ -24,13 +24,9 @@ from .keys import describe_key
 from .regularfile import SAFE_OPEN, ensure_regular
 from .spillfile import HEADER_SIZE, body_crc, claimed_crc, encode_header, names_record
 
-__all__ = ["DiskStore", "NameTaken", "OpenRead", "PreparedWrite", "is_spill_file"]
+__all__ = ["DiskStore", "OpenRead", "PreparedWrite", "is_spill_file"]
 
 _WRITE_TRIES = 3  # writes of a value that changes during each one, before it stays in memory
-
-
-class NameTaken(OSError):
-    """A file this Chest did not write has the name a new file was to take (see :meth:`DiskStore.commit`)."""
 
 
 @dataclass(slots=True)
@@ -201,7 +197,7 @@ class DiskStore(FileSync):
             self.release_unmapped()  # space that values freed since have given back
             self._check_quota(key, prepared.size)
             old = self._replaced_file(key)
-            if (old is None or old[0] != name) and os.path.lexists(full):
+            if (old is None or old[0] != name) and name not in self._orphans and os.path.lexists(full):
                 # A name new to the key, taken by a file this Chest did not write (left in a directory
                 # reopened, or planted): left alone, and never chosen again; the value goes under another.
                 self._foreign.add(name.casefold())

@@ -186,10 +186,11 @@ def load(engine: SpillEngine, key: Hashable) -> Any:
         except SpillError:
             engine._refs.remember(key, value)  # served without caching: while alive it stays the value
             return value
-        if engine.memory_bytes - engine.pinned_bytes > engine.budget - incoming:
+        if incoming and engine.memory_bytes - engine.pinned_bytes > engine.budget - incoming:
             # No room was made (the disk refused the victims' writes, or no victim could go): served
             # without caching too, as a value over the budget is; its file is still there. Held, every
-            # read of a full disk's values would stay in memory, over the budget.
+            # read of a full disk's values would stay in memory, over the budget. (A pinned key, or an
+            # object resident under another key, costs the budget nothing: it is kept.)
             engine._refs.remember(key, value)
             return value
         engine._spilled_nbytes -= nbytes

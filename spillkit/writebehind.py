@@ -14,7 +14,7 @@ import contextlib
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
-from .errors import ChangedWhileWritten, DiskQuotaExceeded, SpillError
+from .errors import ChangedWhileWritten, DiskQuotaExceeded, NameTaken, SpillError
 from .events import HIT, SPILL
 from .tiers import StagedDiskTier
 from .writer import BackgroundWriter, PendingWrite
@@ -196,8 +196,8 @@ class WriteBehind:
         if isinstance(error, DiskQuotaExceeded):
             engine.stats.quota_errors += 1
         serialization = not isinstance(error, (OSError, SpillError))
-        if isinstance(error, OSError):  # (a quota refusal costs no I/O, and must not raise into puts)
-            self.disk_failing = True
+        if isinstance(error, OSError) and not isinstance(error, NameTaken):  # (a quota refusal costs no I/O)
+            self.disk_failing = True  # (a name a foreign file took is no failing disk: the next try takes another)
         if pending.evicting:
             engine._admit(key, value, nbytes, offer=not serialization)
         elif serialization and key not in engine._unspillable:  # (set aside already: out of the policy)
@@ -208,6 +208,8 @@ class WriteBehind:
             what = "cannot be serialized; it stays in memory"
         elif isinstance(error, ChangedWhileWritten):
             what = "changed while it was written; it stays in memory"
+        elif isinstance(error, NameTaken):
+            what = "its file's name is taken by a file this Chest did not write; it stays in memory, for another name"
         else:
             what = "disk write failed; it stays in memory"
         engine._spill_failed(key, nbytes, error, what)

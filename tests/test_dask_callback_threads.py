@@ -8,6 +8,7 @@ the wrong set. Real dask schedulers, real Chests, threads synchronised by events
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -255,3 +256,53 @@ def test_record_writes_its_first_path_when_a_computation_brings_its_own_chest(tm
     assert sum(op[0] == "put" for op in read_trace(rec.paths[0]).ops) == mine.stats.puts > 0
     mine.drop()
     configured.drop()
+
+
+def test_record_gives_each_computation_its_trace_after_one_whose_start_failed(tmp_path: Any) -> None:
+    # Found by review (helper-78): a graph with a cycle made record's start raise; dask then calls no
+    # finish for it, and every later computation of the block went into one trace without its graph.
+    from spillkit.dask import record
+    from spillkit.trace import read_trace
+
+    inc = lambda x: x + 1
+    chest = Chest(available_memory="1 MiB")
+    with dask.config.set(cache=chest), record(tmp_path / "t.trace") as rec:
+        with pytest.raises(RuntimeError, match=r"[Cc]ycle"):
+            dask.threaded.get({"a": (inc, "b"), "b": (inc, "a")}, "a")
+        for i in range(3):
+            assert dask.threaded.get({f"x{i}": 1, f"y{i}": (inc, f"x{i}")}, f"y{i}") == 2
+    traces = [read_trace(path) for path in rec.paths]
+    assert len(traces) == 3 and all(len(trace.dependencies) == 2 for trace in traces)
+    chest.drop()
+
+
+def test_a_computation_nested_after_its_block_ended_leaves_the_running_one_its_chest() -> None:
+    # Found by review (helper-78): each computation's run is found by its graph. Matched by thread order
+    # instead, the nested computation (run by the ended block's callback, which another thread put back)
+    # took the running computation's run, and its end closed the Chest under it.
+    p_inside, p_go, q_inside, q_go = (threading.Event() for _ in range(4))
+    nested: dict[str, Any] = {}
+
+    def p_task(v: int) -> int:
+        p_inside.set()
+        assert p_go.wait(WAIT)
+        nested["value"] = dask.delayed(lambda x: x * 2)(21).compute(scheduler="sync")
+        return v + 1
+
+    def q_task(v: int) -> int:
+        q_inside.set()
+        assert q_go.wait(WAIT)
+        return v
+
+    with spilling(available_memory="10 MiB") as chest:
+        p, out_p = in_thread(lambda: dask.delayed(p_task)(1).compute(scheduler="sync"))  # takes the Chest
+        assert p_inside.wait(WAIT)
+        q, out_q = in_thread(lambda: dask.delayed(q_task)(2).compute(scheduler="sync"))  # runs in memory
+        assert q_inside.wait(WAIT)
+    assert not chest.closed  # P has it
+    q_go.set()
+    q.join(WAIT)  # Q ends: dask puts back the set it found, with the block's callback in it
+    p_go.set()
+    p.join(WAIT)
+    assert out_p == {"value": 2} and out_q == {"value": 2} and nested == {"value": 42}
+    assert chest.closed and not os.path.exists(chest.path)

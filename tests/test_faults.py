@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import errno
+import gc
 import math
 import os
 import pickle
@@ -730,6 +731,31 @@ def test_reads_while_the_disk_is_full_are_served_without_being_held(
     switch.armed = False
     assert_values(chest, expected)
     assert chest.memory_bytes <= chest.available_memory
+
+
+def test_a_pinned_input_read_while_the_disk_is_full_is_kept_with_its_change(
+    make_chest: Callable[..., Chest], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by review (helper-78): a pinned key costs the budget nothing, but the read that made no room
+    # served it without holding it, so a task's in-place change to its input died with the object.
+    switch = FaultSwitch(10**9, errno.ENOSPC)
+    chest = make_chest(sizeof=len_sizeof, available_memory=300, **inject("mid-write", switch, monkeypatch))
+    chest["input"] = bytearray(100)
+    while chest.inmem:
+        assert chest.evict() > 0
+    switch.fail_from = switch.calls + 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SpillWarning)
+        for key in "xyz":  # their writes fail: memory over the budget
+            chest[key] = bytearray(150)
+        chest.engine.pin(["input"])  # a running task's input
+        value = chest["input"]
+        value[:5] = b"HELLO"  # the task changes it in place
+        del value
+        gc.collect()
+        chest.engine.unpin(["input"])
+    assert "input" in chest.inmem and chest["input"][:5] == b"HELLO"
+    switch.armed = False
 
 
 # ---- 6. hostile keys -------------------------------------------------------------------------

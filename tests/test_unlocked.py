@@ -141,6 +141,37 @@ def test_setdefault_reads_a_key_stored_by_another_thread_after_its_miss(tmp_path
     chest.drop()
 
 
+def test_setdefault_of_a_key_deleted_and_stored_again_during_its_read_counts_one_read(tmp_path: Path) -> None:
+    # Found by review (helper-78): that race path took back the miss it had counted (a counter going
+    # down, which Prometheus forbids). Now it returns the value stored meanwhile, counting no second read.
+    chest, _ = make(tmp_path, budget_units=3)
+    chest["k"] = value("old")
+    spill_all(chest)
+    real = type(chest).__getitem__
+    raced = []
+
+    def getitem(self: Chest, key: Hashable) -> Any:
+        if raced:
+            return real(self, key)
+        raced.append(True)  # the unlocked read: another thread deletes the key first, then stores it again
+        del self["k"]
+        try:
+            return real(self, key)  # a miss
+        finally:
+            self["k"] = value("again")
+
+    before = (chest.stats.hits, chest.stats.loads, chest.stats.misses)
+    type(chest).__getitem__ = getitem  # type: ignore[method-assign]
+    try:
+        got = chest.setdefault("k", b"default")
+    finally:
+        type(chest).__getitem__ = real  # type: ignore[method-assign]
+    after = (chest.stats.hits, chest.stats.loads, chest.stats.misses)
+    assert after[2] - before[2] == 1 and after[:2] == before[:2]  # one read: the miss; nothing taken back
+    assert got == value("again") and chest["k"] == value("again")
+    chest.drop()
+
+
 class Paused:
     """Pause the next load inside its decode until released; say when it got there."""
 
