@@ -21,7 +21,7 @@ import spillkit.segfiles
 import spillkit.segments
 import spillkit.spares
 import spillkit.storage
-from spillkit import Chest
+from spillkit import LRU, Chest
 from spillkit.policies import Policy
 from spillkit.segfiles import is_segment_name
 
@@ -170,3 +170,12 @@ def child_exit_code(pid: int, *fds: int) -> int:
     for fd in fds:
         os.close(fd)
     return os.waitstatus_to_exitcode(status)
+
+
+class FailsOnBad(LRU):
+    """An LRU that fails when told key "bad" left memory (a user's policy with a bug)."""
+
+    def removed(self, key: Hashable) -> None:
+        super().removed(key)
+        if key == "bad":
+            raise RuntimeError("policy bug")

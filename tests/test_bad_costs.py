@@ -5,7 +5,6 @@ test failed before the fix)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
@@ -14,8 +13,9 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import ChestFactory, assert_accounting
+from helpers import FailsOnBad
 
-from spillkit import LRU, Chest
+from spillkit import Chest
 
 UNIT = 100
 
@@ -90,19 +90,10 @@ def test_real_numbers_of_any_type_are_costs_in_seconds(tmp_path: Path) -> None:
         assert {key: chest[key] for key in chest} == {i: [i] for i in range(4)}
 
 
-class BrokenPolicy(LRU):
-    """An LRU that fails when told key "bad" left memory (a user's policy with a bug)."""
-
-    def removed(self, key: Hashable) -> None:
-        super().removed(key)
-        if key == "bad":
-            raise RuntimeError("policy bug")
-
-
 def test_close_releases_the_directory_even_if_the_policy_raises(tmp_path: Path) -> None:
     # Before: close() raised with the Chest marked closed and its directory still locked, so no
     # Chest could open the path again until the process exited.
-    chest = Chest(path=tmp_path / "c", available_memory=10 * UNIT, sizeof=sizeof, policy=BrokenPolicy())
+    chest = Chest(path=tmp_path / "c", available_memory=10 * UNIT, sizeof=sizeof, policy=FailsOnBad())
     chest.update({"bad": [1], "good": [2]})
     with pytest.raises(RuntimeError, match="policy bug"):
         chest.close()
@@ -117,7 +108,7 @@ def test_close_releases_the_directory_even_if_the_policy_raises(tmp_path: Path) 
 def test_drop_removes_and_unlocks_the_directory_even_if_the_policy_raises(tmp_path: Path, temporary: bool) -> None:
     # Before: drop() raised half-way, leaving the Chest open, its directory locked and half removed.
     path = None if temporary else tmp_path / "c"
-    chest = Chest(path=path, available_memory=10 * UNIT, sizeof=sizeof, policy=BrokenPolicy())
+    chest = Chest(path=path, available_memory=10 * UNIT, sizeof=sizeof, policy=FailsOnBad())
     chest.update({"good": [2], "bad": [1], "also": [3]})
     with pytest.raises(RuntimeError, match="policy bug"):
         chest.drop()
@@ -136,7 +127,7 @@ def test_a_constructor_that_fails_raises_its_own_error_and_frees_the_directory(t
     lock_type = type(threading.Lock())
     path = tmp_path / "c"
     with pytest.raises(TypeError, match="pickle"):
-        Chest(path=path, available_memory=10 * UNIT, policy=BrokenPolicy(),
+        Chest(path=path, available_memory=10 * UNIT, policy=FailsOnBad(),
               sizeof=lambda v: 50 * UNIT if isinstance(v, lock_type) else UNIT,
               data={"bad": [1], "lock": threading.Lock()})  # fmt: skip
     with Chest(path=path) as again:  # the directory is free

@@ -20,23 +20,12 @@ np = pytest.importorskip("numpy")
 
 import dask  # noqa: E402
 from dask.callbacks import Callback  # noqa: E402
+from dask_helpers import WAIT, fails_in_one_block, matrix, waits_in_first_block  # noqa: E402
 
 from spillkit import Chest  # noqa: E402
 from spillkit.dask import ChestCallback, costs, spilling  # noqa: E402
 
-WAIT = 60.0  # only reached when the code under test is wrong
-
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
-
-
-def matrix() -> Any:
-    return da.random.RandomState(0).random((400, 400), chunks=(100, 100))
-
-
-def fails_in_one_block(block: Any, block_id: Any = None) -> Any:
-    if block_id == (3, 3):
-        raise ZeroDivisionError("a task failed")
-    return block
 
 
 def chest_callbacks() -> list[ChestCallback]:
@@ -137,13 +126,7 @@ def test_a_block_closes_its_chest_only_once_another_threads_computation_is_done_
     # the block closed it under that computation, which failed with "this Chest is closed".
     x = matrix()
     expected = float((x @ x).sum().compute(scheduler="sync"))
-    inside, release = threading.Event(), threading.Event()
-
-    def waits(block: Any, block_id: Any = None) -> Any:
-        if block_id == (0, 0):
-            inside.set()
-            assert release.wait(WAIT)
-        return block
+    inside, release, waits = waits_in_first_block()
 
     with spilling(available_memory="1 MiB") as chest:
         thread, out = in_thread(lambda: float((x.map_blocks(waits) @ x).sum().compute(scheduler="sync")))
@@ -222,13 +205,7 @@ def test_record_with_computations_in_two_threads_raises_nothing(tmp_path: Any) -
 
     x = matrix()
     expected = float((x @ x).sum().compute(scheduler="sync"))
-    inside, release = threading.Event(), threading.Event()
-
-    def waits(block: Any, block_id: Any = None) -> Any:
-        if block_id == (0, 0):
-            inside.set()
-            assert release.wait(WAIT)
-        return block
+    inside, release, waits = waits_in_first_block()
 
     with spilling(available_memory="2 MiB"), record(tmp_path / "t.trace") as rec:
         first, out_first = in_thread(lambda: float((x.map_blocks(waits) @ x).sum().compute()))

@@ -19,21 +19,12 @@ da = pytest.importorskip("dask.array")
 np = pytest.importorskip("numpy")
 
 import dask  # noqa: E402
+from dask_helpers import fails_in_one_block, matrix  # noqa: E402
 
 from spillkit import Chest  # noqa: E402
 from spillkit.dask import spilling  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::dask.array.core.PerformanceWarning")
-
-
-def matrix() -> Any:
-    return da.random.RandomState(0).random((400, 400), chunks=(100, 100))
-
-
-def fails_in_one_block(block: Any, block_id: Any = None) -> Any:
-    if block_id == (3, 3):
-        raise ZeroDivisionError("a task failed")
-    return block
 
 
 SCHEDULERS = {"default": {}, "sync": {"scheduler": "sync"}, "threads": {"scheduler": "threads"}}

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import FailsOnBad
 
 from spillkit import LRU, Chest, SpillError
 
@@ -76,21 +77,12 @@ def test_a_policy_stays_bound_while_its_chest_stays_open(tmp_path: Path) -> None
     serves_alone(policy, tmp_path / "other").drop()
 
 
-class BrokenLRU(LRU):
-    """An LRU that fails when told key "bad" left memory (a user's policy with a bug)."""
-
-    def removed(self, key: Any) -> None:
-        super().removed(key)
-        if key == "bad":
-            raise RuntimeError("policy bug")
-
-
 def test_a_policy_is_free_after_a_close_it_raised_in_and_after_its_chest_was_collected(tmp_path: Path) -> None:
     # Found by review (helper-79): after a close() the policy raised in, and after a Chest collected
     # without a close, the policy was refused as serving "another open Chest" that was closed or gone.
     import gc
 
-    broken = BrokenLRU()
+    broken = FailsOnBad()
     chest = Chest(path=tmp_path / "a", available_memory=10 * UNIT, sizeof=sizeof, policy=broken)
     chest.update({"bad": [1], "good": [2]})
     with pytest.raises(RuntimeError, match="policy bug"):
