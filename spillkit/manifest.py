@@ -26,7 +26,7 @@ import cloudpickle
 from .errors import SpillError, SpillWarning
 from .regularfile import SAFE_OPEN, ensure_regular
 from .security import KEY_FILE_NAME, sign
-from .storage import is_spill_file
+from .spillfile import is_spill_file
 
 __all__ = [
     "MANIFEST_NAME",

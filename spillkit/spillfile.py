@@ -18,11 +18,13 @@ buffers 64-byte aligned.
 from __future__ import annotations
 
 import hmac
+import os
 import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from .codecs import Codec
+from .regularfile import SAFE_OPEN, ensure_regular
 from .security import sign
 
 try:  # the same CRC-32 as zlib's (files are interchangeable), about 13x faster
@@ -38,6 +40,7 @@ __all__ = [
     "claimed_crc",
     "crc32",
     "encode_header",
+    "is_spill_file",
     "names_record",
     "open_record",
     "still_encodes",
@@ -153,3 +156,22 @@ def open_record(data: memoryview, name: str, secret: bytes, expected_tag: bytes 
     if expected_tag is not None and not hmac.compare_digest(tag, expected_tag):
         raise RecordError("the file is an older or other version of this key's value")
     return body
+
+
+def is_spill_file(full: str, name: str) -> bool:
+    """True when ``full`` starts like a spill file written under ``name`` (used to clean up after a crash)."""
+    try:
+        length = HEADER_SIZE + len(name.encode("utf-8"))
+    except UnicodeEncodeError:  # a name os.listdir could only surrogate-escape: no spill file's (they are ASCII)
+        return False
+    try:
+        fd = ensure_regular(os.open(full, os.O_RDONLY | SAFE_OPEN), full)
+    except OSError:
+        return False
+    try:
+        head = os.pread(fd, length, 0)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return names_record(head, name)

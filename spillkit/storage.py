@@ -21,10 +21,9 @@ from .filereads import OpenRead
 from .filesync import FileSync
 from .holes import disk_full
 from .keys import describe_key
-from .regularfile import SAFE_OPEN, ensure_regular
-from .spillfile import HEADER_SIZE, body_crc, claimed_crc, encode_header, names_record
+from .spillfile import body_crc, claimed_crc, encode_header
 
-__all__ = ["DiskStore", "OpenRead", "PreparedWrite", "is_spill_file"]
+__all__ = ["DiskStore", "OpenRead", "PreparedWrite"]
 
 _WRITE_TRIES = 3  # writes of a value that changes during each one, before it stays in memory
 
@@ -38,25 +37,6 @@ class PreparedWrite:
     temp: str
     size: int
     tag: bytes
-
-
-def is_spill_file(full: str, name: str) -> bool:
-    """True when ``full`` starts like a spill file written under ``name`` (used to clean up after a crash)."""
-    try:
-        length = HEADER_SIZE + len(name.encode("utf-8"))
-    except UnicodeEncodeError:  # a name os.listdir could only surrogate-escape: no spill file's (they are ASCII)
-        return False
-    try:
-        fd = ensure_regular(os.open(full, os.O_RDONLY | SAFE_OPEN), full)
-    except OSError:
-        return False
-    try:
-        head = os.pread(fd, length, 0)
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-    return names_record(head, name)
 
 
 def _write_all(fd: int, frames: list[Any]) -> None:

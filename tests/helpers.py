@@ -20,6 +20,7 @@ import spillkit.reserve
 import spillkit.segfiles
 import spillkit.segments
 import spillkit.spares
+import spillkit.spillfile
 import spillkit.storage
 from spillkit import LRU, Chest
 from spillkit.policies import Policy
@@ -38,6 +39,7 @@ DISK_IO_MODULES = (
     spillkit.compaction,
     spillkit.reserve,
     spillkit.spares,
+    spillkit.spillfile,
 )
 
 
