@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Hashable, ItemsView, Iterable, Iterator, Mapping, ValuesView
 from typing import TYPE_CHECKING, Any
 
+from .unlocked import live_object
+
 if TYPE_CHECKING:
     from .engine import SpillEngine
 
@@ -27,8 +29,7 @@ def _as_it_is(engine: SpillEngine, key: Hashable) -> Any:
     writer = engine._writer
     if writer is not None and key in writer.pending:
         return writer.pending[key].value
-    ref = engine._refs.get(key)
-    live = None if ref is None else ref()
+    live = live_object(engine, key)
     return live if live is not None else engine.disk.read(key)
 
 

@@ -41,7 +41,7 @@ from .errors import ChangedWhileWritten, CorruptSpillFile, DiskQuotaExceeded, Lo
 from .events import EVICT, GIVEN_COST, HIT, LOAD, MISS, PUT, REUSED, SPILL
 from .keys import describe_key
 from .ledger import _MISSING
-from .unlocked import read_value
+from .unlocked import live_object, read_value, still_unchanged
 
 if TYPE_CHECKING:
     from .engine import SpillEngine
@@ -103,27 +103,6 @@ def write_through(engine: SpillEngine, key: Hashable, value: Any, nbytes: int, c
         engine._emit(PUT, key, nbytes, written, seconds, detail="" if cost is None else GIVEN_COST)
 
 
-def _unchanged(engine: SpillEngine, key: Hashable, pending: Any, nbytes: int) -> bool:
-    """After a read without the lock: is ``pending`` still the key's record, with its value on disk only?
-
-    ``nbytes`` is the size the load saw: an equal value put back with another size estimate
-    has the same record (same bytes, same tag) but must not be admitted at the old size.
-    """
-    if engine.closed or key in engine.memory or engine._nbytes.get(key) != nbytes:
-        return False
-    if engine._writer is not None and key in engine._writer.pending:
-        return False
-    if _live(engine, key) is not None:  # loaded and spilled again meanwhile, and alive: that object is the value
-        return False
-    return bool(engine.disk.still_current(pending))  # type: ignore[attr-defined]
-
-
-def _live(engine: SpillEngine, key: Hashable) -> Any:
-    """The spilled key's object if something in the process still holds it (left remembered), else None."""
-    ref = engine._refs.get(key)
-    return None if ref is None else ref()
-
-
 def load(engine: SpillEngine, key: Hashable) -> Any:
     """Return a value that is not resident, and admit it when it fits; KeyError if absent."""
     if not engine.closing:  # a close() under way still serves reads: it may fail and leave the Chest open
@@ -155,7 +134,7 @@ def load(engine: SpillEngine, key: Hashable) -> Any:
             raise
         seconds = time.perf_counter() - start
         engine.stats.observe_read(read, seconds)
-        if unlocked is not None and not _unchanged(engine, key, unlocked, nbytes):
+        if unlocked is not None and not still_unchanged(engine, key, unlocked, nbytes):
             # The lock was let go for the read and the key changed meanwhile: another thread
             # loaded or overwrote it (serve what it holds now: a hit, for listeners), or deleted
             # it or wrote a newer record (serve what this read found: the get began before; keep
@@ -172,7 +151,7 @@ def load(engine: SpillEngine, key: Hashable) -> Any:
                 return resident
             if engine._writer is not None and key in engine._writer.pending:  # loaded, changed, being written
                 return engine._writer.pending[key].value  # (this read is counted already, as a load)
-            live = _live(engine, key)
+            live = live_object(engine, key)
             return value if live is None else live  # a live object may have changed since this read's record
         if engine.listeners:
             engine._emit(LOAD, key, nbytes, read, seconds, object_id=id(value))

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .engine import SpillEngine
 
-__all__ = ["read_value"]
+__all__ = ["live_object", "read_value", "still_unchanged"]
 
 
 def read_value(engine: SpillEngine, key: Hashable) -> tuple[Any, Any]:
@@ -44,3 +44,24 @@ def read_value(engine: SpillEngine, key: Hashable) -> tuple[Any, Any]:
     finally:
         lock._acquire_restore(state)
     return value, pending
+
+
+def still_unchanged(engine: SpillEngine, key: Hashable, pending: Any, nbytes: int) -> bool:
+    """After a read without the lock: is ``pending`` still the key's record, with its value on disk only?
+
+    ``nbytes`` is the size the load saw: an equal value put back with another size estimate
+    has the same record (same bytes, same tag) but must not be admitted at the old size.
+    """
+    if engine.closed or key in engine.memory or engine._nbytes.get(key) != nbytes:
+        return False
+    if engine._writer is not None and key in engine._writer.pending:
+        return False
+    if live_object(engine, key) is not None:  # loaded and spilled again meanwhile, and alive: that object is the value
+        return False
+    return bool(engine.disk.still_current(pending))  # type: ignore[attr-defined]
+
+
+def live_object(engine: SpillEngine, key: Hashable) -> Any:
+    """The spilled key's object if something in the process still holds it (left remembered), else None."""
+    ref = engine._refs.get(key)
+    return None if ref is None else ref()
