@@ -30,7 +30,11 @@ def _as_it_is(engine: SpillEngine, key: Hashable) -> Any:
     if writer is not None and key in writer.pending:
         return writer.pending[key].value
     live = live_object(engine, key)
-    return live if live is not None else engine.disk.read(key)
+    if live is not None:
+        return live
+    value = engine.disk.read(key)
+    engine._refs.remember(key, value)  # not kept, as a load over the budget: while held, it is the value
+    return value
 
 
 class _Items(ItemsView[Hashable, Any]):

@@ -84,7 +84,7 @@ class ChestLifecycle(ChestState):
         # (the writer has drained by then: it writes nothing more, to the segments or elsewhere).
         try:
             self._engine.close(join=join)  # joins the background writer before the segment files close
-            release_policy(self._engine.policy)  # told of every key's removal: it may serve another Chest
+            release_policy(self._engine.policy, self._engine)  # told of every key's removal: it may serve another
         finally:  # the engine is closed even when its policy raised: nothing more is written here
             try:
                 self._store.close()

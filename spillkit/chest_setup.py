@@ -58,21 +58,25 @@ def remove_directory(path: str, owner_pid: int, before: list[Callable[[], object
         shutil.rmtree(path, ignore_errors=True)
 
 
-def release_policy(policy: Policy) -> None:
+def release_policy(policy: Policy, engine: object) -> None:
     """Let ``policy`` serve another Chest, once its own is closed (or was never made) and removed every key from it.
 
     A policy holds one Chest's keys, so it serves one open Chest at a time (:func:`setup_chest`
-    refuses a bound one); a closed Chest never calls its policy again.
+    refuses a bound one); a closed Chest never calls its policy again. Only a binding to
+    ``engine`` is undone: another Chest may have taken the policy since.
     """
-    policy._spillkit_bound = None  # type: ignore[attr-defined]
+    owner = getattr(policy, "_spillkit_bound", None)
+    if owner is not None and owner() is engine:
+        policy._spillkit_bound = None  # type: ignore[attr-defined]
 
 
 def _serves_an_open_chest(policy: Policy) -> bool:
     # A weak reference to the engine it serves: a Chest closed (its policy raising or not), or
-    # collected without a close, leaves it free, as a released one is.
+    # collected without a close, leaves it free, as a released one is. One still closing is not
+    # closed: a flush that fails leaves it open.
     owner = getattr(policy, "_spillkit_bound", None)
     engine = owner() if owner is not None else None
-    return engine is not None and not engine.closed
+    return engine is not None and (not engine.closed or engine.closing)
 
 
 def _map_from(map_loads: bool | int | str) -> int | None:
@@ -179,7 +183,8 @@ def setup_chest(
                 # would hide the one the constructor raises, which says what was wrong: it goes.
                 with contextlib.suppress(Exception):
                     engine.close()
-            release_policy(chosen)  # no Chest came of it: the policy may serve the next one
+            if engine is not None:  # (bound to it: no Chest came of it, the policy may serve the next one)
+                release_policy(chosen, engine)
         finally:
             if store is not None:
                 store.close()

@@ -102,7 +102,7 @@ def _remove(chest: Chest) -> None:
     # The end of a drop: closed, the directory gone and its lock released, even if a step raises.
     try:
         chest._engine.close(join=False)
-        release_policy(chest._engine.policy)  # told of every key's removal: it may serve another Chest
+        release_policy(chest._engine.policy, chest._engine)  # told of every key's removal: it may serve another
     finally:
         try:
             chest._store.close()

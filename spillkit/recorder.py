@@ -83,11 +83,17 @@ class TraceRecorder:
             engine = chest.engine
             with engine.lock:  # what it holds already, then every change: nothing between the two is missed
                 # Spilled values start on disk, resident ones are put in the order the Chest admitted them
-                # (the order LRU and FIFO rank them in): a strict replay then meets their reads as the Chest did.
+                # (FIFO's order, and LRU's if none was read since), each with the cost given for it, and a
+                # deferred() block under way is marked: a strict replay then meets the reads as the Chest did.
+                with self._lock:  # first: the puts below were made in it (a strict replay makes no room at them)
+                    self._mark_deferral(round(time.perf_counter() - self._start, 6))
                 for key in engine.spilled_keys:
                     self.on_disk(key, engine.nbytes(key))
+                    seconds = engine.given_cost(key)
+                    if seconds is not None:
+                        self.cost(key, seconds)
                 for key, value in list(engine.memory.items()):
-                    self.put(key, engine.nbytes(key), id(value))
+                    self.put(key, engine.nbytes(key), id(value), engine.given_cost(key))
                 chest.add_listener(self)
 
     def _line(self, value: Any) -> None:
@@ -146,6 +152,11 @@ class TraceRecorder:
         """Record a put that happened before this recorder was listening (e.g. dask's literal data)."""
         with self._lock:
             self._put(self.key_id(key), key, nbytes, cost, round(time.perf_counter() - self._start, 6), object_id)
+
+    def cost(self, key: Hashable, seconds: float) -> None:
+        """Record a cost given before this recorder was listening (a value the Chest holds already)."""
+        with self._lock:
+            self._line(["cost", self.key_id(key), seconds, round(time.perf_counter() - self._start, 6)])
 
     def on_disk(self, key: Hashable, nbytes: int) -> None:
         """Record a value already on disk, not in memory, before this recorder was listening (dask's literal data).

@@ -100,3 +100,32 @@ def test_a_policy_is_free_after_a_close_it_raised_in_and_after_its_chest_was_col
     serves_alone(unused, tmp_path / "c").drop()  # before: "already serves another open Chest", with none open
     with pytest.raises(ValueError, match="still ranks 1 keys of another Chest; give this Chest a new policy"):
         Chest(available_memory=10 * UNIT, policy=policy)  # the collected Chest never took its key out
+
+
+def test_a_policy_is_not_free_while_its_chest_is_still_closing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Found by review (helper-80): close() marks the engine closed when its flush starts and open again
+    # if the flush fails; a Chest made meanwhile took the policy, and two open Chests shared it.
+    import errno
+
+    import spillkit.persistence
+
+    policy = LRU()
+    first = Chest(path=tmp_path / "a", available_memory=2 * UNIT, sizeof=sizeof, policy=policy)
+    first["k"] = [0]
+    first.evict()  # the policy ranks nothing: only the binding stands in the way
+    refused: list[BaseException] = []
+
+    def failing_commit(*args: Any, **kwargs: Any) -> None:
+        try:  # another Chest, made while the close flushes
+            Chest(path=tmp_path / "b", available_memory=2 * UNIT, sizeof=sizeof, policy=policy)
+        except ValueError as error:
+            refused.append(error)
+        raise OSError(errno.EIO, "the disk failed")  # the flush fails: the first Chest stays open
+
+    monkeypatch.setattr(spillkit.persistence, "write_manifest", failing_commit)
+    with pytest.raises(OSError, match="the disk failed"):
+        first.close()
+    monkeypatch.undo()
+    assert not first.closed and refused and "already serves another open Chest" in str(refused[0])
+    first.close()
+    serves_alone(policy, tmp_path / "c").drop()  # free once the close is done

@@ -299,3 +299,34 @@ def test_a_recorder_given_a_chest_that_holds_values_already_starts_with_them(pol
     assert result.spills == chest.stats.spills - before
     assert result.decisions == recorded_decisions(trace)
     chest.drop()
+
+
+def test_a_recorder_starting_on_a_chest_carries_its_costs_and_a_deferred_block_under_way(tmp_path: Path) -> None:
+    # Found by review (helper-80): costs given before the recorder attached were left out (the replay
+    # spilled the wrong value, then loaded it), and a deferred() block under way was marked after the
+    # starting puts (the replay made room at them, which the deferred Chest had not).
+    from spillkit.trace import TraceRecorder
+
+    budget = 4 * 4000
+    chest = Chest(available_memory=budget, policy="cost", sizeof=lambda v: v.nbytes, path=tmp_path / "a")
+    for i, seconds in enumerate([100.0, 0.001, 100.0, 100.0]):
+        chest.put(f"old{i}", np.full(500, i), cost=seconds)
+    with TraceRecorder(tmp_path / "a.trace", {"workload": "costs"}, chest=chest):
+        chest["new"] = np.zeros(500)  # one must go: the cheap one
+        for i in (0, 2, 3):
+            chest[f"old{i}"]
+    trace = read_trace(tmp_path / "a.trace")
+    result = replay(trace, "cost", budget, mode="strict", keep_decisions=True, plan=False)
+    assert result.decisions == recorded_decisions(trace) == [("spill", "old1")]
+    chest.drop()
+
+    chest = Chest(available_memory=budget, policy="lru", sizeof=lambda v: v.nbytes, path=tmp_path / "b")
+    with chest.deferred():
+        for i in range(6):  # over the budget while deferred
+            chest[f"old{i}"] = np.full(500, i)
+        with TraceRecorder(tmp_path / "b.trace", {"workload": "deferred"}, chest=chest):
+            chest["old5"]
+    trace = read_trace(tmp_path / "b.trace")
+    result = replay(trace, "lru", budget, mode="strict", keep_decisions=True, plan=False)
+    assert result.decisions == recorded_decisions(trace) == []
+    chest.drop()

@@ -172,6 +172,43 @@ def test_setdefault_of_a_key_deleted_and_stored_again_during_its_read_counts_one
     chest.drop()
 
 
+class Basket:
+    """A value that can be weakly referenced (a list cannot), changed in place through ``items``."""
+
+    def __init__(self, *items: str) -> None:
+        self.items = list(items)
+
+
+def test_setdefault_race_path_keeps_an_in_place_change_of_the_value_it_read_from_disk(tmp_path: Path) -> None:
+    # Found by review (helper-80): when the value stored again meanwhile was on disk, setdefault read it
+    # and neither kept nor remembered it: d.setdefault(k, ...).items.append(x) was lost.
+    chest = Chest(path=tmp_path / "c", available_memory=3 * UNIT, sizeof=lambda v: UNIT)
+    chest["k"] = Basket("old")
+    spill_all(chest)
+    real = type(chest).__getitem__
+    raced = []
+
+    def getitem(self: Chest, key: Hashable) -> Any:
+        if raced:
+            return real(self, key)
+        raced.append(True)
+        del self["k"]
+        try:
+            return real(self, key)  # a miss
+        finally:
+            self["k"] = Basket("again")
+            spill_all(self)  # the value stored again is on disk by then
+
+    type(chest).__getitem__ = getitem  # type: ignore[method-assign]
+    try:
+        got = chest.setdefault("k", Basket())
+    finally:
+        type(chest).__getitem__ = real  # type: ignore[method-assign]
+    got.items.append("appended")
+    assert chest["k"].items == ["again", "appended"]
+    chest.drop()
+
+
 class Paused:
     """Pause the next load inside its decode until released; say when it got there."""
 
