@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import threading
 import time
 import warnings
@@ -25,6 +26,11 @@ if TYPE_CHECKING:
     from .writebehind import WriteBehind
 
 __all__ = ["_MISSING", "EngineLedger"]
+
+
+def _complex(number: object) -> bool:
+    """A complex number (numpy's complex64 too, which float() would cut to its real part)."""
+    return isinstance(number, numbers.Complex) and not isinstance(number, numbers.Real)
 
 
 class EngineLedger(EvictionRounds, ResidentObjects):
@@ -185,7 +191,7 @@ class EngineLedger(EvictionRounds, ResidentObjects):
         # Any real number, as for sizes (spillkit.sizeof.checked_size): numpy's bools, floats and
         # 0-d arrays too; not text, which float() would parse.
         seconds: float | None = None
-        if not isinstance(cost, (str, bytes, bytearray, complex)):
+        if not isinstance(cost, (str, bytes, bytearray)) and not _complex(cost):
             try:
                 seconds = float(cost)  # type: ignore[arg-type]
             except OverflowError:  # an int too large for a float: as dear as can be

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 import operator
 import sys
 from collections.abc import Callable, Hashable
@@ -86,8 +87,9 @@ def checked_size(key: Hashable, measured: Any) -> int:
     try:
         whole = operator.index(measured)  # ints of any size, numpy integers
     except TypeError:
-        try:
-            number = float(measured)  # other real numbers: numpy floats, 0-d arrays, Decimal, Fraction
+        complex_ = isinstance(measured, numbers.Complex) and not isinstance(measured, numbers.Real)
+        try:  # other real numbers: numpy floats, 0-d arrays, Decimal, Fraction (not numpy's complex64)
+            number = math.nan if complex_ else float(measured)
         except (TypeError, ValueError, OverflowError):
             number = math.nan
         if math.isfinite(number) and number >= 0 and not isinstance(measured, (str, bytes)):

@@ -25,7 +25,7 @@ def sizeof(value: Any) -> int:
     return len(value) if isinstance(value, bytes) else UNIT
 
 
-BAD_COSTS = ["3", b"3", 1j, [3.0], object()]
+BAD_COSTS = ["3", b"3", 1j, np.complex64(3), [3.0], object()]  # (numpy's complex: float() drops its imaginary part)
 
 # Each way a cost reaches a Chest: (method, key) where key names a resident or spilled key of the filled Chest.
 ENTRIES = {

@@ -25,6 +25,7 @@ from collections.abc import Callable, Hashable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from helpers import ConstRepr, assert_disk_files, crash_copy, disk_files
 
@@ -235,7 +236,7 @@ def test_a_key_whose_hash_changed_is_named_by_flush_and_close_and_nothing_else_i
     assert not os.path.exists(directory)
 
 
-@pytest.mark.parametrize("measured", [-10_000, math.nan, math.inf, "12", None], ids=repr)
+@pytest.mark.parametrize("measured", [-10_000, math.nan, math.inf, "12", None, np.complex64(12)], ids=repr)
 def test_a_size_that_is_not_a_count_of_bytes_is_refused_naming_the_key(
     make_chest: Callable[..., Chest], measured: Any
 ) -> None:
