@@ -192,12 +192,16 @@ class WriteBehind:
             return
         if writer.abandoned:  # the Chest went while this write ran (its directory with it): no one to tell
             return
+        if isinstance(error, NameTaken):  # a file this Chest did not write had the name, now never chosen again:
+            if pending.evicting:  # nothing failed; the next round writes the value under another name,
+                engine._admit(key, value, nbytes)  # as a synchronous write does at once
+            return
         writer.failures += 1
         if isinstance(error, DiskQuotaExceeded):
             engine.stats.quota_errors += 1
         serialization = not isinstance(error, (OSError, SpillError))
-        if isinstance(error, OSError) and not isinstance(error, NameTaken):  # (a quota refusal costs no I/O)
-            self.disk_failing = True  # (a name a foreign file took is no failing disk: the next try takes another)
+        if isinstance(error, OSError):  # (a quota refusal costs no I/O, and must not raise into puts)
+            self.disk_failing = True
         if pending.evicting:
             engine._admit(key, value, nbytes, offer=not serialization)
         elif serialization and key not in engine._unspillable:  # (set aside already: out of the policy)
@@ -208,8 +212,6 @@ class WriteBehind:
             what = "cannot be serialized; it stays in memory"
         elif isinstance(error, ChangedWhileWritten):
             what = "changed while it was written; it stays in memory"
-        elif isinstance(error, NameTaken):
-            what = "its file's name is taken by a file this Chest did not write; it stays in memory, for another name"
         else:
             what = "disk write failed; it stays in memory"
         engine._spill_failed(key, nbytes, error, what)
