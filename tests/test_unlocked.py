@@ -74,14 +74,18 @@ def assert_accounting(chest: Chest) -> None:
     assert set(engine.memory) <= set(chest)
 
 
-def test_two_threads_load_at_the_same_time(tmp_path: Path) -> None:
+@pytest.mark.parametrize("first_read", ["get", "setdefault"])
+def test_two_threads_load_at_the_same_time(tmp_path: Path, first_read: str) -> None:
+    # setdefault: before, it held the engine's lock through its disk read, so the other load waited
+    # for it and the barrier between the two decodes broke.
     chest, codec = make(tmp_path, budget_units=3)
     for key in "abc":
         chest[key] = value(key)
     spill_all(chest)
     both = threading.Barrier(2, timeout=WAIT)
     codec.hook = both.wait  # each load waits in decode until the other is in decode too
-    first, out_a = in_thread(lambda: chest["a"])
+    read = (lambda: chest["a"]) if first_read == "get" else (lambda: chest.setdefault("a", b"default"))
+    first, out_a = in_thread(read)
     second, out_b = in_thread(lambda: chest["b"])
     first.join()
     second.join()
@@ -89,26 +93,6 @@ def test_two_threads_load_at_the_same_time(tmp_path: Path) -> None:
     assert "error" not in out_a and "error" not in out_b, (out_a, out_b)  # a held lock breaks the barrier
     assert out_a["value"] == value("a") and out_b["value"] == value("b")
     assert set(chest.inmem) == {"a", "b"}
-    assert_accounting(chest)
-    chest.drop()
-
-
-def test_setdefault_of_a_spilled_key_reads_without_the_lock(tmp_path: Path) -> None:
-    # Before: setdefault held the engine's lock through its disk read, so the other load waited
-    # for it and the barrier between the two decodes broke.
-    chest, codec = make(tmp_path, budget_units=3)
-    for key in "abc":
-        chest[key] = value(key)
-    spill_all(chest)
-    both = threading.Barrier(2, timeout=WAIT)
-    codec.hook = both.wait
-    first, out_a = in_thread(lambda: chest.setdefault("a", b"default"))
-    second, out_b = in_thread(lambda: chest["b"])
-    first.join()
-    second.join()
-    codec.hook = None
-    assert "error" not in out_a and "error" not in out_b, (out_a, out_b)
-    assert out_a["value"] == value("a") and out_b["value"] == value("b")
     assert chest.setdefault("d", b"default") == b"default" and chest["d"] == b"default"
     assert_accounting(chest)
     chest.drop()
@@ -141,12 +125,12 @@ def test_setdefault_reads_a_key_stored_by_another_thread_after_its_miss(tmp_path
     chest.drop()
 
 
-def test_setdefault_of_a_key_deleted_and_stored_again_during_its_read_counts_one_read(tmp_path: Path) -> None:
-    # Found by review (helper-78): that race path took back the miss it had counted (a counter going
-    # down, which Prometheus forbids). Now it returns the value stored meanwhile, counting no second read.
-    chest, _ = make(tmp_path, budget_units=3)
-    chest["k"] = value("old")
-    spill_all(chest)
+def setdefault_raced(chest: Chest, again: Any, spill: bool) -> Any:
+    """``chest.setdefault("k", ...)`` while, during its unlocked read, "k" is deleted and stored again as ``again``.
+
+    The read is one ``chest["k"]`` that meets the key deleted (a miss); with ``spill``, the value stored
+    again is on disk by the time setdefault looks again.
+    """
     real = type(chest).__getitem__
     raced = []
 
@@ -158,14 +142,25 @@ def test_setdefault_of_a_key_deleted_and_stored_again_during_its_read_counts_one
         try:
             return real(self, key)  # a miss
         finally:
-            self["k"] = value("again")
+            self["k"] = again
+            if spill:
+                spill_all(self)
 
-    before = (chest.stats.hits, chest.stats.loads, chest.stats.misses)
     type(chest).__getitem__ = getitem  # type: ignore[method-assign]
     try:
-        got = chest.setdefault("k", b"default")
+        return chest.setdefault("k", None)
     finally:
         type(chest).__getitem__ = real  # type: ignore[method-assign]
+
+
+def test_setdefault_of_a_key_deleted_and_stored_again_during_its_read_counts_one_read(tmp_path: Path) -> None:
+    # Found by review (helper-78): that race path took back the miss it had counted (a counter going
+    # down, which Prometheus forbids). Now it returns the value stored meanwhile, counting no second read.
+    chest, _ = make(tmp_path, budget_units=3)
+    chest["k"] = value("old")
+    spill_all(chest)
+    before = (chest.stats.hits, chest.stats.loads, chest.stats.misses)
+    got = setdefault_raced(chest, value("again"), spill=False)
     after = (chest.stats.hits, chest.stats.loads, chest.stats.misses)
     assert after[2] - before[2] == 1 and after[:2] == before[:2]  # one read: the miss; nothing taken back
     assert got == value("again") and chest["k"] == value("again")
@@ -185,25 +180,7 @@ def test_setdefault_race_path_keeps_an_in_place_change_of_the_value_it_read_from
     chest = Chest(path=tmp_path / "c", available_memory=3 * UNIT, sizeof=lambda v: UNIT)
     chest["k"] = Basket("old")
     spill_all(chest)
-    real = type(chest).__getitem__
-    raced = []
-
-    def getitem(self: Chest, key: Hashable) -> Any:
-        if raced:
-            return real(self, key)
-        raced.append(True)
-        del self["k"]
-        try:
-            return real(self, key)  # a miss
-        finally:
-            self["k"] = Basket("again")
-            spill_all(self)  # the value stored again is on disk by then
-
-    type(chest).__getitem__ = getitem  # type: ignore[method-assign]
-    try:
-        got = chest.setdefault("k", Basket())
-    finally:
-        type(chest).__getitem__ = real  # type: ignore[method-assign]
+    got = setdefault_raced(chest, Basket("again"), spill=True)
     got.items.append("appended")
     assert chest["k"].items == ["again", "appended"]
     chest.drop()
