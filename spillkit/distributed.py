@@ -20,6 +20,7 @@ reports ``spilled_total`` to the scheduler. ``dask worker`` has no option for
 
 from __future__ import annotations
 
+import contextvars
 import os
 import sys
 import warnings
@@ -42,6 +43,10 @@ __all__ = ["SUBDIRECTORY", "drop_with_worker", "storage_for", "worker_budget", "
 
 SUBDIRECTORY = "spillkit"  # beside dask's own "storage" in the worker's local directory
 _STACK_DEPTH = 12  # frames searched for the WorkerMemoryManager that is building us
+# The worker storage_for builds for, given to worker_storage (a context variable: per thread and task).
+_BUILT_WORKER: contextvars.ContextVar[tuple[WorkerMemoryManager, Any, int] | None] = contextvars.ContextVar(
+    "spillkit_built_worker", default=None
+)
 
 
 def worker_storage(
@@ -123,37 +128,8 @@ def worker_storage(
     -1
     >>> chest.drop()
     """
-    return _build(
-        worker_local_directory,
-        *_building_worker(),
-        policy=policy,
-        available_memory=available_memory,
-        memory_limit=memory_limit,
-        instrument_metrics=instrument_metrics,
-        name=name,
-        **chest_kwargs,
-    )
-
-
-def storage_for(worker: Any, **options: Any) -> Chest:
-    """:func:`worker_storage` for a worker already built (the preload's): its limit, threads, max-spill and name."""
-    return _build(worker.local_directory, worker.memory_manager, worker, worker.state.nthreads, **options)
-
-
-def _build(
-    worker_local_directory: str,
-    manager: WorkerMemoryManager | None,
-    worker: Any,
-    nthreads: int | None,
-    *,
-    policy: Policy | str = "lru",
-    available_memory: int | float | str | None = None,
-    memory_limit: int | float | str | None = None,
-    instrument_metrics: bool = True,
-    name: str | None = None,
-    **chest_kwargs: Any,
-) -> Chest:
-    # worker_storage's work, given the worker's memory manager, the worker and its threads (or Nones).
+    # The worker's memory manager, the worker and its threads: storage_for's, or the one building us (or Nones).
+    manager, worker, nthreads = _BUILT_WORKER.get() or _building_worker()
     if available_memory is None:
         available_memory = worker_budget(memory_limit, manager=manager, nthreads=nthreads)
     if manager is not None and manager.max_spill and "available_disk" not in chest_kwargs:  # (None: no cap)
@@ -175,6 +151,15 @@ def _build(
         default = basename if worker_name is None else f"dask-worker-{worker_name}"
         instrument_worker_chest(chest, name or default, basename)
     return chest
+
+
+def storage_for(worker: Any, **options: Any) -> Chest:
+    """:func:`worker_storage` for a worker already built (the preload's): its limit, threads, max-spill and name."""
+    token = _BUILT_WORKER.set((worker.memory_manager, worker, worker.state.nthreads))
+    try:
+        return worker_storage(worker.local_directory, **options)
+    finally:
+        _BUILT_WORKER.reset(token)
 
 
 def worker_budget(
