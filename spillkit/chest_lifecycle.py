@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Self, cast
 
 from . import closing, persistence
-from .chest_setup import release_policy
 from .chest_state import ChestState
 from .errors import SpillError
 
@@ -82,9 +81,8 @@ class ChestLifecycle(ChestState):
     def _shut(self, join: bool = True) -> None:
         # join=False: called under the engine's lock, whose holder joins the writer after letting go
         # (the writer has drained by then: it writes nothing more, to the segments or elsewhere).
-        try:
+        try:  # (closed, the engine's policy may serve another Chest: see chest_setup._serves_an_open_chest)
             self._engine.close(join=join)  # joins the background writer before the segment files close
-            release_policy(self._engine.policy, self._engine)  # told of every key's removal: it may serve another
         finally:  # the engine is closed even when its policy raised: nothing more is written here
             try:
                 self._store.close()

@@ -42,7 +42,7 @@ from .sizes import parse_bytes
 if TYPE_CHECKING:
     from .chest import Chest
 
-__all__ = ["DEFAULT_AVAILABLE_MEMORY", "release_policy", "remove_directory", "setup_chest"]
+__all__ = ["DEFAULT_AVAILABLE_MEMORY", "remove_directory", "setup_chest"]
 
 DEFAULT_AVAILABLE_MEMORY = 10**9  # the original chest's default: 1 GB
 
@@ -58,22 +58,11 @@ def remove_directory(path: str, owner_pid: int, before: list[Callable[[], object
         shutil.rmtree(path, ignore_errors=True)
 
 
-def release_policy(policy: Policy, engine: object) -> None:
-    """Let ``policy`` serve another Chest, once its own is closed (or was never made) and removed every key from it.
-
-    A policy holds one Chest's keys, so it serves one open Chest at a time (:func:`setup_chest`
-    refuses a bound one); a closed Chest never calls its policy again. Only a binding to
-    ``engine`` is undone: another Chest may have taken the policy since.
-    """
-    owner = getattr(policy, "_spillkit_bound", None)
-    if owner is not None and owner() is engine:
-        policy._spillkit_bound = None  # type: ignore[attr-defined]
-
-
 def _serves_an_open_chest(policy: Policy) -> bool:
-    # A weak reference to the engine it serves: a Chest closed (its policy raising or not), or
-    # collected without a close, leaves it free, as a released one is. One still closing is not
-    # closed: a flush that fails leaves it open.
+    # A policy holds one Chest's keys, so it serves one open Chest at a time. It keeps a weak reference
+    # to that Chest's engine: once the engine is closed (its policy raising or not: the close removes
+    # every key from it first), or collected without a close, the policy is free. One still closing is
+    # not closed: a flush that fails leaves it open.
     owner = getattr(policy, "_spillkit_bound", None)
     engine = owner() if owner is not None else None
     return engine is not None and (not engine.closed or engine.closing)
@@ -179,12 +168,10 @@ def setup_chest(
         # opened and free the directory now, not whenever the garbage collector gets to it.
         try:
             if engine is not None:
-                # Removes from the policy every key ``data`` put there. An error here (a policy's own)
-                # would hide the one the constructor raises, which says what was wrong: it goes.
+                # Removes from the policy every key ``data`` put there, and closed, frees it for the next
+                # Chest. An error here (a policy's own) would hide the one the constructor raises: it goes.
                 with contextlib.suppress(Exception):
                     engine.close()
-            if engine is not None:  # (bound to it: no Chest came of it, the policy may serve the next one)
-                release_policy(chosen, engine)
         finally:
             if store is not None:
                 store.close()

@@ -20,7 +20,6 @@ import os
 import shutil
 from typing import TYPE_CHECKING
 
-from .chest_setup import release_policy
 from .errors import ChangedWhileWritten, DiskQuotaExceeded, SpillError
 from .manifest import remove_manifest
 from .persistence import flush
@@ -102,7 +101,6 @@ def _remove(chest: Chest) -> None:
     # The end of a drop: closed, the directory gone and its lock released, even if a step raises.
     try:
         chest._engine.close(join=False)
-        release_policy(chest._engine.policy, chest._engine)  # told of every key's removal: it may serve another
     finally:
         try:
             chest._store.close()
