@@ -19,11 +19,12 @@ from typing import Any
 
 from .codecs import Codec
 from .compaction import Place
-from .errors import CorruptSpillFile, DiskQuotaExceeded, NameTaken
+from .errors import CorruptSpillFile, DiskQuotaExceeded
 from .segfiles import read_at
 from .spillfile import HEADER_SIZE, PAD, RecordError, encode_header, open_record, still_encodes
 from .storage import DiskStore, OpenRead, PreparedWrite
 from .upkeep import SegmentUpkeep
+from .whole_writes import write_record
 
 __all__ = ["PackedRecords", "PackedWrite"]
 
@@ -187,17 +188,7 @@ class PackedRecords(SegmentUpkeep):
 
     def write(self, key: Hashable, value: Any) -> int:
         """Encode ``value`` and store it as the key's record; return the bytes written."""
-        while True:
-            name = self.reserve(key)
-            try:
-                prepared = self.prepare(key, value, name, self.verify_writes)
-            except BaseException:
-                self.inner.unreserve(name)
-                raise
-            try:
-                return self.commit(prepared)
-            except NameTaken:  # a foreign file had the name, now never chosen again: another one
-                continue
+        return write_record(self, key, value, self.verify_writes)
 
     def _check_quota(self, key: Hashable, size: int, on_disk: int) -> None:
         if self.available_disk is not None:

@@ -22,6 +22,7 @@ from .filesync import FileSync
 from .holes import disk_full
 from .keys import describe_key
 from .spillfile import body_crc, claimed_crc, encode_header
+from .whole_writes import write_record
 
 __all__ = ["DiskStore", "OpenRead", "PreparedWrite"]
 
@@ -211,17 +212,7 @@ class DiskStore(FileSync):
 
     def write(self, key: Hashable, value: Any) -> int:
         """Serialize ``value`` into the key's file; return the bytes written."""
-        while True:  # ends: each name a foreign file takes is never chosen again, and there are few such files
-            name = self.reserve(key)
-            try:
-                prepared = self.prepare(key, value, name)
-            except BaseException:
-                self.unreserve(name)
-                raise
-            try:
-                return self.commit(prepared)
-            except NameTaken:
-                continue
+        return write_record(self, key, value, verify=False)
 
     def delete(self, key: Hashable, reuse: bool = True) -> None:
         """Remove the key's file if it has one (a missing file is not an error); ``reuse``: it may stay a spare."""
