@@ -156,14 +156,7 @@ class record(Callback):
             # as on disk (as puts, a replay held it in memory and re-decided those spills); what is resident
             # is put with its object, in the order the Chest admitted it (the order LRU and FIFO rank it in).
             assert self._recorder is not None
-            with cache.engine.lock:
-                literal = {key for key in dsk if isinstance(dsk[key], DataNode) and key in cache}
-                resident = [(key, id(value)) for key, value in cache.inmem.items() if key in literal]
-                spilled = [key for key in dsk if key in literal and key not in cache.inmem]
-            for key in spilled:
-                self._recorder.on_disk(key, cache.engine.nbytes(key))
-            for key, object_id in resident:
-                self._recorder.put(key, cache.engine.nbytes(key), object_id)
+            self._recorder.holdings(cache.engine, {key for key, task in dsk.items() if isinstance(task, DataNode)})
             # And the pins already made (ChestCallback's on that data, if its hook ran first): their
             # unpins will be recorded, and a replay without the pins would spill what the live run kept.
             with cache.engine.lock:

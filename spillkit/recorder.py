@@ -8,7 +8,7 @@ import os
 import platform
 import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Container, Hashable
 from typing import TYPE_CHECKING, Any
 
 from .events import (
@@ -33,6 +33,7 @@ from .trace import FORMAT, VERSION, open_text
 
 if TYPE_CHECKING:
     from .chest import Chest
+    from .engine import SpillEngine
 
 __all__ = ["TraceRecorder", "machine_info"]
 
@@ -87,13 +88,7 @@ class TraceRecorder:
                 # deferred() block under way is marked: a strict replay then meets the reads as the Chest did.
                 with self._lock:  # first: the puts below were made in it (a strict replay makes no room at them)
                     self._mark_deferral(round(time.perf_counter() - self._start, 6))
-                for key in engine.spilled_keys:
-                    self.on_disk(key, engine.nbytes(key))
-                    seconds = engine.given_cost(key)
-                    if seconds is not None:
-                        self.cost(key, seconds)
-                for key, value in list(engine.memory.items()):
-                    self.put(key, engine.nbytes(key), id(value), engine.given_cost(key))
+                self.holdings(engine)
                 chest.add_listener(self)
 
     def _line(self, value: Any) -> None:
@@ -152,6 +147,23 @@ class TraceRecorder:
         """Record a put that happened before this recorder was listening (e.g. dask's literal data)."""
         with self._lock:
             self._put(self.key_id(key), key, nbytes, cost, round(time.perf_counter() - self._start, 6), object_id)
+
+    def holdings(self, engine: SpillEngine, keys: Container[Hashable] | None = None) -> None:
+        """Record what the Chest holds now (of ``keys``, if given), before this recorder was listening.
+
+        Spilled values start on disk; resident ones are put, in the order the Chest admitted them
+        (FIFO's order, and LRU's if none was read since); each with the cost given for it.
+        """
+        with engine.lock:
+            spilled = [key for key in engine.spilled_keys if keys is None or key in keys]
+            resident = [(key, id(value)) for key, value in engine.memory.items() if keys is None or key in keys]
+            for key in spilled:
+                self.on_disk(key, engine.nbytes(key))
+                seconds = engine.given_cost(key)
+                if seconds is not None:
+                    self.cost(key, seconds)
+            for key, object_id in resident:
+                self.put(key, engine.nbytes(key), object_id, engine.given_cost(key))
 
     def cost(self, key: Hashable, seconds: float) -> None:
         """Record a cost given before this recorder was listening (a value the Chest holds already)."""
