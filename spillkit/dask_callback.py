@@ -229,20 +229,20 @@ class ChestCallback(Callback):
         if run is None:
             return
         try:
-            if run is not None and run.cache is not None and run.role == "claimed":
+            if run.cache is not None and run.role == "claimed":
                 try:  # dask reads the results after this, when the Chest may be another computation's
                     state["cache"] = run.cache.hand_back(dsk, keep=not errored)
                 finally:
                     run.cache.release()
-            elif run is not None and run.cache is not None and run.role == "private":
+            elif run.cache is not None and run.role == "private":
                 run.cache.end_private()  # it failed before its state was made: the thread is routed no more
         finally:
             self._end(run, id(self) in state.get(_OURS, ()))
 
-    def _end(self, run: _Run | None, ours: bool) -> None:
+    def _end(self, run: _Run, ours: bool) -> None:
         # Whatever happened (a failed hand-back too): every pin and deferral of the computation goes.
         engine = self.chest.engine
-        if run is not None and run.data:
+        if run.data:
             engine.unpin(run.data)
         if ours:
             self._starts.clear()
@@ -251,9 +251,9 @@ class ChestCallback(Callback):
             self._inputs.clear()
             self._stored = {key for key in self._stored if key in self.chest}  # what dask released is gone
         with engine.lock:
-            if run is not None and run.deferred:
+            if run.deferred:
                 self._defer(-1)
             if ours:
                 engine.settle()
-        if run is not None and run.cache is not None:
+        if run.cache is not None:
             run.cache.close_if_due()  # its block ended while this computation had the Chest

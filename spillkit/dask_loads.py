@@ -28,7 +28,7 @@ import dask.threaded
 from dask.callbacks import Callback
 
 from .chest import Chest
-from .dask_owner import _HAND_PUT, _TAKEN, ChestOwnership, _Unshared
+from .dask_owner import _TAKEN, ChestOwnership, _Unshared
 
 __all__ = ["OnDisk", "WorkerLoads"]
 
@@ -184,9 +184,7 @@ class WorkerLoads(ChestOwnership, MutableMapping[Hashable, Any]):
         try:
             if not isinstance(dsk, Mapping):  # an expression (dask 2025+): its graph, once, as get_async makes it
                 dsk = dsk.__dask_graph__()
-            before = [key for key in dsk if key in chest]
-            if before:  # a key put into the Chest by hand that the graph computes: dask would take it for done
-                warnings.warn(f"{len(before)} {_HAND_PUT}", RuntimeWarning, stacklevel=2)
+            if self.warn_if_hand_put(dsk, stacklevel=3):
                 kwargs["cache"] = _Unshared()
             else:
                 kwargs["cache"], ours = self, True

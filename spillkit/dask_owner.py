@@ -109,6 +109,16 @@ class ChestOwnership:
             del self._private[threading.get_ident()]
         return private
 
+    def warn_if_hand_put(self, dsk: Mapping[Any, Any], stacklevel: int) -> bool:
+        """Warn (and return True) when keys the graph computes are in the Chest, put there by hand.
+
+        dask's local scheduler would take them for computed: the computation must run without the Chest.
+        """
+        found = sum(1 for key in dsk if key in self.chest)
+        if found:
+            warnings.warn(f"{found} {_HAND_PUT}", RuntimeWarning, stacklevel=stacklevel)
+        return found > 0
+
     def role_for(self, dsk: Mapping[Any, Any]) -> str:
         """How the computation of ``dsk`` starting in this thread uses the Chest (ChestCallback asks).
 
@@ -124,11 +134,10 @@ class ChestOwnership:
         if self.owns():  # this thread's computation has it: this is a second callback on the Chest
             return "shared"  # (a computation nested in a task runs no callbacks at all)
         if self.claim():  # a scheduler= of its own: it takes the Chest
-            if not any(key in self.chest for key in dsk):
+            if not self.warn_if_hand_put(dsk, stacklevel=5):
                 return "claimed"
-            self.release()  # a key put in by hand that the graph computes: dask would take it for done
+            self.release()
             self.go_private()
-            warnings.warn(_HAND_PUT, RuntimeWarning, stacklevel=4)
             return "private"
         self.go_private()
         warnings.warn(_TAKEN, RuntimeWarning, stacklevel=4)
