@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import math
-import numbers
 import threading
 import time
 import warnings
 from collections.abc import Callable, Hashable, Iterator
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from . import forklocks
@@ -20,17 +17,13 @@ from .notes import NO_NOTES, Notes
 from .policies.base import Policy
 from .residency import _MISSING, ResidentObjects
 from .rounds import EvictionRounds
+from .sizeof import real_number
 from .stats import Stats
 
 if TYPE_CHECKING:
     from .writebehind import WriteBehind
 
 __all__ = ["_MISSING", "EngineLedger"]
-
-
-def _complex(number: object) -> bool:
-    """A complex number (numpy's complex64 too, which float() would cut to its real part)."""
-    return isinstance(number, numbers.Complex) and not isinstance(number, numbers.Real)
 
 
 class EngineLedger(EvictionRounds, ResidentObjects):
@@ -188,18 +181,9 @@ class EngineLedger(EvictionRounds, ResidentObjects):
         # Checked before anything changes: a policy does arithmetic and comparisons on costs, so a
         # string (or a Decimal, which does not mix with float) raised inside it half-way through a
         # put or a load, leaving the key stored but out of the policy.
-        # Any real number, as for sizes (spillkit.sizeof.checked_size): numpy's bools, floats and
-        # 0-d arrays too; not text, which float() would parse.
-        seconds: float | None = None
-        if not isinstance(cost, (str, bytes, bytearray)) and not _complex(cost):
-            try:
-                seconds = float(cost)  # type: ignore[arg-type]
-            except OverflowError:  # an int too large for a float: as dear as can be
-                seconds = -math.inf if cost < 0 else math.inf  # type: ignore[operator]
-            except ValueError:  # Decimal("sNaN"); anything else float() refuses is no number
-                seconds = math.nan if isinstance(cost, Decimal) else None
-            except TypeError:
-                seconds = None
+        # Any real number, as for sizes: numpy's bools, floats and 0-d arrays too (an int too large
+        # for a float is as dear as can be); not text, nor a complex number.
+        seconds = real_number(cost)
         if seconds is not None:
             if seconds == seconds:  # NaN orders against nothing: it would scramble the policy's heap
                 return seconds

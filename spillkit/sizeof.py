@@ -13,6 +13,7 @@ import numbers
 import operator
 import sys
 from collections.abc import Callable, Hashable
+from decimal import Decimal
 from typing import Any
 
 from .keys import describe_key
@@ -78,6 +79,27 @@ def default_sizeof() -> Callable[[Any], int]:
     return dask_sizeof
 
 
+def real_number(value: object) -> float | None:
+    """``value`` as a float if it is a real number (numpy's, Decimal and Fraction too), else None.
+
+    Text is no number (float() would parse it), nor is a complex one (numpy's complex64
+    included, which float() would cut to its real part). An int too large for a float is
+    infinite; Decimal's signalling NaN is NaN.
+    """
+    if isinstance(value, (str, bytes, bytearray)) or (
+        isinstance(value, numbers.Complex) and not isinstance(value, numbers.Real)
+    ):
+        return None
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except OverflowError:
+        return -math.inf if value < 0 else math.inf  # type: ignore[operator]
+    except ValueError:
+        return math.nan if isinstance(value, Decimal) else None
+    except TypeError:
+        return None
+
+
 def checked_size(key: Hashable, measured: Any) -> int:
     """``measured``, what ``sizeof`` said of the value of ``key``, as whole bytes.
 
@@ -87,12 +109,8 @@ def checked_size(key: Hashable, measured: Any) -> int:
     try:
         whole = operator.index(measured)  # ints of any size, numpy integers
     except TypeError:
-        complex_ = isinstance(measured, numbers.Complex) and not isinstance(measured, numbers.Real)
-        try:  # other real numbers: numpy floats, 0-d arrays, Decimal, Fraction (not numpy's complex64)
-            number = math.nan if complex_ else float(measured)
-        except (TypeError, ValueError, OverflowError):
-            number = math.nan
-        if math.isfinite(number) and number >= 0 and not isinstance(measured, (str, bytes)):
+        number = real_number(measured)  # other real numbers: numpy floats, 0-d arrays, Decimal, Fraction
+        if number is not None and math.isfinite(number) and number >= 0:
             return int(number)
     else:
         if whole >= 0:
