@@ -164,6 +164,8 @@ class EngineLifecycle(EngineLedger):
             timed_write(self, key, value)
         except Exception as error:
             self._count_write_error(error)
+            if not isinstance(error, (OSError, SpillError)):  # neither the disk's nor the quota's: the value's own
+                self.stats.serialize_errors += 1
             failures.append((key, error))
             return False
         return True

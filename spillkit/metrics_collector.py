@@ -79,7 +79,9 @@ class ChestCollector:
     ``memory_bytes{tier="pinned"}``: the part of ``memory`` that running tasks'
     pins keep outside the budget), ``<ns>_memory_budget_bytes``,
     ``<ns>_spill_{bytes,count,time_seconds}_total{activity}`` (``memory-read``,
-    ``disk-read``, ``disk-write``, as dask.distributed's workers do;
+    ``disk-read``, ``disk-write``, as dask.distributed's workers do; their
+    seconds, and the latency histogram's, include pickling and unpickling: a
+    value is encoded as it is written, into the file, not timed apart;
     ``memory-reuse``: reads of a spilled value still alive elsewhere, handed
     back without a disk read, a count only as ``memory-read`` is;
     ``compaction-read`` and ``compaction-write``: bytes segment compaction
@@ -187,10 +189,11 @@ class _Families:
         self.budget = GaugeMetricFamily(f"{ns}_memory_budget_bytes", "The memory budget", labels=["chest"])
         self.nbytes = CounterMetricFamily(f"{ns}_spill_bytes", "Bytes read or written", labels=by_activity)
         self.count = CounterMetricFamily(f"{ns}_spill_count", "Reads and writes", labels=by_activity)
-        self.seconds = CounterMetricFamily(f"{ns}_spill_time_seconds", "Disk I/O time", labels=by_activity)
+        io_time = "Time to serialize and write, or read and deserialize"  # (a value is encoded into its file)
+        self.seconds = CounterMetricFamily(f"{ns}_spill_time_seconds", io_time, labels=by_activity)
         self.errors = CounterMetricFamily(f"{ns}_spill_errors", "Failures by reason", labels=["chest", "reason"])
         self.misses = CounterMetricFamily(f"{ns}_misses", "Reads of absent keys", labels=["chest"])
-        self.latency = HistogramMetricFamily(f"{ns}_disk_latency_seconds", "Disk I/O time", labels=by_activity)
+        self.latency = HistogramMetricFamily(f"{ns}_disk_latency_seconds", io_time, labels=by_activity)
         self.info = InfoMetricFamily(f"{ns}_chest", "Version, eviction policy and codec", labels=["chest"])
 
     def add(self, name: str, chest: Chest, info: dict[str, str], lock_wait: float) -> None:

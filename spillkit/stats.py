@@ -59,7 +59,7 @@ class Stats:
     disk_errors: int = 0  # writes the disk failed (OSError); quota, serialization and changes are counted apart
     changed_errors: int = 0  # writes given up because the value kept changing while written (verify_writes)
     unspillable: int = 0  # values set aside because they cannot be serialized
-    serialize_errors: int = 0  # puts of values over the budget refused because they cannot be serialized
+    serialize_errors: int = 0  # writes of a put over the budget, or of a flush, failed: the value cannot be serialized
     load_failures: int = 0  # reads that found a corrupt or missing file
     reused: int = 0  # reads of spilled values still alive elsewhere, handed back without a disk read
     popped: int = 0  # disk reads pop() made (counted in loads too; a pop is no get)
@@ -85,14 +85,14 @@ class Stats:
 
     @property
     def reads(self) -> int:
-        """All reads that found their key (hits plus loads)."""
-        return self.hits + self.loads
+        """All reads that found their key: hits, loads, and live spilled values handed back (reused)."""
+        return self.hits + self.loads + self.reused
 
     @property
     def hit_ratio(self) -> float:
-        """Hits over all successful reads; 0.0 before any read."""
-        reads = self.hits + self.loads
-        return self.hits / reads if reads else 0.0
+        """Reads served without the disk (hits and reuses) over all successful reads; 0.0 before any read."""
+        reads = self.reads
+        return (self.hits + self.reused) / reads if reads else 0.0
 
     @property
     def disk_writes(self) -> int:

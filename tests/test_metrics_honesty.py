@@ -79,6 +79,8 @@ def test_reads_of_live_spilled_values_are_exported_as_memory_reuse(tmp_path: Pat
     assert "a" not in chest.inmem
     assert chest["a"] is held
     assert (chest.stats.reused, chest.stats.hits, chest.stats.loads) == (1, 0, 0)
+    # Before (helper-83): reads was 0 and hit_ratio 0.0, "before any read", though a read was served.
+    assert (chest.stats.reads, chest.stats.hit_ratio) == (1, 1.0)
     assert value(registry, "spillkit_spill_count_total", chest="r", activity="memory-reuse") == 1
     assert value(registry, "spillkit_spill_count_total", chest="r", activity="memory-read") == 0
     assert value(registry, "spillkit_spill_count_total", chest="r", activity="disk-read") == 0
@@ -292,6 +294,24 @@ def test_a_refused_put_over_the_budget_is_counted_under_one_reason(
     assert errors == {r: float(r == reason) for r in ("serialize", "disk")}
     assert chest["kept"] == "kept"
     chest.drop()  # (a close would flush, and fail on the value that cannot be pickled)
+
+
+def test_a_flush_that_cannot_pickle_a_value_counts_it_under_serialize(
+    tmp_path: Path, registry: CollectorRegistry
+) -> None:
+    # Before (helper-83): each such flush raised spill_failures only; every exported reason stayed 0.
+    chest = Chest(path=tmp_path / "c", available_memory="1 MiB")
+    instrument(chest, registry, name="c")
+    chest["fine"] = "fine"
+    chest["lock"] = [threading.Lock()]  # small: resident, never offered to the disk until the flush
+    for attempt in (1, 2):
+        with pytest.raises(SpillError, match="lock"):
+            chest.flush()
+        assert chest.stats.spill_failures == chest.stats.serialize_errors == attempt
+        errors = {r: value(registry, "spillkit_spill_errors_total", chest="c", reason=r) for r in ("serialize", "disk")}
+        assert errors == {"serialize": attempt, "disk": 0}
+    assert chest["fine"] == "fine" and isinstance(chest["lock"][0], type(threading.Lock()))
+    chest.drop()
 
 
 def _fail_eio(*args: Any, **kwargs: Any) -> None:
