@@ -22,7 +22,7 @@ from .errors import CorruptSpillFile
 from .fileindex import FileIndex
 from .mapped import FileId, map_file, pin_file, unpin_file
 from .regularfile import SAFE_OPEN
-from .spillfile import RecordError, open_record, still_encodes
+from .spillfile import RecordError, open_record, privatize_prefix, still_encodes
 
 __all__ = ["FileReads", "OpenRead"]
 
@@ -124,6 +124,7 @@ class FileReads(FileIndex):
         if pinned is not None and pending.mapping:
             mapped = self._map(pending, pinned)
             if mapped is not None:
+                privatize_prefix(mapped)  # checked next, then unpickled: from pages no one else can change
                 return self._decode(pending, mapped)
         try:
             with open(pending.fd, "rb", buffering=0, closefd=False) as file:

@@ -8,21 +8,27 @@ know nothing of keys' bookkeeping. Layout::
 
 The name (the file's, or the record's in a segment) makes a record moved into
 another key's place recognisable. The HMAC covers the fixed fields, the name
-and the signed prefix of the body: for pickles that is the stream, the part
-that runs code when loaded. Out-of-band array buffers are data, covered by the
-CRC only: an HMAC over every byte would cost more than writing them (1.2 GB/s
-of HMAC-SHA256 here against 2.4 GB/s of writes). Padding keeps out-of-band
-buffers 64-byte aligned.
+and every byte of the body: the signed prefix (for pickles, the stream, the
+part that runs code when loaded) as it is, and the rest (out-of-band array
+buffers) through a keyed digest (:mod:`spillkit.bodymac`: GHASH at the speed of
+the CRC, where HMAC-SHA256 over every byte would cost more than writing them),
+so that a file changed without the directory's key is refused, whatever part
+changed (an array buffer too: its CRC alone could be recomputed by anyone). The
+CRC-32 tells a damaged file from a forged one when the HMAC refuses it; it is
+taken only then, and again after a write to check that the value did not change
+while written. Padding keeps out-of-band buffers 64-byte aligned.
 """
 
 from __future__ import annotations
 
 import hmac
+import mmap
 import os
 import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .bodymac import AVAILABLE, DIGEST_FROM, body_digest
 from .codecs import Codec
 from .regularfile import SAFE_OPEN, ensure_regular
 from .security import sign
@@ -43,6 +49,7 @@ __all__ = [
     "is_spill_file",
     "names_record",
     "open_record",
+    "privatize_prefix",
     "still_encodes",
 ]
 
@@ -50,7 +57,7 @@ _FIXED = struct.Struct("<4sBxHQIQ")
 _MAC_BYTES = 32
 HEADER_SIZE = _FIXED.size + _MAC_BYTES  # before the name
 _MAGIC = b"SPK\x00"
-_VERSION = 2
+_VERSION = 3  # 3: the HMAC covers every byte of the body, large frames through a digest (spillkit.bodymac)
 PAD = 64
 
 
@@ -75,17 +82,16 @@ def encode_header(name: str, frames: Sequence[Any], codec: Codec, secret: bytes)
     """Return ``(header, body length, tag)`` for the body made of ``frames``."""
     signed_frames = getattr(codec, "signed_frames", None)
     signed_count = len(frames) if signed_frames is None else signed_frames(frames)
-    body_len = 0
-    signed_len = 0
+    sizes = [memoryview(frame).nbytes for frame in frames]
+    body_len = sum(sizes)
+    signed_len = sum(sizes[:signed_count])
+    if not AVAILABLE or body_len - signed_len < DIGEST_FROM:
+        signed_count, signed_len = len(frames), body_len  # all under the HMAC: cheaper than a digest, or no digest
     crc = body_crc(frames)
-    for index, frame in enumerate(frames):
-        size = memoryview(frame).nbytes
-        body_len += size
-        if index < signed_count:
-            signed_len += size
     encoded_name = name.encode("utf-8")
     fixed = _FIXED.pack(_MAGIC, _VERSION, len(encoded_name), body_len, crc, signed_len)
-    tag = sign(secret, fixed, encoded_name, *frames[:signed_count])
+    rest = [body_digest(secret, frames[signed_count:])] if signed_len < body_len else []
+    tag = sign(secret, fixed, encoded_name, *frames[:signed_count], *rest)
     header = fixed + tag + encoded_name
     return header + bytes(-len(header) % PAD), body_len, tag
 
@@ -128,8 +134,9 @@ def names_record(head: bytes, name: str) -> bool:
 def open_record(data: memoryview, name: str, secret: bytes, expected_tag: bytes | None) -> memoryview:
     """Check the record that fills ``data`` exactly and return a view of its body.
 
-    Raises RecordError, in this order: not a record, someone else's record, wrong
-    length, damaged (CRC), not signed with ``secret``, an older version of the record.
+    Raises RecordError, in this order: not a record (or of another format version), someone
+    else's record, wrong length, damaged (CRC) or not signed with ``secret`` (the HMAC covers
+    every byte; the CRC is taken only when it refuses, to say which), an older version of the record.
     """
     if len(data) < HEADER_SIZE:
         raise RecordError("the file is truncated")
@@ -148,14 +155,36 @@ def open_record(data: memoryview, name: str, secret: bytes, expected_tag: bytes 
     if len(data) != start + body_len or signed_len > body_len:
         raise RecordError(f"expected {start + body_len} bytes, found {len(data)}")
     body = data[start:]
-    if crc32(body) != crc:
-        raise RecordError("checksum mismatch")
     tag = bytes(data[_FIXED.size : HEADER_SIZE])
-    if not hmac.compare_digest(tag, sign(secret, data[: _FIXED.size], encoded_name, body[:signed_len])):
+    rest = [body_digest(secret, [body[signed_len:]])] if signed_len < body_len else []
+    if not hmac.compare_digest(tag, sign(secret, data[: _FIXED.size], encoded_name, body[:signed_len], *rest)):
+        if crc32(body) != crc:  # (the HMAC covers every byte: the CRC, taken only now, tells damage from forgery)
+            raise RecordError("checksum mismatch")
         raise RecordError("authentication failed: the file was not written by this Chest (tampered or foreign)")
     if expected_tag is not None and not hmac.compare_digest(tag, expected_tag):
         raise RecordError("the file is an older or other version of this key's value")
     return body
+
+
+def privatize_prefix(data: memoryview) -> None:
+    """Give a copy-on-write mapping of a record its own copy of the header and signed prefix.
+
+    Until the process writes to a page of a ``MAP_PRIVATE`` mapping, the page is the
+    file's, and whoever writes the file changes it: between the HMAC's check and the
+    unpickling, a pickle stream could be swapped for one that runs code (helper-84 did,
+    with a second process). Writing one byte of each page back copies it. The body after
+    the prefix (array data) stays shared: see :mod:`spillkit.mapped`. A record too short
+    to parse is left as it is (:func:`open_record` refuses it).
+    """
+    if len(data) < _FIXED.size:
+        return
+    _magic, _version, name_len, _body, _crc, signed_len = _FIXED.unpack_from(data, 0)
+    start = HEADER_SIZE + name_len
+    end = min(len(data), start + (-start % PAD) + signed_len)
+    for offset in range(0, end, mmap.PAGESIZE):
+        data[offset] = data[offset]  # the first write to a page copies it
+    if end:
+        data[end - 1] = data[end - 1]
 
 
 def is_spill_file(full: str, name: str) -> bool:

@@ -181,3 +181,36 @@ class FailsOnBad(LRU):
         super().removed(key)
         if key == "bad":
             raise RuntimeError("policy bug")
+
+
+def keep_crc(data: bytearray, at: int, start: int) -> None:
+    """Change 4 bytes of ``data`` at ``at`` so that the CRC-32 of ``data[start:]`` is what it was before the
+    caller's other changes: an attacker's fix-up (CRC-32 is affine over GF(2), so 32 bits solve it)."""
+    from spillkit.spillfile import _FIXED
+    from spillkit.spillfile import crc32 as file_crc
+
+    want = _FIXED.unpack_from(data, 0)[4]
+    body = bytearray(data[start:])
+    offset = at - start
+    zero = file_crc(bytes(len(body)))
+
+    def effect(bit: int) -> int:  # what flipping this bit of the 4 bytes does to the CRC
+        probe = bytearray(len(body))
+        probe[offset + bit // 8] = 1 << (bit % 8)
+        return file_crc(bytes(probe)) ^ zero
+
+    rows = [(effect(bit), 1 << bit) for bit in range(32)]  # solve sum(flip_i * effect_i) = current ^ want
+    target, flips = file_crc(bytes(body)) ^ want, 0
+    for pivot in range(32):
+        row = next(i for i in range(pivot, 32) if rows[i][0] >> pivot & 1)
+        rows[pivot], rows[row] = rows[row], rows[pivot]
+        for i in range(32):
+            if i != pivot and rows[i][0] >> pivot & 1:
+                rows[i] = (rows[i][0] ^ rows[pivot][0], rows[i][1] ^ rows[pivot][1])
+    for pivot in range(32):
+        if target >> pivot & 1:
+            flips ^= rows[pivot][1]
+    for bit in range(32):
+        if flips >> bit & 1:
+            data[at + bit // 8] ^= 1 << (bit % 8)
+    assert file_crc(bytes(data[start:])) == want

@@ -230,3 +230,40 @@ def test_distributed_worker_storage_maps_loads_unless_told_not_to(tmp_path: Path
         assert (chest._store.filename("a") in mapped_files()) is expect_mapped
         numpy.testing.assert_array_equal(value, array(1))
         chest.drop()
+
+
+def test_a_pickle_stream_rewritten_after_the_check_is_not_what_is_unpickled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before (helper-84): a mapped record was checked, then unpickled from the file's own pages, which a
+    # second process rewriting the file could swap for a stream that runs code. Here the "attacker"
+    # writes at the worst moment: right after the check, before the unpickling.
+    import spillkit.filereads
+    from spillkit.spillfile import _FIXED, HEADER_SIZE, open_record
+
+    chest = Chest(path=tmp_path / "c", available_memory="3 MiB", map_loads=True)
+    chest["a"] = {"label": "the real one", "data": array(1)}
+    chest["b"] = array(2)
+    full = chest._store.filename("a")
+    original = Path(full).read_bytes()
+    _, _, name_len, body_len, _, signed_len = _FIXED.unpack_from(original, 0)
+    start = len(original) - body_len
+    assert b"the real one" in original[start : start + signed_len]
+    forged = original.replace(b"the real one", b"the fake one")
+
+    def checked_then_rewritten(*args: object) -> memoryview:
+        body = open_record(*args)  # type: ignore[arg-type]
+        fd = os.open(full, os.O_WRONLY)
+        try:
+            os.pwrite(fd, forged[: start + signed_len], 0)  # same length: the mapping sees it, unless private
+        finally:
+            os.close(fd)
+        return body
+
+    monkeypatch.setattr(spillkit.filereads, "open_record", checked_then_rewritten)
+    got = chest["a"]
+    assert got["label"] == "the real one"
+    assert full in mapped_files()  # it was mapped, not read
+    assert HEADER_SIZE + name_len <= start
+    del got
+    chest.drop()

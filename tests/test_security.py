@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import keep_crc
 
 from spillkit import Chest, CorruptSpillFile, PickleCodec
 from spillkit.errors import SpillError
@@ -102,6 +103,34 @@ def test_the_signed_prefix_covers_the_pickle_stream_not_the_array_buffers(tmp_pa
     with pytest.raises(CorruptSpillFile, match="authentication failed"):
         store.read("a")
     assert 0 < signed_len < 1000 < body_len  # the 800 kB buffer is outside the signed prefix
+
+
+@pytest.mark.parametrize("compression", [None, "lz4"])
+def test_an_array_buffer_changed_with_its_crc_kept_is_refused(tmp_path: Path, compression: str | None) -> None:
+    # Before (helper-84): array buffers were under the CRC only, which an attacker keeps by changing 4 more
+    # bytes; the value then loaded changed, and changed categorical codes crashed the process when indexed.
+    np = pytest.importorskip("numpy")
+    chest = Chest(path=tmp_path / "c", available_memory=1, compression=compression)
+    noise = np.random.default_rng(3).random(100_000)  # 800 kB that no compressor shrinks: stored raw
+    chest["a"], chest["b"] = noise, "b"
+    chest.flush()
+    assert chest._store.location("a") == (None, 0)  # its own file
+    full = Path(chest._store.filename("a"))
+    data = bytearray(full.read_bytes())
+    from spillkit.spillfile import _FIXED
+
+    body_len = _FIXED.unpack_from(data, 0)[3]
+    start = len(data) - body_len
+    data[len(data) - 5000] ^= 0xFF  # a byte of the last float
+    keep_crc(data, len(data) - 4000, start)
+    full.write_bytes(bytes(data))
+    with pytest.raises(CorruptSpillFile, match="authentication failed"):
+        chest["a"]
+    assert chest["b"] == "b"
+    full.write_bytes(bytes(data[:-1]) + b"x")  # plain damage: the CRC says so
+    with pytest.raises(CorruptSpillFile, match="checksum mismatch"):
+        chest["a"]
+    chest.drop()
 
 
 def test_a_persistent_chest_keeps_its_key_in_a_0600_file_and_reopens_with_it(tmp_path: Path) -> None:

@@ -1,0 +1,52 @@
+"""A keyed digest of a record's large frames, for its HMAC to cover at the speed of a CRC.
+
+The record's HMAC-SHA256 (:mod:`spillkit.spillfile`) covers its header and its codec's
+signed frames (pickle's stream: the part that runs code when loaded). Array buffers after
+them used to be covered by the header's CRC-32 only, which anyone who can write the file
+can recompute: a changed buffer then loaded silently, and a changed index array (pandas'
+categorical codes) made later indexing read out of bounds and crash the process. HMAC-SHA256
+over every byte runs at 1.5 GB/s here, slower than writing them; GHASH, the universal hash
+of AES-GCM, runs at 21 GB/s (OpenSSL with carry-less multiply), as fast as the CRC.
+
+:func:`body_digest` is GMAC (AES-GCM with no plaintext) of the frames under a key derived
+from the directory's secret, with a constant nonce. That is safe here because the digest is
+never stored nor shown: it only goes into the record's HMAC, so nothing reveals the hash key,
+and changing the frames without it matches the digest with odds of about 2^-128 per try.
+
+Thread-safe (no shared mutable state but a cache of derived keys). Without the
+``cryptography`` package, :data:`AVAILABLE` is False and records sign every byte with the
+HMAC instead (as secure, slower).
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+from collections.abc import Sequence
+from typing import Any
+
+try:
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+except ImportError:  # pragma: no cover - cryptography is a dependency; without it every byte is HMAC'd
+    AVAILABLE = False
+else:
+    AVAILABLE = True
+
+__all__ = ["AVAILABLE", "DIGEST_FROM", "body_digest"]
+
+DIGEST_FROM = 64 * 1024  # smaller remainders are HMAC'd as they are: a digest costs ~10 µs to set up
+_NONCE = bytes(12)  # constant: the digest stays inside the HMAC (see the module's docstring)
+
+
+@functools.lru_cache(maxsize=64)
+def _derived_key(secret: bytes) -> bytes:
+    return hmac.digest(secret, b"spillkit record body digest, v3", "sha256")[:16]
+
+
+def body_digest(secret: bytes, frames: Sequence[Any]) -> bytes:
+    """The 16-byte keyed digest of the concatenated ``frames`` (no copy)."""
+    state = Cipher(algorithms.AES(_derived_key(secret)), modes.GCM(_NONCE)).encryptor()
+    for frame in frames:
+        state.authenticate_additional_data(frame)
+    state.finalize()
+    return bytes(state.tag)
