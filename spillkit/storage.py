@@ -21,7 +21,7 @@ from .filereads import OpenRead
 from .filesync import FileSync
 from .holes import disk_full
 from .keys import describe_key
-from .spillfile import body_crc, claimed_crc, encode_header
+from .spillfile import encode_header
 from .whole_writes import write_record
 
 __all__ = ["DiskStore", "OpenRead", "PreparedWrite"]
@@ -134,10 +134,13 @@ class DiskStore(FileSync):
                 if reused > size:  # a spare longer than the record: its tail would read as appended bytes
                     os.ftruncate(fd, size)
                 tries = 1
-                while verify and body_crc(frames) != claimed_crc(header):
+                while verify:
+                    again = encode_header(name, frames, self.codec, self.secret)
+                    if again[2] == tag:  # (the tag covers every byte: the value is what was written)
+                        break
                     if tries == _WRITE_TRIES:
                         raise ChangedWhileWritten(f"the value changed while it was written, {tries} times")
-                    header, body_len, tag = encode_header(name, frames, self.codec, self.secret)
+                    header, body_len, tag = again
                     size = len(header) + body_len
                     os.ftruncate(fd, 0)
                     os.lseek(fd, 0, os.SEEK_SET)

@@ -183,14 +183,14 @@ class FailsOnBad(LRU):
             raise RuntimeError("policy bug")
 
 
-def keep_crc(data: bytearray, at: int, start: int) -> None:
-    """Change 4 bytes of ``data`` at ``at`` so that the CRC-32 of ``data[start:]`` is what it was before the
-    caller's other changes: an attacker's fix-up (CRC-32 is affine over GF(2), so 32 bits solve it)."""
-    from spillkit.spillfile import _FIXED
+def keep_crc(data: bytearray, at: int, start: int, end: int, want: int) -> None:
+    """Change the 4 bytes of ``data`` at ``at`` so that the CRC-32 of ``data[start:end]`` is ``want`` again
+    (what it was before the caller's other changes): an attacker's fix-up, since CRC-32 is affine over
+    GF(2) and 32 bits solve it. ``at`` must be inside ``[start, end)``."""
     from spillkit.spillfile import crc32 as file_crc
 
-    want = _FIXED.unpack_from(data, 0)[4]
-    body = bytearray(data[start:])
+    assert start <= at and at + 4 <= end
+    body = bytearray(data[start:end])
     offset = at - start
     zero = file_crc(bytes(len(body)))
 
@@ -213,4 +213,4 @@ def keep_crc(data: bytearray, at: int, start: int) -> None:
     for bit in range(32):
         if flips >> bit & 1:
             data[at + bit // 8] ^= 1 << (bit % 8)
-    assert file_crc(bytes(data[start:])) == want
+    assert file_crc(bytes(data[start:end])) == want

@@ -82,54 +82,63 @@ def test_a_damaged_name_length_is_named_as_such_in_a_short_message(tmp_path: Pat
     chest.drop()
 
 
-def test_the_signed_prefix_covers_the_pickle_stream_not_the_array_buffers(tmp_path: Path) -> None:
+def test_the_signed_prefix_covers_the_pickle_stream_and_the_digest_the_array_buffers(tmp_path: Path) -> None:
     np = pytest.importorskip("numpy")
     store = DiskStore(str(tmp_path), PickleCodec(), secret=b"k" * 32)
     array = np.arange(100_000, dtype="i8")
     store.write("a", array)
     data = bytearray(Path(store.filename("a")).read_bytes())
     # Flip a byte in the pickle stream (after the 64-byte header and the codec's table): the
-    # "attacker" fixes up the CRC, the HMAC still refuses it.
+    # "attacker" keeps the CRC, the HMAC still refuses it.
     from spillkit.spillfile import _FIXED
     from spillkit.spillfile import crc32 as file_crc
 
-    magic, version, name_len, body_len, _crc, signed_len = _FIXED.unpack_from(data, 0)
+    _, _, _, body_len, crc, signed_len = _FIXED.unpack_from(data, 0)
     body_start = 64  # 28 fixed bytes, 32 of HMAC, the 1-byte name "a", padding
     assert len(data) == body_start + body_len
+    assert crc == file_crc(bytes(data[body_start : body_start + signed_len]))  # the CRC is the prefix's
+    assert 0 < signed_len < 1000 < body_len  # the 800 kB buffer is outside the signed prefix: the digest's
     data[body_start + 4 + 16 + 2] ^= 0x01
-    fixed = _FIXED.pack(magic, version, name_len, body_len, file_crc(bytes(data[body_start:])), signed_len)
-    data[: _FIXED.size] = fixed
+    keep_crc(data, body_start + signed_len - 8, body_start, body_start + signed_len, crc)
     Path(store.filename("a")).write_bytes(bytes(data))
     with pytest.raises(CorruptSpillFile, match="authentication failed"):
         store.read("a")
-    assert 0 < signed_len < 1000 < body_len  # the 800 kB buffer is outside the signed prefix
 
 
 @pytest.mark.parametrize("compression", [None, "lz4"])
 def test_an_array_buffer_changed_with_its_crc_kept_is_refused(tmp_path: Path, compression: str | None) -> None:
-    # Before (helper-84): array buffers were under the CRC only, which an attacker keeps by changing 4 more
-    # bytes; the value then loaded changed, and changed categorical codes crashed the process when indexed.
+    # Before (helper-84): array buffers were under the body's CRC only (format 2), which an attacker keeps
+    # by changing 4 more bytes; the value then loaded changed, and changed categorical codes crashed the
+    # process when indexed. The change below keeps the whole body's CRC, as such an attack did.
     np = pytest.importorskip("numpy")
+    from spillkit.spillfile import _FIXED
+    from spillkit.spillfile import crc32 as file_crc
+
     chest = Chest(path=tmp_path / "c", available_memory=1, compression=compression)
     noise = np.random.default_rng(3).random(100_000)  # 800 kB that no compressor shrinks: stored raw
     chest["a"], chest["b"] = noise, "b"
     chest.flush()
     assert chest._store.location("a") == (None, 0)  # its own file
     full = Path(chest._store.filename("a"))
-    data = bytearray(full.read_bytes())
-    from spillkit.spillfile import _FIXED
-
-    body_len = _FIXED.unpack_from(data, 0)[3]
-    start = len(data) - body_len
-    data[len(data) - 5000] ^= 0xFF  # a byte of the last float
-    keep_crc(data, len(data) - 4000, start)
+    original = full.read_bytes()
+    data = bytearray(original)
+    start = len(data) - _FIXED.unpack_from(data, 0)[3]
+    data[len(data) - 5000] ^= 0xFF  # a byte of the last floats
+    keep_crc(data, len(data) - 4000, start, len(data), file_crc(original[start:]))
     full.write_bytes(bytes(data))
     with pytest.raises(CorruptSpillFile, match="authentication failed"):
         chest["a"]
     assert chest["b"] == "b"
-    full.write_bytes(bytes(data[:-1]) + b"x")  # plain damage: the CRC says so
+    damaged = bytearray(original)
+    damaged[start + 30] ^= 0x04  # plain damage in the pickle stream: the CRC says so
+    full.write_bytes(bytes(damaged))
     with pytest.raises(CorruptSpillFile, match="checksum mismatch"):
         chest["a"]
+    full.write_bytes(bytes(original[:-1]) + b"x")  # in the array data: the HMAC's digest refuses it
+    with pytest.raises(CorruptSpillFile, match="damaged, or was not written by this Chest"):
+        chest["a"]
+    full.write_bytes(original)
+    assert np.array_equal(chest["a"], noise)
     chest.drop()
 
 

@@ -436,7 +436,7 @@ def test_without_the_check_a_value_changed_during_its_write_fails_its_own_record
     monkeypatch.undo()
     owned.clear()
     gc.collect()
-    with pytest.raises(CorruptSpillFile, match="checksum mismatch"):
+    with pytest.raises(CorruptSpillFile, match="the file is damaged, or"):  # (array data: the digest's)
         chest["a"]
     chest["b"] = np.ones(1)  # every other key is untouched
     assert chest["filler"][0] == 1.0 and chest["b"][0] == 1.0
