@@ -33,6 +33,7 @@ from .compression_format import (
     _MAGIC,
     _VERSION,
     _read_table,  # tests/test_compression.py imports it from here
+    stored_frame_ends,
 )
 
 __all__ = ["ALGORITHMS", "CompressedCodec", "make_compression"]
@@ -185,13 +186,20 @@ class CompressedCodec:
         return out
 
     def signed_frames(self, frames: Sequence[Buffer]) -> int:
-        """How many leading frames the record's HMAC takes as they are: the frame table.
+        """How many leading frames the record's HMAC takes as they are: the table, and pickle's table and stream.
 
-        The rest (the pickle stream, compressed or not, and the array buffers) is authenticated
-        too, through a keyed digest (:mod:`spillkit.bodymac`) at the speed of a CRC: HMAC-SHA256
-        over every byte (1.5 GB/s) made each spill and load of incompressible arrays 3x slower.
+        Those are what decoding interprets (the stream runs code when unpickled), so a mapped
+        load copies them into private pages before its check (:func:`spillkit.spillfile.privatize_prefix`);
+        the array buffers after them are authenticated through a keyed digest
+        (:mod:`spillkit.bodymac`). Only a :class:`PickleCodec` inside is known to decide by
+        position (its first two frames); with any other inner codec every frame is taken as it is.
         """
-        return 1
+        inner_signed = getattr(self.inner, "signed_frames", None)
+        if inner_signed is None or not isinstance(self.inner, PickleCodec):
+            return len(frames)
+        ends = stored_frame_ends(frames[0])
+        count = int(inner_signed([frames[end - 1] for end in ends]))
+        return ends[count - 1] if 0 < count <= len(ends) else len(frames)
 
     def decode(self, data: memoryview) -> Any:
         data = data.cast("B") if data.format != "B" else data

@@ -63,3 +63,24 @@ def _read_table(data: memoryview) -> tuple[list[tuple[int, int, int]], int]:
             f"compressed body: the frame table accounts for {start + position} bytes, the body has {len(data)}"
         )
     return entries, start
+
+
+def stored_frame_ends(table: bytes | bytearray | memoryview) -> list[int]:
+    """For each frame a table written by ``CompressedCodec.encode`` lists, how many output frames end with it.
+
+    The output is the table, then each frame stored (raw or compressed), a raw one after
+    the zero padding that keeps its alignment, when it needs any; so the ``i``-th frame ends
+    the first ``ends[i]`` output frames. The table is one this process just made: unchecked.
+    """
+    _, _, count = _HEAD.unpack_from(table, 0)
+    ends, index, position, inner_offset = [], 1, 0, 0
+    for entry in range(count):
+        kind, stored, raw = _ENTRY.unpack_from(table, _HEAD.size + entry * _ENTRY.size)
+        if kind == 0 and (inner_offset - position) % _ALIGN:
+            position += (inner_offset - position) % _ALIGN
+            index += 1  # the padding, a frame of its own
+        index += 1
+        position += stored
+        inner_offset += raw
+        ends.append(index)
+    return ends

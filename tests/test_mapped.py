@@ -232,8 +232,9 @@ def test_distributed_worker_storage_maps_loads_unless_told_not_to(tmp_path: Path
         chest.drop()
 
 
+@pytest.mark.parametrize("compression", [None, "lz4"])
 def test_a_pickle_stream_rewritten_after_the_check_is_not_what_is_unpickled(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compression: str | None
 ) -> None:
     # Before (helper-84): a mapped record was checked, then unpickled from the file's own pages, which a
     # second process rewriting the file could swap for a stream that runs code. Here the "attacker"
@@ -241,7 +242,7 @@ def test_a_pickle_stream_rewritten_after_the_check_is_not_what_is_unpickled(
     import spillkit.filereads
     from spillkit.spillfile import _FIXED, HEADER_SIZE, open_record
 
-    chest = Chest(path=tmp_path / "c", available_memory="3 MiB", map_loads=True)
+    chest = Chest(path=tmp_path / "c", available_memory="3 MiB", map_loads=True, compression=compression)
     chest["a"] = {"label": "the real one", "data": array(1)}
     chest["b"] = array(2)
     full = chest._store.filename("a")
