@@ -44,7 +44,7 @@ from .distributed import storage_for, worker_storage
 if TYPE_CHECKING:
     from dask.typing import Key
 
-__all__ = ["dask_setup", "storage_options"]
+__all__ = ["dask_setup", "refuse_to_start", "storage_options"]
 
 _OPTIONS = ("policy", "available-memory", "available-disk", "memory-limit", "instrument-metrics", "name")
 
@@ -60,6 +60,11 @@ def storage_options() -> dict[str, Any]:
     if unknown:
         raise ValueError(f"unknown spillkit.worker option(s) {unknown}; known: {list(_OPTIONS)}")
     return {key.replace("-", "_"): value for key, value in config.items()}
+
+
+def refuse_to_start(reason: str, **_: Any) -> MutableMapping[Key, object]:
+    """The nanny's ``data=`` for its worker when the options are wrong: the worker fails to start, saying why."""
+    raise ValueError(f"spillkit.distributed_preload: {reason}")
 
 
 def dask_setup(server: Nanny | Worker) -> None:
@@ -82,15 +87,23 @@ def dask_setup(server: Nanny | Worker) -> None:
     Notes
     -----
     dask calls it once per server, from the server's event loop while it
-    starts; it is not meant to be called concurrently. An exception aborts
-    that server's start (dask reports it), leaving nothing half-replaced.
+    starts; it is not meant to be called concurrently. dask logs an
+    exception a preload raises ("Failed to start preload") and starts the
+    server all the same (``distributed.preloading.PreloadManager`` catches
+    every ``Exception``): a worker given ``--preload`` then keeps dask's own
+    storage, its log the only sign; nothing is half-replaced. Under a
+    nanny, wrong options are not raised here but handed to the worker
+    (:func:`refuse_to_start`), whose start then fails with their message.
     """
-    options = storage_options()
     if isinstance(server, Nanny):
         if server.worker_kwargs.get("data") is not None:
             raise ValueError("spillkit.distributed_preload: this nanny already has a data= mapping for its worker")
-        server.worker_kwargs["data"] = (worker_storage, options)
+        try:
+            server.worker_kwargs["data"] = (worker_storage, storage_options())
+        except ValueError as error:  # raised here, dask would log it and start the worker on its own storage
+            server.worker_kwargs["data"] = (refuse_to_start, {"reason": str(error)})
         return
+    options = storage_options()
     manager = server.memory_manager
     if len(manager.data):
         raise RuntimeError("spillkit.distributed_preload: the worker already holds data; preload it at start")

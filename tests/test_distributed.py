@@ -435,6 +435,19 @@ def test_dask_worker_command_line_and_config_forms(tmp_path: Path) -> None:
                     process.wait(timeout=10)
 
 
+@pytest.mark.timeout(120)
+def test_a_misspelt_preload_option_fails_the_nannys_worker_with_its_message(tmp_path: Path) -> None:
+    # Before (helper-85): dask_setup raised in the nanny, dask's PreloadManager logged it and started the
+    # worker anyway, on dask's own SpillBuffer: a typo in the options left the cluster without spillkit.
+    with (
+        dask.config.set({"spillkit.worker": {"polcy": "cost"}}),
+        pytest.raises(RuntimeError, match="failed to start") as raised,
+        cluster(tmp_path, n_workers=1, preload_nanny=["spillkit.distributed_preload"]),
+    ):
+        pass
+    assert "unknown spillkit.worker option(s) ['polcy']" in repr(raised.value.__cause__)
+
+
 # ---- without a cluster -------------------------------------------------------------------
 
 
