@@ -40,6 +40,7 @@ __all__ = ["AVAILABLE", "DIGEST_FROM", "body_digest"]
 
 DIGEST_FROM = 64 * 1024  # smaller remainders are HMAC'd as they are: a digest costs ~10 µs to set up
 _NONCE = bytes(12)  # constant: the digest stays inside the HMAC (see the module's docstring)
+_CALL_LIMIT = 1 << 30  # bytes given to cryptography at once: it refuses (or panics on) 2 GiB and more
 
 
 @functools.lru_cache(maxsize=64)
@@ -53,11 +54,24 @@ def _derived_key(secret: bytes) -> bytes:
 
 
 def body_digest(secret: bytes, frames: Sequence[Any]) -> bytes:
-    """The 16-byte keyed digest of the concatenated ``frames`` (no copy)."""
-    if len(frames) == 1:  # one call (a lone array buffer, or a body read back): a quarter cheaper than a stream
-        return bytes(_one_shot(secret).encrypt(_NONCE, b"", frames[0]))
+    """The 16-byte keyed digest of the concatenated ``frames`` (no copy).
+
+    Frames may be any C-contiguous buffers (a memoryview of floats too: cryptography takes
+    bytes only). Raises RuntimeError without the ``cryptography`` package (see :data:`AVAILABLE`).
+    """
+    if not AVAILABLE:
+        raise RuntimeError("this record's array data is authenticated by a digest that needs the cryptography package")
+    views = [_bytes_view(frame) for frame in frames]
+    if len(views) == 1 and len(views[0]) <= _CALL_LIMIT:  # one call: a quarter cheaper than a stream
+        return bytes(_one_shot(secret).encrypt(_NONCE, b"", views[0]))
     state = Cipher(algorithms.AES(_derived_key(secret)), modes.GCM(_NONCE)).encryptor()
-    for frame in frames:
-        state.authenticate_additional_data(frame)
+    for view in views:
+        for start in range(0, len(view), _CALL_LIMIT):  # (one call refuses 2 GiB or more)
+            state.authenticate_additional_data(view[start : start + _CALL_LIMIT])
     state.finalize()
     return bytes(state.tag)
+
+
+def _bytes_view(frame: Any) -> memoryview:
+    view = memoryview(frame)
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")

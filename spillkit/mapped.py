@@ -18,9 +18,10 @@ What a mapped value changes (documented on :class:`~spillkit.chest.Chest`):
   prefix (the pickle stream) were copied into the process's own pages
   (:func:`spillfile.privatize_prefix`), so that what runs code when unpickled is what
   was checked; a page the process has not written to stays the file's page, so someone
-  else who writes into the file in place later changes the value (its array data), and
-  one who truncates it makes the process fault (``SIGBUS``) when the value is read, as
-  with ``numpy.memmap``. spillkit itself never
+  else who writes into the file in place later changes the value (its array data: an index
+  array changed so, pandas' categorical codes say, can make indexing read out of bounds),
+  and one who truncates it makes the process fault (``SIGBUS``) when the value is read, as
+  with ``numpy.memmap``: a mapped load trusts whoever can write the directory afterwards. spillkit itself never
   writes into a file a value maps: a deleted value's file is reused for a later write
   (:mod:`spillkit.spares`) only when no mapping of it is left in this process and none was
   alive when the process forked (:func:`may_be_mapped`);

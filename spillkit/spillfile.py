@@ -159,6 +159,8 @@ def open_record(data: memoryview, name: str, secret: bytes, expected_tag: bytes 
         raise RecordError(f"expected {start + body_len} bytes, found {len(data)}")
     body = data[start:]
     tag = bytes(data[_FIXED.size : HEADER_SIZE])
+    if signed_len < body_len and not AVAILABLE:
+        raise RecordError("its array data is authenticated by a digest that needs the cryptography package")
     rest = [body_digest(secret, [body[signed_len:]])] if signed_len < body_len else []
     if not hmac.compare_digest(tag, sign(secret, data[: _FIXED.size], encoded_name, body[:signed_len], *rest)):
         if crc32(body[:signed_len]) != crc:  # (taken only now: it tells damage to the prefix from forgery)
@@ -183,6 +185,7 @@ def privatize_prefix(data: memoryview) -> None:
     """
     if len(data) < _FIXED.size:
         return
+    data[0] = data[0]  # the first page (the lengths below) copied first: read from the file's, they could change
     _magic, _version, name_len, _body, _crc, signed_len = _FIXED.unpack_from(data, 0)
     start = HEADER_SIZE + name_len
     end = min(len(data), start + (-start % PAD) + signed_len)

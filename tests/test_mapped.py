@@ -268,3 +268,52 @@ def test_a_pickle_stream_rewritten_after_the_check_is_not_what_is_unpickled(
     assert HEADER_SIZE + name_len <= start
     del got
     chest.drop()
+
+
+def test_the_prefix_to_copy_is_measured_on_the_private_copy_of_the_header(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before (helper-86): privatize_prefix read the signed prefix's length from the file's own page, then
+    # copied: a header saying "no prefix" while it was read, put back right after, left the stream in
+    # pages the file could still change after the check. Now the length comes from the page copied.
+    import spillkit.spillfile as spillfile
+
+    chest = Chest(path=tmp_path / "c", available_memory="3 MiB", map_loads=True)
+    chest["a"] = {"label": "x" * 6000 + "the real one", "data": array(1)}  # the stream runs past the first page
+    chest["b"] = array(2)
+    full = chest._store.filename("a")
+    genuine = Path(full).read_bytes()[: spillfile._FIXED.size]
+    fields = list(spillfile._FIXED.unpack_from(genuine, 0))
+    fields[5] = 0  # signed_len
+    lying = spillfile._FIXED.pack(*fields)
+    real = spillfile._FIXED
+
+    class PutBackAfterTheFirstRead:
+        def __init__(self) -> None:
+            self.reads = 0
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+        def unpack_from(self, data: memoryview, offset: int = 0) -> tuple[object, ...]:
+            got = real.unpack_from(data, offset)
+            self.reads += 1
+            if self.reads == 1:  # privatize_prefix's read: the attacker puts the genuine header back
+                _pwrite(full, genuine, 0)
+            return got
+
+    _pwrite(full, lying, 0)
+    monkeypatch.setattr(spillfile, "_FIXED", PutBackAfterTheFirstRead())
+    with pytest.raises(CorruptSpillFile, match=r"checksum mismatch|authentication failed"):  # the lie is checked
+        chest["a"]
+    monkeypatch.undo()
+    assert chest["a"]["label"].endswith("the real one")  # the file itself is genuine again
+    chest.drop()
+
+
+def _pwrite(path: str, data: bytes, offset: int) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, data, offset)
+    finally:
+        os.close(fd)

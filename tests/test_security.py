@@ -267,3 +267,20 @@ def test_a_forged_pickle_in_a_temporary_chest_is_refused(tmp_path: Path) -> None
     for key in set(chest) - {spilled}:
         assert chest[key] == f"value {key}"
     chest.drop()
+
+
+def test_the_body_digest_takes_frames_of_two_gib_and_more_and_any_buffer_format() -> None:
+    # Before (helper-86): cryptography refused (OverflowError) or panicked on 2 GiB or more in one call,
+    # so such a value could not be stored, or was written and could not be read back; and it refused a
+    # memoryview of floats, so a codec returning one had its in-place check fail on every eviction.
+    np = pytest.importorskip("numpy")
+    from spillkit.bodymac import body_digest
+
+    secret = b"k" * 32
+    big = np.zeros(2**31 + 4096, dtype=np.uint8)  # untouched zero pages: no memory actually taken
+    whole = body_digest(secret, [big])
+    assert whole == body_digest(secret, [big[: 2**30], big[2**30 :]]) == body_digest(secret, [big, b""])
+    assert whole != body_digest(secret, [big[:-1]])
+    floats = np.arange(1000.0)
+    assert body_digest(secret, [memoryview(floats)]) == body_digest(secret, [floats.tobytes()])
+    assert body_digest(secret, [np.ones((30, 40))]) == body_digest(secret, [np.ones(1200).tobytes()])
