@@ -644,7 +644,7 @@ def targets(mem: list[MemContender], spill: list[SpillContender]) -> list[str]:
         "copy-on-write instead of reading it into new memory; the raw contender reads into buffers allocated "
         "before its timer starts)",
         f"- Chest with `write_behind=True` spill+load / raw file I/O = {behind:.2f}x (a background thread "
-        "writes, and checks each value's CRC again after writing it; the store ends when every write has)",
+        "writes, and checks each value's record tag again after writing it; the store ends when every write has)",
     ]
 
 

@@ -62,7 +62,7 @@ class PackedRecords(SegmentUpkeep):
     pack_threshold: int
     total_bytes: int
     spare_bytes: int
-    verify_writes: bool  # synchronous writes check the CRC again after writing (see prepare)
+    verify_writes: bool  # synchronous writes check the tag again after writing (see prepare)
 
     def _clear_spares(self) -> int:
         return self.inner._spares.clear()
@@ -134,7 +134,7 @@ class PackedRecords(SegmentUpkeep):
         Touches no shared state, so it may run without the engine's lock. With
         ``verify`` (write-behind), a large value's file is checked after it is
         written (see :meth:`DiskStore.prepare_frames`), and a small record is made
-        from copies of out-of-band frames taken before its CRC, so that a change in
+        from copies of out-of-band frames taken before its tag, so that a change in
         place meanwhile cannot make it fail its own check.
         """
         frames = [memoryview(frame).cast("B") for frame in self.codec.encode(value)]
@@ -143,7 +143,7 @@ class PackedRecords(SegmentUpkeep):
         self._check_quota(key, size, self._live_bytes)  # as if compacted: the exact check is at commit
         if size >= self.pack_threshold:
             return self.inner.prepare_frames(key, frames, name, verify)
-        if verify:  # copies (a small record: cheap), so that what the CRC covers is what is joined
+        if verify:  # copies (a small record: cheap), so that what the tag covers is what is joined
             frames = [memoryview(bytes(frame)) for frame in frames]
         header, _, tag = encode_header(name, frames, self.codec, self.secret)
         return PackedWrite(key, name, "", size, tag, b"".join([header, *frames]))

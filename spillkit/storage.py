@@ -56,8 +56,9 @@ class DiskStore(FileSync):
 
     Each write goes to a hidden temporary file and is moved into place with
     ``os.replace``, so no reader ever sees half a file. Files are created 0600.
-    The header holds a CRC-32 of the body, the file's own name and an
-    HMAC-SHA256 (keyed with ``secret``) of the header and the pickle stream:
+    The header holds the file's own name and an HMAC-SHA256 (keyed with
+    ``secret``) of the header and every byte of the body (array buffers through
+    a keyed digest, :mod:`spillkit.bodymac`), and a CRC-32 of the pickle stream:
     truncation, bit flips, a file swapped in from another key, an older file of
     the same key put back, and a file written by anyone without the secret all
     raise :class:`~spillkit.errors.CorruptSpillFile` naming the key, and the
@@ -106,11 +107,11 @@ class DiskStore(FileSync):
         """:meth:`prepare` for a value already encoded into ``frames`` (a packed store decides by size first).
 
         Out-of-band frames are views of the value, written without a copy. With
-        ``verify``, their CRC is taken again after the write: if the value changed
-        in place between the header's CRC and the copy into the file, the record
+        ``verify``, the record's tag is taken again after the write: if the value changed
+        in place between the header's tag and the copy into the file, the record
         would fail its own check, so it is written again (up to ``_WRITE_TRIES``
         times, then :class:`~spillkit.errors.ChangedWhileWritten`). Costs one more
-        CRC pass over the value. On a full disk, the spare files (:mod:`spillkit.spares`) are
+        pass over the value (its keyed digest). On a full disk, the spare files (:mod:`spillkit.spares`) are
         removed and the write is made once more (warned about).
         """
         had_spares = len(self._spares) > 0  # (the attempt may use, and free, the only one)

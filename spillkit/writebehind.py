@@ -60,7 +60,7 @@ class WriteBehind:
         self.writer = BackgroundWriter(engine.lock, self._prepare, self._finish, cap, self._taken_back_at_fork)
         self.writer.floor = engine.budget // 8
         self.pending = self.writer.pending  # the same dict, read directly by the engine and tests
-        self.verify = True  # check each write's CRC again afterwards (Chest(verify_writes=False) turns it off)
+        self.verify = True  # check each write's tag again afterwards (Chest(verify_writes=False) turns it off)
         # Set by a background write the disk refused, cleared by the next write that lands. Meanwhile
         # the engine writes its victims itself, one a round as without write-behind: handing them all
         # off again would fail each again (each warned), every put, on a full disk.
