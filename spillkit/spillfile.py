@@ -59,7 +59,6 @@ _MAC_BYTES = 32
 HEADER_SIZE = _FIXED.size + _MAC_BYTES  # before the name
 _MAGIC = b"SPK\x00"
 _VERSION = 3  # 3: the HMAC covers every byte of the body, large frames through a digest (spillkit.bodymac)
-_VERSION_2 = 2  # still read (directories flushed before 3), never written: array buffers under the CRC only
 PAD = 64
 
 
@@ -145,7 +144,7 @@ def open_record(data: memoryview, name: str, secret: bytes, expected_tag: bytes 
     if len(data) < HEADER_SIZE:
         raise RecordError("the file is truncated")
     magic, version, name_len, body_len, crc, signed_len = _FIXED.unpack_from(data, 0)
-    if magic != _MAGIC or version not in (_VERSION, _VERSION_2):
+    if magic != _MAGIC or version != _VERSION:
         raise RecordError("not a spillkit spill file of this version")
     expected_name = name.encode("utf-8")
     if name_len != len(expected_name):  # (a damaged length would quote the body as a name)
@@ -160,16 +159,11 @@ def open_record(data: memoryview, name: str, secret: bytes, expected_tag: bytes 
         raise RecordError(f"expected {start + body_len} bytes, found {len(data)}")
     body = data[start:]
     tag = bytes(data[_FIXED.size : HEADER_SIZE])
-    if version == _VERSION_2:  # read, never written: the CRC covers the body, the HMAC the prefix only
-        if crc32(body) != crc:
-            raise RecordError("checksum mismatch")
-        rest: list[bytes] = []
-    elif signed_len < body_len and not AVAILABLE:
+    if signed_len < body_len and not AVAILABLE:
         raise RecordError("its array data is authenticated by a digest that needs the cryptography package")
-    else:
-        rest = [body_digest(secret, [body[signed_len:]])] if signed_len < body_len else []
+    rest = [body_digest(secret, [body[signed_len:]])] if signed_len < body_len else []
     if not hmac.compare_digest(tag, sign(secret, data[: _FIXED.size], encoded_name, body[:signed_len], *rest)):
-        if version != _VERSION_2 and crc32(body[:signed_len]) != crc:  # (taken only now: damage or forgery?)
+        if crc32(body[:signed_len]) != crc:  # (taken only now: it tells damage to the prefix from forgery)
             raise RecordError("checksum mismatch")
         raise RecordError(
             "authentication failed: the file is damaged, or was not written by this Chest (tampered or foreign)"

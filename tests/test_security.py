@@ -284,28 +284,3 @@ def test_the_body_digest_takes_frames_of_two_gib_and_more_and_any_buffer_format(
     floats = np.arange(1000.0)
     assert body_digest(secret, [memoryview(floats)]) == body_digest(secret, [floats.tobytes()])
     assert body_digest(secret, [np.ones((30, 40))]) == body_digest(secret, [np.ones(1200).tobytes()])
-
-
-def test_records_of_format_2_are_still_read() -> None:
-    # A directory flushed before format 3 keeps its values: its records are read (their array buffers
-    # checked by the CRC only, as they were written), never written again in that format.
-    np = pytest.importorskip("numpy")
-    import hmac as hmac_module
-
-    from spillkit.spillfile import _FIXED, _MAGIC, HEADER_SIZE, PAD, RecordError, open_record
-    from spillkit.spillfile import crc32 as file_crc
-
-    secret, codec, value = b"k" * 32, PickleCodec(), {"label": "old", "data": np.arange(50_000.0)}
-    frames = [bytes(memoryview(f).cast("B")) for f in codec.encode(value)]
-    body = b"".join(frames)
-    signed = b"".join(frames[: codec.signed_frames(frames)])
-    fixed = _FIXED.pack(_MAGIC, 2, 1, len(body), file_crc(body), len(signed))
-    tag = hmac_module.digest(secret, fixed + b"a" + signed, "sha256")
-    header = fixed + tag + b"a"
-    record = bytearray(header + bytes(-len(header) % PAD) + body)
-    assert len(header) == HEADER_SIZE + 1
-    got = codec.decode(open_record(memoryview(record), "a", secret, tag))
-    assert got["label"] == "old" and np.array_equal(got["data"], value["data"])
-    record[-1] ^= 1
-    with pytest.raises(RecordError, match="checksum mismatch"):
-        open_record(memoryview(record), "a", secret, tag)
