@@ -144,6 +144,12 @@ def open_record(data: memoryview, name: str, secret: bytes, expected_tag: bytes 
     if len(data) < HEADER_SIZE:
         raise RecordError("the file is truncated")
     magic, version, name_len, body_len, crc, signed_len = _FIXED.unpack_from(data, 0)
+    if magic == _MAGIC and version == 2:
+        # Array data of format 2 had the CRC only, which anyone who can write the file keeps: not read
+        # (helper-87: read, such records stayed so for good, and a manifest put back restored them).
+        raise RecordError(
+            "a spill file of format 2 (spillkit before 2026-11-27): its array data cannot be authenticated"
+        )
     if magic != _MAGIC or version != _VERSION:
         raise RecordError("not a spillkit spill file of this version")
     expected_name = name.encode("utf-8")
