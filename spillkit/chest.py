@@ -182,9 +182,10 @@ class Chest(ChestLifecycle, DictMethods, MutableMapping[Hashable, Any]):
     exceed the budget until writes work. A damaged spill
     file raises :class:`~spillkit.errors.CorruptSpillFile` naming the key and is
     never unpickled. Files are authenticated (HMAC-SHA256 of the header and
-    pickle stream): a file written by anyone without this Chest's secret (a
-    per-process secret, or ``path/.spillkit-key`` made 0600 for a persistent
-    Chest) is refused the same way. No failure loses another key's value.
+    every byte of the body, array buffers through a keyed digest): a file
+    written or changed by anyone without this Chest's secret (a per-process
+    secret, or ``path/.spillkit-key`` made 0600 for a persistent Chest) is
+    refused the same way. No failure loses another key's value.
 
     Examples
     --------

@@ -96,10 +96,11 @@ class PickleCodec:
         return frames
 
     def signed_frames(self, frames: Sequence[Buffer]) -> int:
-        """How many leading frames the disk tier must authenticate: the table and the stream.
+        """How many leading frames the disk tier takes as they are: the table and the stream.
 
-        The stream is what runs code when unpickled; the out-of-band buffers after
-        it are plain data, checked by the file's CRC only.
+        The stream is what runs code when unpickled: the record's HMAC takes it as
+        it is, and a mapped load copies it before the check. The out-of-band buffers
+        after it are authenticated through a keyed digest (:mod:`spillkit.bodymac`).
         """
         return 2
 

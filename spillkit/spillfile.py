@@ -108,7 +108,7 @@ def still_encodes(
     may still hold this value, written from an object that pickles another way than its
     copies read back (numpy pickles a non-contiguous array in-band, its contiguous copy
     out of band): the record is read back (``read_back()``) and encoded again to compare.
-    Costs an encode and a CRC of the value, and that read only when the first comparison
+    Costs an encode and a pass of the keyed digest over the value, and that read only when the first comparison
     fails; never raises. A record without a name or tag, a value that no longer encodes,
     or a record that cannot be read back (damaged: writing the value again heals it)
     does not stand for it, and the caller writes the value again.
