@@ -32,7 +32,7 @@ which overrides it; ``distributed.worker.preload`` works in both modes.
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, cast
 
 import dask.config
@@ -56,6 +56,8 @@ def storage_options() -> dict[str, Any]:
     (a misspelt option would otherwise be ignored silently).
     """
     config = dask.config.get("spillkit.worker", default=None) or {}
+    if not isinstance(config, Mapping):  # (DASK_SPILLKIT__WORKER=1 sets the section itself)
+        raise ValueError(f"spillkit.worker must be a mapping of options, not {config!r}; known: {list(_OPTIONS)}")
     unknown = sorted(set(config) - set(_OPTIONS) - {o.replace("-", "_") for o in _OPTIONS})
     if unknown:
         raise ValueError(f"unknown spillkit.worker option(s) {unknown}; known: {list(_OPTIONS)}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from .errors import ChangedWhileWritten, SpillError
+from .errors import NOT_THE_VALUES_FAULT, ChangedWhileWritten
 from .events import DELETE, GIVEN_COST, HIT, PUT, SETTLE
 from .keys import describe_key
 from .ledger import _MISSING as _MISSING  # re-exported: chest.py imports the sentinel from here
@@ -135,7 +135,7 @@ class SpillEngine(EngineLifecycle):
                     # Deferred (dask, whose later tasks need it), a value that cannot be serialized
                     # stays in memory, as smaller ones do when they are spilled; so does one the disk
                     # refuses, for an engine that keeps such values (dask workers); otherwise the put fails.
-                    disk = isinstance(error, (OSError, SpillError))
+                    disk = isinstance(error, NOT_THE_VALUES_FAULT)
                     if not (self.keep_when_disk_full if disk else self.deferred):
                         self._count_write_error(error)  # a failed write, whatever its reason
                         if not disk:
@@ -176,7 +176,7 @@ class SpillEngine(EngineLifecycle):
                 self._costs[key] = cost
             if refused is None:
                 self._admit(key, value, nbytes)
-            elif isinstance(refused, (OSError, SpillError)):  # kept until a write succeeds (keep_when_disk_full)
+            elif isinstance(refused, NOT_THE_VALUES_FAULT):  # kept until a write succeeds (keep_when_disk_full)
                 self._admit(key, value, nbytes)
                 self._set_aside(key, write_failed=True)
                 why = "changed while it was written" if isinstance(refused, ChangedWhileWritten) else "disk refused it"

@@ -9,6 +9,7 @@ import warnings
 from .keys import describe_key
 
 __all__ = [
+    "NOT_THE_VALUES_FAULT",
     "ChangedWhileWritten",
     "ChestLocked",
     "CorruptSpillFile",
@@ -125,3 +126,9 @@ class NameTaken(OSError):
     Raised by the disk store's commit; the name is never chosen again, and the value goes
     under another (at once for a synchronous write, at the next try for a background one).
     """
+
+
+# What a write fails with for another reason than its value: the disk, the quota, a value that kept
+# changing while written. Anything else it raises is the value's own failure to serialize (a SpillError
+# its pickling raised too, e.g. reading from a closed Chest: helper-88).
+NOT_THE_VALUES_FAULT = (OSError, DiskQuotaExceeded, ChangedWhileWritten)

@@ -7,7 +7,7 @@ import time
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
-from .errors import SpillError
+from .errors import NOT_THE_VALUES_FAULT, SpillError
 from .events import FREE, LOAD, POPPED
 from .keys import describe_key, unfindable_key
 from .ledger import _MISSING, EngineLedger
@@ -164,7 +164,7 @@ class EngineLifecycle(EngineLedger):
             timed_write(self, key, value)
         except Exception as error:
             self._count_write_error(error)
-            if not isinstance(error, (OSError, SpillError)):  # neither the disk's nor the quota's: the value's own
+            if not isinstance(error, NOT_THE_VALUES_FAULT):  # the value's own: it cannot be serialized
                 self.stats.serialize_errors += 1
             failures.append((key, error))
             return False

@@ -216,7 +216,7 @@ def spill_victim(engine: SpillEngine, key: Hashable, background: bool = True) ->
             engine._set_aside(key)  # the round goes on with the other victims (first: listeners may use the key)
             engine._spill_failed(key, nbytes, error, "changed while it was written; it stays in memory")
             return True
-        except SpillError as error:  # the quota: raised into the put, which stores nothing
+        except DiskQuotaExceeded as error:  # raised into the put, which stores nothing
             # ... unless write-behind falls back here on a failing disk, or the engine keeps such victims:
             if background and (engine._writer is not None or engine.keep_when_disk_full):
                 goes_on = engine._write_failed_now(key, value)  # ... which, like its background writes, never

@@ -14,7 +14,7 @@ import contextlib
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
-from .errors import ChangedWhileWritten, DiskQuotaExceeded, NameTaken, SpillError
+from .errors import NOT_THE_VALUES_FAULT, ChangedWhileWritten, DiskQuotaExceeded, NameTaken, SpillError
 from .events import HIT, SPILL
 from .tiers import StagedDiskTier
 from .writer import BackgroundWriter, PendingWrite
@@ -199,7 +199,7 @@ class WriteBehind:
         writer.failures += 1
         if isinstance(error, DiskQuotaExceeded):
             engine.stats.quota_errors += 1
-        serialization = not isinstance(error, (OSError, SpillError))
+        serialization = not isinstance(error, NOT_THE_VALUES_FAULT)
         if isinstance(error, OSError):  # (a quota refusal costs no I/O, and must not raise into puts)
             self.disk_failing = True
         if pending.evicting:

@@ -477,6 +477,11 @@ def test_preload_rejects_unknown_options() -> None:
         assert storage_options() == {"policy": "cost", "available_memory": "1 GiB"}
     with dask.config.set({"spillkit.worker": {"polcy": "cost"}}), pytest.raises(ValueError, match="polcy"):
         storage_options()
+    # Before (helper-88): a section that is no mapping raised TypeError ('bool' object is not iterable),
+    # which the nanny's preload did not turn into a failed worker; "cost" listed its letters as options.
+    for section in (True, "cost"):
+        with dask.config.set({"spillkit.worker": section}), pytest.raises(ValueError, match="must be a mapping"):
+            storage_options()
 
 
 def test_import_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,6 +11,7 @@ import random
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import IO, Any
 
@@ -312,6 +313,47 @@ def test_a_flush_that_cannot_pickle_a_value_counts_it_under_serialize(
         assert errors == {"serialize": attempt, "disk": 0}
     assert chest["fine"] == "fine" and isinstance(chest["lock"][0], type(threading.Lock()))
     chest.drop()
+
+
+class ReadsAClosedChest:
+    """A value whose pickling raises a SpillError: it reads from a Chest closed since."""
+
+    def __init__(self, source: Chest) -> None:
+        self.source = source
+        self.pad = b"x" * 600
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (bytes, (self.source["k"],))
+
+
+@pytest.mark.parametrize("write_behind", [False, True])
+def test_a_spill_error_raised_by_pickling_is_the_values_failure(
+    tmp_path: Path, registry: CollectorRegistry, write_behind: bool
+) -> None:
+    # Before (helper-88): any SpillError was taken for the disk's or the quota's: a flush's counted under no
+    # reason, and a synchronous eviction raised it into an unrelated put as a quota refusal would be.
+    source = Chest(path=tmp_path / "source")
+    source["k"] = b"v"
+    source.close()
+    chest = Chest(path=tmp_path / "c", available_memory=1000, sizeof=len_or_600, write_behind=write_behind)
+    instrument(chest, registry, name="px")
+    chest["p"] = ReadsAClosedChest(source)
+    with pytest.raises(SpillError, match="closed"):
+        chest.flush()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SpillWarning)
+        chest["q"] = b"y" * 900  # evicts p: its failure is its own, set aside, not raised here
+        chest.wait_for_writes()
+    assert chest["q"] == b"y" * 900 and isinstance(chest["p"], ReadsAClosedChest)
+    reasons = ("serialize", "disk", "quota", "changed")
+    errors = {r: value(registry, "spillkit_spill_errors_total", chest="px", reason=r) for r in reasons}
+    assert errors == {"serialize": 2, "disk": 0, "quota": 0, "changed": 0}
+    assert chest.stats.spill_failures == 2
+    chest.drop()
+
+
+def len_or_600(value: Any) -> int:
+    return len(value) if isinstance(value, bytes) else 600
 
 
 def _fail_eio(*args: Any, **kwargs: Any) -> None:
