@@ -18,6 +18,7 @@ __all__ = [
     "NameTaken",
     "SpillError",
     "SpillWarning",
+    "WriterUnavailable",
 ]
 
 
@@ -128,7 +129,11 @@ class NameTaken(OSError):
     """
 
 
+class WriterUnavailable(SpillError):
+    """A background write never made: no writer thread could start to make it (the value's file is not at fault)."""
+
+
 # What a write fails with for another reason than its value: the disk, the quota, a value that kept
-# changing while written. Anything else it raises is the value's own failure to serialize (a SpillError
-# its pickling raised too, e.g. reading from a closed Chest: helper-88).
-NOT_THE_VALUES_FAULT = (OSError, DiskQuotaExceeded, ChangedWhileWritten)
+# changing while written, no thread to write it. Anything else it raises is the value's own failure to
+# serialize (a SpillError its pickling raised too, e.g. reading from a closed Chest: helper-88).
+NOT_THE_VALUES_FAULT = (OSError, DiskQuotaExceeded, ChangedWhileWritten, WriterUnavailable)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import SpillError
+from .errors import WriterUnavailable
 
 __all__ = ["BackgroundWriter", "PendingWrite"]
 
@@ -160,10 +160,10 @@ class BackgroundWriter:
             raise
 
     def _fail_queued(self, error: RuntimeError) -> None:
-        # As a write the disk refused (a SpillError, not the value's fault: it stays spillable), finish()
+        # As a write the disk refused (not the value's fault: it stays spillable), finish()
         # takes each value back, counted and warned; nothing waits for it. A listener's BaseException
         # there is reported, and the rest still fail (else they would wait for a thread that never comes).
-        failure = SpillError(f"no writer thread could start to write it ({error})")
+        failure = WriterUnavailable(f"no writer thread could start to write it ({error})")
         failure.__cause__ = error
         while self._queue:
             try:
