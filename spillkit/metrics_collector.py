@@ -90,8 +90,10 @@ class ChestCollector:
     value kept changing while written, ``serialize``: a value kept in memory, or a
     put over the budget refused, because it cannot be pickled, ``quota``, ``corrupt``,
     ``reserve``: a flush could not make the manifest's reserve file whole; each
-    failure counts under one reason), ``<ns>_misses_total``, the histogram
-    ``<ns>_disk_latency_seconds{activity}`` and ``<ns>_chest_info{version,policy,codec}``.
+    failure counts under one reason, but for a background write no writer thread
+    could start to make, counted in ``stats.spill_failures`` only),
+    ``<ns>_misses_total``, the histogram ``<ns>_disk_latency_seconds{activity}``
+    and ``<ns>_chest_info{version,policy,codec}``.
 
     Thread-safe: ``add``, ``remove`` and ``collect`` may run concurrently with each
     other and with cache operations. A scrape holds each Chest's engine lock
