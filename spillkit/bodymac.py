@@ -9,7 +9,8 @@ over every byte runs at 1.5 GB/s here, slower than writing them; GHASH, the univ
 of AES-GCM, runs at 21 GB/s (OpenSSL with carry-less multiply): as fast as isal's CRC-32 on
 data out of the CPU's caches, 2.6x slower on data in them (48 against 18 µs per MiB), which
 a value just read or written is. Measured in ``bench_core``'s spill-then-load of 1 MiB arrays,
-paired runs, against CRC-only array buffers: about 10% more time (see ``benchmarks/README.md``).
+alternating runs of the commit before and after this module came in: about 10% more time (the
+numbers are in the message of commit b6eeef9; ``benchmarks/README.md`` holds single runs).
 
 :func:`body_digest` is GMAC (AES-GCM with no plaintext) of the frames under a key derived
 from the directory's secret, with a constant nonce. That is safe here because the digest is

@@ -276,6 +276,7 @@ def test_the_prefix_to_copy_is_measured_on_the_private_copy_of_the_header(
     # Before (helper-86): privatize_prefix read the signed prefix's length from the file's own page, then
     # copied: a header saying "no prefix" while it was read, put back right after, left the stream in
     # pages the file could still change after the check. Now the length comes from the page copied.
+    import spillkit.filereads
     import spillkit.spillfile as spillfile
 
     chest = Chest(path=tmp_path / "c", available_memory="3 MiB", map_loads=True)
@@ -288,24 +289,36 @@ def test_the_prefix_to_copy_is_measured_on_the_private_copy_of_the_header(
     lying = spillfile._FIXED.pack(*fields)
     real = spillfile._FIXED
 
-    class PutBackAfterTheFirstRead:
+    class PutBackAfterPrivatizeReads:
         def __init__(self) -> None:
-            self.reads = 0
+            self.privatizing = self.put_back = False
 
         def __getattr__(self, name: str) -> object:
             return getattr(real, name)
 
         def unpack_from(self, data: memoryview, offset: int = 0) -> tuple[object, ...]:
             got = real.unpack_from(data, offset)
-            self.reads += 1
-            if self.reads == 1:  # privatize_prefix's read: the attacker puts the genuine header back
+            if self.privatizing and not self.put_back:  # the attacker puts the genuine header back at once
                 _pwrite(full, genuine, 0)
+                self.put_back = True
             return got
 
+    fixed = PutBackAfterPrivatizeReads()
+    real_privatize = spillfile.privatize_prefix
+
+    def privatize(data: memoryview) -> None:
+        fixed.privatizing = True
+        try:
+            real_privatize(data)
+        finally:
+            fixed.privatizing = False
+
     _pwrite(full, lying, 0)
-    monkeypatch.setattr(spillfile, "_FIXED", PutBackAfterTheFirstRead())
+    monkeypatch.setattr(spillfile, "_FIXED", fixed)
+    monkeypatch.setattr(spillkit.filereads, "privatize_prefix", privatize)
     with pytest.raises(CorruptSpillFile, match=r"checksum mismatch|authentication failed"):  # the lie is checked
         chest["a"]
+    assert fixed.put_back  # privatize_prefix read the header (else the lie was only ever the file's)
     monkeypatch.undo()
     assert chest["a"]["label"].endswith("the real one")  # the file itself is genuine again
     chest.drop()

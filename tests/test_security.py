@@ -87,7 +87,8 @@ def test_the_signed_prefix_covers_the_pickle_stream_and_the_digest_the_array_buf
     store = DiskStore(str(tmp_path), PickleCodec(), secret=b"k" * 32)
     array = np.arange(100_000, dtype="i8")
     store.write("a", array)
-    data = bytearray(Path(store.filename("a")).read_bytes())
+    original = Path(store.filename("a")).read_bytes()
+    data = bytearray(original)
     # Flip a byte in the pickle stream (after the 64-byte header and the codec's table): the
     # "attacker" keeps the CRC, the HMAC still refuses it.
     from spillkit.spillfile import _FIXED
@@ -103,6 +104,13 @@ def test_the_signed_prefix_covers_the_pickle_stream_and_the_digest_the_array_buf
     Path(store.filename("a")).write_bytes(bytes(data))
     with pytest.raises(CorruptSpillFile, match="authentication failed"):
         store.read("a")
+    data = bytearray(original)  # and one byte of the array buffer: the digest's (the CRC does not cover it)
+    data[-100] ^= 0x01
+    Path(store.filename("a")).write_bytes(bytes(data))
+    with pytest.raises(CorruptSpillFile, match="authentication failed"):
+        store.read("a")
+    Path(store.filename("a")).write_bytes(original)
+    assert np.array_equal(store.read("a"), array)
 
 
 @pytest.mark.parametrize("compression", [None, "lz4"])
