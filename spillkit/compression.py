@@ -194,11 +194,10 @@ class CompressedCodec:
         (:mod:`spillkit.bodymac`). Only a :class:`PickleCodec` inside is known to decide by
         position (its first two frames); with any other inner codec every frame is taken as it is.
         """
-        inner_signed = getattr(self.inner, "signed_frames", None)
-        if inner_signed is None or not isinstance(self.inner, PickleCodec):
+        if not isinstance(self.inner, PickleCodec):
             return len(frames)
         ends = stored_frame_ends(frames[0])
-        count = int(inner_signed([frames[end - 1] for end in ends]))
+        count = self.inner.signed_frames([frames[end - 1] for end in ends])
         return ends[count - 1] if 0 < count <= len(ends) else len(frames)
 
     def decode(self, data: memoryview) -> Any:

@@ -137,9 +137,7 @@ class SpillEngine(EngineLifecycle):
                     # refuses, for an engine that keeps such values (dask workers); otherwise the put fails.
                     disk = isinstance(error, NOT_THE_VALUES_FAULT)
                     if not (self.keep_when_disk_full if disk else self.deferred):
-                        self._count_write_error(error)  # a failed write, whatever its reason
-                        if not disk:
-                            self.stats.serialize_errors += 1
+                        self._count_refused_write(error)  # a failed write, whatever its reason
                         raise
                     refused = error
                 else:  # (out of the try: a warning raised as an error is not the value's failure)

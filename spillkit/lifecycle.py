@@ -7,7 +7,7 @@ import time
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
-from .errors import NOT_THE_VALUES_FAULT, SpillError
+from .errors import SpillError
 from .events import FREE, LOAD, POPPED
 from .keys import describe_key, unfindable_key
 from .ledger import _MISSING, EngineLedger
@@ -163,9 +163,7 @@ class EngineLifecycle(EngineLedger):
         try:
             timed_write(self, key, value)
         except Exception as error:
-            self._count_write_error(error)
-            if not isinstance(error, NOT_THE_VALUES_FAULT):  # the value's own: it cannot be serialized
-                self.stats.serialize_errors += 1
+            self._count_refused_write(error)
             failures.append((key, error))
             return False
         return True

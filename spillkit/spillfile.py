@@ -195,10 +195,8 @@ def privatize_prefix(data: memoryview) -> None:
     _magic, _version, name_len, _body, _crc, signed_len = _FIXED.unpack_from(data, 0)
     start = HEADER_SIZE + name_len
     end = min(len(data), start + (-start % PAD) + signed_len)
-    for offset in range(0, end, mmap.PAGESIZE):
+    for offset in range(0, end, mmap.PAGESIZE):  # (a mapping starts on a page: each page below end)
         data[offset] = data[offset]  # the first write to a page copies it
-    if end:
-        data[end - 1] = data[end - 1]
 
 
 def is_spill_file(full: str, name: str) -> bool:
