@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import weakref
 from collections.abc import Callable, Hashable, Mapping
 from typing import IO, TYPE_CHECKING, Any
@@ -30,7 +29,7 @@ from .compression import CompressedCodec, make_compression
 from .dirlock import DirLock
 from .engine import SpillEngine
 from .manifest import MANIFEST_NAME
-from .mapped import DEFAULT_MAP_FROM, map_available
+from .mapped import DEFAULT_MAP_FROM, map_available, remove_tree
 from .policies import Policy, make_policy
 from .reopen import reopen
 from .reserve import Reserve
@@ -55,7 +54,7 @@ def remove_directory(path: str, owner_pid: int, before: list[Callable[[], object
     if os.getpid() == owner_pid:
         for call in before:
             call()
-        shutil.rmtree(path, ignore_errors=True)
+        remove_tree(path)
 
 
 def _serves_an_open_chest(policy: Policy) -> bool:

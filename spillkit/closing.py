@@ -17,11 +17,11 @@ a Chest is never left closed with its lock held.
 from __future__ import annotations
 
 import os
-import shutil
 from typing import TYPE_CHECKING
 
 from .errors import ChangedWhileWritten, DiskQuotaExceeded, SpillError
 from .manifest import remove_manifest
+from .mapped import remove_tree
 from .persistence import flush
 
 if TYPE_CHECKING:
@@ -108,6 +108,6 @@ def _remove(chest: Chest) -> None:
                 chest._finalizer()
             else:
                 remove_manifest(chest._path)  # first: a kill during the removal must not leave half the files named
-                shutil.rmtree(chest._path, ignore_errors=True)
+                remove_tree(chest._path)
         finally:
             chest._dir_lock.release()  # held while the directory went: no Chest could start on it half-removed

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 
 from .diskspace import DiskSpace
 from .errors import SpillWarning
+from .mapped import mapped_at_fork, unlinked
 from .regularfile import SAFE_OPEN, ensure_regular
 
 __all__ = ["FileSync"]
@@ -44,12 +45,15 @@ class FileSync(DiskSpace):
             self.total_bytes -= size
             return None
         self.total_bytes -= self._hold(self._mapped_id(full), size)
+        forked_id = mapped_at_fork(full)
         try:
             os.unlink(full)
         except FileNotFoundError:
             pass
         except OSError as error:
             return error
+        if forked_id is not None:
+            unlinked(forked_id)  # its number may come back for a new file, which may then be reused
         return None
 
     def sync(self) -> None:

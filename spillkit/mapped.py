@@ -41,6 +41,7 @@ import collections
 import ctypes
 import mmap
 import os
+import shutil
 import threading
 import weakref
 from collections.abc import Callable
@@ -53,8 +54,11 @@ __all__ = [
     "is_mapped",
     "map_available",
     "map_file",
+    "mapped_at_fork",
     "may_be_mapped",
     "pin_file",
+    "remove_tree",
+    "unlinked",
     "unpin_file",
 ]
 
@@ -180,6 +184,49 @@ def any_mapped() -> bool:
 # Files mapped when the process forked: the child shares those mappings, and a page it has not
 # written to still shows the file, so the file must never be written into (reused) again.
 _mapped_at_fork: set[FileId] = set()
+
+
+def unlinked(file_id: FileId) -> None:
+    """Forget that ``file_id`` was mapped at a fork: its last name is gone. Thread-safe.
+
+    Its number can come back only for a new file, once no process maps the old one any more
+    (a child's mapping keeps the inode alive), and a new file is no child's: it may be reused.
+    Without this, a file that took the number of one mapped at some earlier fork was never
+    kept as a spare, for the life of the process.
+    """
+    _mapped_at_fork.discard(file_id)
+
+
+def mapped_at_fork(full: str) -> FileId | None:
+    """The id of the file ``full`` if it has one name and was mapped at a fork (see :func:`unlinked`), else None."""
+    if not _mapped_at_fork:
+        return None
+    try:
+        info = os.stat(full, follow_symlinks=False)
+    except OSError:
+        return None
+    file_id = (info.st_dev, info.st_ino)
+    return file_id if info.st_nlink == 1 and file_id in _mapped_at_fork else None
+
+
+def remove_tree(path: str) -> None:
+    """``shutil.rmtree(path, ignore_errors=True)``, then :func:`unlinked` for its files mapped at a fork that went."""
+    candidates: list[tuple[FileId, str]] = []
+    inodes = {inode for _, inode in tuple(_mapped_at_fork)}
+    if inodes:
+        try:
+            with os.scandir(path) as entries:  # readdir gives the inode: a stat only for a number mapped at a fork
+                for entry in entries:
+                    if entry.inode() in inodes:
+                        info = entry.stat(follow_symlinks=False)
+                        if info.st_nlink == 1 and (info.st_dev, info.st_ino) in _mapped_at_fork:
+                            candidates.append(((info.st_dev, info.st_ino), entry.path))
+        except OSError:
+            pass  # forgets nothing: those numbers are merely never reused
+    shutil.rmtree(path, ignore_errors=True)
+    for file_id, full in candidates:
+        if not os.path.lexists(full):
+            unlinked(file_id)
 
 
 def _before_fork() -> None:
