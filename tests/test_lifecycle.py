@@ -23,6 +23,7 @@ from helpers import assert_disk_files
 
 import spillkit
 import spillkit.closing
+import spillkit.mapped
 import spillkit.persistence
 from spillkit import Chest, SpillError
 
@@ -556,7 +557,7 @@ def test_a_drop_killed_half_way_reopens_empty_not_with_half_the_keys(
         for name in spill_files[: len(spill_files) // 2]:  # then the process dies (the test just stops here)
             os.unlink(os.path.join(target, name))
 
-    monkeypatch.setattr(spillkit.closing.shutil, "rmtree", killed_half_way)
+    monkeypatch.setattr(spillkit.mapped.shutil, "rmtree", killed_half_way)
     chest.drop()
     monkeypatch.undo()
     with warnings.catch_warnings():
