@@ -151,6 +151,8 @@ def setup_chest(
         )
         engine.check_in_place = bool(check_in_place)
         engine.notes = store.inner._spares
+        if chest._temporary:  # no blank file may be made in the directory once its removal starts
+            before_removal.append(store.inner._spares.blanks.close)
         store.verify_writes = verify_writes is True
         if engine._writer is not None:
             engine._writer.verify = verify_writes is not False

@@ -252,11 +252,11 @@ class PackedStore(PackedRecords):
         self._count()
 
     def close(self) -> None:
-        """Close the segment files and remove the spares (the store is unusable afterwards; files stay on disk)."""
+        """Close the segment files, remove the spares and blank files (unusable afterwards; files stay on disk)."""
         for segment in [*self._segments.values(), *self._retired]:
             segment.close()
         self._active = None
-        self.inner._spares.clear()
+        self.inner._spares.close()
 
     def __del__(self) -> None:
         try:  # noqa: SIM105 (not contextlib: at interpreter exit module globals may already be None)

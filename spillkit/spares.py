@@ -24,6 +24,8 @@ What keeps this safe:
   none of its own; the parent never reuses a file that existed when it forked (the child may
   map it).
 
+With no spare to offer, the pool hands out an empty file made ahead (:mod:`spillkit.blanks`).
+
 The pool keeps at most :data:`SPARE_LIMIT` files; their bytes count on disk
 (``disk_bytes``) and against ``available_disk``. They are removed before the quota
 refuses a write, when a write finds the disk full (then written again), at a flush and
@@ -42,6 +44,7 @@ import warnings
 import weakref
 from dataclasses import dataclass
 
+from .blanks import BlankFiles
 from .errors import SpillWarning
 from .mapped import FileId, may_be_mapped
 from .regularfile import SAFE_OPEN
@@ -82,6 +85,7 @@ class SparePool:
         self._spares: list[Spare] = []
         self._counter = itertools.count(1)
         self._prefix = f".tmp-{os.getpid()}-s{secrets.token_hex(4)}-"  # unique among the process's pools too
+        self.blanks = BlankFiles(directory, self._prefix)  # empty files made ahead, offered when no spare is kept
         self._pid = os.getpid()
         self._local = threading.local()  # each thread's notes, warned by report() in that thread
         self.waiting = 0  # notes of every thread not reported yet (spillkit.notes: a hint for the hot paths)
@@ -123,7 +127,8 @@ class SparePool:
         """The spare that best fits ``size`` bytes (the smallest as large, else the largest), removed; or None."""
         with self._lock:
             if not self._spares:
-                return None
+                blank = self.blanks.take()
+                return None if blank is None else Spare(blank[0], 0, blank[1])
             large_enough = [spare for spare in self._spares if spare.size >= size]
             spare = min(large_enough, key=_size) if large_enough else max(self._spares, key=_size)
             self._spares.remove(spare)
@@ -148,8 +153,16 @@ class SparePool:
             return None  # not the file kept: left alone, a fresh file is written
         return fd
 
+    def close(self) -> None:
+        """Unlink every spare and blank file, and make no more blanks (the store is closing)."""
+        self.blanks.close()  # (removes them)
+        self.clear()
+
     def clear(self) -> int:
-        """Unlink every spare (closing, or making room on the disk); return the bytes freed."""
+        """Unlink every spare (a flush, or making room on the disk); return the bytes freed.
+
+        The blank files stay: they take no bytes.
+        """
         with self._lock:
             spares, self._spares = self._spares, []
         freed = 0
@@ -181,6 +194,7 @@ class SparePool:
 
     def forget(self) -> None:
         """Drop every spare without touching the files (a forked child: they are the parent's)."""
+        self.blanks.forget()
         self._spares = []
         self._lock = threading.Lock()
         self._local = threading.local()
