@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import bisect
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
 
 __all__ = ["NEVER", "GraphPlan", "local_schedule"]
 
@@ -25,17 +25,64 @@ class GraphPlan:
         self.order = dict(order)
         self.dependencies = {key: list(deps) for key, deps in dependencies.items()}
         self._pending: dict[Hashable, list[float]] = {}
+        self._readers: dict[Hashable, list[Hashable]] = {}  # each key's readers (its dependents)
         for task, deps in self.dependencies.items():
             position = float(self.order.get(task, NEVER))
             for dep in set(deps):
                 self._pending.setdefault(dep, []).append(position)
+                self._readers.setdefault(dep, []).append(task)
         for positions in self._pending.values():
             positions.sort()
+        self.priority = self.order  # dask.order's, where the order is a prediction (for_local_scheduler)
         self._done: set[Hashable] = set()
         # Progress in planned positions: how many tasks have finished. Not the latest finished
         # task's position: schedulers run tasks somewhat out of order, and one early jump would
         # make every other key look overdue.
         self.now = 0.0
+
+    def replan(
+        self,
+        ready: Sequence[Hashable],
+        running: Iterable[Hashable],
+        waiting: Mapping[Hashable, Collection[Hashable]],
+    ) -> None:
+        """Predict the remaining order again from the local scheduler's real state.
+
+        The first prediction assumes one worker; with several, a task that ends early
+        pushes its dependents on top of dask's ready stack, above readers the plan put
+        sooner, and a key whose reader was planned for "now" waits far longer. ``ready``
+        is dask's stack (its top last), ``running`` the tasks under way (assumed to end
+        first, pushing their dependents), ``waiting`` each task's inputs not yet
+        computed. Dependents are pushed in :attr:`priority`'s order (dask.order's), as dask does.
+        Tasks already finished keep their positions. O(tasks + edges) per call.
+        """
+        rank = self.priority.get
+        pending = {task: len(deps) for task, deps in waiting.items()}
+        stack = list(ready)
+        position = self.now + 1.0
+
+        def ran(task: Hashable) -> None:
+            nonlocal position
+            self.order[task] = int(position)
+            position += 1.0
+            for dependent in sorted(self._readers.get(task, ()), key=lambda t: rank(t, 0), reverse=True):
+                left = pending.get(dependent)
+                if left is not None:
+                    if left <= 1:
+                        del pending[dependent]
+                        stack.append(dependent)
+                    else:
+                        pending[dependent] = left - 1
+
+        for task in sorted(running, key=lambda t: rank(t, 0)):
+            ran(task)
+        while stack:
+            ran(stack.pop())
+        for key, readers in self._readers.items():
+            if self._pending.get(key):
+                self._pending[key] = sorted(
+                    float(self.order.get(task, NEVER)) for task in readers if task not in self._done
+                )
 
     @classmethod
     def for_local_scheduler(
@@ -50,7 +97,9 @@ class GraphPlan:
         shipped when this was written the prediction matched the synchronous
         scheduler's real order exactly (no script here repeats that check).
         """
-        return cls(dependencies, local_schedule(dependencies, order, available))
+        plan = cls(dependencies, local_schedule(dependencies, order, available))
+        plan.priority = dict(order)
+        return plan
 
     def next_use(self, key: Hashable) -> float:
         """Planned position of the key's next reader; ``NEVER`` when none remains."""

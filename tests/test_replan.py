@@ -1,0 +1,122 @@
+"""GraphPlan.replan and spillkit/dask_replan.py: the plan predicted again from dask's real ready stack."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+import pytest
+
+from spillkit.policies import NextUse
+from spillkit.policies._graph import NEVER, GraphPlan
+
+da = pytest.importorskip("dask.array")
+
+from dask.callbacks import Callback  # noqa: E402
+
+from spillkit import Chest  # noqa: E402
+from spillkit.dask import plan_from_dask, spilling  # noqa: E402
+from spillkit.dask_replan import Replanner  # noqa: E402
+
+MiB = 1 << 20
+
+
+def two_readers() -> tuple[GraphPlan, NextUse]:
+    """x read by tx, y by ty: planned tx (2) before ty (3); x and y resident."""
+    plan = GraphPlan({"x": [], "y": [], "tx": ["x"], "ty": ["y"]}, {"x": 0, "y": 1, "tx": 2, "ty": 3})
+    policy = NextUse(plan)
+    for key in ("x", "y"):
+        policy.admitted(key, MiB, 0.0)
+    return plan, policy
+
+
+def test_a_reader_pushed_down_the_stack_makes_its_input_the_victim() -> None:
+    plan, policy = two_readers()
+    assert policy.victim() == "y"  # as planned: y is read last
+    policy.replan(["tx", "ty"], [], {})  # dask's real stack: ty on top, runs first
+    assert plan.next_use("y") == 2 and plan.next_use("x") == 3
+    assert policy.victim() == "x" and not policy.overdue()
+
+
+def test_running_tasks_end_first_and_push_their_readers_on_top() -> None:
+    deps = {"a": [], "b": [], "r": ["a"], "s": ["b"], "t": ["r"]}
+    plan = GraphPlan(deps, {"a": 0, "b": 1, "r": 2, "s": 3, "t": 4})
+    for task in ("a", "b"):
+        plan.finished(task)
+    plan.replan(["s"], ["r"], {"t": {"r"}})  # r still runs; t waits for it
+    assert [plan.order[task] for task in ("r", "t", "s")] == [2, 3, 4]  # r, then t (on top of s), then s
+    plan.finished("r")
+    assert plan.next_use("b") == 4 and plan.next_use("r") == 3 and plan.next_use("a") == NEVER
+
+
+def test_an_overdue_key_is_seen() -> None:
+    plan, policy = two_readers()
+    for task in ("x", "y", "ty", "other"):
+        plan.finished(task)  # ("other" is no task of the graph: ignored)
+    for task in ("z1", "z2"):  # tasks the plan did not foresee
+        plan.dependencies[task] = []
+        plan.finished(task)
+    assert not policy.overdue()  # now is 4: tx (2) is late by OVERDUE, no more
+    plan.dependencies["z3"] = []
+    plan.finished("z3")
+    assert policy.overdue()
+
+
+class Recorder(Callback):
+    """Re-predicts the plan from dask's real state after every task; records predictions and the real order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.plan, self.ran, self.predicted = GraphPlan({}, {}), [], []
+
+    def _start(self, dsk: Mapping[Any, Any]) -> None:
+        self.plan = plan_from_dask(dsk)  # the graph dask runs (with its finalize task), as ChestCallback does
+
+    def _posttask(self, key: Hashable, result: Any, dsk: Mapping[Any, Any], state: dict[str, Any], wid: Any) -> None:
+        self.ran.append(key)
+        self.plan.finished(key)
+        self.plan.replan(state["ready"], state["running"], state["waiting"])
+        self.predicted.append(dict(self.plan.order))
+
+
+def test_with_one_worker_the_prediction_from_any_point_is_the_real_order() -> None:
+    # Against dask's own local scheduler (sync: one worker): the stack replayed from its real state
+    # after any task gives every later task the position it then really ran at.
+    x = da.random.RandomState(0).random((60, 60), chunks=(10, 30))
+    collection = (x.rechunk((30, 10)) + x.T).sum(axis=0)
+    recorder = Recorder()
+    with recorder:
+        collection.compute(scheduler="sync")
+    position = {key: i for i, key in enumerate(recorder.ran)}
+    assert len(position) > 40
+    for i, predicted in enumerate(recorder.predicted):
+        later = recorder.ran[i + 1 :]
+        offset = predicted[later[0]] - position[later[0]] if later else 0
+        assert [predicted[key] - offset for key in later] == [position[key] for key in later], i
+
+
+class Finish(Callback):
+    def __init__(self) -> None:
+        super().__init__()
+        self.states: list[dict[str, Any]] = []
+
+    def _finish(self, dsk: Mapping[Any, Any], state: dict[str, Any], errored: bool) -> None:
+        self.states.append(state)
+
+
+@pytest.mark.parametrize("scheduler", ["sync", "threads"])
+def test_a_computation_under_a_graph_aware_policy_has_a_replanner(scheduler: str) -> None:
+    x = da.random.RandomState(1).random((400, 400), chunks=(50, 400))
+    collection = x.rechunk((400, 50)).sum(axis=0)
+    expected = collection.compute(scheduler="sync")
+    finish = Finish()
+    with spilling(available_memory=int(0.5 * MiB), policy=NextUse()) as chest, finish:
+        got = collection.compute(scheduler=scheduler)
+        assert isinstance(chest, Chest) and chest.stats.spills > 0
+    assert (got == expected).all()
+    (state,) = finish.states
+    replanner = state["spillkit-replanner"]
+    assert isinstance(replanner, Replanner) and replanner.policy is chest.policy
+    assert replanner.every == max(1, len(state["finished"]) // 64)
+    if scheduler == "sync":  # one worker runs the plan as predicted: nothing is ever overdue
+        assert replanner.replans == 0
