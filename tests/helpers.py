@@ -127,6 +127,9 @@ def assert_disk_files(chest: Chest) -> None:
 def abandon(chest: Chest) -> None:
     """Let go of ``chest``'s directory as a killed process would: the kernel drops its lock; nothing is
     flushed or closed. For a test that re-opens the directory and never uses ``chest`` on it again."""
+    blanks = chest._store.inner._spares.blanks
+    with blanks._making, blanks._lock:  # its threads die with it: no blank file (spillkit.blanks) is made after
+        blanks._closed = True
     chest._dir_lock.release()
 
 
