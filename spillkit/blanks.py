@@ -55,8 +55,10 @@ class BlankFiles:
         self._prefix = prefix  # the spare pool's: .tmp-<pid>-s<token>-
         self._counter = itertools.count(1)
         self._files: list[tuple[str, FileId]] = []
-        self._lock = threading.Lock()  # the list and the flags
-        self._making = threading.Lock()  # held while a file is made: close waits for it
+        # Re-entrant: the cyclic GC may run in the thread making a file and free a Chest whose finalizer
+        # closes these same blanks (helper-91: with plain locks the thread, and the GC, hung for good).
+        self._lock = threading.RLock()  # the list and the flags
+        self._making = threading.RLock()  # held while a file is made: close, in another thread, waits for it
         self._closed = False
         self._failed = False  # a file could not be made: no more for this store
         self._queued = False  # the thread has been asked already
@@ -95,12 +97,13 @@ class BlankFiles:
                     info = None
                 finally:
                     os.close(fd)
+                blank = None if info is None else (path, (info.st_dev, info.st_ino))
                 with self._lock:
-                    if info is None:
-                        self._failed = True
-                    else:
-                        self._files.append((path, (info.st_dev, info.st_ino)))
-                if info is None:
+                    kept = blank is not None and not self._closed  # (closed by a finalizer the GC ran here)
+                    if blank is not None and kept:
+                        self._files.append(blank)
+                    self._failed = self._failed or blank is None
+                if not kept:
                     _unlink(path)
                     return
 
@@ -119,8 +122,8 @@ class BlankFiles:
 
     def forget(self) -> None:
         """Drop every file without touching it and make no more (a forked child: they are the parent's)."""
-        self._lock = threading.Lock()
-        self._making = threading.Lock()  # maybe held by the parent's thread at the fork
+        self._lock = threading.RLock()
+        self._making = threading.RLock()  # maybe held by the parent's thread at the fork
         self._files = []
         self._closed = True
 

@@ -81,7 +81,7 @@ class SparePool:
     def __init__(self, directory: str, min_size: int = SPARE_FROM) -> None:
         self.directory = directory
         self.min_size = min_size  # files smaller than this are unlinked, and reads of them not pinned
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: a GC under it may free a store whose __del__ clears this pool
         self._spares: list[Spare] = []
         self._counter = itertools.count(1)
         self._prefix = f".tmp-{os.getpid()}-s{secrets.token_hex(4)}-"  # unique among the process's pools too
@@ -196,7 +196,7 @@ class SparePool:
         """Drop every spare without touching the files (a forked child: they are the parent's)."""
         self.blanks.forget()
         self._spares = []
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._local = threading.local()
         self.waiting = 0
 

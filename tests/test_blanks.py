@@ -181,3 +181,44 @@ def test_the_thread_ends_when_idle_and_starts_again_when_asked(tmp_path: Path) -
     blanks_made(chest)
     assert np.array_equal(chest["a"], array(0)) and np.array_equal(chest["b"], array(1))
     chest.drop()
+
+
+def test_a_chest_the_gc_frees_in_the_blank_thread_is_removed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The cyclic GC runs in whichever thread allocates: here, the blank-making thread, while it makes a
+    # file for the very Chest it frees, whose finalizer closes those blanks (helper-91: a deadlock that
+    # hung the thread and left the GC off for good, with plain locks).
+    released, collected = threading.Event(), threading.Event()
+
+    class CollectingOs:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(os, name)
+
+        @staticmethod
+        def fstat(fd: int) -> os.stat_result:
+            if not collected.is_set():
+                assert released.wait(60)
+                gc.collect()  # as an allocation here might: frees the Chest below, in this thread
+                collected.set()
+            return os.fstat(fd)
+
+    monkeypatch.setattr(spillkit.blanks, "os", CollectingOs())
+    gc.disable()  # no other thread collects it first
+    try:
+        chest = Chest(available_memory=2 * MiB)
+        chest.cycle = chest  # type: ignore[attr-defined]  # only the cyclic GC frees it
+        path = chest.path
+        spill(chest, "a", array(0))  # asks the thread for blanks
+        del chest
+        released.set()
+        assert collected.wait(60)
+    finally:
+        gc.enable()
+    deadline = time.monotonic() + 60
+    while os.path.exists(path):
+        assert time.monotonic() < deadline, "the directory of the Chest freed in the blank thread stayed"
+        time.sleep(0.01)
+    monkeypatch.undo()
+    other = Chest(available_memory=2 * MiB)  # the thread is not hung: it makes this one's blanks
+    spill(other, "b", array(1))
+    blanks_made(other)
+    other.drop()
