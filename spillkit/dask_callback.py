@@ -40,7 +40,7 @@ __all__ = ["ChestCallback", "plan_from_dask"]
 
 
 _OURS = "spillkit-chest-callbacks"  # in a computation's state: the callbacks whose Chest it uses
-_REPLAN = "spillkit-replanner"  # in a computation's state: its graph-aware policy's Replanner
+_REPLAN = "spillkit-replanners"  # in a computation's state: callback id -> its graph-aware policy's Replanner
 
 
 def plan_from_dask(dsk: Mapping[Any, Any]) -> GraphPlan:
@@ -196,7 +196,7 @@ class ChestCallback(Callback):
             plan = plan_from_dask(dsk)  # if it raises (a cycle), _finish undoes the deferral
             with engine.lock:
                 policy.plan(plan)
-            state[_REPLAN] = Replanner(policy, len(dsk))
+            state.setdefault(_REPLAN, {})[id(self)] = Replanner(policy, len(dsk))
         state.setdefault(_OURS, set()).add(id(self))  # _finish undoes the count only for these
         # Literal data (a numpy array given to from_array, a persisted collection's chunks) is held by
         # the graph: writing it would free nothing. Pinned for the computation, so it is never a victim.
@@ -225,9 +225,9 @@ class ChestCallback(Callback):
         self._stored.add(key)
         if start is not None and key in self.chest:
             self.chest.set_cost(key, time.perf_counter() - start)
-        replanner = state.get(_REPLAN)
+        replanner = state.get(_REPLAN, {}).get(id(self))
         if replanner is not None:  # a graph-aware policy: its plan, predicted again if a key it keeps is overdue
-            replanner.after_task(self.chest, state)
+            replanner.after_task(self.chest, key, state)
         self.chest.settle()
 
     def _finish(self, dsk: Mapping[Any, Any], state: dict[str, Any], errored: bool) -> None:

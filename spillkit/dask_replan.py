@@ -12,7 +12,7 @@ resident key is overdue, the plan is predicted again from dask's real stack.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from typing import Any
 
 from .chest import Chest
@@ -33,20 +33,24 @@ class Replanner:
 
     def __init__(self, policy: GraphAware, tasks: int) -> None:
         self.policy = policy
+        self.plan = policy.graph_plan  # this computation's: a nested one's plan is not re-predicted from this state
         self.every = max(1, tasks // REPLANS)
         self._since = 0
         self.replans = 0  # how many times the plan was predicted again
 
-    def after_task(self, chest: Chest, state: Mapping[str, Any]) -> None:
-        """Called once a task's result is stored, before the Chest settles."""
+    def after_task(self, chest: Chest, key: Hashable, state: Mapping[str, Any]) -> None:
+        """Called once the task ``key``'s result is stored, before the Chest settles."""
         self._since += 1
-        if self._since < self.every:
-            return
-        self._since = 0
+        check = self._since >= self.every
+        if check:
+            self._since = 0
         ready, running, waiting = state.get("ready"), state.get("running"), state.get("waiting")
-        if ready is None or running is None or waiting is None:  # not dask's local scheduler state
-            return
         with chest.engine.lock:
-            if chest.policy is self.policy and self.policy.overdue():
+            if chest.policy is not self.policy or self.policy.graph_plan is not self.plan:
+                return
+            self.policy.ran(key)  # (a result written straight to disk was never admitted)
+            if ready is None or running is None or waiting is None:  # not dask's local scheduler state
+                return
+            if check and self.policy.overdue():
                 self.policy.replan(ready, running, waiting)
                 self.replans += 1

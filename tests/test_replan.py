@@ -115,8 +115,37 @@ def test_a_computation_under_a_graph_aware_policy_has_a_replanner(scheduler: str
         assert isinstance(chest, Chest) and chest.stats.spills > 0
     assert (got == expected).all()
     (state,) = finish.states
-    replanner = state["spillkit-replanner"]
+    (replanner,) = state["spillkit-replanners"].values()
     assert isinstance(replanner, Replanner) and replanner.policy is chest.policy
     assert replanner.every == max(1, len(state["finished"]) // 64)
     if scheduler == "sync":  # one worker runs the plan as predicted: nothing is ever overdue
         assert replanner.replans == 0
+
+
+def test_a_result_written_straight_to_disk_still_counts_as_run() -> None:
+    # A merge block of 5 MB over a 1 MiB budget goes straight to disk, never admitted: its 16 inputs kept it
+    # as a pending reader, overdue for the rest of the run, and a sync run re-predicted 39-55 times (helper-91).
+    x = da.random.RandomState(0).random((800, 800), chunks=(50, 800))
+    collection = (x.rechunk((800, 50)) + x.T).sum(axis=0)
+    finish = Finish()
+    with spilling(available_memory=MiB) as chest, finish:
+        collection.compute(scheduler="sync")
+        assert chest.stats.direct_writes > 0
+        (state,) = finish.states
+        (replanner,) = state["spillkit-replanners"].values()
+        plan = replanner.plan
+        assert replanner.replans == 0
+        assert {task for task in plan.dependencies if task in state["finished"]} <= plan._done
+        assert not any(plan._pending.values())
+
+
+def test_a_nested_computation_s_plan_is_not_re_predicted_from_the_outer_state() -> None:
+    policy = NextUse()
+    outer = GraphPlan({"a": [], "t": ["a"]}, {"a": 0, "t": 1})
+    policy.plan(outer)
+    replanner = Replanner(policy, 2)
+    policy.plan(GraphPlan({"b": [], "u": ["b"]}, {"b": 0, "u": 1}))  # a nested computation's
+    chest = Chest(available_memory=MiB, policy=policy)
+    replanner.after_task(chest, "a", {"ready": ["t"], "running": set(), "waiting": {}})
+    assert "a" not in policy.graph_plan._done and "a" not in outer._done  # neither plan touched
+    chest.close()

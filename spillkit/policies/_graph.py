@@ -56,7 +56,7 @@ class GraphPlan:
         computed. Dependents are pushed in :attr:`priority`'s order (dask.order's), as dask does.
         Tasks already finished keep their positions. O(tasks + edges) per call.
         """
-        rank = self.priority.get
+        rank = (dict(self.order) if self.priority is self.order else self.priority).get  # (order changes below)
         pending = {task: len(deps) for task, deps in waiting.items()}
         stack = list(ready)
         position = self.now + 1.0

@@ -61,10 +61,23 @@ class GraphAware(Policy):
     def _priority(self, key: Hashable) -> Priority:
         raise NotImplementedError
 
+    @property
+    def graph_plan(self) -> GraphPlan:
+        """The plan in force (replaced by :meth:`plan`)."""
+        return self._plan
+
     def admitted(self, key: Hashable, nbytes: int, cost: float) -> None:
         self._sizes[key] = nbytes
         self._heap.push(key, self._priority(key))
-        for dep in self._plan.finished(key):
+        self.ran(key)
+
+    def ran(self, task: Hashable) -> None:
+        """Record that ``task`` ran (once; its first admission says so too): its inputs lose a reader.
+
+        The dask integration calls it for every task, since a result written straight to disk
+        (larger than the budget) is never admitted, and its inputs kept it as a reader, overdue.
+        """
+        for dep in self._plan.finished(task):
             if dep in self._sizes:
                 self._heap.push(dep, self._priority(dep))
 
