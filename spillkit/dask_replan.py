@@ -52,5 +52,7 @@ class Replanner:
             if ready is None or running is None or waiting is None:  # not dask's local scheduler state
                 return
             if check and self.policy.overdue():
-                self.policy.replan(ready, running, waiting)
+                tasks = self.plan.predict(ready, running, waiting)
+                self.policy.reorder(tasks)
+                chest.engine.replanned(tuple(tasks))  # for a trace: a replay reorders its plan here too
                 self.replans += 1

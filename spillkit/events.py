@@ -23,6 +23,7 @@ __all__ = [
     "PIN",
     "POPPED",
     "PUT",
+    "REPLAN",
     "REUSED",
     "SETTLE",
     "SPILL",
@@ -45,10 +46,11 @@ SETTLE: Final = "settle"  # the caller asked the engine to get back within budge
 FREE: Final = "free"  # the caller asked the engine to free memory now (Chest.evict(); key is None); spills follow
 PIN: Final = "pin"  # a key was pinned (kept from eviction: a running task uses it); pins add up
 UNPIN: Final = "unpin"  # one pin of the key was undone
+REPLAN: Final = "replan"  # a graph-aware policy's plan was predicted again (key: the tasks to run next, a tuple)
 GIVEN_COST: Final = "given-cost"  # detail of a put whose cost the caller gave (not the reload estimate)
 REUSED: Final = "reused"  # detail of a load served by a spilled object still alive elsewhere (no read)
 POPPED: Final = "popped"  # detail of a load by pop(): read from disk for the caller, not cached (a delete follows)
-KINDS: Final = (PUT, HIT, LOAD, MISS, SPILL, EVICT, DELETE, SPILL_ERROR, COST, SETTLE, FREE, PIN, UNPIN)
+KINDS: Final = (PUT, HIT, LOAD, MISS, SPILL, EVICT, DELETE, SPILL_ERROR, COST, SETTLE, FREE, PIN, UNPIN, REPLAN)
 
 
 @dataclass(frozen=True, slots=True)

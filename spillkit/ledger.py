@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import forklocks
 from .errors import NOT_THE_VALUES_FAULT, ChangedWhileWritten, SpillError, SpillWarning, warn_caller
-from .events import COST, SPILL_ERROR, Event, Listener
+from .events import COST, REPLAN, SPILL_ERROR, Event, Listener
 from .keys import describe_key
 from .liveobjects import LiveObjects
 from .notes import NO_NOTES, Notes
@@ -216,6 +216,11 @@ class EngineLedger(EvictionRounds, ResidentObjects):
                 self.policy.recosted(key, self._nbytes[key], cost)
             if self.listeners:
                 self._emit(COST, key, self._nbytes[key])
+
+    def replanned(self, tasks: tuple[Hashable, ...]) -> None:
+        """Tell listeners the policy's plan now runs ``tasks`` next (:data:`~spillkit.events.REPLAN`; lock held)."""
+        if self.listeners:
+            self._emit(REPLAN, tasks, 0)
 
     def _emit(
         self,

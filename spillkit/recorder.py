@@ -23,6 +23,7 @@ from .events import (
     PIN,
     POPPED,
     PUT,
+    REPLAN,
     SETTLE,
     SPILL,
     UNPIN,
@@ -196,6 +197,9 @@ class TraceRecorder:
                 self._mark_deferral(t)
             if kind in (SETTLE, FREE):
                 self._line([kind, t])
+                return
+            if kind == REPLAN and isinstance(event.key, tuple):  # (its key: the tasks to run next)
+                self._line(["replan", t, [self.key_id(task) for task in event.key]])
                 return
             ident = self.key_id(event.key)
             if kind == PUT:

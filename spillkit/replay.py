@@ -129,11 +129,17 @@ def replay(
     objects: dict[int, _Sized] = {}
     pending = False
     pins = trace.pins() if settled else {}  # a live run pins a task's inputs only through the callback
+    graph = chosen if plan and isinstance(chosen, GraphAware) and trace.dependencies else None
+    replans = trace.replans() if graph is not None else {}  # where the live plan was predicted again
     start = time.perf_counter()
     for index, op in enumerate(requests):
         tag, key = op[0], op[1]
         for change, pinned in pins.get(index, ()):
             (engine.pin if change == "pin" else engine.unpin)([pinned])
+        for _, tasks in replans.get(index, ()):
+            assert graph is not None and isinstance(tasks, tuple)  # (no replans without a graph; a tuple, parsed)
+            with engine.lock:
+                graph.reorder(tasks)
         if timeline:
             where[0] = index
             if index:
@@ -168,6 +174,9 @@ def replay(
             else:
                 costs.pop(key, None)  # a new value: the old one's cost is not its own
             engine.put(key, value, cost=op[3], nbytes=op[2])
+            if graph is not None and settled:  # the callback's: a task's result written straight to disk ran too
+                with engine.lock:
+                    graph.ran(key)
             pending = settled
         elif tag == "del":
             costs.pop(key, None)

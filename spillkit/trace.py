@@ -42,6 +42,10 @@ operation. Format, version 1 (each line a JSON value):
     dask.distributed's memory manager does); replays ask their engine too.
 ``["pin", id, t]`` / ``["unpin", id, t]``
     a running task began / ended using the key (kept from eviction meanwhile; pins add up).
+``["replan", t, [ids]]``
+    the graph-aware policy's plan was predicted again from dask's ready stack
+    (:mod:`spillkit.dask_replan`): these tasks run next, in this order. Replays
+    given the graph reorder their plan here too.
 ``["spill", id, t]`` / ``["evict", id, t]``
     decisions the recorded run took (written / dropped with its file reused);
     replay recomputes these and can compare.
@@ -161,12 +165,19 @@ class Trace:
 
     def pins(self) -> dict[int, list[tuple[str, Hashable]]]:
         """The pins and unpins, each under the index in :meth:`requests` of the request it came before."""
+        return self._before(("pin", "unpin"))
+
+    def replans(self) -> dict[int, list[tuple[str, Hashable]]]:
+        """The replan lines (``("replan", tasks)``), each under the index in :meth:`requests` it came before."""
+        return self._before(("replan",))
+
+    def _before(self, tags: tuple[str, ...]) -> dict[int, list[tuple[str, Hashable]]]:
         before: dict[int, list[tuple[str, Hashable]]] = {}
         index = 0
         for op in self.ops:
             if op[0] in REQUESTS:
                 index += 1
-            elif op[0] in ("pin", "unpin"):
+            elif op[0] in tags:
                 before.setdefault(index, []).append((op[0], op[1]))
         return before
 

@@ -116,6 +116,7 @@ _SHAPES = {  # record tag -> (number of fields, what the line looks like)
     "graph": (2, '["graph", {"deps": ..., "order": ..., "data": ...}]'),
     "settle": (2, '["settle", t]'),
     "free": (2, '["free", t]'),
+    "replan": (3, '["replan", t, [ids]]'),
     "defer": (3, '["defer", t, true or false]'),
     "put": (6, '["put", id, nbytes, cost, t, object]'),
     "get": (5, '["get", id, t, outcome] or ["get", id, t, "load", object]'),
@@ -185,6 +186,10 @@ class LineParser:
             self.ops.append((tag, None, _time(row[1])))
         elif tag == "defer":
             self.ops.append((tag, None, _time(row[1]), _flag(row[2])))
+        elif tag == "replan":
+            if not isinstance(row[2], list):
+                raise BadLine(f"'replan' needs a list of key ids, found {short(row[2])}")
+            self.ops.append((tag, tuple(self.key(ident) for ident in row[2]), _time(row[1])))
         else:
             key = self.key(row[1])
             fields = [check(value) for check, value in zip(_FIELDS[tag], row[2:], strict=False)]  # arity checked

@@ -1045,3 +1045,28 @@ def test_the_demo_listens_on_loopback_only_and_only_when_asked(serve: bool) -> N
         if process.poll() is None:
             process.kill()
             process.wait(timeout=20)
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ('["replan", 0.5, "k1"]', "list of key ids"),
+        ('["replan", 0.5, [9999]]', "is not defined"),
+        ('["replan", 0.5]', "needs 3 fields"),
+        ('["replan", "soon", [0]]', ""),
+    ],
+)
+def test_a_bad_replan_line_is_refused_with_its_line(base: list[str], tmp_path: Path, line: str, says: str) -> None:
+    path = write(tmp_path / "t.trace", join([*base, line]), compress=False)
+    error = read_or_error(path)
+    assert isinstance(error, TraceError) and says in str(error)
+    assert assert_names_the_line(str(error), path) == len(base) + 1
+
+
+def test_a_good_replan_line_is_read_and_replayed(base: list[str], tmp_path: Path) -> None:
+    path = write(tmp_path / "t.trace", join([*base[:-1], '["replan", 0.5, [1, 0]]', base[-1]]), compress=False)
+    trace = read_or_error(path)
+    assert isinstance(trace, Trace)
+    (entries,) = trace.replans().values()
+    assert [len(tasks) for _, tasks in entries] == [2]
+    exercise(trace)  # every policy and mode: graph-aware ones reorder their plan there

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,8 +16,10 @@ da = pytest.importorskip("dask.array")
 from dask.callbacks import Callback  # noqa: E402
 
 from spillkit import Chest  # noqa: E402
-from spillkit.dask import plan_from_dask, spilling  # noqa: E402
+from spillkit.dask import costs, plan_from_dask, record, spilling  # noqa: E402
 from spillkit.dask_replan import Replanner  # noqa: E402
+from spillkit.replay import replay  # noqa: E402
+from spillkit.trace import read_trace  # noqa: E402
 
 MiB = 1 << 20
 
@@ -33,7 +36,7 @@ def two_readers() -> tuple[GraphPlan, NextUse]:
 def test_a_reader_pushed_down_the_stack_makes_its_input_the_victim() -> None:
     plan, policy = two_readers()
     assert policy.victim() == "y"  # as planned: y is read last
-    policy.replan(["tx", "ty"], [], {})  # dask's real stack: ty on top, runs first
+    policy.reorder(plan.predict(["tx", "ty"], [], {}))  # dask's real stack: ty on top, runs first
     assert plan.next_use("y") == 2 and plan.next_use("x") == 3
     assert policy.victim() == "x" and not policy.overdue()
 
@@ -43,7 +46,8 @@ def test_running_tasks_end_first_and_push_their_readers_on_top() -> None:
     plan = GraphPlan(deps, {"a": 0, "b": 1, "r": 2, "s": 3, "t": 4})
     for task in ("a", "b"):
         plan.finished(task)
-    plan.replan(["s"], ["r"], {"t": {"r"}})  # r still runs; t waits for it
+    assert plan.predict(["s"], ["r"], {"t": {"r"}}) == ["r", "t", "s"]  # r still runs; t waits for it
+    plan.reorder(["r", "t", "s"])
     assert [plan.order[task] for task in ("r", "t", "s")] == [2, 3, 4]  # r, then t (on top of s), then s
     plan.finished("r")
     assert plan.next_use("b") == 4 and plan.next_use("r") == 3 and plan.next_use("a") == NEVER
@@ -75,7 +79,7 @@ class Recorder(Callback):
     def _posttask(self, key: Hashable, result: Any, dsk: Mapping[Any, Any], state: dict[str, Any], wid: Any) -> None:
         self.ran.append(key)
         self.plan.finished(key)
-        self.plan.replan(state["ready"], state["running"], state["waiting"])
+        self.plan.reorder(self.plan.predict(state["ready"], state["running"], state["waiting"]))
         self.predicted.append(dict(self.plan.order))
 
 
@@ -149,3 +153,41 @@ def test_a_nested_computation_s_plan_is_not_re_predicted_from_the_outer_state() 
     replanner.after_task(chest, "a", {"ready": ["t"], "running": set(), "waiting": {}})
     assert "a" not in policy.graph_plan._done and "a" not in outer._done  # neither plan touched
     chest.close()
+
+
+class ForcedReplan(Callback):
+    """After the ``at``-th task, reorders the Chest's graph-aware plan (the remaining tasks reversed), as a
+    Replanner would with another prediction, and tells listeners: a replan at a known point of a sync run."""
+
+    def __init__(self, chest: Chest, at: int) -> None:
+        super().__init__()
+        self.chest, self.at, self.done = chest, at, 0
+
+    def _posttask(self, key: Hashable, result: Any, dsk: Mapping[Any, Any], state: dict[str, Any], wid: Any) -> None:
+        self.done += 1
+        if self.done == self.at:
+            policy = self.chest.policy
+            assert isinstance(policy, NextUse)
+            tasks = policy.graph_plan.predict(state["ready"], state["running"], state["waiting"])[::-1]
+            with self.chest.engine.lock:
+                policy.reorder(tasks)
+                self.chest.engine.replanned(tuple(tasks))
+
+
+def test_a_replan_is_recorded_and_a_replay_reorders_its_plan_there(tmp_path: Path) -> None:
+    x = da.random.default_rng(3).random((1_500, 1_500), chunks=(300, 300))
+    collection = (x.dot(x.T) - x.mean(axis=0)).sum(axis=1)
+    budget = 3 * MiB
+    chest = Chest(available_memory=budget, policy="nextuse", path=tmp_path / "chest")
+    path = tmp_path / "live.trace.gz"
+    with record(path, workload="dot"), costs(chest), ForcedReplan(chest, at=20):
+        collection.compute(scheduler="sync", cache=chest)
+    trace = read_trace(path)
+    assert [op[0] for op in trace.ops].count("replan") >= 1  # (the Replanner may follow with its own)
+    live = [(op[0], op[1]) for op in trace.ops if op[0] in ("spill", "evict")]
+    replayed = replay(trace, "nextuse", budget, mode="settled", keep_decisions=True)
+    assert [d for d in replayed.decisions if d[0] != "load"] == live
+    trace.ops = [op for op in trace.ops if op[0] != "replan"]  # the line is what the replay followed
+    without = replay(trace, "nextuse", budget, mode="settled", keep_decisions=True)
+    assert [d for d in without.decisions if d[0] != "load"] != live
+    chest.drop()

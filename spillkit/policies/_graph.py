@@ -40,13 +40,13 @@ class GraphPlan:
         # make every other key look overdue.
         self.now = 0.0
 
-    def replan(
+    def predict(
         self,
         ready: Sequence[Hashable],
         running: Iterable[Hashable],
         waiting: Mapping[Hashable, Collection[Hashable]],
-    ) -> None:
-        """Predict the remaining order again from the local scheduler's real state.
+    ) -> list[Hashable]:
+        """The tasks still to run, in the order the local scheduler's real state predicts (see :meth:`reorder`).
 
         The first prediction assumes one worker; with several, a task that ends early
         pushes its dependents on top of dask's ready stack, above readers the plan put
@@ -54,17 +54,15 @@ class GraphPlan:
         is dask's stack (its top last), ``running`` the tasks under way (assumed to end
         first, pushing their dependents), ``waiting`` each task's inputs not yet
         computed. Dependents are pushed in :attr:`priority`'s order (dask.order's), as dask does.
-        Tasks already finished keep their positions. O(tasks + edges) per call.
+        O(tasks + edges); changes nothing.
         """
-        rank = (dict(self.order) if self.priority is self.order else self.priority).get  # (order changes below)
+        rank = self.priority.get
         pending = {task: len(deps) for task, deps in waiting.items()}
         stack = list(ready)
-        position = self.now + 1.0
+        tasks: list[Hashable] = []
 
         def ran(task: Hashable) -> None:
-            nonlocal position
-            self.order[task] = int(position)
-            position += 1.0
+            tasks.append(task)
             for dependent in sorted(self._readers.get(task, ()), key=lambda t: rank(t, 0), reverse=True):
                 left = pending.get(dependent)
                 if left is not None:
@@ -78,6 +76,18 @@ class GraphPlan:
             ran(task)
         while stack:
             ran(stack.pop())
+        return tasks
+
+    def reorder(self, tasks: Sequence[Hashable]) -> None:
+        """Plan ``tasks`` to run next, in this order (from :meth:`predict`, or a trace's replan line).
+
+        Positions follow the tasks run so far; tasks not named and not run keep theirs. O(tasks + edges).
+        """
+        if self.priority is self.order:  # a plan built by hand: dask.order's ranks are the positions given
+            self.priority = dict(self.order)
+        start = int(self.now) + 1
+        for offset, task in enumerate(tasks):
+            self.order[task] = start + offset
         for key, readers in self._readers.items():
             if self._pending.get(key):
                 self._pending[key] = sorted(

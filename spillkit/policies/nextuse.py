@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 from ._graph import NEVER, GraphPlan
 from ._heap import LazyHeap, Priority
@@ -51,11 +51,9 @@ class GraphAware(Policy):
         late, next_use = self._plan.now - OVERDUE, self._plan.next_use
         return any(next_use(key) < late for key in self._sizes)
 
-    def replan(
-        self, ready: Sequence[Hashable], running: Iterable[Hashable], waiting: Mapping[Hashable, Collection[Hashable]]
-    ) -> None:
-        """Re-predict the plan from the scheduler's state (:meth:`GraphPlan.replan`) and re-rank every key."""
-        self._plan.replan(ready, running, waiting)
+    def reorder(self, tasks: Sequence[Hashable]) -> None:
+        """Plan ``tasks`` to run next, in this order (:meth:`GraphPlan.reorder`), and re-rank every key."""
+        self._plan.reorder(tasks)
         self.plan(self._plan)
 
     def _priority(self, key: Hashable) -> Priority:
