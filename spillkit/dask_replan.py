@@ -7,7 +7,8 @@ readers were planned for "now" can then wait dozens of tasks. NextUse counts suc
 overdue key as due at once and keeps it, evicting others instead: in ``bench_dask``'s
 rechunk one 107 MiB block was reloaded 9-10 times in some runs (1.0-1.5 GiB read against
 0.37 GiB in others) while an overdue one stayed (session 14). After a task, when a
-resident key is overdue, the plan is predicted again from dask's real stack.
+resident key is overdue, the plan is predicted again from dask's real stack; a trace
+records the new order (a ``replan`` line) and a replay reorders its plan at the same point.
 """
 
 from __future__ import annotations
