@@ -21,7 +21,10 @@ from .policies import GraphAware
 
 __all__ = ["REPLANS", "Replanner"]
 
-REPLANS = 64  # at most this many re-predictions per computation's worth of tasks: O(64 x graph) in all
+# At most this many checks (and re-predictions) per computation: O(32 x graph) in all. helper-91 timed one
+# re-prediction of a 167,200-task graph at 0.18 s, against 5.75 s to plan it first. On rechunk (130 tasks,
+# 24 runs each) 32 and 64 read the same: at most 651 MiB either way (/work/notes/s15rechunk_replans.txt).
+REPLANS = 32
 
 
 class Replanner:

@@ -17,7 +17,7 @@ from dask.callbacks import Callback  # noqa: E402
 
 from spillkit import Chest  # noqa: E402
 from spillkit.dask import costs, plan_from_dask, record, spilling  # noqa: E402
-from spillkit.dask_replan import Replanner  # noqa: E402
+from spillkit.dask_replan import REPLANS, Replanner  # noqa: E402
 from spillkit.replay import replay  # noqa: E402
 from spillkit.trace import read_trace  # noqa: E402
 
@@ -121,7 +121,7 @@ def test_a_computation_under_a_graph_aware_policy_has_a_replanner(scheduler: str
     (state,) = finish.states
     (replanner,) = state["spillkit-replanners"].values()
     assert isinstance(replanner, Replanner) and replanner.policy is chest.policy
-    assert replanner.every == max(1, len(state["finished"]) // 64)
+    assert replanner.every == max(1, len(state["finished"]) // REPLANS)
     if scheduler == "sync":  # one worker runs the plan as predicted: nothing is ever overdue
         assert replanner.replans == 0
 
