@@ -4,10 +4,10 @@ Why: creating a file is the costliest step of a spill here. On this machine's ex
 ``open(O_CREAT)`` took 335-660 us of CPU, more than writing 1 MiB into the file (~215 us),
 and threads that spill do not overlap it (session 14; 6 us on ``/dev/shm``). Made ahead
 by a thread of their own, they cost the spilling thread little: bench_core's spill+load
-of 200 x 1 MiB took 0.95x and 0.91x the time without them (medians of 15 pairs run
-alternately in one process, two runs, session 15; its table has a row without them,
-``benchmarks/README.md``). Less than the creations' cost: the thread's creations and the
-spills' renames take the same directory's lock. A file system where creating files is
+of 200 x 1 MiB took 0.75x and 0.84x the time without them in two full runs at 704f59a
+(its row without them, ``benchmarks/README.md``), and 0.95x and 0.91x in 15 pairs run
+alternately in one process (two runs). Not all of the creations' cost: the thread's
+creations and the spills' renames take the same directory's lock. A file system where creating files is
 slow (a network one) should gain the same way; not measured.
 
 What keeps this safe, as for the spares (:mod:`spillkit.spares`), which hand these out when
