@@ -143,15 +143,40 @@ def test_a_result_written_straight_to_disk_still_counts_as_run() -> None:
         assert not any(plan._pending.values())
 
 
-def test_a_nested_computation_s_plan_is_not_re_predicted_from_the_outer_state() -> None:
-    policy = NextUse()
-    outer = GraphPlan({"a": [], "t": ["a"]}, {"a": 0, "t": 1})
-    policy.plan(outer)
-    replanner = Replanner(policy, 2)
-    policy.plan(GraphPlan({"b": [], "u": ["b"]}, {"b": 0, "u": 1}))  # a nested computation's
+def overdue_setup() -> tuple[GraphPlan, NextUse, Chest, Replanner]:
+    """x and y resident, read by tx (planned 2) and ty (3); four other tasks z1-z4 are yet to run."""
+    deps: dict[Hashable, list[Hashable]] = {"x": [], "y": [], "tx": ["x"], "ty": ["y"]}
+    deps.update({f"z{i}": [] for i in range(1, 5)})
+    plan = GraphPlan(deps, {"x": 0, "y": 1, "tx": 2, "ty": 3, "z1": 4, "z2": 5, "z3": 6, "z4": 7})
+    policy = NextUse(plan)
     chest = Chest(available_memory=MiB, policy=policy)
-    replanner.after_task(chest, "a", {"ready": ["t"], "running": set(), "waiting": {}})
-    assert "a" not in policy.graph_plan._done and "a" not in outer._done  # neither plan touched
+    chest["x"], chest["y"] = b"x" * 10, b"y" * 10  # admitted: x and y ran
+    return plan, policy, chest, Replanner(policy, 1)  # a check after every task
+
+
+def test_an_overdue_key_makes_the_replanner_predict_again() -> None:
+    plan, policy, chest, replanner = overdue_setup()
+    state = {"ready": ["ty", "tx"], "running": set(), "waiting": {}}  # dask's stack: tx on top
+    for task in ("z1", "z2", "z3"):  # the other worker ran these first: tx is now 2 late, no more
+        replanner.after_task(chest, task, state)
+    assert replanner.replans == 0 and plan.next_use("x") == 2
+    replanner.after_task(chest, "z4", state)  # 3 late: predicted again from the stack
+    assert replanner.replans == 1 and plan.order["tx"] == 6 and plan.order["ty"] == 7
+    assert plan.next_use("x") == 6 and not policy.overdue()
+    chest.close()
+
+
+def test_a_nested_computation_s_plan_is_not_re_predicted_from_the_outer_state() -> None:
+    outer, policy, chest, replanner = overdue_setup()
+    nested = GraphPlan({f"n{i}": [] for i in range(6)} | {"tx": ["x"]}, {"tx": 0} | {f"n{i}": i + 1 for i in range(6)})
+    for i in range(6):
+        nested.finished(f"n{i}")  # x is overdue in this plan too: its reader tx was planned first
+    with chest.engine.lock:
+        policy.plan(nested)  # a nested computation's, in force now
+    before = dict(nested.order)
+    replanner.after_task(chest, "z1", {"ready": ["ty", "tx"], "running": set(), "waiting": {}})
+    assert policy.overdue() and replanner.replans == 0 and nested.order == before
+    assert "z1" not in outer._done  # neither plan touched
     chest.close()
 
 
