@@ -216,3 +216,22 @@ def test_a_replan_is_recorded_and_a_replay_reorders_its_plan_there(tmp_path: Pat
     without = replay(trace, "nextuse", budget, mode="settled", keep_decisions=True)
     assert [d for d in without.decisions if d[0] != "load"] != live
     chest.drop()
+
+
+def test_a_replay_counts_a_result_written_straight_to_disk_as_run(tmp_path: Path) -> None:
+    # The live callback records every task that ends (GraphAware.ran); a replay must too, or the inputs of a
+    # result over the budget keep it as a reader and rank differently (helper-92: skipping it passed).
+    x = da.random.RandomState(0).random((800, 800), chunks=(50, 800))
+    collection = (x.rechunk((800, 50)) + x.T).sum(axis=0)
+    budget = MiB
+    chest = Chest(available_memory=budget, policy="nextuse", path=tmp_path / "chest")
+    path = tmp_path / "live.trace.gz"
+    with record(path, workload="merge"), costs(chest):
+        collection.compute(scheduler="sync", cache=chest)
+    assert chest.stats.direct_writes > 0
+    trace = read_trace(path)
+    live = [(op[0], op[1]) for op in trace.ops if op[0] in ("spill", "evict")]
+    assert len(live) > 20
+    replayed = replay(trace, "nextuse", budget, mode="settled", keep_decisions=True)
+    assert [d for d in replayed.decisions if d[0] != "load"] == live
+    chest.drop()
