@@ -217,10 +217,9 @@ def remove_tree(path: str) -> None:
         try:
             with os.scandir(path) as entries:  # readdir gives the inode: a stat only for a number mapped at a fork
                 for entry in entries:
-                    if entry.inode() in inodes:
-                        info = entry.stat(follow_symlinks=False)
-                        if info.st_nlink == 1 and (info.st_dev, info.st_ino) in _mapped_at_fork:
-                            candidates.append(((info.st_dev, info.st_ino), entry.path))
+                    file_id = mapped_at_fork(entry.path) if entry.inode() in inodes else None
+                    if file_id is not None:
+                        candidates.append((file_id, entry.path))
         except OSError:
             pass  # forgets nothing: those numbers are merely never reused
     shutil.rmtree(path, ignore_errors=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import bisect
-from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, Sequence
 
 __all__ = ["NEVER", "GraphPlan", "local_schedule"]
 
@@ -56,27 +56,12 @@ class GraphPlan:
         computed. Dependents are pushed in :attr:`priority`'s order (dask.order's), as dask does.
         O(tasks + edges); changes nothing.
         """
-        rank = self.priority.get
+
+        def rank(task: Hashable) -> int:
+            return self.priority.get(task, 0)
+
         pending = {task: len(deps) for task, deps in waiting.items()}
-        stack = list(ready)
-        tasks: list[Hashable] = []
-
-        def ran(task: Hashable) -> None:
-            tasks.append(task)
-            for dependent in sorted(self._readers.get(task, ()), key=lambda t: rank(t, 0), reverse=True):
-                left = pending.get(dependent)
-                if left is not None:
-                    if left <= 1:
-                        del pending[dependent]
-                        stack.append(dependent)
-                    else:
-                        pending[dependent] = left - 1
-
-        for task in sorted(running, key=lambda t: rank(t, 0)):
-            ran(task)
-        while stack:
-            ran(stack.pop())
-        return tasks
+        return _stack_order(list(ready), pending, self._readers, rank, sorted(running, key=rank))
 
     def reorder(self, tasks: Sequence[Hashable]) -> None:
         """Plan ``tasks`` to run next, in this order (from :meth:`predict`, or a trace's replan line).
@@ -166,11 +151,40 @@ def local_schedule(
 
     ready = sorted((t for t, n in waiting.items() if n == 0 and t not in done), key=rank, reverse=True)
     positions: dict[Hashable, int] = {key: -1 for key in done}
-    while ready:
-        task = ready.pop()
+    for task in _stack_order(ready, {t: n for t, n in waiting.items() if n}, dependents, rank):
         positions[task] = len(positions)
-        for dependent in sorted(dependents.get(task, ()), key=rank, reverse=True):
-            waiting[dependent] -= 1
-            if waiting[dependent] == 0:
-                ready.append(dependent)
     return positions
+
+
+def _stack_order(
+    stack: list[Hashable],
+    pending: dict[Hashable, int],
+    dependents: Mapping[Hashable, Iterable[Hashable]],
+    rank: Callable[[Hashable], int],
+    first: Iterable[Hashable] = (),
+) -> list[Hashable]:
+    """The order dask's local scheduler runs tasks in, one worker replayed from a state.
+
+    ``first`` end first (tasks under way), then the top of ``stack`` (its last item) runs,
+    and each task that ends pushes the dependents it made ready, highest ``rank`` first, so
+    the lowest is on top. ``pending``: each waiting task's count of inputs yet to run
+    (consumed). Shared by the first prediction and :meth:`GraphPlan.predict`.
+    """
+    tasks: list[Hashable] = []
+
+    def ran(task: Hashable) -> None:
+        tasks.append(task)
+        for dependent in sorted(dependents.get(task, ()), key=rank, reverse=True):
+            left = pending.get(dependent)
+            if left is not None:
+                if left <= 1:
+                    del pending[dependent]
+                    stack.append(dependent)
+                else:
+                    pending[dependent] = left - 1
+
+    for task in first:
+        ran(task)
+    while stack:
+        ran(stack.pop())
+    return tasks
