@@ -856,6 +856,12 @@ def run_profiles(infos: dict[str, dict[str, Any]], scale: float, tmp: str, top: 
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+def section_name(scale: float, only: Sequence[str] | None) -> str:
+    """The README section a run writes: ``bench_dask``, plus its scale and contenders when not the defaults."""
+    name = "bench_dask" if scale == DEFAULT_SCALE else f"bench_dask-scale{scale:g}"
+    return name if only is None else name + "-" + "-".join(only)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=float, default=None, help=f"workload scale (default {DEFAULT_SCALE})")
@@ -911,8 +917,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             block += "\n\n" + PROFILE_INTRO + "\n\n" + summary.rstrip("\n")
         print(block)
         if not (args.quick or args.no_readme):
-            # A run of some contenders only gets a section of its own: it must not replace the full table.
-            write_section("bench_dask" if args.only is None else "bench_dask-" + "-".join(args.only), block)
+            # A run of some contenders, or at another scale, gets a section of its own: it must not
+            # replace the full table at the default scale.
+            write_section(section_name(args.scale, args.only), block)
             print(f"\nwrote the table into {README}", file=sys.stderr)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -91,6 +91,45 @@ def test_a_temporary_chests_directory_goes_with_its_blanks(how: str) -> None:
     assert not os.path.exists(path)
 
 
+def test_a_collected_temporary_chest_waits_for_a_blank_being_made_before_removing_its_directory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A file created in the directory while it is being removed would make its removal fail and leave it
+    # behind: the finalizer closes the blanks (waiting for one being made) before it removes the tree.
+    started, go = threading.Event(), threading.Event()
+
+    class SlowOs:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(os, name)
+
+        @staticmethod
+        def open(path: str, flags: int, mode: int = 0o777) -> int:
+            if threading.current_thread().name == "spillkit-blank-files" and not go.is_set():
+                started.set()
+                assert go.wait(60)
+            return os.open(path, flags, mode)
+
+    monkeypatch.setattr(spillkit.blanks, "os", SlowOs())
+    chest = Chest(available_memory=2 * MiB)
+    path = chest.path
+    spill(chest, "a", array(0))  # asks for blanks: the thread stops in open()
+    assert started.wait(60)
+    seen: list[bool] = []
+
+    def look_then_release() -> None:
+        time.sleep(0.3)
+        seen.append(os.path.exists(path))  # the removal is waiting for the blank being made
+        go.set()
+
+    helper = threading.Thread(target=look_then_release)
+    helper.start()
+    del chest
+    gc.collect()  # runs the finalizer here, which waits
+    helper.join()
+    assert seen == [True]
+    assert not os.path.exists(path)
+
+
 def test_blanks_left_by_a_crash_are_swept_at_reopen(tmp_path: Path) -> None:
     chest = Chest(path=tmp_path / "c", available_memory=2 * MiB)
     spill(chest, "a", array(0))
@@ -183,14 +222,23 @@ def test_the_thread_ends_when_idle_and_starts_again_when_asked(tmp_path: Path) -
     chest.drop()
 
 
+@pytest.mark.parametrize("where", ["making a file", "under the list's lock"])
 @pytest.mark.parametrize("kind", ["temporary", "persistent"])
 def test_a_chest_the_gc_frees_in_the_blank_thread_is_removed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, where: str
 ) -> None:
     # The cyclic GC runs in whichever thread allocates: here, the blank-making thread, while it makes a
     # file for the very Chest it frees, whose finalizer closes those blanks (helper-91: a deadlock that
-    # hung the thread and left the GC off for good, with plain locks).
+    # hung the thread and left the GC off for good, with plain locks). It may run with the thread holding
+    # the lock that marks a file being made (os.fstat) or the one over the list and flags (os.getpid,
+    # checked under it); a plain lock in either place hangs.
     released, collected = threading.Event(), threading.Event()
+
+    def collect_once() -> None:
+        if not collected.is_set() and threading.current_thread().name == "spillkit-blank-files":
+            assert released.wait(60)
+            gc.collect()  # as an allocation here might: frees the Chest below, in this thread
+            collected.set()
 
     class CollectingOs:
         def __getattr__(self, name: str) -> Any:
@@ -198,11 +246,15 @@ def test_a_chest_the_gc_frees_in_the_blank_thread_is_removed(
 
         @staticmethod
         def fstat(fd: int) -> os.stat_result:
-            if not collected.is_set():
-                assert released.wait(60)
-                gc.collect()  # as an allocation here might: frees the Chest below, in this thread
-                collected.set()
+            if where == "making a file":
+                collect_once()
             return os.fstat(fd)
+
+        @staticmethod
+        def getpid() -> int:
+            if where == "under the list's lock":
+                collect_once()
+            return os.getpid()
 
     monkeypatch.setattr(spillkit.blanks, "os", CollectingOs())
     gc.disable()  # no other thread collects it first

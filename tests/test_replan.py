@@ -53,6 +53,22 @@ def test_running_tasks_end_first_and_push_their_readers_on_top() -> None:
     assert plan.next_use("b") == 4 and plan.next_use("r") == 3 and plan.next_use("a") == NEVER
 
 
+def test_a_hand_built_plan_keeps_its_first_positions_as_dask_s_priorities_after_a_reorder() -> None:
+    # dask pushes a finished task's readers in dask.order's priority, which a reorder does not change;
+    # a plan built from positions alone takes them as that priority, and must not follow its new ones.
+    plan = GraphPlan({"a": [], "b": [], "ra": ["a"], "rb": ["b"]}, {"a": 0, "b": 1, "ra": 2, "rb": 3})
+    state: tuple[list[Hashable], list[Hashable], dict[Hashable, set[Hashable]]] = (
+        [],
+        ["a", "b"],
+        {"ra": {"a"}, "rb": {"b"}},
+    )
+    before = plan.predict(*state)
+    plan.reorder(["b", "a", "rb", "ra"])
+    assert plan.order == {"a": 2, "b": 1, "ra": 4, "rb": 3}
+    assert plan.priority == {"a": 0, "b": 1, "ra": 2, "rb": 3}
+    assert plan.predict(*state) == before == ["a", "b", "rb", "ra"]
+
+
 def test_an_overdue_key_is_seen() -> None:
     plan, policy = two_readers()
     for task in ("x", "y", "ty", "other"):

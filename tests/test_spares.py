@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -358,3 +359,27 @@ def test_a_file_mapped_at_a_fork_is_forgotten_once_unlinked(tmp_path: Path, how:
         assert child_exit_code(pid, read_end, write_end) == 0
     if how != "collected":
         chest.drop()
+
+
+def test_a_finalizer_run_under_the_pools_lock_can_clear_the_pool(tmp_path: Path) -> None:
+    # The cyclic GC may run at any allocation, also in take() under the pool's lock, and free a store
+    # whose __del__ clears this pool, in that thread. A plain lock would hang it there for good.
+    chest = Chest(path=tmp_path / "c", available_memory=2 * MiB)
+    spares = chest._store.inner._spares
+    cleared: list[int] = []
+
+    class FinalizingBlanks:  # with no spare kept, take() asks the blank files for one, under its lock
+        def take(self) -> None:
+            cleared.append(spares.clear())  # what the store's __del__ run by the GC there does
+
+    real, spares.blanks = spares.blanks, FinalizingBlanks()  # type: ignore[assignment]
+    taken: list[Any] = []
+    worker = threading.Thread(target=lambda: taken.append(spares.take(MiB)), daemon=True)
+    worker.start()
+    worker.join(60)
+    spares.blanks = real
+    assert not worker.is_alive(), "take() hung on its own lock"
+    assert taken == [None] and cleared == [0]
+    spill(chest, "a", array(0))  # the pool works on
+    assert np.array_equal(chest["a"], array(0))
+    chest.drop()
