@@ -132,9 +132,9 @@ class Chest(ChestLifecycle, DictMethods, MutableMapping[Hashable, Any]):
         DataFrames spilled and loaded 2.2-5.2x slower with lz4 and 3.0-16x
         slower with zstd when writes land in the page cache (as a Chest's
         do), using 1.5-8.2x the CPU, while files shrank to 0.06-0.8x
-        (evicting a loaded value compresses it again, for the in-place check:
-        ``check_in_place=False`` spares that, 196 -> 129 ms for 16 arrays of
-        4 MiB of small ints with lz4); only mostly-zero data fsynced
+        (a value loaded from a compressed record is not compressed again when
+        it is evicted: the in-place check compares a digest of its uncompressed
+        frames kept at the load, :mod:`spillkit.loadprints`); only mostly-zero data fsynced
         and read cold from the device got faster (lz4: 0.81x the time). Turn it
         on to save disk space, or on a disk much slower than the compressor.
         Reopen a ``path`` with compression on if it was written with it (either

@@ -201,10 +201,18 @@ class CompressedCodec:
         return ends[count - 1] if 0 < count <= len(ends) else len(frames)
 
     def decode(self, data: memoryview) -> Any:
+        return self.decode_keeping_frames(data)[0]
+
+    def decode_keeping_frames(self, data: memoryview) -> tuple[Any, list[memoryview] | None]:
+        """The value, and the inner codec's frames it was decoded from (None when no frame was compressed).
+
+        The frames are what ``self.inner.encode`` gave when the body was written, compressed ones
+        decompressed: :mod:`spillkit.loadprints` keeps a digest of them for the in-place check.
+        """
         data = data.cast("B") if data.format != "B" else data
         entries, start = _read_table(data)
         if all(kind == 0 for kind, _, _ in entries):
-            return self.inner.decode(data[start:])  # nothing compressed: the inner body as it was written
+            return self.inner.decode(data[start:]), None  # nothing compressed: the inner body as it was written
         frames: list[memoryview] = []
         position, inner_offset = start, 0
         for index, (kind, stored, raw) in enumerate(entries):
@@ -217,8 +225,8 @@ class CompressedCodec:
             inner_offset += raw
         decode_frames = getattr(self.inner, "decode_frames", None)
         if decode_frames is not None:
-            return decode_frames(frames)  # raw frames stay views into ``data``
-        return self.inner.decode(memoryview(bytearray().join(frames)))  # one contiguous body, as it was encoded
+            return decode_frames(frames), frames  # raw frames stay views into ``data``
+        return self.inner.decode(memoryview(bytearray().join(frames))), frames  # one body, as it was encoded
 
 
 def _decompress(algorithm: str, packed: memoryview, raw: int, index: int) -> bytearray:

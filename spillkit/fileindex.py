@@ -20,6 +20,7 @@ from collections.abc import Hashable, Iterator
 from typing import Any
 
 from .codecs import Codec
+from .loadprints import LoadPrints
 from .mapped import FileId
 from .naming import candidate_name
 from .security import process_secret
@@ -60,6 +61,7 @@ class FileIndex:
         self.codec = codec
         self.available_disk = available_disk
         self.secret = process_secret() if secret is None else secret
+        self.prints = LoadPrints(codec, self.secret)  # loaded compressed records: the in-place check's digests
         self.total_bytes = 0
         self._names: dict[Hashable, str] = {}
         self._sizes: dict[Hashable, int] = {}

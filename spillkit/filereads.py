@@ -107,6 +107,9 @@ class FileReads(FileIndex):
         loaded or flushed, then changed in place, must be written again, not lost.
         """
         name, tag = self._names.get(key), self._tags.get(key)
+        known = self.prints.holds(key, tag, value)  # a loaded compressed record: no compressing again
+        if known is not None:
+            return known
         return still_encodes(name, tag, value, self.codec, self.secret, lambda: self.read(key))
 
     def still_current(self, pending: OpenRead) -> bool:
@@ -168,4 +171,4 @@ class FileReads(FileIndex):
             body = open_record(data, pending.name, self.secret, pending.tag)
         except RecordError as error:
             raise CorruptSpillFile(pending.key, pending.full, str(error)) from None
-        return self.codec.decode(body)
+        return self.prints.decode(pending.key, pending.tag, body)

@@ -20,6 +20,7 @@ from typing import Any
 from .codecs import Codec
 from .compaction import Place
 from .errors import CorruptSpillFile, DiskQuotaExceeded
+from .loadprints import LoadPrints
 from .segfiles import read_at
 from .spillfile import HEADER_SIZE, PAD, RecordError, encode_header, open_record, still_encodes
 from .storage import DiskStore, OpenRead, PreparedWrite
@@ -58,6 +59,7 @@ class PackedRecords(SegmentUpkeep):
     inner: DiskStore
     codec: Codec
     secret: bytes
+    prints: LoadPrints  # the inner store's: loaded compressed records' digests
     available_disk: int | None
     pack_threshold: int
     total_bytes: int
@@ -87,6 +89,9 @@ class PackedRecords(SegmentUpkeep):
         place = self._places.get(key)
         if place is None:
             return self.inner.holds(key, value)
+        known = self.prints.holds(key, place.tag, value)  # a loaded compressed record: no compressing again
+        if known is not None:
+            return known
         return still_encodes(place.name, place.tag, value, self.codec, self.secret, lambda: self.read(key))
 
     def file_bytes(self, key: Hashable) -> int:
@@ -220,7 +225,7 @@ class PackedRecords(SegmentUpkeep):
             body = open_record(memoryview(bytearray(data)), place.name, self.secret, place.tag)
         except RecordError as error:
             raise CorruptSpillFile(key, full, f"{where}: {error}") from None
-        return self.codec.decode(body)
+        return self.prints.decode(key, place.tag, body)
 
     def open_for_read(self, key: Hashable) -> OpenRead | None:
         """A value in a file of its own, opened to read without the lock; None for a packed one.
@@ -241,6 +246,7 @@ class PackedRecords(SegmentUpkeep):
         """Forget the key's record (it becomes dead bytes) or remove its file; absent keys are fine."""
         if key in self._places:
             self._forget(key)
+            self.prints.forget(key)
             self._maintain()
         else:
             self.inner.delete(key)
@@ -252,4 +258,5 @@ class PackedRecords(SegmentUpkeep):
             self.inner.delete(key)
         for key in list(self._places):
             self._forget(key)
+            self.prints.forget(key)
         self._maintain()

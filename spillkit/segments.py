@@ -101,6 +101,7 @@ class PackedStore(PackedRecords):
         self.path = path
         self.codec = codec
         self.secret = self.inner.secret
+        self.prints = self.inner.prints  # one for both: a key moves between a file and a segment
         self.available_disk = available_disk
         self.pack_threshold = pack_threshold
         self.total_bytes = 0

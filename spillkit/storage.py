@@ -224,6 +224,7 @@ class DiskStore(FileSync):
         if name is None:
             return
         self._tags.pop(key, None)
+        self.prints.forget(key)
         size = self._sizes.pop(key)
         del self._owners[name.casefold()]
         self._dirty.discard(name)

@@ -25,6 +25,7 @@ from hypothesis.stateful import (
 
 import spillkit
 from spillkit import Chest, SpillError
+from spillkit.compression import CompressedCodec
 from spillkit.sizeof import default_sizeof
 
 # Spilling an unpicklable value warns (SpillWarning) by design; here that is expected.
@@ -106,6 +107,11 @@ def _snapshot(value: Any) -> Any:
     return value
 
 
+def small_frames(algorithm: str) -> CompressedCodec:
+    """A codec that tries to compress every frame of 16 bytes or more (the default waits for 64 KiB)."""
+    return CompressedCodec(None, algorithm, min_size=16, sample_size=16)
+
+
 class ChestMachine(RuleBasedStateMachine):
     """Every step is checked against ``model``; ``sizes`` holds each value's size when it was put."""
 
@@ -123,6 +129,7 @@ class ChestMachine(RuleBasedStateMachine):
         self.write_behind = False
         self.map_loads: bool | int = False
         self.spares = False
+        self.compression: str | None = None
         self.pins: dict[Hashable, int] = {}  # the pins (engine.pin) now on each key
         self.held: set[Hashable] = set()  # pinned keys seen resident: they must stay so until unpinned
 
@@ -134,6 +141,7 @@ class ChestMachine(RuleBasedStateMachine):
             pack_threshold=self.pack_threshold,
             write_behind=self.write_behind,
             map_loads=self.map_loads,
+            compression=None if self.compression is None else small_frames(self.compression),
         )
         chest._store.segment_bytes = 2048  # a few records per segment: rotation and compaction happen in a run
         if self.spares:
@@ -150,13 +158,22 @@ class ChestMachine(RuleBasedStateMachine):
         map_loads=st.sampled_from([False, 1]),
         # deleted values' files unlinked, or kept and written over by later spills
         spares=st.booleans(),
+        # values compressed or not (from 16 bytes: this machine's values are small; see small_frames)
+        compression=st.sampled_from([None, "lz4"]),
     )
     def start(
-        self, policy: str, budget: int, pack_threshold: int, write_behind: bool, map_loads: bool | int, spares: bool
+        self,
+        policy: str,
+        budget: int,
+        pack_threshold: int,
+        write_behind: bool,
+        map_loads: bool | int,
+        spares: bool,
+        compression: str | None,
     ) -> None:
         self.policy, self.budget = policy, budget
         self.pack_threshold, self.write_behind, self.map_loads = pack_threshold, write_behind, map_loads
-        self.spares = spares
+        self.spares, self.compression = spares, compression
         self.chest = self.open()
 
     def teardown(self) -> None:
