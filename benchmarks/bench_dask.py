@@ -730,7 +730,7 @@ def report(
         "",
         "`strict` = `cache=chest` only (budget enforced inside `__setitem__`, so it writes values dask is "
         "about to delete; `nextuse`/`lrc` get no graph this way, so every key ranks as never needed again and "
-        "ties go to the largest: they behave like `size`, not like LRU); `callback` = "
+        "ties go to the least recently used: they behave like `lru`); `callback` = "
         "`with spillkit.dask.costs(chest)` (settles after dask's releases: no dead writes, task costs, graph "
         "for graph-aware policies); the default is `spillkit.dask.spilling(available_memory=budget)`, which "
         "loads spilled inputs in dask's worker threads and loads files of 1 MiB or more by mapping them "

@@ -133,10 +133,14 @@ def _add_compare(commands: Any) -> None:
     compare.add_argument("--budgets", default="5%,10%,25%,50%", help="%% of peak or sizes (default 5%%,10%%,25%%,50%%)")
     compare.add_argument("--policies", default="all", help="comma-separated policy names, or all (default)")
     compare.add_argument(
-        "--modes", default="settled", help="settled (dask integration), strict (Chest alone), dead-skip; comma list"
+        "--modes",
+        default="settled",
+        help="settled (dask integration), strict (Chest alone), dead-skip; comma list (default settled)",
     )
     compare.add_argument("--no-bounds", action="store_true", help="skip the lower bounds (no SciPy needed)")
-    compare.add_argument("-o", "--out", default="report", help="directory for results.csv, results.md and figures")
+    compare.add_argument(
+        "-o", "--out", default="report", help="directory for results.csv, results.md and figures (default report/)"
+    )
     compare.add_argument("--no-plots", action="store_true", help="do not draw figures")
 
 

@@ -460,6 +460,13 @@ def test_new_policies_are_registered_and_exported() -> None:
         assert cls.__name__ in spillkit.__all__ and cls.__name__ in spillkit.policies.__all__
 
 
+def test_every_registered_policy_class_is_importable_from_spillkit() -> None:
+    # The README's policy table names each class; NextUse and LRC were only in spillkit.policies.
+    for name in spillkit.policy_names():
+        cls = type(make_policy(name))
+        assert getattr(spillkit, cls.__name__) is cls and cls.__name__ in spillkit.__all__, name
+
+
 # ---- cross-check against libCacheSim ----------------------------------------------------
 
 needs_libcachesim = pytest.mark.skipif(lcs is None, reason=LIBCACHESIM_MISSING)
