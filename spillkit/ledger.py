@@ -9,7 +9,7 @@ from collections.abc import Callable, Hashable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from . import forklocks
-from .errors import NOT_THE_VALUES_FAULT, ChangedWhileWritten, SpillError, SpillWarning, warn_caller
+from .errors import NOT_THE_VALUES_FAULT, ChangedWhileWritten, SpillError, SpillWarning, WriterUnavailable, warn_caller
 from .events import COST, REPLAN, SPILL_ERROR, Event, Listener
 from .keys import describe_key
 from .liveobjects import LiveObjects
@@ -168,6 +168,8 @@ class EngineLedger(EvictionRounds, ResidentObjects):
             self.stats.disk_errors += 1
         elif isinstance(error, ChangedWhileWritten):
             self.stats.changed_errors += 1
+        elif isinstance(error, WriterUnavailable):
+            self.stats.writer_errors += 1
 
     def _count_refused_write(self, error: BaseException) -> None:
         # A write that failed and set nothing aside (a put over the budget, a flush): counted as any failed

@@ -89,9 +89,9 @@ class ChestCollector:
     ``<ns>_spill_errors_total{reason}`` (``disk``: an ``OSError``, ``changed``: a
     value kept changing while written, ``serialize``: a value kept in memory, or a
     put over the budget refused, because it cannot be pickled, ``quota``, ``corrupt``,
-    ``reserve``: a flush could not make the manifest's reserve file whole; each
-    failure counts under one reason, but for a background write no writer thread
-    could start to make, counted in ``stats.spill_failures`` only),
+    ``reserve``: a flush could not make the manifest's reserve file whole, ``writer``:
+    a background write failed because no writer thread could start; each failure
+    counts under one reason),
     ``<ns>_misses_total``, the histogram ``<ns>_disk_latency_seconds{activity}``
     and ``<ns>_chest_info{version,policy,codec}``.
 
@@ -246,6 +246,7 @@ class _Families:
         for reason, n in (
             ("disk", s.disk_errors),
             ("changed", s.changed_errors),
+            ("writer", s.writer_errors),
             ("serialize", s.unspillable + s.serialize_errors),
             ("quota", s.quota_errors),
             ("corrupt", s.load_failures),

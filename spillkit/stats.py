@@ -58,6 +58,7 @@ class Stats:
     spill_failures: int = 0  # writes that failed (value kept in memory), for every reason
     disk_errors: int = 0  # writes the disk failed (OSError); quota, serialization and changes are counted apart
     changed_errors: int = 0  # writes given up because the value kept changing while written (verify_writes)
+    writer_errors: int = 0  # background writes that failed because no writer thread could start
     unspillable: int = 0  # values set aside because they cannot be serialized
     serialize_errors: int = 0  # writes of a put over the budget, or of a flush, failed: the value cannot be serialized
     load_failures: int = 0  # reads that found a corrupt or missing file

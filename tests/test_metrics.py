@@ -72,6 +72,7 @@ def assert_matches_stats(registry: CollectorRegistry, chest: Chest, name: str) -
     reasons = {
         "disk": s.disk_errors,
         "changed": s.changed_errors,
+        "writer": s.writer_errors,
         "serialize": s.unspillable,
         "quota": s.quota_errors,
         "corrupt": s.load_failures,

@@ -1238,3 +1238,50 @@ def test_queued_writes_that_no_new_writer_thread_can_take_fail_back_into_memory(
     assert dict(chest.items()) == expected
     assert_accounting(chest)
     assert _wait_returns(chest.drop)
+
+
+class WriterKilled(BaseException):
+    """Ends the writer's loop as only a BaseException can (its own errors are reported and it goes on)."""
+
+
+def test_writes_failed_for_want_of_a_writer_thread_are_counted_under_their_own_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: they counted in stats.spill_failures under no reason, so the exported reasons did not
+    # add up to the failures and a dashboard could not tell what failed.
+    from spillkit.metrics import instrument
+    from spillkit.writer import BackgroundWriter
+
+    prometheus = pytest.importorskip("prometheus_client")
+    real_loop, real_start = BackgroundWriter._loop, threading.Thread.start
+    starts = {"writer": 0}
+
+    def loop(writer: BackgroundWriter) -> None:
+        raise WriterKilled  # the first thread ends with its write still queued
+
+    def start(thread: threading.Thread) -> None:
+        if thread.name == "spillkit-writer":
+            starts["writer"] += 1
+            if starts["writer"] == 2:
+                raise RuntimeError("can't start new thread")  # its replacement cannot start
+        real_start(thread)
+
+    ended: list[BaseException | None] = []
+    monkeypatch.setattr(BackgroundWriter, "_loop", loop)
+    monkeypatch.setattr(threading.Thread, "start", start)
+    monkeypatch.setattr(threading, "excepthook", lambda args: ended.append(args.exc_value))
+    registry = prometheus.CollectorRegistry()
+    chest = Chest(path=tmp_path / "c", available_memory=2 * UNIT, sizeof=unit_sizeof, write_behind=True,
+                  pack_threshold=0)  # fmt: skip
+    instrument(chest, registry, name="w")
+    with pytest.warns(SpillWarning, match="no writer thread could start"):
+        chest["a"], chest["b"] = [0], [1]
+        chest["c"] = [2]  # evicts "a" into the queue of a thread that dies
+        chest.engine._writer.join()
+        monkeypatch.setattr(BackgroundWriter, "_loop", real_loop)
+        chest.wait_for_writes()
+    assert [type(error) for error in ended] == [WriterKilled]
+    assert chest.stats.spill_failures == chest.stats.writer_errors == 1
+    assert registry.get_sample_value("spillkit_spill_errors_total", {"chest": "w", "reason": "writer"}) == 1
+    assert dict(chest.items()) == {"a": [0], "b": [1], "c": [2]}  # the value stayed in memory
+    assert _wait_returns(chest.drop)
