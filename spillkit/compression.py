@@ -17,10 +17,8 @@ to compress, compressing and decompressing them) and :func:`make_compression`.
 
 from __future__ import annotations
 
-import importlib
 import threading
 from collections.abc import Sequence
-from types import ModuleType
 from typing import Any
 
 from .codecs import Buffer, Codec, PickleCodec
@@ -32,24 +30,16 @@ from .compression_format import (
     _LZ4_MAX_INPUT,
     _MAGIC,
     _VERSION,
+    ALGORITHMS,
+    _decompress,
+    _import,
     _read_table,  # tests/test_compression.py imports it from here
     stored_frame_ends,
 )
 
 __all__ = ["ALGORITHMS", "CompressedCodec", "make_compression"]
 
-ALGORITHMS = {"lz4": "lz4.block", "zstd": "zstandard"}  # algorithm -> the module it needs
 _DEFAULT_LEVEL = {"lz4": 0, "zstd": 1}
-
-
-def _import(algorithm: str) -> ModuleType:
-    try:
-        return importlib.import_module(ALGORITHMS[algorithm])
-    except ImportError as error:
-        raise ImportError(
-            f'compression="{algorithm}" needs the {ALGORITHMS[algorithm].split(".")[0]} package, '
-            'which the compress extra installs: pip install "spillkit[compress]"'
-        ) from error
 
 
 class CompressedCodec:
@@ -227,32 +217,6 @@ class CompressedCodec:
         if decode_frames is not None:
             return decode_frames(frames), frames  # raw frames stay views into ``data``
         return self.inner.decode(memoryview(bytearray().join(frames))), frames  # one body, as it was encoded
-
-
-def _decompress(algorithm: str, packed: memoryview, raw: int, index: int) -> bytearray:
-    """Decompress one frame into a new writable buffer of exactly ``raw`` bytes."""
-    module = _import(algorithm)
-    try:
-        if algorithm == "lz4":
-            out: bytearray = module.decompress(packed, uncompressed_size=raw, return_bytearray=True)
-        else:
-            if module.frame_content_size(packed) != raw:
-                raise ValueError("the zstd frame header gives another length")
-            out = bytearray(raw)
-            with module.ZstdDecompressor().stream_reader(packed, read_across_frames=False) as reader:
-                view, got = memoryview(out), 0
-                while got < raw and (n := reader.readinto(view[got:])):
-                    got += n
-                if got != raw or reader.read(1):
-                    raise ValueError(f"decompressed to {got} bytes or more")
-    except Exception as error:  # the libraries raise their own error types; report them uniformly
-        raise ValueError(
-            f"compressed body: frame {index} ({algorithm}, {len(packed)} bytes) does not decompress "
-            f"to {raw} bytes: {error}"
-        ) from error
-    if len(out) != raw:
-        raise ValueError(f"compressed body: frame {index} ({algorithm}) decompressed to {len(out)} bytes, not {raw}")
-    return out
 
 
 def make_compression(spec: str | CompressedCodec, inner: Codec | None = None) -> CompressedCodec:

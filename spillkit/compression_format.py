@@ -4,13 +4,17 @@ A body :class:`~spillkit.compression.CompressedCodec` writes starts with a
 frame table: a header (magic, version, frame count), then per frame its kind
 (raw, lz4 or zstd), stored length and raw length, zero-padded to 64 bytes.
 This module holds that layout, the limits of how far each algorithm can
-expand a frame, and :func:`_read_table`, which parses a table and rejects a
-malformed one; :mod:`spillkit.compression` writes and reads the frames.
+expand a frame, :func:`_read_table`, which parses a table and rejects a
+malformed one, and :func:`_decompress`, which turns one frame back into its raw
+bytes or says why it cannot; :mod:`spillkit.compression` chooses, writes and
+reads the frames.
 """
 
 from __future__ import annotations
 
+import importlib
 import struct
+from types import ModuleType
 
 __all__: list[str] = []  # helpers of spillkit.compression
 
@@ -84,3 +88,42 @@ def stored_frame_ends(table: bytes | bytearray | memoryview) -> list[int]:
         inner_offset += raw
         ends.append(index)
     return ends
+
+
+ALGORITHMS = {"lz4": "lz4.block", "zstd": "zstandard"}  # algorithm -> the module it needs
+
+
+def _import(algorithm: str) -> ModuleType:
+    try:
+        return importlib.import_module(ALGORITHMS[algorithm])
+    except ImportError as error:
+        raise ImportError(
+            f'compression="{algorithm}" needs the {ALGORITHMS[algorithm].split(".")[0]} package, '
+            'which the compress extra installs: pip install "spillkit[compress]"'
+        ) from error
+
+
+def _decompress(algorithm: str, packed: memoryview, raw: int, index: int) -> bytearray:
+    """Decompress one frame into a new writable buffer of exactly ``raw`` bytes."""
+    module = _import(algorithm)
+    try:
+        if algorithm == "lz4":
+            out: bytearray = module.decompress(packed, uncompressed_size=raw, return_bytearray=True)
+        else:
+            if module.frame_content_size(packed) != raw:
+                raise ValueError("the zstd frame header gives another length")
+            out = bytearray(raw)
+            with module.ZstdDecompressor().stream_reader(packed, read_across_frames=False) as reader:
+                view, got = memoryview(out), 0
+                while got < raw and (n := reader.readinto(view[got:])):
+                    got += n
+                if got != raw or reader.read(1):
+                    raise ValueError(f"decompressed to {got} bytes or more")
+    except Exception as error:  # the libraries raise their own error types; report them uniformly
+        raise ValueError(
+            f"compressed body: frame {index} ({algorithm}, {len(packed)} bytes) does not decompress "
+            f"to {raw} bytes: {error}"
+        ) from error
+    if len(out) != raw:
+        raise ValueError(f"compressed body: frame {index} ({algorithm}) decompressed to {len(out)} bytes, not {raw}")
+    return out
