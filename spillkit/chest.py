@@ -128,14 +128,14 @@ class Chest(ChestLifecycle, DictMethods, MutableMapping[Hashable, Any]):
         stored raw (and read back without a copy) for the price of that trial,
         about 4 (lz4) or 21 (zstd) CPU microseconds per MiB. Off by default:
         on the benchmark machine (a busy 2-CPU VM with an ext4 disk, see
-        ``benchmarks/README.md``, run at 599304e) compressible arrays and
-        DataFrames spilled and loaded 2.2-5.2x slower with lz4 and 3.0-16x
+        ``benchmarks/README.md``, run at 5dbf5bf) compressible arrays and
+        DataFrames spilled and loaded 1.8-3.8x slower with lz4 and 2.3-10x
         slower with zstd when writes land in the page cache (as a Chest's
-        do), using 1.5-8.2x the CPU, while files shrank to 0.06-0.8x
+        do), using 1.3-4.6x the CPU, while files shrank to 0.06-0.8x
         (a value loaded from a compressed record is not compressed again when
         it is evicted: the in-place check compares a digest of its uncompressed
         frames kept at the load, :mod:`spillkit.loadprints`); only mostly-zero data fsynced
-        and read cold from the device got faster (lz4: 0.81x the time). Turn it
+        and read cold from the device got faster (lz4: 0.76x the time). Turn it
         on to save disk space, or on a disk much slower than the compressor.
         Reopen a ``path`` with compression on if it was written with it (either
         algorithm reads both; a body written without compression is refused).
