@@ -150,6 +150,8 @@ def setup_chest(
             store, chosen, budget, sizeof or default_sizeof(), write_behind=write_behind
         )
         engine.check_in_place = bool(check_in_place)
+        if not check_in_place:
+            store.prints.disable()  # digests for a check that never runs
         engine.notes = store.inner._spares
         if chest._temporary:  # no blank file may be made in the directory once its removal starts
             before_removal.append(store.inner._spares.blanks.close)

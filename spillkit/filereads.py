@@ -22,7 +22,7 @@ from .errors import CorruptSpillFile
 from .fileindex import FileIndex
 from .mapped import FileId, map_file, pin_file, unpin_file
 from .regularfile import SAFE_OPEN
-from .spillfile import RecordError, open_record, privatize_prefix, still_encodes
+from .spillfile import RecordError, open_record, privatize_prefix
 
 __all__ = ["FileReads", "OpenRead"]
 
@@ -107,10 +107,7 @@ class FileReads(FileIndex):
         loaded or flushed, then changed in place, must be written again, not lost.
         """
         name, tag = self._names.get(key), self._tags.get(key)
-        known = self.prints.holds(key, tag, value)  # a loaded compressed record: no compressing again
-        if known is not None:
-            return known
-        return still_encodes(name, tag, value, self.codec, self.secret, lambda: self.read(key))
+        return self.prints.holds(key, name, tag, value, lambda: self.read(key))  # (loadprints: no compressing again)
 
     def still_current(self, pending: OpenRead) -> bool:
         """True while ``pending``'s record is still its key's current one (under the caller's lock)."""

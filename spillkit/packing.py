@@ -22,7 +22,7 @@ from .compaction import Place
 from .errors import CorruptSpillFile, DiskQuotaExceeded
 from .loadprints import LoadPrints
 from .segfiles import read_at
-from .spillfile import HEADER_SIZE, PAD, RecordError, encode_header, open_record, still_encodes
+from .spillfile import HEADER_SIZE, PAD, RecordError, encode_header, open_record
 from .storage import DiskStore, OpenRead, PreparedWrite
 from .upkeep import SegmentUpkeep
 from .whole_writes import write_record
@@ -89,10 +89,7 @@ class PackedRecords(SegmentUpkeep):
         place = self._places.get(key)
         if place is None:
             return self.inner.holds(key, value)
-        known = self.prints.holds(key, place.tag, value)  # a loaded compressed record: no compressing again
-        if known is not None:
-            return known
-        return still_encodes(place.name, place.tag, value, self.codec, self.secret, lambda: self.read(key))
+        return self.prints.holds(key, place.name, place.tag, value, lambda: self.read(key))
 
     def file_bytes(self, key: Hashable) -> int:
         """Bytes of the key's record (header included), packed or in a file of its own."""
@@ -258,5 +255,5 @@ class PackedRecords(SegmentUpkeep):
             self.inner.delete(key)
         for key in list(self._places):
             self._forget(key)
-            self.prints.forget(key)
+        self.prints.clear()  # also digests a read without the lock left for a key deleted meanwhile
         self._maintain()

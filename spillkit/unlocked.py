@@ -43,6 +43,9 @@ def read_value(engine: SpillEngine, key: Hashable) -> tuple[Any, Any]:
         value = disk.finish_read(pending)
     finally:
         lock._acquire_restore(state)
+    prints = getattr(disk, "prints", None)
+    if prints is not None and not disk.still_current(pending):
+        prints.forget_record(pending.key, pending.tag)  # replaced or deleted meanwhile: the read's digest is no key's
     return value, pending
 
 
