@@ -17,15 +17,15 @@ from the directory's secret, with a constant nonce. That is safe here because th
 never stored nor shown: it only goes into the record's HMAC, so nothing reveals the hash key,
 and changing the frames without it matches the digest with odds of about 2^-128 per try.
 
-Thread-safe (no shared mutable state but a cache of derived keys). Without the
+Thread-safe (no shared mutable state but a cache of derived keys, under a lock). Without the
 ``cryptography`` package, :data:`AVAILABLE` is False and records sign every byte with the
 HMAC instead (as secure, slower).
 """
 
 from __future__ import annotations
 
-import functools
 import hmac
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,21 +37,36 @@ except ImportError:  # pragma: no cover - cryptography is a dependency; without 
 else:
     AVAILABLE = True
 
-__all__ = ["AVAILABLE", "DIGEST_FROM", "body_digest"]
+__all__ = ["AVAILABLE", "DIGEST_FROM", "body_digest", "forget"]
 
 DIGEST_FROM = 64 * 1024  # smaller remainders are HMAC'd as they are: a digest costs ~10 µs to set up
 _NONCE = bytes(12)  # constant: the digest stays inside the HMAC (see the module's docstring)
 _CALL_LIMIT = 1 << 30  # bytes given to cryptography at once: it refuses (or panics on) 2 GiB and more
 
 
-@functools.lru_cache(maxsize=64)
-def _one_shot(secret: bytes) -> AESGCM:
-    return AESGCM(_derived_key(secret))
+# secret -> (derived key, its one-shot cipher): deriving costs ~10 µs per record otherwise. At most
+# _KEEP, the oldest dropped first; a closed persistent Chest's secret is dropped at once (forget).
+_keys: dict[bytes, tuple[bytes, Any]] = {}
+_keys_lock = threading.Lock()
+_KEEP = 64
 
 
-@functools.lru_cache(maxsize=64)
-def _derived_key(secret: bytes) -> bytes:
-    return hmac.digest(secret, b"spillkit record body digest, v3", "sha256")[:16]
+def _derived(secret: bytes) -> tuple[bytes, Any]:
+    found = _keys.get(secret)
+    if found is None:
+        key = hmac.digest(secret, b"spillkit record body digest, v3", "sha256")[:16]
+        found = (key, AESGCM(key))
+        with _keys_lock:
+            while len(_keys) >= _KEEP:
+                del _keys[next(iter(_keys))]
+            _keys[secret] = found
+    return found
+
+
+def forget(secret: bytes) -> None:
+    """Drop what was derived from ``secret`` (its Chest is closed): no copy of its key outlives it here."""
+    with _keys_lock:
+        _keys.pop(secret, None)
 
 
 def body_digest(secret: bytes, frames: Sequence[Any]) -> bytes:
@@ -64,8 +79,8 @@ def body_digest(secret: bytes, frames: Sequence[Any]) -> bytes:
         raise RuntimeError("this record's array data is authenticated by a digest that needs the cryptography package")
     views = [_bytes_view(frame) for frame in frames]
     if len(views) == 1 and len(views[0]) <= _CALL_LIMIT:  # one call: a quarter cheaper than a stream
-        return bytes(_one_shot(secret).encrypt(_NONCE, b"", views[0]))
-    state = Cipher(algorithms.AES(_derived_key(secret)), modes.GCM(_NONCE)).encryptor()
+        return bytes(_derived(secret)[1].encrypt(_NONCE, b"", views[0]))
+    state = Cipher(algorithms.AES(_derived(secret)[0]), modes.GCM(_NONCE)).encryptor()
     for view in views:
         for start in range(0, len(view), _CALL_LIMIT):  # (one call refuses 2 GiB or more)
             state.authenticate_additional_data(view[start : start + _CALL_LIMIT])

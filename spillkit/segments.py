@@ -15,10 +15,12 @@ import stat
 import warnings
 from collections.abc import Hashable, Iterable, Set
 
+from . import bodymac
 from .codecs import Codec
 from .compaction import Place
 from .errors import SpillWarning
 from .packing import PackedRecords, PackedWrite
+from .security import process_secret
 from .segfiles import is_segment_name, open_segment
 from .storage import DiskStore
 
@@ -258,6 +260,8 @@ class PackedStore(PackedRecords):
             segment.close()
         self._active = None
         self.inner._spares.close()
+        if self.secret != process_secret():  # a directory's own key: none of it kept once its Chest is closed
+            bodymac.forget(self.secret)
 
     def __del__(self) -> None:
         try:  # noqa: SIM105 (not contextlib: at interpreter exit module globals may already be None)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import keep_crc
 
@@ -313,3 +314,33 @@ def test_records_of_format_2_are_refused_saying_why() -> None:
     record = bytearray(header + bytes(-len(header) % PAD) + body)
     with pytest.raises(RecordError, match=r"format 2 .* cannot be authenticated"):
         open_record(memoryview(record), "a", secret, tag)
+
+
+def test_a_closed_chest_leaves_no_key_derived_from_its_secret(tmp_path: Path) -> None:
+    # helper-86: the array-digest key derived from each directory's secret stayed cached for the life
+    # of the process (64 of them), after their Chests were closed.
+    import spillkit.bodymac as bodymac
+
+    chest = Chest(path=tmp_path / "c", available_memory=1 << 20)
+    chest["a"], chest["b"] = np.zeros(1 << 17), np.ones(1 << 17)  # 1 MiB each: "a" spilled, its buffer digested
+    secret = chest._secret
+    assert secret in bodymac._keys
+    chest.close()
+    assert secret not in bodymac._keys
+    with Chest(path=tmp_path / "c", available_memory=1 << 20) as again:  # derived again when needed
+        assert again["a"].sum() == 0 and again["b"].sum() == 1 << 17
+        assert secret in bodymac._keys
+    assert secret not in bodymac._keys
+    temporary = Chest(available_memory=1 << 20)
+    temporary["a"], temporary["b"] = np.zeros(1 << 17), np.ones(1 << 17)
+    temporary.drop()
+    assert process_secret() in bodymac._keys  # the process's own secret, shared by every temporary Chest, stays
+
+
+def test_the_derived_keys_kept_are_bounded() -> None:
+    import spillkit.bodymac as bodymac
+
+    for i in range(bodymac._KEEP + 10):
+        bodymac.body_digest(i.to_bytes(32, "big"), [bytes(1 << 17)])
+    assert len(bodymac._keys) == bodymac._KEEP
+    assert (bodymac._KEEP + 9).to_bytes(32, "big") in bodymac._keys and bytes(32) not in bodymac._keys
