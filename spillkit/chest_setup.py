@@ -155,7 +155,7 @@ def setup_chest(
         engine.notes = store.inner._spares
         if chest._temporary:  # no blank file may be made in the directory once its removal starts
             before_removal.append(store.inner._spares.blanks.close)
-        store.verify_writes = verify_writes is True
+        store.verify_writes = verify_writes is not False
         if engine._writer is not None:
             engine._writer.verify = verify_writes is not False
         engine.keepalive = chest._dir_lock  # freed with the engine, not the Chest: its writer may outlive it

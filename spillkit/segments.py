@@ -108,7 +108,7 @@ class PackedStore(PackedRecords):
         self.pack_threshold = pack_threshold
         self.total_bytes = 0
         self.spare_bytes = 0  # of total_bytes: spare files kept for reuse, as of the last count
-        self.verify_writes = False  # set by the Chest (verify_writes=True)
+        self.verify_writes = False  # set by the Chest (on unless verify_writes=False)
 
     # ---- durability ----------------------------------------------------------------------
     def adopt(

@@ -339,7 +339,8 @@ def _spill_one(chest: Chest, key: str, value: Any) -> None:
 
 
 WRITES = {  # the Chest keywords under which every write is checked after it is made
-    "write-behind": {"write_behind": True},  # verify_writes=None: on for background writes
+    "write-behind": {"write_behind": True},  # verify_writes=None: on
+    "synchronous": {},  # on by default too (helper-95: a key left unreadable by another thread's change)
     "synchronous, verify_writes=True": {"verify_writes": True},
 }
 
@@ -421,8 +422,8 @@ def test_a_value_that_keeps_changing_stays_in_memory_with_a_warning(
 def test_without_the_check_a_value_changed_during_its_write_fails_its_own_record(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_behind: bool
 ) -> None:
-    # What verify_writes=False (and a synchronous spill by default) gives up, shown once: loudly.
-    options: dict[str, Any] = {"write_behind": True, "verify_writes": False} if write_behind else {}
+    # What verify_writes=False gives up, shown once: loudly (before session 16, synchronous spills by default).
+    options: dict[str, Any] = {"write_behind": write_behind, "verify_writes": False}
     chest = Chest(path=tmp_path / "c", available_memory=UNIT, sizeof=unit_sizeof, pack_threshold=0, **options)
     owned = [np.zeros(2**14)]
     real = spillkit.storage._write_all
