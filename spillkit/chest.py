@@ -177,7 +177,10 @@ class Chest(ChestLifecycle, DictMethods, MutableMapping[Hashable, Any]):
     its changes; once nothing does, an unflushed change is lost with it, as
     with zict. A value changed
     while it is written is written again (``verify_writes``, on by default),
-    also when another thread changes it while a put spills it.
+    also when another thread changes it while a put spills it. A change made
+    just as another thread's put drops the value from memory (after the check,
+    which runs under the lock the change does not take) is lost with it: with
+    other threads spilling, store changes by assigning the key again.
 
     Failures: a value that cannot be serialized stays in memory (counted and
     warned about) unless it is larger than the whole budget, in which case the
