@@ -56,12 +56,21 @@ def spilling(
     A temporary Chest made here is closed at the end of the block (or, if a
     computation in another thread still has it then, when that one ends). Other
     keywords (``compression="lz4"``, ``path``, ...) go to that Chest; it loads
-    large values by mapping their files (``map_loads=True``) unless told otherwise.
+    large values by mapping their files (``map_loads=True``) and, unless it writes
+    behind, does not check its synchronous writes again (``verify_writes=False``)
+    unless told otherwise: that check is for a value another thread changes in place
+    while a put spills it, and here only dask puts, in its scheduling thread, the
+    results of tasks that have ended, while the inputs of running tasks are pinned
+    in memory (dask's tasks must not change their inputs in any case). Measured at
+    ``bench_dask``'s default scale: the check took the Chest from 1.76x to 1.96x an
+    unlimited dict's time on anomaly, and from 1.94x to 2.13x on rechunk.
     ``TypeError`` for a ``chest`` that is not a Chest, or one given with keywords for a new one.
     """
     made = chest is None
     if chest is None:
         chest_kwargs.setdefault("map_loads", True)
+        if not chest_kwargs.get("write_behind"):  # (see the docstring; with write-behind: the Chest's default)
+            chest_kwargs.setdefault("verify_writes", False)
         chest = Chest(available_memory=available_memory, policy=policy or "nextuse", **chest_kwargs)
     elif not isinstance(chest, Chest):
         raise TypeError(

@@ -191,3 +191,25 @@ def test_a_scheduler_setting_put_back_after_the_block_falls_back_to_dask_threads
     assert chest.engine.closed
     with dask.config.set(scheduler=stale):
         assert dask.delayed(total)(*parts("s"), dask_key_name="t").compute() == 6  # not "the Chest is closed"
+
+
+@pytest.mark.parametrize(
+    ("options", "synchronous", "background"),
+    [
+        ({}, False, None),  # dask puts ended tasks' results; running tasks' inputs are pinned: no check
+        ({"write_behind": True}, True, True),  # the Chest's default: a put returns before its write
+        ({"verify_writes": True}, True, None),
+        ({"write_behind": True, "verify_writes": False}, False, False),
+    ],
+)
+def test_spilling_checks_writes_again_only_where_a_value_could_change_meanwhile(
+    options: dict[str, Any], synchronous: bool, background: bool | None
+) -> None:
+    with spilling(available_memory="64 MiB", **options) as chest:
+        assert chest._store.verify_writes is synchronous
+        writer = chest.engine._writer
+        assert (None if writer is None else writer.verify) is background
+        x = da.random.default_rng(0).random((400, 400), chunks=(100, 100))
+        np.testing.assert_allclose(
+            (x - x.mean()).sum(axis=0).compute(), (x - x.mean()).sum(axis=0).compute(scheduler="sync")
+        )
