@@ -56,8 +56,9 @@ class LoadPrints:
 
     def __init__(self, codec: Codec, secret: bytes) -> None:
         self.codec = codec
-        plain = isinstance(codec, CompressedCodec) and _plain_compressed(codec) and bodymac.AVAILABLE
-        self._compressed: CompressedCodec | None = codec if plain and isinstance(codec, CompressedCodec) else None
+        self._compressed = (
+            codec if isinstance(codec, CompressedCodec) and _plain_compressed(codec) and bodymac.AVAILABLE else None
+        )
         self._secret = secret
         # key -> (its record's tag, digests of encodings known to be that record's value: the frames, and
         # one the usual check confirmed)

@@ -41,7 +41,7 @@ from .errors import ChangedWhileWritten, CorruptSpillFile, DiskQuotaExceeded, Lo
 from .events import EVICT, GIVEN_COST, HIT, LOAD, MISS, PUT, REUSED, SPILL
 from .keys import describe_key
 from .ledger import _MISSING
-from .unlocked import live_object, read_value, still_unchanged
+from .unlocked import forget_stale_digest, live_object, read_value, still_unchanged
 
 if TYPE_CHECKING:
     from .engine import SpillEngine
@@ -139,6 +139,7 @@ def load(engine: SpillEngine, key: Hashable) -> Any:
             # loaded or overwrote it (serve what it holds now: a hit, for listeners), or deleted
             # it or wrote a newer record (serve what this read found: the get began before; keep
             # nothing, and tell listeners nothing: their events already moved past this key).
+            forget_stale_digest(engine, unlocked)
             if key in engine.memory:
                 resident = engine.memory[key]
                 try:

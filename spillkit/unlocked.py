@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .engine import SpillEngine
 
-__all__ = ["live_object", "read_value", "still_unchanged"]
+__all__ = ["forget_stale_digest", "live_object", "read_value", "still_unchanged"]
 
 
 def read_value(engine: SpillEngine, key: Hashable) -> tuple[Any, Any]:
@@ -43,9 +43,6 @@ def read_value(engine: SpillEngine, key: Hashable) -> tuple[Any, Any]:
         value = disk.finish_read(pending)
     finally:
         lock._acquire_restore(state)
-    prints = getattr(disk, "prints", None)
-    if prints is not None and not disk.still_current(pending):
-        prints.forget_record(pending.key, pending.tag)  # replaced or deleted meanwhile: the read's digest is no key's
     return value, pending
 
 
@@ -62,6 +59,17 @@ def still_unchanged(engine: SpillEngine, key: Hashable, pending: Any, nbytes: in
     if live_object(engine, key) is not None:  # loaded and spilled again meanwhile, and alive: that object is the value
         return False
     return bool(engine.disk.still_current(pending))  # type: ignore[attr-defined]
+
+
+def forget_stale_digest(engine: SpillEngine, pending: Any) -> None:
+    """After a read without the lock that found its key changed: drop the digest it kept if its record is gone.
+
+    (:mod:`spillkit.loadprints`: a key deleted, or given a newer record, while it was read.)
+    """
+    disk: Any = engine.disk
+    prints = getattr(disk, "prints", None)
+    if prints is not None and not disk.still_current(pending):
+        prints.forget_record(pending.key, pending.tag)
 
 
 def live_object(engine: SpillEngine, key: Hashable) -> Any:
