@@ -49,6 +49,13 @@ def temporary_files(path: str) -> list[str]:
     return sorted(name for name in os.listdir(path) if name.startswith(".tmp-"))
 
 
+class BlankThreadOs:
+    """``os`` for spillkit.blanks (the blank-making thread's), but for the methods a subclass defines: faults."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+
 def test_a_spill_writes_into_a_file_made_ahead(tmp_path: Path) -> None:
     chest = Chest(path=tmp_path / "c", available_memory=2 * MiB)
     spill(chest, "a", array(0))  # made its own file, and asked for blanks
@@ -98,10 +105,7 @@ def test_a_collected_temporary_chest_waits_for_a_blank_being_made_before_removin
     # behind: the finalizer closes the blanks (waiting for one being made) before it removes the tree.
     started, go = threading.Event(), threading.Event()
 
-    class SlowOs:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(os, name)
-
+    class SlowOs(BlankThreadOs):
         @staticmethod
         def open(path: str, flags: int, mode: int = 0o777) -> int:
             if threading.current_thread().name == "spillkit-blank-files" and not go.is_set():
@@ -158,11 +162,8 @@ def test_a_blank_replaced_behind_the_chests_back_is_not_written_through(tmp_path
     chest.drop()
 
 
-class DiskFull:
+class DiskFull(BlankThreadOs):
     """The blank-making thread's ``os``, whose file creations fail with ENOSPC (an injected fault)."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(os, name)
 
     @staticmethod
     def open(path: str, flags: int, mode: int = 0o777) -> int:
@@ -240,10 +241,7 @@ def test_a_chest_the_gc_frees_in_the_blank_thread_is_removed(
             gc.collect()  # as an allocation here might: frees the Chest below, in this thread
             collected.set()
 
-    class CollectingOs:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(os, name)
-
+    class CollectingOs(BlankThreadOs):
         @staticmethod
         def fstat(fd: int) -> os.stat_result:
             if where == "making a file":
