@@ -85,39 +85,29 @@ class Chest(ChestLifecycle, DictMethods, MutableMapping[Hashable, Any]):
     map_loads : bool, int or str, optional
         Load a value whose spill file is at least this large (``True``: 1 MiB)
         by mapping the file copy-on-write instead of reading it into new
-        memory: its arrays share the page cache's pages (loads of 1 MiB arrays
-        1.7x faster in ``benchmarks/bench_core.py``; pages not written to stay
-        the kernel's to drop and read again under memory pressure). Writing to
-        the value copies the page written, never touching the file. The file
-        is checked when mapped. Afterwards, whoever writes into it in place
-        changes the value and truncating it crashes the process on access
-        (``SIGBUS``), as with ``numpy.memmap``; spillkit never does either
-        (files are replaced, never rewritten). A deleted key's disk space is
-        freed only when its mapped value is, and counts in ``disk_bytes``
-        and against ``available_disk`` until then. POSIX only (elsewhere values are
-        read). Default: off; :func:`spillkit.dask.spilling` turns it on.
+        memory: its arrays share the page cache's pages (1 MiB arrays load 1.7x
+        faster, ``benchmarks/bench_core.py``). Writing to the value copies the
+        page written, never the file. The file is checked when mapped; whoever
+        writes into it afterwards changes the value, and truncating it crashes
+        the process on access (``SIGBUS``), as with ``numpy.memmap`` (spillkit
+        never does either). A deleted key's disk space is freed only when its
+        mapped value is, and counts against ``available_disk`` until then.
+        POSIX only. Default: off; :func:`spillkit.dask.spilling` turns it on.
     check_in_place : bool, optional
         Before dropping a resident value for its file (a value loaded or
-        flushed, then spilled again), check that the file still encodes it:
-        an encode and the record's tag taken again over the value (one pass of
-        its keyed digest, about 48 µs per MiB here; with the CRC-32 that pass
-        replaced, dask's rechunk ran 1.00x as fast with it as without, 16
-        paired runs), so that
-        a value changed in place is written anew, not undone. Default: on.
-        Turn it off only for values that never change in place and take long
-        to pickle (the check pickles them on every such eviction).
+        flushed, then spilled again), check that the file still encodes it (an
+        encode and one pass of the record's keyed digest, about 48 µs per MiB
+        here), so that a value changed in place is written anew, not undone.
+        Default: on. Turn it off only for values that never change in place and
+        take long to pickle (the check pickles them on every such eviction).
     verify_writes : bool, optional
-        Take each value's record tag again after writing it, and write it again if
-        it changed in place meanwhile (3 tries, then it stays in memory,
-        warned about), so that no record fails its own check. ``None``
-        (default) or ``True``: every write, background or synchronous (a
-        put's spill runs in its thread, but another thread may change the
-        value meanwhile: without the check its key became unreadable,
-        ``CorruptSpillFile`` in 10 of 20 runs of helper-95's race); ``False``:
-        never, for values no thread changes in place. Costs a pass over the
-        value per write (its keyed digest, about 48 µs per MiB here): spilling
-        and loading 200 arrays of 1 MiB took 1.08x the time (paired median of
-        12, session 16).
+        Take each value's record tag again after writing it, and write it again
+        if it changed in place meanwhile (3 tries, then it stays in memory,
+        warned about), so that no record fails its own check, even when another
+        thread changes a value while a put spills it. ``None`` (default) or
+        ``True``: every write; ``False``: none, for values no thread changes in
+        place. Costs a pass of the keyed digest per write (spilling and loading
+        200 arrays of 1 MiB took 1.08x the time).
     pack_threshold : int, float or str, optional
         Values whose spill record is smaller than this (default 64 KiB) are
         appended to shared segment files instead of getting a file each, so a
@@ -129,17 +119,11 @@ class Chest(ChestLifecycle, DictMethods, MutableMapping[Hashable, Any]):
         pickle stream, each large array buffer) is compressed only if a 64 KiB
         sample of it shrinks to 90% or less; small and incompressible frames are
         stored raw (and read back without a copy) for the price of that trial,
-        about 4 (lz4) or 21 (zstd) CPU microseconds per MiB. Off by default:
-        on the benchmark machine (a busy 2-CPU VM with an ext4 disk, see
-        ``benchmarks/README.md``, run at 5dbf5bf) compressible arrays and
-        DataFrames spilled and loaded 1.8-3.8x slower with lz4 and 2.3-10x
-        slower with zstd when writes land in the page cache (as a Chest's
-        do), using 1.3-4.6x the CPU, while files shrank to 0.06-0.8x
-        (a value loaded from a compressed record is not compressed again when
-        it is evicted: the in-place check compares a digest of its uncompressed
-        frames kept at the load, :mod:`spillkit.loadprints`); only mostly-zero data fsynced
-        and read cold from the device got faster (lz4: 0.76x the time). Turn it
-        on to save disk space, or on a disk much slower than the compressor.
+        about 4 (lz4) or 21 (zstd) CPU microseconds per MiB. Off by default: on
+        the benchmark machine (``benchmarks/README.md``) compressible data spilled
+        and loaded 1.8-10x slower through the page cache while files shrank to
+        0.06-0.8x; only mostly-zero data fsynced and read cold got faster. Turn
+        it on to save disk space, or on a disk much slower than the compressor.
         Reopen a ``path`` with compression on if it was written with it (either
         algorithm reads both; a body written without compression is refused).
 
@@ -167,20 +151,17 @@ class Chest(ChestLifecycle, DictMethods, MutableMapping[Hashable, Any]):
     Two Chests may use one directory one after the other: close (or drop)
     the first, then open the second.
 
-    Values changed in place: a value read back keeps a change made through the
-    object a read returned (``chest["k"].append(x)``) while the Chest holds it
-    in memory; when it is next spilled or flushed, a value whose file no
-    longer matches it is written again (the check re-encodes it: no I/O;
-    ``check_in_place=False`` skips it, and then such a change is undone). A
-    value larger than the whole budget is never held: while something holds
-    the copy a read returned, reads return that object and a flush writes
-    its changes; once nothing does, an unflushed change is lost with it, as
-    with zict. A value changed
-    while it is written is written again (``verify_writes``, on by default),
-    also when another thread changes it while a put spills it. A change made
-    just as another thread's put drops the value from memory (after the check,
-    which runs under the lock the change does not take) is lost with it: with
-    other threads spilling, store changes by assigning the key again.
+    Values changed in place: a change made through the object a read returned
+    (``chest["k"].append(x)``) is kept while the Chest holds it in memory; when
+    it is next spilled or flushed, a value whose file no longer matches it is
+    written again (``check_in_place``). A value larger than the whole budget is
+    never held: while something holds the copy a read returned, reads return
+    that object and a flush writes its changes; once nothing does, an unflushed
+    change is lost with it, as with zict. A value changed while it is written
+    is written again (``verify_writes``). A change made just as another
+    thread's put drops the value from memory (after the check, which runs under
+    the lock the change does not take) is lost: with other threads spilling,
+    store changes by assigning the key again.
 
     Failures: a value that cannot be serialized stays in memory (counted and
     warned about) unless it is larger than the whole budget, in which case the

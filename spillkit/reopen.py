@@ -11,18 +11,21 @@ other error raises with nothing removed. A function of the Chest, as in
 from __future__ import annotations
 
 import errno
+import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Set
 from typing import TYPE_CHECKING, Any
 
 from .errors import SpillWarning
 from .keys import describe_key
 from .manifest import ManifestEntry, read_manifest, remove_leftovers
+from .segfiles import is_segment_name
 
 if TYPE_CHECKING:
     from .chest import Chest
+    from .segments import PackedStore
 
-__all__ = ["manifest_rows", "reopen"]
+__all__ = ["manifest_rows", "remove_unreferenced_segments", "reopen"]
 
 
 def reopen(chest: Chest) -> None:
@@ -31,7 +34,7 @@ def reopen(chest: Chest) -> None:
     manifest = read_manifest(chest._path, chest._secret)
     entries = manifest or []
     # Packed records are no files: a file under such a name is a leftover. Segments start with
-    # a dot, so remove_leftovers leaves them to remove_unreferenced below. The reserve's name
+    # a dot, so remove_leftovers leaves them to remove_unreferenced_segments below. The reserve's name
     # starts with a dot and is no segment's: it stays, for the next flush (see spillkit.reserve).
     remove_leftovers(chest._path, {entry.name for entry in entries if entry.segment is None})
     adopted = []
@@ -59,7 +62,26 @@ def reopen(chest: Chest) -> None:
     chest._store.protect(file_names(adopted))
     if manifest is not None and len(adopted) == len(entries):  # it says what this Chest holds: no flush needs a new one
         chest._committed = manifest_rows(entries)
-    chest._store.remove_unreferenced(keep=foreign)  # segments a crash left after the last flush
+    remove_unreferenced_segments(chest._store, keep=foreign)  # segments a crash left after the last flush
+
+
+def remove_unreferenced_segments(store: PackedStore, keep: Set[str] = frozenset()) -> None:
+    """Unlink segment files no adopted record points into (left by a crash after the last flush).
+
+    Call once, after adopting a manifest. The names in ``keep`` stay (names the manifest gives
+    segments, taken by something that is no file of ours).
+    """
+    for name in os.listdir(store.path):
+        if is_segment_name(name) and name not in store._segments and name not in keep:
+            try:
+                os.unlink(os.path.join(store.path, name))
+            except FileNotFoundError:
+                continue
+            except OSError as error:
+                # As remove_leftovers does for files: garbage that cannot be removed now must not
+                # make the committed keys unreachable; the next reopen tries again.
+                message = f"could not remove the leftover segment {name!r}: {error!r}"
+                warnings.warn(message, SpillWarning, stacklevel=5)  # reopen, setup_chest, Chest(), its caller
 
 
 def file_names(entries: Iterable[ManifestEntry]) -> list[str]:

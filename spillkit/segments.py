@@ -13,7 +13,7 @@ import errno
 import os
 import stat
 import warnings
-from collections.abc import Hashable, Iterable, Set
+from collections.abc import Hashable, Iterable
 
 from . import bodymac
 from .codecs import Codec
@@ -130,29 +130,6 @@ class PackedStore(PackedRecords):
             self._forget(key)
             self._place(key, Place(found, offset, size, tag, name))
         self._count()
-
-    def remove_unreferenced(self, keep: Set[str] = frozenset()) -> list[str]:
-        """Unlink segment files no adopted record points into (left by a crash after the last flush).
-
-        Call once, after adopting a manifest. The names in ``keep`` stay (names the
-        manifest gives segments, taken by something that is no file of ours). Returns
-        the names removed.
-        """
-        removed = []
-        for name in os.listdir(self.path):
-            if is_segment_name(name) and name not in self._segments and name not in keep:
-                try:
-                    os.unlink(os.path.join(self.path, name))
-                except FileNotFoundError:
-                    continue
-                except OSError as error:
-                    # As remove_leftovers does for files: garbage that cannot be removed now must not
-                    # make the committed keys unreachable; the next reopen tries again.
-                    message = f"could not remove the leftover segment {name!r}: {error!r}"
-                    warnings.warn(message, SpillWarning, stacklevel=3)
-                    continue
-                removed.append(name)
-        return removed
 
     def sync(self) -> None:
         """Compact pinned segments that are mostly dead, then fsync segments, files and the directory.

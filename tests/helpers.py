@@ -16,6 +16,7 @@ import spillkit.compaction
 import spillkit.filereads
 import spillkit.filesync
 import spillkit.manifest
+import spillkit.reopen
 import spillkit.reserve
 import spillkit.segfiles
 import spillkit.segments
@@ -37,6 +38,7 @@ DISK_IO_MODULES = (
     spillkit.segments,
     spillkit.segfiles,
     spillkit.compaction,
+    spillkit.reopen,
     spillkit.reserve,
     spillkit.spares,
     spillkit.spillfile,
