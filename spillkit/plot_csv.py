@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from .compare import COLUMNS
+from .regularfile import open_input
 
 __all__ = ["REQUIRED_COLUMNS", "read_rows"]
 
@@ -53,7 +54,7 @@ def read_rows(path: str) -> list[dict[str, Any]]:
     """
     try:
         # utf-8-sig: a spreadsheet that saves "CSV UTF-8" starts the file with a byte order mark
-        with open(path, newline="", encoding="utf-8-sig") as file:
+        with open_input(path, "r", newline="", encoding="utf-8-sig") as file:
             return _read_rows(csv.DictReader(file), path)
     except UnicodeDecodeError as error:
         raise ValueError(f"{path}: not a spillkit results CSV (not UTF-8 text at byte {error.start})") from None

@@ -66,6 +66,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, cast
 
 from .keys import decode_key, encode_key
+from .regularfile import open_input
 from .tracelines import BadLine, LineParser, parse_json, short
 
 __all__ = [
@@ -217,7 +218,7 @@ def read_trace(path: str | os.PathLike[str]) -> Trace:
 
 def _open(name: str) -> io.BufferedReader:
     try:
-        return open(name, "rb")
+        return cast(io.BufferedReader, open_input(name))
     except FileNotFoundError:
         raise TraceError(f"{name}: no such trace file") from None
     except OSError as error:

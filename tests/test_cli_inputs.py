@@ -10,6 +10,7 @@ import csv
 import importlib
 import json
 import math
+import os
 import subprocess
 import sys
 import warnings
@@ -257,3 +258,33 @@ def test_the_budget_axis_is_log_unless_a_budget_is_zero(tmp_path: Path) -> None:
         rows = compare([str(trace)], budgets, ["lru"], bounds=False, progress=None)
         figure = plot_loads_vs_budget(rows, str(tmp_path / "loads.png"))
         assert figure.axes[0].get_xscale() == scale
+
+
+# ---- 6. inputs that are no regular file ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["compare", "plot"])
+@pytest.mark.parametrize("kind", ["fifo", "device", "directory"])
+def test_an_input_that_is_no_regular_file_is_refused_at_once(tmp_path: Path, command: str, kind: str) -> None:
+    """A FIFO with no writer made compare wait forever, and /dev/zero made it read one endless line (helper-97).
+
+    A subprocess, with a timeout: the old failure was a hang, which no in-process call would survive.
+    """
+    if kind == "fifo":
+        given = tmp_path / "input"
+        os.mkfifo(given)
+    elif kind == "device":
+        given = Path("/dev/zero")
+    else:
+        given = tmp_path / "input"
+        given.mkdir()
+    extra = ["--no-plots", "--no-bounds"] if command == "compare" else []
+    done = subprocess.run(
+        [sys.executable, "-m", "spillkit", command, str(given), *extra, "-o", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == EXIT_BAD_INPUT, done.stderr
+    assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    assert str(given) in done.stderr and "not a regular file" in done.stderr, done.stderr
