@@ -72,8 +72,9 @@ def instrument(
     Raises
     ------
     ValueError
-        If ``name`` is already exported in this registry and namespace, or the
-        Chest already is under another name. Nothing changes in that case.
+        If ``name`` is already exported in this registry and namespace, the
+        Chest already is under another name, or ``namespace`` is no metric name
+        prefix (``[a-zA-Z_][a-zA-Z0-9_]*``). Nothing changes in that case.
 
     Notes
     -----

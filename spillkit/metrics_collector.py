@@ -12,6 +12,7 @@ module imports ``prometheus_client`` and is never imported by ``import spillkit`
 from __future__ import annotations
 
 import itertools
+import re
 import threading
 import weakref
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ from .stats import LATENCY_BOUNDS
 
 __all__ = ["ChestCollector"]
 
+_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")  # a namespace: the start of a classic Prometheus metric name
 _BOUNDS = [repr(float(b)) for b in LATENCY_BOUNDS] + ["+Inf"]
 
 
@@ -125,7 +127,13 @@ class ChestCollector:
     """
 
     def __init__(self, namespace: str = "spillkit", *, lock_wait: float = 0.05) -> None:
-        _Families(namespace)  # an invalid namespace raises ValueError here, not at the first scrape
+        # Checked here, not left to prometheus_client: since its UTF-8 names (0.26) it takes any string,
+        # and "app cache" and "app_cache" then both served app_cache_* families twice (helper-97).
+        if not isinstance(namespace, str) or not _NAME.fullmatch(namespace):
+            raise ValueError(
+                f"namespace must be a Prometheus metric name prefix ([a-zA-Z_][a-zA-Z0-9_]*), got {namespace!r}"
+            )
+        _Families(namespace)
         self.namespace = namespace
         self.lock_wait = lock_wait
         self._lock = threading.Lock()

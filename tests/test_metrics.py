@@ -423,3 +423,18 @@ def test_each_failure_counts_under_one_reason(tmp_path: Path, registry: Collecto
     assert counts == {"disk": 0, "changed": 0, "serialize": 2, "quota": 0}
     assert kept.stats.spill_failures == 2
     kept.drop()
+
+
+@pytest.mark.parametrize("namespace", ["bad-name!", "1abc", "has space", "", "app:cache", "ünï"])
+def test_a_namespace_that_is_no_metric_name_prefix_is_refused(
+    tmp_path: Path, registry: CollectorRegistry, namespace: str
+) -> None:
+    """prometheus_client 0.26 takes any string: "has space" was served as has_space_* (helper-97)."""
+    with pytest.raises(ValueError, match="namespace must be a Prometheus metric name prefix"):
+        ChestCollector(namespace=namespace)
+    chest = make_chest(tmp_path)
+    with pytest.raises(ValueError, match="namespace must be a Prometheus metric name prefix"):
+        instrument(chest, registry, name="c", namespace=namespace)
+    instrument(chest, registry, name="c", namespace="has_space")  # the name is still free, and a good namespace works
+    assert value(registry, "has_space_memory_budget_bytes", chest="c") == 3 * KB
+    chest.close()
