@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from typing import Final
 
 __all__ = [
+    "CHANGED",
     "COST",
     "DELETE",
     "EVICT",
+    "FLUSH",
     "FREE",
     "GIVEN_COST",
     "HIT",
@@ -43,6 +45,8 @@ DELETE: Final = "delete"  # a key was deleted
 SPILL_ERROR: Final = "spill-error"  # a write failed; the value stays in memory
 COST: Final = "cost"  # a key's recompute cost was set (cost = the new cost)
 SETTLE: Final = "settle"  # the caller asked the engine to get back within budget (key is None)
+FLUSH: Final = "flush"  # the caller flushed: every value has a file now (key is None; after its writes)
+CHANGED: Final = "changed"  # a value in memory no longer matches its file (changed in place): it is written again
 FREE: Final = "free"  # the caller asked the engine to free memory now (Chest.evict(); key is None); spills follow
 PIN: Final = "pin"  # a key was pinned (kept from eviction: a running task uses it); pins add up
 UNPIN: Final = "unpin"  # one pin of the key was undone
@@ -50,7 +54,9 @@ REPLAN: Final = "replan"  # a graph-aware policy's plan was predicted again (key
 GIVEN_COST: Final = "given-cost"  # detail of a put whose cost the caller gave (not the reload estimate)
 REUSED: Final = "reused"  # detail of a load served by a spilled object still alive elsewhere (no read)
 POPPED: Final = "popped"  # detail of a load by pop(): read from disk for the caller, not cached (a delete follows)
-KINDS: Final = (PUT, HIT, LOAD, MISS, SPILL, EVICT, DELETE, SPILL_ERROR, COST, SETTLE, FREE, PIN, UNPIN, REPLAN)
+KINDS: Final = (
+    PUT, HIT, LOAD, MISS, SPILL, EVICT, DELETE, SPILL_ERROR, COST, SETTLE, FREE, PIN, UNPIN, REPLAN, FLUSH, CHANGED
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

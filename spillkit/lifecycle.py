@@ -8,7 +8,7 @@ from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
 from .errors import SpillError
-from .events import FREE, LOAD, POPPED
+from .events import CHANGED, FLUSH, FREE, LOAD, POPPED
 from .keys import describe_key, unfindable_key
 from .ledger import _MISSING, EngineLedger
 from .notes import reports_notes
@@ -128,9 +128,16 @@ class EngineLifecycle(EngineLedger):
 
         The file must be trusted (not one whose fsync failed: it may not hold these bytes) and still
         encode the value: one loaded or flushed, then changed in place by whoever holds it, is written
-        again, not lost (unless ``check_in_place`` is off).
+        again, not lost (unless ``check_in_place`` is off): a ``changed`` event says so, for a trace
+        (a replay cannot see values change).
         """
-        return self.disk.has_copy(key) and (not self.check_in_place or self.disk.holds(key, value))
+        if not self.disk.has_copy(key):
+            return False
+        if not self.check_in_place or self.disk.holds(key, value):
+            return True
+        if self.listeners:
+            self._emit(CHANGED, key, self._nbytes[key])
+        return False
 
     def write_all(self) -> list[tuple[Hashable, BaseException]]:
         """Give every resident value a file (kept in memory too); return the failures."""
@@ -156,6 +163,8 @@ class EngineLifecycle(EngineLedger):
                     if value is not None and key not in self.memory and not self._file_holds(key, value):
                         self._write_or_note(key, value, failures)
             self.disk.sync()
+            if self.listeners:  # (a trace's replay gives its resident values files here too)
+                self._emit(FLUSH, None, 0)
         return failures
 
     def _write_or_note(self, key: Hashable, value: Any, failures: list[tuple[Hashable, BaseException]]) -> bool:

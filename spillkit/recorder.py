@@ -12,9 +12,11 @@ from collections.abc import Container, Hashable
 from typing import TYPE_CHECKING, Any
 
 from .events import (
+    CHANGED,
     COST,
     DELETE,
     EVICT,
+    FLUSH,
     FREE,
     GIVEN_COST,
     HIT,
@@ -195,7 +197,7 @@ class TraceRecorder:
             kind = event.kind
             if kind in (PUT, SETTLE):
                 self._mark_deferral(t)
-            if kind in (SETTLE, FREE):
+            if kind in (SETTLE, FREE, FLUSH):
                 self._line([kind, t])
                 return
             if kind == REPLAN and isinstance(event.key, tuple):  # (its key: the tasks to run next)
@@ -222,7 +224,7 @@ class TraceRecorder:
             elif kind == DELETE:
                 self._leave_memory(event.key)
                 self._line(["del", ident, t])
-            elif kind in (PIN, UNPIN):
+            elif kind in (PIN, UNPIN, CHANGED):
                 self._line([kind, ident, t])
             elif kind == COST:
                 self._line(["cost", ident, event.cost, t])

@@ -131,6 +131,7 @@ def replay(
     pins = trace.pins() if settled else {}  # a live run pins a task's inputs only through the callback
     graph = chosen if plan and isinstance(chosen, GraphAware) and trace.dependencies else None
     replans = trace.replans() if graph is not None else {}  # where the live plan was predicted again
+    changes = trace.changes()  # values the live run found changed in place (its eviction wrote them again)
     start = time.perf_counter()
     for index, op in enumerate(requests):
         tag, key = op[0], op[1]
@@ -140,6 +141,8 @@ def replay(
             assert graph is not None and isinstance(tasks, tuple)  # (no replans without a graph; a tuple, parsed)
             with engine.lock:
                 graph.reorder(tasks)
+        for _, changed in changes.get(index, ()):
+            tier.changed(changed)  # (maybe loaded by this very request: its file no longer holds it, from here)
         if timeline:
             where[0] = index
             if index:
@@ -200,6 +203,9 @@ def replay(
             engine.deferred = op[3]
         elif tag == "free":  # Chest.evict(): the policy chooses, as live
             engine.evict_one()
+        elif tag == "flush":  # Chest.flush(): every resident value gets a file; an eviction then only drops it
+            with engine.lock:
+                tier.flush(engine.memory)
     result.replay_seconds = time.perf_counter() - start
     if timeline and requests:
         result.timeline.append((len(requests) - 1, engine.memory_bytes, tier.total_bytes))

@@ -67,6 +67,7 @@ class SizeOnlyDisk:
         # The object the next read is to give back (set by the replay for one request): a live Chest hands
         # back a spilled value that is still alive elsewhere (under another key) instead of a copy.
         self.handing: Any = None
+        self._changed: set[Hashable] = set()  # keys whose file no longer holds their value (changed in place)
 
     def __contains__(self, key: object) -> bool:
         return key in self._sizes
@@ -75,15 +76,33 @@ class SizeOnlyDisk:
         return key in self._sizes
 
     def holds(self, key: Hashable, value: Any) -> bool:
-        return key in self._sizes  # replayed values are sizes: nothing changes them in place
+        # Replayed values are sizes: only the trace can say that one changed in place (a ``changed`` line).
+        return key in self._sizes and key not in self._changed
+
+    def changed(self, key: Hashable) -> None:
+        """The recorded run found ``key``'s value changed in place: its file no longer holds it.
+
+        Until it is written again: a value not in memory now is marked too, for the trace says so
+        only when the change is found, after the load that this mark may come before.
+        """
+        if key in self._sizes:
+            self._changed.add(key)
+
+    def flush(self, memory: dict[Hashable, Any]) -> None:
+        """A flush: every value in ``memory`` without a file that holds it gets one (counted as written)."""
+        for key, value in memory.items():
+            if not self.holds(key, value):
+                self.write(key, value)
 
     def restore(self, key: Hashable, nbytes: int) -> None:
         """Hold a file of ``nbytes`` for ``key`` that was written before the trace began (nothing counted)."""
+        self._changed.discard(key)
         self.total_bytes += nbytes - self._sizes.get(key, 0)
         self._sizes[key] = nbytes
 
     def write(self, key: Hashable, value: Any) -> int:
         nbytes = _size(value)
+        self._changed.discard(key)
         self.total_bytes += nbytes - self._sizes.get(key, 0)
         self._sizes[key] = nbytes
         if self.is_dead is not None and self.is_dead(key):
@@ -99,6 +118,7 @@ class SizeOnlyDisk:
         return same if same is not None and same.nbytes == nbytes else _Sized(nbytes)
 
     def delete(self, key: Hashable) -> None:
+        self._changed.discard(key)
         self.total_bytes -= self._sizes.pop(key, 0)
 
     def file_bytes(self, key: Hashable) -> int:

@@ -40,6 +40,13 @@ operation. Format, version 1 (each line a JSON value):
 ``["free", t]``
     the caller asked the Chest to free memory now (``Chest.evict()``, as
     dask.distributed's memory manager does); replays ask their engine too.
+``["flush", t]``
+    ``Chest.flush()`` gave every value in memory a file (writes, not spills);
+    a replay gives its own a file (counted as written), so evictions drop them.
+``["changed", id, t]``
+    the Chest found the key's value in memory changed in place (``check_in_place``):
+    its file no longer holds it, and it is written again. Found only as the value
+    is evicted or flushed, so a replay marks it from the request before the line.
 ``["pin", id, t]`` / ``["unpin", id, t]``
     a running task began / ended using the key (kept from eviction meanwhile; pins add up).
 ``["replan", t, [ids]]``
@@ -84,7 +91,7 @@ __all__ = [
 
 FORMAT = "spillkit-trace"
 VERSION = 1
-REQUESTS = ("put", "get", "del", "cost", "settle", "ondisk", "defer", "free")  # the operations a replay drives
+REQUESTS = ("put", "get", "del", "cost", "settle", "ondisk", "defer", "free", "flush")  # the operations a replay drives
 
 
 def open_text(path: str | os.PathLike[str], mode: str) -> IO[str]:
@@ -167,6 +174,15 @@ class Trace:
     def pins(self) -> dict[int, list[tuple[str, Hashable]]]:
         """The pins and unpins, each under the index in :meth:`requests` of the request it came before."""
         return self._before(("pin", "unpin"))
+
+    def changes(self) -> dict[int, list[tuple[str, Hashable]]]:
+        """The ``changed`` lines, each under the index in :meth:`requests` of the request *before* the one
+        they came before: the recorded Chest finds a change only as it evicts the value, and under dask that
+        is inside a ``settle`` request, which a replay must not have run yet (the change came earlier)."""
+        shifted: dict[int, list[tuple[str, Hashable]]] = {}
+        for index, marks in self._before(("changed",)).items():
+            shifted.setdefault(max(index - 1, 0), []).extend(marks)
+        return shifted
 
     def replans(self) -> dict[int, list[tuple[str, Hashable]]]:
         """The replan lines (``("replan", tasks)``), each under the index in :meth:`requests` it came before."""

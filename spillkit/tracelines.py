@@ -109,6 +109,7 @@ _FIELDS: dict[str, tuple[Callable[[Any], Any], ...]] = {
     "spill": (_time,),
     "evict": (_time,),
     "pin": (_time,),
+    "changed": (_time,),
     "unpin": (_time,),
 }
 _SHAPES = {  # record tag -> (number of fields, what the line looks like)
@@ -116,6 +117,7 @@ _SHAPES = {  # record tag -> (number of fields, what the line looks like)
     "graph": (2, '["graph", {"deps": ..., "order": ..., "data": ...}]'),
     "settle": (2, '["settle", t]'),
     "free": (2, '["free", t]'),
+    "flush": (2, '["flush", t]'),
     "replan": (3, '["replan", t, [ids]]'),
     "defer": (3, '["defer", t, true or false]'),
     "put": (6, '["put", id, nbytes, cost, t, object]'),
@@ -126,6 +128,7 @@ _SHAPES = {  # record tag -> (number of fields, what the line looks like)
     "spill": (3, '["spill", id, t]'),
     "evict": (3, '["evict", id, t]'),
     "pin": (3, '["pin", id, t]'),
+    "changed": (3, '["changed", id, t]'),
     "unpin": (3, '["unpin", id, t]'),
 }
 _OPTIONAL = {"get": 1}  # trailing fields a line may leave out: a load's object (traces recorded before it was)
@@ -182,7 +185,7 @@ class LineParser:
             self._define(row[1], row[2])
         elif tag == "graph":
             self._graph(row[1])
-        elif tag in ("settle", "free"):
+        elif tag in ("settle", "free", "flush"):
             self.ops.append((tag, None, _time(row[1])))
         elif tag == "defer":
             self.ops.append((tag, None, _time(row[1]), _flag(row[2])))

@@ -276,6 +276,56 @@ def test_replay_reproduces_a_chest_alone_that_defers_puts_and_is_asked_to_evict(
     chest.drop()
 
 
+@pytest.mark.parametrize("policy", policy_names())
+def test_replay_reproduces_a_chest_alone_that_flushes_and_has_values_changed_in_place(
+    policy: str, tmp_path: Path
+) -> None:
+    # helper-97: a flush left no line, so a replay wrote values the live Chest only dropped (their files
+    # were the flush's); and a value changed in place after a load was written again live (check_in_place)
+    # but dropped in the replay, whose values are sizes. Now ["flush", t] and ["changed", id, t] say so.
+    from spillkit.trace import TraceRecorder
+
+    budget, rng = 5 * 4000, np.random.default_rng(5)
+    chest = Chest(available_memory=budget, policy=policy, sizeof=lambda v: v.nbytes, path=tmp_path / "chest")
+    with TraceRecorder(tmp_path / "flush.trace", {"workload": "flush"}, chest=chest):
+        for step in range(300):
+            keys = sorted(chest)
+            roll = rng.random()
+            if roll < 0.05:
+                chest.flush()
+            elif len(keys) < 4 or roll < 0.4:
+                chest[f"v{step}"] = np.zeros(int(rng.choice([250, 500, 750])))
+            elif roll < 0.6:  # a read (often a load), then a change in place through the object read
+                chest[keys[rng.integers(len(keys))]][0] += 1
+            elif roll < 0.9:
+                chest[keys[rng.integers(len(keys))]]
+            else:
+                del chest[keys[rng.integers(len(keys))]]
+    trace = read_trace(tmp_path / "flush.trace")
+    assert sum(op[0] == "flush" for op in trace.ops) > 5 and sum(op[0] == "changed" for op in trace.ops) > 5
+    assert_replay_matches(trace, chest, policy, budget, "strict", plan=False)
+    assert replay(trace, policy, budget).writes == chest.stats.disk_writes  # the flushes' writes too
+    chest.drop()
+
+
+@pytest.mark.parametrize("policy", ["lru", "nextuse", "s3fifo", "arc"])
+def test_replay_reproduces_dask_groupby_whose_shuffle_object_changes_in_place(policy: str, tmp_path: Path) -> None:
+    # The disk shuffle's partd object is one value that every partition appends to, in place; live, it is
+    # written again at each eviction after a change. Its change is found inside a settle, after the
+    # settle's line: a replay applies a ``changed`` line before the request preceding it (Trace.changes).
+    from spillkit import workloads
+
+    x = workloads.build("groupby", 0.02, 0)
+    budget = 720_000  # about a tenth of its peak (7.2 MB)
+    chest = Chest(available_memory=budget, policy=policy, path=tmp_path / "chest")
+    with record(tmp_path / "groupby.trace", workload="groupby"), costs(chest):
+        x.compute(scheduler="threads", cache=chest)
+    trace = read_trace(tmp_path / "groupby.trace")
+    assert sum(op[0] == "changed" for op in trace.ops) > 3
+    assert_replay_matches(trace, chest, policy, budget, "settled", plan=True)
+    chest.drop()
+
+
 @pytest.mark.parametrize("policy", ["lru", "fifo"])
 def test_a_recorder_given_a_chest_that_holds_values_already_starts_with_them(policy: str, tmp_path: Path) -> None:
     # Found by review (helper-79): the values held before the recorder attached were not in the trace,
