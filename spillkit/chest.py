@@ -155,7 +155,7 @@ class Chest(ChestLifecycle, DictMethods, MutableMapping[Hashable, Any]):
     (``chest["k"].append(x)``) is kept while the Chest holds it in memory; when
     it is next spilled or flushed, a value whose file no longer matches it is
     written again (``check_in_place``). A value larger than the whole budget is
-    never held: while something holds the copy a read returned, reads return
+    never held: while something holds the object stored or the copy a read returned, reads return
     that object and a flush writes its changes; once nothing does, an unflushed
     change is lost with it, as with zict. A value changed while it is written
     is written again (``verify_writes``). A change made just as another

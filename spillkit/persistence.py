@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Hashable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import SpillError
 from .holes import disk_full
@@ -149,7 +149,7 @@ def commit_manifest(chest: Chest) -> list[tuple[Hashable, BaseException]]:
         entries.append(ManifestEntry(key, name, *row, blob))
     rows = manifest_rows(entries)
     names = file_names(entries)
-    if not unsaved and rows == chest._committed and not store.retained:  # the manifest on disk says all this
+    if not unsaved and same_rows(rows, chest._committed) and not store.retained:  # the manifest on disk says all this
         store.protect(names)  # (no change: it only retries files an unlink failed to remove)
         if chest._reserve is not None and chest._reserve.failed:
             keep(chest._reserve, None, engine.stats)  # and the reserve is short since a failure: try again
@@ -170,6 +170,21 @@ def commit_manifest(chest: Chest) -> list[tuple[Hashable, BaseException]]:
     store.protect(names)  # and only now remove what the previous manifest needed and this one does not
     keep(chest._reserve, size, chest._engine.stats)  # room for the next manifest (made at the first flush)
     return unsaved
+
+
+def same_rows(rows: list[tuple[Any, ...]], committed: list[tuple[Any, ...]] | None) -> bool:
+    """True when the manifest ``committed`` says what ``rows`` say, key by key (False when in doubt).
+
+    Keys of different types never match: ``==`` between them may raise, as a numpy scalar's against a
+    tuple does (an array of answers), and a flush then failed, and a close lost the Chest's changes
+    (helper-96). Any key whose ``==`` raises counts as changed: the manifest is written anew.
+    """
+    if committed is None or len(rows) != len(committed):
+        return False
+    try:
+        return all(type(new[0]) is type(old[0]) and bool(new == old) for new, old in zip(rows, committed, strict=True))
+    except Exception:
+        return False
 
 
 def _unpicklable(error: Exception) -> TypeError:

@@ -90,7 +90,10 @@ def write_through(engine: SpillEngine, key: Hashable, value: Any, nbytes: int, c
         in_flight = engine._writer is not None and engine._writer.cancel(key)
         if not in_flight and not resident:
             engine._spilled_nbytes -= engine._nbytes[key]  # replaces a spilled value
-        engine._refs.pop(key, None)
+    # Followed as a spilled value is: while the caller holds it, reads hand it back (changes and all,
+    # written by a flush) instead of a second copy from disk (helper-96: get, pop and a reopen gave
+    # the bytes of the put, where a dict gives the object changed since).
+    engine._refs.remember(key, value)
     engine._nbytes[key] = nbytes
     engine._spilled_nbytes += nbytes
     if cost is None:

@@ -215,3 +215,25 @@ def test_a_value_served_without_caching_stays_the_value_while_it_is_alive(tmp_pa
     reopened = Chest(path=tmp_path / "c", available_memory=100, sizeof=lambda v: 60)
     assert text_of(reopened["k"]) == "changed"  # before: "v1", the flush had not seen the change
     reopened.drop()
+
+
+def test_an_array_stored_over_the_budget_is_the_value_while_the_caller_holds_it(
+    chest_factory: Callable[..., Chest], storage: dict[str, Any]
+) -> None:
+    # helper-96: a value over the budget is written straight to disk at its put, and was then forgotten:
+    # the caller changed the array it stored, and get, pop and a flush gave the bytes of the put (a second
+    # copy, too), where a dict gives the object, and a value spilled later is followed as it should be.
+    chest = chest_factory("512 KiB", **storage)
+    stored = np.zeros(2**17)  # 1 MiB
+    chest["a"] = stored
+    chest.wait_for_writes()
+    assert "a" not in chest.inmem
+    stored[0] = 42.0
+    assert chest["a"] is stored and chest["a"][0] == 42.0  # before: a new copy, a[0] == 0
+    chest.flush()  # writes the change (check_in_place)
+    assert chest.pop("a") is stored
+    chest["b"] = held = np.zeros(2**17)
+    held[1] = 7.0
+    chest.flush()  # while the caller holds it: the flush writes the change
+    del held
+    assert chest["b"][1] == 7.0  # read back from the file the flush wrote (before: 0.0)

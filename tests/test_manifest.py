@@ -194,3 +194,89 @@ def test_a_reopen_keeps_the_order_keys_were_stored_in(tmp_path: Path) -> None:
     last = Chest(path=path, available_memory=10_000)
     assert list(last) == [*before, "q"]
     last.drop()
+
+
+# ---- keys that compare oddly with the last manifest's ---------------------------------------------
+
+
+class EqualsRaises:
+    """A key whose ``==`` raises against anything but itself (its hash is fine)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __hash__(self) -> int:
+        return hash(("EqualsRaises", self.n))
+
+    def __eq__(self, other: object) -> bool:
+        if other is self:
+            return True
+        raise RuntimeError("no comparing me")
+
+    def __reduce__(self) -> tuple[type, tuple[int]]:
+        return EqualsRaises, (self.n,)
+
+    def __repr__(self) -> str:
+        return f"EqualsRaises({self.n})"
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [((1, 2), "np.int64(5)"), ("np.float64(0.5)", ("t", 1)), ("np.bool_(True)", (0, 0)), ((1, 2), "raises")],
+    ids=["tuple-then-int64", "float64-then-tuple", "bool_-then-tuple", "tuple-then-eq-raises"],
+)
+def test_a_flush_after_a_key_that_compares_oddly_with_the_last_manifests_commits(
+    tmp_path: Path, before: object, after: object
+) -> None:
+    """helper-96: a flush compared the new manifest's rows with the last one's, and a numpy scalar's == against a
+    tuple is an array: flush() raised ValueError, and close() shut the Chest uncommitted (the new key lost)."""
+    import numpy as np
+
+    def make(spec: object) -> object:
+        if spec == "raises":
+            return EqualsRaises(7)
+        return eval(spec, {"np": np}) if isinstance(spec, str) else spec
+
+    first, second = make(before), make(after)
+    chest = Chest(path=tmp_path / "c")
+    chest["kept"] = "kept"  # first: the rows compared equal up to the odd pair (a list's == stops at a difference)
+    chest[first] = "first"
+    chest.flush()
+    del chest[first]
+    chest[second] = "second"  # where the manifest on disk has the first key
+    chest.flush()  # before: ValueError
+    chest["late"] = "late"
+    chest.close()
+    again = Chest(path=tmp_path / "c")  # (items, not again[second]: a reopened EqualsRaises is another object)
+    assert {repr(key): value for key, value in again.items()} == {
+        "'kept'": "kept", repr(second): "second", "'late'": "late"
+    }  # fmt: skip
+    again.drop()
+
+
+def test_a_close_whose_flush_raises_something_unexpected_stays_open_with_every_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any Exception in a close's flush (here one injected into the manifest's commit) now leaves the Chest open,
+    as a disk error does: before, it shut the Chest, and what was stored since the last flush was lost."""
+    import spillkit.persistence
+
+    chest = Chest(path=tmp_path / "c", available_memory=100)
+    chest.update({"a": 1, "b": [2] * 50})
+    chest.flush()
+    chest["c"] = "since the flush"
+    real = spillkit.persistence.write_manifest
+
+    def broken(*args: object, **kwargs: object) -> int:
+        raise ValueError("a defect in the commit")
+
+    monkeypatch.setattr(spillkit.persistence, "write_manifest", broken)
+    with pytest.raises(ValueError, match="a defect in the commit") as raised:
+        chest.close()
+    assert any("is still open" in note for note in getattr(raised.value, "__notes__", []))
+    assert not chest.closed
+    assert dict(chest.items()) == {"a": 1, "b": [2] * 50, "c": "since the flush"}
+    monkeypatch.setattr(spillkit.persistence, "write_manifest", real)
+    chest.close()
+    with Chest(path=tmp_path / "c") as again:
+        assert dict(again.items()) == {"a": 1, "b": [2] * 50, "c": "since the flush"}
