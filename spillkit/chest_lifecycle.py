@@ -72,9 +72,9 @@ class ChestLifecycle(ChestState):
         or ``available_disk``), or because another thread kept changing a value while
         it was written (``verify_writes``), the Chest stays open with every value and
         the error says so: free space (or stop the writer) and close again, or read
-        the values out; so it does after any other ``Exception`` in the flush. If the
-        only failures are values that cannot be serialized, retrying cannot help:
-        the Chest is closed anyway and the ``SpillError`` names those keys.
+        the values out. If the only
+        failures are values that cannot be serialized, retrying cannot help: the
+        Chest is closed anyway and the ``SpillError`` names those keys.
         """
         closing.close(cast("Chest", self))
 

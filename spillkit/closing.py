@@ -7,9 +7,8 @@ reason :mod:`spillkit.persistence` gives (no reference cycle).
 
 Thread-safety: both take the engine's lock, and join the background writer
 after letting it go (the writer may need the lock to end). Failures: a
-``close`` whose flush fails on the disk, on values it could not write or with
-any other ``Exception`` leaves the Chest open, with a note saying so, and
-re-raises (only values that can never be written let it close). An error the
+``close`` whose flush fails on the disk (or on values it could not write)
+leaves the Chest open, with a note saying so, and re-raises. An error the
 policy raises once the Chest is past its flush (shutting, or deleting every
 value) is raised only after the Chest is closed and its directory unlocked:
 a Chest is never left closed with its lock held.
@@ -71,11 +70,7 @@ def _close_locked(chest: Chest) -> None:
                 raise
             chest._shut(join=False)  # only values that can never be written failed: the error names them
             raise
-        except Exception as error:  # anything else (a defect, a listener's error): no reason to give up values
-            engine.closed = engine.closing = False  # (helper-96: a ValueError shut the Chest, its changes lost)
-            error.add_note(still_open)
-            raise
-        except BaseException:  # KeyboardInterrupt, SystemExit: shut, as the caller is going
+        except BaseException:
             chest._shut(join=False)
             raise
         chest._shut(join=False)

@@ -123,20 +123,21 @@ class EngineLifecycle(EngineLedger):
             if cost is not None:
                 self._costs[key] = cost
 
-    def _file_holds(self, key: Hashable, value: Any) -> bool:
+    def _file_holds(self, key: Hashable, value: Any, tell: bool = True) -> bool:
         """True when the key's file may stand in for its resident ``value``: an eviction drops it, a flush skips it.
 
         The file must be trusted (not one whose fsync failed: it may not hold these bytes) and still
         encode the value: one loaded or flushed, then changed in place by whoever holds it, is written
-        again, not lost (unless ``check_in_place`` is off): a ``changed`` event says so, for a trace
-        (a replay cannot see values change).
+        again, not lost (unless ``check_in_place`` is off): with ``tell``, a ``changed`` event says so,
+        for a trace (a replay cannot see values change; it models values in memory only).
         """
         if not self.disk.has_copy(key):
             return False
         if not self.check_in_place or self.disk.holds(key, value):
             return True
-        if self.listeners:
-            self._emit(CHANGED, key, self._nbytes[key])
+        if tell and self.listeners:
+            with contextlib.suppress(Exception):  # (a listener's warning raised as an error: never raised)
+                self._emit(CHANGED, key, self._nbytes[key])
         return False
 
     def write_all(self) -> list[tuple[Hashable, BaseException]]:
@@ -160,11 +161,12 @@ class EngineLifecycle(EngineLedger):
                     value = ref()
                     if key not in self._nbytes:  # a key whose hash changed: not written under a new name
                         continue
-                    if value is not None and key not in self.memory and not self._file_holds(key, value):
+                    if value is not None and key not in self.memory and not self._file_holds(key, value, tell=False):
                         self._write_or_note(key, value, failures)
             self.disk.sync()
             if self.listeners:  # (a trace's replay gives its resident values files here too)
-                self._emit(FLUSH, None, 0)
+                with contextlib.suppress(Exception):  # (as for FREE: the flush must go on to its commit)
+                    self._emit(FLUSH, None, 0)
         return failures
 
     def _write_or_note(self, key: Hashable, value: Any, failures: list[tuple[Hashable, BaseException]]) -> bool:

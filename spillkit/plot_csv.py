@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 from .compare import COLUMNS
-from .regularfile import open_input
+from .inputfiles import open_input
 
 __all__ = ["REQUIRED_COLUMNS", "read_rows"]
 

@@ -7,10 +7,6 @@ symbolic link, which could point a write outside the directory. Such files are
 opened with :data:`SAFE_OPEN` added to the flags (no blocking, no final link) and
 checked by :func:`ensure_regular`, so such a name costs only what it stands for.
 The ``os.open`` stays in the caller's module, where the tests inject disk faults.
-
-:func:`open_input` does the same for a file a user names to a command (a trace, a
-results CSV): ``spillkit compare`` given a FIFO with no writer waited forever, and
-given ``/dev/zero`` read one endless line into memory.
 """
 
 from __future__ import annotations
@@ -18,9 +14,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import IO, Any
 
-__all__ = ["SAFE_OPEN", "ensure_regular", "open_input"]
+__all__ = ["SAFE_OPEN", "ensure_regular"]
 
 # O_NONBLOCK changes nothing for a regular file; O_NOFOLLOW makes a final symbolic link fail with ELOOP.
 SAFE_OPEN = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -39,17 +34,3 @@ def ensure_regular(fd: int, full: str) -> int:
         os.close(fd)
         raise
     return fd
-
-
-def open_input(path: str, mode: str = "rb", **options: Any) -> IO[Any]:
-    """Open the file a user named, for reading, as ``open(path, mode, **options)`` would.
-
-    A link is followed (it is the user's own name), but a FIFO, device or directory raises
-    ``OSError`` (EINVAL, "not a regular file") at once instead of blocking or reading forever.
-    """
-    fd = ensure_regular(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)), path)
-    try:
-        return open(fd, mode, **options)  # the caller closes it
-    except BaseException:
-        os.close(fd)
-        raise

@@ -46,7 +46,8 @@ operation. Format, version 1 (each line a JSON value):
 ``["changed", id, t]``
     the Chest found the key's value in memory changed in place (``check_in_place``):
     its file no longer holds it, and it is written again. Found only as the value
-    is evicted or flushed, so a replay marks it from the request before the line.
+    is evicted or flushed, so a replay marks it from the request after which it
+    was found (see :meth:`Trace.changes`).
 ``["pin", id, t]`` / ``["unpin", id, t]``
     a running task began / ended using the key (kept from eviction meanwhile; pins add up).
 ``["replan", t, [ids]]``
@@ -72,8 +73,8 @@ from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, cast
 
+from .inputfiles import open_input
 from .keys import decode_key, encode_key
-from .regularfile import open_input
 from .tracelines import BadLine, LineParser, parse_json, short
 
 __all__ = [
@@ -176,13 +177,21 @@ class Trace:
         return self._before(("pin", "unpin"))
 
     def changes(self) -> dict[int, list[tuple[str, Hashable]]]:
-        """The ``changed`` lines, each under the index in :meth:`requests` of the request *before* the one
-        they came before: the recorded Chest finds a change only as it evicts the value, and under dask that
-        is inside a ``settle`` request, which a replay must not have run yet (the change came earlier)."""
-        shifted: dict[int, list[tuple[str, Hashable]]] = {}
-        for index, marks in self._before(("changed",)).items():
-            shifted.setdefault(max(index - 1, 0), []).extend(marks)
-        return shifted
+        """The ``changed`` lines, each under the index in :meth:`requests` of the request to apply it before.
+
+        That is the request the line came before, unless the line follows a ``settle``, ``free`` or
+        ``get``: those are written before the evictions they cause (a put's or a flush's line after), so a
+        change found in one belongs before it, which a replay must not have run yet.
+        """
+        marks: dict[int, list[tuple[str, Hashable]]] = {}
+        index, last = 0, ""
+        for op in self.ops:
+            if op[0] in REQUESTS:
+                index, last = index + 1, op[0]
+            elif op[0] == "changed":
+                at = index - 1 if last in ("settle", "free", "get") else index
+                marks.setdefault(at, []).append((op[0], op[1]))
+        return marks
 
     def replans(self) -> dict[int, list[tuple[str, Hashable]]]:
         """The replan lines (``("replan", tasks)``), each under the index in :meth:`requests` it came before."""

@@ -263,14 +263,22 @@ def test_the_budget_axis_is_log_unless_a_budget_is_zero(tmp_path: Path) -> None:
 # ---- 6. inputs that are no regular file ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", ["compare", "plot"])
-@pytest.mark.parametrize("kind", ["fifo", "device", "directory"])
-def test_an_input_that_is_no_regular_file_is_refused_at_once(tmp_path: Path, command: str, kind: str) -> None:
-    """A FIFO with no writer made compare wait forever, and /dev/zero made it read one endless line (helper-97).
+def run_command(command: str, given: str, out: Path, data: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    """The command in a subprocess, with a timeout: the old failure was a hang, which no in-process call survives."""
+    extra = ["--no-plots", "--no-bounds"] if command == "compare" else []
+    return subprocess.run(
+        [sys.executable, "-m", "spillkit", command, given, *extra, "-o", str(out)],
+        capture_output=True,
+        input=data,
+        timeout=60,
+    )
 
-    A subprocess, with a timeout: the old failure was a hang, which no in-process call would survive.
-    """
-    if kind == "fifo":
+
+@pytest.mark.parametrize("command", ["compare", "plot"])
+@pytest.mark.parametrize("kind", ["fifo without a writer", "device", "directory"])
+def test_an_input_that_is_no_regular_file_is_refused_at_once(tmp_path: Path, command: str, kind: str) -> None:
+    """A FIFO with no writer made compare wait forever, and /dev/zero made it read one endless line (helper-97)."""
+    if kind == "fifo without a writer":
         given = tmp_path / "input"
         os.mkfifo(given)
     elif kind == "device":
@@ -278,13 +286,17 @@ def test_an_input_that_is_no_regular_file_is_refused_at_once(tmp_path: Path, com
     else:
         given = tmp_path / "input"
         given.mkdir()
-    extra = ["--no-plots", "--no-bounds"] if command == "compare" else []
-    done = subprocess.run(
-        [sys.executable, "-m", "spillkit", command, str(given), *extra, "-o", str(tmp_path / "out")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == EXIT_BAD_INPUT, done.stderr
-    assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1, done.stderr
-    assert str(given) in done.stderr and "not a regular file" in done.stderr, done.stderr
+    done = run_command(command, str(given), tmp_path / "out")
+    err = done.stderr.decode()
+    assert done.returncode == EXIT_BAD_INPUT, err
+    assert "Traceback" not in err and err.count("\n") == 1 and str(given) in err, err
+    if kind != "fifo without a writer":  # (which reads as empty: not a trace, not a CSV)
+        assert "not a regular file or a pipe" in err, err
+
+
+def test_a_trace_piped_into_compare_is_read(tmp_path: Path) -> None:
+    """``cat t.gz | spillkit compare /dev/stdin``: a pipe with a writer is an input (helper-98)."""
+    trace = small_trace(tmp_path / "t.trace")
+    done = run_command("compare", "/dev/stdin", tmp_path / "out", data=trace.read_bytes())
+    assert done.returncode == EXIT_OK, done.stderr.decode()
+    assert (tmp_path / "out" / "results.csv").exists()

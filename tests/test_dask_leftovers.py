@@ -271,7 +271,13 @@ def test_a_cache_given_to_compute_inside_a_block_is_used(scheduler: str | None) 
 
 
 class _Unloadable:
-    """A result that is spilled at once and fails to load back."""
+    """A result that is spilled at once and fails to load back.
+
+    No weak reference to it can be taken (``__slots__``): the Chest cannot hand the object back while dask
+    still holds it, as it does with a value written straight to disk, so the read loads it.
+    """
+
+    __slots__ = ()
 
     def __reduce__(self) -> Any:
         return (_refuse, ())

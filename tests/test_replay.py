@@ -326,6 +326,89 @@ def test_replay_reproduces_dask_groupby_whose_shuffle_object_changes_in_place(po
     chest.drop()
 
 
+@pytest.mark.parametrize("found_by", ["put", "flush", "settle"])
+def test_a_change_found_by_a_put_a_flush_or_a_settle_is_replayed_where_it_was_found(
+    found_by: str, tmp_path: Path
+) -> None:
+    # helper-98: every changed line was applied one request early, right only for settle (and free), whose
+    # line comes before the evictions it makes; after a put or a flush that request was the flush that gave
+    # the key its file, and the mark was lost (live spilled the changed value, the replay only dropped it).
+    from spillkit.trace import TraceRecorder
+
+    budget = 10_000
+    chest = Chest(available_memory=budget, policy="lru", sizeof=lambda v: v.nbytes, path=tmp_path / "c")
+    with TraceRecorder(tmp_path / "t.trace", {"workload": "x"}, chest=chest):
+        stored = np.zeros(750)  # 6000 bytes: resident
+        chest["a"] = stored
+        chest.flush()  # its file
+        stored[0] = 1.0  # changed through the caller's own object, with no read in between
+        if found_by == "put":
+            chest["b"] = np.zeros(750)  # evicts "a": found changed, written again
+        elif found_by == "flush":
+            chest.flush()  # found changed, written again
+        else:
+            with chest.deferred():
+                chest["b"] = np.zeros(750)
+            chest.settle()  # evicts "a" after the settle's line
+    trace = read_trace(tmp_path / "t.trace")
+    assert [op[0] for op in trace.ops].count("changed") == 1
+    result = replay(trace, "lru", budget, keep_decisions=True)
+    assert result.decisions == recorded_decisions(trace)
+    assert (result.spills, result.evictions) == (chest.stats.spills, chest.stats.evictions)
+    assert result.writes == chest.stats.disk_writes == 2
+    chest.drop()
+
+
+def test_a_flush_of_a_spilled_value_changed_while_held_elsewhere_leaves_no_stale_mark(tmp_path: Path) -> None:
+    # helper-98: the flush also rewrites spilled values still alive elsewhere that changed; its changed line
+    # marked them in the replay, which models resident values only, and a later eviction there wrote what
+    # live only dropped. Such a rewrite is no longer a changed line (one write fewer in the replay's count).
+    from spillkit.trace import TraceRecorder
+
+    budget = 10_000
+    chest = Chest(available_memory=budget, policy="lru", sizeof=lambda v: v.nbytes, path=tmp_path / "c")
+    with TraceRecorder(tmp_path / "t.trace", {"workload": "x"}, chest=chest):
+        stored = np.zeros(750)
+        chest["a"] = stored
+        chest["b"] = np.zeros(750)  # spills "a", which the caller still holds
+        stored[0] = 1.0
+        chest.flush()  # writes "a" again, and "b"
+        chest["a"]  # the held object, read back: "b" is dropped for its file
+        chest["c"] = np.zeros(750)  # "a" is dropped too: the flush's file holds it
+    trace = read_trace(tmp_path / "t.trace")
+    assert "changed" not in [op[0] for op in trace.ops]
+    result = replay(trace, "lru", budget, keep_decisions=True)
+    assert result.decisions == recorded_decisions(trace)
+    assert result.writes == chest.stats.disk_writes - 1  # the rewrite of the value held elsewhere
+    chest.drop()
+
+
+def test_a_listener_that_fails_never_stops_a_flush_or_a_close(tmp_path: Path) -> None:
+    # helper-98: with warnings as errors, a listener failing at the new FLUSH event stopped the flush before its
+    # commit (a listener's failure is a SpillWarning); FLUSH and CHANGED are told as FREE is, never raising.
+    import warnings
+
+    from spillkit import SpillWarning
+
+    def broken(event: Any) -> None:
+        if event.kind in ("flush", "changed"):
+            raise RuntimeError("listener bug")
+
+    chest = Chest(path=tmp_path / "c", available_memory=1000)
+    chest.add_listener(broken)
+    chest["a"] = held = np.zeros(100)
+    with pytest.warns(SpillWarning, match="listener bug"):  # told, as for any event
+        chest.flush()
+    held[0] = 5.0  # found changed by the next flush: a CHANGED event too
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SpillWarning)
+        chest.flush()
+        chest.close()
+    assert chest.closed
+    with Chest(path=tmp_path / "c") as again:
+        assert again["a"][0] == 5.0
+
+
 @pytest.mark.parametrize("policy", ["lru", "fifo"])
 def test_a_recorder_given_a_chest_that_holds_values_already_starts_with_them(policy: str, tmp_path: Path) -> None:
     # Found by review (helper-79): the values held before the recorder attached were not in the trace,

@@ -211,8 +211,11 @@ def test_a_damaged_record_raises_naming_the_key_and_nothing_else_is_lost(tmp_pat
     chest.update(expected)
     chest["victim"] = Tripwire("victim", bytes(range(255, -1, -1)) * 12)  # soon an older record
     old = store.location("victim")[1], store.file_bytes("victim")
-    chest["donor_"] = expected["donor_"] = Tripwire("donor_", bytes(range(256)) * 12)
-    chest["victim"] = expected["victim"] = Tripwire("victim", bytes(range(256)) * 12)  # last in its segment
+    # expected holds equal objects, not the ones stored: a stored object still alive is what a read returns
+    chest["donor_"], expected["donor_"] = (Tripwire("donor_", bytes(range(256)) * 12) for _ in range(2))
+    chest["victim"], expected["victim"] = (
+        Tripwire("victim", bytes(range(256)) * 12) for _ in range(2)
+    )  # last in its segment
     victim = store.location("victim")[1], store.file_bytes("victim")
     donor = store.location("donor_")[1], store.file_bytes("donor_")
     segment = Path(store.filename("victim"))

@@ -342,7 +342,9 @@ class Soak:
                     assert sizeof(value) > s.budget, key
                 self.check_key(s, key)  # the failed put left the key as it was
                 return
-            s.model[key] = value
+            # A copy of an array: the object stored, while alive, is what reads of a value over the budget
+            # hand back, and the model holding it would keep every such read off the disk.
+            s.model[key] = value.copy() if isinstance(value, np.ndarray) else value
 
     def get(self, s: Store, key: Hashable) -> None:
         resident = key in s.chest.inmem
