@@ -252,3 +252,34 @@ def test_a_flush_after_a_key_that_compares_oddly_with_the_last_manifests_commits
         "'kept'": "kept", repr(second): "second", "'late'": "late"
     }  # fmt: skip
     again.drop()
+
+
+class HashTurnsUnhashable:
+    """A key whose hash raises once its part is made a list (after it was stored)."""
+
+    def __init__(self, part: object) -> None:
+        self.part = part
+
+    def __hash__(self) -> int:
+        return hash(self.part)
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def __reduce__(self) -> tuple[type, tuple[str]]:
+        return HashTurnsUnhashable, ("x",)
+
+
+def test_a_close_that_fails_for_good_on_a_key_still_shuts_and_unlocks(tmp_path: Path) -> None:
+    """helper-98: a close that stayed open on any exception could never shut while the key's hash raised, and kept
+    the directory locked; such a failure (no retry can help) shuts the Chest, as before."""
+    chest = Chest(path=tmp_path / "c", available_memory=10_000)
+    key = HashTurnsUnhashable("x")
+    chest[key] = "v"
+    chest["other"] = "kept"
+    key.part = ["now", "unhashable"]
+    with pytest.raises(TypeError, match="unhashable"):
+        chest.close()
+    assert chest.closed
+    chest.close()  # idempotent
+    Chest(path=tmp_path / "c").drop()  # the directory is free
