@@ -27,6 +27,20 @@ def workload() -> Any:
     return (x.dot(x.T) - x.mean(axis=0)).sum(axis=1)
 
 
+def random_value(rng: np.random.Generator) -> np.ndarray:
+    """An array of 2000, 4000 or 6000 bytes (the random drivers below)."""
+    return np.zeros(int(rng.choice([250, 500, 750])))
+
+
+def sized_chest(policy: str, budget: int, tmp_path: Path) -> Chest:
+    """A Chest that measures arrays by their bytes, under ``tmp_path/chest``."""
+    return Chest(available_memory=budget, policy=policy, sizeof=lambda v: v.nbytes, path=tmp_path / "chest")
+
+
+def random_key(rng: np.random.Generator, keys: list[Hashable]) -> Hashable:
+    return keys[rng.integers(len(keys))]
+
+
 def recorded_decisions(trace: Trace) -> list[tuple[str, Hashable]]:
     out: list[tuple[str, Hashable]] = []
     for op in trace.ops:
@@ -73,20 +87,20 @@ def test_replay_reproduces_a_chest_that_stores_values_read_back_under_other_keys
     from spillkit.trace import TraceRecorder
 
     budget, rng = 5 * 4000, np.random.default_rng(7)
-    chest = Chest(available_memory=budget, policy=policy, sizeof=lambda v: v.nbytes, path=tmp_path / "chest")
+    chest = sized_chest(policy, budget, tmp_path)
     recorder = TraceRecorder(tmp_path / "alias.trace", {"workload": "alias"})
     chest.add_listener(recorder)
     for step in range(300):
         keys = sorted(chest)
         roll = rng.random()
         if len(keys) < 4 or roll < 0.3:
-            chest[f"v{step}"] = np.zeros(int(rng.choice([250, 500, 750])))
+            chest[f"v{step}"] = random_value(rng)
         elif roll < 0.6:  # read a value (from disk, often) and store it again under another key
-            chest[f"v{step}"] = chest[keys[rng.integers(len(keys))]]
+            chest[f"v{step}"] = chest[random_key(rng, keys)]
         elif roll < 0.85:
-            chest[keys[rng.integers(len(keys))]]
+            chest[random_key(rng, keys)]
         else:
-            del chest[keys[rng.integers(len(keys))]]
+            del chest[random_key(rng, keys)]
     recorder.close()
     assert_replay_matches(read_trace(tmp_path / "alias.trace"), chest, policy, budget, "strict", plan=False)
     chest.drop()
@@ -105,7 +119,7 @@ def test_replay_reproduces_dask_aliases_of_values_read_back(policy: str, tmp_pat
         dsk[f"a{i}"] = f"x{max(0, i - 5)}"  # an alias of a value stored five steps earlier
     dsk["total"] = (_stack, *(f"a{i}" for i in range(1, 40)))
     budget = 5 * 4000
-    chest = Chest(available_memory=budget, policy=policy, sizeof=lambda v: v.nbytes, path=tmp_path / "chest")
+    chest = sized_chest(policy, budget, tmp_path)
     with record(tmp_path / "dask.trace", workload="aliases"):
         dask.get(dsk, "total", cache=chest)  # the synchronous scheduler: one order, live and recorded
     assert_replay_matches(read_trace(tmp_path / "dask.trace"), chest, policy, budget, "strict", plan=False)
@@ -225,7 +239,7 @@ def test_replay_starts_literal_data_spilled_before_recording_on_disk(policy: str
         dsk[f"s{i}"] = (_stack, f"d{(5 * i) % 12}", f"d{(5 * i + 3) % 12}")
     dsk["total"] = (_stack, *(f"s{i}" for i in range(12)))
     budget = 5 * 4000
-    chest = Chest(available_memory=budget, policy=policy, sizeof=lambda v: v.nbytes, path=tmp_path / "chest")
+    chest = sized_chest(policy, budget, tmp_path)
     with record(tmp_path / "literal.trace", workload="literal"):
         dask.get(dsk, "total", cache=chest)
     trace = read_trace(tmp_path / "literal.trace")
@@ -248,26 +262,26 @@ def test_replay_reproduces_a_chest_alone_that_defers_puts_and_is_asked_to_evict(
     from spillkit.trace import TraceRecorder
 
     budget, rng = 5 * 4000, np.random.default_rng(11)
-    chest = Chest(available_memory=budget, policy=policy, sizeof=lambda v: v.nbytes, path=tmp_path / "chest")
+    chest = sized_chest(policy, budget, tmp_path)
     with TraceRecorder(tmp_path / "alone.trace", {"workload": "alone"}, chest=chest):
         for step in range(250):
             keys = sorted(chest)
             roll = rng.random()
             if roll < 0.15:
                 with chest.deferred():  # a result stored before the inputs it replaces are deleted
-                    chest[f"r{step}"] = np.zeros(int(rng.choice([250, 500, 750])))
+                    chest[f"r{step}"] = random_value(rng)
                     for key in keys[: rng.integers(0, 3)]:
                         del chest[key]
             elif roll < 0.25:
                 chest.evict()
             elif len(keys) < 4 or roll < 0.45:
-                chest[f"v{step}"] = np.zeros(int(rng.choice([250, 500, 750])))
+                chest[f"v{step}"] = random_value(rng)
             elif roll < 0.6:
-                chest[f"v{step}"] = chest[keys[rng.integers(len(keys))]]
+                chest[f"v{step}"] = chest[random_key(rng, keys)]
             elif roll < 0.9:
-                chest[keys[rng.integers(len(keys))]]
+                chest[random_key(rng, keys)]
             else:
-                del chest[keys[rng.integers(len(keys))]]
+                del chest[random_key(rng, keys)]
     trace = read_trace(tmp_path / "alone.trace")
     assert sum(op[0] == "defer" for op in trace.ops) > 20 and sum(op[0] == "free" for op in trace.ops) > 10
     assert_replay_matches(trace, chest, policy, budget, "strict", plan=False)
@@ -286,7 +300,7 @@ def test_replay_reproduces_a_chest_alone_that_flushes_and_has_values_changed_in_
     from spillkit.trace import TraceRecorder
 
     budget, rng = 5 * 4000, np.random.default_rng(5)
-    chest = Chest(available_memory=budget, policy=policy, sizeof=lambda v: v.nbytes, path=tmp_path / "chest")
+    chest = sized_chest(policy, budget, tmp_path)
     with TraceRecorder(tmp_path / "flush.trace", {"workload": "flush"}, chest=chest):
         for step in range(300):
             keys = sorted(chest)
@@ -294,13 +308,13 @@ def test_replay_reproduces_a_chest_alone_that_flushes_and_has_values_changed_in_
             if roll < 0.05:
                 chest.flush()
             elif len(keys) < 4 or roll < 0.4:
-                chest[f"v{step}"] = np.zeros(int(rng.choice([250, 500, 750])))
+                chest[f"v{step}"] = random_value(rng)
             elif roll < 0.6:  # a read (often a load), then a change in place through the object read
-                chest[keys[rng.integers(len(keys))]][0] += 1
+                chest[random_key(rng, keys)][0] += 1
             elif roll < 0.9:
-                chest[keys[rng.integers(len(keys))]]
+                chest[random_key(rng, keys)]
             else:
-                del chest[keys[rng.integers(len(keys))]]
+                del chest[random_key(rng, keys)]
     trace = read_trace(tmp_path / "flush.trace")
     assert sum(op[0] == "flush" for op in trace.ops) > 5 and sum(op[0] == "changed" for op in trace.ops) > 5
     assert_replay_matches(trace, chest, policy, budget, "strict", plan=False)
@@ -417,7 +431,7 @@ def test_a_recorder_given_a_chest_that_holds_values_already_starts_with_them(pol
     from spillkit.trace import TraceRecorder
 
     budget = 4 * 4000
-    chest = Chest(available_memory=budget, policy=policy, sizeof=lambda v: v.nbytes, path=tmp_path / "chest")
+    chest = sized_chest(policy, budget, tmp_path)
     for i in range(8):
         chest[f"old{i}"] = np.full(500, i)  # 4000 bytes each: four stay, four are spilled
     before = chest.stats.spills
