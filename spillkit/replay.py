@@ -203,9 +203,8 @@ def replay(
             engine.deferred = op[3]
         elif tag == "free":  # Chest.evict(): the policy chooses, as live
             engine.evict_one()
-        elif tag == "flush":  # Chest.flush(): every resident value gets a file; an eviction then only drops it
-            with engine.lock:
-                tier.flush(engine.memory)
+        elif tag == "flush":  # Chest.flush()'s writes, as live: every resident value without a file gets one
+            engine.write_all()
     result.replay_seconds = time.perf_counter() - start
     if timeline and requests:
         result.timeline.append((len(requests) - 1, engine.memory_bytes, tier.total_bytes))

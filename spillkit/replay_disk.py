@@ -88,12 +88,6 @@ class SizeOnlyDisk:
         if key in self._sizes:
             self._changed.add(key)
 
-    def flush(self, memory: dict[Hashable, Any]) -> None:
-        """A flush: every value in ``memory`` without a file that holds it gets one (counted as written)."""
-        for key, value in memory.items():
-            if not self.holds(key, value):
-                self.write(key, value)
-
     def restore(self, key: Hashable, nbytes: int) -> None:
         """Hold a file of ``nbytes`` for ``key`` that was written before the trace began (nothing counted)."""
         self._changed.discard(key)

@@ -183,14 +183,11 @@ class Trace:
         ``get``: those are written before the evictions they cause (a put's or a flush's line after), so a
         change found in one belongs before it, which a replay must not have run yet.
         """
+        tags = [op[0] for op in self.requests()]
         marks: dict[int, list[tuple[str, Hashable]]] = {}
-        index, last = 0, ""
-        for op in self.ops:
-            if op[0] in REQUESTS:
-                index, last = index + 1, op[0]
-            elif op[0] == "changed":
-                at = index - 1 if last in ("settle", "free", "get") else index
-                marks.setdefault(at, []).append((op[0], op[1]))
+        for index, found in self._before(("changed",)).items():
+            at = index - 1 if index and tags[index - 1] in ("settle", "free", "get") else index
+            marks.setdefault(at, []).extend(found)
         return marks
 
     def replans(self) -> dict[int, list[tuple[str, Hashable]]]:
