@@ -61,6 +61,22 @@ class ConstRepr:
         return hash(("ConstRepr", self.n))
 
 
+class MutableKey:
+    """A key whose hash follows a field the caller changes after storing it (a dict loses it too)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __hash__(self) -> int:
+        return hash(self.n)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, MutableKey) and self.n == other.n
+
+    def __repr__(self) -> str:
+        return f"MutableKey({self.n})"
+
+
 class ReprRaises:
     """A key a dict accepts whose ``__repr__`` raises; equal to itself only."""
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import ConstRepr, assert_disk_files, crash_copy, disk_files
+from helpers import ConstRepr, MutableKey, assert_disk_files, crash_copy, disk_files
 
 import spillkit
 import spillkit.storage
@@ -165,22 +165,6 @@ def test_unhashable_key_raises_type_error_like_a_dict(make_chest: Callable[..., 
     assert_accounting(chest)
 
 
-class _MutableKey:
-    """A key whose hash follows a field the caller changes after storing it (a dict loses it too)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __hash__(self) -> int:
-        return hash(self.n)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _MutableKey) and self.n == other.n
-
-    def __repr__(self) -> str:
-        return f"_MutableKey({self.n})"
-
-
 class _Alive:
     """A value that can be weakly referenced: alive elsewhere, a flush checks it against its file."""
 
@@ -203,7 +187,7 @@ def test_a_key_whose_hash_changed_is_named_by_flush_and_close_and_nothing_else_i
     resident = where == "resident"
     path = tmp_path / "c"
     chest = Chest(path=path, available_memory=400, sizeof=lambda v: 100, pack_threshold=pack_threshold)
-    key = _MutableKey(1)
+    key = MutableKey(1)
     alive = _Alive("mutable")
     chest[key] = alive if where == "spilled and alive" else "mutable"
     expected = {f"k{i}": f"v{i}" for i in range(3 if resident else 5)}
@@ -212,7 +196,7 @@ def test_a_key_whose_hash_changed_is_named_by_flush_and_close_and_nothing_else_i
     key.n = 2  # now neither found by the Chest nor by a dict
     with pytest.raises(SpillError, match="no longer found by its own hash") as flushed:
         chest.flush()
-    assert "_MutableKey(2)" in str(flushed.value)
+    assert "MutableKey(2)" in str(flushed.value)
     assert all(chest[k] == v for k, v in expected.items()) and len(chest) == len(expected) + 1  # as a dict
     if pack_threshold == 0:  # one file per key written, and no stray one
         assert len([n for n in os.listdir(path) if not n.startswith(".")]) == (len(expected) + 1 - resident)
@@ -224,11 +208,11 @@ def test_a_key_whose_hash_changed_is_named_by_flush_and_close_and_nothing_else_i
     reopened.drop()
 
     temporary = Chest(available_memory=400, sizeof=lambda v: 100, pack_threshold=pack_threshold)
-    other = _MutableKey(1)
+    other = MutableKey(1)
     temporary[other] = "mutable"
     temporary.update(expected)
     other.n = 2
-    with pytest.raises(SpillError, match="clear\\(\\) could not delete key _MutableKey\\(2\\)"):
+    with pytest.raises(SpillError, match="clear\\(\\) could not delete key MutableKey\\(2\\)"):
         temporary.clear()  # every other key goes
     assert len(temporary) == 1
     directory = temporary.path
@@ -1175,7 +1159,7 @@ def test_a_resident_key_whose_hash_changed_never_fails_a_put(tmp_path: Path, pol
     # put failed with KeyError, storing nothing (helper-65). Now a policy that can name no victim is
     # warned about once, pointing at the caller's line, and every put stores its value.
     chest = Chest(path=tmp_path / "c", available_memory=400, sizeof=lambda v: 100, policy=policy)
-    key = _MutableKey(1)
+    key = MutableKey(1)
     chest[key] = "mutable"  # first in line for most policies
     key.n = 2
     with warnings.catch_warnings(record=True) as caught:
@@ -1194,7 +1178,7 @@ def test_a_warning_through_the_mapping_mixins_points_at_the_callers_line(tmp_pat
     # chest.update() runs in the standard library's MutableMapping code between the caller and spillkit:
     # the first version of warn_caller pointed at "<frozen _collections_abc>" (helper-66).
     chest = Chest(path=tmp_path / "c", available_memory=400, sizeof=lambda v: 100)
-    key = _MutableKey(1)
+    key = MutableKey(1)
     chest[key] = "mutable"
     key.n = 2
     with warnings.catch_warnings(record=True) as caught:

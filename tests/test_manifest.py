@@ -17,6 +17,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+from helpers import MutableKey
 
 from spillkit import Chest, SpillError
 from spillkit.manifest import _HEADER, MANIFEST_NAME, UnreadableKey, pickle_key, read_manifest
@@ -254,30 +255,14 @@ def test_a_flush_after_a_key_that_compares_oddly_with_the_last_manifests_commits
     again.drop()
 
 
-class HashTurnsUnhashable:
-    """A key whose hash raises once its part is made a list (after it was stored)."""
-
-    def __init__(self, part: object) -> None:
-        self.part = part
-
-    def __hash__(self) -> int:
-        return hash(self.part)
-
-    def __eq__(self, other: object) -> bool:
-        return self is other
-
-    def __reduce__(self) -> tuple[type, tuple[str]]:
-        return HashTurnsUnhashable, ("x",)
-
-
 def test_a_close_that_fails_for_good_on_a_key_still_shuts_and_unlocks(tmp_path: Path) -> None:
     """helper-98: a close that stayed open on any exception could never shut while the key's hash raised, and kept
     the directory locked; such a failure (no retry can help) shuts the Chest, as before."""
     chest = Chest(path=tmp_path / "c", available_memory=10_000)
-    key = HashTurnsUnhashable("x")
+    key = MutableKey(1)
     chest[key] = "v"
     chest["other"] = "kept"
-    key.part = ["now", "unhashable"]
+    key.n = ["now", "unhashable"]  # its hash raises from here
     with pytest.raises(TypeError, match="unhashable"):
         chest.close()
     assert chest.closed
