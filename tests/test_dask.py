@@ -364,3 +364,20 @@ def test_a_trace_has_the_pins_made_before_recording_attached(tmp_path: Any, reco
     result = replay(trace, "lru", budget, mode="settled")
     assert (result.spills, result.loads) == (chest.stats.spills, chest.stats.loads)
     chest.drop()
+
+
+def test_chunks_of_dask_array_full_spill_as_the_few_bytes_dask_counts_them_at() -> None:
+    # da.full's (and ones', zeros') chunks are np.broadcast_to of one element: dask.sizeof counts
+    # them at 8 bytes. Before spillkit.broadcasts each spill of one wrote 2 MB, and its load
+    # brought back 2 MB counted at 8 (30 spills wrote 124 MB here, 92 MB after).
+    x = da.full((2_000, 2_000), 2.0, chunks=(500, 500))
+    y = da.random.default_rng(0).random((2_000, 2_000), chunks=(500, 500))
+    spilled: list[tuple[int, int]] = []
+    with spilling(available_memory="4 MiB") as chest:
+        chest.add_listener(lambda e: spilled.append((e.nbytes, e.disk_bytes)) if e.kind == "spill" else None)
+        result = da.concatenate([x * y, x], axis=0).compute(optimize_graph=False)  # unfused: x's chunks are stored
+    broadcasts = [written for counted, written in spilled if counted == 8]
+    assert len(broadcasts) >= 8
+    assert max(broadcasts) < 4096  # a header and one float, not 500 x 500 of them
+    assert np.array_equal(result[2_000:], np.full((2_000, 2_000), 2.0))
+    assert np.allclose(result[:2_000], 2.0 * y.compute())

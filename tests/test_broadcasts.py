@@ -1,0 +1,205 @@
+"""Broadcast arrays spill as the elements they hold and load back broadcast, at the size counted.
+
+``dask.sizeof`` counts ``np.broadcast_to(x, shape)`` by ``x``'s bytes (dask.array's ``ones``,
+``zeros`` and ``full`` chunks are such arrays). Before spillkit.broadcasts, a spill wrote every
+repeated element and a load brought back a contiguous copy, held in memory at the few bytes
+counted: a Chest over its budget by the difference.
+"""
+
+from __future__ import annotations
+
+import copyreg
+import gc
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from spillkit import Chest, PickleCodec
+from spillkit.broadcasts import rebroadcast
+from spillkit.compression import CompressedCodec
+
+SHAPE = (1000, 4000)  # 32 MB of float64 when materialized
+
+
+def round_trip(value: Any, codec: Any = None) -> tuple[Any, int]:
+    codec = codec or PickleCodec()
+    frames = codec.encode(value)
+    data = bytearray()
+    for frame in frames:
+        data += memoryview(frame).cast("B")
+    return codec.decode(memoryview(data)), len(data)
+
+
+def cases() -> Iterator[tuple[str, Any]]:
+    yield "scalar", np.broadcast_to(np.float64(2.5), SHAPE)
+    yield "row", np.broadcast_to(np.arange(4000.0), SHAPE)  # 32 KB held: in-band
+    yield "big-row", np.broadcast_to(np.arange(200_000.0), (40, 200_000))  # 1.6 MB held: out of band
+    yield "column", np.broadcast_to(np.arange(1000.0)[:, None], SHAPE)
+    yield "int-new-axis", np.broadcast_to(np.arange(6, dtype=np.int16).reshape(2, 1, 3), (2, 5000, 3))
+    yield "of-a-strided-view", np.broadcast_to(np.arange(20_000.0)[::5], (300, 4000))
+    yield "structured", np.broadcast_to(np.array([(1, 2.0)], dtype=[("a", "i4"), ("b", "f8")]), (1000, 1000))
+    yield "object", np.broadcast_to(np.array([{"k": 1}, "s"], dtype=object), (5000, 2))
+
+
+CASES = dict(cases())
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_a_broadcast_array_round_trips_as_a_broadcast_of_the_elements_it_holds(name: str) -> None:
+    value = CASES[name]
+    result, written = round_trip(value)
+    assert result.shape == value.shape
+    assert result.dtype == value.dtype
+    np.testing.assert_array_equal(result, value)
+    # the repeated axes repeat again: stride zero exactly where the value had it
+    assert [s == 0 for s in result.strides] == [s == 0 for s in value.strides]
+    assert not result.flags.writeable  # np.broadcast_to's arrays are read-only, and stay so
+    held = value[tuple(slice(0, 1) if s == 0 else slice(None) for s in value.strides)]
+    if value.dtype != object:
+        assert written < held.nbytes + 1000  # the held elements and a header, not the whole shape
+        assert written < value.nbytes / 20
+
+
+def test_a_writable_zero_stride_array_stays_writable_with_its_elements_shared() -> None:
+    base = np.arange(3.0)
+    value = np.lib.stride_tricks.as_strided(base, shape=(4, 3), strides=(0, 8), writeable=True)
+    result, _ = round_trip(value)
+    assert result.flags.writeable
+    assert result.strides == (0, 8)
+    result[0, 1] = 99.0  # one element held, so every row sees the write, as before the spill
+    np.testing.assert_array_equal(result[:, 1], [99.0] * 4)
+    np.testing.assert_array_equal(base, [0.0, 1.0, 2.0])  # the original is not touched
+
+
+def test_arrays_that_repeat_nothing_pickle_as_numpy_does() -> None:
+    for value in (np.zeros((1, 5))[:, :], np.ones((3, 1)), np.zeros((0, 4)), np.array(1.0)):
+        strides = tuple(0 if n <= 1 else s for s, n in zip(value.strides, value.shape, strict=True))
+        ordinary = np.lib.stride_tricks.as_strided(value, strides=strides)  # stride 0 on its length-1 axes
+        for array in (value, ordinary):
+            result, _ = round_trip(array)
+            np.testing.assert_array_equal(result, array)
+            assert result.flags.writeable  # not rebuilt through broadcast_to
+
+
+def test_inside_containers_and_beside_a_lambda_and_compressed() -> None:
+    value = {"a": [CASES["scalar"], CASES["row"]], "f": lambda x: x.sum()}  # the lambda: cloudpickle
+    result, written = round_trip(value)
+    assert written < 100_000
+    np.testing.assert_array_equal(result["a"][1], CASES["row"])
+    assert result["a"][0].strides == (0, 0)
+    assert result["f"](result["a"][0]) == 2.5 * 4_000_000
+    packed, _ = round_trip(CASES["big-row"], CompressedCodec(PickleCodec(), "lz4", min_size=1))
+    assert packed.strides == (0, 8)
+    np.testing.assert_array_equal(packed, CASES["big-row"])
+
+
+class Celsius:
+    def __init__(self, degrees: float) -> None:
+        self.degrees = degrees
+
+
+def test_reducers_registered_with_copyreg_still_apply() -> None:
+    calls: list[float] = []
+
+    def reduce_celsius(obj: Celsius) -> Any:
+        calls.append(obj.degrees)
+        return Celsius, (obj.degrees + 1,)
+
+    copyreg.pickle(Celsius, reduce_celsius)
+    try:
+        result, _ = round_trip([Celsius(20.0), np.ones(3)])
+    finally:
+        del copyreg.dispatch_table[Celsius]
+    assert calls == [20.0]
+    assert result[0].degrees == 21.0
+
+
+def test_rebroadcast_refuses_a_shape_its_elements_do_not_broadcast_to() -> None:
+    with pytest.raises(ValueError):
+        rebroadcast(np.arange(3.0), (4, 5), False)
+
+
+OPTIONS = {
+    "defaults": {},
+    "mapped-loads": {"map_loads": True},
+    "write-behind": {"write_behind": True},
+    "a-file-each": {"pack_threshold": 0},
+    "lz4": {"compression": "lz4"},
+}
+
+
+@pytest.mark.parametrize("options", list(OPTIONS))
+def test_a_chest_spills_and_loads_broadcasts_at_the_size_it_counted(tmp_path: Path, options: str) -> None:
+    """The reported defect: 20 chunks of dask.array.zeros through a 2 MB Chest."""
+    kwargs: dict[str, Any] = OPTIONS[options]
+    chest = Chest(path=str(tmp_path), available_memory=2_000_000, **kwargs)
+    for i in range(20):
+        chest[i] = np.broadcast_to(np.float64(i), SHAPE)
+    chest["row"] = np.broadcast_to(np.arange(200_000.0), (40, 200_000))  # 1.6 MB held, counted (dask.sizeof)
+    for j in range(3):
+        chest[f"big{j}"] = np.ones(100_000)  # 800 kB each: the broadcasts are spilled
+    chest.flush()
+    assert chest.stats.spills >= 21
+    assert chest.stats.spill_bytes < 5_000_000  # was 704 MB: every repeated element
+    gc.collect()
+    tracemalloc.start()
+    try:
+        loaded = [chest[i] for i in range(20)]
+        grew, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert grew < 1_000_000  # was 640 MB of copies, counted at 8 bytes each
+    assert chest.memory_bytes <= 2_000_000
+    for i, value in enumerate(loaded):
+        assert value.strides == (0, 0)
+        assert value.shape == SHAPE
+        assert value[999, 3999] == i
+    row = chest["row"]
+    assert row.strides == (0, 8)
+    np.testing.assert_array_equal(row[39], np.arange(200_000.0))
+    del row, loaded
+    chest.close()
+    again = Chest(path=str(tmp_path), available_memory=2_000_000, **kwargs)  # and from the files, reopened
+    try:
+        assert again[7].strides == (0, 0)
+        assert float(again[7].sum()) == 7.0 * 4_000_000
+        assert again["row"].strides == (0, 8)
+    finally:
+        again.close()
+
+
+@st.composite
+def strided_arrays(draw: st.DrawFn) -> Any:
+    """Arrays of 0-4 axes: views with steps, transposes, new axes, broadcasts and zero lengths."""
+    ndim = draw(st.integers(0, 4))
+    shape = tuple(draw(st.lists(st.integers(0, 6), min_size=ndim, max_size=ndim)))
+    dtype = draw(st.sampled_from(["f8", "i2", "u1", "c16", "M8[s]", "O"]))
+    base = np.arange(int(np.prod(shape, dtype=np.int64)) or 0).astype(dtype).reshape(shape)
+    view = base[tuple(slice(None, None, draw(st.sampled_from([1, 2, -1]))) for _ in shape)] if ndim else base
+    if draw(st.booleans()) and view.ndim:
+        view = view.transpose(draw(st.permutations(range(view.ndim))))
+    if draw(st.booleans()):  # broadcast some length-1 axes, and maybe prepend new ones
+        kept = tuple(1 if n and draw(st.booleans()) else n for n in view.shape)
+        view = view[tuple(slice(0, 1) if k == 1 else slice(None) for k in kept)]
+        extra = tuple(draw(st.lists(st.integers(1, 5), max_size=2)))
+        target = extra + tuple(draw(st.integers(1, 5)) if k == 1 else k for k in kept)
+        view = np.broadcast_to(view, target)
+    return view
+
+
+@settings(max_examples=300, deadline=None)
+@given(strided_arrays())
+def test_every_strided_array_round_trips_equal_with_its_repeated_axes(value: Any) -> None:
+    result, _ = round_trip({"v": value})  # in a dict: the dispatch-table path
+    result = result["v"]
+    assert result.shape == value.shape and result.dtype == value.dtype
+    np.testing.assert_array_equal(result, value)
+    if value.size:
+        repeated = [s == 0 and n > 1 for s, n in zip(value.strides, value.shape, strict=True)]
+        assert [s == 0 and n > 1 for s, n in zip(result.strides, result.shape, strict=True)] == repeated
