@@ -61,6 +61,16 @@ def _lifetimes(requests: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
     return lives
 
 
+def _flushed(flushes: Sequence[int], put: int, end: int, dead_writes: bool, last_read: int) -> bool:
+    """Whether a flush between ``put`` and ``end`` must find the value stored: every run writes it by then.
+
+    Without ``dead_writes`` (the variant dead-skip replays share) only a flush before the key's last read
+    counts: a dead value may have been dropped unwritten before it.
+    """
+    first = bisect.bisect_right(flushes, put)  # the first flush after the put: if any flush counts, it does
+    return first < len(flushes) and flushes[first] < end and (dead_writes or flushes[first] < last_read)
+
+
 class _Model:
     """The LP's data: interval variables, the flow's entering/leaving terms, touched bytes per request."""
 
@@ -91,6 +101,7 @@ class _Model:
         if settled and counts_from and pins:
             exempt = pinned_stretches(pins, settles_from(requests, counts_from), n)
         last_get = {op[1]: index for index, op in enumerate(requests) if op[0] == "get"}
+        flushes = [index for index, op in enumerate(requests) if op[0] == "flush"]
         holders: dict[int, list[tuple[int, int, list[int], list[int | None], int]]] = {}
         lives = _lifetimes(requests)
         # An object is outside the budget while any key holding it is pinned (the engine counts objects
@@ -118,6 +129,12 @@ class _Model:
             if size == 0:
                 continue  # costs nothing, holds nothing
             put = accesses[0]
+            # A flush while it is stored gives it a file in every run (unless a dead-skip run may have
+            # dropped it as dead): its one write is paid there or before, and every eviction finds the file.
+            prepaid = not on_disk and _flushed(flushes, put, end, dead_writes, last_get.get(key, -1))
+            if prepaid:
+                self.constant += size
+                charged = False  # (dropping it after its last read costs nothing either)
             start = counts_from[put] if counts_from is not None and not on_disk else put
             bounds = list(itertools.pairwise(accesses))
             if charged:
@@ -138,7 +155,7 @@ class _Model:
                     if max(low, pinned_from) < min(high + 1, pinned_to):
                         self._enter(max(low, pinned_from), min(high + 1, pinned_to), variable, -size)
             if any(v is not None for v in variables):
-                self.writes.append(0 if on_disk else size)
+                self.writes.append(0 if on_disk or prepaid else size)
             stretches = stretches_of.get(obj, ())
             for r in accesses:
                 # (a pop reads a spilled value without caching it: it needs no room)

@@ -34,6 +34,12 @@ always safe). Values larger than ``B`` never enter memory: ``C`` charges
 cost nothing. A value the trace starts on disk (``ondisk``) is loaded by
 its first read in every run (``C`` charges ``s``); from there it is a
 lifetime put at that read whose write costs nothing (its file is there).
+A ``flush`` request (``Chest.flush()``) gives every stored value a file: a
+lifetime with a flush between ``p_L`` and ``e_L`` is written in every run, at
+the flush or before, so ``C`` charges its write ``s_L`` once and ``w_L`` costs
+nothing (its tail is not charged either: leaving memory after the flush is
+free); in the strict variant only when the flush comes before the key's last
+read (a dead-skip replay writes no dead value, and may have dropped it).
 
 Variants, each a valid bound for the replay modes named:
 

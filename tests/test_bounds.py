@@ -100,13 +100,15 @@ def random_trace(
     pops: bool = False,
     on_disk: bool = False,
     defers: bool = False,
+    flushes: bool = False,
 ) -> Trace:
     """Puts (some sharing another key's object, as dask aliases do), reads, misses, dels, costs, settles;
     with ``pins``, pins and unpins of keys (present or not) between them, as dask's callback makes; with
     ``loads``, reads that name the object they gave back (as a recorded load does), stored again later; with
     ``pops``, reads for pop() that no del follows (a trace the reader accepts, as a cut-off recording); with
     ``on_disk``, values that start on disk (dask's literal data spilled before recording began); with
-    ``defers``, stretches of deferred puts ended by a settle (Chest.deferred()) and Chest.evict() requests."""
+    ``defers``, stretches of deferred puts ended by a settle (Chest.deferred()) and Chest.evict() requests; with
+    ``flushes``, Chest.flush() requests (every value stored then gets a file)."""
     ops: list[tuple[Any, ...]] = []
     pinned: list[int] = []
     live: dict[int, tuple[int, int]] = {}  # key -> (nbytes, object token)
@@ -120,6 +122,8 @@ def random_trace(
             deferring = not deferring
         if defers and rng.random() < 0.08:
             ops.append(("free", None, 0.0))
+        if flushes and rng.random() < 0.1:
+            ops.append(("flush", None, 0.0))
         if pins and rng.random() < 0.3:
             if pinned and rng.random() < 0.5:
                 ops.append(("unpin", pinned.pop(rng.randrange(len(pinned))), 0.0))
@@ -166,6 +170,7 @@ def bounds_of(trace: Trace, budget: int) -> dict[str, float]:
 
 # ---- hand-made traces with known optimal I/O ----------------------------------------------------
 
+FLUSH = ("flush", None, 0.0)
 SWAP = make(put("a", 10), put("b", 10), get("a"), get("b"))
 CASES = [
     # (trace, budget, least I/O of any run in strict, dead-skip and settled mode, FOO per variant)
@@ -200,6 +205,23 @@ CASES = [
         make(put("a", 2), put("b", 2), get("a"), get("b")), 3,
         {"strict": 8, "dead-skip": 8, "settled": 6}, {"strict": 4, "settled": 3}, id="fractional-gap",
     ),
+    # Chest.flush() gives every stored value a file: both are written even though both fit (the bound
+    # was 0 before it counted flushes, and every run's "x bound" infinite).
+    pytest.param(
+        make(put("a", 10), put("b", 10), FLUSH, get("a"), get("b")), 20,
+        {"strict": 20, "dead-skip": 20, "settled": 20}, {"strict": 20, "settled": 20}, id="flush-fits",
+    ),
+    # A value dead at the flush: dead-skip replays do not write it, so the variant they share counts
+    # nothing; the others write it.
+    pytest.param(
+        make(put("a", 10), get("a"), FLUSH, put("b", 10), get("b")), 10,
+        {"strict": 10, "dead-skip": 0, "settled": 10}, {"strict": 0, "settled": 10}, id="flush-dead",
+    ),
+    # Written at the flush, a's eviction for b is free; b's for a is not.
+    pytest.param(
+        make(put("a", 10), FLUSH, put("b", 10), get("a"), get("b")), 10,
+        {"strict": 40, "dead-skip": 40, "settled": 30}, {"strict": 40, "settled": 30}, id="flush-swap",
+    ),
 ]  # fmt: skip
 
 
@@ -232,7 +254,7 @@ def test_no_run_beats_the_bound_exhaustive() -> None:
     while checked < 200:
         trace = random_trace(
             rng, rng.randrange(4, 14), rng.randrange(2, 5), settle_points=rng.random() < 0.3,
-            loads=checked % 2 == 0, on_disk=checked % 3 == 0, defers=checked % 4 == 1,
+            loads=checked % 2 == 0, on_disk=checked % 3 == 0, defers=checked % 4 == 1, flushes=checked % 3 == 1,
         )  # fmt: skip
         budget = rng.choice([1, 2, 3, 5, 8, 10])
         least = {mode: optimum(trace, budget, mode, limit=1000) for mode in MODES}
@@ -253,7 +275,7 @@ def test_no_policy_beats_the_bound_random() -> None:
         # A third with pins (settled replays keep pinned values outside the budget; the bound must follow).
         trace = random_trace(
             rng, rng.randrange(10, 40), rng.randrange(2, 7), settle_points=number % 3 == 0, pins=number % 3 == 1,
-            loads=number % 2 == 0, on_disk=number % 5 == 0, defers=number % 4 == 1,
+            loads=number % 2 == 0, on_disk=number % 5 == 0, defers=number % 4 == 1, flushes=number % 3 == 2,
         )  # fmt: skip
         budget = rng.choice([2, 3, 5, 8, 10, 16, 30])
         foo = bounds_of(trace, budget)
@@ -445,3 +467,32 @@ def test_a_deferred_stretch_lets_strict_puts_exceed_the_budget_until_its_settle(
     assert foo_lower_bound(trace, 10, mode="strict").io_bytes == 0  # (the bound cannot know evict() is forced)
     unmarked = make(*(op for op in trace.ops if op[0] not in ("defer", "free")))
     assert replay(unmarked, "lru", 10, mode="strict").io_bytes == 10  # x written at y's put: what strict did before
+
+
+def test_a_recorded_chest_that_flushes_has_a_bound_its_runs_meet(tmp_path: Any) -> None:
+    """A live Chest's trace with flushes: every run writes what each flush finds, and the bound counts it.
+
+    Before the bound counted flushes, it was 0 at 100% of the peak and every row's ratio to it infinite.
+    """
+    from spillkit import Chest
+    from spillkit.compare import compare
+    from spillkit.trace import TraceRecorder
+
+    chest = Chest(available_memory=10**6, path=str(tmp_path / "chest"))
+    recorder = TraceRecorder(tmp_path / "flushes.trace", {"workload": "flushes"})
+    chest.add_listener(recorder)
+    for i in range(20):
+        chest[i] = bytes(1000 * (i + 1))
+        if i % 5 == 4:
+            chest.flush()
+    for i in range(20):
+        assert chest[i] == bytes(1000 * (i + 1))
+    recorder.close()
+    chest.close()
+    rows = compare([str(tmp_path / "flushes.trace")], ["100%", "50%"], ["lru", "lfu"], ("strict", "settled"),
+                   bounds=True, progress=None)  # fmt: skip
+    full = [row for row in rows if row["budget_fraction"] == 1.0]
+    assert {row["io_bytes"] for row in full} == {210_000}  # each value written once, by the flush after it
+    assert all(row["ratio_to_bound"] == pytest.approx(1.0) for row in full)
+    for row in rows:
+        assert 1.0 - 1e-9 <= row["ratio_to_bound"] < 2.0 or row["policy"] == "bound:pfoo-l"
