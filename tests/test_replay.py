@@ -329,12 +329,18 @@ def test_replay_reproduces_dask_groupby_whose_shuffle_object_changes_in_place(po
     # settle's line: a replay applies a ``changed`` line before the request preceding it (Trace.changes).
     from spillkit import workloads
 
-    x = workloads.build("groupby", 0.02, 0)
     budget = 720_000  # about a tenth of its peak (7.2 MB)
-    chest = Chest(available_memory=budget, policy=policy, path=tmp_path / "chest")
-    with record(tmp_path / "groupby.trace", workload="groupby"), costs(chest):
-        x.compute(scheduler="threads", cache=chest)
-    trace = read_trace(tmp_path / "groupby.trace")
+    # How often the object is evicted after a change depends on the threads' timing (s3fifo: 0 to 10
+    # changes found in 84 runs, under 4 in 4 of them): a run with few exercises little, so run again.
+    for attempt in range(3):
+        x = workloads.build("groupby", 0.02, 0)
+        chest = Chest(available_memory=budget, policy=policy, path=tmp_path / f"chest{attempt}")
+        with record(tmp_path / f"groupby{attempt}.trace", workload="groupby"), costs(chest):
+            x.compute(scheduler="threads", cache=chest)
+        trace = read_trace(tmp_path / f"groupby{attempt}.trace")
+        if sum(op[0] == "changed" for op in trace.ops) > 3:
+            break
+        chest.drop()
     assert sum(op[0] == "changed" for op in trace.ops) > 3
     assert_replay_matches(trace, chest, policy, budget, "settled", plan=True)
     chest.drop()
