@@ -14,9 +14,7 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import IO, Any, Protocol, runtime_checkable
 
-import cloudpickle
-
-from .broadcasts import dispatch_table
+from .picklers import cloud_dumps, dumps
 
 __all__ = ["Codec", "FuncCodec", "PickleCodec"]
 
@@ -50,7 +48,8 @@ class PickleCodec:
     arrays, pandas blocks) are written after the pickle stream, unchanged and
     unaligned-copy free; on load they become views into one read buffer.
     Lambdas, closures and interactively defined classes go through cloudpickle,
-    whose output plain ``pickle`` loads.
+    whose output plain ``pickle`` loads. Broadcast numpy arrays pickle as the
+    elements they hold and load back broadcast (:mod:`spillkit.broadcasts`).
 
     Thread-safe (stateless). ``encode`` raises what pickle raises for values
     that cannot be serialized; ``decode`` raises on malformed input.
@@ -78,18 +77,11 @@ class PickleCodec:
             buffers.append(view)
             return False
 
-        table = dispatch_table(obj)
         try:
-            if table is None:
-                stream: Buffer = pickle.dumps(obj, protocol=5, buffer_callback=keep)
-            else:
-                stream = _dumps(pickle.Pickler, obj, keep, table)
+            stream = dumps(obj, keep)
         except (pickle.PicklingError, AttributeError, TypeError):
             buffers.clear()
-            if table is None:
-                stream = cloudpickle.dumps(obj, protocol=5, buffer_callback=keep)
-            else:
-                stream = _dumps(_BroadcastCloudPickler, obj, keep, None)
+            stream = cloud_dumps(obj, keep)
         header = bytearray(_COUNT.pack(len(buffers)))
         header += _LENGTH.pack(len(stream))
         for view in buffers:
@@ -164,30 +156,6 @@ class PickleCodec:
         if index != len(frames):
             raise ValueError(f"pickle frames: expected {index}, got {len(frames)}")
         return pickle.loads(stream, buffers=buffers)
-
-
-def _dumps(pickler: Callable[..., Any], obj: Any, keep: Callable[[pickle.PickleBuffer], bool], table: Any) -> Buffer:
-    """``pickle.dumps`` through ``pickler``, with ``table`` as its dispatch table unless None."""
-    sink = io.BytesIO()
-    instance = pickler(sink, protocol=5, buffer_callback=keep)
-    if table is not None:
-        instance.dispatch_table = table
-    instance.dump(obj)
-    return sink.getbuffer()
-
-
-class _BroadcastCloudPickler(cloudpickle.Pickler):  # type: ignore[misc]  # (cloudpickle has no types)
-    """cloudpickle's pickler, keeping broadcast arrays (:mod:`spillkit.broadcasts`) too.
-
-    cloudpickle's class attribute ``dispatch_table`` hides the C pickler's own slot, which
-    ``__init__`` fills from that attribute: so an assignment after ``__init__`` would be ignored,
-    and the table is given here instead, for ``__init__`` to read. Used only for a value whose
-    :func:`dispatch_table` is not None.
-    """
-
-    @property
-    def dispatch_table(self) -> dict[Any, Any]:
-        return {**cloudpickle.Pickler.dispatch_table, **(dispatch_table([]) or {})}
 
 
 class _TextOrBytesWriter(io.RawIOBase):

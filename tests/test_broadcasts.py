@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import copyreg
 import gc
+import threading
 import tracemalloc
+import warnings
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,7 +47,6 @@ def cases() -> Iterator[tuple[str, Any]]:
     yield "int-new-axis", np.broadcast_to(np.arange(6, dtype=np.int16).reshape(2, 1, 3), (2, 5000, 3))
     yield "of-a-strided-view", np.broadcast_to(np.arange(20_000.0)[::5], (300, 4000))
     yield "structured", np.broadcast_to(np.array([(1, 2.0)], dtype=[("a", "i4"), ("b", "f8")]), (1000, 1000))
-    yield "object", np.broadcast_to(np.array([{"k": 1}, "s"], dtype=object), (5000, 2))
 
 
 CASES = dict(cases())
@@ -61,9 +63,8 @@ def test_a_broadcast_array_round_trips_as_a_broadcast_of_the_elements_it_holds(n
     assert [s == 0 for s in result.strides] == [s == 0 for s in value.strides]
     assert not result.flags.writeable  # np.broadcast_to's arrays are read-only, and stay so
     held = value[tuple(slice(0, 1) if s == 0 else slice(None) for s in value.strides)]
-    if value.dtype != object:
-        assert written < held.nbytes + 1000  # the held elements and a header, not the whole shape
-        assert written < value.nbytes / 20
+    assert written < held.nbytes + 1000  # the held elements and a header, not the whole shape
+    assert written < value.nbytes / 20
 
 
 def test_a_writable_zero_stride_array_stays_writable_with_its_elements_shared() -> None:
@@ -97,6 +98,98 @@ def test_inside_containers_and_beside_a_lambda_and_compressed() -> None:
     packed, _ = round_trip(CASES["big-row"], CompressedCodec(PickleCodec(), "lz4", min_size=1))
     assert packed.strides == (0, 8)
     np.testing.assert_array_equal(packed, CASES["big-row"])
+
+
+def test_arrays_of_objects_pickle_as_numpy_does_even_one_that_holds_itself() -> None:
+    # helper-99: reduced by its elements, an object array holding itself recursed without end.
+    value = np.broadcast_to(np.array([{"k": 1}, "s"], dtype=object), (5000, 2))
+    result, _ = round_trip(value)
+    np.testing.assert_array_equal(result, value)
+    cell = np.empty(1, dtype=object)
+    looped = np.broadcast_to(cell, (3,))
+    cell[0] = looped
+    result, _ = round_trip([looped])
+    assert result[0][0] is result[0]  # as numpy's own pickling gives it: the copy holds itself
+    inner = {"a": CASES["scalar"]}  # but a broadcast inside an object array is kept
+    result, _ = round_trip(np.array([inner, None], dtype=object))
+    assert result[0]["a"].strides == (0, 0)
+
+
+def test_np_broadcast_arrays_results_come_back_read_only_without_a_warning() -> None:
+    # numpy warns at a write to these (and at reading their writeable flag), and says they will
+    # become read-only; so they come back read-only, and pickling them warns of nothing.
+    a, _ = np.broadcast_arrays(np.arange(3.0), np.zeros((4, 1)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result, written = round_trip({"a": a})
+    assert result["a"].strides == (0, 8)
+    assert written < 1000
+    np.testing.assert_array_equal(result["a"], np.broadcast_to(np.arange(3.0), (4, 3)))
+    with pytest.raises(ValueError, match="read-only"):
+        result["a"][0, 0] = 1.0
+
+
+class Reentrant:
+    """Pickles another value through the codec from its own __reduce__, on the same thread."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __reduce__(self) -> Any:
+        frames = PickleCodec().encode({"again": CASES["row"], "inner": self.inner})
+        return Reentrant, (bytes(b"".join(bytes(memoryview(f).cast("B")) for f in frames)),)
+
+
+def test_a_reducer_that_encodes_on_the_same_thread_gets_a_pickler_of_its_own() -> None:
+    value = {"first": CASES["scalar"], "r": Reentrant([1, 2]), "last": CASES["column"]}
+    result, _ = round_trip(value)
+    assert result["first"].strides == (0, 0)
+    assert result["last"].strides == (8, 0)
+    inner = PickleCodec().decode(memoryview(bytearray(result["r"].inner)))
+    assert inner["inner"] == [1, 2] and inner["again"].strides == (0, 8)
+
+
+def test_the_pickler_kept_for_the_thread_holds_nothing_after_a_value_or_a_failure() -> None:
+    class Tracked:
+        pass
+
+    obj = Tracked()
+    alive = weakref.ref(obj)
+    round_trip({"obj": obj, "b": CASES["scalar"]})
+    del obj
+    gc.collect()
+    assert alive() is None  # the memo was cleared
+    with pytest.raises(TypeError):
+        PickleCodec().encode({"lock": threading.Lock(), "x": [1]})  # cloudpickle refuses it too
+    result, _ = round_trip({"after": [CASES["scalar"], 3]})  # and the next value pickles whole
+    assert result["after"][1] == 3 and result["after"][0].strides == (0, 0)
+
+
+def test_threads_encoding_at_once_each_get_their_own_values() -> None:
+    def work(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        for _ in range(300):
+            row = rng.random(int(rng.integers(2, 50)))
+            value = {"seed": seed, "b": np.broadcast_to(row, (7, row.size)), "l": [seed] * 3}
+            result, _ = round_trip(value)
+            assert result["seed"] == seed and result["l"] == [seed] * 3
+            np.testing.assert_array_equal(result["b"], value["b"])
+            assert result["b"].strides == (0, 8)
+
+    errors: list[BaseException] = []
+
+    def run(seed: int) -> None:
+        try:
+            work(seed)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
 
 
 class Celsius:
@@ -200,6 +293,6 @@ def test_every_strided_array_round_trips_equal_with_its_repeated_axes(value: Any
     result = result["v"]
     assert result.shape == value.shape and result.dtype == value.dtype
     np.testing.assert_array_equal(result, value)
-    if value.size:
+    if value.size and value.dtype != object:  # (arrays of objects pickle as numpy pickles them)
         repeated = [s == 0 and n > 1 for s, n in zip(value.strides, value.shape, strict=True)]
         assert [s == 0 and n > 1 for s, n in zip(result.strides, result.shape, strict=True)] == repeated
