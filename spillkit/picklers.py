@@ -5,8 +5,8 @@ does, except that broadcast numpy arrays anywhere inside it pickle as the elemen
 (:mod:`spillkit.broadcasts`). Values that cannot hold one take ``pickle.dumps`` itself; the
 others a pickler whose ``reducer_override`` catches broadcasts and leaves everything else to
 pickle's usual rules (``copyreg`` registrations included). Making a pickler costs a microsecond
-(three times a small dict's whole ``pickle.dumps``), so each thread keeps one and clears its
-memo after each value. :func:`cloud_dumps` is the same over cloudpickle, for what plain pickle
+(three times a small dict's whole ``pickle.dumps``), so each thread keeps one for small values
+and clears its memo after each. :func:`cloud_dumps` is the same over cloudpickle, for what plain pickle
 refuses (lambdas, local classes).
 """
 
@@ -52,20 +52,22 @@ class _BroadcastCloudPickler(cloudpickle.Pickler):  # type: ignore[misc]  # (clo
         return super().reducer_override(obj)
 
 
-class _Slot:
-    """One thread's pickler, its file, and the ``buffer_callback`` of the value it is pickling."""
+_REUSE_UP_TO = 1024  # bytes of stream: a pickler is reused only after values this short (see dumps)
 
-    __slots__ = ("busy", "keep", "pickler", "sink")
+
+class _Slot:
+    """A thread's pickler, its file, and a box for the ``buffer_callback`` of the value it is pickling.
+
+    The pickler's callback reads the box, not the slot: a slot dropped is freed at once, no cycle.
+    """
+
+    __slots__ = ("keep", "pickler", "sink")
 
     def __init__(self) -> None:
-        self.busy = False
-        self.keep: Keep | None = None
+        keep: list[Keep] = []
+        self.keep = keep
         self.sink = io.BytesIO()
-        self.pickler = _BroadcastPickler(self.sink, protocol=5, buffer_callback=self.callback)
-
-    def callback(self, buffer: pickle.PickleBuffer) -> bool:
-        assert self.keep is not None  # (set for the whole of each dump)
-        return self.keep(buffer)
+        self.pickler = _BroadcastPickler(self.sink, protocol=5, buffer_callback=lambda buffer: keep[0](buffer))
 
 
 _threads = threading.local()
@@ -74,8 +76,12 @@ _threads = threading.local()
 def dumps(obj: Any, keep: Keep) -> Buffer:
     """``pickle.dumps(obj, protocol=5, buffer_callback=keep)``, keeping broadcast arrays broadcast.
 
-    Raises what pickle raises. Thread-safe (one pickler per thread). A reducer that pickles
-    another value meanwhile, on the same thread, gets a pickler of its own.
+    Raises what pickle raises. Thread-safe: each thread takes its own pickler out while it
+    pickles, so a reducer that pickles another value meanwhile, on the same thread, finds none
+    and makes one. The pickler goes back only after a whole dump of a short stream: clearing a
+    pickler's memo empties its table but never shrinks it, so after a value of many objects every
+    later value would pay to wipe that table (a small dict took 4 ms after a list of 2,000,000
+    strings: helper-100), and a stream of n bytes memoized at most n / 2 objects.
     """
     global _ndarray
     if is_plain(obj):
@@ -83,25 +89,21 @@ def dumps(obj: Any, keep: Keep) -> Buffer:
     if _ndarray is None:
         _ndarray = sys.modules["numpy"].ndarray  # (is_plain: numpy is imported)
     slot: _Slot | None = getattr(_threads, "slot", None)
-    if slot is None or slot.busy:
-        if slot is not None:
-            return _fresh(_BroadcastPickler, obj, keep)
-        slot = _threads.slot = _Slot()
-    slot.busy, slot.keep = True, keep
-    sink = slot.sink
-    try:
-        slot.pickler.dump(obj)
-        return sink.getvalue()  # (no copy: the file hands over its bytes, and takes new ones below)
-    except BaseException:
-        _threads.slot = None  # a dump cut short: the next value gets a new pickler
-        raise
-    finally:
-        # Let go of what this value referenced: the memo holds every object pickled, the file the bytes.
+    if slot is None:
+        slot = _Slot()
+    else:
+        _threads.slot = None
+    slot.keep.append(keep)
+    slot.pickler.dump(obj)  # (raising, the slot is dropped: a dump cut short leaves no state behind)
+    stream = slot.sink.getvalue()  # (no copy: the file hands over its bytes, and takes new ones below)
+    if len(stream) <= _REUSE_UP_TO:
+        # Let go of what this value referenced (the memo holds every object pickled), then give it back.
         slot.pickler.clear_memo()
-        sink.seek(0)
-        sink.truncate()
-        slot.busy = False
-        slot.keep = None
+        slot.sink.seek(0)
+        slot.sink.truncate()
+        slot.keep.clear()
+        _threads.slot = slot
+    return stream
 
 
 def cloud_dumps(obj: Any, keep: Keep) -> Buffer:
