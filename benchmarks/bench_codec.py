@@ -26,6 +26,7 @@ from typing import Any
 import cloudpickle
 import numpy as np
 import pandas as pd
+from bench_core import git_revision
 from readme_section import write_section
 
 from spillkit import PickleCodec
@@ -85,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"`python benchmarks/bench_codec.py --reps {args.reps}` on "
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC: Python {platform.python_version()}, "
         f"numpy {np.__version__}, pandas {pd.__version__}, cloudpickle {cloudpickle.__version__}, "
+        f"spillkit git {git_revision()}, "
         f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} at the end.",
         "",
         "Microseconds per value (medians over the repetitions); `x pickle` and `x cloudpickle` are medians of "
