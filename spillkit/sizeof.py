@@ -40,6 +40,9 @@ def deep_sizeof(obj: Any, _depth: int = 0) -> int:
     nbytes = getattr(obj, "nbytes", None)
     module = type(obj).__module__
     if isinstance(nbytes, int) and module.startswith("numpy"):
+        strides = getattr(obj, "strides", None)
+        if strides and 0 in strides:  # a broadcast: the elements it holds, as dask.sizeof counts it
+            return int(obj[tuple(slice(0, 1) if stride == 0 else slice(None) for stride in strides)].nbytes)
         return max(nbytes, sys.getsizeof(obj)) if getattr(obj, "base", None) is None else nbytes
     if module.startswith("pandas"):
         usage = getattr(obj, "memory_usage", None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copyreg
 import gc
+import sys
 import threading
 import tracemalloc
 import warnings
@@ -325,3 +326,13 @@ def test_every_strided_array_round_trips_equal_with_its_repeated_axes(value: Any
     if value.size and value.dtype != object:  # (arrays of objects pickle as numpy pickles them)
         repeated = [s == 0 and n > 1 for s, n in zip(value.strides, value.shape, strict=True)]
         assert [s == 0 and n > 1 for s, n in zip(result.strides, result.shape, strict=True)] == repeated
+
+
+def test_without_dask_the_size_estimate_counts_a_broadcast_by_its_elements_as_dask_does() -> None:
+    from dask.sizeof import sizeof
+
+    from spillkit.sizeof import deep_sizeof
+
+    for name, value in CASES.items():
+        assert deep_sizeof(value) == sizeof(value), name
+    assert deep_sizeof([CASES["scalar"]] * 3) == sys.getsizeof([None] * 3) + 3 * 8  # (was 96 MB)
