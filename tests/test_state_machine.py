@@ -83,6 +83,13 @@ values = st.one_of(
         dtype=st.sampled_from([np.dtype("int8"), np.dtype("float64"), np.dtype("int32")]),
         shape=st.integers(0, 60),
     ),
+    # np.broadcast_to, as dask.array.ones/zeros/full chunks: read-only, counted (and spilled) by the
+    # elements they hold (spillkit.broadcasts)
+    st.builds(
+        lambda row, rows: np.broadcast_to(row, (rows, row.size)),
+        hnp.arrays(dtype=np.dtype("float64"), shape=st.integers(1, 6)),
+        st.integers(2, 200),
+    ),
 )
 costs = st.none() | st.floats(0, 10, allow_nan=False)
 
