@@ -83,11 +83,9 @@ def dumps(obj: Any, keep: Keep) -> Buffer:
     later value would pay to wipe that table (a small dict took 4 ms after a list of 2,000,000
     strings: helper-100), and a stream of n bytes memoized at most n / 2 objects.
     """
-    global _ndarray
     if is_plain(obj):
         return pickle.dumps(obj, protocol=5, buffer_callback=keep)
-    if _ndarray is None:
-        _ndarray = sys.modules["numpy"].ndarray  # (is_plain: numpy is imported)
+    _know_arrays()
     slot: _Slot | None = getattr(_threads, "slot", None)
     if slot is None:
         slot = _Slot()
@@ -111,10 +109,14 @@ def cloud_dumps(obj: Any, keep: Keep) -> Buffer:
     if is_plain(obj):
         stream: bytes = cloudpickle.dumps(obj, protocol=5, buffer_callback=keep)
         return stream
-    return _fresh(_BroadcastCloudPickler, obj, keep)
-
-
-def _fresh(pickler: Callable[..., Any], obj: Any, keep: Keep) -> Buffer:
+    _know_arrays()
     sink = io.BytesIO()
-    pickler(sink, protocol=5, buffer_callback=keep).dump(obj)
+    _BroadcastCloudPickler(sink, protocol=5, buffer_callback=keep).dump(obj)
     return sink.getvalue()
+
+
+def _know_arrays() -> None:
+    """Let the picklers recognise numpy arrays (called once :func:`is_plain` found numpy imported)."""
+    global _ndarray
+    if _ndarray is None:
+        _ndarray = sys.modules["numpy"].ndarray

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copyreg
 import gc
+import subprocess
 import sys
 import threading
 import tracemalloc
@@ -336,3 +337,14 @@ def test_without_dask_the_size_estimate_counts_a_broadcast_by_its_elements_as_da
     for name, value in CASES.items():
         assert deep_sizeof(value) == sizeof(value), name
     assert deep_sizeof([CASES["scalar"]] * 3) == sys.getsizeof([None] * 3) + 3 * 8  # (was 96 MB)
+
+
+def test_the_cloudpickle_path_keeps_broadcasts_when_it_is_the_first_to_pickle() -> None:
+    # In a fresh process: cloud_dumps, not dumps, is the first to meet an array.
+    code = (
+        "import pickle, numpy as np\n"
+        "from spillkit import picklers\n"
+        "s = picklers.cloud_dumps({'f': lambda x: x, 'b': np.broadcast_to(1.0, (1000, 1000))}, lambda b: True)\n"
+        "assert len(s) < 10_000 and pickle.loads(s)['b'].strides == (0, 0), len(s)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
