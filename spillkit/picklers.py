@@ -92,16 +92,25 @@ def dumps(obj: Any, keep: Keep) -> Buffer:
     else:
         _threads.slot = None
     slot.keep.append(keep)
-    slot.pickler.dump(obj)  # (raising, the slot is dropped: a dump cut short leaves no state behind)
+    try:
+        slot.pickler.dump(obj)
+    except BaseException:
+        # The slot is dropped (a dump cut short leaves no state behind), but the error's traceback
+        # keeps it as long as the error lives: let go of the value's objects and buffers now.
+        _empty(slot)
+        raise
     stream = slot.sink.getvalue()  # (no copy: the file hands over its bytes, and takes new ones below)
     if len(stream) <= _REUSE_UP_TO:
-        # Let go of what this value referenced (the memo holds every object pickled), then give it back.
-        slot.pickler.clear_memo()
-        slot.sink.seek(0)
-        slot.sink.truncate()
-        slot.keep.clear()
+        _empty(slot)  # what this value referenced (the memo holds every object pickled), then give it back
         _threads.slot = slot
     return stream
+
+
+def _empty(slot: _Slot) -> None:
+    slot.pickler.clear_memo()
+    slot.sink.seek(0)
+    slot.sink.truncate()
+    slot.keep.clear()
 
 
 def cloud_dumps(obj: Any, keep: Keep) -> Buffer:

@@ -180,6 +180,29 @@ def test_a_long_value_leaves_no_pickler_behind_and_a_short_one_an_empty_one() ->
     assert picklers._threads.slot is not None and not picklers._threads.slot.pickler.memo.copy()
 
 
+class Refuses:
+    def __reduce__(self) -> Any:
+        raise TypeError("no")
+
+
+def test_a_failed_dump_lets_go_of_its_partial_stream_while_its_error_lives() -> None:
+    # The traceback keeps dumps' frame, and so the thread's pickler: its file held the 10 MB
+    # pickled before the failure as long as a caller kept the error.
+    value = [CASES["scalar"], bytes(10_000_000), Refuses()]  # (the broadcast: the pickler's path)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        try:
+            picklers.dumps(value, lambda b: True)
+        except TypeError as error:
+            kept = error  # as a caller that reports the error later would
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert isinstance(kept, TypeError)
+    assert held < 2_000_000
+
+
 def test_a_pickler_dropped_after_a_failure_is_freed_without_the_cycle_collector() -> None:
     def slots() -> int:
         return sum(type(obj) is picklers._Slot for obj in gc.get_objects())
