@@ -301,7 +301,7 @@ class Soak:
         assert not unexpected, [str(w.message) for w in unexpected]  # a ResourceWarning is a leaked file
         if self.faults.count.total() > injected and not (self.raised or self.complete):
             # (says which faults, in which step, and which threads ran: one such failure in CI at bc8f078
-            # did not come back in 14 runs alone, one after the 48 test files before it, and two clean-clone CIs)
+            # did not come back in 15 runs alone, one after the 48 test files before it, and three clean-clone CIs)
             faults = dict(self.faults.count - before)
             threads = sorted(thread.name for thread in threading.enumerate())
             assert self.log, f"a disk fault went unreported: {faults} in a step at r={r:.4f} on {s.policy}; {threads}"
