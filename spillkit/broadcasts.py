@@ -20,7 +20,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-__all__ = ["broadcast_reduction", "is_plain", "rebroadcast"]
+__all__ = ["broadcast_reduction", "held_elements", "is_plain", "rebroadcast"]
 
 # Values that hold no array, pickled by plain pickle.dumps: faster than any pickler given a rule.
 _NO_ARRAYS = frozenset({bytes, bytearray, str, int, float, complex, bool, type(None)})
@@ -51,11 +51,15 @@ def broadcast_reduction(obj: Any) -> tuple[Any, ...] | None:
     numpy = sys.modules.get("numpy")
     if numpy is None or type(obj) is not numpy.ndarray or obj.dtype.hasobject or not _is_broadcast(obj):
         return None
-    # The held elements: the first along every repeated axis (a length-1 axis pickles as itself,
-    # so this does not come back to it). The array interface says read-only where the flags would
-    # warn (np.broadcast_arrays' results), without warning.
-    held = obj[tuple(slice(0, 1) if stride == 0 else slice(None) for stride in obj.strides)]
-    return rebroadcast, (held, obj.shape, not obj.__array_interface__["data"][1])
+    # (The held elements' repeated axes have length 1 and pickle as themselves: this does not come
+    # back to them.) The array interface says read-only where the flags would warn
+    # (np.broadcast_arrays' results), without warning.
+    return rebroadcast, (held_elements(obj), obj.shape, not obj.__array_interface__["data"][1])
+
+
+def held_elements(array: Any) -> Any:
+    """The elements an array holds: its view of the first along every axis of stride zero."""
+    return array[tuple(slice(0, 1) if stride == 0 else slice(None) for stride in array.strides)]
 
 
 def rebroadcast(held: Any, shape: tuple[int, ...], writeable: bool) -> Any:

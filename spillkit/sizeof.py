@@ -16,6 +16,7 @@ from collections.abc import Callable, Hashable
 from decimal import Decimal
 from typing import Any
 
+from .broadcasts import held_elements
 from .keys import describe_key
 
 __all__ = ["checked_size", "deep_sizeof", "default_sizeof"]
@@ -42,7 +43,7 @@ def deep_sizeof(obj: Any, _depth: int = 0) -> int:
     if isinstance(nbytes, int) and module.startswith("numpy"):
         strides = getattr(obj, "strides", None)
         if strides and 0 in strides:  # a broadcast: the elements it holds, as dask.sizeof counts it
-            return int(obj[tuple(slice(0, 1) if stride == 0 else slice(None) for stride in strides)].nbytes)
+            return int(held_elements(obj).nbytes)
         return max(nbytes, sys.getsizeof(obj)) if getattr(obj, "base", None) is None else nbytes
     if module.startswith("pandas"):
         usage = getattr(obj, "memory_usage", None)
