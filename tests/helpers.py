@@ -8,8 +8,9 @@ import itertools
 import os
 import re
 import shutil
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from pathlib import Path
+from typing import Any
 
 import spillkit.chest
 import spillkit.compaction
@@ -235,3 +236,11 @@ def keep_crc(data: bytearray, at: int, start: int, end: int, want: int) -> None:
         if flips >> bit & 1:
             data[at + bit // 8] ^= 1 << (bit % 8)
     assert file_crc(bytes(data[start:end])) == want
+
+
+def join_frames(frames: Iterable[Any]) -> bytearray:
+    """Concatenate a codec's frames into one writable buffer, as the disk store's read does."""
+    out = bytearray()
+    for frame in frames:
+        out += memoryview(frame).cast("B")
+    return out

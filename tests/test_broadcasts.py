@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import join_frames
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -34,10 +35,7 @@ SHAPE = (1000, 4000)  # 32 MB of float64 when materialized
 
 def round_trip(value: Any, codec: Any = None) -> tuple[Any, int]:
     codec = codec or PickleCodec()
-    frames = codec.encode(value)
-    data = bytearray()
-    for frame in frames:
-        data += memoryview(frame).cast("B")
+    data = join_frames(codec.encode(value))
     return codec.decode(memoryview(data)), len(data)
 
 
@@ -139,7 +137,7 @@ class Reentrant:
 
     def __reduce__(self) -> Any:
         frames = PickleCodec().encode({"again": CASES["row"], "inner": self.inner})
-        return Reentrant, (bytes(b"".join(bytes(memoryview(f).cast("B")) for f in frames)),)
+        return Reentrant, (bytes(join_frames(frames)),)
 
 
 def test_a_reducer_that_encodes_on_the_same_thread_gets_a_pickler_of_its_own() -> None:

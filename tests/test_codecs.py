@@ -15,18 +15,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import join_frames as join
 
 from spillkit import Chest, Codec, FuncCodec, PickleCodec, SpillWarning
 
 BIG = 2**17  # float64 elements: 1 MiB, well over the 64 KiB out-of-band threshold
-
-
-def join(frames: Any) -> bytearray:
-    """Concatenate frames into one writable buffer, as the disk store's read does."""
-    out = bytearray()
-    for frame in frames:
-        out += memoryview(frame).cast("B")
-    return out
 
 
 def round_trip(codec: Codec, value: Any) -> Any:
