@@ -150,8 +150,7 @@ class DiskStore(FileSync):
             finally:
                 os.close(fd)
         except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
+            self._remove_temp(temp)  # the write's own error says what failed
             raise
         return PreparedWrite(key, name, temp, size, tag)
 
@@ -209,10 +208,27 @@ class DiskStore(FileSync):
         return prepared.size
 
     def discard(self, prepared: PreparedWrite) -> None:
-        """Drop a prepared write: remove its temporary file and release its name."""
-        with contextlib.suppress(OSError):
-            os.unlink(prepared.temp)
+        """Drop a prepared write: remove its temporary file and release its name.
+
+        A temporary file that cannot be removed is noted (warned once the
+        engine's operation is whole: a background write dropped because its key
+        changed raises into no one) and tried again at the next flush.
+        """
+        error = self._remove_temp(prepared.temp)
+        if error is not None:
+            self._spares.note(f"could not remove the temporary file {prepared.temp!r}: {error!r}")
         self.unreserve(prepared.name)
+
+    def _remove_temp(self, temp: str) -> OSError | None:
+        """Unlink a temporary file of ours; one that will not go is kept for the next flush to remove."""
+        try:
+            os.unlink(temp)
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            self._orphans.add(os.path.basename(temp))  # (a reopen sweeps it too)
+            return error
+        return None
 
     def write(self, key: Hashable, value: Any) -> int:
         """Serialize ``value`` into the key's file; return the bytes written."""

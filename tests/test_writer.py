@@ -127,6 +127,53 @@ def test_a_key_changed_while_its_write_is_in_flight_never_comes_back_stale(
     assert len(spill_files(chest)) == len(chest)  # no orphan file of the cancelled write
 
 
+class TempUnlinkFails:
+    """``os`` for the disk store whose next ``unlink`` of a temporary file fails with EIO."""
+
+    def __init__(self) -> None:
+        self.failed = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def unlink(self, path: Any, *args: Any, **kwargs: Any) -> None:
+        if not self.failed and os.path.basename(path).startswith(".tmp-"):
+            self.failed += 1
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        os.unlink(path, *args, **kwargs)
+
+
+@pytest.mark.parametrize("how", ["delete", "overwrite", "pop"])
+def test_a_cancelled_write_whose_temporary_file_will_not_go_warns_and_the_next_flush_removes_it(
+    gated: tuple[Chest, GatedCodec], monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    chest, codec = gated
+    for key in "abc":
+        chest[key] = [key]
+    assert codec.started.wait(10)  # "a" is being written
+    failing = TempUnlinkFails()
+    monkeypatch.setattr(spillkit.storage, "os", failing)
+    if how == "delete":
+        del chest["a"]
+    elif how == "pop":
+        assert chest.pop("a") == ["a"]
+    else:
+        chest["a"] = ["new a"]
+    with warnings.catch_warnings(record=True) as log:
+        warnings.simplefilter("always")
+        codec.gate.set()
+        chest.wait_for_writes()  # the writer drops the write: its key changed
+    monkeypatch.undo()
+    # Before: the failure was swallowed, and the file stayed until the directory was opened again.
+    assert failing.failed == 1
+    assert [str(w.message) for w in log if "could not remove the temporary file" in str(w.message)], log
+    assert all(issubclass(w.category, SpillWarning) for w in log)
+    assert [n for n in os.listdir(chest.path) if n.startswith(".tmp-")]
+    chest.flush()
+    assert not [n for n in os.listdir(chest.path) if n.startswith(".tmp-")]
+    assert dict(chest) == ({"a": ["new a"]} if how == "overwrite" else {}) | {"b": ["b"], "c": ["c"]}
+
+
 def test_flush_and_close_wait_for_writes_in_flight(tmp_path: Path) -> None:
     codec = GatedCodec()
     chest = Chest(
