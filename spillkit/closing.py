@@ -107,7 +107,11 @@ def _remove(chest: Chest) -> None:
             if chest._finalizer is not None:
                 chest._finalizer()
             else:
-                remove_manifest(chest._path)  # first: a kill during the removal must not leave half the files named
+                try:  # first: a kill during the removal must not leave half the files named
+                    remove_manifest(chest._path)
+                except OSError as error:  # nothing else is removed: the directory stays whole, as last flushed
+                    error.add_note(f"drop: {chest._path!r} was not removed; it reopens with its last flush's values")
+                    raise
                 remove_tree(chest._path)
         finally:
             chest._dir_lock.release()  # held while the directory went: no Chest could start on it half-removed

@@ -21,7 +21,7 @@ unlocked its contents mean nothing.
 The file stays when a Chest closes: unlinking it would let one process lock
 the old inode (opened just before) while another creates and locks a new one.
 It is hidden (no key's file name starts with a dot), so a re-open's clean-up
-(``manifest.remove_leftovers``, ``reopen.remove_unreferenced_segments``) leaves it
+(``reopen.remove_leftovers``, ``reopen.remove_unreferenced_segments``) leaves it
 alone. ``drop()`` removes it with the directory while still holding it; a
 Chest waiting to lock it then finds another inode, or none, under the name
 and locks the one there now.

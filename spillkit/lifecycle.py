@@ -70,7 +70,9 @@ class EngineLifecycle(EngineLedger):
                     value = None if value is None else value()
                     if value is None:
                         value = self._read_popped(key)
-            self.delete(key, report=False)  # its notes wait for the next operation: the value must come back
+            self.delete(key, report=False)  # the value must come back, whatever a warning filter does:
+            if self.notes.waiting:
+                self.notes.report(hold_errors=True)  # a warning made an error waits for the next operation
             return value
 
     def _read_popped(self, key: Hashable) -> Any:

@@ -18,7 +18,7 @@ import secrets
 import struct
 import warnings
 import zlib
-from collections.abc import Hashable, Set
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 import cloudpickle
@@ -26,7 +26,6 @@ import cloudpickle
 from .errors import SpillError, SpillWarning
 from .regularfile import SAFE_OPEN, ensure_regular
 from .security import KEY_FILE_NAME, sign
-from .spillfile import is_spill_file
 
 __all__ = [
     "MANIFEST_NAME",
@@ -35,7 +34,6 @@ __all__ = [
     "is_plain",
     "pickle_key",
     "read_manifest",
-    "remove_leftovers",
     "remove_manifest",
     "write_manifest",
 ]
@@ -221,39 +219,17 @@ def read_manifest(path: str, secret: bytes) -> list[ManifestEntry] | None:
 
 
 def remove_manifest(path: str) -> None:
-    """Remove the manifest durably (a directory without one reopens empty); best-effort, never raises."""
-    with contextlib.suppress(OSError):
-        os.unlink(os.path.join(path, MANIFEST_NAME))
-        _fsync_directory(path)
+    """Remove the manifest durably (a directory without one reopens empty).
 
-
-def remove_leftovers(path: str, keep: Set[str]) -> list[str]:
-    """Remove what a killed process left in ``path``; return the names removed.
-
-    That is: temporary files of spill and manifest writes that never completed,
-    and spill files (recognised by their header, which names the file) that the
-    committed manifest does not list, i.e. written after the last flush or
-    superseded by it. Other files, and the names in ``keep``, are left alone.
-    Call it only after the manifest was read successfully: with a damaged
-    manifest nothing can be known to be garbage.
+    Raises the ``OSError`` of an unlink that failed: the directory then still
+    reopens with the values of its last flush. A failed fsync of the directory
+    (the removal may not survive a crash) is warned about.
     """
-    removed = []
-    for name in sorted(os.listdir(path)):
-        full = os.path.join(path, name)
-        if name.startswith((".tmp-", MANIFEST_NAME + ".tmp-")):
-            leftover = True
-        elif name.startswith(".") or name in keep:
-            leftover = False
-        else:
-            leftover = os.path.isfile(full) and not os.path.islink(full) and is_spill_file(full, name)
-        if not leftover:
-            continue
-        try:
-            os.unlink(full)
-        except FileNotFoundError:
-            continue
-        except OSError as error:
-            warnings.warn(f"could not remove the leftover file {full!r}: {error!r}", SpillWarning, stacklevel=3)
-            continue
-        removed.append(name)
-    return removed
+    try:
+        os.unlink(os.path.join(path, MANIFEST_NAME))
+    except FileNotFoundError:
+        return  # never flushed
+    try:
+        _fsync_directory(path)
+    except OSError as error:
+        warnings.warn(f"the removal of {path!r}'s manifest may not be durable: {error!r}", SpillWarning, stacklevel=4)

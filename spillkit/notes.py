@@ -22,14 +22,14 @@ class Notes(Protocol):
 
     waiting: int  # notes of any thread not reported yet (a hint: read without a lock)
 
-    def report(self) -> None:
-        """Warn this thread's notes."""
+    def report(self, *, hold_errors: bool = False) -> None:
+        """Warn this thread's notes; with ``hold_errors``, one a filter makes an error stays for the next report."""
 
 
 class _NoNotes:
     waiting = 0
 
-    def report(self) -> None:
+    def report(self, *, hold_errors: bool = False) -> None:
         pass
 
 

@@ -18,14 +18,15 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import SpillWarning
 from .keys import describe_key
-from .manifest import ManifestEntry, read_manifest, remove_leftovers
+from .manifest import MANIFEST_NAME, ManifestEntry, read_manifest
 from .segfiles import is_segment_name
+from .spillfile import is_spill_file
 
 if TYPE_CHECKING:
     from .chest import Chest
     from .segments import PackedStore
 
-__all__ = ["manifest_rows", "remove_unreferenced_segments", "reopen"]
+__all__ = ["manifest_rows", "remove_leftovers", "remove_unreferenced_segments", "reopen"]
 
 
 def reopen(chest: Chest) -> None:
@@ -99,3 +100,40 @@ def manifest_rows(entries: list[ManifestEntry]) -> list[tuple[Any, ...]]:
     The key's pickle is left out: pickling one key twice need not give the same bytes.
     """
     return [(e.key, e.name, e.file_bytes, e.nbytes, e.cost, e.tag, e.segment, e.offset) for e in entries]
+
+
+def remove_leftovers(path: str, keep: Set[str]) -> list[str]:
+    """Remove what a killed process left in ``path``; return the names removed.
+
+    That is: temporary files of spill and manifest writes that never completed,
+    and spill files (recognised by their header, which names the file) that the
+    committed manifest does not list, i.e. written after the last flush or
+    superseded by it. Other files, and the names in ``keep``, are left alone.
+    Call it only after the manifest was read successfully: with a damaged
+    manifest nothing can be known to be garbage.
+    """
+    removed = []
+    for name in sorted(os.listdir(path)):
+        full = os.path.join(path, name)
+        if name.startswith((".tmp-", MANIFEST_NAME + ".tmp-")):
+            leftover = True
+        elif name.startswith(".") or name in keep:
+            leftover = False
+        else:
+            try:
+                leftover = os.path.isfile(full) and not os.path.islink(full) and is_spill_file(full, name)
+            except OSError as error:  # left alone: it may be no file of ours
+                message = f"could not read {full!r} to see if it is a leftover: {error!r}"
+                warnings.warn(message, SpillWarning, stacklevel=3)
+                continue
+        if not leftover:
+            continue
+        try:
+            os.unlink(full)
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            warnings.warn(f"could not remove the leftover file {full!r}: {error!r}", SpillWarning, stacklevel=3)
+            continue
+        removed.append(name)
+    return removed

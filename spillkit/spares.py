@@ -179,15 +179,25 @@ class SparePool:
             freed += spare.size
         return freed
 
-    def report(self) -> None:
+    def report(self, *, hold_errors: bool = False) -> None:
         """Warn about this thread's errors noted since its last report (once the caller's bookkeeping is done).
 
         The engine calls it at the end of each operation (:mod:`spillkit.notes`), the
         background writer at the end of each write: a warning turned into an error then stops
         nothing half-way, and a write-behind thread's notes never reach another thread's caller.
+        With ``hold_errors`` (``pop``, which must return its value), a warning that a filter
+        turns into an error is not raised: it stays noted, for the next operation to report.
         """
         notes: collections.deque[str] | None = getattr(self._local, "notes", None)
         while notes:
+            if hold_errors:
+                try:
+                    warnings.warn(notes[0], SpillWarning, stacklevel=4)
+                except Exception:
+                    return
+                notes.popleft()
+                self.waiting -= 1
+                continue
             message = notes.popleft()
             self.waiting -= 1
             warnings.warn(message, SpillWarning, stacklevel=4)

@@ -22,6 +22,7 @@ buffers 64-byte aligned.
 
 from __future__ import annotations
 
+import errno
 import hmac
 import mmap
 import os
@@ -200,19 +201,23 @@ def privatize_prefix(data: memoryview) -> None:
 
 
 def is_spill_file(full: str, name: str) -> bool:
-    """True when ``full`` starts like a spill file written under ``name`` (used to clean up after a crash)."""
+    """True when ``full`` starts like a spill file written under ``name`` (used to clean up after a crash).
+
+    Raises the ``OSError`` of a file that is there but cannot be read (the disk,
+    permissions): whether it is a leftover is then unknown.
+    """
     try:
         length = HEADER_SIZE + len(name.encode("utf-8"))
     except UnicodeEncodeError:  # a name os.listdir could only surrogate-escape: no spill file's (they are ASCII)
         return False
     try:
         fd = ensure_regular(os.open(full, os.O_RDONLY | SAFE_OPEN), full)
-    except OSError:
-        return False
+    except OSError as error:  # gone, a link, or no regular file: not a spill file
+        if isinstance(error, FileNotFoundError) or error.errno in (errno.ELOOP, errno.EINVAL):
+            return False
+        raise
     try:
         head = os.pread(fd, length, 0)
-    except OSError:
-        return False
     finally:
         os.close(fd)
     return names_record(head, name)

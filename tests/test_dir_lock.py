@@ -31,7 +31,8 @@ import spillkit.dirlock
 import spillkit.storage
 from spillkit import Chest, ChestLocked, SpillError
 from spillkit.dirlock import LOCK_NAME, DirLock
-from spillkit.manifest import MANIFEST_NAME, remove_leftovers
+from spillkit.manifest import MANIFEST_NAME
+from spillkit.reopen import remove_leftovers
 
 REPO = Path(spillkit.__file__).resolve().parents[1]
 UNIT = 100

@@ -555,7 +555,7 @@ def test_a_drop_killed_half_way_reopens_empty_not_with_half_the_keys(
     class Killed(BaseException):
         """The process dies here: nothing after this runs (finally blocks aside)."""
 
-    def killed_half_way(target: str, ignore_errors: bool = False) -> None:
+    def killed_half_way(target: str, **kwargs: Any) -> None:
         spill_files = sorted(name for name in os.listdir(target) if not name.startswith("."))
         for name in spill_files[: len(spill_files) // 2]:
             os.unlink(os.path.join(target, name))
