@@ -96,20 +96,27 @@ def test_a_put_returns_while_the_write_is_in_flight_and_the_value_stays_readable
     assert_accounting(chest)
 
 
-@pytest.mark.parametrize("how", ["delete", "overwrite", "pop"])
-def test_a_key_changed_while_its_write_is_in_flight_never_comes_back_stale(
-    gated: tuple[Chest, GatedCodec], how: str
-) -> None:
-    chest, codec = gated
+def change_a_while_it_is_written(chest: Chest, codec: GatedCodec, how: str, meanwhile: Any = None) -> None:
+    """Store "a", "b", "c" (the writer takes "a", and waits at the gate), call ``meanwhile``, then change "a"."""
     for key in "abc":
         chest[key] = [key]
     assert codec.started.wait(10)  # "a" is being written
+    if meanwhile is not None:
+        meanwhile()
     if how == "delete":
         del chest["a"]
     elif how == "pop":
         assert chest.pop("a") == ["a"]
     else:
         chest["a"] = ["new a"]
+
+
+@pytest.mark.parametrize("how", ["delete", "overwrite", "pop"])
+def test_a_key_changed_while_its_write_is_in_flight_never_comes_back_stale(
+    gated: tuple[Chest, GatedCodec], how: str
+) -> None:
+    chest, codec = gated
+    change_a_while_it_is_written(chest, codec, how)
     codec.gate.set()
     chest.wait_for_writes()
     chest.flush()
@@ -148,17 +155,8 @@ def test_a_cancelled_write_whose_temporary_file_will_not_go_warns_and_the_next_f
     gated: tuple[Chest, GatedCodec], monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
     chest, codec = gated
-    for key in "abc":
-        chest[key] = [key]
-    assert codec.started.wait(10)  # "a" is being written
     failing = TempUnlinkFails()
-    monkeypatch.setattr(spillkit.storage, "os", failing)
-    if how == "delete":
-        del chest["a"]
-    elif how == "pop":
-        assert chest.pop("a") == ["a"]
-    else:
-        chest["a"] = ["new a"]
+    change_a_while_it_is_written(chest, codec, how, lambda: monkeypatch.setattr(spillkit.storage, "os", failing))
     with warnings.catch_warnings(record=True) as log:
         warnings.simplefilter("always")
         codec.gate.set()
