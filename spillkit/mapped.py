@@ -41,15 +41,12 @@ import collections
 import ctypes
 import mmap
 import os
-import shutil
-import sys
 import threading
-import warnings
 import weakref
 from collections.abc import Callable
 from typing import Any
 
-from .errors import SpillWarning
+from .tempdirs import remove_all
 
 __all__ = [
     "DEFAULT_MAP_FROM",
@@ -214,8 +211,7 @@ def mapped_at_fork(full: str) -> FileId | None:
 
 
 def remove_tree(path: str) -> None:
-    """``shutil.rmtree(path)``, warning of what it could not remove; then :func:`unlinked` for its files
-    mapped at a fork that went."""
+    """:func:`~spillkit.tempdirs.remove_all`, then :func:`unlinked` for its files mapped at a fork that went."""
     candidates: list[tuple[FileId, str]] = []
     inodes = {inode for _, inode in tuple(_mapped_at_fork)}
     if inodes:
@@ -227,24 +223,7 @@ def remove_tree(path: str) -> None:
                         candidates.append((file_id, entry.path))
         except OSError:
             pass  # forgets nothing: those numbers are merely never reused
-    failed: list[tuple[str, BaseException]] = []
-
-    def note(_function: Any, failed_path: str, error: Any) -> None:
-        caught = error if isinstance(error, BaseException) else error[1]  # (onerror gives exc_info)
-        if not isinstance(caught, FileNotFoundError):  # (gone already: what was wanted)
-            failed.append((failed_path, caught))
-
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=note)
-    else:
-        shutil.rmtree(path, onerror=note)
-    if failed:
-        warnings.warn(
-            f"could not remove {len(failed)} entries of the directory {path!r}, left on disk; the first: "
-            f"{failed[0][0]!r}: {failed[0][1]!r}",
-            SpillWarning,
-            stacklevel=3,
-        )
+    remove_all(path)
     for file_id, full in candidates:
         if not os.path.lexists(full):
             unlinked(file_id)

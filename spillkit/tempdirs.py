@@ -39,11 +39,15 @@ import os
 import re
 import shutil
 import stat
+import sys
 import tempfile
 import threading
+import warnings
 from typing import Any
 
-__all__ = ["PREFIX", "create", "owner_prefix", "stale", "sweep_stale"]
+from .errors import SpillWarning
+
+__all__ = ["PREFIX", "create", "owner_prefix", "remove_all", "stale", "sweep_stale"]
 
 PREFIX = "spillkit-"
 _NAME = re.compile(r"spillkit-([1-9][0-9]{0,9})-([0-9]{1,20}|x)-([0-9]{1,20}|x)-[a-z0-9_]{1,32}")
@@ -203,3 +207,22 @@ def sweep_stale(parent: str | None = None) -> list[str]:
     ``parent`` cannot be listed. Safe to run from several processes at once.
     """
     return _scan(tempfile.gettempdir() if parent is None else parent, remove=True)
+
+
+def remove_all(path: str) -> None:
+    """``shutil.rmtree(path)``; what it cannot remove is left, and warned about (a ``SpillWarning``)."""
+    failed: list[tuple[str, BaseException]] = []
+
+    def note(_function: Any, failed_path: str, error: Any) -> None:
+        caught = error if isinstance(error, BaseException) else error[1]  # (onerror gives exc_info)
+        if not isinstance(caught, FileNotFoundError):  # (gone already: what was wanted)
+            failed.append((failed_path, caught))
+
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=note)
+    else:
+        shutil.rmtree(path, onerror=note)
+    if failed:
+        where, error = failed[0]
+        message = f"could not remove {len(failed)} entries of the directory {path!r}, left on disk; the first: "
+        warnings.warn(f"{message}{where!r}: {error!r}", SpillWarning, stacklevel=4)

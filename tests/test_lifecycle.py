@@ -23,8 +23,8 @@ from helpers import assert_disk_files
 
 import spillkit
 import spillkit.closing
-import spillkit.mapped
 import spillkit.persistence
+import spillkit.tempdirs
 from spillkit import Chest, SpillError
 
 REPO = Path(spillkit.__file__).resolve().parents[1]
@@ -561,7 +561,7 @@ def test_a_drop_killed_half_way_reopens_empty_not_with_half_the_keys(
             os.unlink(os.path.join(target, name))
         raise Killed
 
-    monkeypatch.setattr(spillkit.mapped.shutil, "rmtree", killed_half_way)
+    monkeypatch.setattr(spillkit.tempdirs.shutil, "rmtree", killed_half_way)
     with pytest.raises(Killed):
         chest.drop()
     monkeypatch.undo()
