@@ -16,6 +16,7 @@ graph-aware policies (``NextUse``, ``LRC``) the graph and dask's planned order.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -86,21 +87,56 @@ def spilling(
     if dask.config.get("scheduler", None) in (None, "threads", "threading") and not distributed_client_active():
         settings["scheduler"] = cache.schedule  # dask's threaded scheduler, with spilled inputs loaded by workers
     try:
-        with dask.config.set(settings), ChestCallback(chest):
-            yield chest
+        # The settings go before the callback: a computation that starts while the block ends either
+        # meets the callback (which claims the Chest for it, so a close waits) or no longer finds the cache.
+        with ChestCallback(chest):
+            _install(cache, settings)
+            try:
+                yield chest
+            finally:
+                _uninstall(cache)
     finally:
-        cache.active = False  # a Client closed after this block may put its scheduler= back
-        _forget_ended_blocks()
         if made:
             cache.close_when_free(chest.close)
 
 
-def _forget_ended_blocks() -> None:
-    # dask.config.set puts back what it found on entry: blocks in two threads that end out of
-    # order put back the settings of a block already over, whose Chest is closed. They go.
-    cache = dask.config.get("cache", None)
-    if isinstance(cache, WorkerLoads) and not cache.active:
-        dask.config.config.pop("cache", None)
-    owner = getattr(dask.config.get("scheduler", None), "__self__", None)
-    if isinstance(owner, WorkerLoads) and not owner.active:
-        dask.config.config.pop("scheduler", None)
+_settings_lock = threading.Lock()
+_ABSENT = object()
+
+
+def _install(cache: WorkerLoads, settings: dict[str, Any]) -> None:
+    """Set ``settings`` in dask.config, remembering what they replace (not dask.config.set's context: see below)."""
+    with _settings_lock:
+        cache.replaced = {name: dask.config.config.get(name, _ABSENT) for name in settings}
+        dask.config.config.update(settings)
+
+
+def _uninstall(cache: WorkerLoads) -> None:
+    """End the block: put back what it replaced, skipping settings of blocks that have ended since.
+
+    dask.config.set's context would put back what it found on entry: two blocks in two threads that end
+    out of order would leave the first block's cache in force, its Chest closed, and a computation
+    starting then would meet it with no callback to claim it. A setting a later block (or the user) put
+    in place is left: that one, when it ends, puts back what this block found, or what that block did.
+    """
+    with _settings_lock:
+        cache.active = False  # (a Client closed after this block may put its scheduler= back)
+        for name in cache.replaced:
+            current = dask.config.config.get(name, _ABSENT)
+            if _loads_of(current) is not cache:
+                continue
+            value = cache.replaced[name]
+            while (ended := _loads_of(value)) is not None and not ended.active:
+                value = ended.replaced.get(name, _ABSENT)
+            if value is _ABSENT:
+                dask.config.config.pop(name, None)
+            else:
+                dask.config.config[name] = value
+
+
+def _loads_of(setting: Any) -> WorkerLoads | None:
+    """The WorkerLoads a dask.config ``cache`` or ``scheduler`` setting belongs to, if any."""
+    if isinstance(setting, WorkerLoads):
+        return setting
+    owner = getattr(setting, "__self__", None)  # (scheduler=: its bound schedule method)
+    return owner if isinstance(owner, WorkerLoads) else None

@@ -236,14 +236,18 @@ class ChestCallback(Callback):
             return
         try:
             if run.cache is not None and run.role == "claimed":
-                try:  # dask reads the results after this, when the Chest may be another computation's
-                    state["cache"] = run.cache.hand_back(dsk, keep=not errored)
-                finally:
-                    run.cache.release()
+                # dask reads the results after this, when the Chest may be another computation's
+                state["cache"] = run.cache.hand_back(dsk, keep=not errored)
             elif run.cache is not None and run.role == "private":
                 run.cache.end_private()  # it failed before its state was made: the thread is routed no more
         finally:
-            self._end(run, id(self) in state.get(_OURS, ()))
+            try:
+                self._end(run, id(self) in state.get(_OURS, ()))
+            finally:  # only now: released before its last settle, a block ending meanwhile closed the Chest under it
+                if run.cache is not None:
+                    if run.role == "claimed":
+                        run.cache.release()
+                    run.cache.close_if_due()  # its block ended while this computation had the Chest
 
     def _end(self, run: _Run, ours: bool) -> None:
         # Whatever happened (a failed hand-back too): every pin and deferral of the computation goes.
@@ -261,5 +265,3 @@ class ChestCallback(Callback):
                 self._defer(-1)
             if ours:
                 engine.settle()
-        if run.cache is not None:
-            run.cache.close_if_due()  # its block ended while this computation had the Chest

@@ -38,6 +38,7 @@ class ChestOwnership:
     def __init__(self, chest: Chest) -> None:
         self.chest = chest
         self.active = True  # until the spilling() block that made this cache ends
+        self.replaced: dict[str, Any] = {}  # the dask.config settings the block found (spillkit.dask)
         self._lock = threading.Lock()
         self._owner: int | None = None  # the thread whose computation uses the Chest (one at a time)
         self._scheduler: int | None = None  # the thread scheduling it, when it takes markers

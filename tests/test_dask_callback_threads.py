@@ -283,3 +283,74 @@ def test_a_computation_nested_after_its_block_ended_leaves_the_running_one_its_c
     p.join(WAIT)
     assert out_p == {"value": 2} and out_q == {"value": 2} and nested == {"value": 42}
     assert chest.closed and not os.path.exists(chest.path)
+
+
+@pytest.mark.parametrize("scheduler", ["sync", "threads"])
+def test_a_computation_started_while_a_block_ends_never_meets_its_closed_chest(
+    scheduler: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # helper-102: the block's callback stopped taking computations before dask.config gave back the
+    # block's cache=, and a computation another thread started in between used the Chest unclaimed;
+    # the block closed it under it ("the Chest at ... is closed"). The gap is widened here.
+    x = matrix()
+    expected = float((x @ x).sum().compute(scheduler="sync"))
+    ending, started = threading.Event(), threading.Event()
+    real_exit = ChestCallback.__exit__
+
+    def slow_exit(self: ChestCallback, *args: object) -> None:
+        real_exit(self, *args)
+        if threading.current_thread() is threading.main_thread():
+            ending.set()
+            assert started.wait(WAIT)  # the other computation starts now
+
+    monkeypatch.setattr(ChestCallback, "__exit__", slow_exit)
+
+    def late() -> float:
+        assert ending.wait(WAIT)
+        started.set()
+        return float((x.map_blocks(lambda block: block + 0) @ x).sum().compute(scheduler=scheduler))
+
+    with spilling(available_memory="1 MiB") as chest:
+        thread, out = in_thread(late)
+    thread.join(WAIT)
+    assert "error" not in out, out
+    assert out["value"] == pytest.approx(expected)
+    assert chest.closed
+
+
+def test_a_computation_on_a_blocks_chest_settles_it_before_the_block_may_close_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # helper-102: the computation gave the Chest up before its last settle; the block, ending in
+    # between, closed the Chest, and the settle raised "this Chest is closed" after the results were in.
+    from spillkit.dask_loads import WorkerLoads
+
+    x = matrix()
+    expected = float((x @ x).sum().compute(scheduler="sync"))
+    released, closed = threading.Event(), threading.Event()
+    real_release = WorkerLoads.release
+
+    def release(self: WorkerLoads) -> None:
+        real_release(self)
+        if threading.current_thread().name == "other":
+            released.set()
+            closed.wait(WAIT)  # the block ends here
+
+    monkeypatch.setattr(WorkerLoads, "release", release)
+    out: dict[str, Any] = {}
+
+    def other() -> None:
+        try:
+            out["value"] = float((x @ x).sum().compute(scheduler="threads"))
+        except BaseException as error:  # handed to the test
+            out["error"] = error
+
+    thread = threading.Thread(target=other, name="other")
+    with spilling(available_memory="1 MiB") as chest:
+        thread.start()
+        assert released.wait(WAIT)
+    closed.set()
+    thread.join(WAIT)
+    assert "error" not in out, out
+    assert out["value"] == pytest.approx(expected)
+    assert chest.closed
