@@ -23,13 +23,30 @@ import cloudpickle
 
 from .broadcasts import broadcast_reduction, is_plain
 
-__all__ = ["cloud_dumps", "dumps"]
+__all__ = ["ChangedInPlace", "cloud_dumps", "dumps"]
 
 Keep = Callable[[pickle.PickleBuffer], bool]
 Buffer = bytes | bytearray | memoryview
 
 
 _ndarray: Any = None  # numpy.ndarray, once a value that may hold one is pickled
+
+
+_partd: Any = None  # partd.core.Interface, once partd is imported (dask imports it for a disk shuffle)
+
+
+class ChangedInPlace(pickle.PicklingError):
+    """A value that tasks change in place where a copy would not see it: it stays in memory, unspilled."""
+
+
+def _refuse(obj: Any) -> None:
+    # A partd store (dask's disk shuffle) is appended to in place by each task given it: a copy read
+    # back from disk would miss those appends (helper-102: every row of a shuffle lost), and the
+    # Chest could not hold a copy it served to a task (a budget smaller than the store).
+    raise ChangedInPlace(
+        f"{type(obj).__qualname__}: a partd store is changed in place by the tasks given it; a copy from disk "
+        "would miss their changes, so it stays in memory"
+    )
 
 
 class _BroadcastPickler(pickle.Pickler):
@@ -40,6 +57,8 @@ class _BroadcastPickler(pickle.Pickler):
             reduction = broadcast_reduction(obj)
             if reduction is not None:
                 return reduction
+        elif _partd is not None and isinstance(obj, _partd):
+            _refuse(obj)
         return NotImplemented
 
 
@@ -49,6 +68,10 @@ class _BroadcastCloudPickler(cloudpickle.Pickler):  # type: ignore[misc]  # (clo
             reduction = broadcast_reduction(obj)
             if reduction is not None:
                 return reduction
+        elif _partd is not None and isinstance(obj, _partd):
+            _refuse(obj)
+        elif type(obj) is memoryview:  # cloudpickle would make it bytes; pickle refuses it: it stays in memory
+            raise pickle.PicklingError("cannot pickle 'memoryview' object")
         return super().reducer_override(obj)
 
 
@@ -114,10 +137,11 @@ def _empty(slot: _Slot) -> None:
 
 
 def cloud_dumps(obj: Any, keep: Keep) -> Buffer:
-    """``cloudpickle.dumps(obj, protocol=5, buffer_callback=keep)``, keeping broadcast arrays broadcast."""
-    if is_plain(obj):
-        stream: bytes = cloudpickle.dumps(obj, protocol=5, buffer_callback=keep)
-        return stream
+    """``cloudpickle.dumps(obj, protocol=5, buffer_callback=keep)``, keeping broadcast arrays broadcast.
+
+    Always through the pickler (this is the fallback for what pickle refuses: rarely a hot path),
+    which also refuses what cloudpickle would turn into something else (a memoryview into bytes).
+    """
     _know_arrays()
     sink = io.BytesIO()
     _BroadcastCloudPickler(sink, protocol=5, buffer_callback=keep).dump(obj)
@@ -125,7 +149,11 @@ def cloud_dumps(obj: Any, keep: Keep) -> Buffer:
 
 
 def _know_arrays() -> None:
-    """Let the picklers recognise numpy arrays (called once :func:`is_plain` found numpy imported)."""
-    global _ndarray
+    """Let the picklers recognise numpy arrays (called once :func:`is_plain` found numpy imported), and partd."""
+    global _ndarray, _partd
     if _ndarray is None:
-        _ndarray = sys.modules["numpy"].ndarray
+        numpy = sys.modules.get("numpy")  # (cloud_dumps comes here without it)
+        _ndarray = None if numpy is None else numpy.ndarray
+    if _partd is None:
+        core = sys.modules.get("partd.core")
+        _partd = None if core is None else core.Interface

@@ -12,14 +12,16 @@ import math
 import numbers
 import operator
 import sys
+import warnings
 from collections.abc import Callable, Hashable
 from decimal import Decimal
 from typing import Any
 
 from .broadcasts import held_elements
+from .errors import SpillWarning
 from .keys import describe_key
 
-__all__ = ["checked_size", "deep_sizeof", "default_sizeof"]
+__all__ = ["FAILED_SIZE", "checked_size", "deep_sizeof", "default_sizeof"]
 
 _SAMPLES = 10
 _MAX_DEPTH = 6
@@ -70,17 +72,34 @@ def _sampled(items: Any, count: int, depth: int) -> int:
     return int(measured * count / len(sample))
 
 
+FAILED_SIZE = 10**6  # counted for a value whose size cannot be measured, as dask.distributed's safe_sizeof does
+
+
 def default_sizeof() -> Callable[[Any], int]:
-    """Return ``dask.sizeof.sizeof`` when dask is installed, else :func:`deep_sizeof`."""
+    """Return ``dask.sizeof.sizeof`` when dask is installed, else :func:`deep_sizeof`.
+
+    Either way, a value whose size cannot be measured (its ``__sizeof__`` raises) counts as
+    :data:`FAILED_SIZE` bytes, with a ``SpillWarning``, instead of failing the put: a dask task's
+    result that plain dask computes must not fail the computation. (A ``sizeof`` given to a Chest
+    is the caller's own: its errors propagate.)
+    """
+    sizeof: Callable[[Any], Any]
     try:
-        from dask.sizeof import sizeof
+        from dask.sizeof import sizeof as dask_sizeof
     except ImportError:
-        return deep_sizeof
+        sizeof = deep_sizeof
+    else:
+        sizeof = dask_sizeof
 
-    def dask_sizeof(obj: Any) -> int:
-        return int(sizeof(obj))
+    def measured(obj: Any) -> int:
+        try:
+            return int(sizeof(obj))
+        except Exception as error:
+            message = f"could not measure a {type(obj).__qualname__} ({error!r}): counted as {FAILED_SIZE} bytes"
+            warnings.warn(message, SpillWarning, stacklevel=4)  # (engine.put, Chest.__setitem__, its caller)
+            return FAILED_SIZE
 
-    return dask_sizeof
+    return measured
 
 
 def real_number(value: object) -> float | None:

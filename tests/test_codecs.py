@@ -137,6 +137,20 @@ def test_lambdas_and_closures_go_through_cloudpickle() -> None:
     assert mixed["f"](mixed["a"]) == BIG
 
 
+@pytest.mark.parametrize("value", [memoryview(bytearray(b"ab" * 100)), {"view": memoryview(b"read-only")}])
+def test_a_memoryview_is_refused_not_turned_into_bytes(value: Any, tmp_path: Path) -> None:
+    # helper-102: pickle refuses a memoryview, and the cloudpickle fallback made it bytes, so a spilled
+    # one came back another type. Refused now: it stays in memory, like any value that cannot be pickled.
+    with pytest.raises(pickle.PicklingError, match="memoryview"):
+        PickleCodec().encode(value)
+    chest = Chest(path=tmp_path / "c", available_memory=250, sizeof=lambda v: 100)
+    chest["view"] = value
+    with pytest.warns(SpillWarning, match="cannot be serialized; it stays in memory"):
+        chest["a"], chest["b"] = 1, 2
+    assert chest["view"] is value and "view" in chest.inmem
+    chest.drop()  # (a close would flush, and name "view" as the value it could not write)
+
+
 @pytest.mark.parametrize("name", ["large-array", "large-int-array", "fortran", "bool-array"])
 def test_large_arrays_are_out_of_band_zero_copy_and_writable(name: str) -> None:
     value = VALUES[name]
