@@ -14,6 +14,7 @@ one computation at a time use a :func:`~spillkit.dask.spilling` Chest.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import threading
 import time
 import warnings
@@ -95,6 +96,7 @@ class ChestCallback(Callback):
         self._starts: dict[Hashable, float] = {}
         self._stored: set[Hashable] = set()  # keys computations stored in the Chest (results stay there)
         self._inputs: dict[Hashable, tuple[Hashable, ...]] = {}  # running task -> its inputs, pinned in the Chest
+        self._stores: list[Hashable] = []  # keys of partd stores, pinned until the computation ends (_posttask)
         self._runs: dict[int, list[_Run]] = {}  # per scheduling thread, innermost last: computations under way
 
     def _start(self, dsk: Mapping[Any, Any]) -> None:
@@ -223,6 +225,12 @@ class ChestCallback(Callback):
             self.chest.engine.unpin(inputs)
         start = self._starts.pop(key, None)
         self._stored.add(key)
+        if _is_partd_store(result):
+            # Appended to in place by the tasks given it (dask's disk shuffle), between them too: a spilled
+            # copy would miss those appends (the picklers refuse it anyway). Pinned, so it is never a victim,
+            # and recorded as a pin, so a replay keeps it in memory as the live run did.
+            self.chest.engine.pin((key,))
+            self._stores.append(key)
         if start is not None and key in self.chest:
             self.chest.set_cost(key, time.perf_counter() - start)
         replanner = state.get(_REPLAN, {}).get(id(self))
@@ -259,9 +267,16 @@ class ChestCallback(Callback):
             for inputs in self._inputs.values():  # tasks that never ended (the computation failed)
                 engine.unpin(inputs)
             self._inputs.clear()
+            engine.unpin(self._stores)
+            self._stores.clear()
             self._stored = {key for key in self._stored if key in self.chest}  # what dask released is gone
         with engine.lock:
             if run.deferred:
                 self._defer(-1)
             if ours:
                 engine.settle()
+
+
+def _is_partd_store(value: Any) -> bool:
+    core = sys.modules.get("partd.core")  # (imported by dask for a disk shuffle, and only then)
+    return core is not None and isinstance(value, core.Interface)
