@@ -60,10 +60,9 @@ class WorkerLoads(ChestOwnership, MutableMapping[Hashable, Any]):
         super().__init__(chest)
 
     def _mapping(self) -> MutableMapping[Hashable, Any]:
-        owner = self._owner
-        if owner is None and not self._nested and not self._private:
-            return self.chest
-        tid = threading.get_ident()
+        owner, tid = self._owner, threading.get_ident()
+        if (owner == tid or (owner is None and not self.replaced)) and not self._nested and not self._private:
+            return self.chest  # (a WorkerLoads no spilling() block made dask's cache: a mapping like any)
         if self._private:  # a computation that found the Chest taken (ChestCallback routed it)
             private = self._private.get(tid)
             if private:
@@ -72,11 +71,15 @@ class WorkerLoads(ChestOwnership, MutableMapping[Hashable, Any]):
             nested = self._nested.get(tid)
             if nested is not None:
                 return nested
-        if owner is None or owner == tid:
+        if owner == tid or (owner is None and not self.replaced):
             return self.chest
-        # Another computation has the Chest, and this one started without ChestCallback: dask runs
+        # This thread's computation did not claim the Chest (another one may have it): dask runs
         # a computation nested in a task with no callbacks (it empties the active set meanwhile),
-        # and so does a computation another thread starts then with a scheduler= of dask's own.
+        # and so does a computation another thread starts then with a scheduler= of dask's own; and
+        # a computation whose callbacks decided for another cache= (dask.config is the process's:
+        # another thread's block began or ended between their start and dask's reading it) runs here
+        # with none. Unclaimed, the Chest is no one's: its block may close it, another computation
+        # claim it, under this one.
         # Its thread's dict serves every such computation of the thread, even once the Chest's
         # owner has ended (this one may go on: its keys are in the dict), until the thread starts
         # a computation that takes the Chest (claim). A key found there is that key's value:

@@ -19,6 +19,7 @@ da = pytest.importorskip("dask.array")
 np = pytest.importorskip("numpy")
 
 import dask  # noqa: E402
+import dask.local  # noqa: E402
 from dask.callbacks import Callback  # noqa: E402
 from dask_helpers import WAIT, fails_in_one_block, matrix, waits_in_first_block  # noqa: E402
 
@@ -354,3 +355,115 @@ def test_a_computation_on_a_blocks_chest_settles_it_before_the_block_may_close_i
     assert "error" not in out, out
     assert out["value"] == pytest.approx(expected)
     assert chest.closed
+
+
+def slow_order_in(thread_name: str, until: threading.Event, reached: threading.Event) -> Callable[..., Any]:
+    """dask.local.order, held in thread ``thread_name`` (once) until ``until``: dask calls it between the
+    callbacks' start, which read dask.config's cache=, and start_state_from_dask, which reads it again."""
+    real = dask.local.order
+
+    def order(dsk: Any, *args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread().name == thread_name and not reached.is_set():
+            reached.set()
+            assert until.wait(WAIT)
+        return real(dsk, *args, **kwargs)
+
+    return order
+
+
+def test_a_computation_that_meets_another_blocks_cache_unclaimed_never_uses_its_chest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # helper-103: thread A's callbacks decided for A's block; another thread's block began before dask read
+    # dask.config's cache=, so A's computation ran on B's Chest, claimed by no one; B's block closed it at
+    # once under A ("the Chest at ... is closed"). Unclaimed, A now runs in a dict of its own.
+    a_in_order, b_installed, inside, release = (threading.Event() for _ in range(4))
+    monkeypatch.setattr(dask.local, "order", slow_order_in("A", b_installed, a_in_order))
+
+    def hold(x: int) -> int:
+        inside.set()
+        assert release.wait(WAIT)
+        return x + 1
+
+    out: dict[str, Any] = {}
+
+    def thread_a() -> None:
+        try:
+            with spilling(available_memory=1_000_000):
+                out["value"] = (dask.delayed(hold)(dask.delayed(lambda: 1)()) + 1).compute(scheduler="threads")
+        except BaseException as error:  # handed to the test
+            out["error"] = error
+
+    def thread_b() -> None:
+        assert a_in_order.wait(WAIT)
+        with spilling(available_memory=1_000_000) as chest:
+            b_installed.set()
+            assert inside.wait(WAIT)  # A's computation runs now, with B's cache in force
+        out["B closed"] = chest.closed
+        release.set()
+
+    threads = [threading.Thread(target=thread_a, name="A"), threading.Thread(target=thread_b, name="B")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT)
+    assert out == {"value": 3, "B closed": True}
+
+
+def test_two_unclaimed_computations_with_the_same_keys_never_share_a_chest(monkeypatch: pytest.MonkeyPatch) -> None:
+    # helper-103: A (as above) and B, which started while thread C's computation had dask's empty set of
+    # callbacks in force, both ran on B's Chest unclaimed; their graphs share key names, so one's releases
+    # deleted the other's inputs (KeyError). Each now runs in its thread's own dict.
+    import spillkit.dask_callback as dask_callback
+
+    events = {name: threading.Event() for name in ("a_in_order", "b_installed", "a_holds", "c_swapped", "b_done")}
+    monkeypatch.setattr(dask.local, "order", slow_order_in("A", events["b_installed"], events["a_in_order"]))
+    real_start = dask_callback.ChestCallback._start
+
+    def start(self: ChestCallback, dsk: Any) -> None:
+        if threading.current_thread().name == "C" and not events["c_swapped"].is_set():
+            events["c_swapped"].set()  # dask's local_callbacks has put an empty set in force for now
+            assert events["b_done"].wait(WAIT)
+        real_start(self, dsk)
+
+    monkeypatch.setattr(dask_callback.ChestCallback, "_start", start)
+
+    def hold(x: int) -> int:
+        events["a_holds"].set()
+        assert events["b_done"].wait(WAIT)
+        return x
+
+    def graph(second: Callable[[int], int]) -> Any:  # the same key names in both threads
+        x = dask.delayed(lambda: 41, pure=True)(dask_key_name="x")
+        middle = dask.delayed(second)(x, dask_key_name="h")
+        return dask.delayed(lambda h, x: h + x)(middle, x, dask_key_name="out")
+
+    out: dict[str, Any] = {}
+
+    def thread_a() -> None:
+        try:
+            with spilling(available_memory=1_000_000):
+                out["A"] = graph(hold).compute(scheduler="threads")
+        except BaseException as error:  # handed to the test
+            out["A error"] = error
+
+    def thread_b() -> None:
+        assert events["a_in_order"].wait(WAIT)
+        with spilling(available_memory=1_000_000):
+            events["b_installed"].set()
+            assert events["a_holds"].wait(WAIT)  # A runs now, with B's cache in force
+            threading.Thread(target=lambda: dask.delayed(lambda: 0)().compute(scheduler="sync"), name="C").start()
+            assert events["c_swapped"].wait(WAIT)
+            try:
+                out["B"] = graph(lambda x: x).compute(scheduler="threads")  # with no callback at all
+            except BaseException as error:  # handed to the test
+                out["B error"] = error
+            events["b_done"].set()
+            a.join(WAIT)
+
+    a, b = threading.Thread(target=thread_a, name="A"), threading.Thread(target=thread_b, name="B")
+    a.start()
+    b.start()
+    a.join(WAIT)
+    b.join(WAIT)
+    assert out == {"A": 82, "B": 82}
