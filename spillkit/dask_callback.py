@@ -13,8 +13,6 @@ one computation at a time use a :func:`~spillkit.dask.spilling` Chest.
 
 from __future__ import annotations
 
-import dataclasses
-import sys
 import threading
 import time
 import warnings
@@ -31,39 +29,17 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
 from .chest import Chest
 from .dask_client import warn_if_distributed
 from .dask_loads import WorkerLoads
-from .dask_owner import _Unshared
-from .dask_record import _graph_facts
+from .dask_owner import Run, _Unshared
+from .dask_record import plan_from_dask
 from .dask_replan import Replanner
+from .picklers import is_partd_store
 from .policies import GraphAware
-from .policies._graph import GraphPlan
 
 __all__ = ["ChestCallback", "plan_from_dask"]
 
 
 _OURS = "spillkit-chest-callbacks"  # in a computation's state: the callbacks whose Chest it uses
 _REPLAN = "spillkit-replanners"  # in a computation's state: callback id -> its graph-aware policy's Replanner
-
-
-def plan_from_dask(dsk: Mapping[Any, Any]) -> GraphPlan:
-    """The readers and planned order of a (converted) dask graph."""
-    dependencies, planned, data = _graph_facts(dsk)
-    return GraphPlan.for_local_scheduler(dependencies, planned, data)
-
-
-@dataclasses.dataclass
-class _Run:
-    """How one computation under way uses the Chest, as one ChestCallback sees it.
-
-    ``role``: "scheduled" (by WorkerLoads.schedule), "claimed" (a scheduler= of its own took the
-    Chest), "shared" (another callback's computation has it), "private" / "own dict" (it found the
-    Chest taken: a dict of its own), "plain" (not spilling()'s cache).
-    """
-
-    role: str
-    cache: WorkerLoads | None
-    graph: Any = None  # the graph dask passes to every hook of this computation: how _finish finds its run
-    deferred: bool = False  # this callback counts one deferral of the Chest for it
-    data: tuple[Hashable, ...] = ()  # the graph's literal data, pinned for it
 
 
 class ChestCallback(Callback):
@@ -97,7 +73,7 @@ class ChestCallback(Callback):
         self._stored: set[Hashable] = set()  # keys computations stored in the Chest (results stay there)
         self._inputs: dict[Hashable, tuple[Hashable, ...]] = {}  # running task -> its inputs, pinned in the Chest
         self._stores: list[Hashable] = []  # keys of partd stores, pinned until the computation ends (_posttask)
-        self._runs: dict[int, list[_Run]] = {}  # per scheduling thread, innermost last: computations under way
+        self._runs: dict[int, list[Run]] = {}  # per scheduling thread, innermost last: computations under way
 
     def _start(self, dsk: Mapping[Any, Any]) -> None:
         if self._over:
@@ -112,9 +88,9 @@ class ChestCallback(Callback):
             Callback.active.add(self._callback)
         cache = dask.config.get("cache", None)
         if isinstance(cache, WorkerLoads) and cache.chest is self.chest and cache.active:
-            run = _Run(cache.role_for(dsk), cache, dsk)
+            run = Run(cache.role_for(dsk), cache, dsk)
         else:
-            run = _Run("plain", None, dsk)
+            run = Run("plain", None, dsk)
             self._clear_leftovers(dsk)
         if run.role != "private":
             # Deferred from now, not from _start_state: dask stores the graph's literal data in between,
@@ -137,7 +113,7 @@ class ChestCallback(Callback):
                 if key in chest:
                     del chest[key]
 
-    def _run(self, dsk: Mapping[Any, Any], pop: bool = False) -> _Run | None:
+    def _run(self, dsk: Mapping[Any, Any], pop: bool = False) -> Run | None:
         """This thread's run of the computation of graph ``dsk`` (None if this callback did not start it)."""
         tid = threading.get_ident()
         runs = self._runs.get(tid, [])
@@ -225,7 +201,7 @@ class ChestCallback(Callback):
             self.chest.engine.unpin(inputs)
         start = self._starts.pop(key, None)
         self._stored.add(key)
-        if _is_partd_store(result):
+        if is_partd_store(result):
             # Appended to in place by the tasks given it (dask's disk shuffle), between them too: a spilled
             # copy would miss those appends (the picklers refuse it anyway). Pinned, so it is never a victim,
             # and recorded as a pin, so a replay keeps it in memory as the live run did.
@@ -257,7 +233,7 @@ class ChestCallback(Callback):
                         run.cache.release()
                     run.cache.close_if_due()  # its block ended while this computation had the Chest
 
-    def _end(self, run: _Run, ours: bool) -> None:
+    def _end(self, run: Run, ours: bool) -> None:
         # Whatever happened (a failed hand-back too): every pin and deferral of the computation goes.
         engine = self.chest.engine
         if run.data:
@@ -275,8 +251,3 @@ class ChestCallback(Callback):
                 self._defer(-1)
             if ours:
                 engine.settle()
-
-
-def _is_partd_store(value: Any) -> bool:
-    core = sys.modules.get("partd.core")  # (imported by dask for a disk shuffle, and only then)
-    return core is not None and isinstance(value, core.Interface)

@@ -10,15 +10,19 @@ close of a Chest waits for the computation that has it.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import warnings
 from collections.abc import Callable, Hashable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .chest import Chest
 from .errors import SpillWarning
 
-__all__ = ["ChestOwnership"]
+if TYPE_CHECKING:
+    from .dask_loads import WorkerLoads
+
+__all__ = ["ChestOwnership", "Run"]
 
 
 _TAKEN = "another computation is using this spilling() Chest; this one runs without it, in memory"
@@ -143,3 +147,19 @@ class ChestOwnership:
         self.go_private()
         warnings.warn(_TAKEN, RuntimeWarning, stacklevel=4)
         return "private"
+
+
+@dataclasses.dataclass
+class Run:
+    """How one computation under way uses the Chest, as one ChestCallback sees it.
+
+    ``role``: "scheduled" (by WorkerLoads.schedule), "claimed" (a scheduler= of its own took the
+    Chest), "shared" (another callback's computation has it), "private" / "own dict" (it found the
+    Chest taken: a dict of its own), "plain" (not spilling()'s cache).
+    """
+
+    role: str
+    cache: WorkerLoads | None
+    graph: Any = None  # the graph dask passes to every hook of this computation: how _finish finds its run
+    deferred: bool = False  # this callback counts one deferral of the Chest for it
+    data: tuple[Hashable, ...] = ()  # the graph's literal data, pinned for it

@@ -28,9 +28,10 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
 from .chest import Chest
 from .dask_loads import WorkerLoads
 from .dask_owner import _Unshared
+from .policies._graph import GraphPlan
 from .trace import TraceRecorder
 
-__all__ = ["record"]
+__all__ = ["plan_from_dask", "record"]
 
 
 def _dask_version() -> str:
@@ -177,3 +178,9 @@ class record(Callback):
             self._recorder.close()
         self._recorder = None
         self._chest = None
+
+
+def plan_from_dask(dsk: Mapping[Any, Any]) -> GraphPlan:
+    """The readers and planned order of a (converted) dask graph."""
+    dependencies, planned, data = _graph_facts(dsk)
+    return GraphPlan.for_local_scheduler(dependencies, planned, data)

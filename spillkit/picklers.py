@@ -23,7 +23,7 @@ import cloudpickle
 
 from .broadcasts import broadcast_reduction, is_plain
 
-__all__ = ["ChangedInPlace", "cloud_dumps", "dumps"]
+__all__ = ["ChangedInPlace", "cloud_dumps", "dumps", "is_partd_store"]
 
 Keep = Callable[[pickle.PickleBuffer], bool]
 Buffer = bytes | bytearray | memoryview
@@ -37,6 +37,12 @@ _partd: Any = None  # partd.core.Interface, once partd is imported (dask imports
 
 class ChangedInPlace(pickle.PicklingError):
     """A value that tasks change in place where a copy would not see it: it stays in memory, unspilled."""
+
+
+def is_partd_store(value: Any) -> bool:
+    """True for a partd store (dask's disk shuffle makes them); False while partd is not imported."""
+    core = sys.modules.get("partd.core")
+    return core is not None and isinstance(value, core.Interface)
 
 
 def _refuse(obj: Any) -> None:
