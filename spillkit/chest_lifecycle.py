@@ -95,6 +95,9 @@ class ChestLifecycle(ChestState):
         The directory's lock is released after the directory is gone, also when
         the policy raises on the way (raised once the Chest is gone). In a
         forked child this only closes the child's copy (the parent's files stay).
+        If the manifest cannot be removed, the ``OSError`` is raised and nothing
+        else is: the directory reopens as last flushed. Files that will not go
+        after it are left, with a ``SpillWarning`` naming them.
         """
         closing.drop(cast("Chest", self))
 

@@ -17,9 +17,10 @@ a Chest is never left closed with its lock held.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import TYPE_CHECKING
 
-from .errors import ChangedWhileWritten, DiskQuotaExceeded, SpillError
+from .errors import ChangedWhileWritten, DiskQuotaExceeded, SpillError, SpillWarning
 from .manifest import remove_manifest
 from .mapped import remove_tree
 from .persistence import flush
@@ -108,10 +109,13 @@ def _remove(chest: Chest) -> None:
                 chest._finalizer()
             else:
                 try:  # first: a kill during the removal must not leave half the files named
-                    remove_manifest(chest._path)
+                    unsynced = remove_manifest(chest._path)
                 except OSError as error:  # nothing else is removed: the directory stays whole, as last flushed
                     error.add_note(f"drop: {chest._path!r} was not removed; it reopens with its last flush's values")
                     raise
                 remove_tree(chest._path)
+                if unsynced is not None:  # (after the removal: a warning made an error must not stop it)
+                    message = f"the removal of {chest._path!r}'s manifest may not be durable: {unsynced!r}"
+                    warnings.warn(message, SpillWarning, stacklevel=4)
         finally:
             chest._dir_lock.release()  # held while the directory went: no Chest could start on it half-removed

@@ -71,8 +71,6 @@ class ChestCallback(Callback):
         self.measure = costs
         self._starts: dict[Hashable, float] = {}
         self._stored: set[Hashable] = set()  # keys computations stored in the Chest (results stay there)
-        self._inputs: dict[Hashable, tuple[Hashable, ...]] = {}  # running task -> its inputs, pinned in the Chest
-        self._stores: list[Hashable] = []  # keys of partd stores, pinned until the computation ends (_posttask)
         self._runs: dict[int, list[Run]] = {}  # per scheduling thread, innermost last: computations under way
 
     def _start(self, dsk: Mapping[Any, Any]) -> None:
@@ -157,7 +155,10 @@ class ChestCallback(Callback):
                 state["cache"] = private  # the computation keeps its dict, to the results it reads
             run.role = "own dict"
             return
-        if cache is not self.chest and not (isinstance(cache, WorkerLoads) and cache.chest is self.chest):
+        # A run _start found "plain" never uses a spilling() cache's Chest: dask read the cache after a block
+        # ended (or began), and WorkerLoads serves its Chest only to the computation that claimed it.
+        blocks = isinstance(cache, WorkerLoads) and cache.chest is self.chest and run.role != "plain"
+        if cache is not self.chest and not blocks:
             if run.deferred:  # not this Chest after all (cache= given, keys put by hand): no deferral for it
                 self._defer(-1)
                 run.deferred = False
@@ -187,26 +188,28 @@ class ChestCallback(Callback):
         # A running task holds its inputs, and may change them in place (dask's disk shuffle appends
         # to the partd object it is given): spilled meanwhile, the copy on disk would miss the change.
         inputs = tuple(state["dependencies"].get(key, ()))
-        if inputs:
+        run = self._run(dsk)
+        if inputs and run is not None:  # (the run's own: another computation's end leaves them pinned)
             self.chest.engine.pin(inputs)
-            self._inputs[key] = inputs
+            run.inputs[key] = inputs
         if self.measure:
             self._starts[key] = time.perf_counter()
 
     def _posttask(self, key: Hashable, result: Any, dsk: Mapping[Any, Any], state: dict[str, Any], wid: Any) -> None:
         if id(self) not in state.get(_OURS, ()):
             return
-        inputs = self._inputs.pop(key, ())
+        run = self._run(dsk)
+        inputs = () if run is None else run.inputs.pop(key, ())
         if inputs:
             self.chest.engine.unpin(inputs)
         start = self._starts.pop(key, None)
         self._stored.add(key)
-        if is_partd_store(result):
+        if run is not None and is_partd_store(result):
             # Appended to in place by the tasks given it (dask's disk shuffle), between them too: a spilled
             # copy would miss those appends (the picklers refuse it anyway). Pinned, so it is never a victim,
             # and recorded as a pin, so a replay keeps it in memory as the live run did.
             self.chest.engine.pin((key,))
-            self._stores.append(key)
+            run.stores.append(key)
         if start is not None and key in self.chest:
             self.chest.set_cost(key, time.perf_counter() - start)
         replanner = state.get(_REPLAN, {}).get(id(self))
@@ -240,11 +243,11 @@ class ChestCallback(Callback):
             engine.unpin(run.data)
         if ours:
             self._starts.clear()
-            for inputs in self._inputs.values():  # tasks that never ended (the computation failed)
+            for inputs in run.inputs.values():  # tasks that never ended (the computation failed)
                 engine.unpin(inputs)
-            self._inputs.clear()
-            engine.unpin(self._stores)
-            self._stores.clear()
+            run.inputs.clear()
+            engine.unpin(run.stores)
+            run.stores.clear()
             self._stored = {key for key in self._stored if key in self.chest}  # what dask released is gone
         with engine.lock:
             if run.deferred:

@@ -163,3 +163,5 @@ class Run:
     graph: Any = None  # the graph dask passes to every hook of this computation: how _finish finds its run
     deferred: bool = False  # this callback counts one deferral of the Chest for it
     data: tuple[Hashable, ...] = ()  # the graph's literal data, pinned for it
+    inputs: dict[Hashable, tuple[Hashable, ...]] = dataclasses.field(default_factory=dict)  # running task: its pins
+    stores: list[Hashable] = dataclasses.field(default_factory=list)  # partd stores, pinned until it ends

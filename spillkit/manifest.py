@@ -16,14 +16,13 @@ import os
 import pickle
 import secrets
 import struct
-import warnings
 import zlib
 from collections.abc import Hashable
 from dataclasses import dataclass
 
 import cloudpickle
 
-from .errors import SpillError, SpillWarning
+from .errors import SpillError
 from .regularfile import SAFE_OPEN, ensure_regular
 from .security import KEY_FILE_NAME, sign
 
@@ -218,18 +217,20 @@ def read_manifest(path: str, secret: bytes) -> list[ManifestEntry] | None:
         raise SpillError(f"manifest {full!r} cannot be decoded ({error!r}); refusing to load it") from error
 
 
-def remove_manifest(path: str) -> None:
+def remove_manifest(path: str) -> OSError | None:
     """Remove the manifest durably (a directory without one reopens empty).
 
     Raises the ``OSError`` of an unlink that failed: the directory then still
-    reopens with the values of its last flush. A failed fsync of the directory
-    (the removal may not survive a crash) is warned about.
+    reopens with the values of its last flush. Returns the error of a failed
+    fsync of the directory (the removal may not survive a crash), for the
+    caller to warn about once its own work is done.
     """
     try:
         os.unlink(os.path.join(path, MANIFEST_NAME))
     except FileNotFoundError:
-        return  # never flushed
+        return None  # never flushed
     try:
         _fsync_directory(path)
     except OSError as error:
-        warnings.warn(f"the removal of {path!r}'s manifest may not be durable: {error!r}", SpillWarning, stacklevel=4)
+        return error
+    return None

@@ -467,3 +467,73 @@ def test_two_unclaimed_computations_with_the_same_keys_never_share_a_chest(monke
     a.join(WAIT)
     b.join(WAIT)
     assert out == {"A": 82, "B": 82}
+
+
+def test_a_computation_starting_as_a_block_gives_back_its_settings_never_settles_the_chest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # helper-104: started after the block's cache went inactive but before dask.config was restored, a
+    # computation was "plain" to the callback, yet dask read the block's cache, and the callback took the
+    # run for the Chest's own (deferred, pinned, settled it). The block closed the Chest, no one having
+    # it, and the computation's next settle raised "this Chest is closed". The gap is widened here.
+    import spillkit.dask
+
+    gap, started, inside, go = (threading.Event() for _ in range(4))
+    real_loads_of = spillkit.dask._loads_of
+
+    def slow_loads_of(setting: Any) -> Any:
+        if threading.current_thread() is threading.main_thread() and not gap.is_set():
+            gap.set()  # the cache is inactive, and dask.config not yet restored
+            assert started.wait(WAIT)
+        return real_loads_of(setting)
+
+    monkeypatch.setattr(spillkit.dask, "_loads_of", slow_loads_of)
+
+    def first(x: int) -> int:
+        started.set()  # the computation's state is made by now
+        return x + 1
+
+    def second(x: int) -> int:
+        inside.set()
+        assert go.wait(WAIT)  # the block closes its Chest meanwhile
+        return x + 1
+
+    def late() -> int:
+        assert gap.wait(WAIT)
+        return int(dask.delayed(second)(dask.delayed(first)(1)).compute(scheduler="sync"))
+
+    thread, out = in_thread(late)
+    with spilling(available_memory="1 MiB") as chest:
+        pass
+    assert inside.wait(WAIT)
+    assert chest.closed
+    go.set()
+    thread.join(WAIT)
+    assert out == {"value": 3}
+
+
+def test_one_computations_end_leaves_the_pins_of_another_on_the_same_callback() -> None:
+    # helper-104: the pins of running tasks' inputs and of partd stores were the callback's, not each
+    # computation's: the first of two computations on one costs(chest) to end unpinned the other's.
+    partd = pytest.importorskip("partd")
+    chest = Chest(available_memory="10 MiB")
+    made, go = threading.Event(), threading.Event()
+
+    def use(store: Any) -> int:
+        made.set()
+        assert go.wait(WAIT)
+        return 1
+
+    store = dask.delayed(partd.Dict)(dask_key_name="store")
+    graph = dask.delayed(use)(store, dask_key_name="a")
+    with costs(chest):
+        thread, out = in_thread(lambda: graph.compute(cache=chest, scheduler="sync"))
+        assert made.wait(WAIT)
+        assert chest.engine._pins == {"store": 2}  # the running task's input, and the partd store
+        assert dask.delayed(lambda: 2)().compute(cache=chest, scheduler="sync") == 2
+        assert chest.engine._pins == {"store": 2}  # before: {} (the second computation's end took them)
+        go.set()
+        thread.join(WAIT)
+    assert out == {"value": 1}
+    assert not chest.engine._pins
+    chest.close()

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 import spillkit.filesync
+import spillkit.manifest
 import spillkit.spares
 import spillkit.spillfile
 import spillkit.storage
@@ -216,3 +217,23 @@ def test_a_pop_whose_warning_is_an_error_returns_its_value_and_the_next_operatio
     monkeypatch.undo()
     assert dict(chest) == {"k2": bytes([2]) * 50, "k3": bytes([3]) * 50, "k9": b"nine"}
     chest.close()
+
+
+def test_a_drop_whose_directory_fsync_fails_still_removes_everything_before_it_warns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # helper-104: the warning came between the manifest's removal and the files': made an error by a
+    # filter, it left the spill files behind (a reopen would sweep them).
+    path = tmp_path / "c"
+    chest = flushed_chest(path)
+
+    def failing_fsync(directory: str) -> None:
+        raise eio(directory)
+
+    monkeypatch.setattr(spillkit.manifest, "_fsync_directory", failing_fsync)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SpillWarning)
+        with pytest.raises(SpillWarning, match="manifest may not be durable"):
+            chest.drop()
+    assert chest.closed
+    assert not path.exists()
