@@ -124,7 +124,7 @@ def remove_leftovers(path: str, keep: Set[str]) -> list[str]:
                 leftover = os.path.isfile(full) and not os.path.islink(full) and is_spill_file(full, name)
             except OSError as error:  # left alone: it may be no file of ours
                 message = f"could not read {full!r} to see if it is a leftover: {error!r}"
-                warnings.warn(message, SpillWarning, stacklevel=3)
+                warnings.warn(message, SpillWarning, stacklevel=5)  # reopen, setup_chest, Chest(), its caller
                 continue
         if not leftover:
             continue
@@ -133,7 +133,7 @@ def remove_leftovers(path: str, keep: Set[str]) -> list[str]:
         except FileNotFoundError:
             continue
         except OSError as error:
-            warnings.warn(f"could not remove the leftover file {full!r}: {error!r}", SpillWarning, stacklevel=3)
+            warnings.warn(f"could not remove the leftover file {full!r}: {error!r}", SpillWarning, stacklevel=5)
             continue
         removed.append(name)
     return removed

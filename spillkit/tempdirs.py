@@ -225,4 +225,4 @@ def remove_all(path: str) -> None:
     if failed:
         where, error = failed[0]
         message = f"could not remove {len(failed)} entries of the directory {path!r}, left on disk; the first: "
-        warnings.warn(f"{message}{where!r}: {error!r}", SpillWarning, stacklevel=4)
+        warnings.warn(f"{message}{where!r}: {error!r}", SpillWarning, stacklevel=6)  # (drop: its caller)
