@@ -84,7 +84,8 @@ def spilling(
             raise TypeError(f"give Chest keywords ({', '.join(given + list(chest_kwargs))}) or a chest, not both")
     cache = WorkerLoads(chest)
     settings: dict[str, Any] = {"cache": cache}
-    if dask.config.get("scheduler", None) in (None, "threads", "threading") and not distributed_client_active():
+    scheduler = _live_setting("scheduler", dask.config.config.get("scheduler", None))
+    if scheduler in (None, _ABSENT, "threads", "threading") and not distributed_client_active():
         settings["scheduler"] = cache.schedule  # dask's threaded scheduler, with spilled inputs loaded by workers
     try:
         # The settings go before the callback: a computation that starts while the block ends either
@@ -107,7 +108,7 @@ _ABSENT = object()
 def _install(cache: WorkerLoads, settings: dict[str, Any]) -> None:
     """Set ``settings`` in dask.config, remembering what they replace (not dask.config.set's context: see below)."""
     with _settings_lock:
-        cache.replaced = {name: dask.config.config.get(name, _ABSENT) for name in settings}
+        cache.replaced = {name: _live_setting(name, dask.config.config.get(name, _ABSENT)) for name in settings}
         dask.config.config.update(settings)
 
 
@@ -125,13 +126,22 @@ def _uninstall(cache: WorkerLoads) -> None:
             current = dask.config.config.get(name, _ABSENT)
             if _loads_of(current) is not cache:
                 continue
-            value = cache.replaced[name]
-            while (ended := _loads_of(value)) is not None and not ended.active:
-                value = ended.replaced.get(name, _ABSENT)
+            value = _live_setting(name, cache.replaced[name])
             if value is _ABSENT:
                 dask.config.config.pop(name, None)
             else:
                 dask.config.config[name] = value
+
+
+def _live_setting(name: str, value: Any) -> Any:
+    """``value`` of dask.config's ``name``, or, if it is an ended block's, what that block found (and so on).
+
+    An ended block's setting comes back when a ``dask.config.set`` context that began during the block
+    ends after it (it puts back what it found): its scheduler would still be in force, serving nothing.
+    """
+    while (ended := _loads_of(value)) is not None and not ended.active:
+        value = ended.replaced.get(name, _ABSENT)
+    return value
 
 
 def _loads_of(setting: Any) -> WorkerLoads | None:

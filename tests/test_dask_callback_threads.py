@@ -537,3 +537,24 @@ def test_one_computations_end_leaves_the_pins_of_another_on_the_same_callback() 
     assert out == {"value": 1}
     assert not chest.engine._pins
     chest.close()
+
+
+def test_a_dask_config_set_that_outlives_a_block_does_not_leave_its_scheduler_in_force() -> None:
+    # helper-104: a dask.config.set entered during a block and left after it put back the ended block's
+    # scheduler; the next block then took it for a scheduler of the user's and did not load in workers.
+    import spillkit.dask
+
+    first = spilling(available_memory="1 MiB")
+    first.__enter__()
+    user = dask.config.set(scheduler="threads")
+    user.__enter__()
+    first.__exit__(None, None, None)
+    user.__exit__(None, None, None)  # puts back what it found: the first block's scheduler
+    stale = spillkit.dask._loads_of(dask.config.get("scheduler", None))
+    assert stale is not None and not stale.active
+    with spilling(available_memory="1 MiB") as chest:
+        current = spillkit.dask._loads_of(dask.config.get("scheduler", None))
+        assert current is not None and current.chest is chest  # before: the ended block's, left in force
+        x = matrix()
+        assert float((x @ x).sum().compute()) == pytest.approx(float((x @ x).sum().compute(scheduler="sync")))
+    assert "scheduler" not in dask.config.config  # what the first block found: nothing
