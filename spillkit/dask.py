@@ -84,8 +84,7 @@ def spilling(
             raise TypeError(f"give Chest keywords ({', '.join(given + list(chest_kwargs))}) or a chest, not both")
     cache = WorkerLoads(chest)
     settings: dict[str, Any] = {"cache": cache}
-    scheduler = _live_setting("scheduler", dask.config.config.get("scheduler", None))
-    if scheduler in (None, _ABSENT, "threads", "threading") and not distributed_client_active():
+    if _current("scheduler") in (None, _ABSENT, "threads", "threading") and not distributed_client_active():
         settings["scheduler"] = cache.schedule  # dask's threaded scheduler, with spilled inputs loaded by workers
     try:
         # The settings go before the callback: a computation that starts while the block ends either
@@ -108,7 +107,7 @@ _ABSENT = object()
 def _install(cache: WorkerLoads, settings: dict[str, Any]) -> None:
     """Set ``settings`` in dask.config, remembering what they replace (not dask.config.set's context: see below)."""
     with _settings_lock:
-        cache.replaced = {name: _live_setting(name, dask.config.config.get(name, _ABSENT)) for name in settings}
+        cache.replaced = {name: _current(name) for name in settings}
         dask.config.config.update(settings)
 
 
@@ -131,6 +130,11 @@ def _uninstall(cache: WorkerLoads) -> None:
                 dask.config.config.pop(name, None)
             else:
                 dask.config.config[name] = value
+
+
+def _current(name: str) -> Any:
+    """dask.config's ``name`` in force (:func:`_live_setting`), or ``_ABSENT``."""
+    return _live_setting(name, dask.config.config.get(name, _ABSENT))
 
 
 def _live_setting(name: str, value: Any) -> Any:

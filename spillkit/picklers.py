@@ -41,8 +41,8 @@ class ChangedInPlace(pickle.PicklingError):
 
 def is_partd_store(value: Any) -> bool:
     """True for a partd store (dask's disk shuffle makes them); False while partd is not imported."""
-    core = sys.modules.get("partd.core")
-    return core is not None and isinstance(value, core.Interface)
+    _know_types()
+    return _partd is not None and isinstance(value, _partd)
 
 
 def _refuse(obj: Any) -> None:
@@ -72,7 +72,7 @@ class _BroadcastCloudPickler(cloudpickle.Pickler):  # type: ignore[misc]  # (clo
             reduction = broadcast_reduction(obj)
             if reduction is not None:
                 return reduction
-        elif _partd is not None and isinstance(obj, _partd):
+        elif is_partd_store(obj):
             _refuse(obj)
         elif type(obj) is memoryview:  # cloudpickle would make it bytes; pickle refuses it: it stays in memory
             raise pickle.PicklingError("cannot pickle 'memoryview' object")
@@ -112,9 +112,11 @@ def dumps(obj: Any, keep: Keep) -> Buffer:
     """
     if is_plain(obj):
         return pickle.dumps(obj, protocol=5, buffer_callback=keep)
-    _know_arrays()
-    if _partd is not None and isinstance(obj, _partd):  # (the value itself, as dask stores one: checking every
-        _refuse(obj)  # object inside values cost 9% on a list of 100 small objects; cloud_dumps does check them)
+    _know_types()
+    # is_partd_store, inline (a call per value costs): the value itself, as dask stores one. Checking every
+    # object inside values cost 9% on a list of 100 small objects; cloud_dumps does check them.
+    if _partd is not None and isinstance(obj, _partd):
+        _refuse(obj)
     slot: _Slot | None = getattr(_threads, "slot", None)
     if slot is None:
         slot = _Slot()
@@ -148,14 +150,14 @@ def cloud_dumps(obj: Any, keep: Keep) -> Buffer:
     Always through the pickler (this is the fallback for what pickle refuses: rarely a hot path),
     which also refuses what cloudpickle would turn into something else (a memoryview into bytes).
     """
-    _know_arrays()
+    _know_types()
     sink = io.BytesIO()
     _BroadcastCloudPickler(sink, protocol=5, buffer_callback=keep).dump(obj)
     return sink.getvalue()
 
 
-def _know_arrays() -> None:
-    """Let the picklers recognise numpy arrays (called once :func:`is_plain` found numpy imported), and partd."""
+def _know_types() -> None:
+    """Learn numpy's array type and partd's store type, once each is imported."""
     global _ndarray, _partd
     if _ndarray is None:
         numpy = sys.modules.get("numpy")  # (cloud_dumps comes here without it)

@@ -162,9 +162,7 @@ class DiskStore(FileSync):
             fd = self._spares.open(spare)
             if fd is not None:
                 return spare.path, fd, spare.size
-            error = self._remove_temp(spare.path)  # not the file kept: gone, or replaced; not ours to write
-            if error is not None:
-                self._spares.note(f"could not remove the temporary file {spare.path!r}: {error!r}")
+            self._discard_temp(spare.path)  # not the file kept: gone, or replaced; not ours to write
         temp = os.path.join(self.path, f".tmp-{os.getpid()}-{next(self._temp_counter)}")
         return temp, os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), 0
 
@@ -213,10 +211,14 @@ class DiskStore(FileSync):
         engine's operation is whole: a background write dropped because its key
         changed raises into no one) and tried again at the next flush.
         """
-        error = self._remove_temp(prepared.temp)
-        if error is not None:
-            self._spares.note(f"could not remove the temporary file {prepared.temp!r}: {error!r}")
+        self._discard_temp(prepared.temp)
         self.unreserve(prepared.name)
+
+    def _discard_temp(self, temp: str) -> None:
+        """:meth:`_remove_temp`, noting a file that will not go (warned once the engine's operation is whole)."""
+        error = self._remove_temp(temp)
+        if error is not None:
+            self._spares.note(f"could not remove the temporary file {temp!r}: {error!r}")
 
     def _remove_temp(self, temp: str) -> OSError | None:
         """Unlink a temporary file of ours; one that will not go is kept for the next flush to remove."""
