@@ -8,7 +8,9 @@ import itertools
 import os
 import re
 import shutil
-from collections.abc import Hashable, Iterable
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -244,3 +246,24 @@ def join_frames(frames: Iterable[Any]) -> bytearray:
     for frame in frames:
         out += memoryview(frame).cast("B")
     return out
+
+
+def run_threads(target: Callable[[int], None], count: int, timeout: float = 240) -> None:
+    """Run ``target(i)`` in ``count`` threads; re-raise the first exception any of them raised."""
+    errors: list[BaseException] = []
+
+    def guarded(i: int) -> None:
+        try:
+            target(i)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=guarded, args=(i,), daemon=True) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    assert not any(thread.is_alive() for thread in threads), "a thread hung"
+    if errors:
+        raise errors[0]

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import join_frames
+from helpers import join_frames, run_threads
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -228,20 +228,7 @@ def test_threads_encoding_at_once_each_get_their_own_values() -> None:
             np.testing.assert_array_equal(result["b"], value["b"])
             assert result["b"].strides == (0, 8)
 
-    errors: list[BaseException] = []
-
-    def run(seed: int) -> None:
-        try:
-            work(seed)
-        except BaseException as error:
-            errors.append(error)
-
-    threads = [threading.Thread(target=run, args=(seed,)) for seed in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
+    run_threads(work, 4)  # re-raises what a thread raised
 
 
 class Celsius:

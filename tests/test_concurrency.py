@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from conftest import assert_accounting
-from helpers import crash_copy
+from helpers import crash_copy, run_threads
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -91,27 +91,6 @@ def frequent_thread_switches() -> Iterator[None]:
         yield
     finally:
         sys.setswitchinterval(previous)
-
-
-def run_threads(target: Callable[[int], None], count: int, timeout: float = 240) -> None:
-    """Run ``target(i)`` in ``count`` threads; re-raise the first exception any of them raised."""
-    errors: list[BaseException] = []
-
-    def guarded(i: int) -> None:
-        try:
-            target(i)
-        except BaseException as error:
-            errors.append(error)
-
-    threads = [threading.Thread(target=guarded, args=(i,), daemon=True) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + timeout
-    for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
-    assert not any(thread.is_alive() for thread in threads), "a thread hung"
-    if errors:
-        raise errors[0]
 
 
 # ---- 1. the stress: 8 threads x 100 000 mixed operations on overlapping keys -------------------
