@@ -29,7 +29,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
 from .chest import Chest
 from .dask_client import warn_if_distributed
 from .dask_loads import WorkerLoads
-from .dask_owner import Run, _Unshared
+from .dask_owner import Run, _Unshared, forget_ended
 from .dask_record import plan_from_dask
 from .dask_replan import Replanner
 from .picklers import is_partd_store
@@ -135,6 +135,7 @@ class ChestCallback(Callback):
 
     def __enter__(self) -> ChestCallback:
         warn_if_distributed()
+        forget_ended(ChestCallback)
         super().__enter__()  # type: ignore[no-untyped-call]
         self._entered, self._over = True, False
         return self
@@ -142,6 +143,7 @@ class ChestCallback(Callback):
     def __exit__(self, *args: object) -> None:
         self._entered, self._over = False, True
         super().__exit__(*args)  # type: ignore[no-untyped-call]
+        forget_ended(ChestCallback)
 
     def _start_state(self, dsk: Mapping[Any, Any], state: dict[str, Any]) -> None:
         # Here, not in _start: only now is the computation's cache known, and a computation that

@@ -16,13 +16,15 @@ import warnings
 from collections.abc import Callable, Hashable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from dask.callbacks import Callback
+
 from .chest import Chest
 from .errors import SpillWarning
 
 if TYPE_CHECKING:
     from .dask_loads import WorkerLoads
 
-__all__ = ["ChestOwnership", "Run"]
+__all__ = ["ChestOwnership", "Run", "forget_ended"]
 
 
 _TAKEN = "another computation is using this spilling() Chest; this one runs without it, in memory"
@@ -165,3 +167,18 @@ class Run:
     data: tuple[Hashable, ...] = ()  # the graph's literal data, pinned for it
     inputs: dict[Hashable, tuple[Hashable, ...]] = dataclasses.field(default_factory=dict)  # running task: its pins
     stores: list[Hashable] = dataclasses.field(default_factory=list)  # partd stores, pinned until it ends
+
+
+def forget_ended(kind: type[Any]) -> None:
+    """Take the ended blocks' callbacks of class ``kind`` out of ``Callback.active``.
+
+    dask's ``local_callbacks`` put them back: a computation in another thread that outlived a block
+    puts back, when it ends, the set it found, with that block's callback in it. Such a callback takes
+    no computation on, but it holds its closed Chest, and each block in a long-running program would
+    leave one more. A new set replaces the old one (only if there is one to take out), so a computation
+    iterating the old one is undisturbed.
+    """
+    active = Callback.active
+    ended = {cb for cb in active if isinstance(owner := getattr(cb[0], "__self__", None), kind) and owner._over}
+    if ended:
+        Callback.active = active - ended

@@ -122,6 +122,25 @@ def test_a_block_that_ends_while_another_thread_computes_leaves_no_callback_behi
         assert callback.chest is chest and not callback._runs
 
 
+def test_the_next_block_takes_ended_blocks_callbacks_and_their_closed_chests_out_of_dask() -> None:
+    # Before: each block that ended while another thread computed stayed in Callback.active with its
+    # closed Chest, for the life of the process (helper-103 counted 35 after one round of threads).
+    ended = []
+    for _ in range(3):
+        with spilling(available_memory="10 MiB") as chest:
+            _, release, thread, out = holding(cache={})
+        release.set()
+        thread.join(WAIT)
+        assert out == {"value": 1}
+        ended.append(chest)
+    assert any(callback.chest is ended[-1] for callback in chest_callbacks())  # dask put the last one back
+    with spilling(available_memory="10 MiB") as chest:
+        assert [callback.chest for callback in chest_callbacks()] == [chest]
+        assert float(da.ones((100, 100), chunks=(50, 50)).sum().compute()) == 10_000.0
+    assert chest_callbacks() == []
+    assert all(closed.closed for closed in ended)
+
+
 def test_a_block_closes_its_chest_only_once_another_threads_computation_is_done_with_it() -> None:
     # dask.config is the process's: a computation in another thread took this block's Chest. Before,
     # the block closed it under that computation, which failed with "this Chest is closed".
