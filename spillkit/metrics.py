@@ -73,8 +73,10 @@ def instrument(
     ------
     ValueError
         If ``name`` is already exported in this registry and namespace, the
-        Chest already is under another name, or ``namespace`` is no metric name
-        prefix (``[a-zA-Z_][a-zA-Z0-9_]*``). Nothing changes in that case.
+        Chest already is under another name, ``name`` is no str or not valid
+        UTF-8 (a lone surrogate, as ``os.fsdecode`` makes of some file names), or
+        ``namespace`` is no metric name prefix (``[a-zA-Z_][a-zA-Z0-9_]*``).
+        Nothing changes in that case.
 
     Notes
     -----

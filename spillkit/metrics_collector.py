@@ -140,7 +140,8 @@ class ChestCollector:
         self._chests: dict[str, tuple[weakref.ref[Chest], dict[str, str]]] = {}
 
     def add(self, name: str, chest: Chest) -> None:
-        """Export ``chest`` under ``chest=name``; ValueError if either is already exported."""
+        """Export ``chest`` under ``chest=name``; ValueError if either is already exported, or for a bad name."""
+        _check_label(name)  # refused here: exported, it would make every scrape of the registry raise
         with self._lock:
             self._prune()
             if name in self._chests:
@@ -266,3 +267,13 @@ class _Families:
     def all(self) -> list[Metric]:
         return [self.memory, self.keys, self.budget, self.nbytes, self.count, self.seconds, self.errors,
                 self.misses, self.latency, self.info]  # fmt: skip
+
+
+def _check_label(name: object) -> None:
+    """ValueError unless ``name`` is a str prometheus_client can write (UTF-8: no lone surrogate)."""
+    if not isinstance(name, str):
+        raise ValueError(f"a Chest's metrics name must be a str, not {type(name).__name__} {name!r}")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(f"a Chest's metrics name must be valid UTF-8 (no lone surrogate), got {name!r}") from error

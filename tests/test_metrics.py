@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 import spillkit
 import spillkit.reserve
@@ -438,3 +438,21 @@ def test_a_namespace_that_is_no_metric_name_prefix_is_refused(
     instrument(chest, registry, name="c", namespace="has_space")  # the name is still free, and a good namespace works
     assert value(registry, "has_space_memory_budget_bytes", chest="c") == 3 * KB
     chest.close()
+
+
+@pytest.mark.parametrize("name", [os.fsdecode(b"etl-\xff"), 7, None, b"etl"])
+def test_a_name_prometheus_cannot_write_is_refused_and_every_scrape_still_works(
+    tmp_path: Path, registry: CollectorRegistry, name: Any
+) -> None:
+    """Before (helper-106): accepted, and from then on every scrape of the whole registry raised."""
+    Counter("app_requests", "the application's own metric", registry=registry).inc()
+    good, other = make_chest(tmp_path / "good"), make_chest(tmp_path / "other")
+    instrument(good, registry, name="good")
+    with pytest.raises(ValueError, match="metrics name must be"):
+        instrument(other, registry, name=name)
+    text = generate_latest(registry).decode()
+    assert "app_requests_total 1.0" in text and 'chest="good"' in text
+    instrument(other, registry, name="other")  # the Chest is free to export under a good name
+    assert value(registry, "spillkit_memory_budget_bytes", chest="other") == 3 * KB
+    good.close()
+    other.close()
