@@ -47,11 +47,11 @@ def instrument_worker_chest(chest: Chest, name: str, fallback_suffix: str) -> No
         from .metrics import instrument
     except ImportError:
         return  # no prometheus-client: a worker then serves no /metrics either
+    refused = ""
     for label in (name, f"{name}-{fallback_suffix}"):
         try:
             instrument(chest, name=label)
             return
-        except ValueError:
-            continue  # e.g. two in-process clusters with the same worker names
-    warnings.warn(f"spillkit.distributed: metrics label {name!r} is taken; this Chest is not exported", SpillWarning,
-                  stacklevel=3)  # fmt: skip
+        except ValueError as error:  # e.g. two in-process clusters with the same worker names
+            refused = str(error)
+    warnings.warn(f"spillkit.distributed: this Chest is not exported ({refused})", SpillWarning, stacklevel=3)

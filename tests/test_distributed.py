@@ -470,6 +470,17 @@ def test_budget_outside_a_worker(tmp_path: Path) -> None:
         chest.drop()
 
 
+def test_a_worker_chest_whose_labels_are_taken_says_why_it_is_not_exported(tmp_path: Path) -> None:
+    pytest.importorskip("prometheus_client")
+    chests = [worker_storage(str(tmp_path / str(n) / "w"), memory_limit="100 MiB", name="same") for n in range(2)]
+    try:  # the first takes "same", the second "same-w"; the third finds both taken
+        with pytest.warns(SpillWarning, match="not exported .*'same-w' is already instrumented"):
+            chests.append(worker_storage(str(tmp_path / "2" / "w"), memory_limit="100 MiB", name="same"))
+    finally:
+        for chest in chests:
+            chest.drop()
+
+
 def test_preload_rejects_unknown_options() -> None:
     from spillkit.distributed_preload import storage_options
 
