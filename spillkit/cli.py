@@ -148,6 +148,7 @@ def _compare(args: argparse.Namespace) -> int:
     from .calibrate import load_disk_model
     from .compare import compare, parse_budgets, parse_policies, to_markdown, write_csv
     from .replay import MODES
+    from .trace import read_trace
 
     traces: list[str] = list(args.traces)
     if not traces and not args.workload:
@@ -159,7 +160,9 @@ def _compare(args: argparse.Namespace) -> int:
     budgets, policies = _option(parse_budgets, args.budgets), _option(parse_policies, args.policies)
     if args.workload:  # after every option is known good: a workload can take a while to record
         traces.append(_record_workload(args.workload, args.scale, os.path.join(args.out, "traces"), "inf"))
-    rows = compare(traces, budgets, policies, modes, disk=load_disk_model(), bounds=not args.no_bounds)
+    # Read once, for the plots too: a trace given as a pipe (/dev/stdin) cannot be read twice.
+    loaded = [read_trace(trace) for trace in traces]
+    rows = compare(loaded, budgets, policies, modes, disk=load_disk_model(), bounds=not args.no_bounds)
     os.makedirs(args.out, exist_ok=True)
     table = to_markdown(rows)
     print(table)
@@ -170,7 +173,7 @@ def _compare(args: argparse.Namespace) -> int:
     if not args.no_plots:
         from .plots import plot_all
 
-        written += plot_all(rows, args.out, traces=traces)
+        written += plot_all(rows, args.out, traces=loaded)
     print("wrote " + ", ".join(written))
     return EXIT_OK
 

@@ -151,8 +151,11 @@ def _bounds(
 
 
 def _name(trace: str | Trace) -> str:
+    """A trace file's name up to its first dot; a trace made in memory: its workload's."""
     if isinstance(trace, Trace):
-        return str(trace.header.get("workload") or "trace")
+        if trace.source is None:
+            return str(trace.header.get("workload") or "trace")
+        trace = trace.source
     return os.path.basename(trace).split(".")[0]
 
 

@@ -32,6 +32,7 @@ _FONT = {
     "xtick.labelsize": 9,
     "ytick.labelsize": 9,
     "figure.titlesize": 13,
+    "text.parse_math": False,  # trace and policy names are text: "run$\\foo$" made a figure fail (helper-106)
 }
 
 # A fixed look per policy, the same in every figure.

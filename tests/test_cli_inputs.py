@@ -263,9 +263,11 @@ def test_the_budget_axis_is_log_unless_a_budget_is_zero(tmp_path: Path) -> None:
 # ---- 6. inputs that are no regular file ------------------------------------------------------------
 
 
-def run_command(command: str, given: str, out: Path, data: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+def run_command(
+    command: str, given: str, out: Path, data: bytes | None = None, plots: bool = False
+) -> subprocess.CompletedProcess[bytes]:
     """The command in a subprocess, with a timeout: the old failure was a hang, which no in-process call survives."""
-    extra = ["--no-plots", "--no-bounds"] if command == "compare" else []
+    extra = [*([] if plots else ["--no-plots"]), "--no-bounds"] if command == "compare" else []
     return subprocess.run(
         [sys.executable, "-m", "spillkit", command, given, *extra, "-o", str(out)],
         capture_output=True,
@@ -294,9 +296,25 @@ def test_an_input_that_is_no_regular_file_is_refused_at_once(tmp_path: Path, com
         assert "not a regular file or a pipe" in err, err
 
 
-def test_a_trace_piped_into_compare_is_read(tmp_path: Path) -> None:
-    """``cat t.gz | spillkit compare /dev/stdin``: a pipe with a writer is an input (helper-98)."""
+@pytest.mark.parametrize("plots", [False, True])
+def test_a_trace_piped_into_compare_is_read(tmp_path: Path, plots: bool) -> None:
+    """``cat t.gz | spillkit compare /dev/stdin``: a pipe with a writer is an input (helper-98).
+
+    With plots, the timeline read the pipe a second time and found it drained: exit 3 (helper-106).
+    """
+    if plots:
+        pytest.importorskip("matplotlib")
     trace = small_trace(tmp_path / "t.trace")
-    done = run_command("compare", "/dev/stdin", tmp_path / "out", data=trace.read_bytes())
+    done = run_command("compare", "/dev/stdin", tmp_path / "out", data=trace.read_bytes(), plots=plots)
     assert done.returncode == EXIT_OK, done.stderr.decode()
     assert (tmp_path / "out" / "results.csv").exists()
+    assert (tmp_path / "out" / "timeline-stdin.png").exists() == plots
+
+
+def test_a_trace_named_like_tex_is_drawn_under_its_name(tmp_path: Path) -> None:
+    """Names went into titles as matplotlib math: ``run$\\foo$`` failed the figures, exit 3 (helper-106)."""
+    pytest.importorskip("matplotlib")
+    trace = small_trace(tmp_path / "run$\\foo$.trace")
+    done = run_command("compare", str(trace), tmp_path / "out", plots=True)
+    assert done.returncode == EXIT_OK, done.stderr.decode()
+    assert (tmp_path / "out" / "timeline-run$\\foo$.png").exists()
