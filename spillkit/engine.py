@@ -164,8 +164,10 @@ class SpillEngine(EngineLifecycle):
                 self._refs.pop(key, None)
                 if key in self.disk:
                     self.disk.delete(key)
-                if old is _MISSING and not in_flight:  # it was spilled; now it is in memory again
-                    self._spilled_nbytes -= self._nbytes[key]
+                if old is _MISSING:  # it was spilled: a new value, not its return (as a resident one's overwrite)
+                    self.policy.forgotten(key)
+                    if not in_flight:  # now it is in memory again
+                        self._spilled_nbytes -= self._nbytes[key]
             self._nbytes[key] = nbytes
             if cost is None:
                 if existed:
@@ -212,6 +214,8 @@ class SpillEngine(EngineLifecycle):
             resident = key in self.memory
             if resident:
                 self._pop_resident(key)
+            else:  # spilled (or on its way): a ghost list must not take a later put of the key for its return
+                self.policy.forgotten(key)
             in_flight = self._writer is not None and self._writer.cancel(key)
             self._refs.pop(key, None)
             self.disk.delete(key)

@@ -194,6 +194,7 @@ class WriteBehind:
             return
         if isinstance(error, NameTaken):  # a file this Chest did not write had the name, now never chosen again:
             if pending.evicting:  # nothing failed; the next round writes the value under another name,
+                engine.policy.forgotten(key)  # (it never left: no return from disk for a ghost list)
                 engine._admit(key, value, nbytes)  # as a synchronous write does at once
             return
         writer.failures += 1
@@ -202,7 +203,8 @@ class WriteBehind:
         serialization = not isinstance(error, NOT_THE_VALUES_FAULT)
         if isinstance(error, OSError):  # (a quota refusal costs no I/O, and must not raise into puts)
             self.disk_failing = True
-        if pending.evicting:
+        if pending.evicting:  # back in memory as it was: as a synchronous failure, no return from disk
+            engine.policy.forgotten(key)
             engine._admit(key, value, nbytes, offer=not serialization)
         elif serialization and key not in engine._unspillable:  # (set aside already: out of the policy)
             engine.policy.removed(key)

@@ -138,6 +138,33 @@ def test_s3fifo_ghost_hit_is_readmitted_into_main() -> None:
     assert drain(policy) == ["b", "x", "y", "z", "m1", "m2", "a"]
 
 
+def test_s3fifo_forgotten_key_returns_as_a_new_one() -> None:
+    # Before (helper-107), a failed background write or a delete left the key in the ghost queue,
+    # and its next put went straight to M as if it were loaded back.
+    policy = S3FIFO()
+    admit(policy, ["m1", "m2"])
+    for key in ["m1", "m2"]:
+        policy.touched(key)
+        policy.touched(key)
+    admit(policy, "ab")
+    policy.evicted("a")
+    policy.forgotten("a")
+    policy.admitted("a", 10, 0.0)  # a new value under the key: it joins S behind b
+    admit(policy, "xyz")
+    assert drain(policy) == ["b", "a", "x", "y", "z", "m1", "m2"]
+
+
+def test_arc_forgotten_key_returns_as_a_new_one() -> None:
+    policy = ARC()
+    admit(policy, "abc")
+    policy.evicted("a")  # into B1
+    policy.forgotten("a")
+    policy.forgotten("a")  # twice, or never evicted: nothing to forget
+    policy.admitted("a", 10, 0.0)
+    assert policy.target == 0.0  # no B1 hit: recency gets no more room
+    assert drain(policy) == ["b", "c", "a"]  # all in T1, oldest first
+
+
 def test_s3fifo_small_queue_share_is_a_fraction_of_resident_bytes() -> None:
     policy = S3FIFO(small=0.1)
     admit(policy, ["big"], nbytes=1000)

@@ -196,6 +196,18 @@ class TestPolicyContract:
             assert len(policy) == 1
         assert policy.victim() == "present"
 
+    def test_forgotten_never_raises_and_leaves_resident_keys_alone(self, new_policy: PolicyFactory) -> None:
+        policy, twin = new_policy(), new_policy()
+        for p in (policy, twin):
+            for i in range(8):
+                p.admitted(f"k{i}", 10 * (i + 1), 0.1 * (i % 3))
+            p.touched("k2")
+            p.evicted(p.victim())
+        for key in ["never", "k7", twin.victim()]:  # unknown, resident, the next victim
+            policy.forgotten(key)
+        assert len(policy) == len(twin) == 7
+        assert drain(policy) == drain(twin)
+
     def test_recosted_of_an_unknown_key_raises_key_error_and_changes_nothing(self, new_policy: PolicyFactory) -> None:
         # The base class's recosted (removed, then admitted) fails before changing anything.
         policy = new_policy()
@@ -557,3 +569,24 @@ def test_a_cost_change_does_not_make_a_value_young_again() -> None:
     policy.admitted("new", 1, 0.4)  # priority 0.2 + 0.4
     policy.recosted("old", 1, 0.45)  # cheaper, and as old as before: 0 + 0.45 (before: 0.2 + 0.45)
     assert policy.victim() == "old"
+
+
+@pytest.mark.parametrize("through", ["policy", "chest"])
+def test_a_cost_change_keeps_a_values_place_among_equal_priorities(tmp_path: Path, through: str) -> None:
+    # Before (helper-107): the recosted key was re-pushed as the newest of its ties, and "b" went first.
+    if through == "policy":
+        policy = make_policy("cost")
+        policy.admitted("a", 1, 2.0)  # used first
+        policy.admitted("b", 1, 1.0)
+        policy.recosted("a", 1, 1.0)  # both at priority 1.0 now; a cost change is no use
+        assert drain(policy) == ["a", "b"]
+        return
+    spilled: list[Hashable] = []
+    chest = Chest(path=tmp_path / "c", policy="cost", sizeof=lambda value: 1, available_memory=2)
+    chest.add_listener(lambda event: spilled.append(event.key) if event.kind == "spill" else None)
+    chest.put("a", 1, cost=2.0)
+    chest.put("b", 2, cost=1.0)
+    chest.set_cost("a", 1.0)
+    chest.put("c", 3, cost=1.0)
+    assert spilled == ["a"] and dict(chest) == {"a": 1, "b": 2, "c": 3}
+    chest.drop()

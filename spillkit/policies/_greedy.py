@@ -36,8 +36,8 @@ class GreedyDual(Policy):
         """How much one use of a value of this size and cost is worth keeping."""
         raise NotImplementedError
 
-    def _push(self, key: Hashable) -> None:
-        self._heap.push(key, self._bases[key] + self._counts[key] * self._weights[key])
+    def _push(self, key: Hashable, keep_age: bool = False) -> None:
+        self._heap.push(key, self._bases[key] + self._counts[key] * self._weights[key], keep_age)
 
     def admitted(self, key: Hashable, nbytes: int, cost: float) -> None:
         self._weights[key] = self.weight(nbytes, cost)
@@ -56,7 +56,7 @@ class GreedyDual(Policy):
         weight = self.weight(nbytes, cost)
         if self._weights[key] != weight:  # a cost change is not a use: only the weight moves, not the age
             self._weights[key] = weight
-            self._push(key)
+            self._push(key, keep_age=True)  # (its place among equal priorities too: helper-107)
 
     def removed(self, key: Hashable) -> None:
         self._heap.discard(key)

@@ -35,9 +35,10 @@ class LazyHeap:
     def __contains__(self, key: object) -> bool:
         return key in self._live
 
-    def push(self, key: Hashable, priority: Priority) -> None:
-        """Insert ``key`` or change its priority (it becomes the newest on ties)."""
-        entry = (priority, next(self._sequence), key)
+    def push(self, key: Hashable, priority: Priority, keep_age: bool = False) -> None:
+        """Insert ``key`` or change its priority (it becomes the newest on ties, unless ``keep_age``)."""
+        old = self._live.get(key) if keep_age else None
+        entry = (priority, next(self._sequence) if old is None else old[1], key)
         self._live[key] = entry
         heapq.heappush(self._heap, entry)
         if len(self._heap) > 2 * len(self._live) + 64:

@@ -111,6 +111,11 @@ class ARC(Policy):
     def removed(self, key: Hashable) -> None:
         self._remove(key)
 
+    def forgotten(self, key: Hashable) -> None:
+        for name, ghost in (("b1", self._b1), ("b2", self._b2)):
+            if key in ghost:
+                self._bytes[name] -= ghost.pop(key)
+
     def _remove(self, key: Hashable) -> bool:
         """Drop a resident key; return True if it was in T1."""
         if key in self._t1:

@@ -45,7 +45,14 @@ class Policy(ABC):
         that weighs sizes may pick a smaller key over one far larger than
         ``need`` (see :class:`~spillkit.policies.NextUse`);
     ``recosted(key, nbytes, cost)``
-        a resident key's cost changed (default: ``removed`` then ``admitted``).
+        a resident key's cost changed (default: ``removed`` then ``admitted``);
+    ``forgotten(key)``
+        a key the policy was told ``evicted`` will not come back from disk: it
+        was deleted or overwritten while spilled, or its write (in the
+        background) failed and the value is admitted again as it was. A policy
+        that remembers evicted keys (a ghost list) forgets this one, so a later
+        put of the key is no return of a spilled value. Never raises; the
+        default does nothing.
 
     ``touched``, ``removed`` and ``evicted`` raise ``KeyError`` for a key the
     policy does not hold.
@@ -74,6 +81,9 @@ class Policy(ABC):
     def recosted(self, key: Hashable, nbytes: int, cost: float) -> None:
         self.removed(key)
         self.admitted(key, nbytes, cost)
+
+    def forgotten(self, key: Hashable) -> None:  # noqa: B027 - an optional hook: most policies remember nothing
+        pass
 
     @abstractmethod
     def __len__(self) -> int: ...

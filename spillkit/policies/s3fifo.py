@@ -35,9 +35,11 @@ class S3FIFO(Policy):
     when the resident bytes are the budget (less the incoming value). So the
     fractions are taken of the bytes resident *when a victim is chosen*: S is
     cleaned while it holds ``small`` of them, and G is trimmed (oldest first)
-    to ``ghost`` times them at each eviction. Between evictions nothing is
-    trimmed, so deleting many keys does not erase the ghost's memory. Both
-    fractions are constructor arguments.
+    to ``ghost`` times them when a key spilled from S enters it (as
+    libCacheSim's ghost, a FIFO of its own that makes room for what enters).
+    A victim from M trims nothing, nor does anything between evictions, so
+    deleting many keys does not erase the ghost's memory. Both fractions are
+    constructor arguments.
 
     ``threshold=2`` follows the paper's Algorithm 1 (``freq > 1``) and
     libCacheSim's current default; ``threshold=1`` promotes any key read once
@@ -114,6 +116,9 @@ class S3FIFO(Policy):
         else:
             self._main_bytes -= self._main.pop(key)
         self._next = None
+
+    def forgotten(self, key: Hashable) -> None:
+        self._ghost_bytes -= self._ghost.pop(key, 0)
 
     def evicted(self, key: Hashable) -> None:
         if key not in self._freq:
