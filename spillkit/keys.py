@@ -11,7 +11,7 @@ import reprlib
 from collections.abc import Hashable
 from typing import Any
 
-__all__ = ["decode_key", "describe_key", "encode_key", "spell_key", "unfindable_key"]
+__all__ = ["SpelledKey", "decode_key", "describe_key", "encode_key", "spell_key", "unfindable_key"]
 
 # Python refuses str() of ints over 4,300 digits (about 14,000 bits); JSON readers elsewhere choke
 # long before. Past this many bits an int key is written, described and hashed in hexadecimal.
@@ -39,7 +39,9 @@ def decode_key(data: Any) -> Hashable:
     """Rebuild a key from :func:`encode_key`'s output.
 
     ``None``, ``True`` and ``False`` come back as themselves; any other
-    ``{"r": ...}`` (a key of another type) as the string ``"<repr>"``.
+    ``{"r": ...}`` (a key of another type) as a :class:`SpelledKey`, equal to no
+    str (before, it came back as the string ``"<repr>"``, the same key as a str
+    spelt so: helper-106).
 
     Raises ``ValueError`` for anything :func:`encode_key` cannot have written.
     """
@@ -62,11 +64,37 @@ def decode_key(data: Any) -> Hashable:
             except ValueError:
                 pass
         if tag == "r" and isinstance(inner, str):
-            return _CONSTANTS.get(inner, f"<{inner}>")
+            return _CONSTANTS[inner] if inner in _CONSTANTS else SpelledKey(inner)
     raise ValueError(f"not an encoded key: {reprlib.repr(data)}")  # reprlib: bounded, however hostile
 
 
 _CONSTANTS: dict[str, Hashable] = {"None": None, "True": True, "False": False}
+
+
+class SpelledKey:
+    """A key read back from its spelling only (its type is not one a trace rebuilds).
+
+    Equal only to a SpelledKey of the same spelling and ``occurrence``: a trace reader gives
+    two keys spelt alike (a class with a constant ``__repr__``) different occurrences, so
+    they stay two keys, as in the recorded run. ``repr`` is the spelling, so a trace written
+    again spells it as before. Immutable and hashable.
+    """
+
+    __slots__ = ("occurrence", "spelling")
+
+    def __init__(self, spelling: str, occurrence: int = 0) -> None:
+        self.spelling, self.occurrence = spelling, occurrence
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SpelledKey):
+            return NotImplemented
+        return (self.spelling, self.occurrence) == (other.spelling, other.occurrence)
+
+    def __hash__(self) -> int:
+        return hash((SpelledKey, self.spelling, self.occurrence))
+
+    def __repr__(self) -> str:
+        return self.spelling
 
 
 def spell_key(key: Hashable, _depth: int = 0) -> str:

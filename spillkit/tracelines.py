@@ -16,7 +16,7 @@ import reprlib
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from .keys import decode_key
+from .keys import SpelledKey, decode_key, describe_key
 
 __all__ = ["OUTCOMES", "BadLine", "LineParser", "short"]
 
@@ -155,6 +155,7 @@ class LineParser:
 
     def __init__(self) -> None:
         self.keys: list[Hashable] = []
+        self._ids: dict[Hashable, int] = {}  # each key's id
         self.dependencies: dict[Hashable, list[Hashable]] = {}
         self.order: dict[Hashable, int] = {}
         self.data: list[Hashable] = []
@@ -204,11 +205,19 @@ class LineParser:
         if ident != len(self.keys) or not isinstance(ident, int) or isinstance(ident, bool):
             raise BadLine(f"key id {short(ident)} is out of sequence (the next id is {len(self.keys)})")
         try:
-            self.keys.append(decode_key(encoded))
+            key = decode_key(encoded)
         except RecursionError:
             raise BadLine("key nested too deeply") from None
         except ValueError as error:
             raise BadLine(str(error)) from None
+        # The recorder gives each distinct key one id. Keys spelt alike (SpelledKey) were distinct in the
+        # run: they stay so. Any other key defined twice would merge two ids' operations: a damaged trace.
+        while isinstance(key, SpelledKey) and key in self._ids:
+            key = SpelledKey(key.spelling, key.occurrence + 1)
+        if key in self._ids:
+            raise BadLine(f"key id {ident} defines the key of id {self._ids[key]} again, {describe_key(key)}")
+        self._ids[key] = ident
+        self.keys.append(key)
 
     def _pairs(self, graph: dict[str, Any], field: str) -> list[Any]:
         pairs = graph.get(field, [])

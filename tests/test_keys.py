@@ -12,7 +12,7 @@ from helpers import ReprRaises
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spillkit.keys import BIG_INT_BITS, decode_key, describe_key, encode_key, spell_key
+from spillkit.keys import BIG_INT_BITS, SpelledKey, decode_key, describe_key, encode_key, spell_key
 from spillkit.naming import candidate_name
 
 HUGE = 10**5000  # past Python's 4,300-digit limit: str(HUGE) and json.dumps(HUGE) raise ValueError
@@ -66,10 +66,23 @@ def test_a_damaged_hexadecimal_int_is_refused(damaged: Any) -> None:
         decode_key(damaged)
 
 
-def test_a_key_whose_repr_raises_is_written_as_a_spelling_and_read_back_as_a_string() -> None:
+def test_a_key_whose_repr_raises_is_written_as_a_spelling_and_read_back_as_one() -> None:
     key = ReprRaises()
     back = json_round_trip(key)
-    assert isinstance(back, str) and "ReprRaises" in back and "repr raised" in back
+    assert isinstance(back, SpelledKey) and "ReprRaises" in repr(back) and "repr raised" in repr(back)
+    assert json_round_trip(back) == back  # written again, it reads back the same
+
+
+def test_a_spelled_key_is_equal_to_no_string_spelt_like_it() -> None:
+    # Before (helper-106): {"r": "X"} read back as the str "<X>", so a str key "<X>" was the same key.
+    back = json_round_trip(Spelt())
+    assert back == SpelledKey("Spelt()") and back != "<Spelt()>" and back != "Spelt()"
+    assert len({back, "<Spelt()>", "Spelt()", SpelledKey("Spelt()", 1)}) == 4
+
+
+class Spelt:
+    def __repr__(self) -> str:
+        return "Spelt()"
 
 
 @pytest.mark.parametrize(

@@ -483,3 +483,50 @@ def test_a_recorder_starting_on_a_chest_carries_its_costs_and_a_deferred_block_u
     result = replay(trace, "lru", budget, mode="strict", keep_decisions=True, plan=False)
     assert result.decisions == recorded_decisions(trace) == []
     chest.drop()
+
+
+class SpeltAlike:
+    """A key class whose repr leaves out what tells two keys apart (common in hand-written classes)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __hash__(self) -> int:
+        return hash(self.n)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SpeltAlike) and other.n == self.n
+
+    def __repr__(self) -> str:
+        return "SpeltAlike(...)"
+
+
+def test_keys_spelt_alike_stay_two_keys_in_their_trace(tmp_path: Path) -> None:
+    # Before (helper-106): both read back as the str "<SpeltAlike(...)>", one key, and the replay
+    # reported only hits where the live Chest spilled and loaded at every read.
+    from spillkit.trace import TraceRecorder
+
+    chest = Chest(available_memory=150, sizeof=lambda value: 100, path=tmp_path / "c")
+    recorder = TraceRecorder(tmp_path / "t.trace", {"workload": "alike"}, chest=chest)
+    a, b = SpeltAlike(1), SpeltAlike(2)
+    chest[a], chest[b], chest["<SpeltAlike(...)>"] = "A", "B", "a str spelt like them"
+    for _ in range(5):
+        assert (chest[a], chest[b]) == ("A", "B")  # each read loads one and spills another
+    recorder.close()
+    trace = read_trace(tmp_path / "t.trace")
+    assert len(set(trace.keys)) == 3
+    result = replay(trace, "lru", 150, mode="strict")
+    stats = chest.stats
+    assert (result.hits, result.loads, result.spills) == (stats.hits, stats.loads, stats.spills)
+    assert stats.loads == 10
+    chest.drop()
+
+
+def test_a_trace_that_defines_one_key_under_two_ids_is_refused(tmp_path: Path) -> None:
+    from spillkit.trace import TraceError
+
+    path = tmp_path / "twice.trace"
+    header = '{"format": "spillkit-trace", "version": 1}'
+    path.write_text(header + '\n["k", 0, "a"]\n["k", 1, "a"]\n["put", 0, 10, null, 0.0, 1]\n')
+    with pytest.raises(TraceError, match=r"twice.trace:3: key id 1 defines the key of id 0 again, 'a'"):
+        read_trace(path)
