@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import itertools
 import os
+import threading
 import weakref
 from collections.abc import Hashable, Iterator
 from typing import Any
@@ -71,6 +72,10 @@ class FileIndex:
         self._dirty: set[str] = set()  # names renamed into place since the last good fsync of the directory
         self._unsynced: set[str] = set()  # names whose fsync (or the directory's) failed: unknown until written anew
         self._temp_counter = itertools.count(1)  # next() is atomic: prepare runs in several threads
+        # Bytes written to temporary files and thrown away (a write dropped, or made again because the value
+        # changed meanwhile): disk I/O no spill counts; exported as a metric. A lock: prepare counts too.
+        self.discarded_bytes = 0
+        self._discarded_lock = threading.Lock()
         # Crash consistency (see protect()): casefolded names the committed manifest references,
         # and the ones among them no key owns any more (name -> size), unlinked at the next protect().
         self._protected: set[str] = set()
@@ -89,6 +94,11 @@ class FileIndex:
 
     def __contains__(self, key: object) -> bool:
         return key in self._names
+
+    def count_discarded(self, nbytes: int) -> None:
+        """Add ``nbytes`` written to a temporary file that was thrown away to :attr:`discarded_bytes`."""
+        with self._discarded_lock:
+            self.discarded_bytes += nbytes
 
     def __len__(self) -> int:
         return len(self._names)

@@ -87,7 +87,10 @@ class ChestCollector:
     ``memory-reuse``: reads of a spilled value still alive elsewhere, handed
     back without a disk read, a count only as ``memory-read`` is;
     ``compaction-read`` and ``compaction-write``: bytes segment compaction
-    moved, counted apart from ``disk-write``),
+    moved, counted apart from ``disk-write``; ``discarded-write``: bytes written
+    to temporary files and thrown away, by a background write dropped because
+    its key was deleted or overwritten meanwhile, or by a write made again
+    because the value changed while it was written),
     ``<ns>_spill_errors_total{reason}`` (``disk``: an ``OSError``, ``changed``: a
     value kept changing while written, ``serialize``: a value kept in memory, or a
     put over the budget refused, because it cannot be pickled, ``quota``, ``corrupt``,
@@ -252,6 +255,8 @@ class _Families:
         # getattr: a store from before these counters existed exports 0 rather than failing the scrape.
         self.nbytes.add_metric([name, "compaction-read"], getattr(store, "compaction_read_bytes", 0))
         self.nbytes.add_metric([name, "compaction-write"], getattr(store, "compaction_written_bytes", 0))
+        # A background write dropped because its key changed, or made again because the value did.
+        self.nbytes.add_metric([name, "discarded-write"], getattr(store, "discarded_bytes", 0))
         for reason, n in (
             ("disk", s.disk_errors),
             ("changed", s.changed_errors),

@@ -251,6 +251,11 @@ class PackedStore(PackedRecords):
         self.spare_bytes = self.inner._spares.bytes  # once: total_bytes and spilled_total agree on it
         self.total_bytes = self.inner.total_bytes + self.spare_bytes + self._segment_total
 
+    @property
+    def discarded_bytes(self) -> int:
+        """Bytes written to temporary files and thrown away (files of their own: packed records are in memory)."""
+        return self.inner.discarded_bytes
+
     def space_in_use(self) -> int:
         """:meth:`recount`'s bytes, read without the lock (a scrape's): plain numbers, mapped files as of now."""
         return self.inner.space_in_use() + self._segment_total

@@ -137,6 +137,7 @@ class DiskStore(FileSync):
                     again = encode_header(name, frames, self.codec, self.secret)
                     if again[2] == tag:  # (the tag covers every byte: the value is what was written)
                         break
+                    self.count_discarded(size)  # that attempt's bytes are written again, or given up
                     if tries == _WRITE_TRIES:
                         raise ChangedWhileWritten(f"the value changed while it was written, {tries} times")
                     header, body_len, tag = again
@@ -211,6 +212,7 @@ class DiskStore(FileSync):
         engine's operation is whole: a background write dropped because its key
         changed raises into no one) and tried again at the next flush.
         """
+        self.count_discarded(prepared.size)
         self._discard_temp(prepared.temp)
         self.unreserve(prepared.name)
 

@@ -456,3 +456,76 @@ def test_a_name_prometheus_cannot_write_is_refused_and_every_scrape_still_works(
     assert value(registry, "spillkit_memory_budget_bytes", chest="other") == 3 * KB
     good.close()
     other.close()
+
+
+class Gated:
+    """A value whose pickling (on the writer thread) waits until the test lets it go."""
+
+    entered = threading.Event()
+    release = threading.Event()
+
+    def __init__(self) -> None:
+        self.data = os.urandom(MB)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        Gated.entered.set()
+        assert Gated.release.wait(30)
+        return (bytes, (self.data,))
+
+
+MB = 2**20
+
+
+def discarded(registry: CollectorRegistry, name: str) -> float | None:
+    return value(registry, "spillkit_spill_bytes_total", chest=name, activity="discarded-write")
+
+
+@pytest.mark.parametrize("how", ["delete", "overwrite"])
+def test_a_background_write_dropped_for_its_keys_change_counts_its_bytes(
+    tmp_path: Path, registry: CollectorRegistry, how: str
+) -> None:
+    # Before (helper-106): the whole value went to a temporary file, thrown away, and no counter had it.
+    Gated.entered.clear()
+    Gated.release.clear()
+    chest = Chest(path=tmp_path / "c", available_memory=int(1.5 * MB), sizeof=lambda v: MB, write_behind=True)
+    instrument(chest, registry, name="wb")
+    chest["a"] = Gated()
+    chest["b"] = b"x"  # over the budget: a's write goes to the writer thread
+    assert Gated.entered.wait(30)
+    if how == "delete":
+        del chest["a"]  # cancels a's write, in flight
+    else:
+        chest["a"] = b"new"
+    Gated.release.set()
+    chest.wait_for_writes()
+    assert chest.stats.spill_bytes < 1000  # a's value was never spilled (an overwrite spills a small one)
+    assert MB < discarded(registry, "wb") < MB + 4096  # the value's file (and its header) was written
+    assert_matches_stats(registry, chest, "wb")
+    chest.close()
+
+
+def test_a_write_made_again_because_the_value_changed_counts_the_first(
+    tmp_path: Path, registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    np = pytest.importorskip("numpy")
+    import spillkit.storage
+
+    array = np.zeros(MB // 8)
+    write_all, calls = spillkit.storage._write_all, []
+
+    def then_change(fd: int, frames: list[Any]) -> None:  # another thread changes the array as it is written
+        write_all(fd, frames)
+        calls.append(fd)
+        if len(calls) == 1:
+            array[0] = 1.0
+
+    monkeypatch.setattr(spillkit.storage, "_write_all", then_change)
+    chest = Chest(path=tmp_path / "c", available_memory=MB, pack_threshold=0)  # synchronous, writes checked
+    instrument(chest, registry, name="sync")
+    chest["x"] = array  # (memory: not over the budget yet)
+    chest["y"] = np.ones(MB // 8)  # spills x, which is written twice
+    assert len(calls) == 2
+    assert chest.stats.spills == 1
+    assert discarded(registry, "sync") == chest.stats.spill_bytes  # the first write, as large as the second
+    assert float(chest["x"][0]) == 1.0
+    chest.close()
