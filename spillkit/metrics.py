@@ -1,7 +1,7 @@
 """Prometheus export: a collector that reads each Chest's state and counters at scrape time.
 
-This module and :mod:`spillkit.metrics_collector` are the only spillkit
-modules that import ``prometheus_client``. Nothing registers at import;
+This module, :mod:`spillkit.metrics_collector` and :mod:`spillkit.metrics_families`
+are the only spillkit modules that import ``prometheus_client``. Nothing registers at import;
 nothing runs per cache operation (the collector reads the counters
 :class:`~spillkit.stats.Stats` keeps anyway, so the hot path pays nothing
 for Prometheus). Usage::
@@ -12,7 +12,7 @@ for Prometheus). Usage::
     server = serve(9464)           # http://127.0.0.1:9464/metrics
 
 :mod:`spillkit.metrics_collector` holds :class:`ChestCollector` (re-exported
-here) and the metric families it fills at each scrape; this module registers
+here), and :mod:`spillkit.metrics_families` the metric families it fills at each scrape; this module registers
 collectors (:func:`instrument`, :func:`uninstrument`) and serves them
 (:func:`serve`).
 

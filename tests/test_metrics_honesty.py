@@ -205,7 +205,7 @@ def test_a_chest_closed_while_a_scrape_waited_is_not_exported_with_zeros(
     scraper = threading.Thread(target=lambda: scraped.append(generate_latest(registry).decode()))
     try:
         scraper.start()
-        assert waits_in(scraper, "add", "metrics_collector.py", "a")  # has listed both Chests, waits for "a"
+        assert waits_in(scraper, "add", "metrics_families.py", "a")  # has listed both Chests, waits for "a"
         b.close()
     finally:
         gate.opened.set()
