@@ -122,13 +122,19 @@ def test_s3fifo_threshold_one_promotes_a_key_read_once() -> None:
     assert drain(policy) == ["a", "c", "b"]
 
 
-def test_s3fifo_ghost_hit_is_readmitted_into_main() -> None:
+def s3fifo_with_two_read_twice_then(keys: str) -> S3FIFO:
+    """An S3FIFO holding m1 and m2 (each read twice) and then ``keys``, all in S."""
     policy = S3FIFO()
     admit(policy, ["m1", "m2"])
     for key in ["m1", "m2"]:
         policy.touched(key)
         policy.touched(key)
-    admit(policy, "ab")
+    admit(policy, keys)
+    return policy
+
+
+def test_s3fifo_ghost_hit_is_readmitted_into_main() -> None:
+    policy = s3fifo_with_two_read_twice_then("ab")
     assert policy.victim() == "a"
     policy.evicted("a")  # m1 and m2 move to M; "a" leaves S and its key enters the ghost queue
     policy.admitted("a", 10, 0.0)  # a load from disk: "a" is wanted again, so it goes to M
@@ -141,12 +147,7 @@ def test_s3fifo_ghost_hit_is_readmitted_into_main() -> None:
 def test_s3fifo_forgotten_key_returns_as_a_new_one() -> None:
     # Before (helper-107), a failed background write or a delete left the key in the ghost queue,
     # and its next put went straight to M as if it were loaded back.
-    policy = S3FIFO()
-    admit(policy, ["m1", "m2"])
-    for key in ["m1", "m2"]:
-        policy.touched(key)
-        policy.touched(key)
-    admit(policy, "ab")
+    policy = s3fifo_with_two_read_twice_then("ab")
     policy.evicted("a")
     policy.forgotten("a")
     policy.admitted("a", 10, 0.0)  # a new value under the key: it joins S behind b

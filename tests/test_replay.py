@@ -13,6 +13,7 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
+from helpers import ConstRepr
 
 import spillkit
 from spillkit import Chest, policy_names
@@ -485,31 +486,15 @@ def test_a_recorder_starting_on_a_chest_carries_its_costs_and_a_deferred_block_u
     chest.drop()
 
 
-class SpeltAlike:
-    """A key class whose repr leaves out what tells two keys apart (common in hand-written classes)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __hash__(self) -> int:
-        return hash(self.n)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, SpeltAlike) and other.n == self.n
-
-    def __repr__(self) -> str:
-        return "SpeltAlike(...)"
-
-
 def test_keys_spelt_alike_stay_two_keys_in_their_trace(tmp_path: Path) -> None:
-    # Before (helper-106): both read back as the str "<SpeltAlike(...)>", one key, and the replay
+    # Before (helper-106): both read back as the str "<ConstRepr()>", one key, and the replay
     # reported only hits where the live Chest spilled and loaded at every read.
     from spillkit.trace import TraceRecorder
 
     chest = Chest(available_memory=150, sizeof=lambda value: 100, path=tmp_path / "c")
     recorder = TraceRecorder(tmp_path / "t.trace", {"workload": "alike"}, chest=chest)
-    a, b = SpeltAlike(1), SpeltAlike(2)
-    chest[a], chest[b], chest["<SpeltAlike(...)>"] = "A", "B", "a str spelt like them"
+    a, b = ConstRepr(1), ConstRepr(2)  # (a class whose repr leaves out what tells two keys apart)
+    chest[a], chest[b], chest["<ConstRepr()>"] = "A", "B", "a str spelt like them"
     for _ in range(5):
         assert (chest[a], chest[b]) == ("A", "B")  # each read loads one and spills another
     recorder.close()
