@@ -11,6 +11,7 @@ import itertools
 import math
 import numbers
 import operator
+import reprlib
 import sys
 import warnings
 from collections.abc import Callable, Hashable
@@ -21,7 +22,7 @@ from .broadcasts import held_elements
 from .errors import SpillWarning
 from .keys import describe_key
 
-__all__ = ["FAILED_SIZE", "checked_size", "deep_sizeof", "default_sizeof"]
+__all__ = ["FAILED_SIZE", "checked_size", "deep_sizeof", "default_sizeof", "tolerant"]
 
 _SAMPLES = 10
 _MAX_DEPTH = 6
@@ -76,30 +77,46 @@ FAILED_SIZE = 10**6  # counted for a value whose size cannot be measured, as das
 
 
 def default_sizeof() -> Callable[[Any], int]:
-    """Return ``dask.sizeof.sizeof`` when dask is installed, else :func:`deep_sizeof`.
+    """Return ``dask.sizeof.sizeof`` when dask is installed, else :func:`deep_sizeof`, made :func:`tolerant`.
 
-    Either way, a value whose size cannot be measured (its ``__sizeof__`` raises) counts as
-    :data:`FAILED_SIZE` bytes, with a ``SpillWarning``, instead of failing the put: a dask task's
-    result that plain dask computes must not fail the computation. (A ``sizeof`` given to a Chest
-    is the caller's own: its errors propagate.)
+    A dask task's result that plain dask computes must not fail the computation. (A ``sizeof``
+    given to a Chest is the caller's own: its errors propagate.)
     """
-    sizeof: Callable[[Any], Any]
     try:
         from dask.sizeof import sizeof as dask_sizeof
     except ImportError:
-        sizeof = deep_sizeof
-    else:
-        sizeof = dask_sizeof
+        return tolerant(deep_sizeof)
+    return tolerant(dask_sizeof)
+
+
+def tolerant(sizeof: Callable[[Any], Any]) -> Callable[[Any], int]:
+    """``sizeof`` made to give a size a Chest takes, whatever it meets.
+
+    A value it cannot measure (its ``__sizeof__``, or a function registered with
+    ``dask.sizeof``, raises or gives a negative, NaN or infinite size) counts as
+    :data:`FAILED_SIZE` bytes, with a ``SpillWarning``, as dask.distributed's
+    ``safe_sizeof`` counts a failure, instead of failing the put.
+    """
 
     def measured(obj: Any) -> int:
         try:
-            return int(sizeof(obj))
+            size = sizeof(obj)
         except Exception as error:
-            message = f"could not measure a {type(obj).__qualname__} ({error!r}): counted as {FAILED_SIZE} bytes"
-            warnings.warn(message, SpillWarning, stacklevel=4)  # (engine.put, Chest.__setitem__, its caller)
-            return FAILED_SIZE
+            return _unmeasured(obj, repr(error))
+        if type(size) is int and size >= 0:
+            return size
+        number = real_number(size)
+        if number is not None and math.isfinite(number) and number >= 0:
+            return int(number)
+        return _unmeasured(obj, f"it measured {reprlib.repr(size)}")
 
     return measured
+
+
+def _unmeasured(obj: Any, why: str) -> int:
+    message = f"could not measure a {type(obj).__qualname__} ({why}): counted as {FAILED_SIZE} bytes"
+    warnings.warn(message, SpillWarning, stacklevel=5)  # (measured, engine.put, Chest.__setitem__, its caller)
+    return FAILED_SIZE
 
 
 def real_number(value: object) -> float | None:

@@ -430,6 +430,28 @@ def test_a_result_whose_size_cannot_be_measured_is_counted_at_a_megabyte_not_a_f
     own.close()
 
 
+class OddlyMeasured:
+    """A value whose size a function registered with dask.sizeof gives as ``OddlyMeasured.size``."""
+
+    size: Any = -5
+
+
+@pytest.mark.parametrize("size", [-5, float("nan"), float("inf"), "12"])
+def test_a_registered_sizeof_that_gives_no_size_counts_a_megabyte_not_a_failed_computation(size: Any) -> None:
+    # helper-105: plain dask computes this; the Chest refused the size, and the computation failed.
+    from dask.sizeof import sizeof
+
+    sizeof.register(OddlyMeasured)(lambda value: value.size)
+    OddlyMeasured.size = size
+    try:
+        graph = dask.delayed(type)(dask.delayed(OddlyMeasured, pure=False)())
+        measured = r"could not measure a OddlyMeasured \(it measured .*\): counted as"
+        with spilling(available_memory="10 MiB"), pytest.warns(SpillWarning, match=measured):
+            assert graph.compute() is OddlyMeasured
+    finally:
+        sizeof._lookup.pop(OddlyMeasured)
+
+
 def test_a_memoryview_result_comes_back_a_memoryview() -> None:
     # helper-102: spilled through cloudpickle, it came back as bytes. It stays in memory now.
     def make() -> memoryview:

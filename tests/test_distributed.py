@@ -344,18 +344,30 @@ def memory_facts(dask_worker: Any) -> dict[str, Any]:
 
 
 @pytest.mark.timeout(120)
-def test_max_spill_caps_the_disk_and_auto_is_the_workers_share(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("max_spill", "cap"), [("10 MB", 10_000_000), (0, 0)])
+def test_max_spill_caps_the_disk_and_auto_is_the_workers_share(tmp_path: Path, max_spill: Any, cap: int) -> None:
     # Before (helper-60): max-spill was ignored (no cap), and memory_limit="auto" given to worker_storage
     # was parsed as the whole machine's (CPU_COUNT threads), not the worker's one thread: twice the budget.
+    # Before (helper-105): max-spill 0 was taken for no cap, where SpillBuffer spills nothing.
     options = {"memory_limit": "auto", "instrument_metrics": False}
     with (
-        dask.config.set({"distributed.worker.memory.max-spill": "10 MB"}),
+        dask.config.set({"distributed.worker.memory.max-spill": max_spill}),
         cluster(tmp_path, (worker_storage, options), n_workers=1, memory_limit="auto") as client,
     ):
         (facts,) = client.run(memory_facts).values()
+        if not cap:  # the memory monitor's evict() finds nothing it may write
+            future = client.submit(twelve_megabytes, pure=False)
+            assert float(future.result()[-1]) == 12.0
+            (evicted,) = client.run(evict_once).values()
+            (facts_after,) = client.run(quota_facts).values()
+            assert evicted == -1 and facts_after["quota_errors"] > 0 and facts_after["disk"] == 0
     assert facts["nthreads"] == 1
     assert facts["budget"] == int(facts["limit"] * facts["target"])
-    assert facts["cap"] == 10_000_000
+    assert facts["cap"] == cap
+
+
+def evict_once(dask_worker: Any) -> int:
+    return int(dask_worker.data.evict())
 
 
 def worker_pid(dask_worker: Any) -> tuple[int, int]:
@@ -459,8 +471,10 @@ def test_budget_outside_a_worker(tmp_path: Path) -> None:
     assert 0 < machine < sys.maxsize
     with dask.config.set({"distributed.worker.memory.target": False}):
         assert worker_budget("1 GiB") == sys.maxsize  # as SpillBuffer: only evict() spills
-    chest = worker_storage(str(tmp_path), memory_limit="100 MiB", policy="lfu", instrument_metrics=False)
+    with dask.config.set({"distributed.worker.memory.max-spill": "10 MB"}):  # (helper-105: ignored outside a worker)
+        chest = worker_storage(str(tmp_path), memory_limit="100 MiB", policy="lfu", instrument_metrics=False)
     try:
+        assert chest._store.available_disk == 10_000_000
         assert isinstance(chest, Chest)
         assert chest.available_memory == int(100 * 2**20 * target)
         assert chest.path == str(tmp_path / SUBDIRECTORY)
