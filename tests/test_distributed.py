@@ -274,6 +274,36 @@ def test_a_full_disk_quota_keeps_values_in_memory_and_fails_no_task(shared: Clie
         shared.run(use_storage, {})
 
 
+class OddlyMeasured:
+    """A result whose size a function registered with dask.sizeof (in the task that makes it) gives as -5."""
+
+
+def oddly_measured() -> OddlyMeasured:
+    from dask.sizeof import sizeof
+
+    sizeof.register(OddlyMeasured)(lambda value: -5)  # (here: the class a worker unpickles is the task's own)
+    return OddlyMeasured()
+
+
+def unregister_oddly_measured(dask_worker: Any) -> None:
+    from dask.sizeof import sizeof
+
+    for kind in [kind for kind in sizeof._lookup if getattr(kind, "__name__", "") == "OddlyMeasured"]:
+        sizeof._lookup.pop(kind)
+
+
+def test_a_registered_sizeof_that_gives_no_size_fails_no_task(shared: Client) -> None:
+    # Before (helper-105): the Chest refused -5 (or NaN, inf) and the task failed; SpillBuffer stores it.
+    try:
+        future = shared.submit(oddly_measured, pure=False)
+        wait([future], timeout=TIMEOUT)
+        assert future.status == "finished" and type(future.result()).__name__ == "OddlyMeasured"
+        del future
+        poll(lambda: all(c["keys"] == 0 for c in shared.run(spill_counters).values()), "the value to be released")
+    finally:
+        shared.run(unregister_oddly_measured)
+
+
 def exported_chests() -> set[str]:
     from prometheus_client import REGISTRY
 
