@@ -86,6 +86,10 @@ def compare(
 ) -> list[dict[str, Any]]:
     """Replay every trace with every policy at every budget and mode; return one row each.
 
+    A trace is named (the rows' ``trace``) after its file, up to the first dot, whether given as a
+    path or as a :class:`~spillkit.trace.Trace` that :func:`~spillkit.trace.read_trace` read; a Trace
+    made otherwise after its header's ``workload``. Two traces named alike get ``-2``, ``-3``, ...
+
     Budgets ending in ``%`` are fractions of each trace's peak intermediate
     bytes. With ``bounds`` (needs SciPy), each (trace, budget) also gets rows
     for the FOO lower bound, the PFOO-L bound and a clairvoyant policy (Belady

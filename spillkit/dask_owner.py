@@ -175,10 +175,11 @@ def forget_ended(kind: type[Any]) -> None:
     dask's ``local_callbacks`` put them back: a computation in another thread that outlived a block
     puts back, when it ends, the set it found, with that block's callback in it. Such a callback takes
     no computation on, but it holds its closed Chest, and each block in a long-running program would
-    leave one more. A new set replaces the old one (only if there is one to take out), so a computation
-    iterating the old one is undisturbed.
+    leave one more. The set is copied in one C call (other threads add to and take from it: iterated
+    in Python it could change meanwhile, helper-108), and each ended callback is discarded from it, as
+    dask's own ``add_callbacks`` does; replacing the set could lose a callback another thread adds.
     """
-    active = Callback.active
-    ended = {cb for cb in active if isinstance(owner := getattr(cb[0], "__self__", None), kind) and owner._over}
-    if ended:
-        Callback.active = active - ended
+    for hooks in tuple(Callback.active):
+        owner = getattr(hooks[0] if hooks else None, "__self__", None)
+        if isinstance(owner, kind) and owner._over:
+            Callback.active.discard(hooks)

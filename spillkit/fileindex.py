@@ -72,8 +72,9 @@ class FileIndex:
         self._dirty: set[str] = set()  # names renamed into place since the last good fsync of the directory
         self._unsynced: set[str] = set()  # names whose fsync (or the directory's) failed: unknown until written anew
         self._temp_counter = itertools.count(1)  # next() is atomic: prepare runs in several threads
-        # Bytes written to temporary files and thrown away (a write dropped, or made again because the value
-        # changed meanwhile): disk I/O no spill counts; exported as a metric. A lock: prepare counts too.
+        # Bytes written to temporary files and thrown away (a write dropped, made again because the value
+        # changed meanwhile, or refused at its commit): disk I/O no spill counts; exported as a metric.
+        # A lock: prepare counts too, without the engine's.
         self.discarded_bytes = 0
         self._discarded_lock = threading.Lock()
         # Crash consistency (see protect()): casefolded names the committed manifest references,
@@ -196,6 +197,7 @@ def _names_now(store: FileIndex) -> set[str]:
 
 def _after_fork_in_child() -> None:
     for store in list(_stores):
+        store._discarded_lock = threading.Lock()  # the parent's writer thread may have held it (helper-108)
         store._protected.update(_names_now(store))
         # Names no process shares: the parent goes on naming keys as before (a key's first name is a
         # function of the key), so the child's file of a key would replace one the parent writes later.

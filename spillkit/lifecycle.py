@@ -235,6 +235,8 @@ class EngineLifecycle(EngineLedger):
                         failure = failure or error
                     if key in self.disk:
                         self._spilled_nbytes += self._nbytes[key]
+                for key in self.spilled_keys if forget_memory else ():  # the policy may serve another Chest:
+                    self.policy.forgotten(key)  # its ghost lists must not take that one's keys for returns
             finally:
                 self.closed, self.closing = True, False
         if join:

@@ -63,8 +63,9 @@ class ChestCollector:
     ``compaction-read`` and ``compaction-write``: bytes segment compaction
     moved, counted apart from ``disk-write``; ``discarded-write``: bytes written
     to temporary files and thrown away, by a background write dropped because
-    its key was deleted or overwritten meanwhile, or by a write made again
-    because the value changed while it was written),
+    its key was deleted or overwritten meanwhile, a write made again because
+    the value changed while it was written, or one the quota or the disk
+    refused as it was moved into place),
     ``<ns>_spill_errors_total{reason}`` (``disk``: an ``OSError``, ``changed``: a
     value kept changing while written, ``serialize``: a value kept in memory, or a
     put over the budget refused, because it cannot be pickled, ``quota``, ``corrupt``,

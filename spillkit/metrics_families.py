@@ -109,7 +109,7 @@ class _Families:
         # getattr: a store from before these counters existed exports 0 rather than failing the scrape.
         self.nbytes.add_metric([name, "compaction-read"], getattr(store, "compaction_read_bytes", 0))
         self.nbytes.add_metric([name, "compaction-write"], getattr(store, "compaction_written_bytes", 0))
-        # A background write dropped because its key changed, or made again because the value did.
+        # A background write dropped because its key changed, made again because the value did, or refused.
         self.nbytes.add_metric([name, "discarded-write"], getattr(store, "discarded_bytes", 0))
         for reason, n in (
             ("disk", s.disk_errors),

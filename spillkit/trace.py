@@ -112,7 +112,8 @@ class Trace:
     order: dict[Hashable, int] = field(default_factory=dict)
     data: list[Hashable] = field(default_factory=list)  # literal data keys, present before any task ran
     ops: list[tuple[Any, ...]] = field(default_factory=list)  # op lines with key ids replaced by keys
-    source: str | None = None  # the file read_trace read it from (compare and plots name it after the file)
+    # The file read_trace read it from: compare and plots name it after the file. Not part of equality.
+    source: str | None = field(default=None, compare=False)
 
     def peak_bytes(self) -> int:
         """Most bytes an unlimited cache would have held at once (an object under two keys counts once).
@@ -188,7 +189,8 @@ def read_trace(path: str | os.PathLike[str]) -> Trace:
                 parser.line(parse_json(text))
             except BadLine as error:
                 raise TraceError(f"{name}:{number}: {error}") from None
-    return Trace(header, parser.keys, parser.dependencies, parser.order, parser.data, parser.ops, source=name)
+    source = os.fsdecode(name)
+    return Trace(header, parser.keys, parser.dependencies, parser.order, parser.data, parser.ops, source=source)
 
 
 def _open(name: str) -> io.BufferedReader:

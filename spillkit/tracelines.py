@@ -210,10 +210,13 @@ class LineParser:
             raise BadLine("key nested too deeply") from None
         except ValueError as error:
             raise BadLine(str(error)) from None
-        # The recorder gives each distinct key one id. Keys spelt alike (SpelledKey) were distinct in the
-        # run: they stay so. Any other key defined twice would merge two ids' operations: a damaged trace.
-        while isinstance(key, SpelledKey) and key in self._ids:
-            key = SpelledKey(key.spelling, key.occurrence + 1)
+        # The recorder gives each distinct key one id. Keys spelt alike (SpelledKey, in a tuple too) were
+        # distinct in the run: they stay so. Any other key defined twice would merge two ids: a damaged trace.
+        occurrence, spelt = 0, key
+        while spelt in self._ids and _has_spelled(key):
+            occurrence += 1
+            spelt = _respelled(key, occurrence)
+        key = spelt
         if key in self._ids:
             raise BadLine(f"key id {ident} defines the key of id {self._ids[key]} again, {describe_key(key)}")
         self._ids[key] = ident
@@ -244,3 +247,17 @@ class LineParser:
         self.data.extend(self.key(ident) for ident in data)
         self.dependencies.update(deps)
         self.order.update(order)
+
+
+def _has_spelled(key: Hashable) -> bool:
+    """Whether ``key`` is a :class:`SpelledKey` or a tuple holding one (at any depth)."""
+    return isinstance(key, SpelledKey) or (isinstance(key, tuple) and any(_has_spelled(part) for part in key))
+
+
+def _respelled(key: Hashable, occurrence: int) -> Hashable:
+    """``key`` with each SpelledKey in it (in tuples too) made the ``occurrence``-th of its spelling."""
+    if isinstance(key, SpelledKey):
+        return SpelledKey(key.spelling, occurrence)
+    if isinstance(key, tuple):
+        return tuple(_respelled(part, occurrence) for part in key)
+    return key

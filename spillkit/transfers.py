@@ -87,6 +87,8 @@ def write_through(engine: SpillEngine, key: Hashable, value: Any, nbytes: int, c
         raise
     if key in engine._nbytes:
         resident = engine._pop_resident(key) is not _MISSING
+        if not resident:  # (a ghost list's entry of it is no value's now: helper-108)
+            engine.policy.forgotten(key)
         in_flight = engine._writer is not None and engine._writer.cancel(key)
         if not in_flight and not resident:
             engine._spilled_nbytes -= engine._nbytes[key]  # replaces a spilled value

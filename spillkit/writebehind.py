@@ -145,6 +145,7 @@ class WriteBehind:
         engine = self._engine
         for pending in writes:
             if pending.evicting:
+                engine.policy.forgotten(pending.key)  # (as a failed write's: no return from disk, helper-108)
                 engine._admit(pending.key, pending.value, pending.nbytes)
 
     def _prepare(self, pending: PendingWrite) -> Any:

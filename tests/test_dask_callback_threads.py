@@ -9,6 +9,7 @@ the wrong set. Real dask schedulers, real Chests, threads synchronised by events
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -577,3 +578,41 @@ def test_a_dask_config_set_that_outlives_a_block_does_not_leave_its_scheduler_in
         x = matrix()
         assert float((x @ x).sum().compute()) == pytest.approx(float((x @ x).sum().compute(scheduler="sync")))
     assert "scheduler" not in dask.config.config  # what the first block found: nothing
+
+
+def test_blocks_entered_and_left_while_another_thread_uses_dask_callbacks_never_raise(tmp_path: Any) -> None:
+    # Before (helper-108): taking ended callbacks out iterated Callback.active in Python while another
+    # thread entered and left a dask Callback: "Set changed size during iteration" out of `with spilling()`.
+    chest = Chest(path=tmp_path / "c")
+    stop, errors, rounds = threading.Event(), [], [0]
+
+    def other_thread() -> None:  # e.g. a ProgressBar in another part of the program
+        while not stop.is_set():
+            with Callback(pretask=lambda *args: None):
+                pass
+
+    def blocks() -> None:
+        try:
+            while not stop.is_set() and rounds[0] < 20_000:
+                with ChestCallback(chest):
+                    rounds[0] += 1
+        except BaseException as error:  # handed to the test
+            errors.append(error)
+        finally:
+            stop.set()
+
+    threads = [threading.Thread(target=other_thread), threading.Thread(target=blocks)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # threads switch often: the window is a few bytecodes wide
+    try:
+        for thread in threads:
+            thread.start()
+        stop.wait(5)
+    finally:
+        stop.set()
+        sys.setswitchinterval(interval)
+    for thread in threads:
+        thread.join(WAIT)
+    assert errors == [] and rounds[0] > 1000
+    assert chest_callbacks() == []
+    chest.drop()

@@ -8,12 +8,15 @@ into its main queue. The engine now tells the policy ``forgotten`` in those case
 
 from __future__ import annotations
 
+import os
 import pickle
+import threading
 import warnings
 from pathlib import Path
 from typing import IO, Any
 
 import pytest
+from helpers import child_exit_code
 
 from spillkit import ARC, S3FIFO, Chest, Policy
 
@@ -94,3 +97,79 @@ def test_a_failed_background_write_leaves_the_policy_as_a_failed_synchronous_one
             assert "a" in chest.inmem and dict(chest) == {key: [key] for key in "abcde"}
             chest.drop()
     assert states[0] == states[1]  # ARC's target: 0.0 both ways
+
+
+class GatedOnA:
+    """A value whose pickling (on the writer thread) waits, for key "a" only, until the test lets it go."""
+
+    entered = threading.Event()
+    release = threading.Event()
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self.tag == "a":
+            GatedOnA.entered.set()
+            assert GatedOnA.release.wait(30)
+        return (str, (self.tag,))
+
+
+@pytest.mark.parametrize("make", [ARC, S3FIFO], ids=["arc", "s3fifo"])
+def test_a_forked_child_takes_its_writes_in_flight_back_as_they_were(tmp_path: Path, make: type[Policy]) -> None:
+    # Before (helper-108): the child took the value back through admitted() after evicted(): a ghost hit.
+    GatedOnA.entered.clear()
+    GatedOnA.release.clear()
+    policy = make()
+    chest = Chest(path=tmp_path / "c", policy=policy, sizeof=one_byte, available_memory=3, write_behind=True)
+    for key in "abcd":
+        chest[key] = GatedOnA(key)  # "a" goes to the writer thread, which waits in its pickling
+    assert GatedOnA.entered.wait(30)
+    pid = os.fork()
+    if pid == 0:  # the child: "a" is back in memory, as a new key would be
+        with chest.engine.lock:
+            fresh = where(policy, "a") == ("T1" if make is ARC else "S")
+            fresh = fresh and "a" not in str(state(policy)[-2:]) and getattr(policy, "target", 0.0) == 0.0
+        os._exit(0 if fresh else 1)
+    GatedOnA.release.set()
+    assert child_exit_code(pid) == 0, "the child took its write in flight back as a ghost hit"
+    chest.wait_for_writes()
+    chest.drop()
+
+
+@pytest.mark.parametrize("make", [ARC, S3FIFO], ids=["arc", "s3fifo"])
+def test_a_value_over_the_budget_under_a_spilled_key_leaves_no_ghost(tmp_path: Path, make: type[Policy]) -> None:
+    # Before (helper-108): written straight to disk, it left the old value's ghost in ARC's B1 or
+    # S3-FIFO's ghost queue, counted in their ghost bytes until the key's next put or delete.
+    policy = make()
+    sizes = {"big": 10}
+    chest = Chest(path=tmp_path / "c", policy=policy, sizeof=lambda value: sizes.get(value[0], 1), available_memory=3)
+    for key in "abcd":
+        chest[key] = [key]  # "a" is spilled: its ghost is remembered
+    with chest.engine.lock:
+        assert "a" in str(state(policy)[-2:])
+    chest["a"] = ["big"]  # over the budget: straight to disk
+    with chest.engine.lock:
+        assert "a" not in str(state(policy)[-2:])
+    assert chest["a"] == ["big"] and len(chest) == 4
+    chest.drop()
+
+
+@pytest.mark.parametrize("make", [ARC, S3FIFO], ids=["arc", "s3fifo"])
+def test_a_policy_serving_a_second_chest_after_close_remembers_none_of_the_first(
+    tmp_path: Path, make: type[Policy]
+) -> None:
+    # Before (helper-108): close() left the first Chest's ghosts, and the second Chest's new "a" was a
+    # return (ARC: T2, p raised; S3-FIFO: main queue).
+    policy = make()
+    first = Chest(path=tmp_path / "one", policy=policy, sizeof=one_byte, available_memory=3)
+    for key in "abcd":
+        first[key] = [key]
+    first.close()
+    second = Chest(path=tmp_path / "two", policy=policy, sizeof=one_byte, available_memory=3)
+    second["a"] = ["unrelated"]
+    with second.engine.lock:
+        assert where(policy, "a") == ("T1" if make is ARC else "S")
+        assert state(policy)[-2:] == ([], [])  # no ghost
+    second.drop()
+    Chest(path=tmp_path / "one").drop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -529,3 +530,29 @@ def test_a_write_made_again_because_the_value_changed_counts_the_first(
     assert discarded(registry, "sync") == chest.stats.spill_bytes  # the first write, as large as the second
     assert float(chest["x"][0]) == 1.0
     chest.close()
+
+
+def test_a_child_forked_while_the_writer_counts_discarded_bytes_counts_them_too(tmp_path: Path) -> None:
+    # Before (helper-108): the child inherited the count's lock held, and hung at its first discard.
+    chest = Chest(path=tmp_path / "c", available_memory=100, write_behind=True)
+    store = getattr(chest._store, "inner", chest._store)
+    held, done = threading.Event(), threading.Event()
+
+    def counting() -> None:  # the writer thread, inside count_discarded when the fork comes
+        with store._discarded_lock:
+            held.set()
+            done.wait(30)
+
+    thread = threading.Thread(target=counting)
+    thread.start()
+    assert held.wait(30)
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(10)  # a hang ends the child (SIGALRM), and fails the test
+        store.count_discarded(10)
+        os._exit(0 if store.discarded_bytes == 10 else 1)
+    done.set()
+    thread.join()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    chest.drop()
