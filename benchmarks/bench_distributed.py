@@ -70,7 +70,8 @@ USAGE = """### Using it
 from distributed import LocalCluster
 from spillkit.distributed import worker_storage
 
-cluster = LocalCluster(n_workers=2, memory_limit="1 GiB", data=(worker_storage, {"policy": "cost"}))
+if __name__ == "__main__":  # dask starts worker processes by spawning: a script needs the guard
+    cluster = LocalCluster(n_workers=2, memory_limit="1 GiB", data=(worker_storage, {"policy": "cost"}))
 # or data=worker_storage (LRU); Worker(..., data=...) and Nanny(..., data=...) take the same
 ```
 
@@ -89,7 +90,7 @@ dask worker tcp://scheduler:8786 --no-nanny --preload spillkit.distributed_prelo
 
 or by configuration alone (a dask YAML file or `DASK_*` variables): `distributed: {worker: {preload:
 [spillkit.distributed_preload]}}` plus `spillkit: {worker: {policy: cost}}` (options: `policy`,
-`available-memory`, `memory-limit`, `instrument-metrics`, `name`). `distributed.nanny.preload` in the
+`available-memory`, `available-disk`, `memory-limit`, `instrument-metrics`, `name`). `distributed.nanny.preload` in the
 configuration is honoured by nannies made in Python but not by `dask worker`, whose empty `--preload-nanny`
 option overrides it. All three command-line forms are tested (`tests/test_distributed.py`).
 

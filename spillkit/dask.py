@@ -2,7 +2,7 @@
 
 Only this module, :mod:`spillkit.dask_callback` (:class:`ChestCallback`),
 :mod:`spillkit.dask_loads`, :mod:`spillkit.dask_record` (:class:`record`), all
-re-exported here, and :mod:`spillkit.workloads` import dask. dask's local
+re-exported here, :mod:`spillkit.dask_owner` and :mod:`spillkit.workloads` import dask. dask's local
 schedulers store each task's result in ``cache[key]``, read it once per
 dependent, and ``del`` it right after its last reader ran; but they store a
 result *before* deleting the inputs it was the last reader of, so a budget

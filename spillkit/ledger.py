@@ -39,7 +39,7 @@ class EngineLedger(EvictionRounds, ResidentObjects):
     per ``get`` is a measurable share of its ~300 ns.
 
     Thread-safe only under ``lock``, which the engine holds around every
-    operation (DESIGN principle 7: one lock, one owner). Bookkeeping never
+    operation (one lock, one owner). Bookkeeping never
     raises except for a policy's own error (``set_cost``, which takes the lock
     itself, also raises KeyError for an absent key,
     :class:`~spillkit.errors.SpillError` once closed, and TypeError or ValueError

@@ -16,7 +16,8 @@ __all__ = ["DiskTier", "StagedDiskTier"]
 class DiskTier(Protocol):
     """What the engine needs from a disk tier (a DiskStore, or a size-only tier in replay).
 
-    The engine calls every method with its lock held; a tier holds no lock of its own.
+    The engine calls every method with its lock held. A tier's own locks are leaves (a counter, the
+    spare files' list): under them it never takes the engine's.
     """
 
     total_bytes: int

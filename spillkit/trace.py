@@ -8,8 +8,11 @@ operation. Format, version 1 (each line a JSON value):
     first line: spillkit and dask versions, workload, budget, policy, machine.
 ``["k", id, key]``
     defines key ``id`` (a small int) before its first use. Keys are encoded so
-    tuples survive: a str or int stays as it is, a tuple is ``{"t": [...]}``,
-    a float ``{"f": x}``, bytes ``{"b": "hex"}``, anything else ``{"r": repr}``.
+    tuples survive: a str or int stays as it is (an int over 1000 bits is
+    ``{"x": "hex"}``), a tuple is ``{"t": [...]}``, a float ``{"f": x}``, bytes
+    ``{"b": "hex"}``, anything else ``{"r": repr}`` (read back as itself for
+    None, True and False, else as a :class:`~spillkit.keys.SpelledKey`). A key
+    defined under two ids is refused (keys spelt alike are kept apart).
 ``["graph", {"deps": [[id, [dep ids]], ...], "order": [[id, position], ...], "data": [ids]}]``
     the computation's graph, dask's planned order (dask.order) and its literal data keys.
 ``["put", id, nbytes, cost_or_null, t, object]``
@@ -169,8 +172,9 @@ def read_trace(path: str | os.PathLike[str]) -> Trace:
     Compression is recognised by the file's first bytes, not its name. A UTF-8
     byte order mark, CRLF line ends and blank lines are accepted. Raises
     :class:`TraceError` naming the file and line for anything else malformed:
-    a file that is not gzip or UTF-8 text, truncated, of another version, or a
-    line whose fields have the wrong type or refer to keys never defined.
+    a file that is not gzip or UTF-8 text, truncated, of another version, a
+    line whose fields have the wrong type or refer to keys never defined, or
+    one that defines a key already defined under another id.
     """
     name = os.fspath(path)
     with _open(name) as raw:

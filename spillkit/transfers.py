@@ -12,8 +12,8 @@ on purpose: a helper holding a reference back to its engine would make every
 engine a reference cycle, so a dropped Chest's values would stay in memory
 until the cyclic garbage collector ran instead of being freed at once.
 
-Thread-safety: call them with the engine's lock held (they take none; DESIGN
-principle 7). Failures propagate as the engine documents them: a disk or codec
+Thread-safety: call them with the engine's lock held (they take none: one lock,
+one owner). Failures propagate as the engine documents them: a disk or codec
 error on load is counted in ``stats.load_failures`` and re-raised with a note
 naming the key; a failed write-through is re-raised, and the put counts it
 (or keeps the value in memory: see ``SpillEngine.put``); a

@@ -4,7 +4,7 @@
 :class:`WriteBehind` owns the engine bookkeeping around it (handing a victim
 over, taking it back on a read, committing or failing its write). It lives
 outside ``engine.py`` to keep the engine's one loop readable; it holds no lock
-of its own (DESIGN principle 7): the engine calls it under the engine's lock,
+of its own (one lock, one owner): the engine calls it under the engine's lock,
 and the writer thread takes that same lock around every commit.
 """
 

@@ -23,7 +23,7 @@ class Policy(ABC):
     Chest at a time: once that Chest is closed or dropped (or its constructor
     raised), it has removed every key from the policy, which may serve another.
 
-    The engine's calls, in the order of the DESIGN notes:
+    The engine's calls:
 
     ``admitted(key, nbytes, cost)``
         a key entered memory (a put, or loaded back from disk);
@@ -48,11 +48,13 @@ class Policy(ABC):
         a resident key's cost changed (default: ``removed`` then ``admitted``);
     ``forgotten(key)``
         a key the policy was told ``evicted`` will not come back from disk: it
-        was deleted or overwritten while spilled, or its write (in the
-        background) failed and the value is admitted again as it was. A policy
-        that remembers evicted keys (a ghost list) forgets this one, so a later
-        put of the key is no return of a spilled value. Never raises; the
-        default does nothing.
+        was deleted or overwritten while spilled; its write (in the background)
+        failed, or was the parent's in a forked child, and the value is
+        admitted again as it was; or the Chest is closed or dropped with the
+        key on disk (the policy may serve another Chest). A policy that
+        remembers evicted keys (a ghost list) forgets this one, so a later put
+        of the key is no return of a spilled value. Never raises; the default
+        does nothing.
 
     ``touched``, ``removed`` and ``evicted`` raise ``KeyError`` for a key the
     policy does not hold.

@@ -38,7 +38,8 @@ class S3FIFO(Policy):
     to ``ghost`` times them when a key spilled from S enters it (as
     libCacheSim's ghost, a FIFO of its own that makes room for what enters).
     A victim from M trims nothing, nor does anything between evictions, so
-    deleting many keys does not erase the ghost's memory. Both fractions are
+    deleting many resident keys does not erase the ghost's memory (a spilled
+    key deleted or overwritten is forgotten: :meth:`forgotten`). Both fractions are
     constructor arguments.
 
     ``threshold=2`` follows the paper's Algorithm 1 (``freq > 1``) and
