@@ -4,14 +4,17 @@
 out of separate calls (a lookup, then a store; a key list, then a read per key).
 On a Chest that other threads change meanwhile, those calls interleave with
 theirs: two ``setdefault`` calls both stored their default, ``popitem`` read a
-value that another thread had just deleted, and ``dict(chest)`` raised
+value that another thread had just deleted, and ``dict(chest.items())`` raised
 ``KeyError`` for a key deleted while it ran. :class:`DictMethods` makes each
 one whole, under the engine's lock, or tolerant of deletes made meanwhile.
+``dict(chest)`` itself lists the keys and then reads each one (dict's own
+code, which a Chest cannot change): a key another thread deletes in between
+raises ``KeyError`` there, as it would from ``{k: chest[k] for k in chest}``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, ItemsView, Iterable, Iterator, Mapping, ValuesView
+from collections.abc import Hashable, ItemsView, Iterable, Iterator, KeysView, Mapping, MutableMapping, ValuesView
 from typing import TYPE_CHECKING, Any
 
 from .unlocked import live_object
@@ -37,10 +40,27 @@ def _as_it_is(engine: SpillEngine, key: Hashable) -> Any:
     return value
 
 
+class _Keys(KeysView[Hashable]):
+    """``chest.keys()``: a dict's view, reversible as a dict's is."""
+
+    _mapping: Mapping[Hashable, Any]
+
+    def __reversed__(self) -> Iterator[Hashable]:
+        return reversed(self._mapping)
+
+
 class _Items(ItemsView[Hashable, Any]):
     """``chest.items()``: keys listed once, each read when reached; a key deleted by then is skipped."""
 
     _mapping: Mapping[Hashable, Any]
+
+    def __reversed__(self) -> Iterator[tuple[Hashable, Any]]:
+        mapping = self._mapping
+        for key in reversed(mapping):
+            try:
+                yield key, mapping[key]
+            except KeyError:
+                continue
 
     def __iter__(self) -> Iterator[tuple[Hashable, Any]]:
         mapping = self._mapping
@@ -58,6 +78,10 @@ class _Values(ValuesView[Any]):
 
     def __iter__(self) -> Iterator[Any]:
         for _, value in _Items(self._mapping):
+            yield value
+
+    def __reversed__(self) -> Iterator[Any]:
+        for _, value in reversed(_Items(self._mapping)):
             yield value
 
     def __contains__(self, value: object) -> bool:
@@ -83,8 +107,6 @@ class DictMethods:
         def __getitem__(self, key: Hashable) -> Any: ...
 
         def __setitem__(self, key: Hashable, value: Any) -> None: ...
-
-        def update(self, *args: Any, **kwargs: Any) -> None: ...
 
     def setdefault(self, key: Hashable, default: Any = None) -> Any:
         """``chest[key]`` if present, else store and return ``default``: one read in the stats, as for a dict.
@@ -118,11 +140,15 @@ class DictMethods:
         """Remove and return the last key stored and its value, as ``dict.popitem`` (not cached on the way)."""
         engine = self._engine
         with engine.lock:
+            engine._check_open()  # (closed and empty: closed is what to say)
             try:
                 key = next(reversed(engine._nbytes))
             except StopIteration:
                 raise KeyError("popitem(): the Chest is empty") from None
             return key, engine.pop(key)
+
+    def keys(self) -> KeysView[Hashable]:
+        return _Keys(self)  # type: ignore[arg-type]
 
     def items(self) -> ItemsView[Hashable, Any]:
         return _Items(self)  # type: ignore[arg-type]
@@ -134,6 +160,14 @@ class DictMethods:
         with self._engine.lock:
             return iter(list(reversed(self._engine._nbytes)))
 
+    def update(self, other: Any = (), /, **kwargs: Any) -> None:
+        """As ``dict.update``; a mapping's items are taken from its ``items()``.
+
+        So ``Chest(data=other_chest)`` and ``chest.update(other_chest)`` skip a key another thread
+        deletes from ``other_chest`` meanwhile (MutableMapping's lists the keys, then reads each one).
+        """
+        MutableMapping.update(self, other.items() if isinstance(other, Mapping) else other, **kwargs)
+
     def __ior__(self, other: Mapping[Hashable, Any] | Iterable[tuple[Hashable, Any]]) -> DictMethods:
         self.update(other)
         return self
@@ -141,5 +175,5 @@ class DictMethods:
     def __reduce_ex__(self, protocol: Any) -> Any:
         raise TypeError(
             "a Chest cannot be copied or pickled: it owns its directory and that directory's lock; "
-            "use dict(chest) for its contents, or Chest(data=chest) for a second Chest"
+            "use dict(chest.items()) for its contents, or Chest(data=chest) for a second Chest"
         )

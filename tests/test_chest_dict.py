@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from spillkit import Chest
+from spillkit import Chest, Event, SpillError
 
 UNIT = 40
 
@@ -144,7 +144,7 @@ def test_a_chest_cannot_be_copied_into_a_second_handle_on_its_directory(chest: C
     # Before: copy.copy gave a second Chest object sharing the engine, lock and directory of the first.
     chest["a"] = 1
     operation = {"copy": copy.copy, "deepcopy": copy.deepcopy, "pickle": pickle.dumps}[how]
-    with pytest.raises(TypeError, match=r"cannot be copied or pickled.*dict\(chest\)"):
+    with pytest.raises(TypeError, match=r"cannot be copied or pickled.*dict\(chest\.items\(\)\)"):
         operation(chest)
     assert chest["a"] == 1
 
@@ -154,3 +154,53 @@ def test_write_behind_of_zero_bytes_is_off(tmp_path: Path, off: Any) -> None:
     chest = Chest(path=tmp_path / "c", write_behind=off)
     assert chest.engine._writer is None  # before: on, with a cap of no bytes in flight
     chest.drop()
+
+
+@pytest.mark.parametrize("how", ["update", "data=", "items"])
+def test_copying_a_chest_skips_a_key_deleted_meanwhile(tmp_path: Path, how: str) -> None:
+    # Before (helper-110): Chest(data=chest) and update(chest) listed the keys, then read each one,
+    # and raised KeyError for a key deleted in between. A listener stands in for another thread.
+    source = Chest(path=tmp_path / "source", available_memory=10_000)
+    for key in "abc":
+        source[key] = key
+    deleted: list[str] = []
+
+    def delete_b(event: Event) -> None:
+        if event.kind == "hit" and event.key == "a" and not deleted:
+            deleted.append("b")
+            del source["b"]
+
+    source.add_listener(delete_b)
+    if how == "data=":
+        target = Chest(data=source, path=tmp_path / "target")
+        got = dict(target.items())
+        target.drop()
+    elif how == "update":
+        target = Chest(path=tmp_path / "target")
+        target.update(source)
+        got = dict(target.items())
+        target.drop()
+    else:
+        got = dict(source.items())
+    assert deleted == ["b"] and got == {"a": "a", "c": "c"}
+    source.drop()
+
+
+def test_views_are_reversible_as_a_dicts_are(tmp_path: Path) -> None:
+    chest = Chest(path=tmp_path / "c", available_memory=100, sizeof=lambda value: 40)  # most values on disk
+    reference: dict[str, list[Any]] = {}
+    for i in range(6):
+        chest[f"k{i}"] = reference[f"k{i}"] = [i]
+    chest["k2"] = reference["k2"] = ["again"]  # an overwrite keeps its place, in both
+    assert list(reversed(chest.keys())) == list(reversed(reference.keys()))
+    assert list(reversed(chest.items())) == list(reversed(reference.items()))
+    assert list(reversed(chest.values())) == list(reversed(reference.values()))
+    chest.drop()
+
+
+def test_popitem_on_a_closed_chest_says_it_is_closed(tmp_path: Path) -> None:
+    chest = Chest()  # temporary: once closed it holds no key, and popitem said "empty" (helper-110)
+    chest["k"] = 1
+    chest.close()
+    with pytest.raises(SpillError, match="closed"):
+        chest.popitem()
