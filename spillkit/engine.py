@@ -146,8 +146,6 @@ class SpillEngine(EngineLifecycle):
                     return
             existed = key in self._nbytes  # TypeError for an unhashable key, before any change
             old = self._pop_resident(key) if existed else _MISSING
-            if existed and old is _MISSING:  # spilled: a new value, not its return (as a resident one's overwrite),
-                self.policy.forgotten(key)  # forgotten before a round that would count its ghost (helper-108)
             if not self.deferred and refused is None:  # (a refused value is held over the budget anyway)
                 incoming = self._incoming(key, value, nbytes)
                 if self.memory_bytes - self.pinned_bytes + incoming > self.budget:
@@ -166,8 +164,10 @@ class SpillEngine(EngineLifecycle):
                 self._refs.pop(key, None)
                 if key in self.disk:
                     self.disk.delete(key)
-                if old is _MISSING and not in_flight:  # it was spilled; now it is in memory again
-                    self._spilled_nbytes -= self._nbytes[key]
+                if old is _MISSING:  # it was spilled: a new value, not its return (as a resident one's overwrite);
+                    self.policy.forgotten(key)  # after the round: a put that fails keeps the old value's ghost
+                    if not in_flight:  # now it is in memory again
+                        self._spilled_nbytes -= self._nbytes[key]
             self._nbytes[key] = nbytes
             if cost is None:
                 if existed:

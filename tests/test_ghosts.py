@@ -173,3 +173,29 @@ def test_a_policy_serving_a_second_chest_after_close_remembers_none_of_the_first
         assert state(policy)[-2:] == ([], [])  # no ghost
     second.drop()
     Chest(path=tmp_path / "one").drop()
+
+
+@pytest.mark.parametrize("make", [ARC, S3FIFO], ids=["arc", "s3fifo"])
+def test_a_put_over_a_spilled_key_that_fails_keeps_its_ghost(tmp_path: Path, make: type[Policy]) -> None:
+    # helper-111: forgotten before the round that makes room, a put that failed there (the quota refused
+    # the victim's write) had stored nothing, yet the old value's ghost was gone, and the replay (which
+    # has no line for a failed put) no longer matched the live run.
+    from spillkit.errors import DiskQuotaExceeded
+
+    policy = make()
+    chest = Chest(
+        path=tmp_path / "c", available_memory=30, policy=policy, sizeof=lambda value: 10,
+        pack_threshold=0, available_disk=2000,
+    )  # fmt: skip
+    chest["a"] = "a" * 10  # its file fits the quota
+    chest["b"], chest["c"] = "b" * 5000, "c" * 5000  # theirs do not
+    chest["d"] = "d" * 10  # spills "a"
+    with pytest.raises(DiskQuotaExceeded):
+        chest["a"] = "new"  # making room must write "b": refused, and nothing is stored
+    with chest.engine.lock:
+        assert "a" in str(state(policy)[-2:])  # still a ghost
+    del chest["d"]
+    assert chest["a"] == "a" * 10  # a return from disk, which the policy counts as one
+    with chest.engine.lock:
+        assert where(policy, "a") == ("T2" if make is ARC else "M")
+    chest.drop()
