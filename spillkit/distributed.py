@@ -156,7 +156,8 @@ def worker_storage(
         basename = os.path.basename(os.path.normpath(worker_local_directory))
         worker_name = getattr(worker, "name", None)
         default = basename if worker_name is None else f"dask-worker-{worker_name}"
-        instrument_worker_chest(chest, name or default, basename)
+        # (str(): dask worker names may be ints, and an int label was refused, then exported as "3-<dir>")
+        instrument_worker_chest(chest, default if name is None else str(name), basename)
     return chest
 
 

@@ -520,6 +520,8 @@ def test_a_worker_chest_whose_labels_are_taken_says_why_it_is_not_exported(tmp_p
     try:  # the first takes "same", the second "same-w"; the third finds both taken
         with pytest.warns(SpillWarning, match="not exported .*'same-w' is already instrumented"):
             chests.append(worker_storage(str(tmp_path / "2" / "w"), memory_limit="100 MiB", name="same"))
+        chests.append(worker_storage(str(tmp_path / "3" / "w"), memory_limit="100 MiB", name=3))  # type: ignore[arg-type]
+        assert "3" in exported_chests()  # as a dask worker's int name is (helper-108: exported as "3-w")
     finally:
         for chest in chests:
             chest.drop()
