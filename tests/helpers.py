@@ -3,6 +3,7 @@ damaging a record on disk, standing in for a crash while the Chest object lives 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import os
@@ -10,7 +11,7 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -267,3 +268,23 @@ def run_threads(target: Callable[[int], None], count: int, timeout: float = 240)
     assert not any(thread.is_alive() for thread in threads), "a thread hung"
     if errors:
         raise errors[0]
+
+
+@contextlib.contextmanager
+def held_in_another_thread(lock: Any, wait: float = 30.0) -> Iterator[None]:
+    """Hold ``lock`` in another thread for the block, as another thread's operation would."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            held.set()
+            release.wait(wait)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(wait)
+        yield
+    finally:
+        release.set()
+        holder.join(wait)

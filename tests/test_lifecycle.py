@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import assert_disk_files
+from helpers import assert_disk_files, held_in_another_thread
 
 import spillkit
 import spillkit.closing
@@ -473,21 +473,10 @@ def test_a_temporary_chest_collected_while_its_lock_is_held_still_cancels_its_wr
     for i in range(20):
         chest[i] = SlowToPickle(i)
     writers = [t for t in threading.enumerate() if t.name == "spillkit-writer"]
-    held, release = threading.Event(), threading.Event()
-
-    def hold_the_lock() -> None:
-        with engine.lock:
-            held.set()
-            release.wait(10)
-
-    holder = threading.Thread(target=hold_the_lock)
-    holder.start()
-    assert held.wait(10)
-    del chest
-    gc.collect()
-    assert not os.path.exists(path)
-    release.set()
-    holder.join(10)
+    with held_in_another_thread(engine.lock, wait=10):
+        del chest
+        gc.collect()
+        assert not os.path.exists(path)
     for thread in writers:
         thread.join(10)
         assert not thread.is_alive()

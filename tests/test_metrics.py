@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import held_in_another_thread
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 import spillkit
@@ -536,23 +537,12 @@ def test_a_child_forked_while_the_writer_counts_discarded_bytes_counts_them_too(
     # Before (helper-108): the child inherited the count's lock held, and hung at its first discard.
     chest = Chest(path=tmp_path / "c", available_memory=100, write_behind=True)
     store = getattr(chest._store, "inner", chest._store)
-    held, done = threading.Event(), threading.Event()
-
-    def counting() -> None:  # the writer thread, inside count_discarded when the fork comes
-        with store._discarded_lock:
-            held.set()
-            done.wait(30)
-
-    thread = threading.Thread(target=counting)
-    thread.start()
-    assert held.wait(30)
-    pid = os.fork()
-    if pid == 0:
-        signal.alarm(10)  # a hang ends the child (SIGALRM), and fails the test
-        store.count_discarded(10)
-        os._exit(0 if store.discarded_bytes == 10 else 1)
-    done.set()
-    thread.join()
+    with held_in_another_thread(store._discarded_lock):  # the writer thread, inside count_discarded
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(10)  # a hang ends the child (SIGALRM), and fails the test
+            store.count_discarded(10)
+            os._exit(0 if store.discarded_bytes == 10 else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     chest.drop()

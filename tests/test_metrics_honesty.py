@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
+from helpers import held_in_another_thread
 from prometheus_client import CollectorRegistry, generate_latest
 
 from spillkit import Chest, SpillError, SpillWarning
@@ -374,20 +375,7 @@ def test_a_scrape_without_the_lock_does_not_count_a_freed_mapped_file(
     del chest["a"]  # the file goes, but counts while ``mapped`` maps it
     assert value(registry, "spillkit_memory_bytes", chest="c", tier="disk") > 8_000_000
     del mapped  # the mapping goes: those bytes are free
-    held, release = threading.Event(), threading.Event()
-
-    def hold_lock() -> None:  # as another thread's flush would, during its disk I/O
-        with chest.engine.lock:
-            held.set()
-            release.wait(30)
-
-    holder = threading.Thread(target=hold_lock)
-    holder.start()
-    try:
-        assert held.wait(30)
+    with held_in_another_thread(chest.engine.lock):  # as another thread's flush would, during its disk I/O
         unlocked = value(registry, "spillkit_memory_bytes", chest="c", tier="disk")
-    finally:
-        release.set()
-        holder.join()
     assert unlocked == value(registry, "spillkit_memory_bytes", chest="c", tier="disk") == 0
     chest.close()
