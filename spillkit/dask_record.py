@@ -126,7 +126,14 @@ class record(Callback):
         if self._plan is not None:
             self._recorder.graph(*self._plan)
         self._chest = chest
-        chest.add_listener(self._recorder)
+        # What the Chest holds already takes its budget: an earlier computation's results (dask leaves them
+        # in cache=), values put by hand, and (with cache= given) the graph's literal data, which dask stores
+        # before any hook runs. Recorded as the trace's start (spilled ones as on disk, resident ones as puts
+        # in the order the Chest admitted them, the order LRU and FIFO rank them in); else a replay knew
+        # nothing of them and left out their spills (helper-112).
+        with chest.engine.lock:  # (no operation between the holdings and the listener)
+            self._recorder.holdings(chest.engine)
+            chest.add_listener(self._recorder)
 
     def _start_state(self, dsk: Mapping[Any, Any], state: dict[str, Any]) -> None:
         with self._lock:
@@ -152,12 +159,8 @@ class record(Callback):
                 self._discard()
             else:
                 self._detach()
-            self._attach(cache)
-            # Literal data was stored before any hook ran: record it now. What is spilled already is recorded
-            # as on disk (as puts, a replay held it in memory and re-decided those spills); what is resident
-            # is put with its object, in the order the Chest admitted it (the order LRU and FIFO rank it in).
+            self._attach(cache)  # (which records the literal data dask stored before any hook ran)
             assert self._recorder is not None
-            self._recorder.holdings(cache.engine, {key for key, task in dsk.items() if isinstance(task, DataNode)})
             # And the pins already made (ChestCallback's on that data, if its hook ran first): their
             # unpins will be recorded, and a replay without the pins would spill what the live run kept.
             with cache.engine.lock:

@@ -516,3 +516,30 @@ def test_a_trace_that_defines_one_key_under_two_ids_is_refused(tmp_path: Path) -
     path.write_text(header + '\n["k", 0, "a"]\n["k", 1, "a"]\n["put", 0, 10, null, 0.0, 1]\n')
     with pytest.raises(TraceError, match=r"twice.trace:3: key id 1 defines the key of id 0 again, 'a'"):
         read_trace(path)
+
+
+def add_one(array: Any) -> Any:
+    return array + 1
+
+
+@pytest.mark.parametrize("mode", ["settled", "strict"])
+def test_a_later_computations_trace_holds_what_earlier_ones_left_in_the_chest(tmp_path: Path, mode: str) -> None:
+    # Before (helper-112): dask leaves each result in cache=; the next computation's trace knew nothing of
+    # it, though it took budget and was spilled live, so the replay left out that spill.
+    budget = 1_500_000
+    chest = Chest(path=tmp_path / "c", available_memory=budget, policy="lru")
+    first = {"r1": (np.ones, 100_000)}  # an 800 kB result, left in the Chest
+    second = {"b0": (np.ones, 100_000), "b1": (add_one, "b0"), "b2": (add_one, "b1")}
+    with record(str(tmp_path / "t.trace")) as recording:
+        for graph, key in ((first, "r1"), (second, "b2")):
+            if mode == "settled":
+                with costs(chest):
+                    dask.get(graph, key, cache=chest)
+            else:
+                dask.get(graph, key, cache=chest)
+    later = read_trace(recording.paths[1])
+    live = recorded_decisions(later)
+    assert ("spill", "r1") in live
+    result = replay(later, "lru", budget, mode=mode, keep_decisions=True, plan=mode == "settled")
+    assert result.decisions == live
+    chest.drop()
