@@ -118,13 +118,14 @@ class _Model:
                 accesses = accesses[1:]  # from that load on it is as a value put there (a load makes room)
                 if not accesses:
                     continue
-                self.constant += size
+                self.constant += 0 if requests[accesses[0]][3] == "reuse" else size  # (a reuse reads nothing)
             reads = len(accesses) - 1
             # Dead-skip frees the write of a value whose key is never read again (a later read of the key,
             # even after an overwrite or a del, keeps it alive); the other modes write every spill.
             charged = not on_disk and (dead_writes or last_get.get(key, -1) > end)
             if size > budget:
-                self.constant += size * reads + (size if (reads or charged) and not on_disk else 0)
+                paid = sum(1 for r in accesses[1:] if requests[r][3] != "reuse")  # (a reuse reads nothing)
+                self.constant += size * paid + (size if (reads or charged) and not on_disk else 0)
                 continue
             if size == 0:
                 continue  # costs nothing, holds nothing
@@ -148,7 +149,8 @@ class _Model:
                 variable = len(self.sizes)
                 variables.append(variable)
                 self.sizes.append(size)
-                self.reads.append(number < reads)
+                # A "reuse" read is served without the disk, in every run (the program held the value there).
+                self.reads.append(number < reads and requests[b][3] != "reuse")
                 self.owner.append(len(self.writes))
                 self._enter(low, high + 1, variable, size)
                 for pinned_from, pinned_to in stretches_of.get(obj, ()):

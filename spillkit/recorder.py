@@ -26,6 +26,7 @@ from .events import (
     POPPED,
     PUT,
     REPLAN,
+    REUSED,
     SETTLE,
     SPILL,
     UNPIN,
@@ -218,7 +219,9 @@ class TraceRecorder:
                     self._line(["get", ident, t, "pop"])
                     return
                 if kind == LOAD:  # the object read back, named: a later put of it under another key is an alias
-                    self._line(["get", ident, t, kind, self._enter_memory(event.key, event.object_id)])
+                    # ("reuse": a spilled value still alive elsewhere, handed back with no disk read)
+                    outcome = "reuse" if event.detail == REUSED else kind
+                    self._line(["get", ident, t, outcome, self._enter_memory(event.key, event.object_id)])
                     return
                 self._line(["get", ident, t, kind])
             elif kind == DELETE:

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .engine import SpillEngine
-from .events import EVICT, LOAD, SPILL, Event
+from .events import EVICT, LOAD, REUSED, SPILL, Event
 from .policies import GraphAware, Policy, make_policy
 from .policies._graph import GraphPlan
 from .replay_disk import DiskModel, SizeOnlyDisk, _size, _Sized
@@ -116,9 +116,10 @@ def replay(
 
         def watch(event: Event) -> None:
             if event.kind in (SPILL, EVICT, LOAD):
+                reused = event.detail == REUSED  # (a value held elsewhere, handed back: no disk read)
                 if keep_decisions:
-                    result.decisions.append((event.kind, event.key))
-                if timeline:
+                    result.decisions.append(("reuse" if reused else event.kind, event.key))
+                if timeline and not reused:
                     result.markers.append((where[0], event.kind, event.nbytes))
 
         engine.listeners.append(watch)
@@ -152,10 +153,17 @@ def replay(
         if pending and not settle_points and tag != "del":
             engine.settle()  # settled mode without recorded settle points: after the releases
             pending = False
+        if engine._refs:  # the stand-ins the replay holds are no live values, but where a read says so (below)
+            engine._refs.clear()
         if tag == "get":
             token = op[4] if len(op) > 4 else 0  # the object a recorded load gave back (older traces: unnamed)
             tier.handing = objects.get(token) if token else None
             try:
+                if op[3] == "reuse" and key not in engine.memory and key in engine:
+                    # Live, something else held the spilled value: the engine handed that object back and read
+                    # nothing. Whatever this policy did, the program held it here too: served the same way.
+                    held = tier.handing if tier.handing is not None else _Sized(engine.nbytes(key))
+                    engine._refs.remember(key, held)
                 if op[3] == "pop":
                     engine.pop(key)  # read, not cached: the del that follows finds nothing
                 else:

@@ -34,9 +34,13 @@ class DiskModel:
 
 
 class _Sized:
-    """A stand-in value: only its size matters."""
+    """A stand-in value: only its size matters.
 
-    __slots__ = ("nbytes",)
+    Weakly referenced like a live value, so the engine can hand one back with no disk read; the replay
+    lets it only where the trace says the live run did (a ``reuse`` read).
+    """
+
+    __slots__ = ("__weakref__", "nbytes")
 
     def __init__(self, nbytes: int) -> None:
         self.nbytes = nbytes

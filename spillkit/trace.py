@@ -20,9 +20,11 @@ operation. Format, version 1 (each line a JSON value):
     two keys holding the same object (dask aliases) while both are resident,
     or for a value read back (a load names it) and stored under another key;
     0 for a value written straight to disk.
-``["get", id, t, outcome]`` / ``["get", id, t, "load", object]``
-    a read; outcome is ``"hit"``, ``"load"`` or ``"miss"``, or ``"pop"``: a spilled value
-    read from disk for ``pop()``, not cached (its ``del`` follows). A load names
+``["get", id, t, outcome]`` / ``["get", id, t, "load" | "reuse", object]``
+    a read; outcome is ``"hit"``, ``"load"`` or ``"miss"``, ``"pop"``: a spilled value
+    read from disk for ``pop()``, not cached (its ``del`` follows), or ``"reuse"``: a
+    spilled value something else still held, handed back with no disk read (traces
+    written before spillkit told it apart write ``"load"``). A load names
     the object it gave back, as a put does (traces written before spillkit did
     so leave it out: a put of that object under another key then reads as a new one).
 ``["del", id, t]``

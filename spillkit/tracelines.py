@@ -20,7 +20,8 @@ from .keys import SpelledKey, decode_key, describe_key
 
 __all__ = ["OUTCOMES", "BadLine", "LineParser", "short"]
 
-OUTCOMES = ("hit", "load", "miss", "pop")  # pop: read from disk for pop(), not cached (a del follows)
+# pop: read from disk for pop(), not cached (a del follows); reuse: a spilled value still alive elsewhere, no read
+OUTCOMES = ("hit", "load", "miss", "pop", "reuse")
 MAX_INT64 = 2**63 - 1  # no size or planned position is larger: a bigger number is corruption
 _LARGEST = 2**1000  # larger JSON integers do not fit a float; the policies compute in floats
 
@@ -121,7 +122,7 @@ _SHAPES = {  # record tag -> (number of fields, what the line looks like)
     "replan": (3, '["replan", t, [ids]]'),
     "defer": (3, '["defer", t, true or false]'),
     "put": (6, '["put", id, nbytes, cost, t, object]'),
-    "get": (5, '["get", id, t, outcome] or ["get", id, t, "load", object]'),
+    "get": (5, '["get", id, t, outcome] or ["get", id, t, "load" or "reuse", object]'),
     "del": (3, '["del", id, t]'),
     "ondisk": (4, '["ondisk", id, nbytes, t]'),
     "cost": (4, '["cost", id, cost, t]'),
@@ -197,8 +198,8 @@ class LineParser:
         else:
             key = self.key(row[1])
             fields = [check(value) for check, value in zip(_FIELDS[tag], row[2:], strict=False)]  # arity checked
-            if tag == "get" and len(fields) == 3 and fields[1] != "load":
-                raise BadLine(f"only a 'load' names the object it read, found a {fields[1]!r} with one")
+            if tag == "get" and len(fields) == 3 and fields[1] not in ("load", "reuse"):
+                raise BadLine(f"only a 'load' or 'reuse' names the object it read, found a {fields[1]!r} with one")
             self.ops.append((tag, key, *fields))
 
     def _define(self, ident: Any, encoded: Any) -> None:

@@ -496,3 +496,26 @@ def test_a_recorded_chest_that_flushes_has_a_bound_its_runs_meet(tmp_path: Any) 
     assert all(row["ratio_to_bound"] == pytest.approx(1.0) for row in full)
     for row in rows:
         assert 1.0 - 1e-9 <= row["ratio_to_bound"] < 2.0 or row["policy"] == "bound:pfoo-l"
+
+
+def test_no_policy_beats_the_bound_with_reads_of_values_held_elsewhere() -> None:
+    # A "reuse" read (a spilled value something else held, handed back live with no disk read) is free
+    # in replays; the bound charged it as a load (the first read of a value on disk, and every read of
+    # one over the budget) and came out above what policies did.
+    rng = random.Random(5)
+    for number in range(80):
+        trace = random_trace(
+            rng, rng.randrange(6, 30), rng.randrange(2, 6), settle_points=number % 3 == 0, pins=number % 3 == 1,
+            loads=True, pops=number % 5 == 0, on_disk=number % 4 == 0,
+        )  # fmt: skip
+        ops = [
+            (*op[:3], "reuse", *op[4:]) if op[0] == "get" and op[3] in ("load", "hit") and rng.random() < 0.4 else op
+            for op in trace.ops
+        ]
+        trace = Trace(trace.header, ops=ops)
+        budget = rng.choice([1, 2, 3, 5, 8, 10, 16])
+        foo = bounds_of(trace, budget)
+        for mode in MODES:
+            for name in ("lru", "fifo", "size", "nextuse", "arc", "s3fifo"):
+                io = replay(trace, name, budget, mode=mode).io_bytes
+                assert below(foo[VARIANT_OF_MODE[mode]], io), (trace.ops, budget, name, mode, foo)

@@ -305,7 +305,7 @@ DAMAGES: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "nested-100000-deep": (replace_line("get", DEEP), "nested too deeply"),
     "put-missing-field": (replace_line("put", '["put", 1, 100, null, 0.1]'), "'put' needs 6 fields"),
     "get-extra-field": (replace_line("get", '["get", 1, 0.1, "load", 7, 8]'), "'get' needs 4 or 5 fields"),
-    "hit-with-object": (replace_line("get", '["get", 1, 0.1, "hit", 7]'), "only a 'load' names the object"),
+    "hit-with-object": (replace_line("get", '["get", 1, 0.1, "hit", 7]'), "only a 'load' or 'reuse' names the object"),
     "load-object-negative": (replace_line("get", '["get", 1, 0.1, "load", -7]'), "object must be a non-negative"),
     "settle-bare": (replace_line("settle", '["settle"]'), "'settle' needs 2 fields"),
     "ondisk-negative-size": (replace_line("del", '["ondisk", 1, -5, 0.1]'), "nbytes must be an integer"),

@@ -48,8 +48,8 @@ def recorded_decisions(trace: Trace) -> list[tuple[str, Hashable]]:
     for op in trace.ops:
         if op[0] in ("spill", "evict"):
             out.append((op[0], op[1]))
-        elif op[0] == "get" and op[3] == "load":
-            out.append(("load", op[1]))
+        elif op[0] == "get" and op[3] in ("load", "reuse"):
+            out.append((op[3], op[1]))
     return out
 
 
@@ -76,7 +76,7 @@ def assert_replay_matches(trace: Trace, chest: Chest, policy: str, budget: int, 
     result = replay(trace, policy, budget, mode=mode, keep_decisions=True, plan=plan)
     assert result.decisions == live
     assert result.spills == chest.stats.spills
-    assert result.loads == chest.stats.loads + chest.stats.reused  # reuse of a live object skips only the read
+    assert result.loads == chest.stats.loads  # a reuse of a live object is no load, in the replay too
     assert result.hits == chest.stats.hits
     assert result.evictions == chest.stats.evictions
     assert result.loads == sum(1 for kind, _ in live if kind == "load")
@@ -251,7 +251,7 @@ def test_replay_starts_literal_data_spilled_before_recording_on_disk(policy: str
     result = replay(trace, policy, budget, mode="strict", keep_decisions=True, plan=False)
     assert result.decisions == live
     assert result.spills == chest.stats.spills - len(on_disk)  # those were written before the recording began
-    assert result.loads == chest.stats.loads + chest.stats.reused
+    assert result.loads == chest.stats.loads
     assert result.hits == chest.stats.hits and result.evictions == chest.stats.evictions
     chest.drop()
 
@@ -542,4 +542,30 @@ def test_a_later_computations_trace_holds_what_earlier_ones_left_in_the_chest(tm
     assert ("spill", "r1") in live
     result = replay(later, "lru", budget, mode=mode, keep_decisions=True, plan=mode == "settled")
     assert result.decisions == live
+    chest.drop()
+
+
+def test_a_read_of_a_value_held_elsewhere_replays_as_no_disk_read(tmp_path: Path) -> None:
+    # Before (helper-112): the trace wrote such a read as a load, and the replay counted its bytes
+    # (here 48,000 bytes read where the live run read none).
+    from spillkit.bounds import foo_lower_bound
+    from spillkit.trace import TraceRecorder
+
+    chest = Chest(path=tmp_path / "c", available_memory=10_000, sizeof=lambda value: value.nbytes)
+    recorder = TraceRecorder(tmp_path / "t.trace", {"workload": "held"}, chest=chest)
+    held = [np.full(1000, i, dtype=np.float64) for i in range(2)]  # 8 kB each: one fits
+    chest["a"], chest["b"] = held
+    for _ in range(3):
+        assert chest["a"] is held[0] and chest["b"] is held[1]  # each read spills the other
+    recorder.close()
+    stats = chest.stats
+    assert (stats.loads, stats.load_bytes, stats.reused) == (0, 0, 6)
+    trace = read_trace(tmp_path / "t.trace")
+    assert sum(1 for op in trace.ops if op[0] == "get" and op[3] == "reuse") == 6
+    for policy in policy_names():
+        result = replay(trace, policy, 10_000, mode="strict", keep_decisions=True)
+        assert (result.loads, result.bytes_read) == (0, 0), policy
+        assert foo_lower_bound(trace, 10_000).io_bytes <= result.io_bytes, policy
+    live = replay(trace, "lru", 10_000, mode="strict", keep_decisions=True)
+    assert live.decisions == recorded_decisions(trace) and live.spills == stats.spills
     chest.drop()
