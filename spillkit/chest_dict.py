@@ -55,20 +55,19 @@ class _Items(ItemsView[Hashable, Any]):
     _mapping: Mapping[Hashable, Any]
 
     def __reversed__(self) -> Iterator[tuple[Hashable, Any]]:
-        mapping = self._mapping
-        for key in reversed(mapping):
-            try:
-                yield key, mapping[key]
-            except KeyError:
-                continue
+        return _present(self._mapping, reversed(self._mapping))
 
     def __iter__(self) -> Iterator[tuple[Hashable, Any]]:
-        mapping = self._mapping
-        for key in mapping:
-            try:
-                yield key, mapping[key]
-            except KeyError:  # deleted since the key list was taken (a LoadFailed is not a KeyError)
-                continue
+        return _present(self._mapping, iter(self._mapping))
+
+
+def _present(mapping: Mapping[Hashable, Any], keys: Iterator[Hashable]) -> Iterator[tuple[Hashable, Any]]:
+    """Each of ``keys`` (listed at once) with its value, read when reached; a key deleted by then is skipped."""
+    for key in keys:
+        try:
+            yield key, mapping[key]
+        except KeyError:  # deleted since the key list was taken (a LoadFailed is not a KeyError)
+            continue
 
 
 class _Values(ValuesView[Any]):

@@ -61,8 +61,11 @@ class WorkerLoads(ChestOwnership, MutableMapping[Hashable, Any]):
 
     def _mapping(self) -> MutableMapping[Hashable, Any]:
         owner, tid = self._owner, threading.get_ident()
-        if (owner == tid or (owner is None and not self.replaced)) and not self._nested and not self._private:
-            return self.chest  # (a WorkerLoads no spilling() block made dask's cache: a mapping like any)
+        # This thread's computation claimed the Chest, or none did and no spilling() block made this dask's
+        # cache (a WorkerLoads used as a mapping like any).
+        mine = owner == tid or (owner is None and not self.replaced)
+        if mine and not self._nested and not self._private:
+            return self.chest
         if self._private:  # a computation that found the Chest taken (ChestCallback routed it)
             private = self._private.get(tid)
             if private:
@@ -71,7 +74,7 @@ class WorkerLoads(ChestOwnership, MutableMapping[Hashable, Any]):
             nested = self._nested.get(tid)
             if nested is not None:
                 return nested
-        if owner == tid or (owner is None and not self.replaced):
+        if mine:
             return self.chest
         # This thread's computation did not claim the Chest (another one may have it): dask runs
         # a computation nested in a task with no callbacks (it empties the active set meanwhile),

@@ -163,12 +163,8 @@ def worker_storage(
 
 def _max_spill(manager: WorkerMemoryManager | None) -> int | None:
     """dask's ``distributed.worker.memory.max-spill``: the worker's, or the config's outside one (None: no cap)."""
-    if manager is not None:
-        cap = manager.max_spill
-    else:
-        cap = dask.config.get("distributed.worker.memory.max-spill")
-        cap = False if cap is False else parse_bytes(cap)
-    return None if cap is False else int(cap)
+    cap = dask.config.get("distributed.worker.memory.max-spill") if manager is None else manager.max_spill
+    return None if cap is False else int(parse_bytes(cap))
 
 
 def storage_for(worker: Any, **options: Any) -> Chest:

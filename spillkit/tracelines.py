@@ -213,11 +213,12 @@ class LineParser:
             raise BadLine(str(error)) from None
         # The recorder gives each distinct key one id. Keys spelt alike (SpelledKey, in a tuple too) were
         # distinct in the run: they stay so. Any other key defined twice would merge two ids: a damaged trace.
-        occurrence, spelt = 0, key
-        while spelt in self._ids and _has_spelled(key):
-            occurrence += 1
-            spelt = _respelled(key, occurrence)
-        key = spelt
+        if key in self._ids and _has_spelled(key):
+            occurrence, spelt = 1, _respelled(key, 1)
+            while spelt in self._ids:
+                occurrence += 1
+                spelt = _respelled(key, occurrence)
+            key = spelt
         if key in self._ids:
             raise BadLine(f"key id {ident} defines the key of id {self._ids[key]} again, {describe_key(key)}")
         self._ids[key] = ident

@@ -142,11 +142,15 @@ class WriteBehind:
         # In a forked child: the writes the parent's thread took along are not this copy's. Their values
         # come back into memory (as a failed write's would), their names stay reserved: the parent's
         # thread may still commit them, so the child never writes a file under them (spillkit.fileindex).
-        engine = self._engine
         for pending in writes:
             if pending.evicting:
-                engine.policy.forgotten(pending.key)  # (as a failed write's: no return from disk, helper-108)
-                engine._admit(pending.key, pending.value, pending.nbytes)
+                self._take_back(pending.key, pending.value, pending.nbytes)
+
+    def _take_back(self, key: Hashable, value: Any, nbytes: int, offer: bool = True) -> None:
+        # A value handed to the writer (the policy was told it was evicted) is in memory again as it was,
+        # as after a synchronous write that failed: no return from disk for a ghost list (helper-107, -108).
+        self._engine.policy.forgotten(key)
+        self._engine._admit(key, value, nbytes, offer=offer)
 
     def _prepare(self, pending: PendingWrite) -> Any:
         # On the writer thread, without the lock: the slow part (pickling, the temporary file).
@@ -195,8 +199,7 @@ class WriteBehind:
             return
         if isinstance(error, NameTaken):  # a file this Chest did not write had the name, now never chosen again:
             if pending.evicting:  # nothing failed; the next round writes the value under another name,
-                engine.policy.forgotten(key)  # (it never left: no return from disk for a ghost list)
-                engine._admit(key, value, nbytes)  # as a synchronous write does at once
+                self._take_back(key, value, nbytes)  # as a synchronous write does at once
             return
         writer.failures += 1
         if isinstance(error, DiskQuotaExceeded):
@@ -204,9 +207,8 @@ class WriteBehind:
         serialization = not isinstance(error, NOT_THE_VALUES_FAULT)
         if isinstance(error, OSError):  # (a quota refusal costs no I/O, and must not raise into puts)
             self.disk_failing = True
-        if pending.evicting:  # back in memory as it was: as a synchronous failure, no return from disk
-            engine.policy.forgotten(key)
-            engine._admit(key, value, nbytes, offer=not serialization)
+        if pending.evicting:
+            self._take_back(key, value, nbytes, offer=not serialization)
         elif serialization and key not in engine._unspillable:  # (set aside already: out of the policy)
             engine.policy.removed(key)
         if serialization:
