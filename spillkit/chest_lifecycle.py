@@ -92,6 +92,9 @@ class ChestLifecycle(ChestState):
     def drop(self) -> None:
         """Delete every value and the directory; the Chest is closed afterwards.
 
+        Only what spillkit wrote goes: a persistent ``path`` that also holds
+        other files (or subdirectories) keeps them, and stays with them.
+
         The directory's lock is released after the directory is gone, also when
         the policy raises on the way (raised once the Chest is gone). In a
         forked child this only closes the child's copy (the parent's files stay).

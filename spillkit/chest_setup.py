@@ -123,7 +123,10 @@ def setup_chest(
         before_removal: list[Callable[[], object]] = []
         chest._finalizer = weakref.finalize(chest, remove_directory, chest._path, os.getpid(), before_removal)
     else:
-        chest._path = os.path.abspath(os.fspath(path))
+        given = os.fspath(path)
+        if not given:  # abspath("") is the working directory: never a spill directory by accident
+            raise ValueError("path is empty: give a directory, or None (the default) for a temporary one")
+        chest._path = os.path.abspath(given)
         os.makedirs(chest._path, mode=0o700, exist_ok=True)
         chest._finalizer = None
     chest._owner_pid = os.getpid()

@@ -24,6 +24,7 @@ from .errors import ChangedWhileWritten, DiskQuotaExceeded, SpillError, SpillWar
 from .manifest import remove_manifest
 from .mapped import remove_tree
 from .persistence import flush
+from .reopen import remove_own
 
 if TYPE_CHECKING:
     from .chest import Chest
@@ -113,7 +114,7 @@ def _remove(chest: Chest) -> None:
                 except OSError as error:  # nothing else is removed: the directory stays whole, as last flushed
                     error.add_note(f"drop: {chest._path!r} was not removed; it reopens with its last flush's values")
                     raise
-                remove_tree(chest._path)
+                remove_tree(chest._path, remove_own)  # spillkit's files only: the directory may hold others'
                 if unsynced is not None:  # (after the removal: a warning made an error must not stop it)
                     message = f"the removal of {chest._path!r}'s manifest may not be durable: {unsynced!r}"
                     warnings.warn(message, SpillWarning, stacklevel=4)

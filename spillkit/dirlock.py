@@ -39,6 +39,13 @@ child's copy of the Chest is not the directory's owner (it never removes
 it); if it goes on writing there after its parent died, nothing stops a new
 Chest from opening the directory meanwhile.
 
+The lock file can be unlinked by hand (taken for a stale one) while its
+Chest is open; a second Chest would then create and lock a new file. So the
+directory itself is locked too, the same way (``flock`` on a descriptor of
+the directory, taken after the file's): a second Chest finds it held
+whatever happened to the file. Where the file system refuses ``flock`` on a
+directory, the file's lock alone serves.
+
 Limits: the lock is only as good as ``flock`` on the file system (on NFS it
 may be local to one machine, or emulated with POSIX locks). Without
 ``fcntl`` (Windows) nothing is locked.
@@ -111,7 +118,7 @@ class DirLock:
         self.path = os.path.join(directory, LOCK_NAME)
         self._pid = os.getpid()
         self._mutex = threading.Lock()
-        self._fd = -1 if fcntl is None else _acquire(directory, self.path)
+        self._fd, self._dir_fd = (-1, -1) if fcntl is None else _acquire(directory, self.path)
         _held.add(self)
 
     @property
@@ -129,23 +136,26 @@ class DirLock:
         # All under the mutex, the descriptor forgotten last: a fork in between leaves the child a
         # descriptor its at-fork hook still sees and closes (forgotten first, the child would keep it).
         with self._mutex:
-            fd = self._fd
-            if fd < 0:
+            if self._fd < 0:
                 return
-            if os.getpid() == self._pid:
-                # Explicit: a child forked without Python's hooks may still share the description.
+            for fd in (self._dir_fd, self._fd):
+                if fd < 0:
+                    continue
+                if os.getpid() == self._pid:
+                    # Explicit: a child forked without Python's hooks may still share the description.
+                    with contextlib.suppress(OSError):
+                        fcntl.flock(fd, fcntl.LOCK_UN)
                 with contextlib.suppress(OSError):
-                    fcntl.flock(fd, fcntl.LOCK_UN)
-            with contextlib.suppress(OSError):
-                os.close(fd)
-            self._fd = -1
+                    os.close(fd)
+            self._fd = self._dir_fd = -1
 
     def _forget_in_child(self) -> None:
         self._mutex = threading.Lock()  # another thread of the parent may have held it at the fork
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(fd)  # never LOCK_UN: the description, and the lock, are the parent's too
+        fds, self._fd, self._dir_fd = (self._fd, self._dir_fd), -1, -1
+        for fd in fds:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)  # never LOCK_UN: the description, and the lock, are the parent's too
 
     def __del__(self) -> None:
         try:  # noqa: SIM105 (not contextlib: at interpreter exit module globals may already be None)
@@ -163,8 +173,11 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _acquire(directory: str, full: str) -> int:
-    """Open ``full``, lock it without waiting and record our pid; return the descriptor."""
+def _acquire(directory: str, full: str) -> tuple[int, int]:
+    """Lock ``full`` (recording our pid in it), then ``directory``, without waiting; return both descriptors.
+
+    The directory's is -1 where its file system refuses ``flock`` on a directory.
+    """
     assert fcntl is not None
     for _ in range(_ATTEMPTS):
         try:
@@ -180,8 +193,10 @@ def _acquire(directory: str, full: str) -> int:
             except OSError as error:
                 raise SpillError(f"cannot lock {full!r} ({error}); the file system may not support flock") from error
             if _still_there(fd, full):
-                _record_pid(fd)
-                return fd
+                dir_fd = _lock_directory(directory)
+                if dir_fd is not None:
+                    _record_pid(fd)
+                    return fd, dir_fd
         except BaseException:
             os.close(fd)
             raise
@@ -189,6 +204,29 @@ def _acquire(directory: str, full: str) -> int:
         os.close(fd)
         os.makedirs(directory, mode=0o700, exist_ok=True)
     raise SpillError(f"cannot lock {full!r}: it (or its directory) was removed {_ATTEMPTS} times while being locked")
+
+
+def _lock_directory(directory: str) -> int | None:
+    """Lock the directory itself; its descriptor, -1 if it cannot be locked so, None if it went meanwhile."""
+    assert fcntl is not None
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        # Its lock file was unlinked while it held it (we locked a new one, without its pid): still held.
+        raise ChestLocked(directory, None) from None
+    except OSError:
+        os.close(fd)
+        return -1  # a file system without flock on directories: the lock file's alone serves
+    if not _still_there(fd, directory, follow=True):  # drop() removed it meanwhile: lock what is there now
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+        return None
+    return fd
 
 
 def _open(full: str) -> int:
@@ -220,9 +258,9 @@ def _open(full: str) -> int:
     return fd
 
 
-def _still_there(fd: int, full: str) -> bool:
+def _still_there(fd: int, full: str, follow: bool = False) -> bool:
     try:
-        now = os.stat(full, follow_symlinks=False)
+        now = os.stat(full, follow_symlinks=follow)
     except FileNotFoundError:
         return False
     mine = os.fstat(fd)

@@ -130,8 +130,8 @@ class FileIndex:
             owner = self._owners.get(folded, _FREE)
             reserved = self._reserved.get(folded)
             if (
-                (owner is _FREE or (owner == key and folded not in self._protected))
-                and (reserved is None or reserved[0] == key)
+                (owner is _FREE or (_same_key(owner, key) and folded not in self._protected))
+                and (reserved is None or _same_key(reserved[0], key))
                 and folded not in self._protected
                 and folded not in self._foreign
             ):
@@ -211,3 +211,9 @@ def _before_fork() -> None:  # the parent's side: the child may map any file the
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+
+
+def _same_key(a: object, b: object) -> bool:
+    # As a dict compares keys: identity, then == only for equal hashes. Two keys whose names collide
+    # (same type and repr) are distinct to a dict if their hashes differ, and their __eq__ may even raise.
+    return a is b or (hash(a) == hash(b) and a == b)

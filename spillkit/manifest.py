@@ -11,6 +11,7 @@ behind (temporary files, spill files written after the last flush).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hmac
 import os
 import pickle
@@ -186,6 +187,10 @@ def read_manifest(path: str, secret: bytes) -> list[ManifestEntry] | None:
         fd = ensure_regular(os.open(full, os.O_RDONLY | SAFE_OPEN), full)  # a planted FIFO must not block the reopen
     except FileNotFoundError:
         return None
+    except OSError as error:  # a directory, FIFO, device or symbolic link in its place: damaged, as documented
+        if error.errno not in (errno.EINVAL, errno.ELOOP):
+            raise
+        raise SpillError(f"manifest {full!r} is no regular file ({error.strerror}); refusing to load it") from None
     try:
         chunks = []
         while chunk := os.read(fd, 1 << 20):

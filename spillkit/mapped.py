@@ -210,8 +210,9 @@ def mapped_at_fork(full: str) -> FileId | None:
     return file_id if info.st_nlink == 1 and file_id in _mapped_at_fork else None
 
 
-def remove_tree(path: str) -> None:
-    """:func:`~spillkit.tempdirs.remove_all`, then :func:`unlinked` for its files mapped at a fork that went."""
+def remove_tree(path: str, remove: Callable[[str], None] = remove_all) -> None:
+    """``remove(path)`` (default :func:`~spillkit.tempdirs.remove_all`), then :func:`unlinked` for the files it
+    removed that were mapped at a fork."""
     candidates: list[tuple[FileId, str]] = []
     inodes = {inode for _, inode in tuple(_mapped_at_fork)}
     if inodes:
@@ -223,7 +224,7 @@ def remove_tree(path: str) -> None:
                         candidates.append((file_id, entry.path))
         except OSError:
             pass  # forgets nothing: those numbers are merely never reused
-    remove_all(path)
+    remove(path)
     for file_id, full in candidates:
         if not os.path.lexists(full):
             unlinked(file_id)

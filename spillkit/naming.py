@@ -13,12 +13,15 @@ from collections.abc import Hashable
 
 from .keys import spell_key
 
-__all__ = ["candidate_name", "is_reserved"]
+__all__ = ["candidate_name", "is_own_temporary", "is_reserved"]
 
 # Plain identifiers like the original chest's 'one', 'two'; never '.', '..' or
 # hidden, never long enough to hit NAME_MAX.
 _READABLE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,99}\Z")
 HASHED_PREFIX = "%"
+# The temporary names spillkit gives (spillkit.storage, spares, blanks, security; any name under the manifest's),
+# and no others: a crash's leftovers are removed by name, so a user's own ".tmp-notes" must not match.
+_OWN_TEMPORARY = re.compile(r"\.tmp-(?:\d+-\d+|\d+-s[0-9a-f]{8}-b?\d+|key-\d+-[0-9a-f]{8})\Z|\.spillkit-manifest\.tmp-")
 
 
 def candidate_name(key: Hashable, attempt: int = 0) -> str:
@@ -41,3 +44,12 @@ def candidate_name(key: Hashable, attempt: int = 0) -> str:
 def is_reserved(name: str) -> bool:
     """True for names spillkit keeps for itself (temporary files, manifest, keys)."""
     return name.startswith(".")
+
+
+def is_own_temporary(name: str) -> bool:
+    """True for the name of a temporary file that spillkit writes (a write, a spare, a blank, a key, a manifest).
+
+    >>> is_own_temporary(".tmp-4242-17"), is_own_temporary(".tmp-draft.txt")
+    (True, False)
+    """
+    return _OWN_TEMPORARY.match(name) is not None

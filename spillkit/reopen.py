@@ -18,15 +18,17 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import SpillWarning
 from .keys import describe_key
-from .manifest import MANIFEST_NAME, ManifestEntry, read_manifest
+from .manifest import ManifestEntry, read_manifest
+from .naming import is_own_temporary
 from .segfiles import is_segment_name
 from .spillfile import is_spill_file
+from .tempdirs import warn_left
 
 if TYPE_CHECKING:
     from .chest import Chest
     from .segments import PackedStore
 
-__all__ = ["manifest_rows", "remove_leftovers", "remove_unreferenced_segments", "reopen"]
+__all__ = ["manifest_rows", "remove_leftovers", "remove_own", "remove_unreferenced_segments", "reopen"]
 
 
 def reopen(chest: Chest) -> None:
@@ -115,7 +117,7 @@ def remove_leftovers(path: str, keep: Set[str]) -> list[str]:
     removed = []
     for name in sorted(os.listdir(path)):
         full = os.path.join(path, name)
-        if name.startswith((".tmp-", MANIFEST_NAME + ".tmp-")):
+        if is_own_temporary(name):
             leftover = True
         elif name.startswith(".") or name in keep:
             leftover = False
@@ -137,3 +139,35 @@ def remove_leftovers(path: str, keep: Set[str]) -> list[str]:
             continue
         removed.append(name)
     return removed
+
+
+def remove_own(path: str) -> None:
+    """Remove what spillkit wrote in ``path`` (:meth:`~spillkit.chest.Chest.drop`), then the directory if it is empty.
+
+    Spillkit's own files are its metadata (``.spillkit-*``: lock, key, manifest,
+    segments, reserve), its temporary files (:func:`~spillkit.naming.is_own_temporary`)
+    and spill files (recognised by their header, which names the file). Anything
+    else (a user's files, subdirectories) is left, and so is the directory that
+    holds them. What cannot be removed is left and warned about
+    (:func:`~spillkit.tempdirs.warn_left`).
+    """
+    failed: list[tuple[str, BaseException]] = []
+    with os.scandir(path) as entries:
+        names = [entry.name for entry in entries]
+    for name in names:
+        full = os.path.join(path, name)
+        try:
+            ours = name.startswith(".spillkit-") or is_own_temporary(name)
+            ours = ours or (not name.startswith(".") and is_spill_file(full, name))
+            if ours:
+                os.unlink(full)
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            failed.append((full, error))
+    try:
+        os.rmdir(path)
+    except OSError as error:  # not empty: what others put there stays, and the directory with it
+        if error.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
+            failed.append((path, error))
+    warn_left(path, failed)

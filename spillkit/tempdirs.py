@@ -222,7 +222,12 @@ def remove_all(path: str) -> None:
         shutil.rmtree(path, onexc=note)
     else:
         shutil.rmtree(path, onerror=note)
+    warn_left(path, failed)
+
+
+def warn_left(path: str, failed: list[tuple[str, BaseException]]) -> None:
+    """Warn (a ``SpillWarning``) that the entries in ``failed`` of ``path`` could not be removed, if any."""
     if failed:
         where, error = failed[0]
         message = f"could not remove {len(failed)} entries of the directory {path!r}, left on disk; the first: "
-        warnings.warn(f"{message}{where!r}: {error!r}", SpillWarning, stacklevel=6)  # (drop: its caller)
+        warnings.warn(f"{message}{where!r}: {error!r}", SpillWarning, stacklevel=7)  # (drop: its caller)

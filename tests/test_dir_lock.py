@@ -182,6 +182,35 @@ def test_a_second_chest_in_another_process_is_refused_while_the_first_is_open(tm
     assert seen["values"]["k3"] == payload(3).hex()
 
 
+def test_a_lock_file_unlinked_by_hand_still_keeps_a_second_chest_out(tmp_path: Path) -> None:
+    # helper-117: the lock file taken for a stale one and removed while its Chest was open: another
+    # process created and locked a new one, and its reopen removed the first Chest's unflushed files.
+    path = tmp_path / "store"
+    first = filled(path)
+    (path / LOCK_NAME).unlink()
+    before = snapshot(path)
+    seen = run_python(TRY_OPEN, str(path))
+    assert seen["error"] == "ChestLocked"
+    assert str(path) in seen["message"]
+    assert {name: data for name, data in snapshot(path).items() if name != LOCK_NAME} == before
+    with pytest.raises(ChestLocked):  # in this process too
+        Chest(path=path)
+    assert_all_values(first)
+    first.close()
+    seen = run_python(TRY_OPEN, str(path))  # once it is closed, the other process opens it
+    assert seen["keys"] == sorted(VALUES)
+
+
+def test_the_directory_lock_follows_a_path_that_is_a_symbolic_link(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    first = Chest(path=tmp_path / "link")
+    with pytest.raises(ChestLocked):
+        Chest(path=tmp_path / "real")
+    first.close()
+    Chest(path=tmp_path / "real").close()
+
+
 def test_a_temporary_chest_is_locked_too(tmp_path: Path) -> None:
     temporary = Chest(available_memory=2.5 * UNIT, sizeof=unit_sizeof)
     temporary.update(VALUES)

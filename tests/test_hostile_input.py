@@ -906,6 +906,46 @@ def test_equal_keys_are_one_key_as_in_a_dict(tmp_path: Path) -> None:
     again.drop()
 
 
+class SpeltAlike:
+    """Distinct keys (distinct hashes) spelt alike, so their file names collide; == raises but for itself."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __hash__(self) -> int:
+        return 1000 + self.n
+
+    def __eq__(self, other: object) -> bool:
+        if other is self:
+            return True
+        raise RuntimeError("refuses to compare")
+
+    def __repr__(self) -> str:
+        return "SpeltAlike"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return SpeltAlike, (self.n,)
+
+
+@pytest.mark.parametrize("pack_threshold", [0, None], ids=["file-per-value", "packed"])
+def test_keys_spelt_alike_whose_eq_raises_are_two_keys_as_in_a_dict(tmp_path: Path, pack_threshold: int | None) -> None:
+    # helper-117: a dict never compares keys of different hashes; choosing a file name compared them, so
+    # the second key's spill "could not be serialized", and flush() and close() raised, losing its value.
+    keys = [SpeltAlike(1), SpeltAlike(2)]
+    chest = Chest(path=tmp_path / "c", available_memory=UNIT, sizeof=unit_sizeof, pack_threshold=pack_threshold)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for n, key in enumerate(keys):
+            chest[key] = f"value {n}" * 20
+        chest.update({"x": "X", "y": "Y"})  # pushes both out
+        assert not set(keys) & set(chest.inmem)
+        assert [chest[key] for key in keys] == ["value 0" * 20, "value 1" * 20]
+        chest.close()
+    again = Chest(path=tmp_path / "c", available_memory=UNIT, sizeof=unit_sizeof, pack_threshold=pack_threshold)
+    assert sorted(str(again[key]) for key in again) == sorted(["X", "Y", "value 0" * 20, "value 1" * 20])
+    again.drop()
+
+
 SCALAR_KEYS = st.one_of(
     st.text(max_size=8),
     st.text(st.characters(codec="utf-8"), min_size=100, max_size=300),  # past NAME_MAX in UTF-8

@@ -312,6 +312,55 @@ def test_drop_removes_a_persistent_directory(tmp_path: Path) -> None:
     reused.close()
 
 
+def _plant_others_files(directory: Path) -> dict[str, bytes]:
+    # What a user may keep where they point a Chest: a draft whose name starts like spillkit's
+    # temporary files, a file, and a subdirectory.
+    (directory / "project" / "src").mkdir(parents=True)
+    files = {".tmp-draft.txt": b"draft", "notes.txt": b"notes", "project/src/main.py": b"print(1)"}
+    for name, content in files.items():
+        (directory / name).write_bytes(content)
+    return files
+
+
+@pytest.mark.parametrize("pack", [None, 0], ids=["packed", "file-per-value"])
+@pytest.mark.parametrize("write_behind", [False, True], ids=["sync", "write-behind"])
+def test_a_directory_shared_with_others_files_keeps_them_through_reopen_and_drop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pack: int | None, write_behind: bool
+) -> None:
+    # helper-117: Chest(path="."), or any directory holding other files: the constructor removed a
+    # '.tmp-' file it never wrote, and drop() removed the whole tree, the user's files included.
+    monkeypatch.chdir(tmp_path)
+    files = _plant_others_files(tmp_path)
+    chest = Chest(path=".", available_memory=200, sizeof=unit_sizeof, pack_threshold=pack, write_behind=write_behind)
+    for i in range(6):
+        chest[f"k{i}"] = payload(i)
+    chest.close()
+    chest = Chest(path=".", available_memory=200, sizeof=unit_sizeof, pack_threshold=pack)
+    assert {key: chest[key] for key in chest} == {f"k{i}": payload(i) for i in range(6)}
+    chest.drop()
+    assert {name: (tmp_path / name).read_bytes() for name in files} == files
+    assert sorted(os.listdir(tmp_path)) == [".tmp-draft.txt", "notes.txt", "project"]  # every spillkit file went
+
+
+def test_drop_removes_the_directory_it_made_empty_but_not_its_parent(tmp_path: Path) -> None:
+    (tmp_path / "kept.txt").write_bytes(b"x")
+    chest = filled(path=tmp_path / "store")
+    chest.drop()
+    assert sorted(os.listdir(tmp_path)) == ["kept.txt"]
+
+
+@pytest.mark.parametrize("path", ["", b""], ids=["str", "bytes"])
+def test_an_empty_path_is_refused_not_taken_for_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: Any
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    files = _plant_others_files(tmp_path)
+    with pytest.raises(ValueError, match="path is empty"):
+        Chest(path=path)
+    assert sorted(os.listdir(tmp_path)) == [".tmp-draft.txt", "notes.txt", "project"]
+    assert {name: (tmp_path / name).read_bytes() for name in files} == files
+
+
 def test_drop_removes_a_temporary_directory() -> None:
     chest = filled()
     path = chest.path
@@ -544,13 +593,13 @@ def test_a_drop_killed_half_way_reopens_empty_not_with_half_the_keys(
     class Killed(BaseException):
         """The process dies here: nothing after this runs (finally blocks aside)."""
 
-    def killed_half_way(target: str, **kwargs: Any) -> None:
+    def killed_half_way(target: str) -> None:
         spill_files = sorted(name for name in os.listdir(target) if not name.startswith("."))
         for name in spill_files[: len(spill_files) // 2]:
             os.unlink(os.path.join(target, name))
         raise Killed
 
-    monkeypatch.setattr(spillkit.tempdirs.shutil, "rmtree", killed_half_way)
+    monkeypatch.setattr(spillkit.closing, "remove_own", killed_half_way)
     with pytest.raises(Killed):
         chest.drop()
     monkeypatch.undo()

@@ -17,7 +17,7 @@ import pytest
 
 import spillkit
 import spillkit.segfiles
-from spillkit import Chest, CorruptSpillFile, SpillWarning
+from spillkit import Chest, CorruptSpillFile, SpillError, SpillWarning
 from spillkit.manifest import MANIFEST_NAME
 from spillkit.reserve import RESERVE_NAME
 from spillkit.segfiles import is_segment_name
@@ -196,9 +196,25 @@ def test_a_symlink_planted_as_the_manifest_is_refused_not_read(tmp_path: Path) -
     elsewhere.write_bytes(manifest.read_bytes())
     manifest.unlink()
     manifest.symlink_to(elsewhere)
-    with pytest.raises(OSError, match="Too many levels of symbolic links"):
-        Chest(path=path, available_memory=0)
+    with pytest.raises(SpillError, match=r"manifest .* is no regular file .*Too many levels of symbolic links"):
+        Chest(path=path, available_memory=0)  # (a bare OSError before; durability.md promises SpillError)
     assert manifest.is_symlink() and elsewhere.exists()  # nothing touched
+
+
+@pytest.mark.parametrize("planted", ["fifo", "directory"])
+def test_a_fifo_or_directory_planted_as_the_manifest_is_a_spill_error_and_nothing_is_removed(
+    tmp_path: Path, planted: str
+) -> None:
+    # helper-117: a bare OSError (EINVAL) before, where durability.md promises SpillError for a damaged manifest.
+    path, chest = chest_holding_a(tmp_path)
+    chest.close()
+    manifest = path / MANIFEST_NAME
+    manifest.unlink()
+    os.mkfifo(manifest) if planted == "fifo" else manifest.mkdir()
+    before = sorted(os.listdir(path))
+    with pytest.raises(SpillError, match=r"manifest .* is no regular file"):
+        Chest(path=path, available_memory=0)
+    assert sorted(os.listdir(path)) == before
 
 
 def test_a_stray_file_whose_name_is_no_utf8_leaves_the_directory_openable(tmp_path: Path) -> None:
