@@ -89,6 +89,11 @@ def drop(chest: Chest) -> None:
                 # A forked child shares its parent's files: dropping its copy must not delete them.
                 engine.close()
                 return
+            # First, while the Chest is still whole: waiting lets go of the lock, and another thread must
+            # then find every value, not an emptied Chest still open that takes puts only to lose them.
+            engine.wait_for_writes()
+            if engine.closed:  # closed by another thread meanwhile
+                return
             try:
                 chest._store.clear()  # at once: deleting key by key would compact segments about to go
                 engine.clear(unfindable_ok=True)  # (a key whose hash changed goes with the rest)

@@ -25,7 +25,7 @@ COLUMNS = [
 
 def parse_budgets(text: str) -> list[str]:
     """Split ``"5%,10%,1 GiB"`` into budget specs (checked later against each trace)."""
-    specs = [part.strip() for part in text.split(",") if part.strip()]
+    specs = list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))  # (each once)
     if not specs:
         raise ValueError(f"no budgets in {text!r}; give percentages of peak or sizes, e.g. 10%,25%,1 GiB")
     for spec in specs:
@@ -43,9 +43,9 @@ def parse_budgets(text: str) -> list[str]:
 
 def parse_policies(text: str) -> list[str]:
     """``"all"`` or a comma-separated list of registered policy names."""
-    if text.strip() == "all":
+    if text.strip().lower() == "all":
         return policy_names()
-    names = [part.strip().lower() for part in text.split(",") if part.strip()]
+    names = list(dict.fromkeys(part.strip().lower() for part in text.split(",") if part.strip()))
     if not names:
         raise ValueError(f"no policies in {text!r}; choose from {policy_names()} or 'all'")
     unknown = [n for n in names if n not in policy_names()]
@@ -61,8 +61,8 @@ class _Progress:
         self.total, self.done, self.stream, self.label = total, 0, stream, label
         self.start = time.perf_counter()
 
-    def step(self, what: str) -> None:
-        self.done += 1
+    def step(self, what: str, steps: int = 1) -> None:
+        self.done += steps
         if self.stream is None:
             return
         width = 30
@@ -103,8 +103,13 @@ def compare(
     rows: list[dict[str, Any]] = []
     for trace, name in loaded:
         peak = trace.peak_bytes()
+        done: set[int] = set()
         for spec in budgets:
             budget = int(peak * float(spec[:-1]) / 100) if spec.endswith("%") else parse_bytes(spec)
+            if budget in done:  # two specs of one size (5% and 10% of a tiny trace): its rows once
+                bar.step(f"{name} {spec} (as an earlier budget)", len(policies) * len(modes) + (3 if bounds else 0))
+                continue
+            done.add(budget)
             fraction = budget / peak if peak else 0.0
             group: list[dict[str, Any]] = []
             for mode in modes:
@@ -155,12 +160,13 @@ def _bounds(
 
 
 def _name(trace: str | Trace) -> str:
-    """A trace file's name up to its first dot; a trace made in memory: its workload's."""
+    """A trace file's name up to its first dot (leading dots skipped); a trace made in memory: its workload's."""
     if isinstance(trace, Trace):
         if trace.source is None:
             return str(trace.header.get("workload") or "trace")
         trace = trace.source
-    return os.path.basename(trace).split(".")[0]
+    base = os.path.basename(trace)
+    return base.lstrip(".").split(".")[0] or base  # (.hidden.trace: "hidden", never "")
 
 
 def _names(traces: Sequence[str | Trace]) -> list[str]:

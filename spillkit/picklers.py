@@ -12,10 +12,12 @@ refuses (lambdas, local classes).
 
 from __future__ import annotations
 
+import collections
 import io
 import pickle
 import sys
 import threading
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -66,6 +68,22 @@ class _BroadcastPickler(pickle.Pickler):
         return NotImplemented
 
 
+# What cloudpickle pickles and plain pickle refuses, coming back as something else: a memoryview as
+# bytes, an open text file as a StringIO of what it held, a dict's view or a mappingproxy as a view
+# of a new dict that no longer follows the original (helper-102, helper-114).
+_SAMPLES: tuple[object, ...] = (
+    memoryview(b""),
+    {}.keys(),
+    {}.values(),
+    {}.items(),
+    collections.OrderedDict().keys(),
+    collections.OrderedDict().values(),
+    collections.OrderedDict().items(),
+    types.MappingProxyType({}),
+)
+_CHANGED_BY_CLOUDPICKLE = frozenset(type(sample) for sample in _SAMPLES) | {io.TextIOWrapper}
+
+
 class _BroadcastCloudPickler(cloudpickle.Pickler):  # type: ignore[misc]  # (cloudpickle has no types)
     def reducer_override(self, obj: Any) -> Any:
         if type(obj) is _ndarray and 0 in obj.strides:
@@ -74,8 +92,8 @@ class _BroadcastCloudPickler(cloudpickle.Pickler):  # type: ignore[misc]  # (clo
                 return reduction
         elif is_partd_store(obj):
             _refuse(obj)
-        elif type(obj) is memoryview:  # cloudpickle would make it bytes; pickle refuses it: it stays in memory
-            raise pickle.PicklingError("cannot pickle 'memoryview' object")
+        elif type(obj) in _CHANGED_BY_CLOUDPICKLE:  # pickle refuses it: it stays in memory, as it is
+            raise pickle.PicklingError(f"cannot pickle {type(obj).__name__!r} object")
         return super().reducer_override(obj)
 
 

@@ -11,6 +11,7 @@ import importlib
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 import warnings
@@ -20,9 +21,10 @@ from typing import Any
 
 import pytest
 
+from spillkit import policy_names
 from spillkit.calibrate import load_disk_model
 from spillkit.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_USAGE, main
-from spillkit.compare import _names, compare, to_markdown
+from spillkit.compare import _names, compare, parse_budgets, parse_policies, to_markdown
 from spillkit.replay import DiskModel
 
 HEADER = {"format": "spillkit-trace", "version": 1}
@@ -318,3 +320,115 @@ def test_a_trace_named_like_tex_is_drawn_under_its_name(tmp_path: Path) -> None:
     done = run_command("compare", str(trace), tmp_path / "out", plots=True)
     assert done.returncode == EXIT_OK, done.stderr.decode()
     assert (tmp_path / "out" / "timeline-run$\\foo$.png").exists()
+
+
+# ---- 7. what is checked before the slow part (helper-115) ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (
+            ["record", "tsqr", "--scale", "1e15", "-o", "D/t.trace.gz"],
+            "cannot build the workload 'tsqr' at --scale 1e+15",
+        ),
+        (["record", "matmul", "--scale", "1e30", "-o", "D/t.trace.gz"], "cannot build the workload 'matmul'"),
+        (["compare", "--workload", "tsqr", "--scale", "1e300", "-o", "D/out"], "cannot build the workload 'tsqr'"),
+        (["demo", "--array-size", "1e30", "--arrays", "1", "--reads", "1"], "cannot make 1 arrays of 1e30"),
+    ],
+)
+def test_sizes_far_too_large_are_a_usage_error_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], fragment: str
+) -> None:
+    # Before: a TypeError from inside dask, or a MemoryError, as a traceback with exit 1.
+    assert main([a.replace("D/", f"{tmp_path}/") for a in argv]) == EXIT_USAGE
+    assert fragment in one_line_error(capsys, argv[0])
+    assert os.listdir(tmp_path) == []  # no trace file, no report directory
+
+
+@pytest.mark.parametrize(
+    ("command", "argv"),
+    [
+        ("compare", ["compare", "T", "--no-bounds", "-o", "F"]),
+        ("compare", ["compare", "T", "--no-bounds", "-o", "F/report"]),
+        ("plot", ["plot", "C", "-o", "F"]),
+        ("calibrate", ["calibrate", "--save", "F/calibration.json"]),
+        ("record", ["record", "tsqr", "--scale", "0.01", "-o", "F/t.trace.gz"]),
+    ],
+)
+def test_an_output_path_that_cannot_be_a_directory_is_refused_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], command: str, argv: list[str]
+) -> None:
+    # Before: compare replayed every trace, calibrate measured the disk, then "[Errno 17] File exists", exit 3.
+    trace = small_trace(tmp_path / "t.trace")
+    results = tmp_path / "results.csv"
+    assert main(["compare", str(trace), "--no-bounds", "--no-plots", "-o", str(tmp_path)]) == EXIT_OK
+    capsys.readouterr()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("in the way")
+
+    def no_work(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("work started before the output path was checked")
+
+    for module, name in (("spillkit.compare", "compare"), ("spillkit.plots", "plot_command"),
+                         ("spillkit.calibrate", "calibrate"), ("spillkit.workloads", "build")):  # fmt: skip
+        monkeypatch.setattr(importlib.import_module(module), name, no_work)
+    names = {"T": str(trace), "C": str(results), "F": str(blocker)}
+    argv = [names.get(a, a.replace("F/", f"{blocker}/")) for a in argv]
+    assert main(argv) == EXIT_USAGE
+    assert f"'{blocker}' is no directory" in one_line_error(capsys, command)
+    assert blocker.read_text() == "in the way"
+
+
+def test_traces_given_beside_a_workload_are_read_before_it_is_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def no_recording(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the workload was recorded before the traces given were read")
+
+    monkeypatch.setattr(importlib.import_module("spillkit.workloads"), "build", no_recording)
+    argv = ["compare", str(tmp_path / "missing.trace"), "--workload", "rechunk", "-o", str(tmp_path / "out")]
+    assert main(argv) == EXIT_BAD_INPUT
+    assert "missing.trace" in one_line_error(capsys, "compare")
+    assert not (tmp_path / "out").exists()
+
+
+def test_budgets_given_twice_or_equal_in_bytes_are_replayed_once(tmp_path: Path) -> None:
+    trace = small_trace(tmp_path / "t.trace", nbytes=10)  # peak 30 bytes: 5% and 6% are both 1 byte
+    rows = compare([str(trace)], parse_budgets("10%,10%, 10%,5%,6%"), ["lru"], bounds=False, progress=None)
+    assert [row["budget"] for row in rows] == [3, 1]
+    table = to_markdown(rows)
+    assert table.count("### t, budget") == 2 and table.count("| lru |") == 2
+
+
+def test_policy_names_are_matched_in_any_case_and_all_too(capsys: pytest.CaptureFixture[str]) -> None:
+    assert parse_policies("All") == parse_policies("all") == policy_names()
+    assert parse_policies("LRU, lru,Fifo") == ["lru", "fifo"]
+    assert main(["demo", "--policy", "LRU", "--arrays", "5", "--array-size", "1000", "--budget", "3000"]) == EXIT_OK
+    rows = [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:] if line.strip()]
+    assert rows == ["lru"]  # before: the name as typed, LRU
+
+
+def test_a_trace_whose_name_starts_with_a_dot_is_named_and_plotted(tmp_path: Path) -> None:
+    # Before: named '' (the file name up to its first dot): '### , budget', and a results.csv
+    # that `spillkit plot` refused ("empty trace").
+    trace = small_trace(tmp_path / ".hidden.trace")
+    out = tmp_path / "out"
+    assert main(["compare", str(trace), "--no-bounds", "--no-plots", "-o", str(out)]) == EXIT_OK
+    assert "### hidden, budget" in (out / "results.md").read_text()
+    pytest.importorskip("matplotlib")
+    assert main(["plot", str(out / "results.csv"), "-o", str(out)]) == EXIT_OK
+
+
+def test_a_metrics_address_that_cannot_be_bound_is_named_in_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pytest.importorskip("prometheus_client")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = ["demo", "--serve-metrics", f"127.0.0.1:{port}", "--arrays", "2", "--array-size", "100"]
+        assert main([*argv, "--seconds", "1"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"spillkit demo: cannot serve metrics at 127.0.0.1:{port}: " in err and "Traceback" not in err

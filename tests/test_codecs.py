@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import collections
 import copy
 import datetime
 import json
 import pickle
 import struct
+import types
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -149,6 +151,53 @@ def test_a_memoryview_is_refused_not_turned_into_bytes(value: Any, tmp_path: Pat
         chest["a"], chest["b"] = 1, 2
     assert chest["view"] is value and "view" in chest.inmem
     chest.drop()  # (a close would flush, and name "view" as the value it could not write)
+
+
+def _changed_by_cloudpickle(tmp_path: Path) -> dict[str, Any]:
+    table = {"a": 1, "b": 2}
+    ordered = collections.OrderedDict(table)
+    log = open(tmp_path / "log.txt", "w+")  # noqa: SIM115 (closed by the test)
+    log.write("first line\n")
+    return {
+        "text file": log,
+        "dict keys": {"table": table, "columns": table.keys()},
+        "dict values": table.values(),
+        "dict items": table.items(),
+        "ordered keys": ordered.keys(),
+        "ordered values": ordered.values(),
+        "ordered items": ordered.items(),
+        "mappingproxy": {"table": table, "readonly": types.MappingProxyType(table)},
+    }
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "text file",
+        "dict keys",
+        "dict values",
+        "dict items",
+        "ordered keys",
+        "ordered values",
+        "ordered items",
+        "mappingproxy",
+    ],
+)
+def test_what_cloudpickle_would_change_is_refused_and_stays_in_memory(name: str, tmp_path: Path) -> None:
+    # helper-114: pickle refuses these and cloudpickle, the fallback, rebuilt them as something else: an
+    # open file as a StringIO of what it held, a dict's view or mappingproxy as one of a new dict that no
+    # longer followed the original. Refused now, like a memoryview: the value stays in memory, as it is.
+    value = _changed_by_cloudpickle(tmp_path)[name]
+    with pytest.raises(pickle.PicklingError, match="cannot pickle"):
+        PickleCodec().encode(value)
+    chest = Chest(path=tmp_path / "c", available_memory=250, sizeof=lambda v: 100)
+    chest["value"] = value
+    with pytest.warns(SpillWarning, match="cannot be serialized; it stays in memory"):
+        chest["a"], chest["b"] = 1, 2
+    assert chest["value"] is value and "value" in chest.inmem
+    chest.drop()
+    if name == "text file":
+        value.close()
 
 
 @pytest.mark.parametrize("name", ["large-array", "large-int-array", "fortran", "bool-array"])

@@ -701,7 +701,11 @@ def test_compare_with_lru_alone_draws_no_reduction_figure(base: list[str], tmp_p
         (["compare", "T", "--policies", ","], EXIT_USAGE, "no policies in ','"),
         (["compare", "T", "--policies", "../x"], EXIT_USAGE, "unknown policies ['../x']"),
         (["compare", "T", "--modes", ""], EXIT_USAGE, "no modes given"),
-        (["compare", "T", "-o", "T"], EXIT_BAD_INPUT, "File exists"),
+        (
+            ["compare", "T", "-o", "T"],
+            EXIT_USAGE,
+            "cannot be a directory to write into: 'D/base.trace' is no directory",
+        ),
         (["compare", "--workload", "nosuch"], EXIT_USAGE, "unknown workload 'nosuch'"),
         (["record", "nosuch"], EXIT_USAGE, "unknown workload 'nosuch'"),
         (
@@ -709,7 +713,7 @@ def test_compare_with_lru_alone_draws_no_reduction_figure(base: list[str], tmp_p
             EXIT_USAGE,
             "cannot parse a byte count from '-1'",
         ),
-        (["record", "tsqr", "--scale", "0.01", "-o", "D/missing/r.trace.gz"], EXIT_BAD_INPUT, "D/missing/r.trace.gz"),
+        (["record", "tsqr", "--scale", "0.01", "-o", "D/base.trace/r.trace.gz"], EXIT_USAGE, "'D/base.trace' is no"),
         (["record", "tsqr", "--scale", "0.01", "-o", "D"], EXIT_BAD_INPUT, "Is a directory"),
         (["plot", "D/missing.csv"], EXIT_BAD_INPUT, "D/missing.csv"),
         (["record", "tsqr", "--scale", "inf"], EXIT_USAGE, "expected a positive number like 0.25, not 'inf'"),
@@ -724,7 +728,7 @@ def test_wrong_arguments_get_one_clear_line(
 ) -> None:
     trace = str(write(tmp_path / "base.trace", join(base), False))
     argv = [trace if a == "T" else a.replace("D", str(tmp_path)) if a.startswith("D") else a for a in argv]
-    fragment = fragment.replace("D", str(tmp_path)) if fragment.startswith("D") else fragment
+    fragment = fragment.replace("D/", f"{tmp_path}/")
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
@@ -1038,7 +1042,7 @@ def test_serve_binds_loopback_by_default_and_elsewhere_only_when_told() -> None:
      ("0.0.0.0:9464", ("0.0.0.0", 9464)), ("localhost:1", ("localhost", 1))],
 )  # fmt: skip
 def test_serve_metrics_address_defaults_to_loopback(text: str, expected: tuple[str, int]) -> None:
-    from spillkit.cli import _address
+    from spillkit.cli_options import address as _address
 
     assert _address(text) == expected
 

@@ -8,6 +8,7 @@ import gc
 import json
 import multiprocessing
 import os
+import pickle
 import subprocess
 import sys
 import threading
@@ -359,6 +360,40 @@ def test_an_empty_path_is_refused_not_taken_for_the_working_directory(
         Chest(path=path)
     assert sorted(os.listdir(tmp_path)) == [".tmp-draft.txt", "notes.txt", "project"]
     assert {name: (tmp_path / name).read_bytes() for name in files} == files
+
+
+@pytest.mark.parametrize("temporary", [False, True], ids=["drop", "close-temporary"])
+def test_a_drop_waiting_for_background_writes_shows_others_the_whole_chest(tmp_path: Path, temporary: bool) -> None:
+    # helper-116: drop() deleted every key, then waited for the writer, which lets go of the lock: meanwhile
+    # other threads found an empty Chest, still open, that took their puts only to lose them.
+    gate, writing = threading.Event(), threading.Event()
+
+    def dump(value: Any, file: Any) -> None:
+        if value == "slow":
+            writing.set()
+            gate.wait(30)
+        pickle.dump(value, file)
+
+    chest = Chest(
+        path=None if temporary else tmp_path / "c",
+        available_memory=2 * UNIT,
+        sizeof=unit_sizeof,
+        write_behind=True,
+        dump=dump,
+        load=pickle.load,
+        pack_threshold=0,
+    )
+    chest["k0"] = "slow"
+    chest.update({"k1": 1, "k2": 2})  # k0's write starts, and holds the writer
+    assert writing.wait(30)
+    ending = threading.Thread(target=chest.close if temporary else chest.drop)
+    ending.start()
+    time.sleep(0.3)  # the drop is waiting for k0's write by now
+    seen = (chest.closed, len(chest), sorted(chest))
+    gate.set()
+    ending.join(30)
+    assert seen == (False, 3, ["k0", "k1", "k2"])  # before: (False, 0, [])
+    assert chest.closed
 
 
 def test_drop_removes_a_temporary_directory() -> None:
