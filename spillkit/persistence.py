@@ -64,9 +64,9 @@ def flush(chest: Chest, closing: bool = False) -> None:
             chest._store.inner._spares.clear()  # their room first: a flush may need every byte of the disk
             failures = rewrite_unsynced(chest)
             failures += chest._engine.write_all()  # writes and fsyncs the files, then the directory
-            if chest._store.retained and any(disk_full(error) for _, error in failures):
-                # The files kept for the previous flush may be what fills the disk: commit what
-                # is written (which frees them), then write the rest.
+            if chest._store.held_for_manifest and any(disk_full(error) for _, error in failures):
+                # The files and records kept for the previous flush may be what fills the disk: commit
+                # what is written (which frees them), then write the rest.
                 failures += commit_manifest(chest)
                 committed_without = failures
                 failures = rewrite_unsynced(chest)

@@ -200,6 +200,14 @@ class PackedStore(PackedRecords):
         """Files and segments kept only because the last committed manifest needs them."""
         return self.inner.retained | {segment.name for segment in self._retired}
 
+    @property
+    def held_for_manifest(self) -> bool:
+        """True when the last committed manifest keeps room a new one would free (see :attr:`retained`).
+
+        Beyond :attr:`retained`: dead records of pinned segments, which no hole may cover until then.
+        """
+        return bool(self.retained) or any(s.pinned and s.named_dead for s in self._segments.values())
+
     def checkpoint(self) -> None:
         """A manifest of the current records is durable: unlink the segments it no longer needs.
 

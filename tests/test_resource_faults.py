@@ -1089,6 +1089,34 @@ def test_a_real_full_disk(tmp_path: Path, options: str, size: int, pack: int | N
                 chest.drop()
 
 
+@pytest.mark.parametrize("pack", [None, 0], ids=["packed", "file-per-value"])
+def test_after_a_flush_the_full_disk_cut_short_deleting_keys_is_enough_for_the_next(
+    tmp_path: Path, pack: int | None
+) -> None:
+    # helper-117: packed, the second flush failed again on the same keys and only a third succeeded: the
+    # deleted keys' records sat in a segment the committed manifest pinned, and a flush committed early
+    # (to free what the last manifest held) only for retired segments and files, never for dead records.
+    with mounted_tmpfs(tmp_path / "mnt", "size=2m") as mnt:
+        chest = Chest(path=mnt / "c", available_memory=100_000, sizeof=len, pack_threshold=pack)
+        try:
+            expected = {f"k{i}": os.urandom(50_000) for i in range(60)}  # 3 MB: half again the disk
+            with spill_warnings():
+                chest.update(expected)
+                with pytest.raises(SpillError, match="flush could not write") as info:
+                    chest.flush()
+            assert errno_in_chain(info.value) == errno.ENOSPC
+            for key in list(chest)[:40]:
+                del chest[key]
+                del expected[key]
+            with spill_warnings():
+                chest.flush()  # before, packed: the same 19 values unwritten again
+            assert_recovers(chest, expected, available_memory=100_000, sizeof=len)
+        finally:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                chest.drop()
+
+
 @pytest.mark.parametrize("over_budget", [False, True], ids=["spilled", "over the budget"])
 def test_an_engine_that_keeps_values_the_quota_refuses_fails_no_put_and_writes_them_later(
     tmp_path: Path, over_budget: bool
