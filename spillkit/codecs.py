@@ -128,6 +128,21 @@ class PickleCodec:
             raise ValueError("pickle frame lengths exceed the data")
         return pickle.loads(stream, buffers=buffers)
 
+    def stream_span(self, data: memoryview) -> tuple[int, int] | None:
+        """Where the pickle stream of ``data`` (a body :meth:`encode` made) lies, if out-of-band buffers follow it.
+
+        ``None`` for a body without such buffers (nothing outlives the decode but the value) or
+        one that does not parse. See :func:`spillkit.buffers.release_pages`.
+        """
+        if len(data) < _COUNT.size:
+            return None
+        (count,) = _COUNT.unpack_from(data, 0)
+        start = _COUNT.size + (count + 1) * _LENGTH.size
+        if not count or start > len(data):
+            return None
+        (length,) = _LENGTH.unpack_from(data, _COUNT.size)
+        return (start, start + length) if start + length <= len(data) else None
+
     def decode_frames(self, frames: Sequence[memoryview]) -> Any:
         """Rebuild a value from the frames ``encode`` returned, each a separate buffer.
 

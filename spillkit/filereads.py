@@ -17,14 +17,17 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
-from .buffers import read_buffer
+from .buffers import read_buffer, release_pages
+from .codecs import PickleCodec
 from .errors import CorruptSpillFile
 from .fileindex import FileIndex
 from .mapped import FileId, map_file, pin_file, unpin_file
 from .regularfile import SAFE_OPEN
 from .spillfile import RecordError, open_record, privatize_prefix
 
-__all__ = ["FileReads", "OpenRead"]
+__all__ = ["RELEASE_STREAMS_FROM", "FileReads", "OpenRead"]
+
+RELEASE_STREAMS_FROM = 1 << 20  # a stream's pages are given back after its decode from this length on
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,4 +171,10 @@ class FileReads(FileIndex):
             body = open_record(data, pending.name, self.secret, pending.tag)
         except RecordError as error:
             raise CorruptSpillFile(pending.key, pending.full, str(error)) from None
-        return self.prints.decode(pending.key, pending.tag, body)
+        value = self.prints.decode(pending.key, pending.tag, body)
+        # The value's arrays are views into this read (or mapping), which would keep a large pickle stream
+        # alive beside them, uncounted: its pages go back (the buffer is this read's own, read no more).
+        span = self.codec.stream_span(body) if isinstance(self.codec, PickleCodec) else None
+        if span is not None and span[1] - span[0] >= RELEASE_STREAMS_FROM:
+            release_pages(body[span[0] : span[1]])
+        return value

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import mmap
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from spillkit import Chest, buffers
-from spillkit.buffers import UNINITIALIZED_FROM, read_buffer
+from spillkit.buffers import UNINITIALIZED_FROM, read_buffer, release_pages
 
 
 def hide_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -64,4 +66,75 @@ def test_loaded_arrays_are_equal_and_writable(
         assert np.array_equal(got, want) and got.flags.writeable
         got[0] = -1.0  # a loaded value is the user's to change, as from a dict
         assert got[0] == -1.0
+    chest.close()
+
+
+def test_release_pages_gives_back_only_the_whole_pages_inside_the_view() -> None:
+    page = mmap.PAGESIZE
+    memory = np.ones(10 * page, dtype=np.uint8)
+    base = memory.ctypes.data
+    first = -base % page  # the first page boundary inside the array
+    view = memoryview(memory)[first + 100 : first + 4 * page + 50]
+    assert release_pages(view) == 3 * page  # pages 1..3 from the boundary: whole ones only
+    assert not memory[first + page : first + 4 * page].any()  # anonymous pages read as zeros once given back
+    assert memory[: first + page].all() and memory[first + 4 * page :].all()  # the rest untouched
+    assert release_pages(memoryview(bytes(4 * page))) == 0  # read-only: never
+    assert release_pages(memoryview(bytearray(10))) == 0  # no whole page
+
+
+def _mixed_frame(n: int) -> pd.DataFrame:
+    # An object column pickles in-band (the stream), the float column out of band (a view on load).
+    names = pd.Series([f"customer-{i:09d}-" + "x" * 40 for i in range(n)], dtype=object)
+    return pd.DataFrame({"name": names, "amount": np.arange(n, dtype=np.float64)})
+
+
+def copied_bytes(address: int) -> int:
+    """The bytes of the mapping holding ``address`` that this process copied, writing (Linux's smaps).
+
+    ``Anonymous``, not ``Private_Dirty``: that counts a file's pages still dirty in the page cache too.
+    """
+    inside = False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            first = line.split()[0]
+            if "-" in first and not first.endswith(":"):
+                low, high = (int(part, 16) for part in first.split("-"))
+                inside = low <= address < high
+            elif inside and first == "Anonymous:":
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+def _root(array: np.ndarray) -> Any:
+    root: Any = array
+    while (parent := root.obj if isinstance(root, memoryview) else getattr(root, "base", None)) is not None:
+        root = parent
+    return root
+
+
+@pytest.mark.parametrize("map_loads", [False, True], ids=["read", "mapped"])
+def test_a_loaded_values_arrays_keep_no_pickle_stream_alive(tmp_path: Path, map_loads: bool) -> None:
+    # helper-114: the float column is a view into the buffer the whole record was read into, so the
+    # pickled strings (90 MB of a 105 MB record at this size) stayed in memory as long as it did, uncounted.
+    frame = _mixed_frame(200_000)
+    chest = Chest(path=tmp_path / "c", available_memory="1 GiB", map_loads=map_loads)
+    chest["df"] = _mixed_frame(200_000)  # an equal copy: the one stored must not stay alive (it would be reused)
+    chest.evict()
+    assert "df" not in chest.inmem
+    loaded = chest["df"]
+    pd.testing.assert_frame_equal(loaded, frame)
+    amount = loaded["amount"].to_numpy()
+    root = np.frombuffer(_root(amount), dtype=np.uint8)
+    offset = amount.ctypes.data - root.ctypes.data
+    assert offset > 12 * mmap.PAGESIZE  # the stream lies before the column
+    stream_pages = root[mmap.PAGESIZE : offset - mmap.PAGESIZE]
+    if map_loads:  # a private mapping's pages given back read as the file's again, and are the file's own
+        assert copied_bytes(root.ctypes.data) <= 2 * mmap.PAGESIZE  # before: the whole stream, copied
+        assert bytes(stream_pages) == (tmp_path / "c" / "df").read_bytes()[mmap.PAGESIZE : offset - mmap.PAGESIZE]
+    else:
+        assert not stream_pages.any()  # given back: before, the pickled strings
+    np.testing.assert_array_equal(amount, np.arange(200_000, dtype=np.float64))
+    del loaded, amount
+    chest.evict()
+    pd.testing.assert_frame_equal(chest["df"], frame)  # and it reads again
     chest.close()

@@ -25,7 +25,7 @@ from helpers import assert_disk_files, crash_copy, fill
 from test_resource_faults import assert_accounting, mounted_tmpfs, spill_warnings
 
 import spillkit.segfiles
-from spillkit import Chest, SpillError, SpillWarning
+from spillkit import Chest, SpillWarning
 from spillkit.holes import dead_blocks, hole_support
 from spillkit.segfiles import is_segment_name
 
