@@ -166,6 +166,8 @@ class LineParser:
         """The key a trace id refers to (ids are defined in order, from 0)."""
         if type(ident) is int and 0 <= ident < len(self.keys):  # type(), not isinstance: True is no id
             return self.keys[ident]
+        if type(ident) is not int:  # ("0", 0.0, true): no id, whatever it spells
+            raise BadLine(f"key id {short(ident)} is not an integer")
         defined = f"ids 0 to {len(self.keys) - 1} are" if self.keys else "no key is yet"
         raise BadLine(f"key id {short(ident)} is not defined ({defined})")
 
