@@ -139,65 +139,49 @@ def test_lambdas_and_closures_go_through_cloudpickle() -> None:
     assert mixed["f"](mixed["a"]) == BIG
 
 
-@pytest.mark.parametrize("value", [memoryview(bytearray(b"ab" * 100)), {"view": memoryview(b"read-only")}])
-def test_a_memoryview_is_refused_not_turned_into_bytes(value: Any, tmp_path: Path) -> None:
-    # helper-102: pickle refuses a memoryview, and the cloudpickle fallback made it bytes, so a spilled
-    # one came back another type. Refused now: it stays in memory, like any value that cannot be pickled.
-    with pytest.raises(pickle.PicklingError, match="memoryview"):
-        PickleCodec().encode(value)
-    chest = Chest(path=tmp_path / "c", available_memory=250, sizeof=lambda v: 100)
-    chest["view"] = value
-    with pytest.warns(SpillWarning, match="cannot be serialized; it stays in memory"):
-        chest["a"], chest["b"] = 1, 2
-    assert chest["view"] is value and "view" in chest.inmem
-    chest.drop()  # (a close would flush, and name "view" as the value it could not write)
-
-
-def _changed_by_cloudpickle(tmp_path: Path) -> dict[str, Any]:
-    table = {"a": 1, "b": 2}
-    ordered = collections.OrderedDict(table)
-    log = open(tmp_path / "log.txt", "w+")  # noqa: SIM115 (closed by the test)
-    log.write("first line\n")
-    return {
-        "text file": log,
-        "dict keys": {"table": table, "columns": table.keys()},
-        "dict values": table.values(),
-        "dict items": table.items(),
-        "ordered keys": ordered.keys(),
-        "ordered values": ordered.values(),
-        "ordered items": ordered.items(),
-        "mappingproxy": {"table": table, "readonly": types.MappingProxyType(table)},
-    }
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        "text file",
-        "dict keys",
-        "dict values",
-        "dict items",
-        "ordered keys",
-        "ordered values",
-        "ordered items",
-        "mappingproxy",
-    ],
-)
-def test_what_cloudpickle_would_change_is_refused_and_stays_in_memory(name: str, tmp_path: Path) -> None:
-    # helper-114: pickle refuses these and cloudpickle, the fallback, rebuilt them as something else: an
-    # open file as a StringIO of what it held, a dict's view or mappingproxy as one of a new dict that no
-    # longer followed the original. Refused now, like a memoryview: the value stays in memory, as it is.
-    value = _changed_by_cloudpickle(tmp_path)[name]
-    with pytest.raises(pickle.PicklingError, match="cannot pickle"):
+def assert_refused_and_kept_as_it_is(value: Any, refusal: str, tmp_path: Path) -> None:
+    """The codec refuses ``value``; a Chest keeps it in memory, the very object, past its budget."""
+    with pytest.raises(pickle.PicklingError, match=refusal):
         PickleCodec().encode(value)
     chest = Chest(path=tmp_path / "c", available_memory=250, sizeof=lambda v: 100)
     chest["value"] = value
     with pytest.warns(SpillWarning, match="cannot be serialized; it stays in memory"):
         chest["a"], chest["b"] = 1, 2
     assert chest["value"] is value and "value" in chest.inmem
-    chest.drop()
-    if name == "text file":
-        value.close()
+    chest.drop()  # (a close would flush, and name "value" as the value it could not write)
+
+
+@pytest.mark.parametrize("value", [memoryview(bytearray(b"ab" * 100)), {"view": memoryview(b"read-only")}])
+def test_a_memoryview_is_refused_not_turned_into_bytes(value: Any, tmp_path: Path) -> None:
+    # helper-102: pickle refuses a memoryview, and the cloudpickle fallback made it bytes, so a spilled
+    # one came back another type. Refused now: it stays in memory, like any value that cannot be pickled.
+    assert_refused_and_kept_as_it_is(value, "memoryview", tmp_path)
+
+
+_TABLE = {"a": 1, "b": 2}
+_ORDERED = collections.OrderedDict(_TABLE)
+CHANGED_BY_CLOUDPICKLE = {
+    "dict keys": {"table": _TABLE, "columns": _TABLE.keys()},
+    "dict values": _TABLE.values(),
+    "dict items": _TABLE.items(),
+    "ordered keys": _ORDERED.keys(),
+    "ordered values": _ORDERED.values(),
+    "ordered items": _ORDERED.items(),
+    "mappingproxy": {"table": _TABLE, "readonly": types.MappingProxyType(_TABLE)},
+}
+
+
+@pytest.mark.parametrize("name", [*CHANGED_BY_CLOUDPICKLE, "text file"])
+def test_what_cloudpickle_would_change_is_refused_and_stays_in_memory(name: str, tmp_path: Path) -> None:
+    # helper-114: pickle refuses these and cloudpickle, the fallback, rebuilt them as something else: an
+    # open file as a StringIO of what it held, a dict's view or mappingproxy as one of a new dict that no
+    # longer followed the original. Refused now, like a memoryview: the value stays in memory, as it is.
+    if name != "text file":
+        assert_refused_and_kept_as_it_is(CHANGED_BY_CLOUDPICKLE[name], "cannot pickle", tmp_path)
+        return
+    with open(tmp_path / "log.txt", "w+") as log:
+        log.write("first line\n")
+        assert_refused_and_kept_as_it_is(log, "cannot pickle 'TextIOWrapper'", tmp_path)
 
 
 @pytest.mark.parametrize("name", ["large-array", "large-int-array", "fortran", "bool-array"])
