@@ -86,6 +86,8 @@ def record_workload(name: str, scale: float, out_dir: str, budget: str, path: st
     if budget != "inf":
         option(parse_bytes, budget)
     output_directory(out_dir if path is None else os.path.dirname(path) or ".", "-o")
+    if path is not None and os.path.isdir(path):
+        raise BadOption(f"-o {path!r} is a directory; give the trace file's name, e.g. {name}.trace.gz")
     try:
         collection = build(name, scale=scale)
     except (ValueError, TypeError, OverflowError, MemoryError) as error:  # (dask's, for a scale far too large)

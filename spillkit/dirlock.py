@@ -217,8 +217,10 @@ def _lock_directory(directory: str) -> int | None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        # Its lock file was unlinked while it held it (we locked a new one, without its pid): still held.
-        raise ChestLocked(directory, None) from None
+        # Its lock file was unlinked while it held it (we locked a new one, without its pid), or another
+        # program flocks the directory (flock(1), a backup tool): held either way.
+        holder = "another open Chest whose lock file was removed, or another program's flock on the directory"
+        raise ChestLocked(directory, None, holder) from None
     except OSError:
         os.close(fd)
         return -1  # a file system without flock on directories: the lock file's alone serves

@@ -78,8 +78,10 @@ class ChestLocked(SpillError):
     None when that is unknown.
     """
 
-    def __init__(self, path: str, pid: int | None) -> None:
-        if pid is None:
+    def __init__(self, path: str, pid: int | None, holder: str | None = None) -> None:
+        if holder is not None:
+            pass
+        elif pid is None:
             holder = "another open Chest (its process is unknown)"
         elif pid == os.getpid():
             holder = f"another open Chest in this process (pid {pid})"

@@ -19,9 +19,13 @@ __all__ = ["candidate_name", "is_own_temporary", "is_reserved"]
 # hidden, never long enough to hit NAME_MAX.
 _READABLE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,99}\Z")
 HASHED_PREFIX = "%"
-# The temporary names spillkit gives (spillkit.storage, spares, blanks, security; any name under the manifest's),
-# and no others: a crash's leftovers are removed by name, so a user's own ".tmp-notes" must not match.
-_OWN_TEMPORARY = re.compile(r"\.tmp-(?:\d+-\d+|\d+-s[0-9a-f]{8}-b?\d+|key-\d+-[0-9a-f]{8})\Z|\.spillkit-manifest\.tmp-")
+# The temporary names spillkit gives (spillkit.storage, spares, blanks, security; any name under the
+# manifest's; .tmp-<pid>-s<n>, the spares of versions before 2026-11-27), and no others: a crash's
+# leftovers are removed by name, so a user's own ".tmp-notes" must not match.
+_OWN_TEMPORARY = re.compile(
+    r"\.tmp-(?:\d+-\d+|\d+-s[0-9a-f]{8}-b?\d+|\d+-s\d+|key-\d+-[0-9a-f]{8})\Z"
+    r"|\.spillkit-manifest\.tmp-"
+)
 
 
 def candidate_name(key: Hashable, attempt: int = 0) -> str:

@@ -84,6 +84,11 @@ _SAMPLES: tuple[object, ...] = (
 _CHANGED_BY_CLOUDPICKLE = frozenset(type(sample) for sample in _SAMPLES) | {io.TextIOWrapper}
 
 
+def _is_standard_stream(obj: Any) -> bool:
+    # cloudpickle pickles these two by name, so they come back as this process's own (helper-118).
+    return obj is sys.stdout or obj is sys.stderr
+
+
 class _BroadcastCloudPickler(cloudpickle.Pickler):  # type: ignore[misc]  # (cloudpickle has no types)
     def reducer_override(self, obj: Any) -> Any:
         if type(obj) is _ndarray and 0 in obj.strides:
@@ -92,7 +97,7 @@ class _BroadcastCloudPickler(cloudpickle.Pickler):  # type: ignore[misc]  # (clo
                 return reduction
         elif is_partd_store(obj):
             _refuse(obj)
-        elif type(obj) in _CHANGED_BY_CLOUDPICKLE:  # pickle refuses it: it stays in memory, as it is
+        elif type(obj) in _CHANGED_BY_CLOUDPICKLE and not _is_standard_stream(obj):  # it stays in memory, as it is
             raise pickle.PicklingError(f"cannot pickle {type(obj).__name__!r} object")
         return super().reducer_override(obj)
 

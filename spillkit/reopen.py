@@ -168,6 +168,7 @@ def remove_own(path: str) -> None:
     try:
         os.rmdir(path)
     except OSError as error:  # not empty: what others put there stays, and the directory with it
-        if error.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
+        # ENOTDIR: the path is a symbolic link someone made to a directory; both stay.
+        if error.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT, errno.ENOTDIR):
             failed.append((path, error))
     warn_left(path, failed)

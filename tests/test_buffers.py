@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from spillkit import Chest, buffers
+from spillkit import Chest, PickleCodec, buffers
 from spillkit.buffers import UNINITIALIZED_FROM, read_buffer, release_pages
 
 
@@ -138,3 +138,30 @@ def test_a_loaded_values_arrays_keep_no_pickle_stream_alive(tmp_path: Path, map_
     chest.evict()
     pd.testing.assert_frame_equal(chest["df"], frame)  # and it reads again
     chest.close()
+
+
+class _LazyCodec(PickleCodec):
+    """A subclass that decodes on first use, keeping a view of the body until then."""
+
+    def decode(self, data: memoryview) -> Any:
+        parent = super()
+        return _Lazy(lambda: parent.decode(data))
+
+
+class _Lazy:
+    def __init__(self, load: Any) -> None:
+        self.load = load
+
+    def value(self) -> Any:
+        return self.load()
+
+
+@pytest.mark.parametrize("map_loads", [False, True], ids=["read", "mapped"])
+def test_a_codec_subclass_decoding_its_own_way_keeps_its_whole_body(tmp_path: Path, map_loads: bool) -> None:
+    # helper-118: the stream's pages were given back for any PickleCodec subclass, so one that decodes
+    # lazily read zeros ("invalid load key"). Only PickleCodec's own decode gives them back now.
+    chest = Chest(path=tmp_path / "c", available_memory="1 GiB", codec=_LazyCodec(), map_loads=map_loads)
+    chest["df"] = _mixed_frame(100_000)
+    chest.evict()
+    pd.testing.assert_frame_equal(chest["df"].value(), _mixed_frame(100_000))
+    chest.drop()  # (a close would flush the lazy value, which cannot be pickled)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import collections
 import copy
 import datetime
+import functools
 import json
+import os
 import pickle
 import struct
+import sys
 import types
 import warnings
 from collections.abc import Callable
@@ -182,6 +185,26 @@ def test_what_cloudpickle_would_change_is_refused_and_stays_in_memory(name: str,
     with open(tmp_path / "log.txt", "w+") as log:
         log.write("first line\n")
         assert_refused_and_kept_as_it_is(log, "cannot pickle 'TextIOWrapper'", tmp_path)
+
+
+@pytest.mark.parametrize("stream", ["stdout", "stderr"])
+def test_a_value_holding_a_standard_stream_still_spills_and_comes_back_with_it(
+    stream: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # helper-118: refusing every open text file refused sys.stdout too, which cloudpickle pickles by name.
+    with open(os.devnull, "w") as console:  # a real text file as the stream (pytest's capture is another type)
+        monkeypatch.setattr(sys, stream, console)
+        value = functools.partial(print, "x" * 200, file=console)
+        chest = Chest(path=tmp_path / "c", available_memory=250, sizeof=lambda v: 100)
+        chest["value"] = value
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            chest["a"], chest["b"] = 1, 2
+        assert "value" not in chest.inmem
+        del value
+        loaded = chest["value"]
+        assert loaded.keywords["file"] is console and loaded.args == ("x" * 200,)
+        chest.drop()
 
 
 @pytest.mark.parametrize("name", ["large-array", "large-int-array", "fortran", "bool-array"])

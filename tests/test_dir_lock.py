@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import gc
 import json
 import multiprocessing
@@ -199,6 +200,20 @@ def test_a_lock_file_unlinked_by_hand_still_keeps_a_second_chest_out(tmp_path: P
     first.close()
     seen = run_python(TRY_OPEN, str(path))  # once it is closed, the other process opens it
     assert seen["keys"] == sorted(VALUES)
+
+
+def test_another_programs_flock_on_the_directory_is_named_as_a_possible_holder(tmp_path: Path) -> None:
+    # helper-118: flock(1) or a backup tool holding the directory made the error blame an unknown Chest.
+    path = tmp_path / "store"
+    path.mkdir(mode=0o700)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        with pytest.raises(ChestLocked, match="or another program's flock on the directory"):
+            Chest(path=path)
+    finally:
+        os.close(fd)
+    Chest(path=path).close()  # once it lets go
 
 
 def test_the_directory_lock_follows_a_path_that_is_a_symbolic_link(tmp_path: Path) -> None:

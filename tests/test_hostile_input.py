@@ -715,7 +715,7 @@ def test_compare_with_lru_alone_draws_no_reduction_figure(base: list[str], tmp_p
             "cannot parse a byte count from '-1'",
         ),
         (["record", "tsqr", "--scale", "0.01", "-o", "D/base.trace/r.trace.gz"], EXIT_USAGE, "'D/base.trace' is no"),
-        (["record", "tsqr", "--scale", "0.01", "-o", "D"], EXIT_BAD_INPUT, "Is a directory"),
+        (["record", "tsqr", "--scale", "0.01", "-o", "D"], EXIT_USAGE, "is a directory; give the trace file's name"),
         (["plot", "D/missing.csv"], EXIT_BAD_INPUT, "D/missing.csv"),
         (["record", "tsqr", "--scale", "inf"], EXIT_USAGE, "expected a positive number like 0.25, not 'inf'"),
         (["record", "tsqr", "--scale", "-1"], EXIT_USAGE, "not '-1'"),

@@ -343,6 +343,27 @@ def test_a_directory_shared_with_others_files_keeps_them_through_reopen_and_drop
     assert sorted(os.listdir(tmp_path)) == [".tmp-draft.txt", "notes.txt", "project"]  # every spillkit file went
 
 
+def test_a_spare_named_as_before_2026_11_27_is_a_leftover(tmp_path: Path) -> None:
+    # helper-118: spares were .tmp-<pid>-s<n> until aba0855; the stricter names of 3291ed3 left them for good.
+    chest = filled(path=tmp_path / "c")
+    chest.close()
+    (tmp_path / "c" / ".tmp-4242-s3").write_bytes(b"an old spare's bytes")
+    again = Chest(path=tmp_path / "c", sizeof=unit_sizeof)
+    assert not (tmp_path / "c" / ".tmp-4242-s3").exists()
+    again.drop()
+    assert not (tmp_path / "c").exists()
+
+
+def test_drop_through_a_symbolic_link_removes_the_values_and_leaves_the_link(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    chest = filled(path=tmp_path / "link")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # before: a warning that the link is no directory
+        chest.drop()
+    assert (tmp_path / "link").is_symlink() and os.listdir(tmp_path / "real") == []
+
+
 def test_drop_removes_the_directory_it_made_empty_but_not_its_parent(tmp_path: Path) -> None:
     (tmp_path / "kept.txt").write_bytes(b"x")
     chest = filled(path=tmp_path / "store")
