@@ -23,6 +23,7 @@ import os
 import pickle
 import platform
 import random
+import shlex
 import shutil
 import statistics
 import sys
@@ -163,14 +164,14 @@ def measure(steps: int, reps: int, base: str, seed: int) -> dict[str, list[float
     return times
 
 
-def report(times: dict[str, list[float]], steps: int, reps: int, base: str) -> str:
+def report(times: dict[str, list[float]], steps: int, reps: int, base: str, command: str = "") -> str:
     yardstick = times[next(iter(CONTENDERS))]
     gib = steps * VALUE / (1 << 30)
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     lines = [
         "## Churn: spill, read back, delete (`bench_churn.py`)",
         "",
-        f"`python benchmarks/bench_churn.py --reps {reps}` on {time.strftime('%Y-%m-%d')}: Python "
+        f"`python benchmarks/bench_churn.py{command or f' --reps {reps}'}` on {time.strftime('%Y-%m-%d')}: Python "
         f"{platform.python_version()}, spillkit git {git_revision()}, {os.cpu_count()} CPUs, load average {load} "
         f"at the end (a shared machine); files on {filesystem_of(base)}.",
         "",
@@ -207,7 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.steps, args.reps = 40, 1
     base = tempfile.mkdtemp(prefix="spillkit-bench-churn-")
     try:
-        text = report(measure(args.steps, args.reps, base, args.seed), args.steps, args.reps, base)
+        command = "".join(f" {shlex.quote(a)}" for a in (sys.argv[1:] if argv is None else argv))  # as it was run
+        text = report(measure(args.steps, args.reps, base, args.seed), args.steps, args.reps, base, command)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     print(text)

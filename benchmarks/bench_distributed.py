@@ -35,6 +35,7 @@ import logging
 import os
 import platform
 import random
+import shlex
 import statistics
 import sys
 import tempfile
@@ -53,8 +54,9 @@ import dask  # noqa: E402
 import dask.array as da  # noqa: E402
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
+from bench_core import git_revision  # noqa: E402 - after the sys.path setup above
 from distributed import Client, LocalCluster, wait  # noqa: E402
-from readme_section import write_section  # noqa: E402 - after the sys.path setup above
+from readme_section import write_section  # noqa: E402
 
 import spillkit  # noqa: E402
 from spillkit import Chest  # noqa: E402
@@ -220,7 +222,13 @@ def load_average() -> str:
 
 
 def report(
-    runs: dict[str, list[dict[str, float]]], n: int, reps: int, started: str, load_start: str, minutes: float
+    runs: dict[str, list[dict[str, float]]],
+    n: int,
+    reps: int,
+    started: str,
+    load_start: str,
+    minutes: float,
+    command: str = "",
 ) -> str:
     base = runs[DASK]
     rows, walls, writes, cpus, spans = [], {}, {}, {}, {}
@@ -251,9 +259,10 @@ def report(
     lines = [
         "## dask.distributed workers: Chest as `data=` against dask's SpillBuffer (`bench_distributed.py`)",
         "",
-        f"`python benchmarks/bench_distributed.py --reps {reps}` on {started}: Python {platform.python_version()}, "
+        f"`python benchmarks/bench_distributed.py{command or f' --reps {reps}'}` on {started}: Python "
+        f"{platform.python_version()}, "
         f"dask {version('dask')}, distributed {version('distributed')}, numpy {np.__version__}, "
-        f"spillkit {spillkit.__version__}, {os.cpu_count()} CPUs, load average {load_start} at the start and "
+        f"spillkit git {git_revision()}, {os.cpu_count()} CPUs, load average {load_start} at the start and "
         f"{load_average()} at the end (a shared machine), {minutes:.1f} min in all.",
         "",
         f'Workload: `LocalCluster(n_workers=2, threads_per_worker=1, memory_limit="{MEMORY_LIMIT}")` on 127.0.0.1 '
@@ -326,7 +335,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"rep {rep + 1}/{reps} {contender:30} wall {result['wall']:6.1f} s  "
                       f"written {result['written'] / MiB:7,.0f} MiB  peak {result['peak'] / MiB:4.0f} MiB  "
                       f"pauses {result['pauses']:.0f}  restarts {result['restarts']:.0f}", flush=True)  # fmt: skip
-    block = report(runs, n, reps, started, load_start, (time.time() - t0) / 60)
+    command = "".join(f" {shlex.quote(a)}" for a in (sys.argv[1:] if argv is None else argv))  # as it was run
+    block = report(runs, n, reps, started, load_start, (time.time() - t0) / 60, command)
     print(block)
     if not (args.quick or args.no_readme):
         write_section("bench_distributed", block)
