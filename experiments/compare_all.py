@@ -362,7 +362,7 @@ def render(
         + " The traces were recorded with no memory limit, so none marks a read that a live Chest would have "
         "served from a value the program still held (`reuse`): every read of a value a replay spilled counts with "
         "its bytes, as for a Chest that finds no such value, and a live Chest at the same budget may read less "
-        "(README, the replay lab: \"Where it cannot\").",
+        '(README, the replay lab: "Where it cannot").',
         "",
         "## Findings",
         "",
