@@ -173,15 +173,19 @@ class ChestCallback(Callback):
                 )
             return
         engine, policy = self.chest.engine, self.chest.policy
+        # Literal data (a numpy array given to from_array, a persisted collection's chunks) is held by
+        # the graph: writing it would free nothing. Pinned for the computation, so it is never a victim.
+        run.data = tuple(key for key, task in dsk.items() if isinstance(task, DataNode))
         if isinstance(policy, GraphAware):
             plan = plan_from_dask(dsk)  # if it raises (a cycle), _finish undoes the deferral
             with engine.lock:
                 policy.plan(plan)
+                # dask stored the literal data before this plan existed: it ran, as a replay's puts of it say
+                # (helper-120: otherwise "now" lagged the plan's positions by one per literal key).
+                for key in run.data:
+                    policy.ran(key)
             state.setdefault(_REPLAN, {})[id(self)] = Replanner(policy, len(dsk))
         state.setdefault(_OURS, set()).add(id(self))  # _finish undoes the count only for these
-        # Literal data (a numpy array given to from_array, a persisted collection's chunks) is held by
-        # the graph: writing it would free nothing. Pinned for the computation, so it is never a victim.
-        run.data = tuple(key for key, task in dsk.items() if isinstance(task, DataNode))
         engine.pin(run.data)
 
     def _pretask(self, key: Hashable, dsk: Mapping[Any, Any], state: dict[str, Any]) -> None:
