@@ -185,10 +185,12 @@ class SpillEngine(EngineLifecycle):
                 self._admit(key, value, nbytes, offer=False)
                 self._unspillable.add(key)
                 self.stats.unspillable += 1
-                self._spill_failed(key, nbytes, refused, "cannot be serialized; it stays in memory")
             self.stats.puts += 1
             if self.listeners:
                 self._emit(PUT, key, nbytes, detail="" if cost is None else GIVEN_COST, object_id=id(value))
+            if refused is not None and not isinstance(refused, NOT_THE_VALUES_FAULT):
+                # After the put's event: a trace says the value it put cannot be written (its "unwritable" line).
+                self._spill_failed(key, nbytes, refused, "cannot be serialized; it stays in memory")
             if self._writer is not None:
                 self._writer.throttle()
             if self.notes.waiting:  # (spillkit.notes: the put is whole)

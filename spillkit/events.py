@@ -31,6 +31,7 @@ __all__ = [
     "SPILL",
     "SPILL_ERROR",
     "UNPIN",
+    "UNSERIALIZABLE",
     "Event",
     "Listener",
 ]
@@ -53,6 +54,7 @@ UNPIN: Final = "unpin"  # one pin of the key was undone
 REPLAN: Final = "replan"  # a graph-aware policy's plan was predicted again (key: the tasks to run next, a tuple)
 GIVEN_COST: Final = "given-cost"  # detail of a put whose cost the caller gave (not the reload estimate)
 REUSED: Final = "reused"  # detail of a load served by a spilled object still alive elsewhere (no read)
+UNSERIALIZABLE: Final = "unserializable"  # detail of a spill-error whose value cannot be serialized (its own fault)
 POPPED: Final = "popped"  # detail of a load by pop(): read from disk for the caller, not cached (a delete follows)
 KINDS: Final = (
     PUT, HIT, LOAD, MISS, SPILL, EVICT, DELETE, SPILL_ERROR, COST, SETTLE, FREE, PIN, UNPIN, REPLAN, FLUSH, CHANGED

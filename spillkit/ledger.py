@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import forklocks
 from .errors import NOT_THE_VALUES_FAULT, ChangedWhileWritten, SpillError, SpillWarning, WriterUnavailable, warn_caller
-from .events import COST, REPLAN, SPILL_ERROR, Event, Listener
+from .events import COST, REPLAN, SPILL_ERROR, UNSERIALIZABLE, Event, Listener
 from .keys import describe_key
 from .liveobjects import LiveObjects
 from .notes import NO_NOTES, Notes
@@ -77,6 +77,7 @@ class EngineLedger(EvictionRounds, ResidentObjects):
         self.reload_bandwidth = reload_bandwidth
         self.stats = Stats()
         self.listeners: list[Listener] = []
+        self.warn_failures = True  # a SpillWarning for each value kept in memory by a failed write (not in replays)
         self.memory_bytes = 0
         self.deferred = False
         self.deferred_blocks = 0  # open Chest.deferred() blocks (any thread)
@@ -180,9 +181,11 @@ class EngineLedger(EvictionRounds, ResidentObjects):
 
     def _spill_failed(self, key: Hashable, nbytes: int, error: BaseException, what: str) -> None:
         self._count_write_error(error)
-        warn_caller(f"value for key {describe_key(key)} {what}: {error!r}")
-        if self.listeners:
-            self._emit(SPILL_ERROR, key, nbytes, detail=type(error).__name__)
+        if self.warn_failures:
+            warn_caller(f"value for key {describe_key(key)} {what}: {error!r}")
+        if self.listeners:  # (a trace notes a value that cannot be serialized: its replay keeps it in memory too)
+            detail = type(error).__name__ if isinstance(error, NOT_THE_VALUES_FAULT) else UNSERIALIZABLE
+            self._emit(SPILL_ERROR, key, nbytes, detail=detail)
 
     # ---- bookkeeping ---------------------------------------------------------------
     @staticmethod

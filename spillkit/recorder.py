@@ -29,7 +29,9 @@ from .events import (
     REUSED,
     SETTLE,
     SPILL,
+    SPILL_ERROR,
     UNPIN,
+    UNSERIALIZABLE,
     Event,
 )
 from .keys import encode_key
@@ -229,6 +231,8 @@ class TraceRecorder:
                 self._line(["del", ident, t])
             elif kind in (PIN, UNPIN, CHANGED):
                 self._line([kind, ident, t])
+            elif kind == SPILL_ERROR and event.detail == UNSERIALIZABLE:  # it stays in memory: so in a replay
+                self._line(["unwritable", ident, t])
             elif kind == COST:
                 self._line(["cost", ident, event.cost, t])
             elif kind in (SPILL, EVICT):

@@ -110,6 +110,7 @@ def replay(
 
     tier = SizeOnlyDisk(is_dead, costs)
     engine = SpillEngine(tier, chosen, budget, _size)
+    engine.warn_failures = False  # (a value the recorded run could not write: warned about live, not again here)
     result = ReplayResult(chosen.name, budget, mode)
     where = [0]
     if keep_decisions or timeline:
@@ -133,6 +134,7 @@ def replay(
     graph = chosen if plan and isinstance(chosen, GraphAware) and trace.dependencies else None
     replans = trace.replans() if graph is not None else {}  # where the live plan was predicted again
     changes = trace.changes()  # values the live run found changed in place (its eviction wrote them again)
+    unwritable = trace.unwritable_puts()  # values the live run could not serialize: kept in memory
     start = time.perf_counter()
     for index, op in enumerate(requests):
         tag, key = op[0], op[1]
@@ -174,6 +176,7 @@ def replay(
                 pass
             tier.handing = None
         elif tag == "put":
+            tier.writable(key, index not in unwritable)
             token = op[5]
             value = objects.get(token) if token else None
             if value is None or value.nbytes != op[2]:

@@ -9,6 +9,7 @@ are re-exported by :mod:`spillkit.replay`.
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -72,6 +73,7 @@ class SizeOnlyDisk:
         # back a spilled value that is still alive elsewhere (under another key) instead of a copy.
         self.handing: Any = None
         self._changed: set[Hashable] = set()  # keys whose file no longer holds their value (changed in place)
+        self._unwritable: set[Hashable] = set()  # keys whose value the recorded run could not serialize
 
     def __contains__(self, key: object) -> bool:
         return key in self._sizes
@@ -92,6 +94,16 @@ class SizeOnlyDisk:
         if key in self._sizes:
             self._changed.add(key)
 
+    def writable(self, key: Hashable, writable: bool) -> None:
+        """Whether ``key``'s value now (its put's) can be written: the recorded run could not serialize it.
+
+        A write of an unwritable value raises, as pickle did live, so the engine keeps it in memory the same way.
+        """
+        if writable:
+            self._unwritable.discard(key)
+        else:
+            self._unwritable.add(key)
+
     def restore(self, key: Hashable, nbytes: int) -> None:
         """Hold a file of ``nbytes`` for ``key`` that was written before the trace began (nothing counted)."""
         self._changed.discard(key)
@@ -99,6 +111,8 @@ class SizeOnlyDisk:
         self._sizes[key] = nbytes
 
     def write(self, key: Hashable, value: Any) -> int:
+        if key in self._unwritable:
+            raise pickle.PicklingError(f"the recorded run could not serialize the value of {key!r}")
         nbytes = _size(value)
         self._changed.discard(key)
         self.total_bytes += nbytes - self._sizes.get(key, 0)

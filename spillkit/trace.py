@@ -53,6 +53,11 @@ operation. Format, version 1 (each line a JSON value):
     its file no longer holds it, and it is written again. Found only as the value
     is evicted or flushed, so a replay marks it from the request after which it
     was found (see :meth:`Trace.changes`).
+``["unwritable", id, t]``
+    a write of the key's value failed because the value cannot be serialized (pickle
+    refused it): the Chest keeps it in memory, out of the policy's reach. A replay
+    refuses to write the value its last put stored, so it stays in memory there too
+    (see :meth:`Trace.unwritable_puts`).
 ``["pin", id, t]`` / ``["unpin", id, t]``
     a running task began / ended using the key (kept from eviction meanwhile; pins add up).
 ``["replan", t, [ids]]``
@@ -148,6 +153,24 @@ class Trace:
             at = index - 1 if index and tags[index - 1] in ("settle", "free", "get") else index
             marks.setdefault(at, []).extend(found)
         return marks
+
+    def unwritable_puts(self) -> set[int]:
+        """Indices in :meth:`requests` of the puts whose value the run could not serialize.
+
+        An ``unwritable`` line comes where a write of the key's value failed (a later request's
+        eviction, a flush, or the put itself, whose line comes first): the value its last put stored.
+        """
+        last_put: dict[Hashable, int] = {}
+        marked: set[int] = set()
+        index = -1
+        for op in self.ops:
+            if op[0] in REQUESTS:
+                index += 1
+                if op[0] == "put":
+                    last_put[op[1]] = index
+            elif op[0] == "unwritable" and op[1] in last_put:
+                marked.add(last_put[op[1]])
+        return marked
 
     def replans(self) -> dict[int, list[tuple[str, Hashable]]]:
         """The replan lines (``("replan", tasks)``), each under the index in :meth:`requests` it came before."""

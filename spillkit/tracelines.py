@@ -111,6 +111,7 @@ _FIELDS: dict[str, tuple[Callable[[Any], Any], ...]] = {
     "evict": (_time,),
     "pin": (_time,),
     "changed": (_time,),
+    "unwritable": (_time,),
     "unpin": (_time,),
 }
 _SHAPES = {  # record tag -> (number of fields, what the line looks like)
@@ -130,6 +131,7 @@ _SHAPES = {  # record tag -> (number of fields, what the line looks like)
     "evict": (3, '["evict", id, t]'),
     "pin": (3, '["pin", id, t]'),
     "changed": (3, '["changed", id, t]'),
+    "unwritable": (3, '["unwritable", id, t]'),
     "unpin": (3, '["unpin", id, t]'),
 }
 _OPTIONAL = {"get": 1}  # trailing fields a line may leave out: a load's object (traces recorded before it was)

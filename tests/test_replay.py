@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import warnings
 from collections.abc import Hashable
 from pathlib import Path
@@ -11,7 +12,9 @@ from typing import Any
 
 import dask
 import dask.array as da
+import dask.dataframe as dd
 import numpy as np
+import pandas as pd
 import pytest
 from helpers import ConstRepr
 
@@ -322,6 +325,76 @@ def test_replay_reproduces_a_chest_alone_that_flushes_and_has_values_changed_in_
     assert_replay_matches(trace, chest, policy, budget, "strict", plan=False)
     assert replay(trace, policy, budget).writes == chest.stats.disk_writes  # the flushes' writes too
     chest.drop()
+
+
+class Unpicklable:
+    """A value pickle refuses (it holds a lock), measured like the arrays beside it."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.lock = threading.Lock()
+        self.nbytes = nbytes
+
+
+@pytest.mark.parametrize("policy", policy_names())
+def test_replay_keeps_in_memory_the_values_the_live_chest_could_not_serialize(policy: str, tmp_path: Path) -> None:
+    # helper-120: the live Chest keeps such a value in memory, out of the policy's reach; the trace said
+    # nothing, so the replay spilled it and evicted others in its place. ["unwritable", id, t] says so now.
+    from spillkit.trace import TraceRecorder
+
+    budget, rng = 5 * 4000, np.random.default_rng(11)
+    chest = sized_chest(policy, budget, tmp_path)
+    recorder = TraceRecorder(tmp_path / "unwritable.trace", {"workload": "unwritable"}, chest=chest)
+    with recorder, warnings.catch_warnings():
+        warnings.simplefilter("ignore", spillkit.SpillWarning)  # "cannot be serialized; it stays in memory"
+        for step in range(300):
+            keys = sorted(chest)
+            roll = rng.random()
+            if roll < 0.04:
+                chest[f"v{step}"] = Unpicklable(int(rng.choice([2000, 4000])))
+            elif len(keys) < 4 or roll < 0.4:
+                chest[f"v{step}"] = random_value(rng)
+            elif roll < 0.9:
+                chest[random_key(rng, keys)]
+            else:
+                del chest[random_key(rng, keys)]
+    trace = read_trace(tmp_path / "unwritable.trace")
+    assert chest.stats.unspillable > 0 and sum(op[0] == "unwritable" for op in trace.ops) > 0
+    assert_replay_matches(trace, chest, policy, budget, "strict", plan=False)
+    chest.drop()
+
+
+@pytest.mark.parametrize("policy", ["lru", "nextuse"])
+def test_replay_of_dask_runs_keeps_what_pickle_refused_in_memory(policy: str, tmp_path: Path) -> None:
+    # helper-120: a task's result holding a lock (18 spills live, 14 replayed), and a disk shuffle's store
+    # over a 1-byte budget, refused as it was stored (26 loads live, 42 replayed).
+    from dask.delayed import Delayed
+    from dask.sizeof import sizeof
+
+    from spillkit.dask import spilling
+
+    @sizeof.register(Unpicklable)
+    def _(value: Unpicklable) -> int:
+        return value.nbytes
+
+    graph: dict[Hashable, Any] = {f"a{i}": (np.full, 50_000, float(i)) for i in range(12)}
+    graph["h"] = (Unpicklable, 400_000)
+    for i in range(1, 12):
+        graph[f"s{i}"] = (lambda h, a, b: a + b, "h", f"a{i}", f"a{i - 1}")
+    graph["out"] = (lambda *xs: float(sum(x.sum() for x in xs)), *(f"s{i}" for i in range(1, 12)))
+    frame = pd.DataFrame({"a": np.arange(20_000) % 37, "b": np.random.default_rng(0).random(20_000)})
+    shuffled = dd.from_pandas(frame, npartitions=8).shuffle("a").b.sum()
+    for name, budget, collection in (("held", 1_300_000, Delayed("out", graph)), ("shuffle", 1, shuffled)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", spillkit.SpillWarning)
+            with spilling(available_memory=budget, policy=policy) as chest:
+                with record(tmp_path / f"{name}.trace"):
+                    collection.compute(scheduler="sync")
+                live = (chest.stats.spills, chest.stats.loads, chest.stats.hits)
+        trace = read_trace(tmp_path / f"{name}.trace")
+        if policy == "lru" or name == "shuffle":  # (nextuse never picks the held value, read by every step)
+            assert [op for op in trace.ops if op[0] == "unwritable"], name
+        result = replay(trace, policy, budget, mode="settled")
+        assert (result.spills, result.loads, result.hits) == live, name
 
 
 @pytest.mark.parametrize("policy", ["lru", "nextuse", "s3fifo", "arc"])
