@@ -168,8 +168,16 @@ class TraceRecorder:
                 seconds = engine.given_cost(key)
                 if seconds is not None:
                     self.cost(key, seconds)
+            unwritable = engine.unspillable_keys
             for key, object_id in resident:
                 self.put(key, engine.nbytes(key), object_id, engine.given_cost(key))
+                if key in unwritable:  # refused before this recorder listened: a replay keeps it in memory too
+                    self.unwritable(key)
+
+    def unwritable(self, key: Hashable) -> None:
+        """Record that ``key``'s value could not be serialized (pickle refused it): it stays in memory."""
+        with self._lock:
+            self._line(["unwritable", self.key_id(key), round(time.perf_counter() - self._start, 6)])
 
     def cost(self, key: Hashable, seconds: float) -> None:
         """Record a cost given before this recorder was listening (a value the Chest holds already)."""

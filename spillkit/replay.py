@@ -12,6 +12,7 @@ and are re-exported here; this module runs the replay and holds its result.
 
 from __future__ import annotations
 
+import pickle
 import time
 from collections.abc import Hashable
 from dataclasses import asdict, dataclass, field
@@ -187,7 +188,14 @@ def replay(
                 costs[key] = op[3]
             else:
                 costs.pop(key, None)  # a new value: the old one's cost is not its own
-            engine.put(key, value, cost=op[3], nbytes=op[2])
+            try:
+                engine.put(key, value, cost=op[3], nbytes=op[2])
+            except pickle.PicklingError:  # an unwritable value over this budget: a live put would raise here
+                was, engine.deferred = engine.deferred, True  # kept in memory over the budget, as a deferred put
+                try:
+                    engine.put(key, value, cost=op[3], nbytes=op[2])
+                finally:
+                    engine.deferred = was
             if graph is not None and settled:  # the callback's: a task's result written straight to disk ran too
                 with engine.lock:
                     graph.ran(key)

@@ -363,6 +363,65 @@ def test_replay_keeps_in_memory_the_values_the_live_chest_could_not_serialize(po
     chest.drop()
 
 
+def test_a_replay_at_a_budget_below_an_unwritable_value_keeps_it_in_memory(tmp_path: Path) -> None:
+    # helper-121: the replay wrote a value over its budget straight to disk, which now raises for an unwritable
+    # one: replay, and spillkit compare (its belady-size bound replays too), ended in a PicklingError.
+    from spillkit.cli import EXIT_OK, main
+    from spillkit.trace import TraceRecorder
+
+    chest = sized_chest("lru", 20_000, tmp_path)
+    with TraceRecorder(tmp_path / "big.trace", {"workload": "big"}, chest=chest), warnings.catch_warnings():
+        warnings.simplefilter("ignore", spillkit.SpillWarning)
+        chest["u"] = Unpicklable(8000)
+        for i in range(6):
+            chest[f"x{i}"] = np.zeros(500)
+        chest["u"]
+    trace = read_trace(tmp_path / "big.trace")
+    assert [op for op in trace.ops if op[0] == "unwritable"]
+    for mode in MODES:
+        result = replay(trace, "lru", 5000, mode=mode, keep_decisions=True)
+        assert ("spill", "u") not in result.decisions and ("load", "u") not in result.decisions, mode
+    assert (
+        main(["compare", str(tmp_path / "big.trace"), "--budgets", "10%", "--no-plots", "-o", str(tmp_path)]) == EXIT_OK
+    )
+    chest.drop()
+
+
+@pytest.mark.parametrize("how", ["before the recorder", "by a flush"])
+def test_values_refused_before_the_recorder_or_by_a_flush_are_traced_as_unwritable(how: str, tmp_path: Path) -> None:
+    # helper-121: a value refused before the recorder attached was traced as an ordinary put (the replay's first
+    # decision spilled it), and one refused only by flush() left no line (the replay's flush wrote it).
+    from spillkit.trace import TraceRecorder
+
+    chest = sized_chest("lru", 6000, tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", spillkit.SpillWarning)
+        if how == "before the recorder":
+            chest["u"] = Unpicklable(4000)
+            chest["p"] = np.zeros(500)  # spills nothing it could write: u is set aside, p fits
+            assert "u" in chest.engine.unspillable_keys
+        writes = chest.stats.disk_writes
+        with TraceRecorder(tmp_path / "t.trace", {"workload": how}, chest=chest):
+            if how == "by a flush":  # nothing evicts u: only the flush tries to write it
+                chest["u"] = Unpicklable(1000)
+                chest["y"] = np.zeros(125)
+                with pytest.raises(spillkit.SpillError, match="flush could not write 1 value"):
+                    chest.flush()
+                chest["y"]
+            else:
+                for i in range(8):
+                    chest[f"x{i}"] = np.zeros(250)
+                for i in range(8):
+                    chest[f"x{i}"]
+            chest["u"]
+    trace = read_trace(tmp_path / "t.trace")
+    assert {op[1] for op in trace.ops if op[0] == "unwritable"} == {"u"}
+    result = replay(trace, "lru", 6000, mode="strict", keep_decisions=True)
+    assert result.decisions == recorded_decisions(trace)
+    assert result.writes == chest.stats.disk_writes - writes  # the flush's refused write is no write
+    chest.drop()
+
+
 @pytest.mark.parametrize("policy", ["lru", "nextuse"])
 def test_replay_of_dask_runs_keeps_what_pickle_refused_in_memory(policy: str, tmp_path: Path) -> None:
     # helper-120: a task's result holding a lock (18 spills live, 14 replayed), and a disk shuffle's store
