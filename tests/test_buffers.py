@@ -165,3 +165,19 @@ def test_a_codec_subclass_decoding_its_own_way_keeps_its_whole_body(tmp_path: Pa
     chest.evict()
     pd.testing.assert_frame_equal(chest["df"].value(), _mixed_frame(100_000))
     chest.drop()  # (a close would flush the lazy value, which cannot be pickled)
+
+
+class _WholeSpanCodec(PickleCodec):
+    """A subclass that says its whole body is the stream (a layout of its own)."""
+
+    def stream_span(self, data: memoryview) -> tuple[int, int] | None:
+        return (0, len(data))
+
+
+def test_a_codec_subclass_with_its_own_stream_span_gives_no_pages_back(tmp_path: Path) -> None:
+    # helper-122: only decode was checked for being PickleCodec's; a subclass's stream_span was trusted.
+    chest = Chest(path=tmp_path / "c", available_memory="1 GiB", codec=_WholeSpanCodec())
+    chest["df"] = _mixed_frame(100_000)
+    chest.evict()
+    pd.testing.assert_frame_equal(chest["df"], _mixed_frame(100_000))
+    chest.close()

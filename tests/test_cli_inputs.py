@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import importlib
+import io
 import json
 import math
 import os
@@ -432,3 +433,39 @@ def test_a_metrics_address_that_cannot_be_bound_is_named_in_a_usage_error(
         assert main([*argv, "--seconds", "1"]) == EXIT_USAGE
     err = capsys.readouterr().err
     assert f"spillkit demo: cannot serve metrics at 127.0.0.1:{port}: " in err and "Traceback" not in err
+
+
+def test_an_output_path_that_is_a_dangling_link_is_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = small_trace(tmp_path / "t.trace")
+    (tmp_path / "out").symlink_to(tmp_path / "nowhere")
+    assert main(["compare", str(trace), "--no-bounds", "--no-plots", "-o", str(tmp_path / "out")]) == EXIT_USAGE
+    assert "is no directory" in one_line_error(capsys, "compare")
+
+
+def test_a_workload_that_runs_out_of_memory_while_recorded_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import spillkit.workloads
+
+    class Huge:
+        def compute(self, **kwargs: Any) -> None:
+            raise MemoryError
+
+    monkeypatch.setattr(spillkit.workloads, "build", lambda name, scale: Huge())
+    assert main(["record", "tsqr", "--scale", "3", "-o", str(tmp_path / "t.trace.gz")]) == EXIT_USAGE
+    assert "does not fit in memory" in one_line_error(capsys, "record")
+
+
+def test_budgets_are_parsed_once_each_and_the_progress_bar_ends_full(tmp_path: Path) -> None:
+    assert parse_budgets("10%,10%, 10%,1 KiB,1 KiB") == ["10%", "1 KiB"]
+    trace = small_trace(tmp_path / "t.trace", nbytes=10)  # 5% and 6% are one byte each: the second is skipped
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    bar = Terminal()
+    compare([str(trace)], ["5%", "6%"], ["lru"], bounds=False, progress=bar)
+    assert bar.getvalue().rstrip().split("\r")[-1].split("]")[1].split()[0] == "2/2"

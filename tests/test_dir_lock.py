@@ -216,6 +216,25 @@ def test_another_programs_flock_on_the_directory_is_named_as_a_possible_holder(t
     Chest(path=path).close()  # once it lets go
 
 
+def test_a_directory_replaced_while_it_was_being_locked_is_locked_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # helper-122: nothing tested the retry when the directory went between its open and its flock.
+    real = spillkit.dirlock._lock_directory
+    calls = []
+
+    def gone_once(directory: str) -> int | None:
+        calls.append(directory)
+        return None if len(calls) == 1 else real(directory)
+
+    monkeypatch.setattr(spillkit.dirlock, "_lock_directory", gone_once)
+    chest = Chest(path=tmp_path / "c")
+    assert len(calls) == 2 and chest._dir_lock._dir_fd >= 0
+    with pytest.raises(ChestLocked):
+        Chest(path=tmp_path / "c")
+    chest.close()
+
+
 def test_the_directory_lock_follows_a_path_that_is_a_symbolic_link(tmp_path: Path) -> None:
     (tmp_path / "real").mkdir(mode=0o700)
     (tmp_path / "link").symlink_to(tmp_path / "real")

@@ -932,12 +932,21 @@ class SpeltAlike:
         return SpeltAlike, (self.n,)
 
 
+@pytest.mark.parametrize("write_behind", [False, True], ids=["sync", "write-behind"])
 @pytest.mark.parametrize("pack_threshold", [0, None], ids=["file-per-value", "packed"])
-def test_keys_spelt_alike_whose_eq_raises_are_two_keys_as_in_a_dict(tmp_path: Path, pack_threshold: int | None) -> None:
+def test_keys_spelt_alike_whose_eq_raises_are_two_keys_as_in_a_dict(
+    tmp_path: Path, pack_threshold: int | None, write_behind: bool
+) -> None:
     # helper-117: a dict never compares keys of different hashes; choosing a file name compared them, so
     # the second key's spill "could not be serialized", and flush() and close() raised, losing its value.
     keys = [SpeltAlike(1), SpeltAlike(2)]
-    chest = Chest(path=tmp_path / "c", available_memory=UNIT, sizeof=unit_sizeof, pack_threshold=pack_threshold)
+    chest = Chest(
+        path=tmp_path / "c",
+        available_memory=UNIT,
+        sizeof=unit_sizeof,
+        pack_threshold=pack_threshold,
+        write_behind=write_behind,  # (a name reserved by a write in flight is compared too)
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for n, key in enumerate(keys):

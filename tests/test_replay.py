@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import threading
@@ -359,7 +360,9 @@ def test_replay_keeps_in_memory_the_values_the_live_chest_could_not_serialize(po
                 del chest[random_key(rng, keys)]
     trace = read_trace(tmp_path / "unwritable.trace")
     assert chest.stats.unspillable > 0 and sum(op[0] == "unwritable" for op in trace.ops) > 0
-    assert_replay_matches(trace, chest, policy, budget, "strict", plan=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a replay refusing those writes warns no one: the live run did
+        assert_replay_matches(trace, chest, policy, budget, "strict", plan=False)
     chest.drop()
 
 
@@ -420,6 +423,38 @@ def test_values_refused_before_the_recorder_or_by_a_flush_are_traced_as_unwritab
     assert result.decisions == recorded_decisions(trace)
     assert result.writes == chest.stats.disk_writes - writes  # the flush's refused write is no write
     chest.drop()
+
+
+@pytest.mark.parametrize("policy", ["lru", "fifo", "arc"])
+def test_a_key_put_again_with_a_value_pickle_takes_is_written_again_in_the_replay(policy: str, tmp_path: Path) -> None:
+    # helper-122: the unwritable mark must end with the value it was for.
+    from spillkit.trace import TraceRecorder
+
+    chest = sized_chest(policy, 4 * 2000, tmp_path)
+    with TraceRecorder(tmp_path / "t.trace", {"workload": "again"}, chest=chest), warnings.catch_warnings():
+        warnings.simplefilter("ignore", spillkit.SpillWarning)
+        chest["u"] = Unpicklable(2000)
+        for i in range(6):
+            chest[f"x{i}"] = np.zeros(250)
+        chest["u"] = np.zeros(250)  # writable now
+        for i in range(6, 30):
+            chest[f"x{i}"] = np.zeros(250)
+            chest[f"x{i - 3}"]
+        chest["u"]
+    trace = read_trace(tmp_path / "t.trace")
+    assert ("spill", "u") in recorded_decisions(trace)
+    assert_replay_matches(trace, chest, policy, 4 * 2000, "strict", plan=False)
+    chest.drop()
+
+
+def test_an_unwritable_line_for_a_key_never_put_is_harmless(tmp_path: Path) -> None:
+    header = {"format": "spillkit-trace", "version": 1}
+    lines = [header, ["k", 0, "a"], ["k", 1, "b"], ["unwritable", 0, 0.0], ["put", 1, 100, None, 0.1, 1],
+             ["get", 1, 0.2, "hit"]]  # fmt: skip
+    (tmp_path / "t.trace").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    trace = read_trace(tmp_path / "t.trace")
+    assert trace.unwritable_puts() == set()
+    assert replay(trace, "lru", 500).hits == 1
 
 
 @pytest.mark.parametrize("policy", ["lru", "nextuse"])

@@ -566,6 +566,23 @@ def test_a_failed_flush_write_is_counted(lab: Lab) -> None:
     assert chest.stats.spill_failures > 0
 
 
+def test_a_disk_that_refuses_writes_is_no_unwritable_value_in_a_trace(lab: Lab, tmp_path: Path) -> None:
+    # helper-122: only the value's own fault (pickle refused it) makes a trace's "unwritable" line: a full
+    # disk keeps values in memory too, but a replay, with another budget or policy, may well write them.
+    from spillkit.trace import TraceRecorder, read_trace
+
+    chest, _ = lab.filled()
+    details: list[str] = []
+    chest.add_listener(lambda event: details.append(event.detail) if event.kind == SPILL_ERROR else None)
+    with TraceRecorder(tmp_path / "t.trace", {"workload": "full disk"}, chest=chest):
+        lab.fault("write", errno.ENOSPC)
+        with spill_warnings():
+            for i in range(6):
+                chest[f"more{i}"] = payload(100 + i)
+    assert details and set(details) == {"OSError"}
+    assert not [op for op in read_trace(tmp_path / "t.trace").ops if op[0] == "unwritable"]
+
+
 # ---- packed: shared segments and their compaction --------------------------------------------
 
 
