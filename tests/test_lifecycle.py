@@ -463,6 +463,46 @@ def test_a_drop_waiting_for_background_writes_shows_others_the_whole_chest(tmp_p
     assert chest.closed
 
 
+def test_a_close_while_a_drop_waits_for_background_writes_wins_and_the_drop_returns(tmp_path: Path) -> None:
+    # helper-122 (a mutation that survived): drop() waits for writes letting go of the lock; a close() from
+    # another thread then flushes and shuts the Chest, and the drop must not go on deleting a closed one.
+    gate, writing = threading.Event(), threading.Event()
+
+    def dump(value: Any, file: Any) -> None:
+        if value == "slow":
+            writing.set()
+            gate.wait(30)
+        pickle.dump(value, file)
+
+    path = tmp_path / "c"
+    chest = Chest(path=path, available_memory=2 * UNIT, sizeof=unit_sizeof, write_behind=True, dump=dump,
+                  load=pickle.load, pack_threshold=0)  # fmt: skip
+    chest["k0"] = "slow"
+    chest.update({"k1": 1, "k2": 2})
+    assert writing.wait(30)
+    errors: list[BaseException] = []
+
+    def run(action: Callable[[], None]) -> None:
+        try:
+            action()
+        except BaseException as error:  # (reported by the assertion below)
+            errors.append(error)
+
+    dropping = threading.Thread(target=run, args=(chest.drop,))
+    dropping.start()
+    time.sleep(0.3)  # the drop waits for k0's write
+    closing = threading.Thread(target=run, args=(chest.close,))
+    closing.start()
+    time.sleep(0.3)  # the close waits for it too
+    gate.set()
+    dropping.join(30)
+    closing.join(30)
+    assert errors == [] and chest.closed
+    again = Chest(path=path, load=pickle.load, dump=pickle.dump)  # the close committed every value
+    assert dict(again.items()) == {"k0": "slow", "k1": 1, "k2": 2}
+    again.drop()
+
+
 def test_drop_removes_a_temporary_directory() -> None:
     chest = filled()
     path = chest.path
