@@ -429,10 +429,8 @@ def test_an_empty_path_is_refused_not_taken_for_the_working_directory(
     assert {name: (tmp_path / name).read_bytes() for name in files} == files
 
 
-@pytest.mark.parametrize("temporary", [False, True], ids=["drop", "close-temporary"])
-def test_a_drop_waiting_for_background_writes_shows_others_the_whole_chest(tmp_path: Path, temporary: bool) -> None:
-    # helper-116: drop() deleted every key, then waited for the writer, which lets go of the lock: meanwhile
-    # other threads found an empty Chest, still open, that took their puts only to lose them.
+def writing_slowly(path: Path | None) -> tuple[Chest, threading.Event]:
+    """A write-behind Chest holding k0, k1, k2 whose background write of k0 waits for the event returned."""
     gate, writing = threading.Event(), threading.Event()
 
     def dump(value: Any, file: Any) -> None:
@@ -441,18 +439,19 @@ def test_a_drop_waiting_for_background_writes_shows_others_the_whole_chest(tmp_p
             gate.wait(30)
         pickle.dump(value, file)
 
-    chest = Chest(
-        path=None if temporary else tmp_path / "c",
-        available_memory=2 * UNIT,
-        sizeof=unit_sizeof,
-        write_behind=True,
-        dump=dump,
-        load=pickle.load,
-        pack_threshold=0,
-    )
+    chest = Chest(path=path, available_memory=2 * UNIT, sizeof=unit_sizeof, write_behind=True, dump=dump,
+                  load=pickle.load, pack_threshold=0)  # fmt: skip
     chest["k0"] = "slow"
     chest.update({"k1": 1, "k2": 2})  # k0's write starts, and holds the writer
     assert writing.wait(30)
+    return chest, gate
+
+
+@pytest.mark.parametrize("temporary", [False, True], ids=["drop", "close-temporary"])
+def test_a_drop_waiting_for_background_writes_shows_others_the_whole_chest(tmp_path: Path, temporary: bool) -> None:
+    # helper-116: drop() deleted every key, then waited for the writer, which lets go of the lock: meanwhile
+    # other threads found an empty Chest, still open, that took their puts only to lose them.
+    chest, gate = writing_slowly(None if temporary else tmp_path / "c")
     ending = threading.Thread(target=chest.close if temporary else chest.drop)
     ending.start()
     time.sleep(0.3)  # the drop is waiting for k0's write by now
@@ -466,20 +465,7 @@ def test_a_drop_waiting_for_background_writes_shows_others_the_whole_chest(tmp_p
 def test_a_close_while_a_drop_waits_for_background_writes_wins_and_the_drop_returns(tmp_path: Path) -> None:
     # helper-122 (a mutation that survived): drop() waits for writes letting go of the lock; a close() from
     # another thread then flushes and shuts the Chest, and the drop must not go on deleting a closed one.
-    gate, writing = threading.Event(), threading.Event()
-
-    def dump(value: Any, file: Any) -> None:
-        if value == "slow":
-            writing.set()
-            gate.wait(30)
-        pickle.dump(value, file)
-
-    path = tmp_path / "c"
-    chest = Chest(path=path, available_memory=2 * UNIT, sizeof=unit_sizeof, write_behind=True, dump=dump,
-                  load=pickle.load, pack_threshold=0)  # fmt: skip
-    chest["k0"] = "slow"
-    chest.update({"k1": 1, "k2": 2})
-    assert writing.wait(30)
+    chest, gate = writing_slowly(tmp_path / "c")
     errors: list[BaseException] = []
 
     def run(action: Callable[[], None]) -> None:
@@ -498,7 +484,7 @@ def test_a_close_while_a_drop_waits_for_background_writes_wins_and_the_drop_retu
     dropping.join(30)
     closing.join(30)
     assert errors == [] and chest.closed
-    again = Chest(path=path, load=pickle.load, dump=pickle.dump)  # the close committed every value
+    again = Chest(path=tmp_path / "c", load=pickle.load, dump=pickle.dump)  # the close committed every value
     assert dict(again.items()) == {"k0": "slow", "k1": 1, "k2": 2}
     again.drop()
 
