@@ -98,8 +98,10 @@ def compare(
     """
     names = _names(traces)
     loaded = [(t if isinstance(t, Trace) else read_trace(t), name) for t, name in zip(traces, names, strict=True)]
-    work = len(loaded) * len(budgets) * (len(policies) * len(modes) + (3 if bounds else 0))
-    bar = _Progress(work, progress if progress is not None and progress.isatty() else None)
+    per_budget = len(policies) * len(modes) + (3 if bounds else 0)  # replays, then the bounds' three
+    bar = _Progress(
+        len(loaded) * len(budgets) * per_budget, progress if progress is not None and progress.isatty() else None
+    )
     rows: list[dict[str, Any]] = []
     for trace, name in loaded:
         peak = trace.peak_bytes()
@@ -107,7 +109,7 @@ def compare(
         for spec in budgets:
             budget = int(peak * float(spec[:-1]) / 100) if spec.endswith("%") else parse_bytes(spec)
             if budget in done:  # two specs of one size (5% and 10% of a tiny trace): its rows once
-                bar.step(f"{name} {spec} (as an earlier budget)", len(policies) * len(modes) + (3 if bounds else 0))
+                bar.step(f"{name} {spec} (as an earlier budget)", per_budget)
                 continue
             done.add(budget)
             fraction = budget / peak if peak else 0.0

@@ -175,13 +175,13 @@ class FileReads(FileIndex):
         # The value's arrays are views into this read (or mapping), which would keep a large pickle stream
         # alive beside them, uncounted: its pages go back (the buffer is this read's own, read no more).
         codec = self.codec
-        span = codec.stream_span(body) if isinstance(codec, PickleCodec) and _plain_pickle(codec) else None
+        span = codec.stream_span(body) if isinstance(codec, PickleCodec) and _plain_pickle(type(codec)) else None
         if span is not None and span[1] - span[0] >= RELEASE_STREAMS_FROM:
             release_pages(body[span[0] : span[1]])
         return value
 
 
-def _plain_pickle(codec: PickleCodec) -> bool:
+@functools.cache  # per codec class, not per load
+def _plain_pickle(kind: type) -> bool:
     # A subclass may decode its own way (lazily, keeping views of the body): its memory is not ours to give back.
-    kind = type(codec)
     return all(getattr(kind, name) is getattr(PickleCodec, name) for name in ("encode", "decode", "stream_span"))

@@ -183,9 +183,13 @@ class EngineLedger(EvictionRounds, ResidentObjects):
         self._count_write_error(error)
         if self.warn_failures:
             warn_caller(f"value for key {describe_key(key)} {what}: {error!r}")
-        if self.listeners:  # (a trace notes a value that cannot be serialized: its replay keeps it in memory too)
-            detail = type(error).__name__ if isinstance(error, NOT_THE_VALUES_FAULT) else UNSERIALIZABLE
-            self._emit(SPILL_ERROR, key, nbytes, detail=detail)
+        if self.listeners:
+            self._emit_write_error(key, nbytes, error)
+
+    def _emit_write_error(self, key: Hashable, nbytes: int, error: BaseException) -> None:
+        # A trace notes a value that cannot be serialized (UNSERIALIZABLE): its replay keeps it in memory too.
+        detail = type(error).__name__ if isinstance(error, NOT_THE_VALUES_FAULT) else UNSERIALIZABLE
+        self._emit(SPILL_ERROR, key, nbytes, detail=detail)
 
     # ---- bookkeeping ---------------------------------------------------------------
     @staticmethod

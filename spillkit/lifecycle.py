@@ -8,7 +8,7 @@ from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
 from .errors import NOT_THE_VALUES_FAULT, SpillError
-from .events import CHANGED, FLUSH, FREE, LOAD, POPPED, SPILL_ERROR, UNSERIALIZABLE
+from .events import CHANGED, FLUSH, FREE, LOAD, POPPED
 from .keys import describe_key, unfindable_key
 from .ledger import _MISSING, EngineLedger
 from .notes import reports_notes
@@ -178,8 +178,8 @@ class EngineLifecycle(EngineLedger):
         except Exception as error:
             self._count_refused_write(error)
             failures.append((key, error))
-            if self.listeners and not isinstance(error, NOT_THE_VALUES_FAULT):  # (for a trace: see _spill_failed)
-                self._emit(SPILL_ERROR, key, self._nbytes.get(key, 0), detail=UNSERIALIZABLE)
+            if self.listeners and not isinstance(error, NOT_THE_VALUES_FAULT):  # (the value's own fault: a trace's)
+                self._emit_write_error(key, self._nbytes.get(key, 0), error)
             return False
         return True
 
