@@ -174,14 +174,15 @@ class FileReads(FileIndex):
         value = self.prints.decode(pending.key, pending.tag, body)
         # The value's arrays are views into this read (or mapping), which would keep a large pickle stream
         # alive beside them, uncounted: its pages go back (the buffer is this read's own, read no more).
-        codec = self.codec
-        span = codec.stream_span(body) if isinstance(codec, PickleCodec) and _plain_pickle(type(codec)) else None
+        codec, span = self.codec, None
+        if len(body) >= RELEASE_STREAMS_FROM and isinstance(codec, PickleCodec) and _plain_pickle(codec):
+            span = codec.stream_span(body)  # (only a body this long can hold a stream this long)
         if span is not None and span[1] - span[0] >= RELEASE_STREAMS_FROM:
             release_pages(body[span[0] : span[1]])
         return value
 
 
-@functools.cache  # per codec class, not per load
-def _plain_pickle(kind: type) -> bool:
+def _plain_pickle(codec: PickleCodec) -> bool:
     # A subclass may decode its own way (lazily, keeping views of the body): its memory is not ours to give back.
+    kind = type(codec)
     return all(getattr(kind, name) is getattr(PickleCodec, name) for name in ("encode", "decode", "stream_span"))
