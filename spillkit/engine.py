@@ -149,9 +149,9 @@ class SpillEngine(EngineLifecycle):
             if not self.deferred and refused is None:  # (a refused value is held over the budget anyway)
                 incoming = self._incoming(key, value, nbytes)
                 if self.memory_bytes - self.pinned_bytes + incoming > self.budget:
+                    self._busy.add(key)  # (self._busy_with(key), inline: the hot path)
                     try:
-                        with self._busy_with(key):
-                            self._make_room(incoming)
+                        self._make_room(incoming)
                     except BaseException as error:
                         error.add_note(
                             f"spillkit: raised while making room for {describe_key(key)}, which was not stored"
@@ -159,6 +159,8 @@ class SpillEngine(EngineLifecycle):
                         if old is not _MISSING:
                             self._admit(key, old, self._nbytes[key])
                         raise
+                    finally:
+                        self._busy.discard(key)
             if existed:
                 in_flight = self._writer is not None and self._writer.cancel(key)
                 self._refs.pop(key, None)
@@ -247,7 +249,8 @@ class SpillEngine(EngineLifecycle):
     # ---- the one loop that makes room ----------------------------------------------
     def _make_room(self, incoming: int) -> None:
         limit = self.budget - incoming
-        with self._round():
+        self._begin_round()  # (not self._round(): see _begin_round)
+        try:
             while self.memory_bytes - self.pinned_bytes > limit:  # pinned values are outside the budget
                 try:
                     key = self.policy.victim_for(self.memory_bytes - self.pinned_bytes - limit, self.disk.has_copy)
@@ -258,6 +261,8 @@ class SpillEngine(EngineLifecycle):
                     return
                 if not self._spill(key):
                     return
+        finally:
+            self._end_round()
 
     # Acting on one victim: a function of the engine (spillkit.transfers), bound here as a method.
     _spill = spill_victim

@@ -165,12 +165,14 @@ def load(engine: SpillEngine, key: Hashable) -> Any:
         # Loads make room even while puts are deferred: deferral exists so that values
         # about to be deleted are not written, and a value being read is not one of them.
         incoming = engine._incoming(key, value, nbytes)
+        engine._busy.add(key)  # (engine._busy_with(key), inline: the hot path)
         try:
-            with engine._busy_with(key):
-                engine._make_room(incoming)
+            engine._make_room(incoming)
         except SpillError:
             engine._refs.remember(key, value)  # served without caching: while alive it stays the value
             return value
+        finally:
+            engine._busy.discard(key)
         if incoming and engine.memory_bytes - engine.pinned_bytes > engine.budget - incoming:
             # No room was made (the disk refused the victims' writes, or no victim could go): served
             # without caching too, as a value over the budget is; its file is still there. Held, every

@@ -55,6 +55,9 @@ class SegmentUpkeep(Compactor):
 
     def _maintain(self) -> None:
         """Drop segments with nothing live; compact unpinned ones that are mostly dead. Never raises OSError."""
+        if not self._candidates:  # (after most appends: the counts only, without _compacting's generator)
+            self._count()
+            return
         with self._compacting():
             while self._candidates:
                 name, segment = self._candidates.popitem()

@@ -79,6 +79,63 @@ def test_an_unchanged_loaded_value_is_evicted_without_a_write(
     assert chest.stats.evictions >= 1
 
 
+class TaggedBytes(bytes):
+    """Bytes with an instance dict: pickle writes its attributes, which can change in place."""
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"x" * 100, "text", 12**40, 1.5, 2j, True, None, range(7), (1, ("a", b"b", (2.0, None)))],
+    ids=["bytes", "str", "int", "float", "complex", "bool", "None", "range", "nested tuple"],
+)
+def test_an_immutable_loaded_value_is_evicted_without_encoding_it_again(
+    chest_factory: Callable[..., Chest], storage: dict[str, Any], value: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Such a value cannot have changed since it was read (spillkit.frozen): its eviction asks the
+    # store nothing, so it neither encodes the value again nor writes it.
+    chest = chest_factory(10**6, **storage)
+    chest["v"], chest["other"] = value, [0]
+    evict_everything(chest)
+    assert chest["v"] == value
+    asked: list[object] = []
+    disk = chest._engine.disk
+    monkeypatch.setattr(disk, "holds", lambda key, held: asked.append(key) or type(disk).holds(disk, key, held))
+    spills = chest.stats.spills
+    evict_everything(chest)
+    assert asked == [] and chest.stats.spills == spills
+    assert chest["v"] == value
+
+
+@pytest.mark.parametrize(
+    ("make", "change", "expected"),
+    [
+        (lambda: TaggedBytes(b"b"), lambda value: setattr(value, "note", "changed"), "changed"),
+        (lambda: (1, [2]), lambda value: value[1].append(3), [2, 3]),
+        (lambda: (((((["deep"],),),),),), lambda value: value[0][0][0][0][0].append("er"), ["deep", "er"]),
+    ],
+    ids=["bytes subclass", "tuple holding a list", "tuple nested past the walk's depth"],
+)
+def test_a_value_that_only_looks_immutable_is_still_checked(
+    chest_factory: Callable[..., Chest],
+    storage: dict[str, Any],
+    make: Callable[[], Any],
+    change: Callable[[Any], None],
+    expected: Any,
+) -> None:
+    chest = chest_factory(10**6, **storage)
+    chest["v"], chest["other"] = make(), [0]
+    evict_everything(chest)
+    change(chest["v"])  # loaded, then changed in place
+    evict_everything(chest)
+    loaded = chest["v"]
+    if isinstance(loaded, TaggedBytes):
+        assert loaded.note == expected
+    elif len(loaded) == 2:
+        assert loaded[1] == expected
+    else:
+        assert loaded[0][0][0][0][0] == expected
+
+
 def test_a_flushed_value_changed_in_place_is_flushed_again(tmp_path: Path, storage: dict[str, Any]) -> None:
     chest = Chest(path=tmp_path / "c", available_memory=10**6, **storage)
     chest["l"] = [1]
