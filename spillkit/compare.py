@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 from .policies import policy_names
 from .replay import DiskModel, replay
-from .sizes import format_bytes, parse_bytes
+from .sizes import format_bytes, format_percent, parse_bytes
 from .trace import Trace, read_trace
 
 __all__ = ["COLUMNS", "compare", "parse_budgets", "parse_policies", "to_markdown", "write_csv"]
@@ -216,7 +216,7 @@ def to_markdown(rows: Sequence[dict[str, Any]]) -> str:
     header = "| policy | mode | hits | loads | written | read | I/O | I/O s | recompute s | x bound |"
     for (name, budget), group in groups.items():
         fraction = group[0]["budget_fraction"]
-        out += [f"### {name}, budget {format_bytes(budget)} ({fraction:.0%} of peak)", "", header,
+        out += [f"### {name}, budget {format_bytes(budget)} ({format_percent(fraction)} of peak)", "", header,
                 "|" + " --- |" * 10]  # fmt: skip
         for row in sorted(group, key=lambda r: r["io_bytes"]):
             out.append(

@@ -15,6 +15,8 @@ import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from .sizes import format_percent
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -128,7 +130,7 @@ def _percent_axis(ax: Axes, fractions: Iterable[float]) -> None:
     ax.set_xscale("log" if log else "linear")  # first: setting a scale resets the locators and formatter
     ax.xaxis.set_major_locator(FixedLocator(ticks))
     ax.xaxis.set_minor_locator(NullLocator())
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:g}%"))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: format_percent(x / 100)))  # (1%, not 0.999998%)
     if log:
         ax.set_xlim(ticks[0] / 1.25, ticks[-1] * 1.25)
         return

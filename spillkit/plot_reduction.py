@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .plot_canvas import _WIDTH, _figure, _rc, _save, _style
 from .plot_data import _REFERENCE_LABELS, BELADY, FOO, _check, _is_reference, _nearest, _policies, _traces
+from .sizes import format_percent
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -71,7 +72,9 @@ def plot_reduction_vs_lru(
     policies = [p for p in _policies([r for r in rows if r["mode"] == mode]) if p != "lru"]
     bars, budgets = _reductions(rows, fraction, mode)
     if not bars:
-        raise ValueError(f"no workload with LRU results doing I/O near {fraction:.0%} of peak in {mode} mode")
+        raise ValueError(
+            f"no workload with LRU results doing I/O near {format_percent(fraction)} of peak in {mode} mode"
+        )
     extra = [p for p in (BELADY,) if any(p in b for _, b in bars)]
     series = policies + extra + ([FOO] if any(FOO in b for _, b in bars) else [])
     values = [v for _, b in bars for p, v in b.items() if p in series and not math.isnan(v)]
@@ -100,14 +103,14 @@ def plot_reduction_vs_lru(
         ax.set_ylim(bottom, top)
         ax.set_xlim(-0.5, len(bars) - 0.5)
         ax.set_xticks(range(len(bars)))
-        same = len({f"{b:.0%}" for b in budgets}) == 1
-        ax.set_xticklabels([name if same else f"{name}\n({budget:.0%})" for (name, _), budget in
+        same = len({format_percent(b) for b in budgets}) == 1
+        ax.set_xticklabels([name if same else f"{name}\n({format_percent(budget)})" for (name, _), budget in
                             zip(bars, budgets, strict=True)])  # fmt: skip
         ax.set_ylabel("I/O reduction vs LRU (%)\n(bytes written + read; higher is better)")
         ax.set_xlabel("workload")
         ax.grid(True, axis="y", alpha=0.3)
         figure.legend(loc="outside right upper", frameon=False)
-        at_text = f"{budgets[0]:.0%} of peak" if same else f"about {fraction:.0%} of peak"
+        at_text = f"{format_percent(budgets[0])} of peak" if same else f"about {format_percent(fraction)} of peak"
         ax.set_title(f"Disk I/O saved relative to LRU at a budget of {at_text}, {mode} mode")
         _save(figure, path)
     return figure

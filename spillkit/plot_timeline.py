@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from .compare import _name
 from .plot_canvas import _WIDTH, _figure, _rc, _save, _unit
 from .replay import replay
-from .sizes import format_bytes
+from .sizes import format_bytes, format_percent
 from .trace import Trace, read_trace
 
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ def plot_timeline(
         figure.legend(*axes[0][0].get_legend_handles_labels(), loc="outside lower center", ncols=3, frameon=False)
         axes[-1][0].set_xlabel("request index (put, get, delete and settle operations of the trace)")
         axes[-1][0].set_xlim(0, max(len(result.timeline), 1))
-        fraction = f", {limit / peak:.0%} of peak" if peak else ""
+        fraction = f", {format_percent(limit / peak)} of peak" if peak else ""
         figure.suptitle(f"{name}: memory and disk over the run, budget {format_bytes(limit)}{fraction}, {mode} mode")
         _save(figure, path)
     return figure

@@ -1,10 +1,10 @@
-"""Parse and format byte counts such as ``"512 MiB"``; pure helpers, no state."""
+"""Parse and format byte counts such as ``"512 MiB"``, and budgets as shares of a peak; pure helpers, no state."""
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["UNLIMITED", "format_bytes", "parse_bytes"]
+__all__ = ["UNLIMITED", "format_bytes", "format_percent", "parse_bytes"]
 
 UNLIMITED = 2**63 - 1  # what float("inf") becomes: more bytes than any machine has
 
@@ -31,7 +31,8 @@ def parse_bytes(value: int | float | str) -> int:
     """Return a byte count from a number or a string like ``"1.5 GiB"``.
 
     Raises ``ValueError`` for negative sizes or unknown units and ``TypeError``
-    for anything that is neither a number nor a string.
+    for anything that is neither a number nor a string. A count above ``2**63 - 1``
+    (:data:`UNLIMITED`), ``float("inf")`` included, means no limit: it becomes ``UNLIMITED``.
 
     >>> parse_bytes("512 MiB")
     536870912
@@ -67,3 +68,13 @@ def format_bytes(n: float) -> str:
         if abs(n) >= scale:
             return f"{n / scale:.2f} {unit}"
     return f"{int(n)} B"
+
+
+def format_percent(fraction: float) -> str:
+    """``fraction`` as a percentage to three significant digits: ``'25%'``, ``'0.3%'``, ``'12.5%'``.
+
+    A budget given as a share of a peak is rounded to whole bytes, so it comes back a hair off
+    (1% of 2.98 GiB is 0.999998% of it): three digits say what was asked, and a share under 1% is
+    not shown as ``0%``.
+    """
+    return f"{fraction * 100:.3g}%"

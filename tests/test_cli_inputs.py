@@ -27,6 +27,7 @@ from spillkit.calibrate import load_disk_model
 from spillkit.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_USAGE, main
 from spillkit.compare import _names, compare, parse_budgets, parse_policies, to_markdown
 from spillkit.replay import DiskModel
+from spillkit.sizes import UNLIMITED, format_percent, parse_bytes
 
 HEADER = {"format": "spillkit-trace", "version": 1}
 
@@ -469,3 +470,24 @@ def test_budgets_are_parsed_once_each_and_the_progress_bar_ends_full(tmp_path: P
     bar = Terminal()
     compare([str(trace)], ["5%", "6%"], ["lru"], bounds=False, progress=bar)
     assert bar.getvalue().rstrip().split("\r")[-1].split("]")[1].split()[0] == "2/2"
+
+
+def test_a_budget_under_one_percent_is_headed_by_its_own_share_of_peak(tmp_path: Path) -> None:
+    # Before: a 0.3% budget was headed "(0% of peak)", and a share rounded to whole bytes read 0.999998%.
+    trace = small_trace(tmp_path / "t.trace", nbytes=100_000)  # peak 300,000 bytes
+    rows = compare([str(trace)], parse_budgets("0.3%,1%,12.5%"), ["lru"], bounds=False, progress=None)
+    headings = [line for line in to_markdown(rows).splitlines() if line.startswith("### ")]
+    assert [heading.split("(")[1] for heading in headings] == ["0.3% of peak)", "1% of peak)", "12.5% of peak)"]
+
+
+@pytest.mark.parametrize(
+    ("fraction", "text"),
+    [(0.25, "25%"), (0.003, "0.3%"), (0.00999998, "1%"), (0.125, "12.5%"), (1.0, "100%"), (0.0, "0%"), (2.5, "250%")],
+)
+def test_format_percent(fraction: float, text: str) -> None:
+    assert format_percent(fraction) == text
+
+
+def test_a_byte_count_beyond_int64_means_no_limit() -> None:
+    assert parse_bytes("1e30") == parse_bytes(float("inf")) == UNLIMITED == 2**63 - 1
+    assert parse_bytes(2**63 - 1) == UNLIMITED and parse_bytes("1 TiB") == 2**40
