@@ -705,7 +705,7 @@ def report(
     today = dt.date.today().isoformat()
     start_rss = median([run.start_rss for cells_ in cells.values() for cell in cells_ for run in cell.runs])
     lines = [
-        "## dask workloads: Chest as the threaded scheduler's cache (`bench_dask.py`)",
+        f"## dask workloads{_heading_detail(args)}: Chest as the threaded scheduler's cache (`bench_dask.py`)",
         "",
         f"`python benchmarks/bench_dask.py --scale {args.scale:g} --reps {args.reps}{_selection(args)}` on {today}: "
         f"Python {platform.python_version()}, dask {version('dask')}, zict {version('zict')}, "
@@ -874,6 +874,12 @@ def run_profiles(infos: dict[str, dict[str, Any]], scale: float, tmp: str, top: 
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+def _heading_detail(args: argparse.Namespace) -> str:
+    """What sets a run's section apart from the default run's, for its heading (each section has its own)."""
+    detail = "" if args.scale == DEFAULT_SCALE else f" at scale {args.scale:g}"
+    return detail if args.only is None else f"{detail}, {', '.join(args.only)} only"
+
+
 def section_name(scale: float, only: Sequence[str] | None) -> str:
     """The README section a run writes: ``bench_dask``, plus its scale and contenders when not the defaults."""
     name = "bench_dask" if scale == DEFAULT_SCALE else f"bench_dask-scale{scale:g}"
