@@ -235,6 +235,44 @@ def test_a_directory_replaced_while_it_was_being_locked_is_locked_again(
     chest.close()
 
 
+def test_a_directory_swapped_between_its_open_and_its_flock_is_not_the_one_kept_locked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # helper-122 (C3): without _lock_directory's check after the flock, the Chest kept a lock on the
+    # directory renamed away, and the one now at its path (holding its files) was open to others.
+    path, moved = tmp_path / "c", tmp_path / "moved"
+    swapped = []
+
+    class SwapFirst:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(fcntl, name)
+
+        def flock(self, fd: int, operation: int) -> None:
+            if not swapped and os.path.isdir(f"/proc/self/fd/{fd}") and operation & fcntl.LOCK_EX:
+                os.rename(path, moved)  # as a drop() and another Chest's open would, in between
+                path.mkdir(mode=0o700)
+                shutil.copy2(moved / LOCK_NAME, path / LOCK_NAME)
+                swapped.append(fd)
+            fcntl.flock(fd, operation)
+
+    monkeypatch.setattr(spillkit.dirlock, "fcntl", SwapFirst())
+    chest = Chest(path=path)
+    monkeypatch.undo()
+    assert swapped
+    fd = os.open(moved, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the old one: let go
+    finally:
+        os.close(fd)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the one at the path: held by the Chest
+    finally:
+        os.close(fd)
+    chest.close()
+
+
 def test_the_directory_lock_follows_a_path_that_is_a_symbolic_link(tmp_path: Path) -> None:
     (tmp_path / "real").mkdir(mode=0o700)
     (tmp_path / "link").symlink_to(tmp_path / "real")
