@@ -156,8 +156,10 @@ class Chest(ChestLifecycle, DictMethods, MutableMapping[Hashable, Any]):
     it is next spilled or flushed, a value whose file no longer matches it is
     written again (``check_in_place``). A value larger than the whole budget is
     never held: while something holds the object stored or the copy a read
-    returned, reads return that object and a flush writes its changes; once
-    nothing does, an unflushed change is lost with it, as with zict. A value changed while it is written
+    returned, reads return that object and a flush writes its changes, for
+    objects that can be weakly referenced (a list, dict or str over the budget is a
+    new copy at each read); once nothing does, an unflushed change is lost with
+    it, as with zict. A value changed while it is written
     is written again (``verify_writes``). A change made just as another
     thread's put drops the value from memory (after the check, which runs under
     the lock the change does not take) is lost: with other threads spilling,

@@ -136,7 +136,7 @@ class DictMethods:
             return _as_it_is(engine, key)
 
     def popitem(self) -> tuple[Hashable, Any]:
-        """Remove and return the last key stored and its value, as ``dict.popitem`` (not cached on the way)."""
+        """Remove and return the last key inserted and its value, as ``dict.popitem`` (not cached on the way)."""
         engine = self._engine
         with engine.lock:
             engine._check_open()  # (closed and empty: closed is what to say)

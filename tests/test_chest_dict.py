@@ -204,3 +204,38 @@ def test_popitem_on_a_closed_chest_says_it_is_closed(tmp_path: Path) -> None:
     chest.close()
     with pytest.raises(SpillError, match="closed"):
         chest.popitem()
+
+
+class _Holder:
+    """A value that can be weakly referenced, with something to change in place."""
+
+    def __init__(self) -> None:
+        self.items = [1]
+
+
+def test_what_the_readme_says_a_chest_does_not_keep_from_a_dict(tmp_path: Path) -> None:
+    # helper-124: these differences were undocumented, or documented wrongly ("the last key stored").
+    chest = Chest(path=tmp_path / "c", available_memory=1)
+    chest["a"], chest["b"] = 1, 2
+    chest["a"] = 3  # an overwrite does not move the key: popitem takes the last inserted
+    assert chest.popitem() == ("b", 2)
+    shared = _Holder()
+    chest["x"] = chest["y"] = shared
+    del shared  # (nothing else holds it: the copies read back are new objects)
+    x, y = chest["x"], chest["y"]
+    assert x is not y
+    x.items.append(2)
+    chest["x"] = x
+    assert chest["y"].items == [1]  # a dict would show the change through both keys
+    chest.clear()
+    chest["n"] = float("nan")
+    assert not chest.__eq__(chest) and chest.__ne__(chest)  # (a dict of a NaN equals itself)
+    assert ("n", chest["n"]) not in chest.items()
+    assert not isinstance(chest, dict) and not hasattr(chest.keys(), "mapping")
+    assert not hasattr(Chest, "fromkeys") and "path=" in repr(chest)
+    nan = float("nan")
+    chest[nan] = "v"
+    chest.close()
+    with Chest(path=tmp_path / "c") as again:
+        assert nan not in again and len(again) == 2  # the NaN key read back is another NaN
+        assert [again[k] for k in again if k != k] == ["v"]
