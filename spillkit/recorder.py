@@ -35,7 +35,7 @@ from .events import (
     Event,
 )
 from .keys import encode_key
-from .trace import FORMAT, VERSION, open_text
+from .trace_format import FORMAT, VERSION, open_text
 
 if TYPE_CHECKING:
     from .chest import Chest

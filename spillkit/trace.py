@@ -81,10 +81,12 @@ import os
 import zlib
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any, cast
+from typing import Any, cast
 
 from .inputfiles import open_input
 from .keys import decode_key, encode_key
+from .recorder import TraceRecorder  # re-exported: the README's spelling
+from .trace_format import FORMAT, VERSION, open_text
 from .trace_peak import peak_bytes
 from .tracelines import BadLine, LineParser, parse_json, short
 
@@ -101,15 +103,7 @@ __all__ = [
     "read_trace",
 ]
 
-FORMAT = "spillkit-trace"
-VERSION = 1
 REQUESTS = ("put", "get", "del", "cost", "settle", "ondisk", "defer", "free", "flush")  # the operations a replay drives
-
-
-def open_text(path: str | os.PathLike[str], mode: str) -> IO[str]:
-    if os.fspath(path).endswith(".gz"):
-        return cast(IO[str], gzip.open(path, mode + "t", compresslevel=6, encoding="utf-8"))
-    return open(path, mode, encoding="utf-8")
 
 
 @dataclass
@@ -265,6 +259,3 @@ def _header(name: str, first: tuple[int, str]) -> dict[str, Any]:
     if type(version) is not int or version != VERSION:
         raise TraceError(f"{name}:{number}: trace version {short(version)} is not supported (this is {VERSION})")
     return header
-
-
-from .recorder import TraceRecorder  # noqa: E402 - re-exported; recorder needs this module's constants first

@@ -188,12 +188,14 @@ class WriteBehind:
         if error is None:
             self.disk_failing = False
             engine.stats.observe_write(written, seconds)
-            engine.stats.spills += 1
             if pending.evicting:
+                engine.stats.spills += 1
                 engine._spilled_nbytes += nbytes
                 engine._refs.remember(key, value)
-            if engine.listeners:
-                engine._emit(SPILL, key, nbytes, written, seconds)
+                if engine.listeners:
+                    engine._emit(SPILL, key, nbytes, written, seconds)
+            # Else it was read back while written (rescue): it never left memory, so no spill (helper-125:
+            # counted one, and a trace's spill line put it out of memory); its file is a copy, as a flush's.
             return
         if writer.abandoned:  # the Chest went while this write ran (its directory with it): no one to tell
             return

@@ -669,6 +669,33 @@ def test_a_value_changed_after_it_was_read_back_during_its_write_keeps_the_chang
     chest.drop()
 
 
+@pytest.mark.parametrize("pack_threshold", [0, None], ids=["file per value", "packed"])
+def test_a_value_read_back_during_its_write_is_not_counted_or_reported_as_spilled(
+    tmp_path: Path, pack_threshold: int | None
+) -> None:
+    # helper-125: the write went on and, when it landed, counted a spill and told listeners (and traces)
+    # "spill" for a key that was in memory all along; its later eviction then counted it leaving twice.
+    options = {} if pack_threshold is None else {"pack_threshold": pack_threshold}
+    chest = Chest(path=tmp_path / "c", available_memory=100, sizeof=lambda v: 60, write_behind=True, **options)
+    seen: list[tuple[str, Any, bool]] = []
+    chest.add_listener(lambda event: seen.append((event.kind, event.key, event.key in chest.inmem)))
+    prepared, go = _held_write(chest, "a")
+    chest["a"] = Box(0)
+    chest["b"] = Box(1)  # evicts "a": its write is serialized, then held
+    assert prepared.wait(10)
+    assert chest["a"].x == 0  # read back while that write waits: a hit, in memory again ("b" goes instead)
+    writes = chest.stats.disk_writes
+    go.set()
+    chest.wait_for_writes()
+    assert chest.stats.disk_writes == writes + 2  # both writes landed ("a"'s file is a copy, as a flush's)
+    assert chest.stats.spills == 1 and "a" in chest.inmem and "b" not in chest.inmem
+    assert [(kind, key) for kind, key, _ in seen if kind == "spill"] == [("spill", "b")]
+    assert chest.evict() > 0 and "a" not in chest.inmem  # leaves now, its file reused: an eviction, no write
+    assert chest.stats.spills == 1 and chest.stats.evictions == 1 and chest.stats.disk_writes == writes + 2
+    assert chest["a"].x == 0
+    chest.drop()
+
+
 def test_a_background_write_whose_warning_is_an_error_leaves_the_writer_working(tmp_path: Path) -> None:
     # With SpillWarning turned into an error (-W error, a test suite's filterwarnings), the warning of a
     # failed background write raised on the writer thread and killed it: every later flush waited forever.
