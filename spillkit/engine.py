@@ -92,6 +92,8 @@ class SpillEngine(EngineLifecycle):
             try:
                 value = self.memory[key]
             except KeyError:
+                value = _MISSING
+            if value is _MISSING:  # (out of the except: a load's own error, or a miss, would chain to that KeyError)
                 value = load(self, key)
                 if self.notes.waiting:  # (spillkit.notes: once the load's bookkeeping is done)
                     self.notes.report()

@@ -1,11 +1,11 @@
 """Values that cannot change in place: their file holds them for as long as the key's record stands.
 
-Before the engine drops a resident value for its copy on disk, it checks that the copy
-still encodes the value (:meth:`~spillkit.lifecycle.EngineLifecycle._file_holds`): one
+Before the engine drops a resident value for its copy on disk, it asks the store whether
+the copy still encodes the value (:meth:`spillkit.loadprints.LoadPrints.holds`): one
 changed in place since it was loaded or flushed must be written again, not lost. That
 check encodes the value again and takes its keyed digest. A value of an immutable built-in
-type cannot have changed, so it needs no check: many small values read back and evicted
-again (``benchmarks/bench_small.py``) spent a fifth of their time in it.
+type cannot have changed, so its signed record needs no check: many small values read
+back and evicted again (``benchmarks/bench_small.py``) spent a fifth of their time in it.
 
 Only exact types count: a subclass of ``bytes`` or ``str`` may carry a ``__dict__``
 that pickle writes and that can change. Tuples count when everything in them does (a

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import NOT_THE_VALUES_FAULT, SpillError
 from .events import CHANGED, FLUSH, FREE, LOAD, POPPED
-from .frozen import cannot_change
 from .keys import describe_key, unfindable_key
 from .ledger import _MISSING, EngineLedger
 from .notes import reports_notes
@@ -136,7 +135,7 @@ class EngineLifecycle(EngineLedger):
         """
         if not self.disk.has_copy(key):
             return False
-        if not self.check_in_place or cannot_change(value) or self.disk.holds(key, value):
+        if not self.check_in_place or self.disk.holds(key, value):
             return True
         if tell and self.listeners:
             with contextlib.suppress(Exception):  # (a listener's warning raised as an error: never raised)

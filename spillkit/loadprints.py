@@ -37,6 +37,7 @@ from typing import Any
 from . import bodymac
 from .codecs import Codec
 from .compression import CompressedCodec
+from .frozen import cannot_change
 from .spillfile import still_encodes
 
 __all__ = ["LoadPrints"]
@@ -87,9 +88,13 @@ class LoadPrints:
     ) -> bool:
         """The store's in-place check: True when ``key``'s record (``name``, ``tag``) still stands for ``value``.
 
-        A known digest answers; otherwise :func:`~spillkit.spillfile.still_encodes` does (and
-        ``read_back()`` may read the record), and a "the same" from it is remembered.
+        A value of an immutable built-in type cannot have changed (:mod:`spillkit.frozen`): a
+        signed record holds it. Otherwise a known digest answers, or else
+        :func:`~spillkit.spillfile.still_encodes` does (and ``read_back()`` may read the record),
+        and a "the same" from it is remembered.
         """
+        if name is not None and tag is not None and cannot_change(value):
+            return True  # (a record without a tag, of an old manifest, is written again, with one)
         known, digest = self.check(key, tag, value)
         if known:
             return True

@@ -243,9 +243,10 @@ class TestMappingContract:
     def test_missing_key_raises_key_error(self, chest: Chest) -> None:
         fill(chest, sample())
         misses = chest.stats.misses
-        with pytest.raises(KeyError):
+        with pytest.raises(KeyError) as raised:
             chest["absent"]
         assert chest.stats.misses == misses + 1
+        assert raised.value.__context__ is None  # as a dict's: before, a traceback chained the lookup's own KeyError
         with pytest.raises(KeyError):
             del chest["absent"]
         with pytest.raises(KeyError):

@@ -240,7 +240,13 @@ def test_costs_reach_the_policy_before_it_ranks(tmp_path: Any) -> None:
 
 def test_distributed_client_is_detected_with_a_warning() -> None:
     distributed = pytest.importorskip("distributed")
-    with distributed.Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None):
+    with distributed.Client(
+        processes=False,
+        n_workers=1,
+        threads_per_worker=1,
+        dashboard_address="127.0.0.1:0",  # (None still serves HTTP, on every interface: loopback only here)
+        worker_dashboard_address="127.0.0.1:0",
+    ):
         chest = Chest(available_memory="1 MiB")
         with pytest.warns(RuntimeWarning, match="ignores cache="), ChestCallback(chest):
             pass

@@ -322,7 +322,8 @@ def test_an_in_process_workers_chest_is_dropped_when_the_worker_closes(tmp_path:
             n_workers=1,
             threads_per_worker=1,
             processes=False,
-            dashboard_address=None,  # (in-process: inproc:// transport, no socket at all)
+            dashboard_address="127.0.0.1:0",  # (the inproc:// transport has no socket, but the HTTP servers do:
+            worker_dashboard_address="127.0.0.1:0",  # with None they listened on every interface)
             memory_limit="1 GiB",
             local_directory=str(tmp_path),
             silence_logs=logging.ERROR,

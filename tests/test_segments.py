@@ -231,6 +231,7 @@ def test_a_damaged_record_raises_naming_the_key_and_nothing_else_is_lost(tmp_pat
         assert "'victim'" in str(info.value) and str(segment) in str(info.value)
         assert f"offset {victim[0]}" in str(info.value)
         assert reason in str(info.value)
+        assert info.value.__suppress_context__ or info.value.__context__ is None  # (one error: not the RecordError too)
         assert chest.stats.load_failures == attempt + 1
     assert TRIPPED == []  # the damaged bytes never reached the unpickler
     assert "victim" in chest and len(chest) == len(expected)
