@@ -148,21 +148,20 @@ class SpillEngine(EngineLifecycle):
                     return
             existed = key in self._nbytes  # TypeError for an unhashable key, before any change
             old = self._pop_resident(key) if existed else _MISSING
-            if not self.deferred and refused is None:  # (a refused value is held over the budget anyway)
-                incoming = self._incoming(key, value, nbytes)
-                if self.memory_bytes - self.pinned_bytes + incoming > self.budget:
-                    self._busy.add(key)  # (self._busy_with(key), inline: the hot path)
-                    try:
-                        self._make_room(incoming)
-                    except BaseException as error:
-                        error.add_note(
-                            f"spillkit: raised while making room for {describe_key(key)}, which was not stored"
-                        )
-                        if old is not _MISSING:
-                            self._admit(key, old, self._nbytes[key])
-                        raise
-                    finally:
-                        self._busy.discard(key)
+            try:  # (from the pop on: a KeyboardInterrupt landing before the round lost the old value, helper-126)
+                if not self.deferred and refused is None:  # (a refused value is held over the budget anyway)
+                    incoming = self._incoming(key, value, nbytes)
+                    if self.memory_bytes - self.pinned_bytes + incoming > self.budget:
+                        self._busy.add(key)  # (self._busy_with(key), inline: the hot path)
+                        try:
+                            self._make_room(incoming)
+                        finally:
+                            self._busy.discard(key)
+            except BaseException as error:
+                error.add_note(f"spillkit: raised while making room for {describe_key(key)}, which was not stored")
+                if old is not _MISSING:
+                    self._admit(key, old, self._nbytes[key])
+                raise
             if existed:
                 in_flight = self._writer is not None and self._writer.cancel(key)
                 self._refs.pop(key, None)

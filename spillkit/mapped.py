@@ -93,9 +93,12 @@ def map_available() -> bool:
     return _LIBC is not None
 
 
-def _unmap(unmapper: Any, address: int, size: int, on_unmap: Callable[[], object] | None) -> None:
+def _unmap(unmapper: Any, address: int, size: int, on_unmap: Callable[[], object] | None, done: list[bool]) -> None:
     # Told first: once unmapped, the file's inode may be freed and its number given to a new file,
     # whose mapping must not be counted before this one's end.
+    if done[0]:  # map_file unmapped it already (interrupted after the finalizer was made): not twice
+        return
+    done[0] = True
     if on_unmap is not None:
         on_unmap()
     unmapper(address, size)
@@ -120,13 +123,19 @@ def map_file(fd: int, size: int, on_unmap: Callable[[], object] | None = None) -
     if address is None or address == _MAP_FAILED:
         error = ctypes.get_errno()
         raise OSError(error, f"mmap of {size} bytes failed: {os.strerror(error)}")
+    done = [False]  # set by whichever unmaps first: this function on failure, or the finalizer
     try:
         region = (ctypes.c_ubyte * size).from_address(address)
-        unmap = weakref.finalize(region, _unmap, unmapper, address, size, on_unmap)
+        unmap = weakref.finalize(region, _unmap, unmapper, address, size, on_unmap, done)
         # At exit, live values may still be read by other exit handlers; the kernel unmaps anyway.
         unmap.atexit = False
     except BaseException:
-        unmapper(address, size)
+        # (A KeyboardInterrupt may land after the finalizer was made: it must not unmap the region
+        # again, nor call on_unmap for a mapping the caller undoes itself (helper-126: a second munmap
+        # of an address maybe given to another mapping since, and a pin undone twice).)
+        if not done[0]:
+            done[0] = True
+            unmapper(address, size)
         raise
     return memoryview(region).cast("B")
 

@@ -15,6 +15,7 @@ holds the lock once: a caller that took it around the get relies on nothing chan
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
@@ -38,11 +39,16 @@ def read_value(engine: SpillEngine, key: Hashable) -> tuple[Any, Any]:
     count = getattr(lock, "_recursion_count", None)  # CPython's RLock; anything else keeps the lock
     if count is None or count() != 1:
         return disk.finish_read(pending), None
-    state = lock._release_save()  # as threading.Condition.wait lets go of an RLock
+    # What _release_save returns here: held once (checked above), by this thread. Built beforehand, so that
+    # an interrupt landing just as _release_save returns still finds it (helper-126: the lock stayed let go,
+    # and the caller's release raised RuntimeError in place of the KeyboardInterrupt).
+    state = (1, threading.get_ident())
     try:
+        lock._release_save()  # as threading.Condition.wait lets go of an RLock
         value = disk.finish_read(pending)
     finally:
-        lock._acquire_restore(state)
+        if count() == 0:  # (let go: take it back, as it was)
+            lock._acquire_restore(state)
     return value, pending
 
 

@@ -1187,3 +1187,28 @@ def test_a_warning_through_the_mapping_mixins_points_at_the_callers_line(tmp_pat
     stuck = [w for w in caught if "names no victim" in str(w.message)]
     assert len(stuck) == 1 and stuck[0].filename == __file__
     chest.drop()
+
+
+def test_an_interrupt_before_an_overwrites_round_keeps_the_old_value(
+    chest_factory: Callable[..., Chest], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # helper-126: the old value was taken out of memory before the round's try; a KeyboardInterrupt landing
+    # in between (at _incoming) left the key listed, in neither memory nor on disk: KeyError on read.
+    chest = chest_factory(1000, sizeof=len)
+    for i in range(4):
+        chest[i] = "x" * 150
+    engine = chest.engine
+
+    def interrupted(*args: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "_incoming", interrupted)
+    with pytest.raises(KeyboardInterrupt) as raised:
+        chest[3] = "y" * 600
+    monkeypatch.undo()
+    assert any("which was not stored" in note for note in raised.value.__notes__)
+    assert chest[3] == "x" * 150 and 3 in chest.inmem
+    assert_accounting(chest)
+    chest[3] = "y" * 600  # and the next overwrite goes through
+    assert [chest[i] for i in range(4)] == ["x" * 150] * 3 + ["y" * 600]
+    assert_accounting(chest)

@@ -346,3 +346,40 @@ def _pwrite(path: str, data: bytes, offset: int) -> None:
         os.pwrite(fd, data, offset)
     finally:
         os.close(fd)
+
+
+def test_an_interrupt_after_the_mapping_got_its_finalizer_unmaps_it_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # helper-126: a KeyboardInterrupt there unmapped the region, then its finalizer unmapped it again and
+    # undid the file's pin a second time (the caller undoes it too): the next load of another key failed.
+    import numpy as np
+
+    import spillkit.mapped
+
+    chest = Chest(path=tmp_path / "c", available_memory=300_000, pack_threshold=0, map_loads=1)
+    for i in range(4):
+        chest[i] = np.full(20_000, i, dtype=float)  # 160 kB each: 0 and 1 spilled
+    unmapped: list[int] = []
+    mapper, unmapper = spillkit.mapped._LIBC
+
+    def counting_unmap(address: int, size: int) -> int:
+        unmapped.append(address)
+        return int(unmapper(address, size))
+
+    class InterruptedFinalize(spillkit.mapped.weakref.finalize):  # type: ignore[misc]
+        def __setattr__(self, name: str, value: object) -> None:
+            if name == "atexit":
+                raise KeyboardInterrupt  # just after the finalizer was made, as a Ctrl-C may land
+            super().__setattr__(name, value)
+
+    monkeypatch.setattr(spillkit.mapped, "_LIBC", (mapper, counting_unmap))
+    monkeypatch.setattr(spillkit.mapped.weakref, "finalize", InterruptedFinalize)
+    with pytest.raises(KeyboardInterrupt):
+        chest[0]
+    monkeypatch.setattr(spillkit.mapped.weakref, "finalize", spillkit.mapped.weakref.finalize.__mro__[1])
+    gc.collect()
+    assert len(unmapped) == 1  # before: 2, the same address
+    np.testing.assert_array_equal(chest[1], np.full(20_000, 1.0))  # before: LoadFailed (KeyError of the pin)
+    np.testing.assert_array_equal(chest[0], np.full(20_000, 0.0))
+    chest.close()

@@ -440,3 +440,45 @@ def test_a_load_that_finds_its_key_loaded_meanwhile_tells_the_policy_of_the_hit(
     assert "k" in chest.inmem and "y" not in chest.inmem
     assert_accounting(chest)
     chest.drop()
+
+
+class _InterruptedAfterLettingGo:
+    """The engine's RLock, with a KeyboardInterrupt landing just as the read lets go of it (once)."""
+
+    def __init__(self, real: Any) -> None:
+        self.real, self.armed = real, True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def __enter__(self) -> Any:
+        return self.real.__enter__()
+
+    def __exit__(self, *exc: object) -> Any:
+        return self.real.__exit__(*exc)
+
+    def _release_save(self) -> Any:
+        state = self.real._release_save()
+        if self.armed:
+            self.armed = False
+            raise KeyboardInterrupt  # (after the release: where a Ctrl-C landing as the call returns is raised)
+        return state
+
+
+def test_an_interrupt_as_the_read_lets_go_of_the_lock_is_raised_as_itself_and_the_lock_comes_back(
+    tmp_path: Path,
+) -> None:
+    # helper-126: the lock stayed let go, and get's own release then raised RuntimeError ("cannot release
+    # un-acquired lock") in place of the KeyboardInterrupt.
+    chest, _ = spilled(tmp_path)
+    real = chest.engine.lock
+    chest.engine.lock = _InterruptedAfterLettingGo(real)  # type: ignore[assignment]
+    with pytest.raises(KeyboardInterrupt):
+        chest["k"]
+    assert real._recursion_count() == 0  # not held by this thread any more: get let go of it, once
+    acquired, _ = in_thread(lambda: real.acquire(timeout=WAIT) and real.release())
+    acquired.join()
+    chest.engine.lock = real  # type: ignore[assignment]
+    assert chest["k"] == value("old")
+    assert_accounting(chest)
+    chest.drop()
