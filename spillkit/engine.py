@@ -10,6 +10,7 @@ from .events import DELETE, GIVEN_COST, HIT, PUT, SETTLE
 from .keys import describe_key
 from .ledger import _MISSING as _MISSING  # re-exported: chest.py imports the sentinel from here
 from .lifecycle import EngineLifecycle
+from .mending import mend, mended
 from .notes import reports_notes
 from .policies.base import Policy
 from .sizeof import checked_size
@@ -18,6 +19,8 @@ from .transfers import load, spill_victim, write_through
 from .writebehind import WriteBehind
 
 __all__ = ["DiskTier", "SpillEngine"]
+
+load = mended(load)  # (an interrupt in a load's or a spill's steps: spillkit.mending)
 
 
 class SpillEngine(EngineLifecycle):
@@ -147,53 +150,62 @@ class SpillEngine(EngineLifecycle):
                         self.notes.report()
                     return
             existed = key in self._nbytes  # TypeError for an unhashable key, before any change
-            old = self._pop_resident(key) if existed else _MISSING
-            try:  # (from the pop on: a KeyboardInterrupt landing before the round lost the old value, helper-126)
-                if not self.deferred and refused is None:  # (a refused value is held over the budget anyway)
-                    incoming = self._incoming(key, value, nbytes)
-                    if self.memory_bytes - self.pinned_bytes + incoming > self.budget:
-                        self._busy.add(key)  # (self._busy_with(key), inline: the hot path)
-                        try:
-                            self._make_room(incoming)
-                        finally:
-                            self._busy.discard(key)
-            except BaseException as error:
-                error.add_note(f"spillkit: raised while making room for {describe_key(key)}, which was not stored")
-                if old is not _MISSING:
-                    self._admit(key, old, self._nbytes[key])
-                raise
-            if existed:
-                in_flight = self._writer is not None and self._writer.cancel(key)
-                self._refs.pop(key, None)
-                if key in self.disk:
-                    self.disk.delete(key)
-                if old is _MISSING:  # it was spilled: a new value, not its return (as a resident one's overwrite);
-                    self.policy.forgotten(key)  # after the round: a put that fails keeps the old value's ghost
-                    if not in_flight:  # now it is in memory again
-                        self._spilled_nbytes -= self._nbytes[key]
-            self._nbytes[key] = nbytes
-            if cost is None:
+            try:  # (an interrupt between two steps below: spillkit.mending makes the books whole)
+                old = self._pop_resident(key) if existed else _MISSING
+                try:  # (from the pop on: a KeyboardInterrupt landing before the round lost the old value, helper-126)
+                    if not self.deferred and refused is None:  # (a refused value is held over the budget anyway)
+                        incoming = self._incoming(key, value, nbytes)
+                        if self.memory_bytes - self.pinned_bytes + incoming > self.budget:
+                            self._busy.add(key)  # (self._busy_with(key), inline: the hot path)
+                            try:
+                                self._make_room(incoming)
+                            finally:
+                                self._busy.discard(key)
+                except BaseException as error:
+                    error.add_note(f"spillkit: raised while making room for {describe_key(key)}, which was not stored")
+                    if old is not _MISSING:
+                        self._admit(key, old, self._nbytes[key])
+                    raise
                 if existed:
-                    self._costs.pop(key, None)
-            else:
-                self._costs[key] = cost
-            if refused is None:
-                self._admit(key, value, nbytes)
-            elif isinstance(refused, NOT_THE_VALUES_FAULT):  # kept until a write succeeds (keep_when_disk_full)
-                self._admit(key, value, nbytes)
-                self._set_aside(key, write_failed=True)
-                why = "changed while it was written" if isinstance(refused, ChangedWhileWritten) else "disk refused it"
-                self._spill_failed(key, nbytes, refused, f"{why}; it stays in memory, over the budget")
-            else:
-                self._admit(key, value, nbytes, offer=False)
-                self._unspillable.add(key)
-                self.stats.unspillable += 1
-            self.stats.puts += 1
-            if self.listeners:
-                self._emit(PUT, key, nbytes, detail="" if cost is None else GIVEN_COST, object_id=id(value))
-            if refused is not None and not isinstance(refused, NOT_THE_VALUES_FAULT):
-                # After the put's event: a trace says the value it put cannot be written (its "unwritable" line).
-                self._spill_failed(key, nbytes, refused, "cannot be serialized; it stays in memory")
+                    in_flight = self._writer is not None and self._writer.cancel(key)
+                    self._refs.pop(key, None)
+                    if key in self.disk:
+                        self.disk.delete(key)
+                    if old is _MISSING:  # it was spilled: a new value, not its return (as a resident one's overwrite);
+                        self.policy.forgotten(key)  # after the round: a put that fails keeps the old value's ghost
+                        if not in_flight:  # now it is in memory again
+                            self._spilled_nbytes -= self._nbytes[key]
+                self._nbytes[key] = nbytes
+                if cost is None:
+                    if existed:
+                        self._costs.pop(key, None)
+                else:
+                    self._costs[key] = cost
+                if refused is None:
+                    self._admit(key, value, nbytes)
+                elif isinstance(refused, NOT_THE_VALUES_FAULT):  # kept until a write succeeds (keep_when_disk_full)
+                    self._admit(key, value, nbytes)
+                    self._set_aside(key, write_failed=True)
+                    why = (
+                        "changed while it was written"
+                        if isinstance(refused, ChangedWhileWritten)
+                        else "disk refused it"
+                    )
+                    self._spill_failed(key, nbytes, refused, f"{why}; it stays in memory, over the budget")
+                else:
+                    self._admit(key, value, nbytes, offer=False)
+                    self._unspillable.add(key)
+                    self.stats.unspillable += 1
+                self.stats.puts += 1
+                if self.listeners:
+                    self._emit(PUT, key, nbytes, detail="" if cost is None else GIVEN_COST, object_id=id(value))
+                if refused is not None and not isinstance(refused, NOT_THE_VALUES_FAULT):
+                    # After the put's event: a trace says the value it put cannot be written (its "unwritable" line).
+                    self._spill_failed(key, nbytes, refused, "cannot be serialized; it stays in memory")
+            except BaseException as error:
+                if not isinstance(error, Exception):
+                    mend(self, key, value, nbytes)
+                raise
             if self._writer is not None:
                 self._writer.throttle()
             if self.notes.waiting:  # (spillkit.notes: the put is whole)
@@ -233,6 +245,10 @@ class SpillEngine(EngineLifecycle):
             self._costs.pop(key, None)
             if report and self.notes.waiting:  # (spillkit.notes: the delete is whole)
                 self.notes.report()
+        except BaseException as error:
+            if not isinstance(error, Exception):  # an interrupt between two steps above: spillkit.mending
+                mend(self)
+            raise
         finally:
             lock.release()
 
@@ -266,4 +282,4 @@ class SpillEngine(EngineLifecycle):
             self._end_round()
 
     # Acting on one victim: a function of the engine (spillkit.transfers), bound here as a method.
-    _spill = spill_victim
+    _spill = mended(spill_victim)

@@ -21,7 +21,7 @@ from .buffers import read_buffer, release_pages
 from .codecs import PickleCodec
 from .errors import CorruptSpillFile
 from .fileindex import FileIndex
-from .mapped import FileId, map_file, pin_file, unpin_file
+from .mapped import FileId, Once, map_file, pin_file, unpin_file
 from .regularfile import SAFE_OPEN
 from .spillfile import RecordError, open_record, privatize_prefix
 
@@ -155,12 +155,13 @@ class FileReads(FileIndex):
         The mapping takes over ``pinned``'s pin (undone just before its ``munmap``); with no
         mapping made, the pin stays for the read that follows (which undoes it), or is undone here.
         """
+        unpin = Once(functools.partial(unpin_file, pinned))  # (once: an interrupt may leave two callers of it)
         try:
-            mapped = map_file(pending.fd, pending.size, functools.partial(unpin_file, pinned))
+            mapped = map_file(pending.fd, pending.size, unpin)
         except OSError:
             return None  # a file system that cannot map files (ENODEV), or no address space left: read
         except BaseException:
-            unpin_file(pinned)
+            unpin()
             os.close(pending.fd)
             raise
         os.close(pending.fd)  # the mapping holds the file's pages, not the descriptor

@@ -51,6 +51,7 @@ from .tempdirs import remove_all
 __all__ = [
     "DEFAULT_MAP_FROM",
     "FileId",
+    "Once",
     "any_mapped",
     "is_mapped",
     "map_available",
@@ -129,6 +130,7 @@ def map_file(fd: int, size: int, on_unmap: Callable[[], object] | None = None) -
         unmap = weakref.finalize(region, _unmap, unmapper, address, size, on_unmap, done)
         # At exit, live values may still be read by other exit handlers; the kernel unmaps anyway.
         unmap.atexit = False
+        view = memoryview(region).cast("B")
     except BaseException:
         # (A KeyboardInterrupt may land after the finalizer was made: it must not unmap the region
         # again, nor call on_unmap for a mapping the caller undoes itself (helper-126: a second munmap
@@ -137,7 +139,20 @@ def map_file(fd: int, size: int, on_unmap: Callable[[], object] | None = None) -
             done[0] = True
             unmapper(address, size)
         raise
-    return memoryview(region).cast("B")
+    return view
+
+
+class Once:
+    """``fn()`` the first time it is called, nothing after: an ``on_unmap`` both a caller's failure path
+    and the mapping's finalizer may call (an interrupt just after :func:`map_file` returns leaves both)."""
+
+    def __init__(self, fn: Callable[[], object]) -> None:
+        self._fn: Callable[[], object] | None = fn
+
+    def __call__(self) -> None:
+        fn, self._fn = self._fn, None
+        if fn is not None:
+            fn()
 
 
 # ---- which files this process maps ---------------------------------------------------------------

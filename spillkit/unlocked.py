@@ -46,9 +46,8 @@ def read_value(engine: SpillEngine, key: Hashable) -> tuple[Any, Any]:
     try:
         lock._release_save()  # as threading.Condition.wait lets go of an RLock
         value = disk.finish_read(pending)
-    finally:
-        if count() == 0:  # (let go: take it back, as it was)
-            lock._acquire_restore(state)
+    finally:  # (entered only once _release_save has run: no signal check comes between the try and it)
+        lock._acquire_restore(state)
     return value, pending
 
 
