@@ -10,6 +10,7 @@ import gc
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import flip_last_byte
@@ -380,6 +381,36 @@ def test_an_interrupt_after_the_mapping_got_its_finalizer_unmaps_it_once(
     monkeypatch.setattr(spillkit.mapped.weakref, "finalize", spillkit.mapped.weakref.finalize.__mro__[1])
     gc.collect()
     assert len(unmapped) == 1  # before: 2, the same address
+    np.testing.assert_array_equal(chest[1], np.full(20_000, 1.0))  # before: LoadFailed (KeyError of the pin)
+    np.testing.assert_array_equal(chest[0], np.full(20_000, 0.0))
+    chest.close()
+
+
+def test_an_interrupt_just_after_the_mapping_was_made_undoes_its_pin_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # helper-126's sweep: the load's failure path undid the file's pin, and so did the mapping's finalizer
+    # once the view it had made was dropped; the next pin's count found none left (KeyError of the file id).
+    import numpy as np
+
+    import spillkit.filereads
+    import spillkit.mapped
+
+    chest = Chest(path=tmp_path / "c", available_memory=300_000, pack_threshold=0, map_loads=1)
+    for i in range(4):
+        chest[i] = np.full(20_000, i, dtype=float)
+    real = spillkit.mapped.map_file
+
+    def made_then_interrupted(*args: Any) -> Any:
+        real(*args)  # (the view is dropped at once: its finalizer runs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(spillkit.filereads, "map_file", made_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        chest[0]
+    monkeypatch.undo()
+    gc.collect()
+    assert not spillkit.mapped.any_mapped()  # every pin undone, none twice
     np.testing.assert_array_equal(chest[1], np.full(20_000, 1.0))  # before: LoadFailed (KeyError of the pin)
     np.testing.assert_array_equal(chest[0], np.full(20_000, 0.0))
     chest.close()
