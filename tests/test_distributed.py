@@ -547,3 +547,38 @@ def test_import_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "distributed.worker_memory", None)
     with pytest.raises(ImportError, match=r'pip install "spillkit\[dask\]"'):
         importlib.import_module("spillkit.distributed")
+
+
+def slow_eight_megabytes(i: int) -> Any:
+    time.sleep(0.5)
+    return np.full(1_000_000, float(i))
+
+
+def fast_eight_megabytes(i: int) -> Any:
+    return np.full(1_000_000, float(i))
+
+
+def given_costs(dask_worker: Any) -> dict[str, Any]:
+    chest = dask_worker.data
+    return {
+        "costs": {str(key): chest.engine.given_cost(key) for key in chest},
+        "spilled": [str(key) for key in chest.engine.spilled_keys],
+    }
+
+
+@pytest.mark.timeout(180)
+def test_a_workers_chest_is_told_each_tasks_compute_time_so_cost_keeps_the_slow_results(tmp_path: Path) -> None:
+    # helper-127: nothing gave a worker's Chest any cost, so policy="cost" spilled four one-second results
+    # first, as lru does. The worker's own record of each task's compute time is now its result's cost.
+    with cluster(tmp_path, (worker_storage, {"policy": "cost"}), n_workers=1) as client:
+        slow = client.map(slow_eight_megabytes, range(4), pure=False)
+        wait(slow, timeout=TIMEOUT)
+        fast = client.map(fast_eight_megabytes, range(100, 150), pure=False)  # 400 MB through a ~300 MB budget
+        wait(fast, timeout=TIMEOUT)
+        (facts,) = client.run(given_costs).values()
+        slow_keys = {future.key for future in slow}
+        assert all(facts["costs"][key] >= 0.45 for key in slow_keys), facts["costs"]
+        fast_costs = [facts["costs"][future.key] for future in fast]
+        assert all(cost is not None and cost < 0.45 for cost in fast_costs)
+        assert facts["spilled"] and not slow_keys & set(facts["spilled"])  # the fast results went to disk instead
+        assert [float(x[0]) for x in client.gather(slow)] == [0.0, 1.0, 2.0, 3.0]
