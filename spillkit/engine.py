@@ -150,6 +150,7 @@ class SpillEngine(EngineLifecycle):
                         self.notes.report()
                     return
             existed = key in self._nbytes  # TypeError for an unhashable key, before any change
+            past_round = False  # (for spillkit.mending: only then does the new value win over the old)
             try:  # (an interrupt between two steps below: spillkit.mending makes the books whole)
                 old = self._pop_resident(key) if existed else _MISSING
                 try:  # (from the pop on: a KeyboardInterrupt landing before the round lost the old value, helper-126)
@@ -165,7 +166,9 @@ class SpillEngine(EngineLifecycle):
                     error.add_note(f"spillkit: raised while making room for {describe_key(key)}, which was not stored")
                     if old is not _MISSING:
                         self._admit(key, old, self._nbytes[key])
+                    self._last_popped = None
                     raise
+                past_round, self._last_popped = True, None  # (the old value is the put's own business now)
                 if existed:
                     in_flight = self._writer is not None and self._writer.cancel(key)
                     self._refs.pop(key, None)
@@ -203,8 +206,8 @@ class SpillEngine(EngineLifecycle):
                     # After the put's event: a trace says the value it put cannot be written (its "unwritable" line).
                     self._spill_failed(key, nbytes, refused, "cannot be serialized; it stays in memory")
             except BaseException as error:
-                if not isinstance(error, Exception):
-                    mend(self, key, value, nbytes)
+                if not isinstance(error, Exception) and not self._rounds:  # (in a listener's round: the outer mends)
+                    mend(self, key, value if past_round else _MISSING, nbytes)
                 raise
             if self._writer is not None:
                 self._writer.throttle()
@@ -231,6 +234,7 @@ class SpillEngine(EngineLifecycle):
             resident = key in self.memory
             if resident:
                 self._pop_resident(key)
+                self._last_popped = None  # (being deleted: nothing to give back)
             else:  # spilled (or on its way): a ghost list must not take a later put of the key for its return
                 self.policy.forgotten(key)
             in_flight = self._writer is not None and self._writer.cancel(key)
@@ -246,8 +250,8 @@ class SpillEngine(EngineLifecycle):
             if report and self.notes.waiting:  # (spillkit.notes: the delete is whole)
                 self.notes.report()
         except BaseException as error:
-            if not isinstance(error, Exception):  # an interrupt between two steps above: spillkit.mending
-                mend(self)
+            if not isinstance(error, Exception) and not self._rounds:  # an interrupt between two steps above
+                mend(self, key)  # (spillkit.mending; in a listener's round, the outer operation mends)
             raise
         finally:
             lock.release()
@@ -259,7 +263,12 @@ class SpillEngine(EngineLifecycle):
             self._check_open()
             if self.listeners:
                 self._emit(SETTLE, None, 0)
-            self._make_room(0)
+            try:
+                self._make_room(0)
+            except BaseException as error:
+                if not isinstance(error, Exception) and not self._rounds:
+                    mend(self)  # (an interrupt in the round: spillkit.mending)
+                raise
             if self._writer is not None:
                 self._writer.throttle()
 

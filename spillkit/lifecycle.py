@@ -5,16 +5,18 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Hashable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .errors import NOT_THE_VALUES_FAULT, SpillError
 from .events import CHANGED, FLUSH, FREE, LOAD, POPPED
 from .keys import describe_key, unfindable_key
 from .ledger import _MISSING, EngineLedger
+from .mending import mend
 from .notes import reports_notes
 from .transfers import failed_read, timed_write
 
 if TYPE_CHECKING:
+    from .engine import SpillEngine
     from .tiers import DiskTier
 
 __all__ = ["EngineLifecycle"]
@@ -100,21 +102,27 @@ class EngineLifecycle(EngineLedger):
             if self.listeners:  # the request, for traces to replay (its spills follow as events)
                 with contextlib.suppress(Exception):  # (a listener's warning raised as an error: never raised)
                     self._emit(FREE, None, 0)
-            with self._round():
-                while True:
-                    try:
-                        # victim(), not victim_for: the caller (a worker over its memory target) does not know
-                        # how many bytes it needs, and a size-weighing policy told "1 byte" would pick the smallest.
-                        key = self.policy.victim()
-                        if not self._spill(key, background=False):  # the caller wants the bytes freed now
+            try:
+                with self._round():
+                    while True:
+                        try:
+                            # victim(), not victim_for: the caller (a worker over its memory target) does not
+                            # know how many bytes it needs, and a size-weighing policy told "1 byte" would
+                            # pick the smallest.
+                            key = self.policy.victim()
+                            if not self._spill(key, background=False):  # the caller wants the bytes freed now
+                                return -1
+                        except KeyError:
+                            if not self._retry_failed():  # (their write failed: they may be written now)
+                                return -1
+                        except Exception:
                             return -1
-                    except KeyError:
-                        if not self._retry_failed():  # (their write failed: they may be written now)
-                            return -1
-                    except Exception:
-                        return -1
-                    if self.memory_bytes < before:
-                        return before - self.memory_bytes
+                        if self.memory_bytes < before:
+                            return before - self.memory_bytes
+            except BaseException:  # (not an Exception: an interrupt mid-spill, spillkit.mending)
+                if not self._rounds:
+                    mend(cast("SpillEngine", self))
+                raise
 
     def restore(self, key: Hashable, nbytes: int, cost: float | None) -> None:
         """Register a key whose value is already on disk (re-opening a directory)."""
@@ -235,6 +243,7 @@ class EngineLifecycle(EngineLedger):
                         self._pop_resident(key)
                     except Exception as error:  # the policy's own, told last: the value has left memory all the same
                         failure = failure or error
+                    self._last_popped = None
                     if key in self.disk:
                         self._spilled_nbytes += self._nbytes[key]
                 for key in self.spilled_keys if forget_memory else ():  # the policy may serve another Chest:

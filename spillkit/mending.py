@@ -36,10 +36,12 @@ __all__ = ["mend", "mended"]
 
 
 def mend(engine: SpillEngine, key: Hashable = _MISSING, value: Any = _MISSING, nbytes: int = 0) -> None:
-    """After an interrupt: make ``engine``'s bookkeeping whole again (lock held).
+    """After an interrupt: make ``engine``'s bookkeeping whole again (lock held, outermost operation only).
 
-    ``key``, ``value`` and ``nbytes`` name the put that was interrupted, if one was: its key
-    ends with the value memory or the disk still holds for it, else with ``value``.
+    ``key`` is the key the stopped operation worked on (a put's, a delete's, a load's, a spill's
+    victim); ``value`` and ``nbytes`` are a put's new value, given only once its round is done: its
+    key then ends with that value. Other keys are never dropped nor re-measured (a key whose hash
+    changed since it was stored is found by identity, as it is kept).
     """
     engine._busy.clear()  # (the interrupt unwinds every operation under way in this thread)
     writer = engine._writer
@@ -47,69 +49,76 @@ def mend(engine: SpillEngine, key: Hashable = _MISSING, value: Any = _MISSING, n
     for name, write in list(pending.items()):
         if write.evicting and name in engine.memory:  # handed off, then interrupted before leaving memory
             write.evicting = False  # (its write lands as a copy, as a rescued value's)
-    if value is not _MISSING and key not in engine.memory:
-        # A put past its round (which puts the old value back itself when interrupted): the old value
-        # is on its way out, so the new one is the key's; an old record or write must not outlive it.
-        if writer is not None:
-            writer.writer.cancel(key)
-        with contextlib.suppress(Exception):  # (unlinking may fail: the record then is a leftover, not the key's)
-            if key in engine.disk:
-                engine.disk.delete(key)
-        engine._refs.pop(key, None)
-        engine.memory[key] = value
-        engine._nbytes[key] = nbytes
-    gone = [
-        name for name in engine._nbytes if name not in engine.memory and name not in pending and name not in engine.disk
-    ]
-    for name in gone:  # a key in none of the three places cannot be read: not listed
-        del engine._nbytes[name]
-        engine._costs.pop(name, None)
-    for name in list(engine.memory):
-        if name not in engine._nbytes:
-            engine._nbytes[name] = engine.sizeof(engine.memory[name])
+    popped, engine._last_popped = engine._last_popped, None
+    if key is not _MISSING:
+        if value is _MISSING and popped is not None and popped[0] is key and key not in engine.memory:
+            engine.memory[key] = popped[1]  # taken out of memory by the stopped operation, kept nowhere else yet
+        if value is not _MISSING and key not in engine.memory:
+            # A put past its round: the old value is on its way out, so the new one is the key's; an
+            # old record or write must not outlive it.
+            if writer is not None:
+                writer.writer.cancel(key)
+            with contextlib.suppress(Exception):  # (unlinking may fail: the record then is a leftover, not the key's)
+                if key in engine.disk:
+                    engine.disk.delete(key)
+            engine._refs.pop(key, None)
+            engine.memory[key] = value
+            engine._nbytes[key] = nbytes
+        elif key not in engine.memory and key not in pending and key not in engine.disk:
+            engine._nbytes.pop(key, None)  # in none of the three places: it cannot be read, so not listed
+            engine._costs.pop(key, None)
+        if key in engine.memory and key not in engine._nbytes:
+            engine._nbytes[key] = engine.sizeof(engine.memory[key])
     _recount(engine, pending)
-    _realign_policy(engine, gone)
+    _realign_policy(engine, key)
 
 
 def _recount(engine: SpillEngine, pending: dict[Hashable, Any]) -> None:
     # Residency by object (a value under two keys counts once, at its first key's size), pins, and the
-    # bytes out of memory: as _admit, _release, _hold and the spills keep them one step at a time.
+    # bytes out of memory: as _admit, _release, _hold and the spills keep them one step at a time. Keys
+    # are matched by equality (memory and the size table may hold different but equal key objects),
+    # and by identity too, for a key whose hash changed since it was stored.
+    memory, nbytes = engine.memory, engine._nbytes
+    by_identity = {id(name): size for name, size in nbytes.items()}
     objects: dict[int, list[int]] = {}
-    for name, resident in engine.memory.items():
+    for name, resident in memory.items():
         entry = objects.get(id(resident))
         if entry is None:
             known = engine._objects.get(id(resident))
-            entry = objects[id(resident)] = [0, known[1] if known is not None else engine._nbytes[name], 0]
+            size = known[1] if known is not None else nbytes.get(name, by_identity.get(id(name), 0))
+            entry = objects[id(resident)] = [0, size, 0]
         entry[0] += 1
         if engine._pins and name in engine._pins:
             entry[2] += 1
     engine._objects = objects
     engine.memory_bytes = sum(entry[1] for entry in objects.values())
     engine.pinned_bytes = sum(entry[1] for entry in objects.values() if entry[2])
-    evicting = {name for name, write in pending.items() if write.evicting}
     if engine._writer is not None:
-        engine._writer.writer.in_flight_bytes = sum(pending[name].nbytes for name in evicting)
+        engine._writer.writer.in_flight_bytes = sum(write.nbytes for write in pending.values() if write.evicting)
+    resident_ids = {id(name) for name in memory}
     engine._spilled_nbytes = sum(
-        size for name, size in engine._nbytes.items() if name not in engine.memory and name not in evicting
+        size
+        for name, size in nbytes.items()
+        if name not in memory and id(name) not in resident_ids and not (name in pending and pending[name].evicting)
     )
 
 
-def _realign_policy(engine: SpillEngine, gone: list[Hashable]) -> None:
-    # The policy must hold exactly the resident keys that are neither set aside nor unspillable
-    # (``gone``: keys no longer listed at all, which it may still hold).
+def _realign_policy(engine: SpillEngine, key: Hashable) -> None:
+    # The policy must hold exactly the resident keys that are neither set aside nor unspillable. Rebuilt
+    # whatever its length says: an interrupted admitted or removed can leave a key in part of it.
     policy, memory = engine.policy, engine.memory
     engine._aside = [name for name in engine._aside if name in memory]
     engine._unspillable.intersection_update(memory)
-    held = [name for name in memory if name not in engine._unspillable and name not in engine._aside]
-    if len(policy) == len(held):
-        return
-    for name in [*(name for name in engine._nbytes if name not in memory), *gone]:  # out of memory: out of it
+    out = [name for name in engine._nbytes if name not in memory]
+    for name in [*out, *([] if key is _MISSING or key in memory else [key])]:  # out of memory: out of it
         with contextlib.suppress(KeyError):
             policy.removed(name)
-    for name in held:  # offered again: its place in the order is lost, its value is not
+    for name in list(memory):  # offered again: its place in the order is lost, its value is not
+        if name not in memory or name in engine._unspillable or name in engine._aside:
+            continue  # (not found by its hash any more: kept out of the policy, as a round would find it)
         with contextlib.suppress(KeyError):
             policy.removed(name)
-        size = engine._nbytes[name]
+        size = engine._nbytes.get(name, 0)
         policy.admitted(name, size, engine._cost(name, size))
 
 
@@ -121,8 +130,8 @@ def mended(operation: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return operation(engine, *args, **kwargs)
         except BaseException as error:
-            if not isinstance(error, Exception):
-                mend(engine)
+            if not isinstance(error, Exception) and not engine._rounds:  # (inside a round: its operation mends)
+                mend(engine, args[0] if args else _MISSING)
             raise
 
     return mending

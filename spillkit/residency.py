@@ -47,6 +47,9 @@ class ResidentObjects:
     _unspillable: set[Hashable]
     _aside: list[Hashable]
     _write_failed: set[Hashable]
+    # The last (key, value) _pop_resident took out of memory: where spillkit.mending finds an old value
+    # whose caller was interrupted just as the call returned it (before it could keep it anywhere).
+    _last_popped: tuple[Hashable, Any] | None = None
 
     lock: threading.RLock
     listeners: list[Listener]
@@ -76,19 +79,25 @@ class ResidentObjects:
             self.policy.admitted(key, nbytes, self._cost(key, nbytes))
 
     def _pop_resident(self, key: Hashable) -> Any:
-        value = self.memory.pop(key, _MISSING)
+        value = self.memory.get(key, _MISSING)
         if value is _MISSING:
             return value
-        if self._pins and key in self._pins:
-            self._hold(self._objects[id(value)], -1)
-        self._release(value)
-        if key in self._unspillable:
-            self._unspillable.discard(key)
-        elif self._aside and key in self._aside:  # out of the policy for now: not offered again
-            self._aside.remove(key)
-            self._write_failed.discard(key)
-        else:
-            self.policy.removed(key)
+        try:
+            if self._pins and key in self._pins:
+                self._hold(self._objects[id(value)], -1)
+            self._release(value)
+            if key in self._unspillable:
+                self._unspillable.discard(key)
+            elif self._aside and key in self._aside:  # out of the policy for now: not offered again
+                self._aside.remove(key)
+                self._write_failed.discard(key)
+            else:
+                self.policy.removed(key)
+        finally:  # (whatever the policy raised: the value leaves memory all the same)
+            # Out of memory last, kept aside first: wherever an interrupt lands, spillkit.mending finds it.
+            # Each caller lets go of it (_last_popped = None) once it holds the value itself.
+            self._last_popped = (key, value)
+            del self.memory[key]
         return value
 
     def _hold(self, entry: list[int], change: int) -> None:

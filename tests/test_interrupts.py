@@ -25,17 +25,17 @@ import pytest
 from conftest import assert_accounting
 
 import spillkit
-from spillkit import Chest
+from spillkit import Chest, policy_names
 
 ROOT = os.path.dirname(spillkit.__file__)
+POLICIES = os.path.join(ROOT, "policies")
 ENGINE = {
     os.path.join(ROOT, name)
     for name in (
         "engine.py", "transfers.py", "residency.py", "lifecycle.py", "ledger.py", "rounds.py", "liveobjects.py",
-        "writebehind.py", "unlocked.py", "chest.py", "chest_dict.py", os.path.join("policies", "base.py"),
-        os.path.join("policies", "lru.py"),
+        "writebehind.py", "unlocked.py", "chest.py", "chest_dict.py",
     )
-}  # fmt: skip
+} | {os.path.join(POLICIES, name) for name in os.listdir(POLICIES) if name.endswith(".py")}  # fmt: skip
 _POINTS: dict[CodeType, frozenset[int]] = {}
 
 
@@ -110,8 +110,9 @@ def resident(chest: Chest) -> str:
 # operation name -> (the key it touches, the operation, what else than its old value it may hold after)
 OPERATIONS: dict[str, Callable[[Chest], tuple[str, Callable[[], object], set[str | None]]]] = {
     "put a new key": lambda c: ("new", lambda: c.__setitem__("new", value(99)), {None, value(99)}),
+    "put a new large key": lambda c: ("new", lambda: c.__setitem__("new", value(96) * 4), {None, value(96) * 4}),
     "overwrite a spilled key": lambda c: (k := spilled(c), lambda: c.__setitem__(k, value(98)), {value(98)}),
-    "overwrite a resident key": lambda c: (k := resident(c), lambda: c.__setitem__(k, value(97)), {value(97)}),
+    "overwrite a resident key": lambda c: (k := resident(c), lambda: c.__setitem__(k, value(97) * 3), {value(97) * 3}),
     "get a spilled key": lambda c: (k := spilled(c), lambda: c[k], set()),
     "delete a spilled key": lambda c: (k := spilled(c), lambda: c.__delitem__(k), {None}),
     "pop a resident key": lambda c: (k := resident(c), lambda: c.pop(k), {None}),
@@ -119,11 +120,18 @@ OPERATIONS: dict[str, Callable[[Chest], tuple[str, Callable[[], object], set[str
 }
 
 
-@pytest.mark.parametrize("options", [{}, {"write_behind": True}], ids=["synchronous", "write-behind"])
+CASES = [(policy, {}) for policy in policy_names()] + [("lru", {"write_behind": True})]
+
+
+@pytest.mark.filterwarnings("error::spillkit.SpillWarning")  # ("names no victim": a policy left holding a ghost)
+@pytest.mark.parametrize(("policy", "options"), CASES, ids=[f"{p}{'-write-behind' if o else ''}" for p, o in CASES])
 @pytest.mark.parametrize("name", list(OPERATIONS))
 def test_an_interrupt_at_any_point_of_an_operation_leaves_the_chest_whole(
-    tmp_path: Path, name: str, options: dict[str, Any]
+    tmp_path: Path, name: str, policy: str, options: dict[str, Any]
 ) -> None:
+    # (helper-128: with only LRU's module traced, and no round in the overwrite, the sweep missed a mend
+    # inside a put's round dropping the key, and policies left holding part of a key.)
+    options = {"policy": policy, **options}
     chest, _ = filled(tmp_path, options)
     _, operation, _ = OPERATIONS[name](chest)
     counter = Interrupter(0)
@@ -135,6 +143,7 @@ def test_an_interrupt_at_any_point_of_an_operation_leaves_the_chest_whole(
         key, operation, allowed = OPERATIONS[name](chest)
         old = model.get(key)
         interrupted = Interrupter(at).run(operation)
+        assert interrupted or options.get("write_behind"), at  # (the writer's timing may shorten a sweep)
         chest.wait_for_writes()
         where = f"interrupted at point {at} of {counter.count}" if interrupted else "not interrupted"
         for other, text in model.items():

@@ -59,10 +59,12 @@ class GreedyDual(Policy):
             self._push(key, keep_age=True)  # (its place among equal priorities too: helper-107)
 
     def removed(self, key: Hashable) -> None:
-        self._heap.discard(key)
-        del self._weights[key]
-        del self._counts[key]
-        del self._bases[key]
+        # From every structure, even one an interrupted call left the key in (spillkit.mending); KeyError if none.
+        found = [self._heap.drop(key)] + [
+            part.pop(key, None) is not None for part in (self._weights, self._counts, self._bases)
+        ]
+        if not any(found):
+            raise KeyError(key)
 
     def evicted(self, key: Hashable) -> None:
         priority = self._heap.priority(key)

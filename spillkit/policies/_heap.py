@@ -49,6 +49,10 @@ class LazyHeap:
         """Remove ``key``; raise KeyError if it is absent."""
         del self._live[key]
 
+    def drop(self, key: Hashable) -> bool:
+        """Remove ``key`` if present; True if it was."""
+        return self._live.pop(key, None) is not None
+
     def priority(self, key: Hashable) -> Priority:
         """The key's current priority."""
         return self._live[key][0]

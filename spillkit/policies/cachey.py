@@ -109,9 +109,10 @@ class CacheyScore(Policy):
         self._heap.push(key, self._log_weight[key] + log_time)
 
     def removed(self, key: Hashable) -> None:
-        self._heap.discard(key)
-        del self._log_weight[key]
-        del self._log_time[key]
+        # From every structure, even one an interrupted call left the key in (spillkit.mending); KeyError if none.
+        found = self._heap.drop(key) | (self._log_weight.pop(key, None) is not None)
+        if not (self._log_time.pop(key, None) is not None) | found:
+            raise KeyError(key)
 
     def victim(self) -> Hashable:
         return self._heap.peek()[0]

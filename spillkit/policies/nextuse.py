@@ -89,8 +89,9 @@ class GraphAware(Policy):
             raise KeyError(key)
 
     def removed(self, key: Hashable) -> None:
-        self._heap.discard(key)
-        del self._sizes[key]
+        # From every structure, even one an interrupted call left the key in (spillkit.mending); KeyError if none.
+        if not (self._heap.drop(key) | (self._sizes.pop(key, None) is not None)):
+            raise KeyError(key)
 
     def victim(self) -> Hashable:
         return self._heap.peek()[0]

@@ -100,10 +100,14 @@ class SIEVE(Policy):
         self._nodes[key]  # KeyError for an unknown key; SIEVE ignores cost
 
     def removed(self, key: Hashable) -> None:
-        node = self._nodes.pop(key)
+        node = self._nodes[key]
         if node is self._hand:
             self._hand = node.newer
         self._unlink(node)
+        # Out of the table last: an interrupt before this leaves the key where a second removed() finds it
+        # (spillkit.mending), and unlinking again changes nothing. Popped first, it stayed in the queue for
+        # good, and the hand could name it as a victim no longer anywhere.
+        del self._nodes[key]
 
     def evicted(self, key: Hashable) -> None:
         node = self._nodes[key]
