@@ -33,7 +33,7 @@ ENGINE = {
     os.path.join(ROOT, name)
     for name in (
         "engine.py", "transfers.py", "residency.py", "lifecycle.py", "ledger.py", "rounds.py", "liveobjects.py",
-        "writebehind.py", "unlocked.py", "chest.py", "chest_dict.py",
+        "writebehind.py", "writer.py", "unlocked.py", "chest.py", "chest_dict.py",
     )
 } | {os.path.join(POLICIES, name) for name in os.listdir(POLICIES) if name.endswith(".py")}  # fmt: skip
 _POINTS: dict[CodeType, frozenset[int]] = {}
@@ -146,6 +146,8 @@ def test_an_interrupt_at_any_point_of_an_operation_leaves_the_chest_whole(
         assert interrupted or options.get("write_behind"), at  # (the writer's timing may shorten a sweep)
         chest.wait_for_writes()
         where = f"interrupted at point {at} of {counter.count}" if interrupted else "not interrupted"
+        writer = chest.engine._writer
+        assert writer is None or not writer.pending, where  # (no write left pending that no thread will run)
         for other, text in model.items():
             if other != key:
                 assert chest[other] == text, (where, other)
