@@ -11,13 +11,15 @@ a small put (about 5 µs to swap the handler and back), so instead the engine's 
 catch what is not an ``Exception`` and call :func:`mend` before letting it go on.
 
 :func:`mend` makes the structures agree with what memory, the disk and the writer hold,
-recounting in O(keys): the key of a put interrupted after its round holds the new value
-(one interrupted before holds the old: the round puts it back); a key in none of memory,
-the disk and the writer's queue is no longer listed; a value handed to the writer but not
-yet out of memory stays in memory; the policy is offered again what is resident and out
-of it. Runs under
-the engine's lock; raises nothing of its own. Left as they were: a store's own state
-(a segment file created and not yet named, counted by the store's next recount).
+recounting in O(keys). Only the outermost operation calls it (a round's spill inside a
+put would otherwise mend while the put holds the old value in hand): the stopped put's
+key holds its old value if the put had not finished making room (the value it took out of
+memory is kept where mend finds it, ``_last_popped``), else the new one; the stopped
+operation's key, found in none of memory, the disk and the writer's queue, is no longer
+listed; a value handed to the writer but not yet out of memory stays in memory; and the
+policy is rebuilt from the resident keys (its order for them is lost). Runs under the
+engine's lock; raises nothing of its own. Left as they were: a store's own state (a
+segment record or file not yet named: uncounted until the Chest closes).
 """
 
 from __future__ import annotations
