@@ -10,7 +10,7 @@ from .events import DELETE, GIVEN_COST, HIT, PUT, SETTLE
 from .keys import describe_key
 from .ledger import _MISSING as _MISSING  # re-exported: chest.py imports the sentinel from here
 from .lifecycle import EngineLifecycle
-from .mending import mend, mended
+from .mending import mend_if_interrupted, mended
 from .notes import reports_notes
 from .policies.base import Policy
 from .sizeof import checked_size
@@ -152,7 +152,7 @@ class SpillEngine(EngineLifecycle):
             existed = key in self._nbytes  # TypeError for an unhashable key, before any change
             past_round = False  # (for spillkit.mending: only then does the new value win over the old)
             try:  # (an interrupt between two steps below: spillkit.mending makes the books whole)
-                old = self._pop_resident(key) if existed else _MISSING
+                old = self._pop_resident(key, keep=True) if existed else _MISSING
                 try:  # (from the pop on: a KeyboardInterrupt landing before the round lost the old value, helper-126)
                     if not self.deferred and refused is None:  # (a refused value is held over the budget anyway)
                         incoming = self._incoming(key, value, nbytes)
@@ -166,7 +166,6 @@ class SpillEngine(EngineLifecycle):
                     error.add_note(f"spillkit: raised while making room for {describe_key(key)}, which was not stored")
                     if old is not _MISSING:
                         self._admit(key, old, self._nbytes[key])
-                    self._last_popped = None
                     raise
                 past_round, self._last_popped = True, None  # (the old value is the put's own business now)
                 if existed:
@@ -206,8 +205,8 @@ class SpillEngine(EngineLifecycle):
                     # After the put's event: a trace says the value it put cannot be written (its "unwritable" line).
                     self._spill_failed(key, nbytes, refused, "cannot be serialized; it stays in memory")
             except BaseException as error:
-                if not isinstance(error, Exception) and not self._rounds:  # (in a listener's round: the outer mends)
-                    mend(self, key, value if past_round else _MISSING, nbytes)
+                mend_if_interrupted(self, error, key, value if past_round else _MISSING, nbytes)
+                self._last_popped = None  # (an error of the policy's own in the pop left it set)
                 raise
             if self._writer is not None:
                 self._writer.throttle()
@@ -234,7 +233,6 @@ class SpillEngine(EngineLifecycle):
             resident = key in self.memory
             if resident:
                 self._pop_resident(key)
-                self._last_popped = None  # (being deleted: nothing to give back)
             else:  # spilled (or on its way): a ghost list must not take a later put of the key for its return
                 self.policy.forgotten(key)
             in_flight = self._writer is not None and self._writer.cancel(key)
@@ -250,8 +248,7 @@ class SpillEngine(EngineLifecycle):
             if report and self.notes.waiting:  # (spillkit.notes: the delete is whole)
                 self.notes.report()
         except BaseException as error:
-            if not isinstance(error, Exception) and not self._rounds:  # an interrupt between two steps above
-                mend(self, key)  # (spillkit.mending; in a listener's round, the outer operation mends)
+            mend_if_interrupted(self, error, key)  # (an interrupt between two steps above)
             raise
         finally:
             lock.release()
@@ -266,8 +263,7 @@ class SpillEngine(EngineLifecycle):
             try:
                 self._make_room(0)
             except BaseException as error:
-                if not isinstance(error, Exception) and not self._rounds:
-                    mend(self)  # (an interrupt in the round: spillkit.mending)
+                mend_if_interrupted(self, error)  # (an interrupt in the round)
                 raise
             if self._writer is not None:
                 self._writer.throttle()

@@ -11,7 +11,7 @@ from .errors import NOT_THE_VALUES_FAULT, SpillError
 from .events import CHANGED, FLUSH, FREE, LOAD, POPPED
 from .keys import describe_key, unfindable_key
 from .ledger import _MISSING, EngineLedger
-from .mending import mend
+from .mending import mend_if_interrupted
 from .notes import reports_notes
 from .transfers import failed_read, timed_write
 
@@ -119,9 +119,8 @@ class EngineLifecycle(EngineLedger):
                             return -1
                         if self.memory_bytes < before:
                             return before - self.memory_bytes
-            except BaseException:  # (not an Exception: an interrupt mid-spill, spillkit.mending)
-                if not self._rounds:
-                    mend(cast("SpillEngine", self))
+            except BaseException as error:  # (an interrupt mid-spill)
+                mend_if_interrupted(cast("SpillEngine", self), error)
                 raise
 
     def restore(self, key: Hashable, nbytes: int, cost: float | None) -> None:
@@ -243,7 +242,6 @@ class EngineLifecycle(EngineLedger):
                         self._pop_resident(key)
                     except Exception as error:  # the policy's own, told last: the value has left memory all the same
                         failure = failure or error
-                    self._last_popped = None
                     if key in self.disk:
                         self._spilled_nbytes += self._nbytes[key]
                 for key in self.spilled_keys if forget_memory else ():  # the policy may serve another Chest:

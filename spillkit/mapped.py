@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import functools
 import mmap
 import os
 import threading
@@ -94,12 +95,9 @@ def map_available() -> bool:
     return _LIBC is not None
 
 
-def _unmap(unmapper: Any, address: int, size: int, on_unmap: Callable[[], object] | None, done: list[bool]) -> None:
+def _unmap(unmapper: Any, address: int, size: int, on_unmap: Callable[[], object] | None) -> None:
     # Told first: once unmapped, the file's inode may be freed and its number given to a new file,
     # whose mapping must not be counted before this one's end.
-    if done[0]:  # map_file unmapped it already (interrupted after the finalizer was made): not twice
-        return
-    done[0] = True
     if on_unmap is not None:
         on_unmap()
     unmapper(address, size)
@@ -111,9 +109,10 @@ def map_file(fd: int, size: int, on_unmap: Callable[[], object] | None = None) -
     The caller checks that the file holds at least ``size`` bytes (a page past the end
     of the file faults when touched). The descriptor may be closed at once. The region
     is unmapped when the returned view and everything built on it are freed, just after
-    ``on_unmap()`` is called, in whichever thread frees it (it must not block or raise).
-    Thread-safe. Raises ``OSError`` if the kernel refuses the mapping and
-    ``RuntimeError`` where mapping is not available (see :func:`map_available`).
+    ``on_unmap()`` is called, in whichever thread frees it (it must not block or raise); a
+    failure once the region is mapped unmaps it at once, the same way. Thread-safe. Raises
+    ``OSError`` if the kernel refuses the mapping and ``RuntimeError`` where mapping is not
+    available (see :func:`map_available`).
     """
     if _LIBC is None:
         raise RuntimeError("memory-mapped loads need a POSIX system")
@@ -124,20 +123,18 @@ def map_file(fd: int, size: int, on_unmap: Callable[[], object] | None = None) -
     if address is None or address == _MAP_FAILED:
         error = ctypes.get_errno()
         raise OSError(error, f"mmap of {size} bytes failed: {os.strerror(error)}")
-    done = [False]  # set by whichever unmaps first: this function on failure, or the finalizer
+    # Once: this function's failure path and the region's finalizer may both run it (a KeyboardInterrupt
+    # landing after the finalizer was made: helper-126 saw a second munmap, of an address maybe given to
+    # another mapping since, and the pin undone twice).
+    release = Once(functools.partial(_unmap, unmapper, address, size, on_unmap))
     try:
         region = (ctypes.c_ubyte * size).from_address(address)
-        unmap = weakref.finalize(region, _unmap, unmapper, address, size, on_unmap, done)
+        unmap = weakref.finalize(region, release)
         # At exit, live values may still be read by other exit handlers; the kernel unmaps anyway.
         unmap.atexit = False
         view = memoryview(region).cast("B")
     except BaseException:
-        # (A KeyboardInterrupt may land after the finalizer was made: it must not unmap the region
-        # again, nor call on_unmap for a mapping the caller undoes itself (helper-126: a second munmap
-        # of an address maybe given to another mapping since, and a pin undone twice).)
-        if not done[0]:
-            done[0] = True
-            unmapper(address, size)
+        release()
         raise
     return view
 

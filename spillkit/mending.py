@@ -34,7 +34,7 @@ from .ledger import _MISSING
 if TYPE_CHECKING:
     from .engine import SpillEngine
 
-__all__ = ["mend", "mended"]
+__all__ = ["mend", "mend_if_interrupted", "mended"]
 
 
 def mend(engine: SpillEngine, key: Hashable = _MISSING, value: Any = _MISSING, nbytes: int = 0) -> None:
@@ -124,6 +124,15 @@ def _realign_policy(engine: SpillEngine, key: Hashable) -> None:
         policy.admitted(name, size, engine._cost(name, size))
 
 
+def mend_if_interrupted(
+    engine: SpillEngine, error: BaseException, key: Hashable = _MISSING, value: Any = _MISSING, nbytes: int = 0
+) -> None:
+    """:func:`mend` when ``error`` stopped an operation between two steps: not an ``Exception`` (an
+    interrupt), and no round open (inside one, the operation that opened it mends, once it unwinds)."""
+    if not isinstance(error, Exception) and not engine._rounds:
+        mend(engine, key, value, nbytes)
+
+
 def mended(operation: Callable[..., Any]) -> Callable[..., Any]:
     """``operation(engine, ...)``, with :func:`mend` called when something not an ``Exception`` stops it."""
 
@@ -132,8 +141,7 @@ def mended(operation: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return operation(engine, *args, **kwargs)
         except BaseException as error:
-            if not isinstance(error, Exception) and not engine._rounds:  # (inside a round: its operation mends)
-                mend(engine, args[0] if args else _MISSING)
+            mend_if_interrupted(engine, error, args[0] if args else _MISSING)
             raise
 
     return mending

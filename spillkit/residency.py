@@ -47,8 +47,8 @@ class ResidentObjects:
     _unspillable: set[Hashable]
     _aside: list[Hashable]
     _write_failed: set[Hashable]
-    # The last (key, value) _pop_resident took out of memory: where spillkit.mending finds an old value
-    # whose caller was interrupted just as the call returned it (before it could keep it anywhere).
+    # The last (key, value) a put's _pop_resident took out of memory: where spillkit.mending finds the old
+    # value when the put was interrupted just as the call returned it (before it could keep it anywhere).
     _last_popped: tuple[Hashable, Any] | None = None
 
     lock: threading.RLock
@@ -78,7 +78,8 @@ class ResidentObjects:
         if offer:  # a value set aside as unserializable is never offered to the policy
             self.policy.admitted(key, nbytes, self._cost(key, nbytes))
 
-    def _pop_resident(self, key: Hashable) -> Any:
+    def _pop_resident(self, key: Hashable, keep: bool = False) -> Any:
+        # ``keep``: the value is also left in _last_popped (a put's old value: the put lets go of it).
         value = self.memory.get(key, _MISSING)
         if value is _MISSING:
             return value
@@ -95,8 +96,8 @@ class ResidentObjects:
                 self.policy.removed(key)
         finally:  # (whatever the policy raised: the value leaves memory all the same)
             # Out of memory last, kept aside first: wherever an interrupt lands, spillkit.mending finds it.
-            # Each caller lets go of it (_last_popped = None) once it holds the value itself.
-            self._last_popped = (key, value)
+            if keep:
+                self._last_popped = (key, value)
             del self.memory[key]
         return value
 

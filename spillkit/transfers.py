@@ -87,7 +87,6 @@ def write_through(engine: SpillEngine, key: Hashable, value: Any, nbytes: int, c
         raise
     if key in engine._nbytes:
         resident = engine._pop_resident(key) is not _MISSING
-        engine._last_popped = None  # (replaced by the value just written)
         if not resident:  # (a ghost list's entry of it is no value's now: helper-108)
             engine.policy.forgotten(key)
         in_flight = engine._writer is not None and engine._writer.cancel(key)

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 from helpers import flip_last_byte
 
+import spillkit.filereads
+import spillkit.mapped
 from spillkit import Chest, CorruptSpillFile
 from spillkit.mapped import map_file
 
@@ -221,8 +223,6 @@ def test_a_file_system_that_cannot_map_gets_the_value_read(tmp_path: Path, monke
     # Some file systems (certain FUSE mounts) refuse mmap with ENODEV: the load reads the file instead.
     import errno
 
-    import spillkit.filereads
-
     def refuse(fd: int, size: int, on_unmap: object = None) -> memoryview:
         raise OSError(errno.ENODEV, "No such device")
 
@@ -267,7 +267,6 @@ def test_a_pickle_stream_rewritten_after_the_check_is_not_what_is_unpickled(
     # Before (helper-84): a mapped record was checked, then unpickled from the file's own pages, which a
     # second process rewriting the file could swap for a stream that runs code. Here the "attacker"
     # writes at the worst moment: right after the check, before the unpickling.
-    import spillkit.filereads
     from spillkit.spillfile import _FIXED, HEADER_SIZE, open_record
 
     chest = Chest(path=tmp_path / "c", available_memory="3 MiB", map_loads=True, compression=compression)
@@ -304,7 +303,6 @@ def test_the_prefix_to_copy_is_measured_on_the_private_copy_of_the_header(
     # Before (helper-86): privatize_prefix read the signed prefix's length from the file's own page, then
     # copied: a header saying "no prefix" while it was read, put back right after, left the stream in
     # pages the file could still change after the check. Now the length comes from the page copied.
-    import spillkit.filereads
     import spillkit.spillfile as spillfile
 
     chest = Chest(path=tmp_path / "c", available_memory="3 MiB", map_loads=True)
@@ -360,18 +358,25 @@ def _pwrite(path: str, data: bytes, offset: int) -> None:
         os.close(fd)
 
 
+def four_arrays_two_spilled(tmp_path: Path) -> Chest:
+    """A mapping Chest holding four 160 kB arrays, 0 and 1 spilled."""
+    chest = Chest(path=tmp_path / "c", available_memory=300_000, pack_threshold=0, map_loads=1)
+    for i in range(4):
+        chest[i] = numpy.full(20_000, i, dtype=float)
+    return chest
+
+
+def assert_both_spilled_arrays_load(chest: Chest) -> None:
+    numpy.testing.assert_array_equal(chest[1], numpy.full(20_000, 1.0))  # before: LoadFailed (KeyError of the pin)
+    numpy.testing.assert_array_equal(chest[0], numpy.full(20_000, 0.0))
+
+
 def test_an_interrupt_after_the_mapping_got_its_finalizer_unmaps_it_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # helper-126: a KeyboardInterrupt there unmapped the region, then its finalizer unmapped it again and
     # undid the file's pin a second time (the caller undoes it too): the next load of another key failed.
-    import numpy as np
-
-    import spillkit.mapped
-
-    chest = Chest(path=tmp_path / "c", available_memory=300_000, pack_threshold=0, map_loads=1)
-    for i in range(4):
-        chest[i] = np.full(20_000, i, dtype=float)  # 160 kB each: 0 and 1 spilled
+    chest = four_arrays_two_spilled(tmp_path)
     unmapped: list[int] = []
     mapper, unmapper = spillkit.mapped._LIBC
 
@@ -389,11 +394,10 @@ def test_an_interrupt_after_the_mapping_got_its_finalizer_unmaps_it_once(
     monkeypatch.setattr(spillkit.mapped.weakref, "finalize", InterruptedFinalize)
     with pytest.raises(KeyboardInterrupt):
         chest[0]
-    monkeypatch.setattr(spillkit.mapped.weakref, "finalize", spillkit.mapped.weakref.finalize.__mro__[1])
+    monkeypatch.undo()
     gc.collect()
     assert len(unmapped) == 1  # before: 2, the same address
-    np.testing.assert_array_equal(chest[1], np.full(20_000, 1.0))  # before: LoadFailed (KeyError of the pin)
-    np.testing.assert_array_equal(chest[0], np.full(20_000, 0.0))
+    assert_both_spilled_arrays_load(chest)
     chest.close()
 
 
@@ -402,14 +406,7 @@ def test_an_interrupt_just_after_the_mapping_was_made_undoes_its_pin_once(
 ) -> None:
     # helper-126's sweep: the load's failure path undid the file's pin, and so did the mapping's finalizer
     # once the view it had made was dropped; the next pin's count found none left (KeyError of the file id).
-    import numpy as np
-
-    import spillkit.filereads
-    import spillkit.mapped
-
-    chest = Chest(path=tmp_path / "c", available_memory=300_000, pack_threshold=0, map_loads=1)
-    for i in range(4):
-        chest[i] = np.full(20_000, i, dtype=float)
+    chest = four_arrays_two_spilled(tmp_path)
     real = spillkit.mapped.map_file
 
     def made_then_interrupted(*args: Any) -> Any:
@@ -422,6 +419,5 @@ def test_an_interrupt_just_after_the_mapping_was_made_undoes_its_pin_once(
     monkeypatch.undo()
     gc.collect()
     assert not spillkit.mapped.any_mapped()  # every pin undone, none twice
-    np.testing.assert_array_equal(chest[1], np.full(20_000, 1.0))  # before: LoadFailed (KeyError of the pin)
-    np.testing.assert_array_equal(chest[0], np.full(20_000, 0.0))
+    assert_both_spilled_arrays_load(chest)
     chest.close()

@@ -6,7 +6,7 @@ import math
 from collections.abc import Hashable
 from typing import ClassVar
 
-from ._heap import LazyHeap
+from ._heap import LazyHeap, remove_everywhere
 from .base import Policy
 
 __all__ = ["GreedyDual"]
@@ -59,12 +59,7 @@ class GreedyDual(Policy):
             self._push(key, keep_age=True)  # (its place among equal priorities too: helper-107)
 
     def removed(self, key: Hashable) -> None:
-        # From every structure, even one an interrupted call left the key in (spillkit.mending); KeyError if none.
-        found = [self._heap.drop(key)] + [
-            part.pop(key, None) is not None for part in (self._weights, self._counts, self._bases)
-        ]
-        if not any(found):
-            raise KeyError(key)
+        remove_everywhere(key, self._heap, self._weights, self._counts, self._bases)
 
     def evicted(self, key: Hashable) -> None:
         priority = self._heap.priority(key)

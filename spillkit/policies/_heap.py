@@ -7,7 +7,9 @@ import itertools
 from collections.abc import Hashable
 from typing import Any
 
-__all__ = ["LazyHeap"]
+__all__ = ["LazyHeap", "remove_everywhere"]
+
+_ABSENT = object()
 
 # A priority is a float or a tuple of floats (e.g. (next use, -size)); compared, never added.
 Priority = Any
@@ -80,3 +82,16 @@ class LazyHeap:
         for entry in taken:  # the same entry objects go back, so they stay live
             heapq.heappush(heap, entry)
         return [(entry[2], entry[0]) for entry in taken]
+
+
+def remove_everywhere(key: Hashable, heap: LazyHeap, *tables: dict[Hashable, Any]) -> None:
+    """A policy's ``removed``: ``key`` out of ``heap`` and every table; KeyError if none held it.
+
+    From every one, even when an earlier one lacks it: an interrupted call (spillkit.mending) can
+    leave a key in some of them only, and a second ``removed`` must clear the rest.
+    """
+    found = heap.drop(key)
+    for table in tables:
+        found = table.pop(key, _ABSENT) is not _ABSENT or found
+    if not found:
+        raise KeyError(key)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable
 
-from ._heap import LazyHeap
+from ._heap import LazyHeap, remove_everywhere
 from .base import Policy
 
 __all__ = ["CacheyScore"]
@@ -109,10 +109,7 @@ class CacheyScore(Policy):
         self._heap.push(key, self._log_weight[key] + log_time)
 
     def removed(self, key: Hashable) -> None:
-        # From every structure, even one an interrupted call left the key in (spillkit.mending); KeyError if none.
-        found = self._heap.drop(key) | (self._log_weight.pop(key, None) is not None)
-        if not (self._log_time.pop(key, None) is not None) | found:
-            raise KeyError(key)
+        remove_everywhere(key, self._heap, self._log_weight, self._log_time)
 
     def victim(self) -> Hashable:
         return self._heap.peek()[0]

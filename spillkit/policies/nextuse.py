@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Sequence
 
 from ._graph import NEVER, GraphPlan
-from ._heap import LazyHeap, Priority
+from ._heap import LazyHeap, Priority, remove_everywhere
 from .base import Policy, no_copy
 
 __all__ = ["LRC", "OVERDUE", "GraphAware", "NextUse"]
@@ -89,9 +89,7 @@ class GraphAware(Policy):
             raise KeyError(key)
 
     def removed(self, key: Hashable) -> None:
-        # From every structure, even one an interrupted call left the key in (spillkit.mending); KeyError if none.
-        if not (self._heap.drop(key) | (self._sizes.pop(key, None) is not None)):
-            raise KeyError(key)
+        remove_everywhere(key, self._heap, self._sizes)
 
     def victim(self) -> Hashable:
         return self._heap.peek()[0]
