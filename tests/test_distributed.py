@@ -224,15 +224,27 @@ def test_workload_twice_the_memory_limit(policy: str, shared: Client) -> None:
         assert ("dask_worker_memory_bytes", (("type", "spilled"),)) in samples  # dask's own are still there
 
 
-def test_memory_monitor_alone_keeps_workers_running(shared: Client) -> None:
+@pytest.mark.timeout(120)
+def test_memory_monitor_alone_keeps_workers_running(tmp_path: Path) -> None:
     """With a budget far above the limit the Chest never spills by itself: only the worker's memory
     monitor, through ``fast`` and ``evict()``, keeps memory down. A mapping without them leaves the
-    workers paused and the job hanging; here it must finish."""
-    shared.run(use_storage, {"policy": "lru", "available-memory": "64 GiB"})
-    pids = shared.run(os.getpid)
-    check_workload(shared)
-    assert shared.run(os.getpid) == pids, "a worker was restarted (its nanny kills it over 95% memory)"
-    assert all(spills > 0 for spills in shared.run(lambda dask_worker: dask_worker.data.stats.spills).values())
+    workers paused and the job hanging; here it must finish.
+
+    The worker's monitor checks every 10 ms here, its nanny's every 100 ms (dask's default). Both at
+    100 ms, a worker making an 8 MB chunk every few ms could grow from under 70% of its limit
+    (spill) past 95% (its nanny kills it) between two of its monitor's checks: 1 clean-clone CI
+    run of about 20 lost a worker that way (session 22). dask's own storage never relies on its
+    monitor alone; it spills at every put."""
+    worker_config = {"distributed.worker.memory.monitor-interval": "10ms"}
+    with cluster(tmp_path, worker_storage, config=worker_config) as client:
+        assert set(client.run(lambda: dask.config.get("distributed.worker.memory.monitor-interval")).values()) == {
+            "10ms"
+        }
+        client.run(use_storage, {"policy": "lru", "available-memory": "64 GiB"})
+        pids = client.run(os.getpid)
+        check_workload(client)
+        assert client.run(os.getpid) == pids, "a worker was restarted (its nanny kills it over 95% memory)"
+        assert all(spills > 0 for spills in client.run(lambda dask_worker: dask_worker.data.stats.spills).values())
 
 
 def four_megabytes(i: int) -> Any:
