@@ -5,17 +5,18 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from .errors import NOT_THE_VALUES_FAULT, ChangedWhileWritten
+from .errors import NOT_THE_VALUES_FAULT
 from .events import DELETE, GIVEN_COST, HIT, PUT, SETTLE
 from .keys import describe_key
 from .ledger import _MISSING as _MISSING  # re-exported: chest.py imports the sentinel from here
 from .lifecycle import EngineLifecycle
 from .mending import mend_if_interrupted, mended
 from .notes import reports_notes
+from .over_budget import admit_refused, put_over_budget
 from .policies.base import Policy
 from .sizeof import checked_size
 from .tiers import DiskTier
-from .transfers import load, spill_victim, write_through
+from .transfers import load, spill_victim
 from .writebehind import WriteBehind
 
 __all__ = ["DiskTier", "SpillEngine"]
@@ -60,9 +61,11 @@ class SpillEngine(EngineLifecycle):
     once and closing are :class:`~spillkit.lifecycle.EngineLifecycle` (a base
     class between the two), loads, write-through and the spill of a chosen
     victim are functions in :mod:`spillkit.transfers`, write-behind is
-    :class:`~spillkit.writebehind.WriteBehind`, and live-object reuse is
-    :class:`~spillkit.liveobjects.LiveObjects`. This class keeps the
-    operations on one key and the one loop that makes room.
+    :class:`~spillkit.writebehind.WriteBehind`, live-object reuse is
+    :class:`~spillkit.liveobjects.LiveObjects`, a put over the whole budget is
+    :mod:`spillkit.over_budget`, and the one loop that makes room is
+    :class:`~spillkit.rounds.EvictionRounds`'s ``_make_room``. This class keeps
+    the operations on one key.
     """
 
     def __init__(
@@ -132,20 +135,9 @@ class SpillEngine(EngineLifecycle):
             if self._busy:  # (a listener in the round of this key's own put or load: spillkit.rounds)
                 self._refuse_if_busy(key)
             refused = None
-            if nbytes > self.budget:
-                hash(key)  # an unhashable key fails before a file is named after it
-                try:
-                    write_through(self, key, value, nbytes, cost)
-                except Exception as error:
-                    # Deferred (dask, whose later tasks need it), a value that cannot be serialized
-                    # stays in memory, as smaller ones do when they are spilled; so does one the disk
-                    # refuses, for an engine that keeps such values (dask workers); otherwise the put fails.
-                    disk = isinstance(error, NOT_THE_VALUES_FAULT)
-                    if not (self.keep_when_disk_full if disk else self.deferred):
-                        self._count_refused_write(error)  # a failed write, whatever its reason
-                        raise
-                    refused = error
-                else:  # (out of the try: a warning raised as an error is not the value's failure)
+            if nbytes > self.budget:  # never resident within the budget (spillkit.over_budget)
+                refused = put_over_budget(self, key, value, nbytes, cost)
+                if refused is None:
                     if self.notes.waiting:  # (spillkit.notes: the put is whole)
                         self.notes.report()
                     return
@@ -185,19 +177,8 @@ class SpillEngine(EngineLifecycle):
                     self._costs[key] = cost
                 if refused is None:
                     self._admit(key, value, nbytes)
-                elif isinstance(refused, NOT_THE_VALUES_FAULT):  # kept until a write succeeds (keep_when_disk_full)
-                    self._admit(key, value, nbytes)
-                    self._set_aside(key, write_failed=True)
-                    why = (
-                        "changed while it was written"
-                        if isinstance(refused, ChangedWhileWritten)
-                        else "disk refused it"
-                    )
-                    self._spill_failed(key, nbytes, refused, f"{why}; it stays in memory, over the budget")
                 else:
-                    self._admit(key, value, nbytes, offer=False)
-                    self._unspillable.add(key)
-                    self.stats.unspillable += 1
+                    admit_refused(self, key, value, nbytes, refused)
                 self.stats.puts += 1
                 if self.listeners:
                     self._emit(PUT, key, nbytes, detail="" if cost is None else GIVEN_COST, object_id=id(value))
@@ -267,24 +248,6 @@ class SpillEngine(EngineLifecycle):
                 raise
             if self._writer is not None:
                 self._writer.throttle()
-
-    # ---- the one loop that makes room ----------------------------------------------
-    def _make_room(self, incoming: int) -> None:
-        limit = self.budget - incoming
-        self._begin_round()  # (not self._round(): see _begin_round)
-        try:
-            while self.memory_bytes - self.pinned_bytes > limit:  # pinned values are outside the budget
-                try:
-                    key = self.policy.victim_for(self.memory_bytes - self.pinned_bytes - limit, self.disk.has_copy)
-                except KeyError:
-                    if self._retry_failed():
-                        continue
-                    self._no_victim()  # (warns if the policy holds keys all the same)
-                    return
-                if not self._spill(key):
-                    return
-        finally:
-            self._end_round()
 
     # Acting on one victim: a function of the engine (spillkit.transfers), bound here as a method.
     _spill = mended(spill_victim)

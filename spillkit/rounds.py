@@ -33,6 +33,7 @@ from .keys import describe_key
 
 if TYPE_CHECKING:
     from .policies.base import Policy
+    from .tiers import DiskTier
 
 __all__ = ["EvictionRounds"]
 
@@ -46,12 +47,17 @@ class EvictionRounds:
     # The ledger's state these methods read, declared for the type checker.
     memory: dict[Hashable, Any]
     policy: Policy
+    disk: DiskTier
+    budget: int
+    memory_bytes: int
+    pinned_bytes: int
     _nbytes: dict[Hashable, int]
     _unspillable: set[Hashable]
 
     if TYPE_CHECKING:
 
         def _cost(self, key: Hashable, nbytes: int) -> float: ...
+        def _spill(self, key: Hashable, background: bool = True) -> bool: ...
 
     def __init__(self) -> None:
         self._rounds = 0  # rounds making room now (a listener's load may start one inside another)
@@ -65,6 +71,25 @@ class EvictionRounds:
         # since the operation has them half done (the old value taken out, the new one not yet in).
         self._busy: set[Hashable] = set()
         self._stuck_warned = False  # the policy held keys but named no victim (said once: _no_victim)
+
+    def _make_room(self, incoming: int) -> None:
+        # The one loop that makes room (a put's for ``incoming`` bytes, a settle's for none): the
+        # policy names each victim, the engine's _spill acts on it.
+        limit = self.budget - incoming
+        self._begin_round()  # (not self._round(): see _begin_round)
+        try:
+            while self.memory_bytes - self.pinned_bytes > limit:  # pinned values are outside the budget
+                try:
+                    key = self.policy.victim_for(self.memory_bytes - self.pinned_bytes - limit, self.disk.has_copy)
+                except KeyError:
+                    if self._retry_failed():
+                        continue
+                    self._no_victim()  # (warns if the policy holds keys all the same)
+                    return
+                if not self._spill(key):
+                    return
+        finally:
+            self._end_round()
 
     def _no_victim(self) -> None:
         # The policy raised KeyError for "no resident keys" while it holds some: a key whose hash changed

@@ -1,10 +1,10 @@
 """Moving one value between the engine's memory and its disk tier: timed, counted, explained on failure.
 
-Loads on a miss, write-through of values larger than the budget, timed
-writes, and the spill of one victim the engine's loop chose. Each function
+Loads on a miss, timed writes, and the spill of one victim the engine's
+loop chose (values larger than the budget: :mod:`spillkit.over_budget`). Each function
 does the disk I/O, times it into the engine's stats and updates the engine's
 ledger exactly as the engine itself would; the engine's
-one loop (``SpillEngine._make_room``) stays the only place that chooses what
+one loop (``_make_room``, :mod:`spillkit.rounds`) stays the only place that chooses what
 leaves memory. Nothing here is on the hit path.
 
 These are functions of the engine, not methods of an object the engine owns,
@@ -15,20 +15,8 @@ until the cyclic garbage collector ran instead of being freed at once.
 Thread-safety: call them with the engine's lock held (they take none: one lock,
 one owner). Failures propagate as the engine documents them: a disk or codec
 error on load is counted in ``stats.load_failures`` and re-raised with a note
-naming the key; a failed write-through is re-raised, and the put counts it
-(or keeps the value in memory: see ``SpillEngine.put``); a
+naming the key; a failed write is re-raised; a
 :class:`~spillkit.errors.DiskQuotaExceeded` is also counted in ``stats.quota_errors``.
-
-Examples
---------
->>> import tempfile
->>> from spillkit import Chest
->>> with tempfile.TemporaryDirectory() as tmp:
-...     chest = Chest(path=tmp + "/c", available_memory=10, sizeof=lambda v: 20)
-...     chest["big"] = [1]  # over the budget: written through, never resident
-...     chest.stats.direct_writes, chest["big"], chest.stats.loads
-...     chest.drop()
-(1, [1], 1)
 """
 
 from __future__ import annotations
@@ -38,7 +26,7 @@ from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
 from .errors import ChangedWhileWritten, CorruptSpillFile, DiskQuotaExceeded, LoadFailed, SpillError
-from .events import EVICT, GIVEN_COST, HIT, LOAD, MISS, PUT, REUSED, SPILL
+from .events import EVICT, HIT, LOAD, MISS, REUSED, SPILL
 from .keys import describe_key
 from .ledger import _MISSING
 from .unlocked import forget_stale_digest, live_object, read_value, still_unchanged
@@ -47,7 +35,7 @@ if TYPE_CHECKING:
     from .engine import SpillEngine
     from .lifecycle import EngineLifecycle  # timed_write needs no more: EngineLifecycle.write_all calls it
 
-__all__ = ["load", "spill_victim", "timed_write", "write_through"]
+__all__ = ["load", "spill_victim", "timed_write"]
 
 
 def failed_read(engine: EngineLifecycle, key: Hashable, error: Exception) -> None:
@@ -72,40 +60,6 @@ def timed_write(engine: EngineLifecycle, key: Hashable, value: Any) -> tuple[int
     seconds = time.perf_counter() - start
     engine.stats.observe_write(written, seconds)
     return written, seconds
-
-
-def write_through(engine: SpillEngine, key: Hashable, value: Any, nbytes: int, cost: float | None) -> None:
-    """Store a value larger than the budget straight on disk, replacing any value of the key."""
-    try:
-        written, seconds = timed_write(engine, key, value)
-    except Exception as error:  # (counted by the put, which may keep the value in memory instead)
-        if not isinstance(error, SpillError):  # a SpillError names the key itself
-            error.add_note(
-                f"spillkit: value for key {describe_key(key)} ({nbytes} bytes) exceeds the memory "
-                "budget and must go to disk; nothing was stored"
-            )
-        raise
-    if key in engine._nbytes:
-        resident = engine._pop_resident(key) is not _MISSING
-        if not resident:  # (a ghost list's entry of it is no value's now: helper-108)
-            engine.policy.forgotten(key)
-        in_flight = engine._writer is not None and engine._writer.cancel(key)
-        if not in_flight and not resident:
-            engine._spilled_nbytes -= engine._nbytes[key]  # replaces a spilled value
-    # Followed as a spilled value is: while the caller holds it, reads hand it back (changes and all,
-    # written by a flush) instead of a second copy from disk (helper-96: get, pop and a reopen gave
-    # the bytes of the put, where a dict gives the object changed since).
-    engine._refs.remember(key, value)
-    engine._nbytes[key] = nbytes
-    engine._spilled_nbytes += nbytes
-    if cost is None:
-        engine._costs.pop(key, None)
-    else:
-        engine._costs[key] = cost
-    engine.stats.puts += 1
-    engine.stats.direct_writes += 1
-    if engine.listeners:
-        engine._emit(PUT, key, nbytes, written, seconds, detail="" if cost is None else GIVEN_COST)
 
 
 def load(engine: SpillEngine, key: Hashable) -> Any:

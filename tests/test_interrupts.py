@@ -32,8 +32,8 @@ POLICIES = os.path.join(ROOT, "policies")
 ENGINE = {
     os.path.join(ROOT, name)
     for name in (
-        "engine.py", "transfers.py", "residency.py", "lifecycle.py", "ledger.py", "rounds.py", "liveobjects.py",
-        "writebehind.py", "writer.py", "unlocked.py", "chest.py", "chest_dict.py",
+        "engine.py", "transfers.py", "over_budget.py", "residency.py", "lifecycle.py", "ledger.py", "rounds.py",
+        "liveobjects.py", "writebehind.py", "writer.py", "unlocked.py", "chest.py", "chest_dict.py",
     )
 } | {os.path.join(POLICIES, name) for name in os.listdir(POLICIES) if name.endswith(".py")}  # fmt: skip
 _POINTS: dict[CodeType, frozenset[int]] = {}
