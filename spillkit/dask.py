@@ -20,10 +20,12 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from .extras import missing_extra
+
 try:
     import dask
-except ImportError as error:  # pragma: no cover - exercised only without the extra
-    raise ImportError('spillkit.dask needs dask: pip install "spillkit[dask]"') from error
+except ImportError as error:  # (tests/test_extras.py)
+    raise missing_extra("spillkit.dask", "dask", "dask") from error
 
 from .chest import Chest
 from .dask_callback import ChestCallback, plan_from_dask

@@ -19,12 +19,14 @@ import warnings
 from collections.abc import Hashable, Mapping
 from typing import Any
 
+from .extras import missing_extra
+
 try:
     import dask
     from dask._task_spec import DataNode
     from dask.callbacks import Callback
-except ImportError as error:  # pragma: no cover - exercised only without the extra
-    raise ImportError('spillkit.dask needs dask: pip install "spillkit[dask]"') from error
+except ImportError as error:  # (tests/test_extras.py)
+    raise missing_extra("spillkit.dask", "dask", "dask") from error
 
 from .chest import Chest
 from .dask_client import warn_if_distributed

@@ -23,9 +23,14 @@ import warnings
 from collections.abc import Hashable, Iterator, Mapping, MutableMapping
 from typing import Any
 
-import dask
-import dask.threaded
-from dask.callbacks import Callback
+from .extras import missing_extra
+
+try:
+    import dask
+    import dask.threaded
+    from dask.callbacks import Callback
+except ImportError as error:  # (tests/test_extras.py)
+    raise missing_extra("spillkit.dask", "dask", "dask") from error
 
 from .chest import Chest
 from .dask_owner import _TAKEN, ChestOwnership, _Unshared

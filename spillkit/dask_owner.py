@@ -16,7 +16,12 @@ import warnings
 from collections.abc import Callable, Hashable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from dask.callbacks import Callback
+from .extras import missing_extra
+
+try:
+    from dask.callbacks import Callback
+except ImportError as error:  # (tests/test_extras.py)
+    raise missing_extra("spillkit.dask", "dask", "dask") from error
 
 from .chest import Chest
 from .errors import SpillWarning

@@ -27,14 +27,16 @@ import sys
 import warnings
 from typing import Any
 
+from .extras import missing_extra
+
 try:
     import dask.config
     from dask.system import CPU_COUNT
     from dask.utils import parse_bytes
     from distributed.sizeof import safe_sizeof
     from distributed.worker_memory import WorkerMemoryManager, parse_memory_limit, worker_logger
-except ImportError as error:  # pragma: no cover - exercised only without the extra
-    raise ImportError('spillkit.distributed needs dask.distributed: pip install "spillkit[dask]"') from error
+except ImportError as error:  # (tests/test_extras.py)
+    raise missing_extra("spillkit.distributed", "dask.distributed", "dask") from error
 
 from .chest import Chest
 from .distributed_hooks import drop_with_worker, instrument_worker_chest

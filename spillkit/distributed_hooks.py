@@ -9,7 +9,12 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from distributed.diagnostics.plugin import WorkerPlugin
+from .extras import missing_extra
+
+try:
+    from distributed.diagnostics.plugin import WorkerPlugin
+except ImportError as error:  # (tests/test_extras.py)
+    raise missing_extra("spillkit.distributed", "dask.distributed", "dask") from error
 
 from .chest import Chest
 from .errors import SpillError, SpillWarning

@@ -35,8 +35,13 @@ from __future__ import annotations
 from collections.abc import Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, cast
 
-import dask.config
-from distributed import Nanny, Worker
+from .extras import missing_extra
+
+try:
+    import dask.config
+    from distributed import Nanny, Worker
+except ImportError as error:  # (tests/test_extras.py)
+    raise missing_extra("spillkit.distributed_preload", "dask.distributed", "dask") from error
 
 from .chest import Chest
 from .distributed import storage_for, worker_storage

@@ -25,10 +25,12 @@ import threading
 import weakref
 from typing import TYPE_CHECKING
 
+from .extras import missing_extra
+
 try:
     from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
-except ImportError as error:  # pragma: no cover - exercised in a subprocess without the package
-    raise ImportError('spillkit.metrics needs prometheus-client: pip install "spillkit[metrics]"') from error
+except ImportError as error:  # (tests/test_extras.py)
+    raise missing_extra("spillkit.metrics", "prometheus-client", "metrics") from error
 
 from .chest import Chest
 from .metrics_collector import ChestCollector

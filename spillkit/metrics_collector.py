@@ -16,10 +16,12 @@ import threading
 import weakref
 from collections.abc import Iterator
 
+from .extras import missing_extra
+
 try:
     from prometheus_client.metrics_core import Metric
-except ImportError as error:  # pragma: no cover - exercised in a subprocess without the package
-    raise ImportError('spillkit.metrics needs prometheus-client: pip install "spillkit[metrics]"') from error
+except ImportError as error:  # (tests/test_extras.py)
+    raise missing_extra("spillkit.metrics", "prometheus-client", "metrics") from error
 
 from .chest import Chest
 from .metrics_families import _Families, _info

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import itertools
 
+from .extras import missing_extra
+
 try:
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
     from prometheus_client.metrics_core import Metric
-except ImportError as error:  # pragma: no cover - exercised in a subprocess without the package
-    raise ImportError('spillkit.metrics needs prometheus-client: pip install "spillkit[metrics]"') from error
+except ImportError as error:  # (tests/test_extras.py)
+    raise missing_extra("spillkit.metrics", "prometheus-client", "metrics") from error
 
 from . import __version__
 from .chest import Chest

@@ -7,21 +7,29 @@ which runs in roughly 5-30 s on a 2-core machine with an unlimited cache) and a
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from .extras import missing_extra
 
 __all__ = ["WORKLOADS", "Workload", "build", "workload_names"]
 
 
 @dataclass(frozen=True)
 class Workload:
-    """A named computation: ``make(scale, seed)`` returns a dask collection to compute."""
+    """A named computation: ``make(scale, seed)`` returns a dask collection to compute.
+
+    ``modules`` are the parts of dask it needs (``build`` imports them first, so a missing one
+    names the extra to install).
+    """
 
     name: str
     description: str
     make: Callable[[float, int], Any]
+    modules: tuple[str, ...] = ("dask.array",)
 
 
 def _side(base: int, scale: float, chunk: int) -> int:
@@ -93,6 +101,7 @@ def _groupby(scale: float, seed: int) -> Any:
     return _frame(2.5 * scale, seed).groupby("k").v.mean()
 
 
+FRAMES = ("dask.array", "dask.dataframe")  # dask.dataframe needs pandas too: the dask extra has both
 WORKLOADS: dict[str, Workload] = {
     w.name: w
     for w in [
@@ -100,9 +109,9 @@ WORKLOADS: dict[str, Workload] = {
         Workload("rechunk", "rechunk column strips to row strips, then sum", _rechunk),
         Workload("tsqr", "tall-skinny QR (da.linalg.tsqr)", _tsqr),
         Workload("matmul", "matrix product x.dot(x.T), then sum", _matmul),
-        Workload("shuffle", "dataframe shuffle with shuffle.method='tasks'", _shuffle),
+        Workload("shuffle", "dataframe shuffle with shuffle.method='tasks'", _shuffle, FRAMES),
         Workload("column-anomaly", "column anomaly (x - x.mean(axis=0)), then row sums", _column_anomaly),
-        Workload("groupby", "dataframe groupby mean (a control: little to spill)", _groupby),
+        Workload("groupby", "dataframe groupby mean (a control: little to spill)", _groupby, FRAMES),
     ]
 }
 
@@ -118,4 +127,9 @@ def build(name: str, scale: float = 1.0, seed: int = 0) -> Any:
         workload = WORKLOADS[name]
     except KeyError:
         raise ValueError(f"unknown workload {name!r}; choose one of {workload_names()}") from None
+    for module in workload.modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise missing_extra(f"workload {name!r}", module, "dask") from error
     return workload.make(scale, seed)

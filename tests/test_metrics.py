@@ -326,20 +326,6 @@ def test_import_registers_nothing() -> None:
     assert done.returncode == 0, done.stderr
 
 
-def test_missing_prometheus_client_names_the_extra() -> None:
-    done = run_python(
-        "import sys\n"
-        "sys.modules['prometheus_client'] = None  # as if not installed\n"
-        "import spillkit\n"
-        "try:\n"
-        "    import spillkit.metrics\n"
-        "except ImportError as error:\n"
-        "    print(error)\n"
-    )
-    assert done.returncode == 0, done.stderr
-    assert 'pip install "spillkit[metrics]"' in done.stdout
-
-
 def test_serve_binds_loopback_and_stops(tmp_path: Path, registry: CollectorRegistry) -> None:
     chest = make_chest(tmp_path)
     instrument(chest, registry, name="served")
