@@ -36,6 +36,7 @@ from .events import (
 )
 from .keys import encode_key
 from .trace_format import FORMAT, VERSION, open_text
+from .trace_objects import ObjectTokens
 
 if TYPE_CHECKING:
     from .chest import Chest
@@ -76,9 +77,7 @@ class TraceRecorder:
         self._lock = threading.Lock()
         self._ids: dict[Hashable, int] = {}
         self._start = time.perf_counter()
-        self._key_object: dict[Hashable, int] = {}  # resident key -> object token
-        self._resident: dict[int, list[int]] = {}  # id(value) -> [token, resident keys holding it]
-        self._tokens = 0
+        self._tokens = ObjectTokens()  # the objects resident keys hold (spillkit.trace_objects)
         from . import __version__
 
         first = {"format": FORMAT, "version": VERSION, "spillkit": __version__, "machine": machine_info()}
@@ -124,29 +123,9 @@ class TraceRecorder:
             }
             self._line(["graph", graph])
 
-    def _leave_memory(self, key: Hashable) -> None:
-        token = self._key_object.pop(key, None)
-        if token is None:
-            return
-        for object_id, entry in list(self._resident.items()):
-            if entry[0] == token:
-                entry[1] -= 1
-                if not entry[1]:
-                    del self._resident[object_id]
-                break
-
-    def _enter_memory(self, key: Hashable, object_id: int) -> int:
-        entry = self._resident.get(object_id)
-        if entry is None:
-            self._tokens += 1
-            entry = self._resident[object_id] = [self._tokens, 0]
-        entry[1] += 1
-        self._key_object[key] = entry[0]
-        return entry[0]
-
     def _put(self, ident: int, key: Hashable, nbytes: int, cost: float | None, t: float, obj: int | None) -> None:
-        self._leave_memory(key)
-        token = 0 if obj is None else self._enter_memory(key, obj)
+        self._tokens.leave(key)
+        token = 0 if obj is None else self._tokens.enter(key, obj)
         self._line(["put", ident, nbytes, cost, t, token])
 
     def put(self, key: Hashable, nbytes: int, object_id: int | None, cost: float | None = None) -> None:
@@ -192,7 +171,7 @@ class TraceRecorder:
         """
         with self._lock:
             ident = self.key_id(key)
-            self._leave_memory(key)
+            self._tokens.leave(key)
             self._line(["ondisk", ident, nbytes, round(time.perf_counter() - self._start, 6)])
 
     def pin(self, key: Hashable) -> None:
@@ -231,11 +210,11 @@ class TraceRecorder:
                 if kind == LOAD:  # the object read back, named: a later put of it under another key is an alias
                     # ("reuse": a spilled value still alive elsewhere, handed back with no disk read)
                     outcome = "reuse" if event.detail == REUSED else kind
-                    self._line(["get", ident, t, outcome, self._enter_memory(event.key, event.object_id)])
+                    self._line(["get", ident, t, outcome, self._tokens.enter(event.key, event.object_id)])
                     return
                 self._line(["get", ident, t, kind])
             elif kind == DELETE:
-                self._leave_memory(event.key)
+                self._tokens.leave(event.key)
                 self._line(["del", ident, t])
             elif kind in (PIN, UNPIN, CHANGED):
                 self._line([kind, ident, t])
@@ -244,7 +223,7 @@ class TraceRecorder:
             elif kind == COST:
                 self._line(["cost", ident, event.cost, t])
             elif kind in (SPILL, EVICT):
-                self._leave_memory(event.key)
+                self._tokens.leave(event.key)
                 self._line([kind, ident, t])
 
     def _mark_deferral(self, t: float) -> None:
