@@ -12,6 +12,7 @@ import bisect
 import math
 
 from .bound_model import _Model
+from .extras import missing_extra
 
 __all__: list[str] = []  # helpers of spillkit.bounds
 
@@ -25,7 +26,7 @@ def _solve(model: _Model, compress: bool = True) -> tuple[float, str]:
         from scipy.optimize import linprog  # type: ignore[import-untyped]
         from scipy.sparse import coo_matrix  # type: ignore[import-untyped]
     except ImportError as error:  # pragma: no cover - exercised only without SciPy
-        raise ImportError('foo_lower_bound needs SciPy: pip install "spillkit[plot]"') from error
+        raise missing_extra("the FOO lower bound", "SciPy", "plot") from error
     budget = float(max(model.budget, 1))  # the unit of the scaled LP (a budget of 0 leaves only empty values)
     base = float(model.constant + sum(s for s, read in zip(model.sizes, model.reads, strict=True) if read))
     nx, nw = len(model.sizes), len(model.writes)

@@ -74,8 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "compare":
             return run_compare(args)
         if args.command == "plot":
+            from .plot_canvas import import_matplotlib
             from .plots import plot_command
 
+            import_matplotlib()  # before the output directory is made
             for path in plot_command(args.results, output_directory(args.out, "-o")):
                 print(path)
             return EXIT_OK

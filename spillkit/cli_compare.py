@@ -54,6 +54,10 @@ def run_compare(args: argparse.Namespace) -> int:
         raise BadOption(f"{f'unknown modes {bad}' if bad else 'no modes given'}; choose from {list(MODES)}")
     budgets, policies = option(parse_budgets, args.budgets), option(parse_policies, args.policies)
     output_directory(args.out, "-o")
+    if not args.no_plots:  # before the work: the figures come last
+        from .plot_canvas import import_matplotlib
+
+        import_matplotlib()
     # Read once, for the plots too (a trace given as a pipe, /dev/stdin, cannot be read twice), and
     # before a workload is recorded: that can take a while, and a bad trace file would waste it.
     loaded = [read_trace(trace) for trace in traces]

@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 from .policies import policy_names
 from .replay import DiskModel, replay
@@ -82,7 +82,7 @@ def compare(
     modes: Sequence[str] = ("settled",),
     disk: DiskModel | None = None,
     bounds: bool = True,
-    progress: TextIO | None = sys.stderr,
+    progress: TextIO | Literal["stderr"] | None = "stderr",
 ) -> list[dict[str, Any]]:
     """Replay every trace with every policy at every budget and mode; return one row each.
 
@@ -95,7 +95,13 @@ def compare(
     for the FOO lower bound, the PFOO-L bound and a clairvoyant policy (Belady
     on the trace's real future, dead values never written),
     and every row's ``ratio_to_bound`` is its I/O over the FOO bound.
+
+    ``progress`` is where a one-line progress bar goes when it is a terminal: ``"stderr"`` (the
+    default) is ``sys.stderr`` as it is when compare runs (one bound at import would outlive a
+    redirection of it), or a stream, or None for no bar.
     """
+    if progress == "stderr":
+        progress = sys.stderr
     names = _names(traces)
     loaded = [(t if isinstance(t, Trace) else read_trace(t), name) for t, name in zip(traces, names, strict=True)]
     per_budget = len(policies) * len(modes) + (3 if bounds else 0)  # replays, then the bounds' three

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .chest import Chest
+from .extras import missing_extra
 from .policies import policy_names
 from .sizes import format_bytes, parse_bytes
 
@@ -55,8 +56,8 @@ def run_demo(
     """
     try:
         import numpy as np
-    except ImportError as error:  # pragma: no cover - exercised only without numpy
-        raise SystemExit('the demo needs numpy: pip install "spillkit[demo]"') from error
+    except ImportError as error:  # (tests/test_extras.py; the command line exits 4 with it)
+        raise missing_extra("the demo", "numpy", "demo") from error
     size = check_arguments(arrays, array_bytes, reads, seconds)
     names = list(policies or policy_names())
 

@@ -1,6 +1,6 @@
 """The canvas the figures of :mod:`spillkit.plots` share: lazy matplotlib, Agg figures, PNG output, look and axes.
 
-matplotlib is imported only inside these functions (:func:`_import_matplotlib`
+matplotlib is imported only inside these functions (:func:`import_matplotlib`
 raises ``ImportError`` naming the ``spillkit[plot]`` extra without it), never
 when this module is imported. Also here: figure width, resolution and fonts,
 a fixed colour and marker per policy, byte units, and the budget and byte axes
@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from .extras import missing_extra
 from .sizes import format_percent
 
 if TYPE_CHECKING:
@@ -56,21 +57,19 @@ _SPARE = ["#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31
 _SPARE_MARKERS = "ov^sDPX<>h*p"
 
 
-def _import_matplotlib() -> Any:
+def import_matplotlib() -> Any:
     """Import matplotlib (lazily) or say which extra provides it."""
     try:
         import matplotlib
         from matplotlib.backends import backend_agg  # noqa: F401 - the canvas every figure here draws on
     except ImportError as error:
-        raise ImportError(
-            'spillkit\'s plots need matplotlib, which is not installed: pip install "spillkit[plot]"'
-        ) from error
+        raise missing_extra("drawing figures", "matplotlib", "plot") from error
     return matplotlib
 
 
 def _figure(width: float, height: float) -> Figure:
     """A new Figure on an Agg canvas (touches neither pyplot nor the user's backend)."""
-    _import_matplotlib()
+    import_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -96,7 +95,7 @@ def _save(figure: Figure, path: str) -> None:
 
 
 def _rc() -> Any:
-    matplotlib = _import_matplotlib()
+    matplotlib = import_matplotlib()
     return matplotlib.rc_context(_FONT)
 
 

@@ -6,6 +6,7 @@ real files and checks what a user sees: the exit code, one clear line naming the
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib
 import io
@@ -470,6 +471,12 @@ def test_budgets_are_parsed_once_each_and_the_progress_bar_ends_full(tmp_path: P
     bar = Terminal()
     compare([str(trace)], ["5%", "6%"], ["lru"], bounds=False, progress=bar)
     assert bar.getvalue().rstrip().split("\r")[-1].split("]")[1].split()[0] == "2/2"
+    # By default the bar goes to sys.stderr as it is at the call (it was the stream of the import:
+    # in a test run, one that pytest had closed since, and compare failed "I/O operation on closed file").
+    redirected = Terminal()
+    with contextlib.redirect_stderr(redirected):
+        compare([str(trace)], ["5%"], ["lru"], bounds=False)
+    assert "1/1" in redirected.getvalue()
 
 
 def test_a_budget_under_one_percent_is_headed_by_its_own_share_of_peak(tmp_path: Path) -> None:

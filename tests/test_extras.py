@@ -103,3 +103,55 @@ def test_a_workload_names_the_extra(workload: str, hidden: str, message: str) ->
     """)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f'{message}: pip install "spillkit[dask]"', done.stdout
+
+
+# ---- the command line: exit 4 with the message, before any work or output directory ----------------
+
+
+def test_the_demo_without_numpy_exits_4(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from spillkit.cli import EXIT_MISSING_EXTRA, main
+
+    monkeypatch.setitem(sys.modules, "numpy", None)  # (before: SystemExit with the text, exit 1)
+    assert main(["demo", "--arrays", "2", "--array-size", "1 KiB", "--budget", "1 KiB"]) == EXIT_MISSING_EXTRA
+    assert 'spillkit demo: the demo needs numpy: pip install "spillkit[demo]"' in capsys.readouterr().err
+
+
+def test_compare_without_matplotlib_stops_before_the_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from spillkit.cli import EXIT_MISSING_EXTRA, main
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    out = tmp_path / "report"
+    trace = str(REPO / "experiments" / "traces" / "matmul.trace.gz")
+    assert main(["compare", trace, "--no-bounds", "--policies", "lru", "-o", str(out)]) == EXIT_MISSING_EXTRA
+    captured = capsys.readouterr()
+    assert 'drawing figures needs matplotlib: pip install "spillkit[plot]"' in captured.err
+    assert captured.out == "" and not out.exists()  # (before: every table printed and written, then exit 4)
+    assert main(["compare", trace, "--no-bounds", "--no-plots", "--policies", "lru", "-o", str(out)]) == 0
+
+
+def test_plot_without_matplotlib_makes_no_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from spillkit.cli import EXIT_MISSING_EXTRA, main
+
+    results = tmp_path / "results.csv"
+    results.write_text((REPO / "experiments" / "results.csv").read_text())
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    out = tmp_path / "figures"
+    assert main(["plot", str(results), "-o", str(out)]) == EXIT_MISSING_EXTRA
+    assert 'pip install "spillkit[plot]"' in capsys.readouterr().err
+    assert not out.exists()  # (before: an empty directory was left)
+
+
+def test_the_foo_bound_without_scipy_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("scipy")
+    from spillkit.bounds import foo_lower_bound
+    from spillkit.trace import Trace
+
+    monkeypatch.setitem(sys.modules, "scipy.optimize", None)
+    trace = Trace({}, ops=[("put", "a", 10, None, 0.0, 1), ("put", "b", 10, None, 0.1, 2), ("get", "a", 0.2, "load")])
+    with pytest.raises(ImportError) as raised:
+        foo_lower_bound(trace, 10)
+    assert str(raised.value) == 'the FOO lower bound needs SciPy: pip install "spillkit[plot]"'
