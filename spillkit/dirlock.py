@@ -102,7 +102,8 @@ class DirLock:
     Examples
     --------
     >>> import tempfile
-    >>> directory = tempfile.mkdtemp()
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> directory = tmp.name
     >>> lock = DirLock(directory)
     >>> try:
     ...     DirLock(directory)
@@ -111,6 +112,7 @@ class DirLock:
     True
     >>> lock.release()
     >>> DirLock(directory).release()  # free again
+    >>> tmp.cleanup()
     """
 
     def __init__(self, directory: str) -> None:

@@ -130,12 +130,14 @@ def worker_storage(
     Outside a worker, give the memory limit the budget is a fraction of:
 
     >>> import tempfile
-    >>> chest = worker_storage(tempfile.mkdtemp(), memory_limit="1 GiB", instrument_metrics=False)
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> chest = worker_storage(tmp.name, memory_limit="1 GiB", instrument_metrics=False)
     >>> chest.available_memory == int(2**30 * dask.config.get("distributed.worker.memory.target"))
     True
     >>> chest.evict()                      # nothing to spill: -1, never an exception
     -1
     >>> chest.drop()
+    >>> tmp.cleanup()
     """
     # The worker's memory manager, the worker and its threads: storage_for's, or the one building us (or Nones).
     manager, worker, nthreads = _BUILT_WORKER.get() or _building_worker()

@@ -77,12 +77,14 @@ class PackedStore(PackedRecords):
     --------
     >>> import tempfile
     >>> from spillkit.codecs import PickleCodec
-    >>> store = PackedStore(tempfile.mkdtemp(), PickleCodec())
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> store = PackedStore(tmp.name, PickleCodec())
     >>> store.write("one", 1)
     81
     >>> store.read("one"), store.location("one")
     (1, ('.spillkit-seg-000001', 0))
     >>> store.close()
+    >>> tmp.cleanup()
     """
 
     def __init__(

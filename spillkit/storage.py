@@ -84,11 +84,13 @@ class DiskStore(FileSync):
     --------
     >>> import tempfile
     >>> from spillkit.codecs import PickleCodec
-    >>> store = DiskStore(tempfile.mkdtemp(), PickleCodec())
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> store = DiskStore(tmp.name, PickleCodec())
     >>> store.write("one", 1)
     81
     >>> store.read("one")
     1
+    >>> tmp.cleanup()
     """
 
     def prepare(self, key: Hashable, value: Any, name: str, verify: bool = False) -> PreparedWrite:
