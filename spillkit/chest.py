@@ -55,8 +55,9 @@ class Chest(ChestLifecycle, DictMethods, MutableMapping[Hashable, Any]):
         ``json.load``. Default: pickle protocol 5 with out-of-band buffers,
         cloudpickle for lambdas and closures.
     policy : Policy or str, optional
-        An eviction policy object or a registered name (``"lru"``, ``"lfu"``,
-        ``"size"``, ``"cost"``). Default: a new ``LRU()``. A policy object
+        An eviction policy object or a registered name (``spillkit.policy_names()``:
+        ``"lru"``, ``"lfu"``, ``"size"``, ``"cost"``, ``"nextuse"``, ``"lrc"``, ``"fifo"``,
+        ``"sieve"``, ``"s3fifo"``, ``"arc"``, ``"cachey"``). Default: a new ``LRU()``. A policy object
         serves one open Chest at a time (ValueError while another uses it);
         once that Chest is closed or dropped it may serve a new one.
     sizeof : callable, optional
@@ -85,8 +86,8 @@ class Chest(ChestLifecycle, DictMethods, MutableMapping[Hashable, Any]):
     map_loads : bool, int or str, optional
         Load a value whose spill file is at least this large (``True``: 1 MiB)
         by mapping the file copy-on-write instead of reading it into new
-        memory: its arrays share the page cache's pages (1 MiB arrays load 1.7x
-        faster, ``benchmarks/bench_core.py``). Writing to the value copies the
+        memory: its arrays share the page cache's pages (faster for large arrays:
+        ``benchmarks/bench_core.py``'s table in ``benchmarks/README.md``). Writing to the value copies the
         page written, never the file. The file is checked when mapped; whoever
         writes into it afterwards changes the value, and truncating it crashes
         the process on access (``SIGBUS``), as with ``numpy.memmap`` (spillkit
@@ -139,7 +140,9 @@ class Chest(ChestLifecycle, DictMethods, MutableMapping[Hashable, Any]):
 
     Notes
     -----
-    Thread-safe: every operation holds the engine's lock. ``len``, ``in`` and
+    Thread-safe: every operation holds the engine's lock, but a load of a value
+    in a file of its own reads, checks and unpickles that file without it (and
+    reconciles under it: :mod:`spillkit.unlocked`). ``len``, ``in`` and
     iteration never load from disk and never count as hits.
 
     Processes: one open Chest per directory, enforced by the lock. A forked

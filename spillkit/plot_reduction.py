@@ -84,6 +84,7 @@ def plot_reduction_vs_lru(
         figure = _figure(_WIDTH, 5.0)
         ax = figure.subplots()
         width = 0.86 / max(len(series), 1)
+        cut_labels = [0] * len(bars)  # per workload: cut bars' labels stack upwards (side by side, they overlapped)
         for index, policy in enumerate(series):
             xs = [i - 0.43 + width * (index + 0.5) for i in range(len(bars))]
             ys = [b.get(policy, math.nan) for _, b in bars]
@@ -95,10 +96,12 @@ def plot_reduction_vs_lru(
                 color, hatch, label = _style(policy)[0], None, policy
             ax.bar(xs, [max(y, bottom) for y in ys], width=width, color=color, hatch=hatch,
                    edgecolor="black" if hatch else color, linewidth=0.6, label=label)  # fmt: skip
-            for x, y in zip(xs, ys, strict=True):
+            for group, (x, y) in enumerate(zip(xs, ys, strict=True)):
                 if y < bottom:
-                    ax.annotate(f"{y:.0f}% (cut)", (x + width / 2, bottom), xytext=(2, 3), textcoords="offset points",
-                                ha="left", va="bottom", fontsize=8)  # fmt: skip
+                    ax.annotate(f"{policy} {y:.0f}% (cut)", (x + width / 2, bottom), ha="left", va="bottom",
+                                xytext=(2, 3 + 11 * cut_labels[group]), textcoords="offset points", fontsize=8,
+                                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 0.5})  # fmt: skip
+                    cut_labels[group] += 1
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_ylim(bottom, top)
         ax.set_xlim(-0.5, len(bars) - 0.5)

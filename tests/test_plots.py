@@ -135,6 +135,23 @@ def test_reduction_vs_lru_cuts_and_labels_extreme_losses(tmp_path: Path) -> None
     assert any("-800%" in text.get_text() for text in ax.texts)
 
 
+def test_cut_bars_side_by_side_get_labels_that_do_not_overlap(tmp_path: Path) -> None:
+    # Before (helper-130): each label sat at its own bar's foot, and the labels of neighbouring cut
+    # bars printed over each other ("-175%(cut)175% (cut)" in the README's figure).
+    made = [
+        {"trace": "t", "budget": 10, "budget_fraction": 0.25, "mode": "settled", "policy": policy,
+         "io_bytes": io, "bytes_written": io // 2, "bytes_read": io // 2}
+        for policy, io in (("lru", 1000), ("size", 2750), ("cost", 2750), ("lfu", 3000), ("nextuse", 800))
+    ]  # fmt: skip
+    figure = plot_reduction_vs_lru(made, str(tmp_path / "r.png"))
+    (ax,) = figure.axes
+    labels = [text for text in ax.texts if "(cut)" in text.get_text()]
+    assert sorted(text.get_text() for text in labels) == ["cost -175% (cut)", "lfu -200% (cut)", "size -175% (cut)"]
+    renderer = figure.canvas.get_renderer()  # type: ignore[attr-defined]
+    boxes = [text.get_window_extent(renderer) for text in labels]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+
+
 def test_timeline_of_two_policies(tmp_path: Path) -> None:
     path = tmp_path / "timeline.png"
     figure = plot_timeline(str(SMALL[1]), ["lru", "nextuse"], "25%", str(path))
