@@ -54,23 +54,16 @@ may be local to one machine, or emulated with POSIX locks). Without
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
-import stat
 import threading
 import weakref
 
-from .errors import ChestLocked, SpillError
-
-try:
-    import fcntl
-except ImportError:  # Windows is no target: Chests there are not locked
-    fcntl = None  # type: ignore[assignment]
+from . import lockfiles
+from .errors import ChestLocked  # noqa: F401 (raised by lockfiles.acquire; the example catches it)
 
 __all__ = ["LOCK_NAME", "DirLock"]
 
 LOCK_NAME = ".spillkit-lock"
-_ATTEMPTS = 10  # how often the file may vanish under us (a drop() racing with the open) before we give up
 _held: weakref.WeakSet[DirLock] = weakref.WeakSet()  # the fork hook closes the child's copies
 
 
@@ -120,7 +113,7 @@ class DirLock:
         self.path = os.path.join(directory, LOCK_NAME)
         self._pid = os.getpid()
         self._mutex = threading.Lock()
-        self._fd, self._dir_fd = (-1, -1) if fcntl is None else _acquire(directory, self.path)
+        self._fd, self._dir_fd = (-1, -1) if lockfiles.fcntl is None else lockfiles.acquire(directory, self.path)
         _held.add(self)
 
     @property
@@ -146,7 +139,7 @@ class DirLock:
                 if os.getpid() == self._pid:
                     # Explicit: a child forked without Python's hooks may still share the description.
                     with contextlib.suppress(OSError):
-                        fcntl.flock(fd, fcntl.LOCK_UN)
+                        lockfiles.fcntl.flock(fd, lockfiles.fcntl.LOCK_UN)
                 with contextlib.suppress(OSError):
                     os.close(fd)
             self._fd = self._dir_fd = -1
@@ -173,117 +166,3 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _acquire(directory: str, full: str) -> tuple[int, int]:
-    """Lock ``full`` (recording our pid in it), then ``directory``, without waiting; return both descriptors.
-
-    The directory's is -1 where its file system refuses ``flock`` on a directory.
-    """
-    assert fcntl is not None
-    for _ in range(_ATTEMPTS):
-        try:
-            fd = _open(full)
-        except FileNotFoundError:  # drop() removed the directory between the Chest's makedirs and this open
-            os.makedirs(directory, mode=0o700, exist_ok=True)
-            continue
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise ChestLocked(directory, _holder(fd)) from None
-            except OSError as error:
-                raise SpillError(f"cannot lock {full!r} ({error}); the file system may not support flock") from error
-            if _still_there(fd, full):
-                dir_fd = _lock_directory(directory)
-                if dir_fd is not None:
-                    _record_pid(fd)
-                    return fd, dir_fd
-        except BaseException:
-            os.close(fd)
-            raise
-        # drop() removed the file (and the directory) between our open and our lock: lock what is there now.
-        os.close(fd)
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-    raise SpillError(f"cannot lock {full!r}: it (or its directory) was removed {_ATTEMPTS} times while being locked")
-
-
-def _lock_directory(directory: str) -> int | None:
-    """Lock the directory itself; its descriptor, -1 if it cannot be locked so, None if it went meanwhile."""
-    assert fcntl is not None
-    try:
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        # Its lock file was unlinked while it held it (we locked a new one, without its pid), or another
-        # program flocks the directory (flock(1), a backup tool): held either way.
-        holder = "another open Chest whose lock file was removed, or another program's flock on the directory"
-        raise ChestLocked(directory, None, holder) from None
-    except OSError:
-        os.close(fd)
-        return -1  # a file system without flock on directories: the lock file's alone serves
-    if not _still_there(fd, directory, follow=True):  # drop() removed it meanwhile: lock what is there now
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-        return None
-    return fd
-
-
-def _open(full: str) -> int:
-    nofollow = getattr(os, "O_NOFOLLOW", 0)  # the pid is written into it: never through a planted symlink
-    try:
-        fd = os.open(full, os.O_RDWR | os.O_CREAT | nofollow, 0o600)
-    except FileNotFoundError:  # no directory: _acquire makes it again
-        raise
-    except OSError as error:
-        fd = -1
-        if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            # A read-only directory or file system whose lock file exists: flock needs no write access.
-            with contextlib.suppress(OSError):
-                fd = os.open(full, os.O_RDONLY | nofollow)
-        if fd < 0:
-            reason = "it is a symbolic link" if error.errno == errno.ELOOP else str(error)
-            raise SpillError(
-                f"cannot create or open the lock file {full!r} ({reason}); a Chest needs it to keep "
-                "other Chests out of its directory"
-            ) from error
-    try:
-        mode = os.fstat(fd).st_mode
-    except BaseException:
-        os.close(fd)
-        raise
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        raise SpillError(f"the lock file {full!r} is not a regular file (mode {mode:o}); refusing it")
-    return fd
-
-
-def _still_there(fd: int, full: str, follow: bool = False) -> bool:
-    try:
-        now = os.stat(full, follow_symlinks=follow)
-    except FileNotFoundError:
-        return False
-    mine = os.fstat(fd)
-    return (mine.st_dev, mine.st_ino) == (now.st_dev, now.st_ino)
-
-
-def _record_pid(fd: int) -> None:
-    data = f"{os.getpid()}\n".encode()
-    # At offset 0 (the descriptor is new). Write, then cut: the file is never empty on the way.
-    # Best effort: a read-only file keeps the old pid, which only the error message shows.
-    with contextlib.suppress(OSError):
-        os.write(fd, data)
-        os.ftruncate(fd, len(data))
-
-
-def _holder(fd: int) -> int | None:
-    """The pid the holder recorded, or None (not written yet, unreadable, or not a pid)."""
-    try:
-        text = os.pread(fd, 32, 0).decode("ascii").strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-    return int(text) if text.isdigit() and 0 < int(text) < 2**31 else None

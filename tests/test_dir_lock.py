@@ -28,7 +28,7 @@ import pytest
 from helpers import assert_disk_files
 
 import spillkit
-import spillkit.dirlock
+import spillkit.lockfiles
 import spillkit.storage
 from spillkit import Chest, ChestLocked, SpillError
 from spillkit.dirlock import LOCK_NAME, DirLock
@@ -220,14 +220,14 @@ def test_a_directory_replaced_while_it_was_being_locked_is_locked_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # helper-122: nothing tested the retry when the directory went between its open and its flock.
-    real = spillkit.dirlock._lock_directory
+    real = spillkit.lockfiles._lock_directory
     calls = []
 
     def gone_once(directory: str) -> int | None:
         calls.append(directory)
         return None if len(calls) == 1 else real(directory)
 
-    monkeypatch.setattr(spillkit.dirlock, "_lock_directory", gone_once)
+    monkeypatch.setattr(spillkit.lockfiles, "_lock_directory", gone_once)
     chest = Chest(path=tmp_path / "c")
     assert len(calls) == 2 and chest._dir_lock._dir_fd >= 0
     with pytest.raises(ChestLocked):
@@ -255,7 +255,7 @@ def test_a_directory_swapped_between_its_open_and_its_flock_is_not_the_one_kept_
                 swapped.append(fd)
             fcntl.flock(fd, operation)
 
-    monkeypatch.setattr(spillkit.dirlock, "fcntl", SwapFirst())
+    monkeypatch.setattr(spillkit.lockfiles, "fcntl", SwapFirst())
     chest = Chest(path=path)
     monkeypatch.undo()
     assert swapped
@@ -512,7 +512,7 @@ def test_a_directory_as_lock_file_is_refused_and_nothing_changes(tmp_path: Path)
 
 
 class _ReadOnlyOs:
-    """``os`` for spillkit.dirlock as on a read-only file system: opening for writing fails with EROFS."""
+    """``os`` for spillkit.lockfiles as on a read-only file system: opening for writing fails with EROFS."""
 
     def __getattr__(self, name: str) -> Any:
         return getattr(os, name)
@@ -529,7 +529,7 @@ def test_a_read_only_directory_without_a_lock_file_is_refused_clearly(
 ) -> None:
     path = tmp_path / "store"
     path.mkdir(mode=0o700)
-    monkeypatch.setattr(spillkit.dirlock, "os", _ReadOnlyOs())
+    monkeypatch.setattr(spillkit.lockfiles, "os", _ReadOnlyOs())
     with pytest.raises(SpillError, match="cannot create or open the lock file") as refused:
         open_chest(path)
     assert str(path / LOCK_NAME) in str(refused.value) and "Read-only file system" in str(refused.value)
@@ -539,7 +539,7 @@ def test_a_read_only_directory_without_a_lock_file_is_refused_clearly(
 def test_a_read_only_lock_file_still_locks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "store"
     filled(path).close()
-    monkeypatch.setattr(spillkit.dirlock, "os", _ReadOnlyOs())
+    monkeypatch.setattr(spillkit.lockfiles, "os", _ReadOnlyOs())
     chest = open_chest(path)  # flock needs no write access: the existing file is locked read-only
     assert chest._dir_lock.held
     with pytest.raises(ChestLocked) as refused:
@@ -556,7 +556,7 @@ def test_a_drop_between_opening_and_locking_the_file_is_noticed(
     # the contender's flock: it holds a lock on a file no longer there and must lock the new one instead.
     path = tmp_path / "store"
     filled(path).close()
-    real = spillkit.dirlock.fcntl
+    real = spillkit.lockfiles.fcntl
     dropped: list[bool] = []
 
     class DropFirst:
@@ -569,7 +569,7 @@ def test_a_drop_between_opening_and_locking_the_file_is_noticed(
                 shutil.rmtree(path)
             real.flock(fd, operation)
 
-    monkeypatch.setattr(spillkit.dirlock, "fcntl", DropFirst())
+    monkeypatch.setattr(spillkit.lockfiles, "fcntl", DropFirst())
     chest = open_chest(path)
     assert dropped
     assert len(chest) == 0  # a fresh directory
@@ -752,7 +752,7 @@ def test_a_drop_between_making_the_directory_and_opening_the_lock_file_is_surviv
     """Review finding: the holder's drop() removed the directory after the newcomer made it, before its open."""
     path = tmp_path / "store"
     holder = filled(path)
-    real_open = spillkit.dirlock._open
+    real_open = spillkit.lockfiles._open
     dropped: list[bool] = []
 
     def drop_first(full: str) -> int:
@@ -761,7 +761,7 @@ def test_a_drop_between_making_the_directory_and_opening_the_lock_file_is_surviv
             holder.drop()  # the directory is gone now
         return real_open(full)
 
-    monkeypatch.setattr(spillkit.dirlock, "_open", drop_first)
+    monkeypatch.setattr(spillkit.lockfiles, "_open", drop_first)
     chest = open_chest(path)
     assert dropped and len(chest) == 0  # a fresh directory, made again
     chest.update(VALUES)

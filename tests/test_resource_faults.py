@@ -285,7 +285,7 @@ def test_every_module_that_calls_os_is_under_the_fault_injector() -> None:
     # the key file, temporary directories (mapped: removing one a fork may still map) and the lock file
     # (tests/test_dir_lock.py), not spill data; the blank files made ahead on a thread of their own, whose
     # faults are silent by design (tests/test_blanks.py); files a user names to a command (inputfiles)
-    others = {"security", "tempdirs", "mapped", "dirlock", "blanks", "inputfiles"}
+    others = {"security", "tempdirs", "mapped", "dirlock", "lockfiles", "blanks", "inputfiles"}
     assert doing_io - others <= covered, doing_io - others - covered
 
 
