@@ -23,7 +23,14 @@ Buffer = bytes | bytearray | memoryview
 
 @runtime_checkable
 class Codec(Protocol):
-    """What the disk tier needs from a serializer. Codecs must be stateless."""
+    """What the disk tier needs from a serializer. Codecs must be stateless.
+
+    A structural protocol (``isinstance`` checks the three names, not signatures). Failures: what
+    ``encode`` raises keeps the value in memory (a put of a value over the whole budget raises it);
+    what ``decode`` raises reaches the reader, the key and its file stay (a ``KeyError`` comes as
+    :class:`~spillkit.errors.LoadFailed`). Thread-safety: with write-behind, ``encode`` runs on the
+    writer thread without the engine's lock while other threads ``decode``.
+    """
 
     name: str
 
@@ -50,9 +57,25 @@ class PickleCodec:
     Lambdas, closures and interactively defined classes go through cloudpickle,
     whose output plain ``pickle`` loads. Broadcast numpy arrays pickle as the
     elements they hold and load back broadcast (:mod:`spillkit.broadcasts`).
+    Thread-safe (stateless): nothing is kept between calls, so an error leaves nothing behind.
 
-    Thread-safe (stateless). ``encode`` raises what pickle raises for values
-    that cannot be serialized; ``decode`` raises on malformed input.
+    Parameters
+    ----------
+    out_of_band_threshold : int, default 65536
+        Buffers of at least this many bytes go out of band (kept as the attribute of that name).
+
+    Raises
+    ------
+    Exception
+        ``encode``: what pickle raises for values that cannot be serialized (after a
+        ``PicklingError``, ``AttributeError`` or ``TypeError`` the value is tried again with
+        cloudpickle, whose error propagates). ``decode``: what ``pickle.loads`` raises for a
+        damaged stream or a value whose class does not import here.
+    ValueError
+        ``decode``: the frame lengths ``data`` starts with do not fit in it (another codec's
+        body, or compressed); ``decode_frames``: the frames do not match their header.
+    struct.error
+        ``decode``: ``data`` is shorter than 4 bytes.
 
     Examples
     --------
@@ -193,7 +216,15 @@ class FuncCodec:
 
     The file passed to ``dump`` accepts bytes and str, so ``json.dump`` works
     as well as ``pickle.dump``; ``load`` receives a binary file (``json.load``
-    accepts one). Thread-safe if the functions are.
+    accepts one). ``encode`` raises what ``dump`` raises, ``decode`` what ``load`` raises, unchanged.
+    Thread-safe if the functions are: each ``encode`` writes to its own buffer.
+
+    Parameters
+    ----------
+    dump : callable
+        ``dump(obj, file)``, kept as ``self.dump``; ``name`` is its module and name (``json.dump``).
+    load : callable
+        ``load(file)`` on a binary file, kept as ``self.load``.
 
     Examples
     --------

@@ -87,6 +87,22 @@ class Event:
         For ``put`` and ``load``: ``id()`` of the value now in memory, so a
         recorder can tell one object stored under two keys (dask's aliases).
         0 otherwise.
+
+    Parameters
+    ----------
+    kind, key, nbytes, disk_bytes, cost, seconds, time, detail, object_id
+        The attributes above, in this order (a dataclass); ``detail``
+        defaults to ``""`` and ``object_id`` to 0. Nothing is checked.
+
+    Raises
+    ------
+    dataclasses.FrozenInstanceError
+        On any assignment to an attribute.
+
+    Notes
+    -----
+    Frozen (and slotted): an event never changes once made, so one event may
+    be handed to every listener, on any thread, without a copy or a lock.
     """
 
     kind: str

@@ -77,7 +77,25 @@ class SpelledKey:
     Equal only to a SpelledKey of the same spelling and ``occurrence``: a trace reader gives
     two keys spelt alike (a class with a constant ``__repr__``) different occurrences, so
     they stay two keys, as in the recorded run. ``repr`` is the spelling, so a trace written
-    again spells it as before. Immutable and hashable.
+    again spells it as before. Hashable.
+
+    Parameters
+    ----------
+    spelling : str
+        The key's ``repr`` as the trace wrote it.
+    occurrence : int, default 0
+        Which key of that spelling this is, counted by the trace reader.
+
+    Attributes
+    ----------
+    spelling, occurrence
+        The constructor's arguments.
+
+    Notes
+    -----
+    Raises nothing of its own; compared with anything but a SpelledKey, ``==`` is
+    ``NotImplemented`` (so False). Immutable by convention (spillkit never assigns its slots
+    after the constructor; nothing stops a caller from doing so), so thread-safe to share.
     """
 
     __slots__ = ("occurrence", "spelling")

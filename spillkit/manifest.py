@@ -74,7 +74,14 @@ class UnreadableKey:
     The key's value stays on disk under this stand-in: it is listed, its value can be read and
     deleted, and the next flush writes the key's original pickle again, so a process that can
     import the key's class finds the key as it was. Equal to another stand-in for the same pickle.
-    Immutable, so thread-safe.
+    Raises nothing. Immutable by convention (spillkit never assigns its slots), so thread-safe.
+
+    Parameters
+    ----------
+    blob : bytes
+        The key's pickle as the manifest holds it (kept as the attribute ``blob``).
+    error : str
+        ``"ExceptionType: message"`` of what unpickling (or hashing) the key raised (``error``).
     """
 
     __slots__ = ("blob", "error")

@@ -34,7 +34,74 @@ class Stats:
     building an event object on the hot path); other listeners receive
     :class:`~spillkit.events.Event` objects. Read them at any time; for a
     consistent snapshot of all fields call :meth:`snapshot` while holding
-    ``chest.engine.lock``. Thread-safe to read; only the engine writes.
+    ``chest.engine.lock``.
+
+    Parameters
+    ----------
+    **fields
+        Every attribute below is also a keyword argument (a dataclass), each
+        0 by default (the histograms: ``len(LATENCY_BOUNDS) + 1`` zeros); the
+        engine passes none.
+
+    Attributes
+    ----------
+    puts : int
+        Values stored.
+    hits : int
+        Reads served from memory.
+    loads : int
+        Reads served from disk.
+    load_bytes : int
+        Bytes read from disk.
+    load_seconds, spill_seconds : float
+        Seconds spent in disk reads (loads) and in disk writes.
+    misses : int
+        Reads of absent keys (KeyError).
+    spills : int
+        Values written to disk while leaving memory.
+    spill_bytes : int
+        Bytes written to disk by spills, direct writes and flushes.
+    evictions : int
+        Values that left memory without a write (file reused).
+    direct_writes : int
+        Values larger than the budget, written straight to disk.
+    spill_failures : int
+        Writes that failed (value kept in memory), for every reason.
+    disk_errors : int
+        Writes the disk failed (OSError); quota, serialization and changes
+        are counted apart.
+    changed_errors : int
+        Writes given up because the value kept changing while written
+        (``verify_writes``).
+    writer_errors : int
+        Background writes that failed because no writer thread could start.
+    unspillable : int
+        Values set aside because they cannot be serialized.
+    serialize_errors : int
+        Writes of a put over the budget, or of a flush, that failed because
+        the value cannot be serialized.
+    load_failures : int
+        Reads that found a corrupt or missing file.
+    reused : int
+        Reads of spilled values still alive elsewhere, handed back without a
+        disk read.
+    popped : int
+        Disk reads ``pop()`` made (counted in ``loads`` too; a pop is no get).
+    quota_errors : int
+        Puts refused because ``available_disk`` would be exceeded.
+    reserve_failures : int
+        Flushes that could not make the manifest's reserve file whole
+        (:mod:`spillkit.reserve`).
+    deletes : int
+        Keys deleted.
+    write_latency, read_latency : list of int
+        Disk latency histograms: counts per :data:`LATENCY_BOUNDS` bucket
+        (the last is +Inf), not cumulative.
+
+    Notes
+    -----
+    Thread-safe to read; only the engine writes, under its lock. Raises
+    nothing of its own: the properties and methods only read and add.
 
     Examples
     --------
@@ -45,29 +112,28 @@ class Stats:
     """
 
     puts: int = 0
-    hits: int = 0  # reads served from memory
-    loads: int = 0  # reads served from disk
-    load_bytes: int = 0  # bytes read from disk
+    hits: int = 0
+    loads: int = 0
+    load_bytes: int = 0
     load_seconds: float = 0.0
-    misses: int = 0  # reads of absent keys (KeyError)
-    spills: int = 0  # values written to disk while leaving memory
-    spill_bytes: int = 0  # bytes written to disk by spills, direct writes and flushes
+    misses: int = 0
+    spills: int = 0
+    spill_bytes: int = 0
     spill_seconds: float = 0.0
-    evictions: int = 0  # values that left memory without a write (file reused)
-    direct_writes: int = 0  # values larger than the budget, written straight to disk
-    spill_failures: int = 0  # writes that failed (value kept in memory), for every reason
-    disk_errors: int = 0  # writes the disk failed (OSError); quota, serialization and changes are counted apart
-    changed_errors: int = 0  # writes given up because the value kept changing while written (verify_writes)
-    writer_errors: int = 0  # background writes that failed because no writer thread could start
-    unspillable: int = 0  # values set aside because they cannot be serialized
-    serialize_errors: int = 0  # writes of a put over the budget, or of a flush, failed: the value cannot be serialized
-    load_failures: int = 0  # reads that found a corrupt or missing file
-    reused: int = 0  # reads of spilled values still alive elsewhere, handed back without a disk read
-    popped: int = 0  # disk reads pop() made (counted in loads too; a pop is no get)
-    quota_errors: int = 0  # puts refused because available_disk would be exceeded
-    reserve_failures: int = 0  # flushes that could not make the manifest's reserve file whole (spillkit.reserve)
+    evictions: int = 0
+    direct_writes: int = 0
+    spill_failures: int = 0
+    disk_errors: int = 0
+    changed_errors: int = 0
+    writer_errors: int = 0
+    unspillable: int = 0
+    serialize_errors: int = 0
+    load_failures: int = 0
+    reused: int = 0
+    popped: int = 0
+    quota_errors: int = 0
+    reserve_failures: int = 0
     deletes: int = 0
-    # Disk latency histograms: counts per LATENCY_BOUNDS bucket (last = +Inf), not cumulative.
     write_latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BOUNDS) + 1))
     read_latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BOUNDS) + 1))
 

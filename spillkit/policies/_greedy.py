@@ -19,7 +19,30 @@ class GreedyDual(Policy):
     frequency. Raising the clock on eviction (the "dynamic aging" of LFU-DA and
     GreedyDual-Size) lets keys that stopped being read fall behind new ones.
     Ties go to the least recently used. O(log n) per event (a heap with lazy
-    deletion). Not thread-safe on its own: the engine's lock serialises calls.
+    deletion).
+
+    Parameters
+    ----------
+    aging : bool, default True
+        Raise the clock to each victim's (finite) priority when it is evicted.
+        False keeps the clock at 0, so a priority is ``frequency * weight``
+        alone.
+
+    Attributes
+    ----------
+    aging : bool
+        The constructor's ``aging``.
+
+    Raises
+    ------
+    KeyError
+        From ``touched``, ``recosted``, ``removed`` and ``evicted`` for a key
+        the policy does not hold, and from ``victim`` when none is resident,
+        before anything changes.
+
+    Notes
+    -----
+    Not thread-safe on its own: the engine's lock serialises calls.
     """
 
     counts_reads: ClassVar[bool] = True

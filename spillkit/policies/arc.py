@@ -43,8 +43,24 @@ class ARC(Policy):
     admissions, reads, removals and spills. ``recosted`` changes nothing.
 
     Complexity: O(1) per event amortised (``OrderedDict`` lists; a spill may
-    trim several ghost keys, each trimmed once). Thread-safety: none on its
-    own; the engine's lock serialises every call. Deterministic.
+    trim several ghost keys, each trimmed once). Takes no arguments.
+
+    Attributes
+    ----------
+    target : float
+        The adaptive target ``p`` in bytes (read-only).
+
+    Raises
+    ------
+    KeyError
+        From ``touched``, ``recosted``, ``removed`` and ``evicted`` for a key
+        the policy does not hold, and from ``victim`` when none is resident;
+        the policy is left unchanged.
+
+    Notes
+    -----
+    Thread-safety: none on its own; the engine's lock serialises every call.
+    Deterministic.
 
     Examples
     --------

@@ -18,10 +18,7 @@ class Policy(ABC):
     """Orders resident keys; the engine asks it which key to spill next.
 
     A policy sees keys, sizes and costs: never values, tiers, clocks, locks or
-    listeners. The engine calls it under its own lock, so policies hold none
-    and are not thread-safe on their own. One policy object serves one open
-    Chest at a time: once that Chest is closed or dropped (or its constructor
-    raised), it has removed every key from the policy, which may serve another.
+    listeners.
 
     The engine's calls:
 
@@ -56,8 +53,23 @@ class Policy(ABC):
         of the key is no return of a spilled value. Never raises; the default
         does nothing.
 
-    ``touched``, ``removed`` and ``evicted`` raise ``KeyError`` for a key the
-    policy does not hold.
+    Raises
+    ------
+    KeyError
+        From ``touched``, ``removed`` and ``evicted`` for a key the policy
+        does not hold (and from ``recosted`` in every built-in policy); from
+        ``victim`` and ``victim_for`` when no key is resident.
+
+    Notes
+    -----
+    Thread-safety: the engine calls a policy under its own lock, so policies
+    hold none and are not thread-safe on their own. One policy object serves
+    one open Chest at a time: once that Chest is closed or dropped (or its
+    constructor raised), it has removed every key from the policy, which may
+    serve another.
+
+    Failure behaviour: the built-in policies raise these errors before
+    changing anything, so a call that raised leaves the policy as it was.
     """
 
     name: ClassVar[str] = "policy"

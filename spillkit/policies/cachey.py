@@ -53,7 +53,32 @@ class CacheyScore(Policy):
     so a value loaded back from disk starts with one access at the current
     tick. A cost change (``recosted``) keeps the key's accesses.
 
-    Complexity: O(log n) per event (a heap with lazy deletion).
+    Complexity: O(log n) per event (a heap with lazy deletion). A cost that
+    is not above 1e-300 (zero, negative or nan) counts as 1e-300, a size of
+    0 bytes as 1.
+
+    Parameters
+    ----------
+    halflife : float, default 1000.0
+        Accesses (to all keys) after which an access weighs about half as
+        much as a new one (cachey's ``halflife``); must be positive.
+
+    Attributes
+    ----------
+    halflife : float
+        The constructor's ``halflife``.
+
+    Raises
+    ------
+    ValueError
+        From the constructor, when ``halflife`` is not positive (or is nan).
+    KeyError
+        From ``touched``, ``recosted``, ``removed``, ``evicted`` and
+        :meth:`score` for a key the policy does not hold, and from ``victim``
+        when none is resident; the policy is left unchanged.
+
+    Notes
+    -----
     Thread-safety: none on its own; the engine's lock serialises every call.
     Deterministic.
 

@@ -16,7 +16,25 @@ class CostAware(GreedyDual):
     recompute time in seconds (``chest.put(key, value, cost=s)`` or
     ``chest.set_cost(key, s)``); when none was given the Chest passes the
     estimated time to reload the value from disk. A cost change keeps the
-    key's frequency. O(log n) per event. Not thread-safe on its own.
+    key's frequency. O(log n) per event. A negative cost counts as 0, a size
+    of 0 bytes as 1.
+
+    Parameters
+    ----------
+    aging : bool, default True
+        True: the clock rises to each victim's priority, as above. False: the
+        clock stays at 0, so the priority is ``frequency * cost / nbytes``.
+
+    Raises
+    ------
+    KeyError
+        From ``touched``, ``recosted``, ``removed`` and ``evicted`` for a key
+        the policy does not hold, and from ``victim`` when none is resident;
+        the policy is left unchanged.
+
+    Notes
+    -----
+    Not thread-safe on its own: the engine's lock serialises calls.
 
     Examples
     --------

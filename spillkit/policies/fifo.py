@@ -27,6 +27,17 @@ class FIFO(Policy):
 
     Complexity: O(1) per event (an ``OrderedDict``, whose first key is found in
     O(1) however many keys were deleted before it, unlike a plain ``dict``).
+    Takes no arguments.
+
+    Raises
+    ------
+    KeyError
+        From ``touched``, ``recosted``, ``removed`` and ``evicted`` for a key
+        the policy does not hold, and from ``victim`` when none is resident;
+        the policy is left unchanged.
+
+    Notes
+    -----
     Thread-safety: none on its own; the engine's lock serialises every call.
     Deterministic.
 

@@ -21,8 +21,24 @@ class LFU(GreedyDual):
     forgotten when it leaves. An overwrite of a resident key is a new value
     entering (the engine calls ``removed`` then ``admitted``, as for every
     policy), so its count starts again at 1, where ``cachetools.LFUCache``
-    counts the assignment as one more use. O(log n) per event. Not
-    thread-safe on its own.
+    counts the assignment as one more use. O(log n) per event.
+
+    Parameters
+    ----------
+    aging : bool, default True
+        True: LFU with Dynamic Aging, as above. False: plain LFU (the clock
+        stays at 0, so the priority is the frequency alone).
+
+    Raises
+    ------
+    KeyError
+        From ``touched``, ``recosted``, ``removed`` and ``evicted`` for a key
+        the policy does not hold, and from ``victim`` when none is resident;
+        the policy is left unchanged.
+
+    Notes
+    -----
+    Not thread-safe on its own: the engine's lock serialises calls.
 
     Examples
     --------

@@ -13,9 +13,20 @@ __all__ = ["LRU"]
 class LRU(Policy):
     """Spill the key read or written longest ago; a read refreshes recency.
 
-    O(1) per event (an ``OrderedDict``). Not thread-safe on its own: the
-    engine's lock serialises calls. Spills keys in the order
-    ``cachetools.LRUCache`` evicts them.
+    O(1) per event (an ``OrderedDict``). Spills keys in the order
+    ``cachetools.LRUCache`` evicts them. Takes no arguments; cost is ignored
+    (``recosted`` only checks the key is held).
+
+    Raises
+    ------
+    KeyError
+        From ``touched``, ``recosted``, ``removed`` and ``evicted`` for a key
+        the policy does not hold, and from ``victim`` when none is resident;
+        the policy is left unchanged.
+
+    Notes
+    -----
+    Not thread-safe on its own: the engine's lock serialises calls.
 
     Examples
     --------

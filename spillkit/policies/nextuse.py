@@ -27,7 +27,26 @@ class GraphAware(Policy):
     Keys with no reader left, or unknown to the graph, go first; among equals
     the least recently used goes first, so without a graph these policies
     behave like LRU. O(log n) per event (a heap with lazy deletion).
-    Not thread-safe on its own; deterministic.
+
+    Parameters
+    ----------
+    plan : GraphPlan or None, default None
+        The graph to rank by; the policy keeps this object and updates it in
+        place as tasks finish. None: an empty plan, under which every key is
+        unknown to the graph, so keys go least recently used first (LRU)
+        until :meth:`plan` gives a graph.
+
+    Raises
+    ------
+    KeyError
+        From ``touched``, ``recosted`` and ``removed`` (and ``evicted``) for a
+        key the policy does not hold, and from ``victim`` (and ``victim_for``)
+        when none is resident; the policy is left unchanged.
+
+    Notes
+    -----
+    Not thread-safe on its own (the plan neither): the engine's lock
+    serialises calls. Deterministic.
     """
 
     def __init__(self, plan: GraphPlan | None = None) -> None:
@@ -124,6 +143,17 @@ class NextUse(GraphAware):
     best (tsqr at 5%) and 1.01x at worst (rechunk at 10% and 25%), 1.00x in
     23 of 28 cells (``python experiments/need_aware.py``).
 
+    Parameters
+    ----------
+    plan : GraphPlan or None, default None
+        As for :class:`GraphAware`. With None every key ties, so ``victim``
+        and ``victim_for`` both pick the least recently used key, as LRU.
+
+    Notes
+    -----
+    Raises as :class:`GraphAware` does. Not thread-safe on its own: the
+    engine's lock serialises calls.
+
     Examples
     --------
     >>> from spillkit.policies._graph import GraphPlan
@@ -171,6 +201,17 @@ class LRC(GraphAware):
 
     Ties go to the key whose next reader comes latest, then to the largest.
     This is what dask's own reference counts (``waiting_data``) tell.
+
+    Parameters
+    ----------
+    plan : GraphPlan or None, default None
+        As for :class:`GraphAware`. With None every key has no reader left
+        and the same next use, so keys go least recently used first, as LRU.
+
+    Notes
+    -----
+    Raises as :class:`GraphAware` does. Not thread-safe on its own: the
+    engine's lock serialises calls.
 
     Examples
     --------

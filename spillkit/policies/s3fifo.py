@@ -39,8 +39,7 @@ class S3FIFO(Policy):
     libCacheSim's ghost, a FIFO of its own that makes room for what enters).
     A victim from M trims nothing, nor does anything between evictions, so
     deleting many resident keys does not erase the ghost's memory (a spilled
-    key deleted or overwritten is forgotten: :meth:`forgotten`). Both fractions are
-    constructor arguments.
+    key deleted or overwritten is forgotten: :meth:`forgotten`).
 
     ``threshold=2`` follows the paper's Algorithm 1 (``freq > 1``) and
     libCacheSim's current default; ``threshold=1`` promotes any key read once
@@ -58,8 +57,40 @@ class S3FIFO(Policy):
     Complexity: O(1) amortised per event when each ``victim()`` is followed
     by its eviction, as the engine does: the peek walks no further than the
     eviction then moves keys, and each promotion or reinsertion spends a read
-    or an admission. Thread-safety: none on its own; the engine's lock
-    serialises every call. Deterministic.
+    or an admission.
+
+    Parameters
+    ----------
+    small : float, default 0.1
+        S is cleaned first while it holds at least this share of the resident
+        bytes; ``0 < small < 1``.
+    ghost : float, default 0.9
+        G is trimmed to this multiple of the resident bytes when a key spilled
+        from S enters it; ``ghost >= 0``, and 0 keeps no ghost queue at all.
+    threshold : int, default 2
+        Reads a key needs while in S to move to M rather than be spilled;
+        ``threshold >= 1``. The counter stops at 3, so a threshold above 3
+        moves no key from S to M by reads.
+
+    Attributes
+    ----------
+    small, ghost, threshold
+        The constructor's arguments, as given.
+
+    Raises
+    ------
+    ValueError
+        From the constructor, when ``small``, ``ghost`` or ``threshold`` is
+        out of the ranges above.
+    KeyError
+        From ``touched``, ``recosted``, ``removed`` and ``evicted`` for a key
+        the policy does not hold, and from ``victim`` when none is resident;
+        the policy is left unchanged.
+
+    Notes
+    -----
+    Thread-safety: none on its own; the engine's lock serialises every call.
+    Deterministic.
 
     Examples
     --------

@@ -15,7 +15,27 @@ class SizeAware(GreedyDual):
     keys last used at about the same time the largest goes first, which frees
     the most memory per write; unlike pure largest-first, a small key that is
     never read again is eventually spilled too (pure largest-first keeps such
-    keys for ever). Ties go to the least recently used. O(log n) per event. Not thread-safe on its own.
+    keys for ever). Ties go to the least recently used. O(log n) per event.
+    Reads do not raise a key's frequency (it stays 1); a read only moves the
+    key's clock base up to the current clock.
+
+    Parameters
+    ----------
+    aging : bool, default True
+        True: the clock rises to each victim's priority, as above. False: the
+        clock stays at 0, so the priority is ``1 / nbytes`` alone: pure
+        largest-first, ties to the least recently used.
+
+    Raises
+    ------
+    KeyError
+        From ``touched``, ``recosted``, ``removed`` and ``evicted`` for a key
+        the policy does not hold, and from ``victim`` when none is resident;
+        the policy is left unchanged.
+
+    Notes
+    -----
+    Not thread-safe on its own: the engine's lock serialises calls.
 
     Examples
     --------
