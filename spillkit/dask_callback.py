@@ -57,6 +57,27 @@ class ChestCallback(Callback):
     cost only has to rank values against each other. Graph-aware policies
     receive the graph and dask's planned order when the computation starts.
 
+    Parameters
+    ----------
+    chest : Chest
+        The Chest computations use as ``cache=`` (given, or a :func:`~spillkit.dask.spilling` block's); an attribute.
+    costs : bool, default True
+        Measure each task's duration as its key's recompute cost (above); kept as the attribute ``measure``.
+
+    Raises
+    ------
+    TypeError
+        When ``chest`` is not a :class:`~spillkit.Chest`. Entering warns (RuntimeWarning) while a dask.distributed
+        Client is active; so does a computation whose ``cache=`` is neither ``chest`` nor a ``spilling()`` one's.
+
+    Notes
+    -----
+    When a computation raises (in a task, or here: a cycle in the graph a graph-aware policy plans, a full disk
+    quota while settling), dask still ends it through this callback: its pins and its deferral go, and the Chest
+    settles within its budget. What its tasks stored stays in the Chest (a ``spilling()`` block's takes it out)
+    until a computation this callback starts later, with some of those keys in its graph, deletes them (none
+    while another runs).
+
     Thread-safety: dask calls these hooks from its scheduling thread; the
     Chest's own lock covers the rest. Once its ``with`` block has ended it takes
     on no new computation (dask may still call it: see :meth:`_start`), and

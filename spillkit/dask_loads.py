@@ -59,6 +59,28 @@ class WorkerLoads(ChestOwnership, MutableMapping[Hashable, Any]):
     another owns the Chest (in another thread, or nested inside a task, with any
     ``scheduler=``) is routed, by its thread, to a dict of its own
     (:meth:`go_private`). Everything else is the Chest's, which has its own lock.
+
+    Parameters
+    ----------
+    chest : Chest
+        The Chest it serves (not checked); :func:`~spillkit.dask.spilling` makes one for its Chest.
+
+    Attributes
+    ----------
+    chest : Chest
+        As given. ``active`` is True until the ``spilling()`` block that made it ends.
+
+    Raises
+    ------
+    KeyError
+        As a mapping does, for an absent key; the Chest's own errors (a failed load) propagate too.
+
+    Notes
+    -----
+    A computation's error propagates from :meth:`schedule` once the keys it stored are deleted from the Chest,
+    which is then free for the next computation (and closed, if its block has ended). :meth:`hand_back` raises
+    the first result that fails to load, once every key is out. A computation that finds the Chest taken warns
+    (RuntimeWarning) and runs with a dict of its own.
     """
 
     def __init__(self, chest: Chest) -> None:

@@ -57,16 +57,40 @@ class record(Callback):
     block ends, so it includes dask's final read of the results (which happens
     after the scheduler's last callback).
 
-    The first computation writes ``path``; later ones in the same block write
-    ``path`` with ``-1``, ``-2``, ... before the extension. The cache must be a
-    Chest (it can be unlimited, ``Chest(available_memory=float("inf"))`` is not
-    needed: any budget records the same scheduler operations). Paths written
-    are in :attr:`paths`.
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The first computation's trace file (``.gz``: gzip-compressed); later ones in the same block write
+        ``path`` with ``-1``, ``-2``, ... before the extension.
+    workload : str, optional
+        The header's ``workload`` field.
+    **header
+        More header fields (JSON values), each replacing any field of the same name: ``record``'s (``dask``,
+        ``workload``, ``budget``, ``policy``) and :class:`~spillkit.trace.TraceRecorder`'s (``format`` too).
 
+    Attributes
+    ----------
+    paths : list of str
+        The trace files written so far, in order. ``path``, ``workload`` and ``header`` are as given.
+
+    Raises
+    ------
+    TypeError
+        Into a computation whose cache is not a Chest (nor a ``spilling()`` one's; it need not be unlimited,
+        ``Chest(available_memory=float("inf"))``: any budget records the same scheduler operations), or whose
+        header fields JSON cannot encode.
+    OSError
+        Into a computation whose trace file cannot be opened. Such a computation, and one whose graph has a
+        cycle, raises as it starts with nothing of it recorded; the next computation is recorded as usual.
+
+    Notes
+    -----
     One computation at a time is recorded: one that starts while it runs (nested
     in a task, or in another thread) gets no trace of its own (what it does with the
     same Chest joins the running one's), and one that :func:`~spillkit.dask.spilling`
-    runs in memory, with a dict of its own, is not recorded. Thread-safe.
+    runs in memory, with a dict of its own, is not recorded. Thread-safe. An error
+    writing an event's line is counted and warned about by the Chest (see
+    :class:`~spillkit.trace.TraceRecorder`); the computation goes on.
     """
 
     def __init__(self, path: str | os.PathLike[str], workload: str | None = None, **header: Any) -> None:

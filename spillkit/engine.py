@@ -27,45 +27,67 @@ load = mended(load)  # (an interrupt in a load's or a spill's steps: spillkit.me
 class SpillEngine(EngineLifecycle):
     """Keeps values in a memory dict up to ``budget`` bytes and spills the rest to ``disk``.
 
-    Eviction is ask, act, tell: the engine asks ``policy.victim()``, writes the
-    value, and only when the write succeeded drops it from memory and calls
-    ``policy.evicted``. A value that cannot be serialized is set aside (kept in
-    memory, counted, warned about, no longer offered) so it never blocks the
-    others; a failed write keeps the value in memory, passed over until a
-    write of another value succeeds, and a second failure in a row stops the
-    round (:mod:`spillkit.rounds`), so memory may exceed the budget until
-    writes work again, and one value the disk refuses (a file too large for
-    it) never stops the others spilling; a value that changed
-    while it was written stays too, passed over until the round ends. A value
-    loaded from disk keeps its file while unchanged, so spilling it again
-    writes nothing. A spilled value that is still alive elsewhere in the
-    process (a weak reference finds it) is handed back instead of a copy from
-    disk, and counted once.
+    Parameters
+    ----------
+    disk : DiskTier
+        Where spilled values go (a Chest's :class:`~spillkit.segments.PackedStore`, replay's size-only tier).
+    policy : Policy
+        Chooses the victims.
+    budget : int
+        Bytes of resident values to keep within; not checked here (a Chest parses its ``available_memory``).
+    sizeof : callable
+        Bytes a value holds, for a ``put`` without ``nbytes``.
+    reload_latency, reload_bandwidth : float, default 1e-4 and 1e9
+        A key's cost when none is given: ``reload_latency + nbytes / reload_bandwidth`` seconds.
+    write_behind : bool or int, default False
+        True: the automatic cap (Notes); anything but False (0 too) caps bytes in flight at ``int(write_behind)``.
 
-    With ``write_behind`` (True for an automatic cap of twice the largest value
-    or an eighth of the budget, or a cap in bytes), a victim is handed to a
-    :class:`~spillkit.writer.BackgroundWriter` and the put returns at once: the
-    value stays readable until its write completes, memory may exceed the
-    budget by the bytes in flight (callers wait when they pass the cap), and a
-    failed background write puts the value back in memory, counted and warned
-    about, never raised into an unrelated caller.
+    Attributes
+    ----------
+    lock : threading.RLock
+        Held by every public method. ``memory`` (key to resident value), ``stats``, ``disk``, ``policy``,
+        ``budget``, ``sizeof`` and ``listeners`` are public too.
 
-    Thread-safe: every public method holds one re-entrant lock (``lock``);
-    the policy, the tiers and the listeners are called under it and hold none.
-    Listeners run in registration order; an exception in one is counted,
-    warned about, and does not affect the operation.
+    Raises
+    ------
+    SpillError
+        Once closed, from ``put``, ``delete``, ``settle`` and a ``get`` that must load (not while a Chest's
+        ``close()`` runs); and for a key a listener uses in the round making room for that same key.
+    KeyError
+        From ``get`` and ``delete`` of an absent key.
+    TypeError, ValueError
+        From ``put``, before any change: a ``cost`` not a real number, or NaN; a ``sizeof`` result not a size >= 0.
 
-    The engine is split by concern, all under that one lock: its state and
-    bookkeeping are :class:`~spillkit.ledger.EngineLedger` (a base class, so the
-    hit path reads it without an extra lookup), the operations on every key at
-    once and closing are :class:`~spillkit.lifecycle.EngineLifecycle` (a base
-    class between the two), loads, write-through and the spill of a chosen
-    victim are functions in :mod:`spillkit.transfers`, write-behind is
-    :class:`~spillkit.writebehind.WriteBehind`, live-object reuse is
-    :class:`~spillkit.liveobjects.LiveObjects`, a put over the whole budget is
-    :mod:`spillkit.over_budget`, and the one loop that makes room is
-    :class:`~spillkit.rounds.EvictionRounds`'s ``_make_room``. This class keeps
-    the operations on one key.
+    Notes
+    -----
+    A put that raises (a full disk quota, an error in the round making room) stores nothing and keeps the key's earlier
+    value, if any; a failed load is counted in ``stats.load_failures``; both errors carry a note naming the key.
+    Eviction is ask, act, tell: the engine asks ``policy.victim()``, writes the value, and only when the write succeeded
+    drops it from memory and calls ``policy.evicted``. A value that cannot be serialized is set aside (kept in memory,
+    counted, warned about, no longer offered) so it never blocks the others; a failed write keeps the value in memory,
+    passed over until a write of another value succeeds, and a second failure in a row stops the round
+    (:mod:`spillkit.rounds`), so memory may exceed the budget until writes work again, and one value the disk refuses (a
+    file too large for it) never stops the others spilling; a value that changed while it was written stays too, passed
+    over until the round ends. A value loaded from disk keeps its file while unchanged, so spilling it again writes
+    nothing. A spilled value that is still alive elsewhere in the process (a weak reference finds it) is handed back
+    instead of a copy from disk, and counted once.
+
+    With ``write_behind`` (True for an automatic cap of twice the largest value or an eighth of the budget, or a cap in
+    bytes), a victim is handed to a :class:`~spillkit.writer.BackgroundWriter` and the put returns at once: the value
+    stays readable until its write completes, memory may exceed the budget by the bytes in flight (callers wait when
+    they pass the cap), and a failed background write puts the value back in memory, counted and warned about, never
+    raised into an unrelated caller.
+
+    Thread-safe: every public method holds one re-entrant lock (``lock``); the policy, the tiers and the listeners are
+    called under it and hold none. Listeners run in registration order; an exception in one is counted, warned about,
+    and does not affect the operation. The engine is split by concern, all under that one lock: its state and
+    bookkeeping are :class:`~spillkit.ledger.EngineLedger` (a base class, so the hit path reads it without an extra
+    lookup), the operations on every key at once and closing are :class:`~spillkit.lifecycle.EngineLifecycle` (a base
+    class between the two), loads, write-through and the spill of a chosen victim are functions in
+    :mod:`spillkit.transfers`, write-behind is :class:`~spillkit.writebehind.WriteBehind`, live-object reuse is
+    :class:`~spillkit.liveobjects.LiveObjects`, a put over the whole budget is :mod:`spillkit.over_budget`, and the one
+    loop that makes room is :class:`~spillkit.rounds.EvictionRounds`'s ``_make_room``. This class keeps the operations
+    on one key.
     """
 
     def __init__(

@@ -63,10 +63,31 @@ class TraceRecorder:
     Chest's puts were deferred (:meth:`~spillkit.Chest.deferred`), so a strict
     replay defers them too; ``chest.add_listener(TraceRecorder(path, header))``
     records the operations alone (the dask integration's way: its deferral is
-    what settled replays model). Thread-safe: the Chest calls
-    listeners under its lock, and the recorder has its own lock for the graph
-    line. Write errors propagate to the listener machinery, which counts and
-    warns; the cache operation itself is unaffected.
+    what settled replays model).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The trace file, created or truncated (gzip-compressed if it ends in ``.gz``); kept as ``path``.
+    header : dict, optional
+        Fields added to the first line (JSON values); one named ``format``, ``version``, ``spillkit`` or ``machine``
+        replaces the recorder's own.
+    chest : Chest, optional
+        Listen to it now, after recording what it holds already (:meth:`holdings`).
+
+    Raises
+    ------
+    OSError
+        When ``path`` cannot be opened. A ``header`` json cannot encode raises its error (a TypeError) once the
+        file is made, with no line in it and no listener added.
+
+    Notes
+    -----
+    Thread-safe: the Chest calls listeners under its lock, and the recorder has its own lock around each line it writes
+    (the graph line comes from outside the Chest's lock). Write errors propagate to the listener machinery, which counts
+    and warns; the cache operation itself is unaffected. The methods called directly (:meth:`graph`, :meth:`holdings`,
+    :meth:`pin`, ...) raise a write's error (ValueError for a line written once closed); events after :meth:`close` are
+    ignored.
     """
 
     def __init__(

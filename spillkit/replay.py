@@ -32,7 +32,24 @@ MODES = ("strict", "settled", "dead-skip")
 
 @dataclass
 class ReplayResult:
-    """What one policy did on one trace at one budget."""
+    """What one policy did on one trace at one budget.
+
+    Made and filled by :func:`replay`, in one thread; a plain record: nothing is checked here, and it has no lock.
+
+    Parameters
+    ----------
+    policy, budget, mode : str, int, str
+        The policy's name, the budget in bytes and the mode (one of :data:`MODES`) replayed.
+    requests, hits, loads, misses, spills, evictions : int, default 0
+        Requests replayed, and the engine's counts of each outcome.
+    bytes_written, writes, bytes_read, dead_skipped_bytes : int, default 0
+        Bytes and files written, bytes loaded, and bytes of values never read again left unwritten ("dead-skip").
+    io_seconds, recompute_seconds, replay_seconds : float, default 0.0
+        I/O priced by a :class:`DiskModel`; the costs given for the values loaded (recomputing them instead);
+        the replay's wall time.
+    decisions, timeline, markers : list, default empty
+        See :func:`replay`'s ``keep_decisions`` and ``timeline``. Each parameter is an attribute of that name.
+    """
 
     policy: str
     budget: int

@@ -23,6 +23,18 @@ class DiskModel:
 
     The defaults are round numbers for a local SSD through the page cache;
     ``spillkit calibrate`` measures the current disk and saves its own.
+
+    Parameters
+    ----------
+    write_bandwidth, read_bandwidth : float, default 1e9 and 2e9
+        Bytes per second written and read.
+    latency : float, default 1e-4
+        Seconds per file read or written.
+
+    Notes
+    -----
+    Frozen (assigning a field raises ``dataclasses.FrozenInstanceError``), so safe to share between threads.
+    Nothing is checked: :meth:`seconds` raises ZeroDivisionError for a bandwidth of 0.
     """
 
     write_bandwidth: float = 1.0e9  # bytes per second
@@ -56,6 +68,30 @@ class SizeOnlyDisk:
 
     ``is_dead(key)`` (optional) tells which keys will never be read again; their
     writes are not counted, as if the integration had skipped them.
+
+    Parameters
+    ----------
+    is_dead : callable, optional
+        Asked at each write; None counts every write.
+    costs : dict, optional
+        Each key's recompute cost in seconds, used (not copied) as ``costs``: a read adds the key's, or 0.
+
+    Attributes
+    ----------
+    total_bytes, written, writes, dead_skipped : int
+        Bytes held now; bytes and files written and counted; bytes of dead keys' writes not counted.
+    recompute_seconds : float
+        The costs of the keys read, what rebuilding each loaded value would have cost instead.
+
+    Raises
+    ------
+    pickle.PicklingError
+        From ``write`` of a key marked not :meth:`writable`, before anything changes. ``read`` and ``file_bytes``
+        raise KeyError for a key it does not hold; an error of ``is_dead`` propagates once the size is held.
+
+    Notes
+    -----
+    No lock of its own: the engine calls it with its lock held, as the DiskTier protocol says.
     """
 
     def __init__(

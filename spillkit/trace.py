@@ -108,7 +108,25 @@ REQUESTS = ("put", "get", "del", "cost", "settle", "ondisk", "defer", "free", "f
 
 @dataclass
 class Trace:
-    """A trace read back: header, graph and operations, with keys decoded."""
+    """A trace read back: header, graph and operations, with keys decoded.
+
+    Nothing is checked here (:func:`read_trace` checks every line, raising :class:`TraceError`); the methods
+    raise nothing on a trace it returned. No lock: threads may read one at once while none changes it.
+
+    Parameters
+    ----------
+    header : dict
+        The first line's fields. Each parameter is also an attribute of that name.
+    keys, data : list, default empty
+        Every key, by id; the literal data keys (``graph`` lines).
+    dependencies, order : dict, default empty
+        Each key's dependencies and dask's planned position (``graph`` lines).
+    ops : list of tuple, default empty
+        The other lines, in order, each ``(tag, key, *other fields)`` with key ids decoded (``key``: None where a
+        line has none, a ``replan``'s tuple of tasks).
+    source : str, optional
+        The file :func:`read_trace` read it from (not compared for equality).
+    """
 
     header: dict[str, Any]
     keys: list[Hashable] = field(default_factory=list)
@@ -182,7 +200,10 @@ class Trace:
 
 
 class TraceError(ValueError):
-    """A trace file is missing, not a trace, of another version, or malformed at a line."""
+    """A trace file is missing, not a trace, of another version, or malformed at a line.
+
+    A ValueError, raised by :func:`read_trace`; its message names the file and, once it was read, the line.
+    """
 
 
 def read_trace(path: str | os.PathLike[str]) -> Trace:

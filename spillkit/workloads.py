@@ -22,8 +22,23 @@ __all__ = ["WORKLOADS", "Workload", "build", "workload_names"]
 class Workload:
     """A named computation: ``make(scale, seed)`` returns a dask collection to compute.
 
-    ``modules`` are the parts of dask it needs (``build`` imports them first, so a missing one
-    names the extra to install).
+    Parameters
+    ----------
+    name : str
+        Its key in :data:`WORKLOADS` and the name :func:`build` takes.
+    description : str
+        One line for listings.
+    make : callable
+        ``make(scale, seed)``: the dask collection at that size (1.0 the default) and seed.
+    modules : tuple of str, default ("dask.array",)
+        The parts of dask it needs (``build`` imports them first, so a missing one
+        names the extra to install). Each parameter is also an attribute of that name.
+
+    Notes
+    -----
+    Frozen (assigning a field raises ``dataclasses.FrozenInstanceError``), so safe to share between threads;
+    nothing is checked when one is made. :func:`build` raises ValueError for an unknown name and ImportError
+    naming the extra for a missing module; what ``make`` raises propagates.
     """
 
     name: str
