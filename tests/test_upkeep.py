@@ -60,7 +60,7 @@ def two_segments(path: Path, **kwargs: Any) -> tuple[PackedStore, dict[Hashable,
     return store, expected
 
 
-def delete(store: PackedStore, expected: dict[Hashable, bytes], *keys: str) -> None:
+def delete(store: PackedStore, expected: dict[Hashable, bytes], *keys: Hashable) -> None:
     for key in keys:
         store.delete(key)
         del expected[key]
@@ -101,7 +101,7 @@ def test_the_active_segment_is_sealed_and_compacted_only_once_256_kib_of_it_are_
     # Catches: the active segment never compacted (its dead records stay while no append rotates it), or
     # compacted as soon as it is mostly dead (an overwrite-heavy workload would make a file every few records).
     store = store_in(tmp_path, segment_bytes=1 << 20, pack_threshold=1 << 20)
-    expected = {f"k{i}": bytes([i]) * 40_000 for i in range(10)}
+    expected: dict[Hashable, bytes] = {f"k{i}": bytes([i]) * 40_000 for i in range(10)}
     for key, value in expected.items():
         store.write(key, value)
     record = store.file_bytes("k0")
@@ -263,7 +263,7 @@ def test_on_a_full_disk_holes_are_punched_over_the_dead_records_instead(
     # Catches: a full disk leaving every dead byte allocated (no copy can be made, so only holes help),
     # or holes punched over live records.
     store = store_in(tmp_path, segment_bytes=1 << 16)
-    expected = {f"k{i}": bytes([i]) * 4000 for i in range(20)}
+    expected: dict[Hashable, bytes] = {f"k{i}": bytes([i]) * 4000 for i in range(20)}
     for key, value in expected.items():
         store.write(key, value)
     in_first = sorted((k for k in expected if store.location(k)[0] == SEG1), key=lambda k: store.location(k)[1])
