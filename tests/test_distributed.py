@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,12 +33,14 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
+from dask.system import CPU_COUNT
 from distributed import Client, LocalCluster, wait
+from distributed.worker_memory import parse_memory_limit, worker_logger
 from prometheus_client.parser import text_string_to_metric_families
 
 import spillkit
 from spillkit import Chest, SpillWarning, parse_bytes, policy_names
-from spillkit.distributed import SUBDIRECTORY, worker_budget, worker_storage
+from spillkit.distributed import SUBDIRECTORY, storage_for, worker_budget, worker_storage
 
 # Functions sent to workers (client.run) are pickled by value: worker processes need not
 # be able to import this test module.
@@ -594,3 +597,71 @@ def test_a_workers_chest_is_told_each_tasks_compute_time_so_cost_keeps_the_slow_
         assert all(cost is not None and cost < 0.45 for cost in fast_costs)
         assert facts["spilled"] and not slow_keys & set(facts["spilled"])  # the fast results went to disk instead
         assert [float(x[0]) for x in client.gather(slow)] == [0.0, 1.0, 2.0, 3.0]
+
+
+# ---- storage_for: the preload's builder, for a worker already built --------------------------------
+
+
+@contextlib.contextmanager
+def in_process_worker(tmp_path: Path, **config: Any) -> Iterator[Any]:
+    """One in-process worker (1 thread, 1 GiB limit; dask's config as given): the Worker object itself."""
+    with (
+        dask.config.set(config),
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            processes=False,
+            dashboard_address="127.0.0.1:0",
+            worker_dashboard_address="127.0.0.1:0",
+            memory_limit="1 GiB",
+            local_directory=str(tmp_path),
+            silence_logs=logging.ERROR,
+        ) as local,  # fmt: skip
+    ):
+        (worker,) = local.workers.values()
+        yield worker
+
+
+def test_storage_for_builds_the_chest_from_the_workers_own_limit_directory_and_max_spill(tmp_path: Path) -> None:
+    # Catches: storage_for ignoring the worker it is given (the budget from the whole machine, with a
+    # warning; the files outside the worker's directory; no max-spill cap) or a Chest left open after the
+    # worker closes.
+    with (
+        in_process_worker(tmp_path, **{"distributed.worker.memory.max-spill": "10 MB"}) as worker,
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("error", SpillWarning)  # no "no dask worker is being built"
+        chest = storage_for(worker, policy="cost", instrument_metrics=False)
+        target = worker.memory_manager.memory_target_fraction
+        assert chest.available_memory == int(2**30 * target)
+        assert chest.path == os.path.join(worker.local_directory, SUBDIRECTORY)
+        assert type(chest.policy).__name__ == "CostAware"
+        assert chest._store.available_disk == 10_000_000
+        chest["x"] = b"x" * 100
+        assert chest["x"] == b"x" * 100
+    assert chest.closed and not os.path.exists(chest.path)
+
+
+def test_storage_for_shares_the_machine_by_the_workers_threads(tmp_path: Path) -> None:
+    # Catches: "auto" (and fractions) computed for all the machine's cores instead of the worker's one thread.
+    if CPU_COUNT < 2:
+        pytest.skip("one core: a worker's share and the machine are the same")
+    with in_process_worker(tmp_path) as worker:
+        chest = storage_for(worker, memory_limit="auto", instrument_metrics=False)
+        target = worker.memory_manager.memory_target_fraction
+        assert chest.available_memory == int(parse_memory_limit("auto", 1, logger=worker_logger) * target)
+        assert chest.available_memory < int(parse_memory_limit("auto", CPU_COUNT, logger=worker_logger) * target)
+
+
+def test_storage_for_forgets_its_worker_afterwards_even_when_it_fails(tmp_path: Path) -> None:
+    # Catches: the worker left in the context variable after a failed build, so that a later worker_storage
+    # outside any worker would take this worker's limit and be dropped when this worker closes.
+    with in_process_worker(tmp_path) as worker:
+        with pytest.raises(ValueError, match="no-such-policy"):
+            storage_for(worker, policy="no-such-policy", instrument_metrics=False)
+        with pytest.warns(SpillWarning, match="no dask worker is being built"):
+            worker_budget()  # outside any worker again
+        other = worker_storage(str(tmp_path / "elsewhere"), memory_limit="2 GiB", instrument_metrics=False)
+        assert other.available_memory == int(2 * 2**30 * dask.config.get("distributed.worker.memory.target"))
+    assert not other.closed  # not the worker's Chest: not dropped with it
+    other.drop()

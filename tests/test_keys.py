@@ -8,11 +8,20 @@ from collections.abc import Hashable
 from typing import Any
 
 import pytest
-from helpers import ReprRaises
+from helpers import MutableKey, ReprRaises
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spillkit.keys import BIG_INT_BITS, SpelledKey, decode_key, describe_key, encode_key, spell_key
+from spillkit import Chest, SpillError
+from spillkit.keys import (
+    BIG_INT_BITS,
+    SpelledKey,
+    decode_key,
+    describe_key,
+    encode_key,
+    spell_key,
+    unfindable_key,
+)
 from spillkit.naming import candidate_name
 
 HUGE = 10**5000  # past Python's 4,300-digit limit: str(HUGE) and json.dumps(HUGE) raise ValueError
@@ -135,3 +144,26 @@ def test_spell_key_is_repr_when_repr_works_and_unique_while_it_does_not() -> Non
 def test_hostile_keys_get_hashed_file_names(key: Hashable) -> None:
     name = candidate_name(key)
     assert name.startswith("%") and len(name) == 33 and candidate_name(key, 1) == name + "-1"
+
+
+def test_unfindable_key_is_a_type_error_to_raise_saying_the_key_changed_after_it_was_stored() -> None:
+    # Catches: raising inside (its callers collect it per key and raise later), another type than a dict's
+    # lookups give (TypeError), or a message that does not tell the user what happened (a mutable key).
+    error = unfindable_key()
+    assert type(error) is TypeError
+    message = str(error)
+    assert "no longer found by its own hash and ==" in message
+    assert "changed after it was stored" in message and "mutable key" in message
+    assert unfindable_key() is not error  # a fresh error each time: raising one never chains into the next
+
+
+def test_a_chest_gives_the_unfindable_key_message_for_a_key_changed_after_it_was_stored() -> None:
+    # Catches: the Chest's error for such a key drifting away from this one (its only source).
+    chest = Chest(available_memory=10**6)
+    key = MutableKey(1)
+    chest[key] = "value"
+    key.n = 2
+    with pytest.raises(SpillError) as raised:
+        chest.clear()
+    assert str(unfindable_key()) in str(raised.value)
+    chest.close()

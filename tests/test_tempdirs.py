@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import pytest
 
 import spillkit
-from spillkit import Chest, tempdirs
+from spillkit import Chest, SpillWarning, tempdirs
 from spillkit.cli import EXIT_BAD_INPUT, EXIT_OK, main
 from spillkit.dirlock import LOCK_NAME
 
@@ -312,3 +313,108 @@ def test_the_sweep_command_lists_then_removes(parent: Path, ended: int, capsys: 
                           env=child_env(parent), capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert done.returncode == EXIT_BAD_INPUT
     assert "missing" in done.stderr
+
+
+# ---- create and remove_all, called directly ------------------------------------------------------------
+
+
+def test_create_makes_a_private_directory_a_sweep_can_judge_and_keeps(parent: Path) -> None:
+    # Catches: a name that does not record this process (a sweep could never remove it after a SIGKILL, or
+    # would remove it while we live), a directory others can read, or two calls sharing a directory.
+    first, second = tempdirs.create(str(parent)), tempdirs.create(str(parent))
+    assert first != second
+    for path in (first, second):
+        assert os.path.dirname(path) == str(parent)
+        name = os.path.basename(path)
+        assert name.startswith(tempdirs.owner_prefix())
+        assert tempdirs._NAME.fullmatch(name) is not None  # the form a sweep judges
+        assert os.path.isdir(path) and os.stat(path).st_mode & 0o777 == 0o700
+    assert tempdirs.stale(str(parent)) == []  # its owner (this process) lives
+
+
+def test_create_defaults_to_the_temp_directory(parent: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Catches: a default parent other than tempfile's (TMPDIR would be ignored).
+    monkeypatch.setattr(tempfile, "tempdir", str(parent))
+    path = tempdirs.create()
+    assert os.path.dirname(path) == str(parent)
+
+
+def test_create_sweeps_its_parent_once_first(parent: Path, ended: int) -> None:
+    # Catches: no sweep (a killed process's directories pile up), or a sweep (a listdir) at every create.
+    _, start, namespace = fields()
+    before = fake_dir(parent, ended, start, namespace, "before00")
+    made = tempdirs.create(str(parent))
+    assert not before.exists()
+    after = fake_dir(parent, ended, start, namespace, "after000")
+    tempdirs.create(str(parent))
+    assert after.is_dir()  # swept once per parent and process
+    assert str(after) in tempdirs.stale(str(parent)) and made not in tempdirs.stale(str(parent))
+
+
+def test_create_is_never_refused_because_the_sweep_failed(parent: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Catches: an OSError of the sweep raised out of create (a Chest refused because of leftovers).
+    real_listdir = os.listdir
+
+    def listdir_refused(path: Any = ".") -> list[str]:  # fault: the parent cannot be listed
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+
+    monkeypatch.setattr(os, "listdir", listdir_refused)
+    path = tempdirs.create(str(parent))
+    monkeypatch.setattr(os, "listdir", real_listdir)
+    assert os.path.isdir(path)
+
+
+def tree(root: Path) -> Path:
+    (root / "a" / "b").mkdir(parents=True)
+    for name in ("k0", "k1", "a/k2", "a/b/k3"):
+        (root / name).write_bytes(b"value")
+    return root
+
+
+def test_remove_all_removes_a_whole_tree_and_a_missing_one_silently(tmp_path: Path) -> None:
+    # Catches: a partial removal, or a warning (or an error) for a directory already gone.
+    root = tree(tmp_path / "root")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tempdirs.remove_all(str(root))
+        assert not root.exists()
+        tempdirs.remove_all(str(root))  # gone already: what was wanted
+
+
+def test_remove_all_warns_about_what_it_cannot_remove_and_removes_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Catches: an error raised (a close or drop would fail half-way), a silent leftover, or a removal that
+    # stops at the first failure.
+    root = tree(tmp_path / "root")
+    real_unlink = os.unlink
+
+    def unlink_refusing_k2(path: Any, *args: Any, **kwargs: Any) -> None:
+        if os.path.basename(os.fsdecode(path)) == "k2":  # fault: a file that cannot be removed
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+        real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink_refusing_k2)
+    with pytest.warns(SpillWarning, match=r"could not remove \d+ entries of the directory .*k2.*Permission"):
+        tempdirs.remove_all(str(root))
+    assert (root / "a" / "k2").exists()
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*")) == ["a", "a/k2"]
+
+
+def test_remove_all_does_not_warn_about_an_entry_that_vanished_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Catches: FileNotFoundError (another process removed the file first) reported as a failure.
+    root = tree(tmp_path / "root")
+    real_unlink = os.unlink
+
+    def unlink_finding_k1_gone(path: Any, *args: Any, **kwargs: Any) -> None:
+        real_unlink(path, *args, **kwargs)
+        if os.path.basename(os.fsdecode(path)) == "k1":  # fault: removed by someone else just before us
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+
+    monkeypatch.setattr(os, "unlink", unlink_finding_k1_gone)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tempdirs.remove_all(str(root))
+    assert not root.exists()
