@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import statistics
 import tempfile
@@ -13,6 +12,7 @@ from typing import Any
 
 from .codecs import PickleCodec
 from .replay import DiskModel
+from .replay_disk import disk_model_field
 from .storage import DiskStore
 from .tracelines import parse_json, short
 
@@ -99,14 +99,5 @@ def _checked(data: Any) -> dict[str, float]:
     if unknown:
         raise ValueError(f"unknown field{'s' if len(unknown) > 1 else ''} {short(unknown)} "
                          f"(expected {', '.join(known)})")  # fmt: skip
-    checked: dict[str, float] = {}
-    for name, value in data.items():  # a missing field keeps DiskModel's default (save_disk_model writes all)
-        number = math.nan
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = float(value) if abs(value) < 1e300 else math.inf  # float() of a huge int overflows
-        # bandwidths divide byte counts, so 0 is refused; a latency of 0 (no per-file cost) divides nothing
-        if not math.isfinite(number) or number < 0 or (number == 0 and name != "latency"):
-            least = "of at least 0" if name == "latency" else "above 0"
-            raise ValueError(f"{name} must be a finite number {least}, found {short(value)}")
-        checked[name] = number
-    return checked
+    # a missing field keeps DiskModel's default (save_disk_model writes all)
+    return {name: disk_model_field(name, value) for name, value in data.items()}

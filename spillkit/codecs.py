@@ -72,10 +72,9 @@ class PickleCodec:
         cloudpickle, whose error propagates). ``decode``: what ``pickle.loads`` raises for a
         damaged stream or a value whose class does not import here.
     ValueError
-        ``decode``: the frame lengths ``data`` starts with do not fit in it (another codec's
-        body, or compressed); ``decode_frames``: the frames do not match their header.
-    struct.error
-        ``decode``: ``data`` is shorter than 4 bytes.
+        ``decode``: ``data`` is too short for its frame count, or the frame lengths it starts
+        with do not fit in it (another codec's body, or compressed); ``decode_frames``: the
+        frames do not match their header.
 
     Examples
     --------
@@ -129,6 +128,8 @@ class PickleCodec:
         return 2
 
     def decode(self, data: memoryview) -> Any:
+        if len(data) < _COUNT.size:  # (was struct.error, helper-132)
+            raise ValueError(f"not a body of this codec: {len(data)} bytes cannot hold its frame count")
         (count,) = _COUNT.unpack_from(data, 0)
         position = _COUNT.size
         if position + (count + 1) * _LENGTH.size > len(data):  # checked first: the loop below would run `count` times

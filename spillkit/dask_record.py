@@ -32,6 +32,7 @@ from .dask_loads import WorkerLoads
 from .dask_owner import _Unshared
 from .policies._graph import GraphPlan
 from .trace import TraceRecorder
+from .trace_format import check_header
 
 __all__ = ["plan_from_dask", "record"]
 
@@ -66,7 +67,8 @@ class record(Callback):
         The header's ``workload`` field.
     **header
         More header fields (JSON values), each replacing any field of the same name: ``record``'s (``dask``,
-        ``workload``, ``budget``, ``policy``) and :class:`~spillkit.trace.TraceRecorder`'s (``format`` too).
+        ``workload``, ``budget``, ``policy``) and :class:`~spillkit.recorder.TraceRecorder`'s (``spillkit``,
+        ``machine``; ``format`` and ``version`` are refused: ValueError).
 
     Attributes
     ----------
@@ -95,6 +97,7 @@ class record(Callback):
 
     def __init__(self, path: str | os.PathLike[str], workload: str | None = None, **header: Any) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
+        check_header(header)  # at once, not as the first computation starts
         self.path = os.fspath(path)
         self.workload = workload
         self.header = header

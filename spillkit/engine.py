@@ -83,7 +83,7 @@ class SpillEngine(EngineLifecycle):
     and does not affect the operation. The engine is split by concern, all under that one lock: its state and
     bookkeeping are :class:`~spillkit.ledger.EngineLedger` (a base class, so the hit path reads it without an extra
     lookup), the operations on every key at once and closing are :class:`~spillkit.lifecycle.EngineLifecycle` (a base
-    class between the two), loads, write-through and the spill of a chosen victim are functions in
+    class between the two), loads and the spill of a chosen victim are functions in
     :mod:`spillkit.transfers`, write-behind is :class:`~spillkit.writebehind.WriteBehind`, live-object reuse is
     :class:`~spillkit.liveobjects.LiveObjects`, a put over the whole budget is :mod:`spillkit.over_budget`, and the one
     loop that makes room is :class:`~spillkit.rounds.EvictionRounds`'s ``_make_room``. This class keeps the operations

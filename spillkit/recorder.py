@@ -35,7 +35,7 @@ from .events import (
     Event,
 )
 from .keys import encode_key
-from .trace_format import FORMAT, VERSION, open_text
+from .trace_format import FORMAT, VERSION, check_header, open_text
 from .trace_objects import ObjectTokens
 
 if TYPE_CHECKING:
@@ -70,16 +70,18 @@ class TraceRecorder:
     path : str or os.PathLike
         The trace file, created or truncated (gzip-compressed if it ends in ``.gz``); kept as ``path``.
     header : dict, optional
-        Fields added to the first line (JSON values); one named ``format``, ``version``, ``spillkit`` or ``machine``
-        replaces the recorder's own.
+        Fields added to the first line (JSON values); one named ``spillkit`` or ``machine`` replaces the recorder's
+        own; ``format`` and ``version`` are refused.
     chest : Chest, optional
         Listen to it now, after recording what it holds already (:meth:`holdings`).
 
     Raises
     ------
     OSError
-        When ``path`` cannot be opened. A ``header`` json cannot encode raises its error (a TypeError) once the
-        file is made, with no line in it and no listener added.
+        When ``path`` cannot be opened.
+    TypeError, ValueError
+        A ``header`` json cannot encode (its TypeError), or naming ``format`` or ``version``; before the file is
+        made or a listener added.
 
     Notes
     -----
@@ -93,17 +95,19 @@ class TraceRecorder:
     def __init__(
         self, path: str | os.PathLike[str], header: dict[str, Any] | None = None, chest: Chest | None = None
     ) -> None:
+        from . import __version__
+
+        check_header(header or {})  # (before: they replaced the recorder's, and the trace did not read back)
+        first = {"format": FORMAT, "version": VERSION, "spillkit": __version__, "machine": machine_info()}
+        first.update(header or {})
+        encoded = json.dumps(first, separators=(",", ":"))  # a TypeError here leaves no file behind
         self.path = os.fspath(path)
         self._file = open_text(self.path, "w")
+        self._file.write(encoded + "\n")
         self._lock = threading.Lock()
         self._ids: dict[Hashable, int] = {}
         self._start = time.perf_counter()
         self._tokens = ObjectTokens()  # the objects resident keys hold (spillkit.trace_objects)
-        from . import __version__
-
-        first = {"format": FORMAT, "version": VERSION, "spillkit": __version__, "machine": machine_info()}
-        first.update(header or {})
-        self._line(first)
         self._chest = chest
         self._deferred = False  # as the last "defer" line said
         if chest is not None:

@@ -9,12 +9,27 @@ are re-exported by :mod:`spillkit.replay`.
 
 from __future__ import annotations
 
+import math
 import pickle
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
-__all__ = ["DiskModel", "SizeOnlyDisk"]
+from .tracelines import short
+
+__all__ = ["DiskModel", "SizeOnlyDisk", "disk_model_field"]
+
+
+def disk_model_field(name: str, value: object) -> float:
+    """A :class:`DiskModel` field's value as a float; ValueError unless a finite number above 0 (latency: >= 0)."""
+    number = math.nan
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value) if abs(value) < 1e300 else math.inf  # float() of a huge int overflows
+    # bandwidths divide byte counts, so 0 is refused; a latency of 0 (no per-file cost) divides nothing
+    if not math.isfinite(number) or number < 0 or (number == 0 and name != "latency"):
+        least = "of at least 0" if name == "latency" else "above 0"
+        raise ValueError(f"{name} must be a finite number {least}, found {short(value)}")
+    return number
 
 
 @dataclass(frozen=True)
@@ -34,12 +49,16 @@ class DiskModel:
     Notes
     -----
     Frozen (assigning a field raises ``dataclasses.FrozenInstanceError``), so safe to share between threads.
-    Nothing is checked: :meth:`seconds` raises ZeroDivisionError for a bandwidth of 0.
+    ``ValueError`` at construction for a field that is no finite number above 0 (a latency: at least 0).
     """
 
     write_bandwidth: float = 1.0e9  # bytes per second
     read_bandwidth: float = 2.0e9
     latency: float = 1.0e-4  # seconds per file operation
+
+    def __post_init__(self) -> None:
+        for field in fields(self):  # (before: a bandwidth of 0 passed, and seconds() divided by it)
+            disk_model_field(field.name, getattr(self, field.name))
 
     def seconds(self, written: int, writes: int, read: int, reads: int) -> float:
         """Modelled seconds for that much I/O."""

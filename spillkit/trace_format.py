@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import gzip
 import os
-from typing import IO, cast
+from collections.abc import Mapping
+from typing import IO, Any, cast
 
-__all__ = ["FORMAT", "VERSION", "open_text"]
+__all__ = ["FORMAT", "VERSION", "check_header", "open_text"]
 
 FORMAT = "spillkit-trace"
 VERSION = 1
@@ -23,3 +24,10 @@ def open_text(path: str | os.PathLike[str], mode: str) -> IO[str]:
     if os.fspath(path).endswith(".gz"):
         return cast(IO[str], gzip.open(path, mode + "t", compresslevel=6, encoding="utf-8"))
     return open(path, mode, encoding="utf-8")
+
+
+def check_header(header: Mapping[str, Any]) -> None:
+    """ValueError if extra header fields would replace the format's own (the trace would not read back)."""
+    taken = sorted({"format", "version"} & set(header))
+    if taken:
+        raise ValueError(f"header fields {taken} are the trace format's own")

@@ -272,7 +272,7 @@ def test_a_dataframe_round_trips_with_its_numeric_blocks_out_of_band() -> None:
 def test_truncated_input_raises_instead_of_returning_garbage(cut: int) -> None:
     frames = PickleCodec().encode({"a": np.ones(BIG), "b": "text"})
     data = join(frames)[:cut]
-    with pytest.raises((ValueError, struct.error, pickle.UnpicklingError, EOFError)):
+    with pytest.raises((ValueError, pickle.UnpicklingError, EOFError)):  # (a cut under 4 bytes: struct.error before)
         PickleCodec().decode(memoryview(data))
 
 

@@ -609,3 +609,13 @@ def test_ghosts_of_zero_byte_keys_are_trimmed(make: Any) -> None:
     ghosts = len(policy._ghost) if isinstance(policy, S3FIFO) else len(policy._b1) + len(policy._b2)
     assert ghosts <= 200  # within the byte limits, with every ghost weighing at least 1
     assert len(policy) == 1 and policy.victim() == "big"
+
+
+@pytest.mark.parametrize("arguments", [{"threshold": 4}, {"threshold": 0}, {"ghost": math.nan}, {"ghost": -1.0},
+                                       {"small": 1.0}, {"small": math.nan}])  # fmt: skip
+def test_s3fifo_refuses_settings_it_cannot_honour(arguments: dict[str, float]) -> None:
+    # Before (helper-132): threshold=4 was taken, but the read counter stops at 3, so no key ever moved
+    # from S to M by reads; ghost=NaN was taken and quietly turned the ghost queue off.
+    with pytest.raises(ValueError, match="1 <= threshold <= 3"):
+        S3FIFO(**arguments)  # type: ignore[arg-type]
+    assert S3FIFO(threshold=3).threshold == 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import threading
@@ -23,7 +24,7 @@ import spillkit
 from spillkit import Chest, policy_names
 from spillkit.dask import costs, record
 from spillkit.replay import MODES, DiskModel, replay
-from spillkit.trace import Trace, read_trace
+from spillkit.trace import Trace, TraceRecorder, read_trace
 
 SHIPPED = sorted((Path(__file__).parent.parent / "experiments" / "traces").glob("*.trace.gz"))
 
@@ -736,3 +737,28 @@ def test_a_read_of_a_value_held_elsewhere_replays_as_no_disk_read(tmp_path: Path
     live = replay(trace, "lru", 10_000, mode="strict", keep_decisions=True)
     assert live.decisions == recorded_decisions(trace) and live.spills == stats.spills
     chest.drop()
+
+
+@pytest.mark.parametrize("field", ["write_bandwidth", "read_bandwidth", "latency"])
+@pytest.mark.parametrize("value", [0, -1.0, math.nan, math.inf, "fast", True])
+def test_a_disk_model_refuses_what_it_cannot_divide_by(field: str, value: Any) -> None:
+    # Before (helper-133): DiskModel(write_bandwidth=0) was made, and seconds() raised ZeroDivisionError.
+    if field == "latency" and value == 0:
+        assert DiskModel(latency=0).seconds(10, 1, 10, 1) > 0  # no per-file cost: allowed
+        return
+    with pytest.raises(ValueError, match=f"^{field} must be a finite number"):
+        DiskModel(**{field: value})
+
+
+def test_trace_headers_cannot_replace_the_format_and_leave_no_file_when_refused(tmp_path: Path) -> None:
+    # Before (helper-133): a header's "format" or "version" replaced the recorder's (the trace no longer
+    # read back), and a header JSON cannot encode raised after the file was made, leaving it empty.
+    for header, error in (({"format": "mine"}, ValueError), ({"version": 2}, ValueError), ({"x": object()}, TypeError)):
+        with pytest.raises(error):
+            TraceRecorder(tmp_path / "t.trace", header)
+    with pytest.raises(ValueError, match="the trace format's own"):
+        record(tmp_path / "r.trace", format="mine")  # at once, not as a computation starts
+    assert list(tmp_path.iterdir()) == []
+    with TraceRecorder(tmp_path / "ok.trace", {"machine": "mine", "workload": "w"}):
+        pass
+    assert read_trace(str(tmp_path / "ok.trace")).header["machine"] == "mine"
