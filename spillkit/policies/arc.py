@@ -31,9 +31,14 @@ class ARC(Policy):
     cache of ``c`` pages. Here every list is measured in bytes and ``c`` is
     the number of bytes resident the last time a key was spilled: the policy
     is never told the budget, but it is asked for a victim only when memory
-    is full. ``p`` stays within ``[0, c]``; at each spill B1 is trimmed so
-    that T1 + B1 <= c and B2 so that all four lists <= 2c (oldest first), the
-    paper's bounds. Two differences follow from the engine asking for room
+    is full. ``p`` stays within ``[0, c]``. As in the paper's case IV, a key
+    new to the policy makes room in the ghosts before it enters T1: B1 is
+    trimmed so that T1 + B1, the key included, is at most ``c``, and B2 so
+    that all four lists are at most ``2c`` (oldest first; a key spilled from a
+    T1 that filled memory is so trimmed at once, as the paper drops it). A key
+    returning from a ghost list trims nothing. (Until helper-129's check, the
+    trims ran at each spill without counting the key about to enter: ghosts the
+    paper drops came back as ghost hits.) Two differences follow from the engine asking for room
     *before* it admits a key: the adaptation of ``p`` happens when the key is
     admitted, so it steers the next spill rather than the one just made for
     it, and the paper's tie rule (spill from T1 when ``|T1| = p`` and the
@@ -107,7 +112,12 @@ class ARC(Policy):
             self._p = max(0.0, self._p - ratio * max(nbytes, 1))
             self._t2[key] = nbytes
             sizes["t2"] += nbytes
-        else:
+        else:  # new to the policy: the paper's case IV makes the ghosts' room for it first
+            weight = max(nbytes, 1)
+            while self._b1 and sizes["t1"] + sizes["b1"] + weight > self._c:
+                sizes["b1"] -= self._b1.popitem(last=False)[1]
+            while self._b2 and sum(sizes.values()) + weight > 2 * self._c:
+                sizes["b2"] -= self._b2.popitem(last=False)[1]
             self._t1[key] = nbytes
             sizes["t1"] += nbytes
 
@@ -150,10 +160,6 @@ class ARC(Policy):
         sizes[name] += weight
         self._c = resident
         self._p = min(self._p, float(resident))
-        while self._b1 and sizes["t1"] + sizes["b1"] > resident:
-            sizes["b1"] -= self._b1.popitem(last=False)[1]
-        while self._b2 and sum(sizes.values()) > 2 * resident:
-            sizes["b2"] -= self._b2.popitem(last=False)[1]
 
     def victim(self) -> Hashable:
         source = self._t1 if self._t1 and (self._bytes["t1"] > self._p or not self._t2) else self._t2
