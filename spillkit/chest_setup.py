@@ -107,7 +107,7 @@ def setup_chest(
     if codec is None and dump is not None and load is not None:
         codec = FuncCodec(dump, load)
     if compression is not None:
-        codec = make_compression(compression, codec)  # wraps the chosen codec (default pickle)
+        codec = make_compression(compression, codec)  # (None: over PickleCodec, the default below, made there)
     if codec is None:
         codec = PickleCodec()
     chosen = make_policy(policy)

@@ -108,7 +108,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     from .calibrate import calibrate, save_disk_model
     from .sizes import format_bytes
 
-    if args.save is not None:  # checked before the measuring
+    if args.save is not None:  # checked before the measuring, which takes seconds and would be lost
         output_directory(os.path.dirname(os.path.abspath(args.save)), "--save")
     model = calibrate(args.dir)
     path = save_disk_model(model, args.save)

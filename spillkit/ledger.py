@@ -65,7 +65,7 @@ class EngineLedger(EvictionRounds, ResidentObjects):
         reload_latency: float = 1e-4,
         reload_bandwidth: float = 1e9,
     ) -> None:
-        super().__init__()  # the rounds' state (spillkit.rounds)
+        super().__init__()  # EvictionRounds' state: _make_room, the first put, may need it
         self.lock = threading.RLock()
         forklocks.register(self)  # held across fork(): a child never inherits it held by a thread it lacks
         self.memory: dict[Hashable, Any] = {}
@@ -100,7 +100,7 @@ class EngineLedger(EvictionRounds, ResidentObjects):
         self.pinned_bytes = 0
         self._spilled_nbytes = 0  # memory size of the keys whose only copy is on disk
         self._refs = LiveObjects()  # spilled values that may still be alive elsewhere
-        self._writer: WriteBehind | None = None  # the engine sets it when write-behind is on
+        self._writer: WriteBehind | None = None  # None: spills are written in the caller's thread
         # What the disk tier noted during an operation (spillkit.spares), warned at its end (see
         # spillkit.notes): a warning turned into an error then stops no bookkeeping half-way.
         self.notes: Notes = NO_NOTES

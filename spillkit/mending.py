@@ -112,7 +112,7 @@ def _realign_policy(engine: SpillEngine, key: Hashable) -> None:
     engine._aside = [name for name in engine._aside if name in memory]
     engine._unspillable.intersection_update(memory)
     out = [name for name in engine._nbytes if name not in memory]
-    for name in [*out, *([] if key is _MISSING or key in memory else [key])]:  # out of memory: out of it
+    for name in [*out, *([] if key is _MISSING or key in memory else [key])]:  # not resident: no policy may hold it
         with contextlib.suppress(KeyError):
             policy.removed(name)
     for name in list(memory):  # offered again: its place in the order is lost, its value is not

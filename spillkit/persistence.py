@@ -63,7 +63,7 @@ def flush(chest: Chest, closing: bool = False) -> None:
                 chest._check_open()  # and again: the wait lets go of the lock
             chest._store.inner._spares.clear()  # their room first: a flush may need every byte of the disk
             failures = rewrite_unsynced(chest)
-            failures += chest._engine.write_all()  # writes and fsyncs the files, then the directory
+            failures += chest._engine.write_all()  # values only in memory too: a flush must hold every key
             if chest._store.held_for_manifest and any(disk_full(error) for _, error in failures):
                 # The files and records kept for the previous flush may be what fills the disk: commit
                 # what is written (which frees them), then write the rest.

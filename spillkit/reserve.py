@@ -83,7 +83,7 @@ class Reserve:
         if self.allocated is not None and self.target <= self.allocated <= 2 * self.target:
             return
         self.allocated = None
-        self.failed = True  # until it is done
+        self.failed = True  # until the file is whole: an exception in between leaves it marked failed
         # A planted FIFO must not block the flush, nor a link send the zeros elsewhere.
         fd = ensure_regular(os.open(self.path, os.O_WRONLY | os.O_CREAT | SAFE_OPEN, 0o600), self.path)
         try:

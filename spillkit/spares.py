@@ -155,7 +155,7 @@ class SparePool:
 
     def close(self) -> None:
         """Unlink every spare and blank file, and make no more blanks (the store is closing)."""
-        self.blanks.close()  # (removes them)
+        self.blanks.close()  # a pool of its own (and a thread): clear() below unlinks only the spares
         self.clear()
 
     def clear(self) -> int:
