@@ -55,17 +55,11 @@ class ARC(Policy):
     target : float
         The adaptive target ``p`` in bytes (read-only).
 
-    Raises
-    ------
-    KeyError
-        From ``touched``, ``recosted``, ``removed`` and ``evicted`` for a key
-        the policy does not hold, and from ``victim`` when none is resident;
-        the policy is left unchanged.
-
     Notes
     -----
-    Thread-safety: none on its own; the engine's lock serialises every call.
-    Deterministic.
+    Deterministic. As every :class:`~spillkit.policies.base.Policy`:
+    ``KeyError`` for a key it does not hold (left unchanged); no lock of its
+    own (the engine's lock serialises every call).
 
     Examples
     --------

@@ -29,17 +29,11 @@ class FIFO(Policy):
     O(1) however many keys were deleted before it, unlike a plain ``dict``).
     Takes no arguments.
 
-    Raises
-    ------
-    KeyError
-        From ``touched``, ``recosted``, ``removed`` and ``evicted`` for a key
-        the policy does not hold, and from ``victim`` when none is resident;
-        the policy is left unchanged.
-
     Notes
     -----
-    Thread-safety: none on its own; the engine's lock serialises every call.
-    Deterministic.
+    As every :class:`~spillkit.policies.base.Policy`: ``KeyError`` for a key
+    it does not hold (left unchanged); no lock of its own (the engine's lock
+    serialises every call).
 
     Examples
     --------

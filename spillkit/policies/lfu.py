@@ -29,16 +29,11 @@ class LFU(GreedyDual):
         True: LFU with Dynamic Aging, as above. False: plain LFU (the clock
         stays at 0, so the priority is the frequency alone).
 
-    Raises
-    ------
-    KeyError
-        From ``touched``, ``recosted``, ``removed`` and ``evicted`` for a key
-        the policy does not hold, and from ``victim`` when none is resident;
-        the policy is left unchanged.
-
     Notes
     -----
-    Not thread-safe on its own: the engine's lock serialises calls.
+    As every :class:`~spillkit.policies.base.Policy`: ``KeyError`` for a key
+    it does not hold (left unchanged); no lock of its own (the engine's lock
+    serialises every call).
 
     Examples
     --------

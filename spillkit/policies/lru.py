@@ -17,16 +17,11 @@ class LRU(Policy):
     ``cachetools.LRUCache`` evicts them. Takes no arguments; cost is ignored
     (``recosted`` only checks the key is held).
 
-    Raises
-    ------
-    KeyError
-        From ``touched``, ``recosted``, ``removed`` and ``evicted`` for a key
-        the policy does not hold, and from ``victim`` when none is resident;
-        the policy is left unchanged.
-
     Notes
     -----
-    Not thread-safe on its own: the engine's lock serialises calls.
+    As every :class:`~spillkit.policies.base.Policy`: ``KeyError`` for a key
+    it does not hold (left unchanged); no lock of its own (the engine's lock
+    serialises every call).
 
     Examples
     --------

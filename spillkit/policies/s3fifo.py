@@ -81,14 +81,12 @@ class S3FIFO(Policy):
     ValueError
         From the constructor, when ``small``, ``ghost`` or ``threshold`` is
         out of the ranges above.
-    KeyError
-        From ``touched``, ``recosted``, ``removed`` and ``evicted`` for a key
-        the policy does not hold, and from ``victim`` when none is resident;
-        the policy is left unchanged.
 
     Notes
     -----
-    Thread-safety: none on its own; the engine's lock serialises every call.
+    As every :class:`~spillkit.policies.base.Policy`: ``KeyError`` for a key
+    it does not hold (left unchanged); no lock of its own (the engine's lock
+    serialises every call).
     Deterministic.
 
     Examples

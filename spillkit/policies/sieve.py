@@ -55,16 +55,11 @@ class SIEVE(Policy):
     Complexity: O(1) per event amortised; a walk of k steps clears k-1 bits
     that k-1 reads set. Takes no arguments.
 
-    Raises
-    ------
-    KeyError
-        From ``touched``, ``recosted``, ``removed`` and ``evicted`` for a key
-        the policy does not hold, and from ``victim`` when none is resident;
-        the policy is left unchanged.
-
     Notes
     -----
-    Thread-safety: none on its own; the engine's lock serialises every call.
+    As every :class:`~spillkit.policies.base.Policy`: ``KeyError`` for a key
+    it does not hold (left unchanged); no lock of its own (the engine's lock
+    serialises every call).
     Deterministic. A ``removed`` interrupted part-way (an exception raised
     into it) leaves the key where a second ``removed`` finds and finishes it.
 

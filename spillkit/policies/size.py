@@ -26,16 +26,11 @@ class SizeAware(GreedyDual):
         clock stays at 0, so the priority is ``1 / nbytes`` alone: pure
         largest-first, ties to the least recently used.
 
-    Raises
-    ------
-    KeyError
-        From ``touched``, ``recosted``, ``removed`` and ``evicted`` for a key
-        the policy does not hold, and from ``victim`` when none is resident;
-        the policy is left unchanged.
-
     Notes
     -----
-    Not thread-safe on its own: the engine's lock serialises calls.
+    As every :class:`~spillkit.policies.base.Policy`: ``KeyError`` for a key
+    it does not hold (left unchanged); no lock of its own (the engine's lock
+    serialises every call).
 
     Examples
     --------
