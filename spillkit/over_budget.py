@@ -15,8 +15,8 @@ only values over the budget come here.
 
 Thread-safety: call them with the engine's lock held; they take none.
 Failures: :func:`put_over_budget` re-raises a write's error the engine does
-not keep the value for, counted as a refused write; the error carries a note
-naming the key.
+not keep the value for, counted as a refused write; the error names the key
+(in a note, or in its own message).
 
 Examples
 --------
@@ -70,7 +70,11 @@ def put_over_budget(
 
 
 def admit_refused(engine: SpillEngine, key: Hashable, value: Any, nbytes: int, refused: BaseException) -> None:
-    """Hold a value whose write ``refused`` failed in memory, over the budget, never offered to the policy."""
+    """Hold a value whose write ``refused`` failed in memory, over the budget.
+
+    One the disk refused is set aside and offered to the policy again once a write succeeds (a disk that
+    works again may take it); one pickle refused is never offered.
+    """
     if isinstance(refused, NOT_THE_VALUES_FAULT):  # kept until a write succeeds (keep_when_disk_full)
         engine._admit(key, value, nbytes)
         engine._set_aside(key, write_failed=True)
@@ -87,7 +91,7 @@ def write_through(engine: SpillEngine, key: Hashable, value: Any, nbytes: int, c
     try:
         written, seconds = timed_write(engine, key, value)
     except Exception as error:  # (counted by the put, which may keep the value in memory instead)
-        if not isinstance(error, SpillError):  # a SpillError names the key itself
+        if not isinstance(error, SpillError) or isinstance(error, ChangedWhileWritten):  # (others name the key)
             error.add_note(
                 f"spillkit: value for key {describe_key(key)} ({nbytes} bytes) exceeds the memory "
                 "budget and must go to disk; nothing was stored"

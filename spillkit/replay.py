@@ -42,8 +42,8 @@ class ReplayResult:
         The policy's name, the budget in bytes and the mode (one of :data:`MODES`) replayed.
     requests, hits, loads, misses, spills, evictions : int, default 0
         Requests replayed, and the engine's counts of each outcome.
-    bytes_written, writes, bytes_read, dead_skipped_bytes : int, default 0
-        Bytes and files written, bytes loaded, and bytes of values never read again left unwritten ("dead-skip").
+    bytes_written, bytes_read, writes, dead_skipped_bytes : int, default 0
+        Bytes written, bytes loaded, files written, and bytes of values never read again left unwritten ("dead-skip").
     io_seconds, recompute_seconds, replay_seconds : float, default 0.0
         I/O priced by a :class:`DiskModel`; the costs given for the values loaded (recomputing them instead);
         the replay's wall time.

@@ -10,6 +10,7 @@ are re-exported by :mod:`spillkit.replay`.
 from __future__ import annotations
 
 import math
+import numbers
 import pickle
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, fields
@@ -23,8 +24,11 @@ __all__ = ["DiskModel", "SizeOnlyDisk", "disk_model_field"]
 def disk_model_field(name: str, value: object) -> float:
     """A :class:`DiskModel` field's value as a float; ValueError unless a finite number above 0 (latency: >= 0)."""
     number = math.nan
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        number = float(value) if abs(value) < 1e300 else math.inf  # float() of a huge int overflows
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):  # numpy's and Fraction too (helper-135)
+        try:
+            number = float(value)
+        except OverflowError:  # an int too large for a float
+            number = math.inf
     # bandwidths divide byte counts, so 0 is refused; a latency of 0 (no per-file cost) divides nothing
     if not math.isfinite(number) or number < 0 or (number == 0 and name != "latency"):
         least = "of at least 0" if name == "latency" else "above 0"

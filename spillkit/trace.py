@@ -117,10 +117,12 @@ class Trace:
     ----------
     header : dict
         The first line's fields. Each parameter is also an attribute of that name.
-    keys, data : list, default empty
-        Every key, by id; the literal data keys (``graph`` lines).
+    keys : list, default empty
+        Every key, by id.
     dependencies, order : dict, default empty
         Each key's dependencies and dask's planned position (``graph`` lines).
+    data : list, default empty
+        The literal data keys (``graph`` lines).
     ops : list of tuple, default empty
         The other lines, in order, each ``(tag, key, *other fields)`` with key ids decoded (``key``: None where a
         line has none, a ``replan``'s tuple of tasks).

@@ -1212,3 +1212,24 @@ def test_an_interrupt_before_an_overwrites_round_keeps_the_old_value(
     chest[3] = "y" * 600  # and the next overwrite goes through
     assert [chest[i] for i in range(4)] == ["x" * 150] * 3 + ["y" * 600]
     assert_accounting(chest)
+
+
+def test_a_value_over_the_budget_that_kept_changing_while_written_names_its_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ChangedWhileWritten says "the value changed while it was written, 3 times" and no key: written
+    # straight to disk (over the budget), it got no note either, as other SpillErrors (which name the
+    # key themselves) get none (helper-135).
+    import spillkit.over_budget
+
+    def keeps_changing(engine: Any, key: Hashable, value: Any) -> Any:  # the fault: as verify_writes finds
+        raise spillkit.ChangedWhileWritten("the value changed while it was written, 3 times")
+
+    chest = Chest(path=tmp_path / "c", available_memory=100, sizeof=lambda v: 1000)
+    chest["kept"] = 1  # (1000 bytes counted: over the budget, written straight to disk before the fault)
+    monkeypatch.setattr(spillkit.over_budget, "timed_write", keeps_changing)
+    with pytest.raises(spillkit.ChangedWhileWritten) as raised:
+        chest["restless"] = [1, 2, 3]
+    assert any("'restless'" in note for note in raised.value.__notes__)
+    assert "restless" not in chest and chest["kept"] == 1
+    chest.drop()

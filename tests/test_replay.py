@@ -750,6 +750,13 @@ def test_a_disk_model_refuses_what_it_cannot_divide_by(field: str, value: Any) -
         DiskModel(**{field: value})
 
 
+def test_a_disk_model_takes_any_real_number() -> None:
+    from fractions import Fraction
+
+    model = DiskModel(np.float32(1e9), np.int64(2 * 10**9), Fraction(1, 1000))  # (refused at first, helper-135)
+    assert model.seconds(10**9, 1, 2 * 10**9, 1) == pytest.approx(2.002)
+
+
 def test_trace_headers_cannot_replace_the_format_and_leave_no_file_when_refused(tmp_path: Path) -> None:
     # Before (helper-133): a header's "format" or "version" replaced the recorder's (the trace no longer
     # read back), and a header JSON cannot encode raised after the file was made, leaving it empty.

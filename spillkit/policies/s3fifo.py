@@ -7,6 +7,7 @@ Symposium on Operating Systems Principles (SOSP '23), 2023.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Hashable
 
@@ -66,7 +67,7 @@ class S3FIFO(Policy):
         bytes; ``0 < small < 1``.
     ghost : float, default 0.9
         G is trimmed to this multiple of the resident bytes when a key spilled
-        from S enters it; ``ghost >= 0`` (not NaN), and 0 keeps no ghost queue at all.
+        from S enters it; finite and ``>= 0``, and 0 keeps no ghost queue at all.
     threshold : int, default 2
         Reads a key needs while in S to move to M rather than be spilled;
         ``1 <= threshold <= 3`` (the paper's 2-bit counter stops at 3).
@@ -105,10 +106,10 @@ class S3FIFO(Policy):
     name = "s3fifo"
 
     def __init__(self, small: float = 0.1, ghost: float = 0.9, threshold: int = 2) -> None:
-        # (not ghost >= 0: NaN too, which turned the ghost off; a threshold above the counter's cap of 3
+        # (NaN turned the ghost off, infinity let it grow without a trim; a threshold above the counter's cap of 3
         # could never be reached, so no key would move from S to M: helper-132)
-        if not 0.0 < small < 1.0 or not ghost >= 0.0 or not 1 <= threshold <= _MAX_FREQ:
-            raise ValueError(f"need 0 < small < 1, ghost >= 0 and 1 <= threshold <= {_MAX_FREQ}")
+        if not 0.0 < small < 1.0 or not 0.0 <= ghost < math.inf or not 1 <= threshold <= _MAX_FREQ:
+            raise ValueError(f"need 0 < small < 1, a finite ghost >= 0 and 1 <= threshold <= {_MAX_FREQ}")
         self.small, self.ghost, self.threshold = small, ghost, threshold
         self._small: OrderedDict[Hashable, int] = OrderedDict()  # key -> nbytes, oldest first
         self._main: OrderedDict[Hashable, int] = OrderedDict()
