@@ -339,3 +339,13 @@ def test_a_value_json_cannot_encode_stays_in_memory(tmp_path: Path) -> None:
         assert chest[f"k{i}"] == [i]
     assert chest.memory_bytes <= 250
     chest.drop()
+
+
+def test_a_body_cut_inside_its_last_buffer_is_refused_by_the_codec_itself() -> None:
+    # helper-136's surviving mutant: without the codec's own check that the frames fit, a cut array body
+    # still failed, but in numpy, with its message (or not at all for a bytearray).
+    frames = PickleCodec().encode(bytearray(100_000))
+    data = join(frames)
+    for cut in (1, 8, 1000):
+        with pytest.raises(ValueError, match="frame lengths exceed"):
+            PickleCodec().decode(memoryview(data[:-cut]))

@@ -97,6 +97,7 @@ def test_a_workload_names_the_extra(workload: str, hidden: str, message: str) ->
         try:
             build({workload!r}, scale=0.01)
         except ImportError as error:
+            assert isinstance(error.__cause__, ImportError), "raised without the original as its cause"
             print(error)
         else:
             print("built")

@@ -1233,3 +1233,33 @@ def test_a_value_over_the_budget_that_kept_changing_while_written_names_its_key(
     assert any("'restless'" in note for note in raised.value.__notes__)
     assert "restless" not in chest and chest["kept"] == 1
     chest.drop()
+
+
+def test_an_unhashable_key_over_the_budget_is_refused_before_any_write(tmp_path: Path) -> None:
+    # helper-136's surviving mutant: without the early hash(), the TypeError came from the write, counted
+    # as a failed spill of a value that cannot be serialized, with a "must go to disk" note.
+    chest = Chest(path=tmp_path / "c", available_memory=10, sizeof=lambda value: 20)
+    with pytest.raises(TypeError, match="unhashable") as raised:
+        chest[[1]] = b"x"  # type: ignore[index]
+    assert not getattr(raised.value, "__notes__", None)
+    assert chest.stats.spill_failures == 0 and chest.stats.serialize_errors == 0 and len(chest) == 0
+    chest.drop()
+
+
+def test_a_value_over_the_budget_replacing_a_costed_one_drops_its_cost(tmp_path: Path) -> None:
+    chest = Chest(path=tmp_path / "c", available_memory=100, sizeof=lambda value: len(value))
+    chest.put("k", b"x" * 10, cost=5.0)
+    assert chest.engine.given_cost("k") == 5.0
+    chest["k"] = b"y" * 1000  # over the budget: straight to disk, with no cost given
+    assert chest.engine.given_cost("k") is None and chest["k"] == b"y" * 1000
+    chest.drop()
+
+
+def test_a_quota_refusal_over_the_budget_gets_no_memory_budget_note(tmp_path: Path) -> None:
+    # DiskQuotaExceeded names the key itself; the "exceeds the memory budget" note is for other errors.
+    chest = Chest(path=tmp_path / "c", available_memory=100, available_disk=500, sizeof=lambda value: len(value))
+    with pytest.raises(spillkit.DiskQuotaExceeded) as raised:
+        chest["big"] = b"z" * 5000
+    assert not any("exceeds the memory budget" in note for note in getattr(raised.value, "__notes__", []))
+    assert "big" not in chest
+    chest.drop()

@@ -618,14 +618,15 @@ def test_ghosts_of_zero_byte_keys_are_trimmed(make: Any) -> None:
 
 
 @pytest.mark.parametrize("arguments", [{"threshold": 4}, {"threshold": 0}, {"ghost": math.nan}, {"ghost": -1.0},
-                                       {"ghost": math.inf}, {"small": 1.0}, {"small": math.nan}])  # fmt: skip
+                                       {"ghost": math.inf}, {"small": 1.0}, {"small": 0.0},
+                                       {"small": math.nan}])  # fmt: skip
 def test_s3fifo_refuses_settings_it_cannot_honour(arguments: dict[str, float]) -> None:
     # Before (helper-132): threshold=4 was taken, but the read counter stops at 3, so no key ever moved
     # from S to M by reads; ghost=NaN was taken and quietly turned the ghost queue off, and an infinite
     # ghost was never trimmed (helper-135).
     with pytest.raises(ValueError, match="1 <= threshold <= 3"):
         S3FIFO(**arguments)  # type: ignore[arg-type]
-    assert S3FIFO(threshold=3).threshold == 3
+    assert S3FIFO(threshold=3).threshold == 3 and S3FIFO(ghost=0.0).ghost == 0.0  # 0: no ghost queue
 
 
 # ---- ARC against FAST'03 --------------------------------------------------------------------
@@ -741,3 +742,38 @@ def test_arc_ghosts_of_spills_no_admission_followed_are_trimmed_at_the_next() ->
         assert not policy._b1 or sizes["t1"] + sizes["b1"] <= policy._c
         assert not policy._b2 or sum(sizes.values()) <= 2 * policy._c
     assert ghost_hits <= 1 and policy.target <= 10.0
+
+
+@pytest.mark.parametrize("ghost", ["b1", "b2"])
+def test_arc_a_ghost_hit_trims_what_spills_without_admissions_left(ghost: str) -> None:
+    # The B1 case runs above; helper-136's surviving mutant dropped the trim after a B2 hit.
+    policy = ARC()
+    for key in range(200):
+        policy.admitted(key, 10, 0.0)
+        policy.touched(key)  # all in T2: what spills goes to B2
+    for key in range(200, 400):
+        policy.admitted(key, 10, 0.0)  # in T1
+    for _ in range(300):  # a settle with no admission after it
+        policy.evicted(policy.victim())
+    returning = next(iter(policy._b1 if ghost == "b1" else policy._b2))
+    assert len(policy._b1) + len(policy._b2) == 300
+    policy.evicted(policy.victim())
+    policy.admitted(returning, 10, 0.0)
+    sizes = policy._bytes
+    assert sizes["t1"] + sizes["b1"] <= policy._c and sum(sizes.values()) <= 2 * policy._c
+
+
+def test_arc_ghosts_of_empty_values_are_trimmed_too() -> None:
+    # (effb78b: ghosts of 0-byte keys, weighing nothing, were never trimmed. With the trims at admissions
+    # a round that spills empty values always ends with a value that frees room, whose newer ghost keeps
+    # the trim going past theirs: helper-136's mutants of the 1-byte weight survive this test.)
+    policy, sizes = ARC(), {}
+    for key in range(1000):  # empty values take no room: nothing spills for them
+        sizes[key] = 0
+        policy.admitted(key, 0, 0.0)
+    for key in range(1000, 1100):  # values that do: the empty ones, oldest, spill first and free nothing
+        sizes[key] = 10
+        while sum(sizes[k] for k in [*policy._t1, *policy._t2]) + 10 > 100:
+            policy.evicted(policy.victim())
+        policy.admitted(key, 10, 0.0)
+    assert len(policy._b1) + len(policy._b2) <= 100

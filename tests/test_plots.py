@@ -150,6 +150,7 @@ def test_cut_bars_side_by_side_get_labels_that_do_not_overlap(tmp_path: Path) ->
     renderer = figure.canvas.get_renderer()  # type: ignore[attr-defined]
     boxes = [text.get_window_extent(renderer) for text in labels]
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    assert sorted(text.xyann[1] for text in labels) == [3, 14, 25]  # one line apart, from just above the cut
 
 
 def test_timeline_of_two_policies(tmp_path: Path) -> None:

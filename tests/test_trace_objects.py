@@ -71,3 +71,14 @@ def test_shared_object_keeps_its_token_until_the_last_key_leaves() -> None:
     tokens.leave("c")
     tokens.leave("d")
     assert tokens.enter("e", 100) == 2  # no key held it: its id may be another object's now
+
+
+def test_nothing_is_kept_once_no_key_holds_an_object() -> None:
+    # helper-136's surviving mutant: without forgetting a token's object when its last key left, the
+    # tokens stayed right but the map grew with every object ever held (a recorder's memory, for good).
+    tokens = ObjectTokens()
+    for i in range(1000):
+        tokens.enter(i, i % 7)
+    for i in range(1000):
+        tokens.leave(i)
+    assert tokens._held == {} and tokens._object_of_token == {} and tokens._token_of_key == {}
