@@ -1232,6 +1232,10 @@ def test_a_value_over_the_budget_that_kept_changing_while_written_names_its_key(
         chest["restless"] = [1, 2, 3]
     assert any("'restless'" in note for note in raised.value.__notes__)
     assert "restless" not in chest and chest["kept"] == 1
+    chest.engine.keep_when_disk_full = True  # (dask workers): kept in memory instead, and said why
+    with pytest.warns(SpillWarning, match="changed while it was written; it stays in memory, over the budget"):
+        chest["restless"] = [1, 2, 3]
+    assert chest["restless"] == [1, 2, 3] and "restless" in chest.engine._aside
     chest.drop()
 
 

@@ -1155,6 +1155,7 @@ def test_an_engine_that_keeps_values_the_quota_refuses_fails_no_put_and_writes_t
     stats = chest.stats
     assert 1 <= stats.quota_errors == stats.spill_failures <= 2  # each refusal counted once (a round tries twice)
     assert kept in chest.inmem and kept not in chest._store
+    assert kept in chest.engine._aside  # passed over until a write succeeds (helper-136's OB4 survived)
     assert chest.memory_bytes > chest.available_memory  # over the budget, as a worker's SpillBuffer may be
     del chest["a"], chest["b"]  # room on disk again
     for _ in range(5):
