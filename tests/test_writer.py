@@ -1358,3 +1358,36 @@ def test_writes_failed_for_want_of_a_writer_thread_are_counted_under_their_own_r
     assert registry.get_sample_value("spillkit_spill_errors_total", {"chest": "w", "reason": "writer"}) == 1
     assert dict(chest.items()) == {"a": [0], "b": [1], "c": [2]}  # the value stayed in memory
     assert _wait_returns(chest.drop)
+
+
+def test_a_key_whose_write_is_in_flight_overwritten_by_a_value_over_the_budget_is_counted_once(
+    tmp_path: Path,
+) -> None:
+    # helper-136's surviving mutant OB10: the in-flight value's bytes, not yet counted as spilled, were
+    # taken off the spilled bytes when the new value went straight to disk (200 for 300).
+    unit = 100
+
+    class HeldWrites(PickleCodec):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gate, self.started = threading.Event(), threading.Event()
+
+        def encode(self, obj: Any) -> Any:
+            if obj != "big":  # the background write of "a" waits; the straight write of "big" does not
+                self.started.set()
+                assert self.gate.wait(30)
+            return super().encode(obj)
+
+    codec = HeldWrites()
+    chest = Chest(path=tmp_path / "c", available_memory=2 * unit, codec=codec, write_behind=10 * unit,
+                  pack_threshold=0, sizeof=lambda value: 3 * unit if value == "big" else unit)  # fmt: skip
+    try:
+        chest["a"], chest["b"], chest["c"] = ["a"], ["b"], ["c"]  # "a" is handed to the writer
+        assert codec.started.wait(10) and chest.engine.in_flight_bytes == unit
+        chest["a"] = "big"  # over the budget: straight to disk, the write in flight cancelled
+    finally:
+        codec.gate.set()
+    chest.wait_for_writes()
+    assert chest.spilled_total[0] == 3 * unit and chest["a"] == "big"
+    assert_accounting(chest)
+    chest.drop()
