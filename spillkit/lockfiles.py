@@ -18,9 +18,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import stat
 
 from .errors import ChestLocked, SpillError
+from .regularfile import SAFE_OPEN, ensure_regular
 
 try:
     import fcntl
@@ -91,17 +91,18 @@ def _lock_directory(directory: str) -> int | None:
 
 
 def _open(full: str) -> int:
-    nofollow = getattr(os, "O_NOFOLLOW", 0)  # the pid is written into it: never through a planted symlink
+    # As every name a planted file may take (spillkit.regularfile): the pid is written into it, so never
+    # through a symlink, and a FIFO must not block the open.
     try:
-        fd = os.open(full, os.O_RDWR | os.O_CREAT | nofollow, 0o600)
-    except FileNotFoundError:  # no directory: _acquire makes it again
+        fd = os.open(full, os.O_RDWR | os.O_CREAT | SAFE_OPEN, 0o600)
+    except FileNotFoundError:  # no directory: acquire makes it again
         raise
     except OSError as error:
         fd = -1
         if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             # A read-only directory or file system whose lock file exists: flock needs no write access.
             with contextlib.suppress(OSError):
-                fd = os.open(full, os.O_RDONLY | nofollow)
+                fd = os.open(full, os.O_RDONLY | SAFE_OPEN)
         if fd < 0:
             reason = "it is a symbolic link" if error.errno == errno.ELOOP else str(error)
             raise SpillError(
@@ -109,14 +110,9 @@ def _open(full: str) -> int:
                 "other Chests out of its directory"
             ) from error
     try:
-        mode = os.fstat(fd).st_mode
-    except BaseException:
-        os.close(fd)
-        raise
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        raise SpillError(f"the lock file {full!r} is not a regular file (mode {mode:o}); refusing it")
-    return fd
+        return ensure_regular(fd, full)  # (closes it otherwise)
+    except OSError as error:
+        raise SpillError(f"the lock file {full!r} is not a regular file; refusing it") from error
 
 
 def _still_there(fd: int, full: str, follow: bool = False) -> bool:
